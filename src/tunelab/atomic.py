@@ -1,0 +1,79 @@
+"""Atomic writes: stage into a temporary file or folder, then rename.
+
+A crash never leaves a file or a run directory that looks complete but is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    # numpy scalars and arrays, Paths: the usual things metrics dictionaries carry.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def partial_path(final: Path) -> Path:
+    """Where a folder is staged before it becomes `final`."""
+    return final.parent / f".{final.name}.partial"
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | os.PathLike, overwrite: bool = False, keep_partial: bool = True) -> Iterator[Path]:
+    """Yield a staging folder that becomes `final` only when the block finishes without error.
+
+    On failure the staging folder is kept (a resumable run keeps its checkpoints there) unless
+    keep_partial is False; `final` is never touched. With overwrite, an existing `final` is
+    replaced only at the moment the new one is complete.
+    """
+    final = Path(final)
+    staging = partial_path(final)
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        yield staging
+    except BaseException:
+        if not keep_partial:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if final.exists():
+        if not overwrite:
+            raise FileExistsError(final)
+        trash = final.parent / f".{final.name}.old"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(final, trash)
+        os.replace(staging, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, final)

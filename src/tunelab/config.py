@@ -1,0 +1,99 @@
+"""Settings for every command, as pydantic models: a YAML file, then command-line overrides.
+
+The resolved configuration (every default written out) is saved as the run's config.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunelab.errors import TunelabError, did_you_mean
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainConfig(Settings):
+    """Fine-tuning a sequence classifier (`tunelab train`)."""
+
+    model: str = Field("minilm", description="catalogue name (`tunelab models`) or a local Hugging Face folder")
+    data: str = Field("bbc-news", description="built-in dataset name or a csv/tsv/jsonl/json/parquet file or save_to_disk folder")
+    text_col: str = "text"
+    label_col: str = "label"
+    encoding: str = Field("utf-8", description="text encoding of csv/tsv/json files")
+    eval_data: str | None = Field(None, description="user-supplied evaluation split (else split from data)")
+    test_data: str | None = Field(None, description="user-supplied test split (else split from data)")
+    eval_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    max_train_samples: int | None = Field(None, gt=0)
+    strict: bool = Field(False, description="refuse empty texts / missing labels instead of dropping them")
+
+    method: Literal["full", "head", "lora"] = Field("full", description="what is trained: all weights, the head only, or LoRA adapters")
+    epochs: float = Field(3.0, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(16, gt=0)
+    eval_batch_size: int = Field(64, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the training steps spent warming up the learning rate")
+    max_length: int | None = Field(None, gt=0, description="token limit; default: the data's 95th percentile, capped by the model")
+    length_percentile: float = Field(95.0, gt=0, le=100)
+    group_by_length: bool = Field(True, description="batch examples of similar length together (less padding)")
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores")
+    seed: int = 42
+    early_stopping: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
+    logging_steps: int | None = Field(None, gt=0, description="default: about 20 logs per epoch")
+    keep_checkpoints: int = Field(1, ge=1)
+    report_to: list[str] = Field(default_factory=list, description="Trainer integrations, e.g. tensorboard, mlflow")
+
+    out: str | None = Field(None, description="run directory; default runs/<model>-<data>-<time>")
+    overwrite: bool = False
+
+
+S = TypeVar("S", bound=Settings)
+
+
+def load_settings(cls: type[S], path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> S:
+    """Settings from a YAML file (optional) with overrides (flags given on the command line) on top."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise TunelabError(f"config file '{path}' does not exist", "check the path")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise TunelabError(f"config file '{path}' is not valid YAML{where}", "fix the YAML syntax") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise TunelabError(f"config file '{path}' must hold a mapping of settings", "write `key: value` lines")
+        values.update(loaded or {})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = [k for k in values if k not in cls.model_fields]
+    if unknown:
+        hint = did_you_mean(unknown[0], cls.model_fields)
+        raise TunelabError(
+            f"unknown setting '{unknown[0]}'" + (f" in {path}" if path else ""),
+            hint or f"known settings: {', '.join(cls.model_fields)}",
+        )
+    try:
+        return cls(**values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise TunelabError(f"setting '{where}': {first['msg']} (got {first.get('input')!r})", "fix that value") from None
+
+
+def to_yaml(settings: Settings, **resolved: Any) -> str:
+    """Every setting written out, with values resolved at run time (e.g. max_length) filled in."""
+    data = settings.model_dump()
+    data.update(resolved)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

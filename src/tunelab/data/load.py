@@ -1,0 +1,152 @@
+"""Reading a data source into a DataFrame with `text` and `label` columns, validated early.
+
+A source is a built-in dataset name, a CSV/TSV/JSONL/JSON/Parquet file, or a folder written by
+`datasets.save_to_disk`. Mistakes are named precisely, scikit-learn style.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from tunelab.data.builtin import BUILTIN
+from tunelab.errors import TunelabError, did_you_mean
+
+FILE_FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+
+
+def load_source(
+    source: str | os.PathLike,
+    text_col: str = "text",
+    label_col: str | None = "label",
+    encoding: str = "utf-8",
+    strict: bool = False,
+) -> pd.DataFrame:
+    """Load `source` as a DataFrame with columns `text` and (unless label_col is None) `label`.
+
+    Labels become strings (label names). Rows with an empty or missing text or label are dropped
+    and counted in `frame.attrs["dropped"]`, or refused with `strict`.
+    """
+    raw = _read_raw(source, encoding)
+    name = str(source)
+    columns = [str(c) for c in raw.columns]
+    raw.columns = columns
+    for role, column in (("text", text_col), ("label", label_col)):
+        if column is not None and column not in columns:
+            hint = did_you_mean(column, columns)
+            raise TunelabError(
+                f"{role} column '{column}' not found in {name}; columns are: {', '.join(columns)}",
+                hint or f"choose it with --{role}-col",
+            )
+    frame = pd.DataFrame({"text": raw[text_col]})
+    if label_col is not None:
+        frame["label"] = _label_names(raw[label_col])
+    return _drop_missing(frame, name, strict)
+
+
+def _read_raw(source: str | os.PathLike, encoding: str) -> pd.DataFrame:
+    text = str(source)
+    if text in BUILTIN:
+        return BUILTIN[text].load()
+    path = Path(text).expanduser()
+    if not path.exists():
+        hint = did_you_mean(text, BUILTIN)
+        raise TunelabError(
+            f"data source '{text}' is neither a file nor a built-in dataset",
+            hint or f"check the path, or use a built-in one: {', '.join(BUILTIN)} (`tunelab data list`)",
+        )
+    if path.is_dir():
+        return _read_hf_folder(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path, encoding=encoding)
+        if suffix == ".tsv":
+            return pd.read_csv(path, sep="\t", encoding=encoding)
+        if suffix == ".jsonl":
+            return pd.read_json(path, lines=True, encoding=encoding, dtype=False)
+        if suffix == ".json":
+            return _read_json(path, encoding)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+    except UnicodeDecodeError as error:
+        raise TunelabError(
+            f"{path} is not readable as {encoding} (byte {error.object[error.start:error.start + 1]!r} at position {error.start})",
+            "re-save the file as UTF-8 or pass its encoding, e.g. --encoding latin-1",
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise TunelabError(f"{path} is empty", "give a file with a header row and at least two rows") from None
+    except (ValueError, pd.errors.ParserError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TunelabError(f"cannot parse {path} as {suffix[1:].upper()}: {first_line}", "check the file's format") from None
+    raise TunelabError(
+        f"unsupported file type '{suffix or path.name}' for {path}",
+        f"use one of {', '.join(FILE_FORMATS)} or a folder saved by datasets.save_to_disk",
+    )
+
+
+def _read_json(path: Path, encoding: str) -> pd.DataFrame:
+    data = json.loads(path.read_text(encoding=encoding))
+    if isinstance(data, dict):
+        # {"data": [...]} or {"train": [...]} wrappers, or a dict of columns.
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) == 1 and lists[0] and isinstance(lists[0][0], dict):
+            data = lists[0]
+    return pd.DataFrame(data)
+
+
+def _read_hf_folder(path: Path) -> pd.DataFrame:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except FileNotFoundError:
+        raise TunelabError(
+            f"folder {path} is not a dataset saved by datasets.save_to_disk",
+            "pass a data file (csv, tsv, jsonl, json, parquet) or a save_to_disk folder",
+        ) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        split = "train" if "train" in loaded else next(iter(loaded))
+        loaded = loaded[split]
+    frame = loaded.to_pandas()
+    # ClassLabel columns hold ints; give them back their names.
+    for column, feature in loaded.features.items():
+        if isinstance(feature, datasets.ClassLabel):
+            frame[column] = [feature.int2str(int(v)) if pd.notna(v) else None for v in frame[column]]
+    return frame
+
+
+def _label_names(values: pd.Series) -> pd.Series:
+    """Labels as strings; integral floats (1.0, from a column with NaNs) become '1'."""
+
+    def name(value):
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            return None
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        text = str(value).strip()
+        return text or None
+
+    return values.map(name)
+
+
+def _drop_missing(frame: pd.DataFrame, name: str, strict: bool) -> pd.DataFrame:
+    texts = frame["text"]
+    empty_text = texts.isna() | texts.map(lambda t: not str(t).strip())
+    no_label = frame["label"].isna() if "label" in frame else pd.Series(False, index=frame.index)
+    dropped = {"empty_text": int(empty_text.sum()), "missing_label": int((no_label & ~empty_text).sum())}
+    if strict and (dropped["empty_text"] or dropped["missing_label"]):
+        raise TunelabError(
+            f"{name} has {dropped['empty_text']} rows with an empty or missing text and "
+            f"{dropped['missing_label']} with a missing label",
+            "clean those rows, or drop --strict to have them dropped and counted",
+        )
+    kept = frame[~(empty_text | no_label)].copy()
+    kept["text"] = kept["text"].astype(str)
+    kept = kept.reset_index(drop=True)
+    kept.attrs["dropped"] = dropped
+    kept.attrs["source"] = name
+    return kept

@@ -1,0 +1,73 @@
+"""Seeded, stratified train / eval / test splits, and checks that the splits make sense."""
+
+from __future__ import annotations
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from tunelab.errors import TunelabError
+
+
+def make_splits(
+    frame: pd.DataFrame,
+    eval_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 42,
+    eval_frame: pd.DataFrame | None = None,
+    test_frame: pd.DataFrame | None = None,
+    max_train_samples: int | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Split `frame` into train/eval/test, keeping class proportions; user-given splits win."""
+    source = frame.attrs.get("source", "the data")
+    if len(frame) == 0:
+        raise TunelabError(f"{source} has no usable rows", "check the file and the --text-col/--label-col choice")
+    classes = frame["label"].value_counts()
+    if len(classes) < 2:
+        raise TunelabError(
+            f"{source} has a single class ('{classes.index[0]}'); a classifier needs at least two",
+            "check --label-col, or add examples of the other classes",
+        )
+    needed = 1 + (eval_frame is None) + (test_frame is None)
+    too_few = classes[classes < needed]
+    if len(too_few):
+        names = ", ".join(f"'{c}' ({n})" for c, n in too_few.items())
+        raise TunelabError(
+            f"classes with too few examples to split stratified: {names}; each needs at least {needed}",
+            "add examples of those classes, remove them, or pass --eval-data/--test-data",
+        )
+
+    rest = frame
+    splits: dict[str, pd.DataFrame] = {}
+    for name, given, fraction in (("test", test_frame, test_fraction), ("eval", eval_frame, eval_fraction)):
+        if given is not None:
+            splits[name] = given.reset_index(drop=True)
+            continue
+        # The fraction is of the whole data set, so rescale it to what is left.
+        share = min(max(fraction * len(frame) / len(rest), len(classes) / len(rest)), 0.5)
+        rest, held = train_test_split(rest, test_size=share, random_state=seed, stratify=rest["label"])
+        splits[name] = held.reset_index(drop=True)
+    train = rest.reset_index(drop=True)
+    if max_train_samples is not None and max_train_samples < len(train):
+        if max_train_samples < len(classes):
+            raise TunelabError(
+                f"--max-train-samples {max_train_samples} is fewer than the {len(classes)} classes",
+                f"use at least {len(classes)}",
+            )
+        train, _ = train_test_split(train, train_size=max_train_samples, random_state=seed, stratify=train["label"])
+        train = train.reset_index(drop=True)
+    splits["train"] = train
+    check_labels_seen(splits)
+    return {name: splits[name] for name in ("train", "eval", "test")}
+
+
+def check_labels_seen(splits: dict[str, pd.DataFrame]) -> None:
+    """Evaluation labels the model never saw in training cannot be predicted: refuse them."""
+    known = set(splits["train"]["label"])
+    for name in ("eval", "test"):
+        unseen = sorted(set(splits[name]["label"]) - known)
+        if unseen:
+            raise TunelabError(
+                f"{name} labels not in the training data: {', '.join(map(repr, unseen))}",
+                "add training examples of them, or remove those rows from the "
+                f"{'--eval-data' if name == 'eval' else '--test-data'} file",
+            )

@@ -1,0 +1,1 @@
+"""Offline model catalogue and model loading shared by every feature."""

@@ -1,0 +1,63 @@
+"""Predictions from a finished run: labels and class probabilities for texts or a whole file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tunelab import atomic
+from tunelab.data import load_source
+from tunelab.errors import TunelabError
+from tunelab.models.classifier import Classifier
+from tunelab.run import Run
+
+
+def load_classifier(run: Run | str | os.PathLike) -> Classifier:
+    run = run if isinstance(run, Run) else Run.open(run)
+    return Classifier.load(run.model_dir, run.config.get("max_length"))
+
+
+def predict(run: Run | str | os.PathLike, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
+    """For each text: the predicted label, its probability, and every class's probability."""
+    if isinstance(texts, str):
+        texts = [texts]
+    classifier = load_classifier(run)
+    return describe(classifier.labels, classifier.predict_proba(texts, batch_size))
+
+
+def describe(labels: list[str], probabilities) -> list[dict[str, Any]]:
+    results = []
+    for row in probabilities:
+        best = int(row.argmax())
+        results.append(
+            {"label": labels[best], "score": float(row[best]), "probabilities": {l: float(p) for l, p in zip(labels, row)}}
+        )
+    return results
+
+
+def predict_file(
+    run: Run | str | os.PathLike,
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    text_col: str = "text",
+    encoding: str = "utf-8",
+    batch_size: int = 64,
+    progress=None,
+) -> Path:
+    """Write `out` (CSV): the texts, the predicted label, and one probability column per class."""
+    out = Path(out)
+    if out.suffix.lower() != ".csv":
+        raise TunelabError(f"--out '{out}' must be a .csv file", "name the output file e.g. preds.csv")
+    classifier = load_classifier(run)
+    frame = load_source(source, text_col=text_col, label_col=None, encoding=encoding)
+    if len(frame) == 0:
+        raise TunelabError(f"{source} has no non-empty texts in column '{text_col}'", "check the file and --text-col")
+    probabilities = classifier.predict_proba(frame["text"].tolist(), batch_size, progress)
+    result = pd.DataFrame({"text": frame["text"], "label": [classifier.labels[i] for i in probabilities.argmax(axis=1)]})
+    for index, label in enumerate(classifier.labels):
+        result[f"prob_{label}"] = probabilities[:, index]
+    return atomic.write_text(out, result.to_csv(index=False))

@@ -1,0 +1,95 @@
+"""A Run wraps a run directory: the contract between tunelab's stages (see DESIGN.md).
+
+runs/<name>/
+  config.yaml  model/  labels.json  data_profile.json  history.jsonl  metrics.json
+  report.html  plots/*.png  splits/{train,eval,test}.parquet
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.errors import TunelabError
+
+SPLITS = ("train", "eval", "test")
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Run:
+        """Open a finished run directory, or say clearly why it is not one."""
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            partial = path.parent / f".{path.name}.partial"
+            if partial.is_dir():
+                raise TunelabError(
+                    f"run '{path}' did not finish (its staging folder {partial} is still there)",
+                    "resume it with `tunelab resume` or train it again with --overwrite",
+                )
+            raise TunelabError(f"run directory '{path}' does not exist", "pass the folder `tunelab train` wrote (--out)")
+        if not (path / "model" / "config.json").is_file() or not (path / "config.yaml").is_file():
+            raise TunelabError(
+                f"'{path}' is not a tunelab run directory (no model/ or config.yaml)",
+                "pass the folder `tunelab train` wrote (--out)",
+            )
+        return cls(path)
+
+    # paths -------------------------------------------------------------------------
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+    def split_path(self, split: str) -> Path:
+        return self.path / "splits" / f"{split}.parquet"
+
+    # contents ----------------------------------------------------------------------
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        return yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8")) or {}
+
+    @cached_property
+    def labels(self) -> list[str]:
+        """Label names in id order."""
+        data = json.loads((self.path / "labels.json").read_text(encoding="utf-8"))
+        return [data[str(i)] for i in range(len(data))]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        path = self.path / "metrics.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    @property
+    def data_profile(self) -> dict[str, Any]:
+        path = self.path / "data_profile.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def history(self) -> list[dict[str, Any]]:
+        path = self.path / "history.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def split(self, split: str):
+        """One of the splits the run was trained/evaluated on, as a DataFrame with text and label columns."""
+        import pandas as pd
+
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}")
+        path = self.split_path(split)
+        if not path.is_file():
+            raise TunelabError(f"run '{self.path}' has no saved {split} split", "train it again with this tunelab version")
+        return pd.read_parquet(path)

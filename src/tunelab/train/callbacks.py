@@ -1,0 +1,82 @@
+"""Trainer callbacks: a progress bar people can read, and history.jsonl for the plots."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+
+
+class RichProgressCallback(TrainerCallback):
+    """One bar for the whole run: step, loss, samples/s, time left. Main process only."""
+
+    def __init__(self, samples_per_step: int):
+        self.samples_per_step = samples_per_step
+        self.progress: Progress | None = None
+        self.task = None
+        self.started = 0.0
+        self.first_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]training[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("epoch {task.fields[epoch]:.2f}  loss {task.fields[loss]}  {task.fields[speed]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, epoch=0.0, loss="—", speed="")
+        self.progress.update(self.task, completed=state.global_step)
+        self.started, self.first_step = time.perf_counter(), state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is None:
+            return
+        elapsed = time.perf_counter() - self.started
+        done = state.global_step - self.first_step
+        speed = f"{done * self.samples_per_step / elapsed:.1f} samples/s" if elapsed > 0 else ""
+        self.progress.update(self.task, completed=state.global_step, epoch=state.epoch or 0.0, speed=speed)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is None or not logs:
+            return
+        if "loss" in logs:
+            self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
+        if "eval_loss" in logs:
+            parts = [f"eval loss {logs['eval_loss']:.4f}"]
+            for key in ("eval_accuracy", "train_accuracy"):
+                if key in logs:
+                    parts.append(f"{key.replace('_', ' ')} {logs[key]:.4f}")
+            self.progress.console.print(f"epoch {state.epoch:.2f}: " + ", ".join(parts))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class HistoryCallback(TrainerCallback):
+    """Appends every log (training steps, evaluations, the final summary) to history.jsonl."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "train_runtime" in logs:
+            kind = "summary"
+        elif any(key.startswith("eval_") for key in logs):
+            kind = "eval"
+        else:
+            kind = "train"
+        record = {"type": kind, "step": state.global_step, "epoch": state.epoch, **logs}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,241 @@
+"""Fine-tuning an encoder for text classification: the recipe, top to bottom.
+
+load data -> split -> tokenizer -> max length -> profile -> tokenize -> model -> Trainer -> train
+-> save model -> evaluate on the test split -> publish the run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    PrinterCallback,
+    TrainingArguments,
+)
+
+from tunelab import atomic  # noqa: E402
+from tunelab.config import TrainConfig, to_yaml  # noqa: E402
+from tunelab.data import load_source, make_splits, profile_splits  # noqa: E402
+from tunelab.data.tokenize import choose_max_length, token_lengths, tokenize_frame  # noqa: E402
+from tunelab.errors import TunelabError  # noqa: E402
+from tunelab.models.catalogue import resolve_model  # noqa: E402
+from tunelab.models.classifier import model_max_length  # noqa: E402
+from tunelab.run import Run  # noqa: E402
+from tunelab.train import speed  # noqa: E402
+from tunelab.train.callbacks import HistoryCallback, RichProgressCallback  # noqa: E402
+from tunelab.train.trainer import AccuracyTrainer, classification_scores  # noqa: E402
+
+
+def train(config: TrainConfig, progress: bool = True) -> Run:
+    """Fine-tune config.model on config.data and return the finished run directory."""
+    quiet_libraries()
+    out = resolve_out_dir(config)
+    if out.exists() and not config.overwrite:
+        raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
+    transformers.set_seed(config.seed)
+    threads = speed.set_threads(config.threads)
+    precision = speed.resolve_precision(config.precision)
+
+    # 1. Data: load, split (stratified, seeded), and check before anything expensive.
+    frame = load_source(config.data, config.text_col, config.label_col, config.encoding, config.strict)
+    eval_frame = _optional_source(config.eval_data, config)
+    test_frame = _optional_source(config.test_data, config)
+    splits = make_splits(
+        frame, config.eval_fraction, config.test_fraction, config.seed, eval_frame, test_frame, config.max_train_samples
+    )
+    labels = sorted(splits["train"]["label"].unique())
+    label2id = {label: i for i, label in enumerate(labels)}
+
+    # 2. Tokenizer, and a max length chosen from the data rather than the model's 512.
+    model_dir = resolve_model(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model_limit = model_max_length(transformers.AutoConfig.from_pretrained(model_dir), tokenizer)
+    if config.max_length is not None and config.max_length > model_limit:
+        raise TunelabError(f"--max-length {config.max_length} exceeds the model's limit of {model_limit} tokens", f"use at most {model_limit}")
+    train_lengths = token_lengths(tokenizer, splits["train"]["text"], seed=config.seed)
+    max_length = config.max_length or choose_max_length(train_lengths, model_limit, config.length_percentile)
+    profile = profile_splits(splits, tokenizer, model_limit, frame.attrs.get("dropped"))
+    profile["max_length"] = max_length
+
+    staging = atomic.partial_path(out)
+    if staging.exists():
+        shutil.rmtree(staging)  # a crashed earlier attempt; start clean
+    with atomic.staged_dir(out, overwrite=config.overwrite) as stage:
+        run = Run(stage)
+        atomic.write_text(stage / "config.yaml", to_yaml(config, out=str(out), max_length=max_length, precision=precision, threads=threads))
+        atomic.write_json(stage / "labels.json", {str(i): label for i, label in enumerate(labels)})
+        atomic.write_json(stage / "data_profile.json", profile)
+        (stage / "splits").mkdir()
+        for name, split in splits.items():
+            split.to_parquet(run.split_path(name), index=False)
+
+        # 3. Tokenize: input IDs and attention masks, unpadded (padding happens per batch).
+        datasets = {name: tokenize_frame(split, tokenizer, max_length, label2id) for name, split in splits.items()}
+
+        # 4. Model: the pretrained encoder with a fresh classification head.
+        model = build_model(model_dir, config, labels)
+
+        # 5. Trainer.
+        args = training_arguments(config, stage / "checkpoints", precision, len(datasets["train"]))
+        callbacks = [HistoryCallback(stage / "history.jsonl")]
+        if progress:
+            callbacks.append(RichProgressCallback(config.batch_size * config.grad_accum * args.world_size))
+        if config.early_stopping:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
+        trainer = AccuracyTrainer(
+            model=model,
+            args=args,
+            train_dataset=datasets["train"],
+            eval_dataset=datasets["eval"],
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+            compute_metrics=classification_scores,
+            callbacks=callbacks,
+        )
+        trainer.remove_callback(PrinterCallback)  # our progress bar and history.jsonl replace the printed dicts
+
+        # 6. Train (the best checkpoint by eval accuracy is loaded at the end).
+        started = time.perf_counter()
+        result = trainer.train()
+        train_seconds = time.perf_counter() - started
+
+        # 7. Save a plain Hugging Face folder that pipeline() loads with no tunelab code.
+        if trainer.is_world_process_zero():
+            save_model(trainer, stage / "model")
+            shutil.rmtree(stage / "checkpoints", ignore_errors=True)
+            atomic.write_json(
+                stage / "metrics.json",
+                {
+                    "train": {
+                        "train_runtime_s": train_seconds,
+                        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+                        "train_loss": result.metrics.get("train_loss"),
+                        "train_samples": len(datasets["train"]),
+                        "epochs": result.metrics.get("epoch", config.epochs),
+                        "steps": result.global_step,
+                        "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+                        "best_eval_accuracy": trainer.state.best_metric,
+                        "peak_memory_mb": speed.peak_memory_mb(),
+                        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+                        "trainable_parameters": count_trainable(trainer.model),
+                    },
+                    "environment": speed.environment(precision),
+                },
+            )
+            # 8. Evaluate on the held-out test split: metrics.json, plots/, report.html.
+            from tunelab.evaluate import evaluate_run
+
+            evaluate_run(run, progress=progress)
+    return Run.open(out)
+
+
+def quiet_libraries() -> None:
+    """Our progress bar is the one that matters; the libraries' own bars and load reports are noise here."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def resolve_out_dir(config: TrainConfig) -> Path:
+    if config.out:
+        return Path(config.out).expanduser()
+    stem = lambda s: Path(s).name.split(".")[0] or "data"  # noqa: E731
+    return Path("runs") / f"{stem(config.model)}-{stem(config.data)}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _optional_source(source: str | None, config: TrainConfig):
+    if source is None:
+        return None
+    return load_source(source, config.text_col, config.label_col, config.encoding, config.strict)
+
+
+def build_model(model_dir: Path, config: TrainConfig, labels: list[str]):
+    # The encoder's pooler/head weights are replaced on purpose: hide the long "newly initialized" report.
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+        )
+    finally:
+        transformers.logging.set_verbosity(level)
+    if config.method == "head":
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad = _is_head(name)
+    elif config.method == "lora":
+        model = _with_lora(model)
+    return model
+
+
+def _is_head(parameter_name: str) -> bool:
+    return parameter_name.startswith(("classifier", "score", "pre_classifier"))
+
+
+def _with_lora(model):
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise TunelabError("method 'lora' needs peft", 'install it with: pip install -e ".[lm]"') from None
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear")
+    return get_peft_model(model, lora)
+
+
+def count_trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_model(trainer, folder: Path) -> None:
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters in so model/ is a plain HF folder
+        model = model.merge_and_unload()
+    model.save_pretrained(folder)
+    trainer.processing_class.save_pretrained(folder)
+
+
+def training_arguments(config: TrainConfig, output_dir: Path, precision: str, train_rows: int) -> TrainingArguments:
+    steps_per_epoch = max(1, train_rows // (config.batch_size * config.grad_accum))
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=config.epochs,
+        learning_rate=config.lr,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup,  # transformers 5: a value below 1 is a fraction of the steps
+        bf16=precision == "bf16",
+        use_cpu=not torch.cuda.is_available(),
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=config.keep_checkpoints,
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=config.logging_steps or max(1, steps_per_epoch // 20),
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        length_column_name="length",
+        report_to=config.report_to or "none",
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )

@@ -1,0 +1,74 @@
+"""The fast defaults: bf16 where the hardware has it, all cores, and a record of the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_is_fast() -> bool:
+    """bf16 pays off on GPUs that support it and on CPUs with AVX-512 BF16 or AMX; elsewhere it is emulated."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def resolve_precision(requested: str) -> str:
+    if requested == "auto":
+        return "bf16" if bf16_is_fast() else "fp32"
+    return requested
+
+
+def set_threads(threads: int | None) -> int:
+    """Use every core we are allowed to (the affinity mask, not the machine's total)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    count = threads or available
+    torch.set_num_threads(count)
+    return count
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (CPU), or peak allocated memory on the GPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kilobytes, macOS bytes.
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def environment(precision: str) -> dict[str, Any]:
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next((l.split(":", 1)[1].strip() for l in handle if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "precision": precision,
+    }

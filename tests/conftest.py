@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny randomly initialised models and small labelled data, built in the test."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSITIVE = "good great excellent wonderful superb lovely happy fine nice best".split()
+NEGATIVE = "bad awful terrible horrible poor sad worst ugly nasty dull".split()
+NEUTRAL = "table chair window door paper street river cloud stone metal".split()
+FILLER = "the a movie film food place service was is it and very quite really this that".split()
+WORDS = POSITIVE + NEGATIVE + NEUTRAL + FILLER
+
+
+def write_tiny_bert(folder: Path, num_labels: int | None = None) -> Path:
+    """A 2-layer BERT with hidden size 32 and a WordPiece vocabulary of the test words."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *"abcdefghijklmnopqrstuvwxyz"]
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=128)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    model = BertModel(config) if num_labels is None else BertForSequenceClassification(config.__class__(**config.to_dict(), num_labels=num_labels))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def sentiment_frame(rows_per_class: int = 40, seed: int = 0, classes=("positive", "negative", "neutral")) -> pd.DataFrame:
+    """Texts whose label is decided by which word list they draw from: learnable by a tiny model."""
+    rng = random.Random(seed)
+    pools = {"positive": POSITIVE, "negative": NEGATIVE, "neutral": NEUTRAL}
+    rows = []
+    for label in classes:
+        for _ in range(rows_per_class):
+            words = rng.sample(pools[label], 2) + rng.sample(FILLER, rng.randint(2, 8))
+            rng.shuffle(words)
+            rows.append((" ".join(words), label))
+    rng.shuffle(rows)
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def sentiment_csv(tmp_path) -> Path:
+    path = tmp_path / "reviews.csv"
+    sentiment_frame().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_bert) -> Path:
+    """One finished run of the tiny model, shared by the tests that only read it."""
+    from tunelab.config import TrainConfig
+    from tunelab.train.classify import train
+
+    folder = tmp_path_factory.mktemp("run")
+    data = folder / "reviews.csv"
+    sentiment_frame(rows_per_class=60).to_csv(data, index=False)
+    config = TrainConfig(model=str(tiny_bert), data=str(data), epochs=4, lr=3e-3, batch_size=16, out=str(folder / "run"), seed=1)
+    return train(config, progress=False).path

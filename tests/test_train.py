@@ -1,0 +1,128 @@
+"""The fine-tuning recipe on a tiny model: run directory contract, interoperability, predictions."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from tunelab.config import TrainConfig
+from tunelab.run import Run
+
+
+def test_run_directory_contract(trained_run):
+    run = Run.open(trained_run)
+    for name in ("config.yaml", "labels.json", "data_profile.json", "history.jsonl", "metrics.json", "model/config.json"):
+        assert (trained_run / name).is_file(), name
+    assert not (trained_run / "checkpoints").exists()
+    assert not any(p.name.endswith(".partial") for p in trained_run.parent.iterdir())
+
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    # Every default is written out, and run-time choices are resolved.
+    assert set(TrainConfig.model_fields) <= set(config)
+    assert isinstance(config["max_length"], int) and 8 <= config["max_length"] <= 128
+    assert config["precision"] in ("fp32", "bf16")
+
+    assert run.labels == ["negative", "neutral", "positive"]
+    profile = run.data_profile
+    assert sum(profile["splits"][s]["rows"] for s in ("train", "eval", "test")) == 180
+    assert profile["splits"]["train"]["token_length"]["p95"] > 0
+
+
+def test_history_has_training_and_eval_accuracy(trained_run):
+    history = Run.open(trained_run).history()
+    train_lines = [h for h in history if h["type"] == "train"]
+    eval_lines = [h for h in history if h["type"] == "eval"]
+    assert train_lines and all(0 <= h["train_accuracy"] <= 1 for h in train_lines)
+    assert len(eval_lines) == 4  # one per epoch
+    assert all({"eval_loss", "eval_accuracy", "train_accuracy"} <= set(h) for h in eval_lines)
+    assert history[-1]["type"] == "summary"
+    # The model learned something: loss goes down from the first logged step.
+    assert train_lines[-1]["loss"] < train_lines[0]["loss"]
+
+
+def test_metrics_cover_test_split_and_training(trained_run):
+    metrics = Run.open(trained_run).metrics
+    for key in ("train_runtime_s", "train_samples_per_second", "peak_memory_mb"):
+        assert metrics["train"][key] > 0
+    assert metrics["accuracy"] > 0.6  # separable data: far above the 1/3 chance level
+    assert 0 <= metrics["f1_macro"] <= 1
+    assert metrics["loss"] > 0
+
+
+def test_pipeline_loads_model_without_tunelab(trained_run):
+    from transformers import pipeline
+
+    import tunelab
+
+    texts = ["great wonderful film", "awful terrible food", "the table and chair"]
+    classify = pipeline("text-classification", model=str(trained_run / "model"), device="cpu")
+    theirs = classify(texts)
+    ours = tunelab.predict(trained_run, texts)
+    assert [t["label"] for t in theirs] == [o["label"] for o in ours]
+    assert {t["label"] for t in theirs} <= {"negative", "neutral", "positive"}
+    for t, o in zip(theirs, ours):
+        assert t["score"] == pytest.approx(o["score"], abs=1e-4)
+
+
+def test_predict_file_writes_probability_columns(trained_run, tmp_path):
+    from tunelab.predict import predict_file
+
+    source = tmp_path / "in.csv"
+    pd.DataFrame({"review": ["good great", "bad awful", "stone river"]}).to_csv(source, index=False)
+    out = predict_file(trained_run, source, tmp_path / "preds.csv", text_col="review")
+    preds = pd.read_csv(out)
+    assert list(preds.columns) == ["text", "label", "prob_negative", "prob_neutral", "prob_positive"]
+    assert preds[["prob_negative", "prob_neutral", "prob_positive"]].sum(axis=1).round(5).eq(1).all()
+
+
+def test_same_seed_same_metrics(tiny_bert, sentiment_csv, tmp_path):
+    from tunelab.train.classify import train
+
+    def once(name):
+        config = TrainConfig(model=str(tiny_bert), data=str(sentiment_csv), epochs=1, lr=3e-3, precision="fp32", out=str(tmp_path / name))
+        return train(config, progress=False).metrics
+
+    first, second = once("a"), once("b")
+    assert first["accuracy"] == second["accuracy"]
+    assert first["loss"] == pytest.approx(second["loss"], abs=1e-6)
+
+
+def test_head_only_trains_only_the_classifier(tiny_bert, sentiment_csv, tmp_path):
+    from tunelab.train.classify import train
+
+    config = TrainConfig(model=str(tiny_bert), data=str(sentiment_csv), epochs=1, method="head", out=str(tmp_path / "head"))
+    metrics = train(config, progress=False).metrics["train"]
+    assert metrics["trainable_parameters"] < metrics["parameters"] / 10
+
+
+def test_user_supplied_splits_are_used(tiny_bert, tmp_path):
+    from tests.conftest import sentiment_frame
+    from tunelab.train.classify import train
+
+    sentiment_frame(30, seed=1).to_csv(tmp_path / "train.csv", index=False)
+    sentiment_frame(5, seed=2).to_json(tmp_path / "eval.jsonl", orient="records", lines=True)
+    sentiment_frame(7, seed=3).to_parquet(tmp_path / "test.parquet")
+    config = TrainConfig(
+        model=str(tiny_bert),
+        data=str(tmp_path / "train.csv"),
+        eval_data=str(tmp_path / "eval.jsonl"),
+        test_data=str(tmp_path / "test.parquet"),
+        epochs=1,
+        out=str(tmp_path / "run"),
+    )
+    profile = train(config, progress=False).data_profile["splits"]
+    assert (profile["train"]["rows"], profile["eval"]["rows"], profile["test"]["rows"]) == (90, 15, 21)
+
+
+@pytest.mark.smoke
+def test_real_minilm_on_a_few_dozen_bbc_articles(tmp_path):
+    from tunelab.train.classify import train
+
+    config = TrainConfig(model="minilm", data="bbc-news", max_train_samples=40, max_length=64, epochs=1, batch_size=8, out=str(tmp_path / "run"))
+    run = train(config, progress=False)
+    assert run.labels == ["business", "entertainment", "politics", "sports", "tech"]
+    assert json.loads((run.model_dir / "config.json").read_text())["id2label"]["3"] == "sports"
+    assert 0 <= run.metrics["accuracy"] <= 1

@@ -1,0 +1,103 @@
+"""`tunelab eval`: evaluate a run on its test split or other labelled data; write metrics, plots, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tunelab.cli._app import command, console
+from tunelab.errors import TunelabError
+
+
+@command("eval")
+def eval_command(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `tunelab train`.", show_default=False)],
+    pairs_file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[PAIRS_FILE]",
+            help="With --bias: a file of extra term pairs, one per line ('he,she'; '\\[list name]' starts a list).",
+            show_default=False,
+        ),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Evaluate on this source (file or built-in name) instead of the test split.")
+    ] = None,
+    text_col: Annotated[str, typer.Option("--text-col", help="Text column of --data.")] = "text",
+    label_col: Annotated[str, typer.Option("--label-col", help="Label column of --data.")] = "label",
+    out: Annotated[Path | None, typer.Option("--out", help="Write the artefacts here (default: the run directory).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (for scripts).")] = False,
+    bias: Annotated[
+        bool, typer.Option("--bias", help="Probe for bias: swap he/she, male/female names, ... and count flipped predictions.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts per inference batch.")] = 64,
+) -> None:
+    """Evaluate a run: metrics.json, predictions.parquet, plots/ and a self-contained report.html."""
+    from tunelab.evaluate import evaluate_run
+
+    if pairs_file is not None and not bias:
+        raise TunelabError(f"unexpected argument '{pairs_file}'", "a pairs file goes after --bias: tunelab eval RUN --bias PAIRS_FILE")
+    frame = None
+    if data is not None:
+        from tunelab.data import load_source
+
+        frame = load_source(data, text_col=text_col, label_col=label_col)
+    metrics = evaluate_run(
+        run,
+        data=frame,
+        out_dir=out,
+        bias=pairs_file if (bias and pairs_file is not None) else bias,
+        data_name=data,
+        batch_size=batch_size,
+        progress=not json_output,
+    )
+    if json_output:
+        # Plain print: rich would wrap long lines and colour the JSON.
+        print(json.dumps(metrics, indent=2, default=_jsonable))
+        return
+    _print_summary(metrics, out if out is not None else Path(run))
+
+
+def _print_summary(metrics: dict[str, Any], out: Path) -> None:
+    test = metrics["test"]
+    table = Table(title=f"{metrics['evaluated_on']['source']} ({test['n']} examples)")
+    for column in ("class", "precision", "recall", "F1", "support", "ROC AUC"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for label, row in test["per_class"].items():
+        auc = test["roc_auc"]["per_class"][label]
+        table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]),
+                      "n/a" if auc is None else f"{auc:.3f}")
+    for average in ("macro", "weighted"):
+        row = test[average]
+        auc = test["roc_auc"]["macro"] if average == "macro" else None
+        table.add_row(f"{average} avg", f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                      str(row["support"]), "" if auc is None else f"{auc:.3f}", style="bold")
+    console.print(table)
+    line = f"accuracy {test['accuracy']:.1%} · loss {test['loss']:.4f} · F1 macro {test['f1_macro']:.3f} · ECE {test['ece']:.3f}"
+    if "top_2_accuracy" in test:
+        line += f" · top-2 {test['top_2_accuracy']:.1%}"
+    timing = test.get("timing") or {}
+    if timing.get("examples_per_second"):
+        line += f" · {timing['examples_per_second']:.1f} examples/s"
+    console.print(line, highlight=False)
+    for reason in {**test["roc_auc"]["undefined"]}.values():
+        console.print(f"[dim]{reason}[/]", highlight=False)
+    check = metrics.get("generalisation", {})
+    if check.get("verdict") == "overfitting":
+        console.print("[yellow]possible over-fitting:[/] " + "; ".join(check["reasons"]), highlight=False)
+    for name, entry in (metrics.get("bias") or {}).get("lists", {}).items():
+        rate = entry.get("flip_rate")
+        console.print(
+            f"bias probe '{name}': " + (f"{entry['flipped']}/{entry['texts_probed']} predictions flip ({rate:.1%}), "
+                                        f"mean probability shift {entry['mean_abs_shift']:.3f}" if rate is not None else entry.get("reason", "")),
+            highlight=False,
+        )
+    console.print(f"report: {out / 'report.html'}", highlight=False)
+
+
+def _jsonable(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else str(value)

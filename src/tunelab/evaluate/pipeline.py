@@ -1,0 +1,234 @@
+"""evaluate_run: score a run's model on its test split (or other labelled data) and write the artefacts.
+
+Reads top to bottom like the steps: check the data, load the model, predict (timed), compute the
+metrics, look for over-fitting, probe for bias, plot, then write predictions, report and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tunelab.atomic import write_json
+from tunelab.errors import TunelabError, did_you_mean
+from tunelab.evaluate.generalisation import generalisation_check
+from tunelab.evaluate.metrics import classification_metrics
+from tunelab.run import Run
+
+MAX_MISTAKES = 25
+LATENCY_SAMPLES = 16  # single-text calls timed for the latency figure: enough for a median, cheap
+
+
+def evaluate_run(
+    run: Run | str | os.PathLike,
+    data: pd.DataFrame | None = None,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    bias: bool | str | os.PathLike | dict[str, list[tuple[str, str]]] = False,
+    data_name: str | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate `run`'s model and write metrics.json, predictions.parquet, plots/ and report.html.
+
+    data: a DataFrame with `text` and `label` (label names) columns; default: the run's test split.
+    out_dir: where to write; default: the run directory. metrics.json there is merged into, not replaced.
+    bias: True for the built-in pair lists, a path to add the user's lists from a file, or a mapping.
+    Returns the merged content of metrics.json.
+    """
+    run = run if isinstance(run, Run) else Run.open(run)
+    labels = run.labels
+    if data is None:
+        frame, source = run.split("test"), "test split"
+    else:
+        frame, source = data, data_name or "the given data"
+    y_true = label_ids(frame, labels, source)
+    pair_lists = bias_lists(bias)  # a bad pairs file should fail before minutes of inference
+
+    from tunelab.models.classifier import Classifier, softmax
+
+    classifier = Classifier.load(run.model_dir, max_length=run.config.get("max_length"))
+    if len(classifier.labels) != len(labels):
+        raise TunelabError(
+            f"run '{run.path}' is inconsistent: labels.json has {len(labels)} labels, the model {len(classifier.labels)}",
+            "train the run again",
+        )
+    texts = frame["text"].astype(str).tolist()
+    logits, timing = timed_logits(classifier, texts, batch_size, progress)
+    proba = softmax(logits.astype(np.float64))
+
+    test = classification_metrics(y_true, proba, labels)
+    test["timing"] = timing
+    history = run.history()
+    generalisation = generalisation_check(history)
+    probe = None
+    if pair_lists:
+        from tunelab.evaluate.bias import bias_probe
+
+        probe = bias_probe(texts, proba, lambda t: classifier.predict_proba(t, batch_size), labels, pair_lists)
+
+    out = Path(out_dir).expanduser() if out_dir is not None else run.path
+    out.mkdir(parents=True, exist_ok=True)
+    predictions = predictions_frame(texts, y_true, proba, labels)
+    write_parquet(out / "predictions.parquet", predictions)
+
+    from tunelab.evaluate.plots import make_plots
+    from tunelab.evaluate.report import write_report
+
+    plots = make_plots(out / "plots", history, y_true, proba, labels, test)
+    metrics = merged_metrics(out, run, test, source, generalisation, probe)
+    write_report(
+        out / "report.html",
+        run_name=run_name(run),
+        config=run.config,
+        test=test,
+        evaluated_on=metrics["evaluated_on"],
+        plots=plots,
+        mistakes=confident_mistakes(predictions),
+        generalisation=generalisation,
+        data_profile=run.data_profile,
+        train_info=metrics.get("train"),
+        environment=metrics.get("environment"),
+        bias=probe,
+    )
+    # metrics.json last: its test key appearing means every other artefact is already written.
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def label_ids(frame: pd.DataFrame, labels: list[str], source: str) -> np.ndarray:
+    """Map label names to the model's ids; a label the model never saw is a user error naming it."""
+    missing = [c for c in ("text", "label") if c not in frame.columns]
+    if missing:
+        raise TunelabError(
+            f"{source} has no {' or '.join(repr(c) for c in missing)} column; columns are: {', '.join(map(str, frame.columns))}",
+            "choose them with --text-col and --label-col",
+        )
+    if len(frame) == 0:
+        raise TunelabError(f"{source} has no rows to evaluate")
+    names = frame["label"].astype(str)
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = names[~names.isin(index)]
+    if len(unknown):
+        counts = unknown.value_counts()
+        first = str(counts.index[0])
+        shown = ", ".join(f"'{name}' ({n} rows)" for name, n in counts.head(5).items())
+        hint = did_you_mean(first, labels)
+        raise TunelabError(
+            f"{source} has label{'s' if len(counts) > 1 else ''} the model was not trained on: {shown}; "
+            f"it knows: {', '.join(labels)}",
+            hint or "evaluate on data with the same label names, or drop those rows",
+        )
+    return names.map(index).to_numpy(dtype=int)
+
+
+def timed_logits(classifier, texts: list[str], batch_size: int, progress: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    """Batched logits with a progress bar, plus throughput and single-text latency."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    # stderr, so `tunelab eval --json` keeps stdout clean for scripts.
+    bar = Progress(
+        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True, disable=not progress,
+    )
+    with bar:
+        task = bar.add_task("evaluating", total=len(texts))
+        start = time.perf_counter()
+        logits = classifier.logits(texts, batch_size=batch_size, progress=lambda n: bar.advance(task, n))
+        seconds = time.perf_counter() - start
+    # Throughput hides the wait for one request; time a few single texts for the latency a user sees.
+    step = max(1, len(texts) // LATENCY_SAMPLES)
+    latencies = []
+    for text in texts[::step][:LATENCY_SAMPLES]:
+        start = time.perf_counter()
+        classifier.logits([text], batch_size=1)
+        latencies.append((time.perf_counter() - start) * 1000)
+    timing = {
+        "examples": len(texts),
+        "batch_size": batch_size,
+        "seconds": seconds,
+        "examples_per_second": len(texts) / seconds if seconds > 0 else None,
+        "ms_per_example": seconds * 1000 / len(texts),
+        "latency_ms_p50": statistics.median(latencies) if latencies else None,
+        "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies else None,
+        "latency_samples": len(latencies),
+    }
+    return logits, timing
+
+
+def predictions_frame(texts: list[str], y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    predicted = proba.argmax(axis=1)
+    frame = pd.DataFrame(
+        {
+            "text": texts,
+            "label": [labels[i] for i in y_true],
+            "predicted": [labels[i] for i in predicted],
+            "confidence": proba.max(axis=1),
+            "correct": predicted == y_true,
+        }
+    )
+    for i, label in enumerate(labels):
+        frame[f"prob_{label}"] = proba[:, i]
+    return frame
+
+
+def confident_mistakes(predictions: pd.DataFrame, limit: int = MAX_MISTAKES) -> list[dict[str, Any]]:
+    wrong = predictions[~predictions["correct"]].nlargest(limit, "confidence")
+    return wrong[["text", "label", "predicted", "confidence"]].to_dict("records")
+
+
+def merged_metrics(
+    out: Path, run: Run, test: dict, source: str, generalisation: dict, probe: dict | None
+) -> dict[str, Any]:
+    """metrics.json's content: what is already there (training's keys), with this evaluation merged in."""
+    path = out / "metrics.json"
+    metrics: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    # An evaluation written elsewhere still describes the run's model: carry its training facts along.
+    if out.resolve() != run.path.resolve():
+        for key in ("train", "environment"):
+            if key in run.metrics and key not in metrics:
+                metrics[key] = run.metrics[key]
+    metrics["test"] = test
+    metrics.update(loss=test["loss"], accuracy=test["accuracy"], f1_macro=test["f1_macro"])
+    metrics["evaluated_on"] = {"source": source, "rows": test["n"], "run": str(run.path)}
+    metrics["generalisation"] = generalisation
+    if probe is not None:
+        metrics["bias"] = probe
+    else:
+        metrics.pop("bias", None)  # a probe from an earlier evaluation no longer describes these numbers
+    return metrics
+
+
+def bias_lists(bias: bool | str | os.PathLike | dict | None) -> dict[str, list[tuple[str, str]]]:
+    from tunelab.evaluate.bias import BUILTIN_PAIRS, load_pairs
+
+    if bias is None or bias is False:
+        return {}
+    if bias is True:
+        return dict(BUILTIN_PAIRS)
+    if isinstance(bias, dict):
+        return dict(bias)
+    # A user file adds to the built-in lists: the common gender swaps are always worth checking.
+    return {**BUILTIN_PAIRS, **load_pairs(bias)}
+
+
+def write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def run_name(run: Run) -> str:
+    # train() may evaluate while the run still sits in its staging folder ".name.partial".
+    name = run.path.name
+    if name.startswith(".") and name.endswith(".partial"):
+        name = name[1:-len(".partial")]
+    return str(run.config.get("name") or name)

@@ -137,6 +137,8 @@ def flatten_json(data: Any) -> list[Section]:
         return [Section("", flatten_field("value", data))]
     sections = []
     for heading, body in data.items():
+        if heading == "title" and isinstance(body, str):  # already the document's title
+            continue
         if isinstance(body, dict):
             paragraphs = [p for name, value in body.items() for p in flatten_field(name, value)]
         else:

@@ -1,0 +1,258 @@
+"""A question/answer set with checkable answers, built from the Factbook's structured fields.
+
+Every row: question, answer, aliases (other accepted spellings), doc_id (the Factbook document
+holding the answer, as the RAG index names it), kind (capital, currency, ...), title.
+Answers are short spans copied from the field, so a reader can check them in the document.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tunelab.atomic import write_json, write_text
+from tunelab.data.factbook import FactbookDocument, field_text, load_factbook
+from tunelab.errors import TunelabError
+
+
+@dataclass(frozen=True)
+class QAItem:
+    question: str
+    answer: str
+    aliases: list[str]
+    doc_id: str
+    kind: str
+    title: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _strip_notes(text: str) -> str:
+    """The value before any explanation: "Amsterdam; note - The Hague ..." -> "Amsterdam"."""
+    return re.split(r";|\s\(|\bnote\b", text, maxsplit=1)[0].strip(" ,.-")
+
+
+def _numbers(text: str) -> list[str]:
+    match = re.match(r"^\s*([\d,]+(?:\.\d+)?)", text)
+    if not match:
+        return []
+    number = match.group(1).rstrip(",")
+    return [number, number.replace(",", "")]
+
+
+Extractor = Callable[[FactbookDocument], "tuple[str, str, list[str]] | None"]
+
+
+def _capital(doc: FactbookDocument):
+    name = field_text(doc.raw, "Government", "Capital", "name")
+    if not name or name.lower().startswith(("none", "no official")):
+        return None
+    answer = _strip_notes(name)
+    return f"What is the capital of {doc.title}?", answer, [name] if name != answer else []
+
+
+def _government(doc: FactbookDocument):
+    text = field_text(doc.raw, "Government", "Government type")
+    if not text:
+        return None
+    answer = _strip_notes(text)
+    return f"What type of government does {doc.title} have?", answer, [text] if text != answer else []
+
+
+def _currency(doc: FactbookDocument):
+    text = field_text(doc.raw, "Economy", "Exchange rates", "Currency")
+    match = re.match(r"^(.+?)\s*\(([A-Z/]{3,7})\)", text or "")
+    if not match:
+        return None
+    name, code = match.group(1).strip(), match.group(2)
+    aliases = [code, *code.split("/")]
+    if name.endswith("s"):
+        aliases.append(name[:-1])  # "euros" -> "euro"
+    return f"What is the currency of {doc.title}?", name, sorted(set(aliases) - {name})
+
+
+def _population(doc: FactbookDocument):
+    text = field_text(doc.raw, "People and Society", "Population", "total") or field_text(
+        doc.raw, "People and Society", "Population"
+    )
+    numbers = _numbers(text or "")
+    if not numbers:
+        return None
+    return f"What is the population of {doc.title}?", numbers[0], numbers[1:]
+
+
+def _area(doc: FactbookDocument):
+    text = field_text(doc.raw, "Geography", "Area", "total")
+    numbers = _numbers(text or "")
+    if not numbers:
+        return None
+    return f"What is the total area of {doc.title}?", f"{numbers[0]} sq km", numbers
+
+
+def _independence(doc: FactbookDocument):
+    text = field_text(doc.raw, "Government", "Independence")
+    if not text or not re.match(r"^\d{1,2} [A-Z][a-z]+ \d{3,4}\b", text):
+        return None  # "none (...)", "no official date ...": no single checkable date
+    date = re.match(r"^\d{1,2} [A-Z][a-z]+ \d{3,4}", text).group(0)
+    return f"When did {doc.title} become independent?", date, [date.split()[-1]]
+
+
+def _languages(doc: FactbookDocument):
+    text = field_text(doc.raw, "People and Society", "Languages", "Languages") or field_text(
+        doc.raw, "People and Society", "Languages"
+    )
+    if not text:
+        return None
+    official = []
+    for part in re.split(r",|;", text):
+        match = re.match(r"^\s*([A-Z][\w' -]*?)\s*(?:only\s*)?\(official\b", part)
+        if match:
+            official.append(match.group(1).strip())
+    if not official:
+        return None
+    return f"What is an official language of {doc.title}?", official[0], official[1:]
+
+
+def _internet_code(doc: FactbookDocument):
+    text = field_text(doc.raw, "Communications", "Internet country code")
+    match = re.match(r"^(\.[a-z]{2,3})$", text or "")
+    if not match:
+        return None
+    return f"What is the internet country code of {doc.title}?", match.group(1), [match.group(1)[1:]]
+
+
+def _highest_point(doc: FactbookDocument):
+    text = field_text(doc.raw, "Geography", "Elevation", "highest point")
+    if not text:
+        return None
+    name = re.split(r"\s\(|\s\d", text, maxsplit=1)[0].strip(" ,;")
+    if not name or name[0].isdigit() or name.lower().startswith(("unnamed", "none")):
+        return None
+    return f"What is the highest point in {doc.title}?", name, []
+
+
+def _nationality(doc: FactbookDocument):
+    text = field_text(doc.raw, "People and Society", "Nationality", "adjective")
+    if not text or text.lower().startswith("none"):
+        return None
+    answer = _strip_notes(text)
+    return f"What is the nationality adjective for people from {doc.title}?", answer, []
+
+
+def _national_holiday(doc: FactbookDocument):
+    text = field_text(doc.raw, "Government", "National holiday")
+    match = re.search(r"(\d{1,2} [A-Z][a-z]+)", text or "")
+    if not match:
+        return None
+    return f"On what date is the national holiday of {doc.title}?", match.group(1), []
+
+
+EXTRACTORS: dict[str, Extractor] = {
+    "capital": _capital,
+    "government_type": _government,
+    "currency": _currency,
+    "population": _population,
+    "area": _area,
+    "independence": _independence,
+    "official_language": _languages,
+    "internet_code": _internet_code,
+    "highest_point": _highest_point,
+    "nationality": _nationality,
+    "national_holiday": _national_holiday,
+}
+
+
+def build_factbook_qa(documents: Iterable[FactbookDocument] | None = None) -> list[QAItem]:
+    """Every question the Factbook's fields support, in document order."""
+    items = []
+    for doc in documents if documents is not None else load_factbook():
+        for kind, extract in EXTRACTORS.items():
+            found = extract(doc)
+            if not found:
+                continue
+            question, answer, aliases = found
+            if not normalize_answer(answer):
+                continue
+            aliases = [a for a in dict.fromkeys(aliases) if normalize_answer(a) and a != answer]
+            items.append(QAItem(question, answer, aliases, doc.doc_id, kind, doc.title))
+    return items
+
+
+def split_qa(items: list[QAItem], test_fraction: float = 0.2, seed: int = 0) -> tuple[list[QAItem], list[QAItem]]:
+    """A seeded split, stratified by question kind so both halves cover every kind."""
+    if not 0 < test_fraction < 1:
+        raise TunelabError(f"test fraction {test_fraction} must be between 0 and 1", "use --test-fraction 0.2")
+    rng = random.Random(seed)
+    train, test = [], []
+    kinds = sorted({item.kind for item in items})
+    for kind in kinds:
+        group = [item for item in items if item.kind == kind]
+        rng.shuffle(group)
+        cut = round(len(group) * test_fraction)
+        test.extend(group[:cut])
+        train.extend(group[cut:])
+    return train, test
+
+
+def write_factbook_qa(out: str | Path, test_fraction: float = 0.2, seed: int = 0) -> dict:
+    """Write train.jsonl and test.jsonl (and a small summary) into `out`; returns the summary."""
+    import json
+
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise TunelabError(f"'{out}' is a file", "pass --out a folder to write train.jsonl and test.jsonl into")
+    items = build_factbook_qa()
+    train, test = split_qa(items, test_fraction, seed)
+    for name, rows in (("train", train), ("test", test)):
+        write_text(out / f"{name}.jsonl", "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in rows))
+    summary = {
+        "questions": len(items),
+        "train": len(train),
+        "test": len(test),
+        "seed": seed,
+        "test_fraction": test_fraction,
+        "documents": len({i.doc_id for i in items}),
+        "kinds": {kind: sum(1 for i in items if i.kind == kind) for kind in EXTRACTORS},
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def read_qa(path: str | Path) -> list[dict]:
+    """Rows of a QA JSONL file, checked for the fields evaluation needs."""
+    import json
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise TunelabError(f"QA file '{path}' not found", "build one with: tunelab data factbook-qa --out DIR")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TunelabError(f"{path}:{number} is not valid JSON ({error.msg})", "each line must be one JSON object") from None
+        missing = [k for k in ("question", "doc_id") if k not in row]
+        if missing:
+            raise TunelabError(
+                f"{path}:{number} lacks {', '.join(missing)}",
+                "each line needs question, answer, aliases and doc_id (see tunelab data factbook-qa)",
+            )
+        rows.append(row)
+    if not rows:
+        raise TunelabError(f"QA file '{path}' is empty", "build one with: tunelab data factbook-qa --out DIR")
+    return rows

@@ -1,0 +1,133 @@
+"""Grounded answers: retrieve, put the passages in the prompt, answer with [n] citations.
+
+When the closest chunk is not similar enough to the question, the answer is "I don't know"
+without calling the model at all: a small model given irrelevant context guesses.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from tunelab.models.catalogue import resolve_model
+from tunelab.rag.index import Hit, Index
+
+ABSTAIN = "I don't know: the indexed documents do not seem to cover this question."
+MIN_SIMILARITY = 0.25  # all-MiniLM cosine; on-topic Factbook questions score 0.4-0.8, off-topic ones < 0.2
+
+SYSTEM = (
+    "You answer questions using only the numbered sources below. "
+    "Cite the sources you use as [1], [2]. "
+    "If the sources do not contain the answer, reply exactly: I don't know."
+)
+
+
+class Generator(Protocol):
+    """Anything that turns a prompt into text: a local causal LM, or a fake in tests."""
+
+    def __call__(self, prompt: str) -> str: ...
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    sources: list[Hit]  # the passages cited in the text (all given passages if none was cited)
+    abstained: bool
+    hits: list[Hit] = field(default_factory=list)  # every passage shown to the model
+    best_similarity: float = 0.0
+
+    def format(self) -> str:
+        lines = [self.text]
+        if self.sources and not self.abstained:
+            lines.append("")
+            lines.append("Sources:")
+            for hit in self.sources:
+                where = " — ".join(p for p in (hit.chunk.title, hit.chunk.section) if p)
+                lines.append(f"[{hit.rank}] {where} ({hit.chunk.doc_id}, {hit.chunk.chunk_id})")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "question": self.question,
+            "answer": self.text,
+            "abstained": self.abstained,
+            "best_similarity": round(self.best_similarity, 4),
+            "sources": [h.to_dict() for h in self.sources],
+        }
+
+
+def build_prompt(question: str, hits: list[Hit], max_chars: int = 900) -> str:
+    """The grounded prompt: instructions, numbered passages (as [rank]), then the question."""
+    passages = []
+    for hit in hits:
+        where = " — ".join(p for p in (hit.chunk.title, hit.chunk.section) if p)
+        text = hit.chunk.text if len(hit.chunk.text) <= max_chars else hit.chunk.text[:max_chars].rsplit(" ", 1)[0] + " ..."
+        passages.append(f"[{hit.rank}] {where}\n{text}")
+    return f"{SYSTEM}\n\nSources:\n" + "\n\n".join(passages) + f"\n\nQuestion: {question}\nAnswer:"
+
+
+def cited(text: str, hits: list[Hit]) -> list[Hit]:
+    """The passages the text cites as [n] (or [n, m]), in citation order; unknown numbers ignored."""
+    by_rank = {hit.rank: hit for hit in hits}
+    numbers = [int(n) for group in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", text) for n in re.split(r"\s*,\s*", group)]
+    return [by_rank[n] for n in dict.fromkeys(numbers) if n in by_rank]
+
+
+def is_abstention(text: str) -> bool:
+    return bool(re.search(r"\b(i don'?t know|i do not know|not (?:contained|mentioned|provided) in the sources)\b", text.lower()))
+
+
+def answer(
+    question: str,
+    index: Index,
+    generator: Generator,
+    *,
+    mode: str = "hybrid",
+    k: int = 4,
+    min_similarity: float = MIN_SIMILARITY,
+) -> Answer:
+    retrieval = index.retrieve(question, mode, k, need_similarity=True)
+    best = retrieval.best_similarity
+    if not retrieval.hits or not best >= min_similarity:  # also catches NaN (empty index)
+        return Answer(question, ABSTAIN, [], True, retrieval.hits, best if best == best else 0.0)
+    text = generator(build_prompt(question, retrieval.hits)).strip()
+    if is_abstention(text):
+        return Answer(question, ABSTAIN, [], True, retrieval.hits, best)
+    sources = cited(text, retrieval.hits) or retrieval.hits
+    return Answer(question, text, sources, False, retrieval.hits, best)
+
+
+class HFGenerator:
+    """A local causal LM (catalogue name like `smollm2`, a model folder, or a run directory)."""
+
+    def __init__(self, model: str | Path = "smollm2", max_new_tokens: int = 96):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = resolve_model(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        self.model.eval()
+        self.max_new_tokens = max_new_tokens
+        self._torch = torch
+
+    def _encode(self, prompt: str):
+        if getattr(self.tokenizer, "chat_template", None):
+            # Instruct models answer far better inside their own chat format.
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+        return self.tokenizer(prompt, return_tensors="pt")
+
+    def __call__(self, prompt: str) -> str:
+        inputs = self._encode(prompt)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        with self._torch.inference_mode():
+            output = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad
+            )
+        new_tokens = output[0, inputs["input_ids"].shape[1] :]
+        return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()

@@ -19,6 +19,7 @@ from tunelab.cli import core  # noqa: E402,F401
 
 # --- feature command registrations (one line each) ---
 from tunelab.cli import evaluate  # noqa: E402,F401
+from tunelab.cli import rag  # noqa: E402,F401
 # --- end of registrations ---
 
 

@@ -68,11 +68,15 @@ def test_evaluate_run_writes_every_artefact_and_merges_metrics(run):
     assert "texts also appear in train" in page  # data-profile warning
 
 
-def test_unknown_label_is_named(run):
+def test_unknown_label_is_named(run, tmp_path):
     data = pd.DataFrame({"text": ["a market", "a game", "a chip"], "label": ["business", "sprots", "tech"]})
     with pytest.raises(TunelabError) as error:
         evaluate_run(run, data=data, progress=False)
     assert "'sprots' (1 rows)" in str(error.value) and "did you mean 'sport'" in str(error.value)
+    # a source path works too (tunelab.evaluate(run, "file.csv") in a notebook)
+    data.to_csv(tmp_path / "typo.csv", index=False)
+    with pytest.raises(TunelabError, match=r"typo.csv has label the model was not trained on: 'sprots'"):
+        evaluate_run(run, data=tmp_path / "typo.csv", progress=False)
 
 
 def test_class_absent_from_data_is_reported_not_a_crash(run, tmp_path):

@@ -28,7 +28,7 @@ LATENCY_SAMPLES = 16  # single-text calls timed for the latency figure: enough f
 
 def evaluate_run(
     run: Run | str | os.PathLike,
-    data: pd.DataFrame | None = None,
+    data: pd.DataFrame | str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     *,
     bias: bool | str | os.PathLike | dict[str, list[tuple[str, str]]] = False,
@@ -38,7 +38,9 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate `run`'s model and write metrics.json, predictions.parquet, plots/ and report.html.
 
-    data: a DataFrame with `text` and `label` (label names) columns; default: the run's test split.
+    data: a DataFrame with `text` and `label` (label names) columns, or a source for
+    tunelab.data.load_source (file or built-in name, with columns `text` and `label`);
+    default: the run's test split.
     out_dir: where to write; default: the run directory. metrics.json there is merged into, not replaced.
     bias: True for the built-in pair lists, a path to add the user's lists from a file, or a mapping.
     Returns the merged content of metrics.json.
@@ -47,6 +49,10 @@ def evaluate_run(
     labels = run.labels
     if data is None:
         frame, source = run.split("test"), "test split"
+    elif isinstance(data, (str, os.PathLike)):
+        from tunelab.data import load_source
+
+        frame, source = load_source(data), data_name or str(data)
     else:
         frame, source = data, data_name or "the given data"
     y_true = label_ids(frame, labels, source)

@@ -26,7 +26,7 @@ TEMPLATE = r"""<!DOCTYPE html>
   .flag.unknown { border-color: #98a2b3; background: #f5f6f8; }
   ul.warnings li { color: #9a4a00; }
   td.text { max-width: 560px; white-space: pre-wrap; word-break: break-word; }
-  .columns { display: flex; flex-wrap: wrap; gap: 2rem; }
+  .columns { display: flex; flex-wrap: wrap; gap: 2rem; align-items: flex-start; }
 </style>
 </head>
 <body>

@@ -26,9 +26,8 @@ def write_tiny_bert(folder: Path, num_labels: int | None = None) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *"abcdefghijklmnopqrstuvwxyz"]
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=128)
+    # transformers 5 takes the vocabulary itself (a dict), not a vocab.txt path.
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True, model_max_length=128)
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=32,

@@ -142,6 +142,16 @@ def train(config: TrainConfig, progress: bool = True) -> Run:
     return Run.open(out)
 
 
+def quickstart_config(out: str | None = None) -> TrainConfig:
+    """minilm on bbc-news, tuned to finish in minutes on a laptop CPU.
+
+    News articles run to 500+ tokens, but the headline and first paragraph settle the topic:
+    128 tokens keep >95% accuracy at a quarter of the compute. MiniLM's small hidden size
+    wants a larger learning rate than BERT-base's usual 5e-5.
+    """
+    return TrainConfig(model="minilm", data="bbc-news", max_length=128, epochs=2, lr=2e-4, batch_size=16, out=out)
+
+
 def quiet_libraries() -> None:
     """Our progress bar is the one that matters; the libraries' own bars and load reports are noise here."""
     import datasets

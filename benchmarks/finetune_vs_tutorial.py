@@ -1,0 +1,185 @@
+"""Fine-tuning speed: the tutorial recipe against tunelab's defaults, in one process run.
+
+(a) the tutorial: tokenizer(padding="max_length", truncation=True), default TrainingArguments apart
+    from batch size and epochs, float32;
+(b) tunelab.train with its defaults (dynamic padding, length-grouped batches, max length from the
+    data, bf16 autocast where the CPU has it, all cores).
+Same model, same training examples, same epochs, same batch size, same evaluation examples.
+Prints JSON: samples/s, tokens/s, GFLOPS as a fraction of a matmul peak measured here, eval accuracy.
+
+    python benchmarks/finetune_vs_tutorial.py --data tweets --train-samples 800 --eval-samples 400
+    python benchmarks/finetune_vs_tutorial.py --data bbc-news --train-samples 240 --eval-samples 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+import transformers
+from sklearn.model_selection import train_test_split
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+import tunelab
+from tunelab.data import load_source
+from tunelab.models.catalogue import resolve_model
+
+
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+class TrainingClock(TrainerCallback):
+    """Seconds spent inside training epochs only (evaluation and checkpointing excluded)."""
+
+    def __init__(self):
+        self.seconds, self._start = 0.0, None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.seconds += time.perf_counter() - self._start
+
+
+def sample(frame, n, seed):
+    if n >= len(frame):
+        return frame.reset_index(drop=True)
+    picked, _ = train_test_split(frame, train_size=n, random_state=seed, stratify=frame["label"])
+    return picked.reset_index(drop=True)
+
+
+def tutorial_recipe(model_dir, train, evaluation, labels, epochs, batch_size, workdir):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    label2id = {label: i for i, label in enumerate(labels)}
+
+    def encode(frame):
+        encoded = tokenizer(frame["text"].tolist(), padding="max_length", truncation=True)
+        return [
+            {"input_ids": ids, "attention_mask": mask, "labels": label2id[label]}
+            for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], frame["label"])
+        ]
+
+    train_set, eval_set = encode(train), encode(evaluation)
+    transformers.set_seed(42)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(labels))
+    args = TrainingArguments(
+        output_dir=str(workdir / "tutorial"),
+        per_device_train_batch_size=batch_size,
+        num_train_epochs=epochs,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    clock = TrainingClock()
+
+    def accuracy(prediction):
+        return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, callbacks=[clock], compute_metrics=accuracy)
+    result = trainer.train()
+    scores = trainer.evaluate(eval_set)
+    real_tokens = sum(int(sum(example["attention_mask"])) for example in train_set) * epochs
+    return {
+        "train_seconds": clock.seconds,
+        "samples_per_second": len(train_set) * epochs / clock.seconds,
+        "tokens_per_second": real_tokens / clock.seconds,
+        "padded_length": len(train_set[0]["input_ids"]),
+        "gflops": result.metrics["total_flos"] / clock.seconds / 1e9,
+        "precision": "fp32",
+        "eval_accuracy": scores["eval_accuracy"],
+        "eval_loss": scores["eval_loss"],
+    }
+
+
+def tunelab_recipe(model, train, evaluation, epochs, batch_size, workdir):
+    train_file, eval_file = workdir / "train.parquet", workdir / "eval.parquet"
+    train.to_parquet(train_file)
+    evaluation.to_parquet(eval_file)
+    run = tunelab.train(
+        model=model,
+        data=str(train_file),
+        eval_data=str(eval_file),
+        test_data=str(eval_file),
+        epochs=epochs,
+        batch_size=batch_size,
+        out=str(workdir / "tunelab"),
+    )
+    history = run.history()
+    summary = next(h for h in history if h["type"] == "summary")
+    # Trainer's train_runtime includes the per-epoch evaluations; take them out to compare training alone.
+    seconds = summary["train_runtime"] - sum(h.get("eval_runtime", 0.0) for h in history if h["type"] == "eval")
+    tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
+    max_length = run.config["max_length"]
+    lengths = [min(len(ids), max_length) for ids in tokenizer(train["text"].tolist())["input_ids"]]
+    return {
+        "train_seconds": seconds,
+        "samples_per_second": len(train) * epochs / seconds,
+        "tokens_per_second": sum(lengths) * epochs / seconds,
+        "max_length": max_length,
+        "gflops": summary["total_flos"] / seconds / 1e9,
+        "precision": run.config["precision"],
+        "eval_accuracy": run.metrics["accuracy"],
+        "eval_loss": run.metrics["loss"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="tweets")
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--train-samples", type=int, default=800)
+    parser.add_argument("--eval-samples", type=int, default=400)
+    parser.add_argument("--epochs", type=float, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=42)
+    options = parser.parse_args()
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    frame = load_source(options.data)
+    pool, held_out = train_test_split(frame, test_size=0.2, random_state=options.seed, stratify=frame["label"])
+    train = sample(pool, options.train_samples, options.seed)
+    evaluation = sample(held_out, options.eval_samples, options.seed)
+    labels = sorted(train["label"].unique())
+    peaks = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        tutorial = tutorial_recipe(resolve_model(options.model), train, evaluation, labels, options.epochs, options.batch_size, workdir)
+        ours = tunelab_recipe(options.model, train, evaluation, options.epochs, options.batch_size, workdir)
+    for result in (tutorial, ours):
+        result["fraction_of_matmul_peak"] = result["gflops"] / peaks[result["precision"]]
+    report = {
+        "data": options.data,
+        "model": options.model,
+        "train_samples": len(train),
+        "eval_samples": len(evaluation),
+        "epochs": options.epochs,
+        "batch_size": options.batch_size,
+        "matmul_peak_gflops": peaks,
+        "tutorial": tutorial,
+        "tunelab": ours,
+        "speedup_samples_per_second": ours["samples_per_second"] / tutorial["samples_per_second"],
+        "accuracy_difference_points": 100 * (ours["eval_accuracy"] - tutorial["eval_accuracy"]),
+    }
+    json.dump(report, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -149,4 +149,5 @@ def test_train_ends_with_an_evaluation(trained_run):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert {"train", "test", "loss", "accuracy", "f1_macro"} <= set(metrics)
     assert (trained_run / "report.html").is_file() and (trained_run / "predictions.parquet").is_file()
+    assert metrics["evaluated_on"]["run"] == str(trained_run)  # not the staging folder it was evaluated in
     assert len(list((trained_run / "plots").glob("*.png"))) == 6

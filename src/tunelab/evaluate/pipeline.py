@@ -204,7 +204,7 @@ def merged_metrics(
                 metrics[key] = run.metrics[key]
     metrics["test"] = test
     metrics.update(loss=test["loss"], accuracy=test["accuracy"], f1_macro=test["f1_macro"])
-    metrics["evaluated_on"] = {"source": source, "rows": test["n"], "run": str(run.path)}
+    metrics["evaluated_on"] = {"source": source, "rows": test["n"], "run": str(published_path(run))}
     metrics["generalisation"] = generalisation
     if probe is not None:
         metrics["bias"] = probe
@@ -232,9 +232,13 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
-def run_name(run: Run) -> str:
-    # train() may evaluate while the run still sits in its staging folder ".name.partial".
+def published_path(run: Run) -> Path:
+    """The run's final folder: train() evaluates while the run still sits in its staging ".name.partial"."""
     name = run.path.name
     if name.startswith(".") and name.endswith(".partial"):
-        name = name[1:-len(".partial")]
-    return str(run.config.get("name") or name)
+        return run.path.with_name(name[1 : -len(".partial")])
+    return run.path
+
+
+def run_name(run: Run) -> str:
+    return str(run.config.get("name") or published_path(run).name)

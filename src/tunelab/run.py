@@ -37,7 +37,9 @@ class Run:
                     "resume it with `tunelab resume` or train it again with --overwrite",
                 )
             raise TunelabError(f"run directory '{path}' does not exist", "pass the folder `tunelab train` wrote (--out)")
-        if not (path / "model" / "config.json").is_file() or not (path / "config.yaml").is_file():
+        # A fine-tuned run holds a Hugging Face model/ folder; a scikit-learn baseline run, model.joblib.
+        has_model = (path / "model" / "config.json").is_file() or (path / "model.joblib").is_file()
+        if not has_model or not (path / "config.yaml").is_file():
             raise TunelabError(
                 f"'{path}' is not a tunelab run directory (no model/ or config.yaml)",
                 "pass the folder `tunelab train` wrote (--out)",
@@ -46,7 +48,18 @@ class Run:
 
     # paths -------------------------------------------------------------------------
     @property
+    def kind(self) -> str:
+        """'transformers' (a Hugging Face model/ folder) or 'sklearn' (a scikit-learn baseline: model.joblib)."""
+        return str(self.config.get("kind") or "transformers")
+
+    @property
     def model_dir(self) -> Path:
+        if self.kind != "transformers":
+            # Code that loads model/ (predict, eval, serve, export) must not fail on a missing folder deep inside.
+            raise TunelabError(
+                f"run '{self.path}' is a scikit-learn baseline ({self.config.get('method', self.kind)}) with no Hugging Face model/ folder",
+                "its metrics.json, predictions and report.html were written when it was made; rank it with `tunelab compare`",
+            )
         return self.path / "model"
 
     @property

@@ -35,6 +35,7 @@ def evaluate_run(
     data_name: str | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    classifier: Any = None,
 ) -> dict[str, Any]:
     """Evaluate `run`'s model and write metrics.json, predictions.parquet, plots/ and report.html.
 
@@ -43,6 +44,8 @@ def evaluate_run(
     default: the run's test split.
     out_dir: where to write; default: the run directory. metrics.json there is merged into, not replaced.
     bias: True for the built-in pair lists, a path to add the user's lists from a file, or a mapping.
+    classifier: an already loaded scorer (`.labels`, `.logits(texts, batch_size, progress)`,
+    `.predict_proba`) instead of the run's model/ folder, e.g. a scikit-learn baseline's.
     Returns the merged content of metrics.json.
     """
     run = run if isinstance(run, Run) else Run.open(run)
@@ -60,7 +63,8 @@ def evaluate_run(
 
     from tunelab.models.classifier import Classifier, softmax
 
-    classifier = Classifier.load(run.model_dir, max_length=run.config.get("max_length"))
+    if classifier is None:
+        classifier = Classifier.load(run.model_dir, max_length=run.config.get("max_length"))
     if len(classifier.labels) != len(labels):
         raise TunelabError(
             f"run '{run.path}' is inconsistent: labels.json has {len(labels)} labels, the model {len(classifier.labels)}",

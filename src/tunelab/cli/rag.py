@@ -71,7 +71,8 @@ def index_cmd(
     console.print(
         f"indexed {index}: {report.added} added, {report.changed} changed, {report.removed} removed, "
         f"{report.unchanged} unchanged; {report.chunks_embedded} chunks embedded, {report.chunks_total} in the index "
-        f"({report.seconds:.1f} s)"
+        f"({report.seconds:.1f} s)",
+        soft_wrap=True,
     )
 
 

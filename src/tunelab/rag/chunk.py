@@ -39,10 +39,10 @@ def split_section(text: str, tokenizer, max_tokens: int, overlap: int) -> list[s
     """Pieces of `text`, each at most max_tokens tokens, consecutive pieces sharing ~overlap tokens."""
     if max_tokens < 8:
         raise TunelabError(f"chunk size {max_tokens} tokens is too small", "use --chunk-tokens of 32 or more")
-    if not 0 <= overlap < max_tokens // 2:
+    if not 0 <= overlap <= max_tokens // 2:
         raise TunelabError(
-            f"overlap {overlap} must be at least 0 and less than half the chunk size ({max_tokens})",
-            f"use --overlap between 0 and {max_tokens // 2 - 1}",
+            f"overlap {overlap} must be between 0 and half the chunk size ({max_tokens})",
+            f"use --overlap between 0 and {max_tokens // 2}",
         )
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     offsets = [span for span in encoded["offset_mapping"] if span[1] > span[0]]

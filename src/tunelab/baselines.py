@@ -1,0 +1,283 @@
+"""scikit-learn baselines: what a user gets without fine-tuning anything.
+
+- `tfidf-logreg`: TF-IDF word n-grams + logistic regression.
+- `embeddings-logreg`: frozen sentence embeddings (sentence-transformers, e.g. minilm) + logistic regression.
+
+Each writes a normal run directory (config.yaml with `kind: sklearn`, labels.json, splits/,
+data_profile.json, history.jsonl, metrics.json with the same keys as a fine-tuned run,
+predictions.parquet, plots/, report.html), so compare and eval treat every candidate alike.
+A scikit-learn model is no Hugging Face folder: it is saved as model.joblib (and, for the
+embeddings baseline, the frozen encoder as encoder/ so the run needs nothing outside itself).
+
+The recipe, top to bottom: load data -> split (the same function and seed as `tunelab train`,
+so the test split is identical) -> features -> logistic regression with C chosen on the eval
+split -> save -> evaluate on the test split -> publish.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+from pydantic import Field  # noqa: E402
+
+from tunelab import atomic  # noqa: E402
+from tunelab.config import Settings, to_yaml  # noqa: E402
+from tunelab.errors import TunelabError  # noqa: E402
+from tunelab.run import Run  # noqa: E402
+
+METHODS = ("tfidf-logreg", "embeddings-logreg")
+C_GRID = (0.1, 1.0, 10.0, 100.0)  # regularisation strengths tried on the eval split when C is not given
+
+
+class BaselineConfig(Settings):
+    """A scikit-learn baseline run. The data settings mean the same as TrainConfig's."""
+
+    kind: Literal["sklearn"] = Field("sklearn", description="what Run and eval see: a scikit-learn model.joblib, no model/ folder")
+    method: Literal["tfidf-logreg", "embeddings-logreg"] = "tfidf-logreg"
+    model: str = Field("minilm", description="sentence-transformers encoder for embeddings-logreg (catalogue name or folder)")
+    data: str = "bbc-news"
+    text_col: str = "text"
+    label_col: str = "label"
+    encoding: str = "utf-8"
+    eval_data: str | None = None
+    test_data: str | None = None
+    eval_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    max_train_samples: int | None = Field(None, gt=0)
+    strict: bool = False
+    seed: int = 42
+
+    C: float | None = Field(None, gt=0, description=f"inverse regularisation strength; default: the best of {C_GRID} on the eval split")
+    max_iter: int = Field(2000, gt=0)
+    max_features: int = Field(100_000, gt=0, description="tfidf-logreg: vocabulary size")
+    ngram_max: int = Field(2, ge=1, le=3, description="tfidf-logreg: longest word n-gram")
+    max_length: int | None = Field(None, gt=0, description="embeddings-logreg: token limit (default: the encoder's)")
+    embed_batch_size: int = Field(64, gt=0)
+    threads: int | None = Field(None, gt=0)
+
+    out: str | None = None
+    overwrite: bool = False
+
+
+# -- the scorer: what evaluate, compare and predict-like code call ---------------------------------
+
+
+class BaselineClassifier:
+    """A loaded baseline with the Classifier interface: `.labels`, `.logits()`, `.predict_proba()`."""
+
+    def __init__(self, pipeline, labels: list[str], encoder=None, embed_batch_size: int = 64):
+        self.pipeline = pipeline  # TF-IDF + LR, or LR alone on embeddings
+        self.labels = labels
+        self.encoder = encoder
+        self.embed_batch_size = embed_batch_size
+
+    @classmethod
+    def load(cls, run: Run | str | os.PathLike) -> BaselineClassifier:
+        import joblib
+
+        run = run if isinstance(run, Run) else Run.open(run)
+        if run.kind != "sklearn":
+            raise TunelabError(f"run '{run.path}' is not a scikit-learn baseline", "load it with tunelab.predict")
+        encoder = None
+        if run.config.get("method") == "embeddings-logreg":
+            encoder = load_encoder(run.path / "encoder", run.config.get("max_length"))
+        return cls(joblib.load(run.path / "model.joblib"), run.labels, encoder, run.config.get("embed_batch_size", 64))
+
+    def features(self, texts: Sequence[str]):
+        if self.encoder is None:
+            return list(texts)
+        return embed(self.encoder, texts, self.embed_batch_size)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        texts = list(texts)
+        out = np.zeros((len(texts), len(self.labels)))
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            out[start : start + len(chunk)] = self.pipeline.predict_proba(self.features(chunk))
+            if progress:
+                progress(len(chunk))
+        return out
+
+    def logits(self, texts: Sequence[str], batch_size: int = 64, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        # log-probabilities: their softmax gives the probabilities back, as a model's logits would.
+        return np.log(np.clip(self.predict_proba(texts, batch_size, progress), 1e-12, None)).astype(np.float32)
+
+
+def load_encoder(folder: str | os.PathLike, max_length: int | None = None):
+    from sentence_transformers import SentenceTransformer
+
+    encoder = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    encoder.eval()
+    if max_length:
+        encoder.max_seq_length = max_length
+    return encoder
+
+
+def embed(encoder, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    # Unit vectors: logistic regression's regularisation then treats every text alike.
+    return encoder.encode(list(texts), batch_size=batch_size, show_progress_bar=False, normalize_embeddings=True, convert_to_numpy=True)
+
+
+# -- training ----------------------------------------------------------------------------------------
+
+
+def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
+    """Fit the baseline on config.data and return the finished run directory."""
+    import joblib
+    import torch
+
+    from tunelab.data import load_source, make_splits, profile_splits
+    from tunelab.train import speed
+
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # the encoder's load/save bars are noise here
+    out = resolve_out(config)
+    if out.exists() and not config.overwrite:
+        raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
+    torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
+
+    # 1. Data: exactly the splits `tunelab train` makes from the same settings.
+    frame = load_source(config.data, config.text_col, config.label_col, config.encoding, config.strict)
+    optional = lambda source: None if source is None else load_source(source, config.text_col, config.label_col, config.encoding, config.strict)  # noqa: E731
+    splits = make_splits(
+        frame, config.eval_fraction, config.test_fraction, config.seed,
+        optional(config.eval_data), optional(config.test_data), config.max_train_samples,
+    )
+    labels = sorted(splits["train"]["label"].unique())
+    label_id = {label: i for i, label in enumerate(labels)}
+    y = {name: split["label"].map(label_id).to_numpy() for name, split in splits.items()}
+    texts = {name: split["text"].astype(str).tolist() for name, split in splits.items()}
+    _say(progress, f"[bold]plan[/]: {config.method} on {config.data} — {len(texts['train'])} train / "
+                   f"{len(texts['eval'])} eval / {len(texts['test'])} test rows, {len(labels)} classes")
+
+    # 2. Features and model, fitted on train only; C chosen on the eval split, never on test.
+    started = time.perf_counter()
+    encoder = None
+    if config.method == "embeddings-logreg":
+        from tunelab.models.catalogue import resolve_model
+
+        encoder = load_encoder(resolve_model(config.model), config.max_length)
+        features = {name: embed(encoder, texts[name], config.embed_batch_size) for name in ("train", "eval")}
+    else:
+        features = {name: texts[name] for name in ("train", "eval")}
+    candidates = [config.C] if config.C else list(C_GRID)
+    searched = []
+    for c in candidates:
+        pipeline = build_pipeline(config, c)
+        pipeline.fit(features["train"], y["train"])
+        searched.append((pipeline, c, eval_scores(pipeline, features, y, len(labels))))
+    pipeline, chosen_c, scores = max(searched, key=lambda item: (item[2]["eval_accuracy"], -item[2]["eval_loss"]))
+    train_seconds = time.perf_counter() - started
+
+    # 3. Stage the run directory: everything a fine-tuned run has, model.joblib instead of model/.
+    staging = atomic.partial_path(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "splits").mkdir(parents=True)
+    run = Run(staging)
+    resolved = dict(out=str(out), C=chosen_c, max_length=encoder.max_seq_length if encoder else None)
+    atomic.write_text(staging / "config.yaml", to_yaml(config, **resolved))
+    atomic.write_json(staging / "labels.json", {str(i): label for i, label in enumerate(labels)})
+    tokenizer = encoder.tokenizer if encoder is not None else None
+    atomic.write_json(staging / "data_profile.json", profile_splits(splits, tokenizer, encoder.max_seq_length if encoder else None, frame.attrs.get("dropped")))
+    for name, split in splits.items():
+        split.to_parquet(run.split_path(name), index=False)
+    joblib.dump(pipeline, staging / "model.joblib")
+    if encoder is not None:
+        encoder.save(str(staging / "encoder"), create_model_card=False)
+    write_history(staging / "history.jsonl", scores, [(c, s) for _, c, s in searched])
+    atomic.write_json(staging / "metrics.json", {
+        "train": training_facts(pipeline, encoder, len(texts["train"]), train_seconds, scores),
+        "environment": speed.environment("fp32"),
+    })
+
+    # 4. Evaluate on the held-out test split with the same code as every fine-tuned run, then publish.
+    from tunelab.evaluate import evaluate_run
+
+    classifier = BaselineClassifier(pipeline, labels, encoder, config.embed_batch_size)
+    evaluate_run(run, classifier=classifier, progress=progress)
+    atomic.publish_dir(staging, out, overwrite=config.overwrite)
+    return Run.open(out)
+
+
+def build_pipeline(config: BaselineConfig, c: float):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    logreg = LogisticRegression(C=c, max_iter=config.max_iter, random_state=config.seed)
+    if config.method == "embeddings-logreg":
+        return make_pipeline(logreg)
+    tfidf = TfidfVectorizer(ngram_range=(1, config.ngram_max), max_features=config.max_features, sublinear_tf=True, min_df=1)
+    return make_pipeline(tfidf, logreg)
+
+
+def eval_scores(pipeline, features: dict[str, Any], y: dict[str, np.ndarray], classes: int) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, log_loss
+
+    scores = {}
+    for name in ("train", "eval"):
+        proba = pipeline.predict_proba(features[name])
+        prefix = "" if name == "train" else "eval_"
+        scores[f"{prefix}loss"] = float(log_loss(y[name], proba, labels=list(range(classes))))
+        scores[f"{'train' if name == 'train' else 'eval'}_accuracy"] = float(accuracy_score(y[name], proba.argmax(axis=1)))
+    return scores
+
+
+def write_history(path: Path, best: dict[str, float], searched: list[tuple[float, dict[str, float]]]) -> None:
+    """The same record types a Trainer run logs, so the report's curves and over-fitting check work."""
+    lines = [
+        {"type": "train", "step": 1, "epoch": 1.0, "loss": best["loss"], "train_accuracy": best["train_accuracy"]},
+        {"type": "eval", "step": 1, "epoch": 1.0, "eval_loss": best["eval_loss"], "eval_accuracy": best["eval_accuracy"],
+         "train_accuracy": best["train_accuracy"]},
+        {"type": "summary", "step": 1, "epoch": 1.0, "c_search": [{"C": c, **s} for c, s in searched]},
+    ]
+    import json
+
+    atomic.write_text(path, "".join(json.dumps(line) + "\n" for line in lines))
+
+
+def training_facts(pipeline, encoder, train_rows: int, seconds: float, scores: dict[str, float]) -> dict[str, Any]:
+    from tunelab.train import speed
+
+    logreg = pipeline[-1]
+    trainable = int(logreg.coef_.size + logreg.intercept_.size)
+    frozen = sum(p.numel() for p in encoder.parameters()) if encoder is not None else 0
+    return {
+        # Same keys as a fine-tuned run's metrics.json["train"]; the time includes featurising (embedding) the data.
+        "train_runtime_s": seconds,
+        "train_samples_per_second": train_rows / seconds if seconds > 0 else None,
+        "train_loss": scores["loss"],
+        "train_samples": train_rows,
+        "epochs": 1.0,
+        "steps": int(np.max(logreg.n_iter_)),
+        "processes": 1,
+        "best_checkpoint": None,
+        "best_eval_accuracy": scores["eval_accuracy"],
+        "peak_memory_mb": speed.peak_memory_mb(),
+        "parameters": frozen + trainable,
+        "trainable_parameters": trainable,
+    }
+
+
+def resolve_out(config: BaselineConfig) -> Path:
+    if config.out:
+        return Path(config.out).expanduser()
+    from datetime import datetime
+
+    return Path("runs") / f"{config.method}-{Path(config.data).name.split('.')[0]}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(message, highlight=False)

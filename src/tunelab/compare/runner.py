@@ -1,0 +1,172 @@
+"""Training the candidates of a compare: one fresh process each, finished ones skipped, searches.
+
+Each candidate trains in its own spawned process: peak memory (the process's max RSS) then
+belongs to that candidate alone, and one candidate's threads, caches or crash do not leak into
+the next. Every candidate is an ordinary run directory published atomically, so a compare that
+was interrupted finds the finished ones on disk and goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab import atomic
+from tunelab.baselines import BaselineConfig
+from tunelab.compare.config import Candidate, CompareConfig, candidate_config
+from tunelab.config import TrainConfig
+from tunelab.errors import TunelabError
+from tunelab.run import Run
+
+# Settings whose stored value is resolved at run time (None/'auto' -> a number): not compared on resume.
+RESOLVED_AT_RUN_TIME = ("out", "overwrite", "threads", "max_length", "batch_size", "precision", "C")
+
+
+def train_candidates(config: CompareConfig, progress: bool = True, isolate: bool = True) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Train every candidate that is not finished yet; returns name -> run directory and the searches' records."""
+    out = Path(config.out)
+    runs: dict[str, Path] = {}
+    searches: dict[str, Any] = {}
+    for candidate in config.candidates:
+        final = out / "candidates" / candidate.name
+        if candidate.search is not None:
+            runs[candidate.name] = run_search(config, candidate, final, progress, isolate)
+            searches[candidate.name] = json.loads((final / "search.json").read_text(encoding="utf-8"))
+        else:
+            ensure_run(candidate_config(config, candidate, final), final, candidate.name, progress, isolate)
+            runs[candidate.name] = final
+    return runs, searches
+
+
+def ensure_run(settings: TrainConfig | BaselineConfig, final: Path, label: str, progress: bool, isolate: bool) -> Path:
+    """Train `settings` into `final` unless a finished run with the same settings is already there."""
+    if final.exists():
+        check_same_settings(settings, final, label)
+        _say(progress, f"[dim]{label}: finished earlier, skipped ({final})[/]")
+        return final
+    _say(progress, f"[bold cyan]{label}[/]: training ({settings.method})")
+    train_in_process(settings, progress, isolate)
+    return final
+
+
+def check_same_settings(settings: TrainConfig | BaselineConfig, final: Path, label: str) -> None:
+    run = Run.open(final)
+    if "test" not in run.metrics:
+        raise TunelabError(f"{label}: '{final}' holds a run without test metrics", f"run `tunelab eval {final}`, or delete that folder")
+    stored = run.config
+    for key, wanted in settings.model_dump().items():
+        if key in RESOLVED_AT_RUN_TIME and (wanted is None or wanted == "auto" or key in ("out", "overwrite")):
+            continue
+        if stored.get(key) != wanted:
+            raise TunelabError(
+                f"{label}: the finished run in '{final}' has {key}={stored.get(key)!r}, the compare file now says {wanted!r}",
+                "delete that folder to train the candidate again, or give the compare another out:",
+            )
+
+
+def train_in_process(settings: TrainConfig | BaselineConfig, progress: bool, isolate: bool) -> None:
+    if not isolate:
+        _raise(_train(type(settings).__name__, settings.model_dump(), progress))
+        return
+    # spawn, not fork: a forked child would inherit this process's torch threads and its memory peak.
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            outcome = pool.submit(_train, type(settings).__name__, settings.model_dump(), progress).result()
+        except BrokenProcessPool:
+            raise TunelabError(
+                f"the training process for '{settings.out}' died (out of memory?)",
+                "lower batch_size or max_length for that candidate, then run the compare again",
+            ) from None
+    _raise(outcome)
+
+
+def _train(kind: str, values: dict[str, Any], progress: bool) -> tuple[str, str | None] | None:
+    """Runs in the child. A user error comes back as (message, hint): exceptions lose their hint in pickling."""
+    try:
+        if kind == "BaselineConfig":
+            from tunelab.baselines import train_baseline
+
+            train_baseline(BaselineConfig(**values), progress=progress)
+        else:
+            from tunelab.train.classify import train
+
+            train(TrainConfig(**values), progress=progress)
+    except TunelabError as error:
+        return error.message, error.hint
+    return None
+
+
+def _raise(outcome: tuple[str, str | None] | None) -> None:
+    if outcome is not None:
+        raise TunelabError(*outcome)
+
+
+# -- search -------------------------------------------------------------------------------------------
+
+
+def run_search(config: CompareConfig, candidate: Candidate, final: Path, progress: bool, isolate: bool) -> Path:
+    """Train every trial, pick the best on the EVAL split (never test), publish it as the candidate."""
+    spec = candidate.search
+    trials = spec.trials_list(config.seed)
+    if final.exists():
+        record = json.loads((final / "search.json").read_text(encoding="utf-8")) if (final / "search.json").is_file() else {}
+        if [t["params"] for t in record.get("trials", [])] != trials:
+            raise TunelabError(
+                f"{candidate.name}: the finished search in '{final}' tried other hyperparameters than the compare file now lists",
+                "delete that folder to search again, or give the compare another out:",
+            )
+        _say(progress, f"[dim]{candidate.name}: search finished earlier, skipped ({final})[/]")
+        return final
+
+    root = final.parent.parent / "trials" / candidate.name
+    results = []
+    for index, params in enumerate(trials):
+        path = root / f"trial-{index:02d}"
+        label = f"{candidate.name} trial {index + 1}/{len(trials)} " + " ".join(f"{k}={v}" for k, v in params.items())
+        ensure_run(candidate_config(config, candidate, path, **params), path, label, progress, isolate)
+        run = Run.open(path)
+        results.append({"trial": index, "params": params, "eval_accuracy": run.metrics["train"].get("best_eval_accuracy"),
+                        "eval_loss": eval_loss(run), "train_runtime_s": run.metrics["train"].get("train_runtime_s"), "run": str(path)})
+    # Chosen on the eval split: the test split stays unseen by every choice the compare makes.
+    best = max(results, key=lambda r: (r["eval_accuracy"] or 0.0, -(r["eval_loss"] or 0.0)))
+    record = {"strategy": spec.strategy, "chosen_on": "eval split (accuracy, then loss)", "best_trial": best["trial"],
+              "best_params": best["params"], "trials": results}
+
+    staging = atomic.partial_path(final)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(best["run"], staging)
+    stored = yaml.safe_load((staging / "config.yaml").read_text(encoding="utf-8"))
+    stored["out"] = str(final)
+    atomic.write_text(staging / "config.yaml", yaml.safe_dump(stored, sort_keys=False, allow_unicode=True))
+    atomic.write_json(staging / "search.json", record)
+    atomic.publish_dir(staging, final)
+    if not spec.keep_trials:
+        shutil.rmtree(root, ignore_errors=True)  # the winner lives on as the candidate; search.json keeps every trial's numbers
+        if root.parent.is_dir() and not any(root.parent.iterdir()):
+            root.parent.rmdir()
+    _say(progress, f"[bold cyan]{candidate.name}[/]: best trial {best['trial'] + 1} {best['params']} (eval accuracy {best['eval_accuracy']:.4f})")
+    return final
+
+
+def eval_loss(run: Run) -> float | None:
+    """Eval-split loss of the model the run kept: the evaluation at its best eval accuracy."""
+    evals = [h for h in run.history() if h.get("type") == "eval" and h.get("eval_loss") is not None]
+    if not evals:
+        return None
+    best = run.metrics.get("train", {}).get("best_eval_accuracy")
+    kept = [h for h in evals if best is not None and h.get("eval_accuracy") == best]
+    return float((kept or evals)[-1]["eval_loss"])
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(message, highlight=False)

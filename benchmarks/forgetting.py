@@ -1,0 +1,118 @@
+"""Forgetting benchmark: naive fine-tuning on new data vs `tunelab update` with replay.
+
+minilm on bbc-news. v1 learns four topics; then new data arrives that holds the fifth topic (plus a few
+fresh articles of the old ones). Both updates start from v1, with the same recipe and budget:
+  (a) naive: continue fine-tuning on the new data only (replay 0)
+  (b) update: the same, with a replay sample of v1's training data (replay 0.3 by default)
+Old-topic accuracy is measured on v1's own test split, new-topic accuracy on the new data's test split.
+Target: (b) keeps old-topic accuracy within 1 point of v1.
+
+    nice -n 5 python benchmarks/forgetting.py [--per-topic 160] [--new-topic tech] [--replay 0.3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tunelab.config import TrainConfig  # noqa: E402
+from tunelab.continual import UpdateSettings, update  # noqa: E402
+from tunelab.data import load_source  # noqa: E402
+from tunelab.registry import Registry  # noqa: E402
+from tunelab.train.classify import train  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per-topic", type=int, default=160, help="v1 articles per old topic")
+    parser.add_argument("--new-topic", default="tech")
+    parser.add_argument("--new-rows", type=int, default=200, help="articles of the new topic in the new data")
+    parser.add_argument("--old-in-new", type=int, default=15, help="fresh articles per old topic in the new data")
+    parser.add_argument("--replay", type=float, default=0.3)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder)")
+    args = parser.parse_args()
+
+    frame = load_source("bbc-news").sample(frac=1.0, random_state=args.seed).reset_index(drop=True)
+    if args.new_topic not in set(frame["label"]):
+        sys.exit(f"--new-topic must be one of {sorted(set(frame['label']))}")
+    old_topics = sorted(set(frame["label"]) - {args.new_topic})
+    v1_rows, new_rows = [], []
+    for topic in old_topics:
+        rows = frame[frame["label"] == topic]
+        v1_rows.append(rows.iloc[: args.per_topic])
+        new_rows.append(rows.iloc[args.per_topic : args.per_topic + args.old_in_new])  # articles v1 never saw
+    new_rows.append(frame[frame["label"] == args.new_topic].iloc[: args.new_rows])
+
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory(prefix="forgetting-") as tmp:
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        v1_data, new_data = work / "v1.parquet", work / "new.parquet"
+        pd.concat(v1_rows).to_parquet(v1_data, index=False)
+        pd.concat(new_rows).to_parquet(new_data, index=False)
+
+        started = time.perf_counter()
+        recipe = dict(model="minilm", max_length=args.max_length, epochs=1, lr=args.lr, batch_size=16, seed=args.seed)
+        v1 = train(TrainConfig(data=str(v1_data), out=str(work / "v1"), overwrite=True, **recipe), progress=True)
+        v1_seconds = time.perf_counter() - started
+
+        registry = Registry(work / "registry.db")
+        registry.register(v1.path, "news", promote=True)
+        results = {}
+        for label, replay in (("naive", 0.0), ("replay", args.replay)):
+            started = time.perf_counter()
+            settings = UpdateSettings(
+                name="news", data=str(new_data), replay=replay, epochs=1, promote=False, out=str(work / f"update-{label}"), seed=args.seed
+            )
+            result = update(settings, registry, progress=True)
+            report = result.report
+            results[label] = {
+                "replay": replay,
+                "old_topic_accuracy": report["after"]["old"]["accuracy"],
+                "new_topic_accuracy": report["after"]["new"]["accuracy_per_class"][args.new_topic],
+                "new_data_accuracy": report["after"]["new"]["accuracy"],
+                "old_topic_points_lost": round((report["before"]["old"]["accuracy"] - report["after"]["old"]["accuracy"]) * 100, 2),
+                "train_rows": report["rows"]["new_train"] + report["rows"]["replay"],
+                "gate_passed": result.passed,
+                "gate_reasons": result.reasons,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        before = report["before"]
+    print(
+        json.dumps(
+            {
+                "benchmark": "forgetting",
+                "model": "minilm",
+                "data": "bbc-news",
+                "old_topics": old_topics,
+                "new_topic": args.new_topic,
+                "recipe": recipe,
+                "rows": {"v1_data": sum(len(r) for r in v1_rows), "new_data": sum(len(r) for r in new_rows), "old_test": before["old"]["rows"], "new_test": before["new"]["rows"]},
+                "v1": {
+                    "old_topic_accuracy": before["old"]["accuracy"],
+                    "new_data_accuracy": before["new"]["accuracy"],
+                    "seconds": round(v1_seconds, 1),
+                },
+                "naive_finetune": results["naive"],
+                "update_with_replay": results["replay"],
+                "target_replay_within_1_point": results["replay"]["old_topic_points_lost"] <= 1.0,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

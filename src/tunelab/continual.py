@@ -1,0 +1,327 @@
+"""Updating a registered model with new data: replay, head growth, a forgetting gate, then promotion.
+
+The recipe, top to bottom:
+production version -> load and split the new data -> mix in a replay sample of the old training split
+-> grow the classification head for new labels -> continue fine-tuning (train()) -> score the old and the
+candidate model on the old test set and the new test split -> gate -> report -> register (and promote).
+
+Why replay: fine-tuning on new data alone pulls the weights toward the new distribution and the model
+forgets what it knew (catastrophic forgetting). Mixing a sample of the old training data back in keeps
+the old classes in every batch.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import Field
+
+from tunelab import atomic
+from tunelab.config import Settings, TrainConfig
+from tunelab.errors import TunelabError
+from tunelab.registry import Registry, Version, check_name
+from tunelab.run import Run
+
+# Settings of the parent's run that an update must not inherit: they name the parent's data and folder.
+NOT_INHERITED = {"model", "data", "eval_data", "test_data", "out", "overwrite", "max_train_samples", "text_col", "label_col", "encoding"}
+
+
+class UpdateSettings(Settings):
+    """`tunelab update`: continue fine-tuning a model's production version on new data."""
+
+    name: str = Field(description="registered model name")
+    data: str = Field(description="the new labelled data (file, folder or built-in name)")
+    text_col: str = "text"
+    label_col: str = "label"
+    encoding: str = "utf-8"
+    replay: float = Field(0.3, ge=0, lt=1, description="share of the training mix drawn from the old training split")
+    tolerance: float = Field(1.0, ge=0, description="accuracy points the old test set may lose and still pass the gate")
+    epochs: float | None = Field(None, gt=0, description="default: the parent run's")
+    lr: float | None = Field(None, gt=0, description="default: the parent run's")
+    batch_size: int | None = Field(None, gt=0, description="default: the parent run's")
+    eval_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="share of the new data held out for the gate")
+    seed: int | None = Field(None, description="default: the parent run's")
+    promote: bool = Field(True, description="promote the candidate when it passes the gate")
+    out: str | None = Field(None, description="run directory of the candidate; default runs/<name>-update-<time>")
+
+
+@dataclass
+class UpdateResult:
+    version: Version
+    run: Run
+    passed: bool
+    promoted: bool
+    reasons: list[str]
+    report: dict[str, Any]
+
+
+def update(settings: UpdateSettings, registry: Registry | None = None, progress: bool = True) -> UpdateResult:
+    from tunelab.data import load_source, make_splits
+    from tunelab.train.classify import train
+
+    registry = registry or Registry()
+    check_name(settings.name)
+
+    # 1. The production version and the run it points at.
+    production = registry.production(settings.name)
+    if production.version is None:
+        raise TunelabError(f"{settings.name} has no production version to update", f"promote one: `tunelab registry promote {settings.name}@N`")
+    parent = registry.get(settings.name, production.version)
+    parent_run = _open_parent(parent)
+    parent_config = parent_run.config
+    seed = settings.seed if settings.seed is not None else int(parent_config.get("seed", 42))
+
+    # 2. New data, split so that part of it is held out for the gate; the old splits come from the parent run.
+    new = load_source(settings.data, settings.text_col, settings.label_col, settings.encoding)
+    new_splits = make_splits(new, settings.eval_fraction, settings.test_fraction, seed)
+    old_splits = {name: parent_run.split(name) for name in ("train", "eval", "test")}
+
+    # 3. The training mix: all new training rows plus a stratified replay sample of the old ones.
+    replay = replay_sample(old_splits["train"], len(new_splits["train"]), settings.replay, seed)
+    mix = pd.concat([new_splits["train"], replay], ignore_index=True).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    labels = sorted(set(parent_run.labels) | set(new_splits["train"]["label"]))
+    check_mix_covers(mix, labels, settings.replay)
+    added = [label for label in labels if label not in parent_run.labels]
+
+    out = Path(settings.out).expanduser() if settings.out else Path("runs") / f"{settings.name}-update-{datetime.now():%Y%m%d-%H%M%S}"
+    with tempfile.TemporaryDirectory(prefix="tunelab-update-") as tmp:
+        tmp = Path(tmp)
+        # 4. Start from the production model; new labels get new rows in the head, old rows are kept.
+        start = parent_run.model_dir
+        if parent_run.labels != labels:
+            start = grow_head(parent_run.model_dir, labels, tmp / "start-model")
+        files = {}
+        for split, frame in {
+            "train": mix,
+            "eval": pd.concat([new_splits["eval"], old_splits["eval"]], ignore_index=True),
+            "test": pd.concat([old_splits["test"], new_splits["test"]], ignore_index=True),
+        }.items():
+            files[split] = tmp / f"{split}.parquet"
+            frame[["text", "label"]].to_parquet(files[split], index=False)
+
+        # 5. Continue fine-tuning with the parent's recipe (max length, precision, method, ...).
+        inherited = {k: v for k, v in parent_config.items() if k in TrainConfig.model_fields and k not in NOT_INHERITED}
+        overrides = {"epochs": settings.epochs, "lr": settings.lr, "batch_size": settings.batch_size, "seed": seed}
+        inherited.update({k: v for k, v in overrides.items() if v is not None})
+        config = TrainConfig(
+            **inherited,
+            model=str(start),
+            data=str(files["train"]),
+            eval_data=str(files["eval"]),
+            test_data=str(files["test"]),
+            out=str(out),
+        )
+        candidate_run = train(config, progress=progress)
+
+    # 6. Score both models on both sets, then the gate.
+    before = score_sets(parent_run, {"old": old_splits["test"], "new": new_splits["test"]})
+    after = score_sets(candidate_run, {"old": old_splits["test"], "new": new_splits["test"]})
+    passed, reasons = gate(before, after, settings.tolerance)
+    report = {
+        "name": settings.name,
+        "parent": parent.ref,
+        "parent_run": parent.run_dir,
+        "candidate_run": str(candidate_run.path.resolve()),
+        "new_data": settings.data,
+        "replay": settings.replay,
+        "tolerance_points": settings.tolerance,
+        "rows": {"new_train": len(new_splits["train"]), "replay": len(replay), "old_test": len(old_splits["test"]), "new_test": len(new_splits["test"])},
+        "labels": {"before": parent_run.labels, "after": labels, "added": added},
+        "before": before,
+        "after": after,
+        "gate": {"passed": passed, "reasons": reasons},
+    }
+
+    # 7. Report first, registry last: a crash before the registry write leaves only an unregistered run.
+    write_report(candidate_run.path, report)
+    verdict = ("passed the gate: " if passed else "failed the gate: ") + "; ".join(reasons)
+    version = registry.register(
+        candidate_run.path,
+        settings.name,
+        parent=parent.version,
+        note=verdict,
+        promote=passed and settings.promote,
+        expect_production=parent.version,
+    )
+    report["version"] = version.ref
+    report["stage"] = version.stage
+    write_report(candidate_run.path, report)
+    return UpdateResult(version, candidate_run, passed, version.stage == "production", reasons, report)
+
+
+def _open_parent(parent: Version) -> Run:
+    try:
+        return Run.open(parent.run_dir)
+    except TunelabError as error:
+        raise TunelabError(f"{parent.ref}'s run directory is unusable: {error.message}", "was it moved or deleted? register the run again") from None
+
+
+def replay_sample(old_train: pd.DataFrame, new_rows: int, replay: float, seed: int) -> pd.DataFrame:
+    """Old training rows making up `replay` of the mix, stratified so every old class is represented."""
+    if replay <= 0 or len(old_train) == 0:
+        return old_train.iloc[:0][["text", "label"]]
+    wanted = min(len(old_train), round(new_rows * replay / (1 - replay)))
+    shares = old_train["label"].value_counts(normalize=True)
+    parts = [
+        group.sample(n=min(len(group), max(1, round(wanted * shares[label]))), random_state=seed)
+        for label, group in old_train.groupby("label", sort=True)
+    ]
+    return pd.concat(parts, ignore_index=True)[["text", "label"]]
+
+
+def check_mix_covers(mix: pd.DataFrame, labels: list[str], replay: float) -> None:
+    """Every class the model knows must be in the mix: a class never seen again is trained away."""
+    missing = sorted(set(labels) - set(mix["label"]))
+    if missing:
+        raise TunelabError(
+            f"the training mix has no examples of {', '.join(map(repr, missing))} (new data lacks them and --replay {replay} replays none)",
+            "use --replay above 0 so old examples are mixed in, or add those classes to the new data",
+        )
+
+
+def classification_layer(model) -> tuple[str, Any]:
+    """(name, module) of the final linear layer that outputs one logit per label."""
+    import torch
+
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module.out_features == model.config.num_labels
+    ]
+    if not found:
+        raise TunelabError(f"cannot find the classification layer of {type(model).__name__}", "update supports sequence classifiers with a linear head")
+    return found[-1]
+
+
+def grow_head(model_dir: str | os.PathLike, labels: list[str], out: str | os.PathLike) -> Path:
+    """Save model_dir's classifier with a head for `labels` (in that order) to `out`.
+
+    Each old label keeps its learned row of weights and bias (moved to its new index); rows for new
+    labels start like a fresh head. Old labels may not disappear.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    old = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    dropped = sorted(set(old) - set(labels))
+    if dropped:
+        raise TunelabError(f"the head cannot lose labels: {', '.join(map(repr, dropped))}", "keep every old label in the label list")
+    name, head = classification_layer(model)
+    grown = torch.nn.Linear(head.in_features, len(labels), bias=head.bias is not None, dtype=head.weight.dtype)
+    with torch.no_grad():
+        grown.weight.normal_(0.0, getattr(model.config, "initializer_range", 0.02))
+        if grown.bias is not None:
+            grown.bias.zero_()
+        for i, label in enumerate(old):
+            j = labels.index(label)
+            grown.weight[j] = head.weight[i]
+            if grown.bias is not None:
+                grown.bias[j] = head.bias[i]
+    owner, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(owner) if owner else model, attribute, grown)
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {label: i for i, label in enumerate(labels)}
+    out = Path(out)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return out
+
+
+def score_sets(run: Run, sets: dict[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
+    """Accuracy and macro F1 of run's model on each labelled set; labels it does not know count as wrong."""
+    from sklearn.metrics import f1_score
+
+    from tunelab.models.classifier import Classifier
+
+    classifier = Classifier.load(run.model_dir, max_length=run.config.get("max_length"))
+    scores = {}
+    for name, frame in sets.items():
+        truth = frame["label"].astype(str).to_numpy()
+        predicted = [classifier.labels[i] for i in classifier.logits(frame["text"].astype(str).tolist()).argmax(axis=1)]
+        correct = truth == pd.Series(predicted).to_numpy()
+        per_class = {label: float(correct[truth == label].mean()) for label in sorted(set(truth))}
+        scores[name] = {
+            "rows": int(len(frame)),
+            "accuracy": float(correct.mean()) if len(frame) else None,
+            "f1_macro": float(f1_score(truth, predicted, labels=sorted(set(truth)), average="macro", zero_division=0)),
+            "accuracy_per_class": per_class,
+        }
+    return scores
+
+
+def gate(before: dict, after: dict, tolerance: float) -> tuple[bool, list[str]]:
+    """Better on the new data, and at most `tolerance` accuracy points lost on the old test set."""
+    new_before, new_after = before["new"]["accuracy"], after["new"]["accuracy"]
+    old_before, old_after = before["old"]["accuracy"], after["old"]["accuracy"]
+    reasons, passed = [], True
+    if new_after > new_before:
+        reasons.append(f"new-data accuracy {new_before:.1%} -> {new_after:.1%}")
+    else:
+        passed = False
+        reasons.append(f"not better on the new data: accuracy {new_before:.1%} -> {new_after:.1%}")
+    lost = (old_before - old_after) * 100
+    if lost <= tolerance + 1e-9:
+        reasons.append(f"old test set {old_before:.1%} -> {old_after:.1%} (within the {tolerance:g}-point tolerance)")
+    else:
+        passed = False
+        reasons.append(f"forgot: old test set accuracy {old_before:.1%} -> {old_after:.1%}, {lost:.1f} points lost > tolerance {tolerance:g}")
+    return passed, reasons
+
+
+def write_report(folder: Path, report: dict[str, Any]) -> None:
+    atomic.write_json(folder / "update.json", report)
+    atomic.write_text(folder / "update.html", render_html(report))
+
+
+def render_html(report: dict[str, Any]) -> str:
+    e = html.escape
+    gate_info = report["gate"]
+    verdict = "passed" if gate_info["passed"] else "failed"
+    rows = []
+    for key, title in (("old", "old test set"), ("new", "new data (test split)")):
+        b, a = report["before"][key], report["after"][key]
+        delta = (a["accuracy"] - b["accuracy"]) * 100
+        rows.append(
+            f"<tr><td>{title}</td><td>{b['rows']}</td><td>{b['accuracy']:.1%}</td><td>{a['accuracy']:.1%}</td>"
+            f"<td class='{'up' if delta >= 0 else 'down'}'>{delta:+.1f}</td><td>{b['f1_macro']:.3f}</td><td>{a['f1_macro']:.3f}</td></tr>"
+        )
+    classes = sorted(set(report["after"]["old"]["accuracy_per_class"]) | set(report["after"]["new"]["accuracy_per_class"]))
+    class_rows = []
+    for label in classes:
+        cells = []
+        for key in ("old", "new"):
+            b = report["before"][key]["accuracy_per_class"].get(label)
+            a = report["after"][key]["accuracy_per_class"].get(label)
+            cells.append(f"<td>{'' if b is None else f'{b:.1%}'}</td><td>{'' if a is None else f'{a:.1%}'}</td>")
+        class_rows.append(f"<tr><td>{e(label)}</td>{''.join(cells)}</tr>")
+    reasons = "".join(f"<li>{e(r)}</li>" for r in gate_info["reasons"])
+    added = ", ".join(report["labels"]["added"]) or "none"
+    stage = report.get("stage", "not registered yet")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>update {e(report['name'])}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
+table{{border-collapse:collapse;margin:1rem 0}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}.up{{color:#060}}.down{{color:#a00}}
+.verdict{{font-size:1.2rem;font-weight:bold;color:{'#060' if gate_info['passed'] else '#a00'}}}</style></head><body>
+<h1>Update of {e(report['name'])}</h1>
+<p>From {e(report['parent'])} with new data <code>{e(str(report['new_data']))}</code>; replay {report['replay']:.0%}
+({report['rows']['replay']} old rows mixed with {report['rows']['new_train']} new); new labels: {e(added)}.</p>
+<p class="verdict">Gate {verdict} — version {e(str(report.get('version', '?')))} is {e(stage)}</p><ul>{reasons}</ul>
+<h2>Before / after</h2>
+<table><tr><th>set</th><th>rows</th><th>accuracy before</th><th>accuracy after</th><th>points</th><th>F1 before</th><th>F1 after</th></tr>
+{''.join(rows)}</table>
+<h2>Accuracy per class</h2>
+<table><tr><th>class</th><th>old set before</th><th>old set after</th><th>new set before</th><th>new set after</th></tr>
+{''.join(class_rows)}</table>
+<p>Candidate run: <code>{e(report['candidate_run'])}</code></p>
+</body></html>
+"""

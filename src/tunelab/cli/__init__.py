@@ -22,6 +22,7 @@ from tunelab.cli import evaluate  # noqa: E402,F401
 from tunelab.cli import rag  # noqa: E402,F401
 from tunelab.cli import registry  # noqa: E402,F401
 from tunelab.cli import compare  # noqa: E402,F401
+from tunelab.cli import lm  # noqa: E402,F401
 # --- end of registrations ---
 
 

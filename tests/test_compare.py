@@ -204,3 +204,56 @@ def test_pareto_and_recommendation():
     within = recommend(rows, 10)
     assert within["within_budget"] == "small" and "10 ms" in within["text"]
     assert recommend(rows, 1)["within_budget"] is None
+
+
+def test_search_picks_the_best_trial_on_the_eval_split_never_test(compared, tmp_path, monkeypatch, tiny_bert):
+    """Trials whose eval and test accuracy disagree: the winner must be the eval split's choice."""
+    from pathlib import Path
+
+    from tunelab.compare import runner
+    from tunelab.compare.config import CompareConfig
+
+    template = compared[0] / "cmp" / "candidates" / "tfidf"
+    trained = []
+
+    def fake_train(settings, progress, isolate):  # a real run directory with chosen numbers, in milliseconds
+        trained.append(settings.lr)
+        shutil.copytree(template, settings.out)
+        (Path(settings.out) / "config.yaml").write_text(yaml.safe_dump({**settings.model_dump(), "kind": "sklearn"}))
+        path = Path(settings.out) / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["train"]["best_eval_accuracy"] = settings.lr * 100  # eval prefers the largest lr ...
+        metrics["accuracy"] = 1 - settings.lr * 100  # ... the test split the smallest
+        path.write_text(json.dumps(metrics))
+
+    monkeypatch.setattr(runner, "train_in_process", fake_train)
+    config = CompareConfig(
+        data=str(compared[0] / "reviews.csv"), out=str(tmp_path / "s"), defaults={"model": str(tiny_bert)},
+        candidates=[{"name": "tuned", "method": "full", "search": {"strategy": "grid", "lr": [1e-3, 5e-3, 2e-3]}}],
+    )
+    runs, searches = runner.train_candidates(config, progress=False)
+    assert trained == [1e-3, 5e-3, 2e-3]
+    chosen = Run.open(runs["tuned"])
+    assert chosen.config["lr"] == 5e-3 and chosen.config["out"] == str(tmp_path / "s" / "candidates" / "tuned")
+    assert searches["tuned"]["best_params"] == {"lr": 5e-3} and len(searches["tuned"]["trials"]) == 3
+    assert not (tmp_path / "s" / "trials").exists()  # losing trials removed; their numbers stay in search.json
+    runner.train_candidates(config, progress=False)  # finished: nothing is trained again
+    assert len(trained) == 3
+    changed = config.model_copy(update={"candidates": [config.candidates[0].model_copy(update={"search": config.candidates[0].search.model_copy(update={"lr": [1e-3]})})]})
+    with pytest.raises(TunelabError, match="other hyperparameters"):
+        runner.train_candidates(changed, progress=False)
+
+
+def test_search_trials_grid_and_random():
+    from tunelab.compare.config import SearchSpec
+
+    grid = SearchSpec(lr=[1e-4, 3e-4], epochs=[1, 2], batch_size=[16]).trials_list(seed=0)
+    assert len(grid) == 4 and {t["lr"] for t in grid} == {1e-4, 3e-4} and all(t["batch_size"] == 16 for t in grid)
+    spec = SearchSpec(strategy="random", trials=6, lr={"low": 1e-5, "high": 1e-3}, batch_size=[8, 16])
+    first, again = spec.trials_list(seed=7), spec.trials_list(seed=7)
+    assert first == again and len(first) == 6  # seeded: a rerun finds its finished trials again
+    assert all(1e-5 <= t["lr"] <= 1e-3 and t["batch_size"] in (8, 16) for t in first)
+    with pytest.raises(TunelabError, match="grid search needs a list"):
+        SearchSpec(lr={"low": 1e-5, "high": 1e-3}).trials_list(seed=0)
+    with pytest.raises(TunelabError, match="at least one of"):
+        SearchSpec().trials_list(seed=0)

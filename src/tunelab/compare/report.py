@@ -85,7 +85,8 @@ table {{ border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }}
 th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.5rem; text-align: right; }}
 th {{ background: #f4f4f4; }} td:nth-child(2), td:nth-child(3), td:nth-child(4) {{ text-align: left; }}
 .recommendation {{ background: #eef7ee; border-left: 4px solid #2e7d32; padding: 0.7rem 1rem; font-size: 1.05rem; }}
-figure {{ display: inline-block; margin: 0.5rem; }} img {{ max-width: 100%; }}
+figure {{ display: inline-block; margin: 0.5rem; width: 47%; min-width: 420px; }} img {{ width: 100%; }}
+.scroll {{ overflow-x: auto; }}
 .facts th, .facts td {{ text-align: left; }}
 </style></head><body>
 <h1>{esc(title)}</h1>
@@ -93,7 +94,7 @@ figure {{ display: inline-block; margin: 0.5rem; }} img {{ max-width: 100%; }}
 <h2>Leaderboard</h2>
 <p>Ranked by test accuracy. ★ in a Pareto column: no other candidate is both at least as accurate and cheaper on that axis.
 Quality and training figures come from each run's metrics.json; latency and examples/s were measured here with the same texts for every candidate.</p>
-<table><tr>{head}</tr>{body}</table>
+<div class="scroll"><table><tr>{head}</tr>{body}</table></div>
 <h2>Accuracy against cost</h2>
 {images}
 <h2>How this was measured</h2>

@@ -20,6 +20,7 @@ from tunelab.cli import core  # noqa: E402,F401
 # --- feature command registrations (one line each) ---
 from tunelab.cli import evaluate  # noqa: E402,F401
 from tunelab.cli import rag  # noqa: E402,F401
+from tunelab.cli import serve  # noqa: E402,F401
 from tunelab.cli import registry  # noqa: E402,F401
 from tunelab.cli import compare  # noqa: E402,F401
 from tunelab.cli import lm  # noqa: E402,F401

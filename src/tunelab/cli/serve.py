@@ -1,0 +1,80 @@
+"""`tunelab serve` (HTTP prediction service) and `tunelab export` (ONNX, int8)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tunelab.cli._app import command, console
+
+
+class BackendChoice(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+
+
+class FormatChoice(str, Enum):
+    onnx = "onnx"
+
+
+class QuantizeChoice(str, Enum):
+    int8 = "int8"
+
+
+@command("serve")
+def serve(
+    run: Annotated[str, typer.Argument(help="run directory of a fine-tuned classifier")],
+    host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    backend: Annotated[BackendChoice, typer.Option(help="torch, or an ONNX model written by `tunelab export`")] = BackendChoice.torch,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes (each loads the model)")] = 1,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads per forward pass")] = None,
+    max_batch: Annotated[int, typer.Option(help="texts per forward pass at most")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="how long a batch waits for more requests")] = 2.0,
+    max_queue: Annotated[int, typer.Option(help="texts waiting at most; then 503 + Retry-After")] = 512,
+    max_texts: Annotated[int, typer.Option(help="texts per request at most; then 422")] = 64,
+    max_body_bytes: Annotated[int, typer.Option(help="request body size at most; then 413")] = 1_000_000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve a run over HTTP: POST /v1/predict, a web page at /, /docs, /metrics. Set TUNELAB_API_KEY to require a key."""
+    from tunelab.config import load_settings
+    from tunelab.serve.app import serve as run_service
+    from tunelab.serve.settings import ServeSettings
+
+    settings = load_settings(ServeSettings, None, dict(
+        host=host, port=port, backend=backend.value, workers=workers, threads=threads, max_batch=max_batch,
+        max_wait_ms=max_wait_ms, max_queue=max_queue, max_texts=max_texts, max_body_bytes=max_body_bytes, log_level=log_level,
+    ))
+    console.print(f"serving {run} on http://{settings.host}:{settings.port}  (web page: /, API docs: /docs)", highlight=False)
+    run_service(run, settings)
+
+
+@command("export")
+def export(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    format: Annotated[FormatChoice, typer.Option("--format", help="export format")] = FormatChoice.onnx,
+    quantize: Annotated[Optional[QuantizeChoice], typer.Option(help="also write a dynamically quantized model")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the parity report as JSON")] = False,
+) -> None:
+    """Write ONNX models into RUN/onnx/ and check them against PyTorch on the run's test split."""
+    from tunelab.serve.onnx import export_onnx
+
+    with console.status("exporting") as status:
+        report = export_onnx(run, quantize.value if quantize else None, step=lambda message: status.update(message))
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    console.print(f"fp32  {report.files['onnx']}  ({report.sizes_mb['onnx']} MB)", highlight=False)
+    console.print(f"      max |logit diff| vs PyTorch on {report.rows} test texts: {report.fp32_max_abs_diff:.2e}; "
+                  f"argmax agreement {report.fp32_argmax_agreement:.2%}", highlight=False)
+    if report.int8_argmax_agreement is not None:
+        console.print(f"int8  {report.files['onnx-int8']}  ({report.sizes_mb['onnx-int8']} MB)", highlight=False)
+        console.print(f"      argmax agreement {report.int8_argmax_agreement:.2%} (gate 99.5%); "
+                      f"max |logit diff| {report.int8_max_abs_diff:.2e}", highlight=False)
+    backend = "onnx-int8" if report.int8_argmax_agreement is not None else "onnx"
+    console.print(f"serve it: tunelab serve {run} --backend {backend}", highlight=False)

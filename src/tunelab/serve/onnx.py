@@ -1,0 +1,191 @@
+"""`tunelab export RUN --format onnx [--quantize int8]`: ONNX models in the run, checked against PyTorch.
+
+    runs/<name>/onnx/model.onnx        fp32, dynamic batch and sequence axes (torch.onnx, dynamo exporter)
+    runs/<name>/onnx/model.int8.onnx   dynamic int8 weights (onnxruntime.quantization.quantize_dynamic)
+    runs/<name>/onnx/parity.json       the figures below, measured on the run's test split
+
+Parity gates, or nothing is written: fp32 logits within `tolerance` of PyTorch's (max absolute
+difference); int8 argmax agreeing with PyTorch on at least `min_agreement` of the test texts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tunelab import atomic
+from tunelab.errors import TunelabError
+from tunelab.run import Run
+from tunelab.serve.backends import ONNX_DIR, ONNX_FILES, OnnxScorer, onnx_session
+
+OPSET = 18
+
+
+@dataclass
+class ExportReport:
+    path: str
+    files: dict[str, str]
+    rows: int
+    fp32_max_abs_diff: float
+    fp32_argmax_agreement: float
+    int8_max_abs_diff: float | None = None
+    int8_argmax_agreement: float | None = None
+    export_seconds: float = 0.0
+    sizes_mb: dict[str, float] | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def export_onnx(
+    run: Run | str | os.PathLike,
+    quantize: str | None = None,
+    tolerance: float = 1e-3,
+    min_agreement: float = 0.995,
+    max_rows: int | None = 2000,
+    step: Callable[[str], None] | None = None,
+) -> ExportReport:
+    """Export the run's classifier to ONNX (and int8), check parity on its test split, write run/onnx/."""
+    from tunelab.models.classifier import Classifier
+
+    run = run if isinstance(run, Run) else Run.open(run)
+    if quantize not in (None, "int8"):
+        raise TunelabError(f"unknown quantization '{quantize}'", "use --quantize int8 (or leave it out for fp32 only)")
+    step = step or (lambda message: None)
+    texts = _parity_texts(run, max_rows)
+    classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
+    started = time.perf_counter()
+
+    with atomic.staged_dir(run.path / ONNX_DIR, overwrite=True, keep_partial=False) as stage:
+        step("exporting the fp32 ONNX model")
+        fp32 = stage / ONNX_FILES["onnx"]
+        _export(classifier, fp32)
+        files = {"onnx": str(run.path / ONNX_DIR / fp32.name)}
+
+        step(f"checking parity on {len(texts)} test texts")
+        reference = classifier.logits(texts)
+        fp32_logits = batched(_scorer(fp32, classifier), texts)
+        report = ExportReport(
+            path=str(run.path / ONNX_DIR), files=files, rows=len(texts),
+            fp32_max_abs_diff=float(np.abs(fp32_logits - reference).max()),
+            fp32_argmax_agreement=agreement(fp32_logits, reference),
+        )
+        if not report.fp32_max_abs_diff <= tolerance:
+            raise TunelabError(
+                f"the ONNX model's logits differ from PyTorch's by up to {report.fp32_max_abs_diff:.2e} (tolerance {tolerance:.0e})",
+                "nothing was written; report this model's architecture as an export bug",
+            )
+        if quantize == "int8":
+            step("quantizing to int8")
+            int8 = stage / ONNX_FILES["onnx-int8"]
+            _quantize(fp32, int8)
+            int8_logits = batched(_scorer(int8, classifier), texts)
+            report.int8_max_abs_diff = float(np.abs(int8_logits - reference).max())
+            report.int8_argmax_agreement = agreement(int8_logits, reference)
+            if report.int8_argmax_agreement < min_agreement:
+                raise TunelabError(
+                    f"the int8 model agrees with PyTorch on {report.int8_argmax_agreement:.2%} of the test texts (needs {min_agreement:.1%})",
+                    "nothing was written; export without --quantize and serve with --backend onnx",
+                )
+            files["onnx-int8"] = str(run.path / ONNX_DIR / int8.name)
+        report.export_seconds = round(time.perf_counter() - started, 2)
+        report.sizes_mb = {name: round((stage / Path(path).name).stat().st_size / 2**20, 2) for name, path in files.items()}
+        atomic.write_json(stage / "parity.json", report.to_dict())
+    return report
+
+
+def _parity_texts(run: Run, max_rows: int | None) -> list[str]:
+    try:
+        frame = run.split("test")
+    except TunelabError:
+        frame = None
+    if frame is None or len(frame) == 0:
+        raise TunelabError(f"run '{run.path}' has no test split to check the export against", "train it again with this tunelab version")
+    texts = frame["text"].astype(str).tolist()
+    return texts[:max_rows] if max_rows else texts
+
+
+def _export(classifier, path: Path) -> None:
+    import torch
+
+    model, tokenizer = classifier.model, classifier.tokenizer
+    accepted = set(inspect.signature(model.forward).parameters)
+    sample = tokenizer(["a short text", "a somewhat longer text to give the sequence axis room"], padding=True, return_tensors="pt")
+    names = [name for name in sample.keys() if name in accepted]
+
+    class Logits(torch.nn.Module):
+        """The exported graph takes the tokenizer's tensors by name and returns only the logits."""
+
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+            return self.inner(**dict(zip(names, tensors))).logits
+
+    batch, sequence = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=classifier.max_length)
+    quiet = io.StringIO()
+    # The exporter narrates every stage on stdout and warns about optional packages: keep the CLI's output ours.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Logits(model.eval()),
+            tuple(sample[name] for name in names),
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_shapes=(({0: batch, 1: sequence},) * len(names),),  # one entry: the *tensors varargs
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+
+
+@contextlib.contextmanager
+def _quiet_loggers():
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _quantize(fp32: Path, int8: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_loggers(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+
+
+def _scorer(path: Path, classifier) -> OnnxScorer:
+    return OnnxScorer(onnx_session(path), classifier.tokenizer, classifier.labels, classifier.max_length)
+
+
+def batched(scorer, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Logits in length-sorted batches (little padding), back in the original order."""
+    out = np.zeros((len(texts), len(scorer.labels)), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        out[index] = scorer.logits([texts[i] for i in index])
+    return out
+
+
+def agreement(logits: np.ndarray, reference: np.ndarray) -> float:
+    return float((logits.argmax(axis=1) == reference.argmax(axis=1)).mean())

@@ -46,6 +46,7 @@ def write_tiny_llama(folder: Path, chat_template: str | None = CHATML, tie: bool
         intermediate_size=64,
         max_position_embeddings=256,
         tie_word_embeddings=tie,
+        initializer_range=0.3,  # large enough embeddings that LoRA on the inner layers can move the logits
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,

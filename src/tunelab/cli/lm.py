@@ -96,6 +96,7 @@ def generate(
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()
     done = stream.completion
     err_console.print(f"[dim]{done.completion_tokens} tokens, {done.tokens_per_second:.1f} tokens/s, finish: {done.finish_reason}[/]")
 

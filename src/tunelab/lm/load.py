@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def resolve_lm(name_or_path: str | os.PathLike) -> LMSource:
         if (path / "config.json").is_file():
             return LMSource(path.resolve())
         raise TunelabError(f"'{text}' holds neither config.json nor adapter_config.json", "pass a model folder, a LoRA adapter folder or an sft run directory")
-    names = causal_lm_names() + list(imported)
+    names = list(dict.fromkeys(causal_lm_names() + list(imported)))
     hint = did_you_mean(text, names)
     raise TunelabError(f"unknown model '{text}'; causal LMs available: {', '.join(names)}", hint or "or pass a model folder, adapter folder or sft run directory")
 
@@ -79,16 +80,27 @@ def load_lm(source: LMSource | str | os.PathLike, merge_adapter: bool = False):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     if not isinstance(source, LMSource):
         source = resolve_lm(source)
-    tokenizer = AutoTokenizer.from_pretrained(source.tokenizer_dir)
-    model = AutoModelForCausalLM.from_pretrained(source.base, dtype=torch.float32)
-    if source.adapter is not None:
-        from peft import PeftModel
+    # A load takes a second or two: the per-tensor "Loading weights" bar is noise here.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.tokenizer_dir)
+        model = AutoModelForCausalLM.from_pretrained(source.base, dtype=torch.float32)
+        if source.adapter is not None:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, source.adapter)
-        if merge_adapter:
-            model = model.merge_and_unload()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=FutureWarning)  # peft calls a renamed transformers method
+                model = PeftModel.from_pretrained(model, source.adapter)
+            if merge_adapter:
+                model = model.merge_and_unload()
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer

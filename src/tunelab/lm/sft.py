@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,9 @@ def with_lora(model, config: SFTConfig):
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
             raise TunelabError(f"target module '{unknown[0]}' is not in this model", f"its linear layers are: {', '.join(linear)}")
     lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=targets)
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # peft calls a renamed transformers method
+        return get_peft_model(model, lora)
 
 
 def make_collator(tokenizer, packing: bool):

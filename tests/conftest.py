@@ -11,6 +11,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests' models are tiny: one thread each is fastest, and keeps parallel test processes from
+# fighting over the cores.
+os.environ.setdefault("TUNELAB_THREADS", "1")
 
 POSITIVE = "good great excellent wonderful superb lovely happy fine nice best".split()
 NEGATIVE = "bad awful terrible horrible poor sad worst ugly nasty dull".split()

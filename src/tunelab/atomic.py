@@ -50,13 +50,27 @@ def partial_path(final: Path) -> Path:
     return final.parent / f".{final.name}.partial"
 
 
+def publish_dir(staging: Path, final: Path, overwrite: bool = False) -> None:
+    """Rename a complete staging folder to `final`; an old `final` is replaced only with overwrite."""
+    staging, final = Path(staging), Path(final)
+    if not final.exists():
+        os.replace(staging, final)
+        return
+    if not overwrite:
+        raise FileExistsError(final)
+    trash = final.parent / f".{final.name}.old"
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(final, trash)
+    os.replace(staging, final)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_dir(final: str | os.PathLike, overwrite: bool = False, keep_partial: bool = True) -> Iterator[Path]:
     """Yield a staging folder that becomes `final` only when the block finishes without error.
 
-    On failure the staging folder is kept (a resumable run keeps its checkpoints there) unless
-    keep_partial is False; `final` is never touched. With overwrite, an existing `final` is
-    replaced only at the moment the new one is complete.
+    On failure the staging folder is kept for inspection or resuming unless keep_partial is False;
+    `final` is never touched.
     """
     final = Path(final)
     staging = partial_path(final)
@@ -67,13 +81,4 @@ def staged_dir(final: str | os.PathLike, overwrite: bool = False, keep_partial: 
         if not keep_partial:
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    if final.exists():
-        if not overwrite:
-            raise FileExistsError(final)
-        trash = final.parent / f".{final.name}.old"
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(final, trash)
-        os.replace(staging, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, final)
+    publish_dir(staging, final, overwrite)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from tunelab.errors import TunelabError, did_you_mean
 
@@ -37,7 +37,7 @@ class TrainConfig(Settings):
     method: Literal["full", "head", "lora"] = Field("full", description="what is trained: all weights, the head only, or LoRA adapters")
     epochs: float = Field(3.0, gt=0)
     lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(16, gt=0)
+    batch_size: PositiveInt | Literal["auto"] = Field(16, description="per-process batch; 'auto': the largest that fits in memory")
     eval_batch_size: int = Field(64, gt=0)
     grad_accum: int = Field(1, gt=0)
     weight_decay: float = Field(0.01, ge=0)
@@ -52,6 +52,8 @@ class TrainConfig(Settings):
     logging_steps: int | None = Field(None, gt=0, description="default: about 20 logs per epoch")
     keep_checkpoints: int = Field(1, ge=1)
     report_to: list[str] = Field(default_factory=list, description="Trainer integrations, e.g. tensorboard, mlflow")
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON config, passed to the Trainer")
+    fsdp: str | None = Field(None, description="FSDP options, e.g. 'full_shard auto_wrap', passed to the Trainer")
 
     out: str | None = Field(None, description="run directory; default runs/<model>-<data>-<time>")
     overwrite: bool = False

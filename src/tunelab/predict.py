@@ -5,18 +5,22 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from tunelab import atomic
-from tunelab.data import load_source
 from tunelab.errors import TunelabError
-from tunelab.models.classifier import Classifier
 from tunelab.run import Run
+
+if TYPE_CHECKING:
+    from tunelab.models.classifier import Classifier
+
+# This module is imported when `tunelab` is (so that tunelab.predict, the function, is not replaced by
+# this module later); the heavy imports (torch, pandas) wait until a prediction is asked for.
 
 
 def load_classifier(run: Run | str | os.PathLike) -> Classifier:
+    from tunelab.models.classifier import Classifier
+
     run = run if isinstance(run, Run) else Run.open(run)
     return Classifier.load(run.model_dir, run.config.get("max_length"))
 
@@ -49,6 +53,10 @@ def predict_file(
     progress=None,
 ) -> Path:
     """Write `out` (CSV): the texts, the predicted label, and one probability column per class."""
+    import pandas as pd
+
+    from tunelab.data import load_source
+
     out = Path(out)
     if out.suffix.lower() != ".csv":
         raise TunelabError(f"--out '{out}' must be a .csv file", "name the output file e.g. preds.csv")

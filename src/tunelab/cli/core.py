@@ -93,7 +93,7 @@ def train(
     method: Annotated[Optional[str], typer.Option(help="full | head | lora")] = None,
     epochs: Annotated[Optional[float], typer.Option()] = None,
     lr: Annotated[Optional[float], typer.Option(help="learning rate")] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    batch_size: Annotated[Optional[str], typer.Option(help="per-process batch size, or 'auto' (largest that fits)")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help="gradient accumulation steps")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="token limit (default: from the data)")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16")] = None,
@@ -103,18 +103,58 @@ def train(
     keep_checkpoints: Annotated[Optional[int], typer.Option()] = None,
     report_to: Annotated[Optional[list[str]], typer.Option(help="Trainer integration, e.g. tensorboard")] = None,
     encoding: Annotated[Optional[str], typer.Option()] = None,
+    deepspeed: Annotated[Optional[str], typer.Option(help="DeepSpeed JSON config (passed to the Trainer)")] = None,
+    fsdp: Annotated[Optional[str], typer.Option(help="FSDP options, e.g. 'full_shard auto_wrap'")] = None,
     out: Annotated[Optional[str], typer.Option(help="run directory")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="replace an existing run")] = None,
     strict: Annotated[Optional[bool], typer.Option("--strict", help="refuse empty texts instead of dropping them")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue a killed run from its last checkpoint")] = False,
+    nproc: Annotated[int, typer.Option(help="data-parallel processes on this machine (torchrun; gloo on CPU)")] = 1,
 ) -> None:
     """Fine-tune a pretrained model for text classification and write a run directory."""
     from tunelab.config import TrainConfig, load_settings
-    from tunelab.train.classify import train as run_training
 
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "load_settings", "TrainConfig", "run_training")}
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "resume", "nproc", "load_settings", "TrainConfig")}
     settings = load_settings(TrainConfig, config, overrides)
-    run = run_training(settings)
+    _train(settings, resume, nproc)
+
+
+@command("resume")
+def resume_run(
+    run: Annotated[Path, typer.Argument(help="the run directory a killed `tunelab train` was writing (its --out)")],
+    nproc: Annotated[int, typer.Option(help="data-parallel processes")] = 1,
+) -> None:
+    """Continue a killed training run from its last checkpoint."""
+    from tunelab.atomic import partial_path
+    from tunelab.config import TrainConfig, load_settings
+    from tunelab.errors import TunelabError
+
+    staging = partial_path(run)
+    if not (staging / "config.yaml").is_file():
+        if (run / "model").is_dir():
+            raise TunelabError(f"run '{run}' already finished", "nothing to resume")
+        raise TunelabError(f"no interrupted run at '{run}' (no {staging}/config.yaml)", "pass the --out of the killed run")
+    _train(load_settings(TrainConfig, staging / "config.yaml"), True, nproc)
+
+
+def _train(settings, resume: bool, nproc: int) -> None:
+    from tunelab.train.launch import in_distributed_launch, train_multiprocess
+
+    if nproc > 1 and not in_distributed_launch():
+        run = train_multiprocess(settings, nproc, resume)
+    else:
+        from tunelab.train.classify import train as run_training
+
+        run = run_training(settings, resume=resume)
+        if not _is_main_process():
+            return
     print_run_summary(run)
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 @command("predict")

@@ -6,7 +6,7 @@ load data -> split -> tokenizer -> max length -> profile -> tokenize -> model ->
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 import shutil
 import time
@@ -34,17 +34,30 @@ from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.models.catalogue import resolve_model  # noqa: E402
 from tunelab.models.classifier import model_max_length  # noqa: E402
 from tunelab.run import Run  # noqa: E402
-from tunelab.train import speed  # noqa: E402
+from tunelab.train import memory, speed  # noqa: E402
 from tunelab.train.callbacks import HistoryCallback, RichProgressCallback  # noqa: E402
 from tunelab.train.trainer import AccuracyTrainer, classification_scores  # noqa: E402
 
 
-def train(config: TrainConfig, progress: bool = True) -> Run:
-    """Fine-tune config.model on config.data and return the finished run directory."""
+def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> Run:
+    """Fine-tune config.model on config.data and return the finished run directory.
+
+    Launched by torchrun/accelerate, every process runs this function; only the main process
+    writes the run directory. With resume, training continues from the last checkpoint that a
+    killed run left in its staging folder.
+    """
+    from accelerate import PartialState
+
     quiet_libraries()
     out = resolve_out_dir(config)
+    staging = atomic.partial_path(out)
+    checkpoint = last_checkpoint(staging) if resume else None
+    if resume and checkpoint is None:
+        raise TunelabError(f"nothing to resume: no checkpoint in {staging}", "start the run without --resume")
     if out.exists() and not config.overwrite:
         raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
+    # Joins the process group when launched by torchrun / accelerate (gloo on CPU), as the Trainer will.
+    state = PartialState(cpu=not torch.cuda.is_available())
     transformers.set_seed(config.seed)
     threads = speed.set_threads(config.threads)
     precision = speed.resolve_precision(config.precision)
@@ -62,7 +75,8 @@ def train(config: TrainConfig, progress: bool = True) -> Run:
     # 2. Tokenizer, and a max length chosen from the data rather than the model's 512.
     model_dir = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model_limit = model_max_length(transformers.AutoConfig.from_pretrained(model_dir), tokenizer)
+    model_config = transformers.AutoConfig.from_pretrained(model_dir)
+    model_limit = model_max_length(model_config, tokenizer)
     if config.max_length is not None and config.max_length > model_limit:
         raise TunelabError(f"--max-length {config.max_length} exceeds the model's limit of {model_limit} tokens", f"use at most {model_limit}")
     train_lengths = token_lengths(tokenizer, splits["train"]["text"], seed=config.seed)
@@ -70,76 +84,133 @@ def train(config: TrainConfig, progress: bool = True) -> Run:
     profile = profile_splits(splits, tokenizer, model_limit, frame.attrs.get("dropped"))
     profile["max_length"] = max_length
 
-    staging = atomic.partial_path(out)
-    if staging.exists():
-        shutil.rmtree(staging)  # a crashed earlier attempt; start clean
-    with atomic.staged_dir(out, overwrite=config.overwrite) as stage:
-        run = Run(stage)
-        atomic.write_text(stage / "config.yaml", to_yaml(config, out=str(out), max_length=max_length, precision=precision, threads=threads))
-        atomic.write_json(stage / "labels.json", {str(i): label for i, label in enumerate(labels)})
-        atomic.write_json(stage / "data_profile.json", profile)
-        (stage / "splits").mkdir()
-        for name, split in splits.items():
-            split.to_parquet(run.split_path(name), index=False)
+    # 3. Model: the pretrained encoder with a fresh classification head; then the plan.
+    model = build_model(model_dir, config, labels)
+    parameters, trainable = sum(p.numel() for p in model.parameters()), count_trainable(model)
+    batch_size = config.batch_size
+    if batch_size == "auto":
+        budget = int(0.6 * memory.available_memory())
+        batch_size = memory.largest_batch(model_config, parameters, trainable, max_length, precision, budget)
+    plan = memory.estimate(model_config, parameters, trainable, batch_size, max_length, precision)
+    memory.check_disk(out.parent, parameters, trainable, config.keep_checkpoints)
+    if progress and state.is_main_process:
+        print_plan(config, splits, labels, max_length, batch_size, precision, state.num_processes, parameters, trainable, plan)
 
-        # 3. Tokenize: input IDs and attention masks, unpadded (padding happens per batch).
-        datasets = {name: tokenize_frame(split, tokenizer, max_length, label2id) for name, split in splits.items()}
+    # 4. Stage the run directory (main process only; the others wait for it).
+    resolved = dict(out=str(out), max_length=max_length, precision=precision, threads=threads, batch_size=batch_size)
+    if state.is_main_process:
+        if checkpoint is None:
+            start_staging(staging, config, resolved, labels, profile, splits)
+        else:
+            truncate_history(staging / "history.jsonl", checkpoint)
+    state.wait_for_everyone()
 
-        # 4. Model: the pretrained encoder with a fresh classification head.
-        model = build_model(model_dir, config, labels)
+    # 5. Tokenize: input IDs and attention masks, unpadded (each batch is padded to its longest example).
+    datasets = {name: tokenize_frame(split, tokenizer, max_length, label2id) for name, split in splits.items()}
 
-        # 5. Trainer.
-        args = training_arguments(config, stage / "checkpoints", precision, len(datasets["train"]))
-        callbacks = [HistoryCallback(stage / "history.jsonl")]
-        if progress:
-            callbacks.append(RichProgressCallback(config.batch_size * config.grad_accum * args.world_size))
-        if config.early_stopping:
-            callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
-        trainer = AccuracyTrainer(
-            model=model,
-            args=args,
-            train_dataset=datasets["train"],
-            eval_dataset=datasets["eval"],
-            processing_class=tokenizer,
-            data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-            compute_metrics=classification_scores,
-            callbacks=callbacks,
-        )
-        trainer.remove_callback(PrinterCallback)  # our progress bar and history.jsonl replace the printed dicts
+    # 6. Trainer.
+    args = training_arguments(config, staging / "checkpoints", precision, batch_size, len(datasets["train"]) // state.num_processes)
+    callbacks = [HistoryCallback(staging / "history.jsonl")]
+    if progress:
+        callbacks.append(RichProgressCallback(batch_size * config.grad_accum * args.world_size))
+    if config.early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
+    trainer = AccuracyTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets["eval"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+        compute_metrics=classification_scores,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # our progress bar and history.jsonl replace the printed dicts
 
-        # 6. Train (the best checkpoint by eval accuracy is loaded at the end).
-        started = time.perf_counter()
-        result = trainer.train()
-        train_seconds = time.perf_counter() - started
+    # 7. Train; the best checkpoint by eval accuracy is loaded at the end.
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_seconds = time.perf_counter() - started
 
-        # 7. Save a plain Hugging Face folder that pipeline() loads with no tunelab code.
-        if trainer.is_world_process_zero():
-            save_model(trainer, stage / "model")
-            shutil.rmtree(stage / "checkpoints", ignore_errors=True)
-            atomic.write_json(
-                stage / "metrics.json",
-                {
-                    "train": {
-                        "train_runtime_s": train_seconds,
-                        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
-                        "train_loss": result.metrics.get("train_loss"),
-                        "train_samples": len(datasets["train"]),
-                        "epochs": result.metrics.get("epoch", config.epochs),
-                        "steps": result.global_step,
-                        "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
-                        "best_eval_accuracy": trainer.state.best_metric,
-                        "peak_memory_mb": speed.peak_memory_mb(),
-                        "parameters": sum(p.numel() for p in trainer.model.parameters()),
-                        "trainable_parameters": count_trainable(trainer.model),
-                    },
-                    "environment": speed.environment(precision),
-                },
-            )
-            # 8. Evaluate on the held-out test split: metrics.json, plots/, report.html.
-            from tunelab.evaluate import evaluate_run
+    # 8. Save, evaluate on the held-out test split, and publish the run (main process only).
+    if state.is_main_process:
+        # Metrics first: saving merges LoRA adapters into the weights, after which they no longer count as trainable.
+        train_facts = training_metrics(trainer, result, train_seconds, precision, state.num_processes)
+        save_model(trainer, staging / "model")
+        atomic.write_json(staging / "metrics.json", train_facts)
+        from tunelab.evaluate import evaluate_run
 
-            evaluate_run(run, progress=progress)
+        evaluate_run(Run(staging), progress=progress)
+        shutil.rmtree(staging / "checkpoints", ignore_errors=True)
+        atomic.publish_dir(staging, out, overwrite=config.overwrite)
+    state.wait_for_everyone()
     return Run.open(out)
+
+
+def start_staging(staging: Path, config: TrainConfig, resolved: dict, labels, profile, splits) -> None:
+    """A fresh staging folder with everything known before training."""
+    if staging.exists():
+        shutil.rmtree(staging)  # an earlier attempt that was not resumed
+    (staging / "splits").mkdir(parents=True)
+    run = Run(staging)
+    atomic.write_text(staging / "config.yaml", to_yaml(config, **resolved))
+    atomic.write_json(staging / "labels.json", {str(i): label for i, label in enumerate(labels)})
+    atomic.write_json(staging / "data_profile.json", profile)
+    for name, split in splits.items():
+        split.to_parquet(run.split_path(name), index=False)
+
+
+def last_checkpoint(staging: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = staging / "checkpoints"
+    found = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    return Path(found) if found else None
+
+
+def truncate_history(path: Path, checkpoint: Path) -> None:
+    """Drop the log lines written after the checkpoint: the resumed run writes them again."""
+    if not path.is_file():
+        return
+    step = int(checkpoint.name.rsplit("-", 1)[1])
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic.write_text(path, "".join(line + "\n" for line in kept))
+
+
+def training_metrics(trainer, result, seconds: float, precision: str, processes: int) -> dict:
+    best = trainer.state.best_model_checkpoint
+    return {
+        "train": {
+            "train_runtime_s": seconds,
+            "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+            "train_loss": result.metrics.get("train_loss"),
+            "train_samples": len(trainer.train_dataset),
+            "epochs": result.metrics.get("epoch"),
+            "steps": result.global_step,
+            "processes": processes,
+            "best_checkpoint": Path(best).name if best else None,
+            "best_eval_accuracy": trainer.state.best_metric,
+            "peak_memory_mb": speed.peak_memory_mb(),
+            "parameters": sum(p.numel() for p in trainer.model.parameters()),
+            "trainable_parameters": count_trainable(trainer.model),
+        },
+        "environment": speed.environment(precision),
+    }
+
+
+def print_plan(config, splits, labels, max_length, batch_size, precision, processes, parameters, trainable, plan) -> None:
+    from rich.console import Console
+
+    effective = batch_size * config.grad_accum * processes
+    steps = max(1, len(splits["train"]) // effective) * config.epochs
+    Console(stderr=True).print(
+        f"[bold]plan[/]: {config.model} on {config.data} — {len(splits['train'])} train / {len(splits['eval'])} eval / "
+        f"{len(splits['test'])} test rows, {len(labels)} classes\n"
+        f"      max length {max_length}, batch {batch_size} × accumulation {config.grad_accum} × {processes} process(es) "
+        f"= {effective}, ≈{steps:.0f} steps, {precision}\n"
+        f"      parameters {parameters / 1e6:.1f}M ({trainable / 1e6:.1f}M trainable); memory per process {plan.describe()}",
+        highlight=False,
+    )
 
 
 def quickstart_config(out: str | None = None) -> TrainConfig:
@@ -220,13 +291,14 @@ def save_model(trainer, folder: Path) -> None:
     trainer.processing_class.save_pretrained(folder)
 
 
-def training_arguments(config: TrainConfig, output_dir: Path, precision: str, train_rows: int) -> TrainingArguments:
-    steps_per_epoch = max(1, train_rows // (config.batch_size * config.grad_accum))
+def training_arguments(config: TrainConfig, output_dir: Path, precision: str, batch_size: int, train_rows: int) -> TrainingArguments:
+    steps_per_epoch = max(1, train_rows // (batch_size * config.grad_accum))
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=config.epochs,
         learning_rate=config.lr,
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=batch_size,
+        auto_find_batch_size=config.batch_size == "auto" and torch.cuda.is_available(),  # halve on GPU OOM
         per_device_eval_batch_size=config.eval_batch_size,
         gradient_accumulation_steps=config.grad_accum,
         weight_decay=config.weight_decay,
@@ -248,4 +320,6 @@ def training_arguments(config: TrainConfig, output_dir: Path, precision: str, tr
         data_seed=config.seed,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        deepspeed=config.deepspeed,
+        fsdp=config.fsdp or "",
     )

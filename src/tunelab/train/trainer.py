@@ -17,6 +17,10 @@ class AccuracyTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # Classification heads return a per-batch mean loss and ignore num_items_in_batch, but their
+        # forward(**kwargs) makes the Trainer think otherwise and multiply the loss by the number of
+        # processes: doubled gradients and logged losses under DDP. Their loss is already an average.
+        self.model_accepts_loss_kwargs = False
         self._window = torch.zeros(2, dtype=torch.float64)  # correct, seen since the last log
         self._epoch = torch.zeros(2, dtype=torch.float64)  # correct, seen since the last evaluation
 

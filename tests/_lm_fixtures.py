@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import string
 from pathlib import Path
 
 CHATML = (
@@ -32,7 +33,10 @@ def write_tiny_llama(folder: Path, chat_template: str | None = CHATML, tie: bool
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     corpus = [f"{r['prompt']} {r['response']} user assistant system" for r in qa_pairs(1)] + ["hello world, what is my name? count 1 2 3 4 5 6"]
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    # Only the printable ASCII bytes as the alphabet: every token decodes to readable text on its own,
+    # so a random model's output streams in pieces (lone UTF-8 fragments would be held back).
+    corpus.append(string.printable)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False)
     bpe.train_from_iterator(corpus, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=256)
     if chat_template:

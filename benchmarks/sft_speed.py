@@ -1,0 +1,122 @@
+"""Causal-LM speed on this machine with the real SmolLM2-135M-Instruct, printed as JSON:
+
+(a) training tokens/s and peak memory of LoRA against full fine-tuning (each in its own process, so
+    peak resident memory is that method's alone), with eval loss before/after, through tunelab.lm.sft;
+(b) generation tokens/s, greedy, float32 against bf16 autocast, same prompt and token count.
+
+    python benchmarks/sft_speed.py --examples 48 --epochs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TOPICS = ["photosynthesis", "the water cycle", "gravity", "volcanoes", "the moon", "rainbows", "tides", "earthquakes",
+          "clouds", "magnets", "fossils", "the seasons", "lightning", "glaciers", "deserts", "coral reefs"]
+STYLES = ["in one sentence", "to a child", "briefly", "in simple words"]
+
+
+def instruction_rows(n: int) -> list[dict[str, str]]:
+    """Short, consistent question/answer pairs: a style the model can pick up in a few dozen steps."""
+    rows = []
+    for i in range(n):
+        topic, style = TOPICS[i % len(TOPICS)], STYLES[(i // len(TOPICS)) % len(STYLES)]
+        rows.append({"prompt": f"Explain {topic} {style}.", "response": f"Answer: {topic.capitalize()} is a natural phenomenon. In short: {topic} explained {style}. Done."})
+    return rows
+
+
+def train_once(method: str, data: str, out: str, epochs: float, batch_size: int, precision: str) -> dict:
+    from tunelab.lm.config import SFTConfig
+    from tunelab.lm.sft import sft
+
+    config = SFTConfig(model="smollm2", data=data, method=method, epochs=epochs, batch_size=batch_size, precision=precision,
+                       eval_fraction=0.2, samples=2, sample_tokens=24, out=out, overwrite=True)
+    started = time.perf_counter()
+    run = sft(config, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    train = metrics["train"]
+    return {
+        "method": method,
+        "precision": metrics["environment"]["precision"],
+        "lr": config.learning_rate,
+        "train_examples": train["train_examples"],
+        "steps": train["steps"],
+        "train_seconds": round(train["train_runtime_s"], 2),
+        "train_tokens_per_second": round(train["train_tokens_per_second"], 1),
+        "peak_memory_mb": round(train["peak_memory_mb"], 1),
+        "trainable_parameters": train["trainable_parameters"],
+        "eval_loss_before": round(metrics["eval_before"]["loss"], 4),
+        "eval_loss_after": round(metrics["eval_after"]["loss"], 4),
+        "perplexity_before": round(metrics["eval_before"]["perplexity"], 2),
+        "perplexity_after": round(metrics["eval_after"]["perplexity"], 2),
+        "wall_seconds_including_eval_and_samples": round(time.perf_counter() - started, 1),
+    }
+
+
+def generation_speed(new_tokens: int) -> dict:
+    from tunelab.lm.generate import Generator, Sampling
+
+    prompt = "Write a short paragraph about the history of bicycles."
+    results = {}
+    for precision in ("fp32", "bf16"):
+        generator = Generator("smollm2", precision=precision)
+        generator.complete(prompt, Sampling(max_new_tokens=8))  # warm-up
+        # min_new_tokens is not exposed; instead count what was produced and divide by time.
+        runs = [generator.complete(prompt, Sampling(max_new_tokens=new_tokens)) for _ in range(2)]
+        best = max(runs, key=lambda c: c.tokens_per_second)
+        results[precision] = {"tokens": best.completion_tokens, "seconds": round(best.seconds, 2), "tokens_per_second": round(best.tokens_per_second, 2),
+                              "text_start": best.text[:60]}
+    results["bf16_over_fp32"] = round(results["bf16"]["tokens_per_second"] / results["fp32"]["tokens_per_second"], 3)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=48)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--methods", default="lora,full")
+    parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--child", nargs=2, metavar=("METHOD", "DATA"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:  # one training run in this process; its peak memory is its own
+        print(json.dumps(train_once(args.child[0], args.child[1], args.out, args.epochs, args.batch_size, args.precision)))
+        return
+
+    from tunelab.train import speed
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "instructions.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in instruction_rows(args.examples)))
+        result = {"model": "smollm2 (SmolLM2-135M-Instruct)", "environment": speed.environment(args.precision), "load_average": os.getloadavg()[0], "training": []}
+        for method in args.methods.split(","):
+            command = [sys.executable, __file__, "--child", method, str(data), "--out", str(Path(tmp) / method),
+                       "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--precision", args.precision]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            result["training"].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        lora = next((r for r in result["training"] if r["method"] == "lora"), None)
+        full = next((r for r in result["training"] if r["method"] == "full"), None)
+        if lora and full:
+            result["lora_over_full"] = {"tokens_per_second": round(lora["train_tokens_per_second"] / full["train_tokens_per_second"], 3),
+                                        "peak_memory": round(lora["peak_memory_mb"] / full["peak_memory_mb"], 3)}
+        if not args.skip_generation:
+            result["generation"] = generation_speed(args.new_tokens)
+        result["load_average_after"] = os.getloadavg()[0]
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -145,3 +145,12 @@ def test_data_commands(sentiment_csv):
 def test_models_lists_minilm():
     result = run_cli("models")
     assert result.exit_code == 0 and "minilm" in result.output
+
+
+def test_report_to_an_integration_that_is_not_installed(train_args, sentiment_csv):
+    from transformers.integrations import get_available_reporting_integrations
+
+    if "dvclive" in get_available_reporting_integrations():
+        pytest.skip("dvclive is installed here")
+    assert_user_error(run_cli(*train_args, "--data", sentiment_csv, "--report-to", "dvclive"), "pip install dvclive")
+    assert_user_error(run_cli(*train_args, "--data", sentiment_csv, "--report-to", "tensorbored"), "unknown --report-to")

@@ -56,6 +56,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
         raise TunelabError(f"nothing to resume: no checkpoint in {staging}", "start the run without --resume")
     if out.exists() and not config.overwrite:
         raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
+    check_integrations(config.report_to)
     # Joins the process group when launched by torchrun / accelerate (gloo on CPU), as the Trainer will.
     state = PartialState(cpu=not torch.cuda.is_available())
     transformers.set_seed(config.seed)
@@ -145,6 +146,24 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
         atomic.publish_dir(staging, out, overwrite=config.overwrite)
     state.wait_for_everyone()
     return Run.open(out)
+
+
+def check_integrations(report_to: list[str]) -> None:
+    """Name a missing experiment tracker now, not after the data is tokenized."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    installed = set(get_available_reporting_integrations())
+    for name in report_to:
+        if name in ("none", "all"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise TunelabError(
+                f"unknown --report-to '{name}'",
+                f"choose from: {', '.join(sorted(INTEGRATION_TO_CALLBACK))}",
+            )
+        if name not in installed:
+            raise TunelabError(f"--report-to {name}: the {name} package is not installed", f"install it with: pip install {name}")
 
 
 def start_staging(staging: Path, config: TrainConfig, resolved: dict, labels, profile, splits) -> None:

@@ -49,6 +49,13 @@ class RichProgressCallback(TrainerCallback):
             return
         if "loss" in logs:
             self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
+            if not self.progress.console.is_terminal:
+                # A log file or CI has no live bar: print the bar's content as a line instead.
+                fields = self.progress.tasks[0].fields
+                self.progress.console.print(
+                    f"step {state.global_step}/{state.max_steps}  epoch {state.epoch:.2f}  loss {fields['loss']}  {fields['speed']}",
+                    highlight=False,
+                )
         if "eval_loss" in logs:
             parts = [f"eval loss {logs['eval_loss']:.4f}"]
             for key in ("eval_accuracy", "train_accuracy"):

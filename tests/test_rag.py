@@ -13,7 +13,7 @@ from tunelab.data.factbook import Section, clean_html, flatten_json
 from tunelab.errors import TunelabError
 from tunelab.rag.chunk import chunk_document, split_section
 from tunelab.rag.documents import Document, load_folder
-from tunelab.rag.fuse import rrf
+from tunelab.rag.fuse import DEFAULT_WEIGHTS, rrf
 from tunelab.rag.index import build_index, open_index
 
 # -- chunking ------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def test_modes_rank_differently_where_keywords_and_meaning_disagree(concept_inde
     query = "feline diet"
     bm25 = [h.chunk.doc_id for h in concept_index.search(query, "bm25", 5)]
     dense = [h.chunk.doc_id for h in concept_index.search(query, "dense", 5)]
-    hybrid = [h.chunk.doc_id for h in concept_index.search(query, "hybrid", 2)]
+    hybrid = [h.chunk.doc_id for h in concept_index.search(query, "hybrid", 2, weights=(1.0, 1.0))]
     # Keywords: only the census page literally says "feline diet"; the cat page shares no word.
     assert bm25[0] == "census.html" and "cats.md" not in bm25
     # Meaning: the cat page ("cats eat fish") is closest.
@@ -134,9 +134,11 @@ def test_hybrid_scores_are_rrf_of_the_two_lists(concept_index):
     depth = 50
     bm25 = [h.chunk.chunk_id for h in concept_index.search(query, "bm25", depth)]
     dense = [h.chunk.chunk_id for h in concept_index.search(query, "dense", depth)]
-    hits = concept_index.search(query, "hybrid", 3, candidates=depth)
-    expected = rrf([bm25, dense], k=60)[:3]
-    assert [(h.chunk.chunk_id, h.score) for h in hits] == [(cid, pytest.approx(s)) for cid, s in expected]
+    for weights in ((1.0, 1.0), DEFAULT_WEIGHTS, (2.0, 0.5)):
+        hits = concept_index.search(query, "hybrid", 3, candidates=depth, weights=weights)
+        expected = rrf([bm25, dense], k=60, weights=weights)[:3]
+        assert [(h.chunk.chunk_id, h.score) for h in hits] == [(cid, pytest.approx(s)) for cid, s in expected]
+    assert concept_index.search(query, "hybrid", 3) == concept_index.search(query, "hybrid", 3, weights=DEFAULT_WEIGHTS)
     assert [h.rank for h in hits] == [1, 2, 3]
 
 

@@ -16,14 +16,20 @@ from pathlib import Path
 
 import bm25s
 import numpy as np
+from bm25s.stopwords import STOPWORDS_EN_PLUS
 
 K1 = 1.5
 B = 0.75
 
 
+# bm25s' longer English list: the short one keeps "what", "when", "how", ... which are rare in
+# documents (high idf) and so dominated the scores of questions.
+STOPWORDS = list(STOPWORDS_EN_PLUS)
+
+
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
     """Lower-cased words of two or more characters, English stopwords removed (bm25s' tokenizer)."""
-    return bm25s.tokenize(list(texts), stopwords="en", return_ids=False, show_progress=False)
+    return bm25s.tokenize(list(texts), stopwords=STOPWORDS, return_ids=False, show_progress=False)
 
 
 def query_terms(query: str) -> list[str]:

@@ -23,7 +23,7 @@ from tunelab.atomic import write_json
 from tunelab.errors import TunelabError, did_you_mean
 from tunelab.rag.chunk import Chunk, chunk_document
 from tunelab.rag.documents import Document, load_documents
-from tunelab.rag.fuse import RRF_K, rrf
+from tunelab.rag.fuse import DEFAULT_WEIGHTS, RRF_K, rrf
 from tunelab.rag.stores import STORES, Store, open_store
 
 MANIFEST = "index.json"
@@ -257,7 +257,8 @@ class Index:
         self.close()
 
     def embed_query(self, query: str) -> np.ndarray:
-        return self.embedder.encode([query])[0]
+        fast = getattr(self.embedder, "encode_query", None)
+        return fast(query) if fast else self.embedder.encode([query])[0]
 
     def retrieve(
         self,
@@ -266,13 +267,13 @@ class Index:
         k: int = 5,
         *,
         candidates: int | None = None,
-        weights: tuple[float, float] = (1.0, 1.0),
+        weights: tuple[float, float] = DEFAULT_WEIGHTS,
         rrf_k: int = RRF_K,
         need_similarity: bool = False,
     ) -> Retrieval:
         """Top-k chunks for the query. Hybrid fuses the BM25 and dense candidate lists with RRF.
 
-        weights are (bm25, dense). candidates is how deep each list goes before fusion or
+        weights are (bm25, dense), default DEFAULT_WEIGHTS. candidates is how deep each list goes before fusion or
         re-ranking (default: max(50, 4k)).
         """
         _check_mode(mode)

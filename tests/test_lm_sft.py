@@ -47,6 +47,10 @@ def test_lora_lowers_the_eval_loss_and_writes_a_complete_run(lora_run):
     html = (lora_run / "report.html").read_text()
     assert "before training" in html and "data:image/png;base64," in html and samples[0]["reference"] in html
     assert not list(lora_run.parent.glob(".*partial"))
+    from tunelab.config import load_settings
+
+    again = load_settings(SFTConfig, lora_run / "config.yaml")  # the resolved config repeats the run
+    assert again.lr == 2e-2 and again.max_length == metrics["data"]["max_length"] and again.method == "lora"
 
 
 def test_adapter_loads_with_plain_transformers(lora_run):

@@ -84,7 +84,8 @@ def sft(config: SFTConfig, progress: bool = True) -> Path:
     with atomic.staged_dir(out, overwrite=config.overwrite, keep_partial=False) as stage:
         atomic.write_text(
             stage / "config.yaml",
-            to_yaml(config, out=str(out), lr=config.learning_rate, max_length=max_length, precision=precision, threads=threads, base_model=str(source.base)),
+            # Only real settings, resolved: the file reloads as an SFTConfig to repeat the run.
+            to_yaml(config, out=str(out), lr=config.learning_rate, max_length=max_length, precision=precision, threads=threads),
         )
 
         # 5. Trainer.

@@ -161,3 +161,23 @@ def update(
     verdict = "[green]passed[/]" if result.passed else "[red]failed[/]"
     console.print(f"gate {verdict}: " + "; ".join(result.reasons), highlight=False)
     console.print(f"[bold]{result.version.ref}[/] is {result.version.stage}; report: {result.run.path / 'update.html'}", highlight=False)
+
+
+@registry_app.command("serve")
+@user_errors
+def serve(
+    name: Annotated[str, typer.Argument(help="model name; its production version is served")],
+    host: Annotated[str, typer.Option(help="address to bind; the default serves this machine only")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8 (onnx needs `tunelab export` of each version)")] = "torch",
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    interval: Annotated[float, typer.Option(help="seconds between registry checks for a new production version")] = 2.0,
+    registry: RegistryOption = None,
+) -> None:
+    """Serve NAME's production version over HTTP; a promote or rollback switches the model live, without a restart."""
+    from tunelab.config import load_settings
+    from tunelab.serve.registry_watch import serve_registry
+    from tunelab.serve.settings import ServeSettings
+
+    settings = load_settings(ServeSettings, None, dict(host=host, port=port, backend=backend, workers=workers))
+    serve_registry(name, settings, registry, interval)

@@ -1,0 +1,186 @@
+"""Serving a registry name: follow its production version and hot-swap the model without a restart.
+
+A watcher thread polls `Registry.production(name)` (one indexed row; cheap enough every second or
+two). When the generation moves (a promote or a rollback), it loads the new version off the request
+path, then swaps it into the holder in one step. Requests already computing finish on the old model,
+the next batch uses the new one, so no request fails during the switch. A version that fails to load
+is reported and skipped; the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+from tunelab.errors import TunelabError
+from tunelab.registry import Production, Registry
+
+log = logging.getLogger("tunelab.serve.registry")
+SPEC_ENV = "TUNELAB_SERVE_REGISTRY_SPEC"  # how `--workers N` hands the name and settings to each worker
+
+
+class Holder(Protocol):
+    """What the watcher needs from the service's model holder (tunelab.serve.holder.ModelHolder)."""
+
+    @property
+    def current(self) -> Any: ...
+
+    def swap(self, model: Any) -> Any: ...
+
+
+class RegistryWatcher:
+    """Keeps `holder` serving the production version of `name`.
+
+    load(production) -> model builds what the holder serves (a LoadedModel for the real service).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        name: str,
+        load: Callable[[Production], Any],
+        holder: Holder | None = None,
+        interval: float = 2.0,
+    ):
+        self.registry = registry
+        self.name = name
+        self.load = load
+        self.holder = holder
+        self.interval = interval
+        self.loaded: Production | None = None  # what the holder serves (once it serves anything)
+        self.error: str | None = None  # why the newest production version could not be loaded
+        self._failed_generation: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one load at a time (the initial load and a poll may overlap)
+
+    def load_current(self) -> Any:
+        """Load today's production version (the service's initial load); remembers which generation it is."""
+        production = self.registry.production(self.name)
+        if production.version is None:
+            raise TunelabError(f"{self.name} has no production version to serve", f"promote one: `tunelab registry promote {self.name}@N`")
+        with self._lock:
+            model = self.load(production)
+            self.loaded = production
+        return model
+
+    def poll_once(self) -> bool:
+        """Swap in the production version if it changed since the last load; True when a swap happened."""
+        if self.holder is None or self.holder.current is None or self.loaded is None:
+            return False  # the initial load has not finished: it, not us, puts the first model in
+        try:
+            production = self.registry.production(self.name)
+        except (sqlite3.Error, TunelabError) as error:  # a locked or moved file must not stop the service
+            log.warning("cannot read the registry %s: %s", self.registry.path, error)
+            return False
+        if production.generation == self.loaded.generation or production.version is None:
+            return False
+        if production.version == self.loaded.version and production.run_dir == self.loaded.run_dir:
+            self.loaded = production  # e.g. promote v2, rollback, promote v2 again between two polls
+            return False
+        if production.generation == self._failed_generation:
+            return False  # already reported; wait for the next promote or rollback
+        with self._lock:
+            try:
+                model = self.load(production)
+            except Exception as error:  # keep serving the old model; say why on the log and in .error
+                self._failed_generation = production.generation
+                self.error = f"{self.name}@{production.version} could not be loaded: {error}"
+                log.error("%s; still serving %s@%s", self.error, self.name, self.loaded.version)
+                return False
+            self.holder.swap(model)
+            log.info("now serving %s@%s (was @%s)", self.name, production.version, self.loaded.version)
+            self.loaded, self.error = production, None
+        return True
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"registry-watch-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll_once()
+            except Exception:  # the thread must outlive any surprise; the next poll tries again
+                log.exception("registry watch failed")
+
+
+# --- the prediction service for a registry name -----------------------------------------------------
+def registry_app(name: str, settings=None, registry: Registry | str | os.PathLike | None = None, interval: float = 2.0):
+    """tunelab.serve.app's service for the production version of `name`, swapped live on promote/rollback."""
+    from tunelab.run import Run
+    from tunelab.serve.app import create_app
+    from tunelab.serve.backends import load_scorer
+    from tunelab.serve.holder import LoadedModel, finite
+    from tunelab.serve.settings import ServeSettings
+
+    settings = settings or ServeSettings()
+    registry = registry if isinstance(registry, Registry) else Registry(registry)
+    if registry.production(name).version is None:
+        raise TunelabError(f"{name} has no production version to serve", f"promote one: `tunelab registry promote {name}@N`")
+
+    def load(production: Production) -> LoadedModel:
+        run = Run.open(production.run_dir)
+        scorer = load_scorer(run, settings.backend, settings.threads)
+        return LoadedModel(scorer, name, str(production.version), str(run.path), finite(run.metrics))
+
+    watcher = RegistryWatcher(registry, name, load, interval=interval)
+    app = create_app(watcher.load_current, settings)
+    watcher.holder = app.state.holder
+    app.state.registry_watcher = watcher
+    # The app's own lifespan loads the first model and drains the queue on shutdown; the watcher
+    # runs inside it, so it starts with the service and stops before the model goes away.
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app):
+        async with inner(app) as state:
+            watcher.start()
+            try:
+                yield state
+            finally:
+                watcher.stop()
+
+    app.router.lifespan_context = lifespan
+    return app
+
+
+def serve_registry(name: str, settings=None, registry: str | os.PathLike | None = None, interval: float = 2.0) -> None:
+    """Serve NAME's production version with uvicorn; a promote or rollback switches it without a restart."""
+    import uvicorn
+
+    from tunelab.serve.settings import ServeSettings
+
+    settings = settings or ServeSettings()
+    path = Registry(registry).path
+    app = registry_app(name, settings, path, interval)  # fails here, with one line, for a bad name
+    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
+                  timeout_graceful_shutdown=max(1, round(settings.graceful_timeout_s)))
+    if settings.workers == 1:
+        uvicorn.run(app, **common)
+        return
+    # Each worker process builds its own app and watcher from the environment.
+    os.environ[SPEC_ENV] = json.dumps({"name": name, "registry": str(path), "interval": interval, "settings": settings.model_dump()})
+    uvicorn.run("tunelab.serve.registry_watch:app_from_env", factory=True, workers=settings.workers, **common)
+
+
+def app_from_env():
+    from tunelab.serve.settings import ServeSettings
+
+    spec = json.loads(os.environ[SPEC_ENV])
+    return registry_app(spec["name"], ServeSettings(**spec["settings"]), spec["registry"], spec["interval"])

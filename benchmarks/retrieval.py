@@ -5,8 +5,8 @@ One process run:
      (timed: wall clock and CPU seconds, with the machine's load average, since 2 cores are shared);
   2. evaluates each mode on the QA test set: recall@1/5/10, MRR, nDCG@10 against doc_id, latency p50/p95;
   3. compares hybrid recall@5 with the better of bm25 and dense (the target: at least as high), for the
-     default weights (0.3, 1) and equal weights (1, 1); and re-does the choice of the default weights
-     on a sample of the *train* split (never the test split), to show where the default comes from;
+     default equal weights (1, 1) and for a BM25 weight chosen on a sample of the *train* split
+     (never the test split), evaluated on the test split;
   4. measures the bf16 speed-up of embedding over fp32 on a sample of the same chunks.
 Targets: search p95 <= 50 ms on the full index; indexing the whole Factbook <= 180 s.
 
@@ -78,7 +78,14 @@ def choose_bm25_weight(index, rows: list[dict], candidates=(1.0, 0.7, 0.5, 0.3, 
         metrics = ranking_metrics(ranks)
         table[str(weight)] = {"recall@5": round(metrics["recall@5"], 4), "mrr": round(metrics["mrr"], 4)}
     best = max(candidates, key=lambda w: (table[str(w)]["recall@5"], table[str(w)]["mrr"]))
-    return {"train_questions": len(rows), "by_bm25_weight": table, "best_bm25_weight": best}
+    singles = {}
+    for name, position in (("bm25", 1), ("dense", 2)):
+        ranks = []
+        for entry in lists:
+            ranks.append(first_relevant_rank([c.doc_id for c in entry[position][:10]], entry[0]))
+        metrics = ranking_metrics(ranks)
+        singles[name] = {"recall@5": round(metrics["recall@5"], 4), "mrr": round(metrics["mrr"], 4)}
+    return {"train_questions": len(rows), "single_modes": singles, "by_bm25_weight": table, "best_bm25_weight": best}
 
 
 def main() -> None:
@@ -125,10 +132,12 @@ def main() -> None:
         modes = evaluate_retrieval(index, rows, ("bm25", "dense", "hybrid"))
         result["search_load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         result["hybrid_weights"] = list(DEFAULT_WEIGHTS)
-        equal = evaluate_retrieval(index, rows, ("hybrid",), weights=(1.0, 1.0))["hybrid"]
-        modes["hybrid_equal_weights"] = equal
+        choice = choose_bm25_weight(index, train_rows)
+        result["weight_choice_on_train"] = choice
+        tuned_weights = (choice["best_bm25_weight"], 1.0)
+        tuned = evaluate_retrieval(index, rows, ("hybrid",), weights=tuned_weights)["hybrid"]
+        modes["hybrid_train_tuned"] = {"weights": list(tuned_weights), **tuned}
         result["modes"] = modes
-        result["weight_choice_on_train"] = choose_bm25_weight(index, train_rows)
         best_single = max(("bm25", "dense"), key=lambda m: modes[m]["recall@5"])
         hybrid = modes["hybrid"]["recall@5"]
         result["hybrid_vs_best_single"] = {
@@ -137,11 +146,12 @@ def main() -> None:
             "hybrid_recall@5": hybrid,
             "ratio": round(hybrid / max(modes[best_single]["recall@5"], 1e-9), 4),
             "hybrid_at_least_as_high": hybrid >= modes[best_single]["recall@5"],
-            "hybrid_equal_weights_recall@5": equal["recall@5"],
-            "hybrid_equal_weights_at_least_as_high": equal["recall@5"] >= modes[best_single]["recall@5"],
+            "hybrid_train_tuned_recall@5": tuned["recall@5"],
+            "hybrid_train_tuned_at_least_as_high": tuned["recall@5"] >= modes[best_single]["recall@5"],
         }
         p95 = modes["hybrid"]["latency_ms_p95"]
         result["search_p95_ms"] = {m: modes[m]["latency_ms_p95"] for m in modes}
+        result["search_cpu_p95_ms"] = {m: modes[m]["cpu_ms_p95"] for m in modes}
         result["search_p95_target_ms"] = 50
         result["search_meets_target"] = max(result["search_p95_ms"].values()) <= 50
         result["hybrid_p95_ms"] = p95

@@ -134,7 +134,8 @@ def test_hybrid_scores_are_rrf_of_the_two_lists(concept_index):
     depth = 50
     bm25 = [h.chunk.chunk_id for h in concept_index.search(query, "bm25", depth)]
     dense = [h.chunk.chunk_id for h in concept_index.search(query, "dense", depth)]
-    for weights in ((1.0, 1.0), DEFAULT_WEIGHTS, (2.0, 0.5)):
+    assert DEFAULT_WEIGHTS == (1.0, 1.0)
+    for weights in ((1.0, 1.0), (0.3, 1.0), (2.0, 0.5)):
         hits = concept_index.search(query, "hybrid", 3, candidates=depth, weights=weights)
         expected = rrf([bm25, dense], k=60, weights=weights)[:3]
         assert [(h.chunk.chunk_id, h.score) for h in hits] == [(cid, pytest.approx(s)) for cid, s in expected]

@@ -83,7 +83,7 @@ def search_cmd(
     index: IndexOpt,
     mode: ModeOpt = Mode.hybrid,
     k: Annotated[int, typer.Option("-k", help="how many chunks to return")] = 5,
-    weights: WeightsOpt = "0.3,1",
+    weights: WeightsOpt = "1,1",
     rerank: RerankOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list for scripts")] = False,
 ) -> None:
@@ -134,7 +134,7 @@ def eval_cmd(
     qa: Annotated[Path, typer.Argument(help="QA JSONL with question, answer, aliases, doc_id")],
     index: IndexOpt,
     modes: Annotated[str, typer.Option(help="comma-separated modes to evaluate")] = "bm25,dense,hybrid",
-    weights: WeightsOpt = "0.3,1",
+    weights: WeightsOpt = "1,1",
     limit: Annotated[Optional[int], typer.Option(help="evaluate only the first N questions")] = None,
     with_answers: Annotated[bool, typer.Option("--answer", help="also generate answers: exact match, token F1, answer-in-context")] = False,
     model: Annotated[str, typer.Option(help="causal LM for --answer")] = "smollm2",

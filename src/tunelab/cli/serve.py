@@ -50,7 +50,7 @@ def serve(
         host=host, port=port, backend=backend.value, workers=workers, threads=threads, max_batch=max_batch,
         max_wait_ms=max_wait_ms, max_queue=max_queue, max_texts=max_texts, max_body_bytes=max_body_bytes, log_level=log_level,
     ))
-    console.print(f"serving {run} on http://{settings.host}:{settings.port}  (web page: /, API docs: /docs)", highlight=False)
+    console.print(f"serving {run} on http://{settings.host}:{settings.port}  (web page: /, API docs: /docs)", highlight=False, soft_wrap=True)
     run_service(run, settings)
 
 
@@ -69,12 +69,12 @@ def export(
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
-    console.print(f"fp32  {report.files['onnx']}  ({report.sizes_mb['onnx']} MB)", highlight=False)
+    console.print(f"fp32  {report.files['onnx']}  ({report.sizes_mb['onnx']} MB)", highlight=False, soft_wrap=True)
     console.print(f"      max |logit diff| vs PyTorch on {report.rows} test texts: {report.fp32_max_abs_diff:.2e}; "
-                  f"argmax agreement {report.fp32_argmax_agreement:.2%}", highlight=False)
+                  f"argmax agreement {report.fp32_argmax_agreement:.2%}", highlight=False, soft_wrap=True)
     if report.int8_argmax_agreement is not None:
-        console.print(f"int8  {report.files['onnx-int8']}  ({report.sizes_mb['onnx-int8']} MB)", highlight=False)
+        console.print(f"int8  {report.files['onnx-int8']}  ({report.sizes_mb['onnx-int8']} MB)", highlight=False, soft_wrap=True)
         console.print(f"      argmax agreement {report.int8_argmax_agreement:.2%} (gate 99.5%); "
-                      f"max |logit diff| {report.int8_max_abs_diff:.2e}", highlight=False)
+                      f"max |logit diff| {report.int8_max_abs_diff:.2e}", highlight=False, soft_wrap=True)
     backend = "onnx-int8" if report.int8_argmax_agreement is not None else "onnx"
-    console.print(f"serve it: tunelab serve {run} --backend {backend}", highlight=False)
+    console.print(f"serve it: tunelab serve {run} --backend {backend}", highlight=False, soft_wrap=True)

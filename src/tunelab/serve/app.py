@@ -161,9 +161,13 @@ def create_app(
                                          headers={"Retry-After": "1"})
         return model
 
-    errors = {401: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+    errors = {413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+    guarded: list = []
+    if api_key:  # the schema claims a key only when one is needed
+        errors[401] = {"model": ErrorBody}
+        guarded = [Depends(authorize)]
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses=errors, dependencies=[Depends(authorize)])
+    @app.post("/v1/predict", response_model=PredictResponse, responses=errors, dependencies=guarded)
     async def predict(body: PredictRequest) -> PredictResponse:
         """Label, score and every class's probability for each text, in the order given."""
         from tunelab.models.classifier import softmax
@@ -182,7 +186,7 @@ def create_app(
             predictions=[Prediction(**p) for p in describe(model.labels, softmax(logits))],
         )
 
-    @app.get("/v1/model", response_model=ModelInfo, responses=errors, dependencies=[Depends(authorize)])
+    @app.get("/v1/model", response_model=ModelInfo, responses=errors, dependencies=guarded)
     async def model_info() -> ModelInfo:
         """Name, version, backend, labels and the run's evaluation metrics."""
         model = ready_model()
@@ -212,6 +216,9 @@ def create_app(
     # --- every error is one JSON line: {"error": "..."}; no input can reach a 500 ---
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 400 and request.url.path == "/v1/predict":
+            # FastAPI's 400 for a body it cannot decode (e.g. not UTF-8): malformed input, like bad JSON.
+            return JSONResponse({"error": "the body is not valid UTF-8 JSON; send {\"texts\": [\"...\"]}"}, status_code=422)
         return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from tunelab.cli._app import app, console, user_errors
 from tunelab.cli.core import data_app
+from tunelab.rag.answer import MIN_SIMILARITY
 
 rag_app = typer.Typer(no_args_is_help=True, help="Retrieval-augmented generation: index documents, search, answer with citations.")
 app.add_typer(rag_app, name="rag")
@@ -112,7 +113,7 @@ def ask_cmd(
     model: Annotated[str, typer.Option(help="causal LM: catalogue name (smollm2), model folder or run directory")] = "smollm2",
     mode: ModeOpt = Mode.hybrid,
     k: Annotated[int, typer.Option("-k", help="passages given to the model")] = 4,
-    min_similarity: Annotated[float, typer.Option(help="below this query-chunk cosine, answer 'I don't know'")] = 0.25,
+    min_similarity: Annotated[float, typer.Option(help="below this query-chunk cosine, answer 'I don't know'")] = MIN_SIMILARITY,
     max_new_tokens: Annotated[int, typer.Option(help="longest answer in tokens")] = 96,
     as_json: Annotated[bool, typer.Option("--json", help="print the answer and its sources as JSON")] = False,
 ) -> None:
@@ -125,7 +126,7 @@ def ask_cmd(
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     else:
-        console.print(result.format(), highlight=False, markup=False)
+        console.print(result.format(), highlight=False, markup=False, soft_wrap=True)
 
 
 @rag_app.command("eval")

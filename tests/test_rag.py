@@ -363,3 +363,41 @@ def test_ranking_metrics_arithmetic():
     assert token_f1("the Paris city", "Paris") == pytest.approx(2 * 0.5 * 1 / 1.5)
     assert answer_scores("The capital of France is Paris [1].", ["Paris"]) == (1.0, pytest.approx(2 * (1 / 5) / (1 + 1 / 5)))
     assert answer_scores("68,512,806 people", ["68512806"])[0] == 1.0
+
+
+def test_answer_evaluation_scores_generated_answers(concept_index):
+    from tunelab.rag.evaluate import evaluate_answers
+
+    rows = [
+        {"question": "what do cats eat", "answer": "fish", "aliases": ["mice"], "doc_id": "cats.md"},
+        {"question": "what do kittens eat", "answer": "milk", "aliases": [], "doc_id": "cats.md"},
+        {"question": "stock market prices", "answer": "rising", "aliases": [], "doc_id": "none"},
+    ]
+    scores = evaluate_answers(concept_index, rows, RecordingGenerator("Cats eat fish [1]."), min_similarity=0.3)
+    # Q1 right (fish), Q2 wrong (says fish, not milk), Q3 abstained; milk and fish are both in the cat passages.
+    assert scores["exact_match"] == pytest.approx(1 / 3, abs=1e-4)
+    assert scores["abstained"] == pytest.approx(1 / 3, abs=1e-4)
+    assert scores["answer_in_context"] == pytest.approx(2 / 3, abs=1e-4)
+    assert scores["token_f1"] == pytest.approx(0.5 / 3, abs=1e-4)  # "cats eat fish" vs "fish": F1 0.5
+
+
+def test_cross_encoder_rerank_orders_by_its_scores(tmp_path, concept_index):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tunelab.rag.rerank import CrossEncoderReranker
+
+    folder = tmp_path / "ce"
+    tokenizer = tiny_tokenizer(folder)
+    torch.manual_seed(1)
+    BertForSequenceClassification(
+        BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                   intermediate_size=64, max_position_embeddings=256, num_labels=1)
+    ).save_pretrained(folder)
+    reranker = CrossEncoderReranker(folder)
+    hits = concept_index.search("feline diet", "hybrid", 5)
+    expected = reranker.model.predict([("feline diet", h.chunk.indexed_text()) for h in hits])
+    reranked = reranker.rerank("feline diet", hits)
+    assert [h.score for h in reranked] == pytest.approx(sorted(map(float, expected), reverse=True), rel=1e-5)
+    with pytest.raises(TunelabError, match="cross-encoder"):
+        CrossEncoderReranker(tmp_path / "nothing")

@@ -1,0 +1,116 @@
+"""Answer scoring: SQuAD-style exact match and token F1, contains-answer, abstention, hallucination.
+
+Definitions (per question; an item's gold answers are its answer plus its aliases):
+  exact_match      normalised prediction equals a normalised gold answer
+  contains         a normalised gold answer appears, on word boundaries, in the normalised prediction
+                   (small models wrap answers in sentences; "The capital is Paris." is right)
+  f1               best token-overlap F1 against any gold answer (SQuAD)
+  abstained        the prediction declines to answer ("I don't know", "I'm not sure", ...)
+  hallucinated     answered (not abstained) and not `contains` — a confident wrong answer
+Rates: hallucination among answered = hallucinated / answered; among all = hallucinated / all.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_ABSTAIN = re.compile(
+    r"\b(i (?:do not|don'?t|dont) know|i'?m not sure|i am not sure|not sure|i cannot answer|i can'?t answer|unable to answer"
+    r"|(?:i )?(?:do not|don'?t) have (?:enough |any )?information|no information|not enough information"
+    r"|(?:context|sources?|text) (?:does not|doesn'?t) (?:contain|mention|say|provide)|cannot be determined|not (?:mentioned|provided|given) in)\b"
+)
+
+
+def normalize(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles (a/an/the), single spaces."""
+    text = text.lower().replace("’", "'").translate(_NO_PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def golds(answer: str, aliases: Sequence[str] = ()) -> list[str]:
+    return [g for g in dict.fromkeys(normalize(a) for a in [answer, *aliases]) if g]
+
+
+def exact_match(prediction: str, answer: str, aliases: Sequence[str] = ()) -> bool:
+    pred = normalize(prediction)
+    return any(pred == g for g in golds(answer, aliases))
+
+
+def contains_answer(prediction: str, answer: str, aliases: Sequence[str] = ()) -> bool:
+    pred = f" {normalize(prediction)} "
+    return any(f" {g} " in pred for g in golds(answer, aliases))
+
+
+def token_f1(prediction: str, answer: str, aliases: Sequence[str] = ()) -> float:
+    pred = normalize(prediction).split()
+    best = 0.0
+    for gold in golds(answer, aliases):
+        gold_tokens = gold.split()
+        common = sum((Counter(pred) & Counter(gold_tokens)).values())
+        if common == 0:
+            continue
+        precision, recall = common / len(pred), common / len(gold_tokens)
+        best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def is_abstention(prediction: str) -> bool:
+    """True when the text declines to answer; an empty answer counts as declining too."""
+    text = prediction.lower().replace("’", "'").strip()
+    return not text or bool(_ABSTAIN.search(text))
+
+
+def score(prediction: str, answer: str, aliases: Sequence[str] = ()) -> dict:
+    abstained = is_abstention(prediction)
+    contains = (not abstained) and contains_answer(prediction, answer, aliases)
+    return {
+        "exact_match": float((not abstained) and exact_match(prediction, answer, aliases)),
+        "contains": float(contains),
+        "f1": 0.0 if abstained else token_f1(prediction, answer, aliases),
+        "abstained": float(abstained),
+        "hallucinated": float((not abstained) and not contains),
+    }
+
+
+def bootstrap_ci(values: Sequence[float], resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean."""
+    data = np.asarray(values, dtype=float)
+    if len(data) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return (float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail)))
+
+
+def summarise(scores: Sequence[dict], ci: bool = True, seed: int = 0) -> dict:
+    """Means of the per-question scores, hallucination rates, and bootstrap 95% CIs of the accuracies."""
+    n = len(scores)
+    if n == 0:
+        return {"n": 0}
+    column = {k: [s[k] for s in scores] for k in ("exact_match", "contains", "f1", "abstained", "hallucinated")}
+    answered = n - sum(column["abstained"])
+    hallucinated = sum(column["hallucinated"])
+    out: dict = {
+        "n": n,
+        "exact_match": float(np.mean(column["exact_match"])),
+        "contains": float(np.mean(column["contains"])),
+        "f1": float(np.mean(column["f1"])),
+        "abstention_rate": float(np.mean(column["abstained"])),
+        "hallucination_rate_answered": hallucinated / answered if answered else 0.0,
+        "hallucination_rate_all": hallucinated / n,
+        # +1 right, -1 wrong, 0 abstained: rewards declining over guessing wrong
+        "penalised_score": (sum(column["contains"]) - hallucinated) / n,
+    }
+    if ci:
+        for key in ("exact_match", "contains", "f1"):
+            out[f"{key}_ci95"] = list(bootstrap_ci(column[key], seed=seed))
+        out["hallucination_rate_all_ci95"] = list(bootstrap_ci(column["hallucinated"], seed=seed))
+    return out

@@ -1,0 +1,188 @@
+"""The comparison's outputs: comparison.md (the guide's table with measured numbers),
+accuracy_vs_cost.png, and a self-contained report.html (plot embedded)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from tunelab import atomic
+
+LABELS = {
+    "closed-book": "Closed-book (plain prompt)",
+    "best-prompt": "Prompt engineering (best template)",
+    "rag": "RAG (hybrid retrieval)",
+    "fine-tuned": "Fine-tuned (LoRA SFT)",
+    "fine-tuned+rag": "Fine-tuned + RAG",
+}
+GUIDE_SAYS = {
+    "closed-book": "baseline",
+    "best-prompt": "cheapest, least accurate; changes style more than knowledge",
+    "rag": "balances accuracy and cost; depends on what the database holds",
+    "fine-tuned": "most accurate, costs the most; adapts best to a specific task",
+    "fine-tuned+rag": "(combination)",
+}
+
+
+def _pct(value, ci=None) -> str:
+    if value is None:
+        return "—"
+    text = f"{100 * value:.1f}%"
+    if ci and None not in ci and ci[0] == ci[0]:
+        text += f" [{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]"
+    return text
+
+
+def _num(value, unit: str = "", digits: int = 0) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def comparison_rows(results: dict) -> list[dict]:
+    adapt = results.get("adaptability", {}).get("strategies", {})
+    rows = []
+    for name, s in results.get("strategies", {}).items():
+        a = adapt.get(name, {})
+        if a:
+            cost = f"re-index {a['update_seconds']:.1f} s" if a.get("update_seconds") is not None else (
+                f"retrain (~{a['retraining_estimate_seconds']:.0f} s SFT)" if a.get("retraining_estimate_seconds") else "retrain")
+            adapts = f"{'yes' if a['picks_up_without_retraining'] else 'no'}: {_pct(a['contains'])} new facts right, {_pct(a['stale_rate'])} stale; {cost}"
+        else:
+            adapts = "—"
+        rows.append({
+            "strategy": LABELS.get(name, name),
+            "contains": _pct(s.get("contains"), s.get("contains_ci95")),
+            "exact_match": _pct(s.get("exact_match"), s.get("exact_match_ci95")),
+            "f1": _pct(s.get("f1"), s.get("f1_ci95")),
+            "hallucination": f"{_pct(s.get('hallucination_rate_all'))} (of answered {_pct(s.get('hallucination_rate_answered'))})",
+            "abstention": _pct(s.get("abstention_rate")),
+            "relevance": _num(s.get("answer_relevance"), digits=2),
+            "setup": _num(s.get("setup_seconds"), " s", 1),
+            "latency": _num((s.get("latency") or {}).get("mean_ms"), " ms"),
+            "memory": _num(s.get("peak_memory_mb"), " MB"),
+            "disk": _num(s.get("disk_mb"), " MB", 1),
+            "adapts": adapts,
+            "guide": GUIDE_SAYS.get(name, ""),
+        })
+    return rows
+
+
+COLUMNS = [
+    ("strategy", "Strategy"), ("contains", "Contains-answer [95% CI]"), ("exact_match", "Exact match [95% CI]"), ("f1", "Token F1 [95% CI]"),
+    ("hallucination", "Hallucination rate (all / answered)"), ("abstention", "Abstained"), ("relevance", "Answer relevance"),
+    ("setup", "Set-up cost"), ("latency", "Latency / question"), ("memory", "Peak memory (RSS)"), ("disk", "Disk"),
+    ("adapts", "New knowledge without retraining"), ("guide", "The guide says"),
+]
+
+
+def comparison_markdown(results: dict) -> str:
+    rows = comparison_rows(results)
+    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r[key] for key, _ in COLUMNS) + " |" for r in rows]
+    q = results.get("questions", {})
+    note = (f"\n{q.get('test', '?')} held-out questions, model {results.get('model', {}).get('name', '?')}, greedy, "
+            f"max {results.get('config', {}).get('max_new_tokens')} new tokens; latency is per question within batches of "
+            f"{results.get('config', {}).get('batch_size')} (retrieval included); set-up cost is wall time on a shared 2-core CPU.")
+    if not results.get("complete"):
+        note += "\n\n**Incomplete run**: only the strategies listed were measured."
+    return "\n".join(lines) + "\n" + note + "\n"
+
+
+def plot_png(results: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, s in results.get("strategies", {}).items():
+        y = 100 * s["contains"]
+        ci = s.get("contains_ci95") or [s["contains"], s["contains"]]
+        err = [[y - 100 * ci[0]], [100 * ci[1] - y]]
+        for ax, x in ((axes[0], max(s.get("setup_seconds") or 0.0, 0.1)), (axes[1], (s.get("latency") or {}).get("mean_ms", 0.0))):
+            ax.errorbar([x], [y], yerr=err, fmt="o", capsize=4, label=LABELS.get(name, name))
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("set-up cost (s, log scale; 0 shown as 0.1)")
+    axes[1].set_xlabel("latency per question (ms)")
+    for ax in axes:
+        ax.set_ylabel("contains-answer accuracy (%) with 95% CI")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle("Accuracy against cost")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_report(out: Path, results: dict) -> None:
+    out = Path(out)
+    atomic.write_text(out / "comparison.md", comparison_markdown(results))
+    png = plot_png(results) if results.get("strategies") else b""
+    if png:
+        with _staged_binary(out / "accuracy_vs_cost.png") as path:
+            path.write_bytes(png)
+    atomic.write_text(out / "report.html", render_html(results, png))
+
+
+class _staged_binary:
+    """Write-then-rename for a binary file (atomic.write_text is for text)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp")
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.tmp.replace(self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def render_html(results: dict, png: bytes) -> str:
+    rows = comparison_rows(results)
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(r[k])}</td>" for k, _ in COLUMNS) + "</tr>" for r in rows)
+    image = f'<img alt="accuracy against cost" src="data:image/png;base64,{base64.b64encode(png).decode()}">' if png else ""
+    selection = results.get("template_selection")
+    sel_html = ""
+    if selection:
+        sel_rows = "".join(
+            f"<tr><td>{html.escape(n)}</td><td>{_pct(s['contains'])}</td><td>{_pct(s['exact_match'])}</td><td>{_pct(s['f1'])}</td>"
+            f"<td>{_pct(s['hallucination_rate_all'])}</td><td>{_pct(s['abstention_rate'])}</td><td>{s['penalised_score']:+.3f}</td></tr>"
+            for n, s in selection["scores"].items()
+        )
+        sel_html = (f"<h2>Template selection (train split, {selection['questions']} questions, by {html.escape(selection['by'])})</h2>"
+                    f"<p>Chosen: <b>{html.escape(selection['chosen'])}</b></p><table><tr><th>template</th><th>contains</th><th>EM</th><th>F1</th>"
+                    f"<th>hallucination</th><th>abstained</th><th>penalised</th></tr>{sel_rows}</table>")
+    adapt = results.get("adaptability", {})
+    adapt_html = ""
+    if adapt.get("strategies"):
+        probes = "".join(f"<li>{html.escape(p['question'])} → {html.escape(p['answer'])}" + (f" (was {html.escape(p['old_answer'])})" if p["old_answer"] else " (new document)") + "</li>" for p in adapt["probes"])
+        re_index = adapt["reindex"]
+        rows_a = "".join(
+            f"<tr><td>{html.escape(LABELS.get(n, n))}</td><td>{_pct(a['contains'])}</td><td>{_pct(a['stale_rate'])}</td><td>{_pct(a['abstention_rate'])}</td>"
+            f"<td>{html.escape(a['update'])}</td><td>{_num(a['update_seconds'] if a['update_seconds'] is not None else a['retraining_estimate_seconds'], ' s', 1)}</td></tr>"
+            for n, a in adapt["strategies"].items()
+        )
+        adapt_html = (f"<h2>Adaptability to new knowledge</h2><p>Edited copy of the knowledge base, re-indexed incrementally in {re_index['seconds']:.1f} s "
+                      f"({re_index['changed']} documents changed, {re_index['added']} added, {re_index['chunks_embedded']} chunks embedded).</p><ul>{probes}</ul>"
+                      f"<table><tr><th>strategy</th><th>new facts right</th><th>still says the old fact</th><th>abstained</th><th>how it updates</th><th>cost</th></tr>{rows_a}</table>")
+    status = "" if results.get("complete") else "<p class=warn>Incomplete run: only the strategies shown were measured.</p>"
+    q = results.get("questions", {})
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>tunelab strategies</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:1em 0;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}th{{background:#f3f3f3}}.warn{{color:#a00}}img{{max-width:100%}}</style></head>
+<body><h1>Hallucination-reduction strategies, side by side</h1>{status}
+<p>Model <b>{html.escape(str(results.get('model', {}).get('name')))}</b>; {q.get('test')} held-out test questions (same for every strategy);
+knowledge base <b>{html.escape(str(results.get('config', {}).get('kb')))}</b>. Accuracies with bootstrap 95% confidence intervals.
+Hallucination = a non-abstaining answer that does not contain the gold answer.</p>
+<div style="overflow-x:auto"><table><tr>{head}</tr>{body}</table></div>{image}{sel_html}{adapt_html}
+<p style="color:#666;font-size:12px">Per-question answers: predictions/*.jsonl. All numbers: results.json.</p></body></html>"""

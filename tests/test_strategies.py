@@ -1,0 +1,126 @@
+"""`tunelab strategies --quick` end to end with a tiny random Llama, and the knowledge-base edits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests._lm_fixtures import write_jsonl, write_tiny_llama
+
+COUNTRIES = [
+    ("Aland", "Mossby", "12,345"), ("Brevia", "Kostal", "98,760"), ("Corvath", "Lindu", "4,321"),
+    ("Dunmere", "Ostra", "55,555"), ("Eskar", "Pelin", "7,007"), ("Fjorda", "Rasten", "31,400"),
+]
+
+
+def _rows(countries) -> list[dict]:
+    rows = []
+    for name, capital, population in countries:
+        rows.append({"question": f"What is the capital of {name}?", "answer": capital, "aliases": [], "doc_id": f"{name.lower()}.md", "kind": "capital"})
+        rows.append({"question": f"What is the population of {name}?", "answer": population, "aliases": [population.replace(",", "")], "doc_id": f"{name.lower()}.md", "kind": "population"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def kb_and_qa(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("strategies")
+    kb = root / "kb"
+    kb.mkdir()
+    for name, capital, population in COUNTRIES:
+        (kb / f"{name.lower()}.md").write_text(f"# {name}\n\n## Government\n\nCapital - name: {capital}\n\n## People\n\nPopulation: {population}\n", encoding="utf-8")
+    qa = root / "qa"
+    qa.mkdir()
+    write_jsonl(qa / "train.jsonl", _rows(COUNTRIES[:4]) * 3)
+    write_jsonl(qa / "test.jsonl", _rows(COUNTRIES[4:]) + _rows(COUNTRIES[:1]))
+    return kb, qa
+
+
+def test_quick_run_writes_every_output(tmp_path, kb_and_qa):
+    from tunelab.strategies import STRATEGIES, StrategiesConfig, run_strategies
+
+    kb, qa = kb_and_qa
+    model = write_tiny_llama(tmp_path / "llama")
+    out = tmp_path / "report"
+    results = run_strategies(StrategiesConfig(qa=str(qa), kb=str(kb), model=str(model), out=str(out), quick=True), progress=False)
+
+    assert results["complete"] is True
+    assert list(results["strategies"]) == ["closed-book", "rag", "best-prompt", "fine-tuned", "fine-tuned+rag"]
+    assert set(results["strategies"]) == set(STRATEGIES)
+    for name, s in results["strategies"].items():
+        assert s["n"] == 6, name
+        for key in ("exact_match", "contains", "f1"):
+            low, high = s[f"{key}_ci95"]
+            assert low <= s[key] <= high
+        assert abs(s["abstention_rate"] + (1 - s["abstention_rate"]) - 1) < 1e-9
+        assert s["latency"]["mean_ms"] > 0 and s["peak_memory_mb"] > 0 and s["disk_mb"] > 0
+        lines = (out / "predictions" / f"{name}.jsonl").read_text().splitlines()
+        assert len(lines) == 6
+    # set-up costs are measured where there is something to set up
+    assert results["strategies"]["closed-book"]["setup_seconds"] == 0
+    assert results["strategies"]["rag"]["setup_seconds"] > 0
+    assert results["strategies"]["fine-tuned"]["setup_seconds"] > 0
+    assert results["strategies"]["fine-tuned+rag"]["setup_seconds"] > results["strategies"]["rag"]["setup_seconds"]
+    assert (Path(results["fine_tuned_run"]) / "model" / "adapter_config.json").is_file()
+    assert results["template_selection"]["chosen"] in results["config"]["templates"]
+
+    adapt = results["adaptability"]
+    assert adapt["reindex"]["changed"] >= 1 and adapt["reindex"]["added"] == 1
+    assert adapt["reindex"]["unchanged"] >= 1  # incremental: untouched documents are not re-embedded
+    assert set(adapt["strategies"]) == set(STRATEGIES)
+    assert adapt["strategies"]["rag"]["update_seconds"] > 0
+    assert adapt["strategies"]["fine-tuned"]["update_seconds"] is None
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["strategies"].keys() == results["strategies"].keys()
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Fine-tuned + RAG" in html
+    assert (out / "accuracy_vs_cost.png").stat().st_size > 1000
+    table = (out / "comparison.md").read_text()
+    assert table.count("\n| ") == 5  # one row per strategy under the header
+
+
+def test_cli_quick_refuses_a_used_folder(tmp_path, kb_and_qa):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    kb, qa = kb_and_qa
+    out = tmp_path / "used"
+    out.mkdir()
+    (out / "something").write_text("x")
+    result = CliRunner().invoke(app, ["strategies", "--qa", str(qa), "--kb", str(kb), "--model", "whatever", "--out", str(out), "--quick"])
+    assert result.exit_code == 2
+    assert "not empty" in result.output
+
+
+def test_missing_split_is_one_line_error(tmp_path):
+    from tunelab.errors import TunelabError
+    from tunelab.strategies import StrategiesConfig, run_strategies
+
+    (tmp_path / "qa").mkdir()
+    with pytest.raises(TunelabError, match="train.jsonl"):
+        run_strategies(StrategiesConfig(qa=str(tmp_path / "qa"), out=str(tmp_path / "o")), progress=False)
+
+
+def test_edit_knowledge_changes_facts_and_adds_a_country(kb_and_qa):
+    from tunelab.rag.documents import load_documents
+    from tunelab.strategies.adapt import edit_knowledge, says_old_answer
+
+    kb, qa = kb_and_qa
+    docs = load_documents(kb)
+    rows = [json.loads(line) for line in (qa / "test.jsonl").read_text().splitlines()]
+    new_docs, probes = edit_knowledge(docs, rows, changes=2, seed=0)
+    assert len(new_docs) == len(docs) + 1
+    edited = [p for p in probes if p["change"] == "edited"]
+    assert {p["kind"] for p in edited} == {"capital", "population"}
+    by_id = {d.doc_id: d for d in new_docs}
+    old_by_id = {d.doc_id: d for d in docs}
+    for p in edited:
+        text = "\n".join(s.text for s in by_id[p["doc_id"]].sections)
+        assert p["answer"] in text and p["old_answer"] not in text
+        assert by_id[p["doc_id"]].content_hash != old_by_id[p["doc_id"]].content_hash
+    untouched = [d for d in docs if d.doc_id not in {p["doc_id"] for p in edited}]
+    assert all(by_id[d.doc_id] == d for d in untouched)
+    assert says_old_answer("It is Mossby.", "Mossby") and not says_old_answer("Mossbyville", "Mossby")

@@ -24,6 +24,7 @@ from tunelab.cli import serve  # noqa: E402,F401
 from tunelab.cli import registry  # noqa: E402,F401
 from tunelab.cli import compare  # noqa: E402,F401
 from tunelab.cli import lm  # noqa: E402,F401
+from tunelab.cli import prompts  # noqa: E402,F401
 # --- end of registrations ---
 
 

@@ -112,3 +112,16 @@ def test_causal_lm_is_not_served_as_a_classifier(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tunelab.serve.openai" else real_find_spec(name, *a))
     with pytest.raises(TunelabError, match="causal LM, not a classifier run"):
         serve_app.serve(folder)
+
+
+def test_causal_lm_is_handed_to_the_openai_server(tmp_path, monkeypatch) -> None:
+    openai = pytest.importorskip("tunelab.serve.openai", reason="the causal-LM server is not in this tree")
+    from tunelab.serve import app as serve_app
+
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    calls = []
+    monkeypatch.setattr(openai, "serve_lm", lambda model, **options: calls.append((model, options)))
+    serve_app.serve(folder, ServeSettings(port=8123))
+    assert calls == [(str(folder), {"host": "127.0.0.1", "port": 8123, "threads": None, "log_level": "info"})]

@@ -39,6 +39,29 @@ def latency_summary(seconds: Sequence[float]) -> dict:
     }
 
 
+def read_questions(path: str | Path) -> list[dict]:
+    """QA JSONL rows with question and answer (aliases optional); problems name the line."""
+    import json
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise TunelabError(f"QA file '{path}' not found", "build one with: tunelab data factbook-qa --out DIR")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TunelabError(f"{path}:{number} is not valid JSON ({error.msg})", "write one JSON object per line") from None
+        if not isinstance(row, dict) or not str(row.get("question", "")).strip() or not str(row.get("answer", "")).strip():
+            raise TunelabError(f"{path}:{number} needs a question and an answer", 'e.g. {"question": "...", "answer": "...", "aliases": []}')
+        rows.append(row)
+    if not rows:
+        raise TunelabError(f"QA file '{path}' is empty", "build one with: tunelab data factbook-qa --out DIR")
+    return rows
+
+
 def run_template(
     template: PromptTemplate,
     rows: Sequence[dict],
@@ -92,15 +115,10 @@ def evaluate_templates(
     generator=None,
 ) -> dict:
     """Score each template on the QA file's questions; context templates need `index` (retrieval)."""
-    from tunelab.data.factbook_qa import read_qa
-
     if not templates:
         raise TunelabError("no templates to evaluate", "name one or more, e.g. plain abstain few-shot")
     loaded = [load_template(t) for t in templates]
-    rows = read_qa(qa)
-    missing = [i for i, r in enumerate(rows, start=1) if not r.get("answer")]
-    if missing:
-        raise TunelabError(f"{qa}: {len(missing)} rows lack an answer (first: line {missing[0]})", "every row needs question and answer (aliases optional)")
+    rows = read_questions(qa)
     if limit is not None:
         if limit < 1:
             raise TunelabError(f"--limit must be at least 1 (got {limit})", "e.g. --limit 50")

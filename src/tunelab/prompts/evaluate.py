@@ -142,7 +142,7 @@ def evaluate_templates(
 
         generator = Generator(model)
     results = []
-    bar = _bar(progress, len(rows) * len(loaded))
+    bar = progress_bar(progress, len(rows) * len(loaded))
     with bar as shown:
         task = shown.add_task("answering", total=len(rows) * len(loaded)) if shown else None
         advance = (lambda n: shown.advance(task, n)) if shown else None
@@ -156,7 +156,7 @@ def evaluate_templates(
     return {"qa": str(qa), "model": str(model), "questions": len(rows), "max_new_tokens": max_new_tokens, "templates": results}
 
 
-def _bar(enabled: bool, total: int):
+def progress_bar(enabled: bool, total: int):
     from contextlib import nullcontext
 
     if not enabled:

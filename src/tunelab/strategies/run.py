@@ -22,7 +22,7 @@ import numpy as np
 
 from tunelab import atomic
 from tunelab.errors import TunelabError
-from tunelab.prompts.evaluate import format_context, latency_summary, run_template
+from tunelab.prompts.evaluate import format_context, latency_summary, progress_bar, run_template
 from tunelab.prompts.loader import load_template
 from tunelab.prompts.scoring import score, summarise
 from tunelab.strategies.adapt import edit_knowledge, says_old_answer
@@ -197,17 +197,22 @@ class Pipeline:
         return float(np.mean((q * a).sum(axis=1)))
 
     def answer(self, generator, template_name: str, rows: list[dict], with_retrieval: bool = False) -> dict:
+        with progress_bar(self.progress, len(rows)) as bar:
+            task = bar.add_task(f"{template_name}{' + retrieval' if with_retrieval else ''}", total=len(rows)) if bar else None
+            return self._answer(generator, template_name, rows, with_retrieval, (lambda n: bar.advance(task, n)) if bar else None)
+
+    def _answer(self, generator, template_name: str, rows: list[dict], with_retrieval: bool, advance) -> dict:
         from tunelab.rag.answer import MIN_SIMILARITY
 
         template = load_template(template_name)
         if not with_retrieval:
-            return run_template(template, rows, generator, max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size)
+            return run_template(template, rows, generator, max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size, progress=advance)
         contexts, seconds, best = self.contexts(self._index, rows)
         # The RAG feature's abstain path: nothing similar enough retrieved -> "I don't know" without the model.
         keep = [i for i, b in enumerate(best) if b == b and b >= MIN_SIMILARITY]
         outcome = run_template(
             template, [rows[i] for i in keep], generator, contexts=[contexts[i] for i in keep],
-            extra_seconds=[seconds[i] for i in keep], max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size,
+            extra_seconds=[seconds[i] for i in keep], max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size, progress=advance,
         ) if keep else {"template": template.id, "predictions": []}
         by_row = dict(zip(keep, outcome["predictions"]))
         predictions = []

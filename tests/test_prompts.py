@@ -172,3 +172,11 @@ def test_qa_rows_need_question_and_answer(tmp_path):
     path.write_text('{"question": "Q?", "answer": "A"}\n{"question": "Q2?"}\n')
     with pytest.raises(TunelabError, match=":2 needs a question and an answer"):
         read_questions(path)
+
+
+def test_echoing_the_question_is_not_an_answer():
+    question = "What is the capital of Djibouti?"
+    assert not contains_answer("The capital of Djibouti is Tadjoura.", "Djibouti", question=question)
+    assert contains_answer("The capital of Djibouti is Djibouti.", "Djibouti", question=question)
+    assert contains_answer("Djibouti", "Djibouti", question=question)
+    assert score("The capital of Djibouti is Obock", "Djibouti", [], question)["hallucinated"] == 1

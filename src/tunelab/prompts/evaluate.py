@@ -88,7 +88,7 @@ def run_template(
             "prediction": answered.text,
             "seconds": seconds,
             "prompt_tokens": answered.prompt_tokens,
-            **score(answered.text, row.get("answer", ""), row.get("aliases") or []),
+            **score(answered.text, row.get("answer", ""), row.get("aliases") or [], row["question"]),
         })
     return {
         "template": template.id,

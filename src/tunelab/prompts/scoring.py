@@ -43,9 +43,25 @@ def exact_match(prediction: str, answer: str, aliases: Sequence[str] = ()) -> bo
     return any(pred == g for g in golds(answer, aliases))
 
 
-def contains_answer(prediction: str, answer: str, aliases: Sequence[str] = ()) -> bool:
+def contains_answer(prediction: str, answer: str, aliases: Sequence[str] = (), question: str = "") -> bool:
+    """A gold answer in the prediction. When the gold is also in the question ("What is the capital
+    of Djibouti?"), echoing the question is not answering it: the gold must occur more often in the
+    prediction than in the question (or the prediction must be exactly the gold)."""
     pred = f" {normalize(prediction)} "
-    return any(f" {g} " in pred for g in golds(answer, aliases))
+    asked = f" {normalize(question)} "
+    for gold in golds(answer, aliases):
+        needle = f" {gold} "
+        if pred.strip() == gold or _count(pred, needle) > _count(asked, needle):
+            return True
+    return False
+
+
+def _count(text: str, needle: str) -> int:
+    count, start = 0, text.find(needle)
+    while start >= 0:
+        count += 1
+        start = text.find(needle, start + len(needle) - 1)  # the shared space may start the next match
+    return count
 
 
 def token_f1(prediction: str, answer: str, aliases: Sequence[str] = ()) -> float:
@@ -67,9 +83,9 @@ def is_abstention(prediction: str) -> bool:
     return not text or bool(_ABSTAIN.search(text))
 
 
-def score(prediction: str, answer: str, aliases: Sequence[str] = ()) -> dict:
+def score(prediction: str, answer: str, aliases: Sequence[str] = (), question: str = "") -> dict:
     abstained = is_abstention(prediction)
-    contains = (not abstained) and contains_answer(prediction, answer, aliases)
+    contains = (not abstained) and contains_answer(prediction, answer, aliases, question)
     return {
         "exact_match": float((not abstained) and exact_match(prediction, answer, aliases)),
         "contains": float(contains),

@@ -219,7 +219,7 @@ class Pipeline:
         for i, row in enumerate(rows):
             p = by_row.get(i) or {
                 "question": row["question"], "answer": row["answer"], "prediction": IDK, "seconds": seconds[i], "prompt_tokens": 0,
-                **score(IDK, row["answer"], row.get("aliases") or []), "retrieval_abstained": True,
+                **score(IDK, row["answer"], row.get("aliases") or [], row["question"]), "retrieval_abstained": True,
             }
             p["retrieval_seconds"] = seconds[i]
             predictions.append(p)

@@ -180,3 +180,11 @@ def test_echoing_the_question_is_not_an_answer():
     assert contains_answer("The capital of Djibouti is Djibouti.", "Djibouti", question=question)
     assert contains_answer("Djibouti", "Djibouti", question=question)
     assert score("The capital of Djibouti is Obock", "Djibouti", [], question)["hallucinated"] == 1
+
+
+def test_first_line_keeps_the_answer_after_a_lead_in():
+    from tunelab.prompts.generate import first_line
+
+    assert first_line("Paris\nParis is also large.") == "Paris"
+    assert first_line("\n The answer is:\n1917\nmore") == "The answer is: 1917"
+    assert first_line("   ") == ""

@@ -21,8 +21,13 @@ class Answered:
 
 
 def first_line(text: str) -> str:
+    """The answer line; a lead-in ending in ':' ("The answer is:") takes the next line with it."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else ""
+    if not lines:
+        return ""
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
 
 
 def answer_batch(

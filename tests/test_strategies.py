@@ -124,3 +124,14 @@ def test_edit_knowledge_changes_facts_and_adds_a_country(kb_and_qa):
     untouched = [d for d in docs if d.doc_id not in {p["doc_id"] for p in edited}]
     assert all(by_id[d.doc_id] == d for d in untouched)
     assert says_old_answer("It is Mossby.", "Mossby") and not says_old_answer("Mossbyville", "Mossby")
+
+
+def test_a_subset_of_strategies(tmp_path, kb_and_qa):
+    from tunelab.strategies import StrategiesConfig, run_strategies
+
+    kb, qa = kb_and_qa
+    model = write_tiny_llama(tmp_path / "llama")
+    results = run_strategies(StrategiesConfig(qa=str(qa), kb=str(kb), model=str(model), out=str(tmp_path / "o"), quick=True,
+                                              strategies=["closed-book"], adaptability=False), progress=False)
+    assert list(results["strategies"]) == ["closed-book"] and "index" not in results and "adaptability" not in results
+    assert "Closed-book" in (tmp_path / "o" / "comparison.md").read_text()

@@ -34,6 +34,10 @@ class StrategiesConfig(Settings):
     sft_lr: float = Field(3e-4, gt=0)
     sft_batch_size: int = Field(8, gt=0)
     changes: int = Field(6, ge=0, description="facts edited in the knowledge-base copy (plus one new country)")
+    strategies: list[Literal["closed-book", "best-prompt", "rag", "fine-tuned", "fine-tuned+rag"]] = Field(
+        default_factory=lambda: ["closed-book", "best-prompt", "rag", "fine-tuned", "fine-tuned+rag"], min_length=1,
+        description="which strategies to run (all by default)")
+    adaptability: bool = Field(True, description="also run the new-knowledge test")
     bootstrap: int = Field(1000, gt=0)
     seed: int = 0
     quick: bool = Field(False, description="a few questions and short training: for tests and a first look")

@@ -120,7 +120,15 @@ class Pipeline:
         self.results["model"] = {"name": c.model, "load_seconds": load_seconds, "disk_mb": folder_mb(_model_folder(c.model)), "rss_mb_loaded": peak.mb}
         self.results["environment"] = _environment()
 
-        stages = [self.stage_index, self.stage_closed_book, self.stage_rag, self.stage_best_prompt, self.stage_fine_tuned, self.stage_fine_tuned_rag, self.stage_adaptability]
+        wanted = set(c.strategies)
+        stages = [stage for name, stage in (
+            ("closed-book", self.stage_closed_book), ("rag", self.stage_rag), ("best-prompt", self.stage_best_prompt),
+            ("fine-tuned", self.stage_fine_tuned), ("fine-tuned+rag", self.stage_fine_tuned_rag),
+        ) if name in wanted]
+        if wanted & {"rag", "fine-tuned+rag"} or c.adaptability:
+            stages.insert(0, self.stage_index)
+        if c.adaptability:
+            stages.append(self.stage_adaptability)
         for stage in stages:
             started = time.perf_counter()
             stage()
@@ -345,7 +353,7 @@ class Pipeline:
         try:
             self._index = edited_index
             for name, (generator, template_name, retrieval) in runs.items():
-                if generator is None:
+                if generator is None or name not in c.strategies:
                     continue
                 outcome = self.answer(generator, template_name, probes, with_retrieval=retrieval)
                 for p, probe in zip(outcome["predictions"], probes):

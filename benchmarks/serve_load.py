@@ -29,31 +29,35 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
+from pydantic import BaseModel
 
 LEVELS = (1, 8, 32)
 VARIANTS = ("naive-torch", "torch", "onnx", "onnx-int8")
 
 
-# --- the naive baseline server (run in a child process: `serve_load.py --naive-server RUN PORT`) ---
-def naive_server(run: str, port: int) -> None:
+class NaiveBody(BaseModel):  # module level: FastAPI resolves the (postponed) annotation by name
+    texts: list[str]
+
+
+# --- the naive baseline server (run in a child process: `serve_load.py --naive-server RUN PORT THREADS`) ---
+def naive_server(run: str, port: int, threads: int) -> None:
+    import torch
     import uvicorn
     from fastapi import FastAPI
-    from pydantic import BaseModel
 
     from tunelab.predict import describe, load_classifier
 
+    if threads:
+        torch.set_num_threads(threads)
     classifier = load_classifier(run)
     app = FastAPI()
-
-    class Body(BaseModel):
-        texts: list[str]
 
     @app.get("/ready")
     def ready() -> dict:
         return {"status": "ready"}
 
     @app.post("/v1/predict")
-    def predict(body: Body) -> dict:
+    def predict(body: NaiveBody) -> dict:
         # One forward pass per request, padded to its own length: no batching across requests.
         return {"predictions": describe(classifier.labels, classifier.predict_proba(body.texts))}
 
@@ -67,12 +71,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(variant: str, run: Path, port: int) -> subprocess.Popen:
+def start(variant: str, run: Path, port: int, threads: int) -> subprocess.Popen:
     if variant == "naive-torch":
-        command = [sys.executable, __file__, "--naive-server", str(run), str(port)]
+        command = [sys.executable, __file__, "--naive-server", str(run), str(port), str(threads)]
     else:
         command = [sys.executable, "-c", "from tunelab.cli import main; main()", "serve", str(run), "--backend", variant,
-                   "--port", str(port), "--log-level", "warning"]
+                   "--port", str(port), "--log-level", "warning"] + (["--threads", str(threads)] if threads else [])
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "TUNELAB_API_KEY": ""})
 
@@ -99,6 +103,7 @@ async def load(url: str, texts: list[str], concurrency: int, requests: int) -> d
 
     latencies: list[float] = []
     failed = 0
+    statuses: dict[str, int] = {}
     next_index = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
@@ -112,8 +117,10 @@ async def load(url: str, texts: list[str], concurrency: int, requests: int) -> d
                 try:
                     response = await client.post("/v1/predict", json={"texts": [text]})
                     ok = response.status_code == 200 and len(response.json()["predictions"]) == 1
-                except httpx.HTTPError:
+                    statuses[str(response.status_code)] = statuses.get(str(response.status_code), 0) + 1
+                except httpx.HTTPError as error:
                     ok = False
+                    statuses[type(error).__name__] = statuses.get(type(error).__name__, 0) + 1
                 latencies.append(time.perf_counter() - started)
                 failed += not ok
 
@@ -124,6 +131,7 @@ async def load(url: str, texts: list[str], concurrency: int, requests: int) -> d
     return {
         "requests": len(latencies),
         "failed": failed,
+        **({"statuses": statuses} if failed else {}),
         "requests_per_s": round(len(latencies) / elapsed, 1),
         "p50_ms": round(float(np.percentile(ms, 50)), 2),
         "p95_ms": round(float(np.percentile(ms, 95)), 2),
@@ -131,10 +139,10 @@ async def load(url: str, texts: list[str], concurrency: int, requests: int) -> d
     }
 
 
-def measure(variant: str, run: Path, texts: list[str], requests: int, warmup: int) -> dict:
+def measure(variant: str, run: Path, texts: list[str], requests: int, warmup: int, threads: int) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = start(variant, run, port)
+    process = start(variant, run, port, threads)
     try:
         wait_ready(url, process)
         asyncio.run(load(url, texts, 4, warmup))
@@ -172,10 +180,11 @@ def main() -> None:
     parser.add_argument("--int8-gate", type=float, default=0.95,
                         help="argmax agreement the int8 export must reach here (tunelab export: 0.995); a one-minute "
                              "run has near-tie logits that int8 rounding flips, and speed is what is measured")
-    parser.add_argument("--naive-server", nargs=2, metavar=("RUN", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads per forward pass, the same for every variant (0: runtime default)")
+    parser.add_argument("--naive-server", nargs=3, metavar=("RUN", "PORT", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_server:
-        naive_server(args.naive_server[0], int(args.naive_server[1]))
+        naive_server(args.naive_server[0], int(args.naive_server[1]), int(args.naive_server[2]))
         return
 
     from tunelab.run import Run
@@ -191,7 +200,7 @@ def main() -> None:
     results = {}
     for variant in VARIANTS:
         print(f"load test: {variant}...", file=sys.stderr)
-        results[variant] = measure(variant, run, texts, args.requests, args.warmup)
+        results[variant] = measure(variant, run, texts, args.requests, args.warmup, args.threads)
 
     naive32 = results["naive-torch"]["32"]["requests_per_s"]
     best32 = results["onnx-int8"]["32"]["requests_per_s"]
@@ -202,6 +211,7 @@ def main() -> None:
         "texts": f"tweets test split, {len(texts)} texts, median {int(np.median([len(t) for t in texts]))} characters; one text per request",
         "requests_per_level": args.requests,
         "service_settings": "tunelab serve defaults: max_batch 32, max_wait_ms 2, 1 worker",
+        "threads_per_forward_pass": args.threads or "runtime default",
         "cpu_cores": os.cpu_count(),
         "load_average_at_end": round(os.getloadavg()[0], 2),
         "parity": {**{k: parity[k] for k in ("rows", "fp32_max_abs_diff", "int8_argmax_agreement")},

@@ -19,10 +19,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class TrainConfig(Settings):
-    """Fine-tuning a sequence classifier (`tunelab train`)."""
+class DataSettings(Settings):
+    """Which labelled data, and how it is split: shared by training, baselines and comparisons."""
 
-    model: str = Field("minilm", description="catalogue name (`tunelab models`) or a local Hugging Face folder")
     data: str = Field("bbc-news", description="built-in dataset name or a csv/tsv/jsonl/json/parquet file or save_to_disk folder")
     text_col: str = "text"
     label_col: str = "label"
@@ -33,7 +32,13 @@ class TrainConfig(Settings):
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
     max_train_samples: int | None = Field(None, gt=0)
     strict: bool = Field(False, description="refuse empty texts / missing labels instead of dropping them")
+    seed: int = 42
 
+
+class TrainConfig(DataSettings):
+    """Fine-tuning a sequence classifier (`tunelab train`)."""
+
+    model: str = Field("minilm", description="catalogue name (`tunelab models`) or a local Hugging Face folder")
     method: Literal["full", "head", "lora"] = Field("full", description="what is trained: all weights, the head only, or LoRA adapters")
     epochs: float = Field(3.0, gt=0)
     lr: float = Field(5e-5, gt=0)
@@ -47,7 +52,6 @@ class TrainConfig(Settings):
     group_by_length: bool = Field(True, description="batch examples of similar length together (less padding)")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores")
-    seed: int = 42
     early_stopping: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
     logging_steps: int | None = Field(None, gt=0, description="default: about 20 logs per epoch")
     keep_checkpoints: int = Field(1, ge=1)

@@ -21,6 +21,14 @@ from tunelab.errors import TunelabError
 SPLITS = ("train", "eval", "test")
 
 
+def default_run_dir(model: str, data: str, prefix: str = "") -> Path:
+    """runs/<prefix><model>-<data>-<time>, named after the model and data the user gave."""
+    from datetime import datetime
+
+    stem = lambda text: Path(text).name.split(".")[0] or "data"  # noqa: E731
+    return Path("runs") / f"{prefix}{stem(model)}-{stem(data)}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
 @dataclass(frozen=True)
 class Run:
     path: Path

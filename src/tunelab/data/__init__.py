@@ -3,6 +3,6 @@
 from tunelab.data.builtin import BUILTIN
 from tunelab.data.load import load_source
 from tunelab.data.profile import profile_splits
-from tunelab.data.split import make_splits
+from tunelab.data.split import load_splits, make_splits
 
-__all__ = ["BUILTIN", "load_source", "make_splits", "profile_splits"]
+__all__ = ["BUILTIN", "load_source", "load_splits", "make_splits", "profile_splits"]

@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from tunelab.data.load import load_source
 from tunelab.errors import TunelabError
+
+if TYPE_CHECKING:
+    from tunelab.config import DataSettings
+
+
+def load_splits(settings: DataSettings) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """The train/eval/test splits the settings describe, and the rows dropped while loading."""
+
+    def load(source: str | None) -> pd.DataFrame | None:
+        if source is None:
+            return None
+        return load_source(source, settings.text_col, settings.label_col, settings.encoding, settings.strict)
+
+    frame = load(settings.data)
+    splits = make_splits(
+        frame,
+        settings.eval_fraction,
+        settings.test_fraction,
+        settings.seed,
+        load(settings.eval_data),
+        load(settings.test_data),
+        settings.max_train_samples,
+    )
+    return splits, frame.attrs.get("dropped", {})
 
 
 def make_splits(

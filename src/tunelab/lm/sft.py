@@ -13,7 +13,6 @@ import random
 import shutil
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, Pri
 from tunelab import atomic  # noqa: E402
 from tunelab.config import to_yaml  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
+from tunelab.run import default_run_dir  # noqa: E402
 from tunelab.lm import report  # noqa: E402
 from tunelab.lm.config import SFTConfig  # noqa: E402
 from tunelab.lm.data import InstructionData, load_instructions, prompt_of  # noqa: E402
@@ -33,14 +33,14 @@ from tunelab.lm.generate import generate_samples  # noqa: E402
 from tunelab.lm.load import context_limit, resolve_lm  # noqa: E402
 from tunelab.lm.tokenize import IGNORE, ensure_chat_template, full_lengths, tokenize_rows  # noqa: E402
 from tunelab.train import speed  # noqa: E402
-from tunelab.train.callbacks import HistoryCallback, RichProgressCallback  # noqa: E402
+from tunelab.train.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
 
 MAX_LENGTH_CAP = 1024  # the default limit; CPU attention cost grows with the square of the length
 
 
 def sft(config: SFTConfig, progress: bool = True) -> Path:
     """Fine-tune config.model on config.data; returns the finished run directory."""
-    _quiet_libraries()
+    quiet_libraries()
     out = resolve_out_dir(config)
     if out.exists() and not config.overwrite:
         raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
@@ -158,18 +158,8 @@ def sft(config: SFTConfig, progress: bool = True) -> Path:
     return out
 
 
-def _quiet_libraries() -> None:
-    import datasets
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def resolve_out_dir(config: SFTConfig) -> Path:
-    if config.out:
-        return Path(config.out).expanduser()
-    stem = lambda s: Path(s).name.split(".")[0] or "data"  # noqa: E731
-    return Path("runs") / f"sft-{stem(config.model)}-{stem(config.data)}-{datetime.now():%Y%m%d-%H%M%S}"
+    return Path(config.out).expanduser() if config.out else default_run_dir(config.model, config.data, prefix="sft-")
 
 
 def split_rows(data: InstructionData, config: SFTConfig) -> tuple[list[dict], list[dict]]:

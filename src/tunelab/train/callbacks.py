@@ -10,6 +10,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import TrainerCallback
 
 
+def quiet_libraries() -> None:
+    """Our progress bar is the one that matters; the libraries' own bars are noise next to it."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 class RichProgressCallback(TrainerCallback):
     """One bar for the whole run: step, loss, samples/s, time left. Main process only."""
 

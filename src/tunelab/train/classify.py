@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import time
-from datetime import datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,14 +27,14 @@ from transformers import (  # noqa: E402
 
 from tunelab import atomic  # noqa: E402
 from tunelab.config import TrainConfig, to_yaml  # noqa: E402
-from tunelab.data import load_source, make_splits, profile_splits  # noqa: E402
+from tunelab.data import load_splits, profile_splits  # noqa: E402
 from tunelab.data.tokenize import choose_max_length, token_lengths, tokenize_frame  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.models.catalogue import resolve_model  # noqa: E402
 from tunelab.models.classifier import model_max_length  # noqa: E402
-from tunelab.run import Run  # noqa: E402
+from tunelab.run import Run, default_run_dir  # noqa: E402
 from tunelab.train import memory, speed  # noqa: E402
-from tunelab.train.callbacks import HistoryCallback, RichProgressCallback  # noqa: E402
+from tunelab.train.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
 from tunelab.train.trainer import AccuracyTrainer, classification_scores  # noqa: E402
 
 
@@ -64,12 +63,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     precision = speed.resolve_precision(config.precision)
 
     # 1. Data: load, split (stratified, seeded), and check before anything expensive.
-    frame = load_source(config.data, config.text_col, config.label_col, config.encoding, config.strict)
-    eval_frame = _optional_source(config.eval_data, config)
-    test_frame = _optional_source(config.test_data, config)
-    splits = make_splits(
-        frame, config.eval_fraction, config.test_fraction, config.seed, eval_frame, test_frame, config.max_train_samples
-    )
+    splits, dropped = load_splits(config)
     labels = sorted(splits["train"]["label"].unique())
     label2id = {label: i for i, label in enumerate(labels)}
 
@@ -82,7 +76,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
         raise TunelabError(f"--max-length {config.max_length} exceeds the model's limit of {model_limit} tokens", f"use at most {model_limit}")
     train_lengths = token_lengths(tokenizer, splits["train"]["text"], seed=config.seed)
     max_length = config.max_length or choose_max_length(train_lengths, model_limit, config.length_percentile)
-    profile = profile_splits(splits, tokenizer, model_limit, frame.attrs.get("dropped"))
+    profile = profile_splits(splits, tokenizer, model_limit, dropped)
     profile["max_length"] = max_length
 
     # 3. Model: the pretrained encoder with a fresh classification head; then the plan.
@@ -242,25 +236,8 @@ def quickstart_config(out: str | None = None) -> TrainConfig:
     return TrainConfig(model="minilm", data="bbc-news", max_length=128, epochs=2, lr=2e-4, batch_size=16, out=out)
 
 
-def quiet_libraries() -> None:
-    """Our progress bar is the one that matters; the libraries' own bars and load reports are noise here."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def resolve_out_dir(config: TrainConfig) -> Path:
-    if config.out:
-        return Path(config.out).expanduser()
-    stem = lambda s: Path(s).name.split(".")[0] or "data"  # noqa: E731
-    return Path("runs") / f"{stem(config.model)}-{stem(config.data)}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def _optional_source(source: str | None, config: TrainConfig):
-    if source is None:
-        return None
-    return load_source(source, config.text_col, config.label_col, config.encoding, config.strict)
+    return Path(config.out).expanduser() if config.out else default_run_dir(config.model, config.data)
 
 
 def build_model(model_dir: Path, config: TrainConfig, labels: list[str]):

@@ -28,7 +28,7 @@ class QuantizeChoice(str, Enum):
 
 @command("serve")
 def serve(
-    run: Annotated[str, typer.Argument(help="run directory of a fine-tuned classifier")],
+    run: Annotated[str, typer.Argument(help="run directory of a fine-tuned classifier, a causal LM, or a registry model name")],
     host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     backend: Annotated[BackendChoice, typer.Option(help="torch, or an ONNX model written by `tunelab export`")] = BackendChoice.torch,
@@ -40,6 +40,7 @@ def serve(
     max_texts: Annotated[int, typer.Option(help="texts per request at most; then 422")] = 64,
     max_body_bytes: Annotated[int, typer.Option(help="request body size at most; then 413")] = 1_000_000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    registry: Annotated[Optional[str], typer.Option(help="registry file, when RUN is a registry name (default: $TUNELAB_REGISTRY)")] = None,
 ) -> None:
     """Serve a run over HTTP: POST /v1/predict, a web page at /, /docs, /metrics. Set TUNELAB_API_KEY to require a key."""
     from tunelab.config import load_settings
@@ -50,6 +51,14 @@ def serve(
         host=host, port=port, backend=backend.value, workers=workers, threads=threads, max_batch=max_batch,
         max_wait_ms=max_wait_ms, max_queue=max_queue, max_texts=max_texts, max_body_bytes=max_body_bytes, log_level=log_level,
     ))
+    from tunelab.models.catalogue import CATALOGUE
+
+    if not Path(run).exists() and run not in CATALOGUE:
+        # Not a folder: a registry name. Its production version is served, and a promotion swaps it live.
+        from tunelab.serve.registry_watch import serve_registry
+
+        serve_registry(run, settings, registry)
+        return
     console.print(f"serving {run} on http://{settings.host}:{settings.port}  (web page: /, API docs: /docs)", highlight=False, soft_wrap=True)
     run_service(run, settings)
 

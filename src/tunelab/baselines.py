@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from tunelab import atomic  # noqa: E402
-from tunelab.config import Settings, to_yaml  # noqa: E402
+from tunelab.config import DataSettings, to_yaml  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.run import Run  # noqa: E402
 
@@ -37,23 +37,12 @@ METHODS = ("tfidf-logreg", "embeddings-logreg")
 C_GRID = (0.1, 1.0, 10.0, 100.0)  # regularisation strengths tried on the eval split when C is not given
 
 
-class BaselineConfig(Settings):
+class BaselineConfig(DataSettings):
     """A scikit-learn baseline run. The data settings mean the same as TrainConfig's."""
 
     kind: Literal["sklearn"] = Field("sklearn", description="what Run and eval see: a scikit-learn model.joblib, no model/ folder")
     method: Literal["tfidf-logreg", "embeddings-logreg"] = "tfidf-logreg"
     model: str = Field("minilm", description="sentence-transformers encoder for embeddings-logreg (catalogue name or folder)")
-    data: str = "bbc-news"
-    text_col: str = "text"
-    label_col: str = "label"
-    encoding: str = "utf-8"
-    eval_data: str | None = None
-    test_data: str | None = None
-    eval_fraction: float = Field(0.1, gt=0, lt=0.5)
-    test_fraction: float = Field(0.1, gt=0, lt=0.5)
-    max_train_samples: int | None = Field(None, gt=0)
-    strict: bool = False
-    seed: int = 42
 
     C: float | None = Field(None, gt=0, description=f"inverse regularisation strength; default: the best of {C_GRID} on the eval split")
     max_iter: int = Field(2000, gt=0)
@@ -134,7 +123,7 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
     import joblib
     import torch
 
-    from tunelab.data import load_source, make_splits, profile_splits
+    from tunelab.data import load_splits, profile_splits
     from tunelab.train import speed
 
     import transformers
@@ -146,12 +135,7 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
 
     # 1. Data: exactly the splits `tunelab train` makes from the same settings.
-    frame = load_source(config.data, config.text_col, config.label_col, config.encoding, config.strict)
-    optional = lambda source: None if source is None else load_source(source, config.text_col, config.label_col, config.encoding, config.strict)  # noqa: E731
-    splits = make_splits(
-        frame, config.eval_fraction, config.test_fraction, config.seed,
-        optional(config.eval_data), optional(config.test_data), config.max_train_samples,
-    )
+    splits, dropped = load_splits(config)
     labels = sorted(splits["train"]["label"].unique())
     label_id = {label: i for i, label in enumerate(labels)}
     y = {name: split["label"].map(label_id).to_numpy() for name, split in splits.items()}
@@ -187,7 +171,7 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
     atomic.write_text(staging / "config.yaml", to_yaml(config, **resolved))
     atomic.write_json(staging / "labels.json", {str(i): label for i, label in enumerate(labels)})
     tokenizer = encoder.tokenizer if encoder is not None else None
-    atomic.write_json(staging / "data_profile.json", profile_splits(splits, tokenizer, encoder.max_seq_length if encoder else None, frame.attrs.get("dropped")))
+    atomic.write_json(staging / "data_profile.json", profile_splits(splits, tokenizer, encoder.max_seq_length if encoder else None, dropped))
     for name, split in splits.items():
         split.to_parquet(run.split_path(name), index=False)
     joblib.dump(pipeline, staging / "model.joblib")

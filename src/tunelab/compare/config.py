@@ -29,14 +29,11 @@ from pydantic import BaseModel, Field, field_validator
 
 from tunelab.baselines import METHODS as BASELINE_METHODS
 from tunelab.baselines import BaselineConfig
-from tunelab.config import Settings, TrainConfig, load_settings
+from tunelab.config import DataSettings, Settings, TrainConfig, load_settings
 from tunelab.errors import TunelabError, did_you_mean
 
 # Settings that decide the splits: set once at the top, never per candidate, so the test set is one.
-DATA_FIELDS = (
-    "data", "text_col", "label_col", "encoding", "eval_data", "test_data",
-    "eval_fraction", "test_fraction", "max_train_samples", "strict", "seed",
-)
+DATA_FIELDS = tuple(DataSettings.model_fields)
 FINE_TUNING_METHODS = ("full", "head", "lora")
 NOT_PER_CANDIDATE = ("out", "overwrite")  # the compare decides where each candidate's run goes
 
@@ -107,19 +104,7 @@ class Candidate(BaseModel):
         return self.method in BASELINE_METHODS
 
 
-class CompareConfig(Settings):
-    data: str = "bbc-news"
-    text_col: str = "text"
-    label_col: str = "label"
-    encoding: str = "utf-8"
-    eval_data: str | None = None
-    test_data: str | None = None
-    eval_fraction: float = Field(0.1, gt=0, lt=0.5)
-    test_fraction: float = Field(0.1, gt=0, lt=0.5)
-    max_train_samples: int | None = Field(None, gt=0)
-    strict: bool = False
-    seed: int = 42
-
+class CompareConfig(DataSettings):
     defaults: dict[str, Any] = Field(default_factory=dict, description="training settings every candidate starts from")
     candidates: list[Candidate] = Field(min_length=1)
     out: str | None = Field(None, description="the compare folder; default compares/<config file name>")

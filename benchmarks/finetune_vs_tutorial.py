@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import transformers
 from sklearn.model_selection import train_test_split
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 import tunelab
 from tunelab.data import load_source
@@ -92,6 +92,7 @@ def tutorial_recipe(model_dir, train, evaluation, labels, epochs, batch_size, wo
         return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
 
     trainer = Trainer(model=model, args=args, train_dataset=train_set, callbacks=[clock], compute_metrics=accuracy)
+    trainer.remove_callback(PrinterCallback)  # it prints logs to stdout, where this script's JSON goes
     result = trainer.train()
     scores = trainer.evaluate(eval_set)
     real_tokens = sum(int(sum(example["attention_mask"])) for example in train_set) * epochs

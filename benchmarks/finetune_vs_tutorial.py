@@ -23,7 +23,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
 import torch
 import transformers
 from sklearn.model_selection import train_test_split
@@ -93,7 +92,7 @@ def tutorial_recipe(model_dir, train, evaluation, labels, epochs, batch_size, wo
 
     trainer = Trainer(model=model, args=args, train_dataset=train_set, callbacks=[clock], compute_metrics=accuracy)
     trainer.remove_callback(PrinterCallback)  # it prints logs to stdout, where this script's JSON goes
-    result = trainer.train()
+    trainer.train()
     scores = trainer.evaluate(eval_set)
     real_tokens = sum(int(sum(example["attention_mask"])) for example in train_set) * epochs
     return {
@@ -101,7 +100,7 @@ def tutorial_recipe(model_dir, train, evaluation, labels, epochs, batch_size, wo
         "samples_per_second": len(train_set) * epochs / clock.seconds,
         "tokens_per_second": real_tokens / clock.seconds,
         "padded_length": len(train_set[0]["input_ids"]),
-        "gflops": result.metrics["total_flos"] / clock.seconds / 1e9,
+        "gflops": trainer.state.total_flos / clock.seconds / 1e9,
         "precision": "fp32",
         "eval_accuracy": scores["eval_accuracy"],
         "eval_loss": scores["eval_loss"],

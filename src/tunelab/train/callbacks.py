@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
@@ -39,6 +40,7 @@ class RichProgressCallback(TrainerCallback):
             TextColumn("epoch {task.fields[epoch]:.2f}  loss {task.fields[loss]}  {task.fields[speed]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            console=Console(stderr=True),  # stdout stays clean for results (--json, scripts)
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=state.max_steps, epoch=0.0, loss="—", speed="")

@@ -233,8 +233,11 @@ def write_factbook_qa(out: str | Path, test_fraction: float = 0.2, seed: int = 0
     return summary
 
 
-def read_qa(path: str | Path) -> list[dict]:
-    """Rows of a QA JSONL file, checked for the fields evaluation needs."""
+_FIELD_NAMES = {"question": "a question", "answer": "an answer", "doc_id": "a doc_id"}
+
+
+def read_qa(path: str | Path, required: tuple[str, ...] = ("question", "doc_id")) -> list[dict]:
+    """Rows of a QA JSONL file, each checked for the (non-empty) fields the caller needs."""
     import json
 
     path = Path(path).expanduser()
@@ -247,12 +250,12 @@ def read_qa(path: str | Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise TunelabError(f"{path}:{number} is not valid JSON ({error.msg})", "each line must be one JSON object") from None
-        missing = [k for k in ("question", "doc_id") if k not in row]
-        if missing:
+            raise TunelabError(f"{path}:{number} is not valid JSON ({error.msg})", "write one JSON object per line") from None
+        if not isinstance(row, dict) or any(not str(row.get(field, "")).strip() for field in required):
+            needs = " and ".join(_FIELD_NAMES.get(field, field) for field in required)
             raise TunelabError(
-                f"{path}:{number} lacks {', '.join(missing)}",
-                "each line needs question, answer, aliases and doc_id (see tunelab data factbook-qa)",
+                f"{path}:{number} needs {needs}",
+                'e.g. {"question": "...", "answer": "...", "aliases": [], "doc_id": "..."} (see tunelab data factbook-qa)',
             )
         rows.append(row)
     if not rows:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tunelab.data.factbook_qa import read_qa
 from tunelab.errors import TunelabError
 from tunelab.prompts.generate import answer_batch
 from tunelab.prompts.loader import PromptTemplate, load_template
@@ -40,26 +41,8 @@ def latency_summary(seconds: Sequence[float]) -> dict:
 
 
 def read_questions(path: str | Path) -> list[dict]:
-    """QA JSONL rows with question and answer (aliases optional); problems name the line."""
-    import json
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise TunelabError(f"QA file '{path}' not found", "build one with: tunelab data factbook-qa --out DIR")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TunelabError(f"{path}:{number} is not valid JSON ({error.msg})", "write one JSON object per line") from None
-        if not isinstance(row, dict) or not str(row.get("question", "")).strip() or not str(row.get("answer", "")).strip():
-            raise TunelabError(f"{path}:{number} needs a question and an answer", 'e.g. {"question": "...", "answer": "...", "aliases": []}')
-        rows.append(row)
-    if not rows:
-        raise TunelabError(f"QA file '{path}' is empty", "build one with: tunelab data factbook-qa --out DIR")
-    return rows
+    """QA JSONL rows with a question and an answer (aliases optional); problems name the line."""
+    return read_qa(path, required=("question", "answer"))
 
 
 def run_template(

@@ -53,7 +53,8 @@ def serve(
     ))
     from tunelab.models.catalogue import CATALOGUE
 
-    if not Path(run).exists() and run not in CATALOGUE:
+    looks_like_path = "/" in run or "\\" in run or run.startswith((".", "~"))
+    if not Path(run).exists() and run not in CATALOGUE and not looks_like_path:
         # Not a folder: a registry name. Its production version is served, and a promotion swaps it live.
         from tunelab.serve.registry_watch import serve_registry
 

@@ -7,7 +7,7 @@ fresh articles of the old ones). Both updates start from v1, with the same recip
 Old-topic accuracy is measured on v1's own test split, new-topic accuracy on the new data's test split.
 Target: (b) keeps old-topic accuracy within 1 point of v1.
 
-    nice -n 5 python benchmarks/forgetting.py [--per-topic 160] [--new-topic tech] [--replay 0.3 0.5] [--update-lr 1e-4]
+    nice -n 5 python benchmarks/forgetting.py [--per-topic 360] [--epochs 2] [--new-topic tech] [--replay 0.3 0.5] [--update-lr 1e-4]
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ from tunelab.train.classify import train  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--per-topic", type=int, default=160, help="v1 articles per old topic")
+    parser.add_argument("--per-topic", type=int, default=360, help="v1 articles per old topic")
     parser.add_argument("--new-topic", default="tech")
     parser.add_argument("--new-rows", type=int, default=200, help="articles of the new topic in the new data")
     parser.add_argument("--old-in-new", type=int, default=15, help="fresh articles per old topic in the new data")
     parser.add_argument("--replay", type=float, nargs="+", default=[0.3], help="one or more replay shares to compare")
     parser.add_argument("--lr", type=float, default=2e-4, help="v1's learning rate")
+    parser.add_argument("--epochs", type=float, default=2, help="v1's epochs (the updates inherit them)")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of v1's data held out as the old test set")
     parser.add_argument("--update-lr", type=float, default=None, help="the updates' learning rate (default: v1's)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
@@ -65,8 +67,8 @@ def main() -> None:
         pd.concat(new_rows).to_parquet(new_data, index=False)
 
         started = time.perf_counter()
-        recipe = dict(model="minilm", max_length=args.max_length, epochs=1, lr=args.lr, batch_size=16, seed=args.seed)
-        v1 = train(TrainConfig(data=str(v1_data), out=str(work / "v1"), overwrite=True, **recipe), progress=True)
+        recipe = dict(model="minilm", max_length=args.max_length, epochs=args.epochs, lr=args.lr, batch_size=16, seed=args.seed)
+        v1 = train(TrainConfig(data=str(v1_data), out=str(work / "v1"), overwrite=True, test_fraction=args.test_fraction, **recipe), progress=True)
         v1_seconds = time.perf_counter() - started
 
         registry = Registry(work / "registry.db")
@@ -75,7 +77,7 @@ def main() -> None:
         for label, replay in [("naive", 0.0)] + [(f"replay_{r:g}", r) for r in args.replay]:
             started = time.perf_counter()
             settings = UpdateSettings(
-                name="news", data=str(new_data), replay=replay, epochs=1, lr=args.update_lr, promote=False, out=str(work / f"update-{label}"), seed=args.seed
+                name="news", data=str(new_data), replay=replay, lr=args.update_lr, promote=False, out=str(work / f"update-{label}"), seed=args.seed
             )
             result = update(settings, registry, progress=True)
             report = result.report

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -83,3 +87,27 @@ def trained_run(tmp_path_factory, tiny_bert) -> Path:
     sentiment_frame(rows_per_class=60).to_csv(data, index=False)
     config = TrainConfig(model=str(tiny_bert), data=str(data), epochs=4, lr=3e-3, batch_size=16, out=str(folder / "run"), seed=1)
     return train(config, progress=False).path
+
+
+def sigkill_when(process: subprocess.Popen, reached: Callable[[], bool], timeout: float, what: str) -> None:
+    """SIGKILL `process` as soon as `reached()` is true; fail if it ends first or `timeout` passes.
+
+    The fault-tolerance tests kill a child at a chosen moment (mid-transaction, mid-epoch) and then
+    check what it left behind. The child is always reaped, even when the test fails.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        while not reached():
+            if process.poll() is not None:
+                stderr = process.stderr.read()[-2000:] if process.stderr else ""
+                pytest.fail(f"the process ended before {what} (exit {process.returncode}) {stderr!r}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} did not happen within {timeout:g} s")
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import string
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import FILLER, sentiment_frame, write_tiny_bert
+from tests.conftest import FILLER, sentiment_frame, sigkill_when, write_tiny_bert
 from tunelab.continual import UpdateSettings, check_mix_covers, gate, grow_head, replay_sample, update
 from tunelab.errors import TunelabError
 from tunelab.registry import Registry
@@ -62,6 +60,34 @@ def test_grow_head_keeps_old_rows_and_adds_new_ones(tmp_path):
     # The grown folder is a plain Hugging Face folder: from_pretrained with the new size loads the head, not a fresh one.
     reloaded = AutoModelForSequenceClassification.from_pretrained(new_dir, num_labels=3, ignore_mismatched_sizes=True)
     assert torch.equal(reloaded.classifier.weight, new.classifier.weight)
+
+
+def test_grow_head_imprints_a_new_row_from_its_examples(tmp_path):
+    """A new label's row starts out pointing at its examples: they score higher on it than old-label texts."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    old_dir = two_class_model(tmp_path / "old")
+    frame = sentiment_frame(rows_per_class=24, seed=5)
+    examples = {label: group["text"].tolist() for label, group in frame.groupby("label")}
+    new_dir = grow_head(old_dir, ["negative", "neutral", "positive"], tmp_path / "grown", examples, max_length=32)
+    random_dir = grow_head(old_dir, ["negative", "neutral", "positive"], tmp_path / "random")
+    old = AutoModelForSequenceClassification.from_pretrained(old_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(new_dir)
+
+    def neutral_margin(folder: Path) -> float:
+        """Mean neutral logit on neutral texts minus that on the other texts."""
+        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        with torch.no_grad():
+            logits = model(**tokenizer(frame["text"].tolist(), padding=True, return_tensors="pt")).logits[:, 1]
+        is_neutral = torch.tensor((frame["label"] == "neutral").to_numpy())
+        return float(logits[is_neutral].mean() - logits[~is_neutral].mean())
+
+    assert neutral_margin(new_dir) > 0 and neutral_margin(new_dir) > abs(neutral_margin(random_dir))
+    grown = AutoModelForSequenceClassification.from_pretrained(new_dir)
+    assert torch.equal(grown.classifier.weight[[0, 2]], old.classifier.weight)  # old rows untouched
+    # Scaled like the old rows, with their mean bias: it competes with them, not drowns them.
+    assert float(grown.classifier.weight[1].norm()) == pytest.approx(float(old.classifier.weight.norm(dim=1).mean()), rel=1e-4)
+    assert float(grown.classifier.bias[1]) == pytest.approx(float(old.classifier.bias.mean()), abs=1e-6)
 
 
 def test_grow_head_never_drops_labels(tmp_path):
@@ -195,18 +221,7 @@ def test_sigkill_during_update_leaves_the_registry_consistent(tmp_path, registry
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     staging = tmp_path / ".v2.partial"
-    try:
-        deadline = time.monotonic() + 120
-        while not (staging / "config.yaml").exists():  # the candidate run is being made
-            assert child.poll() is None, "the update ended before training"
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    assert child.returncode == -signal.SIGKILL
+    sigkill_when(child, (staging / "config.yaml").exists, 120, "the candidate run was being made")
     assert not out.exists()  # the killed run never looks complete
     assert registry.check() == []
     assert [(v.version, v.stage) for v in registry.versions("senti")] == [(1, "production")]

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import sentiment_frame
+from tests.conftest import sentiment_frame, sigkill_when
 from tunelab.config import TrainConfig, to_yaml
 from tunelab.errors import TunelabError
 from tunelab.run import Run
@@ -63,22 +60,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_bert, reviews, tmp_
     settings.write_text(to_yaml(config))
     process = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(settings)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     history = tmp_path / ".killed.partial" / "history.jsonl"
-    deadline = time.time() + 240
-    try:
-        # Kill in the middle of the second epoch, after the first epoch's checkpoint exists.
-        while time.time() < deadline:
-            lines = _history_lines(history)
-            if any(h["type"] == "train" and 1.2 < h["epoch"] < 1.8 for h in lines):
-                break
-            assert process.poll() is None, process.stderr.read().decode()[-2000:]
-            time.sleep(0.05)
-        else:
-            pytest.fail("training never reached the middle of epoch 2")
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    # Kill in the middle of the second epoch, after the first epoch's checkpoint exists.
+    in_epoch_two = lambda: any(h["type"] == "train" and 1.2 < h["epoch"] < 1.8 for h in _history_lines(history))  # noqa: E731
+    sigkill_when(process, in_epoch_two, 240, "training reached the middle of epoch 2")
 
     # A killed run never looks complete.
     assert not out.exists()

@@ -91,6 +91,36 @@ def test_packed_batches_score_like_padded_ones(base):
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_answer_only_logits_give_the_models_own_loss_and_gradients(base, packing):
+    """The trainer projects only answer positions onto the vocabulary; loss and gradients must not change."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.lm.sft import make_collator
+    from tunelab.lm.tokenize import encode_row
+    from tunelab.lm.trainer import answer_only_loss, supports_logits_to_keep
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base).train()
+    model.config.use_cache = False
+    assert supports_logits_to_keep(model)
+    rows = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]} for r in qa_pairs(1)[:5]]
+    features = [{k: v for k, v in encode_row(tokenizer, row, 256).items() if k in ("input_ids", "labels")} for row in rows]
+    batch = make_collator(tokenizer, packing)([dict(f) for f in features])
+    assert (batch["labels"] == -100).float().mean() > 0.3  # prompts are most of the positions: the case that matters
+
+    results = []
+    for compute in (lambda: model(**batch).loss, lambda: answer_only_loss(model, batch)[0]):
+        torch.manual_seed(0)  # same dropout (none in this config, but be sure)
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        results.append((loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    (reference, reference_grad), (ours, our_grad) = results
+    assert ours == pytest.approx(reference, rel=1e-5)
+    assert torch.allclose(our_grad, reference_grad, rtol=1e-4, atol=1e-7)
+
+
 def test_bad_settings_fail_early(tmp_path, base, data):
     with pytest.raises(TunelabError, match="target module 'q_prj'"):
         sft(SFTConfig(model=str(base), data=str(data), target_modules="q_prj", out=str(tmp_path / "r")), progress=False)

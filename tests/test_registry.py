@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import sigkill_when
 from tunelab.errors import TunelabError
 from tunelab.registry import Registry, data_fingerprint, default_path, parse_ref
 
@@ -227,20 +225,17 @@ def test_sigkill_during_promote_leaves_the_registry_consistent(registry, runs, t
     registry.register(runs[1], "news")
     marker = tmp_path / "marker"
     child = subprocess.Popen([sys.executable, "-c", KILLED_PROMOTE, str(registry.path), str(marker)])
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert child.poll() is None, "the promoting process ended before reaching the transaction"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    seen_inside: list[list[int]] = []
+
+    def inside_the_transaction() -> bool:
+        if not marker.exists():
+            return False
         # Inside the transaction v1 is already archived: a reader still sees the committed state.
-        assert production_versions(registry.path, "news") == [1]
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    assert child.returncode == -signal.SIGKILL
+        seen_inside.append(production_versions(registry.path, "news"))
+        return True
+
+    sigkill_when(child, inside_the_transaction, 60, "the promoting process reached the transaction")
+    assert seen_inside == [[1]]
     assert registry.check() == []
     assert registry.production("news").version == 1 and registry.production("news").generation == 1
     # The lock died with the process: the next promote goes through at once.

@@ -75,7 +75,12 @@ def test_openapi_docs_and_page(client) -> None:
     assert {"/v1/predict", "/v1/model", "/health", "/ready", "/metrics"} <= set(schema["paths"])
     predict_schema = schema["components"]["schemas"]["PredictRequest"]["properties"]["texts"]
     assert predict_schema["maxItems"] == 8 and predict_schema["minItems"] == 1
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # Offline docs: Swagger UI's files come from this service, not a CDN.
+    assert not re.search(r"https?://", docs.text)
+    assets = re.findall(r"(?:src|href)\s*=\s*['\"]([^'\"]+)['\"]", docs.text)
+    assert assets and all(client.get(a).status_code == 200 for a in assets)
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     # No network: nothing is loaded from elsewhere.

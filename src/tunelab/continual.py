@@ -2,8 +2,9 @@
 
 The recipe, top to bottom:
 production version -> load and split the new data -> mix in a replay sample of the old training split
--> grow the classification head for new labels -> continue fine-tuning (train()) -> score the old and the
-candidate model on the old test set and the new test split -> gate -> report -> register (and promote).
+-> grow the classification head for new labels (new rows imprinted from their examples) -> continue
+fine-tuning (train()) -> score the old and the candidate model on the old test set and the new test
+split -> gate -> report -> register (and promote).
 
 Why replay: fine-tuning on new data alone pulls the weights toward the new distribution and the model
 forgets what it knew (catastrophic forgetting). Mixing a sample of the old training data back in keeps
@@ -30,6 +31,9 @@ from tunelab.registry import Registry, Version, check_name
 from tunelab.run import Run
 
 # Settings of the parent's run that an update must not inherit: they name the parent's data and folder.
+# Texts per label whose mean feature initialises a new label's head row (more barely moves the mean).
+IMPRINT_EXAMPLES = 64
+
 NOT_INHERITED = {"model", "data", "eval_data", "test_data", "out", "overwrite", "max_train_samples", "text_col", "label_col", "encoding"}
 
 
@@ -97,7 +101,8 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
         # 4. Start from the production model; new labels get new rows in the head, old rows are kept.
         start = parent_run.model_dir
         if parent_run.labels != labels:
-            start = grow_head(parent_run.model_dir, labels, tmp / "start-model")
+            examples = {label: group["text"].astype(str).head(IMPRINT_EXAMPLES).tolist() for label, group in mix.groupby("label")}
+            start = grow_head(parent_run.model_dir, labels, tmp / "start-model", examples, parent_config.get("max_length"))
         files = {}
         for split, frame in {
             "train": mix,
@@ -201,21 +206,31 @@ def classification_layer(model) -> tuple[str, Any]:
     return found[-1]
 
 
-def grow_head(model_dir: str | os.PathLike, labels: list[str], out: str | os.PathLike) -> Path:
+def grow_head(
+    model_dir: str | os.PathLike,
+    labels: list[str],
+    out: str | os.PathLike,
+    examples: dict[str, list[str]] | None = None,
+    max_length: int | None = None,
+) -> Path:
     """Save model_dir's classifier with a head for `labels` (in that order) to `out`.
 
-    Each old label keeps its learned row of weights and bias (moved to its new index); rows for new
-    labels start like a fresh head. Old labels may not disappear.
+    Each old label keeps its learned row of weights and bias (moved to its new index). Old labels may
+    not disappear. A new label's row is imprinted from `examples` when they hold texts of it (see
+    imprint_rows); otherwise it starts like a fresh head.
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     old = [model.config.id2label[i] for i in range(model.config.num_labels)]
     dropped = sorted(set(old) - set(labels))
     if dropped:
         raise TunelabError(f"the head cannot lose labels: {', '.join(map(repr, dropped))}", "keep every old label in the label list")
     name, head = classification_layer(model)
+    added = [label for label in labels if label not in old]
+    imprinted = imprint_rows(model, tokenizer, head, old, added, examples or {}, max_length)
     grown = torch.nn.Linear(head.in_features, len(labels), bias=head.bias is not None, dtype=head.weight.dtype)
     with torch.no_grad():
         grown.weight.normal_(0.0, getattr(model.config, "initializer_range", 0.02))
@@ -226,14 +241,62 @@ def grow_head(model_dir: str | os.PathLike, labels: list[str], out: str | os.Pat
             grown.weight[j] = head.weight[i]
             if grown.bias is not None:
                 grown.bias[j] = head.bias[i]
+        for label, (weight, bias) in imprinted.items():
+            grown.weight[labels.index(label)] = weight
+            if grown.bias is not None:
+                grown.bias[labels.index(label)] = bias
     owner, _, attribute = name.rpartition(".")
     setattr(model.get_submodule(owner) if owner else model, attribute, grown)
     model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {label: i for i, label in enumerate(labels)}
     out = Path(out)
     model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
+
+
+def imprint_rows(model, tokenizer, head, old: list[str], added: list[str], examples: dict[str, list[str]], max_length: int | None) -> dict:
+    """{new label: (weight row, bias)} from the features the head sees for that label's examples.
+
+    Why: a random row predicts the new class for nothing, so the first steps of fine-tuning push large
+    gradients through the whole encoder to make room for it, and that is where old knowledge is lost.
+    An imprinted row already points from the old classes' mean feature toward the new class's mean
+    (scaled like the old rows), so the new class is predicted from the start and the encoder moves less.
+    Labels without examples, and heads that do not see one feature vector per text, get no row here.
+    """
+    import torch
+
+    wanted = [label for label in added if examples.get(label)]
+    if not wanted:
+        return {}
+    features: dict[str, torch.Tensor] = {}
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda module, args, output: captured.append(args[0].detach()))
+    model.eval()
+    try:
+        with torch.no_grad():
+            for label in wanted + [label for label in old if examples.get(label)]:
+                captured.clear()
+                texts = list(examples[label])
+                for start in range(0, len(texts), 32):
+                    batch = tokenizer(texts[start : start + 32], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+                    model(**batch)
+                if any(c.ndim != 2 for c in captured):
+                    return {}  # e.g. a head applied to every token: no single feature per text
+                features[label] = torch.cat(captured).float().mean(dim=0)
+    finally:
+        hook.remove()
+    old_features = [features[label] for label in old if label in features]
+    centre = torch.stack(old_features).mean(dim=0) if old_features else torch.stack(list(features.values())).mean(dim=0)
+    scale = head.weight.detach().float().norm(dim=1).mean()
+    bias = head.bias.detach().float().mean() if head.bias is not None else torch.tensor(0.0)
+    rows = {}
+    for label in wanted:
+        direction = features[label] - centre
+        if float(direction.norm()) == 0.0:
+            continue
+        rows[label] = ((direction / direction.norm() * scale).to(head.weight.dtype), bias.to(head.weight.dtype))
+    return rows
 
 
 def score_sets(run: Run, sets: dict[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:

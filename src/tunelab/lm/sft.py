@@ -1,8 +1,9 @@
 """Supervised fine-tuning of a causal LM, top to bottom.
 
 load instruction data -> split -> tokenizer (+ chat template) -> max length -> tokenize with the
-loss on answers only -> model -> samples and eval loss before -> LoRA -> Trainer -> train ->
-eval loss and samples after -> save adapter (or full model) -> metrics, report -> publish the run.
+loss on answers only -> model -> samples and eval loss before -> LoRA -> Trainer (logits at answer
+positions only) -> train -> eval loss and samples after -> save adapter (or full model) -> metrics,
+report -> publish the run.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tunelab.lm.data import InstructionData, load_instructions, prompt_of  # noq
 from tunelab.lm.generate import generate_samples  # noqa: E402
 from tunelab.lm.load import context_limit, resolve_lm  # noqa: E402
 from tunelab.lm.tokenize import IGNORE, ensure_chat_template, full_lengths, tokenize_rows  # noqa: E402
+from tunelab.lm.trainer import AnswerOnlyTrainer, supports_logits_to_keep  # noqa: E402
 from tunelab.train import speed  # noqa: E402
 from tunelab.train.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
 
@@ -93,7 +95,9 @@ def sft(config: SFTConfig, progress: bool = True) -> Path:
         callbacks: list = [HistoryCallback(stage / "history.jsonl")]
         if progress:
             callbacks.append(RichProgressCallback(config.batch_size * config.grad_accum * args.world_size))
-        trainer = Trainer(
+        # Answer-only logits where the model allows it: same loss, a fraction of the memory and time.
+        trainer_class = AnswerOnlyTrainer if config.answer_only_logits and supports_logits_to_keep(model) else Trainer
+        trainer = trainer_class(
             model=model,
             args=args,
             train_dataset=train_set,
@@ -227,6 +231,7 @@ def training_arguments(config: SFTConfig, output_dir: Path, precision: str, trai
         bf16=precision == "bf16",
         use_cpu=not torch.cuda.is_available(),
         eval_strategy="epoch",
+        prediction_loss_only=True,  # evaluation wants the loss; gathering every logit would cost gigabytes
         save_strategy="no",
         logging_strategy="steps",
         logging_steps=config.logging_steps or max(1, steps_per_epoch // 20),

@@ -32,6 +32,7 @@ from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.serve.backends import load_scorer, model_version, onnx_path
 from tunelab.serve.batching import MicroBatcher, NotRunning, QueueFull
+from tunelab.serve.docs import add_offline_docs, docs_urls
 from tunelab.serve.holder import LoadedModel, ModelHolder, NotReady, finite
 from tunelab.serve.metrics import ServiceMetrics
 from tunelab.serve.settings import ServeSettings
@@ -127,7 +128,9 @@ def create_app(
         version="1",
         description="Text classification with a fine-tuned tunelab run. Concurrent requests are micro-batched.",
         lifespan=lifespan,
+        **docs_urls(),
     )
+    add_offline_docs(app)
     app.state.holder = holder
     app.state.batcher = batcher
     app.state.metrics = metrics

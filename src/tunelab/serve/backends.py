@@ -25,6 +25,11 @@ BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
 ONNX_DIR = "onnx"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
+# Texts per ONNX Runtime call. A micro-batch of tweets padded to its longest member computes mostly
+# padding; sorted slices of 8 pad only to a near neighbour. Measured (minilm int8, 32 tweets, 2 cores):
+# one call 112 ms, slices of 16 84 ms, of 8 80 ms, of 4 85 ms (per-call overhead takes over).
+ONNX_SLICE = 8
+
 
 class Scorer(Protocol):
     labels: list[str]
@@ -63,12 +68,19 @@ class OnnxScorer:
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Logits in the order of `texts`, run as length-sorted slices so short texts carry little padding."""
         texts = list(texts)
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="np")
-        feed = {name: encoded[name].astype(np.int64) for name in self.input_names}
-        return self.session.run(["logits"], feed)[0].astype(np.float32)
+            return out
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")
+        for start in range(0, len(order), ONNX_SLICE):
+            index = order[start : start + ONNX_SLICE]
+            piece = self.tokenizer.pad({name: [encoded[name][i] for i in index] for name in encoded.keys()}, return_tensors="np")
+            feed = {name: piece[name].astype(np.int64) for name in self.input_names}
+            out[index] = self.session.run(["logits"], feed)[0]
+        return out
 
 
 def onnx_session(path: Path, threads: int | None = None):
@@ -79,6 +91,9 @@ def onnx_session(path: Path, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle ONNX Runtime threads spin by default, waiting for the next run. In a service the same cores
+    # also parse requests and run the event loop, so spinning steals the CPU the next batch waits for.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

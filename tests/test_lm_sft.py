@@ -121,6 +121,15 @@ def test_answer_only_logits_give_the_models_own_loss_and_gradients(base, packing
     assert torch.allclose(our_grad, reference_grad, rtol=1e-4, atol=1e-7)
 
 
+def test_lora_with_activation_checkpointing_learns(tmp_path, base, data):
+    """Recomputing activations must still send gradients to the adapters (frozen inputs, LoRA layers)."""
+    out = tmp_path / "checkpointed"
+    config = SFTConfig(model=str(base), data=str(data), epochs=2, lr=2e-2, batch_size=8, precision="fp32", samples=0,
+                       activation_checkpointing=True, out=str(out))
+    metrics = json.loads((sft(config, progress=False) / "metrics.json").read_text())
+    assert metrics["eval_after"]["loss"] < metrics["eval_before"]["loss"] - 0.1
+
+
 def test_bad_settings_fail_early(tmp_path, base, data):
     with pytest.raises(TunelabError, match="target module 'q_prj'"):
         sft(SFTConfig(model=str(base), data=str(data), target_modules="q_prj", out=str(tmp_path / "r")), progress=False)

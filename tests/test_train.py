@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+import tunelab
 from tunelab.config import TrainConfig
 from tunelab.run import Run
 
@@ -126,3 +128,45 @@ def test_real_minilm_on_a_few_dozen_bbc_articles(tmp_path):
     assert run.labels == ["business", "entertainment", "politics", "sports", "tech"]
     assert json.loads((run.model_dir / "config.json").read_text())["id2label"]["3"] == "sports"
     assert 0 <= run.metrics["accuracy"] <= 1
+
+
+def test_balanced_class_weights_match_scikit_learn_and_weight_the_training_loss(tiny_bert):
+    import torch
+    import torch.nn.functional as F
+    from sklearn.utils.class_weight import compute_class_weight
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
+
+    from tunelab.train.trainer import AccuracyTrainer, balanced_class_weights
+
+    labels = [0] * 12 + [1] * 3 + [2] * 5
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
+    assert np.allclose(balanced_class_weights(labels, 3).numpy(), expected)
+    assert balanced_class_weights([0, 0, 2], 3)[1] == 0  # an absent class weighs nothing
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3)
+    weights = torch.tensor([0.2, 3.0, 1.0])
+    args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True)
+    trainer = AccuracyTrainer(model=model, args=args, class_weights=weights)
+    batch = dict(tokenizer(["good film", "bad food", "the place"], padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([0, 1, 2])
+    model.train()
+    torch.manual_seed(0)
+    loss = trainer.compute_loss(model, dict(batch))
+    torch.manual_seed(0)
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    assert loss.item() == pytest.approx(float(F.cross_entropy(logits, batch["labels"], weight=weights).detach()), rel=1e-5)
+    model.eval()  # evaluation losses stay unweighted, comparable between runs
+    with torch.no_grad():
+        assert float(trainer.compute_loss(model, dict(batch))) == pytest.approx(float(model(**batch).loss), rel=1e-5)
+
+
+def test_training_with_balanced_class_weights(tiny_bert, tmp_path):
+    from tests.conftest import sentiment_frame
+
+    frame = sentiment_frame(rows_per_class=30)
+    frame = frame[(frame["label"] != "neutral") | (frame.index % 5 == 0)]  # neutral is rare
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    run = tunelab.train(model=str(tiny_bert), data=str(tmp_path / "d.csv"), epochs=1, batch_size=8, class_weights="balanced",
+                        out=str(tmp_path / "run"))
+    assert run.config["class_weights"] == "balanced"

@@ -47,6 +47,8 @@ class TrainConfig(DataSettings):
     grad_accum: int = Field(1, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the training steps spent warming up the learning rate")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: each class's training loss weighted by rows / (classes x its rows), so a rare class is not outvoted")
     max_length: int | None = Field(None, gt=0, description="token limit; default: the data's 95th percentile, capped by the model")
     length_percentile: float = Field(95.0, gt=0, le=100)
     group_by_length: bool = Field(True, description="batch examples of similar length together (less padding)")

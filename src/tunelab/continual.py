@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import Field
@@ -47,6 +47,8 @@ class UpdateSettings(Settings):
     encoding: str = "utf-8"
     replay: float = Field(0.3, ge=0, lt=1, description="share of the training mix drawn from the old training split")
     tolerance: float = Field(1.0, ge=0, description="accuracy points the old test set may lose and still pass the gate")
+    class_weights: Literal["none", "balanced"] = Field(
+        "balanced", description="the mix holds many rows of the new data's classes and few of each old one; balanced weights keep the old ones from being outvoted")
     epochs: float | None = Field(None, gt=0, description="default: the parent run's")
     lr: float | None = Field(None, gt=0, description="default: the parent run's")
     batch_size: int | None = Field(None, gt=0, description="default: the parent run's")
@@ -114,7 +116,7 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
 
         # 5. Continue fine-tuning with the parent's recipe (max length, precision, method, ...).
         inherited = {k: v for k, v in parent_config.items() if k in TrainConfig.model_fields and k not in NOT_INHERITED}
-        overrides = {"epochs": settings.epochs, "lr": settings.lr, "batch_size": settings.batch_size, "seed": seed}
+        overrides = {"epochs": settings.epochs, "lr": settings.lr, "batch_size": settings.batch_size, "seed": seed, "class_weights": settings.class_weights}
         inherited.update({k: v for k, v in overrides.items() if v is not None})
         config = TrainConfig(
             **inherited,
@@ -137,6 +139,7 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
         "candidate_run": str(candidate_run.path.resolve()),
         "new_data": settings.data,
         "replay": settings.replay,
+        "class_weights": settings.class_weights,
         "tolerance_points": settings.tolerance,
         "rows": {"new_train": len(new_splits["train"]), "replay": len(replay), "old_test": len(old_splits["test"]), "new_test": len(new_splits["test"])},
         "labels": {"before": parent_run.labels, "after": labels, "added": added},

@@ -39,6 +39,7 @@ def sft(
     grad_accum: Annotated[Optional[int], typer.Option()] = None,
     max_length: Annotated[Optional[int], typer.Option(help="tokens per example (default: the longest, capped at 1024)")] = None,
     packing: Annotated[Optional[bool], typer.Option("--packing", help="padding-free batches: examples concatenated, attention kept apart")] = None,
+    activation_checkpointing: Annotated[Optional[bool], typer.Option("--activation-checkpointing", help="recompute activations in backward: much less memory for long prompts, ~1/3 more time")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     max_train_samples: Annotated[Optional[int], typer.Option()] = None,

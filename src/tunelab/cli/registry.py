@@ -131,6 +131,7 @@ def update(
     data: Annotated[str, typer.Option("--data", help="the new labelled data (csv, tsv, jsonl, json, parquet, folder)")],
     replay: Annotated[float, typer.Option(help="share of the training mix drawn from the old training data (0: none)")] = 0.3,
     tolerance: Annotated[float, typer.Option(help="accuracy points the old test set may lose and still pass the gate")] = 1.0,
+    class_weights: Annotated[str, typer.Option(help="balanced | none: weight the loss so the mix's majority classes do not outvote the rest")] = "balanced",
     epochs: Annotated[Optional[float], typer.Option(help="default: the production run's")] = None,
     lr: Annotated[Optional[float], typer.Option(help="default: the production run's")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="default: the production run's")] = None,
@@ -149,7 +150,7 @@ def update(
     settings = load_settings(
         UpdateSettings,
         None,
-        dict(name=name, data=data, replay=replay, tolerance=tolerance, epochs=epochs, lr=lr, batch_size=batch_size,
+        dict(name=name, data=data, replay=replay, tolerance=tolerance, class_weights=class_weights, epochs=epochs, lr=lr, batch_size=batch_size,
              text_col=text_col, label_col=label_col, seed=seed, promote=promote, out=out),
     )
     result = run_update(settings, _open(registry))

@@ -232,6 +232,7 @@ def training_arguments(config: SFTConfig, output_dir: Path, precision: str, trai
         use_cpu=not torch.cuda.is_available(),
         eval_strategy="epoch",
         prediction_loss_only=True,  # evaluation wants the loss; gathering every logit would cost gigabytes
+        activation_checkpointing=config.activation_checkpointing,
         save_strategy="no",
         logging_strategy="steps",
         logging_steps=config.logging_steps or max(1, steps_per_epoch // 20),

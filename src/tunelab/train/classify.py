@@ -35,7 +35,7 @@ from tunelab.models.classifier import model_max_length  # noqa: E402
 from tunelab.run import Run, default_run_dir  # noqa: E402
 from tunelab.train import memory, speed  # noqa: E402
 from tunelab.train.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
-from tunelab.train.trainer import AccuracyTrainer, classification_scores  # noqa: E402
+from tunelab.train.trainer import AccuracyTrainer, balanced_class_weights, classification_scores  # noqa: E402
 
 
 def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> Run:
@@ -110,7 +110,11 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
         callbacks.append(RichProgressCallback(batch_size * config.grad_accum * args.world_size))
     if config.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
+    class_weights = None
+    if config.class_weights == "balanced":
+        class_weights = balanced_class_weights(datasets["train"]["labels"], len(labels))
     trainer = AccuracyTrainer(
+        class_weights=class_weights,
         model=model,
         args=args,
         train_dataset=datasets["train"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import Trainer
 
@@ -15,8 +16,9 @@ class AccuracyTrainer(Trainer):
     epoch so far on evaluation lines. Dropout is active, so it reads a little below a clean pass.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, class_weights: torch.Tensor | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.class_weights = class_weights
         # Classification heads return a per-batch mean loss and ignore num_items_in_batch, but their
         # forward(**kwargs) makes the Trainer think otherwise and multiply the loss by the number of
         # processes: doubled gradients and logged losses under DDP. Their loss is already an average.
@@ -25,8 +27,13 @@ class AccuracyTrainer(Trainer):
         self._epoch = torch.zeros(2, dtype=torch.float64)  # correct, seen since the last evaluation
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         labels = inputs.get("labels")
+        if self.class_weights is not None and labels is not None and model.training:
+            # Weighted cross-entropy for training only: evaluation losses stay comparable between runs.
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            loss = F.cross_entropy(outputs.logits.float(), labels, weight=self.class_weights.to(outputs.logits.device))
+        else:
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if labels is not None and model.training:
             predicted = outputs.logits.detach().argmax(dim=-1)
             counts = torch.tensor([(predicted == labels).sum().item(), labels.numel()], dtype=torch.float64)
@@ -48,6 +55,13 @@ class AccuracyTrainer(Trainer):
             # Every process saw a different shard; add them up.
             counts = self.accelerator.reduce(counts.to(self.args.device), reduction="sum").cpu()
         return float(counts[0] / counts[1]) if counts[1] > 0 else float("nan")
+
+
+def balanced_class_weights(labels: list[int], classes: int) -> torch.Tensor:
+    """rows / (classes x rows of the class), as scikit-learn's "balanced"; a class with no rows gets 0."""
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=classes).double()
+    weights = torch.where(counts > 0, counts.sum() / (classes * counts.clamp(min=1)), torch.zeros_like(counts))
+    return weights.float()
 
 
 def classification_scores(eval_prediction) -> dict[str, float]:

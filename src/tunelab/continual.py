@@ -30,10 +30,10 @@ from tunelab.errors import TunelabError
 from tunelab.registry import Registry, Version, check_name
 from tunelab.run import Run
 
-# Settings of the parent's run that an update must not inherit: they name the parent's data and folder.
 # Texts per label whose mean feature initialises a new label's head row (more barely moves the mean).
 IMPRINT_EXAMPLES = 64
 
+# Settings of the parent's run that an update must not inherit: they name the parent's data and folder.
 NOT_INHERITED = {"model", "data", "eval_data", "test_data", "out", "overwrite", "max_train_samples", "text_col", "label_col", "encoding"}
 
 

@@ -1,0 +1,73 @@
+"""Which part of tunelab's training recipe moves accuracy? tunelab.train on the same sample as
+finetune_vs_tutorial.py, once per variant and seed; prints one JSON line per run.
+
+Variants switch single settings back to the tutorial's (fp32, no length grouping, max length 512,
+no warmup, no weight decay) or all of them at once ("tutorial-like"):
+
+    TUNELAB_THREADS=1 taskset -c 0 python benchmarks/ablate_recipe.py --data tweets --seeds 42 43 \\
+        --variants default tutorial-like tutorial-like+group tutorial-like+warmup
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from sklearn.model_selection import train_test_split  # noqa: E402
+
+import tunelab  # noqa: E402
+from tunelab.data import load_source  # noqa: E402
+
+TUTORIAL_LIKE = dict(precision="fp32", group_by_length=False, max_length=512, warmup=0.0, weight_decay=0.0)
+VARIANTS = {
+    "default": {},
+    "tutorial-like": TUTORIAL_LIKE,
+    "tutorial-like+bf16": {**TUTORIAL_LIKE, "precision": "bf16"},
+    "tutorial-like+group": {**TUTORIAL_LIKE, "group_by_length": True},
+    "tutorial-like+max-length": {k: v for k, v in TUTORIAL_LIKE.items() if k != "max_length"},
+    "tutorial-like+warmup": {**TUTORIAL_LIKE, "warmup": 0.1, "weight_decay": 0.01},
+    "no-group": {"group_by_length": False},
+    "no-warmup": {"warmup": 0.0},
+}
+
+
+def sample(frame, n, seed):
+    if n >= len(frame):
+        return frame.reset_index(drop=True)
+    picked, _ = train_test_split(frame, train_size=n, random_state=seed, stratify=frame["label"])
+    return picked.reset_index(drop=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="tweets")
+    parser.add_argument("--train-samples", type=int, default=600)
+    parser.add_argument("--eval-samples", type=int, default=1000)
+    parser.add_argument("--epochs", type=float, default=2)
+    parser.add_argument("--sample-seed", type=int, default=42, help="the data sample (as finetune_vs_tutorial.py --seed)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    parser.add_argument("--variants", nargs="+", default=["default", "tutorial-like"], choices=sorted(VARIANTS))
+    args = parser.parse_args()
+
+    frame = load_source(args.data)
+    pool, held_out = train_test_split(frame, test_size=0.2, random_state=args.sample_seed, stratify=frame["label"])
+    train, evaluation = sample(pool, args.train_samples, args.sample_seed), sample(held_out, args.eval_samples, args.sample_seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        train.to_parquet(tmp / "train.parquet")
+        evaluation.to_parquet(tmp / "eval.parquet")
+        for variant in args.variants:
+            for seed in args.seeds:
+                run = tunelab.train(model="minilm", data=str(tmp / "train.parquet"), eval_data=str(tmp / "eval.parquet"),
+                                    test_data=str(tmp / "eval.parquet"), epochs=args.epochs, batch_size=16, seed=seed,
+                                    out=str(tmp / f"{variant}-{seed}"), **VARIANTS[variant])
+                print(json.dumps({"variant": variant, "seed": seed, "eval_accuracy": run.metrics["accuracy"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -81,9 +81,11 @@ def comparison_markdown(results: dict) -> str:
     lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r[key] for key, _ in COLUMNS) + " |" for r in rows]
     q = results.get("questions", {})
+    env = results.get("environment", {})
+    machine = f"{env.get('threads', '?')} thread(s) on a {env.get('cpus', '?')}-core CPU"
     note = (f"\n{q.get('test', '?')} held-out questions, model {results.get('model', {}).get('name', '?')}, greedy, "
             f"max {results.get('config', {}).get('max_new_tokens')} new tokens; latency is per question within batches of "
-            f"{results.get('config', {}).get('batch_size')} (retrieval included); set-up cost is wall time on a shared 2-core CPU.")
+            f"{results.get('config', {}).get('batch_size')} (retrieval included); set-up cost is wall time with {machine}.")
     if not results.get("complete"):
         note += "\n\n**Incomplete run**: only the strategies listed were measured."
     return "\n".join(lines) + "\n" + note + "\n"

@@ -33,6 +33,7 @@ VARIANTS = {
     "tutorial-like+warmup": {**TUTORIAL_LIKE, "warmup": 0.1, "weight_decay": 0.01},
     "no-group": {"group_by_length": False},
     "no-warmup": {"warmup": 0.0},
+    "no-group-no-warmup-no-decay": {"group_by_length": False, "warmup": 0.0, "weight_decay": 0.0},
 }
 
 

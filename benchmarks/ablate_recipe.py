@@ -2,7 +2,8 @@
 finetune_vs_tutorial.py, once per variant and seed; prints one JSON line per run.
 
 Variants switch single settings back to the tutorial's (fp32, no length grouping, max length 512,
-no warmup, no weight decay) or all of them at once ("tutorial-like"):
+no warmup, no weight decay) or all of them at once ("tutorial-like"); a variant may also be written
+as settings, e.g. `length_window=2,warmup=0`:
 
     TUNELAB_THREADS=1 taskset -c 0 python benchmarks/ablate_recipe.py --data tweets --seeds 42 43 \\
         --variants default tutorial-like tutorial-like+group tutorial-like+warmup
@@ -15,6 +16,8 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,9 +35,26 @@ VARIANTS = {
     "tutorial-like+max-length": {k: v for k, v in TUTORIAL_LIKE.items() if k != "max_length"},
     "tutorial-like+warmup": {**TUTORIAL_LIKE, "warmup": 0.1, "weight_decay": 0.01},
     "no-group": {"group_by_length": False},
+    "hf-group": {"length_window": 50},  # Hugging Face's window (capped at a quarter of the data)
     "no-warmup": {"warmup": 0.0},
     "no-group-no-warmup-no-decay": {"group_by_length": False, "warmup": 0.0, "weight_decay": 0.0},
 }
+
+
+def variant_settings(name: str) -> dict:
+    if name in VARIANTS:
+        return VARIANTS[name]
+    pairs = [item.split("=", 1) for item in name.split(",")]
+    if not all(len(pair) == 2 for pair in pairs):
+        raise SystemExit(f"variant '{name}' is neither one of {sorted(VARIANTS)} nor key=value[,key=value]")
+    return {key: yaml.safe_load(value) for key, value in pairs}
+
+
+def training_seconds(run) -> float:
+    """The Trainer's runtime without its per-epoch evaluations (as finetune_vs_tutorial.py counts it)."""
+    history = run.history()
+    summary = next(h for h in history if h["type"] == "summary")
+    return summary["train_runtime"] - sum(h.get("eval_runtime", 0.0) for h in history if h["type"] == "eval")
 
 
 def sample(frame, n, seed):
@@ -52,7 +72,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--sample-seed", type=int, default=42, help="the data sample (as finetune_vs_tutorial.py --seed)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
-    parser.add_argument("--variants", nargs="+", default=["default", "tutorial-like"], choices=sorted(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["default", "tutorial-like"], help=f"{sorted(VARIANTS)} or key=value[,key=value]")
     args = parser.parse_args()
 
     frame = load_source(args.data)
@@ -66,8 +86,9 @@ def main() -> None:
             for seed in args.seeds:
                 run = tunelab.train(model="minilm", data=str(tmp / "train.parquet"), eval_data=str(tmp / "eval.parquet"),
                                     test_data=str(tmp / "eval.parquet"), epochs=args.epochs, batch_size=16, seed=seed,
-                                    out=str(tmp / f"{variant}-{seed}"), **VARIANTS[variant])
-                print(json.dumps({"variant": variant, "seed": seed, "eval_accuracy": run.metrics["accuracy"]}), flush=True)
+                                    out=str(tmp / f"{variant}-{seed}".replace("=", "-").replace(",", "_")), **variant_settings(variant))
+                print(json.dumps({"variant": variant, "seed": seed, "eval_accuracy": run.metrics["accuracy"],
+                                  "samples_per_second": round(len(train) * args.epochs / training_seconds(run), 2)}), flush=True)
 
 
 if __name__ == "__main__":

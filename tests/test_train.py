@@ -161,6 +161,41 @@ def test_balanced_class_weights_match_scikit_learn_and_weight_the_training_loss(
         assert float(trainer.compute_loss(model, dict(batch))) == pytest.approx(float(model(**batch).loss), rel=1e-5)
 
 
+def test_length_grouping_sorts_short_windows_of_batches(tiny_bert):
+    import datasets
+    import torch
+    from transformers import AutoModelForSequenceClassification, TrainingArguments
+
+    from tunelab.train.trainer import AccuracyTrainer, LocalLengthSampler
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, size=400).tolist()
+    dataset = datasets.Dataset.from_dict({"input_ids": [[7] * n for n in lengths], "labels": [0] * 400})
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True, per_device_train_batch_size=8,
+                             gradient_accumulation_steps=2, train_sampling_strategy="group_by_length")
+    sampler = AccuracyTrainer(model=model, args=args, train_dataset=dataset, length_window_batches=3)._get_train_sampler()
+    assert isinstance(sampler, LocalLengthSampler) and sampler.batch_size == 16  # one optimizer step's rows
+
+    torch.manual_seed(1)
+    order = list(sampler)
+    assert sorted(order) == list(range(400))  # every row once per epoch
+    window = 3 * 16
+    for start in range(0, 400, window):  # sorted after its first row (the longest row overall is swapped to the front)
+        chunk = [lengths[i] for i in order[start + 1 : start + window]]
+        assert chunk == sorted(chunk, reverse=True)
+    # ...and each window is sorted on its own: every window starts longer than the previous one ends.
+    assert all(lengths[order[start]] > lengths[order[start - 1]] for start in range(window, 400, window))
+    assert lengths[order[0]] == max(lengths)  # the longest batch first: out of memory early, not late
+    torch.manual_seed(1)
+    assert list(sampler) == order  # seeded by torch's generator, as the Trainer seeds every process alike
+
+    small = LocalLengthSampler(16, lengths[:100], window_batches=50)  # never one sorted window of all the data
+    torch.manual_seed(1)
+    first = [lengths[i] for i in list(small)[16:32]]
+    assert first == sorted(first, reverse=True)
+
+
 def test_training_with_balanced_class_weights(tiny_bert, tmp_path):
     from tests.conftest import sentiment_frame
 

@@ -115,6 +115,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
         class_weights = balanced_class_weights(datasets["train"]["labels"], len(labels))
     trainer = AccuracyTrainer(
         class_weights=class_weights,
+        length_window_batches=config.length_window,
         model=model,
         args=args,
         train_dataset=datasets["train"],

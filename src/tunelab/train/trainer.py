@@ -7,6 +7,29 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+
+class LocalLengthSampler(LengthGroupedSampler):
+    """Length grouping within a short window: shuffle, cut into windows of `window_batches` batches,
+    sort each window by length.
+
+    Hugging Face's sampler sorts windows of up to 50 batches (144 rows for 600 tweets at batch 16),
+    so every batch holds texts of nearly one length. When length says something about the label
+    (a short tweet is more often neutral) such batches are far from the data's mix, and at a small
+    step budget that cost 1.5 accuracy points against random batches on `tweets` over three seeds.
+    Sorting a few batches at a time keeps most of the padding saved and the batches mixed.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], window_batches: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.window_batches = window_batches
+
+    def __iter__(self):
+        # At least four windows per epoch, as the parent keeps, so small data is never sorted whole.
+        window = max(1, min(self.window_batches, len(self.lengths) // (self.batch_size * 4)))
+        # torch's global generator, as the parent's: seeded by the Trainer, the same in every process.
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, mega_batch_mult=window))
 
 
 class AccuracyTrainer(Trainer):
@@ -16,15 +39,27 @@ class AccuracyTrainer(Trainer):
     epoch so far on evaluation lines. Dropout is active, so it reads a little below a clean pass.
     """
 
-    def __init__(self, *args, class_weights: torch.Tensor | None = None, **kwargs):
+    def __init__(self, *args, class_weights: torch.Tensor | None = None, length_window_batches: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.class_weights = class_weights
+        self.length_window_batches = length_window_batches
         # Classification heads return a per-batch mean loss and ignore num_items_in_batch, but their
         # forward(**kwargs) makes the Trainer think otherwise and multiply the loss by the number of
         # processes: doubled gradients and logged losses under DDP. Their loss is already an average.
         self.model_accepts_loss_kwargs = False
         self._window = torch.zeros(2, dtype=torch.float64)  # correct, seen since the last log
         self._epoch = torch.zeros(2, dtype=torch.float64)  # correct, seen since the last evaluation
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        columns = getattr(dataset, "column_names", ())
+        if self.length_window_batches is None or self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in columns:
+            return super()._get_train_sampler(train_dataset)
+        # The Trainer has dropped the length column by now (the model does not take it).
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        # The window is counted in optimizer steps' worth of rows, as the parent counts its batch.
+        rows_per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return LocalLengthSampler(rows_per_step, lengths, self.length_window_batches)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")

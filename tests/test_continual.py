@@ -179,6 +179,11 @@ def test_update_with_a_new_label_passes_the_gate_and_is_promoted(tmp_path, regis
     assert report["gate"]["passed"] and report["stage"] == "production"
     assert "passed" in result.output and "senti@2 is production" in result.output
     assert (tmp_path / "v2" / "update.html").read_text().count("<tr>") >= 6
+    blend = report["blend"]  # on by default; the chosen mix scored best on the eval splits
+    assert blend["alpha"] in (0.25, 0.5, 0.75, 1.0)
+    assert blend["eval_mean_accuracy"][f"{blend['alpha']:g}"] == max(blend["eval_mean_accuracy"].values())
+    assert (blend["alpha"] < 1) == ("test_accuracy_as_trained" in blend)
+    assert "blend:" in result.output and "Blend:" in (tmp_path / "v2" / "update.html").read_text()
 
     v2 = registry.get("senti", 2)
     assert (v2.stage, v2.parent) == ("production", 1) and v2.note.startswith("passed the gate")
@@ -192,9 +197,10 @@ def test_update_with_a_new_label_passes_the_gate_and_is_promoted(tmp_path, regis
 
 
 def test_update_that_forgets_stays_a_candidate(tmp_path, registry):
-    # Labels swapped and nothing replayed: the new data teaches the opposite of what v1 knew.
+    # Labels swapped and nothing replayed: the new data teaches the opposite of what v1 knew. Without
+    # blending, which could step back toward v1 far enough to pass (it did here with a blend of 0.25).
     data = new_data(tmp_path / "swapped.csv", seed=12, swap=True)
-    settings = UpdateSettings(name="senti", data=str(data), replay=0.0, epochs=3, lr=3e-3, tolerance=1.0, out=str(tmp_path / "v2"))
+    settings = UpdateSettings(name="senti", data=str(data), replay=0.0, epochs=3, lr=3e-3, tolerance=1.0, blend=False, out=str(tmp_path / "v2"))
     result = update(settings, registry, progress=False)
     before, after = result.report["before"], result.report["after"]
     assert not result.passed and not result.promoted
@@ -203,6 +209,7 @@ def test_update_that_forgets_stays_a_candidate(tmp_path, registry):
     assert result.version.stage == "candidate" and "failed the gate" in result.version.note
     assert registry.production("senti").version == 1
     assert "Gate failed" in (tmp_path / "v2" / "update.html").read_text()
+    assert result.report["blend"] is None and "no blending" in (tmp_path / "v2" / "update.html").read_text()
 
 
 def test_update_refuses_a_name_without_production(tmp_path, trained_run):

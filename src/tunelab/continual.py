@@ -3,8 +3,9 @@
 The recipe, top to bottom:
 production version -> load and split the new data -> mix in a replay sample of the old training split
 -> grow the classification head for new labels (new rows imprinted from their examples) -> continue
-fine-tuning (train()) -> score the old and the candidate model on the old test set and the new test
-split -> gate -> report -> register (and promote).
+fine-tuning (train()) -> blend the trained weights with the starting ones, as far along as the eval
+splits favour (blend.py) -> score the old and the candidate model on the old test set and the new
+test split -> gate -> report -> register (and promote).
 
 Why replay: fine-tuning on new data alone pulls the weights toward the new distribution and the model
 forgets what it knew (catastrophic forgetting). Mixing a sample of the old training data back in keeps
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import html
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +27,7 @@ import pandas as pd
 from pydantic import Field
 
 from tunelab import atomic
+from tunelab.blend import choose_alpha, mean_accuracy, save_blend
 from tunelab.config import Settings, TrainConfig
 from tunelab.errors import TunelabError
 from tunelab.registry import Registry, Version, check_name
@@ -55,6 +58,7 @@ class UpdateSettings(Settings):
     eval_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="share of the new data held out for the gate")
     seed: int | None = Field(None, description="default: the parent run's")
+    blend: bool = Field(True, description="blend the trained weights with the production model's, choosing the mix on the eval splits (old and new)")
     promote: bool = Field(True, description="promote the candidate when it passes the gate")
     out: str | None = Field(None, description="run directory of the candidate; default runs/<name>-update-<time>")
 
@@ -128,7 +132,20 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
         )
         candidate_run = train(config, progress=progress)
 
-    # 6. Score both models on both sets, then the gate.
+        # 6. Blend: step back toward the start along the straight line while the eval splits say so.
+        blended = None
+        if settings.blend:
+            score = mean_accuracy([(split["text"].astype(str).tolist(), split["label"].astype(str).tolist())
+                                   for split in (old_splits["eval"], new_splits["eval"])])
+            alpha, scores, classifier = choose_alpha(start, candidate_run.model_dir, score, max_length=candidate_run.config.get("max_length"))
+            blended = {"alpha": alpha, "eval_mean_accuracy": {f"{a:g}": s for a, s in scores.items()}}
+            if alpha < 1.0:
+                # What the weights as trained score on the test sets: reported only, never used to choose.
+                unblended = score_sets(candidate_run, {"old": old_splits["test"], "new": new_splits["test"]})
+                blended["test_accuracy_as_trained"] = {key: value["accuracy"] for key, value in unblended.items()}
+                candidate_run = replace_model(candidate_run, classifier, progress)
+
+    # 7. Score both models on both sets, then the gate.
     before = score_sets(parent_run, {"old": old_splits["test"], "new": new_splits["test"]})
     after = score_sets(candidate_run, {"old": old_splits["test"], "new": new_splits["test"]})
     passed, reasons = gate(before, after, settings.tolerance)
@@ -140,6 +157,7 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
         "new_data": settings.data,
         "replay": settings.replay,
         "class_weights": settings.class_weights,
+        "blend": blended,
         "tolerance_points": settings.tolerance,
         "rows": {"new_train": len(new_splits["train"]), "replay": len(replay), "old_test": len(old_splits["test"]), "new_test": len(new_splits["test"])},
         "labels": {"before": parent_run.labels, "after": labels, "added": added},
@@ -148,7 +166,7 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
         "gate": {"passed": passed, "reasons": reasons},
     }
 
-    # 7. Report first, registry last: a crash before the registry write leaves only an unregistered run.
+    # 8. Report first, registry last: a crash before the registry write leaves only an unregistered run.
     write_report(candidate_run.path, report)
     verdict = ("passed the gate: " if passed else "failed the gate: ") + "; ".join(reasons)
     version = registry.register(
@@ -170,6 +188,20 @@ def _open_parent(parent: Version) -> Run:
         return Run.open(parent.run_dir)
     except TunelabError as error:
         raise TunelabError(f"{parent.ref}'s run directory is unusable: {error.message}", "was it moved or deleted? register the run again") from None
+
+
+def replace_model(run: Run, classifier, progress: bool) -> Run:
+    """The run with its model/ replaced by `classifier`'s weights and its test metrics recomputed,
+    published in one rename so the folder never holds a model and metrics that disagree."""
+    from tunelab.evaluate import evaluate_run
+
+    staging = atomic.partial_path(run.path)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(run.path, staging, ignore=lambda folder, names: ["model"] if Path(folder) == run.path else [])
+    save_blend(classifier, staging / "model")
+    evaluate_run(Run(staging), progress=progress)
+    atomic.publish_dir(staging, run.path, overwrite=True)
+    return Run.open(run.path)
 
 
 def replay_sample(old_train: pd.DataFrame, new_rows: int, replay: float, seed: int) -> pd.DataFrame:
@@ -372,6 +404,12 @@ def render_html(report: dict[str, Any]) -> str:
     reasons = "".join(f"<li>{e(r)}</li>" for r in gate_info["reasons"])
     added = ", ".join(report["labels"]["added"]) or "none"
     stage = report.get("stage", "not registered yet")
+    blend = report.get("blend")
+    blend_line = "<p>Weights kept as trained (no blending).</p>"
+    if blend:
+        tried = ", ".join(f"{alpha}: {score:.1%}" for alpha, score in blend["eval_mean_accuracy"].items())
+        blend_line = (f"<p>Blend: {blend['alpha']:g} of the way from the production weights to the trained ones, chosen by the mean of "
+                      f"old-eval and new-eval accuracy ({e(tried)}).</p>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>update {e(report['name'])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
@@ -382,6 +420,7 @@ td:first-child,th:first-child{{text-align:left}}.up{{color:#060}}.down{{color:#a
 <p>From {e(report['parent'])} with new data <code>{e(str(report['new_data']))}</code>; replay {report['replay']:.0%}
 ({report['rows']['replay']} old rows mixed with {report['rows']['new_train']} new); new labels: {e(added)}.</p>
 <p class="verdict">Gate {verdict} — version {e(str(report.get('version', '?')))} is {e(stage)}</p><ul>{reasons}</ul>
+{blend_line}
 <h2>Before / after</h2>
 <table><tr><th>set</th><th>rows</th><th>accuracy before</th><th>accuracy after</th><th>points</th><th>F1 before</th><th>F1 after</th></tr>
 {''.join(rows)}</table>

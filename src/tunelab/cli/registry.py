@@ -138,6 +138,7 @@ def update(
     text_col: Annotated[str, typer.Option(help="column holding the text")] = "text",
     label_col: Annotated[str, typer.Option(help="column holding the label")] = "label",
     seed: Annotated[Optional[int], typer.Option(help="default: the production run's")] = None,
+    blend: Annotated[bool, typer.Option("--blend/--no-blend", help="blend the trained weights with the production model's, the mix chosen on the eval splits")] = True,
     promote: Annotated[bool, typer.Option("--promote/--no-promote", help="promote the candidate if it passes the gate")] = True,
     out: Annotated[Optional[str], typer.Option(help="candidate run directory; default runs/<name>-update-<time>")] = None,
     registry: RegistryOption = None,
@@ -151,7 +152,7 @@ def update(
         UpdateSettings,
         None,
         dict(name=name, data=data, replay=replay, tolerance=tolerance, class_weights=class_weights, epochs=epochs, lr=lr, batch_size=batch_size,
-             text_col=text_col, label_col=label_col, seed=seed, promote=promote, out=out),
+             text_col=text_col, label_col=label_col, seed=seed, blend=blend, promote=promote, out=out),
     )
     result = run_update(settings, _open(registry))
     report = result.report
@@ -159,6 +160,8 @@ def update(
     for key, title in (("old", "old test set"), ("new", "new data (test)")):
         table.add_row(title, str(report["before"][key]["rows"]), f"{report['before'][key]['accuracy']:.1%}", f"{report['after'][key]['accuracy']:.1%}")
     console.print(table)
+    if report["blend"]:
+        console.print(f"blend: {report['blend']['alpha']:g} of the way from the production weights to the trained ones (chosen on the eval splits)")
     verdict = "[green]passed[/]" if result.passed else "[red]failed[/]"
     console.print(f"gate {verdict}: " + "; ".join(result.reasons), highlight=False)
     console.print(f"[bold]{result.version.ref}[/] is {result.version.stage}; report: {result.run.path / 'update.html'}", highlight=False)

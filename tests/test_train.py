@@ -177,7 +177,6 @@ def test_length_grouping_sorts_short_windows_of_batches(tiny_bert):
     sampler = AccuracyTrainer(model=model, args=args, train_dataset=dataset, length_window_batches=3)._get_train_sampler()
     assert isinstance(sampler, LocalLengthSampler) and sampler.batch_size == 16  # one optimizer step's rows
 
-    torch.manual_seed(1)
     order = list(sampler)
     assert sorted(order) == list(range(400))  # every row once per epoch
     window = 3 * 16
@@ -187,11 +186,19 @@ def test_length_grouping_sorts_short_windows_of_batches(tiny_bert):
     # ...and each window is sorted on its own: every window starts longer than the previous one ends.
     assert all(lengths[order[start]] > lengths[order[start - 1]] for start in range(window, 400, window))
     assert lengths[order[0]] == max(lengths)  # the longest batch first: out of memory early, not late
-    torch.manual_seed(1)
-    assert list(sampler) == order  # seeded by torch's generator, as the Trainer seeds every process alike
 
-    small = LocalLengthSampler(16, lengths[:100], window_batches=50)  # never one sorted window of all the data
-    torch.manual_seed(1)
+    # The order depends on the seed and the epoch only, not on torch's global generator, which
+    # processes consume unevenly: every process must draw the same order to take its shard of it.
+    torch.manual_seed(123)
+    torch.rand(1000)
+    assert list(sampler) == order
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != order and sorted(second) == list(range(400))
+    sampler.set_epoch(0)
+    assert list(sampler) == order
+
+    small = LocalLengthSampler(16, lengths[:100], window_batches=50, seed=0)  # never one sorted window of all the data
     first = [lengths[i] for i in list(small)[16:32]]
     assert first == sorted(first, reverse=True)
 

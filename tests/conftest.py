@@ -85,9 +85,13 @@ def trained_run(tmp_path_factory, tiny_bert) -> Path:
     folder = tmp_path_factory.mktemp("run")
     data = folder / "reviews.csv"
     sentiment_frame(rows_per_class=60).to_csv(data, index=False)
-    # warmup: at this learning rate the tiny model needs it (the default of 0 suits 5e-5)
-    config = TrainConfig(model=str(tiny_bert), data=str(data), epochs=4, lr=3e-3, warmup=0.1, batch_size=16, out=str(folder / "run"), seed=1)
-    return train(config, progress=False).path
+    # The 32-wide model trained from random weights is erratic: at 3e-3 it often separates only two
+    # of the three classes. 10 epochs at 1e-3 learns all three at this seed; the tests that read this
+    # run assume a model that has learned, so that is checked here.
+    config = TrainConfig(model=str(tiny_bert), data=str(data), epochs=10, lr=1e-3, batch_size=16, out=str(folder / "run"), seed=1)
+    run = train(config, progress=False)
+    assert run.metrics["accuracy"] > 0.8, f"the shared tiny run did not learn (test accuracy {run.metrics['accuracy']:.2f})"
+    return run.path
 
 
 def sigkill_when(process: subprocess.Popen, reached: Callable[[], bool], timeout: float, what: str) -> None:

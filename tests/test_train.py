@@ -38,7 +38,7 @@ def test_history_has_training_and_eval_accuracy(trained_run):
     train_lines = [h for h in history if h["type"] == "train"]
     eval_lines = [h for h in history if h["type"] == "eval"]
     assert train_lines and all(0 <= h["train_accuracy"] <= 1 for h in train_lines)
-    assert len(eval_lines) == 4  # one per epoch
+    assert len(eval_lines) == Run.open(trained_run).config["epochs"]  # one per epoch
     assert all({"eval_loss", "eval_accuracy", "train_accuracy"} <= set(h) for h in eval_lines)
     assert history[-1]["type"] == "summary"
     # The model learned something: loss goes down from the first logged step.

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
 from tunelab.errors import TunelabError, did_you_mean
 
@@ -41,7 +41,8 @@ class TrainConfig(DataSettings):
     model: str = Field("minilm", description="catalogue name (`tunelab models`) or a local Hugging Face folder")
     method: Literal["full", "head", "lora"] = Field("full", description="what is trained: all weights, the head only, or LoRA adapters")
     epochs: float = Field(3.0, gt=0)
-    lr: float = Field(5e-5, gt=0)
+    lr: PositiveFloat | Literal["auto"] = Field(
+        "auto", description="peak learning rate; auto: 5e-5 for a model 768 wide (BERT-base), scaled by 768 / its width")
     batch_size: PositiveInt | Literal["auto"] = Field(16, description="per-process batch; 'auto': the largest that fits in memory")
     eval_batch_size: int = Field(64, gt=0)
     grad_accum: int = Field(1, gt=0)

@@ -1,7 +1,7 @@
 """Which part of tunelab's training recipe moves accuracy? tunelab.train on the same sample as
 finetune_vs_tutorial.py, once per variant and seed; prints one JSON line per run.
 
-Variants switch single settings back to the tutorial's (fp32, no length grouping, max length 512,
+Variants switch single settings back to the tutorial's (fp32, no length grouping, max length 512, lr 5e-5,
 no warmup, no weight decay) or all of them at once ("tutorial-like"); a variant may also be written
 as settings, e.g. `length_window=2,warmup=0`:
 
@@ -26,7 +26,7 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 import tunelab  # noqa: E402
 from tunelab.data import load_source  # noqa: E402
 
-TUTORIAL_LIKE = dict(precision="fp32", group_by_length=False, max_length=512, warmup=0.0, weight_decay=0.0)
+TUTORIAL_LIKE = dict(precision="fp32", group_by_length=False, max_length=512, warmup=0.0, weight_decay=0.0, lr=5e-5)
 VARIANTS = {
     "default": {},
     "tutorial-like": TUTORIAL_LIKE,

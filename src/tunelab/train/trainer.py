@@ -16,9 +16,11 @@ class LocalLengthSampler(LengthGroupedSampler):
 
     Hugging Face's sampler sorts windows of up to 50 batches (144 rows for 600 tweets at batch 16),
     so every batch holds texts of nearly one length. When length says something about the label
-    (negative tweets average 17.6 words, neutral and positive ones 14.5 and 14.0) such batches are far from the data's mix, and at a small
-    step budget that cost 1.5 accuracy points against random batches on `tweets` over three seeds.
-    Sorting a few batches at a time keeps most of the padding saved and the batches mixed.
+    (negative tweets average 17.6 words, neutral and positive ones 14.5 and 14.0), such batches are
+    far from the data's mix, and at a small step budget that cost 1.5 accuracy points against random
+    batches on `tweets` over three seeds. Sorting a few batches at a time keeps most of the padding
+    saved (tweets: 80% of computed tokens real, against 85% for Hugging Face's and 59% for random
+    batches) and the batches mixed.
     """
 
     def __init__(self, batch_size: int, lengths: list[int], window_batches: int, seed: int):

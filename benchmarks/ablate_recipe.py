@@ -21,10 +21,10 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sklearn.model_selection import train_test_split  # noqa: E402
-
 import tunelab  # noqa: E402
 from tunelab.data import load_source  # noqa: E402
+
+from finetune_vs_tutorial import train_and_eval_sample, training_seconds  # noqa: E402  (this script's folder is on sys.path)
 
 TUTORIAL_LIKE = dict(precision="fp32", group_by_length=False, max_length=512, warmup=0.0, weight_decay=0.0, lr=5e-5)
 VARIANTS = {
@@ -50,20 +50,6 @@ def variant_settings(name: str) -> dict:
     return {key: yaml.safe_load(value) for key, value in pairs}
 
 
-def training_seconds(run) -> float:
-    """The Trainer's runtime without its per-epoch evaluations (as finetune_vs_tutorial.py counts it)."""
-    history = run.history()
-    summary = next(h for h in history if h["type"] == "summary")
-    return summary["train_runtime"] - sum(h.get("eval_runtime", 0.0) for h in history if h["type"] == "eval")
-
-
-def sample(frame, n, seed):
-    if n >= len(frame):
-        return frame.reset_index(drop=True)
-    picked, _ = train_test_split(frame, train_size=n, random_state=seed, stratify=frame["label"])
-    return picked.reset_index(drop=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="tweets")
@@ -76,8 +62,7 @@ def main() -> None:
     args = parser.parse_args()
 
     frame = load_source(args.data)
-    pool, held_out = train_test_split(frame, test_size=0.2, random_state=args.sample_seed, stratify=frame["label"])
-    train, evaluation = sample(pool, args.train_samples, args.sample_seed), sample(held_out, args.eval_samples, args.sample_seed)
+    train, evaluation = train_and_eval_sample(frame, args.train_samples, args.eval_samples, args.sample_seed)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         train.to_parquet(tmp / "train.parquet")

@@ -63,6 +63,19 @@ def sample(frame, n, seed):
     return picked.reset_index(drop=True)
 
 
+def train_and_eval_sample(frame, train_samples: int, eval_samples: int, seed: int):
+    """Training rows from 80% of the data, evaluation rows from the held-out 20%, both stratified."""
+    pool, held_out = train_test_split(frame, test_size=0.2, random_state=seed, stratify=frame["label"])
+    return sample(pool, train_samples, seed), sample(held_out, eval_samples, seed)
+
+
+def training_seconds(run) -> float:
+    """The Trainer's runtime without its per-epoch evaluations, to compare training alone."""
+    history = run.history()
+    summary = next(h for h in history if h["type"] == "summary")
+    return summary["train_runtime"] - sum(h.get("eval_runtime", 0.0) for h in history if h["type"] == "eval")
+
+
 def tutorial_recipe(model_dir, train, evaluation, labels, epochs, batch_size, workdir, seed):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     label2id = {label: i for i, label in enumerate(labels)}
@@ -122,10 +135,8 @@ def tunelab_recipe(model, train, evaluation, epochs, batch_size, workdir, seed):
         seed=seed,
         out=str(workdir / f"tunelab-{seed}"),
     )
-    history = run.history()
-    summary = next(h for h in history if h["type"] == "summary")
-    # Trainer's train_runtime includes the per-epoch evaluations; take them out to compare training alone.
-    seconds = summary["train_runtime"] - sum(h.get("eval_runtime", 0.0) for h in history if h["type"] == "eval")
+    summary = next(h for h in run.history() if h["type"] == "summary")
+    seconds = training_seconds(run)
     tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
     max_length = run.config["max_length"]
     lengths = [min(len(ids), max_length) for ids in tokenizer(train["text"].tolist())["input_ids"]]
@@ -166,9 +177,7 @@ def main() -> None:
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     frame = load_source(options.data)
-    pool, held_out = train_test_split(frame, test_size=0.2, random_state=options.seed, stratify=frame["label"])
-    train = sample(pool, options.train_samples, options.seed)
-    evaluation = sample(held_out, options.eval_samples, options.seed)
+    train, evaluation = train_and_eval_sample(frame, options.train_samples, options.eval_samples, options.seed)
     labels = sorted(train["label"].unique())
     peaks = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
 

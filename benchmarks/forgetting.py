@@ -50,8 +50,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="repeat everything (data order, v1, updates) per seed and report the means")
     parser.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
-    if args.new_topic not in set(load_source("bbc-news")["label"]):
-        sys.exit(f"--new-topic must be one of {sorted(set(load_source('bbc-news')['label']))}")
+    topics = sorted(set(load_source("bbc-news")["label"]))
+    if args.new_topic not in topics:
+        sys.exit(f"--new-topic must be one of {topics}")
 
     per_seed = []
     with tempfile.TemporaryDirectory(prefix="forgetting-") as tmp:
@@ -62,11 +63,8 @@ def main() -> None:
 
     # 288 old-topic test articles: one article is 0.35 points, so a single seed's loss moves by a
     # point with a few articles; the target is judged on the mean over seeds.
-    variants = ["naive_finetune", *per_seed[0]["update_with_replay"]]
-    mean_lost = {}
-    for variant in variants:
-        losses = [(run["naive_finetune"] if variant == "naive_finetune" else run["update_with_replay"][variant])["old_topic_points_lost"] for run in per_seed]
-        mean_lost[variant] = round(sum(losses) / len(losses), 2)
+    updates = [{"naive_finetune": run["naive_finetune"], **run["update_with_replay"]} for run in per_seed]
+    mean_lost = {variant: round(sum(u[variant]["old_topic_points_lost"] for u in updates) / len(updates), 2) for variant in updates[0]}
     if all(run["joint_retraining_reference"] for run in per_seed):
         mean_lost["joint_retraining_reference"] = round(
             sum(run["joint_retraining_reference"]["old_topic_points_lost_vs_v1"] for run in per_seed) / len(per_seed), 2)

@@ -133,6 +133,7 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
         candidate_run = train(config, progress=progress)
 
         # 6. Blend: step back toward the start along the straight line while the eval splits say so.
+        test_sets = {"old": old_splits["test"], "new": new_splits["test"]}
         blended = None
         if settings.blend:
             score = mean_accuracy([(split["text"].astype(str).tolist(), split["label"].astype(str).tolist())
@@ -141,13 +142,13 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
             blended = {"alpha": alpha, "eval_mean_accuracy": {f"{a:g}": s for a, s in scores.items()}}
             if alpha < 1.0:
                 # What the weights as trained score on the test sets: reported only, never used to choose.
-                unblended = score_sets(candidate_run, {"old": old_splits["test"], "new": new_splits["test"]})
+                unblended = score_sets(candidate_run, test_sets)
                 blended["test_accuracy_as_trained"] = {key: value["accuracy"] for key, value in unblended.items()}
                 candidate_run = replace_model(candidate_run, classifier, progress)
 
     # 7. Score both models on both sets, then the gate.
-    before = score_sets(parent_run, {"old": old_splits["test"], "new": new_splits["test"]})
-    after = score_sets(candidate_run, {"old": old_splits["test"], "new": new_splits["test"]})
+    before = score_sets(parent_run, test_sets)
+    after = score_sets(candidate_run, test_sets)
     passed, reasons = gate(before, after, settings.tolerance)
     report = {
         "name": settings.name,

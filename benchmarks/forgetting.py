@@ -9,6 +9,9 @@ Target: (b) keeps old-topic accuracy within 1 point of v1. For scale, (c) trains
 pretrained weights on v1's and the new training rows together (no forgetting possible): a fifth topic
 makes some old-topic articles ambiguous even then (business vs tech).
 
+Every setting of the updates not given here is `tunelab update`'s default (a quarter of v1's learning
+rate for twice its epochs, joint class weights, blending).
+
     nice -n 5 python benchmarks/forgetting.py [--per-topic 360] [--epochs 2] [--new-topic tech] [--replay 0.3 0.5] [--update-lr 1e-4] [--seeds 42 43 44]
 """
 
@@ -40,15 +43,19 @@ def main() -> None:
     parser.add_argument("--old-in-new", type=int, default=15, help="fresh articles per old topic in the new data")
     parser.add_argument("--replay", type=float, nargs="+", default=[0.3], help="one or more replay shares to compare")
     parser.add_argument("--lr", type=float, default=2e-4, help="v1's learning rate")
-    parser.add_argument("--epochs", type=float, default=2, help="v1's epochs (the updates inherit them)")
+    parser.add_argument("--epochs", type=float, default=2, help="v1's epochs")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="share of v1's data held out as the old test set")
-    parser.add_argument("--update-lr", type=float, default=None, help="the updates' learning rate (default: v1's)")
-    parser.add_argument("--class-weights", default="balanced", choices=["balanced", "none"], help="the updates' loss weighting (tunelab update's default: balanced)")
+    parser.add_argument("--update-lr", type=float, default=None, help="the updates' learning rate (default: tunelab update's)")
+    parser.add_argument("--update-warmup", type=float, default=None, help="the updates' warmup fraction (default: tunelab update's)")
+    parser.add_argument("--update-epochs", type=float, default=None, help="the updates' epochs (default: tunelab update's)")
+    parser.add_argument("--class-weights", default="joint", choices=["joint", "balanced", "none"], help="the updates' loss weighting (tunelab update's default: joint)")
     parser.add_argument("--no-blend", action="store_true", help="keep the trained weights as they are (tunelab update --no-blend)")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive update (when comparing replay variants only)")
     parser.add_argument("--no-joint", action="store_true", help="skip the reference: one model trained from scratch on v1's and the new training rows")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="repeat everything (data order, v1, updates) per seed and report the means")
-    parser.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder); a v1 already there with the same recipe is reused")
+    parser.add_argument("--tag", default="", help="suffix of the update folders, so runs of other variants in the same --workdir are kept")
     args = parser.parse_args()
     topics = sorted(set(load_source("bbc-news")["label"]))
     if args.new_topic not in topics:
@@ -63,7 +70,7 @@ def main() -> None:
 
     # 288 old-topic test articles: one article is 0.35 points, so a single seed's loss moves by a
     # point with a few articles; the target is judged on the mean over seeds.
-    updates = [{"naive_finetune": run["naive_finetune"], **run["update_with_replay"]} for run in per_seed]
+    updates = [{**({"naive_finetune": run["naive_finetune"]} if run["naive_finetune"] else {}), **run["update_with_replay"]} for run in per_seed]
     mean_lost = {variant: round(sum(u[variant]["old_topic_points_lost"] for u in updates) / len(updates), 2) for variant in updates[0]}
     if all(run["joint_retraining_reference"] for run in per_seed):
         mean_lost["joint_retraining_reference"] = round(
@@ -76,7 +83,7 @@ def main() -> None:
                 "data": "bbc-news",
                 "new_topic": args.new_topic,
                 "seeds": args.seeds,
-                "update_lr": args.update_lr or args.lr,
+                "update_lr": args.update_lr or "tunelab update's default",
                 "update_class_weights": args.class_weights,
                 "update_blend": not args.no_blend,
                 "mean_old_topic_points_lost": mean_lost,
@@ -104,19 +111,21 @@ def one_seed(args, seed: int, work: Path) -> dict:
     pd.concat(v1_rows).to_parquet(v1_data, index=False)
     pd.concat(new_rows).to_parquet(new_data, index=False)
 
-    started = time.perf_counter()
     recipe = dict(model="minilm", max_length=args.max_length, epochs=args.epochs, lr=args.lr, batch_size=16, seed=seed)
-    v1 = train(TrainConfig(data=str(v1_data), out=str(work / "v1"), overwrite=True, test_fraction=args.test_fraction, **recipe), progress=True)
-    v1_seconds = time.perf_counter() - started
+    v1_config = TrainConfig(data=str(v1_data), out=str(work / "v1"), overwrite=True, test_fraction=args.test_fraction, **recipe)
+    v1 = reusable_v1(v1_config) or train(v1_config, progress=True)
+    v1_seconds = v1.metrics["train"]["train_runtime_s"]  # training alone, also when reused
 
-    (work / "registry.db").unlink(missing_ok=True)
-    registry = Registry(work / "registry.db")
+    registry_path = work / f"registry{args.tag}.db"
+    registry_path.unlink(missing_ok=True)
+    registry = Registry(registry_path)
     registry.register(v1.path, "news", promote=True)
     results = {}
-    for label, replay in [("naive", 0.0)] + [(f"replay_{r:g}", r) for r in args.replay]:
+    for label, replay in [("naive", 0.0)] * (not args.no_naive) + [(f"replay_{r:g}", r) for r in args.replay]:
         started = time.perf_counter()
         settings = UpdateSettings(
-            name="news", data=str(new_data), replay=replay, lr=args.update_lr, promote=False, out=str(work / f"update-{label}"), seed=seed,
+            name="news", data=str(new_data), replay=replay, lr=args.update_lr, warmup=args.update_warmup, epochs=args.update_epochs, promote=False,
+            out=str(work / f"update-{label}{args.tag}"), seed=seed,
             class_weights=args.class_weights, blend=not args.no_blend,
         )
         result = update(settings, registry, progress=True)
@@ -130,6 +139,8 @@ def one_seed(args, seed: int, work: Path) -> dict:
             "old_topic_points_lost": round((report["before"]["old"]["accuracy"] - report["after"]["old"]["accuracy"]) * 100, 2),
             "old_topic_points_lost_without_blend": round((report["before"]["old"]["accuracy"] - as_trained(report)["old"]) * 100, 2),
             "train_rows": report["rows"]["new_train"] + report["rows"]["replay"],
+            "lr": result.run.config["lr"],
+            "epochs": result.run.config["epochs"],
             "blend": report["blend"],
             "gate_passed": result.passed,
             "gate_reasons": result.reasons,
@@ -150,10 +161,26 @@ def one_seed(args, seed: int, work: Path) -> dict:
             "new_data_accuracy": before["new"]["accuracy"],
             "seconds": round(v1_seconds, 1),
         },
-        "naive_finetune": results.pop("naive"),
+        "naive_finetune": results.pop("naive", None),
         "update_with_replay": results,
         "joint_retraining_reference": joint,
     }
+
+
+def reusable_v1(config: TrainConfig):
+    """The v1 run already in config.out when it was trained with the same settings (to compare update
+    variants without training v1 again), else None."""
+    from tunelab.run import Run
+
+    try:
+        run = Run.open(config.out)
+    except Exception:
+        return None
+    wanted = config.model_dump(mode="json")
+    same = all(run.config.get(key) == wanted[key] for key in ("model", "max_length", "epochs", "lr", "batch_size", "seed", "test_fraction"))
+    if same:
+        print(f"reusing v1 in {config.out}", file=sys.stderr)
+    return run if same else None
 
 
 def as_trained(report: dict) -> dict:

@@ -50,8 +50,11 @@ class TrainConfig(DataSettings):
     # No warmup by default: over three seeds on `tweets` (benchmarks/ablate_recipe.py) 10% warmup cost
     # 1.4 accuracy points at fine-tuning's short budgets; raise it for large learning rates.
     warmup: float = Field(0.0, ge=0, lt=1, description="fraction of the training steps spent warming up the learning rate")
-    class_weights: Literal["none", "balanced"] = Field(
-        "none", description="balanced: each class's training loss weighted by rows / (classes x its rows), so a rare class is not outvoted")
+    class_weights: Literal["none", "balanced"] | dict[str, PositiveFloat] = Field(
+        "none",
+        description="balanced: each class's training loss weighted by rows / (classes x its rows), so a rare class is not outvoted; "
+        "or {label: weight} for every label",
+    )
     max_length: int | None = Field(None, gt=0, description="token limit; default: the data's 95th percentile, capped by the model")
     length_percentile: float = Field(95.0, gt=0, le=100)
     group_by_length: bool = Field(True, description="batch examples of similar length together (less padding)")

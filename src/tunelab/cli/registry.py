@@ -131,9 +131,11 @@ def update(
     data: Annotated[str, typer.Option("--data", help="the new labelled data (csv, tsv, jsonl, json, parquet, folder)")],
     replay: Annotated[float, typer.Option(help="share of the training mix drawn from the old training data (0: none)")] = 0.3,
     tolerance: Annotated[float, typer.Option(help="accuracy points the old test set may lose and still pass the gate")] = 1.0,
-    class_weights: Annotated[str, typer.Option(help="balanced | none: weight the loss so the mix's majority classes do not outvote the rest")] = "balanced",
-    epochs: Annotated[Optional[float], typer.Option(help="default: the production run's")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="default: the production run's")] = None,
+    class_weights: Annotated[str, typer.Option(
+        help="joint | balanced | none. joint: weight each class as if the whole old training split were in the mix, not only its replay sample")] = "joint",
+    epochs: Annotated[Optional[float], typer.Option(help="default: twice the production run's")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="default: a quarter of the production run's")] = None,
+    warmup: Annotated[Optional[float], typer.Option(help="fraction of the steps warming up the learning rate; default: the production run's")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="default: the production run's")] = None,
     text_col: Annotated[str, typer.Option(help="column holding the text")] = "text",
     label_col: Annotated[str, typer.Option(help="column holding the label")] = "label",
@@ -151,7 +153,7 @@ def update(
     settings = load_settings(
         UpdateSettings,
         None,
-        dict(name=name, data=data, replay=replay, tolerance=tolerance, class_weights=class_weights, epochs=epochs, lr=lr, batch_size=batch_size,
+        dict(name=name, data=data, replay=replay, tolerance=tolerance, class_weights=class_weights, epochs=epochs, lr=lr, warmup=warmup, batch_size=batch_size,
              text_col=text_col, label_col=label_col, seed=seed, blend=blend, promote=promote, out=out),
     )
     result = run_update(settings, _open(registry))

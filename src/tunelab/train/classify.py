@@ -112,9 +112,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
         callbacks.append(RichProgressCallback(batch_size * config.grad_accum * args.world_size))
     if config.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
-    class_weights = None
-    if config.class_weights == "balanced":
-        class_weights = balanced_class_weights(datasets["train"]["labels"], len(labels))
+    class_weights = resolve_class_weights(config.class_weights, datasets["train"]["labels"], labels)
     trainer = AccuracyTrainer(
         class_weights=class_weights,
         length_window_batches=config.length_window,
@@ -292,6 +290,18 @@ def save_model(trainer, folder: Path) -> None:
         model = model.merge_and_unload()
     model.save_pretrained(folder)
     trainer.processing_class.save_pretrained(folder)
+
+
+def resolve_class_weights(setting: str | dict[str, float], train_labels: list[int], labels: list[str]) -> torch.Tensor | None:
+    """The loss weight of each label id, or None for an unweighted loss."""
+    if setting == "none":
+        return None
+    if setting == "balanced":
+        return balanced_class_weights(train_labels, len(labels))
+    missing = [label for label in labels if label not in setting]
+    if missing:
+        raise TunelabError(f"class_weights has no weight for {', '.join(map(repr, missing[:5]))}", "give a weight for every label, or use 'balanced'")
+    return torch.tensor([float(setting[label]) for label in labels])
 
 
 def resolve_lr(lr: float | str, model_config) -> float:

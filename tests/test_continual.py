@@ -179,6 +179,8 @@ def test_update_with_a_new_label_passes_the_gate_and_is_promoted(tmp_path, regis
     assert blend["eval_mean_accuracy"][f"{blend['alpha']:g}"] == max(blend["eval_mean_accuracy"].values())
     assert (blend["alpha"] < 1) == ("test_accuracy_as_trained" in blend)
     assert "blend:" in result.output and "Blend:" in (tmp_path / "v2" / "update.html").read_text()
+    assert set(report["loss_weight_per_label"]) == set(report["labels"]["after"]) and report["loss_weight_per_label"]["letters"] == 1.0
+    assert "Loss weight per label (joint)" in (tmp_path / "v2" / "update.html").read_text()
 
     v2 = registry.get("senti", 2)
     assert (v2.stage, v2.parent) == ("production", 1) and v2.note.startswith("passed the gate")

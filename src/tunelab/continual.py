@@ -284,9 +284,9 @@ def grow_head(model_dir: str | os.PathLike, labels: list[str], out: str | os.Pat
 
     Each old label keeps its learned row of weights and bias (moved to its new index). Old labels may
     not disappear. A new label's row starts as a fresh head's would (small random weights, zero bias),
-    so before training the old labels' logits are exactly the production model's. Why not a row imprinted from the new
-    label's mean feature: the production model was trained without that label, so its features put
-    the new label's texts among the old classes'. On bbc-news (tech added to four topics) an imprinted
+    so before training the old labels' logits are exactly the production model's. Why not a row
+    imprinted from the new label's mean feature: the production model was trained without that label,
+    so its features put the new label's texts among the old classes'. On bbc-news (tech added to four topics) an imprinted
     row called up to a quarter of the old test articles tech before training, and over three seeds
     the update then lost 1.3 old-topic points against 0.9 from a fresh row (benchmarks/forgetting.py).
     """
@@ -391,6 +391,9 @@ def render_html(report: dict[str, Any]) -> str:
     reasons = "".join(f"<li>{e(r)}</li>" for r in gate_info["reasons"])
     added = ", ".join(report["labels"]["added"]) or "none"
     stage = report.get("stage", "not registered yet")
+    weights = report.get("loss_weight_per_label")
+    weights_line = f"<p>Loss weight per label ({e(report['class_weights'])}): " + ", ".join(
+        f"{e(label)} {weight:.2f}" for label, weight in sorted(weights.items())) + ".</p>" if weights else ""
     blend = report.get("blend")
     blend_line = "<p>Weights kept as trained (no blending).</p>"
     if blend:
@@ -407,6 +410,7 @@ td:first-child,th:first-child{{text-align:left}}.up{{color:#060}}.down{{color:#a
 <p>From {e(report['parent'])} with new data <code>{e(str(report['new_data']))}</code>; replay {report['replay']:.0%}
 ({report['rows']['replay']} old rows mixed with {report['rows']['new_train']} new); new labels: {e(added)}.</p>
 <p class="verdict">Gate {verdict} — version {e(str(report.get('version', '?')))} is {e(stage)}</p><ul>{reasons}</ul>
+{weights_line}
 {blend_line}
 <h2>Before / after</h2>
 <table><tr><th>set</th><th>rows</th><th>accuracy before</th><th>accuracy after</th><th>points</th><th>F1 before</th><th>F1 after</th></tr>

@@ -6,8 +6,9 @@ fresh articles of the old ones). Both updates start from v1, with the same recip
   (b) update: the same, with a replay sample of v1's training data (replay 0.3 by default)
 Old-topic accuracy is measured on v1's own test split, new-topic accuracy on the new data's test split.
 Target: (b) keeps old-topic accuracy within 1 point of v1. For scale, (c) trains one model from the
-pretrained weights on v1's and the new training rows together (no forgetting possible): a fifth topic
-makes some old-topic articles ambiguous even then (business vs tech).
+pretrained weights on v1's and the new training rows together (no forgetting possible); it still scores
+below v1 on the old topics, as any other model may (over seeds 42-44: 1.5 points, 0.5 of them articles
+it calls tech, which the four-topic v1 could not), which is the floor this benchmark can resolve.
 
 Every setting of the updates not given here is `tunelab update`'s default (a quarter of v1's learning
 rate for twice its epochs, joint class weights, blending).
@@ -178,19 +179,25 @@ def one_seed(args, seed: int, work: Path) -> dict:
 
 
 def reusable_v1(config: TrainConfig):
-    """The v1 run already in config.out when it was trained with the same settings (to compare update
-    variants without training v1 again), else None."""
+    """The v1 run already in config.out when it was trained with the same settings on the same
+    articles (to compare update variants without training v1 again), else None."""
+    import pandas as pd
+
+    from tunelab.errors import TunelabError
     from tunelab.run import Run
 
     try:
         run = Run.open(config.out)
-    except Exception:
+    except TunelabError:
         return None
     wanted = config.model_dump(mode="json")
-    same = all(run.config.get(key) == wanted[key] for key in ("model", "max_length", "epochs", "lr", "batch_size", "seed", "test_fraction"))
-    if same:
-        print(f"reusing v1 in {config.out}", file=sys.stderr)
-    return run if same else None
+    same_recipe = all(run.config.get(key) == wanted[key] for key in ("model", "max_length", "epochs", "lr", "batch_size", "seed", "test_fraction"))
+    trained_on = pd.concat([run.split(name) for name in ("train", "eval", "test")])["text"]
+    same_data = sorted(trained_on) == sorted(pd.read_parquet(config.data)["text"])
+    if not (same_recipe and same_data):
+        return None
+    print(f"reusing v1 in {config.out}", file=sys.stderr)
+    return run
 
 
 def points_called(run, frame, label: str) -> float:

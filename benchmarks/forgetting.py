@@ -147,7 +147,7 @@ def one_seed(args, seed: int, work: Path) -> dict:
             "old_topic_points_lost": round((report["before"]["old"]["accuracy"] - report["after"]["old"]["accuracy"]) * 100, 2),
             # A five-topic model can lose an old-topic article to the new topic, which a four-topic v1 could
             # not: that part is the new topic's ambiguity, the rest is confusion among the old topics.
-            "old_topic_points_lost_to_new_topic": points_called(result.run, v1.split("test"), args.new_topic),
+            "old_topic_points_lost_to_new_topic": round(100 * report["after"]["old"]["predicted_share"].get(args.new_topic, 0.0), 2),
             "old_topic_points_lost_without_blend": round((report["before"]["old"]["accuracy"] - as_trained(report)["old"]) * 100, 2),
             "train_rows": report["rows"]["new_train"] + report["rows"]["replay"],
             "lr": result.run.config["lr"],
@@ -200,15 +200,6 @@ def reusable_v1(config: TrainConfig):
     return run
 
 
-def points_called(run, frame, label: str) -> float:
-    """Percentage points of `frame`'s rows that run's model calls `label`."""
-    from tunelab.models.classifier import Classifier
-
-    classifier = Classifier.load(run.model_dir, max_length=run.config.get("max_length"))
-    predicted = classifier.logits(frame["text"].astype(str).tolist()).argmax(axis=1)
-    return round(100 * float((predicted == classifier.labels.index(label)).mean()), 2)
-
-
 def as_trained(report: dict) -> dict:
     """Test accuracy of the update's weights before blending (the candidate's own when nothing was blended)."""
     blend = report["blend"] or {}
@@ -233,7 +224,7 @@ def joint_reference(work: Path, v1, new_data: Path, recipe: dict, new_topic: str
     scores = score_sets(run, {"old": v1.split("test"), "new": new_splits["test"]})
     return {
         "old_topic_accuracy": scores["old"]["accuracy"],
-        "old_topic_points_lost_to_new_topic": points_called(run, v1.split("test"), new_topic),
+        "old_topic_points_lost_to_new_topic": round(100 * scores["old"]["predicted_share"].get(new_topic, 0.0), 2),
         "new_topic_accuracy": scores["new"]["accuracy_per_class"][new_topic],
         "new_data_accuracy": scores["new"]["accuracy"],
         "train_rows": len(pd.read_parquet(joint_data)),

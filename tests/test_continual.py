@@ -170,6 +170,7 @@ def test_update_with_a_new_label_passes_the_gate_and_is_promoted(tmp_path, regis
     assert report["labels"]["added"] == ["letters"]
     assert report["labels"]["after"] == ["letters", "negative", "neutral", "positive"]
     assert report["before"]["new"]["accuracy_per_class"]["letters"] == 0.0  # v1 cannot name a class it never saw
+    assert "letters" not in report["before"]["new"]["predicted_share"] and sum(report["after"]["new"]["predicted_share"].values()) == pytest.approx(1.0)
     assert report["after"]["new"]["accuracy"] > report["before"]["new"]["accuracy"]
     assert report["gate"]["passed"] and report["stage"] == "production"
     assert "passed" in result.output and "senti@2 is production" in result.output

@@ -322,7 +322,8 @@ def grow_head(model_dir: str | os.PathLike, labels: list[str], out: str | os.Pat
 
 
 def score_sets(run: Run, sets: dict[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
-    """Accuracy and macro F1 of run's model on each labelled set; labels it does not know count as wrong."""
+    """Accuracy and macro F1 of run's model on each labelled set, and the share of rows it gives each
+    label (e.g. how much of the old test set a new label took); labels it does not know count as wrong."""
     from sklearn.metrics import f1_score
 
     from tunelab.models.classifier import Classifier
@@ -339,6 +340,7 @@ def score_sets(run: Run, sets: dict[str, pd.DataFrame]) -> dict[str, dict[str, A
             "accuracy": float(correct.mean()) if len(frame) else None,
             "f1_macro": float(f1_score(truth, predicted, labels=sorted(set(truth)), average="macro", zero_division=0)),
             "accuracy_per_class": per_class,
+            "predicted_share": {label: float(share) for label, share in pd.Series(predicted, dtype=object).value_counts(normalize=True).sort_index().items()},
         }
     return scores
 

@@ -14,6 +14,7 @@ Every setting of the updates not given here is `tunelab update`'s default (a qua
 rate for twice its epochs, joint class weights, blending).
 
     nice -n 5 python benchmarks/forgetting.py [--per-topic 360] [--epochs 2] [--new-topic tech] [--replay 0.3 0.5] [--update-lr 1e-4] [--seeds 42 43 44]
+    python benchmarks/forgetting.py --combine part1.json part2.json   # seeds run in two processes, one summary
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="repeat everything (data order, v1, updates) per seed and report the means")
     parser.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder); a v1 already there with the same recipe is reused")
     parser.add_argument("--tag", default="", help="suffix of the update folders, so runs of other variants in the same --workdir are kept")
+    parser.add_argument("--combine", nargs="+", metavar="JSON", help="print the summary over the seeds of earlier outputs of this script (runs of one protocol split across processes) instead of running")
     args = parser.parse_args()
+    if args.combine:
+        print(json.dumps(combine([json.loads(Path(path).read_text()) for path in args.combine]), indent=2))
+        return
     topics = sorted(set(load_source("bbc-news")["label"]))
     if args.new_topic not in topics:
         sys.exit(f"--new-topic must be one of {topics}")
@@ -68,9 +73,24 @@ def main() -> None:
             work = Path(args.workdir or tmp) / f"seed-{seed}"
             work.mkdir(parents=True, exist_ok=True)
             per_seed.append(one_seed(args, seed, work))
+    protocol = {
+        "benchmark": "forgetting",
+        "model": "minilm",
+        "data": "bbc-news",
+        "new_topic": args.new_topic,
+        "test_fraction": args.test_fraction,
+        "update_lr": args.update_lr or "tunelab update's default",
+        "update_epochs": args.update_epochs or "tunelab update's default",
+        "update_class_weights": args.class_weights,
+        "update_blend": not args.no_blend,
+    }
+    print(json.dumps(summarise(protocol, per_seed), indent=2))
 
-    # 288 old-topic test articles: one article is 0.35 points, so a single seed's loss moves by a
-    # point with a few articles; the target is judged on the mean over seeds.
+
+def summarise(protocol: dict, per_seed: list[dict]) -> dict:
+    """The protocol, the mean over seeds of each variant's old-topic loss, the target, then every seed."""
+    # One old-topic test article is 100/288 = 0.35 points at the default test fraction, so a single
+    # seed's loss moves by a point with a few articles; the target is judged on the mean over seeds.
     updates = [{**({"naive_finetune": run["naive_finetune"]} if run["naive_finetune"] else {}), **run["update_with_replay"]} for run in per_seed]
     mean_lost = {variant: mean_of("old_topic_points_lost", [u[variant] for u in updates]) for variant in updates[0]}
     mean_to_new = {variant: mean_of("old_topic_points_lost_to_new_topic", [u[variant] for u in updates]) for variant in updates[0]}
@@ -78,25 +98,26 @@ def main() -> None:
     if all(joints):
         mean_lost["joint_retraining_reference"] = mean_of("old_topic_points_lost_vs_v1", joints)
         mean_to_new["joint_retraining_reference"] = mean_of("old_topic_points_lost_to_new_topic", joints)
-    print(
-        json.dumps(
-            {
-                "benchmark": "forgetting",
-                "model": "minilm",
-                "data": "bbc-news",
-                "new_topic": args.new_topic,
-                "seeds": args.seeds,
-                "update_lr": args.update_lr or "tunelab update's default",
-                "update_class_weights": args.class_weights,
-                "update_blend": not args.no_blend,
-                "mean_old_topic_points_lost": mean_lost,
-                "mean_old_topic_points_lost_to_new_topic": mean_to_new,
-                "target_replay_within_1_point": {k: v <= 1.0 for k, v in mean_lost.items() if k.startswith("replay")},
-                "per_seed": per_seed,
-            },
-            indent=2,
-        )
-    )
+    return {
+        **protocol,
+        "seeds": [run["seed"] for run in per_seed],
+        "mean_old_topic_points_lost": mean_lost,
+        "mean_old_topic_points_lost_to_new_topic": mean_to_new,
+        "target_replay_within_1_point": {k: v <= 1.0 for k, v in mean_lost.items() if k.startswith("replay")},
+        "per_seed": per_seed,
+    }
+
+
+def combine(outputs: list[dict]) -> dict:
+    """One summary over the seeds of several outputs, which must share one protocol."""
+    keys = [key for key in outputs[0] if key not in ("seeds", "per_seed") and not key.startswith(("mean_", "target_"))]
+    protocols = [{key: output.get(key) for key in keys} for output in outputs]
+    if any(protocol != protocols[0] for protocol in protocols):
+        sys.exit("--combine: the outputs were run with different settings; combine only runs of one protocol")
+    seeds = [run["seed"] for output in outputs for run in output["per_seed"]]
+    if len(set(seeds)) != len(seeds):
+        sys.exit(f"--combine: a seed appears twice ({seeds})")
+    return summarise(protocols[0], [run for output in outputs for run in output["per_seed"]])
 
 
 def mean_of(key: str, results: list[dict]) -> float:

@@ -3,7 +3,7 @@
 minilm on bbc-news. v1 learns four topics; then new data arrives that holds the fifth topic (plus a few
 fresh articles of the old ones). Both updates start from v1, with the same recipe and budget:
   (a) naive: continue fine-tuning on the new data only (replay 0)
-  (b) update: the same, with a replay sample of v1's training data (replay 0.3 by default)
+  (b) update: the same, with a replay sample of v1's training data (tunelab update's replay share by default)
 Old-topic accuracy is measured on v1's own test split, new-topic accuracy on the new data's test split.
 Target: (b) keeps old-topic accuracy within 1 point of v1. For scale, (c) trains one model from the
 pretrained weights on v1's and the new training rows together (no forgetting possible); it still scores
@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tunelab.config import TrainConfig  # noqa: E402
-from tunelab.continual import UpdateSettings, update  # noqa: E402
+from tunelab.continual import DEFAULT_REPLAY, UpdateSettings, update  # noqa: E402
 from tunelab.data import load_source  # noqa: E402
 from tunelab.registry import Registry  # noqa: E402
 from tunelab.train.classify import train  # noqa: E402
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--new-topic", default="tech")
     parser.add_argument("--new-rows", type=int, default=200, help="articles of the new topic in the new data")
     parser.add_argument("--old-in-new", type=int, default=15, help="fresh articles per old topic in the new data")
-    parser.add_argument("--replay", type=float, nargs="+", default=[0.3], help="one or more replay shares to compare")
+    parser.add_argument("--replay", type=float, nargs="+", default=[DEFAULT_REPLAY], help="one or more replay shares to compare (default: tunelab update's)")
     parser.add_argument("--lr", type=float, default=2e-4, help="v1's learning rate")
     parser.add_argument("--epochs", type=float, default=2, help="v1's epochs")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="share of v1's data held out as the old test set")

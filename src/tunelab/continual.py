@@ -40,6 +40,12 @@ from tunelab.run import Run
 UPDATE_LR_FACTOR = 0.25
 UPDATE_EPOCHS_FACTOR = 2.0
 
+# Share of the training mix replayed from the old training split. Half: on bbc-news (tech added to four topics, 12 seeds of
+# benchmarks/forgetting.py) replaying 0.5 learned the new topic as well as or better than 0.3 on every seed
+# (mean 92% vs 79%; worst 78% vs 33%) for 0.2 more old-topic points lost (0.38 vs 0.19 on the
+# pre-registered seeds) and a fifth more training time: the larger mix gives the new rows more steps.
+DEFAULT_REPLAY = 0.5
+
 # Settings of the parent's run that an update must not inherit: they name the parent's data and folder.
 NOT_INHERITED = {"model", "data", "eval_data", "test_data", "out", "overwrite", "max_train_samples", "text_col", "label_col", "encoding"}
 
@@ -52,7 +58,7 @@ class UpdateSettings(Settings):
     text_col: str = "text"
     label_col: str = "label"
     encoding: str = "utf-8"
-    replay: float = Field(0.3, ge=0, lt=1, description="share of the training mix drawn from the old training split")
+    replay: float = Field(DEFAULT_REPLAY, ge=0, lt=1, description="share of the training mix drawn from the old training split")
     tolerance: float = Field(1.0, ge=0, description="accuracy points the old test set may lose and still pass the gate")
     class_weights: Literal["none", "balanced", "joint"] = Field(
         "joint",

@@ -129,7 +129,7 @@ def rollback(
 def update(
     name: Annotated[str, typer.Argument(help="registered model name; its production version is updated")],
     data: Annotated[str, typer.Option("--data", help="the new labelled data (csv, tsv, jsonl, json, parquet, folder)")],
-    replay: Annotated[float, typer.Option(help="share of the training mix drawn from the old training data (0: none)")] = 0.3,
+    replay: Annotated[Optional[float], typer.Option(help="share of the training mix drawn from the old training data (0: none); default 0.5")] = None,
     tolerance: Annotated[float, typer.Option(help="accuracy points the old test set may lose and still pass the gate")] = 1.0,
     class_weights: Annotated[str, typer.Option(
         help="joint | balanced | none. joint: weight each class as if the whole old training split were in the mix, not only its replay sample")] = "joint",

@@ -174,6 +174,7 @@ def test_update_with_a_new_label_passes_the_gate_and_is_promoted(tmp_path, regis
     assert report["after"]["new"]["accuracy"] > report["before"]["new"]["accuracy"]
     assert report["gate"]["passed"] and report["stage"] == "production"
     assert "passed" in result.output and "senti@2 is production" in result.output
+    assert f"new label 'letters': {report['after']['new']['accuracy_per_class']['letters']:.1%}" in result.output
     assert (tmp_path / "v2" / "update.html").read_text().count("<tr>") >= 6
     blend = report["blend"]  # on by default; the chosen mix scored best on the eval splits
     assert blend["alpha"] in (0.25, 0.5, 0.75, 1.0)

@@ -162,6 +162,10 @@ def update(
     for key, title in (("old", "old test set"), ("new", "new data (test)")):
         table.add_row(title, str(report["before"][key]["rows"]), f"{report['before'][key]['accuracy']:.1%}", f"{report['after'][key]['accuracy']:.1%}")
     console.print(table)
+    for label in report["labels"]["added"]:
+        # The gate looks at the new data as a whole; a new label can pass it while still often missed.
+        right = report["after"]["new"]["accuracy_per_class"].get(label)
+        console.print(f"new label {label!r}: " + ("no rows in the new test split" if right is None else f"{right:.1%} of its test rows right"), highlight=False)
     if report["blend"]:
         console.print(f"blend: {report['blend']['alpha']:g} of the way from the production weights to the trained ones (chosen on the eval splits)")
     verdict = "[green]passed[/]" if result.passed else "[red]failed[/]"

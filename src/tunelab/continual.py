@@ -40,10 +40,10 @@ from tunelab.run import Run
 UPDATE_LR_FACTOR = 0.25
 UPDATE_EPOCHS_FACTOR = 2.0
 
-# Share of the training mix replayed from the old training split. Half: on bbc-news (tech added to four topics, 12 seeds of
-# benchmarks/forgetting.py) replaying 0.5 learned the new topic as well as or better than 0.3 on every seed
-# (mean 92% vs 79%; worst 78% vs 33%) for 0.2 more old-topic points lost (0.38 vs 0.19 on the
-# pre-registered seeds) and a fifth more training time: the larger mix gives the new rows more steps.
+# Share of the training mix replayed from the old training split. Half: on bbc-news (tech added to four
+# topics, 12 seeds of benchmarks/forgetting.py) replaying 0.5 learned the new topic as well as or better
+# than 0.3 on every seed (mean 92% vs 79%; worst 78% vs 33%) for 0.2 more old-topic points lost (0.38 vs
+# 0.19 on the pre-registered seeds) and a fifth more training time: the larger mix gives the new rows more steps.
 DEFAULT_REPLAY = 0.5
 
 # Settings of the parent's run that an update must not inherit: they name the parent's data and folder.

@@ -136,7 +136,11 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
 
         # 5. Continue fine-tuning with the parent's recipe (max length, precision, method, ...).
         inherited = {k: v for k, v in parent_config.items() if k in TrainConfig.model_fields and k not in NOT_INHERITED}
-        overrides = {"epochs": settings.epochs or update_epochs(parent_config), "lr": settings.lr or update_lr(parent_config), "warmup": settings.warmup, "batch_size": settings.batch_size, "seed": seed, "class_weights": class_weights}
+        overrides = {
+            "epochs": settings.epochs or scaled_from_parent(parent_config, "epochs", UPDATE_EPOCHS_FACTOR),
+            "lr": settings.lr or scaled_from_parent(parent_config, "lr", UPDATE_LR_FACTOR),
+            "warmup": settings.warmup, "batch_size": settings.batch_size, "seed": seed, "class_weights": class_weights,
+        }
         inherited.update({k: v for k, v in overrides.items() if v is not None})
         config = TrainConfig(
             **inherited,
@@ -201,15 +205,10 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
     return UpdateResult(version, candidate_run, passed, version.stage == "production", reasons, report)
 
 
-def update_lr(parent_config: dict) -> float | None:
-    """The parent's learning rate (resolved when the run was trained) times UPDATE_LR_FACTOR."""
-    lr = parent_config.get("lr")
-    return UPDATE_LR_FACTOR * float(lr) if isinstance(lr, (int, float)) else None
-
-
-def update_epochs(parent_config: dict) -> float | None:
-    epochs = parent_config.get("epochs")
-    return UPDATE_EPOCHS_FACTOR * float(epochs) if isinstance(epochs, (int, float)) else None
+def scaled_from_parent(parent_config: dict, key: str, factor: float) -> float | None:
+    """The parent run's resolved `key` (lr, epochs) times `factor`; None when the parent has no number there."""
+    value = parent_config.get(key)
+    return factor * float(value) if isinstance(value, (int, float)) else None
 
 
 def _open_parent(parent: Version) -> Run:

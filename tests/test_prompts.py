@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tests._lm_fixtures import write_jsonl, write_tiny_llama
 from tunelab.errors import TunelabError
 from tunelab.prompts import load_template, parse_template, shipped_names
-from tunelab.prompts.scoring import (
+from tunelab.evaluate.answers import (
     bootstrap_ci, contains_answer, exact_match, is_abstention, normalize, score, summarise, token_f1,
 )
 

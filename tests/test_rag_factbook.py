@@ -8,7 +8,8 @@ import re
 import pytest
 
 from tunelab.data.factbook import load_factbook
-from tunelab.data.factbook_qa import build_factbook_qa, normalize_answer, split_qa, write_factbook_qa
+from tunelab.data.factbook_qa import build_factbook_qa, split_qa, write_factbook_qa
+from tunelab.evaluate.answers import normalize
 
 pytestmark = pytest.mark.smoke
 
@@ -34,11 +35,11 @@ def test_qa_set_is_large_checkable_and_points_at_the_right_document():
     assert len(items) >= 500
     kinds = {i.kind for i in items}
     assert {"capital", "government_type", "currency", "population", "area", "independence", "official_language"} <= kinds
-    texts = {d.doc_id: normalize_answer("\n".join(s.text for s in d.sections)) for d in load_factbook()}
+    texts = {d.doc_id: normalize("\n".join(s.text for s in d.sections)) for d in load_factbook()}
     # Checkable: the answer (or an alias) is written in the document the question points at.
     for item in items:
         text = texts[item.doc_id]
-        accepted = [normalize_answer(a) for a in [item.answer, *item.aliases]]
+        accepted = [normalize(a) for a in [item.answer, *item.aliases]]
         assert any(a and a in text for a in accepted), item
         assert item.title in item.question
     paris = next(i for i in items if i.kind == "capital" and i.doc_id == "europe/fr.json")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import re
-import string
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from tunelab.atomic import write_json, write_text
 from tunelab.data.factbook import FactbookDocument, field_text, load_factbook
 from tunelab.errors import TunelabError
+from tunelab.evaluate.answers import normalize
 
 
 @dataclass(frozen=True)
@@ -30,16 +30,6 @@ class QAItem:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower().translate(_NO_PUNCTUATION)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
 
 
 def _strip_notes(text: str) -> str:
@@ -186,9 +176,9 @@ def build_factbook_qa(documents: Iterable[FactbookDocument] | None = None) -> li
             if not found:
                 continue
             question, answer, aliases = found
-            if not normalize_answer(answer):
+            if not normalize(answer):
                 continue
-            aliases = [a for a in dict.fromkeys(aliases) if normalize_answer(a) and a != answer]
+            aliases = [a for a in dict.fromkeys(aliases) if normalize(a) and a != answer]
             items.append(QAItem(question, answer, aliases, doc.doc_id, kind, doc.title))
     return items
 

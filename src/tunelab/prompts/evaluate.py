@@ -15,7 +15,7 @@ from tunelab.data.factbook_qa import read_qa
 from tunelab.errors import TunelabError
 from tunelab.prompts.generate import answer_batch
 from tunelab.prompts.loader import PromptTemplate, load_template
-from tunelab.prompts.scoring import score, summarise
+from tunelab.evaluate.answers import score, summarise
 
 
 def format_context(hits, max_chars: int = 600) -> str:

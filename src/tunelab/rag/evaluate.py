@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tunelab.data.factbook_qa import normalize_answer
+from tunelab.evaluate.answers import normalize as normalize_answer
 from tunelab.rag.index import MODES, Index
 
 DEPTH = 10

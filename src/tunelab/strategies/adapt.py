@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from tunelab.data.factbook import Section
-from tunelab.prompts.scoring import normalize
+from tunelab.evaluate.answers import normalize
 from tunelab.rag.documents import Document
 
 NEW_CITIES = ["Marrowick", "Zelthane", "Orvandel", "Quillbrook", "Tessaport", "Vandrecht", "Halvoria City", "Kestremont"]

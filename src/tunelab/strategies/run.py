@@ -24,7 +24,7 @@ from tunelab import atomic
 from tunelab.errors import TunelabError
 from tunelab.prompts.evaluate import format_context, latency_summary, progress_bar, run_template
 from tunelab.prompts.loader import load_template
-from tunelab.prompts.scoring import score, summarise
+from tunelab.evaluate.answers import score, summarise
 from tunelab.strategies.adapt import edit_knowledge, says_old_answer
 from tunelab.strategies.config import StrategiesConfig
 from tunelab.strategies.memory import PeakMemory, folder_mb
@@ -300,7 +300,7 @@ class Pipeline:
 
     def stage_fine_tuned_rag(self) -> None:
         from tunelab.lm.generate import Generator
-        from tunelab.prompts.scoring import contains_answer
+        from tunelab.evaluate.answers import contains_answer
 
         grounded = load_template("grounded")
         started = time.perf_counter()

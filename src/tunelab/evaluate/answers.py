@@ -1,4 +1,6 @@
-"""Answer scoring: SQuAD-style exact match and token F1, contains-answer, abstention, hallucination.
+"""The one answer scorer: used by `rag eval --answer`, `prompts eval`, `strategies` and the readers.
+
+SQuAD-style exact match and token F1, contains-answer ("right"), abstention, hallucination.
 
 Definitions (per question; an item's gold answers are its answer plus its aliases):
   exact_match      normalised prediction equals a normalised gold answer
@@ -18,6 +20,9 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+
+# What every tunelab reader says when it will not answer; is_abstention recognises it and its variants.
+ABSTENTION = "I don't know"
 
 _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ABSTAIN = re.compile(

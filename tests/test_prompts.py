@@ -12,7 +12,8 @@ from tests._lm_fixtures import write_jsonl, write_tiny_llama
 from tunelab.errors import TunelabError
 from tunelab.prompts import load_template, parse_template, shipped_names
 from tunelab.evaluate.answers import (
-    bootstrap_ci, contains_answer, exact_match, is_abstention, normalize, score, summarise, token_f1,
+    answer_in_text, bootstrap_ci, contains_answer, exact_match, is_abstention, normalize, score, strip_citations, summarise,
+    token_f1, verdict,
 )
 
 
@@ -45,8 +46,38 @@ def test_token_f1_matches_squad_arithmetic():
     assert token_f1("new york city", "nyc", ["New York"]) == pytest.approx(0.8)
 
 
+def test_sentence_answers_with_citations_are_right():
+    # The expectations of rag.evaluate's former scorer, which this one replaced.
+    assert token_f1("the Paris city", "Paris") == pytest.approx(2 * 0.5 * 1 / 1.5)
+    cited = score("The capital of France is Paris [1].", "Paris")
+    assert cited["contains"] == 1 and verdict(cited) == "right"
+    assert cited["f1"] == pytest.approx(2 * (1 / 5) / (1 + 1 / 5))  # "capital of france is paris" vs "paris"
+    assert score("68,512,806 people", "68512806")["contains"] == 1
+    assert score("About 1,200 [2, 3]", "nothing", ["1200"])["contains"] == 1  # aliases count
+    assert verdict(score("Lyon [1]", "Paris")) == "hallucinated"
+    assert verdict(score("I don't know [1].", "Paris")) == "abstained"
+
+
+def test_strip_citations():
+    assert strip_citations("Paris [1].") == "Paris."
+    assert strip_citations("Cats eat fish [1, 2] and mice [3][4]") == "Cats eat fish and mice"
+    assert strip_citations("[1]") == ""
+    assert strip_citations("In [1990] it was 12") == "In [1990] it was 12"  # a year is no passage number
+    # A bare citation is no answer: it is scored as an abstention, and its digits never match a gold.
+    assert score("[1]", "1")["abstained"] == 1 and score("[1]", "1")["contains"] == 0
+
+
+def test_answer_in_text_on_word_boundaries():
+    passages = "Cats eat fish and mice; kittens eat milk.\nThe Nile is a long river."
+    assert answer_in_text(passages, "milk")
+    assert answer_in_text(passages, "Dogs", ["the mice"])
+    assert not answer_in_text(passages, "fishes") and not answer_in_text(passages, "")
+
+
 @pytest.mark.parametrize("text", ["I don't know.", "I do not know the answer", "I'm not sure.", "Im not sure", "",
-                                  "The context does not contain that.", "I don’t know", "I cannot answer this question."])
+                                  "The context does not contain that.", "I don’t know", "I cannot answer this question.",
+                                  "The answer is not contained in the sources.",
+                                  "I don't know: the indexed documents do not seem to cover this question."])
 def test_abstentions_detected(text):
     assert is_abstention(text)
 

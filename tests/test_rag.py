@@ -293,27 +293,6 @@ def test_abstains_when_retrieval_is_not_relevant(concept_index):
     assert unsure.abstained and unsure.sources == []
 
 
-def test_hf_generator_with_a_tiny_random_gpt2(tmp_path):
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    from tunelab.rag.answer import HFGenerator
-
-    words = ["<eos>", "[UNK]", *sorted(set("use only the numbered sources below cite answer question what do cats eat".split()))]
-    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", unk_token="[UNK]")
-    tokenizer.save_pretrained(tmp_path / "lm")
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(words), n_embd=16, n_layer=1, n_head=2, n_positions=512)).save_pretrained(tmp_path / "lm")
-
-    generator = HFGenerator(str(tmp_path / "lm"), max_new_tokens=5)
-    text = generator("Question: what do cats eat\nAnswer:")
-    assert isinstance(text, str)
-    assert len(tokenizer(text)["input_ids"]) <= 5
-
-
 # -- CLI -----------------------------------------------------------------------------------
 
 
@@ -351,8 +330,126 @@ def test_cli_index_search_json_and_eval(tmp_path, tiny_model):
     shutil.rmtree(tmp_path / "ix")
 
 
+@pytest.fixture(scope="module")
+def colour_index(tmp_path_factory, tiny_model):
+    """Two one-line documents indexed with the tiny sentence model (short passages: the tiny Llama's
+    context is 256 tokens)."""
+    root = tmp_path_factory.mktemp("colours")
+    docs = root / "docs"
+    docs.mkdir()
+    (docs / "sky.md").write_text("# Sky\n\nThe sky is blue.\n")
+    (docs / "grass.md").write_text("# Grass\n\nThe grass is green.\n")
+    build_index(docs, root / "index", model=str(tiny_model), chunk_tokens=64, overlap=8)
+    return root / "index"
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """A run directory whose model/ holds a (randomly initialised, so not a no-op) LoRA adapter of a tiny Llama."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests._lm_fixtures import write_tiny_llama
+
+    root = tmp_path_factory.mktemp("lora")
+    base = write_tiny_llama(root / "base")
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    run = root / "run"
+    model.save_pretrained(run / "model")
+    AutoTokenizer.from_pretrained(base).save_pretrained(run / "model")
+    return run
+
+
+def test_cli_ask_answers_with_a_lora_run(colour_index, lora_run, monkeypatch):
+    from peft import PeftModel
+    from typer.testing import CliRunner
+
+    import tunelab.lm.load as lm_load
+    from tunelab.cli import app
+    from tunelab.lm.generate import Generator
+
+    loaded, calls = [], []
+    real_load, real_call = lm_load.load_lm, Generator.__call__
+
+    def spy_load(source, *args, **kwargs):
+        model, tokenizer = real_load(source, *args, **kwargs)
+        loaded.append((source, model))
+        return model, tokenizer
+
+    def spy_call(self, prompt, **kwargs):
+        calls.append(kwargs)
+        return real_call(self, prompt, **kwargs)
+
+    monkeypatch.setattr(lm_load, "load_lm", spy_load)
+    monkeypatch.setattr(Generator, "__call__", spy_call)
+    result = CliRunner().invoke(app, ["rag", "ask", "What colour is the sky?", "--index", str(colour_index), "--model", str(lora_run),
+                                      "-k", "1", "--min-similarity", "-1", "--max-new-tokens", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    [(source, model)] = loaded
+    assert source.adapter == (lora_run / "model").resolve() and isinstance(model, PeftModel)  # the adapter, on its base
+    assert calls == [{"max_new_tokens": 4}]  # the LM was asked, with the CLI's token budget
+    answered = json.loads(result.stdout)
+    assert answered["question"] == "What colour is the sky?" and isinstance(answered["answer"], str) and answered["answer"]
+    assert isinstance(answered["abstained"], bool)
+    if not answered["abstained"]:
+        assert [s["source"] for s in answered["sources"]] in (["sky.md"], ["grass.md"])
+
+
+def test_cli_eval_answers_json_and_predictions_file(colour_index, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import tunelab.lm.generate as lm_generate
+    from tunelab.cli import app
+
+    replies = {"What colour is the sky?": "The sky is blue [1].", "What colour is grass?": "purple", "What colour is coal?": "I'm not sure."}
+
+    class FakeGenerator:
+        models: list = []
+
+        def __init__(self, model):
+            self.models.append(model)
+
+        def __call__(self, prompt: str, max_new_tokens: int = 256) -> str:
+            return replies[prompt.rsplit("Question: ", 1)[1].split("\nAnswer:")[0]]
+
+    monkeypatch.setattr(lm_generate, "Generator", FakeGenerator)
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"question": "What colour is the sky?", "answer": "blue", "aliases": [], "doc_id": "sky.md"},
+        {"question": "What colour is grass?", "answer": "green", "aliases": [], "doc_id": "grass.md"},
+        {"question": "What colour is coal?", "answer": "black", "aliases": [], "doc_id": "coal.md"},
+    ]))
+    out = tmp_path / "predictions.jsonl"
+    runner = CliRunner()
+    result = runner.invoke(app, ["rag", "eval", str(qa), "--index", str(colour_index), "--modes", "bm25", "--answer", "--model", "some-run",
+                                 "--min-similarity", "-1", "--json", "--predictions", str(out)])
+    assert result.exit_code == 0, result.output
+    assert FakeGenerator.models == ["some-run"]
+    answers = json.loads(result.stdout)["answers"]
+    assert answers["right"] == answers["hallucinated"] == answers["abstained"] == pytest.approx(1 / 3, abs=1e-4)
+    assert answers["exact_match"] == 0.0 and 0 < answers["token_f1"] < 1
+    assert answers["answer_in_context"] == pytest.approx(2 / 3, abs=1e-4)  # both passages shown; coal is in neither
+    assert len(answers["right_ci95"]) == len(answers["hallucinated_ci95"]) == 2
+    assert "predictions" not in answers  # those go to the file
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(p["question"], p["verdict"]) for p in lines] == [
+        ("What colour is the sky?", "right"), ("What colour is grass?", "hallucinated"), ("What colour is coal?", "abstained")]
+    assert lines[0]["prediction"] == "The sky is blue [1]." and lines[0]["sources"][0]["rank"] == 1
+    assert {"answer", "aliases", "abstained", "exact_match", "f1", "hallucinated"} <= set(lines[0])
+
+    table = runner.invoke(app, ["rag", "eval", str(qa), "--index", str(colour_index), "--modes", "bm25", "--answer", "--min-similarity", "-1"])
+    assert table.exit_code == 0, table.output
+    for column in ("right", "EM", "F1", "abstained", "hallucinated"):
+        assert column in table.output
+    missing = runner.invoke(app, ["rag", "eval", str(qa), "--index", str(colour_index), "--predictions", str(tmp_path / "p.jsonl")])
+    assert missing.exit_code == 2 and "--answer" in missing.output
+
+
 def test_ranking_metrics_arithmetic():
-    from tunelab.rag.evaluate import answer_scores, first_relevant_rank, ranking_metrics, token_f1
+    from tunelab.rag.evaluate import first_relevant_rank, ranking_metrics
 
     assert first_relevant_rank(["a", "b", "b"], "b") == 2
     assert first_relevant_rank(["a"], "z") is None
@@ -360,9 +457,6 @@ def test_ranking_metrics_arithmetic():
     assert m["recall@1"] == 0.25 and m["recall@5"] == 0.5 and m["recall@10"] == 0.75
     assert m["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 7) / 4)
     assert m["ndcg@10"] == pytest.approx((1 + 1 / math.log2(4) + 1 / math.log2(8)) / 4)
-    assert token_f1("the Paris city", "Paris") == pytest.approx(2 * 0.5 * 1 / 1.5)
-    assert answer_scores("The capital of France is Paris [1].", ["Paris"]) == (1.0, pytest.approx(2 * (1 / 5) / (1 + 1 / 5)))
-    assert answer_scores("68,512,806 people", ["68512806"])[0] == 1.0
 
 
 def test_answer_evaluation_scores_generated_answers(concept_index):
@@ -374,11 +468,82 @@ def test_answer_evaluation_scores_generated_answers(concept_index):
         {"question": "stock market prices", "answer": "rising", "aliases": [], "doc_id": "none"},
     ]
     scores = evaluate_answers(concept_index, rows, RecordingGenerator("Cats eat fish [1]."), min_similarity=0.3)
-    # Q1 right (fish), Q2 wrong (says fish, not milk), Q3 abstained; milk and fish are both in the cat passages.
-    assert scores["exact_match"] == pytest.approx(1 / 3, abs=1e-4)
-    assert scores["abstained"] == pytest.approx(1 / 3, abs=1e-4)
-    assert scores["answer_in_context"] == pytest.approx(2 / 3, abs=1e-4)
+    # Q1 right (fish, in a sentence), Q2 hallucinated (says fish, not milk), Q3 abstained (nothing relevant retrieved);
+    # milk and fish are both in the cat passages.
+    assert scores["questions"] == 3
+    assert scores["right"] == scores["hallucinated"] == scores["abstained"] == pytest.approx(1 / 3, abs=1e-4)
+    assert scores["exact_match"] == 0.0  # "cats eat fish" is not exactly "fish"
     assert scores["token_f1"] == pytest.approx(0.5 / 3, abs=1e-4)  # "cats eat fish" vs "fish": F1 0.5
+    assert scores["answer_in_context"] == pytest.approx(2 / 3, abs=1e-4)
+    for key in ("right_ci95", "hallucinated_ci95"):
+        low, high = scores[key]
+        assert 0 <= low <= scores[key[:-5]] <= high <= 1
+    predictions = scores["predictions"]
+    assert [p["verdict"] for p in predictions] == ["right", "hallucinated", "abstained"]
+    first = predictions[0]
+    assert first["question"] == "what do cats eat" and first["answer"] == "fish" and first["aliases"] == ["mice"]
+    assert first["prediction"] == "Cats eat fish [1]." and first["abstained"] == 0 and first["contains"] == 1
+    assert first["sources"][0] == {"rank": 1, "doc_id": "cats.md", "chunk_id": "cats.md#0"}
+    assert predictions[2]["sources"] == [] and predictions[2]["abstained"] == 1
+
+
+# The same predictions through every path that scores answers: tricky ones included.
+SAME_VERDICTS = [
+    # (question, gold, aliases, prediction, verdict)
+    ("what is the capital of france", "Paris", [], "The capital of France is Paris [1].", "right"),
+    ("what is the capital of chad", "N'Djamena", [], "N’Djamena", "right"),  # typographic apostrophe
+    ("how many people live in france", "68512806", [], "68,512,806 people [1, 2]", "right"),
+    ("what currency do they use", "euros", ["EUR"], "EUR", "right"),  # an alias
+    ("what is the capital of italy", "Rome", [], "", "abstained"),
+    ("what is the capital of spain", "Madrid", [], "I'm not sure.", "abstained"),
+    ("what is the capital of peru", "Lima", [], "I don’t know", "abstained"),
+    ("what number is it", "1", [], "[1]", "abstained"),  # a bare citation is no answer
+    ("what is the capital of germany", "Berlin", [], "Lyon [2]", "hallucinated"),
+    ("what is the capital of djibouti", "Djibouti", [], "The capital of Djibouti is Obock", "hallucinated"),
+]
+
+
+def test_one_scorer_gives_the_same_verdicts_on_every_path(concept_index, tmp_path, monkeypatch):
+    import tunelab.prompts.evaluate as prompts_evaluate
+    from tunelab.evaluate.answers import summarise, verdict
+    from tunelab.prompts.generate import Answered
+    from tunelab.prompts.loader import load_template
+    from tunelab.rag.answer import ABSTAIN
+    from tunelab.rag.evaluate import evaluate_answers
+    from tunelab.strategies.config import StrategiesConfig
+    from tunelab.strategies.run import Pipeline
+
+    rows = [{"question": q, "answer": a, "aliases": al, "doc_id": "cats.md"} for q, a, al, _, _ in SAME_VERDICTS]
+    replies = {q: text for q, _, _, text, _ in SAME_VERDICTS}
+    expected = [v for *_, v in SAME_VERDICTS]
+
+    # rag eval --answer: a generator that answers each question with its fixed text
+    def rag_generator(prompt: str) -> str:
+        return replies[prompt.rsplit("Question: ", 1)[1].split("\nAnswer:")[0]]
+
+    rag = evaluate_answers(concept_index, rows, rag_generator, min_similarity=-1.0)  # the model answers every question
+    assert [p["verdict"] for p in rag["predictions"]] == expected
+    abstentions = [p["prediction"] for p in rag["predictions"] if p["question"] in ("what is the capital of spain", "what is the capital of italy")]
+    assert abstentions == [ABSTAIN, ABSTAIN]  # rag.answer uses the same abstention detector
+
+    # prompts eval and strategies: run_template with the model's answers replaced by the fixed texts
+    def fixed_answers(generator, prompts, **kwargs):
+        return [Answered(replies[prompt], 0.0, 1, 1) for prompt in prompts]
+
+    monkeypatch.setattr(prompts_evaluate, "answer_batch", fixed_answers)
+    prompts = prompts_evaluate.run_template(load_template("plain"), rows, generator=None)
+    pipeline = Pipeline(StrategiesConfig(qa=str(tmp_path), out=str(tmp_path / "out")), progress=False)
+    strategies = pipeline.answer(None, "plain", rows)
+
+    for path in (prompts["predictions"], strategies["predictions"]):
+        assert [verdict(p) for p in path] == expected
+        for mine, theirs in zip(path, rag["predictions"]):
+            for key in ("exact_match", "contains", "f1", "abstained", "hallucinated"):
+                assert mine[key] == pytest.approx(theirs[key]), (mine["prediction"], key)
+    summary = summarise(strategies["predictions"])
+    assert rag["right"] == pytest.approx(summary["contains"], abs=1e-4) == pytest.approx(prompts["summary"]["contains"], abs=1e-4)
+    assert rag["hallucinated"] == pytest.approx(summary["hallucination_rate_all"], abs=1e-4)
+    assert rag["abstained"] == pytest.approx(summary["abstention_rate"], abs=1e-4)
 
 
 def test_cross_encoder_rerank_orders_by_its_scores(tmp_path, concept_index):

@@ -105,6 +105,16 @@ def search_cmd(
         console.print(f"   {text}", highlight=False, markup=False)
 
 
+def _generator(model: str, max_new_tokens: int):
+    """rag.answer's `prompt -> text` generator: tunelab's one causal LM (catalogue name, model
+    folder, merged or LoRA run), greedy, at most `max_new_tokens` tokens."""
+    from functools import partial
+
+    from tunelab.lm.generate import Generator
+
+    return partial(Generator(model), max_new_tokens=max_new_tokens)
+
+
 @rag_app.command("ask")
 @user_errors
 def ask_cmd(
@@ -118,11 +128,11 @@ def ask_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print the answer and its sources as JSON")] = False,
 ) -> None:
     """Answer from the indexed documents, citing them as [1], [2]; say so when they do not cover it."""
-    from tunelab.rag.answer import HFGenerator, answer
+    from tunelab.rag.answer import answer
     from tunelab.rag.index import open_index
 
     with open_index(index) as opened:
-        result = answer(question, opened, HFGenerator(model, max_new_tokens), mode=mode.value, k=k, min_similarity=min_similarity)
+        result = answer(question, opened, _generator(model, max_new_tokens), mode=mode.value, k=k, min_similarity=min_similarity)
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     else:
@@ -137,8 +147,11 @@ def eval_cmd(
     modes: Annotated[str, typer.Option(help="comma-separated modes to evaluate")] = "bm25,dense,hybrid",
     weights: WeightsOpt = "1,1",
     limit: Annotated[Optional[int], typer.Option(help="evaluate only the first N questions")] = None,
-    with_answers: Annotated[bool, typer.Option("--answer", help="also generate answers: exact match, token F1, answer-in-context")] = False,
-    model: Annotated[str, typer.Option(help="causal LM for --answer")] = "smollm2",
+    with_answers: Annotated[bool, typer.Option("--answer", help="also generate answers: right, exact match, token F1, abstained, hallucinated")] = False,
+    model: Annotated[str, typer.Option(help="causal LM for --answer: catalogue name, model folder or run directory (LoRA or merged)")] = "smollm2",
+    min_similarity: Annotated[float, typer.Option(help="--answer: below this query-chunk cosine, answer 'I don't know'")] = MIN_SIMILARITY,
+    max_new_tokens: Annotated[int, typer.Option(help="--answer: longest answer in tokens")] = 96,
+    predictions: Annotated[Optional[Path], typer.Option("--predictions", help="--answer: write every question's answer, sources and verdict to this JSONL file")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
     """Recall@1/5/10, MRR, nDCG@10 and latency per mode; with --answer, answer quality too."""
@@ -151,13 +164,21 @@ def eval_cmd(
     for m in chosen:
         if m not in MODES:
             raise TunelabError(f"unknown mode '{m}'", f"modes are: {', '.join(MODES)}")
+    if predictions is not None and not with_answers:
+        raise TunelabError("--predictions needs --answer", "add --answer to generate and score the answers")
     rows = read_qa(qa)[:limit] if limit else read_qa(qa)
     with open_index(index) as opened:
         results: dict = {"retrieval": evaluate_retrieval(opened, rows, chosen, progress=not as_json, weights=_weights(weights))}
         if with_answers:
-            from tunelab.rag.answer import HFGenerator
+            results["answers"] = evaluate_answers(
+                opened, rows, _generator(model, max_new_tokens), progress=not as_json, min_similarity=min_similarity
+            )
+    if with_answers:
+        per_question = results["answers"].pop("predictions")
+        if predictions is not None:
+            from tunelab.atomic import write_text
 
-            results["answers"] = evaluate_answers(opened, rows, HFGenerator(model), progress=not as_json)
+            write_text(predictions, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in per_question))
     if as_json:
         print(json.dumps(results, indent=2))
         return
@@ -169,10 +190,14 @@ def eval_cmd(
     console.print(table)
     if with_answers:
         a = results["answers"]
-        console.print(
-            f"answers ({a['mode']}): exact match {a['exact_match']:.3f}, token F1 {a['token_f1']:.3f}, "
-            f"answer in context {a['answer_in_context']:.3f}, abstained {a['abstained']:.3f}"
-        )
+        answers = Table(f"answers ({a['mode']})", "share", "95% CI")
+        for label, key in (("right", "right"), ("EM", "exact_match"), ("F1", "token_f1"), ("abstained", "abstained"),
+                           ("hallucinated", "hallucinated"), ("answer in context", "answer_in_context")):
+            ci = a.get(f"{key}_ci95")
+            answers.add_row(label, f"{a[key]:.3f}", f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "")
+        console.print(answers)
+        if predictions is not None:
+            console.print(f"wrote {len(per_question)} answers with sources and verdicts to {predictions}")
 
 
 @user_errors

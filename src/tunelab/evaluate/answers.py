@@ -9,6 +9,7 @@ Definitions (per question; an item's gold answers are its answer plus its aliase
   f1               best token-overlap F1 against any gold answer (SQuAD)
   abstained        the prediction declines to answer ("I don't know", "I'm not sure", ...)
   hallucinated     answered (not abstained) and not `contains` — a confident wrong answer
+Citation marks ("[1]", "[1, 2]") are not part of an answer: `score` removes them first.
 Rates: hallucination among answered = hallucinated / answered; among all = hallucinated / all.
 """
 
@@ -28,8 +29,19 @@ _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ABSTAIN = re.compile(
     r"\b(i (?:do not|don'?t|dont) know|i'?m not sure|i am not sure|not sure|i cannot answer|i can'?t answer|unable to answer"
     r"|(?:i )?(?:do not|don'?t) have (?:enough |any )?information|no information|not enough information"
-    r"|(?:context|sources?|text) (?:does not|doesn'?t) (?:contain|mention|say|provide)|cannot be determined|not (?:mentioned|provided|given) in)\b"
+    r"|(?:context|sources?|text) (?:does not|doesn'?t) (?:contain|mention|say|provide)|cannot be determined|not (?:contained|mentioned|provided|given) in)\b"
 )
+
+
+# "[1]", "[2, 3]": the passage numbers a grounded answer cites (short numbers: "[1990]" is no citation).
+_CITATION = re.compile(r"\[\d{1,3}(?:\s*,\s*\d{1,3})*\]")
+
+
+def strip_citations(text: str) -> str:
+    """The text without its citation marks: "Paris [1]." -> "Paris."; "[1, 2]" -> ""."""
+    text = _CITATION.sub(" ", text)
+    text = re.sub(r"[ \t]+([.,;:!?])", r"\1", text)
+    return re.sub(r"[ \t]{2,}", " ", text).strip()
 
 
 def normalize(text: str) -> str:
@@ -41,6 +53,12 @@ def normalize(text: str) -> str:
 
 def golds(answer: str, aliases: Sequence[str] = ()) -> list[str]:
     return [g for g in dict.fromkeys(normalize(a) for a in [answer, *aliases]) if g]
+
+
+def answer_in_text(text: str, answer: str, aliases: Sequence[str] = ()) -> bool:
+    """A gold answer appears in `text` (e.g. the passages shown to a reader) on word boundaries."""
+    haystack = f" {normalize(text)} "
+    return any(f" {gold} " in haystack for gold in golds(answer, aliases))
 
 
 def exact_match(prediction: str, answer: str, aliases: Sequence[str] = ()) -> bool:
@@ -89,6 +107,8 @@ def is_abstention(prediction: str) -> bool:
 
 
 def score(prediction: str, answer: str, aliases: Sequence[str] = (), question: str = "") -> dict:
+    """One question's scores (floats 0/1, f1 in [0, 1]); citation marks are removed first."""
+    prediction = strip_citations(prediction)
     abstained = is_abstention(prediction)
     contains = (not abstained) and contains_answer(prediction, answer, aliases, question)
     return {
@@ -98,6 +118,13 @@ def score(prediction: str, answer: str, aliases: Sequence[str] = (), question: s
         "abstained": float(abstained),
         "hallucinated": float((not abstained) and not contains),
     }
+
+
+def verdict(scores: dict) -> str:
+    """"right" (a gold answer contained), "abstained" or "hallucinated", from `score`'s fields."""
+    if scores["contains"]:
+        return "right"
+    return "abstained" if scores["abstained"] else "hallucinated"
 
 
 def bootstrap_ci(values: Sequence[float], resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
-from tunelab.models.catalogue import resolve_model
+from tunelab.evaluate.answers import is_abstention
 from tunelab.rag.index import Hit, Index
 
 ABSTAIN = "I don't know: the indexed documents do not seem to cover this question."
@@ -78,10 +77,6 @@ def cited(text: str, hits: list[Hit]) -> list[Hit]:
     return [by_rank[n] for n in dict.fromkeys(numbers) if n in by_rank]
 
 
-def is_abstention(text: str) -> bool:
-    return bool(re.search(r"\b(i don'?t know|i do not know|not (?:contained|mentioned|provided) in the sources)\b", text.lower()))
-
-
 def answer(
     question: str,
     index: Index,
@@ -100,36 +95,3 @@ def answer(
         return Answer(question, ABSTAIN, [], True, retrieval.hits, best)
     sources = cited(text, retrieval.hits) or retrieval.hits
     return Answer(question, text, sources, False, retrieval.hits, best)
-
-
-class HFGenerator:
-    """A local causal LM (catalogue name like `smollm2`, a model folder, or a run directory)."""
-
-    def __init__(self, model: str | Path = "smollm2", max_new_tokens: int = 96):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = resolve_model(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-        self.model.eval()
-        self.max_new_tokens = max_new_tokens
-        self._torch = torch
-
-    def _encode(self, prompt: str):
-        if getattr(self.tokenizer, "chat_template", None):
-            # Instruct models answer far better inside their own chat format.
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-        return self.tokenizer(prompt, return_tensors="pt")
-
-    def __call__(self, prompt: str) -> str:
-        inputs = self._encode(prompt)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        with self._torch.inference_mode():
-            output = self.model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad
-            )
-        new_tokens = output[0, inputs["input_ids"].shape[1] :]
-        return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()

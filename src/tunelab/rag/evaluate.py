@@ -4,19 +4,20 @@ Relevance is by document: a question's gold `doc_id` counts once, at the rank of
 chunk in the top 10. So recall@k is the share of questions whose document appears in the
 first k chunks, MRR averages 1/rank, and nDCG@10 with a single relevant document is
 1/log2(rank + 1).
+
+Generated answers (`evaluate_answers`) are scored by tunelab.evaluate.answers, the scorer that
+`prompts eval` and `strategies` use too, so a verdict means the same everywhere.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import time
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
-from tunelab.evaluate.answers import normalize as normalize_answer
+from tunelab.evaluate.answers import answer_in_text, score, summarise, verdict
 from tunelab.rag.index import MODES, Index
 
 DEPTH = 10
@@ -47,35 +48,6 @@ def ranking_metrics(ranks: Sequence[int | None], depth: int = DEPTH) -> dict[str
     }
 
 
-def token_f1(prediction: str, truth: str) -> float:
-    pred, gold = normalize_answer(prediction).split(), normalize_answer(truth).split()
-    common = sum((Counter(pred) & Counter(gold)).values())
-    if not pred or not gold or common == 0:
-        return float(pred == gold)
-    precision, recall = common / len(pred), common / len(gold)
-    return 2 * precision * recall / (precision + recall)
-
-
-def answer_scores(prediction: str, answers: Sequence[str]) -> tuple[float, float]:
-    """(exact match, token F1) against the best of the accepted answers.
-
-    Exact match also accepts a prediction that contains an accepted answer as whole words:
-    generated answers are sentences ("The capital of France is Paris [1]."). Citation marks
-    are not part of the answer and are removed first.
-    """
-    prediction = re.sub(r"\[\d+(?:\s*,\s*\d+)*\]", " ", prediction)
-    norm = normalize_answer(prediction)
-    exact = any(
-        normalize_answer(a) and (norm == normalize_answer(a) or f" {normalize_answer(a)} " in f" {norm} ") for a in answers
-    )
-    return float(exact), max((token_f1(prediction, a) for a in answers), default=0.0)
-
-
-def in_context(answers: Sequence[str], context: str) -> bool:
-    norm = f" {normalize_answer(context)} "
-    return any(normalize_answer(a) and f" {normalize_answer(a)} " in norm for a in answers)
-
-
 def evaluate_retrieval(
     index: Index, rows: Sequence[dict], modes: Sequence[str] = MODES, depth: int = DEPTH, progress: bool = False, **search
 ) -> dict[str, dict]:
@@ -102,28 +74,55 @@ def evaluate_retrieval(
     return results
 
 
-def evaluate_answers(index: Index, rows: Sequence[dict], generator, mode: str = "hybrid", k: int = 4, progress: bool = False, **kwargs) -> dict:
-    """Exact match, token F1, answer-in-context and abstention rates of generated answers."""
+def evaluate_answers(
+    index: Index, rows: Sequence[dict], generator, mode: str = "hybrid", k: int = 4, progress: bool = False, seed: int = 0, **kwargs
+) -> dict:
+    """Generated answers scored by tunelab.evaluate.answers (the one scorer), over `rows`
+    ({question, answer, aliases, doc_id}); `kwargs` go to rag.answer (e.g. min_similarity).
+
+    right = a gold answer contained in the answer as whole words; hallucinated = answered and not
+    right; answer_in_context = a gold answer appears in the passages shown. `predictions` holds one
+    dict per question (answer, sources, verdict and the score fields)."""
     from tunelab.rag.answer import answer
 
-    em = f1 = found = abstained = 0.0
+    predictions = []
     for row in _progress(rows, "answering", progress):
-        accepted = [row.get("answer", ""), *row.get("aliases", [])]
+        gold, aliases = row.get("answer", ""), list(row.get("aliases") or [])
         result = answer(row["question"], index, generator, mode=mode, k=k, **kwargs)
-        context = "\n".join(h.chunk.text for h in result.hits)
-        found += in_context(accepted, context)
-        abstained += result.abstained
-        if not result.abstained:
-            e, f = answer_scores(result.text, accepted)
-            em, f1 = em + e, f1 + f
-    n = max(len(rows), 1)
+        scores = score(result.text, gold, aliases, row["question"])
+        predictions.append({
+            "question": row["question"],
+            "answer": gold,
+            "aliases": aliases,
+            "doc_id": row.get("doc_id"),
+            "prediction": result.text,
+            "verdict": verdict(scores),
+            "sources": [{"rank": h.rank, "doc_id": h.chunk.doc_id, "chunk_id": h.chunk.chunk_id} for h in result.sources],
+            "answer_in_context": answer_in_text("\n".join(h.chunk.text for h in result.hits), gold, aliases),
+            "best_similarity": round(result.best_similarity, 4),
+            **scores,
+        })
+    summary = summarise(predictions, seed=seed)
+    n = len(predictions)
+
+    def rate(key: str) -> float:
+        return round(float(summary.get(key, 0.0)), 4)
+
+    def interval(key: str) -> list[float] | None:
+        return [round(v, 4) for v in summary[key]] if key in summary else None
+
     return {
         "mode": mode,
-        "questions": len(rows),
-        "exact_match": round(em / n, 4),
-        "token_f1": round(f1 / n, 4),
-        "answer_in_context": round(found / n, 4),
-        "abstained": round(abstained / n, 4),
+        "questions": n,
+        "right": rate("contains"),
+        "right_ci95": interval("contains_ci95"),
+        "exact_match": rate("exact_match"),
+        "token_f1": rate("f1"),
+        "abstained": rate("abstention_rate"),
+        "hallucinated": rate("hallucination_rate_all"),
+        "hallucinated_ci95": interval("hallucination_rate_all_ci95"),
+        "answer_in_context": round(sum(p["answer_in_context"] for p in predictions) / n, 4) if n else 0.0,
+        "predictions": predictions,
     }
 
 

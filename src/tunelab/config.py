@@ -73,6 +73,44 @@ class TrainConfig(DataSettings):
     overwrite: bool = False
 
 
+class ExtractiveQAConfig(Settings):
+    """Fine-tuning an extractive question-answering reader (`tunelab train --task extractive-qa`)."""
+
+    # Fixed; written to config.yaml so that it is itself a valid config and says what the run is.
+    task: Literal["extractive-qa"] = Field("extractive-qa", description="what the run learns (fixed)")
+    kind: Literal["transformers"] = Field("transformers", description="what model/ holds (fixed)")
+    data: str = Field(
+        ..., description="jsonl/json/csv/parquet file with question, context and answer columns (and optionally answer_start, "
+        "a character offset); an empty answer means the context does not hold it")
+    question_col: str = "question"
+    context_col: str = "context"
+    answer_col: str = "answer"
+    encoding: str = Field("utf-8", description="text encoding of csv/json files")
+    eval_data: str | None = Field(None, description="user-supplied evaluation split (else split from data)")
+    test_data: str | None = Field(None, description="user-supplied test split (else split from data)")
+    eval_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the questions held out for evaluation")
+    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the questions held out for the test")
+    model: str = Field("minilm", description="catalogue name (`tunelab models`) or a local Hugging Face folder")
+    epochs: float = Field(2.0, gt=0)
+    lr: PositiveFloat | Literal["auto"] = Field(
+        "auto", description="peak learning rate; auto: 5e-5 for a model 768 wide (BERT-base), scaled by 768 / its width")
+    batch_size: PositiveInt = Field(16, description="windows per training step")
+    eval_batch_size: int = Field(64, gt=0)
+    max_length: int | None = Field(
+        None, gt=0, description="window length in tokens; default: the data's 95th percentile of question + context, capped by the model")
+    doc_stride: int = Field(64, ge=0, description="tokens shared by consecutive windows of a context longer than max_length")
+    max_answer_tokens: int = Field(30, gt=0, description="the longest answer span the reader considers")
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores")
+    seed: int = 42
+    warmup: float = Field(0.0, ge=0, lt=1, description="fraction of the training steps spent warming up the learning rate")
+    weight_decay: float = Field(0.01, ge=0)
+    early_stopping: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
+
+    out: str | None = Field(None, description="run directory; default runs/<model>-<data>-<time>")
+    overwrite: bool = False
+
+
 S = TypeVar("S", bound=Settings)
 
 

@@ -61,6 +61,11 @@ class Run:
         return str(self.config.get("kind") or "transformers")
 
     @property
+    def task(self) -> str:
+        """'classification' (`tunelab train`) or 'extractive-qa' (`tunelab train --task extractive-qa`)."""
+        return str(self.config.get("task") or "classification")
+
+    @property
     def model_dir(self) -> Path:
         if self.kind != "transformers":
             # Code that loads model/ (predict, eval, serve, export) must not fail on a missing folder deep inside.

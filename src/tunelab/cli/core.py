@@ -112,13 +112,75 @@ def train(
     strict: Annotated[Optional[bool], typer.Option("--strict", help="refuse empty texts instead of dropping them")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue a killed run from its last checkpoint")] = False,
     nproc: Annotated[int, typer.Option(help="data-parallel processes on this machine (torchrun; gloo on CPU)")] = 1,
+    task: Annotated[Optional[str], typer.Option(help="classification | extractive-qa (default: the config file's task, else classification)")] = None,
+    question_col: Annotated[Optional[str], typer.Option(help="extractive-qa: column holding the question")] = None,
+    context_col: Annotated[Optional[str], typer.Option(help="extractive-qa: column holding the context")] = None,
+    answer_col: Annotated[Optional[str], typer.Option(help="extractive-qa: column holding the answer (empty: not in the context)")] = None,
+    doc_stride: Annotated[Optional[int], typer.Option(help="extractive-qa: tokens shared by consecutive windows of a long context")] = None,
 ) -> None:
-    """Fine-tune a pretrained model for text classification and write a run directory."""
+    """Fine-tune a pretrained model for text classification (or extractive question answering) and write a run directory."""
     from tunelab.config import TrainConfig, load_settings
 
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "resume", "nproc", "load_settings", "TrainConfig")}
-    settings = load_settings(TrainConfig, config, overrides)
+    flags = {k: v for k, v in locals().items() if k not in ("config", "resume", "nproc", "task", "load_settings", "TrainConfig")}
+    if _chosen_task(task, config) == "extractive-qa":
+        _train_extractive_qa(config, flags, resume, nproc)
+        return
+    given = [k for k in _QA_ONLY if flags.pop(k) is not None]
+    if given:
+        from tunelab.errors import TunelabError
+
+        raise TunelabError(f"{_flag(given[0])} applies only to --task extractive-qa", "add --task extractive-qa, or drop the flag")
+    settings = load_settings(TrainConfig, config, flags)
     _train(settings, resume, nproc)
+
+
+TASKS = ("classification", "extractive-qa")
+_QA_ONLY = ("question_col", "context_col", "answer_col", "doc_stride")
+# Classification settings with no meaning for a span reader: refused rather than silently ignored.
+_NOT_QA = ("text_col", "label_col", "method", "grad_accum", "max_train_samples", "keep_checkpoints", "report_to", "deepspeed", "fsdp", "strict")
+
+
+def _flag(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
+
+
+def _chosen_task(task: str | None, config: Path | None) -> str:
+    """--task, else the config file's `task` (a QA run's config.yaml says extractive-qa), else classification."""
+    from tunelab.errors import TunelabError, did_you_mean
+
+    if task is not None:
+        if task not in TASKS:
+            raise TunelabError(f"unknown --task '{task}'", did_you_mean(task, TASKS) or f"choose from: {', '.join(TASKS)}")
+        return task
+    if config is not None and config.is_file():
+        import yaml
+
+        try:
+            values = yaml.safe_load(config.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            values = None  # reported by load_settings, as for any config file
+        if isinstance(values, dict) and values.get("task") == "extractive-qa":
+            return "extractive-qa"
+    return "classification"
+
+
+def _train_extractive_qa(config: Path | None, flags: dict, resume: bool, nproc: int) -> None:
+    from tunelab.config import ExtractiveQAConfig, load_settings
+    from tunelab.errors import TunelabError
+
+    for key in _NOT_QA:
+        if flags.pop(key) is not None:
+            raise TunelabError(f"{_flag(key)} does not apply to --task extractive-qa", "drop it")
+    if resume:
+        raise TunelabError("--resume does not apply to --task extractive-qa", "train it again with --overwrite")
+    if nproc > 1:
+        raise TunelabError("--nproc > 1 with --task extractive-qa is not supported yet", "train on one process (drop --nproc)")
+    if config is None and flags.get("data") is None:
+        raise TunelabError("--task extractive-qa needs --data", "pass a jsonl/json/csv/parquet file with question, context and answer columns")
+    settings = load_settings(ExtractiveQAConfig, config, flags)
+    from tunelab.train.extractive_qa import train_extractive_qa
+
+    print_qa_summary(train_extractive_qa(settings))
 
 
 @command("resume")
@@ -228,3 +290,15 @@ def print_run_summary(run, next_steps: bool = False) -> None:
             f"  tunelab data inspect tweets\n"
             f"  tunelab train --data tweets --epochs 1 --max-train-samples 5000"
         )
+
+
+def print_qa_summary(run) -> None:
+    test, train_metrics = run.metrics.get("test", {}), run.metrics.get("train", {})
+    console.print(
+        f"\n[bold green]done[/] in {train_metrics.get('train_runtime_s', 0):.0f} s — test right {test['right']:.4f}, "
+        f"exact match {test['exact_match']:.4f}, token F1 {test['token_f1']:.4f} "
+        f"({test['abstained']:.0%} abstained, {test['hallucinated']:.0%} hallucinated)"
+        if "right" in test
+        else "\n[bold green]done[/]"
+    )
+    console.print(f"run directory: {run.path}")

@@ -1,0 +1,437 @@
+"""Fine-tuning an encoder for extractive question answering: the recipe, top to bottom.
+
+load + validate data -> split by question -> tokenizer -> max length -> windows with span labels
+-> model -> Trainer -> train -> save model -> choose the no-answer threshold on eval -> score the
+test split with the reader -> publish the run directory.
+
+The trained model is the RAG reader (models/span_reader.py): it answers with a span of a source,
+or abstains.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForQuestionAnswering,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    PrinterCallback,
+    Trainer,
+    TrainingArguments,
+)
+
+from tunelab import atomic  # noqa: E402
+from tunelab.config import ExtractiveQAConfig, to_yaml  # noqa: E402
+from tunelab.data.load import _read_raw  # noqa: E402
+from tunelab.data.tokenize import choose_max_length  # noqa: E402
+from tunelab.errors import TunelabError, did_you_mean  # noqa: E402
+from tunelab.evaluate.answers import normalize, score, summarise  # noqa: E402
+from tunelab.models.catalogue import resolve_model  # noqa: E402
+from tunelab.models.classifier import model_max_length  # noqa: E402
+from tunelab.models.span_reader import ExtractiveReader, choose_threshold, cls_index, encode_windows  # noqa: E402
+from tunelab.run import Run, default_run_dir  # noqa: E402
+from tunelab.train import speed  # noqa: E402
+from tunelab.train.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
+from tunelab.train.classify import count_trainable, resolve_lr  # noqa: E402
+
+TASK = "extractive-qa"
+MIN_MAX_LENGTH = 32  # a window must leave the context room after the question
+# summarise()'s names -> the names of metrics.json["test"]
+CI_NAMES = {"exact_match": "exact_match", "f1": "token_f1", "contains": "right", "hallucination_rate_all": "hallucinated"}
+
+
+def train_extractive_qa(config: ExtractiveQAConfig, progress: bool = True) -> Run:
+    """Fine-tune config.model to point at answer spans in config.data; return the finished run."""
+    quiet_libraries()
+    out = Path(config.out).expanduser() if config.out else default_run_dir(config.model, config.data)
+    staging = atomic.partial_path(out)
+    if out.exists() and not config.overwrite:
+        raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
+    transformers.set_seed(config.seed)
+    threads = speed.set_threads(config.threads)
+    precision = speed.resolve_precision(config.precision)
+
+    # 1. Data: load, check every answer against its context, split by question (seeded).
+    splits = load_qa_splits(config)
+
+    # 2. Tokenizer, and a window length chosen from the data rather than the model's 512.
+    model_dir = resolve_model(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "right"  # "no answer" points at [CLS], index 0 of every padded window
+    model_config = transformers.AutoConfig.from_pretrained(model_dir)
+    model_limit = model_max_length(model_config, tokenizer)
+    if config.max_length is not None and config.max_length > model_limit:
+        raise TunelabError(f"--max-length {config.max_length} exceeds the model's limit of {model_limit} tokens", f"use at most {model_limit}")
+    max_length = config.max_length or choose_qa_max_length(tokenizer, splits["train"], model_limit, config.seed)
+    lr = resolve_lr(config.lr, model_config)
+
+    # 3. Tokenize: windows of question + context, each labelled with its answer's tokens (or [CLS]).
+    datasets = {name: tokenize_qa(splits[name], tokenizer, max_length, config.doc_stride) for name in ("train", "eval")}
+
+    # 4. Model: the pretrained encoder with a fresh span head; then the plan.
+    model = build_qa_model(model_dir)
+    parameters = sum(p.numel() for p in model.parameters())
+    if progress:
+        print_plan(config, splits, len(datasets["train"]), max_length, lr, precision, parameters)
+
+    # 5. Stage the run directory with everything known before training.
+    resolved = dict(task=TASK, kind="transformers", out=str(out), max_length=max_length, lr=lr, precision=precision, threads=threads)
+    start_staging(staging, config, resolved, splits)
+
+    # 6. Trainer: the plain one; the best epoch by eval loss is kept.
+    args = training_arguments(config, staging / "checkpoints", precision, lr, len(datasets["train"]))
+    callbacks = [HistoryCallback(staging / "history.jsonl")]
+    if progress:
+        callbacks.append(RichProgressCallback(config.batch_size))
+    if config.early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets["eval"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # our progress bar and history.jsonl replace the printed dicts
+
+    # 7. Train.
+    started = time.perf_counter()
+    result = trainer.train()
+    train_seconds = time.perf_counter() - started
+
+    # 8. Save; choose the no-answer threshold on eval, score the test split with it; publish.
+    trainer.model.save_pretrained(staging / "model")
+    tokenizer.save_pretrained(staging / "model")
+    reader = ExtractiveReader(trainer.model.eval(), tokenizer, max_length, config.doc_stride, config.max_answer_tokens, precision=precision)
+    threshold = choose_null_threshold(reader, splits["eval"], config.eval_batch_size)
+    test, predictions = score_split(reader, splits["test"], threshold["value"], config.eval_batch_size)
+    predictions.to_parquet(staging / "predictions.parquet", index=False)
+    metrics = {
+        "task": TASK,
+        "test": test,
+        "train": training_metrics(trainer, result, train_seconds),
+        "environment": speed.environment(precision),
+        "null_threshold": threshold,
+    }
+    atomic.write_json(staging / "metrics.json", metrics)
+    shutil.rmtree(staging / "checkpoints", ignore_errors=True)
+    atomic.publish_dir(staging, out, overwrite=config.overwrite)
+    return Run.open(out)
+
+
+# 1. data -------------------------------------------------------------------------------------
+def load_qa_frame(source: str, config: ExtractiveQAConfig) -> pd.DataFrame:
+    """question, context, answer ("" when the context does not hold it) and answer_start (-1 then).
+
+    A given answer_start must point at the answer; without it, the answer's first occurrence in
+    the context is used. Every mistake names the file and the row.
+    """
+    raw = _read_raw(source, config.encoding)
+    raw.columns = [str(c) for c in raw.columns]
+    columns = list(raw.columns)
+    for role, column in (("question", config.question_col), ("context", config.context_col), ("answer", config.answer_col)):
+        if column not in columns:
+            hint = did_you_mean(column, columns)
+            raise TunelabError(
+                f"{role} column '{column}' not found in {source}; columns are: {', '.join(columns)}",
+                hint or f"choose it with --{role}-col",
+            )
+    given_starts = raw["answer_start"] if "answer_start" in columns else pd.Series([None] * len(raw))
+    rows = []
+    cells = zip(raw[config.question_col], raw[config.context_col], raw[config.answer_col], given_starts)
+    for i, (question, context, answer, given) in enumerate(cells):
+        where = f"{source}, row {i + 1}"
+        question, context, answer = _text(question), _text(context), _text(answer)
+        if not question.strip():
+            raise TunelabError(f"{where}: the question is empty", "fill it in or remove the row")
+        if not context.strip():
+            raise TunelabError(f"{where}: the context is empty", "fill it in or remove the row")
+        answer = answer.strip()
+        if not answer:
+            rows.append((question, context, "", -1))
+            continue
+        if _missing(given):
+            start = context.find(answer)
+            if start < 0:
+                raise TunelabError(
+                    f"{where}: the answer {answer[:60]!r} does not occur in its context",
+                    "fix the answer or the context, or leave the answer empty if the context does not hold it",
+                )
+        else:
+            start = int(given) if float(given).is_integer() else -1
+            if start < 0 or context[start : start + len(answer)] != answer:
+                raise TunelabError(
+                    f"{where}: answer_start {given} does not point at the answer {answer[:60]!r} in its context",
+                    "fix answer_start (a character offset into the context), or drop the column to use the first occurrence",
+                )
+        rows.append((question, context, answer, start))
+    if not rows:
+        raise TunelabError(f"{source} has no rows", "give a file with question, context and answer columns")
+    frame = pd.DataFrame(rows, columns=["question", "context", "answer", "answer_start"])
+    frame.attrs["source"] = str(source)
+    return frame
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
+
+
+def _text(value) -> str:
+    if _missing(value):
+        return ""
+    if isinstance(value, float) and value.is_integer():  # 1990.0 from a column with empty cells
+        return str(int(value))
+    return str(value)
+
+
+def load_qa_splits(config: ExtractiveQAConfig) -> dict[str, pd.DataFrame]:
+    frame = load_qa_frame(config.data, config)
+    given = {name: load_qa_frame(path, config) if path else None for name, path in (("eval", config.eval_data), ("test", config.test_data))}
+    return split_by_question(frame, config.eval_fraction, config.test_fraction, config.seed, given["eval"], given["test"])
+
+
+def split_by_question(
+    frame: pd.DataFrame,
+    eval_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 42,
+    eval_frame: pd.DataFrame | None = None,
+    test_frame: pd.DataFrame | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Seeded train/eval/test splits in which all rows of one question (its normalised text) stay
+    together, so a test question was never seen in training; user-given splits win."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    source = frame.attrs.get("source", "the data")
+    questions = frame["question"].map(normalize).nunique()
+    needed = 1 + (eval_frame is None) + (test_frame is None)
+    if questions < needed:
+        raise TunelabError(
+            f"{source} has {questions} distinct question(s); splitting by question needs at least {needed}",
+            "add questions, or pass --eval-data/--test-data",
+        )
+    rest = frame
+    splits: dict[str, pd.DataFrame] = {}
+    for name, given, fraction in (("test", test_frame, test_fraction), ("eval", eval_frame, eval_fraction)):
+        if given is not None:
+            splits[name] = given.reset_index(drop=True)
+            continue
+        groups = rest["question"].map(normalize)
+        # The fraction is of all questions, so rescale it to what is left; at least one question.
+        left = groups.nunique()
+        share = min(max(fraction * questions / left, 1 / left), 0.5)
+        kept, held = next(GroupShuffleSplit(n_splits=1, test_size=share, random_state=seed).split(rest, groups=groups))
+        splits[name] = rest.iloc[held].reset_index(drop=True)
+        rest = rest.iloc[kept]
+    splits["train"] = rest.reset_index(drop=True)
+    return {name: splits[name] for name in ("train", "eval", "test")}
+
+
+# 2.-3. tokens --------------------------------------------------------------------------------
+def choose_qa_max_length(tokenizer, train: pd.DataFrame, model_limit: int, seed: int, percentile: float = 95) -> int:
+    """The 95th percentile of question + context tokens (a seeded sample of 5000 rows), capped by the model."""
+    sample = train.sample(n=min(len(train), 5000), random_state=seed)
+    encoded = tokenizer(sample["question"].tolist(), sample["context"].tolist(), truncation=False, verbose=False)["input_ids"]
+    lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
+    return max(choose_max_length(lengths, model_limit, percentile), min(MIN_MAX_LENGTH, model_limit))
+
+
+def tokenize_qa(frame: pd.DataFrame, tokenizer, max_length: int, doc_stride: int):
+    """A datasets.Dataset of windows with start_positions / end_positions, unpadded."""
+    import datasets
+
+    encoded = encode_windows(tokenizer, frame["question"].tolist(), frame["context"].tolist(), max_length, doc_stride)
+    starts, ends = window_labels(encoded, frame["answer_start"].tolist(), frame["answer"].str.len().tolist(), tokenizer)
+    columns = {name: encoded[name] for name in ("input_ids", "token_type_ids", "attention_mask") if name in encoded}
+    columns.update(start_positions=starts, end_positions=ends)
+    return datasets.Dataset.from_dict(columns)
+
+
+def window_labels(encoded, answer_starts: list[int], answer_lengths: list[int], tokenizer) -> tuple[list[int], list[int]]:
+    """Each window's answer tokens: the first and last context tokens covering the answer's
+    characters; [CLS] when the row has no answer or the window does not hold all of it."""
+    starts, ends = [], []
+    for window, offsets in enumerate(encoded["offset_mapping"]):
+        row = encoded["overflow_to_sample_mapping"][window]
+        cls = cls_index(encoded["input_ids"][window], tokenizer)
+        first_char = answer_starts[row]
+        end_char = first_char + answer_lengths[row]
+        context = [t for t, sequence in enumerate(encoded.sequence_ids(window)) if sequence == 1]
+        if first_char < 0 or not context or offsets[context[0]][0] > first_char or offsets[context[-1]][1] < end_char:
+            starts.append(cls)
+            ends.append(cls)
+            continue
+        start = context[0]
+        while start <= context[-1] and offsets[start][0] <= first_char:
+            start += 1
+        end = context[-1]
+        while end >= context[0] and offsets[end][1] >= end_char:
+            end -= 1
+        starts.append(start - 1)
+        ends.append(end + 1)
+    return starts, ends
+
+
+# 4.-6. model and Trainer -------------------------------------------------------------------------
+def build_qa_model(model_dir: Path):
+    # The span head (qa_outputs) is new on purpose: hide the long "newly initialized" report.
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        return AutoModelForQuestionAnswering.from_pretrained(model_dir)
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+def training_arguments(config: ExtractiveQAConfig, output_dir: Path, precision: str, lr: float, train_windows: int) -> TrainingArguments:
+    steps_per_epoch = max(1, train_windows // config.batch_size)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=config.epochs,
+        learning_rate=lr,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup,  # transformers 5: a value below 1 is a fraction of the steps
+        bf16=precision == "bf16",
+        use_cpu=not torch.cuda.is_available(),
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_strategy="steps",
+        logging_steps=max(1, steps_per_epoch // 20),
+        train_sampling_strategy="group_by_length",  # short contexts make short windows: less padding
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def start_staging(staging: Path, config: ExtractiveQAConfig, resolved: dict, splits: dict[str, pd.DataFrame]) -> None:
+    if staging.exists():
+        shutil.rmtree(staging)  # an earlier attempt
+    (staging / "splits").mkdir(parents=True)
+    run = Run(staging)
+    atomic.write_text(staging / "config.yaml", to_yaml(config, **resolved))
+    for name, split in splits.items():
+        split.to_parquet(run.split_path(name), index=False)
+
+
+# 8. threshold, test scores, metrics ------------------------------------------------------------
+def read_split(reader: ExtractiveReader, split: pd.DataFrame, batch_size: int):
+    """Each row read on its own context: the question's one passage."""
+    return reader.read_many(split["question"].tolist(), [[context] for context in split["context"]], batch_size=batch_size)
+
+
+def choose_null_threshold(reader: ExtractiveReader, eval_split: pd.DataFrame, batch_size: int) -> dict:
+    """The margin threshold with the most right - hallucinated answers on the eval split."""
+    results = read_split(reader, eval_split, batch_size)
+    right = [
+        r.candidate is not None and score(r.candidate.text, answer, question=question)["contains"] > 0
+        for r, answer, question in zip(results, eval_split["answer"], eval_split["question"])
+    ]
+    value = choose_threshold([r.margin for r in results], right)
+    answered = [r.margin >= value for r in results]
+    gain = sum((1 if ok else -1) for ok, a in zip(right, answered) if a)
+    return {
+        "value": value,
+        "chosen_on": "eval",
+        "criterion": "right - hallucinated",
+        "eval_questions": len(results),
+        "eval_right_minus_hallucinated": gain,
+    }
+
+
+def score_split(reader: ExtractiveReader, split: pd.DataFrame, threshold: float, batch_size: int) -> tuple[dict, pd.DataFrame]:
+    """Test metrics with tunelab's one answer scorer, and the per-row predictions."""
+    results = [r.at_threshold(threshold) for r in read_split(reader, split, batch_size)]
+    scores = [score(r.text, answer, question=question) for r, answer, question in zip(results, split["answer"], split["question"])]
+    has_answer = split["answer"].str.len().to_numpy() > 0
+    answered = np.array([not r.abstained for r in results])
+    overall = summarise(scores)
+    answerable = summarise([s for s, has in zip(scores, has_answer) if has], ci=False)
+    metrics = {
+        "questions": overall["n"],
+        "exact_match": overall["exact_match"],
+        "token_f1": overall["f1"],
+        "right": overall["contains"],
+        "abstained": overall["abstention_rate"],
+        "hallucinated": overall["hallucination_rate_all"],
+        "hallucination_rate_answered": overall["hallucination_rate_answered"],
+        "penalised_score": overall["penalised_score"],
+        "has_answer_accuracy": float(np.mean(answered == has_answer)),
+        "answerable": {
+            "questions": int(has_answer.sum()),
+            "exact_match": answerable.get("exact_match"),
+            "token_f1": answerable.get("f1"),
+            "right": answerable.get("contains"),
+        },
+        "unanswerable": {
+            "questions": int((~has_answer).sum()),
+            "abstained": float(np.mean(~answered[~has_answer])) if (~has_answer).any() else None,
+        },
+        **{f"{name}_ci95": overall[f"{key}_ci95"] for key, name in CI_NAMES.items() if f"{key}_ci95" in overall},
+    }
+    predictions = pd.DataFrame(
+        {
+            "question": split["question"],
+            "answer": split["answer"],
+            "prediction": [r.text for r in results],
+            "candidate": [r.candidate.text if r.candidate else None for r in results],
+            "margin": [r.margin for r in results],
+            "abstained": [r.abstained for r in results],
+            "exact_match": [s["exact_match"] for s in scores],
+            "right": [s["contains"] for s in scores],
+            "f1": [s["f1"] for s in scores],
+            "hallucinated": [s["hallucinated"] for s in scores],
+        }
+    )
+    return metrics, predictions
+
+
+def training_metrics(trainer, result, seconds: float) -> dict:
+    return {
+        "train_runtime_s": seconds,
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        "train_loss": result.metrics.get("train_loss"),
+        "train_samples": len(trainer.train_dataset),  # windows
+        "epochs": result.metrics.get("epoch"),
+        "steps": result.global_step,
+        "best_eval_loss": trainer.state.best_metric,
+        "peak_memory_mb": speed.peak_memory_mb(),
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "trainable_parameters": count_trainable(trainer.model),
+    }
+
+
+def print_plan(config: ExtractiveQAConfig, splits, windows: int, max_length: int, lr: float, precision: str, parameters: int) -> None:
+    from rich.console import Console
+
+    train = splits["train"]
+    unanswerable = float((train["answer"] == "").mean())
+    steps = max(1, windows // config.batch_size) * config.epochs
+    Console(stderr=True).print(
+        f"[bold]plan[/]: {config.model} on {config.data}, extractive QA — {len(train)} train / {len(splits['eval'])} eval / "
+        f"{len(splits['test'])} test rows ({unanswerable:.0%} of train unanswerable), {windows} train windows\n"
+        f"      max length {max_length}, doc stride {config.doc_stride}, batch {config.batch_size}, ≈{steps:.0f} steps, "
+        f"learning rate {lr:g}, {precision}; parameters {parameters / 1e6:.1f}M",
+        highlight=False,
+    )

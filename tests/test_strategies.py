@@ -46,17 +46,23 @@ def test_quick_run_writes_every_output(tmp_path, kb_and_qa):
     results = run_strategies(StrategiesConfig(qa=str(qa), kb=str(kb), model=str(model), out=str(out), quick=True), progress=False)
 
     assert results["complete"] is True
-    assert list(results["strategies"]) == ["closed-book", "rag", "best-prompt", "fine-tuned", "fine-tuned+rag"]
+    assert list(results["strategies"]) == ["closed-book", "rag", "best-prompt", "fine-tuned", "extractive+rag", "fine-tuned+rag"]
     assert set(results["strategies"]) == set(STRATEGIES)
     for name, s in results["strategies"].items():
         assert s["n"] == 6, name
         for key in ("exact_match", "contains", "f1"):
             low, high = s[f"{key}_ci95"]
             assert low <= s[key] <= high
-        assert abs(s["abstention_rate"] + (1 - s["abstention_rate"]) - 1) < 1e-9
         assert s["latency"]["mean_ms"] > 0 and s["peak_memory_mb"] > 0 and s["disk_mb"] > 0
-        lines = (out / "predictions" / f"{name}.jsonl").read_text().splitlines()
+        lines = [json.loads(line) for line in (out / "predictions" / f"{name}.jsonl").read_text().splitlines()]
         assert len(lines) == 6
+        # the summary is the per-question verdicts' mean, and every question has exactly one verdict
+        assert s["abstention_rate"] == pytest.approx(sum(p["abstained"] for p in lines) / 6)
+        assert s["hallucination_rate_all"] == pytest.approx(sum(p["hallucinated"] for p in lines) / 6)
+        assert all(p["abstained"] + p["hallucinated"] + p["contains"] == 1 for p in lines)
+    for name in ("rag", "fine-tuned+rag", "extractive+rag"):
+        chosen = results["strategies"][name]["abstention"]
+        assert chosen["chosen_on"].startswith("train") and chosen["questions"] == results["questions"]["calibration"]
     # set-up costs are measured where there is something to set up
     assert results["strategies"]["closed-book"]["setup_seconds"] == 0
     assert results["strategies"]["rag"]["setup_seconds"] > 0
@@ -78,7 +84,7 @@ def test_quick_run_writes_every_output(tmp_path, kb_and_qa):
     assert "data:image/png;base64," in html and "Fine-tuned + RAG" in html
     assert (out / "accuracy_vs_cost.png").stat().st_size > 1000
     table = (out / "comparison.md").read_text()
-    assert table.count("\n| ") == 5  # one row per strategy under the header
+    assert table.count("\n| ") == 6  # one row per strategy under the header
 
 
 def test_cli_quick_refuses_a_used_folder(tmp_path, kb_and_qa):

@@ -162,3 +162,36 @@ def summarise(scores: Sequence[dict], ci: bool = True, seed: int = 0) -> dict:
             out[f"{key}_ci95"] = list(bootstrap_ci(column[key], seed=seed))
         out["hallucination_rate_all_ci95"] = list(bootstrap_ci(column["hallucinated"], seed=seed))
     return out
+
+
+def choose_thresholds(features: Sequence[Sequence[float]], outcomes: Sequence[float], margin: float = 1.0) -> tuple[list[float], float]:
+    """Thresholds, one per feature, that maximise right - hallucinated when a question is answered
+    only if every feature reaches its threshold; and that best value per question.
+
+    `features[j][i]` is feature j of question i (e.g. retrieval similarity, answer confidence; -inf:
+    never answered); `outcomes[i]` is +1 right, -1 hallucinated, 0 abstained anyway, for the answers
+    given with no threshold. Candidates per feature lie halfway between its distinct values, plus
+    `margin` below the lowest (answer all); ties go to the lowest thresholds (answer more). Choose on
+    train or eval questions; a threshold read off the test questions would flatter the test score.
+    """
+    values = np.asarray(features, dtype=float).reshape(len(features), -1)
+    gain = np.asarray(outcomes, dtype=float)
+    if values.shape[1] != len(gain):
+        raise ValueError("one outcome per question")
+    if len(gain) == 0:
+        return [0.0] * len(values), 0.0
+    grids = []
+    for row in values:
+        distinct = np.unique(row[np.isfinite(row)])
+        if len(distinct) == 0:
+            grids.append(np.array([0.0]))
+            continue
+        grids.append(np.concatenate([[distinct[0] - margin], (distinct[:-1] + distinct[1:]) / 2, [distinct[-1] + margin]]))
+    best_total, best = -np.inf, [float(g[0]) for g in grids]
+    mesh = np.meshgrid(*grids, indexing="ij")
+    for point in zip(*(m.ravel() for m in mesh)):  # lexicographic: lowest thresholds first
+        answered = np.all(values >= np.asarray(point)[:, None], axis=0)
+        total = gain[answered].sum()
+        if total > best_total:
+            best_total, best = total, [float(p) for p in point]
+    return best, float(best_total / len(gain))

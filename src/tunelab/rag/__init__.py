@@ -7,7 +7,7 @@
             print(hit.rank, hit.chunk.title, hit.chunk.section, hit.score)
 """
 
-from tunelab.rag.answer import Answer, answer, build_prompt
+from tunelab.rag.answer import Answer, answer, answer_many
 from tunelab.rag.index import MODES, Hit, Index, IndexReport, build_index, open_index
 
-__all__ = ["MODES", "Answer", "Hit", "Index", "IndexReport", "answer", "build_index", "build_prompt", "open_index"]
+__all__ = ["MODES", "Answer", "Hit", "Index", "IndexReport", "answer", "answer_many", "build_index", "open_index"]

@@ -1,44 +1,41 @@
-"""Grounded answers: retrieve, put the passages in the prompt, answer with [n] citations.
+"""Grounded answers: retrieve, build the reader's context, read, cite the passage the answer came from.
 
-When the closest chunk is not similar enough to the question, the answer is "I don't know"
-without calling the model at all: a small model given irrelevant context guesses.
+    answer(question, index, SpanReader("runs/reader"))          # extractive: a span of a source
+    answer(question, index, LMReader(Generator("smollm2")))     # generative, grounded decoding
+
+When the closest chunk is not similar enough to the question, or the reader is not sure enough of
+its answer, the answer is "I don't know": a small model given irrelevant context guesses. Both
+thresholds are chosen on train questions (rag/train_reader.py), never on the test split.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from tunelab.evaluate.answers import is_abstention
+from tunelab.rag.focus import Passage
 from tunelab.rag.index import Hit, Index
+from tunelab.rag.reader_data import ContextSettings, retrieve_context
+from tunelab.rag.readers import CallableReader, Reader
 
 ABSTAIN = "I don't know: the indexed documents do not seem to cover this question."
-# all-MiniLM cosine of the closest chunk. Measured on the Factbook index: 50 test questions scored
-# 0.575 at the lowest (median 0.67); 10 off-topic questions (recipes, guitar, Hamlet, ...) 0.19-0.33.
+# all-MiniLM cosine of the closest chunk, used when no threshold was chosen for the reader (a reader
+# trained by rag/train_reader.py carries its own, chosen on train questions). 10 off-topic questions
+# (recipes, guitar, Hamlet, ...) score 0.19-0.33 on the Factbook index; its train questions 0.5 and up.
 MIN_SIMILARITY = 0.4
-
-SYSTEM = (
-    "You answer questions using only the numbered sources below. "
-    "Cite the sources you use as [1], [2]. "
-    "If the sources do not contain the answer, reply exactly: I don't know."
-)
-
-
-class Generator(Protocol):
-    """Anything that turns a prompt into text: a local causal LM, or a fake in tests."""
-
-    def __call__(self, prompt: str) -> str: ...
 
 
 @dataclass
 class Answer:
     question: str
     text: str
-    sources: list[Hit]  # the passages cited in the text (all given passages if none was cited)
+    sources: list[Hit]  # the chunk the answer came from (all shown chunks when the reader cannot say)
     abstained: bool
-    hits: list[Hit] = field(default_factory=list)  # every passage shown to the model
+    hits: list[Hit] = field(default_factory=list)  # every chunk retrieved
     best_similarity: float = 0.0
+    passage: Passage | None = None  # the line or chunk the answer was read from
+    confidence: float | None = None
+    reason: str = ""  # why it abstained: "retrieval" (nothing similar enough) or "reader"
+    shown: list[Passage] = field(default_factory=list)  # the context the reader read
 
     def format(self) -> str:
         lines = [self.text]
@@ -48,6 +45,8 @@ class Answer:
             for hit in self.sources:
                 where = " — ".join(p for p in (hit.chunk.title, hit.chunk.section) if p)
                 lines.append(f"[{hit.rank}] {where} ({hit.chunk.doc_id}, {hit.chunk.chunk_id})")
+            if self.passage is not None:
+                lines.append(f"    \"{self.passage.text}\"")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -56,42 +55,49 @@ class Answer:
             "answer": self.text,
             "abstained": self.abstained,
             "best_similarity": round(self.best_similarity, 4),
+            "confidence": None if self.confidence is None or self.confidence != self.confidence else round(float(self.confidence), 4),
+            "reason": self.reason,
+            "quote": self.passage.text if self.passage is not None else None,
             "sources": [h.to_dict() for h in self.sources],
         }
-
-
-def build_prompt(question: str, hits: list[Hit], max_chars: int = 900) -> str:
-    """The grounded prompt: instructions, numbered passages (as [rank]), then the question."""
-    passages = []
-    for hit in hits:
-        where = " — ".join(p for p in (hit.chunk.title, hit.chunk.section) if p)
-        text = hit.chunk.text if len(hit.chunk.text) <= max_chars else hit.chunk.text[:max_chars].rsplit(" ", 1)[0] + " ..."
-        passages.append(f"[{hit.rank}] {where}\n{text}")
-    return f"{SYSTEM}\n\nSources:\n" + "\n\n".join(passages) + f"\n\nQuestion: {question}\nAnswer:"
-
-
-def cited(text: str, hits: list[Hit]) -> list[Hit]:
-    """The passages the text cites as [n] (or [n, m]), in citation order; unknown numbers ignored."""
-    by_rank = {hit.rank: hit for hit in hits}
-    numbers = [int(n) for group in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", text) for n in re.split(r"\s*,\s*", group)]
-    return [by_rank[n] for n in dict.fromkeys(numbers) if n in by_rank]
 
 
 def answer(
     question: str,
     index: Index,
-    generator: Generator,
+    reader: Reader,
     *,
-    mode: str = "hybrid",
-    k: int = 4,
+    settings: ContextSettings | None = None,
     min_similarity: float = MIN_SIMILARITY,
 ) -> Answer:
-    retrieval = index.retrieve(question, mode, k, need_similarity=True)
-    best = retrieval.best_similarity
-    if not retrieval.hits or not best >= min_similarity:  # also catches NaN (empty index)
-        return Answer(question, ABSTAIN, [], True, retrieval.hits, best if best == best else 0.0)
-    text = generator(build_prompt(question, retrieval.hits)).strip()
-    if is_abstention(text):
-        return Answer(question, ABSTAIN, [], True, retrieval.hits, best)
-    sources = cited(text, retrieval.hits) or retrieval.hits
-    return Answer(question, text, sources, False, retrieval.hits, best)
+    """Retrieve, focus, read; "I don't know" when retrieval or the reader is below its threshold.
+
+    `reader` is a rag.readers reader, or any `prompt -> text` callable (read with free decoding).
+    """
+    return answer_many([question], index, reader, settings=settings, min_similarity=min_similarity)[0]
+
+
+def answer_many(questions, index: Index, reader: Reader, *, settings: ContextSettings | None = None,
+                min_similarity: float = MIN_SIMILARITY, progress=None) -> list[Answer]:
+    """answer() for many questions, read in batches (the readers are several times faster so)."""
+    if not hasattr(reader, "read_many"):
+        reader = CallableReader(reader)
+    settings = settings or ContextSettings()
+    contexts = [retrieve_context(index, q, settings) for q in questions]
+    asked = [i for i, c in enumerate(contexts) if c.hits and c.best_similarity >= min_similarity]
+    readings = dict(zip(asked, reader.read_many([questions[i] for i in asked], [contexts[i].passages for i in asked])))
+    answers = []
+    for i, (question, context) in enumerate(zip(questions, contexts)):
+        if i not in readings:
+            answers.append(Answer(question, ABSTAIN, [], True, context.hits, context.best_similarity, reason="retrieval", shown=context.passages))
+            continue
+        reading = readings[i]
+        if reading.abstained:
+            answers.append(Answer(question, ABSTAIN, [], True, context.hits, context.best_similarity,
+                                  confidence=reading.confidence, reason="reader", shown=context.passages))
+            continue
+        passage = context.passages[reading.passage] if reading.passage is not None else None
+        sources = [passage.hit] if passage is not None else context.hits
+        answers.append(Answer(question, reading.text, sources, False, context.hits, context.best_similarity, passage, reading.confidence,
+                              shown=context.passages))
+    return answers

@@ -21,6 +21,7 @@ from tunelab.evaluate.answers import answer_in_text, score, summarise, verdict
 from tunelab.rag.index import MODES, Index
 
 DEPTH = 10
+BATCH = 16  # questions read together: readers run several times faster per question in batches
 
 
 def first_relevant_rank(doc_ids: Sequence[str], gold: str) -> int | None:
@@ -75,33 +76,25 @@ def evaluate_retrieval(
 
 
 def evaluate_answers(
-    index: Index, rows: Sequence[dict], generator, mode: str = "hybrid", k: int = 4, progress: bool = False, seed: int = 0, **kwargs
+    index: Index, rows: Sequence[dict], reader, *, settings=None, progress: bool = False, seed: int = 0, **kwargs
 ) -> dict:
-    """Generated answers scored by tunelab.evaluate.answers (the one scorer), over `rows`
-    ({question, answer, aliases, doc_id}); `kwargs` go to rag.answer (e.g. min_similarity).
+    """Answers of a RAG reader scored by tunelab.evaluate.answers (the one scorer), over `rows`
+    ({question, answer, aliases, doc_id}); `settings` is the context (rag.reader_data.ContextSettings),
+    `kwargs` go to rag.answer.answer_many (e.g. min_similarity).
 
     right = a gold answer contained in the answer as whole words; hallucinated = answered and not
     right; answer_in_context = a gold answer appears in the passages shown. `predictions` holds one
     dict per question (answer, sources, verdict and the score fields)."""
-    from tunelab.rag.answer import answer
+    from tunelab.rag.answer import answer_many
+    from tunelab.rag.reader_data import ContextSettings
 
+    settings = settings or ContextSettings()
     predictions = []
-    for row in _progress(rows, "answering", progress):
-        gold, aliases = row.get("answer", ""), list(row.get("aliases") or [])
-        result = answer(row["question"], index, generator, mode=mode, k=k, **kwargs)
-        scores = score(result.text, gold, aliases, row["question"])
-        predictions.append({
-            "question": row["question"],
-            "answer": gold,
-            "aliases": aliases,
-            "doc_id": row.get("doc_id"),
-            "prediction": result.text,
-            "verdict": verdict(scores),
-            "sources": [{"rank": h.rank, "doc_id": h.chunk.doc_id, "chunk_id": h.chunk.chunk_id} for h in result.sources],
-            "answer_in_context": answer_in_text("\n".join(h.chunk.text for h in result.hits), gold, aliases),
-            "best_similarity": round(result.best_similarity, 4),
-            **scores,
-        })
+    for start in _progress(range(0, len(rows), BATCH), "answering", progress):
+        batch = rows[start : start + BATCH]
+        results = answer_many([r["question"] for r in batch], index, reader, settings=settings, **kwargs)
+        for row, result in zip(batch, results):
+            predictions.append(prediction_record(row, result))
     summary = summarise(predictions, seed=seed)
     n = len(predictions)
 
@@ -112,7 +105,7 @@ def evaluate_answers(
         return [round(v, 4) for v in summary[key]] if key in summary else None
 
     return {
-        "mode": mode,
+        "context": settings.to_dict(),
         "questions": n,
         "right": rate("contains"),
         "right_ci95": interval("contains_ci95"),
@@ -123,6 +116,29 @@ def evaluate_answers(
         "hallucinated_ci95": interval("hallucination_rate_all_ci95"),
         "answer_in_context": round(sum(p["answer_in_context"] for p in predictions) / n, 4) if n else 0.0,
         "predictions": predictions,
+    }
+
+
+def prediction_record(row: dict, result) -> dict:
+    """One question's answer, its sources and its verdict, as `rag eval --predictions` writes it."""
+    gold, aliases = row.get("answer", ""), list(row.get("aliases") or [])
+    scores = score(result.text, gold, aliases, row["question"])
+    shown = "\n".join(p.reader_text() for p in result.shown) if result.shown else "\n".join(h.chunk.text for h in result.hits)
+    return {
+        "question": row["question"],
+        "answer": gold,
+        "aliases": aliases,
+        "doc_id": row.get("doc_id"),
+        "kind": row.get("kind"),
+        "prediction": result.text,
+        "verdict": verdict(scores),
+        "abstain_reason": result.reason,
+        "confidence": result.to_dict()["confidence"],
+        "quote": result.passage.text if result.passage is not None else None,
+        "sources": [{"rank": h.rank, "doc_id": h.chunk.doc_id, "chunk_id": h.chunk.chunk_id} for h in result.sources],
+        "answer_in_context": answer_in_text(shown, gold, aliases),
+        "best_similarity": round(result.best_similarity, 4),
+        **scores,
     }
 
 

@@ -10,32 +10,42 @@ from tunelab.config import Settings
 
 
 class StrategiesConfig(Settings):
-    """Five hallucination-reduction strategies on the same held-out questions."""
+    """Six hallucination-reduction strategies on the same held-out questions."""
 
     qa: str = Field(..., description="folder with train.jsonl and test.jsonl (tunelab data factbook-qa --out DIR)")
     kb: str = Field("factbook", description="knowledge base: a folder of documents, 'factbook', or an existing index folder")
     model: str = Field("smollm2", description="causal LM: catalogue name or local folder")
     embed_model: str = Field("minilm", description="sentence-transformers model for the index and answer relevance")
+    reader_model: str = Field("minilm", description="encoder fine-tuned as the extractive reader")
     out: str = Field("strategies-report", description="output folder")
 
     test_questions: int = Field(200, gt=0, description="held-out questions every strategy answers (seeded sample of test.jsonl)")
     select_questions: int = Field(40, gt=0, description="train questions the best template is chosen on")
+    calibration_questions: int = Field(200, gt=0, description="train questions the retrieval strategies' abstention thresholds are chosen on")
     train_pairs: int = Field(300, gt=0, description="train question/answer pairs for the closed-book SFT")
-    rag_train_pairs: int = Field(160, gt=0, description="train pairs (with retrieved context) for the SFT + RAG strategy")
+    rag_train_pairs: int = Field(1000, gt=0, description="train questions (with retrieved context, some with distractors only) for the generative reader")
+    reader_epochs: float = Field(2.0, gt=0, description="epochs of the extractive reader")
     templates: list[str] = Field(default_factory=lambda: ["plain", "concise", "abstain", "few-shot"], description="closed-book templates to choose from")
     select_by: Literal["penalised_score", "f1", "contains", "exact_match"] = Field(
         "penalised_score", description="train-split criterion for the best template; penalised_score = (right - wrong) / n rewards abstaining over guessing"
     )
-    k: int = Field(3, gt=0, description="passages retrieved per question")
-    context_chars: int = Field(500, gt=50, description="characters kept of each passage in the prompt")
+    k: int = Field(6, gt=0, description="chunks retrieved per question")
+    context: Literal["focused", "chunks"] = Field("focused", description="reader context: the lines closest to the question, or whole chunks")
+    lines: int = Field(5, gt=0, description="lines of focused context")
+    chunks_k: int = Field(3, gt=0, description="chunks shown when the context is whole chunks (they are long)")
+    decoding: Literal["grounded", "free"] = Field("grounded", description="LM readers: answers copied from the passages, or free text")
+    ablation: bool = Field(True, description="also run the retrieval strategies with the other decoding and context")
+    held_out_kinds: list[str] = Field(
+        default_factory=lambda: ["capital", "currency", "highest_point"],
+        description="leave-kinds-out test: a reader trained without these question kinds, tested on them ([] to skip)")
     max_new_tokens: int = Field(24, gt=0)
     batch_size: int = Field(8, gt=0)
     epochs: float = Field(1.0, gt=0)
     sft_lr: float = Field(3e-4, gt=0)
     sft_batch_size: int = Field(8, gt=0)
     changes: int = Field(6, ge=0, description="facts edited in the knowledge-base copy (plus one new country)")
-    strategies: list[Literal["closed-book", "best-prompt", "rag", "fine-tuned", "fine-tuned+rag"]] = Field(
-        default_factory=lambda: ["closed-book", "best-prompt", "rag", "fine-tuned", "fine-tuned+rag"], min_length=1,
+    strategies: list[Literal["closed-book", "best-prompt", "rag", "fine-tuned", "fine-tuned+rag", "extractive+rag"]] = Field(
+        default_factory=lambda: ["closed-book", "best-prompt", "rag", "fine-tuned", "fine-tuned+rag", "extractive+rag"], min_length=1,
         description="which strategies to run (all by default)")
     adaptability: bool = Field(True, description="also run the new-knowledge test")
     bootstrap: int = Field(1000, gt=0)
@@ -48,6 +58,8 @@ class StrategiesConfig(Settings):
             return self
         return self.model_copy(update=dict(
             test_questions=min(self.test_questions, 6), select_questions=min(self.select_questions, 4),
-            train_pairs=min(self.train_pairs, 16), rag_train_pairs=min(self.rag_train_pairs, 16),
-            max_new_tokens=min(self.max_new_tokens, 8), k=1, context_chars=min(self.context_chars, 120), changes=min(self.changes, 2), bootstrap=min(self.bootstrap, 200),
+            calibration_questions=min(self.calibration_questions, 6), train_pairs=min(self.train_pairs, 16),
+            rag_train_pairs=min(self.rag_train_pairs, 16), reader_epochs=min(self.reader_epochs, 1.0),
+            max_new_tokens=min(self.max_new_tokens, 8), k=min(self.k, 2), lines=1, chunks_k=1,
+            changes=min(self.changes, 2), bootstrap=min(self.bootstrap, 200), ablation=False, held_out_kinds=[],
         ))

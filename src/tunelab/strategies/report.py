@@ -15,7 +15,8 @@ LABELS = {
     "best-prompt": "Prompt engineering (best template)",
     "rag": "RAG (hybrid retrieval)",
     "fine-tuned": "Fine-tuned (LoRA SFT)",
-    "fine-tuned+rag": "Fine-tuned + RAG",
+    "fine-tuned+rag": "Fine-tuned + RAG (generative reader)",
+    "extractive+rag": "Extractive reader + RAG",
 }
 GUIDE_SAYS = {
     "closed-book": "baseline",
@@ -23,6 +24,7 @@ GUIDE_SAYS = {
     "rag": "balances accuracy and cost; depends on what the database holds",
     "fine-tuned": "most accurate, costs the most; adapts best to a specific task",
     "fine-tuned+rag": "(combination)",
+    "extractive+rag": "(not in the guide: a fine-tuned encoder that can only quote its sources)",
 }
 
 
@@ -120,9 +122,59 @@ def plot_png(results: dict) -> bytes:
     return buffer.getvalue()
 
 
+def detail_tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of the retrieval strategies' details: thresholds, misses, ablation, generalisation."""
+    tables = []
+    retrieval = {n: s for n, s in results.get("strategies", {}).items() if s.get("abstention")}
+    if retrieval:
+        rows = []
+        for name, s in retrieval.items():
+            a, misses, raw = s["abstention"], s.get("retrieval_misses") or {}, s.get("without_thresholds") or {}
+            rows.append([LABELS.get(name, name), str(s.get("reader", "")), f"{a['min_similarity']:.3f}", _num(a["min_confidence"], digits=3),
+                         f"{a['chosen_on']}, {a['questions']} questions", _pct(s.get("answer_in_context")),
+                         f"{_pct(misses.get('abstained'))} of {misses.get('questions', 0)}",
+                         f"{_pct(raw.get('contains'))} / {_pct(raw.get('hallucination_rate_all'))}"])
+        tables.append(("Retrieval strategies: when they abstain, and what retrieval showed them",
+                       ["strategy", "reader", "min similarity", "min confidence", "chosen on", "answer in shown context",
+                        "abstained on retrieval misses", "right / hallucinated without thresholds"], rows))
+    variants = (results.get("ablation") or {}).get("variants") or {}
+    if variants:
+        rows = [[label, _pct(v["contains"], v.get("contains_ci95")), _pct(v["hallucination_rate_all"], v.get("hallucination_rate_all_ci95")),
+                 _pct(v["abstention_rate"]), _pct(v["answer_in_context"]), _num((v.get("latency") or {}).get("p50_ms"), " ms")]
+                for label, v in variants.items()]
+        tables.append(("Ablation (test questions, no abstention thresholds): strategy | context | decoding",
+                       ["variant", "right [95% CI]", "hallucinated [95% CI]", "abstained", "answer in shown context", "latency p50"], rows))
+    lko = results.get("leave_kinds_out") or {}
+    if lko.get("held_out_reader"):
+        held, inkind = lko["held_out_reader"], lko["in_kind_reader"]
+        tables.append((f"Leave-kinds-out: {', '.join(lko['held_out_kinds'])} ({lko['test_questions']} test questions)",
+                       ["reader", "right [95% CI]", "hallucinated", "abstained"],
+                       [["trained without these kinds", _pct(held["contains"], held.get("contains_ci95")), _pct(held["hallucination_rate_all"]), _pct(held["abstention_rate"])],
+                        ["trained on all kinds", _pct(inkind["contains"], inkind.get("contains_ci95")), _pct(inkind["hallucination_rate_all"]), _pct(inkind["abstention_rate"])]]))
+    return tables
+
+
+def details_markdown(results: dict) -> str:
+    parts = []
+    for title, header, rows in detail_tables(results):
+        parts.append(f"## {title}\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+                     + "".join("| " + " | ".join(r) + " |\n" for r in rows))
+    return "\n".join(parts)
+
+
+def details_html(results: dict) -> str:
+    parts = []
+    for title, header, rows in detail_tables(results):
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>")
+    return "".join(parts)
+
+
 def write_report(out: Path, results: dict) -> None:
     out = Path(out)
     atomic.write_text(out / "comparison.md", comparison_markdown(results))
+    atomic.write_text(out / "details.md", details_markdown(results))
     png = plot_png(results) if results.get("strategies") else b""
     if png:
         with _staged_binary(out / "accuracy_vs_cost.png") as path:
@@ -186,5 +238,5 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 <p>Model <b>{html.escape(str(results.get('model', {}).get('name')))}</b>; {q.get('test')} held-out test questions (same for every strategy);
 knowledge base <b>{html.escape(str(results.get('config', {}).get('kb')))}</b>. Accuracies with bootstrap 95% confidence intervals.
 Hallucination = a non-abstaining answer that does not contain the gold answer.</p>
-<div style="overflow-x:auto"><table><tr>{head}</tr>{body}</table></div>{image}{sel_html}{adapt_html}
+<div style="overflow-x:auto"><table><tr>{head}</tr>{body}</table></div>{image}{details_html(results)}{sel_html}{adapt_html}
 <p style="color:#666;font-size:12px">Per-question answers: predictions/*.jsonl. All numbers: results.json.</p></body></html>"""

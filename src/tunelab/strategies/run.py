@@ -1,12 +1,14 @@
-"""`tunelab strategies`: closed-book, best prompt, RAG, fine-tuned, fine-tuned + RAG on the same questions.
+"""`tunelab strategies`: closed-book, best prompt, RAG, fine-tuned, fine-tuned + RAG, extractive reader + RAG.
 
     from tunelab.strategies import StrategiesConfig, run_strategies
     results = run_strategies(StrategiesConfig(qa="qa", kb="factbook", model="smollm2"))
 
 Every strategy answers the same seeded sample of test questions with the same model, greedy
-decoding and token budget; only what the strategy changes (prompt, retrieved context, weights)
-differs. results.json is rewritten after every stage, so an interrupted run still leaves every
-measured number behind (marked incomplete).
+decoding and token budget; only what the strategy changes (prompt, retrieved context, weights,
+reader) differs. The retrieval strategies share one context per question (retrieved and focused
+once) and abstain below thresholds chosen on train questions (`calibration_questions`); the test
+questions only score. results.json is rewritten after every stage, so an interrupted run still
+leaves every measured number behind (marked incomplete).
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ import numpy as np
 
 from tunelab import atomic
 from tunelab.errors import TunelabError
-from tunelab.prompts.evaluate import format_context, latency_summary, progress_bar, run_template
+from tunelab.prompts.evaluate import latency_summary, progress_bar, run_template
 from tunelab.prompts.loader import load_template
-from tunelab.evaluate.answers import score, summarise
+from tunelab.rag.reader_data import ContextSettings
+from tunelab.evaluate.answers import ABSTENTION, answer_in_text, score, summarise, verdict
 from tunelab.strategies.adapt import edit_knowledge, says_old_answer
 from tunelab.strategies.config import StrategiesConfig
 from tunelab.strategies.memory import PeakMemory, folder_mb
 
-STRATEGIES = ("closed-book", "best-prompt", "rag", "fine-tuned", "fine-tuned+rag")
-IDK = "I don't know"
+STRATEGIES = ("closed-book", "best-prompt", "rag", "fine-tuned", "fine-tuned+rag", "extractive+rag")
+RETRIEVAL_STRATEGIES = ("rag", "fine-tuned+rag", "extractive+rag")
 
 
 def read_split(qa_dir: Path, name: str) -> list[dict]:
@@ -58,7 +61,8 @@ class Pipeline:
         self.out = Path(self.config.out).expanduser()
         self.results: dict[str, Any] = {"config": self.config.model_dump(), "complete": False, "strategies": {}, "stages_seconds": {}}
         self._index = None
-        self._retrieval_cache: dict[tuple[str, str], tuple[list, float, float]] = {}
+        self._contexts: dict[tuple[int, str], dict[str, object]] = {}  # (index, context kind) -> question -> Retrieved
+        self.readers: dict[str, tuple[object, object]] = {}  # retrieval strategy -> (reader, Abstention)
 
     # bookkeeping ------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -75,20 +79,27 @@ class Pipeline:
         atomic.write_text(self.out / "predictions" / f"{name}.jsonl", lines)
 
     # retrieval --------------------------------------------------------------------------------
-    def retrieve(self, index, question: str) -> tuple[list, float, float]:
-        """(hits, best similarity, seconds) for a question, hybrid mode."""
-        t = time.perf_counter()
-        got = index.retrieve(question, "hybrid", self.config.k, need_similarity=True)
-        return got.hits, got.best_similarity, time.perf_counter() - t
+    def context_settings(self, context: str | None = None) -> ContextSettings:
+        c = self.config
+        context = context or c.context
+        return ContextSettings(mode="hybrid", k=c.k if context == "focused" else c.chunks_k, context=context, lines=c.lines)
 
-    def contexts(self, index, rows: list[dict]) -> tuple[list[str], list[float], list[float]]:
-        contexts, seconds, best = [], [], []
-        for row in rows:
-            hits, similarity, took = self.retrieve(index, row["question"])
-            contexts.append(format_context(hits, self.config.context_chars))
-            seconds.append(took)
-            best.append(similarity)
-        return contexts, seconds, best
+    def contexts(self, rows: list[dict], context: str | None = None, index=None) -> list:
+        """Each row's retrieved (and focused) context, computed once per question and context kind."""
+        from tunelab.rag.reader_data import retrieve_context
+
+        settings = self.context_settings(context)
+        index = index or self._index
+        cache = self._contexts.setdefault((id(index), settings.context), {})
+        missing = [r for r in rows if r["question"] not in cache]
+        if missing:
+            with progress_bar(self.progress, len(missing)) as bar:
+                task = bar.add_task(f"retrieving ({settings.context})", total=len(missing)) if bar else None
+                for row in missing:
+                    cache[row["question"]] = retrieve_context(index, row["question"], settings)
+                    if bar:
+                        bar.advance(task, 1)
+        return [cache[r["question"]] for r in rows]
 
     # stages -----------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -101,11 +112,18 @@ class Pipeline:
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.test = sample(test_rows, c.test_questions, c.seed)
+        # Train questions, disjoint roles: template choice | abstention thresholds | training.
         shuffled = sample(train_rows, len(train_rows), c.seed + 1)
         self.select = shuffled[: c.select_questions]
-        self.sft_rows = shuffled[c.select_questions : c.select_questions + c.train_pairs]
-        self.rag_sft_rows = shuffled[c.select_questions : c.select_questions + c.rag_train_pairs]
-        self.results.update(questions={"test": len(self.test), "select": len(self.select), "sft": len(self.sft_rows), "rag_sft": len(self.rag_sft_rows), "qa": str(qa_dir)})
+        self.calibration = shuffled[c.select_questions : c.select_questions + c.calibration_questions]
+        self.training = shuffled[c.select_questions + c.calibration_questions :]
+        self.sft_rows = self.training[: c.train_pairs]
+        self.rag_sft_rows = self.training[: c.rag_train_pairs]
+        self.results.update(questions={
+            "test": len(self.test), "select": len(self.select), "calibration": len(self.calibration), "sft": len(self.sft_rows),
+            "rag_sft": len(self.rag_sft_rows), "reader_training": len(self.training), "qa": str(qa_dir),
+            "chosen_on": "template: select (train); abstention thresholds: calibration (train); weights: sft / reader_training (train); test only scores",
+        })
         if len(self.test) < c.test_questions:
             self.results["questions"]["note"] = f"test.jsonl holds only {len(self.test)} questions"
 
@@ -123,10 +141,14 @@ class Pipeline:
         wanted = set(c.strategies)
         stages = [stage for name, stage in (
             ("closed-book", self.stage_closed_book), ("rag", self.stage_rag), ("best-prompt", self.stage_best_prompt),
-            ("fine-tuned", self.stage_fine_tuned), ("fine-tuned+rag", self.stage_fine_tuned_rag),
+            ("fine-tuned", self.stage_fine_tuned), ("extractive+rag", self.stage_extractive_rag), ("fine-tuned+rag", self.stage_fine_tuned_rag),
         ) if name in wanted]
-        if wanted & {"rag", "fine-tuned+rag"} or c.adaptability:
+        if wanted & set(RETRIEVAL_STRATEGIES) or c.adaptability:
             stages.insert(0, self.stage_index)
+        if c.ablation and wanted & set(RETRIEVAL_STRATEGIES):
+            stages.append(self.stage_ablation)
+        if c.held_out_kinds and "extractive+rag" in wanted:
+            stages.append(self.stage_leave_kinds_out)
         if c.adaptability:
             stages.append(self.stage_adaptability)
         for stage in stages:
@@ -204,34 +226,87 @@ class Pipeline:
             p["relevance"] = float(value)
         return float(np.mean((q * a).sum(axis=1)))
 
-    def answer(self, generator, template_name: str, rows: list[dict], with_retrieval: bool = False) -> dict:
+    def answer(self, generator, template_name: str, rows: list[dict]) -> dict:
+        """A closed-book strategy: the template's prompt, no retrieval."""
         with progress_bar(self.progress, len(rows)) as bar:
-            task = bar.add_task(f"{template_name}{' + retrieval' if with_retrieval else ''}", total=len(rows)) if bar else None
-            return self._answer(generator, template_name, rows, with_retrieval, (lambda n: bar.advance(task, n)) if bar else None)
+            task = bar.add_task(template_name, total=len(rows)) if bar else None
+            template = load_template(template_name)
+            return run_template(template, rows, generator, max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size,
+                                progress=(lambda n: bar.advance(task, n)) if bar else None)
 
-    def _answer(self, generator, template_name: str, rows: list[dict], with_retrieval: bool, advance) -> dict:
-        from tunelab.rag.answer import MIN_SIMILARITY
+    # retrieval strategies -----------------------------------------------------------------------
+    def lm_reader(self, generator, decoding: str | None = None):
+        from tunelab.rag.readers import LMReader
 
-        template = load_template(template_name)
-        if not with_retrieval:
-            return run_template(template, rows, generator, max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size, progress=advance)
-        contexts, seconds, best = self.contexts(self._index, rows)
-        # The RAG feature's abstain path: nothing similar enough retrieved -> "I don't know" without the model.
-        keep = [i for i, b in enumerate(best) if b == b and b >= MIN_SIMILARITY]
-        outcome = run_template(
-            template, [rows[i] for i in keep], generator, contexts=[contexts[i] for i in keep],
-            extra_seconds=[seconds[i] for i in keep], max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size, progress=advance,
-        ) if keep else {"template": template.id, "predictions": []}
-        by_row = dict(zip(keep, outcome["predictions"]))
+        c = self.config
+        return LMReader(generator, "grounded", decoding or c.decoding, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size)
+
+    def read(self, reader, rows: list[dict], context: str | None = None, index=None) -> list:
+        """Unthresholded readings of rows (the thresholds are applied by `decide`)."""
+        contexts = self.contexts(rows, context, index)
+        with progress_bar(self.progress, len(rows)) as bar:
+            task = bar.add_task(f"{reader.name} ({self.context_settings(context).context})", total=len(rows)) if bar else None
+            readings = []
+            for start in range(0, len(rows), self.config.batch_size * 4):
+                part = slice(start, start + self.config.batch_size * 4)
+                readings += reader.read_many([r["question"] for r in rows[part]], [x.passages for x in contexts[part]], threshold=float("-inf"))
+                if bar:
+                    bar.advance(task, len(rows[part]))
+        return readings
+
+    def calibrate(self, reader, context: str | None = None):
+        """Abstention thresholds (retrieval similarity, reader confidence) chosen on the calibration train questions."""
+        from tunelab.rag.train_reader import choose_abstention
+
+        readings = self.read(reader, self.calibration, context)
+        return choose_abstention(self.calibration, self.contexts(self.calibration, context), readings, "train (calibration questions)")
+
+    def decide(self, rows: list[dict], readings: list, abstention, context: str | None = None, index=None) -> dict:
+        """Predictions with the thresholds applied, scored; latency = retrieval + this question's reading share."""
+        contexts = self.contexts(rows, context, index)
         predictions = []
-        for i, row in enumerate(rows):
-            p = by_row.get(i) or {
-                "question": row["question"], "answer": row["answer"], "prediction": IDK, "seconds": seconds[i], "prompt_tokens": 0,
-                **score(IDK, row["answer"], row.get("aliases") or [], row["question"]), "retrieval_abstained": True,
-            }
-            p["retrieval_seconds"] = seconds[i]
-            predictions.append(p)
-        return {"template": template.id, "predictions": predictions, "latency": latency_summary([p["seconds"] for p in predictions])}
+        for row, reading, retrieved in zip(rows, readings, contexts):
+            by_retrieval = abstention is not None and retrieved.best_similarity < abstention.min_similarity
+            by_reader = abstention is not None and not by_retrieval and not reading.abstained and reading.confidence < abstention.min_confidence
+            text = ABSTENTION if by_retrieval or by_reader else reading.text
+            aliases = row.get("aliases") or []
+            scores = score(text, row["answer"], aliases, row["question"])
+            shown = "\n".join(p.reader_text() for p in retrieved.passages)
+            predictions.append({
+                "question": row["question"], "answer": row["answer"], "kind": row.get("kind"), "prediction": text,
+                "unthresholded": reading.text, "confidence": reading.confidence if reading.confidence == reading.confidence else None,
+                "best_similarity": retrieved.best_similarity, "seconds": retrieved.seconds + reading.seconds,
+                "retrieval_seconds": retrieved.seconds, "prompt_tokens": reading.prompt_tokens,
+                "retrieval_abstained": by_retrieval, "threshold_abstained": by_reader,
+                "answer_in_context": answer_in_text(shown, row["answer"], aliases), "verdict": verdict(scores), **scores,
+            })
+        return {"predictions": predictions, "latency": latency_summary([p["seconds"] for p in predictions])}
+
+    def retrieval_extra(self, outcome: dict, abstention, reader_name: str) -> dict:
+        predictions = outcome["predictions"]
+        misses = [p for p in predictions if not p["answer_in_context"]]
+        unthresholded = summarise([score(p["unthresholded"], p["answer"], [], p["question"]) for p in predictions], ci=False)
+        return {
+            "reader": reader_name,
+            "context": self.context_settings().to_dict(),
+            "abstention": abstention.to_dict() if abstention is not None else None,
+            "retrieval_abstentions": sum(1 for p in predictions if p["retrieval_abstained"]),
+            "threshold_abstentions": sum(1 for p in predictions if p["threshold_abstained"]),
+            "answer_in_context": float(np.mean([p["answer_in_context"] for p in predictions])) if predictions else None,
+            "retrieval_misses": {"questions": len(misses), "abstained": float(np.mean([p["abstained"] for p in misses])) if misses else None},
+            "without_thresholds": {k: unthresholded[k] for k in ("contains", "hallucination_rate_all", "abstention_rate")},
+        }
+
+    def run_retrieval_strategy(self, name: str, reader, *, setup_seconds: float, setup: dict, peak_mb: float, disk_mb: float) -> None:
+        with PeakMemory() as peak:
+            abstention = self.calibrate(reader)
+            self.log(f"{name}: thresholds on {abstention.questions} train questions: similarity >= {abstention.min_similarity:.3f}, confidence >= {abstention.min_confidence:.3f}")
+            outcome = self.decide(self.test, self.read(reader, self.test), abstention)
+        self.readers[name] = (reader, abstention)
+        index = self.results["index"]
+        self.record(name, outcome, setup_seconds=setup_seconds + (index["build_seconds"] or 0.0), setup=setup,
+                    peak_mb=max(peak.mb, peak_mb, index["peak_memory_mb"] or 0.0), disk_mb=disk_mb + index["disk_mb"],
+                    extra=self.retrieval_extra(outcome, abstention, reader.name))
 
     def stage_closed_book(self) -> None:
         self.log(f"closed-book, plain prompt: {len(self.test)} questions")
@@ -240,13 +315,35 @@ class Pipeline:
         self.record("closed-book", outcome, setup_seconds=0.0, setup={"what": "nothing"}, peak_mb=peak.mb, disk_mb=self.results["model"]["disk_mb"])
 
     def stage_rag(self) -> None:
-        self.log(f"RAG (hybrid, k={self.config.k}): {len(self.test)} questions")
+        c = self.config
+        self.log(f"RAG (hybrid, k={c.k}, {c.context} context, {c.decoding} decoding): {len(self.test)} questions")
+        self.run_retrieval_strategy("rag", self.lm_reader(self.base), setup_seconds=0.0,
+                                    setup={"what": "index build", "index_build_seconds": self.results["index"]["build_seconds"]},
+                                    peak_mb=0.0, disk_mb=self.results["model"]["disk_mb"])
+
+    def stage_extractive_rag(self) -> None:
+        from tunelab.rag.readers import SpanReader
+        from tunelab.rag.train_reader import train_reader_on
+
+        c = self.config
+        run_dir = self.out / "runs" / "extractive-reader"
+        self.log(f"extractive reader ({c.reader_model}) on {len(self.training)} train questions, {c.reader_epochs:g} epochs")
         with PeakMemory() as peak:
-            outcome = self.answer(self.base, "grounded", self.test, with_retrieval=True)
-        index = self.results["index"]
-        self.record("rag", outcome, setup_seconds=index["build_seconds"] or 0.0, setup={"what": "index build", "index_build_seconds": index["build_seconds"]},
-                    peak_mb=max(peak.mb, index["peak_memory_mb"] or 0.0), disk_mb=self.results["model"]["disk_mb"] + index["disk_mb"],
-                    extra={"retrieval_abstentions": sum(1 for p in outcome["predictions"] if p.get("retrieval_abstained"))})
+            started = time.perf_counter()
+            contexts = self.contexts(self.training)
+            retrieval_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            train_reader_on(self.training, contexts, self.calibration, self.contexts(self.calibration), run_dir,
+                            settings=self.context_settings(), model=c.reader_model, epochs=c.reader_epochs, seed=c.seed, overwrite=True, progress=self.progress)
+            seconds = time.perf_counter() - started
+            reader = SpanReader(run_dir)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        self.results["extractive_reader_run"] = str(run_dir)
+        self.run_retrieval_strategy("extractive+rag", reader, setup_seconds=seconds + retrieval_seconds, peak_mb=peak.mb,
+                                    setup={"what": "index build + retrieval for train + extractive reader fine-tuning", "reader_training_seconds": seconds,
+                                           "train_retrieval_seconds": retrieval_seconds, "train_runtime_s": metrics["train"]["train_runtime_s"],
+                                           "examples": len(self.training), "index_build_seconds": self.results["index"]["build_seconds"]},
+                                    disk_mb=folder_mb(run_dir / "model"))
 
     def stage_best_prompt(self) -> None:
         c = self.config
@@ -265,7 +362,7 @@ class Pipeline:
         self.record("best-prompt", outcome, setup_seconds=selection_seconds, setup={"what": "template selection on train", "chosen": best},
                     peak_mb=peak.mb, disk_mb=self.results["model"]["disk_mb"])
 
-    def _sft(self, name: str, rows: list[dict]) -> tuple[Path, float, dict]:
+    def _sft(self, name: str, rows: list[dict], packing: bool = False) -> tuple[Path, float, dict]:
         from tunelab.lm.config import SFTConfig
         from tunelab.lm.sft import sft
 
@@ -275,7 +372,7 @@ class Pipeline:
         run_dir = self.out / "runs" / name
         config = SFTConfig(
             model=c.model, data=str(data), epochs=c.epochs, lr=c.sft_lr, batch_size=c.sft_batch_size, eval_batch_size=c.sft_batch_size,
-            eval_fraction=0.05, samples=0, out=str(run_dir), overwrite=True, seed=c.seed,
+            eval_fraction=0.05, samples=0, out=str(run_dir), overwrite=True, seed=c.seed, packing=packing,
         )
         started = time.perf_counter()
         sft(config, progress=self.progress)
@@ -300,32 +397,86 @@ class Pipeline:
 
     def stage_fine_tuned_rag(self) -> None:
         from tunelab.lm.generate import Generator
-        from tunelab.evaluate.answers import contains_answer
+        from tunelab.rag.reader_data import reader_examples, sft_examples
 
         grounded = load_template("grounded")
         started = time.perf_counter()
-        contexts, _, _ = self.contexts(self._index, self.rag_sft_rows)
-        rows, taught_idk = [], 0
-        for row, context in zip(self.rag_sft_rows, contexts):
-            # Where retrieval missed the answer, the target is "I don't know": the model learns to
-            # answer from the context, not from memory (training it to answer anyway teaches guessing).
-            present = contains_answer(context, row["answer"], row.get("aliases") or [])
-            taught_idk += not present
-            rows.append({"prompt": grounded.render(row["question"], context), "response": row["answer"] if present else IDK})
+        contexts = self.contexts(self.rag_sft_rows)
         retrieval_seconds = time.perf_counter() - started
-        self.log(f"LoRA SFT on {len(rows)} (question + retrieved context -> answer) pairs, {taught_idk} taught to abstain")
+        # The generative reader learns the skill, not the facts: the gold line among distractor lines
+        # -> copy its span; no gold line shown (a retrieval miss, or another document's lines) -> "I don't know".
+        examples = reader_examples(self.rag_sft_rows, contexts, seed=self.config.seed)
+        rows = sft_examples(examples, grounded)
+        taught_idk = sum(1 for e in examples if not e["answer"])
+        self.log(f"LoRA SFT of the reader on {len(rows)} (question + focused context -> answer) pairs, {taught_idk} taught to abstain")
         with PeakMemory() as peak:
-            run_dir, seconds, metrics = self._sft("fine-tuned-rag", rows)
+            run_dir, seconds, metrics = self._sft("fine-tuned-rag", rows, packing=True)
             self.ft_rag = Generator(run_dir)
-            outcome = self.answer(self.ft_rag, "grounded", self.test, with_retrieval=True)
-        index = self.results["index"]
         self.results["fine_tuned_rag_run"] = str(run_dir)
-        self.record("fine-tuned+rag", outcome, setup_seconds=seconds + retrieval_seconds + (index["build_seconds"] or 0.0),
-                    setup={"what": "index build + retrieval for train + LoRA SFT", "train_runtime_s": metrics["train"]["train_runtime_s"], "sft_seconds": seconds,
-                           "train_retrieval_seconds": retrieval_seconds, "index_build_seconds": index["build_seconds"], "examples": len(rows), "taught_to_abstain": taught_idk,
-                           "eval_loss_before": metrics["eval_before"]["loss"], "eval_loss_after": metrics["eval_after"]["loss"]},
-                    peak_mb=max(peak.mb, index["peak_memory_mb"] or 0.0), disk_mb=self.results["model"]["disk_mb"] + index["disk_mb"] + folder_mb(run_dir / "model"),
-                    extra={"retrieval_abstentions": sum(1 for p in outcome["predictions"] if p.get("retrieval_abstained"))})
+        self.run_retrieval_strategy(
+            "fine-tuned+rag", self.lm_reader(self.ft_rag), setup_seconds=seconds + retrieval_seconds, peak_mb=peak.mb,
+            setup={"what": "index build + retrieval for train + LoRA SFT of the reader", "train_runtime_s": metrics["train"]["train_runtime_s"],
+                   "sft_seconds": seconds, "train_retrieval_seconds": retrieval_seconds, "index_build_seconds": self.results["index"]["build_seconds"],
+                   "examples": len(rows), "taught_to_abstain": taught_idk, "distractor_examples": sum(1 for e in examples if e["distractor"]),
+                   "eval_loss_before": metrics["eval_before"]["loss"], "eval_loss_after": metrics["eval_after"]["loss"]},
+            disk_mb=self.results["model"]["disk_mb"] + folder_mb(run_dir / "model"))
+
+    def stage_ablation(self) -> None:
+        """The retrieval strategies' readers with the other decoding and the other context, scored
+        without abstention thresholds (the same for every variant), so that only the variant differs."""
+        c = self.config
+        variants = {}
+        for name, (reader, _) in self.readers.items():
+            lm = hasattr(reader, "decoding")
+            for context in ("focused", "chunks"):
+                for decoding in (("grounded", "free") if lm else (None,)):
+                    label = f"{name} | {context} | {decoding or 'span'}"
+                    variant = self.lm_reader(reader.generator, decoding) if lm else reader
+                    readings = self.read(variant, self.test, context)
+                    outcome = self.decide(self.test, readings, None, context)
+                    summary = summarise(outcome["predictions"], seed=c.seed)
+                    variants[label] = {
+                        "strategy": name, "context": self.context_settings(context).to_dict(), "decoding": decoding or "span",
+                        **{k: summary[k] for k in ("contains", "contains_ci95", "exact_match", "f1", "abstention_rate", "hallucination_rate_all", "hallucination_rate_all_ci95")},
+                        "latency": outcome["latency"],
+                        "answer_in_context": float(np.mean([p["answer_in_context"] for p in outcome["predictions"]])),
+                    }
+                    self.log(f"ablation {label}: right {summary['contains']:.3f}  hallucinated {summary['hallucination_rate_all']:.3f}")
+                    self.results["ablation"] = {"note": "no abstention thresholds; test questions; each variant differs from its strategy in context or decoding only", "variants": variants}
+                    self.save()
+
+    def stage_leave_kinds_out(self) -> None:
+        """Generalisation: an extractive reader trained, and its thresholds chosen, without some question
+        kinds, tested on those kinds; next to the in-kind reader on the same test questions."""
+        from tunelab.rag.readers import SpanReader
+        from tunelab.rag.train_reader import choose_abstention, train_reader_on
+
+        c = self.config
+        held = set(c.held_out_kinds)
+        training = [r for r in self.training if r.get("kind") not in held]
+        calibration = [r for r in self.calibration if r.get("kind") not in held]
+        test = [r for r in self.test if r.get("kind") in held]
+        if not test or not training or not calibration:
+            self.results["leave_kinds_out"] = {"skipped": f"no test or train questions of the kinds {sorted(held)}"}
+            return
+        run_dir = self.out / "runs" / "extractive-reader-held-out-kinds"
+        self.log(f"leave-kinds-out: reader without {', '.join(sorted(held))} ({len(training)} train questions), tested on {len(test)}")
+        train_reader_on(training, self.contexts(training), calibration, self.contexts(calibration), run_dir,
+                        settings=self.context_settings(), model=c.reader_model, epochs=c.reader_epochs, seed=c.seed, overwrite=True, progress=self.progress)
+        reader = SpanReader(run_dir)
+        held_out = choose_abstention(calibration, self.contexts(calibration), self.read(reader, calibration),
+                                     "train (calibration questions of the seen kinds only)")
+        out_of_kind = summarise(self.decide(test, self.read(reader, test), held_out)["predictions"], seed=c.seed)
+        in_reader, in_abstention = self.readers["extractive+rag"]
+        in_kind = summarise(self.decide(test, self.read(in_reader, test), in_abstention)["predictions"], seed=c.seed)
+        keys = ("contains", "contains_ci95", "hallucination_rate_all", "abstention_rate")
+        self.results["leave_kinds_out"] = {
+            "held_out_kinds": sorted(held), "test_questions": len(test), "train_questions": len(training),
+            "held_out_reader": {k: out_of_kind[k] for k in keys}, "in_kind_reader": {k: in_kind[k] for k in keys},
+            "points_lost": round(100 * (in_kind["contains"] - out_of_kind["contains"]), 1),
+            "abstention": held_out.to_dict(),
+        }
+        self.log(f"leave-kinds-out: right {out_of_kind['contains']:.3f} held out vs {in_kind['contains']:.3f} in kind")
 
     def stage_adaptability(self) -> None:
         from tunelab.rag.index import build_index, open_index
@@ -334,28 +485,28 @@ class Pipeline:
         if self.documents is None:
             self.results["adaptability"] = {"skipped": "the index's source documents are unknown (built from a list of documents)"}
             return
-        new_docs, probes = edit_knowledge(self.documents, self.test + self.select + self.sft_rows, changes=c.changes, seed=c.seed)
+        new_docs, probes = edit_knowledge(self.documents, self.test + self.select + self.calibration + self.training, changes=c.changes, seed=c.seed)
         edited_dir = self.out / "index-edited"
         shutil.copytree(self.out / "index", edited_dir)
         self.log(f"adaptability: {sum(p['change'] == 'edited' for p in probes)} facts edited, 1 country added; re-indexing incrementally")
         report = build_index(new_docs, edited_dir, model=c.embed_model, embedder=self.embedder)
         edited_index = open_index(edited_dir, embedder=self.embedder)
         template = self.results.get("template_selection", {}).get("chosen", "plain")
-        runs = {
-            "closed-book": (self.base, "plain", False),
-            "best-prompt": (self.base, template, False),
-            "rag": (self.base, "grounded", True),
-            "fine-tuned": (getattr(self, "ft", None), "plain", False),
-            "fine-tuned+rag": (getattr(self, "ft_rag", None), "grounded", True),
-        }
+        closed = {"closed-book": (self.base, "plain"), "best-prompt": (self.base, template), "fine-tuned": (getattr(self, "ft", None), "plain")}
         per_strategy = {}
-        original = self._index
         try:
-            self._index = edited_index
-            for name, (generator, template_name, retrieval) in runs.items():
-                if generator is None or name not in c.strategies:
+            for name in c.strategies:
+                if name in closed:
+                    generator, template_name = closed[name]
+                    if generator is None:
+                        continue
+                    outcome = self.answer(generator, template_name, probes)
+                elif name in self.readers:
+                    reader, abstention = self.readers[name]
+                    outcome = self.decide(probes, self.read(reader, probes, index=edited_index), abstention, index=edited_index)
+                else:
                     continue
-                outcome = self.answer(generator, template_name, probes, with_retrieval=retrieval)
+                retrieval = name in RETRIEVAL_STRATEGIES
                 for p, probe in zip(outcome["predictions"], probes):
                     p["old_answer"], p["change"] = probe["old_answer"], probe["change"]
                     p["stale"] = float(says_old_answer(p["prediction"], probe["old_answer"]))
@@ -363,6 +514,7 @@ class Pipeline:
                 self.save_predictions(f"adapt-{name}", outcome["predictions"])
                 per_strategy[name] = {
                     "contains": summary["contains"], "exact_match": summary["exact_match"], "abstention_rate": summary["abstention_rate"],
+                    "right": int(sum(p["contains"] for p in outcome["predictions"])), "probes": len(probes),
                     "stale_rate": float(np.mean([p["stale"] for p in outcome["predictions"]])),
                     "picks_up_without_retraining": summary["contains"] > 0,
                     "update": "incremental re-index" if retrieval else "retraining (not done: new facts stay unknown)",
@@ -370,13 +522,8 @@ class Pipeline:
                     "retraining_estimate_seconds": None if retrieval else self._retrain_estimate(name),
                 }
         finally:
-            self._index = original
             edited_index.close()
-        self.results["adaptability"] = {
-            "probes": probes,
-            "reindex": report.to_dict(),
-            "strategies": per_strategy,
-        }
+        self.results["adaptability"] = {"probes": probes, "reindex": report.to_dict(), "strategies": per_strategy}
 
     def _retrain_estimate(self, name: str) -> float | None:
         """What picking up the change would cost a weights-only strategy: its measured SFT time."""
@@ -395,11 +542,11 @@ def _model_folder(model: str) -> Path:
 
 def _environment() -> dict:
     import os
-    import platform
 
-    import torch
+    from tunelab.train import speed
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+    return {**speed.environment(speed.resolve_precision("auto")), "threads": speed.torch.get_num_threads(), "cpus": os.cpu_count(),
+            "load_average": os.getloadavg()}
 
 
 def run_strategies(config: StrategiesConfig, progress: bool = True) -> dict:

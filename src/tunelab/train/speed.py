@@ -58,6 +58,10 @@ def peak_memory_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+# The instruction sets that decide CPU speed here: bf16 autocast is fast only with AVX-512 BF16 or AMX.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
 def environment(precision: str) -> dict[str, Any]:
     import transformers
 
@@ -69,6 +73,7 @@ def environment(precision: str) -> dict[str, Any]:
         pass
     return {
         "cpu": cpu,
+        "cpu_flags": [flag for flag in SPEED_FLAGS if flag in cpu_flags()],
         "cores": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),

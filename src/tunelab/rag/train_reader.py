@@ -1,0 +1,152 @@
+"""Train an extractive RAG reader on a QA set and an index, and choose when it abstains.
+
+    run = train_rag_reader(read_qa("qa/train.jsonl"), index, "runs/reader")
+
+Steps: split the train questions into reader-training and calibration questions -> retrieve and
+focus each as at answer time -> training examples (spans, misses, distractors; rag/reader_data.py)
+-> `train_extractive_qa` -> on the calibration questions, choose the retrieval-similarity and
+span-margin thresholds that maximise right - hallucinated -> rag_reader.json in the run directory.
+Only train questions are used: the test split is never seen until it is scored.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab import atomic
+from tunelab.errors import TunelabError
+from tunelab.evaluate.answers import choose_thresholds, score
+from tunelab.rag.reader_data import ContextSettings, Retrieved, reader_examples, retrieve_context
+
+SETTINGS_FILE = "rag_reader.json"
+CALIBRATION_SHARE = 0.15
+MIN_CALIBRATION = 50
+
+
+@dataclass
+class Abstention:
+    """When a RAG pipeline says "I don't know" instead of answering, and on what it was chosen."""
+
+    min_similarity: float = -1.0  # closest chunk's cosine to the question
+    min_confidence: float = float("-inf")  # the reader's own confidence (span margin, mean log-prob)
+    chosen_on: str = "not chosen"
+    questions: int = 0
+    criterion: str = "right - hallucinated"
+    value: float | None = None  # (right - hallucinated) / questions at the chosen thresholds
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def split_train(rows: Sequence[dict], share: float = CALIBRATION_SHARE, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(reader-training rows, calibration rows), a seeded split of train questions."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    size = max(MIN_CALIBRATION, round(share * len(rows)))
+    if len(rows) < 2 * size:
+        raise TunelabError(f"{len(rows)} train questions are too few to train a reader and choose its thresholds",
+                           f"give at least {2 * MIN_CALIBRATION} questions with answers")
+    return rows[size:], rows[:size]
+
+
+def retrieve_all(index, rows: Sequence[dict], settings: ContextSettings, progress: Callable[[int], None] | None = None) -> list[Retrieved]:
+    out = []
+    for row in rows:
+        out.append(retrieve_context(index, row["question"], settings))
+        if progress:
+            progress(1)
+    return out
+
+
+def choose_abstention(rows: Sequence[dict], contexts: Sequence[Retrieved], readings, chosen_on: str) -> Abstention:
+    """Thresholds on retrieval similarity and reader confidence, from unthresholded readings."""
+    outcomes = []
+    for row, reading in zip(rows, readings):
+        verdict = score(reading.text, row["answer"], row.get("aliases") or [], row["question"])
+        outcomes.append(verdict["contains"] - verdict["hallucinated"])
+    similarities = [c.best_similarity for c in contexts]
+    confidences = [r.confidence if not r.abstained else float("-inf") for r in readings]
+    (min_similarity, min_confidence), value = choose_thresholds([similarities, confidences], outcomes)
+    return Abstention(min_similarity, min_confidence, chosen_on, len(rows), value=value)
+
+
+def train_rag_reader(rows: Sequence[dict], index, out: str | Path, *, settings: ContextSettings = ContextSettings(),
+                     model: str = "minilm", epochs: float = 2.0, seed: int = 0, overwrite: bool = False,
+                     progress: bool = True, contexts: Sequence[Retrieved] | None = None) -> Path:
+    """Train the reader into `out` and write its abstention thresholds; returns `out`.
+
+    `contexts` (one per row, from retrieve_all with the same settings) skips retrieval when the caller has them.
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
+    rows = [r for r in rows if str(r.get("answer", "")).strip()]
+    if contexts is None:
+        with _bar(progress, len(rows), "retrieving train questions") as advance:
+            contexts = retrieve_all(index, rows, settings, advance)
+    context_of = {id(r): c for r, c in zip(rows, contexts)}
+    reader_rows, calibration = split_train(rows, seed=seed)
+    return train_reader_on(reader_rows, [context_of[id(r)] for r in reader_rows], calibration, [context_of[id(r)] for r in calibration],
+                           out, settings=settings, model=model, epochs=epochs, seed=seed, overwrite=overwrite, progress=progress)
+
+
+def train_reader_on(reader_rows: Sequence[dict], reader_contexts: Sequence[Retrieved], calibration: Sequence[dict],
+                    calibration_contexts: Sequence[Retrieved], out: Path, *, settings: ContextSettings, model: str = "minilm",
+                    epochs: float = 2.0, seed: int = 0, overwrite: bool = False, progress: bool = True) -> Path:
+    """The reader trained on `reader_rows`, its thresholds chosen on the disjoint `calibration` rows."""
+    from tunelab.config import ExtractiveQAConfig
+    from tunelab.rag.readers import SpanReader
+    from tunelab.train.extractive_qa import train_extractive_qa
+
+    out = Path(out).expanduser()
+    examples = reader_examples(reader_rows, reader_contexts, seed=seed)
+    # Examples go next to the run (not inside: the trainer publishes the run folder whole).
+    data = out.parent / f".{out.name}.examples.jsonl"
+    atomic.write_text(data, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
+    try:
+        train_extractive_qa(ExtractiveQAConfig(data=str(data), model=model, epochs=epochs, seed=seed, out=str(out), overwrite=overwrite), progress=progress)
+    finally:
+        data.unlink(missing_ok=True)
+    reader = SpanReader(out)
+    readings = reader.read_many([r["question"] for r in calibration], [c.passages for c in calibration_contexts], threshold=float("-inf"))
+    abstention = choose_abstention(calibration, calibration_contexts, readings, "train (calibration questions the reader was not trained on)")
+    write_reader_settings(out, settings, abstention, examples)
+    return out
+
+
+def write_reader_settings(run_dir: Path, settings: ContextSettings, abstention: Abstention, examples: Sequence[dict]) -> None:
+    atomic.write_json(Path(run_dir) / SETTINGS_FILE, {
+        "context": settings.to_dict(),
+        "abstention": abstention.to_dict(),
+        "examples": {"total": len(examples), "with_answer": sum(1 for e in examples if e["answer"]),
+                     "distractor": sum(1 for e in examples if e["distractor"])},
+    })
+
+
+def read_reader_settings(run_dir: str | Path) -> tuple[ContextSettings, Abstention] | None:
+    path = Path(run_dir) / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return ContextSettings(**data["context"]), Abstention(**data["abstention"])
+
+
+def _bar(enabled: bool, total: int, label: str):
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext(None)
+
+    @contextlib.contextmanager
+    def bar():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as p:
+            task = p.add_task(label, total=total)
+            yield lambda n: p.advance(task, n)
+
+    return bar()

@@ -1,0 +1,147 @@
+"""Focused context, reader training examples, threshold choice and the readers' passage bookkeeping (no model)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tests._rag_fixtures import ConceptEmbedder
+
+
+def _hit(text: str, title: str = "Aland", section: str = "Government", rank: int = 1, chunk_id: str | None = None):
+    from tunelab.rag.chunk import Chunk
+    from tunelab.rag.index import Hit
+
+    return Hit(rank, 1.0, Chunk(chunk_id or f"{title}#{rank}", f"{title}.md", title, section, text, rank))
+
+
+def test_split_lines_keeps_paragraphs_and_cuts_long_ones_at_sentences():
+    from tunelab.rag.focus import MAX_LINE_CHARS, split_lines
+
+    long = " ".join(f"Sentence number {i} is here." for i in range(40))
+    lines = split_lines(f"Capital - name: Mossby\n\nPopulation: 12,345\n{long}")
+    assert lines[:2] == ["Capital - name: Mossby", "Population: 12,345"]
+    assert len(lines) > 3 and all(len(line) <= MAX_LINE_CHARS for line in lines[2:])
+    assert " ".join(lines[2:]) == long  # nothing lost when cutting
+
+
+def test_focus_picks_the_lines_closest_to_the_question_and_caches_chunk_vectors():
+    from tunelab.rag.focus import focus
+
+    embedder = ConceptEmbedder()
+    hits = [_hit("Rivers: the nile is long\nDiet: cats eat fish and mice\nMarket: stock prices rose", rank=1),
+            _hit("Cars: engine and brakes\nMilk: kittens drink milk", rank=2)]
+    cache: dict = {}
+    best = focus("what food do felines eat", hits, embedder, lines=2, cache=cache)
+    assert [p.text for p in best] == ["Diet: cats eat fish and mice", "Milk: kittens drink milk"]
+    assert best[0].hit is hits[0] and best[1].hit is hits[1]
+    assert best[0].similarity >= best[1].similarity
+    assert best[0].reader_text() == "Aland — Government: Diet: cats eat fish and mice"
+    calls = len(embedder.calls)
+    again = focus("what food do felines eat", hits, embedder, lines=2, cache=cache)
+    assert [p.text for p in again] == [p.text for p in best]
+    assert len(embedder.calls) == calls + 1  # only the question was embedded again, not the chunks' lines
+
+
+def test_locate_finds_whole_words_case_insensitively_and_falls_back_to_aliases():
+    from tunelab.rag.reader_data import locate
+
+    context = "Aland — Government: Capital - name: Mossbyville; Mossby\nPopulation: 12,345"
+    assert locate(context, "mossby") == (context.index("Mossby\n"), "Mossby")
+    assert locate(context, "12345", ["12,345"]) == (context.index("12,345"), "12,345")
+    assert locate(context, "Kostal") is None
+
+
+def test_reader_examples_mark_spans_misses_and_distractors():
+    from tunelab.rag.focus import Passage
+    from tunelab.rag.reader_data import Retrieved, reader_examples
+
+    rows = [{"question": f"What is the capital of C{i}?", "answer": f"City{i}", "aliases": [], "doc_id": f"c{i}", "kind": "capital"} for i in range(40)]
+    contexts = []
+    for i in range(40):
+        line = f"Capital - name: City{i}" if i % 10 else "Climate: mild"  # every tenth: a retrieval miss
+        contexts.append(Retrieved([Passage(line, _hit(line, title=f"C{i}"))], [], 0.9, 0.0))
+    examples = reader_examples(rows, contexts, seed=1, distractor_share=0.3)
+    distractors = [e for e in examples if e["distractor"]]
+    assert 3 <= len(distractors) <= 25
+    for row, e in zip(rows, examples):
+        if e["answer"]:
+            assert e["context"][e["answer_start"] : e["answer_start"] + len(e["answer"])] == e["answer"] == row["answer"]
+            assert not e["distractor"]
+        else:
+            assert e["answer_start"] == -1 and row["answer"] not in e["context"]
+    assert any(not e["answer"] and not e["distractor"] for e in examples)  # misses are taught to abstain too
+
+
+def test_choose_thresholds_maximises_right_minus_hallucinated():
+    from tunelab.evaluate.answers import choose_thresholds
+
+    similarity = [0.9, 0.8, 0.7, 0.3, 0.2, 0.85]
+    confidence = [5.0, 4.0, 0.5, 6.0, 6.0, 0.2]
+    outcome = [1, 1, -1, -1, -1, 1]  # wrong answers come with low similarity or low confidence
+    (min_similarity, min_confidence), value = choose_thresholds([similarity, confidence], outcome)
+    answered = [s >= min_similarity and c >= min_confidence for s, c in zip(similarity, confidence)]
+    assert answered == [True, True, False, False, False, True]
+    assert value == pytest.approx(3 / 6)
+    # nothing to gain by abstaining: the lowest thresholds (answer everything)
+    (s_all, c_all), _ = choose_thresholds([similarity, confidence], [1] * 6)
+    assert s_all < min(similarity) and c_all < min(confidence)
+    # abstentions (0) neither help nor hurt; -inf confidence is never answered
+    (_, c_inf), value = choose_thresholds([[0.5, 0.5], [-math.inf, 1.0]], [0, 1])
+    assert value == pytest.approx(0.5) and c_inf <= 1.0
+
+
+def test_span_reader_maps_the_span_back_to_its_passage(monkeypatch):
+    from tunelab.models.span_reader import ReadResult, Span
+    from tunelab.rag.focus import Passage
+    from tunelab.rag.readers import SpanReader
+
+    passages = [Passage("Climate: mild", _hit("Climate: mild", rank=1)), Passage("Capital - name: Mossby", _hit("Capital - name: Mossby", rank=2))]
+    joined = "\n".join(p.reader_text() for p in passages)
+    start = joined.index("Mossby")
+
+    class FakeExtractive:
+        null_threshold = 0.0
+
+        def read_many(self, questions, contexts, batch_size=32):
+            assert contexts == [[joined]]  # one text, joined as in training
+            span = Span("Mossby", 0, start, start + 6)
+            return [ReadResult("Mossby", 0, start, start + 6, 3.0, 1.0, 2.0, False, span)]
+
+    reader = SpanReader.__new__(SpanReader)
+    reader.reader, reader.name, reader.threshold = FakeExtractive(), "fake", 0.0
+    (reading,) = reader.read_many(["capital?"], [passages])
+    assert reading.text == "Mossby" and reading.passage == 1 and reading.confidence == 2.0
+    from tunelab.rag.readers import passage_at
+
+    first = len(passages[0].reader_text())
+    assert [passage_at(passages, o) for o in (0, first - 1, first + 1, len(joined) - 1, len(joined) + 5)] == [0, 0, 1, 1, None]
+    (strict,) = reader.read_many(["capital?"], [passages], threshold=2.5)
+    assert strict.abstained and strict.passage is None
+
+
+def test_answer_cites_the_passage_the_reader_answered_from(monkeypatch):
+    import importlib
+
+    answer_module = importlib.import_module("tunelab.rag.answer")  # the package exports a function of the same name
+    from tunelab.rag.focus import Passage
+    from tunelab.rag.reader_data import Retrieved
+    from tunelab.rag.readers import Reading
+
+    passages = [Passage("Climate: mild", _hit("Climate: mild", rank=1)), Passage("Capital - name: Mossby", _hit("Capital - name: Mossby", rank=2))]
+    monkeypatch.setattr(answer_module, "retrieve_context",
+                        lambda index, q, settings: Retrieved(passages, [p.hit for p in passages], 0.2 if "far" in q else 0.8, 0.0))
+
+    class Reader:
+        name, threshold = "fake", 0.0
+
+        def read_many(self, questions, contexts):
+            return [Reading("Mossby", 1, False, 1.0) for _ in questions]
+
+    near, far = answer_module.answer_many(["capital near?", "capital far?"], None, Reader(), min_similarity=0.5)
+    assert near.text == "Mossby" and near.sources == [passages[1].hit] and near.passage is passages[1]
+    assert "Capital - name: Mossby" in near.format()
+    assert far.abstained and far.reason == "retrieval"
+    assert np.isfinite(near.best_similarity)

@@ -14,6 +14,7 @@ from tunelab.errors import TunelabError
 from tunelab.rag.chunk import chunk_document, split_section
 from tunelab.rag.documents import Document, load_folder
 from tunelab.rag.fuse import DEFAULT_WEIGHTS, rrf
+from tunelab.rag.answer import MIN_SIMILARITY
 from tunelab.rag.index import build_index, open_index
 
 # -- chunking ------------------------------------------------------------------------------
@@ -263,20 +264,37 @@ class RecordingGenerator:
         return self.reply
 
 
-def test_grounded_prompt_and_citations(concept_index):
+def test_grounded_prompt_and_the_source_the_answer_came_from(concept_index):
     from tunelab.rag.answer import answer
+    from tunelab.rag.reader_data import ContextSettings
 
-    generator = RecordingGenerator("Cats eat fish and mice [1]. Kittens drink milk [1, 2]. See also [9].")
-    result = answer("what do cats eat", concept_index, generator, mode="dense", k=3, min_similarity=0.3)
+    chunks = ContextSettings(mode="dense", k=3, context="chunks")
+    generator = RecordingGenerator("fish and mice")
+    result = answer("what do cats eat", concept_index, generator, settings=chunks, min_similarity=0.3)
     assert not result.abstained
     prompt = generator.prompts[0]
-    assert "[1] Cats — Food\nCats eat fish and mice" in prompt
+    assert "[1] Cats — Food: Cats eat fish and mice" in prompt  # each passage named by its document and section
     assert "[2]" in prompt and "[3]" in prompt and "[4]" not in prompt
     assert prompt.rstrip().endswith("Question: what do cats eat\nAnswer:")
-    assert [h.rank for h in result.sources] == [1, 2]  # [9] does not exist and is not listed
+    # The source is the one passage the answer was read from, and the quote is its text.
+    assert [h.chunk.chunk_id for h in result.sources] == ["cats.md#0"] and result.passage.text.startswith("Cats eat fish and mice")
     formatted = result.format()
     assert formatted.splitlines()[0] == generator.reply
     assert "Sources:" in formatted and "[1] Cats — Food (cats.md, cats.md#0)" in formatted
+    assert '"Cats eat fish and mice; kittens eat milk."' in formatted
+    as_json = result.to_dict()
+    assert as_json["quote"] == result.passage.text and [s["chunk_id"] for s in as_json["sources"]] == ["cats.md#0"]
+
+    # An answer found in no passage names no passage: every shown chunk is listed, nothing quoted.
+    elsewhere = answer("what do cats eat", concept_index, RecordingGenerator("lasagne"), settings=chunks, min_similarity=0.3)
+    assert not elsewhere.abstained and elsewhere.passage is None
+    assert [h.rank for h in elsewhere.sources] == [1, 2, 3]
+
+    # Focused context: only the `lines` closest lines are shown.
+    focused = RecordingGenerator("fish")
+    answer("what do cats eat", concept_index, focused, settings=ContextSettings(mode="dense", k=3, context="focused", lines=2),
+           min_similarity=0.3)
+    assert "[1] " in focused.prompts[0] and "[2] " in focused.prompts[0] and "[3] " not in focused.prompts[0]
 
 
 def test_abstains_when_retrieval_is_not_relevant(concept_index):
@@ -363,38 +381,50 @@ def lora_run(tmp_path_factory):
     return run
 
 
-def test_cli_ask_answers_with_a_lora_run(colour_index, lora_run, monkeypatch):
+@pytest.mark.parametrize("decoding", ["grounded", "free"])
+def test_cli_ask_answers_with_a_lora_run(colour_index, lora_run, monkeypatch, decoding):
     from peft import PeftModel
     from typer.testing import CliRunner
 
     import tunelab.lm.load as lm_load
+    import tunelab.prompts.generate as prompts_generate
     from tunelab.cli import app
-    from tunelab.lm.generate import Generator
+    from tunelab.rag.answer import ABSTAIN
 
     loaded, calls = [], []
-    real_load, real_call = lm_load.load_lm, Generator.__call__
+    real_load, real_batch = lm_load.load_lm, prompts_generate.answer_batch
 
     def spy_load(source, *args, **kwargs):
         model, tokenizer = real_load(source, *args, **kwargs)
         loaded.append((source, model))
         return model, tokenizer
 
-    def spy_call(self, prompt, **kwargs):
+    def spy_batch(generator, prompts, **kwargs):
         calls.append(kwargs)
-        return real_call(self, prompt, **kwargs)
+        return real_batch(generator, prompts, **kwargs)
 
     monkeypatch.setattr(lm_load, "load_lm", spy_load)
-    monkeypatch.setattr(Generator, "__call__", spy_call)
-    result = CliRunner().invoke(app, ["rag", "ask", "What colour is the sky?", "--index", str(colour_index), "--model", str(lora_run),
-                                      "-k", "1", "--min-similarity", "-1", "--max-new-tokens", "4", "--json"])
+    monkeypatch.setattr(prompts_generate, "answer_batch", spy_batch)
+    result = CliRunner().invoke(app, ["rag", "ask", "What colour is the sky?", "--index", str(colour_index), "--reader", "lm",
+                                      "--model", str(lora_run), "--decoding", decoding, "-k", "1", "--context", "chunks",
+                                      "--min-similarity", "-1", "--max-new-tokens", "4", "--json"])
     assert result.exit_code == 0, result.output
     [(source, model)] = loaded
     assert source.adapter == (lora_run / "model").resolve() and isinstance(model, PeftModel)  # the adapter, on its base
-    assert calls == [{"max_new_tokens": 4}]  # the LM was asked, with the CLI's token budget
+    [call] = calls  # the LM was asked once, with the CLI's token budget and decoding
+    assert call["max_new_tokens"] == 4
     answered = json.loads(result.stdout)
+    assert answered["reader"].endswith(f":{decoding}")
     assert answered["question"] == "What colour is the sky?" and isinstance(answered["answer"], str) and answered["answer"]
     assert isinstance(answered["abstained"], bool)
-    if not answered["abstained"]:
+    if decoding == "grounded":
+        [[passage]] = call["grounded_passages"]  # -k 1, whole chunks: one passage to copy from
+        assert answered["abstained"] or answered["answer"] in passage  # a span of the passage, or the abstention
+    else:
+        assert call["grounded_passages"] is None
+    if answered["abstained"]:
+        assert answered["answer"] == ABSTAIN and answered["sources"] == []
+    else:
         assert [s["source"] for s in answered["sources"]] in (["sky.md"], ["grass.md"])
 
 
@@ -404,18 +434,25 @@ def test_cli_eval_answers_json_and_predictions_file(colour_index, tmp_path, monk
     import tunelab.lm.generate as lm_generate
     from tunelab.cli import app
 
+    import tunelab.prompts.generate as prompts_generate
+    from tunelab.prompts.generate import Answered
+
     replies = {"What colour is the sky?": "The sky is blue [1].", "What colour is grass?": "purple", "What colour is coal?": "I'm not sure."}
 
     class FakeGenerator:
         models: list = []
+        name = "fake"
 
         def __init__(self, model):
             self.models.append(model)
 
-        def __call__(self, prompt: str, max_new_tokens: int = 256) -> str:
-            return replies[prompt.rsplit("Question: ", 1)[1].split("\nAnswer:")[0]]
+    def fake_answers(generator, prompts, grounded_passages=None, **kwargs):
+        assert grounded_passages is None  # --decoding free
+        return [Answered(replies[p.rsplit("Question: ", 1)[1].split("\nAnswer:")[0]], 0.0, 1, 1) for p in prompts]
 
     monkeypatch.setattr(lm_generate, "Generator", FakeGenerator)
+    monkeypatch.setattr(prompts_generate, "answer_batch", fake_answers)
+    lm = ["--reader", "lm", "--decoding", "free"]
     qa = tmp_path / "qa.jsonl"
     qa.write_text("".join(json.dumps(r) + "\n" for r in [
         {"question": "What colour is the sky?", "answer": "blue", "aliases": [], "doc_id": "sky.md"},
@@ -424,11 +461,15 @@ def test_cli_eval_answers_json_and_predictions_file(colour_index, tmp_path, monk
     ]))
     out = tmp_path / "predictions.jsonl"
     runner = CliRunner()
-    result = runner.invoke(app, ["rag", "eval", str(qa), "--index", str(colour_index), "--modes", "bm25", "--answer", "--model", "some-run",
+    result = runner.invoke(app, ["rag", "eval", str(qa), "--index", str(colour_index), "--modes", "bm25", "--answer", *lm, "--model", "some-run",
                                  "--min-similarity", "-1", "--json", "--predictions", str(out)])
     assert result.exit_code == 0, result.output
     assert FakeGenerator.models == ["some-run"]
     answers = json.loads(result.stdout)["answers"]
+    assert answers["reader"].startswith("lm:fake:") and answers["reader"].endswith(":free")
+    assert answers["context"] == {"mode": "hybrid", "k": 6, "context": "focused", "lines": 5} and answers["context_from"] == "default"
+    assert answers["thresholds"] == {"min_similarity": -1.0, "min_similarity_from": "--min-similarity", "min_confidence": None,
+                                     "min_confidence_from": answers["thresholds"]["min_confidence_from"]}
     assert answers["right"] == answers["hallucinated"] == answers["abstained"] == pytest.approx(1 / 3, abs=1e-4)
     assert answers["exact_match"] == 0.0 and 0 < answers["token_f1"] < 1
     assert answers["answer_in_context"] == pytest.approx(2 / 3, abs=1e-4)  # both passages shown; coal is in neither
@@ -440,12 +481,15 @@ def test_cli_eval_answers_json_and_predictions_file(colour_index, tmp_path, monk
     assert lines[0]["prediction"] == "The sky is blue [1]." and lines[0]["sources"][0]["rank"] == 1
     assert {"answer", "aliases", "abstained", "exact_match", "f1", "hallucinated"} <= set(lines[0])
 
-    table = runner.invoke(app, ["rag", "eval", str(qa), "--index", str(colour_index), "--modes", "bm25", "--answer", "--min-similarity", "-1"])
+    table = runner.invoke(app, ["rag", "eval", str(qa), "--index", str(colour_index), "--modes", "bm25", "--answer", *lm])
     assert table.exit_code == 0, table.output
     for column in ("right", "EM", "F1", "abstained", "hallucinated"):
         assert column in table.output
+    assert f"abstains below similarity {MIN_SIMILARITY:.3f} (default)" in " ".join(table.output.split())
     missing = runner.invoke(app, ["rag", "eval", str(qa), "--index", str(colour_index), "--predictions", str(tmp_path / "p.jsonl")])
     assert missing.exit_code == 2 and "--answer" in missing.output
+    reader_without_answers = runner.invoke(app, ["rag", "eval", str(qa), "--index", str(colour_index), *lm])
+    assert reader_without_answers.exit_code == 2 and "--reader needs --answer" in reader_without_answers.output
 
 
 def test_ranking_metrics_arithmetic():
@@ -566,3 +610,433 @@ def test_cross_encoder_rerank_orders_by_its_scores(tmp_path, concept_index):
     assert [h.score for h in reranked] == pytest.approx(sorted(map(float, expected), reverse=True), rel=1e-5)
     with pytest.raises(TunelabError, match="cross-encoder"):
         CrossEncoderReranker(tmp_path / "nothing")
+
+
+# -- readers from the command line: train-reader, ask and eval with an extractive run ---------
+
+# (kind, question, answer, aliases, doc_id): facts of write_docs() the reader can copy
+READER_FACTS = [
+    ("food", "what do cats eat", "fish", ["mice"], "cats.md"),
+    ("food", "what do kittens eat", "milk", [], "cats.md"),
+    ("vehicle", "what does an automobile engine burn", "petrol", [], "cars.json"),
+    ("vehicle", "what stops the wheels", "Brakes", [], "cars.json"),
+]
+
+
+def reader_rows(n: int) -> list[dict]:
+    """n distinct questions of two kinds (numbered variants of READER_FACTS)."""
+    rows = []
+    for i in range(n):
+        kind, question, answer, aliases, doc_id = READER_FACTS[i % len(READER_FACTS)]
+        rows.append({"question": f"{question} {i}", "answer": answer, "aliases": aliases, "doc_id": doc_id, "kind": kind})
+    return rows
+
+
+def write_reader_bert(folder):
+    """A 2-layer BERT, hidden 32, with the RAG fixtures' vocabulary (unknown words spell out in letters)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tokenizer = tiny_tokenizer(folder)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=256)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reader_run(tmp_path_factory):
+    """`tunelab rag train-reader` on 120 train questions over a concept-embedder index, with a tiny BERT: the
+    run and its output. While it lives, an index naming the "concept-fake" model opens with the ConceptEmbedder
+    (a real sentence model, even a tiny one, makes focusing 120 questions' lines take seconds)."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import tunelab.rag.embed as embed
+    from tunelab.cli import app
+
+    real = embed.SentenceEmbedder
+
+    def embedder(name, *args, **kwargs):
+        return ConceptEmbedder() if str(name) == ConceptEmbedder.name else real(name, *args, **kwargs)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(embed, "SentenceEmbedder", embedder)
+    root = tmp_path_factory.mktemp("reader")
+    build_index(write_docs(root / "docs"), root / "index", embedder=ConceptEmbedder(), chunk_tokens=64, overlap=8)
+    qa = root / "qa"
+    qa.mkdir()
+    (qa / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reader_rows(120)))
+    (qa / "test.jsonl").write_text("".join(json.dumps({**r, "question": r["question"].rsplit(" ", 1)[0]}) + "\n" for r in reader_rows(4)))
+    bert = write_reader_bert(root / "bert")
+    result = CliRunner().invoke(app, ["rag", "train-reader", str(qa), "--index", str(root / "index"), "--out", str(root / "run"),
+                                      "--model", str(bert), "--epochs", "1"])
+    yield SimpleNamespace(run=root / "run", index=root / "index", qa=qa, result=result)
+    patch.undo()
+
+
+def test_cli_train_reader_writes_thresholds_chosen_on_train(reader_run):
+    from tunelab.rag.reader_data import ContextSettings
+
+    result = reader_run.result
+    assert result.exit_code == 0, result.output
+    saved = json.loads((reader_run.run / "rag_reader.json").read_text())
+    assert saved["context"] == ContextSettings().to_dict()
+    abstention = saved["abstention"]
+    assert {"min_similarity", "min_confidence"} <= set(abstention) and "train" in abstention["chosen_on"]
+    assert abstention["questions"] == 50  # the calibration share of the 120 train questions (at least 50)
+    assert saved["examples"]["total"] == 70  # the rest trained the reader
+    output = " ".join(result.output.split())
+    assert f"trained the reader: {reader_run.run}" in output and "abstains below retrieval similarity" in output
+    for metric in ("right", "EM", "F1", "abstained", "hallucinated"):
+        assert f" {metric} " in output
+
+
+def _shown(index_dir, run, question):
+    from tunelab.rag.reader_data import retrieve_context
+    from tunelab.rag.train_reader import read_reader_settings
+
+    settings, _ = read_reader_settings(run)
+    with open_index(index_dir) as opened:
+        return retrieve_context(opened, question, settings).passages
+
+
+def _check_span_answer(answered: dict, shown) -> None:
+    from tunelab.rag.answer import ABSTAIN
+    from tunelab.rag.reader_data import join_passages
+
+    if answered["abstained"]:
+        assert answered["answer"] == ABSTAIN and answered["sources"] == [] and answered["quote"] is None
+        return
+    assert answered["answer"] and answered["answer"] in join_passages(shown)  # a span of what the reader was shown
+    quoted = [p for p in shown if p.text == answered["quote"]]
+    assert quoted, "the quote is one of the shown lines"
+    assert [s["chunk_id"] for s in answered["sources"]] == [quoted[0].hit.chunk.chunk_id]
+
+
+def test_cli_ask_with_an_extractive_run_answers_with_a_span_and_quotes_it(reader_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    runner = CliRunner()
+    question = "what do cats eat"
+    shown = _shown(reader_run.index, reader_run.run, question)
+    result = runner.invoke(app, ["rag", "ask", question, "--reader", str(reader_run.run), "--index", str(reader_run.index), "--json"])
+    assert result.exit_code == 0, result.output
+    answered = json.loads(result.stdout)
+    saved = json.loads((reader_run.run / "rag_reader.json").read_text())
+    assert answered["reader"] == f"extractive:{reader_run.run.name}"
+    assert answered["context"] == saved["context"]  # read as the reader was trained
+    assert answered["thresholds"]["min_similarity_from"] == "rag_reader.json (chosen on train)"
+    _check_span_answer(answered, shown)
+
+    # The same run with thresholds that never abstain and one line of context: it answers from that line,
+    # with its source and the quoted line.
+    eager = tmp_path / "eager"
+    shutil.copytree(reader_run.run, eager)
+    saved["abstention"].update(min_similarity=-1.0, min_confidence=-1e9)
+    saved["context"]["lines"] = 1
+    (eager / "rag_reader.json").write_text(json.dumps(saved))
+    shown = _shown(reader_run.index, eager, question)
+    assert len(shown) == 1
+    result = runner.invoke(app, ["rag", "ask", question, "--reader", str(eager), "--index", str(reader_run.index), "--json"])
+    assert result.exit_code == 0, result.output
+    answered = json.loads(result.stdout)
+    assert not answered["abstained"] and answered["context"]["lines"] == 1
+    _check_span_answer(answered, shown)
+    text = runner.invoke(app, ["rag", "ask", question, "--reader", str(eager), "--index", str(reader_run.index)])
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    assert lines[0] == answered["answer"] and "Sources:" in lines and f'    "{answered["quote"]}"' in lines
+
+
+def test_cli_eval_answers_with_a_trained_reader_says_where_its_thresholds_came_from(reader_run):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    runner = CliRunner()
+    base = ["rag", "eval", str(reader_run.qa / "test.jsonl"), "--index", str(reader_run.index), "--modes", "bm25", "--answer",
+            "--reader", str(reader_run.run), "--json"]
+    result = runner.invoke(app, base)
+    assert result.exit_code == 0, result.output
+    answers = json.loads(result.stdout)["answers"]
+    saved = json.loads((reader_run.run / "rag_reader.json").read_text())
+    assert answers["reader"] == f"extractive:{reader_run.run.name}" and answers["questions"] == 4
+    assert answers["context"] == saved["context"] and answers["context_from"].startswith("rag_reader.json")
+    thresholds = answers["thresholds"]
+    assert thresholds["min_similarity"] == pytest.approx(saved["abstention"]["min_similarity"], abs=1e-4)
+    assert thresholds["min_similarity_from"] == thresholds["min_confidence_from"] == "rag_reader.json (chosen on train)"
+    if math.isfinite(saved["abstention"]["min_confidence"]):
+        assert thresholds["min_confidence"] == pytest.approx(saved["abstention"]["min_confidence"], abs=1e-4)
+
+    # Options on the command line override the reader's settings, and say so.
+    result = runner.invoke(app, [*base, "-k", "2", "--context", "chunks", "--min-similarity", "-1"])
+    assert result.exit_code == 0, result.output
+    answers = json.loads(result.stdout)["answers"]
+    assert answers["context"]["k"] == 2 and answers["context"]["context"] == "chunks" and "command line" in answers["context_from"]
+    assert answers["thresholds"]["min_similarity"] == -1.0 and answers["thresholds"]["min_similarity_from"] == "--min-similarity"
+
+
+def test_cli_defaults_to_the_builtin_index_and_reader(reader_run, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import tunelab.rag.builtin as builtin
+    from tunelab.cli import app
+
+    monkeypatch.chdir(tmp_path)  # no folder named "factbook" here
+    monkeypatch.setattr(builtin, "builtin_index", lambda progress=True, embed_model="minilm": reader_run.index)
+    monkeypatch.setattr(builtin, "builtin_reader", lambda progress=True: reader_run.run)
+    runner = CliRunner()
+    for where in ([], ["--index", "factbook"]):
+        result = runner.invoke(app, ["rag", "ask", "what do cats eat", *where, "--json"])
+        assert result.exit_code == 0, result.output
+        answered = json.loads(result.stdout)
+        assert answered["reader"] == f"extractive:{reader_run.run.name}"
+        _check_span_answer(answered, _shown(reader_run.index, reader_run.run, "what do cats eat"))
+    result = runner.invoke(app, ["rag", "search", "census bureau", "--mode", "bm25", "-k", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["source"] == "census.html"
+
+
+def test_cli_reader_options_are_checked_before_anything_is_built(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import tunelab.rag.builtin as builtin
+    from tunelab.cli import app
+
+    def never(*args, **kwargs):
+        raise AssertionError("nothing should be built for a wrong option")
+
+    monkeypatch.setattr(builtin, "builtin_index", never)
+    monkeypatch.setattr(builtin, "builtin_reader", never)
+    run = tmp_path / "run"
+    run.mkdir()
+    cases = [
+        (["rag", "ask", "q", "--decoding", "free"], "--decoding applies only to --reader lm"),
+        (["rag", "ask", "q", "--reader", str(run), "--index", str(tmp_path), "--decoding", "grounded"], "--decoding applies only to --reader lm"),
+        (["rag", "ask", "q", "--model", "smollm2"], "--model applies only to --reader lm"),
+        (["rag", "ask", "q", "--reader", str(tmp_path / "nope")], "is not 'builtin', 'lm' or a run directory"),
+        (["rag", "ask", "q", "--reader", "lm", "--lines", "0"], "--lines must be at least 1"),
+        (["rag", "eval", str(tmp_path / "qa.jsonl"), "--answer", "--decoding", "free"], "--decoding applies only to --reader lm"),
+        (["rag", "train-reader", str(tmp_path / "test.jsonl"), "--out", str(tmp_path / "r")], "test split"),
+    ]
+    runner = CliRunner()
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()), (args, result.output)
+
+
+def test_reader_thresholds_are_chosen_on_train_questions_it_was_not_trained_on(concept_index, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import tunelab.rag.readers as readers
+    import tunelab.rag.train_reader as train_reader
+    from tunelab.rag.readers import Reading
+    from tunelab.train import extractive_qa
+
+    rows = reader_rows(120)
+    trained, calibrated = [], []
+
+    def fake_train(config, progress=True):
+        trained.extend(json.loads(line)["question"] for line in Path(config.data).read_text().splitlines())
+        Path(config.out).mkdir(parents=True)
+
+    class FakeSpanReader:
+        def __init__(self, run, threshold=None):
+            pass
+
+        def read_many(self, questions, passages, threshold=None):
+            return [Reading("fish", 0, False, float(i % 5)) for i, _ in enumerate(questions)]
+
+    real_choose = train_reader.choose_abstention
+
+    def spy_choose(calibration, contexts, readings, chosen_on):
+        calibrated.extend(r["question"] for r in calibration)
+        return real_choose(calibration, contexts, readings, chosen_on)
+
+    monkeypatch.setattr(extractive_qa, "train_extractive_qa", fake_train)
+    monkeypatch.setattr(readers, "SpanReader", FakeSpanReader)
+    monkeypatch.setattr(train_reader, "choose_abstention", spy_choose)
+    run = train_reader.train_rag_reader(rows, concept_index, tmp_path / "run", progress=False)
+    given = {r["question"] for r in rows}
+    assert calibrated and trained
+    assert set(calibrated) <= given  # only train questions...
+    assert not set(calibrated) & set(trained)  # ...that the reader was not trained on
+    assert set(calibrated) | set(trained) == given
+    abstention = json.loads((run / "rag_reader.json").read_text())["abstention"]
+    assert "train" in abstention["chosen_on"] and abstention["questions"] == len(calibrated)
+
+
+# -- the built-in Factbook index and reader (cheap fakes record what would be built) ---------
+
+
+@pytest.fixture()
+def fake_builds(tmp_path, monkeypatch):
+    import contextlib
+    from pathlib import Path
+
+    import tunelab.rag.builtin as builtin
+    from tunelab.data.factbook_qa import QAItem
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    calls = {"index": [], "reader": []}
+
+    def fake_build_index(source, index_dir, **kwargs):
+        calls["index"].append((source, Path(index_dir), kwargs))
+        Path(index_dir).mkdir(parents=True, exist_ok=True)
+        (Path(index_dir) / "index.json").write_text("{}")
+
+    def fake_train(rows, index, out, **kwargs):
+        calls["reader"].append((list(rows), index, Path(out), kwargs))
+        Path(out).mkdir(parents=True)
+        (Path(out) / "rag_reader.json").write_text("{}")
+        return Path(out)
+
+    @contextlib.contextmanager
+    def fake_open(index_dir, **kwargs):
+        yield f"opened {index_dir}"
+
+    items = [QAItem(f"question {i}?", f"answer {i}", [], f"doc{i % 4}", ("capital", "currency")[i % 2], f"T{i % 4}") for i in range(20)]
+    monkeypatch.setattr(builtin, "build_index", fake_build_index)
+    monkeypatch.setattr(builtin, "train_rag_reader", fake_train)
+    monkeypatch.setattr(builtin, "open_index", fake_open)
+    monkeypatch.setattr(builtin, "build_factbook_qa", lambda: items)
+    return builtin, calls, items
+
+
+def test_builtin_index_is_built_once_in_the_cache(fake_builds, tmp_path, capsys):
+    from tunelab.atomic import partial_path
+
+    builtin, calls, _ = fake_builds
+    final = builtin.builtin_index(progress=False)
+    assert final.parent == tmp_path / "cache" / "indexes" and final.name.startswith("factbook-")
+    [(source, built_in, kwargs)] = calls["index"]
+    assert source == "factbook" and built_in == partial_path(final)  # built in a staging folder, then renamed
+    assert (kwargs["model"], kwargs["chunk_tokens"], kwargs["overlap"]) == ("minilm", 200, 32)
+    assert (final / "index.json").is_file() and not partial_path(final).exists()
+    assert "building the built-in Factbook index once" in capsys.readouterr().err
+    assert builtin.builtin_index(progress=False) == final and len(calls["index"]) == 1  # reused
+    assert builtin.resolve_index(None, progress=False) == final and len(calls["index"]) == 1
+
+
+def test_builtin_index_never_takes_an_interrupted_build_as_done(fake_builds):
+    from tunelab.atomic import partial_path
+
+    builtin, calls, _ = fake_builds
+    final = builtin.index_path()
+    staging = partial_path(final)
+    staging.mkdir(parents=True)
+    (staging / "index.json").write_text("{}")  # a leftover staging folder, even one with a manifest
+    assert builtin.builtin_index(progress=False) == final
+    assert len(calls["index"]) == 1 and (final / "index.json").is_file() and not staging.exists()
+
+    # Interrupted mid-build: nothing is published, and the next call builds afresh.
+    shutil.rmtree(final)
+    real = builtin.build_index
+
+    def interrupted(source, index_dir, **kwargs):
+        real(source, index_dir, **kwargs)
+        raise KeyboardInterrupt
+
+    builtin.build_index = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            builtin.builtin_index(progress=False)
+    finally:
+        builtin.build_index = real
+    assert not final.exists() and not staging.exists()
+    assert builtin.builtin_index(progress=False) == final and len(calls["index"]) == 3
+
+    # A folder in the final place that no complete build put there is rebuilt, not trusted.
+    (final / "index.json").unlink()
+    assert builtin.builtin_index(progress=False) == final and len(calls["index"]) == 4 and (final / "index.json").is_file()
+
+
+def test_builtin_settings_name_their_folder(fake_builds, monkeypatch):
+    import tunelab.rag.index as index_module
+
+    builtin, calls, _ = fake_builds
+    folders = [builtin.builtin_index(progress=False), builtin.builtin_index(progress=False, embed_model="another-model")]
+    monkeypatch.setattr(builtin, "CHUNK_TOKENS", 120)
+    folders.append(builtin.builtin_index(progress=False))
+    monkeypatch.setattr(index_module, "FORMAT_VERSION", index_module.FORMAT_VERSION + 1)
+    folders.append(builtin.builtin_index(progress=False))
+    assert len(set(folders)) == 4 and len(calls["index"]) == 4
+    assert calls["index"][1][2]["model"] == "another-model" and calls["index"][2][2]["chunk_tokens"] == 120
+    reader = builtin.reader_path()
+    monkeypatch.setattr(builtin, "READER_EPOCHS", builtin.READER_EPOCHS + 1)
+    assert builtin.reader_path() != reader
+
+
+def test_builtin_reader_is_trained_once_on_the_train_split(fake_builds, capsys):
+    from tunelab.atomic import partial_path
+    from tunelab.data.factbook_qa import split_qa
+    from tunelab.rag.reader_data import ContextSettings
+
+    builtin, calls, items = fake_builds
+    run = builtin.builtin_reader(progress=False)
+    assert run.parent.name == "readers" and run.name.startswith("factbook-") and (run / "rag_reader.json").is_file()
+    [(rows, index, out, kwargs)] = calls["reader"]
+    train, test = split_qa(items, 0.2, 0)
+    assert rows == [item.to_dict() for item in train]
+    assert not {r["question"] for r in rows} & {item.question for item in test}  # the test split is never seen
+    assert out == partial_path(run) and not out.exists()
+    assert index == f"opened {builtin.index_path()}" and len(calls["index"]) == 1
+    assert kwargs["settings"] == ContextSettings() and (kwargs["model"], kwargs["epochs"], kwargs["seed"]) == ("minilm", 2.0, 0)
+    assert "building the built-in Factbook reader once" in capsys.readouterr().err
+    assert builtin.builtin_reader(progress=False) == run and len(calls["reader"]) == 1
+
+
+def test_resolve_index_names_the_builtin_index_unless_a_folder_is_called_so(fake_builds, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    builtin, calls, _ = fake_builds
+    monkeypatch.chdir(tmp_path)
+    assert builtin.resolve_index("factbook", progress=False) == builtin.index_path()
+    (tmp_path / "factbook").mkdir()
+    assert builtin.resolve_index("factbook", progress=False) == Path("factbook")
+    assert builtin.resolve_index(tmp_path / "mine", progress=False) == tmp_path / "mine"
+    assert len(calls["index"]) == 1
+
+
+# -- prompts eval with grounded decoding -------------------------------------------------------
+
+
+def test_prompts_eval_grounded_decoding_copies_from_the_retrieved_passages(colour_index, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import tunelab.prompts.evaluate as prompts_evaluate
+    from tunelab.cli import app
+    from tunelab.prompts.generate import Answered
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"question": "What colour is the sky?", "answer": "blue", "aliases": [], "doc_id": "sky.md"},
+        {"question": "What colour is grass?", "answer": "green", "aliases": [], "doc_id": "grass.md"},
+    ]))
+    seen = []
+
+    def fake_answers(generator, prompts, grounded_passages=None, **kwargs):
+        seen.append((list(prompts), grounded_passages))
+        return [Answered("blue", 0.0, 1, 1) for _ in prompts]
+
+    monkeypatch.setattr(prompts_evaluate, "answer_batch", fake_answers)
+    result = prompts_evaluate.evaluate_templates(["grounded"], qa, index=colour_index, k=2, decoding="grounded", generator=object())
+    [(prompts, passages)] = seen
+    assert len(passages) == len(prompts) == 2
+    for prompt, texts in zip(prompts, passages):
+        assert len(texts) == 2 and all(text in prompt for text in texts)  # the passages are the context the prompt shows
+    assert result["decoding"] == result["templates"][0]["decoding"] == "grounded"
+    prompts_evaluate.evaluate_templates(["grounded"], qa, index=colour_index, k=2, generator=object())
+    assert seen[-1][1] is None  # free decoding by default
+
+    runner = CliRunner()
+    no_index = runner.invoke(app, ["prompts", "eval", "grounded", "--qa", str(qa), "--decoding", "grounded"])
+    assert no_index.exit_code == 2 and "--decoding grounded" in no_index.output and "--index" in no_index.output
+    closed_book = runner.invoke(app, ["prompts", "eval", "plain", "--qa", str(qa), "--index", str(colour_index), "--decoding", "grounded"])
+    assert closed_book.exit_code == 2 and "plain" in closed_book.output

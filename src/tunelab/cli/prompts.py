@@ -48,6 +48,8 @@ def eval_cmd(
     index: Annotated[Optional[Path], typer.Option("--index", help="index folder, for templates that need retrieved context")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="only the first N questions")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 24,
+    decoding: Annotated[str, typer.Option("--decoding", help="free, or grounded: each answer copied from the retrieved passages "
+                                          "or 'I don't know' (needs --index)")] = "free",
     batch_size: Annotated[int, typer.Option("--batch-size", help="questions generated together (left padding)")] = 8,
     out: Annotated[Optional[Path], typer.Option("--out", help="write the full JSON (with every answer) here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of the table")] = False,
@@ -56,14 +58,15 @@ def eval_cmd(
     from tunelab import atomic
     from tunelab.prompts.evaluate import evaluate_templates
 
-    result = evaluate_templates(templates, qa, model, index=index, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=not as_json)
+    result = evaluate_templates(templates, qa, model, index=index, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                decoding=decoding, progress=not as_json)
     if out is not None:
         atomic.write_json(out, result)
     brief = [{"template": t["template"], **{k: v for k, v in t["summary"].items()}, "latency": t["latency"]} for t in result["templates"]]
     if as_json:
-        print(json.dumps({"questions": result["questions"], "model": result["model"], "templates": brief}, indent=2))
+        print(json.dumps({"questions": result["questions"], "model": result["model"], "decoding": result["decoding"], "templates": brief}, indent=2))
         return
-    table = Table("template", "EM", "contains", "F1", "abstained", "halluc. (answered)", "halluc. (all)", "latency p50", "p95", title=f"{result['questions']} questions, {result['model']}")
+    table = Table("template", "EM", "contains", "F1", "abstained", "halluc. (answered)", "halluc. (all)", "latency p50", "p95", title=f"{result['questions']} questions, {result['model']}, {result['decoding']} decoding")
     for t in brief:
         table.add_row(
             t["template"], f"{t['exact_match']:.3f}", f"{t['contains']:.3f}", f"{t['f1']:.3f}", f"{t['abstention_rate']:.3f}",

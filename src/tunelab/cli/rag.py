@@ -1,8 +1,10 @@
-"""`tunelab rag ...` (index, search, ask, eval) and `tunelab data factbook-qa`."""
+"""`tunelab rag ...` (index, search, ask, eval, train-reader) and `tunelab data factbook-qa`."""
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -29,7 +31,19 @@ class StoreKind(str, Enum):
     qdrant = "qdrant"
 
 
+class Decoding(str, Enum):
+    grounded = "grounded"
+    free = "free"
+
+
+class ContextKind(str, Enum):
+    focused = "focused"
+    chunks = "chunks"
+
+
 IndexOpt = Annotated[Path, typer.Option("--index", help="the index folder")]
+OptionalIndexOpt = Annotated[Optional[Path], typer.Option(
+    "--index", help="the index folder; default (or 'factbook'): the built-in Factbook index, built once into tunelab's cache")]
 ModeOpt = Annotated[Mode, typer.Option("--mode", help="bm25 (keywords), dense (embeddings) or hybrid (both, RRF-fused)")]
 WeightsOpt = Annotated[str, typer.Option("--weights", help="hybrid weights 'BM25,DENSE' for reciprocal rank fusion (k=60)")]
 RerankOpt = Annotated[Optional[Path], typer.Option("--rerank", help="a local cross-encoder model folder to re-rank candidates")]
@@ -81,7 +95,7 @@ def index_cmd(
 @user_errors
 def search_cmd(
     query: Annotated[str, typer.Argument(help="what to search for")],
-    index: IndexOpt,
+    index: OptionalIndexOpt = None,
     mode: ModeOpt = Mode.hybrid,
     k: Annotated[int, typer.Option("-k", help="how many chunks to return")] = 5,
     weights: WeightsOpt = "1,1",
@@ -89,9 +103,10 @@ def search_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list for scripts")] = False,
 ) -> None:
     """Ranked chunks with scores and sources."""
+    from tunelab.rag.builtin import resolve_index
     from tunelab.rag.index import open_index
 
-    with open_index(index, rerank=str(rerank) if rerank else None) as opened:
+    with open_index(resolve_index(index, progress=not as_json), rerank=str(rerank) if rerank else None) as opened:
         hits = opened.search(query, mode.value, k, weights=_weights(weights))
     if as_json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
@@ -105,36 +120,168 @@ def search_cmd(
         console.print(f"   {text}", highlight=False, markup=False)
 
 
-def _generator(model: str, max_new_tokens: int):
-    """rag.answer's `prompt -> text` generator: tunelab's one causal LM (catalogue name, model
-    folder, merged or LoRA run), greedy, at most `max_new_tokens` tokens."""
-    from functools import partial
+# -- readers -------------------------------------------------------------------------------
 
-    from tunelab.lm.generate import Generator
+CHOSEN_ON_TRAIN = "rag_reader.json (chosen on train)"
+DEFAULT = "default"
+LM_MODEL = "smollm2"
+LM_MAX_NEW_TOKENS = 24
 
-    return partial(Generator(model), max_new_tokens=max_new_tokens)
+
+@dataclass
+class ReaderChoice:
+    """A loaded reader, the context it reads and the thresholds it answers above, with where each came from."""
+
+    reader: object
+    settings: object  # rag.reader_data.ContextSettings
+    min_similarity: float
+    min_confidence: float | None  # None: the reader is never thresholded on its own confidence
+    sources: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.reader.name
+
+    def thresholds(self) -> dict:
+        return {"min_similarity": round(self.min_similarity, 4), "min_similarity_from": self.sources["min_similarity"],
+                "min_confidence": None if self.min_confidence is None else round(self.min_confidence, 4),
+                "min_confidence_from": self.sources["min_confidence"]}
+
+
+@dataclass
+class ReaderOptions:
+    """What the command line said about the reader; None = not given (use the reader's own settings, else the defaults)."""
+
+    reader: str | None = None
+    model: str | None = None
+    decoding: Decoding | None = None
+    mode: Mode | None = None
+    k: int | None = None
+    context: ContextKind | None = None
+    lines: int | None = None
+    min_similarity: float | None = None
+    max_new_tokens: int | None = None
+
+    def given(self) -> list[str]:
+        flags = {"reader": "--reader", "model": "--model", "decoding": "--decoding", "mode": "--mode", "k": "-k", "context": "--context",
+                 "lines": "--lines", "min_similarity": "--min-similarity", "max_new_tokens": "--max-new-tokens"}
+        return [flag for name, flag in flags.items() if getattr(self, name) is not None]
+
+    def kind(self) -> str:
+        """builtin, lm or run; checks the options before anything is loaded."""
+        from tunelab.errors import TunelabError
+
+        kind = "builtin" if self.reader in (None, "builtin") else "lm" if self.reader == "lm" else "run"
+        if kind == "run" and not Path(self.reader).expanduser().is_dir():
+            raise TunelabError(f"--reader '{self.reader}' is not 'builtin', 'lm' or a run directory",
+                               "pass a run of tunelab rag train-reader (or tunelab train --task extractive-qa), --reader builtin or --reader lm")
+        if kind != "lm":
+            for flag, value in (("--decoding", self.decoding), ("--model", self.model), ("--max-new-tokens", self.max_new_tokens)):
+                if value is not None:
+                    raise TunelabError(f"{flag} applies only to --reader lm", f"drop {flag}, or add --reader lm to read with a causal LM")
+        for flag, value in (("-k", self.k), ("--lines", self.lines), ("--max-new-tokens", self.max_new_tokens)):
+            if value is not None and value < 1:
+                raise TunelabError(f"{flag} must be at least 1, not {value}", f"e.g. {flag} 5")
+        return kind
+
+
+def load_reader(options: ReaderOptions, progress: bool = True) -> ReaderChoice:
+    """The reader named by --reader: the built-in one (trained once, cached), an extractive run, or a causal LM."""
+    from dataclasses import replace
+
+    from tunelab.rag.reader_data import ContextSettings
+    from tunelab.rag.train_reader import read_reader_settings
+
+    kind = options.kind()
+    saved = None
+    if kind == "lm":
+        from tunelab.lm.generate import Generator
+        from tunelab.rag.readers import LMReader
+
+        reader = LMReader(Generator(options.model or LM_MODEL), decoding=(options.decoding or Decoding.grounded).value,
+                          max_new_tokens=options.max_new_tokens or LM_MAX_NEW_TOKENS)
+        min_confidence, confidence_from = None, "none (an LM reader is not thresholded on its confidence)"
+    else:
+        from tunelab.rag.readers import SpanReader
+
+        if kind == "builtin":
+            from tunelab.rag.builtin import builtin_reader
+
+            run = builtin_reader(progress)
+        else:
+            run = Path(options.reader).expanduser()
+        saved = read_reader_settings(run)
+        reader = SpanReader(run, threshold=saved[1].min_confidence if saved else None)
+        min_confidence = reader.threshold
+        confidence_from = CHOSEN_ON_TRAIN if saved else "the run's null_threshold (chosen on its eval split)"
+    settings = saved[0] if saved else ContextSettings()
+    overrides = {"mode": options.mode.value if options.mode else None, "k": options.k,
+                 "context": options.context.value if options.context else None, "lines": options.lines}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    settings = replace(settings, **overrides)
+    context_from = ("rag_reader.json (the reader's training context)" if saved else DEFAULT) + (
+        f", with {', '.join(overrides)} from the command line" if overrides else "")
+    if options.min_similarity is not None:
+        min_similarity, similarity_from = options.min_similarity, "--min-similarity"
+    elif saved:
+        min_similarity, similarity_from = saved[1].min_similarity, CHOSEN_ON_TRAIN
+    else:
+        min_similarity, similarity_from = MIN_SIMILARITY, DEFAULT
+    if min_confidence is not None and not math.isfinite(min_confidence):
+        min_confidence = None
+    return ReaderChoice(reader, settings, float(min_similarity), min_confidence,
+                        {"context": context_from, "min_similarity": similarity_from, "min_confidence": confidence_from})
+
+
+ReaderOpt = Annotated[Optional[str], typer.Option(
+    "--reader", help="builtin (the built-in extractive reader, trained once), a run directory of `tunelab rag train-reader` or "
+    "`tunelab train --task extractive-qa`, or lm (a causal LM, --model) (default: builtin)")]
+LMModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="--reader lm: causal LM, a catalogue name, model folder, merged or LoRA run (default: smollm2)")]
+DecodingOpt = Annotated[Optional[Decoding], typer.Option(
+    "--decoding", help="--reader lm: grounded (the answer is copied from the passages, or 'I don't know') or free (default: grounded)")]
+ReaderModeOpt = Annotated[Optional[Mode], typer.Option("--mode", help="retrieval: bm25, dense or hybrid (default: the reader's, else hybrid)")]
+KOpt = Annotated[Optional[int], typer.Option("-k", help="chunks retrieved (default: the reader's rag_reader.json, else 6)")]
+ContextOpt = Annotated[Optional[ContextKind], typer.Option(
+    "--context", help="focused (the retrieved lines closest to the question) or chunks (whole chunks) (default: the reader's, else focused)")]
+LinesOpt = Annotated[Optional[int], typer.Option("--lines", help="--context focused: lines shown (default: the reader's, else 5)")]
+MinSimilarityOpt = Annotated[Optional[float], typer.Option(
+    "--min-similarity", help="below this query-chunk cosine, answer 'I don't know' (default: the reader's threshold chosen on train, "
+    f"else {MIN_SIMILARITY})")]
+MaxNewTokensOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help=f"--reader lm: longest answer in tokens (default: {LM_MAX_NEW_TOKENS})")]
 
 
 @rag_app.command("ask")
 @user_errors
 def ask_cmd(
     question: Annotated[str, typer.Argument(help="the question")],
-    index: IndexOpt,
-    model: Annotated[str, typer.Option(help="causal LM: catalogue name (smollm2), model folder or run directory")] = "smollm2",
-    mode: ModeOpt = Mode.hybrid,
-    k: Annotated[int, typer.Option("-k", help="passages given to the model")] = 4,
-    min_similarity: Annotated[float, typer.Option(help="below this query-chunk cosine, answer 'I don't know'")] = MIN_SIMILARITY,
-    max_new_tokens: Annotated[int, typer.Option(help="longest answer in tokens")] = 96,
-    as_json: Annotated[bool, typer.Option("--json", help="print the answer and its sources as JSON")] = False,
+    index: OptionalIndexOpt = None,
+    reader: ReaderOpt = None,
+    model: LMModelOpt = None,
+    decoding: DecodingOpt = None,
+    mode: ReaderModeOpt = None,
+    k: KOpt = None,
+    context: ContextOpt = None,
+    lines: LinesOpt = None,
+    min_similarity: MinSimilarityOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the answer, its source and quote as JSON")] = False,
 ) -> None:
-    """Answer from the indexed documents, citing them as [1], [2]; say so when they do not cover it."""
+    """Answer from the indexed documents (default: the built-in Factbook index and reader), quoting the line
+    the answer came from; "I don't know" when they do not cover it."""
     from tunelab.rag.answer import answer
+    from tunelab.rag.builtin import resolve_index
     from tunelab.rag.index import open_index
 
-    with open_index(index) as opened:
-        result = answer(question, opened, _generator(model, max_new_tokens), mode=mode.value, k=k, min_similarity=min_similarity)
+    options = ReaderOptions(reader, model, decoding, mode, k, context, lines, min_similarity, max_new_tokens)
+    options.kind()  # a wrong option fails before anything is built or loaded
+    index_dir = resolve_index(index, progress=not as_json)
+    choice = load_reader(options, progress=not as_json)
+    with open_index(index_dir) as opened:
+        result = answer(question, opened, choice.reader, settings=choice.settings, min_similarity=choice.min_similarity)
     if as_json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        print(json.dumps({**result.to_dict(), "reader": choice.name, "context": choice.settings.to_dict(), "thresholds": choice.thresholds()},
+                         ensure_ascii=False, indent=2))
     else:
         console.print(result.format(), highlight=False, markup=False, soft_wrap=True)
 
@@ -143,20 +290,27 @@ def ask_cmd(
 @user_errors
 def eval_cmd(
     qa: Annotated[Path, typer.Argument(help="QA JSONL with question, answer, aliases, doc_id")],
-    index: IndexOpt,
-    modes: Annotated[str, typer.Option(help="comma-separated modes to evaluate")] = "bm25,dense,hybrid",
+    index: OptionalIndexOpt = None,
+    modes: Annotated[str, typer.Option(help="comma-separated retrieval modes to evaluate")] = "bm25,dense,hybrid",
     weights: WeightsOpt = "1,1",
     limit: Annotated[Optional[int], typer.Option(help="evaluate only the first N questions")] = None,
-    with_answers: Annotated[bool, typer.Option("--answer", help="also generate answers: right, exact match, token F1, abstained, hallucinated")] = False,
-    model: Annotated[str, typer.Option(help="causal LM for --answer: catalogue name, model folder or run directory (LoRA or merged)")] = "smollm2",
-    min_similarity: Annotated[float, typer.Option(help="--answer: below this query-chunk cosine, answer 'I don't know'")] = MIN_SIMILARITY,
-    max_new_tokens: Annotated[int, typer.Option(help="--answer: longest answer in tokens")] = 96,
+    with_answers: Annotated[bool, typer.Option("--answer", help="also answer: right, exact match, token F1, abstained, hallucinated")] = False,
+    reader: ReaderOpt = None,
+    model: LMModelOpt = None,
+    decoding: DecodingOpt = None,
+    mode: ReaderModeOpt = None,
+    k: KOpt = None,
+    context: ContextOpt = None,
+    lines: LinesOpt = None,
+    min_similarity: MinSimilarityOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
     predictions: Annotated[Optional[Path], typer.Option("--predictions", help="--answer: write every question's answer, sources and verdict to this JSONL file")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
     """Recall@1/5/10, MRR, nDCG@10 and latency per mode; with --answer, answer quality too."""
     from tunelab.data.factbook_qa import read_qa
     from tunelab.errors import TunelabError
+    from tunelab.rag.builtin import resolve_index
     from tunelab.rag.evaluate import evaluate_answers, evaluate_retrieval
     from tunelab.rag.index import MODES, open_index
 
@@ -164,15 +318,22 @@ def eval_cmd(
     for m in chosen:
         if m not in MODES:
             raise TunelabError(f"unknown mode '{m}'", f"modes are: {', '.join(MODES)}")
-    if predictions is not None and not with_answers:
-        raise TunelabError("--predictions needs --answer", "add --answer to generate and score the answers")
+    options = ReaderOptions(reader, model, decoding, mode, k, context, lines, min_similarity, max_new_tokens)
+    if not with_answers:
+        given = options.given() + (["--predictions"] if predictions is not None else [])
+        if given:
+            raise TunelabError(f"{given[0]} needs --answer", "add --answer to answer the questions and score the answers")
+    else:
+        options.kind()
     rows = read_qa(qa)[:limit] if limit else read_qa(qa)
-    with open_index(index) as opened:
+    index_dir = resolve_index(index, progress=not as_json)
+    choice = load_reader(options, progress=not as_json) if with_answers else None
+    with open_index(index_dir) as opened:
         results: dict = {"retrieval": evaluate_retrieval(opened, rows, chosen, progress=not as_json, weights=_weights(weights))}
-        if with_answers:
-            results["answers"] = evaluate_answers(
-                opened, rows, _generator(model, max_new_tokens), progress=not as_json, min_similarity=min_similarity
-            )
+        if choice is not None:
+            scored = evaluate_answers(opened, rows, choice.reader, settings=choice.settings, progress=not as_json,
+                                      min_similarity=choice.min_similarity)
+            results["answers"] = {"reader": choice.name, "context_from": choice.sources["context"], "thresholds": choice.thresholds(), **scored}
     if with_answers:
         per_question = results["answers"].pop("predictions")
         if predictions is not None:
@@ -190,14 +351,80 @@ def eval_cmd(
     console.print(table)
     if with_answers:
         a = results["answers"]
-        answers = Table(f"answers ({a['mode']})", "share", "95% CI")
+        c = a["context"]
+        shown = f"{c['context']}, {c['lines']} lines" if c["context"] == "focused" else c["context"]
+        answers = Table(f"answers ({a['reader']}; {c['mode']} k={c['k']}, {shown})", "share", "95% CI")
         for label, key in (("right", "right"), ("EM", "exact_match"), ("F1", "token_f1"), ("abstained", "abstained"),
                            ("hallucinated", "hallucinated"), ("answer in context", "answer_in_context")):
             ci = a.get(f"{key}_ci95")
             answers.add_row(label, f"{a[key]:.3f}", f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "")
         console.print(answers)
+        t = a["thresholds"]
+        confidence = "none" if t["min_confidence"] is None else f"{t['min_confidence']:.3f}"
+        console.print(f"abstains below similarity {t['min_similarity']:.3f} ({t['min_similarity_from']}) and confidence {confidence} "
+                      f"({t['min_confidence_from']})", highlight=False, soft_wrap=True)
         if predictions is not None:
             console.print(f"wrote {len(per_question)} answers with sources and verdicts to {predictions}")
+
+
+@rag_app.command("train-reader")
+@user_errors
+def train_reader_cmd(
+    qa: Annotated[Path, typer.Argument(help="a QA folder (its train.jsonl is read: tunelab data factbook-qa) or a train JSONL file")],
+    out: Annotated[Path, typer.Option("--out", help="the reader's run directory")],
+    index: OptionalIndexOpt = None,
+    mode: Annotated[Mode, typer.Option("--mode", help="retrieval: bm25, dense or hybrid")] = Mode.hybrid,
+    k: Annotated[int, typer.Option("-k", help="chunks retrieved per question")] = 6,
+    context: Annotated[ContextKind, typer.Option("--context", help="focused (closest lines) or chunks (whole chunks)")] = ContextKind.focused,
+    lines: Annotated[int, typer.Option("--lines", help="--context focused: lines shown")] = 5,
+    model: Annotated[str, typer.Option("--model", help="encoder to fine-tune: catalogue name or Hugging Face folder")] = "minilm",
+    epochs: Annotated[float, typer.Option("--epochs")] = 2.0,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the calibration split, the distractors and training")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run directory")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the run, thresholds and test metrics as JSON")] = False,
+) -> None:
+    """Train an extractive RAG reader on train questions, retrieved as at answer time; its abstention
+    thresholds are chosen on train questions it was not trained on (rag_reader.json)."""
+    from tunelab.data.factbook_qa import read_qa
+    from tunelab.errors import TunelabError
+    from tunelab.rag.builtin import resolve_index
+    from tunelab.rag.index import open_index
+    from tunelab.rag.reader_data import ContextSettings
+    from tunelab.rag.train_reader import read_reader_settings, train_rag_reader
+
+    path = qa.expanduser()
+    if path.is_dir():
+        path = path / "train.jsonl"
+    elif path.name == "test.jsonl":
+        raise TunelabError(f"'{qa}' is a test split; a reader is trained (and its thresholds chosen) on train questions only",
+                           "pass the QA folder or its train.jsonl")
+    for flag, value in (("-k", k), ("--lines", lines)):
+        if value < 1:
+            raise TunelabError(f"{flag} must be at least 1, not {value}", f"e.g. {flag} 5")
+    if out.expanduser().exists() and not overwrite:
+        raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
+    rows = read_qa(path, required=("question", "answer", "doc_id"))
+    settings = ContextSettings(mode=mode.value, k=k, context=context.value, lines=lines)
+    with open_index(resolve_index(index, progress=not as_json)) as opened:
+        run = train_rag_reader(rows, opened, out, settings=settings, model=model, epochs=epochs, seed=seed, overwrite=overwrite,
+                               progress=not as_json)
+    _, abstention = read_reader_settings(run)
+    test = json.loads((Path(run) / "metrics.json").read_text()).get("test", {})
+    metrics = {key: test.get(key) for key in ("questions", "right", "exact_match", "token_f1", "abstained", "hallucinated")}
+    finite = lambda x: x if x is None or math.isfinite(x) else None  # noqa: E731
+    if as_json:
+        print(json.dumps({"run": str(run), "context": settings.to_dict(),
+                          "abstention": {**abstention.to_dict(), "min_confidence": finite(abstention.min_confidence)}, "test": metrics}, indent=2))
+        return
+    console.print(f"trained the reader: {run}", highlight=False)
+    console.print(f"abstains below retrieval similarity {abstention.min_similarity:.3f} and span margin {abstention.min_confidence:.3f} "
+                  f"(chosen on {abstention.chosen_on}, {abstention.questions} questions)", highlight=False, soft_wrap=True)
+    shown = " ".join(f"{label} {metrics[key]:.3f}" for label, key in (("right", "right"), ("EM", "exact_match"), ("F1", "token_f1"),
+                     ("abstained", "abstained"), ("hallucinated", "hallucinated")) if metrics.get(key) is not None)
+    console.print(f"the reader's test split ({metrics.get('questions')} of the train questions' examples, held out of its training): {shown}",
+                  highlight=False, soft_wrap=True)
+    console.print(f"ask with: tunelab rag ask QUESTION --reader {run}" + (f" --index {index}" if index is not None else ""),
+                  highlight=False, soft_wrap=True)
 
 
 @user_errors

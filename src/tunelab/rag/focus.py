@@ -22,7 +22,7 @@ from tunelab.rag.index import Hit
 # A line longer than this is cut into sentences; the embedding model reads ~256 tokens at most.
 MAX_LINE_CHARS = 400
 # Embedded: the heading and the line's start, which names what the line is about ("Capital - name: ...").
-EMBED_CHARS = 300
+EMBED_CHARS = 100
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+(?=[A-Z0-9\"'(])")
 
 

@@ -63,6 +63,7 @@ class Pipeline:
         self._index = None
         self._contexts: dict[tuple[int, str], dict[str, object]] = {}  # (index, context kind) -> question -> Retrieved
         self.readers: dict[str, tuple[object, object]] = {}  # retrieval strategy -> (reader, Abstention)
+        self._readings: dict[tuple, list] = {}
 
     # bookkeeping ------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -242,7 +243,14 @@ class Pipeline:
         return LMReader(generator, "grounded", decoding or c.decoding, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size)
 
     def read(self, reader, rows: list[dict], context: str | None = None, index=None) -> list:
-        """Unthresholded readings of rows (the thresholds are applied by `decide`)."""
+        """Unthresholded readings of rows (the thresholds are applied by `decide`); each reader reads
+        each question in each context once (the ablation reuses the strategies' readings)."""
+        key = (reader.name, self.context_settings(context).context, id(index or self._index), tuple(r["question"] for r in rows))
+        if key not in self._readings:
+            self._readings[key] = self._read(reader, rows, context, index)
+        return self._readings[key]
+
+    def _read(self, reader, rows: list[dict], context: str | None, index) -> list:
         contexts = self.contexts(rows, context, index)
         with progress_bar(self.progress, len(rows)) as bar:
             task = bar.add_task(f"{reader.name} ({self.context_settings(context).context})", total=len(rows)) if bar else None
@@ -428,7 +436,8 @@ class Pipeline:
         variants = {}
         for name, (reader, _) in self.readers.items():
             lm = hasattr(reader, "decoding")
-            for context in ("focused", "chunks"):
+            # The trained generative reader learned on focused context: only its decoding is varied.
+            for context in (("focused",) if name == "fine-tuned+rag" else ("focused", "chunks")):
                 for decoding in (("grounded", "free") if lm else (None,)):
                     label = f"{name} | {context} | {decoding or 'span'}"
                     variant = self.lm_reader(reader.generator, decoding) if lm else reader

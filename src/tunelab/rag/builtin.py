@@ -1,0 +1,174 @@
+"""The built-in Factbook index and reader: built once into tunelab's cache, reused while their settings hold.
+
+    tunelab rag ask "What is the capital of Chad?"     # no --index, no --reader: these two
+
+    builtin_index()    cache_dir()/indexes/factbook-<hash>   the Factbook documents, chunked and embedded
+    builtin_reader()   cache_dir()/readers/factbook-<hash>   an extractive reader trained on the TRAIN split
+                                                             of the built-in QA set over that index
+The hash covers every setting that changes the result (embedding model, chunking, index format;
+context settings, reader model, epochs, the QA split), so changing one builds a new folder and never
+reuses a stale one. Each is built in a staging folder and renamed into place only when complete: an
+interrupted build is never taken as done, and is started afresh on the next call. A lock file keeps
+two processes from building the same folder at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from tunelab import atomic
+from tunelab.data.factbook_qa import build_factbook_qa, split_qa
+from tunelab.models.catalogue import cache_dir
+from tunelab.rag import index as index_module
+from tunelab.rag.index import MANIFEST, build_index, open_index
+from tunelab.rag.reader_data import ContextSettings
+from tunelab.rag.train_reader import SETTINGS_FILE, train_rag_reader
+
+NAME = "factbook"
+EMBED_MODEL = "minilm"
+CHUNK_TOKENS = 200
+OVERLAP = 32
+READER_MODEL = "minilm"
+READER_EPOCHS = 2.0
+QA_SEED = 0
+QA_TEST_FRACTION = 0.2
+# Rough one-off costs on a 2-core CPU, for the notice printed before a build. The index was
+# measured at ~3 min on one core (benchmarks/strategies); the reader's figure is an estimate.
+INDEX_MINUTES = 3
+READER_MINUTES = 15
+
+
+def settings_hash(settings: dict) -> str:
+    """A short, stable name for a settings dict."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def index_settings(embed_model: str = EMBED_MODEL) -> dict:
+    return {"corpus": NAME, "embed_model": embed_model, "chunk_tokens": CHUNK_TOKENS, "overlap": OVERLAP,
+            "format": index_module.FORMAT_VERSION}
+
+
+def reader_settings(embed_model: str = EMBED_MODEL) -> dict:
+    return {"index": settings_hash(index_settings(embed_model)), "context": ContextSettings().to_dict(), "model": READER_MODEL,
+            "epochs": READER_EPOCHS, "qa_seed": QA_SEED, "qa_test_fraction": QA_TEST_FRACTION}
+
+
+def index_path(embed_model: str = EMBED_MODEL) -> Path:
+    return cache_dir() / "indexes" / f"{NAME}-{settings_hash(index_settings(embed_model))}"
+
+
+def reader_path(embed_model: str = EMBED_MODEL) -> Path:
+    return cache_dir() / "readers" / f"{NAME}-{settings_hash(reader_settings(embed_model))}"
+
+
+def _index_complete(path: Path) -> bool:
+    return (path / MANIFEST).is_file()
+
+
+def _reader_complete(path: Path) -> bool:
+    return (path / SETTINGS_FILE).is_file()
+
+
+def builtin_index(progress: bool = True, embed_model: str = EMBED_MODEL) -> Path:
+    """The built-in Factbook index folder, built on first use (build_index's progress bar shows)."""
+    final = index_path(embed_model)
+    if _index_complete(final):
+        return final
+    with _building(final, _index_complete) as staging:
+        if _index_complete(final):  # another process finished it while we waited for the lock
+            return final
+        _notice(f"building the built-in Factbook index once (~{INDEX_MINUTES} min); cached in {final}")
+        build_index(NAME, staging, model=embed_model, chunk_tokens=CHUNK_TOKENS, overlap=OVERLAP, progress=progress)
+        atomic.write_json(staging / "builtin.json", index_settings(embed_model))
+    return final
+
+
+def builtin_reader(progress: bool = True) -> Path:
+    """The built-in extractive reader's run directory (with rag_reader.json), trained on first use
+    on the train split of the built-in QA set; the test split is never seen."""
+    final = reader_path()
+    if _reader_complete(final):
+        return final
+    index_dir = builtin_index(progress)
+    with _building(final, _reader_complete) as staging:
+        if _reader_complete(final):
+            return final
+        _notice(f"building the built-in Factbook reader once (~{READER_MINUTES} min); cached in {final}")
+        train, _test = split_qa(build_factbook_qa(), QA_TEST_FRACTION, QA_SEED)
+        rows = [item.to_dict() for item in train]
+        with open_index(index_dir) as index:
+            train_rag_reader(rows, index, staging, settings=ContextSettings(), model=READER_MODEL, epochs=READER_EPOCHS,
+                             seed=QA_SEED, overwrite=False, progress=progress)
+        atomic.write_json(staging / "builtin.json", reader_settings())
+    return final
+
+
+def is_builtin_name(index: str | Path | None) -> bool:
+    """True for None, and for "factbook" when no folder of that name exists here."""
+    return index is None or (str(index) == NAME and not Path(index).expanduser().exists())
+
+
+def resolve_index(index: str | Path | None, progress: bool = True) -> Path:
+    """The index folder to open: None or "factbook" (when no such folder exists) -> the built-in index."""
+    if is_builtin_name(index):
+        return builtin_index(progress)
+    return Path(index).expanduser()
+
+
+@contextlib.contextmanager
+def _building(final: Path, complete: Callable[[Path], bool]) -> Iterator[Path]:
+    """Hold the folder's lock and yield the path of a staging folder (cleared of any earlier attempt;
+    the block creates it), renamed to `final` when the block finishes; on an error or an interrupt the
+    staging folder is removed and `final` is untouched."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(final.parent / f".{final.name}.lock"):
+        staging = atomic.partial_path(final)
+        if final.exists() and not complete(final):
+            shutil.rmtree(final)  # not made here (only complete folders are renamed into place)
+        _clear(staging)
+        try:
+            yield staging
+        except BaseException:
+            _clear(staging)
+            raise
+        if complete(final):  # the block found it built by another process and returned early
+            _clear(staging)
+        elif complete(staging):
+            atomic.publish_dir(staging, final)
+        else:
+            _clear(staging)
+            raise RuntimeError(f"building {final} finished without a complete folder in {staging}")
+
+
+def _clear(staging: Path) -> None:
+    """A staging folder and what writers staging inside it leave next to it (a trainer's own
+    .partial, the examples file)."""
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(atomic.partial_path(staging), ignore_errors=True)
+    (staging.parent / f".{staging.name}.examples.jsonl").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; a concurrent build fails to rename instead
+        yield
+        return
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _notice(line: str) -> None:
+    # stderr: stdout may be carrying --json output
+    print(line, file=sys.stderr, flush=True)

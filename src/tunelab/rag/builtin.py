@@ -38,10 +38,11 @@ READER_MODEL = "minilm"
 READER_EPOCHS = 2.0
 QA_SEED = 0
 QA_TEST_FRACTION = 0.2
-# Rough one-off costs on a 2-core CPU, for the notice printed before a build. The index was
-# measured at ~3 min on one core (benchmarks/strategies); the reader's figure is an estimate.
-INDEX_MINUTES = 3
-READER_MINUTES = 15
+# Rough one-off costs on a 2-core AVX-512-BF16 CPU, for the notice printed before a build (measured
+# 2026-12-02: index 5 min; reader 6 min retrieving the train questions + 3 min training). An
+# AVX2-only CPU runs fp32 and takes several times longer.
+INDEX_MINUTES = 5
+READER_MINUTES = 10
 
 
 def settings_hash(settings: dict) -> str:

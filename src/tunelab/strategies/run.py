@@ -281,7 +281,7 @@ class Pipeline:
             scores = score(text, row["answer"], aliases, row["question"])
             shown = "\n".join(p.reader_text() for p in retrieved.passages)
             predictions.append({
-                "question": row["question"], "answer": row["answer"], "kind": row.get("kind"), "prediction": text,
+                "question": row["question"], "answer": row["answer"], "aliases": list(aliases), "kind": row.get("kind"), "prediction": text,
                 "unthresholded": reading.text, "confidence": reading.confidence if reading.confidence == reading.confidence else None,
                 "best_similarity": retrieved.best_similarity, "seconds": retrieved.seconds + reading.seconds,
                 "retrieval_seconds": retrieved.seconds, "prompt_tokens": reading.prompt_tokens,
@@ -293,7 +293,7 @@ class Pipeline:
     def retrieval_extra(self, outcome: dict, abstention, reader_name: str) -> dict:
         predictions = outcome["predictions"]
         misses = [p for p in predictions if not p["answer_in_context"]]
-        unthresholded = summarise([score(p["unthresholded"], p["answer"], [], p["question"]) for p in predictions], ci=False)
+        unthresholded = summarise([score(p["unthresholded"], p["answer"], p["aliases"], p["question"]) for p in predictions], ci=False)
         return {
             "reader": reader_name,
             "context": self.context_settings().to_dict(),

@@ -78,7 +78,7 @@ def answer(
 
 
 def answer_many(questions, index: Index, reader: Reader, *, settings: ContextSettings | None = None,
-                min_similarity: float = MIN_SIMILARITY, progress=None) -> list[Answer]:
+                min_similarity: float = MIN_SIMILARITY) -> list[Answer]:
     """answer() for many questions, read in batches (the readers are several times faster so)."""
     if not hasattr(reader, "read_many"):
         reader = CallableReader(reader)

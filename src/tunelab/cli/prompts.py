@@ -88,7 +88,7 @@ def strategies_cmd(
     quick: Annotated[bool, typer.Option("--quick", help="a few questions, short training: a fast end-to-end check")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output folder")] = False,
 ) -> None:
-    """Closed-book, best prompt, RAG, fine-tuned and fine-tuned + RAG on the same questions: report.html, results.json."""
+    """Closed-book, best prompt, RAG, fine-tuned, fine-tuned + RAG and extractive reader + RAG on the same questions: report.html, results.json."""
     from tunelab.config import load_settings
     from tunelab.strategies import StrategiesConfig, run_strategies
 

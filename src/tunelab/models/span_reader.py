@@ -249,18 +249,13 @@ class ExtractiveReader:
 def choose_threshold(margins: Sequence[float], right: Sequence[bool], beyond: float = 1.0) -> float:
     """The margin threshold maximising right - hallucinated over questions whose unthresholded
     answers are known to be right or wrong (answer when margin >= threshold; unanswerable questions
-    count as wrong). Candidates lie halfway between consecutive distinct margins, plus `beyond`
-    below the lowest (answer all) and above the highest (abstain on all); ties go to the lowest
-    threshold (answer more). Always finite; 0.0 without a finite margin."""
+    count as wrong; -inf margins are never answered); ties go to the lowest threshold; 0.0 without
+    a finite margin. One feature of tunelab.evaluate.answers.choose_thresholds."""
+    from tunelab.evaluate.answers import choose_thresholds
+
     margins = np.asarray(margins, dtype=float)
     right = np.asarray(right, dtype=bool)
     if margins.shape != right.shape:
         raise ValueError("one right/wrong flag per margin")
-    finite = np.isfinite(margins)  # -inf: no candidate span, never answered
-    values = np.unique(margins[finite])
-    if len(values) == 0:
-        return 0.0
-    candidates = np.concatenate([[values[0] - beyond], (values[:-1] + values[1:]) / 2, [values[-1] + beyond]])
-    gain = np.where(right, 1, -1)
-    totals = [int(gain[finite & (margins >= t)].sum()) for t in candidates]
-    return float(candidates[int(np.argmax(totals))])  # argmax returns the first, i.e. lowest, of ties
+    (threshold,), _ = choose_thresholds([margins], np.where(right, 1.0, -1.0), margin=beyond)
+    return threshold

@@ -86,8 +86,11 @@ def train_rag_reader(rows: Sequence[dict], index, out: str | Path, *, settings: 
         raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
     rows = [r for r in rows if str(r.get("answer", "")).strip()]
     if contexts is None:
-        with _bar(progress, len(rows), "retrieving train questions") as advance:
-            contexts = retrieve_all(index, rows, settings, advance)
+        from tunelab.prompts.evaluate import progress_bar
+
+        with progress_bar(progress, len(rows)) as bar:
+            task = bar.add_task("retrieving train questions", total=len(rows)) if bar else None
+            contexts = retrieve_all(index, rows, settings, (lambda n: bar.advance(task, n)) if bar else None)
     context_of = {id(r): c for r, c in zip(rows, contexts)}
     reader_rows, calibration = split_train(rows, seed=seed)
     return train_reader_on(reader_rows, [context_of[id(r)] for r in reader_rows], calibration, [context_of[id(r)] for r in calibration],
@@ -133,20 +136,3 @@ def read_reader_settings(run_dir: str | Path) -> tuple[ContextSettings, Abstenti
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
     return ContextSettings(**data["context"]), Abstention(**data["abstention"])
-
-
-def _bar(enabled: bool, total: int, label: str):
-    import contextlib
-
-    if not enabled:
-        return contextlib.nullcontext(None)
-
-    @contextlib.contextmanager
-    def bar():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as p:
-            task = p.add_task(label, total=total)
-            yield lambda n: p.advance(task, n)
-
-    return bar()

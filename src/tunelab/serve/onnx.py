@@ -15,6 +15,7 @@ import inspect
 import io
 import logging
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -66,7 +67,7 @@ def export_onnx(
     classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
     started = time.perf_counter()
 
-    with atomic.staged_dir(run.path / ONNX_DIR, overwrite=True, keep_partial=False) as stage:
+    with _export_failures(), atomic.staged_dir(run.path / ONNX_DIR, overwrite=True, keep_partial=False) as stage:
         step("exporting the fp32 ONNX model")
         fp32 = stage / ONNX_FILES["onnx"]
         _export(classifier, fp32)
@@ -120,7 +121,13 @@ def _export(classifier, path: Path) -> None:
 
     model, tokenizer = classifier.model, classifier.tokenizer
     accepted = set(inspect.signature(model.forward).parameters)
-    sample = tokenizer(["a short text", "a somewhat longer text to give the sequence axis room"], padding=True, return_tensors="pt")
+    # The sample must lie inside the dynamic sequence axis, so it is cut to the run's max length (8 for
+    # very short texts); at least 2 tokens, since torch.export fixes an axis traced at size 1 as a constant.
+    longest = max(2, classifier.max_length)
+    sample = tokenizer(
+        ["a short text", "a somewhat longer text to give the sequence axis room"],
+        padding=True, truncation=True, max_length=longest, return_tensors="pt",
+    )
     names = [name for name in sample.keys() if name in accepted]
 
     class Logits(torch.nn.Module):
@@ -133,7 +140,7 @@ def _export(classifier, path: Path) -> None:
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
             return self.inner(**dict(zip(names, tensors))).logits
 
-    batch, sequence = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=classifier.max_length)
+    batch, sequence = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=longest)
     quiet = io.StringIO()
     # The exporter narrates every stage on stdout and warns about optional packages: keep the CLI's output ours.
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
@@ -150,6 +157,26 @@ def _export(classifier, path: Path) -> None:
             external_data=False,
             verbose=False,
         )
+
+
+@contextlib.contextmanager
+def _export_failures():
+    """Any failure of the exporter, quantizer or onnxruntime (pages of advice and a stack) becomes one line."""
+    try:
+        yield
+    except TunelabError:
+        raise
+    except Exception as error:
+        raise TunelabError(
+            f"ONNX export failed: {_first_line(error)}",
+            "nothing was written; serve this run with --backend torch, and report the model's architecture as an export bug",
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # the exporter colours its messages
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
 @contextlib.contextmanager

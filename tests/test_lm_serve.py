@@ -113,6 +113,21 @@ def test_bad_requests_are_4xx_in_openai_shape(server, body, status):
     assert set(r.json()["error"]) >= {"message", "type"}
 
 
+def test_a_20_mib_body_gets_its_413_with_urllib(server):
+    # urllib sends the whole body before reading: the service drains it instead of resetting the connection.
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x" * (20 * 2**20)}]}).encode()
+    request = urllib.request.Request(f"{server}/v1/chat/completions", data=body, method="POST",
+                                     headers={"Authorization": "Bearer secret", "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=30)
+    assert answer.value.code == 413
+    assert json.loads(answer.value.read())["error"]["code"] == "request_too_large"
+
+
 def test_prompt_longer_than_the_context_is_422(server):
     # Under the body limit, but over the tiny model's 256-token context.
     long = "sky " * 700

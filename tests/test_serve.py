@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from tests._serve_fixtures import FakeScorer, async_client, fake_model, running
+from tests._serve_fixtures import FakeScorer, async_client, fake_model, running, serving
 from tunelab.serve.app import create_app
 from tunelab.serve.settings import ServeSettings
 
@@ -137,6 +137,38 @@ def test_body_over_the_limit_is_413_declared_or_streamed(client) -> None:
 
     response = client.post("/v1/predict", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413 and "4000 bytes" in response.json()["error"]
+
+
+def urllib_post(url: str, body, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """POST with the standard library's urllib: it sends the whole body before it reads the answer."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_a_20_mib_body_gets_its_413_with_urllib(trained_run) -> None:
+    # The service answers before reading the body; closing at once would reset the connection while
+    # urllib is still sending, and urllib would never see the 413. The body is drained first.
+    big = b'{"texts": ["' + b"x" * (20 * 2**20) + b'"]}'
+
+    def chunks():  # no Content-Length: the limit is found while streaming
+        for _ in range(20):
+            yield b" " * 2**20
+
+    with serving(create_app(trained_run, ServeSettings(max_body_bytes=4000), api_key="")) as url:
+        status, body = urllib_post(url + "/v1/predict", big)
+        assert status == 413 and body == {"error": "request body is larger than 4000 bytes; send fewer or shorter texts"}
+        status, body = urllib_post(url + "/v1/predict", chunks(), {"Transfer-Encoding": "chunked"})
+        assert status == 413 and "4000 bytes" in body["error"]
+        # The service goes on serving on new connections.
+        status, body = urllib_post(url + "/v1/predict", json.dumps({"texts": ["good great excellent"]}).encode())
+        assert status == 200 and body["predictions"][0]["label"] == "positive"
 
 
 def test_unknown_route_and_method_are_clean(client) -> None:

@@ -267,7 +267,17 @@ def readable(errors: list[dict[str, Any]], max_texts: int) -> str:
 
 # --- ASGI middleware (plain ASGI: they see every request, including ones that never reach a route) ---
 class BodyLimit:
-    """413 for a body over max_bytes, whether announced by Content-Length or streamed in chunks."""
+    """413 for a body over max_bytes, whether announced by Content-Length or streamed in chunks.
+
+    The 413 goes out before the body is read. Closing then would make the kernel reset a connection
+    that still has unread bytes, and a client that sends its whole body before reading (Python's
+    urllib) sees "connection reset" instead of the 413. So the rest of the body is read and thrown
+    away first ("lingering close"), up to DRAIN_BYTES or DRAIN_SECONDS; a client that stops sending
+    on seeing the 413 (curl, httpx) disconnects and ends the drain at once.
+    """
+
+    DRAIN_BYTES = 64 * 2**20
+    DRAIN_SECONDS = 10.0
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
@@ -280,7 +290,7 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(send)
+            await self._too_large(send, receive, unread=int(declared))
             return
         # Read the body up to the limit before the app sees it; it is small by construction.
         chunks, size = [], 0
@@ -291,7 +301,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._too_large(send)
+                await self._too_large(send, receive if message.get("more_body", False) else None)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -308,12 +318,32 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Send) -> None:
-        message = json.dumps({"error": f"request body is larger than {self.max_bytes} bytes; send fewer or shorter texts"}).encode()
+    def error_body(self) -> bytes:
+        return json.dumps({"error": f"request body is larger than {self.max_bytes} bytes; send fewer or shorter texts"}).encode()
+
+    async def _too_large(self, send: Send, receive: Receive | None, unread: int = 0) -> None:
+        """Send the 413; then drain what is left of the body (`receive` is None when nothing is)."""
+        message = self.error_body()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(message)).encode()),
                                 (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": message})
+        # The whole answer is on the wire, but the response stays open (more_body) while the body is
+        # drained: the server closes the connection as soon as the response is complete.
+        await send({"type": "http.response.body", "body": message, "more_body": True})
+        if receive is not None and unread <= self.DRAIN_BYTES:
+            try:
+                await asyncio.wait_for(self._drain(receive), self.DRAIN_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _drain(self, receive: Receive) -> None:
+        drained = 0
+        while drained <= self.DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            drained += len(message.get("body", b""))
 
 
 class ApiKey:

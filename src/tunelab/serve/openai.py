@@ -29,7 +29,6 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Send
 
 from tunelab.errors import TunelabError
 from tunelab.lm.generate import Generator, Sampling
@@ -246,12 +245,9 @@ def _usage(done) -> dict[str, int]:
 class _OpenAIBodyLimit(BodyLimit):
     """The classifier service's 413 body limit, answering in OpenAI's error shape."""
 
-    async def _too_large(self, send: Send) -> None:
-        message = json.dumps({"error": {"message": f"request body is larger than {self.max_bytes} bytes; send a shorter conversation",
-                                        "type": "invalid_request_error", "param": None, "code": "request_too_large"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(message)).encode()), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": message})
+    def error_body(self) -> bytes:
+        return json.dumps({"error": {"message": f"request body is larger than {self.max_bytes} bytes; send a shorter conversation",
+                                     "type": "invalid_request_error", "param": None, "code": "request_too_large"}}).encode()
 
 
 def create_openai_app(model: str | os.PathLike | Generator, model_name: str | None = None, limits: Limits | None = None,

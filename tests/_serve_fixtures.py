@@ -76,8 +76,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(app, timeout: float = 60.0) -> Iterator[str]:
-    """The app in a real uvicorn server on loopback (a thread), once ready; yields its base URL."""
+def serving(app, timeout: float = 60.0, ready: str = "/ready") -> Iterator[str]:
+    """The app in a real uvicorn server on loopback (a thread), once `ready` answers 200; yields its base URL."""
     import httpx
     import uvicorn
 
@@ -90,7 +90,7 @@ def serving(app, timeout: float = 60.0) -> Iterator[str]:
     try:
         while True:
             try:
-                if httpx.get(url + "/ready").status_code == 200:
+                if httpx.get(url + ready).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

@@ -32,7 +32,7 @@ from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.serve.backends import load_scorer, model_version, onnx_path
 from tunelab.serve.batching import MicroBatcher, NotRunning, QueueFull
-from tunelab.serve.docs import add_offline_docs, docs_urls
+from tunelab.serve.docs import offline_fastapi
 from tunelab.serve.holder import LoadedModel, ModelHolder, NotReady, finite
 from tunelab.serve.metrics import ServiceMetrics
 from tunelab.serve.settings import ServeSettings
@@ -123,14 +123,12 @@ def create_app(
         loading.cancel()
         await batcher.stop()  # every queued request is answered first
 
-    app = FastAPI(
+    app = offline_fastapi(
         title="tunelab prediction service",
         version="1",
         description="Text classification with a fine-tuned tunelab run. Concurrent requests are micro-batched.",
         lifespan=lifespan,
-        **docs_urls(),
     )
-    add_offline_docs(app)
     app.state.holder = holder
     app.state.batcher = batcher
     app.state.metrics = metrics

@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunelab.errors import TunelabError
 from tunelab.lm.generate import Generator, Sampling
 from tunelab.serve.app import API_KEY_ENV, BodyLimit
-from tunelab.serve.docs import add_offline_docs, docs_urls
+from tunelab.serve.docs import offline_fastapi
 
 log = logging.getLogger("tunelab.serve.openai")
 
@@ -256,9 +256,8 @@ def create_openai_app(model: str | os.PathLike | Generator, model_name: str | No
     limits = limits or Limits()
     generator = model if isinstance(model, Generator) else Generator(model, precision=precision, threads=threads)
     name = model_name or generator.name
-    app = FastAPI(title="tunelab chat service (OpenAI-compatible)", version="1",
-                  description="OpenAI-compatible chat completions for a causal LM fine-tuned or imported with tunelab.", **docs_urls())
-    add_offline_docs(app)
+    app = offline_fastapi(title="tunelab chat service (OpenAI-compatible)", version="1",
+                          description="OpenAI-compatible chat completions for a causal LM fine-tuned or imported with tunelab.")
     app.state.generator = generator
     app.include_router(openai_router(generator, name, limits, api_key))
 

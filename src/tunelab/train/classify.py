@@ -6,7 +6,6 @@ load data -> split -> tokenizer -> max length -> profile -> tokenize -> model ->
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -16,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from rich.console import Console  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -35,6 +35,7 @@ from tunelab.models.classifier import model_max_length  # noqa: E402
 from tunelab.run import Run, default_run_dir  # noqa: E402
 from tunelab.train import memory, speed  # noqa: E402
 from tunelab.train.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
+from tunelab.train.resume import resume_point, truncate_history  # noqa: E402
 from tunelab.train.trainer import AccuracyTrainer, balanced_class_weights, classification_scores  # noqa: E402
 
 
@@ -50,9 +51,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     quiet_libraries()
     out = resolve_out_dir(config)
     staging = atomic.partial_path(out)
-    checkpoint = last_checkpoint(staging) if resume else None
-    if resume and checkpoint is None:
-        raise TunelabError(f"nothing to resume: no checkpoint in {staging}", "start the run without --resume")
+    point = resume_point(staging, config.epochs) if resume else None
+    checkpoint = point.checkpoint if point else None
     if out.exists() and not config.overwrite:
         raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
     check_integrations(config.report_to)
@@ -92,6 +92,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     memory.check_disk(out.parent, parameters, trainable, config.keep_checkpoints)
     if progress and state.is_main_process:
         print_plan(config, splits, labels, max_length, batch_size, lr, precision, state.num_processes, parameters, trainable, plan)
+        if point is not None:
+            Console(stderr=True).print(point.describe(), highlight=False)
 
     # 4. Stage the run directory (main process only; the others wait for it).
     resolved = dict(out=str(out), max_length=max_length, precision=precision, threads=threads, batch_size=batch_size, lr=lr)
@@ -178,23 +180,6 @@ def start_staging(staging: Path, config: TrainConfig, resolved: dict, labels, pr
         split.to_parquet(run.split_path(name), index=False)
 
 
-def last_checkpoint(staging: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    folder = staging / "checkpoints"
-    found = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    return Path(found) if found else None
-
-
-def truncate_history(path: Path, checkpoint: Path) -> None:
-    """Drop the log lines written after the checkpoint: the resumed run writes them again."""
-    if not path.is_file():
-        return
-    step = int(checkpoint.name.rsplit("-", 1)[1])
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    atomic.write_text(path, "".join(line + "\n" for line in kept))
-
-
 def training_metrics(trainer, result, seconds: float, precision: str, processes: int) -> dict:
     best = trainer.state.best_model_checkpoint
     return {
@@ -217,8 +202,6 @@ def training_metrics(trainer, result, seconds: float, precision: str, processes:
 
 
 def print_plan(config, splits, labels, max_length, batch_size, lr, precision, processes, parameters, trainable, plan) -> None:
-    from rich.console import Console
-
     effective = batch_size * config.grad_accum * processes
     steps = max(1, len(splits["train"]) // effective) * config.epochs
     Console(stderr=True).print(

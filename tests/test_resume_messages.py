@@ -1,0 +1,99 @@
+"""`tunelab resume` / `train --resume` say what they resume from, or how far a run got that has nothing to resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import sentiment_frame, sigkill_when
+from tunelab.cli import app as cli
+from tunelab.config import TrainConfig, to_yaml
+
+BATCH, EPOCHS = 8, 3
+
+
+def _train_lines(history: Path) -> list[dict]:
+    if not history.is_file():
+        return []
+    lines = []
+    for line in history.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            pass  # being written
+    return [line for line in lines if line["type"] == "train"]
+
+
+def _killed_run(tiny_bert, tmp_path: Path, when) -> tuple[Path, Path]:
+    """Start `tunelab train` in a child process and SIGKILL it once `when(train log lines)` holds."""
+    data = tmp_path / "reviews.csv"
+    sentiment_frame(rows_per_class=100, seed=3).to_csv(data, index=False)
+    out = tmp_path / "killed"
+    config = TrainConfig(model=str(tiny_bert), data=str(data), epochs=EPOCHS, batch_size=BATCH, precision="fp32", logging_steps=1, out=str(out))
+    settings = tmp_path / "train.yaml"
+    settings.write_text(to_yaml(config))
+    process = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(settings)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    history = tmp_path / ".killed.partial" / "history.jsonl"
+    sigkill_when(process, lambda: when(_train_lines(history)), 240, "training reached the chosen point")
+    return out, settings
+
+
+def test_resume_names_the_checkpoint_and_the_epoch(tiny_bert, tmp_path):
+    def in_epoch_two(lines):  # after the first epoch's checkpoint
+        return any(1.0 < line["epoch"] < 1.8 for line in lines)
+
+    out, _ = _killed_run(tiny_bert, tmp_path, in_epoch_two)
+    steps_per_epoch = len(pd.read_parquet(tmp_path / ".killed.partial" / "splits" / "train.parquet")) // BATCH
+
+    result = CliRunner().invoke(cli, ["resume", str(out)])
+    assert result.exit_code == 0, result.output
+    expected = f"resuming from checkpoint-{steps_per_epoch} (epoch 1 of {EPOCHS} done, step {steps_per_epoch} of {EPOCHS * steps_per_epoch})"
+    assert expected in result.output, result.output
+    assert (out / "model").is_dir()
+
+
+def test_resume_before_the_first_checkpoint_says_how_far_it_got_and_what_to_do(tiny_bert, tmp_path):
+    def early_in_epoch_one(lines):
+        return any(line["epoch"] < 0.8 for line in lines)
+
+    out, settings = _killed_run(tiny_bert, tmp_path, early_in_epoch_one)
+    staging = tmp_path / ".killed.partial"
+    last_step = _train_lines(staging / "history.jsonl")[-1]["step"]
+
+    for command in (["resume", str(out)], ["train", str(settings), "--resume"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in result.output, result.output
+        joined = " ".join(result.output.split())
+        assert f"the killed run stopped at step {last_step}, in epoch 1 of {EPOCHS}, before its first checkpoint" in joined, joined
+        assert f"tunelab train {staging / 'config.yaml'}" in joined, joined
+
+    # What the hint says to do works: the run starts again and finishes.
+    result = CliRunner().invoke(cli, ["train", str(staging / "config.yaml")])
+    assert result.exit_code == 0, result.output
+    assert (out / "model").is_dir() and not staging.exists()
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_checkpoint_cut_off_while_saving_is_skipped(tmp_path, cut):
+    from tunelab.train.resume import resume_point
+
+    staging = tmp_path / ".run.partial"
+    (staging / "config.yaml").parent.mkdir(parents=True)
+    (staging / "config.yaml").write_text("epochs: 2\n")
+    for step, epoch in ((10, 1.0), (20, 2.0)):
+        folder = staging / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 20, "epoch": epoch}))
+    if cut:  # killed before the Trainer wrote the state, its last file
+        (staging / "checkpoints" / "checkpoint-20" / "trainer_state.json").unlink()
+    point = resume_point(staging, epochs=2)
+    assert point.describe() == ("resuming from checkpoint-10 (epoch 1 of 2 done, step 10 of 20)" if cut
+                                else "resuming from checkpoint-20 (epoch 2 of 2 done, step 20 of 20)")

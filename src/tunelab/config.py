@@ -7,16 +7,43 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+)
 
 from tunelab.errors import TunelabError, did_you_mean
 
 
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# The field delimiters of csv/tsv files that tunelab reads and detects.
+DELIMITERS = (",", ";", "\t", "|")
+
+
+def delimiter_value(value: Any) -> Any:
+    """A delimiter as given, checked; "tab" and a typed backslash-t (awkward to type as a tab) mean a tab."""
+    if value is None:
+        return None
+    value = "\t" if value in ("tab", "\\t") else value
+    if value not in DELIMITERS:
+        raise ValueError("use one of , ; | or tab")
+    return value
+
+
+# None: detected from the file (tunelab.data.load.detect_delimiter).
+Delimiter = Annotated[str | None, BeforeValidator(delimiter_value)]
+DELIMITER_HELP = "field delimiter of csv/tsv files: , ; | or tab; default: detected from the file (tab for .tsv)"
 
 
 class DataSettings(Settings):
@@ -26,6 +53,7 @@ class DataSettings(Settings):
     text_col: str = "text"
     label_col: str = "label"
     encoding: str = Field("utf-8", description="text encoding of csv/tsv/json files")
+    delimiter: Delimiter = Field(None, description=DELIMITER_HELP)
     eval_data: str | None = Field(None, description="user-supplied evaluation split (else split from data)")
     test_data: str | None = Field(None, description="user-supplied test split (else split from data)")
     eval_fraction: float = Field(0.1, gt=0, lt=0.5)
@@ -86,6 +114,7 @@ class ExtractiveQAConfig(Settings):
     context_col: str = "context"
     answer_col: str = "answer"
     encoding: str = Field("utf-8", description="text encoding of csv/json files")
+    delimiter: Delimiter = Field(None, description=DELIMITER_HELP)
     eval_data: str | None = Field(None, description="user-supplied evaluation split (else split from data)")
     test_data: str | None = Field(None, description="user-supplied test split (else split from data)")
     eval_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the questions held out for evaluation")
@@ -143,7 +172,8 @@ def load_settings(cls: type[S], path: str | os.PathLike | None = None, overrides
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise TunelabError(f"setting '{where}': {first['msg']} (got {first.get('input')!r})", "fix that value") from None
+        message = first["msg"].removeprefix("Value error, ")  # a validator's own ValueError
+        raise TunelabError(f"setting '{where}': {message} (got {first.get('input')!r})", "fix that value") from None
 
 
 def to_yaml(settings: Settings, **resolved: Any) -> str:

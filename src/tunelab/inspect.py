@@ -15,9 +15,10 @@ def inspect_source(
     model: str | None = "minilm",
     test_data: str | None = None,
     encoding: str = "utf-8",
+    delimiter: str | None = None,
 ) -> dict[str, Any]:
     """Rows, class balance, token-length percentiles, empty and duplicate rows, warnings."""
-    frame = load_source(source, text_col, label_col, encoding)
+    frame = load_source(source, text_col, label_col, encoding, delimiter=delimiter)
     tokenizer, limit = None, None
     if model:
         from transformers import AutoConfig, AutoTokenizer
@@ -30,7 +31,7 @@ def inspect_source(
     splits = {"all": frame}
     if test_data:
         # Named "train" so the profile's overlap check compares the test file against it.
-        splits = {"train": frame, "test": load_source(test_data, text_col, label_col, encoding)}
+        splits = {"train": frame, "test": load_source(test_data, text_col, label_col, encoding, delimiter=delimiter)}
     profile = profile_splits(splits, tokenizer, limit, frame.attrs.get("dropped"))
     first = profile["splits"][next(iter(splits))]
     profile.update(

@@ -54,12 +54,13 @@ def data_inspect(
     model: Annotated[str, typer.Option(help="model whose tokenizer measures token lengths")] = "minilm",
     test_data: Annotated[Optional[str], typer.Option(help="a test file to check for overlap with SOURCE")] = None,
     encoding: Annotated[str, typer.Option(help="text encoding of csv/tsv/json files")] = "utf-8",
+    delimiter: Annotated[Optional[str], typer.Option(help="csv field delimiter: , ; | or tab (default: detected)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the profile as JSON")] = False,
 ) -> None:
     """Rows, class balance, token lengths, empty and duplicate rows, and warnings."""
     from tunelab.inspect import inspect_source
 
-    profile = inspect_source(source, text_col, label_col, model, test_data, encoding)
+    profile = inspect_source(source, text_col, label_col, model, test_data, encoding, delimiter)
     if as_json:
         print(json.dumps(profile, indent=2))
         return
@@ -105,6 +106,7 @@ def train(
     keep_checkpoints: Annotated[Optional[int], typer.Option()] = None,
     report_to: Annotated[Optional[list[str]], typer.Option(help="Trainer integration, e.g. tensorboard")] = None,
     encoding: Annotated[Optional[str], typer.Option()] = None,
+    delimiter: Annotated[Optional[str], typer.Option(help="csv field delimiter: , ; | or tab (default: detected)")] = None,
     deepspeed: Annotated[Optional[str], typer.Option(help="DeepSpeed JSON config (passed to the Trainer)")] = None,
     fsdp: Annotated[Optional[str], typer.Option(help="FSDP options, e.g. 'full_shard auto_wrap'")] = None,
     out: Annotated[Optional[str], typer.Option(help="run directory")] = None,

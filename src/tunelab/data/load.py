@@ -2,20 +2,24 @@
 
 A source is a built-in dataset name, a CSV/TSV/JSONL/JSON/Parquet file, or a folder written by
 `datasets.save_to_disk`. Mistakes are named precisely, scikit-learn style.
+A CSV's delimiter (',' ';' tab '|') is detected unless given; a TSV's is a tab.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
 
 import pandas as pd
 
+from tunelab.config import DELIMITERS, delimiter_value
 from tunelab.data.builtin import BUILTIN
 from tunelab.errors import TunelabError, did_you_mean
 
 FILE_FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+_SNIFF_CHARS = 64 * 1024  # the first lines are enough to tell the delimiter
 
 
 def load_source(
@@ -24,19 +28,21 @@ def load_source(
     label_col: str | None = "label",
     encoding: str = "utf-8",
     strict: bool = False,
+    delimiter: str | None = None,
 ) -> pd.DataFrame:
     """Load `source` as a DataFrame with columns `text` and (unless label_col is None) `label`.
 
     Labels become strings (label names). Rows with an empty or missing text or label are dropped
-    and counted in `frame.attrs["dropped"]`, or refused with `strict`.
+    and counted in `frame.attrs["dropped"]`, or refused with `strict`. `delimiter` applies to
+    csv/tsv files; by default it is detected (see `detect_delimiter`).
     """
-    raw = _read_raw(source, encoding)
+    raw = read_raw(source, encoding, delimiter)
     name = str(source)
     columns = [str(c) for c in raw.columns]
     raw.columns = columns
     for role, column in (("text", text_col), ("label", label_col)):
         if column is not None and column not in columns:
-            hint = did_you_mean(column, columns)
+            hint = _split_by_another_delimiter(column, columns) or did_you_mean(column, columns)
             raise TunelabError(
                 f"{role} column '{column}' not found in {name}; columns are: {', '.join(columns)}",
                 hint or f"choose it with --{role}-col",
@@ -47,7 +53,8 @@ def load_source(
     return _drop_missing(frame, name, strict)
 
 
-def _read_raw(source: str | os.PathLike, encoding: str) -> pd.DataFrame:
+def read_raw(source: str | os.PathLike, encoding: str = "utf-8", delimiter: str | None = None) -> pd.DataFrame:
+    """The rows of a built-in dataset, file or save_to_disk folder, with the source's own columns."""
     text = str(source)
     if text in BUILTIN:
         return BUILTIN[text].load()
@@ -60,14 +67,20 @@ def _read_raw(source: str | os.PathLike, encoding: str) -> pd.DataFrame:
         )
     if path.is_dir():
         return _read_hf_folder(path)
-    suffix = path.suffix.lower()
     try:
-        if suffix == ".csv":
-            return pd.read_csv(path, encoding=encoding)
-        if suffix == ".tsv":
-            return pd.read_csv(path, sep="\t", encoding=encoding)
+        delimiter = delimiter_value(delimiter)
+    except ValueError:
+        raise TunelabError(f"unsupported delimiter {delimiter!r}", "use one of , ; | or tab") from None
+    suffix = path.suffix.lower()
+    kind = suffix[1:].upper()
+    try:
+        if suffix in (".csv", ".tsv"):
+            if delimiter is None:
+                delimiter = "\t" if suffix == ".tsv" else detect_delimiter(path, encoding)
+            kind = f"{kind} with delimiter {_shown(delimiter)}"
+            return pd.read_csv(path, sep=delimiter, encoding=encoding)
         if suffix == ".jsonl":
-            return pd.read_json(path, lines=True, encoding=encoding, dtype=False)
+            return _read_jsonl(path, encoding)
         if suffix == ".json":
             return _read_json(path, encoding)
         if suffix == ".parquet":
@@ -81,11 +94,85 @@ def _read_raw(source: str | os.PathLike, encoding: str) -> pd.DataFrame:
         raise TunelabError(f"{path} is empty", "give a file with a header row and at least two rows") from None
     except (ValueError, pd.errors.ParserError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TunelabError(f"cannot parse {path} as {suffix[1:].upper()}: {first_line}", "check the file's format") from None
+        raise TunelabError(f"cannot parse {path} as {kind}: {first_line}", "check the file's format") from None
     raise TunelabError(
         f"unsupported file type '{suffix or path.name}' for {path}",
         f"use one of {', '.join(FILE_FORMATS)} or a folder saved by datasets.save_to_disk",
     )
+
+
+def detect_delimiter(path: str | os.PathLike, encoding: str = "utf-8") -> str:
+    """The delimiter of a CSV file: one of ',' ';' tab '|', told from its first lines.
+
+    A delimiter must split the header, so only those found in it are candidates (none: a
+    single column, read with ','; one: that one). Between several, csv.Sniffer decides from
+    quoting and from how regularly each splits the lines; when it cannot, the file is ambiguous
+    and the user is asked to name the delimiter.
+    """
+    with open(path, encoding=encoding, newline="") as handle:
+        sample = handle.read(_SNIFF_CHARS)
+    if len(sample) == _SNIFF_CHARS and "\n" in sample:
+        sample = sample[: sample.rindex("\n") + 1]  # whole lines only
+    header = next((line for line in sample.splitlines() if line.strip()), "")
+    candidates = [d for d in DELIMITERS if d in header]
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else ","
+    try:
+        return csv.Sniffer().sniff(sample, delimiters="".join(candidates)).delimiter
+    except csv.Error:
+        likely = max(candidates, key=sample.count)
+        others = " or ".join(_shown(d) for d in candidates if d != likely)
+        raise TunelabError(
+            f"{path} looks {_shown(likely)}-separated, but its lines split irregularly on {_shown(likely)} and on {others}",
+            _set_delimiter(likely),
+        ) from None
+
+
+def _split_by_another_delimiter(column: str, columns: list[str]) -> str:
+    """A hint when the wanted column is part of a column name that another delimiter would split."""
+    for d in DELIMITERS:
+        if any(d in name and column in (part.strip() for part in name.split(d)) for name in columns):
+            return f"the file looks {_shown(d)}-separated: {_set_delimiter(d)}"
+    return ""
+
+
+def _shown(delimiter: str) -> str:
+    """A delimiter as written in messages, and as the --delimiter flag takes it."""
+    return "tab" if delimiter == "\t" else f"'{delimiter}'"
+
+
+def _set_delimiter(delimiter: str) -> str:
+    return f"set the delimiter with --delimiter {_shown(delimiter)} (delimiter: {_shown(delimiter)} in a config file)"
+
+
+def _read_jsonl(path: Path, encoding: str) -> pd.DataFrame:
+    """One JSON object per line; blank lines are skipped, a broken line is named by its number."""
+    records = []
+    with open(path, encoding=encoding) as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.lstrip("\ufeff") if number == 1 else line
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise TunelabError(
+                    f"{path} line {number} is not valid JSON: {error.msg} (column {error.colno})",
+                    "fix that line: each line holds one JSON object",
+                ) from None
+            if not isinstance(record, dict):
+                raise TunelabError(
+                    f"{path} line {number} is a JSON {_json_kind(record)}, not an object",
+                    'write one object per line, e.g. {"text": "...", "label": "..."}',
+                )
+            records.append(record)
+    if not records:
+        raise TunelabError(f"{path} is empty", "write one JSON object per line, with at least two lines")
+    return pd.DataFrame.from_records(records)
+
+
+def _json_kind(value) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
 def _read_json(path: Path, encoding: str) -> pd.DataFrame:

@@ -20,7 +20,7 @@ def load_splits(settings: DataSettings) -> tuple[dict[str, pd.DataFrame], dict[s
     def load(source: str | None) -> pd.DataFrame | None:
         if source is None:
             return None
-        return load_source(source, settings.text_col, settings.label_col, settings.encoding, settings.strict)
+        return load_source(source, settings.text_col, settings.label_col, settings.encoding, settings.strict, settings.delimiter)
 
     frame = load(settings.data)
     splits = make_splits(

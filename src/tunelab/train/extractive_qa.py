@@ -33,7 +33,7 @@ from transformers import (  # noqa: E402
 
 from tunelab import atomic  # noqa: E402
 from tunelab.config import ExtractiveQAConfig, to_yaml  # noqa: E402
-from tunelab.data.load import _read_raw  # noqa: E402
+from tunelab.data.load import read_raw  # noqa: E402
 from tunelab.data.tokenize import choose_max_length  # noqa: E402
 from tunelab.errors import TunelabError, did_you_mean  # noqa: E402
 from tunelab.evaluate.answers import normalize, score, summarise  # noqa: E402
@@ -139,7 +139,7 @@ def load_qa_frame(source: str, config: ExtractiveQAConfig) -> pd.DataFrame:
     A given answer_start must point at the answer; without it, the answer's first occurrence in
     the context is used. Every mistake names the file and the row.
     """
-    raw = _read_raw(source, config.encoding)
+    raw = read_raw(source, config.encoding, config.delimiter)
     raw.columns = [str(c) for c in raw.columns]
     columns = list(raw.columns)
     for role, column in (("question", config.question_col), ("context", config.context_col), ("answer", config.answer_col)):

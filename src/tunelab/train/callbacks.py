@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import TrainerCallback
+
+from tunelab.train.eta import DurationEstimate, first_estimate, human_duration, steps_to_measure
 
 
 def quiet_libraries() -> None:
@@ -21,14 +24,22 @@ def quiet_libraries() -> None:
 
 
 class RichProgressCallback(TrainerCallback):
-    """One bar for the whole run: step, loss, samples/s, time left. Main process only."""
+    """One bar for the whole run: step, loss, samples/s, time left. Main process only.
 
-    def __init__(self, samples_per_step: int):
+    After the first `estimate_after` steps it prints the run's estimated duration, measured on this
+    machine; the bar, the log lines and each epoch's line then carry the updated time left.
+    """
+
+    def __init__(self, samples_per_step: int, estimate_after: int = 10):
         self.samples_per_step = samples_per_step
+        self.estimate_after = estimate_after
         self.progress: Progress | None = None
         self.task = None
         self.started = 0.0
         self.first_step = 0
+        self.estimate: DurationEstimate | None = None
+        self.epoch_ended = False
+        self.announced = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -39,13 +50,18 @@ class RichProgressCallback(TrainerCallback):
             MofNCompleteColumn(),
             TextColumn("epoch {task.fields[epoch]:.2f}  loss {task.fields[loss]}  {task.fields[speed]}"),
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            TextColumn("eta {task.fields[eta]}"),
             console=Console(stderr=True),  # stdout stays clean for results (--json, scripts)
         )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=state.max_steps, epoch=0.0, loss="—", speed="")
+        self.task = self.progress.add_task("train", total=state.max_steps, epoch=0.0, loss="—", speed="", eta="measuring")
         self.progress.update(self.task, completed=state.global_step)
         self.started, self.first_step = time.perf_counter(), state.global_step
+        self.estimate = DurationEstimate(state.max_steps, _steps_per_epoch(args, state, kwargs.get("train_dataloader")))
+        self.epoch_ended = self.announced = False
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.epoch_ended = True  # the next step's interval holds the evaluation and the checkpoint
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is None:
@@ -53,7 +69,14 @@ class RichProgressCallback(TrainerCallback):
         elapsed = time.perf_counter() - self.started
         done = state.global_step - self.first_step
         speed = f"{done * self.samples_per_step / elapsed:.1f} samples/s" if elapsed > 0 else ""
-        self.progress.update(self.task, completed=state.global_step, epoch=state.epoch or 0.0, speed=speed)
+        self.estimate.observe(state.global_step, time.perf_counter(), after_epoch_end=self.epoch_ended)
+        self.epoch_ended = False
+        left = self.estimate.seconds_left(state.global_step)
+        eta = human_duration(left) if left is not None and self.estimate.measured >= 2 else "measuring"
+        self.progress.update(self.task, completed=state.global_step, epoch=state.epoch or 0.0, speed=speed, eta=eta)
+        if not self.announced and self.estimate.measured >= steps_to_measure(state.max_steps - self.first_step, self.estimate_after):
+            self.announced = True
+            self.progress.console.print(first_estimate(self.estimate, state.global_step, elapsed), highlight=False, soft_wrap=True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.progress is None or not logs:
@@ -64,7 +87,7 @@ class RichProgressCallback(TrainerCallback):
                 # A log file or CI has no live bar: print the bar's content as a line instead.
                 fields = self.progress.tasks[0].fields
                 self.progress.console.print(
-                    f"step {state.global_step}/{state.max_steps}  epoch {state.epoch:.2f}  loss {fields['loss']}  {fields['speed']}",
+                    f"step {state.global_step}/{state.max_steps}  epoch {state.epoch:.2f}  loss {fields['loss']}  {fields['speed']}  eta {fields['eta']}",
                     highlight=False,
                 )
         if "eval_loss" in logs:
@@ -72,12 +95,23 @@ class RichProgressCallback(TrainerCallback):
             for key in ("eval_accuracy", "train_accuracy"):
                 if key in logs:
                     parts.append(f"{key.replace('_', ' ')} {logs[key]:.4f}")
-            self.progress.console.print(f"epoch {state.epoch:.2f}: " + ", ".join(parts))
+            left = self.estimate.seconds_left(state.global_step) if self.estimate else None
+            if left is not None and state.global_step < state.max_steps:
+                parts.append(f"about {human_duration(left)} left")
+            self.progress.console.print(f"epoch {state.epoch:.2f}: " + ", ".join(parts), highlight=False, soft_wrap=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def _steps_per_epoch(args, state, train_dataloader) -> int:
+    """Optimizer steps per epoch, as the Trainer counts them."""
+    try:
+        return max(1, math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
+    except TypeError:  # no dataloader, or one without a length
+        return max(1, math.ceil(state.max_steps / max(1, math.ceil(state.num_train_epochs or 1))))
 
 
 class HistoryCallback(TrainerCallback):

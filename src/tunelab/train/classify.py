@@ -35,6 +35,7 @@ from tunelab.models.classifier import model_max_length  # noqa: E402
 from tunelab.run import Run, default_run_dir  # noqa: E402
 from tunelab.train import memory, speed  # noqa: E402
 from tunelab.train.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
+from tunelab.train.eta import steps_to_measure  # noqa: E402
 from tunelab.train.resume import resume_point, truncate_history  # noqa: E402
 from tunelab.train.trainer import AccuracyTrainer, balanced_class_weights, classification_scores  # noqa: E402
 
@@ -209,8 +210,10 @@ def print_plan(config, splits, labels, max_length, batch_size, lr, precision, pr
         f"{len(splits['test'])} test rows, {len(labels)} classes\n"
         f"      max length {max_length}, batch {batch_size} × accumulation {config.grad_accum} × {processes} process(es) "
         f"= {effective}, ≈{steps:.0f} steps, learning rate {lr:g}, {precision}\n"
-        f"      parameters {parameters / 1e6:.1f}M ({trainable / 1e6:.1f}M trainable); memory per process {plan.describe()}",
+        f"      parameters {parameters / 1e6:.1f}M ({trainable / 1e6:.1f}M trainable); memory per process {plan.describe()}\n"
+        f"      duration: measured over the first {steps_to_measure(int(steps))} steps, then printed and kept up to date on the progress bar",
         highlight=False,
+        soft_wrap=True,  # a log file keeps each line whole
     )
 
 

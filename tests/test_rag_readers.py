@@ -145,3 +145,40 @@ def test_answer_cites_the_passage_the_reader_answered_from(monkeypatch):
     assert "Capital - name: Mossby" in near.format()
     assert far.abstained and far.reason == "retrieval"
     assert np.isfinite(near.best_similarity)
+
+
+def test_worked_examples_are_the_nearest_answerable_train_questions_never_the_asked_one():
+    from tunelab.rag.examples import WorkedExamples
+    from tunelab.rag.focus import Passage
+    from tunelab.rag.reader_data import Retrieved
+
+    class Words:  # bag-of-words vectors: questions sharing words are near
+        vocabulary = ["capital", "currency", "chad", "peru", "mali"]
+
+        def encode(self, texts):
+            v = np.array([[w in t.lower() for w in self.vocabulary] for t in texts], dtype=float)
+            return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
+
+    def context(text):
+        return Retrieved([Passage(text, _hit(text))], [], 1.0, 0.0)
+
+    rows = [{"question": "What is the capital of Peru?", "answer": "Lima"},
+            {"question": "What is the currency of Mali?", "answer": "CFA franc"},
+            {"question": "What is the capital of Mali?", "answer": "Bamako"}]
+    contexts = [context("Capital - name: Lima"), context("Currency: West African CFA franc"), context("Capital: unknown")]
+    pool = WorkedExamples.from_rows(rows, contexts, Words(), shots=1)
+    assert [e.answer for e in pool.examples] == ["Lima", "CFA franc"]  # Bamako is not in its passages
+    assert [e.answer for e in pool.nearest(["What is the capital of Chad?"])[0]] == ["Lima"]
+    assert [e.question for e in pool.nearest(["What is the capital of Peru?"])[0]] != ["What is the capital of Peru?"]
+
+
+def test_lm_reader_shows_worked_examples_as_answered_turns():
+    from tunelab.rag.examples import WorkedExample, WorkedExamples
+    from tunelab.rag.focus import Passage
+    from tunelab.rag.readers import LMReader
+
+    example = WorkedExample("What is the capital of Peru?", [Passage("Capital - name: Lima", _hit("Capital - name: Lima"))], "Lima")
+    reader = LMReader(None, examples=WorkedExamples([], None, shots=1))  # prompts only: no model needed
+    prompt = reader.prompt("What is the capital of Chad?", [Passage("Capital - name: N'Djamena", _hit("Capital - name: N'Djamena"))], [example])
+    assert [t["role"] for t in prompt] == ["user", "assistant", "user"]
+    assert prompt[1]["content"] == "Lima" and "Capital - name: Lima" in prompt[0]["content"] and "N'Djamena" in prompt[2]["content"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate.answers import ABSTENTION
+from tunelab.lm.generate import Prompt
 
 
 @dataclass
@@ -43,7 +44,7 @@ def first_line(text: str) -> str:
 
 def answer_batch(
     generator,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     *,
     max_new_tokens: int = 24,
     batch_size: int = 8,
@@ -51,7 +52,7 @@ def answer_batch(
     grounded_passages: Sequence[Sequence[str]] | None = None,
     abstention: str = ABSTENTION,
 ) -> list[Answered]:
-    """Greedy answers to `prompts` (user turns of the model's chat template) with a loaded
+    """Greedy answers to `prompts` (user turns of the model's chat template, or chat message lists) with a loaded
     tunelab.lm.generate.Generator; results keep the order of `prompts`.
 
     grounded_passages  one list of passage texts per prompt: each answer is then a span copied from

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from tunelab.evaluate.answers import ABSTENTION, is_abstention, normalize
+from tunelab.rag.examples import WorkedExample, WorkedExamples
 from tunelab.rag.focus import Passage
 
 Decoding = Literal["free", "grounded"]
@@ -107,7 +108,7 @@ class LMReader:
     """A causal LM (tunelab.lm.generate.Generator) answering from a prompt template, in batches."""
 
     def __init__(self, generator, template: str = "grounded", decoding: Decoding = "grounded", threshold: float = -math.inf,
-                 max_new_tokens: int = 24, batch_size: int = 8):
+                 max_new_tokens: int = 24, batch_size: int = 8, examples: WorkedExamples | None = None):
         from tunelab.prompts.loader import load_template
 
         self.generator = generator
@@ -116,16 +117,27 @@ class LMReader:
         self.threshold = threshold
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self.name = f"lm:{getattr(generator, 'name', 'model')}:{self.template.id}:{decoding}"
+        self.examples = examples  # worked examples shown before each question (rag/examples.py)
+        shots = f":{examples.shots}-shot" if examples is not None and examples.shots else ""
+        self.name = f"lm:{getattr(generator, 'name', 'model')}:{self.template.id}:{decoding}{shots}"
 
-    def prompt(self, question: str, passages: Sequence[Passage]) -> str:
-        return self.template.render(question, format_passages(passages))
+    def prompt(self, question: str, passages: Sequence[Passage], shown: Sequence[WorkedExample] = ()) -> str | list[dict]:
+        """The prompt: one user turn, or, with worked examples, each example as an answered turn before it."""
+        asked = self.template.render(question, format_passages(passages))
+        if not shown:
+            return asked
+        turns = []
+        for example in shown:
+            turns += [{"role": "user", "content": self.template.render(example.question, format_passages(example.passages))},
+                      {"role": "assistant", "content": example.answer}]
+        return [*turns, {"role": "user", "content": asked}]
 
     def read_many(self, questions: Sequence[str], passages: Sequence[Sequence[Passage]], threshold: float | None = None,
                   on_batch: Callable[[int], None] | None = None) -> list[Reading]:
         from tunelab.prompts.generate import answer_batch
 
-        prompts = [self.prompt(q, ps) for q, ps in zip(questions, passages)]
+        shown = self.examples.nearest(questions) if self.examples is not None else [()] * len(questions)
+        prompts = [self.prompt(q, ps, ex) for q, ps, ex in zip(questions, passages, shown)]
         grounded = [[p.reader_text() for p in ps] for ps in passages] if self.decoding == "grounded" else None
         answers = answer_batch(self.generator, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                                on_batch=on_batch, grounded_passages=grounded)

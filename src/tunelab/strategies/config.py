@@ -33,6 +33,8 @@ class StrategiesConfig(Settings):
     context: Literal["focused", "chunks"] = Field("focused", description="reader context: the lines closest to the question, or whole chunks")
     lines: int = Field(5, gt=0, description="lines of focused context")
     chunks_k: int = Field(3, gt=0, description="chunks shown when the context is whole chunks (they are long)")
+    shots: int = Field(3, ge=0, description="worked examples shown to the untrained LM reader (plain RAG): the nearest train questions, answered from their own passages; 0 for none")
+    example_pool: int = Field(600, gt=0, description="train questions (from the reader-training share) the worked examples are drawn from")
     decoding: Literal["grounded", "free"] = Field("grounded", description="LM readers: answers copied from the passages, or free text")
     ablation: bool = Field(True, description="also run the retrieval strategies with the other decoding and context")
     held_out_kinds: list[str] = Field(
@@ -60,6 +62,6 @@ class StrategiesConfig(Settings):
             test_questions=min(self.test_questions, 6), select_questions=min(self.select_questions, 4),
             calibration_questions=min(self.calibration_questions, 6), train_pairs=min(self.train_pairs, 16),
             rag_train_pairs=min(self.rag_train_pairs, 16), reader_epochs=min(self.reader_epochs, 1.0),
-            max_new_tokens=min(self.max_new_tokens, 8), k=min(self.k, 2), lines=1, chunks_k=1,
+            max_new_tokens=min(self.max_new_tokens, 8), example_pool=min(self.example_pool, 16), k=min(self.k, 2), lines=1, chunks_k=1,
             changes=min(self.changes, 2), bootstrap=min(self.bootstrap, 200), ablation=False, held_out_kinds=[],
         ))

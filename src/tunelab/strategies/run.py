@@ -64,6 +64,7 @@ class Pipeline:
         self._contexts: dict[tuple[int, str], dict[str, object]] = {}  # (index, context kind) -> question -> Retrieved
         self.readers: dict[str, tuple[object, object]] = {}  # retrieval strategy -> (reader, Abstention)
         self._readings: dict[tuple, list] = {}
+        self._examples: dict[str, object] = {}  # context kind -> WorkedExamples
 
     # bookkeeping ------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -236,11 +237,25 @@ class Pipeline:
                                 progress=(lambda n: bar.advance(task, n)) if bar else None)
 
     # retrieval strategies -----------------------------------------------------------------------
-    def lm_reader(self, generator, decoding: str | None = None):
+    def lm_reader(self, generator, decoding: str | None = None, examples=None):
         from tunelab.rag.readers import LMReader
 
         c = self.config
-        return LMReader(generator, "grounded", decoding or c.decoding, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size)
+        return LMReader(generator, "grounded", decoding or c.decoding, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, examples=examples)
+
+    def worked_examples(self, context: str | None = None):
+        """Worked examples for the untrained LM reader, from the first `example_pool` reader-training
+        (train) questions, retrieved in the same context kind as the questions they are shown with."""
+        from tunelab.rag.examples import WorkedExamples
+
+        c = self.config
+        if c.shots == 0:
+            return None
+        kind = self.context_settings(context).context
+        if kind not in self._examples:
+            rows = self.training[: c.example_pool]
+            self._examples[kind] = WorkedExamples.from_rows(rows, self.contexts(rows, context), self.embedder, c.shots)
+        return self._examples[kind]
 
     def read(self, reader, rows: list[dict], context: str | None = None, index=None) -> list:
         """Unthresholded readings of rows (the thresholds are applied by `decide`); each reader reads
@@ -324,10 +339,13 @@ class Pipeline:
 
     def stage_rag(self) -> None:
         c = self.config
-        self.log(f"RAG (hybrid, k={c.k}, {c.context} context, {c.decoding} decoding): {len(self.test)} questions")
-        self.run_retrieval_strategy("rag", self.lm_reader(self.base), setup_seconds=0.0,
-                                    setup={"what": "index build", "index_build_seconds": self.results["index"]["build_seconds"]},
-                                    peak_mb=0.0, disk_mb=self.results["model"]["disk_mb"])
+        self.log(f"RAG (hybrid, k={c.k}, {c.context} context, {c.decoding} decoding, {c.shots} worked examples): {len(self.test)} questions")
+        started = time.perf_counter()
+        examples = self.worked_examples()
+        setup = {"what": "index build + retrieval for the worked examples", "index_build_seconds": self.results["index"]["build_seconds"],
+                 "shots": c.shots, "example_pool": len(examples) if examples is not None else 0}
+        self.run_retrieval_strategy("rag", self.lm_reader(self.base, examples=examples), setup_seconds=time.perf_counter() - started,
+                                    setup=setup, peak_mb=0.0, disk_mb=self.results["model"]["disk_mb"])
 
     def stage_extractive_rag(self) -> None:
         from tunelab.rag.readers import SpanReader
@@ -437,22 +455,29 @@ class Pipeline:
         for name, (reader, _) in self.readers.items():
             lm = hasattr(reader, "decoding")
             # The trained generative reader learned on focused context: only its decoding is varied.
-            for context in (("focused",) if name == "fine-tuned+rag" else ("focused", "chunks")):
-                for decoding in (("grounded", "free") if lm else (None,)):
-                    label = f"{name} | {context} | {decoding or 'span'}"
-                    variant = self.lm_reader(reader.generator, decoding) if lm else reader
-                    readings = self.read(variant, self.test, context)
-                    outcome = self.decide(self.test, readings, None, context)
-                    summary = summarise(outcome["predictions"], seed=c.seed)
-                    variants[label] = {
-                        "strategy": name, "context": self.context_settings(context).to_dict(), "decoding": decoding or "span",
-                        **{k: summary[k] for k in ("contains", "contains_ci95", "exact_match", "f1", "abstention_rate", "hallucination_rate_all", "hallucination_rate_all_ci95")},
-                        "latency": outcome["latency"],
-                        "answer_in_context": float(np.mean([p["answer_in_context"] for p in outcome["predictions"]])),
-                    }
-                    self.log(f"ablation {label}: right {summary['contains']:.3f}  hallucinated {summary['hallucination_rate_all']:.3f}")
-                    self.results["ablation"] = {"note": "no abstention thresholds; test questions; each variant differs from its strategy in context or decoding only", "variants": variants}
-                    self.save()
+            shown = (True, False) if getattr(reader, "examples", None) is not None else (False,)
+            for context, decoding, with_examples in (
+                (context, decoding, with_examples)
+                for context in (("focused",) if name == "fine-tuned+rag" else ("focused", "chunks"))
+                for decoding in (("grounded", "free") if lm else (None,))
+                for with_examples in (shown if context == "focused" else shown[:1])
+            ):
+                label = f"{name} | {context} | {decoding or 'span'}" + ("" if with_examples == shown[0] else " | no examples")
+                examples = self.worked_examples(context) if with_examples else None
+                variant = self.lm_reader(reader.generator, decoding, examples) if lm else reader
+                readings = self.read(variant, self.test, context)
+                outcome = self.decide(self.test, readings, None, context)
+                summary = summarise(outcome["predictions"], seed=c.seed)
+                variants[label] = {
+                    "strategy": name, "context": self.context_settings(context).to_dict(), "decoding": decoding or "span",
+                    "shots": examples.shots if examples is not None else 0,
+                    **{k: summary[k] for k in ("contains", "contains_ci95", "exact_match", "f1", "abstention_rate", "hallucination_rate_all", "hallucination_rate_all_ci95")},
+                    "latency": outcome["latency"],
+                    "answer_in_context": float(np.mean([p["answer_in_context"] for p in outcome["predictions"]])),
+                }
+                self.log(f"ablation {label}: right {summary['contains']:.3f}  hallucinated {summary['hallucination_rate_all']:.3f}")
+                self.results["ablation"] = {"note": "no abstention thresholds; test questions; each variant differs from its strategy in context or decoding only", "variants": variants}
+                self.save()
 
     def stage_leave_kinds_out(self) -> None:
         """Generalisation: an extractive reader trained, and its thresholds chosen, without some question

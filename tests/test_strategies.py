@@ -63,6 +63,13 @@ def test_quick_run_writes_every_output(tmp_path, kb_and_qa):
     for name in ("rag", "fine-tuned+rag", "extractive+rag"):
         chosen = results["strategies"][name]["abstention"]
         assert chosen["chosen_on"].startswith("train") and chosen["questions"] == results["questions"]["calibration"]
+    for name in ("rag", "fine-tuned+rag"):
+        # each LM reader's decoding: the better of the two on the calibration (train) questions
+        choice = results["decoding_choice"][name]
+        assert choice["chosen_on"].startswith("train (calibration") and set(choice["values"]) == {"grounded", "free"}
+        assert choice["values"][choice["chosen"]] == max(choice["values"].values())
+        assert results["strategies"][name]["abstention"]["value"] == choice["values"][choice["chosen"]]
+        assert f":{choice['chosen']}" in results["strategies"][name]["reader"]
     # set-up costs are measured where there is something to set up
     assert results["strategies"]["closed-book"]["setup_seconds"] == 0
     assert results["strategies"]["rag"]["setup_seconds"] > 0
@@ -141,3 +148,25 @@ def test_a_subset_of_strategies(tmp_path, kb_and_qa):
                                               strategies=["closed-book"], adaptability=False), progress=False)
     assert list(results["strategies"]) == ["closed-book"] and "index" not in results and "adaptability" not in results
     assert "Closed-book" in (tmp_path / "o" / "comparison.md").read_text()
+
+
+@pytest.mark.parametrize("values, chosen", [({"grounded": 0.1, "free": 0.3}, "free"), ({"grounded": 0.2, "free": -0.4}, "grounded")])
+def test_decoding_is_the_better_one_on_calibration_questions(tmp_path, monkeypatch, values, chosen):
+    from tunelab.rag.readers import LMReader
+    from tunelab.rag.train_reader import Abstention
+    from tunelab.strategies import StrategiesConfig
+    from tunelab.strategies.run import Pipeline
+
+    pipeline = Pipeline(StrategiesConfig(qa=str(tmp_path), out=str(tmp_path / "o")), progress=False)
+    pipeline.calibration = [{"question": "q", "answer": "a"}] * 5
+    calibrated = []
+
+    def calibrate(reader, context=None):
+        calibrated.append(reader.decoding)
+        return Abstention(chosen_on="train (calibration questions)", questions=5, value=values[reader.decoding])
+
+    monkeypatch.setattr(pipeline, "calibrate", calibrate)
+    reader, abstention = pipeline.choose_decoding("rag", LMReader(object(), decoding="grounded"))
+    assert calibrated == ["grounded", "free"]
+    assert reader.decoding == chosen and abstention.value == values[chosen]
+    assert pipeline.results["decoding_choice"]["rag"]["chosen"] == chosen

@@ -35,7 +35,8 @@ class StrategiesConfig(Settings):
     chunks_k: int = Field(3, gt=0, description="chunks shown when the context is whole chunks (they are long)")
     shots: int = Field(3, ge=0, description="worked examples shown to the untrained LM reader (plain RAG): the nearest train questions, answered from their own passages; 0 for none")
     example_pool: int = Field(600, gt=0, description="train questions (from the reader-training share) the worked examples are drawn from")
-    decoding: Literal["grounded", "free"] = Field("grounded", description="LM readers: answers copied from the passages, or free text")
+    decoding: Literal["choose", "grounded", "free"] = Field(
+        "choose", description="LM readers: answers copied from the passages (grounded), free text, or choose: whichever scores better on the calibration train questions")
     ablation: bool = Field(True, description="also run the retrieval strategies with the other decoding and context")
     held_out_kinds: list[str] = Field(
         default_factory=lambda: ["capital", "currency", "highest_point"],

@@ -137,6 +137,12 @@ def detail_tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]
         tables.append(("Retrieval strategies: when they abstain, and what retrieval showed them",
                        ["strategy", "reader", "min similarity", "min confidence", "chosen on", "answer in shown context",
                         "abstained on retrieval misses", "right / hallucinated without thresholds"], rows))
+    choices = results.get("decoding_choice") or {}
+    if choices:
+        tables.append(("LM readers' decoding, chosen on train",
+                       ["strategy", "chosen", "grounded", "free", "chosen on"],
+                       [[LABELS.get(name, name), ch["chosen"], _num(ch["values"].get("grounded"), digits=3), _num(ch["values"].get("free"), digits=3),
+                         f"{ch['chosen_on']} by {ch['criterion']}"] for name, ch in choices.items()]))
     variants = (results.get("ablation") or {}).get("variants") or {}
     if variants:
         rows = [[label, _pct(v["contains"], v.get("contains_ci95")), _pct(v["hallucination_rate_all"], v.get("hallucination_rate_all_ci95")),

@@ -241,7 +241,8 @@ class Pipeline:
         from tunelab.rag.readers import LMReader
 
         c = self.config
-        return LMReader(generator, "grounded", decoding or c.decoding, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, examples=examples)
+        decoding = decoding or ("grounded" if c.decoding == "choose" else c.decoding)
+        return LMReader(generator, "grounded", decoding, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, examples=examples)
 
     def worked_examples(self, context: str | None = None):
         """Worked examples for the untrained LM reader, from the first `example_pool` reader-training
@@ -320,9 +321,27 @@ class Pipeline:
             "without_thresholds": {k: unthresholded[k] for k in ("contains", "hallucination_rate_all", "abstention_rate")},
         }
 
+    def choose_decoding(self, name: str, reader):
+        """(reader, thresholds): an LM reader's decoding is, with `decoding: choose`, whichever of
+        grounded and free scores better (right - hallucinated, thresholds applied) on the calibration
+        train questions; the test questions take no part."""
+        if self.config.decoding != "choose" or not hasattr(reader, "decoding"):
+            return reader, self.calibrate(reader)
+        tried = {}
+        for decoding in ("grounded", "free"):
+            candidate = self.lm_reader(reader.generator, decoding, reader.examples)
+            tried[decoding] = (candidate, self.calibrate(candidate))
+        chosen = max(tried, key=lambda d: tried[d][1].value)
+        self.results.setdefault("decoding_choice", {})[name] = {
+            "chosen": chosen, "chosen_on": f"train (calibration questions), {len(self.calibration)} questions",
+            "criterion": "(right - hallucinated) / questions, thresholds applied", "values": {d: a.value for d, (_, a) in tried.items()},
+        }
+        self.log(f"{name}: {chosen} decoding chosen on the calibration questions ({', '.join(f'{d} {a.value:.3f}' for d, (_, a) in tried.items())})")
+        return tried[chosen]
+
     def run_retrieval_strategy(self, name: str, reader, *, setup_seconds: float, setup: dict, peak_mb: float, disk_mb: float) -> None:
         with PeakMemory() as peak:
-            abstention = self.calibrate(reader)
+            reader, abstention = self.choose_decoding(name, reader)
             self.log(f"{name}: thresholds on {abstention.questions} train questions: similarity >= {abstention.min_similarity:.3f}, confidence >= {abstention.min_confidence:.3f}")
             outcome = self.decide(self.test, self.read(reader, self.test), abstention)
         self.readers[name] = (reader, abstention)
@@ -460,7 +479,8 @@ class Pipeline:
                 (context, decoding, with_examples)
                 for context in (("focused",) if name == "fine-tuned+rag" else ("focused", "chunks"))
                 for decoding in (("grounded", "free") if lm else (None,))
-                for with_examples in (shown if context == "focused" else shown[:1])
+                # Worked examples in whole chunks would make prompts several times longer: chunks are compared without them.
+                for with_examples in (shown if context == "focused" else (False,))
             ):
                 label = f"{name} | {context} | {decoding or 'span'}" + ("" if with_examples == shown[0] else " | no examples")
                 examples = self.worked_examples(context) if with_examples else None

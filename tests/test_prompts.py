@@ -175,6 +175,28 @@ def test_prompts_eval_cli_json(tmp_path, tiny_lm):
     assert len(full["templates"][0]["predictions"]) == 5
 
 
+def test_prompts_eval_index_factbook_is_the_one_builtin_index(tmp_path, tiny_lm, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+    from tunelab.rag import builtin
+    from tunelab.rag.documents import load_documents
+    from tunelab.rag.index import build_index
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "sky.md").write_text("# Sky\n\nThe sky is blue on a clear day.\n", encoding="utf-8")
+    cached = build_index(load_documents(str(docs)), tmp_path / "cached", model="minilm", progress=False) and tmp_path / "cached"
+    requests = []
+    monkeypatch.setattr(builtin, "builtin_index", lambda progress=True, embed_model="minilm": requests.append(embed_model) or cached)
+    monkeypatch.chdir(tmp_path)  # no folder named 'factbook' here
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "What colour is the sky?", "answer": "blue", "aliases": []}])
+    result = CliRunner().invoke(app, ["prompts", "eval", "grounded", "--qa", str(qa), "--model", str(tiny_lm), "--index", "factbook",
+                                      "--max-new-tokens", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    assert requests == ["minilm"] and json.loads(result.stdout)["templates"][0]["n"] == 1
+
+
 def test_batched_answers_equal_one_by_one(tiny_lm):
     from tunelab.lm.generate import Generator
     from tunelab.prompts.generate import answer_batch, first_line

@@ -170,3 +170,68 @@ def test_decoding_is_the_better_one_on_calibration_questions(tmp_path, monkeypat
     assert calibrated == ["grounded", "free"]
     assert reader.decoding == chosen and abstention.value == values[chosen]
     assert pipeline.results["decoding_choice"]["rag"]["chosen"] == chosen
+
+
+@pytest.fixture
+def builtin_factbook(tmp_path, kb_and_qa, monkeypatch):
+    """The built-in QA set and index replaced by the tiny ones; returns the list of index requests."""
+    from tunelab.data.factbook_qa import read_qa
+    from tunelab.rag import builtin
+    from tunelab.rag.documents import load_documents
+    from tunelab.rag.index import build_index
+
+    kb, qa = kb_and_qa
+    cached = tmp_path / "cache" / "factbook-index"
+    requests = []
+
+    def builtin_index(progress=True, embed_model="minilm"):
+        requests.append(embed_model)
+        if not cached.exists():
+            build_index(load_documents(str(kb)), cached, model=embed_model, progress=False)
+        return cached
+
+    monkeypatch.setattr(builtin, "builtin_index", builtin_index)
+    monkeypatch.setattr(builtin, "index_is_built", lambda embed_model="minilm": cached.exists())
+    monkeypatch.setattr(builtin, "builtin_qa", lambda: (read_qa(qa / "train.jsonl"), read_qa(qa / "test.jsonl")))
+    monkeypatch.chdir(tmp_path)  # no folder named 'factbook' here
+    return cached, requests
+
+
+def test_without_qa_the_builtin_questions_and_the_one_cached_index_are_used(tmp_path, builtin_factbook):
+    from tunelab.strategies import StrategiesConfig, run_strategies
+
+    cached, requests = builtin_factbook
+    model = write_tiny_llama(tmp_path / "llama")
+    runs = [run_strategies(StrategiesConfig(model=str(model), out=str(tmp_path / f"o{i}"), quick=True, strategies=["closed-book", "rag"],
+                                            adaptability=False), progress=False) for i in range(2)]
+    assert all(r["questions"]["qa"].startswith("built-in Factbook QA") for r in runs)
+    assert [r["index"]["source"] for r in runs] == [str(cached)] * 2 and requests == ["minilm", "minilm"]
+    # built (and timed) by the first run; the second finds it cached and copies it
+    assert runs[0]["index"]["build_seconds"] > 0 and runs[0]["index"]["prebuilt"] is False
+    assert runs[1]["index"]["build_seconds"] is None and runs[1]["index"]["prebuilt"] is True
+    assert runs[1]["strategies"]["rag"]["n"] == runs[0]["strategies"]["rag"]["n"] > 0
+
+
+def test_cli_quick_needs_no_qa_and_keeps_the_config_files_settings(tmp_path, builtin_factbook):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    model = write_tiny_llama(tmp_path / "llama")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {model}\nout: {tmp_path / 'from-yaml'}\nstrategies: [closed-book]\nadaptability: false\n")
+    result = CliRunner().invoke(app, ["strategies", "--quick", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "from-yaml" / "results.json").read_text())
+    assert saved["config"]["model"] == str(model) and saved["questions"]["qa"].startswith("built-in")
+
+
+def test_own_knowledge_base_without_qa_is_one_line_error(tmp_path, kb_and_qa):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    kb, _ = kb_and_qa
+    result = CliRunner().invoke(app, ["strategies", "--quick", "--kb", str(kb), "--model", "whatever", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "needs its own questions" in result.output and "--qa" in result.output and "Traceback" not in result.output

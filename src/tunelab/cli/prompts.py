@@ -45,7 +45,7 @@ def eval_cmd(
     templates: Annotated[list[str], typer.Argument(help="template names or YAML files")],
     qa: Annotated[Path, typer.Option("--qa", help="QA JSONL: question, answer, aliases")],
     model: Annotated[str, typer.Option("--model", help="causal LM: catalogue name, folder or sft run")] = "smollm2",
-    index: Annotated[Optional[Path], typer.Option("--index", help="index folder, for templates that need retrieved context")] = None,
+    index: Annotated[Optional[str], typer.Option("--index", help="index folder, or 'factbook' for the built-in one, for templates that need retrieved context")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="only the first N questions")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 24,
     decoding: Annotated[str, typer.Option("--decoding", help="free, or grounded: each answer copied from the retrieved passages "
@@ -58,6 +58,10 @@ def eval_cmd(
     from tunelab import atomic
     from tunelab.prompts.evaluate import evaluate_templates
 
+    if index is not None:
+        from tunelab.rag.builtin import resolve_index
+
+        index = resolve_index(index, progress=not as_json)  # 'factbook': the one built-in index, built once
     result = evaluate_templates(templates, qa, model, index=index, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                 decoding=decoding, progress=not as_json)
     if out is not None:
@@ -77,10 +81,11 @@ def eval_cmd(
 
 @command("strategies")
 def strategies_cmd(
-    qa: Annotated[Path, typer.Option("--qa", help="folder with train.jsonl and test.jsonl (tunelab data factbook-qa)")],
-    kb: Annotated[str, typer.Option("--kb", help="knowledge base: folder of documents, 'factbook', or an index folder")] = "factbook",
-    model: Annotated[str, typer.Option("--model", help="causal LM: catalogue name or folder")] = "smollm2",
-    out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("strategies-report"),
+    qa: Annotated[Optional[Path], typer.Option("--qa", help="folder with train.jsonl and test.jsonl (tunelab data factbook-qa); "
+                                                "default: the built-in Factbook QA set")] = None,
+    kb: Annotated[Optional[str], typer.Option("--kb", help="knowledge base: folder of documents, 'factbook' (built-in, the default), or an index folder")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="causal LM: catalogue name or folder (default smollm2)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="output folder (default strategies-report)")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML with more settings (StrategiesConfig)")] = None,
     test_questions: Annotated[Optional[int], typer.Option("--test-questions", help="held-out questions (default 200)")] = None,
     train_pairs: Annotated[Optional[int], typer.Option("--train-pairs", help="SFT pairs (default 300)")] = None,
@@ -92,11 +97,13 @@ def strategies_cmd(
     from tunelab.config import load_settings
     from tunelab.strategies import StrategiesConfig, run_strategies
 
-    overrides = {"qa": str(qa), "kb": kb, "model": model, "out": str(out), "quick": quick, "overwrite": overwrite}
-    overrides.update({k: v for k, v in {"test_questions": test_questions, "train_pairs": train_pairs, "embed_model": embed_model}.items() if v is not None})
+    # Flags left out keep the --config file's value (or the default), so only given flags are overrides.
+    overrides = {"qa": str(qa) if qa is not None else None, "kb": kb, "model": model, "out": str(out) if out is not None else None,
+                 "test_questions": test_questions, "train_pairs": train_pairs, "embed_model": embed_model}
+    overrides.update({k: True for k, v in {"quick": quick, "overwrite": overwrite}.items() if v})
     settings = load_settings(StrategiesConfig, config, overrides)
     results = run_strategies(settings)
     from tunelab.strategies.report import comparison_markdown
 
     console.print(comparison_markdown(results), markup=False, highlight=False)
-    console.print(f"wrote {out}/report.html, results.json, comparison.md, accuracy_vs_cost.png")
+    console.print(f"wrote {settings.out}/report.html, results.json, comparison.md, accuracy_vs_cost.png")

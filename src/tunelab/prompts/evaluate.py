@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tunelab.data.factbook_qa import read_qa
 from tunelab.errors import TunelabError
+from tunelab.progress import progress_bar
 from tunelab.prompts.generate import answer_batch
 from tunelab.prompts.loader import PromptTemplate, load_template
 from tunelab.evaluate.answers import score, summarise
@@ -166,13 +167,3 @@ def evaluate_templates(
             ))
     return {"qa": str(qa), "model": str(model), "questions": len(rows), "max_new_tokens": max_new_tokens, "decoding": decoding,
             "templates": results}
-
-
-def progress_bar(enabled: bool, total: int):
-    from contextlib import nullcontext
-
-    if not enabled:
-        return nullcontext()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)

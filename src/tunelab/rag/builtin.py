@@ -3,6 +3,7 @@
     tunelab rag ask "What is the capital of Chad?"     # no --index, no --reader: these two
 
     builtin_index()    cache_dir()/indexes/factbook-<hash>   the Factbook documents, chunked and embedded
+    builtin_qa()       (train, test) rows of the Factbook QA set, the default seeded split
     builtin_reader()   cache_dir()/readers/factbook-<hash>   an extractive reader trained on the TRAIN split
                                                              of the built-in QA set over that index
 The hash covers every setting that changes the result (embedding model, chunking, index format;
@@ -72,6 +73,11 @@ def _index_complete(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 
 
+def index_is_built(embed_model: str = EMBED_MODEL) -> bool:
+    """True when the built-in index is in the cache (builtin_index returns at once)."""
+    return _index_complete(index_path(embed_model))
+
+
 def _reader_complete(path: Path) -> bool:
     return (path / SETTINGS_FILE).is_file()
 
@@ -90,6 +96,13 @@ def builtin_index(progress: bool = True, embed_model: str = EMBED_MODEL) -> Path
     return final
 
 
+def builtin_qa() -> tuple[list[dict], list[dict]]:
+    """(train, test) rows of the built-in Factbook QA set: the split `tunelab data factbook-qa` writes
+    by default, and the one the built-in reader is trained on (its train half only)."""
+    train, test = split_qa(build_factbook_qa(), QA_TEST_FRACTION, QA_SEED)
+    return [item.to_dict() for item in train], [item.to_dict() for item in test]
+
+
 def builtin_reader(progress: bool = True) -> Path:
     """The built-in extractive reader's run directory (with rag_reader.json), trained on first use
     on the train split of the built-in QA set; the test split is never seen."""
@@ -101,8 +114,7 @@ def builtin_reader(progress: bool = True) -> Path:
         if _reader_complete(final):
             return final
         _notice(f"building the built-in Factbook reader once (~{READER_MINUTES} min); cached in {final}")
-        train, _test = split_qa(build_factbook_qa(), QA_TEST_FRACTION, QA_SEED)
-        rows = [item.to_dict() for item in train]
+        rows, _test = builtin_qa()
         with open_index(index_dir) as index:
             train_rag_reader(rows, index, staging, settings=ContextSettings(), model=READER_MODEL, epochs=READER_EPOCHS,
                              seed=QA_SEED, overwrite=False, progress=progress)

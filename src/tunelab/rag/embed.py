@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from tunelab.models.catalogue import resolve_model
+from tunelab.progress import progress_bar
 
 
 class Embedder(Protocol):
@@ -66,7 +67,7 @@ class SentenceEmbedder:
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         step = batch_size * 8
-        bar = _progress(progress, len(texts))
+        bar = progress_bar(progress, len(texts))
         with bar as task_bar, self._torch.inference_mode(), self._autocast():
             task = task_bar.add_task("embedding", total=len(texts)) if task_bar else None
             for start in range(0, len(texts), step):
@@ -83,7 +84,6 @@ class SentenceEmbedder:
                     task_bar.advance(task, len(index))
         return out
 
-
     def encode_query(self, text: str) -> np.ndarray:
         """One short text, fast: fp32 on a single thread.
 
@@ -99,16 +99,6 @@ class SentenceEmbedder:
         finally:
             self._torch.set_num_threads(threads)
         return vector[0].astype(np.float32)
-
-
-def _progress(enabled: bool, total: int):
-    if not enabled:
-        return contextlib.nullcontext()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-    )
 
 
 def load_embedder(model: str | Path = "minilm") -> SentenceEmbedder:

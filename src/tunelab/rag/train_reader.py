@@ -86,7 +86,7 @@ def train_rag_reader(rows: Sequence[dict], index, out: str | Path, *, settings: 
         raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
     rows = [r for r in rows if str(r.get("answer", "")).strip()]
     if contexts is None:
-        from tunelab.prompts.evaluate import progress_bar
+        from tunelab.progress import progress_bar
 
         with progress_bar(progress, len(rows)) as bar:
             task = bar.add_task("retrieving train questions", total=len(rows)) if bar else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -12,7 +12,8 @@ from tunelab.config import Settings
 class StrategiesConfig(Settings):
     """Six hallucination-reduction strategies on the same held-out questions."""
 
-    qa: str = Field(..., description="folder with train.jsonl and test.jsonl (tunelab data factbook-qa --out DIR)")
+    qa: Optional[str] = Field(None, description="folder with train.jsonl and test.jsonl (tunelab data factbook-qa --out DIR); "
+                              "none: the built-in Factbook QA set (with the 'factbook' knowledge base only)")
     kb: str = Field("factbook", description="knowledge base: a folder of documents, 'factbook', or an existing index folder")
     model: str = Field("smollm2", description="causal LM: catalogue name or local folder")
     embed_model: str = Field("minilm", description="sentence-transformers model for the index and answer relevance")
@@ -25,6 +26,7 @@ class StrategiesConfig(Settings):
     train_pairs: int = Field(300, gt=0, description="train question/answer pairs for the closed-book SFT")
     rag_train_pairs: int = Field(1000, gt=0, description="train questions (with retrieved context, some with distractors only) for the generative reader")
     reader_epochs: float = Field(2.0, gt=0, description="epochs of the extractive reader")
+    reader_questions: Optional[int] = Field(None, gt=0, description="train questions the readers learn from (default: all not used to select or calibrate)")
     templates: list[str] = Field(default_factory=lambda: ["plain", "concise", "abstain", "few-shot"], description="closed-book templates to choose from")
     select_by: Literal["penalised_score", "f1", "contains", "exact_match"] = Field(
         "penalised_score", description="train-split criterion for the best template; penalised_score = (right - wrong) / n rewards abstaining over guessing"
@@ -62,7 +64,7 @@ class StrategiesConfig(Settings):
         return self.model_copy(update=dict(
             test_questions=min(self.test_questions, 6), select_questions=min(self.select_questions, 4),
             calibration_questions=min(self.calibration_questions, 6), train_pairs=min(self.train_pairs, 16),
-            rag_train_pairs=min(self.rag_train_pairs, 16), reader_epochs=min(self.reader_epochs, 1.0),
+            rag_train_pairs=min(self.rag_train_pairs, 16), reader_epochs=min(self.reader_epochs, 1.0), reader_questions=min(self.reader_questions or 64, 64),
             max_new_tokens=min(self.max_new_tokens, 8), example_pool=min(self.example_pool, 16), k=min(self.k, 2), lines=1, chunks_k=1,
             changes=min(self.changes, 2), bootstrap=min(self.bootstrap, 200), ablation=False, held_out_kinds=[],
         ))

@@ -24,7 +24,8 @@ import numpy as np
 
 from tunelab import atomic
 from tunelab.errors import TunelabError
-from tunelab.prompts.evaluate import latency_summary, progress_bar, run_template
+from tunelab.progress import progress_bar
+from tunelab.prompts.evaluate import latency_summary, run_template
 from tunelab.prompts.loader import load_template
 from tunelab.rag.reader_data import ContextSettings
 from tunelab.evaluate.answers import ABSTENTION, answer_in_text, score, summarise, verdict
@@ -106,8 +107,7 @@ class Pipeline:
     # stages -----------------------------------------------------------------------------------
     def run(self) -> dict:
         c = self.config
-        qa_dir = Path(c.qa).expanduser()
-        train_rows, test_rows = read_split(qa_dir, "train"), read_split(qa_dir, "test")
+        train_rows, test_rows, qa_source = self.questions()
         if self.out.exists() and any(self.out.iterdir()) and not c.overwrite:
             raise TunelabError(f"'{self.out}' is not empty", "choose another --out, or pass --overwrite")
         if self.out.exists() and c.overwrite:
@@ -118,12 +118,12 @@ class Pipeline:
         shuffled = sample(train_rows, len(train_rows), c.seed + 1)
         self.select = shuffled[: c.select_questions]
         self.calibration = shuffled[c.select_questions : c.select_questions + c.calibration_questions]
-        self.training = shuffled[c.select_questions + c.calibration_questions :]
+        self.training = shuffled[c.select_questions + c.calibration_questions :][: c.reader_questions]
         self.sft_rows = self.training[: c.train_pairs]
         self.rag_sft_rows = self.training[: c.rag_train_pairs]
         self.results.update(questions={
             "test": len(self.test), "select": len(self.select), "calibration": len(self.calibration), "sft": len(self.sft_rows),
-            "rag_sft": len(self.rag_sft_rows), "reader_training": len(self.training), "qa": str(qa_dir),
+            "rag_sft": len(self.rag_sft_rows), "reader_training": len(self.training), "qa": qa_source,
             "chosen_on": "template: select (train); abstention thresholds: calibration (train); weights: sft / reader_training (train); test only scores",
         })
         if len(self.test) < c.test_questions:
@@ -162,6 +162,20 @@ class Pipeline:
         self.finish()
         return self.results
 
+    def questions(self) -> tuple[list[dict], list[dict], str]:
+        """(train rows, test rows, where they came from): the --qa folder, or the built-in Factbook QA set."""
+        from tunelab.rag.builtin import builtin_qa, is_builtin_name
+
+        c = self.config
+        if c.qa is not None:
+            qa_dir = Path(c.qa).expanduser()
+            return read_split(qa_dir, "train"), read_split(qa_dir, "test"), str(qa_dir)
+        if not is_builtin_name(c.kb):
+            raise TunelabError(f"the knowledge base '{c.kb}' needs its own questions",
+                               "pass --qa DIR with train.jsonl and test.jsonl about it (or leave --kb at factbook)")
+        train, test = builtin_qa()
+        return [r for r in train if r.get("answer")], [r for r in test if r.get("answer")], "built-in Factbook QA (tunelab data factbook-qa)"
+
     def finish(self) -> None:
         from tunelab.strategies.report import write_report
 
@@ -169,19 +183,29 @@ class Pipeline:
         write_report(self.out, self.results)
 
     def stage_index(self) -> None:
+        from tunelab.rag.builtin import builtin_index, index_is_built, is_builtin_name
         from tunelab.rag.documents import load_documents
         from tunelab.rag.index import build_index, open_index, read_manifest
 
         c = self.config
         kb = Path(c.kb).expanduser()
         index_dir = self.out / "index"
+        built_now, built_seconds = False, None
+        if is_builtin_name(c.kb):
+            # The one built-in index in tunelab's cache (rag ask and prompts eval use it too): built
+            # once, timed when it is built here, then copied like any prebuilt index.
+            built_now = not index_is_built(c.embed_model)
+            started = time.perf_counter()
+            with PeakMemory() as built_peak:
+                kb = builtin_index(self.progress, c.embed_model)
+            built_seconds = time.perf_counter() - started
         if kb.is_dir() and read_manifest(kb) is not None:
             # An existing index: its build time is not ours to measure; reuse a copy (adaptability edits the copy).
             self.log(f"copying the index {kb}")
             shutil.copytree(kb, index_dir)
             source = read_manifest(kb).get("source", "")
             self.documents = load_documents(source) if source and source != "documents" else None
-            seconds, report = None, None
+            seconds, report = (built_seconds, None) if built_now else (None, None)
         else:
             self.log(f"indexing {c.kb}")
             self.documents = load_documents(c.kb)
@@ -192,10 +216,11 @@ class Pipeline:
         self.results["index"] = {
             "build_seconds": seconds,
             "prebuilt": seconds is None,
+            "source": str(kb),
             "chunks": report.chunks_total if report else None,
             "documents": len(self.documents) if self.documents else None,
             "disk_mb": folder_mb(index_dir),
-            "peak_memory_mb": peak.mb if report else None,
+            "peak_memory_mb": peak.mb if report else (built_peak.mb if built_now else None),
         }
 
     def record(self, name: str, outcome: dict, *, setup_seconds: float, setup: dict, peak_mb: float, disk_mb: float, extra: dict | None = None) -> None:

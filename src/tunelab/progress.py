@@ -1,0 +1,16 @@
+"""The one progress bar for long loops: description, bar, done/total and the estimated time left."""
+
+from __future__ import annotations
+
+import contextlib
+
+
+def progress_bar(enabled: bool, total: int | None = None):
+    """A rich Progress (add tasks to it), or a null context when disabled (--json, tests).
+
+    `total` is accepted for callers that size their task from it; the bar itself needs none."""
+    if not enabled:
+        return contextlib.nullcontext()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)

@@ -94,6 +94,27 @@ def trained_run(tmp_path_factory, tiny_bert) -> Path:
     return run.path
 
 
+def browser_or_skip(chromium: str | None):
+    """playwright's sync API for a browser test, once the system Chromium (`chromium`) is known to be there.
+
+    Without the browser or playwright the test skips, saying how to install them; under CI (CI=true)
+    it fails instead: CI installs both (.ci/run), so a skip there would hide a broken install.
+    """
+    missing = None
+    if chromium is None:
+        missing = "Debian's chromium is not installed (apt-get install -y chromium)"
+    else:
+        try:
+            from playwright import sync_api
+        except ImportError:
+            missing = "the playwright package is not installed (pip install playwright)"
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{missing}; CI=true, where the browser tests must run, not skip")
+        pytest.skip(missing)
+    return sync_api
+
+
 def sigkill_when(process: subprocess.Popen, reached: Callable[[], bool], timeout: float, what: str) -> None:
     """SIGKILL `process` as soon as `reached()` is true; fail if it ends first or `timeout` passes.
 

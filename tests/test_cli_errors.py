@@ -19,14 +19,18 @@ def run_cli(*args):
 
 
 def assert_user_error(result, *fragments):
-    output = result.output
+    """Exit code 2 and, of everything printed, exactly one line: `error: <what is wrong> — <how to fix it>`
+    on stderr. No traceback, no usage screen, no progress lines around it."""
+    output = result.output  # stdout and stderr interleaved, as the user sees them
     assert result.exit_code == 2, output
-    assert "Traceback" not in output
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 or "error:" in lines[0], output
-    joined = " ".join(output.split())
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, f"a user error must be one line, got {len(lines)}:\n{output}"
+    line = lines[0]
+    assert result.stderr.strip() == line.strip(), f"the error line belongs on stderr:\n{output}"
+    assert line.startswith("error: ") and " — " in line, f"not 'error: <what> — <how to fix it>': {line}"
     for fragment in fragments:
-        assert fragment in joined, (fragment, output)
+        assert fragment in line, (fragment, line)
 
 
 @pytest.fixture
@@ -129,6 +133,7 @@ def test_yaml_config_with_flag_override(tiny_bert, sentiment_csv, tmp_path):
     assert (config["epochs"], config["lr"], config["seed"]) == (1.0, 0.003, 7)
 
 
+@pytest.mark.smoke  # the real minilm (its tokenizer)
 def test_data_commands(sentiment_csv):
     listed = run_cli("data", "list")
     assert listed.exit_code == 0 and "bbc-news" in listed.output and "tweets" in listed.output

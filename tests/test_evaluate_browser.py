@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests._evaluate_fixtures import run_copy
+from tests.conftest import browser_or_skip
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -31,9 +32,7 @@ def report(tmp_path_factory) -> Path:
 
 
 def test_report_renders_in_chromium(report: Path) -> None:
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    sync_api = browser_or_skip(CHROMIUM)
 
     console_errors: list[str] = []
     requests: list[str] = []

@@ -114,8 +114,15 @@ def test_cli_sft_generate_merge(tmp_path, model_dir, monkeypatch):
     assert result.exit_code == 0, result.output
     assert (run / "merged" / "model.safetensors").is_file()
 
-    result = runner.invoke(app, ["chat", str(run), "--max-new-tokens", "4", "--precision", "fp32"], input="What colour is sky?\n/reset\n/exit\n")
-    assert result.exit_code == 0, result.output and "model>" in result.output
+    # The same question before and after /reset: two model turns (the commands never reach the model),
+    # and both answers are the fresh-conversation answer, because /reset forgot the first exchange.
+    reply = Generator(run, precision="fp32")("What colour is sky?", max_new_tokens=4)
+    assert reply.strip(), "the tiny model answered nothing, so the chat transcript cannot be checked"
+    chat = "What colour is sky?\n/reset\nWhat colour is sky?\n/exit\n"
+    result = runner.invoke(app, ["chat", str(run), "--max-new-tokens", "4", "--precision", "fp32"], input=chat)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("model>") == 2, result.output
+    assert result.output.count(f"model> {reply}\n") == 2, (reply, result.output)
 
 
 def test_cli_errors_are_one_line(tmp_path, model_dir):

@@ -175,6 +175,7 @@ def test_prompts_eval_cli_json(tmp_path, tiny_lm):
     assert len(full["templates"][0]["predictions"]) == 5
 
 
+@pytest.mark.smoke  # embeds with the real minilm
 def test_prompts_eval_index_factbook_is_the_one_builtin_index(tmp_path, tiny_lm, monkeypatch):
     from typer.testing import CliRunner
 

@@ -108,7 +108,6 @@ def tiny_run(folder: Path, accuracy: float) -> Path:
 
 
 def test_service_swaps_without_failing_a_request(tmp_path):
-    pytest.importorskip("tunelab.serve.app")
     from fastapi.testclient import TestClient
 
     from tunelab.serve.registry_watch import registry_app
@@ -119,6 +118,7 @@ def test_service_swaps_without_failing_a_request(tmp_path):
     registry.register(tiny_run(tmp_path / "v2", 0.8), "news")
     app = registry_app("news", ServeSettings(max_wait_ms=1), registry, interval=0.05)
     statuses, versions = [], []
+    answers = []  # (sent, received, version) of every answered request, on one monotonic clock
     stop = threading.Event()
 
     with TestClient(app) as client:
@@ -129,10 +129,13 @@ def test_service_swaps_without_failing_a_request(tmp_path):
 
         def fire():
             while not stop.is_set() and len(statuses) < 5000:
+                sent = time.monotonic()
                 response = client.post("/v1/predict", json={"texts": ["good film", "bad food"]})
+                received = time.monotonic()
                 statuses.append(response.status_code)
                 if response.status_code == 200:
                     versions.append(response.json()["model"]["version"])
+                    answers.append((sent, received, versions[-1]))
 
         workers = [threading.Thread(target=fire) for _ in range(3)]
         for worker in workers:
@@ -151,7 +154,10 @@ def test_service_swaps_without_failing_a_request(tmp_path):
 
     assert set(statuses) == {200}, f"failed requests during the swap: {sorted(set(statuses))}"
     assert versions[0] == "1" and versions[-1] == "2"
-    # Once a request saw the new version, no later one went back to the old.
-    first_new = versions.index("2")
-    assert set(versions[first_new:]) == {"2"} or versions[first_new:].count("1") <= 2  # in-flight batches may finish on v1
+    # Once a request saw the new version, no later one went back to the old. "Later" is by when it was
+    # sent: a request already in flight at the swap may still finish on v1 (its batch read the model
+    # before the swap), but one sent after a v2 answer came back is batched after the swap, so gets v2.
+    first_new = min(received for _, received, version in answers if version == "2")
+    later = [version for sent, _, version in answers if sent > first_new]
+    assert later and set(later) == {"2"}, f"{later.count('1')} of {len(later)} requests sent after the first v2 answer got v1"
     assert info["name"] == "news" and info["version"] == "2" and info["metrics"]["accuracy"] == 0.8

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests._serve_fixtures import serving
+from tests.conftest import browser_or_skip
 from tunelab.serve.app import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -24,9 +25,7 @@ FLAGS = [
 
 
 def test_page_predicts_and_draws_bars(trained_run) -> None:
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    sync_api = browser_or_skip(CHROMIUM)
     from tunelab.predict import predict
 
     text = "good great excellent wonderful"
@@ -93,9 +92,7 @@ def lm_app(tmp_path_factory):
 @pytest.mark.parametrize("service", ["classifier", "lm"])
 def test_docs_page_lists_every_operation(service, request) -> None:
     # Swagger UI 4.x cannot read OpenAPI 3.1 and shows "Unable to render this definition" (still a 200).
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    sync_api = browser_or_skip(CHROMIUM)
     import httpx
 
     if service == "classifier":

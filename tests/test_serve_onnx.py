@@ -98,25 +98,15 @@ def test_cli_errors_are_one_line(tmp_path, trained_run) -> None:
     assert bad_quant.exit_code == 2
 
 
-def test_causal_lm_is_not_served_as_a_classifier(tmp_path, monkeypatch) -> None:
-    import importlib.util
-
-    from tunelab.serve import app as serve_app
-
-    folder = tmp_path / "lm"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
-    assert serve_app.is_causal_lm(folder) and serve_app.is_causal_lm("smollm2")
-    assert not serve_app.is_causal_lm(tmp_path)
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tunelab.serve.openai" else real_find_spec(name, *a))
-    with pytest.raises(TunelabError, match="causal LM, not a classifier run"):
-        serve_app.serve(folder)
-
-
 def test_causal_lm_is_handed_to_the_openai_server(tmp_path, monkeypatch) -> None:
-    openai = pytest.importorskip("tunelab.serve.openai", reason="the causal-LM server is not in this tree")
     from tunelab.serve import app as serve_app
+    from tunelab.serve import openai
+
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    assert serve_app.is_causal_lm(llama) and serve_app.is_causal_lm("smollm2")
+    assert not serve_app.is_causal_lm(tmp_path)
 
     folder = tmp_path / "lm"
     folder.mkdir()

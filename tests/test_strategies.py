@@ -37,6 +37,7 @@ def kb_and_qa(tmp_path_factory) -> tuple[Path, Path]:
     return kb, qa
 
 
+@pytest.mark.smoke  # the real minilm embeds the index and scores answer relevance
 def test_quick_run_writes_every_output(tmp_path, kb_and_qa):
     from tunelab.strategies import STRATEGIES, StrategiesConfig, run_strategies
 
@@ -139,6 +140,7 @@ def test_edit_knowledge_changes_facts_and_adds_a_country(kb_and_qa):
     assert says_old_answer("It is Mossby.", "Mossby") and not says_old_answer("Mossbyville", "Mossby")
 
 
+@pytest.mark.smoke  # the real minilm embeds the index and scores answer relevance
 def test_a_subset_of_strategies(tmp_path, kb_and_qa):
     from tunelab.strategies import StrategiesConfig, run_strategies
 
@@ -197,6 +199,7 @@ def builtin_factbook(tmp_path, kb_and_qa, monkeypatch):
     return cached, requests
 
 
+@pytest.mark.smoke  # the real minilm embeds the index and scores answer relevance
 def test_without_qa_the_builtin_questions_and_the_one_cached_index_are_used(tmp_path, builtin_factbook):
     from tunelab.strategies import StrategiesConfig, run_strategies
 
@@ -212,6 +215,7 @@ def test_without_qa_the_builtin_questions_and_the_one_cached_index_are_used(tmp_
     assert runs[1]["strategies"]["rag"]["n"] == runs[0]["strategies"]["rag"]["n"] > 0
 
 
+@pytest.mark.smoke  # the real minilm embeds the index and scores answer relevance
 def test_cli_quick_needs_no_qa_and_keeps_the_config_files_settings(tmp_path, builtin_factbook):
     from typer.testing import CliRunner
 

@@ -456,10 +456,6 @@ def serve(run_path: str | os.PathLike, settings: ServeSettings | None = None) ->
 
 def _serve_causal_lm(source: str | os.PathLike, settings: ServeSettings) -> None:
     # serve/openai.py belongs to the causal-LM feature; it is used only through its public serve_lm().
-    import importlib.util
-
-    if importlib.util.find_spec("tunelab.serve.openai") is None:
-        raise TunelabError(f"'{source}' is a causal LM, not a classifier run", "`tunelab serve` serves classifier runs; this tunelab has no LM server")
     from tunelab.serve.openai import serve_lm
 
     serve_lm(str(source), host=settings.host, port=settings.port, threads=settings.threads, log_level=settings.log_level)

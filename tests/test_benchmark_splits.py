@@ -1,0 +1,167 @@
+"""The pure helpers of benchmarks/finetune_vs_tutorial.py and benchmarks/serve_load.py: disjoint splits
+that leave the tuning rows out, the statistics over seeds and test rows, and the serving step ratios."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ft = load("finetune_vs_tutorial")
+serve = load("serve_load")
+
+
+def frame(rows: int = 600, repeats: int = 20) -> pd.DataFrame:
+    labels = ["negative", "neutral", "positive"]
+    texts = [f"text {i}" for i in range(rows - repeats)] + [f"text {i}" for i in range(repeats)]  # a few repeated texts
+    return pd.DataFrame({"text": texts, "label": [labels[i % 3] for i in range(rows)]})
+
+
+def test_splits_are_disjoint_sized_and_leave_the_tuning_texts_out():
+    data = frame()
+    tuning = ft.tuning_texts(data, [(100, 50, 42)])
+    splits, info = ft.draw_splits(data, {"train": 120, "eval": 40, "test": 80}, seed=7, exclude_texts=tuning)
+    assert {name: len(split) for name, split in splits.items()} == {"train": 120, "eval": 40, "test": 80}
+    ids = [set(split.index) for split in splits.values()]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    texts = [set(split["text"]) for split in splits.values()]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2]), "a repeated text in two splits"
+    assert all(not (t & tuning) for t in texts)
+    assert 140 <= len(tuning) <= 150  # 150 rows, a repeated text or two among them
+    assert info["tuning_rows_left_out"] == int(data["text"].isin(tuning).sum())
+    # The row ids point back into the data.
+    assert (data.loc[splits["test"].index, "text"] == splits["test"]["text"]).all()
+    # Stratified: each split keeps the classes' proportions (1:1:1 here) to within a row or two.
+    assert splits["test"]["label"].value_counts().max() - splits["test"]["label"].value_counts().min() <= 2
+
+
+def test_splits_are_seeded():
+    data = frame()
+    one, _ = ft.draw_splits(data, {"train": 60, "eval": 30, "test": 30}, seed=7)
+    two, _ = ft.draw_splits(data, {"train": 60, "eval": 30, "test": 30}, seed=7)
+    other, _ = ft.draw_splits(data, {"train": 60, "eval": 30, "test": 30}, seed=8)
+    assert list(one["test"].index) == list(two["test"].index)
+    assert list(one["test"].index) != list(other["test"].index)
+
+
+def test_too_large_a_sample_is_refused_with_what_is_left():
+    with pytest.raises(SystemExit, match="only 580 are left"):
+        ft.draw_splits(frame(), {"train": 500, "eval": 50, "test": 50}, seed=7)
+
+
+def test_the_tuning_sample_is_the_one_ablate_recipe_draws():
+    data = frame()
+    train, evaluation = ft.train_and_eval_sample(data, 100, 50, 42)
+    assert ft.tuning_texts(data, [(100, 50, 42)]) == set(train["text"]) | set(evaluation["text"])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_macro_f1_matches_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    y, p = rng.integers(0, 4, 50), rng.integers(0, 3, 50)  # class 3 never predicted
+    assert ft.macro_f1(y, p, 4) == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
+
+
+def test_summary_over_seeds():
+    out = ft.summary([0.6, 0.7, 0.8])
+    assert out["mean"] == pytest.approx(0.7) and out["std"] == pytest.approx(0.1)
+    half = 4.302653 * 0.1 / math.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    assert out["ci95_seeds"] == pytest.approx([0.7 - half, 0.7 + half], abs=1e-4)
+    assert ft.summary([0.5])["std"] is None
+
+
+def test_bootstrap_interval_covers_the_statistic():
+    correct = np.array([1.0] * 70 + [0.0] * 30)
+    ci = ft.bootstrap_cis({"accuracy": lambda i: float(correct[i].mean())}, len(correct), resamples=500)["accuracy"]
+    assert ci[0] < 0.7 < ci[1] and ci[1] - ci[0] < 0.25
+
+
+def test_compact_json_keeps_the_document():
+    document = {"ids": [1, 2, 3], "nested": {"values": [0.5, -1e-05]}, "names": ["a", "b"], "empty": []}
+    text = ft.compact_json(document)
+    assert json.loads(text) == document
+    assert '"ids": [1, 2, 3]' in text
+
+
+def level(rps: float, p50: float, p95: float) -> dict:
+    return {"requests_per_s": rps, "p50_ms": p50, "p95_ms": p95}
+
+
+def test_each_step_is_compared_with_the_previous_measured_one():
+    steps = [
+        {"step": "naive", "load": {"1": level(50, 20, 30)}},
+        {"step": "batched", "load": {"1": level(100, 10, 15)}},
+        {"step": "onnx", "load": {"1": level(150, 5, 15)}},
+        {"step": "int8", "load": None},
+    ]
+    serve.chain_ratios(steps)
+    assert steps[0]["ratio_to_previous"] is None
+    assert steps[1]["ratio_to_previous"]["1"] == {"requests_per_s": 2.0, "p50_ms": 0.5, "p95_ms": 0.5}
+    assert steps[2]["ratio_to_previous"]["1"] == {"requests_per_s": 1.5, "p50_ms": 0.5, "p95_ms": 1.0}
+    assert steps[2]["ratio_to_naive"]["1"]["requests_per_s"] == 3.0
+    assert steps[3]["ratio_to_previous"] is None
+
+
+def test_the_int8_gate_is_the_exports_own():
+    pytest.importorskip("onnxruntime")
+    from tunelab.serve.onnx import export_onnx
+    import inspect
+
+    assert serve.int8_gate() == inspect.signature(export_onnx).parameters["min_agreement"].default
+
+
+def fake_export(monkeypatch, int8_agreement: float | None, raise_gate: bool):
+    """export_onnx replaced by one that passes or fails the int8 gate as told (its signature kept)."""
+    import functools
+
+    import tunelab.serve.onnx as onnx
+    from tunelab.errors import TunelabError
+
+    original, calls = onnx.export_onnx, []
+
+    @functools.wraps(original)
+    def export_onnx(run, quantize=None, **kwargs):
+        calls.append((quantize, kwargs))
+        if quantize == "int8" and raise_gate:
+            raise TunelabError(f"the int8 model agrees with PyTorch on {int8_agreement:.2%} of the test texts (needs 99.5%)", "hint")
+        return onnx.ExportReport(path="onnx", files={}, rows=100, fp32_max_abs_diff=0.0, fp32_argmax_agreement=1.0,
+                                 int8_argmax_agreement=int8_agreement if quantize == "int8" else None)
+
+    monkeypatch.setattr(onnx, "export_onnx", export_onnx)
+    return calls
+
+
+def test_a_failed_int8_gate_is_reported_not_lowered(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    calls = fake_export(monkeypatch, 0.991, raise_gate=True)
+    out = serve.export(Path("run"))
+    assert calls == [("int8", {}), (None, {})], "the gate is never passed in, so never lowered"
+    assert out["int8_passed_gate"] is False and out["int8_gate"] == serve.int8_gate()
+    assert out["int8_argmax_agreement_at_export"] == pytest.approx(0.991)
+
+
+def test_an_int8_below_the_gate_is_refused_even_if_the_export_wrote_it(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    fake_export(monkeypatch, 0.99, raise_gate=False)
+    out = serve.export(Path("run"))
+    assert out["int8_passed_gate"] is False and "99.00%" in out["int8_failure"]
+    fake_export(monkeypatch, 0.999, raise_gate=False)
+    assert serve.export(Path("run"))["int8_passed_gate"] is True

@@ -93,6 +93,26 @@ def test_choose_thresholds_maximises_right_minus_hallucinated():
     assert value == pytest.approx(0.5) and c_inf <= 1.0
 
 
+def test_choose_thresholds_within_a_hallucination_budget():
+    from tunelab.evaluate.answers import choose_thresholds
+
+    # a reader wrong about as often as right, more often right when confident
+    confidence = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]
+    outcome = [1, 1, -1, -1, 1, -1, 1, -1, -1, 1]
+    (_, net), net_value = choose_thresholds([[1.0] * 10, confidence], outcome)
+    assert net == pytest.approx(0.75) and net_value == pytest.approx(2 / 10)  # right - hallucinated: answer the top two only
+    (_, loose), right = choose_thresholds([[1.0] * 10, confidence], outcome, max_hallucinated=0.3)
+    answered = [c >= loose for c in confidence]
+    # the most right with at most 3 of 10 hallucinated: the top seven (4 right, 3 wrong)
+    assert answered == [True] * 7 + [False] * 3 and right == pytest.approx(4 / 10)
+    # the eighth answer adds a hallucination and no right one: not taken even when the budget allows it
+    (_, same), _ = choose_thresholds([[1.0] * 10, confidence], outcome, max_hallucinated=0.4)
+    assert same == pytest.approx(loose)
+    # a budget no answer fits: answer nothing
+    (_, none), right = choose_thresholds([[1.0] * 10, [0.5] * 10], [-1] * 10, max_hallucinated=0.05)
+    assert none > 0.5 and right == 0.0
+
+
 def test_span_reader_maps_the_span_back_to_its_passage(monkeypatch):
     from tunelab.models.span_reader import ReadResult, Span
     from tunelab.rag.focus import Passage

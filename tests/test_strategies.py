@@ -64,6 +64,12 @@ def test_quick_run_writes_every_output(tmp_path, kb_and_qa):
     for name in ("rag", "fine-tuned+rag", "extractive+rag"):
         chosen = results["strategies"][name]["abstention"]
         assert chosen["chosen_on"].startswith("train") and chosen["questions"] == results["questions"]["calibration"]
+    # plain RAG: the most right within a hallucination budget of a third of closed-book's rate on the
+    # calibration (train) questions; the trained readers keep right - hallucinated
+    budget = results["hallucination_budget"]
+    assert "calibration train questions" in budget["from"] and budget["value"] == pytest.approx(budget["closed_book_hallucinated"] / 3)
+    assert results["strategies"]["rag"]["abstention"]["max_hallucinated"] == budget["value"]
+    assert results["strategies"]["extractive+rag"]["abstention"]["max_hallucinated"] is None
     for name in ("rag", "fine-tuned+rag"):
         # each LM reader's decoding: the better of the two on the calibration (train) questions
         choice = results["decoding_choice"][name]
@@ -163,7 +169,7 @@ def test_decoding_is_the_better_one_on_calibration_questions(tmp_path, monkeypat
     pipeline.calibration = [{"question": "q", "answer": "a"}] * 5
     calibrated = []
 
-    def calibrate(reader, context=None):
+    def calibrate(reader, context=None, max_hallucinated=None):
         calibrated.append(reader.decoding)
         return Abstention(chosen_on="train (calibration questions)", questions=5, value=values[reader.decoding])
 

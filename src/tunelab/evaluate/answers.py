@@ -164,9 +164,13 @@ def summarise(scores: Sequence[dict], ci: bool = True, seed: int = 0) -> dict:
     return out
 
 
-def choose_thresholds(features: Sequence[Sequence[float]], outcomes: Sequence[float], margin: float = 1.0) -> tuple[list[float], float]:
+def choose_thresholds(features: Sequence[Sequence[float]], outcomes: Sequence[float], margin: float = 1.0,
+                      max_hallucinated: float | None = None) -> tuple[list[float], float]:
     """Thresholds, one per feature, that maximise right - hallucinated when a question is answered
-    only if every feature reaches its threshold; and that best value per question.
+    only if every feature reaches its threshold; and that best value per question. With
+    `max_hallucinated` (a share of the questions), they maximise right among the thresholds that
+    hallucinate on at most that share instead (ties: fewer hallucinated), and the value is right per
+    question: a hallucination budget, for a reader whose answers are wrong about as often as right.
 
     `features[j][i]` is feature j of question i (e.g. retrieval similarity, answer confidence; -inf:
     never answered); `outcomes[i]` is +1 right, -1 hallucinated, 0 abstained anyway, for the answers
@@ -187,11 +191,18 @@ def choose_thresholds(features: Sequence[Sequence[float]], outcomes: Sequence[fl
             grids.append(np.array([0.0]))
             continue
         grids.append(np.concatenate([[distinct[0] - margin], (distinct[:-1] + distinct[1:]) / 2, [distinct[-1] + margin]]))
-    best_total, best = -np.inf, [float(g[0]) for g in grids]
+    best_total, best = (-np.inf,), [float(g[0]) for g in grids]
     mesh = np.meshgrid(*grids, indexing="ij")
+    budget = None if max_hallucinated is None else max_hallucinated * len(gain) + 1e-9
     for point in zip(*(m.ravel() for m in mesh)):  # lexicographic: lowest thresholds first
         answered = np.all(values >= np.asarray(point)[:, None], axis=0)
-        total = gain[answered].sum()
+        if budget is None:
+            total = (gain[answered].sum(),)
+        else:
+            wrong = (gain[answered] < 0).sum()
+            if wrong > budget:
+                continue
+            total = ((gain[answered] > 0).sum(), -wrong)
         if total > best_total:
             best_total, best = total, [float(p) for p in point]
-    return best, float(best_total / len(gain))
+    return best, float(best_total[0] / len(gain))

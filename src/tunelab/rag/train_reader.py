@@ -36,7 +36,8 @@ class Abstention:
     chosen_on: str = "not chosen"
     questions: int = 0
     criterion: str = "right - hallucinated"
-    value: float | None = None  # (right - hallucinated) / questions at the chosen thresholds
+    value: float | None = None  # the criterion per question at the chosen thresholds
+    max_hallucinated: float | None = None  # the hallucination budget (share of questions), when the criterion is one
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -62,16 +63,21 @@ def retrieve_all(index, rows: Sequence[dict], settings: ContextSettings, progres
     return out
 
 
-def choose_abstention(rows: Sequence[dict], contexts: Sequence[Retrieved], readings, chosen_on: str) -> Abstention:
-    """Thresholds on retrieval similarity and reader confidence, from unthresholded readings."""
+def choose_abstention(rows: Sequence[dict], contexts: Sequence[Retrieved], readings, chosen_on: str,
+                      max_hallucinated: float | None = None) -> Abstention:
+    """Thresholds on retrieval similarity and reader confidence, from unthresholded readings: the most
+    right - hallucinated, or with `max_hallucinated` the most right within that hallucination budget."""
     outcomes = []
     for row, reading in zip(rows, readings):
         verdict = score(reading.text, row["answer"], row.get("aliases") or [], row["question"])
         outcomes.append(verdict["contains"] - verdict["hallucinated"])
     similarities = [c.best_similarity for c in contexts]
     confidences = [r.confidence if not r.abstained else float("-inf") for r in readings]
-    (min_similarity, min_confidence), value = choose_thresholds([similarities, confidences], outcomes)
-    return Abstention(min_similarity, min_confidence, chosen_on, len(rows), value=value)
+    (min_similarity, min_confidence), value = choose_thresholds([similarities, confidences], outcomes, max_hallucinated=max_hallucinated)
+    if max_hallucinated is None:
+        return Abstention(min_similarity, min_confidence, chosen_on, len(rows), value=value)
+    return Abstention(min_similarity, min_confidence, chosen_on, len(rows), criterion=f"right, hallucinated <= {max_hallucinated:.3f}",
+                      value=value, max_hallucinated=max_hallucinated)
 
 
 def train_rag_reader(rows: Sequence[dict], index, out: str | Path, *, settings: ContextSettings = ContextSettings(),

@@ -37,6 +37,11 @@ class StrategiesConfig(Settings):
     chunks_k: int = Field(3, gt=0, description="chunks shown when the context is whole chunks (they are long)")
     shots: int = Field(3, ge=0, description="worked examples shown to the untrained LM reader (plain RAG): the nearest train questions, answered from their own passages; 0 for none")
     example_pool: int = Field(600, gt=0, description="train questions (from the reader-training share) the worked examples are drawn from")
+    plain_rag_abstention: Literal["budget", "net"] = Field(
+        "budget", description="plain RAG's thresholds: the most right within a hallucination budget (budget), or the most right - hallucinated "
+                              "(net, as the trained readers); the untrained reader is wrong about as often as right, so net abstains on most questions")
+    hallucination_budget: Optional[float] = Field(
+        None, gt=0, lt=1, description="plain RAG's hallucinated share allowed on the calibration questions; none: a third of closed-book's rate on them")
     decoding: Literal["choose", "grounded", "free"] = Field(
         "choose", description="LM readers: answers copied from the passages (grounded), free text, or choose: whichever scores better on the calibration train questions")
     ablation: bool = Field(True, description="also run the retrieval strategies with the other decoding and context")

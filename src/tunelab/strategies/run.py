@@ -303,12 +303,14 @@ class Pipeline:
                     bar.advance(task, len(rows[part]))
         return readings
 
-    def calibrate(self, reader, context: str | None = None):
-        """Abstention thresholds (retrieval similarity, reader confidence) chosen on the calibration train questions."""
+    def calibrate(self, reader, context: str | None = None, max_hallucinated: float | None = None):
+        """Abstention thresholds (retrieval similarity, reader confidence) chosen on the calibration train
+        questions: the most right - hallucinated, or the most right within a hallucination budget."""
         from tunelab.rag.train_reader import choose_abstention
 
         readings = self.read(reader, self.calibration, context)
-        return choose_abstention(self.calibration, self.contexts(self.calibration, context), readings, "train (calibration questions)")
+        return choose_abstention(self.calibration, self.contexts(self.calibration, context), readings, "train (calibration questions)",
+                                 max_hallucinated=max_hallucinated)
 
     def decide(self, rows: list[dict], readings: list, abstention, context: str | None = None, index=None) -> dict:
         """Predictions with the thresholds applied, scored; latency = retrieval + this question's reading share."""
@@ -346,27 +348,28 @@ class Pipeline:
             "without_thresholds": {k: unthresholded[k] for k in ("contains", "hallucination_rate_all", "abstention_rate")},
         }
 
-    def choose_decoding(self, name: str, reader):
+    def choose_decoding(self, name: str, reader, max_hallucinated: float | None = None):
         """(reader, thresholds): an LM reader's decoding is, with `decoding: choose`, whichever of
-        grounded and free scores better (right - hallucinated, thresholds applied) on the calibration
-        train questions; the test questions take no part."""
+        grounded and free scores better (the thresholds' criterion, thresholds applied) on the
+        calibration train questions; the test questions take no part."""
         if self.config.decoding != "choose" or not hasattr(reader, "decoding"):
-            return reader, self.calibrate(reader)
+            return reader, self.calibrate(reader, max_hallucinated=max_hallucinated)
         tried = {}
         for decoding in ("grounded", "free"):
             candidate = self.lm_reader(reader.generator, decoding, reader.examples)
-            tried[decoding] = (candidate, self.calibrate(candidate))
+            tried[decoding] = (candidate, self.calibrate(candidate, max_hallucinated=max_hallucinated))
         chosen = max(tried, key=lambda d: tried[d][1].value)
         self.results.setdefault("decoding_choice", {})[name] = {
             "chosen": chosen, "chosen_on": f"train (calibration questions), {len(self.calibration)} questions",
-            "criterion": "(right - hallucinated) / questions, thresholds applied", "values": {d: a.value for d, (_, a) in tried.items()},
+            "criterion": f"{tried[chosen][1].criterion}, per question, thresholds applied", "values": {d: a.value for d, (_, a) in tried.items()},
         }
         self.log(f"{name}: {chosen} decoding chosen on the calibration questions ({', '.join(f'{d} {a.value:.3f}' for d, (_, a) in tried.items())})")
         return tried[chosen]
 
-    def run_retrieval_strategy(self, name: str, reader, *, setup_seconds: float, setup: dict, peak_mb: float, disk_mb: float) -> None:
+    def run_retrieval_strategy(self, name: str, reader, *, setup_seconds: float, setup: dict, peak_mb: float, disk_mb: float,
+                               max_hallucinated: float | None = None) -> None:
         with PeakMemory() as peak:
-            reader, abstention = self.choose_decoding(name, reader)
+            reader, abstention = self.choose_decoding(name, reader, max_hallucinated)
             self.log(f"{name}: thresholds on {abstention.questions} train questions: similarity >= {abstention.min_similarity:.3f}, confidence >= {abstention.min_confidence:.3f}")
             outcome = self.decide(self.test, self.read(reader, self.test), abstention)
         self.readers[name] = (reader, abstention)
@@ -389,7 +392,24 @@ class Pipeline:
         setup = {"what": "index build + retrieval for the worked examples", "index_build_seconds": self.results["index"]["build_seconds"],
                  "shots": c.shots, "example_pool": len(examples) if examples is not None else 0}
         self.run_retrieval_strategy("rag", self.lm_reader(self.base, examples=examples), setup_seconds=time.perf_counter() - started,
-                                    setup=setup, peak_mb=0.0, disk_mb=self.results["model"]["disk_mb"])
+                                    setup=setup, peak_mb=0.0, disk_mb=self.results["model"]["disk_mb"], max_hallucinated=self.hallucination_budget())
+
+    def hallucination_budget(self) -> float | None:
+        """Plain RAG's hallucination budget on the calibration questions (None: the right - hallucinated
+        criterion): `hallucination_budget`, or a third of closed-book's rate on those same train questions."""
+        c = self.config
+        if c.plain_rag_abstention == "net":
+            return None
+        if c.hallucination_budget is not None:
+            budget = {"value": c.hallucination_budget, "from": "hallucination_budget (config)"}
+        else:
+            outcome = self.answer(self.base, "plain", self.calibration)
+            closed_book = summarise(outcome["predictions"], ci=False)["hallucination_rate_all"]
+            budget = {"value": closed_book / 3, "closed_book_hallucinated": closed_book,
+                      "from": f"a third of closed-book's (plain prompt) hallucination rate on the {len(self.calibration)} calibration train questions"}
+        self.results["hallucination_budget"] = {**budget, "applies_to": "rag"}
+        self.log(f"rag: hallucination budget {budget['value']:.3f} ({budget['from']})")
+        return budget["value"]
 
     def stage_extractive_rag(self) -> None:
         from tunelab.rag.readers import SpanReader

@@ -12,6 +12,9 @@ embeddings baseline, the frozen encoder as encoder/ so the run needs nothing out
 The recipe, top to bottom: load data -> split (the same function and seed as `tunelab train`,
 so the test split is identical) -> features -> logistic regression with C chosen on the eval
 split -> save -> evaluate on the test split -> publish.
+
+The fit itself (features, C chosen on the eval split, the scorer) is tunelab.models.linear's, shared
+with the baseline that every evaluation report shows next to the fine-tuned model.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,10 +33,20 @@ from pydantic import Field  # noqa: E402
 from tunelab import atomic  # noqa: E402
 from tunelab.config import DataSettings, to_yaml  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
+# The fit and the scorer live in models/linear.py: the evaluation report's baseline fits through them too.
+from tunelab.models.linear import (  # noqa: E402
+    C_GRID,
+    MAX_FEATURES,
+    MAX_ITER,
+    NGRAM_MAX,
+    BaselineClassifier,
+    embed,
+    fit_logreg,
+    load_encoder,
+)
 from tunelab.run import Run  # noqa: E402
 
 METHODS = ("tfidf-logreg", "embeddings-logreg")
-C_GRID = (0.1, 1.0, 10.0, 100.0)  # regularisation strengths tried on the eval split when C is not given
 
 
 class BaselineConfig(DataSettings):
@@ -45,74 +57,15 @@ class BaselineConfig(DataSettings):
     model: str = Field("minilm", description="sentence-transformers encoder for embeddings-logreg (catalogue name or folder)")
 
     C: float | None = Field(None, gt=0, description=f"inverse regularisation strength; default: the best of {C_GRID} on the eval split")
-    max_iter: int = Field(2000, gt=0)
-    max_features: int = Field(100_000, gt=0, description="tfidf-logreg: vocabulary size")
-    ngram_max: int = Field(2, ge=1, le=3, description="tfidf-logreg: longest word n-gram")
+    max_iter: int = Field(MAX_ITER, gt=0)
+    max_features: int = Field(MAX_FEATURES, gt=0, description="tfidf-logreg: vocabulary size")
+    ngram_max: int = Field(NGRAM_MAX, ge=1, le=3, description="tfidf-logreg: longest word n-gram")
     max_length: int | None = Field(None, gt=0, description="embeddings-logreg: token limit (default: the encoder's)")
     embed_batch_size: int = Field(64, gt=0)
     threads: int | None = Field(None, gt=0)
 
     out: str | None = None
     overwrite: bool = False
-
-
-# -- the scorer: what evaluate, compare and predict-like code call ---------------------------------
-
-
-class BaselineClassifier:
-    """A loaded baseline with the Classifier interface: `.labels`, `.logits()`, `.predict_proba()`."""
-
-    def __init__(self, pipeline, labels: list[str], encoder=None, embed_batch_size: int = 64):
-        self.pipeline = pipeline  # TF-IDF + LR, or LR alone on embeddings
-        self.labels = labels
-        self.encoder = encoder
-        self.embed_batch_size = embed_batch_size
-
-    @classmethod
-    def load(cls, run: Run | str | os.PathLike) -> BaselineClassifier:
-        import joblib
-
-        run = run if isinstance(run, Run) else Run.open(run)
-        if run.kind != "sklearn":
-            raise TunelabError(f"run '{run.path}' is not a scikit-learn baseline", "load it with tunelab.predict")
-        encoder = None
-        if run.config.get("method") == "embeddings-logreg":
-            encoder = load_encoder(run.path / "encoder", run.config.get("max_length"))
-        return cls(joblib.load(run.path / "model.joblib"), run.labels, encoder, run.config.get("embed_batch_size", 64))
-
-    def features(self, texts: Sequence[str]):
-        if self.encoder is None:
-            return list(texts)
-        return embed(self.encoder, texts, self.embed_batch_size)
-
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        texts = list(texts)
-        out = np.zeros((len(texts), len(self.labels)))
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            out[start : start + len(chunk)] = self.pipeline.predict_proba(self.features(chunk))
-            if progress:
-                progress(len(chunk))
-        return out
-
-    def logits(self, texts: Sequence[str], batch_size: int = 64, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        # log-probabilities: their softmax gives the probabilities back, as a model's logits would.
-        return np.log(np.clip(self.predict_proba(texts, batch_size, progress), 1e-12, None)).astype(np.float32)
-
-
-def load_encoder(folder: str | os.PathLike, max_length: int | None = None):
-    from sentence_transformers import SentenceTransformer
-
-    encoder = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
-    encoder.eval()
-    if max_length:
-        encoder.max_seq_length = max_length
-    return encoder
-
-
-def embed(encoder, texts: Sequence[str], batch_size: int) -> np.ndarray:
-    # Unit vectors: logistic regression's regularisation then treats every text alike.
-    return encoder.encode(list(texts), batch_size=batch_size, show_progress_bar=False, normalize_embeddings=True, convert_to_numpy=True)
 
 
 # -- training ----------------------------------------------------------------------------------------
@@ -153,13 +106,7 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
         features = {name: embed(encoder, texts[name], config.embed_batch_size) for name in ("train", "eval")}
     else:
         features = {name: texts[name] for name in ("train", "eval")}
-    candidates = [config.C] if config.C else list(C_GRID)
-    searched = []
-    for c in candidates:
-        pipeline = build_pipeline(config, c)
-        pipeline.fit(features["train"], y["train"])
-        searched.append((pipeline, c, eval_scores(pipeline, features, y, len(labels))))
-    pipeline, chosen_c, scores = max(searched, key=lambda item: (item[2]["eval_accuracy"], -item[2]["eval_loss"]))
+    pipeline, chosen_c, scores, searched = fit_logreg(config, features, y, len(labels))
     train_seconds = time.perf_counter() - started
 
     # 3. Stage the run directory: everything a fine-tuned run has, model.joblib instead of model/.
@@ -190,30 +137,6 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
     evaluate_run(run, classifier=classifier, progress=progress)
     atomic.publish_dir(staging, out, overwrite=config.overwrite)
     return Run.open(out)
-
-
-def build_pipeline(config: BaselineConfig, c: float):
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
-    logreg = LogisticRegression(C=c, max_iter=config.max_iter, random_state=config.seed)
-    if config.method == "embeddings-logreg":
-        return make_pipeline(logreg)
-    tfidf = TfidfVectorizer(ngram_range=(1, config.ngram_max), max_features=config.max_features, sublinear_tf=True, min_df=1)
-    return make_pipeline(tfidf, logreg)
-
-
-def eval_scores(pipeline, features: dict[str, Any], y: dict[str, np.ndarray], classes: int) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, log_loss
-
-    scores = {}
-    for name in ("train", "eval"):
-        proba = pipeline.predict_proba(features[name])
-        prefix = "" if name == "train" else "eval_"
-        scores[f"{prefix}loss"] = float(log_loss(y[name], proba, labels=list(range(classes))))
-        scores[f"{'train' if name == 'train' else 'eval'}_accuracy"] = float(accuracy_score(y[name], proba.argmax(axis=1)))
-    return scores
 
 
 def write_history(path: Path, best: dict[str, float], searched: list[tuple[float, dict[str, float]]]) -> None:

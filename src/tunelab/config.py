@@ -96,6 +96,8 @@ class TrainConfig(DataSettings):
     report_to: list[str] = Field(default_factory=list, description="Trainer integrations, e.g. tensorboard, mlflow")
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config, passed to the Trainer")
     fsdp: str | None = Field(None, description="FSDP options, e.g. 'full_shard auto_wrap', passed to the Trainer")
+    baseline: bool = Field(
+        True, description="the evaluation also fits TF-IDF + logistic regression on the train split and reports whether the model beats it")
 
     out: str | None = Field(None, description="run directory; default runs/<model>-<data>-<time>")
     overwrite: bool = False

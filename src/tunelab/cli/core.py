@@ -109,6 +109,12 @@ def train(
     delimiter: Annotated[Optional[str], typer.Option(help="csv field delimiter: , ; | or tab (default: detected)")] = None,
     deepspeed: Annotated[Optional[str], typer.Option(help="DeepSpeed JSON config (passed to the Trainer)")] = None,
     fsdp: Annotated[Optional[str], typer.Option(help="FSDP options, e.g. 'full_shard auto_wrap'")] = None,
+    baseline: Annotated[
+        Optional[bool],
+        typer.Option("--baseline/--no-baseline", help="the evaluation also fits a TF-IDF + logistic-regression baseline "
+                                                      "on the train split and says whether the model beats it (default: on)",
+                     show_default=False),
+    ] = None,
     out: Annotated[Optional[str], typer.Option(help="run directory")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="replace an existing run")] = None,
     strict: Annotated[Optional[bool], typer.Option("--strict", help="refuse empty texts instead of dropping them")] = None,
@@ -139,7 +145,8 @@ def train(
 TASKS = ("classification", "extractive-qa")
 _QA_ONLY = ("question_col", "context_col", "answer_col", "doc_stride")
 # Classification settings with no meaning for a span reader: refused rather than silently ignored.
-_NOT_QA = ("text_col", "label_col", "method", "grad_accum", "max_train_samples", "keep_checkpoints", "report_to", "deepspeed", "fsdp", "strict")
+_NOT_QA = ("text_col", "label_col", "method", "grad_accum", "max_train_samples", "keep_checkpoints", "report_to", "deepspeed", "fsdp",
+           "strict", "baseline")
 
 
 def _flag(setting: str) -> str:
@@ -281,6 +288,9 @@ def print_run_summary(run, next_steps: bool = False) -> None:
         f"\n[bold green]done[/] in {train_metrics.get('train_runtime_s', 0):.0f} s — "
         f"test accuracy {accuracy:.4f}, macro-F1 {f1:.4f}" if accuracy is not None else "\n[bold green]done[/]"
     )
+    from tunelab.cli.evaluate import print_baseline
+
+    print_baseline(metrics)
     console.print(f"run directory: {run.path}")
     if (run.path / "report.html").is_file():
         console.print(f"report:        {run.path / 'report.html'}")

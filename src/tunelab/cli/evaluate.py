@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -35,6 +35,12 @@ def eval_command(
         bool, typer.Option("--bias", help="Probe for bias: swap he/she, male/female names, ... and count flipped predictions.")
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts per inference batch.")] = 64,
+    baseline: Annotated[
+        Optional[bool],
+        typer.Option("--baseline/--no-baseline", help="Fit TF-IDF + logistic regression on the run's train split and say whether the "
+                                                      "model beats it on the same rows (default: the run's `baseline` setting, on).",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """Evaluate a run: metrics.json, predictions.parquet, plots/ and a self-contained report.html."""
     from tunelab.evaluate import evaluate_run
@@ -54,6 +60,7 @@ def eval_command(
         data_name=data,
         batch_size=batch_size,
         progress=not json_output,
+        baseline=baseline,
     )
     if json_output:
         # Plain print: rich would wrap long lines and colour the JSON.
@@ -96,7 +103,25 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
                                         f"mean probability shift {entry['mean_abs_shift']:.3f}" if rate is not None else entry.get("reason", "")),
             highlight=False,
         )
+    print_baseline(metrics)
     console.print(f"report: {out / 'report.html'}", highlight=False)
+
+
+def print_baseline(metrics: dict[str, Any]) -> None:
+    """The baseline headline of metrics.json (the report's own sentence) and what to try."""
+    baseline = metrics.get("baseline")
+    if not baseline:
+        return
+    if "comparison" not in baseline:
+        console.print(f"[dim]no baseline comparison: {baseline.get('missing', 'not run')}[/]", highlight=False, soft_wrap=True)
+        return
+    from rich.markup import escape
+
+    comparison = baseline["comparison"]
+    colour = "green" if comparison["beats_baseline"] else "yellow"
+    console.print(f"[{colour}]{escape(comparison['headline'])}[/]", highlight=False, soft_wrap=True)
+    for tip in comparison["advice"]:
+        console.print(f"  try: {escape(tip)}", highlight=False, soft_wrap=True)
 
 
 def _jsonable(value: Any) -> Any:

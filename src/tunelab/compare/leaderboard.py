@@ -75,7 +75,7 @@ def measurement_texts(run: Run, count: int, seed: int = 0) -> list[str]:
 
 def load_scorer(run: Run):
     if run.kind == "sklearn":
-        from tunelab.baselines import BaselineClassifier
+        from tunelab.models.linear import BaselineClassifier
 
         return BaselineClassifier.load(run)
     from tunelab.models.classifier import Classifier

@@ -27,6 +27,8 @@ from tunelab.run import Run
 
 # Settings whose stored value is resolved at run time (None/'auto' -> a number): not compared on resume.
 RESOLVED_AT_RUN_TIME = ("out", "overwrite", "threads", "max_length", "batch_size", "precision", "C")
+# Settings of what the evaluation adds, not of the model: a finished run (even one from before the setting) stays valid.
+EVALUATION_ONLY = ("baseline",)
 
 
 def train_candidates(config: CompareConfig, progress: bool = True, isolate: bool = True) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -62,6 +64,8 @@ def check_same_settings(settings: TrainConfig | BaselineConfig, final: Path, lab
         raise TunelabError(f"{label}: '{final}' holds a run without test metrics", f"run `tunelab eval {final}`, or delete that folder")
     stored = run.config
     for key, wanted in settings.model_dump().items():
+        if key in EVALUATION_ONLY:
+            continue
         if key in RESOLVED_AT_RUN_TIME and (wanted is None or wanted == "auto" or key in ("out", "overwrite")):
             continue
         if stored.get(key) != wanted:

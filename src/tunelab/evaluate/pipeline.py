@@ -1,7 +1,8 @@
 """evaluate_run: score a run's model on its test split (or other labelled data) and write the artefacts.
 
 Reads top to bottom like the steps: check the data, load the model, predict (timed), compute the
-metrics, look for over-fitting, probe for bias, plot, then write predictions, report and metrics.
+metrics, look for over-fitting, fit and score the TF-IDF baseline on the same rows, probe for bias,
+plot, then write predictions, report and metrics.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def evaluate_run(
     batch_size: int = 64,
     progress: bool = True,
     classifier: Any = None,
+    baseline: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate `run`'s model and write metrics.json, predictions.parquet, plots/ and report.html.
 
@@ -46,6 +48,8 @@ def evaluate_run(
     bias: True for the built-in pair lists, a path to add the user's lists from a file, or a mapping.
     classifier: an already loaded scorer (`.labels`, `.logits(texts, batch_size, progress)`,
     `.predict_proba`) instead of the run's model/ folder, e.g. a scikit-learn baseline's.
+    baseline: fit TF-IDF + logistic regression on the run's train split and score it on the same rows
+    (metrics.json["baseline"], the report's headline); default: the run's `baseline` setting, else True.
     Returns the merged content of metrics.json.
     """
     run = run if isinstance(run, Run) else Run.open(run)
@@ -78,6 +82,17 @@ def evaluate_run(
     test["timing"] = timing
     history = run.history()
     generalisation = generalisation_check(history)
+    baseline_figures = None
+    if baseline is None:
+        baseline = bool(run.config.get("baseline", True))  # the run's setting (TrainConfig.baseline)
+    if baseline:
+        from tunelab.evaluate.baseline import comparison, fit_and_score
+
+        baseline_figures, baseline_correct = fit_and_score(run, texts, y_true, labels)
+        if baseline_correct is not None:
+            model_correct = proba.argmax(axis=1) == y_true
+            baseline_figures["comparison"] = comparison(
+                baseline_figures, test, model_correct, baseline_correct, run.config, generalisation)
     probe = None
     if pair_lists:
         from tunelab.evaluate.bias import bias_probe
@@ -93,7 +108,7 @@ def evaluate_run(
     from tunelab.evaluate.report import write_report
 
     plots = make_plots(out / "plots", history, y_true, proba, labels, test)
-    metrics = merged_metrics(out, run, test, source, generalisation, probe)
+    metrics = merged_metrics(out, run, test, source, generalisation, probe, baseline_figures)
     write_report(
         out / "report.html",
         run_name=run_name(run),
@@ -107,6 +122,7 @@ def evaluate_run(
         train_info=metrics.get("train"),
         environment=metrics.get("environment"),
         bias=probe,
+        baseline=baseline_figures,
     )
     # metrics.json last: its test key appearing means every other artefact is already written.
     write_json(out / "metrics.json", metrics)
@@ -196,7 +212,7 @@ def confident_mistakes(predictions: pd.DataFrame, limit: int = MAX_MISTAKES) -> 
 
 
 def merged_metrics(
-    out: Path, run: Run, test: dict, source: str, generalisation: dict, probe: dict | None
+    out: Path, run: Run, test: dict, source: str, generalisation: dict, probe: dict | None, baseline: dict | None = None
 ) -> dict[str, Any]:
     """metrics.json's content: what is already there (training's keys), with this evaluation merged in."""
     path = out / "metrics.json"
@@ -214,6 +230,10 @@ def merged_metrics(
         metrics["bias"] = probe
     else:
         metrics.pop("bias", None)  # a probe from an earlier evaluation no longer describes these numbers
+    if baseline is not None:
+        metrics["baseline"] = baseline
+    else:
+        metrics.pop("baseline", None)  # turned off: an earlier comparison would describe other rows
     return metrics
 
 

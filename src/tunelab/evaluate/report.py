@@ -43,6 +43,7 @@ def render_report(
     train_info: Mapping[str, Any] | None = None,
     environment: Mapping[str, Any] | None = None,
     bias: Mapping[str, Any] | None = None,
+    baseline: Mapping[str, Any] | None = None,
 ) -> str:
     """The report as an HTML string. Every argument is plain data, so it renders without a model."""
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True), trim_blocks=True, lstrip_blocks=True)
@@ -62,6 +63,7 @@ def render_report(
         train_info={k: v for k, v in (train_info or {}).items() if isinstance(v, (int, float, str))},
         environment=dict(environment or {}),
         bias=bias,
+        baseline=baseline,
     )
 
 

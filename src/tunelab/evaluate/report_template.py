@@ -24,6 +24,7 @@ TEMPLATE = r"""<!DOCTYPE html>
   .flag { border-left: 5px solid; padding: .5rem 1rem; margin: .8rem 0; border-radius: 4px; }
   .flag.ok { border-color: #2e9e5b; background: #eef8f2; } .flag.overfitting { border-color: #d2691e; background: #fdf3ea; }
   .flag.unknown { border-color: #98a2b3; background: #f5f6f8; }
+  .flag.behind { border-color: #c0392b; background: #fdeeee; }
   ul.warnings li { color: #9a4a00; }
   td.text { max-width: 560px; white-space: pre-wrap; word-break: break-word; }
   .columns { display: flex; flex-wrap: wrap; gap: 2rem; align-items: flex-start; }
@@ -32,6 +33,22 @@ TEMPLATE = r"""<!DOCTYPE html>
 <body>
 <h1>{{ run_name }}</h1>
 <div class="muted">tunelab evaluation report · generated {{ generated }} · evaluated on {{ evaluated_on.source }} ({{ evaluated_on.rows }} examples)</div>
+
+{% if baseline and baseline.comparison %}{% set c = baseline.comparison %}
+<div class="flag {{ 'ok' if c.beats_baseline else 'behind' }}" id="baseline-headline">
+  <strong>{{ c.headline }}</strong>
+  {% if c.advice %}<div>What to try:</div><ul>{% for tip in c.advice %}<li>{{ tip }}</li>{% endfor %}</ul>{% endif %}
+  <table>
+    <tr><th></th><th>accuracy</th><th>macro-F1</th></tr>
+    <tr><td>this model</td><td class="num">{{ test.accuracy | pct }}</td><td class="num">{{ test.f1_macro | num }}</td></tr>
+    <tr><td>baseline: {{ baseline.name }}</td><td class="num">{{ baseline.accuracy | pct }}</td><td class="num">{{ baseline.f1_macro | num }}</td></tr>
+    <tr><td>difference</td><td class="num">{{ "%+.1f" | format(c.accuracy_points) }} points</td><td class="num">{{ "%+.1f" | format(c.f1_macro_points) }} points</td></tr>
+  </table>
+  <div class="small muted">The baseline, {{ baseline.name }} ({{ baseline.description }}), was fitted on the run's train split ({{ baseline.train_rows }} rows) in {{ baseline.fit_seconds | num(2) }} s, with its regularisation C = {{ baseline.C }} chosen on {{ baseline.C_chosen_on }}, and scored on the same {{ baseline.test_rows }} rows as the model.</div>
+</div>
+{% elif baseline %}
+<div class="flag unknown" id="baseline-headline">No baseline comparison: {{ baseline.missing }}.</div>
+{% endif %}
 
 <div class="cards">
   <div class="card"><div class="name">accuracy</div><div class="value">{{ test.accuracy | pct }}</div></div>

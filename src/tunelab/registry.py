@@ -30,9 +30,11 @@ from typing import Any
 
 from tunelab.errors import TunelabError, did_you_mean
 
-STAGES = ("candidate", "production", "archived")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another's transaction before giving up
+# _set_production's default `replaced`: the new production period follows whichever version is
+# production now. Versions are numbered from 1, so -1 never names one (None means "no earlier period").
+REPLACES_CURRENT = -1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -337,14 +339,9 @@ class Registry:
             self._set_production(db, name, previous, "rollback", reason, replaced=self._replaced_by(db, name, previous))
             return self._get(db, name, previous)
 
-    def set_note(self, name: str, version: int, note: str) -> Version:
-        with self._transaction() as db:
-            self._get(db, name, version)
-            db.execute("UPDATE versions SET note = ?, updated_at = ? WHERE name = ? AND version = ?", (note, _now(), name, version))
-            return self._get(db, name, version)
-
     # inside a transaction -------------------------------------------------------------------
-    def _set_production(self, db: sqlite3.Connection, name: str, version: int, action: str, reason: str | None, replaced: int | None = -1) -> None:
+    def _set_production(self, db: sqlite3.Connection, name: str, version: int, action: str, reason: str | None,
+                        replaced: int | None = REPLACES_CURRENT) -> None:
         current = self._production_version(db, name)
         now = _now()
         # Demote first: the partial unique index refuses two production rows even for an instant.
@@ -352,7 +349,7 @@ class Registry:
         db.execute("UPDATE versions SET stage = 'production', updated_at = ? WHERE name = ? AND version = ?", (_now(), name, version))
         db.execute("UPDATE models SET generation = generation + 1, updated_at = ? WHERE name = ?", (now, name))
         # `replaced` links each production period to the one before it, so repeated rollbacks walk back in order.
-        link = current if replaced == -1 else replaced
+        link = current if replaced == REPLACES_CURRENT else replaced
         db.execute(
             "INSERT INTO events (name, version, action, replaced, at, reason) VALUES (?, ?, ?, ?, ?, ?)",
             (name, version, action, link, now, reason),

@@ -168,7 +168,7 @@ def serve(
 ) -> None:
     """Serve a causal LM with an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models).
 
-    Set TUNELAB_API_KEY to require 'Authorization: Bearer KEY'.
+    Set TUNELAB_API_KEY to require 'Authorization: Bearer KEY' (or 'X-API-Key: KEY').
     """
     from tunelab.serve.openai import Limits, serve_lm
 
@@ -185,7 +185,7 @@ def import_gguf(
     """Convert a GGUF file once into a Hugging Face folder in tunelab's cache (checked: same greedy output)."""
     import json
 
-    from tunelab.models.gguf import RECORD
+    from tunelab.models.cache import RECORD
     from tunelab.models.gguf import import_gguf as run_import
 
     folder = run_import(file, name, overwrite=overwrite)

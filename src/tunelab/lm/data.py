@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,6 @@ from typing import Any
 
 from tunelab.errors import TunelabError, did_you_mean
 
-FORMATS = ("prompt-response", "messages", "text")
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 ROLES = ("system", "user", "assistant")
 
@@ -133,7 +133,7 @@ def _field(record: dict[str, Any], key: str, where: str) -> str:
         hint = did_you_mean(key, record)
         raise TunelabError(f"{where} has no '{key}'; its keys are: {', '.join(map(str, record))}", hint or "every row needs the same format as the first row")
     value = record[key]
-    if value is None or (isinstance(value, float) and value != value):  # missing / NaN
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # a missing cell (pandas reads it as NaN)
         return ""
     return str(value)
 

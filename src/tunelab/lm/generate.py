@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Union
 
 from tunelab.errors import TunelabError
@@ -271,17 +270,3 @@ def generate_samples(model, tokenizer, prompts: list, max_new_tokens: int, preci
     finally:
         model.train(was_training)
 
-
-def is_causal_lm_folder(path: str | os.PathLike) -> bool:
-    """True for a folder (or run) holding a causal LM or a LoRA adapter — for `tunelab serve` to dispatch."""
-    import json
-
-    path = Path(path)
-    if (path / "model").is_dir() and not (path / "config.json").is_file():
-        path = path / "model"
-    if (path / "adapter_config.json").is_file():
-        return json.loads((path / "adapter_config.json").read_text()).get("task_type") == "CAUSAL_LM"
-    if (path / "config.json").is_file():
-        archs = json.loads((path / "config.json").read_text()).get("architectures") or []
-        return any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs)
-    return False

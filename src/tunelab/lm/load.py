@@ -10,8 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError, did_you_mean
+from tunelab.models.cache import converted_models
 from tunelab.models.catalogue import CATALOGUE, resolve_model
-from tunelab.models.gguf import imported_models
+
+# context_limit's answer for a config that states no context length (neither max_position_embeddings
+# nor n_positions): a prompt plus its new tokens may take up to this many tokens.
+FALLBACK_CONTEXT = 2048
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ def resolve_lm(name_or_path: str | os.PathLike) -> LMSource:
         if CATALOGUE[text].kind != "causal-lm":
             raise TunelabError(f"'{text}' is an encoder, not a causal language model", f"use one of: {', '.join(causal_lm_names())}")
         return LMSource(resolve_model(text))
-    imported = imported_models()
+    imported = converted_models()
     if text in imported:
         return LMSource(imported[text])
     path = Path(text).expanduser()
@@ -108,4 +112,4 @@ def load_lm(source: LMSource | str | os.PathLike, merge_adapter: bool = False):
 
 def context_limit(model_or_config) -> int:
     config = getattr(model_or_config, "config", model_or_config)
-    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048)
+    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or FALLBACK_CONTEXT)

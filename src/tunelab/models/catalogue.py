@@ -13,11 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError, did_you_mean
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $TUNELAB_CACHE or ~/.cache/tunelab."""
-    return Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))
+from tunelab.models.cache import converted_models
 
 
 @dataclass(frozen=True)
@@ -66,9 +62,7 @@ CATALOGUE: dict[str, CatalogueEntry] = {
 
 def imported_models() -> dict[str, Path]:
     """GGUF models converted into the cache with `tunelab models import-gguf`, by name."""
-    from tunelab.models.gguf import imported_models as scan_cache
-
-    return {name: path for name, path in scan_cache().items() if name not in CATALOGUE}
+    return {name: path for name, path in converted_models().items() if name not in CATALOGUE}
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> Path:

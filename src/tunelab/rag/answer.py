@@ -10,6 +10,7 @@ thresholds are chosen on train questions (rag/train_reader.py), never on the tes
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from tunelab.rag.focus import Passage
@@ -55,7 +56,7 @@ class Answer:
             "answer": self.text,
             "abstained": self.abstained,
             "best_similarity": round(self.best_similarity, 4),
-            "confidence": None if self.confidence is None or self.confidence != self.confidence else round(float(self.confidence), 4),
+            "confidence": None if self.confidence is None or math.isnan(self.confidence) else round(float(self.confidence), 4),
             "reason": self.reason,
             "quote": self.passage.text if self.passage is not None else None,
             "sources": [h.to_dict() for h in self.sources],

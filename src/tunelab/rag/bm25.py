@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import bm25s
-import numpy as np
 from bm25s.stopwords import STOPWORDS_EN_PLUS
 
 K1 = 1.5
@@ -92,7 +91,3 @@ def sparse_vector(
         indices.append(vocab.setdefault(term, len(vocab)))
         values.append(float(tf / (tf + norm)))
     return indices, values
-
-
-def average_length(token_lists: Sequence[Sequence[str]]) -> float:
-    return float(np.mean([len(t) for t in token_lists])) if token_lists else 1.0

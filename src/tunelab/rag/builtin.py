@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tunelab import atomic
 from tunelab.data.factbook_qa import build_factbook_qa, split_qa
-from tunelab.models.catalogue import cache_dir
+from tunelab.models.cache import cache_dir
 from tunelab.rag import index as index_module
 from tunelab.rag.index import MANIFEST, build_index, open_index
 from tunelab.rag.reader_data import ContextSettings

@@ -5,25 +5,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from tunelab.models.catalogue import resolve_model
 from tunelab.progress import progress_bar
-
-
-class Embedder(Protocol):
-    """What the index needs from an embedding model (the fake one in tests has the same shape)."""
-
-    name: str  # recorded in the index; a different model means a full re-index
-    dim: int
-    tokenizer: object  # a Hugging Face fast tokenizer: chunk sizes are counted in its tokens
-    max_tokens: int
-
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        """float32 array (len(texts), dim), each row of unit length."""
-        ...
 
 
 def _bf16_is_fast() -> bool:
@@ -99,7 +85,3 @@ class SentenceEmbedder:
         finally:
             self._torch.set_num_threads(threads)
         return vector[0].astype(np.float32)
-
-
-def load_embedder(model: str | Path = "minilm") -> SentenceEmbedder:
-    return SentenceEmbedder(model)

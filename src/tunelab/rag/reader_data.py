@@ -10,6 +10,7 @@ passages it will be shown, misses included:
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Sequence
@@ -50,7 +51,7 @@ def retrieve_context(index, question: str, settings: ContextSettings) -> Retriev
 
     started = time.perf_counter()
     retrieval = index.retrieve(question, settings.mode, settings.k, need_similarity=True)
-    best = retrieval.best_similarity if retrieval.best_similarity == retrieval.best_similarity else 0.0  # NaN: empty index
+    best = 0.0 if math.isnan(retrieval.best_similarity) else retrieval.best_similarity  # NaN: the index is empty
     if settings.context == "focused":
         passages = focus(question, retrieval.hits, index.embedder, settings.lines, cache=line_cache(index))
     else:

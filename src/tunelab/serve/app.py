@@ -9,29 +9,29 @@
 # No `from __future__ import annotations` here: FastAPI must see PredictRequest, a class built per
 # app (its limit is a setting), as a real annotation, not as a string it cannot resolve.
 import asyncio
-import hmac
 import importlib.resources
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.serve.backends import load_scorer, model_version, onnx_path
 from tunelab.serve.batching import MicroBatcher, NotRunning, QueueFull
+from tunelab.serve.common import (WRONG_KEY, ApiKey, BodyLimit, ErrorBody, configured_key, install_error_handlers, key_schemes,
+                                  plain_error)
 from tunelab.serve.docs import offline_fastapi
 from tunelab.serve.holder import LoadedModel, ModelHolder, NotReady, finite
 from tunelab.serve.metrics import ServiceMetrics
@@ -39,8 +39,8 @@ from tunelab.serve.settings import ServeSettings
 
 log = logging.getLogger("tunelab.serve")
 
-API_KEY_ENV = "TUNELAB_API_KEY"
 SPEC_ENV = "TUNELAB_SERVE_SPEC"  # how `--workers N` hands the run and settings to each worker process
+MAX_PROBLEMS = 5  # validation problems named in one 422 line; the rest are counted
 ROUTES = {"/", "/health", "/ready", "/metrics", "/v1/model", "/v1/predict", "/openapi.json", "/docs"}
 
 
@@ -70,10 +70,6 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
 
 
-class ErrorBody(BaseModel):
-    error: str = Field(description="what went wrong and how to fix it, in one line")
-
-
 def run_loader(run: Run | str | os.PathLike, backend: str = "torch", threads: int | None = None) -> Callable[[], LoadedModel]:
     """A function that loads a classifier run into a LoadedModel (called off the event loop)."""
     run = run if isinstance(run, Run) else Run.open(run)
@@ -85,64 +81,58 @@ def run_loader(run: Run | str | os.PathLike, backend: str = "torch", threads: in
     return load
 
 
-# --- the app -----------------------------------------------------------------------------
-def create_app(
-    loader: Callable[[], LoadedModel] | Run | str | os.PathLike,
-    settings: ServeSettings | None = None,
-    api_key: str | None = None,
-) -> FastAPI:
-    """The service for one model. `loader` is a run directory or a function returning a LoadedModel.
+# --- the routers -------------------------------------------------------------------------
+@dataclass
+class Service:
+    """What the routers of one app share: the model, the batcher in front of it, the metrics, the settings."""
 
-    The model loads in the background once the app starts: /health answers at once, /ready and the
-    prediction routes answer 503 until it is in. `app.state.holder.swap(...)` replaces it live.
-    `api_key` defaults to $TUNELAB_API_KEY; empty means no key is needed.
-    """
-    settings = settings or ServeSettings()
-    if not callable(loader):
-        loader = run_loader(loader, settings.backend, settings.threads)
-    api_key = os.environ.get(API_KEY_ENV, "") if api_key is None else api_key
-    holder = ModelHolder()
-    batcher = MicroBatcher(holder.score, settings.max_batch, settings.max_wait_ms, settings.max_queue)
-    metrics = ServiceMetrics(lambda: batcher.depth)
-    batcher.on_batch = metrics.observe_batch
+    holder: ModelHolder
+    batcher: MicroBatcher
+    metrics: ServiceMetrics
+    settings: ServeSettings
 
-    async def load_model() -> None:
-        try:
-            holder.swap(await asyncio.to_thread(loader))
-            metrics.ready.set(1)
-            log.info("model loaded: %s", holder.current.name if holder.current else "?")
-        except Exception as error:  # reported by /ready; the process stays up for inspection
-            holder.error = str(error) or type(error).__name__
-            log.exception("loading the model failed")
+    @classmethod
+    def build(cls, settings: ServeSettings) -> "Service":
+        holder = ModelHolder()
+        batcher = MicroBatcher(holder.score, settings.max_batch, settings.max_wait_ms, settings.max_queue)
+        metrics = ServiceMetrics(lambda: batcher.depth)
+        batcher.on_batch = metrics.observe_batch
+        return cls(holder, batcher, metrics, settings)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await batcher.start()
-        loading = asyncio.create_task(load_model())
-        yield
-        loading.cancel()
-        await batcher.stop()  # every queued request is answered first
+    def ready_model(self) -> LoadedModel:
+        model = self.holder.current
+        if model is None:
+            error = self.holder.error
+            raise StarletteHTTPException(503, f"model failed to load: {error}" if error else "model is loading; retry shortly",
+                                         headers={"Retry-After": "1"})
+        return model
 
-    app = offline_fastapi(
-        title="tunelab prediction service",
-        version="1",
-        description="Text classification with a fine-tuned tunelab run. Concurrent requests are micro-batched.",
-        lifespan=lifespan,
-    )
-    app.state.holder = holder
-    app.state.batcher = batcher
-    app.state.metrics = metrics
-    app.state.settings = settings
+    def lifespan(self, loader: Callable[[], LoadedModel]):
+        """The app's lifespan: the batcher runs and the model loads in the background; on exit every queued request is answered."""
 
-    # --- authentication: X-API-Key or Authorization: Bearer (either works) ---
-    # The ApiKey middleware enforces it before the body is read (so a stranger learns nothing from
-    # validation messages); these dependencies only declare the schemes in the OpenAPI schema.
-    key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description=f"the key in ${API_KEY_ENV}, if set")
-    bearer = HTTPBearer(auto_error=False, description=f"the key in ${API_KEY_ENV}, if set")
+        async def load_model() -> None:
+            try:
+                self.holder.swap(await asyncio.to_thread(loader))
+                self.metrics.ready.set(1)
+                log.info("model loaded: %s", self.holder.current.name if self.holder.current else "?")
+            except Exception as error:  # reported by /ready; the process stays up for inspection
+                self.holder.error = str(error) or type(error).__name__
+                log.exception("loading the model failed")
 
-    def authorize(key: str | None = Depends(key_header), token: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        return None
+        @asynccontextmanager
+        async def lifespan(app: FastAPI):
+            await self.batcher.start()
+            loading = asyncio.create_task(load_model())
+            yield
+            loading.cancel()
+            await self.batcher.stop()  # every queued request is answered first
 
+        return lifespan
+
+
+def predict_router(service: Service) -> APIRouter:
+    """POST /v1/predict; its request's size limit is a setting, so the request model is built here."""
+    settings = service.settings
     max_texts = settings.max_texts
 
     class PredictRequest(BaseModel):
@@ -155,28 +145,17 @@ def create_app(
             # JSON may carry lone surrogates (\ud800) that no tokenizer accepts; they become U+FFFD.
             return [t.encode("utf-8", "replace").decode("utf-8") if not t.isascii() else t for t in texts]
 
-    def ready_model() -> LoadedModel:
-        model = holder.current
-        if model is None:
-            raise StarletteHTTPException(503, holder.error and f"model failed to load: {holder.error}" or "model is loading; retry shortly",
-                                         headers={"Retry-After": "1"})
-        return model
+    router = APIRouter()
 
-    errors = {413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
-    guarded: list = []
-    if api_key:  # the schema claims a key only when one is needed
-        errors[401] = {"model": ErrorBody}
-        guarded = [Depends(authorize)]
-
-    @app.post("/v1/predict", response_model=PredictResponse, responses=errors, dependencies=guarded)
+    @router.post("/v1/predict", response_model=PredictResponse)
     async def predict(body: PredictRequest) -> PredictResponse:
         """Label, score and every class's probability for each text, in the order given."""
         from tunelab.models.classifier import softmax
         from tunelab.predict import describe
 
-        ready_model()
+        service.ready_model()
         try:
-            logits, model = await batcher.submit(body.texts)
+            logits, model = await service.batcher.submit(body.texts)
         except QueueFull:
             raise StarletteHTTPException(503, f"the queue is full ({settings.max_queue} texts waiting); retry shortly",
                                          headers={"Retry-After": "1"}) from None
@@ -187,61 +166,127 @@ def create_app(
             predictions=[Prediction(**p) for p in describe(model.labels, softmax(logits))],
         )
 
-    @app.get("/v1/model", response_model=ModelInfo, responses=errors, dependencies=guarded)
+    return router
+
+
+def model_router(service: Service) -> APIRouter:
+    """GET /v1/model: what is being served."""
+    router = APIRouter()
+
+    @router.get("/v1/model", response_model=ModelInfo)
     async def model_info() -> ModelInfo:
         """Name, version, backend, labels and the run's evaluation metrics."""
-        model = ready_model()
+        model = service.ready_model()
         return ModelInfo(name=model.name, version=model.version, backend=model.backend, source=model.source,
                          labels=model.labels, metrics=model.metrics)
 
-    @app.get("/health")
+    return router
+
+
+def health_router(service: Service) -> APIRouter:
+    """GET /health, /ready and /metrics: for probes and scrapers, which need no key."""
+    router = APIRouter()
+
+    @router.get("/health")
     async def health() -> dict[str, str]:
         """The process is up (it may still be loading the model)."""
         return {"status": "ok"}
 
-    @app.get("/ready", responses={503: {"model": ErrorBody}})
+    @router.get("/ready", responses={503: {"model": ErrorBody}})
     async def ready() -> dict[str, str]:
         """The model is loaded and predictions are served."""
-        model = ready_model()
+        model = service.ready_model()
         return {"status": "ready", "name": model.name, "version": model.version}
 
-    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus() -> Response:
         """Requests by route and status, latency and batch-size histograms, queue depth (Prometheus text format)."""
-        return Response(metrics.render(), media_type=metrics.content_type)
+        return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    return router
+
+
+def page_router() -> APIRouter:
+    """GET /: the web page (not in the schema)."""
+    router = APIRouter()
+
+    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE)
 
-    # --- every error is one JSON line: {"error": "..."}; no input can reach a 500 ---
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        if error.status_code == 400 and request.url.path == "/v1/predict":
-            # FastAPI's 400 for a body it cannot decode (e.g. not UTF-8): malformed input, like bad JSON.
-            return JSONResponse({"error": "the body is not valid UTF-8 JSON; send {\"texts\": [\"...\"]}"}, status_code=422)
-        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+    return router
+
+
+# --- the app -----------------------------------------------------------------------------
+def create_app(
+    loader: Callable[[], LoadedModel] | Run | str | os.PathLike,
+    settings: ServeSettings | None = None,
+    api_key: str | None = None,
+) -> FastAPI:
+    """The service for one model. `loader` is a run directory or a function returning a LoadedModel.
+
+    The model loads in the background once the app starts: /health answers at once, /ready and the
+    prediction routes answer 503 until it is in. `app.state.holder.swap(...)` replaces it live.
+    `api_key` defaults to $TUNELAB_API_KEY; empty means no key is needed (the rule: serve/common.py).
+    """
+    settings = settings or ServeSettings()
+    if not callable(loader):
+        loader = run_loader(loader, settings.backend, settings.threads)
+    api_key = configured_key(api_key)
+    service = Service.build(settings)
+    app = offline_fastapi(
+        title="tunelab prediction service",
+        version="1",
+        description="Text classification with a fine-tuned tunelab run. Concurrent requests are micro-batched.",
+        lifespan=service.lifespan(loader),
+    )
+    app.state.holder = service.holder
+    app.state.batcher = service.batcher
+    app.state.metrics = service.metrics
+    app.state.settings = settings
+
+    # The /v1/ routes: the ApiKey middleware enforces the key before the body is read (so a stranger
+    # learns nothing from validation messages); these dependencies only declare it in the schema,
+    # which claims a key only when one is needed.
+    errors: dict[int | str, dict[str, Any]] = {413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+    if api_key:
+        errors[401] = {"model": ErrorBody}
+    guarded = key_schemes(api_key)
+    app.include_router(predict_router(service), dependencies=guarded, responses=errors)
+    app.include_router(model_router(service), dependencies=guarded, responses=errors)
+    app.include_router(health_router(service))
+    app.include_router(page_router())
+
+    # Every error is one JSON line, {"error": "..."}; no input can reach a 500.
+    install_error_handlers(app, _error, log)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": readable(error.errors(), max_texts)}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "internal error while serving the request; see the server log"}, status_code=500)
+        return plain_error(422, readable(error.errors(), settings.max_texts))
 
     # Outermost last: metrics see every response, the key is checked before the body is read.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(ApiKey, key=api_key)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, error=_too_large)
+    app.add_middleware(ApiKey, key=api_key, error=ErrorBody(error=WRONG_KEY).model_dump())
+    app.add_middleware(RequestMetrics, metrics=service.metrics)
     return app
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    if status == 400:
+        # FastAPI's 400 is for a body it cannot decode (e.g. not UTF-8), and /v1/predict is the one
+        # route with a body: malformed input, a 422 like bad JSON.
+        return plain_error(422, "the body is not valid UTF-8 JSON; send {\"texts\": [\"...\"]}")
+    return plain_error(status, message, headers)
+
+
+def _too_large(max_bytes: int) -> dict[str, str]:
+    return ErrorBody(error=f"request body is larger than {max_bytes} bytes; send fewer or shorter texts").model_dump()
 
 
 def readable(errors: list[dict[str, Any]], max_texts: int) -> str:
     """pydantic's validation errors as one line a person can act on (the input itself is never echoed)."""
     parts = []
-    for error in errors[:5]:
+    for error in errors[:MAX_PROBLEMS]:
         loc = [str(p) for p in error.get("loc", ()) if p != "body"]
         where = ".".join(loc) or "body"
         kind = error.get("type", "")
@@ -259,117 +304,11 @@ def readable(errors: list[dict[str, Any]], max_texts: int) -> str:
             parts.append("the body is empty; send {\"texts\": [\"...\"]}")
         else:
             parts.append(f"{where}: {error.get('msg', 'invalid')}")
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    more = f" (and {len(errors) - MAX_PROBLEMS} more)" if len(errors) > MAX_PROBLEMS else ""
     return "; ".join(parts) + more
 
 
-# --- ASGI middleware (plain ASGI: they see every request, including ones that never reach a route) ---
-class BodyLimit:
-    """413 for a body over max_bytes, whether announced by Content-Length or streamed in chunks.
-
-    The 413 goes out before the body is read. Closing then would make the kernel reset a connection
-    that still has unread bytes, and a client that sends its whole body before reading (Python's
-    urllib) sees "connection reset" instead of the 413. So the rest of the body is read and thrown
-    away first ("lingering close"), up to DRAIN_BYTES or DRAIN_SECONDS; a client that stops sending
-    on seeing the 413 (curl, httpx) disconnects and ends the drain at once.
-    """
-
-    DRAIN_BYTES = 64 * 2**20
-    DRAIN_SECONDS = 10.0
-
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(send, receive, unread=int(declared))
-            return
-        # Read the body up to the limit before the app sees it; it is small by construction.
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(send, receive if message.get("more_body", False) else None)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    def error_body(self) -> bytes:
-        return json.dumps({"error": f"request body is larger than {self.max_bytes} bytes; send fewer or shorter texts"}).encode()
-
-    async def _too_large(self, send: Send, receive: Receive | None, unread: int = 0) -> None:
-        """Send the 413; then drain what is left of the body (`receive` is None when nothing is)."""
-        message = self.error_body()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(message)).encode()),
-                                (b"connection", b"close")]})
-        # The whole answer is on the wire, but the response stays open (more_body) while the body is
-        # drained: the server closes the connection as soon as the response is complete.
-        await send({"type": "http.response.body", "body": message, "more_body": True})
-        if receive is not None and unread <= self.DRAIN_BYTES:
-            try:
-                await asyncio.wait_for(self._drain(receive), self.DRAIN_SECONDS)
-            except asyncio.TimeoutError:
-                pass
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _drain(self, receive: Receive) -> None:
-        drained = 0
-        while drained <= self.DRAIN_BYTES:
-            message = await receive()
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                return
-            drained += len(message.get("body", b""))
-
-
-class ApiKey:
-    """401 for /v1/ routes unless the request carries the key (X-API-Key or Authorization: Bearer)."""
-
-    def __init__(self, app: ASGIApp, key: str):
-        self.app = app
-        self.key = key.encode("utf-8")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.key or scope["type"] != "http" or not scope["path"].startswith("/v1/") or self._allowed(scope):
-            await self.app(scope, receive, send)
-            return
-        message = json.dumps({"error": "missing or wrong API key: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'"}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(message)).encode()),
-                                (b"www-authenticate", b"Bearer")]})
-        await send({"type": "http.response.body", "body": message})
-
-    def _allowed(self, scope: Scope) -> bool:
-        headers = dict(scope.get("headers") or [])
-        given = headers.get(b"x-api-key", b"")
-        authorization = headers.get(b"authorization", b"")
-        if not given and authorization[:7].lower() == b"bearer ":
-            given = authorization[7:].strip()
-        return hmac.compare_digest(given, self.key)
-
-
+# --- ASGI middleware (the body limit and the key check are serve/common.py's) -------------
 class RequestMetrics:
     """Counts every response by route and status, and times it."""
 

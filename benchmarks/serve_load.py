@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import os
 import re
@@ -227,10 +226,10 @@ def chain_ratios(steps: list[dict]) -> None:
 
 # --- the served model and its export -------------------------------------------------------------
 def int8_gate() -> float:
-    """The agreement `tunelab export --quantize int8` requires (export_onnx's default): used, never lowered."""
-    from tunelab.serve.onnx import export_onnx
+    """The agreement `tunelab export --quantize int8` requires: used, never lowered."""
+    from tunelab.serve.onnx import INT8_MIN_AGREEMENT
 
-    return float(inspect.signature(export_onnx).parameters["min_agreement"].default)
+    return INT8_MIN_AGREEMENT
 
 
 def prepare_run(args) -> Path:
@@ -276,7 +275,7 @@ def export(run: Path) -> dict:
     return {
         "parity": report.to_dict(),
         "int8_gate": gate,
-        "int8_gate_source": "tunelab.serve.onnx.export_onnx(min_agreement=...)'s default, the gate of `tunelab export --quantize int8`",
+        "int8_gate_source": "tunelab.serve.onnx.INT8_MIN_AGREEMENT, the gate of `tunelab export --quantize int8`",
         "int8_passed_gate": failure is None,
         # On a failed gate the export writes no int8 report: its message holds the agreement (to 0.01%).
         "int8_argmax_agreement_at_export": report.int8_argmax_agreement if report.int8_argmax_agreement is not None

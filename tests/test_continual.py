@@ -211,6 +211,25 @@ def test_update_that_forgets_stays_a_candidate(tmp_path, registry):
     assert result.report["blend"] is None and "no blending" in (tmp_path / "v2" / "update.html").read_text()
 
 
+def test_update_reads_the_new_data_with_its_own_delimiter(tmp_path, trained_run):
+    # The parent was trained on a ';' file; the new data is comma-separated: the delimiter belongs to
+    # the parent's file, so the update must detect the new file's own.
+    import shutil
+
+    import yaml
+
+    parent = Path(shutil.copytree(trained_run, tmp_path / "parent"))
+    config = yaml.safe_load((parent / "config.yaml").read_text())
+    (parent / "config.yaml").write_text(yaml.safe_dump({**config, "delimiter": ";"}))
+    registry = Registry(tmp_path / "r.db")
+    registry.register(parent, "senti", promote=True)
+    data = new_data(tmp_path / "new.csv", seed=13)
+    settings = UpdateSettings(name="senti", data=str(data), epochs=1, lr=3e-3, tolerance=100.0, blend=False, out=str(tmp_path / "v2"))
+    result = update(settings, registry, progress=False)
+    assert result.version.version == 2
+    assert yaml.safe_load((tmp_path / "v2" / "config.yaml").read_text()).get("delimiter") is None
+
+
 def test_update_refuses_a_name_without_production(tmp_path, trained_run):
     registry = Registry(tmp_path / "r.db")
     registry.register(trained_run, "senti")

@@ -194,7 +194,7 @@ def test_comparison_when_the_model_beats_the_baseline():
 
 
 def test_data_inspect_warns_on_small_training_sets_only(tmp_path):
-    from tunelab.inspect import SMALL_TRAIN_ROWS, inspect_source
+    from tunelab.data.inspection import SMALL_TRAIN_ROWS, inspect_source
 
     small, large = tmp_path / "small.csv", tmp_path / "large.csv"
     sentiment_frame(rows_per_class=40).to_csv(small, index=False)  # 120 rows: 96 train after eval/test

@@ -46,8 +46,10 @@ UPDATE_EPOCHS_FACTOR = 2.0
 # 0.19 on the pre-registered seeds) and a fifth more training time: the larger mix gives the new rows more steps.
 DEFAULT_REPLAY = 0.5
 
-# Settings of the parent's run that an update must not inherit: they name the parent's data and folder.
-NOT_INHERITED = {"model", "data", "eval_data", "test_data", "out", "overwrite", "max_train_samples", "text_col", "label_col", "encoding"}
+# Settings of the parent's run that an update must not inherit: they describe the parent's data files and
+# folder, not how to train, and the new data brings its own (a new CSV may use another delimiter or encoding).
+NOT_INHERITED = {"model", "data", "eval_data", "test_data", "out", "overwrite", "max_train_samples", "text_col", "label_col", "encoding",
+                 "delimiter"}
 
 
 class UpdateSettings(Settings):

@@ -58,7 +58,7 @@ def data_inspect(
     as_json: Annotated[bool, typer.Option("--json", help="print the profile as JSON")] = False,
 ) -> None:
     """Rows, class balance, token lengths, empty and duplicate rows, and warnings."""
-    from tunelab.inspect import inspect_source
+    from tunelab.data.inspection import inspect_source
 
     profile = inspect_source(source, text_col, label_col, model, test_data, encoding, delimiter)
     if as_json:

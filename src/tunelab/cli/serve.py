@@ -72,7 +72,7 @@ def export(
     as_json: Annotated[bool, typer.Option("--json", help="print the parity report as JSON")] = False,
 ) -> None:
     """Write ONNX models into RUN/onnx/ and check them against PyTorch on the run's test split."""
-    from tunelab.serve.onnx import export_onnx
+    from tunelab.serve.onnx import INT8_MIN_AGREEMENT, export_onnx
 
     with console.status("exporting") as status:
         report = export_onnx(run, quantize.value if quantize else None, step=lambda message: status.update(message))
@@ -84,7 +84,7 @@ def export(
                   f"argmax agreement {report.fp32_argmax_agreement:.2%}", highlight=False, soft_wrap=True)
     if report.int8_argmax_agreement is not None:
         console.print(f"int8  {report.files['onnx-int8']}  ({report.sizes_mb['onnx-int8']} MB)", highlight=False, soft_wrap=True)
-        console.print(f"      argmax agreement {report.int8_argmax_agreement:.2%} (gate 99.5%); "
+        console.print(f"      argmax agreement {report.int8_argmax_agreement:.2%} (gate {INT8_MIN_AGREEMENT:.1%}); "
                       f"max |logit diff| {report.int8_max_abs_diff:.2e}", highlight=False, soft_wrap=True)
     backend = "onnx-int8" if report.int8_argmax_agreement is not None else "onnx"
     console.print(f"serve it: tunelab serve {run} --backend {backend}", highlight=False, soft_wrap=True)

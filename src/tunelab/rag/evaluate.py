@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tunelab.evaluate.answers import answer_in_text, score, summarise, verdict
+from tunelab.progress import track
 from tunelab.rag.index import MODES, Index
 
 DEPTH = 10
@@ -57,7 +58,7 @@ def evaluate_retrieval(
     index.embed_query("warm up")  # the first call pays for lazy model loading
     for mode in modes:
         ranks, latencies, cpu = [], [], []
-        for row in _progress(rows, f"eval {mode}", progress):
+        for row in track(rows, f"eval {mode}", progress):
             started, cpu_started = time.perf_counter(), time.process_time()
             hits = index.search(row["question"], mode, depth, **search)
             latencies.append((time.perf_counter() - started) * 1000)
@@ -90,7 +91,7 @@ def evaluate_answers(
 
     settings = settings or ContextSettings()
     predictions = []
-    for start in _progress(range(0, len(rows), BATCH), "answering", progress):
+    for start in track(range(0, len(rows), BATCH), "answering", progress):
         batch = rows[start : start + BATCH]
         results = answer_many([r["question"] for r in batch], index, reader, settings=settings, **kwargs)
         for row, result in zip(batch, results):
@@ -140,11 +141,3 @@ def prediction_record(row: dict, result) -> dict:
         "best_similarity": round(result.best_similarity, 4),
         **scores,
     }
-
-
-def _progress(rows, label: str, enabled: bool):
-    if not enabled:
-        return rows
-    from rich.progress import track
-
-    return track(rows, description=label, transient=True)

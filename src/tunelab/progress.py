@@ -6,10 +6,8 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 
-def progress_bar(enabled: bool, total: int | None = None):
-    """A rich Progress (add tasks to it), or a null context when disabled (--json, tests).
-
-    `total` is accepted for callers that size their task from it; the bar itself needs none."""
+def progress_bar(enabled: bool):
+    """A rich Progress (add tasks to it, each with its own total), or a null context when disabled (--json, tests)."""
     if not enabled:
         return contextlib.nullcontext()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -22,7 +20,7 @@ def track(items: Sequence, description: str, enabled: bool = True) -> Iterator:
     if not enabled:
         yield from items
         return
-    with progress_bar(True, len(items)) as bar:
+    with progress_bar(True) as bar:
         task = bar.add_task(description, total=len(items))
         for item in items:
             yield item

@@ -153,7 +153,7 @@ def evaluate_templates(
 
         generator = Generator(model)
     results = []
-    bar = progress_bar(progress, len(rows) * len(loaded))
+    bar = progress_bar(progress)
     with bar as shown:
         task = shown.add_task("answering", total=len(rows) * len(loaded)) if shown else None
         advance = (lambda n: shown.advance(task, n)) if shown else None

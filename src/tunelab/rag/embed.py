@@ -53,7 +53,7 @@ class SentenceEmbedder:
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         step = batch_size * 8
-        bar = progress_bar(progress, len(texts))
+        bar = progress_bar(progress)
         with bar as task_bar, self._torch.inference_mode(), self._autocast():
             task = task_bar.add_task("embedding", total=len(texts)) if task_bar else None
             for start in range(0, len(texts), step):

@@ -94,7 +94,7 @@ def train_rag_reader(rows: Sequence[dict], index, out: str | Path, *, settings: 
     if contexts is None:
         from tunelab.progress import progress_bar
 
-        with progress_bar(progress, len(rows)) as bar:
+        with progress_bar(progress) as bar:
             task = bar.add_task("retrieving train questions", total=len(rows)) if bar else None
             contexts = retrieve_all(index, rows, settings, (lambda n: bar.advance(task, n)) if bar else None)
     context_of = {id(r): c for r, c in zip(rows, contexts)}

@@ -96,7 +96,7 @@ class Pipeline:
         cache = self._contexts.setdefault((id(index), settings.context), {})
         missing = [r for r in rows if r["question"] not in cache]
         if missing:
-            with progress_bar(self.progress, len(missing)) as bar:
+            with progress_bar(self.progress) as bar:
                 task = bar.add_task(f"retrieving ({settings.context})", total=len(missing)) if bar else None
                 for row in missing:
                     cache[row["question"]] = retrieve_context(index, row["question"], settings)
@@ -190,28 +190,28 @@ class Pipeline:
         c = self.config
         kb = Path(c.kb).expanduser()
         index_dir = self.out / "index"
-        built_now, built_seconds = False, None
+        seconds, peak_mb, report = None, None, None  # the build's cost, when this run builds the index
         if is_builtin_name(c.kb):
             # The one built-in index in tunelab's cache (rag ask and prompts eval use it too): built
             # once, timed when it is built here, then copied like any prebuilt index.
-            built_now = not index_is_built(c.embed_model)
+            cached = index_is_built(c.embed_model)
             started = time.perf_counter()
-            with PeakMemory() as built_peak:
+            with PeakMemory() as peak:
                 kb = builtin_index(self.progress, c.embed_model)
-            built_seconds = time.perf_counter() - started
+            if not cached:
+                seconds, peak_mb = time.perf_counter() - started, peak.mb
         if kb.is_dir() and read_manifest(kb) is not None:
             # An existing index: its build time is not ours to measure; reuse a copy (adaptability edits the copy).
             self.log(f"copying the index {kb}")
             shutil.copytree(kb, index_dir)
             source = read_manifest(kb).get("source", "")
             self.documents = load_documents(source) if source and source != "documents" else None
-            seconds, report = (built_seconds, None) if built_now else (None, None)
         else:
             self.log(f"indexing {c.kb}")
             self.documents = load_documents(c.kb)
             with PeakMemory() as peak:
                 report = build_index(self.documents, index_dir, model=c.embed_model, embedder=self.embedder, progress=self.progress)
-            seconds = report.seconds
+            seconds, peak_mb = report.seconds, peak.mb
         self._index = open_index(index_dir, embedder=self.embedder)
         self.results["index"] = {
             "build_seconds": seconds,
@@ -220,7 +220,7 @@ class Pipeline:
             "chunks": report.chunks_total if report else None,
             "documents": len(self.documents) if self.documents else None,
             "disk_mb": folder_mb(index_dir),
-            "peak_memory_mb": peak.mb if report else (built_peak.mb if built_now else None),
+            "peak_memory_mb": peak_mb,
         }
 
     def record(self, name: str, outcome: dict, *, setup_seconds: float, setup: dict, peak_mb: float, disk_mb: float, extra: dict | None = None) -> None:
@@ -255,7 +255,7 @@ class Pipeline:
 
     def answer(self, generator, template_name: str, rows: list[dict]) -> dict:
         """A closed-book strategy: the template's prompt, no retrieval."""
-        with progress_bar(self.progress, len(rows)) as bar:
+        with progress_bar(self.progress) as bar:
             task = bar.add_task(template_name, total=len(rows)) if bar else None
             template = load_template(template_name)
             return run_template(template, rows, generator, max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size,
@@ -293,7 +293,7 @@ class Pipeline:
 
     def _read(self, reader, rows: list[dict], context: str | None, index) -> list:
         contexts = self.contexts(rows, context, index)
-        with progress_bar(self.progress, len(rows)) as bar:
+        with progress_bar(self.progress) as bar:
             task = bar.add_task(f"{reader.name} ({self.context_settings(context).context})", total=len(rows)) if bar else None
             readings = []
             for start in range(0, len(rows), self.config.batch_size * 4):

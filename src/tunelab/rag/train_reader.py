@@ -74,10 +74,8 @@ def choose_abstention(rows: Sequence[dict], contexts: Sequence[Retrieved], readi
     similarities = [c.best_similarity for c in contexts]
     confidences = [r.confidence if not r.abstained else float("-inf") for r in readings]
     (min_similarity, min_confidence), value = choose_thresholds([similarities, confidences], outcomes, max_hallucinated=max_hallucinated)
-    if max_hallucinated is None:
-        return Abstention(min_similarity, min_confidence, chosen_on, len(rows), value=value)
-    return Abstention(min_similarity, min_confidence, chosen_on, len(rows), criterion=f"right, hallucinated <= {max_hallucinated:.3f}",
-                      value=value, max_hallucinated=max_hallucinated)
+    criterion = "right - hallucinated" if max_hallucinated is None else f"right, hallucinated <= {max_hallucinated:.3f}"
+    return Abstention(min_similarity, min_confidence, chosen_on, len(rows), criterion=criterion, value=value, max_hallucinated=max_hallucinated)
 
 
 def train_rag_reader(rows: Sequence[dict], index, out: str | Path, *, settings: ContextSettings = ContextSettings(),

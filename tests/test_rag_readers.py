@@ -202,3 +202,49 @@ def test_lm_reader_shows_worked_examples_as_answered_turns():
     prompt = reader.prompt("What is the capital of Chad?", [Passage("Capital - name: N'Djamena", _hit("Capital - name: N'Djamena"))], [example])
     assert [t["role"] for t in prompt] == ["user", "assistant", "user"]
     assert prompt[1]["content"] == "Lima" and "Capital - name: Lima" in prompt[0]["content"] and "N'Djamena" in prompt[2]["content"]
+
+
+def _quote_rows(unquoted_right: bool):
+    """Calibration rows for a reader whose quoted answers are right and whose other answers are
+    right or wrong (`unquoted_right`); its confidence says nothing (the same for every answer)."""
+    from tunelab.rag.focus import Passage
+    from tunelab.rag.reader_data import Retrieved
+    from tunelab.rag.readers import Reading
+
+    rows, contexts, readings = [], [], []
+    for i in range(8):
+        line = f"Capital - name: City{i}"
+        rows.append({"question": f"What is the capital of C{i}?", "answer": f"City{i}", "aliases": []})
+        contexts.append(Retrieved([Passage(line, _hit(line, title=f"C{i}"))], [], 0.9, 0.0))
+        quoted = i % 2 == 0
+        # an unquoted right answer is a paraphrase around the name; an unquoted wrong one a name not shown
+        text = f"City{i}" if quoted else (f"the city of City{i}" if unquoted_right else f"Town{i}")
+        readings.append(Reading(text, 0 if quoted else None, False, -0.5))
+    return rows, contexts, readings
+
+
+@pytest.mark.parametrize("unquoted_right", [False, True])
+def test_abstention_requires_a_quote_when_unquoted_answers_are_the_wrong_ones(unquoted_right):
+    from tunelab.rag.train_reader import choose_abstention
+
+    rows, contexts, readings = _quote_rows(unquoted_right)
+    abstention = choose_abstention(rows, contexts, readings, "train (calibration questions)")
+    assert abstention.require_quote is (not unquoted_right)
+    assert abstention.value == pytest.approx(4 / 8 if not unquoted_right else 1.0)
+    assert abstention.min_similarity < 0.9 and abstention.min_confidence < -0.5  # the quote alone separates them
+
+
+def test_strategies_decide_abstains_on_unquoted_answers_when_the_thresholds_require_quotes(tmp_path):
+    from tunelab.rag.train_reader import Abstention
+    from tunelab.strategies import StrategiesConfig
+    from tunelab.strategies.run import Pipeline
+
+    rows, contexts, readings = _quote_rows(unquoted_right=False)
+    pipeline = Pipeline(StrategiesConfig(qa=str(tmp_path), out=str(tmp_path / "o")), progress=False)
+    pipeline.contexts = lambda rows, context=None, index=None: contexts
+    for require_quote, hallucinated in [(True, 0), (False, 4)]:
+        outcome = pipeline.decide(rows, readings, Abstention(require_quote=require_quote))
+        predictions = outcome["predictions"]
+        assert sum(p["hallucinated"] for p in predictions) == hallucinated
+        assert sum(p["contains"] for p in predictions) == 4
+        assert [p["threshold_abstained"] for p in predictions] == [require_quote and i % 2 == 1 for i in range(8)]

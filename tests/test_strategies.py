@@ -245,3 +245,14 @@ def test_own_knowledge_base_without_qa_is_one_line_error(tmp_path, kb_and_qa):
     result = CliRunner().invoke(app, ["strategies", "--quick", "--kb", str(kb), "--model", "whatever", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "needs its own questions" in result.output and "--qa" in result.output and "Traceback" not in result.output
+
+
+def test_test_blocks_are_disjoint_runs_of_one_seeded_shuffle():
+    from tunelab.strategies.run import sample
+
+    rows = [{"question": f"q{i}"} for i in range(25)]
+    first, second, rest = sample(rows, 10, 3, 0), sample(rows, 10, 3, 1), sample(rows, 10, 3, 2)
+    assert first == sample(rows, 10, 3)  # block 0 is the sample earlier runs scored
+    assert len(first) == len(second) == 10 and len(rest) == 5
+    assert not {r["question"] for r in first} & {r["question"] for r in second}
+    assert sample(rows, 10, 3, 3) == []

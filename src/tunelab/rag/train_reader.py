@@ -33,6 +33,9 @@ class Abstention:
 
     min_similarity: float = -1.0  # closest chunk's cosine to the question
     min_confidence: float = float("-inf")  # the reader's own confidence (span margin, mean log-prob)
+    # Answer only when the answer is quoted, whole words, from a shown passage: a free-decoding LM that
+    # says something the passages do not say is guessing. (A span reader and grounded decoding always quote.)
+    require_quote: bool = False
     chosen_on: str = "not chosen"
     questions: int = 0
     criterion: str = "right - hallucinated"
@@ -65,17 +68,24 @@ def retrieve_all(index, rows: Sequence[dict], settings: ContextSettings, progres
 
 def choose_abstention(rows: Sequence[dict], contexts: Sequence[Retrieved], readings, chosen_on: str,
                       max_hallucinated: float | None = None) -> Abstention:
-    """Thresholds on retrieval similarity and reader confidence, from unthresholded readings: the most
-    right - hallucinated, or with `max_hallucinated` the most right within that hallucination budget."""
+    """Thresholds on retrieval similarity and reader confidence, and whether the answer must quote a
+    shown passage, from unthresholded readings: the most right - hallucinated, or with
+    `max_hallucinated` the most right within that hallucination budget."""
     outcomes = []
     for row, reading in zip(rows, readings):
         verdict = score(reading.text, row["answer"], row.get("aliases") or [], row["question"])
         outcomes.append(verdict["contains"] - verdict["hallucinated"])
     similarities = [c.best_similarity for c in contexts]
     confidences = [r.confidence if not r.abstained else float("-inf") for r in readings]
-    (min_similarity, min_confidence), value = choose_thresholds([similarities, confidences], outcomes, max_hallucinated=max_hallucinated)
+    # 1 quoted, 0 not: the threshold is below 0 (answer either way) or between them (quotes only).
+    quoted = [float(r.passage is not None) if not r.abstained else float("-inf") for r in readings]
+    (min_similarity, min_confidence, min_quoted), value = choose_thresholds([similarities, confidences, quoted], outcomes,
+                                                                            max_hallucinated=max_hallucinated)
+    if min_quoted > 1:  # above every answer: answering nothing scored best, which the similarity threshold says alone
+        min_similarity, min_quoted = float("inf"), 0.0
     criterion = "right - hallucinated" if max_hallucinated is None else f"right, hallucinated <= {max_hallucinated:.3f}"
-    return Abstention(min_similarity, min_confidence, chosen_on, len(rows), criterion=criterion, value=value, max_hallucinated=max_hallucinated)
+    return Abstention(min_similarity, min_confidence, min_quoted > 0, chosen_on, len(rows), criterion=criterion, value=value,
+                      max_hallucinated=max_hallucinated)
 
 
 def train_rag_reader(rows: Sequence[dict], index, out: str | Path, *, settings: ContextSettings = ContextSettings(),

@@ -21,6 +21,8 @@ class StrategiesConfig(Settings):
     out: str = Field("strategies-report", description="output folder")
 
     test_questions: int = Field(200, gt=0, description="held-out questions every strategy answers (seeded sample of test.jsonl)")
+    test_block: int = Field(0, ge=0, description="which disjoint block of test_questions in the seeded shuffle of test.jsonl is scored: "
+                            "after a change was judged on block 0, block 1 is a fresh sample the change was not chosen on")
     select_questions: int = Field(40, gt=0, description="train questions the best template is chosen on")
     calibration_questions: int = Field(200, gt=0, description="train questions the retrieval strategies' abstention thresholds are chosen on")
     train_pairs: int = Field(300, gt=0, description="train question/answer pairs for the closed-book SFT")

@@ -131,11 +131,11 @@ def detail_tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]
         for name, s in retrieval.items():
             a, misses, raw = s["abstention"], s.get("retrieval_misses") or {}, s.get("without_thresholds") or {}
             rows.append([LABELS.get(name, name), str(s.get("reader", "")), f"{a['min_similarity']:.3f}", _num(a["min_confidence"], digits=3),
-                         f"{a['chosen_on']}, {a['questions']} questions", _pct(s.get("answer_in_context")),
+                         "yes" if a.get("require_quote") else "no", f"{a['chosen_on']}, {a['questions']} questions", _pct(s.get("answer_in_context")),
                          f"{_pct(misses.get('abstained'))} of {misses.get('questions', 0)}",
                          f"{_pct(raw.get('contains'))} / {_pct(raw.get('hallucination_rate_all'))}"])
         tables.append(("Retrieval strategies: when they abstain, and what retrieval showed them",
-                       ["strategy", "reader", "min similarity", "min confidence", "chosen on", "answer in shown context",
+                       ["strategy", "reader", "min similarity", "min confidence", "quotes only", "chosen on", "answer in shown context",
                         "abstained on retrieval misses", "right / hallucinated without thresholds"], rows))
     choices = results.get("decoding_choice") or {}
     if choices:

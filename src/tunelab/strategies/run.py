@@ -49,10 +49,11 @@ def read_split(qa_dir: Path, name: str) -> list[dict]:
     return rows
 
 
-def sample(rows: list[dict], n: int, seed: int) -> list[dict]:
+def sample(rows: list[dict], n: int, seed: int, block: int = 0) -> list[dict]:
+    """The `block`-th run of n rows of a seeded shuffle: blocks of one seed are disjoint."""
     rows = list(rows)
     random.Random(seed).shuffle(rows)
-    return rows[:n]
+    return rows[block * n : (block + 1) * n]
 
 
 class Pipeline:
@@ -108,12 +109,15 @@ class Pipeline:
     def run(self) -> dict:
         c = self.config
         train_rows, test_rows, qa_source = self.questions()
+        self.test = sample(test_rows, c.test_questions, c.seed, c.test_block)
+        if not self.test:
+            raise TunelabError(f"test.jsonl holds {len(test_rows)} questions: none are left for test_block {c.test_block} of {c.test_questions}",
+                               "choose a lower test_block or fewer test_questions")
         if self.out.exists() and any(self.out.iterdir()) and not c.overwrite:
             raise TunelabError(f"'{self.out}' is not empty", "choose another --out, or pass --overwrite")
         if self.out.exists() and c.overwrite:
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.test = sample(test_rows, c.test_questions, c.seed)
         # Train questions, disjoint roles: template choice | abstention thresholds | training.
         shuffled = sample(train_rows, len(train_rows), c.seed + 1)
         self.select = shuffled[: c.select_questions]
@@ -126,8 +130,10 @@ class Pipeline:
             "rag_sft": len(self.rag_sft_rows), "reader_training": len(self.training), "qa": qa_source,
             "chosen_on": "template: select (train); abstention thresholds: calibration (train); weights: sft / reader_training (train); test only scores",
         })
+        if c.test_block:
+            self.results["questions"]["test_block"] = c.test_block
         if len(self.test) < c.test_questions:
-            self.results["questions"]["note"] = f"test.jsonl holds only {len(self.test)} questions"
+            self.results["questions"]["note"] = f"test.jsonl holds only {len(self.test)} questions for this block"
 
         from tunelab.lm.generate import Generator
         from tunelab.rag.embed import SentenceEmbedder
@@ -318,7 +324,8 @@ class Pipeline:
         predictions = []
         for row, reading, retrieved in zip(rows, readings, contexts):
             by_retrieval = abstention is not None and retrieved.best_similarity < abstention.min_similarity
-            by_reader = abstention is not None and not by_retrieval and not reading.abstained and reading.confidence < abstention.min_confidence
+            by_reader = abstention is not None and not by_retrieval and not reading.abstained and (
+                reading.confidence < abstention.min_confidence or (abstention.require_quote and reading.passage is None))
             text = ABSTENTION if by_retrieval or by_reader else reading.text
             aliases = row.get("aliases") or []
             scores = score(text, row["answer"], aliases, row["question"])
@@ -370,7 +377,8 @@ class Pipeline:
                                max_hallucinated: float | None = None) -> None:
         with PeakMemory() as peak:
             reader, abstention = self.choose_decoding(name, reader, max_hallucinated)
-            self.log(f"{name}: thresholds on {abstention.questions} train questions: similarity >= {abstention.min_similarity:.3f}, confidence >= {abstention.min_confidence:.3f}")
+            self.log(f"{name}: thresholds on {abstention.questions} train questions: similarity >= {abstention.min_similarity:.3f}, confidence >= {abstention.min_confidence:.3f}"
+                     f"{', answers quoted from the passages only' if abstention.require_quote else ''}")
             outcome = self.decide(self.test, self.read(reader, self.test), abstention)
         self.readers[name] = (reader, abstention)
         index = self.results["index"]

@@ -20,7 +20,6 @@ with the baseline that every evaluation report shows next to the fine-tuned mode
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +31,6 @@ from pydantic import Field  # noqa: E402
 
 from tunelab import atomic  # noqa: E402
 from tunelab.config import DataSettings, to_yaml  # noqa: E402
-from tunelab.errors import TunelabError  # noqa: E402
 # The fit and the scorer live in models/linear.py: the evaluation report's baseline fits through them too.
 from tunelab.models.linear import (  # noqa: E402
     C_GRID,
@@ -44,7 +42,7 @@ from tunelab.models.linear import (  # noqa: E402
     fit_logreg,
     load_encoder,
 )
-from tunelab.run import Run  # noqa: E402
+from tunelab.run import Run, named_after, out_dir, refuse_existing, start_staging  # noqa: E402
 
 METHODS = ("tfidf-logreg", "embeddings-logreg")
 
@@ -82,9 +80,9 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # the encoder's load/save bars are noise here
-    out = resolve_out(config)
-    if out.exists() and not config.overwrite:
-        raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
+    # Named after the method: a baseline's encoder (config.model) is unused by tfidf-logreg.
+    out = out_dir(config.out, named_after(config.method, config.data))
+    refuse_existing(out, config.overwrite)
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
 
     # 1. Data: exactly the splits `tunelab train` makes from the same settings.
@@ -111,16 +109,10 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
 
     # 3. Stage the run directory: everything a fine-tuned run has, model.joblib instead of model/.
     staging = atomic.partial_path(out)
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "splits").mkdir(parents=True)
-    run = Run(staging)
-    resolved = dict(out=str(out), C=chosen_c, max_length=encoder.max_seq_length if encoder else None)
-    atomic.write_text(staging / "config.yaml", to_yaml(config, **resolved))
-    atomic.write_json(staging / "labels.json", {str(i): label for i, label in enumerate(labels)})
-    tokenizer = encoder.tokenizer if encoder is not None else None
-    atomic.write_json(staging / "data_profile.json", profile_splits(splits, tokenizer, encoder.max_seq_length if encoder else None, dropped))
-    for name, split in splits.items():
-        split.to_parquet(run.split_path(name), index=False)
+    max_length = encoder.max_seq_length if encoder else None
+    resolved = dict(out=str(out), C=chosen_c, max_length=max_length)
+    profile = profile_splits(splits, encoder.tokenizer if encoder is not None else None, max_length, dropped)
+    run = start_staging(staging, to_yaml(config, **resolved), splits, labels, profile)
     joblib.dump(pipeline, staging / "model.joblib")
     if encoder is not None:
         encoder.save(str(staging / "encoder"), create_model_card=False)
@@ -173,14 +165,6 @@ def training_facts(pipeline, encoder, train_rows: int, seconds: float, scores: d
         "parameters": frozen + trainable,
         "trainable_parameters": trainable,
     }
-
-
-def resolve_out(config: BaselineConfig) -> Path:
-    if config.out:
-        return Path(config.out).expanduser()
-    from datetime import datetime
-
-    return Path("runs") / f"{config.method}-{Path(config.data).name.split('.')[0]}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _say(progress: bool, message: str) -> None:

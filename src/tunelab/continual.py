@@ -19,7 +19,6 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +30,7 @@ from tunelab.blend import choose_alpha, mean_accuracy, save_blend
 from tunelab.config import Settings, TrainConfig
 from tunelab.errors import TunelabError
 from tunelab.registry import Registry, Version, check_name
-from tunelab.run import Run
+from tunelab.run import Run, out_dir
 
 # An update starts from a converged model and must stay near it: a quarter of the parent's peak rate,
 # for twice its epochs (the mix is small). Over three seeds of benchmarks/forgetting.py, updates at the
@@ -120,7 +119,7 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
     if class_weights == "joint":
         class_weights = joint_class_weights(old_splits["train"], new_splits["train"], mix, settings.replay)
 
-    out = Path(settings.out).expanduser() if settings.out else Path("runs") / f"{settings.name}-update-{datetime.now():%Y%m%d-%H%M%S}"
+    out = out_dir(settings.out, f"{settings.name}-update")  # the registry name as it is: it may hold dots
     with tempfile.TemporaryDirectory(prefix="tunelab-update-") as tmp:
         tmp = Path(tmp)
         # 4. Start from the production model; new labels get new rows in the head, old rows are kept.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,17 +18,31 @@ from typing import Any
 
 import yaml
 
+from tunelab import atomic
 from tunelab.errors import TunelabError
 
 SPLITS = ("train", "eval", "test")
 
 
-def default_run_dir(model: str, data: str, prefix: str = "") -> Path:
-    """runs/<prefix><model>-<data>-<time>, named after the model and data the user gave."""
+def out_dir(out: str | os.PathLike | None, name: str) -> Path:
+    """The run folder: --out as given (~ expanded), else runs/<name>-<time>, a new folder for every run."""
+    if out:
+        return Path(out).expanduser()
     from datetime import datetime
 
+    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def named_after(model: str, data: str, prefix: str = "") -> str:
+    """<prefix><model>-<data> from their file stems (minilm, data/tweets.csv -> minilm-tweets): what the user trained on."""
     stem = lambda text: Path(text).name.split(".")[0] or "data"  # noqa: E731
-    return Path("runs") / f"{prefix}{stem(model)}-{stem(data)}-{datetime.now():%Y%m%d-%H%M%S}"
+    return f"{prefix}{stem(model)}-{stem(data)}"
+
+
+def refuse_existing(out: str | os.PathLike, overwrite: bool) -> None:
+    """A finished run is replaced only on request, and before any work is spent on its successor."""
+    if not overwrite and Path(out).expanduser().exists():
+        raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
 
 
 @dataclass(frozen=True)
@@ -119,3 +135,21 @@ class Run:
         if not path.is_file():
             raise TunelabError(f"run '{self.path}' has no saved {split} split", "train it again with this tunelab version")
         return pd.read_parquet(path)
+
+
+def start_staging(staging: Path, config_yaml: str, splits: Mapping[str, Any], labels: Sequence[str] | None = None,
+                  profile: dict[str, Any] | None = None) -> Run:
+    """A fresh staging folder with what is known before training: config.yaml, splits/ and, for a
+    classifier, labels.json and data_profile.json."""
+    if staging.exists():
+        shutil.rmtree(staging)  # an earlier attempt that was not resumed
+    (staging / "splits").mkdir(parents=True)
+    run = Run(staging)
+    atomic.write_text(staging / "config.yaml", config_yaml)
+    if labels is not None:
+        atomic.write_json(staging / "labels.json", {str(i): label for i, label in enumerate(labels)})
+    if profile is not None:
+        atomic.write_json(staging / "data_profile.json", profile)
+    for name, split in splits.items():
+        split.to_parquet(run.split_path(name), index=False)
+    return run

@@ -391,6 +391,7 @@ def train_reader_cmd(
     from tunelab.rag.index import open_index
     from tunelab.rag.reader_data import ContextSettings
     from tunelab.rag.train_reader import read_reader_settings, train_rag_reader
+    from tunelab.run import refuse_existing
 
     path = qa.expanduser()
     if path.is_dir():
@@ -401,8 +402,7 @@ def train_reader_cmd(
     for flag, value in (("-k", k), ("--lines", lines)):
         if value < 1:
             raise TunelabError(f"{flag} must be at least 1, not {value}", f"e.g. {flag} 5")
-    if out.expanduser().exists() and not overwrite:
-        raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
+    refuse_existing(out, overwrite)  # before the index is opened; train_rag_reader checks again for its other callers
     rows = read_qa(path, required=("question", "answer", "doc_id"))
     settings = ContextSettings(mode=mode.value, k=k, context=context.value, lines=lines)
     with open_index(resolve_index(index, progress=not as_json)) as opened:

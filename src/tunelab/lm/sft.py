@@ -26,7 +26,7 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, Pri
 from tunelab import atomic  # noqa: E402
 from tunelab.config import to_yaml  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
-from tunelab.run import default_run_dir  # noqa: E402
+from tunelab.run import named_after, out_dir, refuse_existing  # noqa: E402
 from tunelab.lm import report  # noqa: E402
 from tunelab.lm.config import SFTConfig  # noqa: E402
 from tunelab.lm.data import InstructionData, load_instructions, prompt_of  # noqa: E402
@@ -43,9 +43,8 @@ MAX_LENGTH_CAP = 1024  # the default limit; CPU attention cost grows with the sq
 def sft(config: SFTConfig, progress: bool = True) -> Path:
     """Fine-tune config.model on config.data; returns the finished run directory."""
     quiet_libraries()
-    out = resolve_out_dir(config)
-    if out.exists() and not config.overwrite:
-        raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
+    out = out_dir(config.out, named_after(config.model, config.data, prefix="sft-"))
+    refuse_existing(out, config.overwrite)
     transformers.set_seed(config.seed)
     threads = speed.set_threads(config.threads)
     precision = speed.resolve_precision(config.precision)
@@ -160,10 +159,6 @@ def sft(config: SFTConfig, progress: bool = True) -> Path:
         atomic.write_json(stage / "samples.json", samples)
         report.write_report(stage, run_name=out.name, config=config.model_dump(), metrics=metrics, samples=samples)
     return out
-
-
-def resolve_out_dir(config: SFTConfig) -> Path:
-    return Path(config.out).expanduser() if config.out else default_run_dir(config.model, config.data, prefix="sft-")
 
 
 def split_rows(data: InstructionData, config: SFTConfig) -> tuple[list[dict], list[dict]]:

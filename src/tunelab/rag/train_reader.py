@@ -21,6 +21,7 @@ from tunelab import atomic
 from tunelab.errors import TunelabError
 from tunelab.evaluate.answers import choose_thresholds, score
 from tunelab.rag.reader_data import ContextSettings, Retrieved, reader_examples, retrieve_context
+from tunelab.run import refuse_existing
 
 SETTINGS_FILE = "rag_reader.json"
 CALIBRATION_SHARE = 0.15
@@ -96,8 +97,7 @@ def train_rag_reader(rows: Sequence[dict], index, out: str | Path, *, settings: 
     `contexts` (one per row, from retrieve_all with the same settings) skips retrieval when the caller has them.
     """
     out = Path(out).expanduser()
-    if out.exists() and not overwrite:
-        raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
+    refuse_existing(out, overwrite)
     rows = [r for r in rows if str(r.get("answer", "")).strip()]
     if contexts is None:
         from tunelab.progress import progress_bar

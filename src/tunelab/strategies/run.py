@@ -648,6 +648,7 @@ def _model_folder(model: str) -> Path:
 
 
 def _environment() -> dict:
+    """speed.environment plus what a latency on a shared machine depends on: threads, CPUs and load."""
     import os
 
     from tunelab.train import speed

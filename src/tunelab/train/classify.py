@@ -32,7 +32,7 @@ from tunelab.data.tokenize import choose_max_length, token_lengths, tokenize_fra
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.models.catalogue import resolve_model  # noqa: E402
 from tunelab.models.classifier import model_max_length  # noqa: E402
-from tunelab.run import Run, default_run_dir  # noqa: E402
+from tunelab.run import Run, named_after, out_dir, refuse_existing, start_staging  # noqa: E402
 from tunelab.train import memory, speed  # noqa: E402
 from tunelab.train.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
 from tunelab.train.eta import steps_to_measure  # noqa: E402
@@ -54,8 +54,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     staging = atomic.partial_path(out)
     point = resume_point(staging, config.epochs) if resume else None
     checkpoint = point.checkpoint if point else None
-    if out.exists() and not config.overwrite:
-        raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
+    refuse_existing(out, config.overwrite)
     check_integrations(config.report_to)
     # Joins the process group when launched by torchrun / accelerate (gloo on CPU), as the Trainer will.
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -100,7 +99,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     resolved = dict(out=str(out), max_length=max_length, precision=precision, threads=threads, batch_size=batch_size, lr=lr)
     if state.is_main_process:
         if checkpoint is None:
-            start_staging(staging, config, resolved, labels, profile, splits)
+            start_staging(staging, to_yaml(config, **resolved), splits, labels, profile)
         else:
             truncate_history(staging / "history.jsonl", checkpoint)
     state.wait_for_everyone()
@@ -168,19 +167,6 @@ def check_integrations(report_to: list[str]) -> None:
             raise TunelabError(f"--report-to {name}: the {name} package is not installed", f"install it with: pip install {name}")
 
 
-def start_staging(staging: Path, config: TrainConfig, resolved: dict, labels, profile, splits) -> None:
-    """A fresh staging folder with everything known before training."""
-    if staging.exists():
-        shutil.rmtree(staging)  # an earlier attempt that was not resumed
-    (staging / "splits").mkdir(parents=True)
-    run = Run(staging)
-    atomic.write_text(staging / "config.yaml", to_yaml(config, **resolved))
-    atomic.write_json(staging / "labels.json", {str(i): label for i, label in enumerate(labels)})
-    atomic.write_json(staging / "data_profile.json", profile)
-    for name, split in splits.items():
-        split.to_parquet(run.split_path(name), index=False)
-
-
 def training_metrics(trainer, result, seconds: float, precision: str, processes: int) -> dict:
     best = trainer.state.best_model_checkpoint
     return {
@@ -228,7 +214,8 @@ def quickstart_config(out: str | None = None) -> TrainConfig:
 
 
 def resolve_out_dir(config: TrainConfig) -> Path:
-    return Path(config.out).expanduser() if config.out else default_run_dir(config.model, config.data)
+    # launch.py names the folder before it starts the processes, so that every process trains into the same one.
+    return out_dir(config.out, named_after(config.model, config.data))
 
 
 def build_model(model_dir: Path, config: TrainConfig, labels: list[str]):

@@ -40,7 +40,7 @@ from tunelab.evaluate.answers import normalize, score, summarise  # noqa: E402
 from tunelab.models.catalogue import resolve_model  # noqa: E402
 from tunelab.models.classifier import model_max_length  # noqa: E402
 from tunelab.models.span_reader import ExtractiveReader, choose_threshold, cls_index, encode_windows  # noqa: E402
-from tunelab.run import Run, default_run_dir  # noqa: E402
+from tunelab.run import Run, named_after, out_dir, refuse_existing, start_staging  # noqa: E402
 from tunelab.train import speed  # noqa: E402
 from tunelab.train.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
 from tunelab.train.classify import count_trainable, resolve_lr  # noqa: E402
@@ -54,10 +54,9 @@ CI_NAMES = {"exact_match": "exact_match", "f1": "token_f1", "contains": "right",
 def train_extractive_qa(config: ExtractiveQAConfig, progress: bool = True) -> Run:
     """Fine-tune config.model to point at answer spans in config.data; return the finished run."""
     quiet_libraries()
-    out = Path(config.out).expanduser() if config.out else default_run_dir(config.model, config.data)
+    out = out_dir(config.out, named_after(config.model, config.data))
     staging = atomic.partial_path(out)
-    if out.exists() and not config.overwrite:
-        raise TunelabError(f"'{out}' already holds a run", "choose another --out, or pass --overwrite to replace it")
+    refuse_existing(out, config.overwrite)
     transformers.set_seed(config.seed)
     threads = speed.set_threads(config.threads)
     precision = speed.resolve_precision(config.precision)
@@ -87,7 +86,7 @@ def train_extractive_qa(config: ExtractiveQAConfig, progress: bool = True) -> Ru
 
     # 5. Stage the run directory with everything known before training.
     resolved = dict(task=TASK, kind="transformers", out=str(out), max_length=max_length, lr=lr, precision=precision, threads=threads)
-    start_staging(staging, config, resolved, splits)
+    start_staging(staging, to_yaml(config, **resolved), splits)
 
     # 6. Trainer: the plain one; the best epoch by eval loss is kept.
     args = training_arguments(config, staging / "checkpoints", precision, lr, len(datasets["train"]))
@@ -323,16 +322,6 @@ def training_arguments(config: ExtractiveQAConfig, output_dir: Path, precision: 
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-
-
-def start_staging(staging: Path, config: ExtractiveQAConfig, resolved: dict, splits: dict[str, pd.DataFrame]) -> None:
-    if staging.exists():
-        shutil.rmtree(staging)  # an earlier attempt
-    (staging / "splits").mkdir(parents=True)
-    run = Run(staging)
-    atomic.write_text(staging / "config.yaml", to_yaml(config, **resolved))
-    for name, split in splits.items():
-        split.to_parquet(run.split_path(name), index=False)
 
 
 # 8. threshold, test scores, metrics ------------------------------------------------------------

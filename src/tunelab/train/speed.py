@@ -28,6 +28,11 @@ def bf16_is_fast() -> bool:
     """bf16 pays off on GPUs that support it and on CPUs with AVX-512 BF16 or AMX; elsewhere it is emulated."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
+    return cpu_bf16_is_fast()
+
+
+def cpu_bf16_is_fast() -> bool:
+    """The CPU has bf16 arithmetic (AVX-512 BF16 or AMX), whatever GPU the machine also has."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 

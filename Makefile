@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make demo` (set up + quickstart) and `make test` (set up + tests).
+# Two commands on a fresh machine: `make demo` (set up + quickstart) and `make test` (set up + layer check + tests).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,6 +22,8 @@ demo: install
 	$(VENV)/bin/tunelab quickstart
 
 test: install
+	# The layers of ARCHITECTURE.md, declared in pyproject.toml [tool.importlinter].
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 clean:

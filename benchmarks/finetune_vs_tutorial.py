@@ -336,7 +336,7 @@ def main() -> None:
 
     from tunelab.data import load_source
     from tunelab.models.catalogue import resolve_model
-    from tunelab.train import speed
+    from tunelab import hardware as speed
 
     speed.set_threads(None)  # all cores of the affinity mask, or $TUNELAB_THREADS; tunelab.train does the same
     frame = load_source(options.data)

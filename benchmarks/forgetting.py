@@ -31,10 +31,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tunelab.config import TrainConfig  # noqa: E402
-from tunelab.continual import DEFAULT_REPLAY, UpdateSettings, update  # noqa: E402
 from tunelab.data import load_source  # noqa: E402
-from tunelab.registry import Registry  # noqa: E402
-from tunelab.train.classify import train  # noqa: E402
+from tunelab.lifecycle.continual import DEFAULT_REPLAY, UpdateSettings, update  # noqa: E402
+from tunelab.lifecycle.registry import Registry  # noqa: E402
+from tunelab.training.classify import train  # noqa: E402
 
 
 def main() -> None:
@@ -232,7 +232,7 @@ def joint_reference(work: Path, v1, new_data: Path, recipe: dict, new_topic: str
     training rows and the new data's training rows together, scored on the same two test sets."""
     import pandas as pd
 
-    from tunelab.continual import score_sets
+    from tunelab.lifecycle.continual import score_sets
     from tunelab.data import load_source, make_splits
 
     new_splits = make_splits(load_source(str(new_data)), 0.1, 0.2, seed)  # as `update` splits the new data

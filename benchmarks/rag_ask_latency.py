@@ -21,13 +21,13 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tunelab import hardware as speed  # noqa: E402
+from tunelab.answers import score  # noqa: E402
 from tunelab.data.factbook_qa import build_factbook_qa, split_qa  # noqa: E402
-from tunelab.evaluate.answers import score  # noqa: E402
 from tunelab.rag.answer import answer  # noqa: E402
 from tunelab.rag.index import open_index  # noqa: E402
 from tunelab.rag.reader_data import ContextSettings  # noqa: E402
 from tunelab.rag.readers import LMReader, SpanReader  # noqa: E402
-from tunelab.train import speed  # noqa: E402
 
 
 def timed(question_rows, index, reader, settings, min_similarity) -> dict:

@@ -322,7 +322,7 @@ def main() -> None:
     import pandas as pd
 
     from tunelab.run import Run
-    from tunelab.train import speed
+    from tunelab import hardware as speed
 
     temporary = None
     if args.quick:

@@ -113,7 +113,7 @@ def main() -> None:
         print(json.dumps(train_once(args.child[0], args.child[1], args.out, args.epochs, args.batch_size, args.precision)))
         return
 
-    from tunelab.train import speed
+    from tunelab import hardware as speed
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "instructions.jsonl"

@@ -80,7 +80,7 @@ def sentiment_csv(tmp_path) -> Path:
 def trained_run(tmp_path_factory, tiny_bert) -> Path:
     """One finished run of the tiny model, shared by the tests that only read it."""
     from tunelab.config import TrainConfig
-    from tunelab.train.classify import train
+    from tunelab.training.classify import train
 
     folder = tmp_path_factory.mktemp("run")
     data = folder / "reviews.csv"

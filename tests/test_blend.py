@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.conftest import write_tiny_bert
-from tunelab.blend import blend_states, choose_alpha, mean_accuracy
-from tunelab.continual import replace_model
+from tunelab.lifecycle.blend import blend_states, choose_alpha, mean_accuracy
+from tunelab.lifecycle.continual import replace_model
 from tunelab.models.classifier import Classifier
 from tunelab.run import Run
 

@@ -147,7 +147,7 @@ def test_changed_settings_of_a_finished_candidate_are_refused(compared):
 
 
 def test_compare_refuses_runs_on_different_test_sets(compared, tmp_path):
-    from tunelab.baselines import BaselineConfig, train_baseline
+    from tunelab.training.baselines import BaselineConfig, train_baseline
     from tunelab.cli import app
 
     folder, _, _ = compared

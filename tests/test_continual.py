@@ -16,9 +16,9 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import FILLER, sentiment_frame, sigkill_when, write_tiny_bert
-from tunelab.continual import DEFAULT_REPLAY, UpdateSettings, check_mix_covers, gate, grow_head, replay_sample, update
 from tunelab.errors import TunelabError
-from tunelab.registry import Registry
+from tunelab.lifecycle.continual import DEFAULT_REPLAY, UpdateSettings, check_mix_covers, gate, grow_head, replay_sample, update
+from tunelab.lifecycle.registry import Registry
 
 
 def two_class_model(folder: Path) -> Path:
@@ -81,7 +81,7 @@ def test_replay_sample_share_and_strata():
 
 
 def test_joint_class_weights_make_the_mix_count_like_all_the_data():
-    from tunelab.continual import joint_class_weights
+    from tunelab.lifecycle.continual import joint_class_weights
 
     old = pd.DataFrame({"text": [f"o{i}" for i in range(120)], "label": ["a"] * 80 + ["b"] * 40})
     new = pd.DataFrame({"text": [f"n{i}" for i in range(70)], "label": ["c"] * 60 + ["a"] * 10})
@@ -95,7 +95,7 @@ def test_joint_class_weights_make_the_mix_count_like_all_the_data():
 
 
 def test_explicit_class_weights_need_every_label():
-    from tunelab.train.classify import resolve_class_weights
+    from tunelab.training.classify import resolve_class_weights
 
     assert resolve_class_weights("none", [0, 1, 1], ["x", "y"]) is None
     assert resolve_class_weights({"y": 2.0, "x": 0.5}, [0, 1, 1], ["x", "y"]).tolist() == [0.5, 2.0]

@@ -81,7 +81,7 @@ def test_the_delimiter_setting_reaches_every_data_file(tmp_path):
 
 
 def test_an_extractive_qa_csv_is_read_with_its_delimiter(tmp_path):
-    from tunelab.train.extractive_qa import load_qa_frame
+    from tunelab.training.extractive_qa import load_qa_frame
 
     path = write_rows(tmp_path / "qa.csv", "question;context;answer", ["What colour?;The sky, today, is blue.;blue"])
     frame = load_qa_frame(str(path), ExtractiveQAConfig(data=str(path)))

@@ -13,7 +13,7 @@ from tests.conftest import sentiment_frame, sigkill_when
 from tunelab.config import TrainConfig, to_yaml
 from tunelab.errors import TunelabError
 from tunelab.run import Run
-from tunelab.train.classify import train
+from tunelab.training.classify import train
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def config_for(tiny_bert, data, out, **extra) -> TrainConfig:
 
 
 def test_two_processes_match_one(tiny_bert, reviews, tmp_path):
-    from tunelab.train.launch import train_multiprocess
+    from tunelab.training.launch import train_multiprocess
 
     single = train(config_for(tiny_bert, reviews, tmp_path / "one", batch_size=16), progress=False)
     double = train_multiprocess(config_for(tiny_bert, reviews, tmp_path / "two", batch_size=8), nproc=2)
@@ -85,7 +85,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_bert, reviews, tmp_path
 
 
 def test_bf16_is_deterministic_too(tiny_bert, reviews, tmp_path):
-    from tunelab.train.speed import bf16_is_fast
+    from tunelab.hardware import bf16_is_fast
 
     if not bf16_is_fast():
         pytest.skip("this CPU has no fast bf16")
@@ -98,7 +98,7 @@ def test_bf16_is_deterministic_too(tiny_bert, reviews, tmp_path):
 def test_memory_plan_and_auto_batch(tiny_bert):
     from transformers import AutoConfig
 
-    from tunelab.train import memory
+    from tunelab.training import memory
 
     config = AutoConfig.from_pretrained(tiny_bert)
     small = memory.estimate(config, 100_000, 100_000, 8, 64, "fp32")
@@ -110,7 +110,7 @@ def test_memory_plan_and_auto_batch(tiny_bert):
 
 
 def test_disk_check_refuses_when_checkpoints_cannot_fit(tmp_path):
-    from tunelab.train import memory
+    from tunelab.training import memory
 
     with pytest.raises(TunelabError, match="not enough free disk"):
         memory.check_disk(tmp_path, parameters=10**14, trainable=10**14, keep_checkpoints=1)

@@ -32,7 +32,7 @@ def data_csv(tmp_path_factory):
 def weak_run(tmp_path_factory, tiny_bert, data_csv):
     """The tiny random BERT barely trained (lr 1e-6, one epoch): worse than TF-IDF on learnable data."""
     from tunelab.config import TrainConfig
-    from tunelab.train.classify import train
+    from tunelab.training.classify import train
 
     out = tmp_path_factory.mktemp("weak") / "run"
     config = TrainConfig(model=str(tiny_bert), data=str(data_csv), epochs=1, lr=1e-6, batch_size=16, seed=3, out=str(out))
@@ -51,7 +51,7 @@ def test_metrics_record_the_baseline_fitted_on_the_runs_own_splits(weak_run):
 
 
 def test_headline_says_the_model_does_not_beat_the_baseline_it_equals(weak_run, data_csv, tmp_path):
-    from tunelab.baselines import BaselineConfig, train_baseline
+    from tunelab.training.baselines import BaselineConfig, train_baseline
 
     run = Run.open(weak_run)
     metrics = run.metrics
@@ -194,7 +194,7 @@ def test_comparison_when_the_model_beats_the_baseline():
 
 
 def test_data_inspect_warns_on_small_training_sets_only(tmp_path):
-    from tunelab.data.inspection import SMALL_TRAIN_ROWS, inspect_source
+    from tunelab.inspection import SMALL_TRAIN_ROWS, inspect_source
 
     small, large = tmp_path / "small.csv", tmp_path / "large.csv"
     sentiment_frame(rows_per_class=40).to_csv(small, index=False)  # 120 rows: 96 train after eval/test

@@ -28,7 +28,7 @@ def short_reviews(rows: int = 80, seed: int = 0) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory, tiny_bert) -> Path:
     from tunelab.config import TrainConfig
-    from tunelab.train.classify import train
+    from tunelab.training.classify import train
 
     folder = tmp_path_factory.mktemp("short")
     data = folder / "short.csv"

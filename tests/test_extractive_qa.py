@@ -12,13 +12,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tunelab.answers import ABSTENTION, normalize
 from tunelab.cli import app
 from tunelab.config import ExtractiveQAConfig
 from tunelab.errors import TunelabError
-from tunelab.evaluate.answers import ABSTENTION, normalize
 from tunelab.models.span_reader import ExtractiveReader, best_span, choose_threshold, encode_windows
 from tunelab.run import Run
-from tunelab.train.extractive_qa import load_qa_frame, tokenize_qa
+from tunelab.training.extractive_qa import load_qa_frame, tokenize_qa
 
 NAMES = "alpha beta gamma delta omega sigma kappa theta zeta lambda rho tau phi chi psi iota eta mu nu xi pi upsilon epsilon omicron".split()
 COLOURS = "red blue green black white pink".split()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests._lm_fixtures import write_tiny_llama
-from tunelab.evaluate.answers import ABSTENTION
+from tunelab.answers import ABSTENTION
 from tunelab.lm.generate import Generator
 from tunelab.lm.grounded import CopyConstraint, eos_ids, is_copied
 from tunelab.prompts.generate import answer_batch

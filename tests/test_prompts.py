@@ -9,12 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests._lm_fixtures import write_jsonl, write_tiny_llama
-from tunelab.errors import TunelabError
-from tunelab.prompts import load_template, parse_template, shipped_names
-from tunelab.evaluate.answers import (
+from tunelab.answers import (
     answer_in_text, bootstrap_ci, contains_answer, exact_match, is_abstention, normalize, score, strip_citations, summarise,
     token_f1, verdict,
 )
+from tunelab.errors import TunelabError
+from tunelab.prompts import load_template, parse_template, shipped_names
 
 
 # scoring ---------------------------------------------------------------------------------------

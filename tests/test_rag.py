@@ -549,7 +549,7 @@ SAME_VERDICTS = [
 
 def test_one_scorer_gives_the_same_verdicts_on_every_path(concept_index, tmp_path, monkeypatch):
     import tunelab.prompts.evaluate as prompts_evaluate
-    from tunelab.evaluate.answers import summarise, verdict
+    from tunelab.answers import summarise, verdict
     from tunelab.prompts.generate import Answered
     from tunelab.prompts.loader import load_template
     from tunelab.rag.answer import ABSTAIN
@@ -837,7 +837,7 @@ def test_reader_thresholds_are_chosen_on_train_questions_it_was_not_trained_on(c
     import tunelab.rag.readers as readers
     import tunelab.rag.train_reader as train_reader
     from tunelab.rag.readers import Reading
-    from tunelab.train import extractive_qa
+    from tunelab.training import extractive_qa
 
     rows = reader_rows(120)
     trained, calibrated = [], []

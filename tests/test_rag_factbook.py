@@ -7,9 +7,9 @@ import re
 
 import pytest
 
+from tunelab.answers import normalize
 from tunelab.data.factbook import load_factbook
 from tunelab.data.factbook_qa import build_factbook_qa, split_qa, write_factbook_qa
-from tunelab.evaluate.answers import normalize
 
 pytestmark = pytest.mark.smoke
 

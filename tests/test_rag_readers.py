@@ -76,7 +76,7 @@ def test_reader_examples_mark_spans_misses_and_distractors():
 
 
 def test_choose_thresholds_maximises_right_minus_hallucinated():
-    from tunelab.evaluate.answers import choose_thresholds
+    from tunelab.answers import choose_thresholds
 
     similarity = [0.9, 0.8, 0.7, 0.3, 0.2, 0.85]
     confidence = [5.0, 4.0, 0.5, 6.0, 6.0, 0.2]
@@ -94,7 +94,7 @@ def test_choose_thresholds_maximises_right_minus_hallucinated():
 
 
 def test_choose_thresholds_within_a_hallucination_budget():
-    from tunelab.evaluate.answers import choose_thresholds
+    from tunelab.answers import choose_thresholds
 
     # a reader wrong about as often as right, more often right when confident
     confidence = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import sigkill_when
 from tunelab.errors import TunelabError
-from tunelab.registry import Registry, data_fingerprint, default_path, parse_ref
+from tunelab.lifecycle.registry import Registry, data_fingerprint, default_path, parse_ref
 
 
 def fake_run(folder: Path, accuracy: float = 0.8, rows: list[tuple[str, str]] | None = None) -> Path:
@@ -161,7 +161,7 @@ def test_not_a_registry_file(tmp_path):
 PROMOTER = textwrap.dedent(
     """
     import sys
-    from tunelab.registry import Registry
+    from tunelab.lifecycle.registry import Registry
     registry = Registry(sys.argv[1])
     versions = [int(v) for v in sys.argv[2].split(",")]
     for i in range(int(sys.argv[3])):
@@ -198,7 +198,7 @@ KILLED_PROMOTE = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    import tunelab.registry as registry_module
+    import tunelab.lifecycle.registry as registry_module
     database, marker = sys.argv[1], Path(sys.argv[2])
     calls = []
     real_now = registry_module._now

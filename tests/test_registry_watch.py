@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import write_tiny_bert
 from tests.test_registry import fake_run
-from tunelab.registry import Registry
+from tunelab.lifecycle.registry import Registry
 from tunelab.serve.registry_watch import RegistryWatcher
 
 

@@ -83,7 +83,7 @@ def test_resume_before_the_first_checkpoint_says_how_far_it_got_and_what_to_do(t
 
 @pytest.mark.parametrize("cut", [False, True])
 def test_a_checkpoint_cut_off_while_saving_is_skipped(tmp_path, cut):
-    from tunelab.train.resume import resume_point
+    from tunelab.training.resume import resume_point
 
     staging = tmp_path / ".run.partial"
     (staging / "config.yaml").parent.mkdir(parents=True)

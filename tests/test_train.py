@@ -81,7 +81,7 @@ def test_predict_file_writes_probability_columns(trained_run, tmp_path):
 
 
 def test_same_seed_same_metrics(tiny_bert, sentiment_csv, tmp_path):
-    from tunelab.train.classify import train
+    from tunelab.training.classify import train
 
     def once(name):
         config = TrainConfig(model=str(tiny_bert), data=str(sentiment_csv), epochs=1, lr=3e-3, precision="fp32", out=str(tmp_path / name))
@@ -93,7 +93,7 @@ def test_same_seed_same_metrics(tiny_bert, sentiment_csv, tmp_path):
 
 
 def test_head_only_trains_only_the_classifier(tiny_bert, sentiment_csv, tmp_path):
-    from tunelab.train.classify import train
+    from tunelab.training.classify import train
 
     config = TrainConfig(model=str(tiny_bert), data=str(sentiment_csv), epochs=1, method="head", out=str(tmp_path / "head"))
     metrics = train(config, progress=False).metrics["train"]
@@ -102,7 +102,7 @@ def test_head_only_trains_only_the_classifier(tiny_bert, sentiment_csv, tmp_path
 
 def test_user_supplied_splits_are_used(tiny_bert, tmp_path):
     from tests.conftest import sentiment_frame
-    from tunelab.train.classify import train
+    from tunelab.training.classify import train
 
     sentiment_frame(30, seed=1).to_csv(tmp_path / "train.csv", index=False)
     sentiment_frame(5, seed=2).to_json(tmp_path / "eval.jsonl", orient="records", lines=True)
@@ -121,7 +121,7 @@ def test_user_supplied_splits_are_used(tiny_bert, tmp_path):
 
 @pytest.mark.smoke
 def test_real_minilm_on_a_few_dozen_bbc_articles(tmp_path):
-    from tunelab.train.classify import train
+    from tunelab.training.classify import train
 
     config = TrainConfig(model="minilm", data="bbc-news", max_train_samples=40, max_length=64, epochs=1, batch_size=8, out=str(tmp_path / "run"))
     run = train(config, progress=False)
@@ -153,7 +153,7 @@ def test_balanced_class_weights_match_scikit_learn_and_weight_the_training_loss(
     from sklearn.utils.class_weight import compute_class_weight
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 
-    from tunelab.train.trainer import AccuracyTrainer, balanced_class_weights
+    from tunelab.training.trainer import AccuracyTrainer, balanced_class_weights
 
     labels = [0] * 12 + [1] * 3 + [2] * 5
     expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
@@ -183,7 +183,7 @@ def test_length_grouping_sorts_short_windows_of_batches(tiny_bert):
     import torch
     from transformers import AutoModelForSequenceClassification, TrainingArguments
 
-    from tunelab.train.trainer import AccuracyTrainer, LocalLengthSampler
+    from tunelab.training.trainer import AccuracyTrainer, LocalLengthSampler
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 60, size=400).tolist()

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tunelab.train.eta import DurationEstimate, human_duration, steps_to_measure
+from tunelab.eta import DurationEstimate, human_duration, steps_to_measure
 
 
 def timeline(step_seconds: dict[int, float], pause: float, steps_per_epoch: int, last: int) -> list[tuple[int, float, bool]]:
@@ -67,7 +67,7 @@ def test_steps_to_measure_and_durations():
 def test_training_prints_the_estimate_and_the_time_left(tiny_bert, tmp_path, capsys):
     from tests.conftest import sentiment_frame
     from tunelab.config import TrainConfig
-    from tunelab.train.classify import train
+    from tunelab.training.classify import train
 
     sentiment_frame(rows_per_class=60).to_csv(tmp_path / "d.csv", index=False)
     config = TrainConfig(model=str(tiny_bert), data=str(tmp_path / "d.csv"), epochs=3, batch_size=8, precision="fp32", out=str(tmp_path / "run"))

@@ -15,12 +15,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# The public functions below share their names with sub-packages (tunelab/train/, evaluate/,
-# predict.py). Importing a sub-module for the first time rebinds its name on this package, so they
-# are imported (cheaply: their heavy imports are lazy) before the functions are defined.
+# `evaluate` and `predict` below share their names with sub-modules (evaluate/, predict.py).
+# Importing a sub-module for the first time rebinds its name on this package, so they are imported
+# (cheaply: their heavy imports are lazy) before the functions are defined. `train` has no such
+# twin: the training recipes live in tunelab/training/.
 import tunelab.evaluate  # noqa: E402,F401
 import tunelab.predict  # noqa: E402,F401
-import tunelab.train  # noqa: E402,F401
 from tunelab.config import TrainConfig  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.run import Run  # noqa: E402
@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 
 def train(config: TrainConfig | None = None, **settings):
     """Fine-tune a classifier; see TrainConfig for the settings. Returns the finished Run."""
-    from tunelab.train.classify import train as _train
+    from tunelab.training.classify import train as _train
 
     return _train(config or TrainConfig(**settings))
 

@@ -58,7 +58,7 @@ def data_inspect(
     as_json: Annotated[bool, typer.Option("--json", help="print the profile as JSON")] = False,
 ) -> None:
     """Rows, class balance, token lengths, empty and duplicate rows, and warnings."""
-    from tunelab.data.inspection import inspect_source
+    from tunelab.inspection import inspect_source
 
     profile = inspect_source(source, text_col, label_col, model, test_data, encoding, delimiter)
     if as_json:
@@ -187,7 +187,7 @@ def _train_extractive_qa(config: Path | None, flags: dict, resume: bool, nproc: 
     if config is None and flags.get("data") is None:
         raise TunelabError("--task extractive-qa needs --data", "pass a jsonl/json/csv/parquet file with question, context and answer columns")
     settings = load_settings(ExtractiveQAConfig, config, flags)
-    from tunelab.train.extractive_qa import train_extractive_qa
+    from tunelab.training.extractive_qa import train_extractive_qa
 
     print_qa_summary(train_extractive_qa(settings))
 
@@ -211,12 +211,12 @@ def resume_run(
 
 
 def _train(settings, resume: bool, nproc: int) -> None:
-    from tunelab.train.launch import in_distributed_launch, train_multiprocess
+    from tunelab.training.launch import in_distributed_launch, train_multiprocess
 
     if nproc > 1 and not in_distributed_launch():
         run = train_multiprocess(settings, nproc, resume)
     else:
-        from tunelab.train.classify import train as run_training
+        from tunelab.training.classify import train as run_training
 
         run = run_training(settings, resume=resume)
         if not _is_main_process():
@@ -273,8 +273,8 @@ def quickstart(
     out: Annotated[Optional[str], typer.Option(help="run directory")] = None,
 ) -> None:
     """Fine-tune minilm on bbc-news with good defaults, and show what to do next."""
-    from tunelab.train.classify import quickstart_config
-    from tunelab.train.classify import train as run_training
+    from tunelab.training.classify import quickstart_config
+    from tunelab.training.classify import train as run_training
 
     run = run_training(quickstart_config(out))
     print_run_summary(run, next_steps=True)

@@ -21,7 +21,7 @@ RegistryOption = Annotated[
 
 
 def _open(path: Optional[Path]):
-    from tunelab.registry import Registry
+    from tunelab.lifecycle.registry import Registry
 
     return Registry(path)
 
@@ -104,7 +104,7 @@ def promote(
 ) -> None:
     """Make NAME@VERSION production; the previous production version is archived."""
     from tunelab.errors import TunelabError
-    from tunelab.registry import parse_ref
+    from tunelab.lifecycle.registry import parse_ref
 
     name, number = parse_ref(ref)
     if number is None:
@@ -147,8 +147,8 @@ def update(
 ) -> None:
     """Continue fine-tuning NAME's production version on new data mixed with replayed old data; promote it only if it passes the forgetting gate."""
     from tunelab.config import load_settings
-    from tunelab.continual import UpdateSettings
-    from tunelab.continual import update as run_update
+    from tunelab.lifecycle.continual import UpdateSettings
+    from tunelab.lifecycle.continual import update as run_update
 
     settings = load_settings(
         UpdateSettings,

@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from tunelab.baselines import METHODS as BASELINE_METHODS
-from tunelab.baselines import BaselineConfig
+from tunelab.training.baselines import METHODS as BASELINE_METHODS
+from tunelab.training.baselines import BaselineConfig
 from tunelab.config import DataSettings, Settings, TrainConfig, load_settings
 from tunelab.errors import TunelabError, did_you_mean
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from tunelab import atomic
-from tunelab.baselines import BaselineConfig
+from tunelab.training.baselines import BaselineConfig
 from tunelab.compare.config import Candidate, CompareConfig, candidate_config
 from tunelab.config import TrainConfig
 from tunelab.errors import TunelabError
@@ -95,11 +95,11 @@ def _train(kind: str, values: dict[str, Any], progress: bool) -> tuple[str, str 
     """Runs in the child. A user error comes back as (message, hint): exceptions lose their hint in pickling."""
     try:
         if kind == "BaselineConfig":
-            from tunelab.baselines import train_baseline
+            from tunelab.training.baselines import train_baseline
 
             train_baseline(BaselineConfig(**values), progress=progress)
         else:
-            from tunelab.train.classify import train
+            from tunelab.training.classify import train
 
             train(TrainConfig(**values), progress=progress)
     except TunelabError as error:

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tunelab.answers import normalize
 from tunelab.atomic import write_json, write_text
 from tunelab.data.factbook import FactbookDocument, field_text, load_factbook
 from tunelab.errors import TunelabError
-from tunelab.evaluate.answers import normalize
 
 
 @dataclass(frozen=True)

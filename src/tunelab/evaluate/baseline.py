@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.evaluate.answers import bootstrap_ci
+from tunelab.answers import bootstrap_ci
 from tunelab.evaluate.metrics import classification_metrics
 from tunelab.run import Run
 

@@ -55,11 +55,11 @@ class Generator:
     """A causal LM loaded once; call it with a prompt string or a list of chat messages."""
 
     def __init__(self, model: str | os.PathLike | None = None, *, precision: str = "fp32", threads: int | None = None, loaded: tuple[Any, Any] | None = None):
+        from tunelab import hardware
         from tunelab.lm.load import load_lm, resolve_lm
-        from tunelab.train import speed
 
         if threads is not None or loaded is None:
-            speed.set_threads(threads)
+            hardware.set_threads(threads)
         if loaded is not None:
             self.model, self.tokenizer = loaded
             self.name = getattr(self.model.config, "name_or_path", "model") or "model"
@@ -69,7 +69,7 @@ class Generator:
             source = resolve_lm(model)
             self.model, self.tokenizer = load_lm(source)
             self.name = source.name
-        self.precision = speed.resolve_precision(precision)
+        self.precision = hardware.resolve_precision(precision)
         self._lock = threading.Lock()  # one generation at a time: they would only fight for the cores
 
     # prompts -------------------------------------------------------------------------------

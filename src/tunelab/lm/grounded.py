@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tunelab.evaluate.answers import ABSTENTION
+from tunelab.answers import ABSTENTION
 
 _SPACE_MARKERS = ("Ġ", "▁")  # byte-level BPE and SentencePiece spell a leading space so
 

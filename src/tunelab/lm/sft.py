@@ -23,7 +23,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, PrinterCallback, Trainer, TrainingArguments  # noqa: E402
 
-from tunelab import atomic  # noqa: E402
+from tunelab import atomic, hardware  # noqa: E402
+from tunelab.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
 from tunelab.config import to_yaml  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.run import named_after, out_dir, refuse_existing  # noqa: E402
@@ -34,8 +35,6 @@ from tunelab.lm.generate import generate_samples  # noqa: E402
 from tunelab.lm.load import context_limit, resolve_lm  # noqa: E402
 from tunelab.lm.tokenize import IGNORE, ensure_chat_template, full_lengths, tokenize_rows  # noqa: E402
 from tunelab.lm.trainer import AnswerOnlyTrainer, supports_logits_to_keep  # noqa: E402
-from tunelab.train import speed  # noqa: E402
-from tunelab.train.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
 
 MAX_LENGTH_CAP = 1024  # the default limit; CPU attention cost grows with the square of the length
 
@@ -46,8 +45,8 @@ def sft(config: SFTConfig, progress: bool = True) -> Path:
     out = out_dir(config.out, named_after(config.model, config.data, prefix="sft-"))
     refuse_existing(out, config.overwrite)
     transformers.set_seed(config.seed)
-    threads = speed.set_threads(config.threads)
-    precision = speed.resolve_precision(config.precision)
+    threads = hardware.set_threads(config.threads)
+    precision = hardware.resolve_precision(config.precision)
 
     # 1. Data, checked before anything expensive; an eval split held out (seeded).
     data = load_instructions(config.data, config.format, config.encoding)
@@ -139,7 +138,7 @@ def sft(config: SFTConfig, progress: bool = True) -> Path:
                 "epochs": result.metrics.get("epoch", config.epochs),
                 "steps": result.global_step,
                 "train_tokens_per_second": trained_tokens * config.epochs / train_seconds if train_seconds > 0 else None,
-                "peak_memory_mb": speed.peak_memory_mb(),
+                "peak_memory_mb": hardware.peak_memory_mb(),
                 "parameters": sum(p.numel() for p in trainer.model.parameters()),
                 "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
             },
@@ -153,7 +152,7 @@ def sft(config: SFTConfig, progress: bool = True) -> Path:
                 "dropped_no_answer_left": train_counts["no_answer_left"] + eval_counts["no_answer_left"],
                 "fallback_chat_template": added_template,
             },
-            "environment": speed.environment(precision),
+            "environment": hardware.environment(precision),
         }
         atomic.write_json(stage / "metrics.json", metrics)
         atomic.write_json(stage / "samples.json", samples)

@@ -1,6 +1,6 @@
 """Logistic regression on TF-IDF n-grams or frozen sentence embeddings: fit, choose C, score.
 
-The shared part of the scikit-learn baselines: `tunelab compare`'s candidates (tunelab.baselines,
+The shared part of the scikit-learn baselines: `tunelab compare`'s candidates (tunelab.training.baselines,
 which makes them run directories) and the baseline every evaluation report shows
 (tunelab.evaluate.baseline, fitted on a run's own splits) both fit through `fit_logreg`, so there
 is one `tfidf-logreg`. C is always chosen on the eval split, never on the rows that are scored.
@@ -26,7 +26,7 @@ NGRAM_MAX = 2  # tfidf-logreg: longest word n-gram
 
 @dataclass(frozen=True)
 class LinearSettings:
-    """What a fit needs; tunelab.baselines.BaselineConfig has the same fields (and these defaults)."""
+    """What a fit needs; tunelab.training.baselines.BaselineConfig has the same fields (and these defaults)."""
 
     method: str = "tfidf-logreg"
     C: float | None = None

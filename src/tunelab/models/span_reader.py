@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tunelab.answers import ABSTENTION
 from tunelab.errors import TunelabError
-from tunelab.evaluate.answers import ABSTENTION
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -158,9 +158,9 @@ class ExtractiveReader:
         threshold it chose), or any Hugging Face question-answering model folder."""
         from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 
+        from tunelab import hardware
         from tunelab.models.classifier import model_max_length
         from tunelab.run import Run
-        from tunelab.train import speed
 
         path = Path(getattr(path, "path", path)).expanduser()
         settings: dict = {}
@@ -179,14 +179,14 @@ class ExtractiveReader:
             raise TunelabError(f"'{path}' is neither a tunelab run nor a Hugging Face model folder", "pass a run directory or a model folder")
         if null_threshold is not None:
             settings["null_threshold"] = float(null_threshold)
-        speed.set_threads(threads)
+        hardware.set_threads(threads)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         tokenizer.padding_side = "right"  # [CLS] stays at index 0 of every padded window
         model = AutoModelForQuestionAnswering.from_pretrained(model_dir)
         model.eval()
         if "max_length" not in settings:
             settings["max_length"] = min(DEFAULT_MAX_LENGTH, model_max_length(AutoConfig.from_pretrained(model_dir), tokenizer))
-        return cls(model, tokenizer, precision=speed.resolve_precision(precision), **settings)
+        return cls(model, tokenizer, precision=hardware.resolve_precision(precision), **settings)
 
     def read(self, question: str, passages: Sequence[str]) -> ReadResult:
         """The best span of any passage, or an abstention; all windows in one forward pass."""
@@ -250,8 +250,8 @@ def choose_threshold(margins: Sequence[float], right: Sequence[bool], beyond: fl
     """The margin threshold maximising right - hallucinated over questions whose unthresholded
     answers are known to be right or wrong (answer when margin >= threshold; unanswerable questions
     count as wrong; -inf margins are never answered); ties go to the lowest threshold; 0.0 without
-    a finite margin. One feature of tunelab.evaluate.answers.choose_thresholds."""
-    from tunelab.evaluate.answers import choose_thresholds
+    a finite margin. One feature of tunelab.answers.choose_thresholds."""
+    from tunelab.answers import choose_thresholds
 
     margins = np.asarray(margins, dtype=float)
     right = np.asarray(right, dtype=bool)

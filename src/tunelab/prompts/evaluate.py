@@ -11,12 +11,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tunelab.answers import score, summarise
 from tunelab.data.factbook_qa import read_qa
 from tunelab.errors import TunelabError
 from tunelab.progress import progress_bar
 from tunelab.prompts.generate import answer_batch
 from tunelab.prompts.loader import PromptTemplate, load_template
-from tunelab.evaluate.answers import score, summarise
 
 
 DECODINGS = ("free", "grounded")

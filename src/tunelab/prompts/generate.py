@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from tunelab.answers import ABSTENTION
 from tunelab.errors import TunelabError
-from tunelab.evaluate.answers import ABSTENTION
 from tunelab.lm.generate import Prompt
 
 

@@ -19,7 +19,7 @@ class SentenceEmbedder:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        from tunelab.train.speed import cpu_bf16_is_fast
+        from tunelab.hardware import cpu_bf16_is_fast
 
         path = resolve_model(model)
         self.name = str(model)
@@ -31,7 +31,7 @@ class SentenceEmbedder:
         self.dim = int(get_dim())
         # AMX / AVX512-BF16 CPUs run bf16 matmuls about twice as fast as fp32, with embeddings that agree
         # to cosine 0.9999 on MiniLM; elsewhere bf16 is emulated and slower. The CPU's rule, not
-        # speed.bf16_is_fast's: this model runs on the CPU even on a machine with a GPU.
+        # hardware.bf16_is_fast's: this model runs on the CPU even on a machine with a GPU.
         self.bf16 = cpu_bf16_is_fast() if bf16 is None else bf16
         self._torch = torch
 

@@ -5,7 +5,7 @@ chunk in the top 10. So recall@k is the share of questions whose document appear
 first k chunks, MRR averages 1/rank, and nDCG@10 with a single relevant document is
 1/log2(rank + 1).
 
-Generated answers (`evaluate_answers`) are scored by tunelab.evaluate.answers, the scorer that
+Generated answers (`evaluate_answers`) are scored by tunelab.answers, the scorer that
 `prompts eval` and `strategies` use too, so a verdict means the same everywhere.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tunelab.evaluate.answers import answer_in_text, score, summarise, verdict
+from tunelab.answers import answer_in_text, score, summarise, verdict
 from tunelab.progress import track
 from tunelab.rag.index import MODES, Index
 
@@ -79,7 +79,7 @@ def evaluate_retrieval(
 def evaluate_answers(
     index: Index, rows: Sequence[dict], reader, *, settings=None, progress: bool = False, seed: int = 0, **kwargs
 ) -> dict:
-    """Answers of a RAG reader scored by tunelab.evaluate.answers (the one scorer), over `rows`
+    """Answers of a RAG reader scored by tunelab.answers (the one scorer), over `rows`
     ({question, answer, aliases, doc_id}); `settings` is the context (rag.reader_data.ContextSettings),
     `kwargs` go to rag.answer.answer_many (e.g. min_similarity).
 

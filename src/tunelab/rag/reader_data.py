@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tunelab.evaluate.answers import ABSTENTION
+from tunelab.answers import ABSTENTION
 from tunelab.rag.focus import Passage, focus, whole_chunks
 
 CONTEXTS = ("focused", "chunks")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from tunelab.evaluate.answers import ABSTENTION, is_abstention, normalize
+from tunelab.answers import ABSTENTION, is_abstention, normalize
 from tunelab.rag.examples import WorkedExample, WorkedExamples
 from tunelab.rag.focus import Passage
 

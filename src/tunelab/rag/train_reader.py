@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab import atomic
+from tunelab.answers import choose_thresholds, score
 from tunelab.errors import TunelabError
-from tunelab.evaluate.answers import choose_thresholds, score
 from tunelab.rag.reader_data import ContextSettings, Retrieved, reader_examples, retrieve_context
 from tunelab.run import refuse_existing
 
@@ -117,7 +117,7 @@ def train_reader_on(reader_rows: Sequence[dict], reader_contexts: Sequence[Retri
     """The reader trained on `reader_rows`, its thresholds chosen on the disjoint `calibration` rows."""
     from tunelab.config import ExtractiveQAConfig
     from tunelab.rag.readers import SpanReader
-    from tunelab.train.extractive_qa import train_extractive_qa
+    from tunelab.training.extractive_qa import train_extractive_qa
 
     out = Path(out).expanduser()
     examples = reader_examples(reader_rows, reader_contexts, seed=seed)

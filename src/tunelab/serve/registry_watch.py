@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from tunelab.errors import TunelabError
-from tunelab.registry import Production, Registry
+from tunelab.lifecycle.registry import Production, Registry
 
 log = logging.getLogger("tunelab.serve.registry")
 SPEC_ENV = "TUNELAB_SERVE_REGISTRY_SPEC"  # how `--workers N` hands the name and settings to each worker

@@ -13,8 +13,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import replace
 
+from tunelab.answers import normalize
 from tunelab.data.factbook import Section
-from tunelab.evaluate.answers import normalize
 from tunelab.rag.documents import Document
 
 NEW_CITIES = ["Marrowick", "Zelthane", "Orvandel", "Quillbrook", "Tessaport", "Vandrecht", "Halvoria City", "Kestremont"]

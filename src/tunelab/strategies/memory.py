@@ -1,6 +1,6 @@
 """Peak resident memory of this process during a block (sampled; RSS covers torch's allocations).
 
-Not train/speed.peak_memory_mb: getrusage's ru_maxrss is the high-water mark of the whole process,
+Not hardware.peak_memory_mb: getrusage's ru_maxrss is the high-water mark of the whole process,
 so once one stage has peaked it reports that peak for every later stage; a stage's own peak needs
 the current RSS, sampled while the stage runs.
 """

@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 
 from tunelab import atomic
+from tunelab.answers import ABSTENTION, answer_in_text, score, summarise, verdict
 from tunelab.errors import TunelabError
 from tunelab.progress import progress_bar
 from tunelab.prompts.evaluate import latency_summary, run_template
 from tunelab.prompts.loader import load_template
 from tunelab.rag.reader_data import ContextSettings
-from tunelab.evaluate.answers import ABSTENTION, answer_in_text, score, summarise, verdict
 from tunelab.strategies.adapt import edit_knowledge, says_old_answer
 from tunelab.strategies.config import StrategiesConfig
 from tunelab.strategies.memory import PeakMemory, folder_mb

@@ -26,10 +26,10 @@ import pandas as pd
 from pydantic import Field
 
 from tunelab import atomic
-from tunelab.blend import choose_alpha, mean_accuracy, save_blend
 from tunelab.config import Settings, TrainConfig
 from tunelab.errors import TunelabError
-from tunelab.registry import Registry, Version, check_name
+from tunelab.lifecycle.blend import choose_alpha, mean_accuracy, save_blend
+from tunelab.lifecycle.registry import Registry, Version, check_name
 from tunelab.run import Run, out_dir
 
 # An update starts from a converged model and must stay near it: a quarter of the parent's peak rate,
@@ -90,7 +90,7 @@ class UpdateResult:
 
 def update(settings: UpdateSettings, registry: Registry | None = None, progress: bool = True) -> UpdateResult:
     from tunelab.data import load_source, make_splits
-    from tunelab.train.classify import train
+    from tunelab.training.classify import train
 
     registry = registry or Registry()
     check_name(settings.name)

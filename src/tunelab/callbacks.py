@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import TrainerCallback
 
-from tunelab.train.eta import DurationEstimate, first_estimate, human_duration, steps_to_measure
+from tunelab.eta import DurationEstimate, first_estimate, human_duration, steps_to_measure
 
 
 def quiet_libraries() -> None:

@@ -74,8 +74,8 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
     import joblib
     import torch
 
+    from tunelab import hardware
     from tunelab.data import load_splits, profile_splits
-    from tunelab.train import speed
 
     import transformers
 
@@ -119,7 +119,7 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
     write_history(staging / "history.jsonl", scores, [(c, s) for _, c, s in searched])
     atomic.write_json(staging / "metrics.json", {
         "train": training_facts(pipeline, encoder, len(texts["train"]), train_seconds, scores),
-        "environment": speed.environment("fp32"),
+        "environment": hardware.environment("fp32"),
     })
 
     # 4. Evaluate on the held-out test split with the same code as every fine-tuned run, then publish.
@@ -145,7 +145,7 @@ def write_history(path: Path, best: dict[str, float], searched: list[tuple[float
 
 
 def training_facts(pipeline, encoder, train_rows: int, seconds: float, scores: dict[str, float]) -> dict[str, Any]:
-    from tunelab.train import speed
+    from tunelab import hardware
 
     logreg = pipeline[-1]
     trainable = int(logreg.coef_.size + logreg.intercept_.size)
@@ -161,7 +161,7 @@ def training_facts(pipeline, encoder, train_rows: int, seconds: float, scores: d
         "processes": 1,
         "best_checkpoint": None,
         "best_eval_accuracy": scores["eval_accuracy"],
-        "peak_memory_mb": speed.peak_memory_mb(),
+        "peak_memory_mb": hardware.peak_memory_mb(),
         "parameters": frozen + trainable,
         "trainable_parameters": trainable,
     }

@@ -25,19 +25,19 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from tunelab import atomic  # noqa: E402
+from tunelab import atomic, hardware  # noqa: E402
+from tunelab.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
 from tunelab.config import TrainConfig, to_yaml  # noqa: E402
 from tunelab.data import load_splits, profile_splits  # noqa: E402
 from tunelab.data.tokenize import choose_max_length, token_lengths, tokenize_frame  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
+from tunelab.eta import steps_to_measure  # noqa: E402
 from tunelab.models.catalogue import resolve_model  # noqa: E402
 from tunelab.models.classifier import model_max_length  # noqa: E402
 from tunelab.run import Run, named_after, out_dir, refuse_existing, start_staging  # noqa: E402
-from tunelab.train import memory, speed  # noqa: E402
-from tunelab.train.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
-from tunelab.train.eta import steps_to_measure  # noqa: E402
-from tunelab.train.resume import resume_point, truncate_history  # noqa: E402
-from tunelab.train.trainer import AccuracyTrainer, balanced_class_weights, classification_scores  # noqa: E402
+from tunelab.training import memory  # noqa: E402
+from tunelab.training.resume import resume_point, truncate_history  # noqa: E402
+from tunelab.training.trainer import AccuracyTrainer, balanced_class_weights, classification_scores  # noqa: E402
 
 
 def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> Run:
@@ -59,8 +59,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     # Joins the process group when launched by torchrun / accelerate (gloo on CPU), as the Trainer will.
     state = PartialState(cpu=not torch.cuda.is_available())
     transformers.set_seed(config.seed)
-    threads = speed.set_threads(config.threads)
-    precision = speed.resolve_precision(config.precision)
+    threads = hardware.set_threads(config.threads)
+    precision = hardware.resolve_precision(config.precision)
 
     # 1. Data: load, split (stratified, seeded), and check before anything expensive.
     splits, dropped = load_splits(config)
@@ -180,11 +180,11 @@ def training_metrics(trainer, result, seconds: float, precision: str, processes:
             "processes": processes,
             "best_checkpoint": Path(best).name if best else None,
             "best_eval_accuracy": trainer.state.best_metric,
-            "peak_memory_mb": speed.peak_memory_mb(),
+            "peak_memory_mb": hardware.peak_memory_mb(),
             "parameters": sum(p.numel() for p in trainer.model.parameters()),
             "trainable_parameters": count_trainable(trainer.model),
         },
-        "environment": speed.environment(precision),
+        "environment": hardware.environment(precision),
     }
 
 

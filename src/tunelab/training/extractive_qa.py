@@ -31,19 +31,18 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from tunelab import atomic  # noqa: E402
+from tunelab import atomic, hardware  # noqa: E402
+from tunelab.answers import normalize, score, summarise  # noqa: E402
+from tunelab.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
 from tunelab.config import ExtractiveQAConfig, to_yaml  # noqa: E402
 from tunelab.data.load import read_raw  # noqa: E402
 from tunelab.data.tokenize import choose_max_length  # noqa: E402
 from tunelab.errors import TunelabError, did_you_mean  # noqa: E402
-from tunelab.evaluate.answers import normalize, score, summarise  # noqa: E402
 from tunelab.models.catalogue import resolve_model  # noqa: E402
 from tunelab.models.classifier import model_max_length  # noqa: E402
 from tunelab.models.span_reader import ExtractiveReader, choose_threshold, cls_index, encode_windows  # noqa: E402
 from tunelab.run import Run, named_after, out_dir, refuse_existing, start_staging  # noqa: E402
-from tunelab.train import speed  # noqa: E402
-from tunelab.train.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
-from tunelab.train.classify import count_trainable, resolve_lr  # noqa: E402
+from tunelab.training.classify import count_trainable, resolve_lr  # noqa: E402
 
 TASK = "extractive-qa"
 MIN_MAX_LENGTH = 32  # a window must leave the context room after the question
@@ -58,8 +57,8 @@ def train_extractive_qa(config: ExtractiveQAConfig, progress: bool = True) -> Ru
     staging = atomic.partial_path(out)
     refuse_existing(out, config.overwrite)
     transformers.set_seed(config.seed)
-    threads = speed.set_threads(config.threads)
-    precision = speed.resolve_precision(config.precision)
+    threads = hardware.set_threads(config.threads)
+    precision = hardware.resolve_precision(config.precision)
 
     # 1. Data: load, check every answer against its context, split by question (seeded).
     splits = load_qa_splits(config)
@@ -122,7 +121,7 @@ def train_extractive_qa(config: ExtractiveQAConfig, progress: bool = True) -> Ru
         "task": TASK,
         "test": test,
         "train": training_metrics(trainer, result, train_seconds),
-        "environment": speed.environment(precision),
+        "environment": hardware.environment(precision),
         "null_threshold": threshold,
     }
     atomic.write_json(staging / "metrics.json", metrics)
@@ -405,7 +404,7 @@ def training_metrics(trainer, result, seconds: float) -> dict:
         "epochs": result.metrics.get("epoch"),
         "steps": result.global_step,
         "best_eval_loss": trainer.state.best_metric,
-        "peak_memory_mb": speed.peak_memory_mb(),
+        "peak_memory_mb": hardware.peak_memory_mb(),
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "trainable_parameters": count_trainable(trainer.model),
     }

@@ -670,6 +670,8 @@ def reader_run(tmp_path_factory):
     qa.mkdir()
     (qa / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reader_rows(120)))
     (qa / "test.jsonl").write_text("".join(json.dumps({**r, "question": r["question"].rsplit(" ", 1)[0]}) + "\n" for r in reader_rows(4)))
+    # fields.jsonl beside train.jsonl (as `tunelab data factbook-qa` writes it): extra training questions
+    (qa / "fields.jsonl").write_text("".join(json.dumps({**r, "question": f"field {r['question']}", "kind": "field:x"}) + "\n" for r in reader_rows(6)))
     bert = write_reader_bert(root / "bert")
     result = CliRunner().invoke(app, ["rag", "train-reader", str(qa), "--index", str(root / "index"), "--out", str(root / "run"),
                                       "--model", str(bert), "--epochs", "1"])
@@ -687,9 +689,9 @@ def test_cli_train_reader_writes_thresholds_chosen_on_train(reader_run):
     abstention = saved["abstention"]
     assert {"min_similarity", "min_confidence"} <= set(abstention) and "train" in abstention["chosen_on"]
     assert abstention["questions"] == 50  # the calibration share of the 120 train questions (at least 50)
-    assert saved["examples"]["total"] == 70  # the rest trained the reader
+    assert saved["examples"]["total"] == 70 + 6  # the rest trained the reader, with the field questions
     output = " ".join(result.output.split())
-    assert f"trained the reader: {reader_run.run}" in output and "abstains below retrieval similarity" in output
+    assert f"trained the reader: {reader_run.run} (with 6 questions of" in output and "abstains below retrieval similarity" in output
     for metric in ("right", "EM", "F1", "abstained", "hallucinated"):
         assert f" {metric} " in output
 
@@ -862,12 +864,13 @@ def test_reader_thresholds_are_chosen_on_train_questions_it_was_not_trained_on(c
     monkeypatch.setattr(extractive_qa, "train_extractive_qa", fake_train)
     monkeypatch.setattr(readers, "SpanReader", FakeSpanReader)
     monkeypatch.setattr(train_reader, "choose_abstention", spy_choose)
-    run = train_reader.train_rag_reader(rows, concept_index, tmp_path / "run", progress=False)
+    extra = [{**row, "question": f"extra {row['question']}", "kind": "field:x"} for row in reader_rows(10)]
+    run = train_reader.train_rag_reader(rows, concept_index, tmp_path / "run", progress=False, extra_rows=extra)
     given = {r["question"] for r in rows}
     assert calibrated and trained
     assert set(calibrated) <= given  # only train questions...
     assert not set(calibrated) & set(trained)  # ...that the reader was not trained on
-    assert set(calibrated) | set(trained) == given
+    assert set(calibrated) | set(trained) == given | {r["question"] for r in extra}  # extra rows: trained on only
     abstention = json.loads((run / "rag_reader.json").read_text())["abstention"]
     assert "train" in abstention["chosen_on"] and abstention["questions"] == len(calibrated)
 
@@ -906,6 +909,8 @@ def fake_builds(tmp_path, monkeypatch):
     monkeypatch.setattr(builtin, "train_rag_reader", fake_train)
     monkeypatch.setattr(builtin, "open_index", fake_open)
     monkeypatch.setattr(builtin, "build_factbook_qa", lambda: items)
+    fields = [QAItem(f"What is the {f} of T{i}?", f"{f} {i}", [], f"doc{i}", f"field:{f}", f"T{i}") for f in ("terrain", "climate") for i in range(4)]
+    monkeypatch.setattr(builtin, "build_field_questions", lambda: fields)
     return builtin, calls, items
 
 
@@ -988,6 +993,8 @@ def test_builtin_reader_is_trained_once_on_the_train_split(fake_builds, capsys):
     assert out == partial_path(run) and not out.exists()
     assert index == f"opened {builtin.index_path()}" and len(calls["index"]) == 1
     assert kwargs["settings"] == ContextSettings() and (kwargs["model"], kwargs["epochs"], kwargs["seed"]) == ("minilm", 2.0, 0)
+    # and field questions, spread over the fields (both here), trained on only
+    assert len(kwargs["extra_rows"]) == 8 and {r["kind"] for r in kwargs["extra_rows"][:2]} == {"field:terrain", "field:climate"}
     assert "building the built-in Factbook reader once" in capsys.readouterr().err
     assert builtin.builtin_reader(progress=False) == run and len(calls["reader"]) == 1
 

@@ -9,7 +9,7 @@ import pytest
 
 from tunelab.answers import normalize
 from tunelab.data.factbook import load_factbook
-from tunelab.data.factbook_qa import build_factbook_qa, split_qa, write_factbook_qa
+from tunelab.data.factbook_qa import KIND_FIELDS, build_factbook_qa, build_field_questions, split_qa, spread_over_kinds, write_factbook_qa
 
 pytestmark = pytest.mark.smoke
 
@@ -62,3 +62,33 @@ def test_qa_split_is_seeded_disjoint_and_written_as_jsonl(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "qa" / "test.jsonl").read_text().splitlines()]
     assert len(rows) == summary["test"] == len(test)
     assert set(rows[0]) == {"question", "answer", "aliases", "doc_id", "kind", "title"}
+    fields = (tmp_path / "qa" / "fields.jsonl").read_text().splitlines()
+    assert len(fields) == summary["field_questions"]["questions"] > 10_000
+
+
+def test_field_questions_ask_about_other_fields_with_answers_from_the_document():
+    import random
+
+    items = build_field_questions()
+    kinds = {i.kind for i in items}
+    assert len(items) > 10_000 and len(kinds) > 100
+    # Never a field a question kind reads: no field question holds a test answer or teaches a held-out kind.
+    assert not {k.removeprefix("field:") for k in kinds} & KIND_FIELDS
+    assert not {i.question for i in items} & {i.question for i in build_factbook_qa()}
+    burkina = {i.question: i.answer for i in items if i.doc_id == "africa/uv.json"}
+    assert burkina["What is the total land boundaries of Burkina Faso?"] == "3,611 km"
+    assert burkina["What is the terrain of Burkina Faso?"] == "mostly flat to dissected"
+    assert "What is the climate of Burkina Faso?" not in burkina  # "three climate zones including ...": too long to check
+    assert "What is the background of Burkina Faso?" not in burkina  # prose, not a checkable fact
+    texts = {d.doc_id: normalize("\n".join(s.text for s in d.sections)) for d in load_factbook()}
+    for item in random.Random(0).sample(items, 500):
+        assert normalize(item.answer) in texts[item.doc_id], item
+        assert 0 < len(item.answer.split()) <= 6 and item.title in item.question
+
+
+def test_spread_over_kinds_takes_every_kind_before_a_second_of_any():
+    rows = [{"question": f"big {i}", "kind": "big"} for i in range(50)] + [{"question": "small", "kind": "small"}]
+    picked = spread_over_kinds(rows, 4, seed=1)
+    assert len(picked) == 4 and {"question": "small", "kind": "small"} in picked
+    assert picked == spread_over_kinds(rows, 4, seed=1) and picked != spread_over_kinds(rows, 4, seed=2)
+    assert len(spread_over_kinds(rows, 100)) == 51

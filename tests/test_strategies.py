@@ -34,6 +34,9 @@ def kb_and_qa(tmp_path_factory) -> tuple[Path, Path]:
     qa.mkdir()
     write_jsonl(qa / "train.jsonl", _rows(COUNTRIES[:4]) * 3)
     write_jsonl(qa / "test.jsonl", _rows(COUNTRIES[4:]) + _rows(COUNTRIES[:1]))
+    # questions about another field (as `tunelab data factbook-qa` writes them): extractive readers' training only
+    write_jsonl(qa / "fields.jsonl", [{"question": f"What is the name of {name}?", "answer": name, "aliases": [], "doc_id": f"{name.lower()}.md",
+                                       "kind": "field:Name"} for name, _, _ in COUNTRIES[:4]])
     return kb, qa
 
 
@@ -77,6 +80,8 @@ def test_quick_run_writes_every_output(tmp_path, kb_and_qa):
         assert choice["values"][choice["chosen"]] == max(choice["values"].values())
         assert results["strategies"][name]["abstention"]["value"] == choice["values"][choice["chosen"]]
         assert f":{choice['chosen']}" in results["strategies"][name]["reader"]
+    assert results["questions"]["field_questions"] == 4
+    assert results["strategies"]["extractive+rag"]["setup"]["examples"] == results["questions"]["reader_training"] + 4
     # set-up costs are measured where there is something to set up
     assert results["strategies"]["closed-book"]["setup_seconds"] == 0
     assert results["strategies"]["rag"]["setup_seconds"] > 0
@@ -201,6 +206,7 @@ def builtin_factbook(tmp_path, kb_and_qa, monkeypatch):
     monkeypatch.setattr(builtin, "builtin_index", builtin_index)
     monkeypatch.setattr(builtin, "index_is_built", lambda embed_model="minilm": cached.exists())
     monkeypatch.setattr(builtin, "builtin_qa", lambda: (read_qa(qa / "train.jsonl"), read_qa(qa / "test.jsonl")))
+    monkeypatch.setattr(builtin, "builtin_field_questions", lambda n, seed: read_qa(qa / "fields.jsonl")[:n])
     monkeypatch.chdir(tmp_path)  # no folder named 'factbook' here
     return cached, requests
 
@@ -256,3 +262,26 @@ def test_test_blocks_are_disjoint_runs_of_one_seeded_shuffle():
     assert len(first) == len(second) == 10 and len(rest) == 5
     assert not {r["question"] for r in first} & {r["question"] for r in second}
     assert sample(rows, 10, 3, 3) == []
+
+
+def test_field_questions_are_spread_over_fields_and_optional(tmp_path, kb_and_qa):
+    from tunelab.strategies import StrategiesConfig
+    from tunelab.strategies.run import Pipeline
+
+    kb, qa = kb_and_qa
+    fields = [{"question": f"What is the {field} of {i}?", "answer": str(i), "doc_id": "aland.md", "kind": f"field:{field}"}
+              for field in ("terrain", "climate", "coastline") for i in range(5)]
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    for name in ("train", "test"):
+        (folder / f"{name}.jsonl").write_text((qa / f"{name}.jsonl").read_text())
+    write_jsonl(folder / "fields.jsonl", fields)
+
+    def picked(**settings):
+        return Pipeline(StrategiesConfig(qa=str(folder), kb=str(kb), model="m", out=str(tmp_path / "o"), **settings), progress=False).field_questions()
+
+    assert {r["kind"] for r in picked(field_questions=3)} == {"field:terrain", "field:climate", "field:coastline"}
+    assert len(picked(field_questions=100)) == 15
+    assert picked(field_questions=0) == []
+    (folder / "fields.jsonl").unlink()
+    assert picked() == []  # a QA folder without fields.jsonl (a user's own questions): none

@@ -308,7 +308,7 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
     """Recall@1/5/10, MRR, nDCG@10 and latency per mode; with --answer, answer quality too."""
-    from tunelab.data.factbook_qa import read_qa
+    from tunelab.data.factbook_qa import read_qa, spread_over_kinds
     from tunelab.errors import TunelabError
     from tunelab.rag.builtin import resolve_index
     from tunelab.rag.evaluate import evaluate_answers, evaluate_retrieval
@@ -379,13 +379,16 @@ def train_reader_cmd(
     lines: Annotated[int, typer.Option("--lines", help="--context focused: lines shown")] = 5,
     model: Annotated[str, typer.Option("--model", help="encoder to fine-tune: catalogue name or Hugging Face folder")] = "minilm",
     epochs: Annotated[float, typer.Option("--epochs")] = 2.0,
+    field_questions: Annotated[int, typer.Option("--field-questions", help="also train on this many questions of fields.jsonl beside "
+                                                 "train.jsonl (questions about other fields: the reader generalises to new kinds of question), "
+                                                 "spread over its fields; 0 for none")] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="seed of the calibration split, the distractors and training")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run directory")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the run, thresholds and test metrics as JSON")] = False,
 ) -> None:
     """Train an extractive RAG reader on train questions, retrieved as at answer time; its abstention
     thresholds are chosen on train questions it was not trained on (rag_reader.json)."""
-    from tunelab.data.factbook_qa import read_qa
+    from tunelab.data.factbook_qa import read_qa, spread_over_kinds
     from tunelab.errors import TunelabError
     from tunelab.rag.builtin import resolve_index
     from tunelab.rag.index import open_index
@@ -404,19 +407,23 @@ def train_reader_cmd(
             raise TunelabError(f"{flag} must be at least 1, not {value}", f"e.g. {flag} 5")
     refuse_existing(out, overwrite)  # before the index is opened; train_rag_reader checks again for its other callers
     rows = read_qa(path, required=("question", "answer", "doc_id"))
+    fields_path = path.parent / "fields.jsonl"
+    extra = []
+    if field_questions > 0 and fields_path.is_file():
+        extra = spread_over_kinds(read_qa(fields_path, required=("question", "answer", "doc_id")), field_questions, seed)
     settings = ContextSettings(mode=mode.value, k=k, context=context.value, lines=lines)
     with open_index(resolve_index(index, progress=not as_json)) as opened:
         run = train_rag_reader(rows, opened, out, settings=settings, model=model, epochs=epochs, seed=seed, overwrite=overwrite,
-                               progress=not as_json)
+                               progress=not as_json, extra_rows=extra)
     _, abstention = read_reader_settings(run)
     test = json.loads((Path(run) / "metrics.json").read_text()).get("test", {})
     metrics = {key: test.get(key) for key in ("questions", "right", "exact_match", "token_f1", "abstained", "hallucinated")}
     finite = lambda x: x if x is None or math.isfinite(x) else None  # noqa: E731
     if as_json:
-        print(json.dumps({"run": str(run), "context": settings.to_dict(),
+        print(json.dumps({"run": str(run), "context": settings.to_dict(), "field_questions": len(extra),
                           "abstention": {**abstention.to_dict(), "min_confidence": finite(abstention.min_confidence)}, "test": metrics}, indent=2))
         return
-    console.print(f"trained the reader: {run}", highlight=False)
+    console.print(f"trained the reader: {run}" + (f" (with {len(extra)} questions of {fields_path})" if extra else ""), highlight=False)
     console.print(f"abstains below retrieval similarity {abstention.min_similarity:.3f} and span margin {abstention.min_confidence:.3f} "
                   f"(chosen on {abstention.chosen_on}, {abstention.questions} questions)", highlight=False, soft_wrap=True)
     shown = " ".join(f"{label} {metrics[key]:.3f}" for label, key in (("right", "right"), ("EM", "exact_match"), ("F1", "token_f1"),
@@ -429,7 +436,7 @@ def train_reader_cmd(
 
 @user_errors
 def factbook_qa_cmd(
-    out: Annotated[Path, typer.Option("--out", help="folder to write train.jsonl, test.jsonl and summary.json into")],
+    out: Annotated[Path, typer.Option("--out", help="folder to write train.jsonl, test.jsonl, fields.jsonl and summary.json into")],
     test_fraction: Annotated[float, typer.Option(help="share of questions in the test split")] = 0.2,
     seed: Annotated[int, typer.Option(help="seed of the split")] = 0,
 ) -> None:
@@ -441,6 +448,9 @@ def factbook_qa_cmd(
         f"wrote {summary['train']} train and {summary['test']} test questions about {summary['documents']} documents to {out}"
     )
     console.print(", ".join(f"{k} {v}" for k, v in summary["kinds"].items()), highlight=False)
+    fields = summary["field_questions"]
+    console.print(f"and fields.jsonl: {fields['questions']} questions about {fields['fields']} other fields, extra training for a reader "
+                  "(rag train-reader and strategies use them)", highlight=False, soft_wrap=True)
 
 
 data_app.command("factbook-qa")(factbook_qa_cmd)

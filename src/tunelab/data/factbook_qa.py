@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -167,6 +167,49 @@ EXTRACTORS: dict[str, Extractor] = {
 }
 
 
+# The Factbook fields the question kinds above read; field questions never ask about them, so extra
+# reader-training questions cannot hold a test answer or teach a held-out kind (leave-kinds-out).
+KIND_FIELDS = frozenset({
+    "Capital", "Government type", "Exchange rates", "Population", "Area", "Independence", "Languages",
+    "Internet country code", "Elevation", "Nationality", "National holiday",
+})
+# Long prose, not facts a question can check.
+_PROSE_FIELDS = frozenset({"Background", "Geography - note", "Economic overview", "Government - note"})
+MAX_FIELD_ANSWER_WORDS = 6
+
+
+def _field_answer(text: str) -> str | None:
+    """The short checkable head of a field's value: "temperate; cool winters" -> "temperate",
+    "Mossi 53.7%, Fulani (Peuhl) 6.8%" -> "Mossi 53.7%"; None when it is prose or empty."""
+    head = re.split(r", (?=\D)", _strip_notes(text), maxsplit=1)[0].strip(" ,.-:")
+    if not head or ":" in head or head.startswith("(") or head.upper() == "NA" or head.lower().startswith(("none", "no ", "see ")):
+        return None
+    return head if len(head.split()) <= MAX_FIELD_ANSWER_WORDS else None
+
+
+def build_field_questions(documents: Iterable[FactbookDocument] | None = None, exclude: Iterable[str] = KIND_FIELDS) -> list[QAItem]:
+    """Questions about every other Factbook field, one per paragraph ("Land boundaries - total: 3,611 km"
+    -> "What is the total land boundaries of Burkina Faso?" / "3,611 km"): reader-training data with
+    many question kinds, so a reader learns to match a question to a field's label rather than
+    memorise which field answers which of the eleven kinds. Kind: "field:<field name>"."""
+    exclude = set(exclude)
+    items = []
+    for doc in documents if documents is not None else load_factbook():
+        for section in doc.sections:
+            for paragraph in section.paragraphs:
+                name, _, value = paragraph.partition(": ")
+                field, _, sub = name.partition(" - ")
+                if not value or field in exclude or name in _PROSE_FIELDS or field in _PROSE_FIELDS or sub.lower().endswith("note"):
+                    continue
+                answer = _field_answer(value)
+                if answer is None:
+                    continue
+                # "Military expenditures - military expenditures 2020" -> "military expenditures 2020"
+                label = sub if field.lower() in sub.lower() else f"{sub} {field}" if sub else field
+                items.append(QAItem(f"What is the {label.lower()} of {doc.title}?", answer, [], doc.doc_id, f"field:{field}", doc.title))
+    return items
+
+
 def build_factbook_qa(documents: Iterable[FactbookDocument] | None = None) -> list[QAItem]:
     """Every question the Factbook's fields support, in document order."""
     items = []
@@ -181,6 +224,24 @@ def build_factbook_qa(documents: Iterable[FactbookDocument] | None = None) -> li
             aliases = [a for a in dict.fromkeys(aliases) if normalize(a) and a != answer]
             items.append(QAItem(question, answer, aliases, doc.doc_id, kind, doc.title))
     return items
+
+
+def spread_over_kinds(rows: Sequence[dict], n: int, seed: int = 0) -> list[dict]:
+    """n rows of a seeded shuffle taken round-robin over their kinds, so a few large fields
+    (Legislative branch: 2,887 paragraphs) do not crowd out the many small ones."""
+    rng = random.Random(seed)
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row.get("kind", ""), []).append(row)
+    queues = [groups[kind] for kind in sorted(groups)]
+    for queue in queues:
+        rng.shuffle(queue)
+    picked: list[dict] = []
+    for depth in range(max((len(q) for q in queues), default=0)):
+        for queue in queues:
+            if depth < len(queue) and len(picked) < n:
+                picked.append(queue[depth])
+    return picked
 
 
 def split_qa(items: list[QAItem], test_fraction: float = 0.2, seed: int = 0) -> tuple[list[QAItem], list[QAItem]]:
@@ -200,7 +261,8 @@ def split_qa(items: list[QAItem], test_fraction: float = 0.2, seed: int = 0) -> 
 
 
 def write_factbook_qa(out: str | Path, test_fraction: float = 0.2, seed: int = 0) -> dict:
-    """Write train.jsonl and test.jsonl (and a small summary) into `out`; returns the summary."""
+    """Write train.jsonl, test.jsonl, fields.jsonl (questions about the other fields, for training readers)
+    and a small summary into `out`; returns the summary."""
     import json
 
     out = Path(out).expanduser()
@@ -208,7 +270,8 @@ def write_factbook_qa(out: str | Path, test_fraction: float = 0.2, seed: int = 0
         raise TunelabError(f"'{out}' is a file", "pass --out a folder to write train.jsonl and test.jsonl into")
     items = build_factbook_qa()
     train, test = split_qa(items, test_fraction, seed)
-    for name, rows in (("train", train), ("test", test)):
+    fields = build_field_questions()
+    for name, rows in (("train", train), ("test", test), ("fields", fields)):
         write_text(out / f"{name}.jsonl", "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in rows))
     summary = {
         "questions": len(items),
@@ -218,6 +281,8 @@ def write_factbook_qa(out: str | Path, test_fraction: float = 0.2, seed: int = 0
         "test_fraction": test_fraction,
         "documents": len({i.doc_id for i in items}),
         "kinds": {kind: sum(1 for i in items if i.kind == kind) for kind in EXTRACTORS},
+        "field_questions": {"questions": len(fields), "fields": len({i.kind for i in fields}),
+                            "note": "fields.jsonl: extra reader-training questions about the fields no kind above reads"},
     }
     write_json(out / "summary.json", summary)
     return summary

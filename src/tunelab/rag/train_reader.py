@@ -91,22 +91,24 @@ def choose_abstention(rows: Sequence[dict], contexts: Sequence[Retrieved], readi
 
 def train_rag_reader(rows: Sequence[dict], index, out: str | Path, *, settings: ContextSettings = ContextSettings(),
                      model: str = "minilm", epochs: float = 2.0, seed: int = 0, overwrite: bool = False,
-                     progress: bool = True, contexts: Sequence[Retrieved] | None = None) -> Path:
+                     progress: bool = True, extra_rows: Sequence[dict] = ()) -> Path:
     """Train the reader into `out` and write its abstention thresholds; returns `out`.
 
-    `contexts` (one per row, from retrieve_all with the same settings) skips retrieval when the caller has them.
+    `extra_rows` (e.g. field questions, data/factbook_qa.build_field_questions) are trained on only:
+    the thresholds are chosen on a share of `rows`, the questions the reader will be asked.
     """
     out = Path(out).expanduser()
     refuse_existing(out, overwrite)
     rows = [r for r in rows if str(r.get("answer", "")).strip()]
-    if contexts is None:
-        from tunelab.progress import progress_bar
+    extra_rows = [r for r in extra_rows if str(r.get("answer", "")).strip()]
+    from tunelab.progress import progress_bar
 
-        with progress_bar(progress) as bar:
-            task = bar.add_task("retrieving train questions", total=len(rows)) if bar else None
-            contexts = retrieve_all(index, rows, settings, (lambda n: bar.advance(task, n)) if bar else None)
-    context_of = {id(r): c for r, c in zip(rows, contexts)}
+    with progress_bar(progress) as bar:
+        task = bar.add_task("retrieving train questions", total=len(rows) + len(extra_rows)) if bar else None
+        contexts = retrieve_all(index, [*rows, *extra_rows], settings, (lambda n: bar.advance(task, n)) if bar else None)
+    context_of = {id(r): c for r, c in zip([*rows, *extra_rows], contexts)}
     reader_rows, calibration = split_train(rows, seed=seed)
+    reader_rows += extra_rows
     return train_reader_on(reader_rows, [context_of[id(r)] for r in reader_rows], calibration, [context_of[id(r)] for r in calibration],
                            out, settings=settings, model=model, epochs=epochs, seed=seed, overwrite=overwrite, progress=progress)
 

@@ -29,6 +29,8 @@ class StrategiesConfig(Settings):
     rag_train_pairs: int = Field(1000, gt=0, description="train questions (with retrieved context, some with distractors only) for the generative reader")
     reader_epochs: float = Field(2.0, gt=0, description="epochs of the extractive reader")
     reader_questions: Optional[int] = Field(None, gt=0, description="train questions the readers learn from (default: all not used to select or calibrate)")
+    field_questions: int = Field(2000, ge=0, description="extra training questions of the extractive readers about the Factbook fields no question kind reads "
+                                 "(fields.jsonl of the QA folder, spread over the fields): many kinds of question, so a reader generalises to kinds it never saw; 0 for none")
     templates: list[str] = Field(default_factory=lambda: ["plain", "concise", "abstain", "few-shot"], description="closed-book templates to choose from")
     select_by: Literal["penalised_score", "f1", "contains", "exact_match"] = Field(
         "penalised_score", description="train-split criterion for the best template; penalised_score = (right - wrong) / n rewards abstaining over guessing"
@@ -71,7 +73,7 @@ class StrategiesConfig(Settings):
         return self.model_copy(update=dict(
             test_questions=min(self.test_questions, 6), select_questions=min(self.select_questions, 4),
             calibration_questions=min(self.calibration_questions, 6), train_pairs=min(self.train_pairs, 16),
-            rag_train_pairs=min(self.rag_train_pairs, 16), reader_epochs=min(self.reader_epochs, 1.0), reader_questions=min(self.reader_questions or 64, 64),
+            rag_train_pairs=min(self.rag_train_pairs, 16), reader_epochs=min(self.reader_epochs, 1.0), reader_questions=min(self.reader_questions or 64, 64), field_questions=min(self.field_questions, 16),
             max_new_tokens=min(self.max_new_tokens, 8), example_pool=min(self.example_pool, 16), k=min(self.k, 2), lines=1, chunks_k=1,
             changes=min(self.changes, 2), bootstrap=min(self.bootstrap, 200), ablation=False, held_out_kinds=[],
         ))

@@ -123,11 +123,14 @@ class Pipeline:
         self.select = shuffled[: c.select_questions]
         self.calibration = shuffled[c.select_questions : c.select_questions + c.calibration_questions]
         self.training = shuffled[c.select_questions + c.calibration_questions :][: c.reader_questions]
+        # The extractive readers also learn from questions about other fields (never a test question's field).
+        self.reader_training = self.training + self.field_questions()
         self.sft_rows = self.training[: c.train_pairs]
         self.rag_sft_rows = self.training[: c.rag_train_pairs]
         self.results.update(questions={
             "test": len(self.test), "select": len(self.select), "calibration": len(self.calibration), "sft": len(self.sft_rows),
             "rag_sft": len(self.rag_sft_rows), "reader_training": len(self.training), "qa": qa_source,
+            "field_questions": len(self.reader_training) - len(self.training),
             "chosen_on": "template: select (train); abstention thresholds: calibration (train); weights: sft / reader_training (train); test only scores",
         })
         if c.test_block:
@@ -181,6 +184,20 @@ class Pipeline:
                                "pass --qa DIR with train.jsonl and test.jsonl about it (or leave --kb at factbook)")
         train, test = builtin_qa()
         return [r for r in train if r.get("answer")], [r for r in test if r.get("answer")], "built-in Factbook QA (tunelab data factbook-qa)"
+
+    def field_questions(self) -> list[dict]:
+        """The extractive readers' extra training questions: fields.jsonl of the --qa folder (or, for the
+        built-in set, the same questions built here), spread over the fields; none for other QA sets."""
+        from tunelab.data.factbook_qa import spread_over_kinds
+        from tunelab.rag.builtin import builtin_field_questions
+
+        c = self.config
+        if not c.field_questions:
+            return []
+        if c.qa is None:
+            return builtin_field_questions(c.field_questions, c.seed)
+        path = Path(c.qa).expanduser() / "fields.jsonl"
+        return spread_over_kinds(read_split(path.parent, "fields"), c.field_questions, c.seed) if path.is_file() else []
 
     def finish(self) -> None:
         from tunelab.strategies.report import write_report
@@ -425,13 +442,14 @@ class Pipeline:
 
         c = self.config
         run_dir = self.out / "runs" / "extractive-reader"
-        self.log(f"extractive reader ({c.reader_model}) on {len(self.training)} train questions, {c.reader_epochs:g} epochs")
+        fields = len(self.reader_training) - len(self.training)
+        self.log(f"extractive reader ({c.reader_model}) on {len(self.training)} train questions + {fields} field questions, {c.reader_epochs:g} epochs")
         with PeakMemory() as peak:
             started = time.perf_counter()
-            contexts = self.contexts(self.training)
+            contexts = self.contexts(self.reader_training)
             retrieval_seconds = time.perf_counter() - started
             started = time.perf_counter()
-            train_reader_on(self.training, contexts, self.calibration, self.contexts(self.calibration), run_dir,
+            train_reader_on(self.reader_training, contexts, self.calibration, self.contexts(self.calibration), run_dir,
                             settings=self.context_settings(), model=c.reader_model, epochs=c.reader_epochs, seed=c.seed, overwrite=True, progress=self.progress)
             seconds = time.perf_counter() - started
             reader = SpanReader(run_dir)
@@ -440,7 +458,7 @@ class Pipeline:
         self.run_retrieval_strategy("extractive+rag", reader, setup_seconds=seconds + retrieval_seconds, peak_mb=peak.mb,
                                     setup={"what": "index build + retrieval for train + extractive reader fine-tuning", "reader_training_seconds": seconds,
                                            "train_retrieval_seconds": retrieval_seconds, "train_runtime_s": metrics["train"]["train_runtime_s"],
-                                           "examples": len(self.training), "index_build_seconds": self.results["index"]["build_seconds"]},
+                                           "examples": len(self.reader_training), "field_questions": fields, "index_build_seconds": self.results["index"]["build_seconds"]},
                                     disk_mb=folder_mb(run_dir / "model"))
 
     def stage_best_prompt(self) -> None:
@@ -560,7 +578,7 @@ class Pipeline:
 
         c = self.config
         held = set(c.held_out_kinds)
-        training = [r for r in self.training if r.get("kind") not in held]
+        training = [r for r in self.reader_training if r.get("kind") not in held]  # field questions never have a held-out kind
         calibration = [r for r in self.calibration if r.get("kind") not in held]
         test = [r for r in self.test if r.get("kind") in held]
         if not test or not training or not calibration:
@@ -648,12 +666,12 @@ def _model_folder(model: str) -> Path:
 
 
 def _environment() -> dict:
-    """speed.environment plus what a latency on a shared machine depends on: threads, CPUs and load."""
+    """hardware.environment plus what a latency on a shared machine depends on: threads, CPUs and load."""
     import os
 
-    from tunelab.train import speed
+    from tunelab import hardware
 
-    return {**speed.environment(speed.resolve_precision("auto")), "threads": speed.torch.get_num_threads(), "cpus": os.cpu_count(),
+    return {**hardware.environment(hardware.resolve_precision("auto")), "threads": hardware.torch.get_num_threads(), "cpus": os.cpu_count(),
             "load_average": os.getloadavg()}
 
 

@@ -48,7 +48,10 @@ def make_splits(
     source = frame.attrs.get("source", "the data")
     if len(frame) == 0:
         raise TunelabError(f"{source} has no usable rows", "check the file and the --text-col/--label-col choice")
-    classes = frame["label"].value_counts()
+    # Rows repeating a text go wherever its first row goes: a text in both train and test would be
+    # scored on what the model was trained on. Without repeats this is the plain stratified split.
+    firsts = frame.drop_duplicates("text")
+    classes = firsts["label"].value_counts()
     if len(classes) < 2:
         raise TunelabError(
             f"{source} has a single class ('{classes.index[0]}'); a classifier needs at least two",
@@ -59,21 +62,21 @@ def make_splits(
     if len(too_few):
         names = ", ".join(f"'{c}' ({n})" for c, n in too_few.items())
         raise TunelabError(
-            f"classes with too few examples to split stratified: {names}; each needs at least {needed}",
+            f"classes with too few examples (distinct texts) to split stratified: {names}; each needs at least {needed}",
             "add examples of those classes, remove them, or pass --eval-data/--test-data",
         )
 
-    rest = frame
+    rest = firsts
     splits: dict[str, pd.DataFrame] = {}
     for name, given, fraction in (("test", test_frame, test_fraction), ("eval", eval_frame, eval_fraction)):
         if given is not None:
             splits[name] = given.reset_index(drop=True)
             continue
         # The fraction is of the whole data set, so rescale it to what is left.
-        share = min(max(fraction * len(frame) / len(rest), len(classes) / len(rest)), 0.5)
+        share = min(max(fraction * len(firsts) / len(rest), len(classes) / len(rest)), 0.5)
         rest, held = train_test_split(rest, test_size=share, random_state=seed, stratify=rest["label"])
-        splits[name] = held.reset_index(drop=True)
-    train = rest.reset_index(drop=True)
+        splits[name] = _with_repeats(held, frame)
+    train = _with_repeats(rest, frame)
     if max_train_samples is not None and max_train_samples < len(train):
         if max_train_samples < len(classes):
             raise TunelabError(
@@ -85,6 +88,16 @@ def make_splits(
     splits["train"] = train
     check_labels_seen(splits)
     return {name: splits[name] for name in ("train", "eval", "test")}
+
+
+def _with_repeats(firsts: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `frame` whose text is one of `firsts`' texts, in `firsts`' order (repeats follow their first)."""
+    if frame["text"].is_unique:
+        return firsts.reset_index(drop=True)
+    order = {text: i for i, text in enumerate(firsts["text"])}
+    rows = frame[frame["text"].isin(order.keys())]
+    ranks = rows["text"].map(order)
+    return rows.iloc[ranks.argsort(kind="stable")].reset_index(drop=True)
 
 
 def check_labels_seen(splits: dict[str, pd.DataFrame]) -> None:

@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make demo` (set up + quickstart) and `make test` (set up + layer check + tests).
+# Two commands on a fresh machine: `make demo` (set up + quickstart) and `make test` (set up + layer check + ruff + tests).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -24,6 +24,9 @@ demo: install
 test: install
 	# The layers of ARCHITECTURE.md, declared in pyproject.toml [tool.importlinter].
 	$(VENV)/bin/lint-imports
+	# One style for code, tests and benchmarks ([tool.ruff] in pyproject.toml): lint, then the formatter's check.
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest -q
 
 clean:

@@ -29,10 +29,10 @@ from sklearn.model_selection import train_test_split
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from finetune_vs_tutorial import train_and_eval_sample, training_seconds  # noqa: E402  (this script's folder is on sys.path)
+
 import tunelab  # noqa: E402
 from tunelab.data import load_source  # noqa: E402
-
-from finetune_vs_tutorial import train_and_eval_sample, training_seconds  # noqa: E402  (this script's folder is on sys.path)
 
 TUTORIAL_LIKE = dict(precision="fp32", group_by_length=False, max_length=512, warmup=0.0, weight_decay=0.0, lr=5e-5)
 VARIANTS = {
@@ -79,11 +79,30 @@ def main() -> None:
         dev.to_parquet(tmp / "dev.parquet")
         for variant in args.variants:
             for seed in args.seeds:
-                run = tunelab.train(model="minilm", data=str(tmp / "train.parquet"), eval_data=str(tmp / "eval.parquet"),
-                                    test_data=str(tmp / "dev.parquet"), epochs=args.epochs, batch_size=16, seed=seed,
-                                    out=str(tmp / f"{variant}-{seed}".replace("=", "-").replace(",", "_")), **variant_settings(variant))
-                print(json.dumps({"variant": variant, "seed": seed, "dev_accuracy": run.metrics["accuracy"], "eval_rows": len(evaluation), "dev_rows": len(dev),
-                                  "samples_per_second": round(len(train) * args.epochs / training_seconds(run), 2)}), flush=True)
+                run = tunelab.train(
+                    model="minilm",
+                    data=str(tmp / "train.parquet"),
+                    eval_data=str(tmp / "eval.parquet"),
+                    test_data=str(tmp / "dev.parquet"),
+                    epochs=args.epochs,
+                    batch_size=16,
+                    seed=seed,
+                    out=str(tmp / f"{variant}-{seed}".replace("=", "-").replace(",", "_")),
+                    **variant_settings(variant),
+                )
+                print(
+                    json.dumps(
+                        {
+                            "variant": variant,
+                            "seed": seed,
+                            "dev_accuracy": run.metrics["accuracy"],
+                            "eval_rows": len(evaluation),
+                            "dev_rows": len(dev),
+                            "samples_per_second": round(len(train) * args.epochs / training_seconds(run), 2),
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

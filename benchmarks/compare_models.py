@@ -18,9 +18,23 @@ from pathlib import Path
 from tunelab.compare import compare
 
 HERE = Path(__file__).parent / "compare"
-KEYS = ("candidate", "method", "accuracy", "f1_macro", "test_loss", "train_time_s", "peak_memory_mb",
-        "parameters", "trainable_parameters", "size_mb", "latency_p50_ms", "latency_p95_ms", "examples_per_s",
-        "pareto_train_time", "pareto_latency")
+KEYS = (
+    "candidate",
+    "method",
+    "accuracy",
+    "f1_macro",
+    "test_loss",
+    "train_time_s",
+    "peak_memory_mb",
+    "parameters",
+    "trainable_parameters",
+    "size_mb",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "examples_per_s",
+    "pareto_train_time",
+    "pareto_latency",
+)
 
 
 def main() -> None:
@@ -30,13 +44,18 @@ def main() -> None:
     parser.add_argument("--latency-budget-ms", type=float, default=10.0)
     args = parser.parse_args()
     summary = compare(HERE / f"{args.data}.yaml", out=args.out, latency_budget_ms=args.latency_budget_ms)
-    print(json.dumps({
-        "data": args.data,
-        "test_set": summary["test_set"],
-        "leaderboard": [{k: row[k] for k in KEYS} for row in summary["rows"]],
-        "recommendation": summary["recommendation"]["text"],
-        "out": summary["out"],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "data": args.data,
+                "test_set": summary["test_set"],
+                "leaderboard": [{k: row[k] for k in KEYS} for row in summary["rows"]],
+                "recommendation": summary["recommendation"]["text"],
+                "out": summary["out"],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

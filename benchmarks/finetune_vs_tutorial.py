@@ -135,13 +135,13 @@ def draw_splits(frame: pd.DataFrame, sizes: dict[str, int], seed: int, exclude_t
     if needed > len(pool):
         raise SystemExit(
             f"the sample needs {needed} rows ({', '.join(f'{k} {v}' for k, v in sizes.items())}) but only {len(pool)} are left "
-            f"once {int(excluded.sum())} tuning rows and {int(repeats.sum())} repeated texts are out: ask for fewer")
+            f"once {int(excluded.sum())} tuning rows and {int(repeats.sum())} repeated texts are out: ask for fewer"
+        )
     splits = {}
     rest = pool
     for name in ("test", "eval", "train"):
         splits[name], rest = _pick(rest, sizes[name], seed)
-    info = {"rows_in_data": len(frame), "tuning_rows_left_out": int(excluded.sum()), "repeated_texts_left_out": int(repeats.sum()),
-            "pool_rows": len(pool)}
+    info = {"rows_in_data": len(frame), "tuning_rows_left_out": int(excluded.sum()), "repeated_texts_left_out": int(repeats.sum()), "pool_rows": len(pool)}
     return {name: splits[name] for name in ("train", "eval", "test")}, info
 
 
@@ -167,8 +167,14 @@ def summary(values: list[float], digits: int = 4) -> dict:
     values = [float(v) for v in values]
     n = len(values)
     mean = sum(values) / n
-    out = {"per_seed": [round(v, digits) for v in values], "mean": round(mean, digits), "std": None, "ci95_seeds": None,
-           "min": round(min(values), digits), "max": round(max(values), digits)}
+    out = {
+        "per_seed": [round(v, digits) for v in values],
+        "mean": round(mean, digits),
+        "std": None,
+        "ci95_seeds": None,
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
     if n > 1:
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
         half = t_critical(n) * std / math.sqrt(n)
@@ -176,8 +182,9 @@ def summary(values: list[float], digits: int = 4) -> dict:
     return out
 
 
-def bootstrap_cis(statistics: dict[str, Callable[[np.ndarray], float]], rows: int, resamples: int = 2000, seed: int = 0,
-                  digits: int = 4) -> dict[str, list[float]]:
+def bootstrap_cis(
+    statistics: dict[str, Callable[[np.ndarray], float]], rows: int, resamples: int = 2000, seed: int = 0, digits: int = 4
+) -> dict[str, list[float]]:
     """95% percentile intervals of each statistic(row indices) over the same bootstrap resamples of the rows."""
     rng = np.random.default_rng(seed)
     draws = {name: np.empty(resamples) for name in statistics}
@@ -256,8 +263,9 @@ def tutorial_recipe(model_dir, splits, labels, epochs, batch_size, workdir, seed
 
 def tunelab_recipe(model, files, train, labels, epochs, batch_size, workdir, seed):
     """tunelab.train with eval_data (chooses the checkpoint) and test_data (scores it) given apart."""
-    import tunelab
     from transformers import AutoTokenizer
+
+    import tunelab
 
     run = tunelab.train(
         model=model,
@@ -304,8 +312,11 @@ def chosen_on(data: str) -> dict:
         "tunelab_lr": "lr auto: a rule of the model's width, no search on these rows; the rule was chosen on the tuning sample, left out here",
         "tunelab_max_length": "train (95th percentile of the training rows' token lengths)",
         "tutorial": "nothing (fixed epochs, the last step's model; eval split unused)",
-        "recipe_defaults": (f"tuned with benchmarks/ablate_recipe.py on {data} rows (train, eval, sample seed) = {tuned}, none of which are in this sample"
-                            if tuned else f"tuned on tweets/bbc-news samples; no tuning rows known for {data}"),
+        "recipe_defaults": (
+            f"tuned with benchmarks/ablate_recipe.py on {data} rows (train, eval, sample seed) = {tuned}, none of which are in this sample"
+            if tuned
+            else f"tuned on tweets/bbc-news samples; no tuning rows known for {data}"
+        ),
         "scores": "test (every accuracy and F1 in this document)",
     }
 
@@ -334,9 +345,9 @@ def main() -> None:
 
     import torch
 
+    from tunelab import hardware as speed
     from tunelab.data import load_source
     from tunelab.models.catalogue import resolve_model
-    from tunelab import hardware as speed
 
     speed.set_threads(None)  # all cores of the affinity mask, or $TUNELAB_THREADS; tunelab.train does the same
     frame = load_source(options.data)
@@ -359,10 +370,8 @@ def main() -> None:
         frames = {name: split[["text", "label"]].reset_index(drop=True) for name, split in splits.items()}
         for seed in seeds:
             speed.set_threads(None)
-            tutorial, tutorial_predicted = tutorial_recipe(resolve_model(options.model), frames, labels, options.epochs,
-                                                           options.batch_size, workdir, seed)
-            ours, ours_predicted, ours_texts = tunelab_recipe(options.model, files, frames["train"], labels, options.epochs,
-                                                              options.batch_size, workdir, seed)
+            tutorial, tutorial_predicted = tutorial_recipe(resolve_model(options.model), frames, labels, options.epochs, options.batch_size, workdir, seed)
+            ours, ours_predicted, ours_texts = tunelab_recipe(options.model, files, frames["train"], labels, options.epochs, options.batch_size, workdir, seed)
             if ours_texts != frames["test"]["text"].astype(str).tolist():
                 raise SystemExit("tunelab's predictions.parquet is not in the order of the test split given")
             for result in (tutorial, ours):
@@ -370,8 +379,11 @@ def main() -> None:
             predicted["tutorial"].append(tutorial_predicted)
             predicted["tunelab"].append(ours_predicted)
             runs.append({"seed": seed, "tutorial": tutorial, "tunelab": ours})
-            print(f"seed {seed}: test accuracy tutorial {tutorial['test_accuracy']:.4f} at {tutorial['samples_per_second']:.2f} samples/s, "
-                  f"tunelab {ours['test_accuracy']:.4f} at {ours['samples_per_second']:.2f} samples/s", file=sys.stderr)
+            print(
+                f"seed {seed}: test accuracy tutorial {tutorial['test_accuracy']:.4f} at {tutorial['samples_per_second']:.2f} samples/s, "
+                f"tunelab {ours['test_accuracy']:.4f} at {ours['samples_per_second']:.2f} samples/s",
+                file=sys.stderr,
+            )
 
     # Bootstrap over test rows: the same resampled rows for every seed and both recipes (paired).
     correct = {recipe: np.array([p == y_test for p in predicted[recipe]], dtype=float) for recipe in predicted}
@@ -400,10 +412,14 @@ def main() -> None:
 
     summaries = {recipe: recipe_summary(recipe) for recipe in ("tutorial", "tunelab")}
     difference = {
-        "test_accuracy_points": {**summary([100 * (r["tunelab"]["test_accuracy"] - r["tutorial"]["test_accuracy"]) for r in runs], 2),
-                                 "ci95_bootstrap_test_rows": boot.get("difference:accuracy")},
-        "test_f1_macro_points": {**summary([100 * (r["tunelab"]["test_f1_macro"] - r["tutorial"]["test_f1_macro"]) for r in runs], 2),
-                                 "ci95_bootstrap_test_rows": boot.get("difference:f1")},
+        "test_accuracy_points": {
+            **summary([100 * (r["tunelab"]["test_accuracy"] - r["tutorial"]["test_accuracy"]) for r in runs], 2),
+            "ci95_bootstrap_test_rows": boot.get("difference:accuracy"),
+        },
+        "test_f1_macro_points": {
+            **summary([100 * (r["tunelab"]["test_f1_macro"] - r["tutorial"]["test_f1_macro"]) for r in runs], 2),
+            "ci95_bootstrap_test_rows": boot.get("difference:f1"),
+        },
     }
     speedup = summary([r["tunelab"]["samples_per_second"] / r["tutorial"]["samples_per_second"] for r in runs], 2)
     report = {
@@ -423,7 +439,7 @@ def main() -> None:
         "sample": {
             "seed": options.sample_seed,
             "procedure": "draw_splits: from the data, leave out every text of the tuning samples and every repeat of a text; then, "
-                         "stratified by label with the sample seed, test rows first, eval rows from the rest, train rows from the rest",
+            "stratified by label with the sample seed, test rows first, eval rows from the rest, train rows from the rest",
             "tuning_samples_left_out": [{"train": a, "eval": b, "sample_seed": s} for a, b, s in tuned],
             **left_out,
             "rows": {name: len(split) for name, split in splits.items()},
@@ -436,8 +452,10 @@ def main() -> None:
         **summaries,
         "paired_difference_tunelab_minus_tutorial": difference,
         "speedup_samples_per_second": speedup,
-        "bootstrap": {"resamples": options.bootstrap, "what": "test rows resampled with replacement, the same rows for every seed and both recipes; "
-                                                                "statistic: the mean over seeds"},
+        "bootstrap": {
+            "resamples": options.bootstrap,
+            "what": "test rows resampled with replacement, the same rows for every seed and both recipes; statistic: the mean over seeds",
+        },
         "runs": runs,
         "sample_rows": {name: [int(i) for i in split.index] for name, split in splits.items()},
     }

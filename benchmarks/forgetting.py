@@ -50,7 +50,9 @@ def main() -> None:
     parser.add_argument("--update-lr", type=float, default=None, help="the updates' learning rate (default: tunelab update's)")
     parser.add_argument("--update-warmup", type=float, default=None, help="the updates' warmup fraction (default: tunelab update's)")
     parser.add_argument("--update-epochs", type=float, default=None, help="the updates' epochs (default: tunelab update's)")
-    parser.add_argument("--class-weights", default="joint", choices=["joint", "balanced", "none"], help="the updates' loss weighting (tunelab update's default: joint)")
+    parser.add_argument(
+        "--class-weights", default="joint", choices=["joint", "balanced", "none"], help="the updates' loss weighting (tunelab update's default: joint)"
+    )
     parser.add_argument("--no-blend", action="store_true", help="keep the trained weights as they are (tunelab update --no-blend)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive update (when comparing replay variants only)")
     parser.add_argument("--no-joint", action="store_true", help="skip the reference: one model trained from scratch on v1's and the new training rows")
@@ -58,7 +60,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="repeat everything (data order, v1, updates) per seed and report the means")
     parser.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder); a v1 already there with the same recipe is reused")
     parser.add_argument("--tag", default="", help="suffix of the update folders, so runs of other variants in the same --workdir are kept")
-    parser.add_argument("--combine", nargs="+", metavar="JSON", help="print the summary over the seeds of earlier outputs of this script (runs of one protocol split across processes) instead of running")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="JSON",
+        help="print the summary over the seeds of earlier outputs of this script (runs of one protocol split across processes) instead of running",
+    )
     args = parser.parse_args()
     if args.combine:
         print(json.dumps(combine([json.loads(Path(path).read_text()) for path in args.combine]), indent=2))
@@ -153,9 +160,17 @@ def one_seed(args, seed: int, work: Path) -> dict:
     for label, replay in [("naive", 0.0)] * (not args.no_naive) + [(f"replay_{r:g}", r) for r in args.replay]:
         started = time.perf_counter()
         settings = UpdateSettings(
-            name="news", data=str(new_data), replay=replay, lr=args.update_lr, warmup=args.update_warmup, epochs=args.update_epochs, promote=False,
-            out=str(work / f"update-{label}{args.tag}"), seed=seed,
-            class_weights=args.class_weights, blend=not args.no_blend,
+            name="news",
+            data=str(new_data),
+            replay=replay,
+            lr=args.update_lr,
+            warmup=args.update_warmup,
+            epochs=args.update_epochs,
+            promote=False,
+            out=str(work / f"update-{label}{args.tag}"),
+            seed=seed,
+            class_weights=args.class_weights,
+            blend=not args.no_blend,
         )
         result = update(settings, registry, progress=True)
         report = result.report
@@ -186,7 +201,12 @@ def one_seed(args, seed: int, work: Path) -> dict:
         "seed": seed,
         "old_topics": old_topics,
         "recipe": recipe,
-        "rows": {"v1_data": sum(len(r) for r in v1_rows), "new_data": sum(len(r) for r in new_rows), "old_test": before["old"]["rows"], "new_test": before["new"]["rows"]},
+        "rows": {
+            "v1_data": sum(len(r) for r in v1_rows),
+            "new_data": sum(len(r) for r in new_rows),
+            "old_test": before["old"]["rows"],
+            "new_test": before["new"]["rows"],
+        },
         "v1": {
             "old_topic_accuracy": before["old"]["accuracy"],
             "old_topic_accuracy_per_class": before["old"]["accuracy_per_class"],
@@ -232,8 +252,8 @@ def joint_reference(work: Path, v1, new_data: Path, recipe: dict, new_topic: str
     training rows and the new data's training rows together, scored on the same two test sets."""
     import pandas as pd
 
-    from tunelab.lifecycle.continual import score_sets
     from tunelab.data import load_source, make_splits
+    from tunelab.lifecycle.continual import score_sets
 
     new_splits = make_splits(load_source(str(new_data)), 0.1, 0.2, seed)  # as `update` splits the new data
     joint_data = work / "joint.parquet"
@@ -241,7 +261,9 @@ def joint_reference(work: Path, v1, new_data: Path, recipe: dict, new_topic: str
     eval_data = work / "joint-eval.parquet"
     pd.concat([v1.split("eval"), new_splits["eval"]], ignore_index=True)[["text", "label"]].to_parquet(eval_data, index=False)
     started = time.perf_counter()
-    run = train(TrainConfig(data=str(joint_data), eval_data=str(eval_data), test_data=str(eval_data), out=str(work / "joint"), overwrite=True, **recipe), progress=True)
+    run = train(
+        TrainConfig(data=str(joint_data), eval_data=str(eval_data), test_data=str(eval_data), out=str(work / "joint"), overwrite=True, **recipe), progress=True
+    )
     scores = score_sets(run, {"old": v1.split("test"), "new": new_splits["test"]})
     return {
         "old_topic_accuracy": scores["old"]["accuracy"],

@@ -39,8 +39,12 @@ def timed(question_rows, index, reader, settings, min_similarity) -> dict:
         seconds.append(time.perf_counter() - started)
         right += score(result.text, row["answer"], row.get("aliases") or [], row["question"])["contains"]
     ordered = sorted(seconds)
-    return {"p50_s": round(statistics.median(ordered), 3), "p95_s": round(ordered[int(0.95 * (len(ordered) - 1))], 3),
-            "mean_s": round(statistics.fmean(ordered), 3), "right": round(right / len(question_rows), 3)}
+    return {
+        "p50_s": round(statistics.median(ordered), 3),
+        "p95_s": round(ordered[int(0.95 * (len(ordered) - 1))], 3),
+        "mean_s": round(statistics.fmean(ordered), 3),
+        "right": round(right / len(question_rows), 3),
+    }
 
 
 def main() -> None:
@@ -61,17 +65,26 @@ def main() -> None:
     from tunelab.rag.train_reader import read_reader_settings
 
     with open_index(args.index) as index:
-        before = timed(rows, index, LMReader(Generator(args.model), decoding="free", max_new_tokens=96, batch_size=1),
-                       ContextSettings(k=4, context="chunks"), 0.4)
+        before = timed(
+            rows, index, LMReader(Generator(args.model), decoding="free", max_new_tokens=96, batch_size=1), ContextSettings(k=4, context="chunks"), 0.4
+        )
         settings, abstention = read_reader_settings(args.reader)
         after = timed(rows, index, SpanReader(args.reader, threshold=abstention.min_confidence), settings, abstention.min_similarity)
-    print(json.dumps({
-        "benchmark": "rag_ask_latency", "questions": len(rows), "threads": speed.torch.get_num_threads(),
-        "environment": speed.environment(speed.resolve_precision("auto")),
-        "before_lm_chunks_free": before, "after_extractive_focused": after,
-        "p50_ratio_after_over_before": round(after["p50_s"] / before["p50_s"], 3),
-        "target_p50_no_worse": after["p50_s"] <= before["p50_s"],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "rag_ask_latency",
+                "questions": len(rows),
+                "threads": speed.torch.get_num_threads(),
+                "environment": speed.environment(speed.resolve_precision("auto")),
+                "before_lm_chunks_free": before,
+                "after_extractive_focused": after,
+                "p50_ratio_after_over_before": round(after["p50_s"] / before["p50_s"], 3),
+                "target_p50_no_worse": after["p50_s"] <= before["p50_s"],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

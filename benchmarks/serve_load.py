@@ -52,7 +52,11 @@ STEPS = (
     ("onnx-fp32", "ONNX Runtime fp32 instead of PyTorch (tunelab serve --backend onnx)", "onnx"),
     ("onnx-int8", "dynamic int8 instead of fp32 (tunelab serve --backend onnx-int8)", "onnx-int8"),
 )
-SIDE = ("naive-threadpool", "the naive endpoint without the lock: FastAPI's thread pool overlaps the forward passes of concurrent requests, no batching", "naive-pool")
+SIDE = (
+    "naive-threadpool",
+    "the naive endpoint without the lock: FastAPI's thread pool overlaps the forward passes of concurrent requests, no batching",
+    "naive-pool",
+)
 QUICK = dict(train_samples=64, epochs=1.0, split_fraction=0.005, requests=40, warmup=5)
 
 
@@ -100,10 +104,20 @@ def start(served: str, run: Path, port: int, threads: int) -> subprocess.Popen:
     if served.startswith("naive-"):
         command = [sys.executable, __file__, "--naive-server", str(run), str(port), str(threads), served.removeprefix("naive-")]
     else:
-        command = [sys.executable, "-c", "from tunelab.cli import main; main()", "serve", str(run), "--backend", served,
-                   "--port", str(port), "--log-level", "warning"] + (["--threads", str(threads)] if threads else [])
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TUNELAB_API_KEY": ""})
+        command = [
+            sys.executable,
+            "-c",
+            "from tunelab.cli import main; main()",
+            "serve",
+            str(run),
+            "--backend",
+            served,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ] + (["--threads", str(threads)] if threads else [])
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "TUNELAB_API_KEY": ""})
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
@@ -278,7 +292,8 @@ def export(run: Path) -> dict:
         "int8_gate_source": "tunelab.serve.onnx.INT8_MIN_AGREEMENT, the gate of `tunelab export --quantize int8`",
         "int8_passed_gate": failure is None,
         # On a failed gate the export writes no int8 report: its message holds the agreement (to 0.01%).
-        "int8_argmax_agreement_at_export": report.int8_argmax_agreement if report.int8_argmax_agreement is not None
+        "int8_argmax_agreement_at_export": report.int8_argmax_agreement
+        if report.int8_argmax_agreement is not None
         else (float(parsed.group(1)) / 100 if parsed else None),
         "int8_failure": failure,
     }
@@ -291,9 +306,24 @@ def served_model(run_path: Path) -> dict:
     facts = run.metrics.get("train", {})
     return {
         "how": "tunelab train defaults (tunelab.train(TrainConfig(model, data, max_train_samples))): train/eval/test split by tunelab, "
-               "best epoch chosen on eval, scored on test",
-        "config": {key: run.config.get(key) for key in ("model", "data", "max_train_samples", "epochs", "lr", "batch_size", "warmup",
-                                                        "max_length", "precision", "seed", "eval_fraction", "test_fraction")},
+        "best epoch chosen on eval, scored on test",
+        "config": {
+            key: run.config.get(key)
+            for key in (
+                "model",
+                "data",
+                "max_train_samples",
+                "epochs",
+                "lr",
+                "batch_size",
+                "warmup",
+                "max_length",
+                "precision",
+                "seed",
+                "eval_fraction",
+                "test_fraction",
+            )
+        },
         "rows": {name: len(run.split(name)) for name in ("train", "eval", "test")},
         "train_seconds": facts.get("train_runtime_s"),
         "best_checkpoint": facts.get("best_checkpoint"),
@@ -321,8 +351,8 @@ def main() -> None:
 
     import pandas as pd
 
-    from tunelab.run import Run
     from tunelab import hardware as speed
+    from tunelab.run import Run
 
     temporary = None
     if args.quick:

@@ -23,8 +23,24 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TOPICS = ["photosynthesis", "the water cycle", "gravity", "volcanoes", "the moon", "rainbows", "tides", "earthquakes",
-          "clouds", "magnets", "fossils", "the seasons", "lightning", "glaciers", "deserts", "coral reefs"]
+TOPICS = [
+    "photosynthesis",
+    "the water cycle",
+    "gravity",
+    "volcanoes",
+    "the moon",
+    "rainbows",
+    "tides",
+    "earthquakes",
+    "clouds",
+    "magnets",
+    "fossils",
+    "the seasons",
+    "lightning",
+    "glaciers",
+    "deserts",
+    "coral reefs",
+]
 STYLES = ["in one sentence", "to a child", "briefly", "in simple words"]
 
 
@@ -52,8 +68,20 @@ def train_once(variant: str, data: str, out: str, epochs: float, batch_size: int
     from tunelab.lm.sft import sft
 
     method, _, logits = variant.partition(":")
-    config = SFTConfig(model="smollm2", data=data, method=method, epochs=epochs, batch_size=batch_size, precision=precision,
-                       eval_fraction=0.2, samples=2, sample_tokens=24, out=out, overwrite=True, answer_only_logits=logits != "all-logits")
+    config = SFTConfig(
+        model="smollm2",
+        data=data,
+        method=method,
+        epochs=epochs,
+        batch_size=batch_size,
+        precision=precision,
+        eval_fraction=0.2,
+        samples=2,
+        sample_tokens=24,
+        out=out,
+        overwrite=True,
+        answer_only_logits=logits != "all-logits",
+    )
     started = time.perf_counter()
     run = sft(config, progress=False)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -89,8 +117,12 @@ def generation_speed(new_tokens: int) -> dict:
         # min_new_tokens is not exposed; instead count what was produced and divide by time.
         runs = [generator.complete(prompt, Sampling(max_new_tokens=new_tokens)) for _ in range(2)]
         best = max(runs, key=lambda c: c.tokens_per_second)
-        results[precision] = {"tokens": best.completion_tokens, "seconds": round(best.seconds, 2), "tokens_per_second": round(best.tokens_per_second, 2),
-                              "text_start": best.text[:60]}
+        results[precision] = {
+            "tokens": best.completion_tokens,
+            "seconds": round(best.seconds, 2),
+            "tokens_per_second": round(best.tokens_per_second, 2),
+            "text_start": best.text[:60],
+        }
     results["bf16_over_fp32"] = round(results["bf16"]["tokens_per_second"] / results["fp32"]["tokens_per_second"], 3)
     return results
 
@@ -118,11 +150,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "instructions.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in instruction_rows(args.examples, args.context_words)))
-        result = {"model": "smollm2 (SmolLM2-135M-Instruct)", "environment": speed.environment(args.precision), "load_average": os.getloadavg()[0], "training": []}
+        result = {
+            "model": "smollm2 (SmolLM2-135M-Instruct)",
+            "environment": speed.environment(args.precision),
+            "load_average": os.getloadavg()[0],
+            "training": [],
+        }
         result["context_words"] = args.context_words
         for variant in args.methods.split(","):
-            command = [sys.executable, __file__, "--child", variant, str(data), "--out", str(Path(tmp) / variant.replace(":", "-")),
-                       "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--precision", args.precision]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                str(data),
+                "--out",
+                str(Path(tmp) / variant.replace(":", "-")),
+                "--epochs",
+                str(args.epochs),
+                "--batch-size",
+                str(args.batch_size),
+                "--precision",
+                args.precision,
+            ]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             result["training"].append(json.loads(done.stdout.strip().splitlines()[-1]))
         runs = {r["variant"]: r for r in result["training"]}
@@ -130,8 +180,10 @@ def main() -> None:
         def ratio(a: str, b: str) -> dict | None:
             if a not in runs or b not in runs:
                 return None
-            return {"tokens_per_second": round(runs[a]["train_tokens_per_second"] / runs[b]["train_tokens_per_second"], 3),
-                    "peak_memory": round(runs[a]["peak_memory_mb"] / runs[b]["peak_memory_mb"], 3)}
+            return {
+                "tokens_per_second": round(runs[a]["train_tokens_per_second"] / runs[b]["train_tokens_per_second"], 3),
+                "peak_memory": round(runs[a]["peak_memory_mb"] / runs[b]["peak_memory_mb"], 3),
+            }
 
         result["lora_over_full"] = ratio("lora", "full")
         result["answer_only_over_all_logits"] = ratio("lora", "lora:all-logits")

@@ -16,9 +16,7 @@ FILLER = "the a good bad great awful food service john mary was is very not real
 WORDS = [w for topic in TOPICS for w in topic] + FILLER + ["he", "she", "his", "her", "him"]
 
 
-def make_run(
-    root: Path, labels: list[str], n_test: int = 60, seed: int = 0, test_labels: list[str] | None = None, train: bool = True
-) -> Path:
+def make_run(root: Path, labels: list[str], n_test: int = 60, seed: int = 0, test_labels: list[str] | None = None, train: bool = True) -> Path:
     """Write a run directory under root and return its path. test_labels: the only labels in the test split;
     train=False keeps the random model (fast, but it gives every text the same class)."""
     import torch
@@ -32,10 +30,17 @@ def make_run(
     tokenizer = BertTokenizer(vocab=str(vocab), do_lower_case=True)  # transformers 5: vocab=, not vocab_file=
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, num_labels=len(labels),
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+        vocab_size=len(WORDS) + 5,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=len(labels),
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
     )
     model = BertForSequenceClassification(config)
     rng = random.Random(seed)
@@ -52,9 +57,21 @@ def make_run(
     frame.to_parquet(run / "splits" / "test.parquet", index=False)
     (run / "labels.json").write_text(json.dumps({str(i): name for i, name in enumerate(labels)}), encoding="utf-8")
     (run / "config.yaml").write_text(
-        yaml.safe_dump({"model": "tiny-bert", "data": "synthetic", "text_col": "text", "label_col": "label",
-                        "epochs": 3, "lr": 5e-5, "batch_size": 8, "grad_accum": 1, "max_length": 32,
-                        "precision": "fp32", "seed": seed}),
+        yaml.safe_dump(
+            {
+                "model": "tiny-bert",
+                "data": "synthetic",
+                "text_col": "text",
+                "label_col": "label",
+                "epochs": 3,
+                "lr": 5e-5,
+                "batch_size": 8,
+                "grad_accum": 1,
+                "max_length": 32,
+                "precision": "fp32",
+                "seed": seed,
+            }
+        ),
         encoding="utf-8",
     )
     history = []
@@ -63,26 +80,65 @@ def make_run(
         for _ in range(4):
             step += 5
             loss = 1.2 / (step / 10 + 1)
-            history.append({"type": "train", "step": step, "epoch": epoch - 1 + step % 20 / 20, "loss": loss,
-                            "learning_rate": 5e-5, "grad_norm": 1.0, "train_accuracy": min(1.0, 0.4 + step / 80)})
+            history.append(
+                {
+                    "type": "train",
+                    "step": step,
+                    "epoch": epoch - 1 + step % 20 / 20,
+                    "loss": loss,
+                    "learning_rate": 5e-5,
+                    "grad_norm": 1.0,
+                    "train_accuracy": min(1.0, 0.4 + step / 80),
+                }
+            )
         # eval loss that bottoms out and rises again: the over-fitting the report must flag
-        history.append({"type": "eval", "step": step, "epoch": float(epoch), "eval_loss": [0.9, 0.7, 0.95][epoch - 1],
-                        "eval_accuracy": [0.55, 0.62, 0.6][epoch - 1], "eval_f1_macro": 0.5,
-                        "train_accuracy": min(1.0, 0.4 + step / 80)})
+        history.append(
+            {
+                "type": "eval",
+                "step": step,
+                "epoch": float(epoch),
+                "eval_loss": [0.9, 0.7, 0.95][epoch - 1],
+                "eval_accuracy": [0.55, 0.62, 0.6][epoch - 1],
+                "eval_f1_macro": 0.5,
+                "train_accuracy": min(1.0, 0.4 + step / 80),
+            }
+        )
     history.append({"type": "summary", "train_runtime": 12.5, "train_samples_per_second": 40.0, "train_loss": 0.4})
     (run / "history.jsonl").write_text("\n".join(json.dumps(h) for h in history) + "\n", encoding="utf-8")
-    (run / "data_profile.json").write_text(json.dumps({
-        "splits": {"train": {"rows": 200, "class_counts": {name: 200 // len(labels) for name in labels},
-                             "duplicate_texts": 0, "token_length": {"p50": 8.0, "p95": 13.0, "max": 16}},
-                   "test": {"rows": n_test, "class_counts": frame["label"].value_counts().to_dict(),
-                            "duplicate_texts": 0, "overlap_with_train": 2}},
-        "dropped": {}, "warnings": ["test: 2 texts also appear in train — scores on test will be optimistic"],
-    }), encoding="utf-8")
-    (run / "metrics.json").write_text(json.dumps({
-        "train": {"train_runtime_s": 12.5, "train_samples_per_second": 40.0, "train_loss": 0.4, "peak_memory_mb": 512.0,
-                  "epochs": 3, "best_checkpoint": "checkpoint-40"},
-        "environment": {"cpu": "test cpu", "cores": 2, "torch": torch.__version__, "transformers": "5", "precision": "fp32"},
-    }), encoding="utf-8")
+    (run / "data_profile.json").write_text(
+        json.dumps(
+            {
+                "splits": {
+                    "train": {
+                        "rows": 200,
+                        "class_counts": {name: 200 // len(labels) for name in labels},
+                        "duplicate_texts": 0,
+                        "token_length": {"p50": 8.0, "p95": 13.0, "max": 16},
+                    },
+                    "test": {"rows": n_test, "class_counts": frame["label"].value_counts().to_dict(), "duplicate_texts": 0, "overlap_with_train": 2},
+                },
+                "dropped": {},
+                "warnings": ["test: 2 texts also appear in train — scores on test will be optimistic"],
+            }
+        ),
+        encoding="utf-8",
+    )
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {
+                "train": {
+                    "train_runtime_s": 12.5,
+                    "train_samples_per_second": 40.0,
+                    "train_loss": 0.4,
+                    "peak_memory_mb": 512.0,
+                    "epochs": 3,
+                    "best_checkpoint": "checkpoint-40",
+                },
+                "environment": {"cpu": "test cpu", "cores": 2, "torch": torch.__version__, "transformers": "5", "precision": "fp32"},
+            }
+        ),
+        encoding="utf-8",
+    )
     return run
 
 
@@ -120,10 +176,7 @@ def fit(model, tokenizer, texts: list[str], ids: list[int], steps: int = 40, bat
     (a random BERT gives one class to everything), and the planted he/she rule is partly learned."""
     import torch
 
-    batches = [
-        (tokenizer(texts[s : s + batch], padding=True, return_tensors="pt"), torch.tensor(ids[s : s + batch]))
-        for s in range(0, len(texts), batch)
-    ]
+    batches = [(tokenizer(texts[s : s + batch], padding=True, return_tensors="pt"), torch.tensor(ids[s : s + batch])) for s in range(0, len(texts), batch)]
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
     for step in range(steps):

@@ -32,8 +32,27 @@ STOP = {"the", "a", "of", "and", "to", "in", "is", "are", "what", "do", "does", 
 def tiny_tokenizer(folder: Path | None = None):
     from transformers import BertTokenizerFast
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(WORDS), *"abcdefghijklmnopqrstuvwxyz0123456789",
-             *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"), ".", ",", ";", ":", "-", "'", "(", ")", "#", "&", "—"]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *dict.fromkeys(WORDS),
+        *"abcdefghijklmnopqrstuvwxyz0123456789",
+        *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"),
+        ".",
+        ",",
+        ";",
+        ":",
+        "-",
+        "'",
+        "(",
+        ")",
+        "#",
+        "&",
+        "—",
+    ]
     vocab = list(dict.fromkeys(vocab))  # "a" is both a word and a letter: ids must stay contiguous
     tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True, model_max_length=256)
     if folder is not None:
@@ -85,8 +104,9 @@ def write_tiny_sentence_model(folder: Path) -> Path:
     bert_dir = folder / "bert"
     bert_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = tiny_tokenizer(bert_dir)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=256)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=256
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(bert_dir)
     transformer = Transformer(str(bert_dir), max_seq_length=256)
@@ -100,9 +120,7 @@ def write_tiny_sentence_model(folder: Path) -> Path:
 def write_docs(folder: Path) -> Path:
     """Four small documents in the four supported formats."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "cats.md").write_text(
-        "# Cats\n\n## Food\n\nCats eat fish and mice; kittens eat milk.\n\n## Sleep\n\nCats sleep most of the day.\n"
-    )
+    (folder / "cats.md").write_text("# Cats\n\n## Food\n\nCats eat fish and mice; kittens eat milk.\n\n## Sleep\n\nCats sleep most of the day.\n")
     (folder / "census.html").write_text(
         "<html><head><title>Census &amp; Statistics</title></head><body>"
         "<h1>Census bureau report</h1><p>Tables of the feline diet census: office statistics, report tables.</p>"

@@ -122,8 +122,9 @@ def test_each_step_is_compared_with_the_previous_measured_one():
 
 def test_the_int8_gate_is_the_exports_own():
     pytest.importorskip("onnxruntime")
-    from tunelab.serve.onnx import export_onnx
     import inspect
+
+    from tunelab.serve.onnx import export_onnx
 
     assert serve.int8_gate() == inspect.signature(export_onnx).parameters["min_agreement"].default
 
@@ -142,8 +143,14 @@ def fake_export(monkeypatch, int8_agreement: float | None, raise_gate: bool):
         calls.append((quantize, kwargs))
         if quantize == "int8" and raise_gate:
             raise TunelabError(f"the int8 model agrees with PyTorch on {int8_agreement:.2%} of the test texts (needs 99.5%)", "hint")
-        return onnx.ExportReport(path="onnx", files={}, rows=100, fp32_max_abs_diff=0.0, fp32_argmax_agreement=1.0,
-                                 int8_argmax_agreement=int8_agreement if quantize == "int8" else None)
+        return onnx.ExportReport(
+            path="onnx",
+            files={},
+            rows=100,
+            fp32_max_abs_diff=0.0,
+            fp32_argmax_agreement=1.0,
+            int8_argmax_agreement=int8_agreement if quantize == "int8" else None,
+        )
 
     monkeypatch.setattr(onnx, "export_onnx", export_onnx)
     return calls

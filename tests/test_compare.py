@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import sentiment_frame
 from tunelab.compare import compare, compare_runs, load_compare_config
-from tunelab.compare.leaderboard import pareto_optimal, recommend, fingerprint_test_set
+from tunelab.compare.leaderboard import fingerprint_test_set, pareto_optimal, recommend
 from tunelab.errors import TunelabError
 from tunelab.run import Run
 
@@ -33,11 +33,18 @@ def compared(tmp_path_factory, tiny_bert):
     folder = tmp_path_factory.mktemp("compare")
     data = folder / "reviews.csv"
     sentiment_frame(rows_per_class=40, seed=5).to_csv(data, index=False)
-    config = write_compare_file(folder, tiny_bert, data, [
-        {"name": "tiny-full", "method": "full", "epochs": 3, "lr": 3e-3, "batch_size": 16},
-        {"name": "tfidf", "method": "tfidf-logreg"},
-        {"name": "embeddings", "method": "embeddings-logreg"},
-    ], latency_texts=10, throughput_texts=40)
+    config = write_compare_file(
+        folder,
+        tiny_bert,
+        data,
+        [
+            {"name": "tiny-full", "method": "full", "epochs": 3, "lr": 3e-3, "batch_size": 16},
+            {"name": "tfidf", "method": "tfidf-logreg"},
+            {"name": "embeddings", "method": "embeddings-logreg"},
+        ],
+        latency_texts=10,
+        throughput_texts=40,
+    )
     summary = compare(config, latency_budget_ms=10_000, progress=False, isolate=False)
     return folder, config, summary
 
@@ -54,9 +61,13 @@ def test_leaderboard_rows_match_each_candidates_metrics(compared):
         assert row["accuracy"] == pytest.approx(metrics["accuracy"])
         assert row["f1_macro"] == pytest.approx(metrics["f1_macro"])
         assert row["test_loss"] == pytest.approx(metrics["loss"])
-        for column, key in (("train_time_s", "train_runtime_s"), ("train_samples_per_s", "train_samples_per_second"),
-                            ("peak_memory_mb", "peak_memory_mb"), ("parameters", "parameters"),
-                            ("trainable_parameters", "trainable_parameters")):
+        for column, key in (
+            ("train_time_s", "train_runtime_s"),
+            ("train_samples_per_s", "train_samples_per_second"),
+            ("peak_memory_mb", "peak_memory_mb"),
+            ("parameters", "parameters"),
+            ("trainable_parameters", "trainable_parameters"),
+        ):
             assert row[column] == pytest.approx(metrics["train"][key]), column
         assert not math.isnan(row["eval_loss"])
         assert row["size_mb"] > 0
@@ -147,8 +158,8 @@ def test_changed_settings_of_a_finished_candidate_are_refused(compared):
 
 
 def test_compare_refuses_runs_on_different_test_sets(compared, tmp_path):
-    from tunelab.training.baselines import BaselineConfig, train_baseline
     from tunelab.cli import app
+    from tunelab.training.baselines import BaselineConfig, train_baseline
 
     folder, _, _ = compared
     other = train_baseline(BaselineConfig(data=str(folder / "reviews.csv"), seed=99, out=str(tmp_path / "other")), progress=False)
@@ -237,7 +248,9 @@ def test_search_picks_the_best_trial_on_the_eval_split_never_test(compared, tmp_
 
     monkeypatch.setattr(runner, "train_in_process", fake_train)
     config = CompareConfig(
-        data=str(compared[0] / "reviews.csv"), out=str(tmp_path / "s"), defaults={"model": str(tiny_bert)},
+        data=str(compared[0] / "reviews.csv"),
+        out=str(tmp_path / "s"),
+        defaults={"model": str(tiny_bert)},
         candidates=[{"name": "tuned", "method": "full", "search": {"strategy": "grid", "lr": [1e-3, 5e-3, 2e-3]}}],
     )
     runs, searches = runner.train_candidates(config, progress=False)
@@ -248,7 +261,9 @@ def test_search_picks_the_best_trial_on_the_eval_split_never_test(compared, tmp_
     assert not (tmp_path / "s" / "trials").exists()  # losing trials removed; their numbers stay in search.json
     runner.train_candidates(config, progress=False)  # finished: nothing is trained again
     assert len(trained) == 3
-    changed = config.model_copy(update={"candidates": [config.candidates[0].model_copy(update={"search": config.candidates[0].search.model_copy(update={"lr": [1e-3]})})]})
+    changed = config.model_copy(
+        update={"candidates": [config.candidates[0].model_copy(update={"search": config.candidates[0].search.model_copy(update={"lr": [1e-3]})})]}
+    )
     with pytest.raises(TunelabError, match="other hyperparameters"):
         runner.train_candidates(changed, progress=False)
 

@@ -162,8 +162,22 @@ def test_update_with_a_new_label_passes_the_gate_and_is_promoted(tmp_path, regis
 
     result = runner.invoke(
         app,
-        ["update", "senti", "--data", str(data), "--epochs", "15", "--lr", "3e-3", "--tolerance", "10",
-         "--out", str(tmp_path / "v2"), "--registry", str(registry.path)],
+        [
+            "update",
+            "senti",
+            "--data",
+            str(data),
+            "--epochs",
+            "15",
+            "--lr",
+            "3e-3",
+            "--tolerance",
+            "10",
+            "--out",
+            str(tmp_path / "v2"),
+            "--registry",
+            str(registry.path),
+        ],
     )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "v2" / "update.json").read_text())
@@ -241,9 +255,24 @@ def test_sigkill_during_update_leaves_the_registry_consistent(tmp_path, registry
     data = new_data(tmp_path / "new.csv", seed=13, letters=True)
     out = tmp_path / "v2"
     child = subprocess.Popen(
-        [sys.executable, "-c", "from tunelab.cli import main; main()", "update", "senti", "--data", str(data), "--epochs", "50",
-         "--out", str(out), "--registry", str(registry.path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-c",
+            "from tunelab.cli import main; main()",
+            "update",
+            "senti",
+            "--data",
+            str(data),
+            "--epochs",
+            "50",
+            "--out",
+            str(out),
+            "--registry",
+            str(registry.path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     staging = tmp_path / ".v2.partial"
     sigkill_when(child, (staging / "config.yaml").exists, 120, "the candidate run was being made")

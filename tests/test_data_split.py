@@ -18,8 +18,8 @@ def test_a_repeated_text_goes_to_one_split_with_all_its_rows():
     texts = [f"text {i}" for i in range(60)]
     labels = ["a" if i % 2 else "b" for i in range(60)]
     # every fourth text three times more, the way scraped or merged data repeats rows
-    repeats = [(t, l) for i, (t, l) in enumerate(zip(texts, labels)) if i % 4 == 0] * 3
-    frame = _frame(texts + [t for t, _ in repeats], labels + [l for _, l in repeats])
+    repeats = [pair for i, pair in enumerate(zip(texts, labels)) if i % 4 == 0] * 3
+    frame = _frame(texts + [t for t, _ in repeats], labels + [label for _, label in repeats])
     splits = make_splits(frame, 0.2, 0.2, seed=7)
     owner = {}
     for name, split in splits.items():

@@ -104,8 +104,9 @@ def test_train_summary_prints_the_headline(weak_run, capsys):
 
 def test_train_no_baseline_is_a_setting_of_the_run(tiny_bert, data_csv, tmp_path):
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--model", str(tiny_bert), "--data", str(data_csv), "--epochs", "1",
-                                 "--batch-size", "16", "--out", str(out), "--no-baseline"])
+    result = runner.invoke(
+        app, ["train", "--model", str(tiny_bert), "--data", str(data_csv), "--epochs", "1", "--batch-size", "16", "--out", str(out), "--no-baseline"]
+    )
     assert result.exit_code == 0, result.output
     assert yaml.safe_load((out / "config.yaml").read_text())["baseline"] is False
     assert "baseline" not in json.loads((out / "metrics.json").read_text())
@@ -188,8 +189,7 @@ def test_comparison_when_the_model_beats_the_baseline():
     assert result["accuracy_points"] == pytest.approx(25.0)
 
     # One row better out of 20: a gap inside the bootstrap interval.
-    close = comparison({**figures, "accuracy": 0.95, "f1_macro": 0.95}, {"accuracy": 1.0, "f1_macro": 1.0},
-                       np.ones(20, dtype=bool), np.arange(20) != 0, {})
+    close = comparison({**figures, "accuracy": 0.95, "f1_macro": 0.95}, {"accuracy": 1.0, "f1_macro": 1.0}, np.ones(20, dtype=bool), np.arange(20) != 0, {})
     assert close["beats_baseline"] is True and close["within_noise"] is True and "within noise" in close["headline"]
 
 

@@ -17,8 +17,14 @@ from tests.conftest import browser_or_skip
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -46,9 +52,7 @@ def test_report_renders_in_chromium(report: Path) -> None:
             page.on("requestfailed", lambda r: console_errors.append(f"failed request {r.url}"))
             page.on("request", lambda r: requests.append(r.url))
             page.goto(report.as_uri(), wait_until="load")
-            images = page.evaluate(
-                "Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight}))"
-            )
+            images = page.evaluate("Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight}))")
             headings = page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent.trim())")
             body = page.inner_text("body")
             title = page.title()
@@ -61,11 +65,25 @@ def test_report_renders_in_chromium(report: Path) -> None:
     # Self-contained: the page itself is the only thing fetched; images are data: URIs.
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
     assert "run" in title
-    assert {"Run summary", "Generalisation check", "Metrics per class", "Confusion matrix", "Plots",
-            "Most confident mistakes", "Bias probe", "Data profile"} <= set(headings)
+    assert {
+        "Run summary",
+        "Generalisation check",
+        "Metrics per class",
+        "Confusion matrix",
+        "Plots",
+        "Most confident mistakes",
+        "Bias probe",
+        "Data profile",
+    } <= set(headings)
     alts = {i["alt"] for i in images}
-    assert {"Training and eval loss", "Training and eval accuracy", "Confusion matrix", "ROC curves (one vs rest)",
-            "Precision-recall curves", "Reliability diagram"} <= alts
+    assert {
+        "Training and eval loss",
+        "Training and eval accuracy",
+        "Confusion matrix",
+        "ROC curves (one vs rest)",
+        "Precision-recall curves",
+        "Reliability diagram",
+    } <= alts
     broken = [i for i in images if not (i["complete"] and i["w"] > 0 and i["h"] > 0)]
     assert broken == []
     assert "Possible over-fitting" in body  # the fixture's eval loss rises after epoch 2

@@ -79,9 +79,7 @@ def test_multiclass_metrics_equal_sklearn():
     m = classification_metrics(y, proba, labels)
     assert_matches_sklearn(m, y, proba, 4)
     assert m["roc_auc"]["macro"] == pytest.approx(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
-    assert m["average_precision"]["macro"] == pytest.approx(
-        average_precision_score(label_binarize(y, classes=range(4)), proba, average="macro")
-    )
+    assert m["average_precision"]["macro"] == pytest.approx(average_precision_score(label_binarize(y, classes=range(4)), proba, average="macro"))
     assert m["top_2_accuracy"] == pytest.approx(top_k_accuracy_score(y, proba, k=2, labels=range(4)))
     assert 0.3 < m["accuracy"] < 0.95  # informative but imperfect: a real check, not a degenerate one
 
@@ -139,10 +137,11 @@ def test_bad_shapes_are_refused():
 def history(eval_losses, train_loss=0.5, train_acc=0.8, eval_acc=0.78):
     rows = []
     for epoch, eval_loss in enumerate(eval_losses, start=1):
-        rows += [{"type": "train", "step": epoch * 10 - 5, "epoch": epoch - 0.5, "loss": train_loss},
-                 {"type": "train", "step": epoch * 10, "epoch": float(epoch), "loss": train_loss}]
-        rows.append({"type": "eval", "step": epoch * 10, "epoch": float(epoch), "eval_loss": eval_loss,
-                     "eval_accuracy": eval_acc, "train_accuracy": train_acc})
+        rows += [
+            {"type": "train", "step": epoch * 10 - 5, "epoch": epoch - 0.5, "loss": train_loss},
+            {"type": "train", "step": epoch * 10, "epoch": float(epoch), "loss": train_loss},
+        ]
+        rows.append({"type": "eval", "step": epoch * 10, "epoch": float(epoch), "eval_loss": eval_loss, "eval_accuracy": eval_acc, "train_accuracy": train_acc})
     return rows + [{"type": "summary", "train_runtime": 1.0}]
 
 
@@ -195,8 +194,7 @@ def test_bias_probe_counts_flips_and_shifts():
 def test_load_pairs_text_and_yaml(tmp_path):
     path = tmp_path / "pairs.txt"
     path.write_text("# my lists\nsir, madam\n[titles]\nmr/mrs\nlord\tlady\n[names]\nahmed fatima  # comment\n", encoding="utf-8")
-    assert load_pairs(path) == {"pairs": [("sir", "madam")], "titles": [("mr", "mrs"), ("lord", "lady")],
-                                "names": [("ahmed", "fatima")]}
+    assert load_pairs(path) == {"pairs": [("sir", "madam")], "titles": [("mr", "mrs"), ("lord", "lady")], "names": [("ahmed", "fatima")]}
     yml = tmp_path / "pairs.yaml"
     yml.write_text("jobs: [[waiter, waitress], [actor, actress]]\n", encoding="utf-8")
     assert load_pairs(yml) == {"jobs": [("waiter", "waitress"), ("actor", "actress")]}

@@ -107,8 +107,7 @@ def test_cli_json_on_other_data(run, tmp_path):
     csv = tmp_path / "other.csv"
     frame.to_csv(csv, index=False)
     out = tmp_path / "out"
-    result = runner.invoke(app, ["eval", str(run), "--data", str(csv), "--text-col", "body", "--label-col", "topic",
-                                 "--out", str(out), "--json"])
+    result = runner.invoke(app, ["eval", str(run), "--data", str(csv), "--text-col", "body", "--label-col", "topic", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["evaluated_on"] == {"source": str(csv), "rows": 60, "run": str(run)}

@@ -36,9 +36,7 @@ def write_qa_bert(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLER, *NAMES, *COLOURS, *OTHERS]
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True, model_max_length=128)
-    config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128
-    )
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -46,7 +44,7 @@ def write_qa_bert(folder: Path) -> Path:
 
 
 def qa_frame(rows: int = 300, seed: int = 0, unanswerable: float = 0.2) -> pd.DataFrame:
-    """"what is the code of X ?" over 1-3 facts about X; the code is the one colour word, and a
+    """ "what is the code of X ?" over 1-3 facts about X; the code is the one colour word, and a
     context without a colour does not hold the answer. A 32-wide BERT learns it in about a second
     (0.71-0.77 right on the test split over seeds 0-3: every answerable row; the rest abstained)."""
     rng = random.Random(seed)
@@ -81,8 +79,25 @@ def qa_run(tmp_path_factory, qa_bert) -> tuple[Path, str]:
     qa_frame(300, seed=0).to_json(data, orient="records", lines=True)
     result = runner.invoke(
         app,
-        ["train", "--task", "extractive-qa", "--model", str(qa_bert), "--data", str(data), "--epochs", "5", "--lr", "3e-3",
-         "--precision", "fp32", "--seed", "0", "--out", str(folder / "run")],
+        [
+            "train",
+            "--task",
+            "extractive-qa",
+            "--model",
+            str(qa_bert),
+            "--data",
+            str(data),
+            "--epochs",
+            "5",
+            "--lr",
+            "3e-3",
+            "--precision",
+            "fp32",
+            "--seed",
+            "0",
+            "--out",
+            str(folder / "run"),
+        ],
     )
     assert result.exit_code == 0, result.output
     return folder / "run", result.output
@@ -164,7 +179,14 @@ def test_training_writes_a_complete_run_that_learned(qa_run):
     path, output = qa_run
     run = Run.open(path)
     assert run.task == "extractive-qa"
-    files = ("config.yaml", "model/config.json", "history.jsonl", "metrics.json", "predictions.parquet", *(f"splits/{s}.parquet" for s in ("train", "eval", "test")))
+    files = (
+        "config.yaml",
+        "model/config.json",
+        "history.jsonl",
+        "metrics.json",
+        "predictions.parquet",
+        *(f"splits/{s}.parquet" for s in ("train", "eval", "test")),
+    )
     for name in files:
         assert (path / name).is_file(), name
     assert not (path / "checkpoints").exists()

@@ -83,8 +83,10 @@ def test_text_rows_train_on_everything_and_end_with_eos(tokenizer):
 
 
 def test_truncation_drops_rows_whose_answer_is_cut_off(tokenizer):
-    rows = [{"messages": [{"role": "user", "content": "What colour is sky? " * 5}, {"role": "assistant", "content": "blue"}]},
-            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "The sky is blue."}]}]
+    rows = [
+        {"messages": [{"role": "user", "content": "What colour is sky? " * 5}, {"role": "assistant", "content": "blue"}]},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "The sky is blue."}]},
+    ]
     long, short = full_lengths(tokenizer, rows)
     assert short < long
     dataset, counts = tokenize_rows(tokenizer, rows, max_length=short)  # the long one loses its whole answer

@@ -39,7 +39,7 @@ def test_same_as_transformers_generate(generator):
     inputs = generator.encode(MESSAGES)
     with torch.no_grad():
         ids = generator.model.generate(**inputs, max_new_tokens=10, do_sample=False)
-    expected = generator.tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    expected = generator.tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert generator(MESSAGES, max_new_tokens=10) == expected
 
 
@@ -101,8 +101,10 @@ def test_cli_sft_generate_merge(tmp_path, model_dir, monkeypatch):
     runner = CliRunner()
     data = write_jsonl(tmp_path / "qa.jsonl", qa_pairs(repeats=2))
     run = tmp_path / "run"
-    result = runner.invoke(app, ["sft", "--model", str(model_dir), "--data", str(data), "--epochs", "1", "--lr", "0.02", "--precision", "fp32",
-                                 "--samples", "1", "--out", str(run)])
+    result = runner.invoke(
+        app,
+        ["sft", "--model", str(model_dir), "--data", str(data), "--epochs", "1", "--lr", "0.02", "--precision", "fp32", "--samples", "1", "--out", str(run)],
+    )
     assert result.exit_code == 0, result.output
     assert "eval loss" in result.output and (run / "model" / "adapter_config.json").is_file()
 

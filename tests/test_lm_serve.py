@@ -120,8 +120,9 @@ def test_a_20_mib_body_gets_its_413_with_urllib(server):
     import urllib.request
 
     body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x" * (20 * 2**20)}]}).encode()
-    request = urllib.request.Request(f"{server}/v1/chat/completions", data=body, method="POST",
-                                     headers={"Authorization": "Bearer secret", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{server}/v1/chat/completions", data=body, method="POST", headers={"Authorization": "Bearer secret", "Content-Type": "application/json"}
+    )
     with pytest.raises(urllib.error.HTTPError) as answer:
         urllib.request.urlopen(request, timeout=30)
     assert answer.value.code == 413
@@ -131,8 +132,12 @@ def test_a_20_mib_body_gets_its_413_with_urllib(server):
 def test_prompt_longer_than_the_context_is_422(server):
     # Under the body limit, but over the tiny model's 256-token context.
     long = "sky " * 700
-    r = httpx.post(f"{server}/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": long[:3800]}], "max_tokens": 64},
-                   headers={"Authorization": "Bearer secret"}, timeout=30)
+    r = httpx.post(
+        f"{server}/v1/chat/completions",
+        json={"model": "tiny", "messages": [{"role": "user", "content": long[:3800]}], "max_tokens": 64},
+        headers={"Authorization": "Bearer secret"},
+        timeout=30,
+    )
     assert r.status_code == 422
     assert r.json()["error"]["code"] == "context_length_exceeded"
 

@@ -32,8 +32,17 @@ def lora_run(tmp_path_factory, base, data):
 
 
 def test_lora_lowers_the_eval_loss_and_writes_a_complete_run(lora_run):
-    for name in ("config.yaml", "history.jsonl", "metrics.json", "report.html", "samples.json", "model/adapter_config.json",
-                 "model/adapter_model.safetensors", "model/tokenizer_config.json", "plots/loss.png"):
+    for name in (
+        "config.yaml",
+        "history.jsonl",
+        "metrics.json",
+        "report.html",
+        "samples.json",
+        "model/adapter_config.json",
+        "model/adapter_model.safetensors",
+        "model/tokenizer_config.json",
+        "plots/loss.png",
+    ):
         assert (lora_run / name).is_file(), name
     metrics = json.loads((lora_run / "metrics.json").read_text())
     assert metrics["eval_after"]["loss"] < metrics["eval_before"]["loss"] - 0.2
@@ -61,7 +70,9 @@ def test_adapter_loads_with_plain_transformers(lora_run):
 
 
 def test_full_fine_tuning_with_packing(tmp_path, base, data):
-    config = SFTConfig(model=str(base), data=str(data), method="full", packing=True, epochs=2, lr=3e-3, batch_size=8, precision="fp32", samples=0, out=str(tmp_path / "full"))
+    config = SFTConfig(
+        model=str(base), data=str(data), method="full", packing=True, epochs=2, lr=3e-3, batch_size=8, precision="fp32", samples=0, out=str(tmp_path / "full")
+    )
     run = sft(config, progress=False)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["eval_after"]["loss"] < metrics["eval_before"]["loss"]
@@ -124,8 +135,9 @@ def test_answer_only_logits_give_the_models_own_loss_and_gradients(base, packing
 def test_lora_with_activation_checkpointing_learns(tmp_path, base, data):
     """Recomputing activations must still send gradients to the adapters (frozen inputs, LoRA layers)."""
     out = tmp_path / "checkpointed"
-    config = SFTConfig(model=str(base), data=str(data), epochs=2, lr=2e-2, batch_size=8, precision="fp32", samples=0,
-                       activation_checkpointing=True, out=str(out))
+    config = SFTConfig(
+        model=str(base), data=str(data), epochs=2, lr=2e-2, batch_size=8, precision="fp32", samples=0, activation_checkpointing=True, out=str(out)
+    )
     metrics = json.loads((sft(config, progress=False) / "metrics.json").read_text())
     assert metrics["eval_after"]["loss"] < metrics["eval_before"]["loss"] - 0.1
 
@@ -151,7 +163,9 @@ def test_merge_equals_the_adapter_and_differs_from_the_base(lora_run, base):
     assert check["passed"] and check["max_abs_logit_diff_vs_adapter"] < 1e-3 < check["max_abs_logit_diff_vs_base"]
     # Independently of merge's own check: a plain transformers load of the merged folder.
     tokenizer = AutoTokenizer.from_pretrained(merged)
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": "What colour is snow?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What colour is snow?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     adapter_model, _ = load_lm(lora_run)
     with torch.no_grad():
         plain = AutoModelForCausalLM.from_pretrained(merged)(**inputs).logits

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.smoke
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from tunelab.models.catalogue import CATALOGUE
     from tunelab.models.cache import RECORD
+    from tunelab.models.catalogue import CATALOGUE
     from tunelab.models.gguf import packaged_smollm2_folder
 
     # The one reason to skip: the model's package is not installed, asked the way the catalogue asks.
@@ -48,7 +48,10 @@ def test_short_lora_sft(smollm2, tmp_path):
     from tunelab.lm.sft import sft
 
     data = write_jsonl(tmp_path / "qa.jsonl", qa_pairs(repeats=2)[:10])
-    run = sft(SFTConfig(model="smollm2", data=str(data), epochs=1, batch_size=4, lr=1e-3, samples=1, sample_tokens=8, eval_fraction=0.2, out=str(tmp_path / "run")), progress=False)
+    run = sft(
+        SFTConfig(model="smollm2", data=str(data), epochs=1, batch_size=4, lr=1e-3, samples=1, sample_tokens=8, eval_fraction=0.2, out=str(tmp_path / "run")),
+        progress=False,
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["eval_after"]["loss"] < metrics["eval_before"]["loss"]
     assert (run / "model" / "adapter_config.json").is_file()

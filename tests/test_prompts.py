@@ -10,8 +10,17 @@ from hypothesis import strategies as st
 
 from tests._lm_fixtures import write_jsonl, write_tiny_llama
 from tunelab.answers import (
-    answer_in_text, bootstrap_ci, contains_answer, exact_match, is_abstention, normalize, score, strip_citations, summarise,
-    token_f1, verdict,
+    answer_in_text,
+    bootstrap_ci,
+    contains_answer,
+    exact_match,
+    is_abstention,
+    normalize,
+    score,
+    strip_citations,
+    summarise,
+    token_f1,
+    verdict,
 )
 from tunelab.errors import TunelabError
 from tunelab.prompts import load_template, parse_template, shipped_names
@@ -74,10 +83,21 @@ def test_answer_in_text_on_word_boundaries():
     assert not answer_in_text(passages, "fishes") and not answer_in_text(passages, "")
 
 
-@pytest.mark.parametrize("text", ["I don't know.", "I do not know the answer", "I'm not sure.", "Im not sure", "",
-                                  "The context does not contain that.", "I don’t know", "I cannot answer this question.",
-                                  "The answer is not contained in the sources.",
-                                  "I don't know: the indexed documents do not seem to cover this question."])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I don't know.",
+        "I do not know the answer",
+        "I'm not sure.",
+        "Im not sure",
+        "",
+        "The context does not contain that.",
+        "I don’t know",
+        "I cannot answer this question.",
+        "The answer is not contained in the sources.",
+        "I don't know: the indexed documents do not seem to cover this question.",
+    ],
+)
 def test_abstentions_detected(text):
     assert is_abstention(text)
 
@@ -124,15 +144,18 @@ def test_context_template_without_context_is_an_error():
         load_template("grounded").render("Q?")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("name: x\nversion: 1\n", "lacks template"),
-    ("name: x\nversion: 1\ntemplate: 'Q: {{ question }'\n", "Jinja2 syntax error"),
-    ("name: x\nversion: 1\ntemplate: 'no question here'\n", "never uses"),
-    ("name: x\nversion: 1\ntemplate: '{{ question }} {{ hint }}'\n", "unknown variable"),
-    ("name: x\nversion: 1\ntemplate: '{{ question }}'\ncolour: red\n", "unknown keys"),
-    ("- just\n- a list\n", "mapping"),
-    ("name: [unclosed\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: x\nversion: 1\n", "lacks template"),
+        ("name: x\nversion: 1\ntemplate: 'Q: {{ question }'\n", "Jinja2 syntax error"),
+        ("name: x\nversion: 1\ntemplate: 'no question here'\n", "never uses"),
+        ("name: x\nversion: 1\ntemplate: '{{ question }} {{ hint }}'\n", "unknown variable"),
+        ("name: x\nversion: 1\ntemplate: '{{ question }}'\ncolour: red\n", "unknown keys"),
+        ("- just\n- a list\n", "mapping"),
+        ("name: [unclosed\n", "not valid YAML"),
+    ],
+)
 def test_loader_rejects_bad_templates(text, message):
     with pytest.raises(TunelabError, match=message):
         parse_template(text, "t.yaml")
@@ -160,11 +183,34 @@ def test_prompts_eval_cli_json(tmp_path, tiny_lm):
 
     from tunelab.cli import app
 
-    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"What colour is {t}?", "answer": c, "aliases": []} for t, c in
-                                              [("sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black"), ("sun", "yellow")]])
+    qa = write_jsonl(
+        tmp_path / "qa.jsonl",
+        [
+            {"question": f"What colour is {t}?", "answer": c, "aliases": []}
+            for t, c in [("sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black"), ("sun", "yellow")]
+        ],
+    )
     out = tmp_path / "eval.json"
-    result = CliRunner().invoke(app, ["prompts", "eval", "plain", "abstain", "--qa", str(qa), "--model", str(tiny_lm),
-                                      "--max-new-tokens", "4", "--batch-size", "2", "--json", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "prompts",
+            "eval",
+            "plain",
+            "abstain",
+            "--qa",
+            str(qa),
+            "--model",
+            str(tiny_lm),
+            "--max-new-tokens",
+            "4",
+            "--batch-size",
+            "2",
+            "--json",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert [t["template"] for t in data["templates"]] == ["plain@v1", "abstain@v1"]
@@ -192,8 +238,9 @@ def test_prompts_eval_index_factbook_is_the_one_builtin_index(tmp_path, tiny_lm,
     monkeypatch.setattr(builtin, "builtin_index", lambda progress=True, embed_model="minilm": requests.append(embed_model) or cached)
     monkeypatch.chdir(tmp_path)  # no folder named 'factbook' here
     qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "What colour is the sky?", "answer": "blue", "aliases": []}])
-    result = CliRunner().invoke(app, ["prompts", "eval", "grounded", "--qa", str(qa), "--model", str(tiny_lm), "--index", "factbook",
-                                      "--max-new-tokens", "4", "--json"])
+    result = CliRunner().invoke(
+        app, ["prompts", "eval", "grounded", "--qa", str(qa), "--model", str(tiny_lm), "--index", "factbook", "--max-new-tokens", "4", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert requests == ["minilm"] and json.loads(result.stdout)["templates"][0]["n"] == 1
 

@@ -11,10 +11,10 @@ import pytest
 from tests._rag_fixtures import ConceptEmbedder, tiny_tokenizer, write_docs, write_tiny_sentence_model
 from tunelab.data.factbook import Section, clean_html, flatten_json
 from tunelab.errors import TunelabError
+from tunelab.rag.answer import MIN_SIMILARITY
 from tunelab.rag.chunk import chunk_document, split_section
 from tunelab.rag.documents import Document, load_folder
 from tunelab.rag.fuse import DEFAULT_WEIGHTS, rrf
-from tunelab.rag.answer import MIN_SIMILARITY
 from tunelab.rag.index import build_index, open_index
 
 # -- chunking ------------------------------------------------------------------------------
@@ -28,7 +28,8 @@ def test_chunks_respect_sections_size_and_overlap():
     tok = tiny_tokenizer()
     long_para = " ".join(["cats eat fish and mice"] * 30)  # 150 tokens, one paragraph
     doc = Document(
-        "d.md", "D",
+        "d.md",
+        "D",
         [Section("One", [" ".join(["river water sea"] * 8), long_para]), Section("Two", ["apples pears fruit"])],
         "h",
     )
@@ -292,8 +293,7 @@ def test_grounded_prompt_and_the_source_the_answer_came_from(concept_index):
 
     # Focused context: only the `lines` closest lines are shown.
     focused = RecordingGenerator("fish")
-    answer("what do cats eat", concept_index, focused, settings=ContextSettings(mode="dense", k=3, context="focused", lines=2),
-           min_similarity=0.3)
+    answer("what do cats eat", concept_index, focused, settings=ContextSettings(mode="dense", k=3, context="focused", lines=2), min_similarity=0.3)
     assert "[1] " in focused.prompts[0] and "[2] " in focused.prompts[0] and "[3] " not in focused.prompts[0]
 
 
@@ -334,8 +334,10 @@ def test_cli_index_search_json_and_eval(tmp_path, tiny_model):
 
     qa = tmp_path / "qa.jsonl"
     qa.write_text(
-        json.dumps({"question": "census bureau statistics", "answer": "tables", "aliases": [], "doc_id": "census.html"}) + "\n"
-        + json.dumps({"question": "Nile river", "answer": "long", "aliases": [], "doc_id": "rivers.txt"}) + "\n"
+        json.dumps({"question": "census bureau statistics", "answer": "tables", "aliases": [], "doc_id": "census.html"})
+        + "\n"
+        + json.dumps({"question": "Nile river", "answer": "long", "aliases": [], "doc_id": "rivers.txt"})
+        + "\n"
     )
     result = runner.invoke(app, ["rag", "eval", str(qa), "--index", str(tmp_path / "ix"), "--modes", "bm25,hybrid", "--json"])
     assert result.exit_code == 0, result.output
@@ -405,9 +407,31 @@ def test_cli_ask_answers_with_a_lora_run(colour_index, lora_run, monkeypatch, de
 
     monkeypatch.setattr(lm_load, "load_lm", spy_load)
     monkeypatch.setattr(prompts_generate, "answer_batch", spy_batch)
-    result = CliRunner().invoke(app, ["rag", "ask", "What colour is the sky?", "--index", str(colour_index), "--reader", "lm",
-                                      "--model", str(lora_run), "--decoding", decoding, "-k", "1", "--context", "chunks",
-                                      "--min-similarity", "-1", "--max-new-tokens", "4", "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "rag",
+            "ask",
+            "What colour is the sky?",
+            "--index",
+            str(colour_index),
+            "--reader",
+            "lm",
+            "--model",
+            str(lora_run),
+            "--decoding",
+            decoding,
+            "-k",
+            "1",
+            "--context",
+            "chunks",
+            "--min-similarity",
+            "-1",
+            "--max-new-tokens",
+            "4",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     [(source, model)] = loaded
     assert source.adapter == (lora_run / "model").resolve() and isinstance(model, PeftModel)  # the adapter, on its base
@@ -432,9 +456,8 @@ def test_cli_eval_answers_json_and_predictions_file(colour_index, tmp_path, monk
     from typer.testing import CliRunner
 
     import tunelab.lm.generate as lm_generate
-    from tunelab.cli import app
-
     import tunelab.prompts.generate as prompts_generate
+    from tunelab.cli import app
     from tunelab.prompts.generate import Answered
 
     replies = {"What colour is the sky?": "The sky is blue [1].", "What colour is grass?": "purple", "What colour is coal?": "I'm not sure."}
@@ -454,22 +477,50 @@ def test_cli_eval_answers_json_and_predictions_file(colour_index, tmp_path, monk
     monkeypatch.setattr(prompts_generate, "answer_batch", fake_answers)
     lm = ["--reader", "lm", "--decoding", "free"]
     qa = tmp_path / "qa.jsonl"
-    qa.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"question": "What colour is the sky?", "answer": "blue", "aliases": [], "doc_id": "sky.md"},
-        {"question": "What colour is grass?", "answer": "green", "aliases": [], "doc_id": "grass.md"},
-        {"question": "What colour is coal?", "answer": "black", "aliases": [], "doc_id": "coal.md"},
-    ]))
+    qa.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"question": "What colour is the sky?", "answer": "blue", "aliases": [], "doc_id": "sky.md"},
+                {"question": "What colour is grass?", "answer": "green", "aliases": [], "doc_id": "grass.md"},
+                {"question": "What colour is coal?", "answer": "black", "aliases": [], "doc_id": "coal.md"},
+            ]
+        )
+    )
     out = tmp_path / "predictions.jsonl"
     runner = CliRunner()
-    result = runner.invoke(app, ["rag", "eval", str(qa), "--index", str(colour_index), "--modes", "bm25", "--answer", *lm, "--model", "some-run",
-                                 "--min-similarity", "-1", "--json", "--predictions", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "rag",
+            "eval",
+            str(qa),
+            "--index",
+            str(colour_index),
+            "--modes",
+            "bm25",
+            "--answer",
+            *lm,
+            "--model",
+            "some-run",
+            "--min-similarity",
+            "-1",
+            "--json",
+            "--predictions",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert FakeGenerator.models == ["some-run"]
     answers = json.loads(result.stdout)["answers"]
     assert answers["reader"].startswith("lm:fake:") and answers["reader"].endswith(":free")
     assert answers["context"] == {"mode": "hybrid", "k": 6, "context": "focused", "lines": 5} and answers["context_from"] == "default"
-    assert answers["thresholds"] == {"min_similarity": -1.0, "min_similarity_from": "--min-similarity", "min_confidence": None,
-                                     "min_confidence_from": answers["thresholds"]["min_confidence_from"]}
+    assert answers["thresholds"] == {
+        "min_similarity": -1.0,
+        "min_similarity_from": "--min-similarity",
+        "min_confidence": None,
+        "min_confidence_from": answers["thresholds"]["min_confidence_from"],
+    }
     assert answers["right"] == answers["hallucinated"] == answers["abstained"] == pytest.approx(1 / 3, abs=1e-4)
     assert answers["exact_match"] == 0.0 and 0 < answers["token_f1"] < 1
     assert answers["answer_in_context"] == pytest.approx(2 / 3, abs=1e-4)  # both passages shown; coal is in neither
@@ -477,7 +528,10 @@ def test_cli_eval_answers_json_and_predictions_file(colour_index, tmp_path, monk
     assert "predictions" not in answers  # those go to the file
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(p["question"], p["verdict"]) for p in lines] == [
-        ("What colour is the sky?", "right"), ("What colour is grass?", "hallucinated"), ("What colour is coal?", "abstained")]
+        ("What colour is the sky?", "right"),
+        ("What colour is grass?", "hallucinated"),
+        ("What colour is coal?", "abstained"),
+    ]
     assert lines[0]["prediction"] == "The sky is blue [1]." and lines[0]["sources"][0]["rank"] == 1
     assert {"answer", "aliases", "abstained", "exact_match", "f1", "hallucinated"} <= set(lines[0])
 
@@ -600,8 +654,15 @@ def test_cross_encoder_rerank_orders_by_its_scores(tmp_path, concept_index):
     tokenizer = tiny_tokenizer(folder)
     torch.manual_seed(1)
     BertForSequenceClassification(
-        BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                   intermediate_size=64, max_position_embeddings=256, num_labels=1)
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            num_labels=1,
+        )
     ).save_pretrained(folder)
     reranker = CrossEncoderReranker(folder)
     hits = concept_index.search("feline diet", "hybrid", 5)
@@ -638,8 +699,9 @@ def write_reader_bert(folder):
     from transformers import BertConfig, BertModel
 
     tokenizer = tiny_tokenizer(folder)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=256)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=256
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     return folder
@@ -673,8 +735,9 @@ def reader_run(tmp_path_factory):
     # fields.jsonl beside train.jsonl (as `tunelab data factbook-qa` writes it): extra training questions
     (qa / "fields.jsonl").write_text("".join(json.dumps({**r, "question": f"field {r['question']}", "kind": "field:x"}) + "\n" for r in reader_rows(6)))
     bert = write_reader_bert(root / "bert")
-    result = CliRunner().invoke(app, ["rag", "train-reader", str(qa), "--index", str(root / "index"), "--out", str(root / "run"),
-                                      "--model", str(bert), "--epochs", "1"])
+    result = CliRunner().invoke(
+        app, ["rag", "train-reader", str(qa), "--index", str(root / "index"), "--out", str(root / "run"), "--model", str(bert), "--epochs", "1"]
+    )
     yield SimpleNamespace(run=root / "run", index=root / "index", qa=qa, result=result)
     patch.undo()
 
@@ -761,8 +824,19 @@ def test_cli_eval_answers_with_a_trained_reader_says_where_its_thresholds_came_f
     from tunelab.cli import app
 
     runner = CliRunner()
-    base = ["rag", "eval", str(reader_run.qa / "test.jsonl"), "--index", str(reader_run.index), "--modes", "bm25", "--answer",
-            "--reader", str(reader_run.run), "--json"]
+    base = [
+        "rag",
+        "eval",
+        str(reader_run.qa / "test.jsonl"),
+        "--index",
+        str(reader_run.index),
+        "--modes",
+        "bm25",
+        "--answer",
+        "--reader",
+        str(reader_run.run),
+        "--json",
+    ]
     result = runner.invoke(app, base)
     assert result.exit_code == 0, result.output
     answers = json.loads(result.stdout)["answers"]
@@ -1022,10 +1096,15 @@ def test_prompts_eval_grounded_decoding_copies_from_the_retrieved_passages(colou
     from tunelab.prompts.generate import Answered
 
     qa = tmp_path / "qa.jsonl"
-    qa.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"question": "What colour is the sky?", "answer": "blue", "aliases": [], "doc_id": "sky.md"},
-        {"question": "What colour is grass?", "answer": "green", "aliases": [], "doc_id": "grass.md"},
-    ]))
+    qa.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"question": "What colour is the sky?", "answer": "blue", "aliases": [], "doc_id": "sky.md"},
+                {"question": "What colour is grass?", "answer": "green", "aliases": [], "doc_id": "grass.md"},
+            ]
+        )
+    )
     seen = []
 
     def fake_answers(generator, prompts, grounded_passages=None, **kwargs):

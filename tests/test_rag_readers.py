@@ -31,8 +31,10 @@ def test_focus_picks_the_lines_closest_to_the_question_and_caches_chunk_vectors(
     from tunelab.rag.focus import focus
 
     embedder = ConceptEmbedder()
-    hits = [_hit("Rivers: the nile is long\nDiet: cats eat fish and mice\nMarket: stock prices rose", rank=1),
-            _hit("Cars: engine and brakes\nMilk: kittens drink milk", rank=2)]
+    hits = [
+        _hit("Rivers: the nile is long\nDiet: cats eat fish and mice\nMarket: stock prices rose", rank=1),
+        _hit("Cars: engine and brakes\nMilk: kittens drink milk", rank=2),
+    ]
     cache: dict = {}
     best = focus("what food do felines eat", hits, embedder, lines=2, cache=cache)
     assert [p.text for p in best] == ["Diet: cats eat fish and mice", "Milk: kittens drink milk"]
@@ -151,8 +153,9 @@ def test_answer_cites_the_passage_the_reader_answered_from(monkeypatch):
     from tunelab.rag.readers import Reading
 
     passages = [Passage("Climate: mild", _hit("Climate: mild", rank=1)), Passage("Capital - name: Mossby", _hit("Capital - name: Mossby", rank=2))]
-    monkeypatch.setattr(answer_module, "retrieve_context",
-                        lambda index, q, settings: Retrieved(passages, [p.hit for p in passages], 0.2 if "far" in q else 0.8, 0.0))
+    monkeypatch.setattr(
+        answer_module, "retrieve_context", lambda index, q, settings: Retrieved(passages, [p.hit for p in passages], 0.2 if "far" in q else 0.8, 0.0)
+    )
 
     class Reader:
         name, threshold = "fake", 0.0
@@ -182,9 +185,11 @@ def test_worked_examples_are_the_nearest_answerable_train_questions_never_the_as
     def context(text):
         return Retrieved([Passage(text, _hit(text))], [], 1.0, 0.0)
 
-    rows = [{"question": "What is the capital of Peru?", "answer": "Lima"},
-            {"question": "What is the currency of Mali?", "answer": "CFA franc"},
-            {"question": "What is the capital of Mali?", "answer": "Bamako"}]
+    rows = [
+        {"question": "What is the capital of Peru?", "answer": "Lima"},
+        {"question": "What is the currency of Mali?", "answer": "CFA franc"},
+        {"question": "What is the capital of Mali?", "answer": "Bamako"},
+    ]
     contexts = [context("Capital - name: Lima"), context("Currency: West African CFA franc"), context("Capital: unknown")]
     pool = WorkedExamples.from_rows(rows, contexts, Words(), shots=1)
     assert [e.answer for e in pool.examples] == ["Lima", "CFA franc"]  # Bamako is not in its passages

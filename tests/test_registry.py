@@ -175,10 +175,7 @@ def test_concurrent_promotes_never_leave_two_production_versions(registry, runs)
         registry.register(run, "news")
     registry.promote("news", 1)
     rounds = 40
-    workers = [
-        subprocess.Popen([sys.executable, "-c", PROMOTER, str(registry.path), versions, str(rounds)])
-        for versions in ("1,2", "3,4")
-    ]
+    workers = [subprocess.Popen([sys.executable, "-c", PROMOTER, str(registry.path), versions, str(rounds)]) for versions in ("1,2", "3,4")]
     # A reader watching while they race: never two production rows, never none after the first promote.
     seen = set()
     while any(w.poll() is None for w in workers):

@@ -95,5 +95,6 @@ def test_a_checkpoint_cut_off_while_saving_is_skipped(tmp_path, cut):
     if cut:  # killed before the Trainer wrote the state, its last file
         (staging / "checkpoints" / "checkpoint-20" / "trainer_state.json").unlink()
     point = resume_point(staging, epochs=2)
-    assert point.describe() == ("resuming from checkpoint-10 (epoch 1 of 2 done, step 10 of 20)" if cut
-                                else "resuming from checkpoint-20 (epoch 2 of 2 done, step 20 of 20)")
+    assert point.describe() == (
+        "resuming from checkpoint-10 (epoch 1 of 2 done, step 10 of 20)" if cut else "resuming from checkpoint-20 (epoch 2 of 2 done, step 20 of 20)"
+    )

@@ -19,8 +19,14 @@ from tunelab.serve.app import create_app
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -112,8 +118,7 @@ def test_docs_page_lists_every_operation(service, request) -> None:
             page.on("request", lambda r: requests.append(r.url))
             page.goto(url + "/docs", wait_until="load")
             # Rendered, or the error Swagger UI shows instead (then asserted against below).
-            page.wait_for_function("document.querySelector('.opblock') || document.body.innerText.includes('Unable to render')",
-                                   timeout=15_000)
+            page.wait_for_function("document.querySelector('.opblock') || document.body.innerText.includes('Unable to render')", timeout=15_000)
             listed = page.evaluate(
                 """Array.from(document.querySelectorAll('.opblock')).map(b =>
                     b.querySelector('.opblock-summary-method').textContent.trim() + ' ' +

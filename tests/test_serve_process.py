@@ -19,10 +19,20 @@ def test_sigterm_lets_the_request_in_flight_finish(trained_run) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # A long max-wait keeps a lone request inside the batcher while SIGTERM arrives.
-    command = [sys.executable, "-c", "from tunelab.cli import main; main()", "serve", str(trained_run),
-               "--port", str(port), "--max-wait-ms", "1500", "--log-level", "warning"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TUNELAB_API_KEY": ""})
+    command = [
+        sys.executable,
+        "-c",
+        "from tunelab.cli import main; main()",
+        "serve",
+        str(trained_run),
+        "--port",
+        str(port),
+        "--max-wait-ms",
+        "1500",
+        "--log-level",
+        "warning",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TUNELAB_API_KEY": ""})
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -10,8 +10,12 @@ import pytest
 from tests._lm_fixtures import write_jsonl, write_tiny_llama
 
 COUNTRIES = [
-    ("Aland", "Mossby", "12,345"), ("Brevia", "Kostal", "98,760"), ("Corvath", "Lindu", "4,321"),
-    ("Dunmere", "Ostra", "55,555"), ("Eskar", "Pelin", "7,007"), ("Fjorda", "Rasten", "31,400"),
+    ("Aland", "Mossby", "12,345"),
+    ("Brevia", "Kostal", "98,760"),
+    ("Corvath", "Lindu", "4,321"),
+    ("Dunmere", "Ostra", "55,555"),
+    ("Eskar", "Pelin", "7,007"),
+    ("Fjorda", "Rasten", "31,400"),
 ]
 
 
@@ -19,7 +23,15 @@ def _rows(countries) -> list[dict]:
     rows = []
     for name, capital, population in countries:
         rows.append({"question": f"What is the capital of {name}?", "answer": capital, "aliases": [], "doc_id": f"{name.lower()}.md", "kind": "capital"})
-        rows.append({"question": f"What is the population of {name}?", "answer": population, "aliases": [population.replace(",", "")], "doc_id": f"{name.lower()}.md", "kind": "population"})
+        rows.append(
+            {
+                "question": f"What is the population of {name}?",
+                "answer": population,
+                "aliases": [population.replace(",", "")],
+                "doc_id": f"{name.lower()}.md",
+                "kind": "population",
+            }
+        )
     return rows
 
 
@@ -29,14 +41,21 @@ def kb_and_qa(tmp_path_factory) -> tuple[Path, Path]:
     kb = root / "kb"
     kb.mkdir()
     for name, capital, population in COUNTRIES:
-        (kb / f"{name.lower()}.md").write_text(f"# {name}\n\n## Government\n\nCapital - name: {capital}\n\n## People\n\nPopulation: {population}\n", encoding="utf-8")
+        (kb / f"{name.lower()}.md").write_text(
+            f"# {name}\n\n## Government\n\nCapital - name: {capital}\n\n## People\n\nPopulation: {population}\n", encoding="utf-8"
+        )
     qa = root / "qa"
     qa.mkdir()
     write_jsonl(qa / "train.jsonl", _rows(COUNTRIES[:4]) * 3)
     write_jsonl(qa / "test.jsonl", _rows(COUNTRIES[4:]) + _rows(COUNTRIES[:1]))
     # questions about another field (as `tunelab data factbook-qa` writes them): extractive readers' training only
-    write_jsonl(qa / "fields.jsonl", [{"question": f"What is the name of {name}?", "answer": name, "aliases": [], "doc_id": f"{name.lower()}.md",
-                                       "kind": "field:Name"} for name, _, _ in COUNTRIES[:4]])
+    write_jsonl(
+        qa / "fields.jsonl",
+        [
+            {"question": f"What is the name of {name}?", "answer": name, "aliases": [], "doc_id": f"{name.lower()}.md", "kind": "field:Name"}
+            for name, _, _ in COUNTRIES[:4]
+        ],
+    )
     return kb, qa
 
 
@@ -157,8 +176,10 @@ def test_a_subset_of_strategies(tmp_path, kb_and_qa):
 
     kb, qa = kb_and_qa
     model = write_tiny_llama(tmp_path / "llama")
-    results = run_strategies(StrategiesConfig(qa=str(qa), kb=str(kb), model=str(model), out=str(tmp_path / "o"), quick=True,
-                                              strategies=["closed-book"], adaptability=False), progress=False)
+    results = run_strategies(
+        StrategiesConfig(qa=str(qa), kb=str(kb), model=str(model), out=str(tmp_path / "o"), quick=True, strategies=["closed-book"], adaptability=False),
+        progress=False,
+    )
     assert list(results["strategies"]) == ["closed-book"] and "index" not in results and "adaptability" not in results
     assert "Closed-book" in (tmp_path / "o" / "comparison.md").read_text()
 
@@ -217,8 +238,12 @@ def test_without_qa_the_builtin_questions_and_the_one_cached_index_are_used(tmp_
 
     cached, requests = builtin_factbook
     model = write_tiny_llama(tmp_path / "llama")
-    runs = [run_strategies(StrategiesConfig(model=str(model), out=str(tmp_path / f"o{i}"), quick=True, strategies=["closed-book", "rag"],
-                                            adaptability=False), progress=False) for i in range(2)]
+    runs = [
+        run_strategies(
+            StrategiesConfig(model=str(model), out=str(tmp_path / f"o{i}"), quick=True, strategies=["closed-book", "rag"], adaptability=False), progress=False
+        )
+        for i in range(2)
+    ]
     assert all(r["questions"]["qa"].startswith("built-in Factbook QA") for r in runs)
     assert [r["index"]["source"] for r in runs] == [str(cached)] * 2 and requests == ["minilm", "minilm"]
     # built (and timed) by the first run; the second finds it cached and copies it
@@ -269,8 +294,11 @@ def test_field_questions_are_spread_over_fields_and_optional(tmp_path, kb_and_qa
     from tunelab.strategies.run import Pipeline
 
     kb, qa = kb_and_qa
-    fields = [{"question": f"What is the {field} of {i}?", "answer": str(i), "doc_id": "aland.md", "kind": f"field:{field}"}
-              for field in ("terrain", "climate", "coastline") for i in range(5)]
+    fields = [
+        {"question": f"What is the {field} of {i}?", "answer": str(i), "doc_id": "aland.md", "kind": f"field:{field}"}
+        for field in ("terrain", "climate", "coastline")
+        for i in range(5)
+    ]
     folder = tmp_path / "qa"
     folder.mkdir()
     for name in ("train", "test"):

@@ -189,8 +189,14 @@ def test_length_grouping_sorts_short_windows_of_batches(tiny_bert):
     lengths = rng.integers(3, 60, size=400).tolist()
     dataset = datasets.Dataset.from_dict({"input_ids": [[7] * n for n in lengths], "labels": [0] * 400})
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
-    args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True, per_device_train_batch_size=8,
-                             gradient_accumulation_steps=2, train_sampling_strategy="group_by_length")
+    args = TrainingArguments(
+        output_dir="unused",
+        report_to="none",
+        use_cpu=True,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=2,
+        train_sampling_strategy="group_by_length",
+    )
     sampler = AccuracyTrainer(model=model, args=args, train_dataset=dataset, length_window_batches=3)._get_train_sampler()
     assert isinstance(sampler, LocalLengthSampler) and sampler.batch_size == 16  # one optimizer step's rows
 
@@ -226,6 +232,5 @@ def test_training_with_balanced_class_weights(tiny_bert, tmp_path):
     frame = sentiment_frame(rows_per_class=30)
     frame = frame[(frame["label"] != "neutral") | (frame.index % 5 == 0)]  # neutral is rare
     frame.to_csv(tmp_path / "d.csv", index=False)
-    run = tunelab.train(model=str(tiny_bert), data=str(tmp_path / "d.csv"), epochs=1, batch_size=8, class_weights="balanced",
-                        out=str(tmp_path / "run"))
+    run = tunelab.train(model=str(tiny_bert), data=str(tmp_path / "d.csv"), epochs=1, batch_size=8, class_weights="balanced", out=str(tmp_path / "run"))
     assert run.config["class_weights"] == "balanced"

@@ -121,7 +121,7 @@ def score(prediction: str, answer: str, aliases: Sequence[str] = (), question: s
 
 
 def verdict(scores: dict) -> str:
-    """"right" (a gold answer contained), "abstained" or "hallucinated", from `score`'s fields."""
+    """ "right" (a gold answer contained), "abstained" or "hallucinated", from `score`'s fields."""
     if scores["contains"]:
         return "right"
     return "abstained" if scores["abstained"] else "hallucinated"
@@ -164,8 +164,9 @@ def summarise(scores: Sequence[dict], ci: bool = True, seed: int = 0) -> dict:
     return out
 
 
-def choose_thresholds(features: Sequence[Sequence[float]], outcomes: Sequence[float], margin: float = 1.0,
-                      max_hallucinated: float | None = None) -> tuple[list[float], float]:
+def choose_thresholds(
+    features: Sequence[Sequence[float]], outcomes: Sequence[float], margin: float = 1.0, max_hallucinated: float | None = None
+) -> tuple[list[float], float]:
     """Thresholds, one per feature, that maximise right - hallucinated when a question is answered
     only if every feature reaches its threshold; and that best value per question. With
     `max_hallucinated` (a share of the questions), they maximise right among the thresholds that

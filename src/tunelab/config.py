@@ -70,7 +70,8 @@ class TrainConfig(DataSettings):
     method: Literal["full", "head", "lora"] = Field("full", description="what is trained: all weights, the head only, or LoRA adapters")
     epochs: float = Field(3.0, gt=0)
     lr: PositiveFloat | Literal["auto"] = Field(
-        "auto", description="peak learning rate; auto: 5e-5 for a model 768 wide (BERT-base), scaled by 768 / its width")
+        "auto", description="peak learning rate; auto: 5e-5 for a model 768 wide (BERT-base), scaled by 768 / its width"
+    )
     batch_size: PositiveInt | Literal["auto"] = Field(16, description="per-process batch; 'auto': the largest that fits in memory")
     eval_batch_size: int = Field(64, gt=0)
     grad_accum: int = Field(1, gt=0)
@@ -86,8 +87,7 @@ class TrainConfig(DataSettings):
     max_length: int | None = Field(None, gt=0, description="token limit; default: the data's 95th percentile, capped by the model")
     length_percentile: float = Field(95.0, gt=0, le=100)
     group_by_length: bool = Field(True, description="batch examples of similar length together (less padding)")
-    length_window: PositiveInt = Field(
-        4, description="group_by_length sorts this many batches at a time: more saves padding, fewer keeps batches mixed")
+    length_window: PositiveInt = Field(4, description="group_by_length sorts this many batches at a time: more saves padding, fewer keeps batches mixed")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores")
     early_stopping: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
@@ -96,8 +96,7 @@ class TrainConfig(DataSettings):
     report_to: list[str] = Field(default_factory=list, description="Trainer integrations, e.g. tensorboard, mlflow")
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config, passed to the Trainer")
     fsdp: str | None = Field(None, description="FSDP options, e.g. 'full_shard auto_wrap', passed to the Trainer")
-    baseline: bool = Field(
-        True, description="the evaluation also fits TF-IDF + logistic regression on the train split and reports whether the model beats it")
+    baseline: bool = Field(True, description="the evaluation also fits TF-IDF + logistic regression on the train split and reports whether the model beats it")
 
     out: str | None = Field(None, description="run directory; default runs/<model>-<data>-<time>")
     overwrite: bool = False
@@ -110,8 +109,10 @@ class ExtractiveQAConfig(Settings):
     task: Literal["extractive-qa"] = Field("extractive-qa", description="what the run learns (fixed)")
     kind: Literal["transformers"] = Field("transformers", description="what model/ holds (fixed)")
     data: str = Field(
-        ..., description="jsonl/json/csv/parquet file with question, context and answer columns (and optionally answer_start, "
-        "a character offset); an empty answer means the context does not hold it")
+        ...,
+        description="jsonl/json/csv/parquet file with question, context and answer columns (and optionally answer_start, "
+        "a character offset); an empty answer means the context does not hold it",
+    )
     question_col: str = "question"
     context_col: str = "context"
     answer_col: str = "answer"
@@ -124,11 +125,13 @@ class ExtractiveQAConfig(Settings):
     model: str = Field("minilm", description="catalogue name (`tunelab models`) or a local Hugging Face folder")
     epochs: float = Field(2.0, gt=0)
     lr: PositiveFloat | Literal["auto"] = Field(
-        "auto", description="peak learning rate; auto: 5e-5 for a model 768 wide (BERT-base), scaled by 768 / its width")
+        "auto", description="peak learning rate; auto: 5e-5 for a model 768 wide (BERT-base), scaled by 768 / its width"
+    )
     batch_size: PositiveInt = Field(16, description="windows per training step")
     eval_batch_size: int = Field(64, gt=0)
     max_length: int | None = Field(
-        None, gt=0, description="window length in tokens; default: the data's 95th percentile of question + context, capped by the model")
+        None, gt=0, description="window length in tokens; default: the data's 95th percentile of question + context, capped by the model"
+    )
     doc_stride: int = Field(64, ge=0, description="tokens shared by consecutive windows of a context longer than max_length")
     max_answer_tokens: int = Field(30, gt=0, description="the longest answer span the reader considers")
     precision: Literal["auto", "fp32", "bf16"] = "auto"

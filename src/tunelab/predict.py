@@ -37,9 +37,7 @@ def describe(labels: list[str], probabilities) -> list[dict[str, Any]]:
     results = []
     for row in probabilities:
         best = int(row.argmax())
-        results.append(
-            {"label": labels[best], "score": float(row[best]), "probabilities": {l: float(p) for l, p in zip(labels, row)}}
-        )
+        results.append({"label": labels[best], "score": float(row[best]), "probabilities": {label: float(p) for label, p in zip(labels, row)}})
     return results
 
 

@@ -137,8 +137,9 @@ class Run:
         return pd.read_parquet(path)
 
 
-def start_staging(staging: Path, config_yaml: str, splits: Mapping[str, Any], labels: Sequence[str] | None = None,
-                  profile: dict[str, Any] | None = None) -> Run:
+def start_staging(
+    staging: Path, config_yaml: str, splits: Mapping[str, Any], labels: Sequence[str] | None = None, profile: dict[str, Any] | None = None
+) -> Run:
     """A fresh staging folder with what is known before training: config.yaml, splits/ and, for a
     classifier, labels.json and data_profile.json."""
     if staging.exists():

@@ -11,20 +11,21 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+# Feature modules register their commands on `app` when imported.
+# --- feature command registrations (one line each) ---
+from tunelab.cli import (
+    compare,  # noqa: E402,F401
+    core,  # noqa: E402,F401
+    evaluate,  # noqa: E402,F401
+    lm,  # noqa: E402,F401
+    prompts,  # noqa: E402,F401
+    rag,  # noqa: E402,F401
+    registry,  # noqa: E402,F401
+    serve,  # noqa: E402,F401
+)
 from tunelab.cli._app import app  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 
-# Feature modules register their commands on `app` when imported.
-from tunelab.cli import core  # noqa: E402,F401
-
-# --- feature command registrations (one line each) ---
-from tunelab.cli import evaluate  # noqa: E402,F401
-from tunelab.cli import rag  # noqa: E402,F401
-from tunelab.cli import serve  # noqa: E402,F401
-from tunelab.cli import registry  # noqa: E402,F401
-from tunelab.cli import compare  # noqa: E402,F401
-from tunelab.cli import lm  # noqa: E402,F401
-from tunelab.cli import prompts  # noqa: E402,F401
 # --- end of registrations ---
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -18,9 +18,9 @@ def compare_command(
         list[Path],
         typer.Argument(help="A compare file (compare.yaml), or two or more finished run directories.", show_default=False),
     ],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Compare folder (default: the file's out:, or compares/<time>).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Compare folder (default: the file's out:, or compares/<time>).")] = None,
     latency_budget_ms: Annotated[
-        Optional[float], typer.Option("--latency-budget-ms", min=0, help="Also recommend the most accurate candidate with p95 latency within this.")
+        float | None, typer.Option("--latency-budget-ms", min=0, help="Also recommend the most accurate candidate with p95 latency within this.")
     ] = None,
     latency_texts: Annotated[int, typer.Option("--latency-texts", min=1, help="Existing runs: test texts timed one by one.")] = 50,
 ) -> None:
@@ -45,11 +45,31 @@ def compare_command(
 def _print(summary: dict[str, Any]) -> None:
     from tunelab.compare.leaderboard import format_value
 
-    shown = ("rank", "candidate", "method", "accuracy", "f1_macro", "train_time_s", "peak_memory_mb",
-             "trainable_parameters", "size_mb", "latency_p50_ms", "latency_p95_ms", "examples_per_s")
-    headers = {"rank": "#", "f1_macro": "macro-F1", "train_time_s": "train s", "peak_memory_mb": "peak MB",
-               "trainable_parameters": "trainable", "size_mb": "disk MB", "latency_p50_ms": "p50 ms",
-               "latency_p95_ms": "p95 ms", "examples_per_s": "ex/s"}
+    shown = (
+        "rank",
+        "candidate",
+        "method",
+        "accuracy",
+        "f1_macro",
+        "train_time_s",
+        "peak_memory_mb",
+        "trainable_parameters",
+        "size_mb",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "examples_per_s",
+    )
+    headers = {
+        "rank": "#",
+        "f1_macro": "macro-F1",
+        "train_time_s": "train s",
+        "peak_memory_mb": "peak MB",
+        "trainable_parameters": "trainable",
+        "size_mb": "disk MB",
+        "latency_p50_ms": "p50 ms",
+        "latency_p95_ms": "p95 ms",
+        "examples_per_s": "ex/s",
+    }
     table = Table(title=f"test set: {summary['test_set']['rows']} rows")
     for column in shown:
         table.add_column(headers.get(column, column), justify="left" if column in ("candidate", "method") else "right")

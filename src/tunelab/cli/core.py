@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -52,9 +52,9 @@ def data_inspect(
     text_col: Annotated[str, typer.Option(help="column holding the text")] = "text",
     label_col: Annotated[str, typer.Option(help="column holding the label")] = "label",
     model: Annotated[str, typer.Option(help="model whose tokenizer measures token lengths")] = "minilm",
-    test_data: Annotated[Optional[str], typer.Option(help="a test file to check for overlap with SOURCE")] = None,
+    test_data: Annotated[str | None, typer.Option(help="a test file to check for overlap with SOURCE")] = None,
     encoding: Annotated[str, typer.Option(help="text encoding of csv/tsv/json files")] = "utf-8",
-    delimiter: Annotated[Optional[str], typer.Option(help="csv field delimiter: , ; | or tab (default: detected)")] = None,
+    delimiter: Annotated[str | None, typer.Option(help="csv field delimiter: , ; | or tab (default: detected)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the profile as JSON")] = False,
 ) -> None:
     """Rows, class balance, token lengths, empty and duplicate rows, and warnings."""
@@ -71,10 +71,7 @@ def data_inspect(
     console.print(table)
     lengths = profile.get("token_length", {})
     if lengths:
-        console.print(
-            f"token lengths ({model}): "
-            + ", ".join(f"{k} {v:.0f}" for k, v in lengths.items() if k in ("p50", "p90", "p95", "p99", "max"))
-        )
+        console.print(f"token lengths ({model}): " + ", ".join(f"{k} {v:.0f}" for k, v in lengths.items() if k in ("p50", "p90", "p95", "p99", "max")))
     dropped = profile.get("dropped", {})
     console.print(
         f"empty texts dropped: {dropped.get('empty_text', 0)}, missing labels dropped: {dropped.get('missing_label', 0)}, "
@@ -86,45 +83,47 @@ def data_inspect(
 
 @command("train")
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML config file; flags override its values")] = None,
-    model: Annotated[Optional[str], typer.Option(help="catalogue name or local Hugging Face folder")] = None,
-    data: Annotated[Optional[str], typer.Option(help="built-in dataset or data file / folder")] = None,
-    text_col: Annotated[Optional[str], typer.Option()] = None,
-    label_col: Annotated[Optional[str], typer.Option()] = None,
-    eval_data: Annotated[Optional[str], typer.Option(help="user-supplied evaluation split")] = None,
-    test_data: Annotated[Optional[str], typer.Option(help="user-supplied test split")] = None,
-    method: Annotated[Optional[str], typer.Option(help="full | head | lora")] = None,
-    epochs: Annotated[Optional[float], typer.Option()] = None,
-    lr: Annotated[Optional[float], typer.Option(help="learning rate")] = None,
-    batch_size: Annotated[Optional[str], typer.Option(help="per-process batch size, or 'auto' (largest that fits)")] = None,
-    grad_accum: Annotated[Optional[int], typer.Option(help="gradient accumulation steps")] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="token limit (default: from the data)")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    max_train_samples: Annotated[Optional[int], typer.Option()] = None,
-    early_stopping: Annotated[Optional[int], typer.Option(help="patience, in evaluations")] = None,
-    keep_checkpoints: Annotated[Optional[int], typer.Option()] = None,
-    report_to: Annotated[Optional[list[str]], typer.Option(help="Trainer integration, e.g. tensorboard")] = None,
-    encoding: Annotated[Optional[str], typer.Option()] = None,
-    delimiter: Annotated[Optional[str], typer.Option(help="csv field delimiter: , ; | or tab (default: detected)")] = None,
-    deepspeed: Annotated[Optional[str], typer.Option(help="DeepSpeed JSON config (passed to the Trainer)")] = None,
-    fsdp: Annotated[Optional[str], typer.Option(help="FSDP options, e.g. 'full_shard auto_wrap'")] = None,
+    config: Annotated[Path | None, typer.Argument(help="YAML config file; flags override its values")] = None,
+    model: Annotated[str | None, typer.Option(help="catalogue name or local Hugging Face folder")] = None,
+    data: Annotated[str | None, typer.Option(help="built-in dataset or data file / folder")] = None,
+    text_col: Annotated[str | None, typer.Option()] = None,
+    label_col: Annotated[str | None, typer.Option()] = None,
+    eval_data: Annotated[str | None, typer.Option(help="user-supplied evaluation split")] = None,
+    test_data: Annotated[str | None, typer.Option(help="user-supplied test split")] = None,
+    method: Annotated[str | None, typer.Option(help="full | head | lora")] = None,
+    epochs: Annotated[float | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
+    batch_size: Annotated[str | None, typer.Option(help="per-process batch size, or 'auto' (largest that fits)")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="gradient accumulation steps")] = None,
+    max_length: Annotated[int | None, typer.Option(help="token limit (default: from the data)")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto | fp32 | bf16")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    max_train_samples: Annotated[int | None, typer.Option()] = None,
+    early_stopping: Annotated[int | None, typer.Option(help="patience, in evaluations")] = None,
+    keep_checkpoints: Annotated[int | None, typer.Option()] = None,
+    report_to: Annotated[list[str] | None, typer.Option(help="Trainer integration, e.g. tensorboard")] = None,
+    encoding: Annotated[str | None, typer.Option()] = None,
+    delimiter: Annotated[str | None, typer.Option(help="csv field delimiter: , ; | or tab (default: detected)")] = None,
+    deepspeed: Annotated[str | None, typer.Option(help="DeepSpeed JSON config (passed to the Trainer)")] = None,
+    fsdp: Annotated[str | None, typer.Option(help="FSDP options, e.g. 'full_shard auto_wrap'")] = None,
     baseline: Annotated[
-        Optional[bool],
-        typer.Option("--baseline/--no-baseline", help="the evaluation also fits a TF-IDF + logistic-regression baseline "
-                                                      "on the train split and says whether the model beats it (default: on)",
-                     show_default=False),
+        bool | None,
+        typer.Option(
+            "--baseline/--no-baseline",
+            help="the evaluation also fits a TF-IDF + logistic-regression baseline on the train split and says whether the model beats it (default: on)",
+            show_default=False,
+        ),
     ] = None,
-    out: Annotated[Optional[str], typer.Option(help="run directory")] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="replace an existing run")] = None,
-    strict: Annotated[Optional[bool], typer.Option("--strict", help="refuse empty texts instead of dropping them")] = None,
+    out: Annotated[str | None, typer.Option(help="run directory")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="replace an existing run")] = None,
+    strict: Annotated[bool | None, typer.Option("--strict", help="refuse empty texts instead of dropping them")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue a killed run from its last checkpoint")] = False,
     nproc: Annotated[int, typer.Option(help="data-parallel processes on this machine (torchrun; gloo on CPU)")] = 1,
-    task: Annotated[Optional[str], typer.Option(help="classification | extractive-qa (default: the config file's task, else classification)")] = None,
-    question_col: Annotated[Optional[str], typer.Option(help="extractive-qa: column holding the question")] = None,
-    context_col: Annotated[Optional[str], typer.Option(help="extractive-qa: column holding the context")] = None,
-    answer_col: Annotated[Optional[str], typer.Option(help="extractive-qa: column holding the answer (empty: not in the context)")] = None,
-    doc_stride: Annotated[Optional[int], typer.Option(help="extractive-qa: tokens shared by consecutive windows of a long context")] = None,
+    task: Annotated[str | None, typer.Option(help="classification | extractive-qa (default: the config file's task, else classification)")] = None,
+    question_col: Annotated[str | None, typer.Option(help="extractive-qa: column holding the question")] = None,
+    context_col: Annotated[str | None, typer.Option(help="extractive-qa: column holding the context")] = None,
+    answer_col: Annotated[str | None, typer.Option(help="extractive-qa: column holding the answer (empty: not in the context)")] = None,
+    doc_stride: Annotated[int | None, typer.Option(help="extractive-qa: tokens shared by consecutive windows of a long context")] = None,
 ) -> None:
     """Fine-tune a pretrained model for text classification (or extractive question answering) and write a run directory."""
     from tunelab.config import TrainConfig, load_settings
@@ -145,8 +144,7 @@ def train(
 TASKS = ("classification", "extractive-qa")
 _QA_ONLY = ("question_col", "context_col", "answer_col", "doc_stride")
 # Classification settings with no meaning for a span reader: refused rather than silently ignored.
-_NOT_QA = ("text_col", "label_col", "method", "grad_accum", "max_train_samples", "keep_checkpoints", "report_to", "deepspeed", "fsdp",
-           "strict", "baseline")
+_NOT_QA = ("text_col", "label_col", "method", "grad_accum", "max_train_samples", "keep_checkpoints", "report_to", "deepspeed", "fsdp", "strict", "baseline")
 
 
 def _flag(setting: str) -> str:
@@ -233,10 +231,10 @@ def _is_main_process() -> bool:
 @command("predict")
 def predict(
     run: Annotated[Path, typer.Argument(help="run directory")],
-    texts: Annotated[Optional[list[str]], typer.Argument(help="texts to classify")] = None,
-    file: Annotated[Optional[str], typer.Option(help="classify every row of this file instead")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(help="texts to classify")] = None,
+    file: Annotated[str | None, typer.Option(help="classify every row of this file instead")] = None,
     text_col: Annotated[str, typer.Option()] = "text",
-    out: Annotated[Optional[Path], typer.Option(help="CSV to write (with --file)")] = None,
+    out: Annotated[Path | None, typer.Option(help="CSV to write (with --file)")] = None,
     encoding: Annotated[str, typer.Option()] = "utf-8",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
@@ -270,7 +268,7 @@ def predict(
 
 @command("quickstart")
 def quickstart(
-    out: Annotated[Optional[str], typer.Option(help="run directory")] = None,
+    out: Annotated[str | None, typer.Option(help="run directory")] = None,
 ) -> None:
     """Fine-tune minilm on bbc-news with good defaults, and show what to do next."""
     from tunelab.training.classify import quickstart_config
@@ -285,8 +283,9 @@ def print_run_summary(run, next_steps: bool = False) -> None:
     train_metrics = metrics.get("train", {})
     accuracy, f1 = metrics.get("accuracy"), metrics.get("f1_macro")
     console.print(
-        f"\n[bold green]done[/] in {train_metrics.get('train_runtime_s', 0):.0f} s — "
-        f"test accuracy {accuracy:.4f}, macro-F1 {f1:.4f}" if accuracy is not None else "\n[bold green]done[/]"
+        f"\n[bold green]done[/] in {train_metrics.get('train_runtime_s', 0):.0f} s — test accuracy {accuracy:.4f}, macro-F1 {f1:.4f}"
+        if accuracy is not None
+        else "\n[bold green]done[/]"
     )
     from tunelab.cli.evaluate import print_baseline
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -24,22 +24,21 @@ def eval_command(
             show_default=False,
         ),
     ] = None,
-    data: Annotated[
-        str | None, typer.Option("--data", help="Evaluate on this source (file or built-in name) instead of the test split.")
-    ] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Evaluate on this source (file or built-in name) instead of the test split.")] = None,
     text_col: Annotated[str, typer.Option("--text-col", help="Text column of --data.")] = "text",
     label_col: Annotated[str, typer.Option("--label-col", help="Label column of --data.")] = "label",
     out: Annotated[Path | None, typer.Option("--out", help="Write the artefacts here (default: the run directory).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (for scripts).")] = False,
-    bias: Annotated[
-        bool, typer.Option("--bias", help="Probe for bias: swap he/she, male/female names, ... and count flipped predictions.")
-    ] = False,
+    bias: Annotated[bool, typer.Option("--bias", help="Probe for bias: swap he/she, male/female names, ... and count flipped predictions.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts per inference batch.")] = 64,
     baseline: Annotated[
-        Optional[bool],
-        typer.Option("--baseline/--no-baseline", help="Fit TF-IDF + logistic regression on the run's train split and say whether the "
-                                                      "model beats it on the same rows (default: the run's `baseline` setting, on).",
-                     show_default=False),
+        bool | None,
+        typer.Option(
+            "--baseline/--no-baseline",
+            help="Fit TF-IDF + logistic regression on the run's train split and say whether the "
+            "model beats it on the same rows (default: the run's `baseline` setting, on).",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Evaluate a run: metrics.json, predictions.parquet, plots/ and a self-contained report.html."""
@@ -76,13 +75,19 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         table.add_column(column, justify="left" if column == "class" else "right")
     for label, row in test["per_class"].items():
         auc = test["roc_auc"]["per_class"][label]
-        table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]),
-                      "n/a" if auc is None else f"{auc:.3f}")
+        table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]), "n/a" if auc is None else f"{auc:.3f}")
     for average in ("macro", "weighted"):
         row = test[average]
         auc = test["roc_auc"]["macro"] if average == "macro" else None
-        table.add_row(f"{average} avg", f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
-                      str(row["support"]), "" if auc is None else f"{auc:.3f}", style="bold")
+        table.add_row(
+            f"{average} avg",
+            f"{row['precision']:.3f}",
+            f"{row['recall']:.3f}",
+            f"{row['f1']:.3f}",
+            str(row["support"]),
+            "" if auc is None else f"{auc:.3f}",
+            style="bold",
+        )
     console.print(table)
     line = f"accuracy {test['accuracy']:.1%} · loss {test['loss']:.4f} · F1 macro {test['f1_macro']:.3f} · ECE {test['ece']:.3f}"
     if "top_2_accuracy" in test:
@@ -99,8 +104,12 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     for name, entry in (metrics.get("bias") or {}).get("lists", {}).items():
         rate = entry.get("flip_rate")
         console.print(
-            f"bias probe '{name}': " + (f"{entry['flipped']}/{entry['texts_probed']} predictions flip ({rate:.1%}), "
-                                        f"mean probability shift {entry['mean_abs_shift']:.3f}" if rate is not None else entry.get("reason", "")),
+            f"bias probe '{name}': "
+            + (
+                f"{entry['flipped']}/{entry['texts_probed']} predictions flip ({rate:.1%}), mean probability shift {entry['mean_abs_shift']:.3f}"
+                if rate is not None
+                else entry.get("reason", "")
+            ),
             highlight=False,
         )
     print_baseline(metrics)

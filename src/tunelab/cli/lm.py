@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,29 +23,31 @@ Precision = Annotated[str, typer.Option(help="auto | fp32 | bf16 (autocast)")]
 
 @command("sft")
 def sft(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML config file; flags override its values")] = None,
-    model: Annotated[Optional[str], typer.Option(help="causal LM: catalogue name (smollm2), imported GGUF name or folder")] = None,
-    data: Annotated[Optional[str], typer.Option(help="JSONL/JSON/CSV with {prompt,response}, {messages} or {text} rows")] = None,
-    format: Annotated[Optional[str], typer.Option(help="auto | prompt-response | messages | text")] = None,
-    eval_data: Annotated[Optional[str], typer.Option(help="evaluation file (else 10% held out)")] = None,
+    config: Annotated[Path | None, typer.Argument(help="YAML config file; flags override its values")] = None,
+    model: Annotated[str | None, typer.Option(help="causal LM: catalogue name (smollm2), imported GGUF name or folder")] = None,
+    data: Annotated[str | None, typer.Option(help="JSONL/JSON/CSV with {prompt,response}, {messages} or {text} rows")] = None,
+    format: Annotated[str | None, typer.Option(help="auto | prompt-response | messages | text")] = None,
+    eval_data: Annotated[str | None, typer.Option(help="evaluation file (else 10% held out)")] = None,
     full: Annotated[bool, typer.Option("--full", help="full fine-tuning instead of LoRA")] = False,
-    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank")] = None,
-    lora_alpha: Annotated[Optional[int], typer.Option()] = None,
-    lora_dropout: Annotated[Optional[float], typer.Option()] = None,
-    target_modules: Annotated[Optional[str], typer.Option(help="comma-separated module names, or all-linear")] = None,
-    epochs: Annotated[Optional[float], typer.Option()] = None,
-    lr: Annotated[Optional[float], typer.Option(help="learning rate (default 2e-4 LoRA, 2e-5 full)")] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
-    grad_accum: Annotated[Optional[int], typer.Option()] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="tokens per example (default: the longest, capped at 1024)")] = None,
-    packing: Annotated[Optional[bool], typer.Option("--packing", help="padding-free batches: examples concatenated, attention kept apart")] = None,
-    activation_checkpointing: Annotated[Optional[bool], typer.Option("--activation-checkpointing", help="recompute activations in backward: much less memory for long prompts, ~1/3 more time")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    max_train_samples: Annotated[Optional[int], typer.Option()] = None,
-    samples: Annotated[Optional[int], typer.Option(help="eval prompts generated before/after for the report")] = None,
-    out: Annotated[Optional[str], typer.Option(help="run directory")] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="replace an existing run")] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank")] = None,
+    lora_alpha: Annotated[int | None, typer.Option()] = None,
+    lora_dropout: Annotated[float | None, typer.Option()] = None,
+    target_modules: Annotated[str | None, typer.Option(help="comma-separated module names, or all-linear")] = None,
+    epochs: Annotated[float | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate (default 2e-4 LoRA, 2e-5 full)")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    grad_accum: Annotated[int | None, typer.Option()] = None,
+    max_length: Annotated[int | None, typer.Option(help="tokens per example (default: the longest, capped at 1024)")] = None,
+    packing: Annotated[bool | None, typer.Option("--packing", help="padding-free batches: examples concatenated, attention kept apart")] = None,
+    activation_checkpointing: Annotated[
+        bool | None, typer.Option("--activation-checkpointing", help="recompute activations in backward: much less memory for long prompts, ~1/3 more time")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="auto | fp32 | bf16")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    max_train_samples: Annotated[int | None, typer.Option()] = None,
+    samples: Annotated[int | None, typer.Option(help="eval prompts generated before/after for the report")] = None,
+    out: Annotated[str | None, typer.Option(help="run directory")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="replace an existing run")] = None,
 ) -> None:
     """Supervised fine-tuning of a causal LM (LoRA by default) on instruction data; writes a run directory."""
     from tunelab.config import load_settings
@@ -71,9 +73,11 @@ def _print_sft_summary(run: Path) -> None:
     before, after, train = metrics["eval_before"], metrics["eval_after"], metrics["train"]
     console.print(f"[bold green]done[/] {run}")
     console.print(f"eval loss {before['loss']:.4f} -> {after['loss']:.4f}   perplexity {before['perplexity']:.2f} -> {after['perplexity']:.2f}")
-    console.print(f"{train['method']}: {train['trainable_parameters']:,} of {train['parameters']:,} parameters trained, "
-                  f"{train['train_runtime_s']:.1f}s, {train['train_tokens_per_second']:.0f} tokens/s")
-    console.print(f"report: {run / 'report.html'}   next: tunelab generate {run} \"...\"   tunelab lm merge {run}")
+    console.print(
+        f"{train['method']}: {train['trainable_parameters']:,} of {train['parameters']:,} parameters trained, "
+        f"{train['train_runtime_s']:.1f}s, {train['train_tokens_per_second']:.0f} tokens/s"
+    )
+    console.print(f'report: {run / "report.html"}   next: tunelab generate {run} "..."   tunelab lm merge {run}')
 
 
 @command("generate")
@@ -83,8 +87,8 @@ def generate(
     max_new_tokens: MaxNew = 256,
     temperature: Temperature = 0.0,
     top_p: TopP = 1.0,
-    system: Annotated[Optional[str], typer.Option(help="system message")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="seed for sampling")] = None,
+    system: Annotated[str | None, typer.Option(help="system message")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed for sampling")] = None,
     precision: Precision = "auto",
 ) -> None:
     """Generate an answer, streaming tokens as they come (greedy by default)."""
@@ -105,7 +109,7 @@ def generate(
 @command("chat")
 def chat(
     model: ModelArg,
-    system: Annotated[Optional[str], typer.Option(help="system message")] = None,
+    system: Annotated[str | None, typer.Option(help="system message")] = None,
     max_new_tokens: MaxNew = 256,
     temperature: Temperature = 0.0,
     top_p: TopP = 1.0,
@@ -140,7 +144,7 @@ def chat(
 @user_errors
 def merge(
     run: Annotated[str, typer.Argument(help="sft run directory (LoRA) or adapter folder")],
-    out: Annotated[Optional[str], typer.Option(help="where to write the merged model (default: RUN/merged)")] = None,
+    out: Annotated[str | None, typer.Option(help="where to write the merged model (default: RUN/merged)")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
     """Fold a LoRA adapter into its base model; checks merged == adapter and != base."""
@@ -151,8 +155,10 @@ def merge(
     folder = run_merge(run, out, overwrite)
     check = json.loads((folder / "merge_check.json").read_text(encoding="utf-8"))
     console.print(f"[bold green]merged[/] {folder}")
-    console.print(f"check: max logit difference vs adapter {check['max_abs_logit_diff_vs_adapter']:.2e} (must be ~0), "
-                  f"vs base {check['max_abs_logit_diff_vs_base']:.3g} (must be > 0)")
+    console.print(
+        f"check: max logit difference vs adapter {check['max_abs_logit_diff_vs_adapter']:.2e} (must be ~0), "
+        f"vs base {check['max_abs_logit_diff_vs_base']:.3g} (must be > 0)"
+    )
 
 
 @lm_app.command("serve")
@@ -161,7 +167,7 @@ def serve(
     model: ModelArg,
     host: Annotated[str, typer.Option(help="address to bind (default: this machine only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
-    name: Annotated[Optional[str], typer.Option(help="model id clients send (default: the folder name)")] = None,
+    name: Annotated[str | None, typer.Option(help="model id clients send (default: the folder name)")] = None,
     max_tokens: Annotated[int, typer.Option(help="max_tokens a request may ask for")] = 1024,
     max_body_bytes: Annotated[int, typer.Option(help="larger request bodies get 413")] = 1_000_000,
     precision: Precision = "auto",
@@ -193,4 +199,4 @@ def import_gguf(
     console.print(f"[bold green]imported[/] {name} -> {folder}")
     if "check" in record:
         console.print(f"check: converted model generates the same greedy text as the GGUF model: {record['check']['greedy_output']!r}")
-    console.print(f"use it: tunelab sft --model {name} --data FILE   tunelab generate {name} \"...\"")
+    console.print(f'use it: tunelab sft --model {name} --data FILE   tunelab generate {name} "..."')

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -20,33 +20,34 @@ rag_app = typer.Typer(no_args_is_help=True, help="Retrieval-augmented generation
 app.add_typer(rag_app, name="rag")
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     bm25 = "bm25"
     dense = "dense"
     hybrid = "hybrid"
 
 
-class StoreKind(str, Enum):
+class StoreKind(StrEnum):
     lancedb = "lancedb"
     qdrant = "qdrant"
 
 
-class Decoding(str, Enum):
+class Decoding(StrEnum):
     grounded = "grounded"
     free = "free"
 
 
-class ContextKind(str, Enum):
+class ContextKind(StrEnum):
     focused = "focused"
     chunks = "chunks"
 
 
 IndexOpt = Annotated[Path, typer.Option("--index", help="the index folder")]
-OptionalIndexOpt = Annotated[Optional[Path], typer.Option(
-    "--index", help="the index folder; default (or 'factbook'): the built-in Factbook index, built once into tunelab's cache")]
+OptionalIndexOpt = Annotated[
+    Path | None, typer.Option("--index", help="the index folder; default (or 'factbook'): the built-in Factbook index, built once into tunelab's cache")
+]
 ModeOpt = Annotated[Mode, typer.Option("--mode", help="bm25 (keywords), dense (embeddings) or hybrid (both, RRF-fused)")]
 WeightsOpt = Annotated[str, typer.Option("--weights", help="hybrid weights 'BM25,DENSE' for reciprocal rank fusion (k=60)")]
-RerankOpt = Annotated[Optional[Path], typer.Option("--rerank", help="a local cross-encoder model folder to re-rank candidates")]
+RerankOpt = Annotated[Path | None, typer.Option("--rerank", help="a local cross-encoder model folder to re-rank candidates")]
 
 
 def _weights(text: str) -> tuple[float, float]:
@@ -68,7 +69,7 @@ def index_cmd(
     index: IndexOpt,
     model: Annotated[str, typer.Option(help="embedding model: catalogue name or sentence-transformers folder")] = "minilm",
     store: Annotated[StoreKind, typer.Option(help="lancedb (embedded, default) or qdrant")] = StoreKind.lancedb,
-    url: Annotated[Optional[str], typer.Option(help="qdrant: http(s)://host:6333, a local folder, or :memory:")] = None,
+    url: Annotated[str | None, typer.Option(help="qdrant: http(s)://host:6333, a local folder, or :memory:")] = None,
     collection: Annotated[str, typer.Option(help="qdrant collection name")] = "chunks",
     chunk_tokens: Annotated[int, typer.Option(help="chunk size in the embedding model's tokens")] = 200,
     overlap: Annotated[int, typer.Option(help="tokens shared by consecutive chunks of a split paragraph")] = 32,
@@ -78,8 +79,16 @@ def index_cmd(
     from tunelab.rag.index import build_index
 
     report = build_index(
-        source, index, model=model, store=store.value, url=url, collection=collection,
-        chunk_tokens=chunk_tokens, overlap=overlap, batch_size=batch_size, progress=True,
+        source,
+        index,
+        model=model,
+        store=store.value,
+        url=url,
+        collection=collection,
+        chunk_tokens=chunk_tokens,
+        overlap=overlap,
+        batch_size=batch_size,
+        progress=True,
     )
     if report.rebuilt:
         console.print(f"[yellow]rebuilt from scratch[/] ({report.rebuilt})")
@@ -143,9 +152,12 @@ class ReaderChoice:
         return self.reader.name
 
     def thresholds(self) -> dict:
-        return {"min_similarity": round(self.min_similarity, 4), "min_similarity_from": self.sources["min_similarity"],
-                "min_confidence": None if self.min_confidence is None else round(self.min_confidence, 4),
-                "min_confidence_from": self.sources["min_confidence"]}
+        return {
+            "min_similarity": round(self.min_similarity, 4),
+            "min_similarity_from": self.sources["min_similarity"],
+            "min_confidence": None if self.min_confidence is None else round(self.min_confidence, 4),
+            "min_confidence_from": self.sources["min_confidence"],
+        }
 
 
 @dataclass
@@ -163,8 +175,17 @@ class ReaderOptions:
     max_new_tokens: int | None = None
 
     def given(self) -> list[str]:
-        flags = {"reader": "--reader", "model": "--model", "decoding": "--decoding", "mode": "--mode", "k": "-k", "context": "--context",
-                 "lines": "--lines", "min_similarity": "--min-similarity", "max_new_tokens": "--max-new-tokens"}
+        flags = {
+            "reader": "--reader",
+            "model": "--model",
+            "decoding": "--decoding",
+            "mode": "--mode",
+            "k": "-k",
+            "context": "--context",
+            "lines": "--lines",
+            "min_similarity": "--min-similarity",
+            "max_new_tokens": "--max-new-tokens",
+        }
         return [flag for name, flag in flags.items() if getattr(self, name) is not None]
 
     def kind(self) -> str:
@@ -173,8 +194,10 @@ class ReaderOptions:
 
         kind = "builtin" if self.reader in (None, "builtin") else "lm" if self.reader == "lm" else "run"
         if kind == "run" and not Path(self.reader).expanduser().is_dir():
-            raise TunelabError(f"--reader '{self.reader}' is not 'builtin', 'lm' or a run directory",
-                               "pass a run of tunelab rag train-reader (or tunelab train --task extractive-qa), --reader builtin or --reader lm")
+            raise TunelabError(
+                f"--reader '{self.reader}' is not 'builtin', 'lm' or a run directory",
+                "pass a run of tunelab rag train-reader (or tunelab train --task extractive-qa), --reader builtin or --reader lm",
+            )
         if kind != "lm":
             for flag, value in (("--decoding", self.decoding), ("--model", self.model), ("--max-new-tokens", self.max_new_tokens)):
                 if value is not None:
@@ -198,8 +221,11 @@ def load_reader(options: ReaderOptions, progress: bool = True) -> ReaderChoice:
         from tunelab.lm.generate import Generator
         from tunelab.rag.readers import LMReader
 
-        reader = LMReader(Generator(options.model or LM_MODEL), decoding=(options.decoding or Decoding.grounded).value,
-                          max_new_tokens=options.max_new_tokens or LM_MAX_NEW_TOKENS)
+        reader = LMReader(
+            Generator(options.model or LM_MODEL),
+            decoding=(options.decoding or Decoding.grounded).value,
+            max_new_tokens=options.max_new_tokens or LM_MAX_NEW_TOKENS,
+        )
         min_confidence, confidence_from = None, "none (an LM reader is not thresholded on its confidence)"
     else:
         from tunelab.rag.readers import SpanReader
@@ -215,12 +241,17 @@ def load_reader(options: ReaderOptions, progress: bool = True) -> ReaderChoice:
         min_confidence = reader.threshold
         confidence_from = CHOSEN_ON_TRAIN if saved else "the run's null_threshold (chosen on its eval split)"
     settings = saved[0] if saved else ContextSettings()
-    overrides = {"mode": options.mode.value if options.mode else None, "k": options.k,
-                 "context": options.context.value if options.context else None, "lines": options.lines}
+    overrides = {
+        "mode": options.mode.value if options.mode else None,
+        "k": options.k,
+        "context": options.context.value if options.context else None,
+        "lines": options.lines,
+    }
     overrides = {key: value for key, value in overrides.items() if value is not None}
     settings = replace(settings, **overrides)
     context_from = ("rag_reader.json (the reader's training context)" if saved else DEFAULT) + (
-        f", with {', '.join(overrides)} from the command line" if overrides else "")
+        f", with {', '.join(overrides)} from the command line" if overrides else ""
+    )
     if options.min_similarity is not None:
         min_similarity, similarity_from = options.min_similarity, "--min-similarity"
     elif saved:
@@ -229,26 +260,41 @@ def load_reader(options: ReaderOptions, progress: bool = True) -> ReaderChoice:
         min_similarity, similarity_from = MIN_SIMILARITY, DEFAULT
     if min_confidence is not None and not math.isfinite(min_confidence):
         min_confidence = None
-    return ReaderChoice(reader, settings, float(min_similarity), min_confidence,
-                        {"context": context_from, "min_similarity": similarity_from, "min_confidence": confidence_from})
+    return ReaderChoice(
+        reader, settings, float(min_similarity), min_confidence, {"context": context_from, "min_similarity": similarity_from, "min_confidence": confidence_from}
+    )
 
 
-ReaderOpt = Annotated[Optional[str], typer.Option(
-    "--reader", help="builtin (the built-in extractive reader, trained once), a run directory of `tunelab rag train-reader` or "
-    "`tunelab train --task extractive-qa`, or lm (a causal LM, --model) (default: builtin)")]
-LMModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", help="--reader lm: causal LM, a catalogue name, model folder, merged or LoRA run (default: smollm2)")]
-DecodingOpt = Annotated[Optional[Decoding], typer.Option(
-    "--decoding", help="--reader lm: grounded (the answer is copied from the passages, or 'I don't know') or free (default: grounded)")]
-ReaderModeOpt = Annotated[Optional[Mode], typer.Option("--mode", help="retrieval: bm25, dense or hybrid (default: the reader's, else hybrid)")]
-KOpt = Annotated[Optional[int], typer.Option("-k", help="chunks retrieved (default: the reader's rag_reader.json, else 6)")]
-ContextOpt = Annotated[Optional[ContextKind], typer.Option(
-    "--context", help="focused (the retrieved lines closest to the question) or chunks (whole chunks) (default: the reader's, else focused)")]
-LinesOpt = Annotated[Optional[int], typer.Option("--lines", help="--context focused: lines shown (default: the reader's, else 5)")]
-MinSimilarityOpt = Annotated[Optional[float], typer.Option(
-    "--min-similarity", help="below this query-chunk cosine, answer 'I don't know' (default: the reader's threshold chosen on train, "
-    f"else {MIN_SIMILARITY})")]
-MaxNewTokensOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help=f"--reader lm: longest answer in tokens (default: {LM_MAX_NEW_TOKENS})")]
+ReaderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--reader",
+        help="builtin (the built-in extractive reader, trained once), a run directory of `tunelab rag train-reader` or "
+        "`tunelab train --task extractive-qa`, or lm (a causal LM, --model) (default: builtin)",
+    ),
+]
+LMModelOpt = Annotated[
+    str | None, typer.Option("--model", help="--reader lm: causal LM, a catalogue name, model folder, merged or LoRA run (default: smollm2)")
+]
+DecodingOpt = Annotated[
+    Decoding | None,
+    typer.Option("--decoding", help="--reader lm: grounded (the answer is copied from the passages, or 'I don't know') or free (default: grounded)"),
+]
+ReaderModeOpt = Annotated[Mode | None, typer.Option("--mode", help="retrieval: bm25, dense or hybrid (default: the reader's, else hybrid)")]
+KOpt = Annotated[int | None, typer.Option("-k", help="chunks retrieved (default: the reader's rag_reader.json, else 6)")]
+ContextOpt = Annotated[
+    ContextKind | None,
+    typer.Option("--context", help="focused (the retrieved lines closest to the question) or chunks (whole chunks) (default: the reader's, else focused)"),
+]
+LinesOpt = Annotated[int | None, typer.Option("--lines", help="--context focused: lines shown (default: the reader's, else 5)")]
+MinSimilarityOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-similarity",
+        help=f"below this query-chunk cosine, answer 'I don't know' (default: the reader's threshold chosen on train, else {MIN_SIMILARITY})",
+    ),
+]
+MaxNewTokensOpt = Annotated[int | None, typer.Option("--max-new-tokens", help=f"--reader lm: longest answer in tokens (default: {LM_MAX_NEW_TOKENS})")]
 
 
 @rag_app.command("ask")
@@ -280,8 +326,13 @@ def ask_cmd(
     with open_index(index_dir) as opened:
         result = answer(question, opened, choice.reader, settings=choice.settings, min_similarity=choice.min_similarity)
     if as_json:
-        print(json.dumps({**result.to_dict(), "reader": choice.name, "context": choice.settings.to_dict(), "thresholds": choice.thresholds()},
-                         ensure_ascii=False, indent=2))
+        print(
+            json.dumps(
+                {**result.to_dict(), "reader": choice.name, "context": choice.settings.to_dict(), "thresholds": choice.thresholds()},
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
     else:
         console.print(result.format(), highlight=False, markup=False, soft_wrap=True)
 
@@ -293,7 +344,7 @@ def eval_cmd(
     index: OptionalIndexOpt = None,
     modes: Annotated[str, typer.Option(help="comma-separated retrieval modes to evaluate")] = "bm25,dense,hybrid",
     weights: WeightsOpt = "1,1",
-    limit: Annotated[Optional[int], typer.Option(help="evaluate only the first N questions")] = None,
+    limit: Annotated[int | None, typer.Option(help="evaluate only the first N questions")] = None,
     with_answers: Annotated[bool, typer.Option("--answer", help="also answer: right, exact match, token F1, abstained, hallucinated")] = False,
     reader: ReaderOpt = None,
     model: LMModelOpt = None,
@@ -304,11 +355,13 @@ def eval_cmd(
     lines: LinesOpt = None,
     min_similarity: MinSimilarityOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
-    predictions: Annotated[Optional[Path], typer.Option("--predictions", help="--answer: write every question's answer, sources and verdict to this JSONL file")] = None,
+    predictions: Annotated[
+        Path | None, typer.Option("--predictions", help="--answer: write every question's answer, sources and verdict to this JSONL file")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
     """Recall@1/5/10, MRR, nDCG@10 and latency per mode; with --answer, answer quality too."""
-    from tunelab.data.factbook_qa import read_qa, spread_over_kinds
+    from tunelab.data.factbook_qa import read_qa
     from tunelab.errors import TunelabError
     from tunelab.rag.builtin import resolve_index
     from tunelab.rag.evaluate import evaluate_answers, evaluate_retrieval
@@ -331,8 +384,7 @@ def eval_cmd(
     with open_index(index_dir) as opened:
         results: dict = {"retrieval": evaluate_retrieval(opened, rows, chosen, progress=not as_json, weights=_weights(weights))}
         if choice is not None:
-            scored = evaluate_answers(opened, rows, choice.reader, settings=choice.settings, progress=not as_json,
-                                      min_similarity=choice.min_similarity)
+            scored = evaluate_answers(opened, rows, choice.reader, settings=choice.settings, progress=not as_json, min_similarity=choice.min_similarity)
             results["answers"] = {"reader": choice.name, "context_from": choice.sources["context"], "thresholds": choice.thresholds(), **scored}
     if with_answers:
         per_question = results["answers"].pop("predictions")
@@ -345,8 +397,9 @@ def eval_cmd(
         return
     table = Table("mode", "recall@1", "recall@5", "recall@10", "MRR", "nDCG@10", "p50 ms", "p95 ms")
     for m, r in results["retrieval"].items():
-        table.add_row(m, *(f"{r[key]:.3f}" for key in ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10")),
-                      f"{r['latency_ms_p50']:.1f}", f"{r['latency_ms_p95']:.1f}")
+        table.add_row(
+            m, *(f"{r[key]:.3f}" for key in ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10")), f"{r['latency_ms_p50']:.1f}", f"{r['latency_ms_p95']:.1f}"
+        )
     console.print(f"{len(rows)} questions from {qa}")
     console.print(table)
     if with_answers:
@@ -354,15 +407,24 @@ def eval_cmd(
         c = a["context"]
         shown = f"{c['context']}, {c['lines']} lines" if c["context"] == "focused" else c["context"]
         answers = Table(f"answers ({a['reader']}; {c['mode']} k={c['k']}, {shown})", "share", "95% CI")
-        for label, key in (("right", "right"), ("EM", "exact_match"), ("F1", "token_f1"), ("abstained", "abstained"),
-                           ("hallucinated", "hallucinated"), ("answer in context", "answer_in_context")):
+        for label, key in (
+            ("right", "right"),
+            ("EM", "exact_match"),
+            ("F1", "token_f1"),
+            ("abstained", "abstained"),
+            ("hallucinated", "hallucinated"),
+            ("answer in context", "answer_in_context"),
+        ):
             ci = a.get(f"{key}_ci95")
             answers.add_row(label, f"{a[key]:.3f}", f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "")
         console.print(answers)
         t = a["thresholds"]
         confidence = "none" if t["min_confidence"] is None else f"{t['min_confidence']:.3f}"
-        console.print(f"abstains below similarity {t['min_similarity']:.3f} ({t['min_similarity_from']}) and confidence {confidence} "
-                      f"({t['min_confidence_from']})", highlight=False, soft_wrap=True)
+        console.print(
+            f"abstains below similarity {t['min_similarity']:.3f} ({t['min_similarity_from']}) and confidence {confidence} ({t['min_confidence_from']})",
+            highlight=False,
+            soft_wrap=True,
+        )
         if predictions is not None:
             console.print(f"wrote {len(per_question)} answers with sources and verdicts to {predictions}")
 
@@ -379,9 +441,15 @@ def train_reader_cmd(
     lines: Annotated[int, typer.Option("--lines", help="--context focused: lines shown")] = 5,
     model: Annotated[str, typer.Option("--model", help="encoder to fine-tune: catalogue name or Hugging Face folder")] = "minilm",
     epochs: Annotated[float, typer.Option("--epochs")] = 2.0,
-    field_questions: Annotated[int, typer.Option("--field-questions", help="also train on this many questions of fields.jsonl beside "
-                                                 "train.jsonl (questions about other fields: the reader generalises to new kinds of question), "
-                                                 "spread over its fields; 0 for none")] = 2000,
+    field_questions: Annotated[
+        int,
+        typer.Option(
+            "--field-questions",
+            help="also train on this many questions of fields.jsonl beside "
+            "train.jsonl (questions about other fields: the reader generalises to new kinds of question), "
+            "spread over its fields; 0 for none",
+        ),
+    ] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="seed of the calibration split, the distractors and training")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run directory")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the run, thresholds and test metrics as JSON")] = False,
@@ -400,8 +468,9 @@ def train_reader_cmd(
     if path.is_dir():
         path = path / "train.jsonl"
     elif path.name == "test.jsonl":
-        raise TunelabError(f"'{qa}' is a test split; a reader is trained (and its thresholds chosen) on train questions only",
-                           "pass the QA folder or its train.jsonl")
+        raise TunelabError(
+            f"'{qa}' is a test split; a reader is trained (and its thresholds chosen) on train questions only", "pass the QA folder or its train.jsonl"
+        )
     for flag, value in (("-k", k), ("--lines", lines)):
         if value < 1:
             raise TunelabError(f"{flag} must be at least 1, not {value}", f"e.g. {flag} 5")
@@ -413,25 +482,45 @@ def train_reader_cmd(
         extra = spread_over_kinds(read_qa(fields_path, required=("question", "answer", "doc_id")), field_questions, seed)
     settings = ContextSettings(mode=mode.value, k=k, context=context.value, lines=lines)
     with open_index(resolve_index(index, progress=not as_json)) as opened:
-        run = train_rag_reader(rows, opened, out, settings=settings, model=model, epochs=epochs, seed=seed, overwrite=overwrite,
-                               progress=not as_json, extra_rows=extra)
+        run = train_rag_reader(
+            rows, opened, out, settings=settings, model=model, epochs=epochs, seed=seed, overwrite=overwrite, progress=not as_json, extra_rows=extra
+        )
     _, abstention = read_reader_settings(run)
     test = json.loads((Path(run) / "metrics.json").read_text()).get("test", {})
     metrics = {key: test.get(key) for key in ("questions", "right", "exact_match", "token_f1", "abstained", "hallucinated")}
     finite = lambda x: x if x is None or math.isfinite(x) else None  # noqa: E731
     if as_json:
-        print(json.dumps({"run": str(run), "context": settings.to_dict(), "field_questions": len(extra),
-                          "abstention": {**abstention.to_dict(), "min_confidence": finite(abstention.min_confidence)}, "test": metrics}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "run": str(run),
+                    "context": settings.to_dict(),
+                    "field_questions": len(extra),
+                    "abstention": {**abstention.to_dict(), "min_confidence": finite(abstention.min_confidence)},
+                    "test": metrics,
+                },
+                indent=2,
+            )
+        )
         return
     console.print(f"trained the reader: {run}" + (f" (with {len(extra)} questions of {fields_path})" if extra else ""), highlight=False)
-    console.print(f"abstains below retrieval similarity {abstention.min_similarity:.3f} and span margin {abstention.min_confidence:.3f} "
-                  f"(chosen on {abstention.chosen_on}, {abstention.questions} questions)", highlight=False, soft_wrap=True)
-    shown = " ".join(f"{label} {metrics[key]:.3f}" for label, key in (("right", "right"), ("EM", "exact_match"), ("F1", "token_f1"),
-                     ("abstained", "abstained"), ("hallucinated", "hallucinated")) if metrics.get(key) is not None)
-    console.print(f"the reader's test split ({metrics.get('questions')} of the train questions' examples, held out of its training): {shown}",
-                  highlight=False, soft_wrap=True)
-    console.print(f"ask with: tunelab rag ask QUESTION --reader {run}" + (f" --index {index}" if index is not None else ""),
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"abstains below retrieval similarity {abstention.min_similarity:.3f} and span margin {abstention.min_confidence:.3f} "
+        f"(chosen on {abstention.chosen_on}, {abstention.questions} questions)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    shown = " ".join(
+        f"{label} {metrics[key]:.3f}"
+        for label, key in (("right", "right"), ("EM", "exact_match"), ("F1", "token_f1"), ("abstained", "abstained"), ("hallucinated", "hallucinated"))
+        if metrics.get(key) is not None
+    )
+    console.print(
+        f"the reader's test split ({metrics.get('questions')} of the train questions' examples, held out of its training): {shown}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"ask with: tunelab rag ask QUESTION --reader {run}" + (f" --index {index}" if index is not None else ""), highlight=False, soft_wrap=True)
 
 
 @user_errors
@@ -444,13 +533,15 @@ def factbook_qa_cmd(
     from tunelab.data.factbook_qa import write_factbook_qa
 
     summary = write_factbook_qa(out, test_fraction, seed)
-    console.print(
-        f"wrote {summary['train']} train and {summary['test']} test questions about {summary['documents']} documents to {out}"
-    )
+    console.print(f"wrote {summary['train']} train and {summary['test']} test questions about {summary['documents']} documents to {out}")
     console.print(", ".join(f"{k} {v}" for k, v in summary["kinds"].items()), highlight=False)
     fields = summary["field_questions"]
-    console.print(f"and fields.jsonl: {fields['questions']} questions about {fields['fields']} other fields, extra training for a reader "
-                  "(rag train-reader and strategies use them)", highlight=False, soft_wrap=True)
+    console.print(
+        f"and fields.jsonl: {fields['questions']} questions about {fields['fields']} other fields, extra training for a reader "
+        "(rag train-reader and strategies use them)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 data_app.command("factbook-qa")(factbook_qa_cmd)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -15,12 +15,12 @@ registry_app = typer.Typer(no_args_is_help=True, help="Model versions and stages
 app.add_typer(registry_app, name="registry")
 
 RegistryOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--registry", help="registry file; default $TUNELAB_REGISTRY or registry.db in the user's data folder"),
 ]
 
 
-def _open(path: Optional[Path]):
+def _open(path: Path | None):
     from tunelab.lifecycle.registry import Registry
 
     return Registry(path)
@@ -36,7 +36,7 @@ def register(
     run: Annotated[Path, typer.Argument(help="a finished run directory")],
     name: Annotated[str, typer.Option("--name", help="model name to register it under")],
     promote: Annotated[bool, typer.Option("--promote", help="make it the production version right away")] = False,
-    note: Annotated[Optional[str], typer.Option(help="a note kept with the version")] = None,
+    note: Annotated[str | None, typer.Option(help="a note kept with the version")] = None,
     registry: RegistryOption = None,
 ) -> None:
     """Add a run as the next version of NAME (a candidate unless --promote)."""
@@ -47,7 +47,7 @@ def register(
 @registry_app.command("list")
 @user_errors
 def list_versions(
-    name: Annotated[Optional[str], typer.Argument(help="only this model's versions")] = None,
+    name: Annotated[str | None, typer.Argument(help="only this model's versions")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     registry: RegistryOption = None,
 ) -> None:
@@ -62,9 +62,7 @@ def list_versions(
     table = Table("version", "stage", "accuracy", "parent", "created", "run")
     for version in versions:
         style = "bold green" if version.stage == "production" else ("dim" if version.stage == "archived" else "")
-        table.add_row(
-            version.ref, version.stage, _accuracy(version), str(version.parent or ""), version.created_at[:19], version.run_dir, style=style
-        )
+        table.add_row(version.ref, version.stage, _accuracy(version), str(version.parent or ""), version.created_at[:19], version.run_dir, style=style)
     console.print(table)
 
 
@@ -99,7 +97,7 @@ def show(
 @user_errors
 def promote(
     ref: Annotated[str, typer.Argument(help="NAME@VERSION")],
-    reason: Annotated[Optional[str], typer.Option(help="why (kept in the registry's event log)")] = None,
+    reason: Annotated[str | None, typer.Option(help="why (kept in the registry's event log)")] = None,
     registry: RegistryOption = None,
 ) -> None:
     """Make NAME@VERSION production; the previous production version is archived."""
@@ -117,7 +115,7 @@ def promote(
 @user_errors
 def rollback(
     name: Annotated[str, typer.Argument(help="model name")],
-    reason: Annotated[Optional[str], typer.Option(help="why (kept in the registry's event log)")] = None,
+    reason: Annotated[str | None, typer.Option(help="why (kept in the registry's event log)")] = None,
     registry: RegistryOption = None,
 ) -> None:
     """Go back to the version that was production before the current one."""
@@ -129,20 +127,24 @@ def rollback(
 def update(
     name: Annotated[str, typer.Argument(help="registered model name; its production version is updated")],
     data: Annotated[str, typer.Option("--data", help="the new labelled data (csv, tsv, jsonl, json, parquet, folder)")],
-    replay: Annotated[Optional[float], typer.Option(help="share of the training mix drawn from the old training data (0: none); default 0.5")] = None,
+    replay: Annotated[float | None, typer.Option(help="share of the training mix drawn from the old training data (0: none); default 0.5")] = None,
     tolerance: Annotated[float, typer.Option(help="accuracy points the old test set may lose and still pass the gate")] = 1.0,
-    class_weights: Annotated[str, typer.Option(
-        help="joint | balanced | none. joint: weight each class as if the whole old training split were in the mix, not only its replay sample")] = "joint",
-    epochs: Annotated[Optional[float], typer.Option(help="default: twice the production run's")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="default: a quarter of the production run's")] = None,
-    warmup: Annotated[Optional[float], typer.Option(help="fraction of the steps warming up the learning rate; default: the production run's")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="default: the production run's")] = None,
+    class_weights: Annotated[
+        str,
+        typer.Option(help="joint | balanced | none. joint: weight each class as if the whole old training split were in the mix, not only its replay sample"),
+    ] = "joint",
+    epochs: Annotated[float | None, typer.Option(help="default: twice the production run's")] = None,
+    lr: Annotated[float | None, typer.Option(help="default: a quarter of the production run's")] = None,
+    warmup: Annotated[float | None, typer.Option(help="fraction of the steps warming up the learning rate; default: the production run's")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="default: the production run's")] = None,
     text_col: Annotated[str, typer.Option(help="column holding the text")] = "text",
     label_col: Annotated[str, typer.Option(help="column holding the label")] = "label",
-    seed: Annotated[Optional[int], typer.Option(help="default: the production run's")] = None,
-    blend: Annotated[bool, typer.Option("--blend/--no-blend", help="blend the trained weights with the production model's, the mix chosen on the eval splits")] = True,
+    seed: Annotated[int | None, typer.Option(help="default: the production run's")] = None,
+    blend: Annotated[
+        bool, typer.Option("--blend/--no-blend", help="blend the trained weights with the production model's, the mix chosen on the eval splits")
+    ] = True,
     promote: Annotated[bool, typer.Option("--promote/--no-promote", help="promote the candidate if it passes the gate")] = True,
-    out: Annotated[Optional[str], typer.Option(help="candidate run directory; default runs/<name>-update-<time>")] = None,
+    out: Annotated[str | None, typer.Option(help="candidate run directory; default runs/<name>-update-<time>")] = None,
     registry: RegistryOption = None,
 ) -> None:
     """Continue fine-tuning NAME's production version on new data mixed with replayed old data; promote it only if it passes the forgetting gate."""
@@ -153,8 +155,23 @@ def update(
     settings = load_settings(
         UpdateSettings,
         None,
-        dict(name=name, data=data, replay=replay, tolerance=tolerance, class_weights=class_weights, epochs=epochs, lr=lr, warmup=warmup, batch_size=batch_size,
-             text_col=text_col, label_col=label_col, seed=seed, blend=blend, promote=promote, out=out),
+        dict(
+            name=name,
+            data=data,
+            replay=replay,
+            tolerance=tolerance,
+            class_weights=class_weights,
+            epochs=epochs,
+            lr=lr,
+            warmup=warmup,
+            batch_size=batch_size,
+            text_col=text_col,
+            label_col=label_col,
+            seed=seed,
+            blend=blend,
+            promote=promote,
+            out=out,
+        ),
     )
     result = run_update(settings, _open(registry))
     report = result.report

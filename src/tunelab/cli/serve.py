@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from tunelab.cli._app import command, console
 
 
-class BackendChoice(str, Enum):
+class BackendChoice(StrEnum):
     torch = "torch"
     onnx = "onnx"
     onnx_int8 = "onnx-int8"
 
 
-class FormatChoice(str, Enum):
+class FormatChoice(StrEnum):
     onnx = "onnx"
 
 
-class QuantizeChoice(str, Enum):
+class QuantizeChoice(StrEnum):
     int8 = "int8"
 
 
@@ -33,24 +33,37 @@ def serve(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     backend: Annotated[BackendChoice, typer.Option(help="torch, or an ONNX model written by `tunelab export`")] = BackendChoice.torch,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes (each loads the model)")] = 1,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads per forward pass")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per forward pass")] = None,
     max_batch: Annotated[int, typer.Option(help="texts per forward pass at most")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="how long a batch waits for more requests")] = 2.0,
     max_queue: Annotated[int, typer.Option(help="texts waiting at most; then 503 + Retry-After")] = 512,
     max_texts: Annotated[int, typer.Option(help="texts per request at most; then 422")] = 64,
     max_body_bytes: Annotated[int, typer.Option(help="request body size at most; then 413")] = 1_000_000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
-    registry: Annotated[Optional[str], typer.Option(help="registry file, when RUN is a registry name (default: $TUNELAB_REGISTRY)")] = None,
+    registry: Annotated[str | None, typer.Option(help="registry file, when RUN is a registry name (default: $TUNELAB_REGISTRY)")] = None,
 ) -> None:
     """Serve a run over HTTP: POST /v1/predict, a web page at /, /docs, /metrics. Set TUNELAB_API_KEY to require a key."""
     from tunelab.config import load_settings
     from tunelab.serve.app import serve as run_service
     from tunelab.serve.settings import ServeSettings
 
-    settings = load_settings(ServeSettings, None, dict(
-        host=host, port=port, backend=backend.value, workers=workers, threads=threads, max_batch=max_batch,
-        max_wait_ms=max_wait_ms, max_queue=max_queue, max_texts=max_texts, max_body_bytes=max_body_bytes, log_level=log_level,
-    ))
+    settings = load_settings(
+        ServeSettings,
+        None,
+        dict(
+            host=host,
+            port=port,
+            backend=backend.value,
+            workers=workers,
+            threads=threads,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            max_texts=max_texts,
+            max_body_bytes=max_body_bytes,
+            log_level=log_level,
+        ),
+    )
     from tunelab.models.catalogue import CATALOGUE
 
     looks_like_path = "/" in run or "\\" in run or run.startswith((".", "~"))
@@ -68,7 +81,7 @@ def serve(
 def export(
     run: Annotated[Path, typer.Argument(help="run directory")],
     format: Annotated[FormatChoice, typer.Option("--format", help="export format")] = FormatChoice.onnx,
-    quantize: Annotated[Optional[QuantizeChoice], typer.Option(help="also write a dynamically quantized model")] = None,
+    quantize: Annotated[QuantizeChoice | None, typer.Option(help="also write a dynamically quantized model")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the parity report as JSON")] = False,
 ) -> None:
     """Write ONNX models into RUN/onnx/ and check them against PyTorch on the run's test split."""
@@ -80,11 +93,17 @@ def export(
         print(json.dumps(report.to_dict(), indent=2))
         return
     console.print(f"fp32  {report.files['onnx']}  ({report.sizes_mb['onnx']} MB)", highlight=False, soft_wrap=True)
-    console.print(f"      max |logit diff| vs PyTorch on {report.rows} test texts: {report.fp32_max_abs_diff:.2e}; "
-                  f"argmax agreement {report.fp32_argmax_agreement:.2%}", highlight=False, soft_wrap=True)
+    console.print(
+        f"      max |logit diff| vs PyTorch on {report.rows} test texts: {report.fp32_max_abs_diff:.2e}; argmax agreement {report.fp32_argmax_agreement:.2%}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if report.int8_argmax_agreement is not None:
         console.print(f"int8  {report.files['onnx-int8']}  ({report.sizes_mb['onnx-int8']} MB)", highlight=False, soft_wrap=True)
-        console.print(f"      argmax agreement {report.int8_argmax_agreement:.2%} (gate {INT8_MIN_AGREEMENT:.1%}); "
-                      f"max |logit diff| {report.int8_max_abs_diff:.2e}", highlight=False, soft_wrap=True)
+        console.print(
+            f"      argmax agreement {report.int8_argmax_agreement:.2%} (gate {INT8_MIN_AGREEMENT:.1%}); max |logit diff| {report.int8_max_abs_diff:.2e}",
+            highlight=False,
+            soft_wrap=True,
+        )
     backend = "onnx-int8" if report.int8_argmax_agreement is not None else "onnx"
     console.print(f"serve it: tunelab serve {run} --backend {backend}", highlight=False, soft_wrap=True)

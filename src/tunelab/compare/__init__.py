@@ -50,8 +50,14 @@ def compare(
     atomic.write_text(folder / "compare.yaml", _yaml(config))
     paths, searches = train_candidates(config, progress, isolate)
     return compare_runs(
-        paths, out=folder, latency_budget_ms=config.latency_budget_ms, latency_texts=config.latency_texts,
-        throughput_texts=config.throughput_texts, searches=searches, title=f"Comparison on {config.data}", progress=progress,
+        paths,
+        out=folder,
+        latency_budget_ms=config.latency_budget_ms,
+        latency_texts=config.latency_texts,
+        throughput_texts=config.throughput_texts,
+        searches=searches,
+        title=f"Comparison on {config.data}",
+        progress=progress,
     )
 
 
@@ -92,10 +98,15 @@ def compare_runs(
     plots = [pareto_plot(rows, cost, folder / "plots" / f"{flag}.png") for cost, (flag, _, _) in PARETO_AXES.items()]
     atomic.write_text(folder / "leaderboard.csv", lb.csv_text(rows))
     atomic.write_text(folder / "leaderboard.md", lb.markdown(rows, recommendation["text"], f"## {title}"))
-    write_html(folder / "compare.html", title=title, rows=rows, recommendation=recommendation["text"], plots=plots,
-               facts=facts, searches=searches or {})
-    summary = {"rows": rows, "recommendation": recommendation, "test_set": fingerprint, "searches": searches or {},
-               "out": str(folder), "files": {name: str(folder / name) for name in ("leaderboard.csv", "leaderboard.md", "compare.html")}}
+    write_html(folder / "compare.html", title=title, rows=rows, recommendation=recommendation["text"], plots=plots, facts=facts, searches=searches or {})
+    summary = {
+        "rows": rows,
+        "recommendation": recommendation,
+        "test_set": fingerprint,
+        "searches": searches or {},
+        "out": str(folder),
+        "files": {name: str(folder / name) for name in ("leaderboard.csv", "leaderboard.md", "compare.html")},
+    }
     atomic.write_json(folder / "leaderboard.json", summary)
     return summary
 

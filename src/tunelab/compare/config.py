@@ -1,19 +1,19 @@
 """compare.yaml: one dataset, shared training defaults, a list of candidates, optional searches.
 
-    data: tweets                  # data settings are shared: every candidate gets identical splits
-    max_train_samples: 4000
-    seed: 42
-    out: compares/tweets          # run it again after an interruption: finished candidates are skipped
-    defaults: {model: minilm, max_length: 64, epochs: 1}
-    candidates:
-      - {name: full, method: full, lr: 2e-4}
-      - {name: head, method: head, lr: 2e-3}
-      - {name: lora, method: lora, lr: 1e-3}
-      - {name: embeddings, method: embeddings-logreg}
-      - {name: tfidf, method: tfidf-logreg}
-      - name: full-tuned
-        method: full
-        search: {strategy: grid, lr: [1e-4, 3e-4], epochs: [1, 2]}
+data: tweets                  # data settings are shared: every candidate gets identical splits
+max_train_samples: 4000
+seed: 42
+out: compares/tweets          # run it again after an interruption: finished candidates are skipped
+defaults: {model: minilm, max_length: 64, epochs: 1}
+candidates:
+  - {name: full, method: full, lr: 2e-4}
+  - {name: head, method: head, lr: 2e-3}
+  - {name: lora, method: lora, lr: 1e-3}
+  - {name: embeddings, method: embeddings-logreg}
+  - {name: tfidf, method: tfidf-logreg}
+  - name: full-tuned
+    method: full
+    search: {strategy: grid, lr: [1e-4, 3e-4], epochs: [1, 2]}
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from tunelab.training.baselines import METHODS as BASELINE_METHODS
-from tunelab.training.baselines import BaselineConfig
 from tunelab.config import DataSettings, Settings, TrainConfig, load_settings
 from tunelab.errors import TunelabError, did_you_mean
+from tunelab.training.baselines import METHODS as BASELINE_METHODS
+from tunelab.training.baselines import BaselineConfig
 
 # Settings that decide the splits: set once at the top, never per candidate, so the test set is one.
 DATA_FIELDS = tuple(DataSettings.model_fields)

@@ -23,9 +23,26 @@ from tunelab.errors import TunelabError
 from tunelab.run import Run
 
 COLUMNS = (
-    "rank", "candidate", "method", "model", "accuracy", "f1_macro", "test_loss", "eval_loss",
-    "train_time_s", "train_samples_per_s", "peak_memory_mb", "parameters", "trainable_parameters", "size_mb",
-    "latency_p50_ms", "latency_p95_ms", "examples_per_s", "pareto_train_time", "pareto_latency", "run",
+    "rank",
+    "candidate",
+    "method",
+    "model",
+    "accuracy",
+    "f1_macro",
+    "test_loss",
+    "eval_loss",
+    "train_time_s",
+    "train_samples_per_s",
+    "peak_memory_mb",
+    "parameters",
+    "trainable_parameters",
+    "size_mb",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "examples_per_s",
+    "pareto_train_time",
+    "pareto_latency",
+    "run",
 )
 WARMUP_CALLS = 3  # first calls pay for lazy initialisation (allocators, thread pools): not the user's steady state
 
@@ -45,7 +62,7 @@ def open_runs(paths: dict[str, str | os.PathLike]) -> dict[str, Run]:
     runs = {name: Run.open(path) for name, path in paths.items()}
     if not runs:
         raise TunelabError("no runs to compare", "pass two or more run directories, or a compare file")
-    for name, run in runs.items():
+    for run in runs.values():
         evaluated = run.metrics.get("evaluated_on", {})
         if "test" not in run.metrics:
             raise TunelabError(f"run '{run.path}' has no test metrics", f"evaluate it first: tunelab eval {run.path}")
@@ -155,8 +172,10 @@ def pareto_optimal(rows: list[dict[str, Any]], cost: str, quality: str = "accura
             flags.append(False)
             continue
         dominated = any(
-            other is not row and other.get(cost) is not None
-            and other[quality] >= row[quality] and other[cost] <= row[cost]
+            other is not row
+            and other.get(cost) is not None
+            and other[quality] >= row[quality]
+            and other[cost] <= row[cost]
             and (other[quality] > row[quality] or other[cost] < row[cost])
             for other in rows
         )
@@ -168,26 +187,28 @@ def recommend(rows: list[dict[str, Any]], budget_ms: float | None) -> dict[str, 
     """Best accuracy overall; and, with a budget, the most accurate candidate whose p95 latency fits it."""
     by_quality = sorted(rows, key=lambda r: (-r["accuracy"], -r["f1_macro"], r.get("latency_p95_ms") or float("inf")))
     best = by_quality[0]
-    lines = [f"Best accuracy: {best['candidate']} (accuracy {best['accuracy']:.4f}, macro-F1 {best['f1_macro']:.4f}, "
-             f"p95 latency {best['latency_p95_ms']:.1f} ms)."]
+    lines = [
+        f"Best accuracy: {best['candidate']} (accuracy {best['accuracy']:.4f}, macro-F1 {best['f1_macro']:.4f}, p95 latency {best['latency_p95_ms']:.1f} ms)."
+    ]
     within = None
     if budget_ms is not None:
         fitting = [r for r in by_quality if r.get("latency_p95_ms") is not None and r["latency_p95_ms"] <= budget_ms]
         if fitting:
             within = fitting[0]
-            lines.append(f"Best within a {budget_ms:g} ms p95 latency budget: {within['candidate']} "
-                         f"(accuracy {within['accuracy']:.4f}, p95 latency {within['latency_p95_ms']:.1f} ms).")
+            lines.append(
+                f"Best within a {budget_ms:g} ms p95 latency budget: {within['candidate']} "
+                f"(accuracy {within['accuracy']:.4f}, p95 latency {within['latency_p95_ms']:.1f} ms)."
+            )
         else:
             fastest = min(rows, key=lambda r: r.get("latency_p95_ms") or float("inf"))
-            lines.append(f"No candidate fits a {budget_ms:g} ms p95 latency budget; the fastest is {fastest['candidate']} "
-                         f"({fastest['latency_p95_ms']:.1f} ms p95, accuracy {fastest['accuracy']:.4f}).")
-    return {"best": best["candidate"], "within_budget": within["candidate"] if within else None,
-            "latency_budget_ms": budget_ms, "text": " ".join(lines)}
+            lines.append(
+                f"No candidate fits a {budget_ms:g} ms p95 latency budget; the fastest is {fastest['candidate']} "
+                f"({fastest['latency_p95_ms']:.1f} ms p95, accuracy {fastest['accuracy']:.4f})."
+            )
+    return {"best": best["candidate"], "within_budget": within["candidate"] if within else None, "latency_budget_ms": budget_ms, "text": " ".join(lines)}
 
 
-def build_rows(
-    runs: dict[str, Run], latency_texts: int, throughput_texts: int, progress: Callable[[str], None] | None = None
-) -> list[dict[str, Any]]:
+def build_rows(runs: dict[str, Run], latency_texts: int, throughput_texts: int, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     first = next(iter(runs.values()))
     single = measurement_texts(first, latency_texts)
     bulk = measurement_texts(first, throughput_texts, seed=1)
@@ -208,11 +229,25 @@ def build_rows(
 # -- writing ------------------------------------------------------------------------------------------
 
 MD_HEADERS = {
-    "rank": "#", "candidate": "candidate", "method": "method", "model": "model", "accuracy": "accuracy",
-    "f1_macro": "macro-F1", "test_loss": "test loss", "eval_loss": "eval loss", "train_time_s": "train s",
-    "train_samples_per_s": "train samples/s", "peak_memory_mb": "peak MB", "parameters": "params",
-    "trainable_parameters": "trainable", "size_mb": "disk MB", "latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms",
-    "examples_per_s": "examples/s", "pareto_train_time": "Pareto (train time)", "pareto_latency": "Pareto (latency)",
+    "rank": "#",
+    "candidate": "candidate",
+    "method": "method",
+    "model": "model",
+    "accuracy": "accuracy",
+    "f1_macro": "macro-F1",
+    "test_loss": "test loss",
+    "eval_loss": "eval loss",
+    "train_time_s": "train s",
+    "train_samples_per_s": "train samples/s",
+    "peak_memory_mb": "peak MB",
+    "parameters": "params",
+    "trainable_parameters": "trainable",
+    "size_mb": "disk MB",
+    "latency_p50_ms": "p50 ms",
+    "latency_p95_ms": "p95 ms",
+    "examples_per_s": "examples/s",
+    "pareto_train_time": "Pareto (train time)",
+    "pareto_latency": "Pareto (latency)",
 }
 
 
@@ -234,8 +269,12 @@ def format_value(column: str, value: Any) -> str:
 
 def markdown(rows: list[dict[str, Any]], recommendation: str, header: str) -> str:
     columns = [c for c in COLUMNS if c != "run"]
-    lines = [header, "", "| " + " | ".join(MD_HEADERS[c] for c in columns) + " |",
-             "|" + "|".join("---" if c in ("candidate", "method", "model") else "---:" for c in columns) + "|"]
+    lines = [
+        header,
+        "",
+        "| " + " | ".join(MD_HEADERS[c] for c in columns) + " |",
+        "|" + "|".join("---" if c in ("candidate", "method", "model") else "---:" for c in columns) + "|",
+    ]
     lines += ["| " + " | ".join(format_value(c, row[c]) for c in columns) + " |" for row in rows]
     lines += ["", recommendation, ""]
     return "\n".join(lines)

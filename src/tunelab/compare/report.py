@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,27 @@ def pareto_plot(rows: list[dict[str, Any]], cost: str, path: Path) -> Path:
     ax = fig.add_subplot()
     for row in points:
         optimal = row[flag]
-        ax.scatter(row[cost], row["accuracy"], s=140 if optimal else 60, marker="*" if optimal else "o",
-                   color="#c0392b" if optimal else "#7f8c8d", zorder=3, edgecolors="black", linewidths=0.5)
+        ax.scatter(
+            row[cost],
+            row["accuracy"],
+            s=140 if optimal else 60,
+            marker="*" if optimal else "o",
+            color="#c0392b" if optimal else "#7f8c8d",
+            zorder=3,
+            edgecolors="black",
+            linewidths=0.5,
+        )
         ax.annotate(row["candidate"], (row[cost], row["accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     front = sorted((r for r in points if r[flag]), key=lambda r: r[cost])
     if len(front) > 1:
-        ax.step([r[cost] for r in front], [r["accuracy"] for r in front], where="post", color="#c0392b", alpha=0.5,
-                label="Pareto front (no candidate is both more accurate and cheaper)")
+        ax.step(
+            [r[cost] for r in front],
+            [r["accuracy"] for r in front],
+            where="post",
+            color="#c0392b",
+            alpha=0.5,
+            label="Pareto front (no candidate is both more accurate and cheaper)",
+        )
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -51,18 +65,14 @@ def pareto_plot(rows: list[dict[str, Any]], cost: str, path: Path) -> Path:
     return path
 
 
-def write_html(path: Path, *, title: str, rows: list[dict[str, Any]], recommendation: str, plots: list[Path],
-               facts: dict[str, Any], searches: dict[str, Any]) -> Path:
+def write_html(
+    path: Path, *, title: str, rows: list[dict[str, Any]], recommendation: str, plots: list[Path], facts: dict[str, Any], searches: dict[str, Any]
+) -> Path:
     columns = [c for c in COLUMNS if c != "run"]
     esc = html.escape
     head = "".join(f"<th>{esc(MD_HEADERS[c])}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{esc(format_value(c, row[c]))}</td>" for c in columns) + "</tr>" for row in rows
-    )
-    images = "".join(
-        f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>'
-        for p in plots
-    )
+    body = "".join("<tr>" + "".join(f"<td>{esc(format_value(c, row[c]))}</td>" for c in columns) + "</tr>" for row in rows)
+    images = "".join(f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>' for p in plots)
     fact_rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in facts.items())
     runs = "".join(f"<li><code>{esc(r['candidate'])}</code>: <code>{esc(r['run'])}</code></li>" for r in rows)
     search_html = ""
@@ -101,7 +111,7 @@ Quality and training figures come from each run's metrics.json; latency and exam
 <table class="facts">{fact_rows}</table>
 {search_html}
 <h2>Runs</h2><ul>{runs}</ul>
-<p><small>generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by tunelab compare</small></p>
+<p><small>generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} by tunelab compare</small></p>
 </body></html>
 """
     return write_text(path, page)

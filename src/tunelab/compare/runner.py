@@ -19,11 +19,11 @@ from typing import Any
 import yaml
 
 from tunelab import atomic
-from tunelab.training.baselines import BaselineConfig
 from tunelab.compare.config import Candidate, CompareConfig, candidate_config
 from tunelab.config import TrainConfig
 from tunelab.errors import TunelabError
 from tunelab.run import Run
+from tunelab.training.baselines import BaselineConfig
 
 # Settings whose stored value is resolved at run time (None/'auto' -> a number): not compared on resume.
 RESOLVED_AT_RUN_TIME = ("out", "overwrite", "threads", "max_length", "batch_size", "precision", "C")
@@ -136,12 +136,25 @@ def run_search(config: CompareConfig, candidate: Candidate, final: Path, progres
         label = f"{candidate.name} trial {index + 1}/{len(trials)} " + " ".join(f"{k}={v}" for k, v in params.items())
         ensure_run(candidate_config(config, candidate, path, **params), path, label, progress, isolate)
         run = Run.open(path)
-        results.append({"trial": index, "params": params, "eval_accuracy": run.metrics["train"].get("best_eval_accuracy"),
-                        "eval_loss": eval_loss(run), "train_runtime_s": run.metrics["train"].get("train_runtime_s"), "run": str(path)})
+        results.append(
+            {
+                "trial": index,
+                "params": params,
+                "eval_accuracy": run.metrics["train"].get("best_eval_accuracy"),
+                "eval_loss": eval_loss(run),
+                "train_runtime_s": run.metrics["train"].get("train_runtime_s"),
+                "run": str(path),
+            }
+        )
     # Chosen on the eval split: the test split stays unseen by every choice the compare makes.
     best = max(results, key=lambda r: (r["eval_accuracy"] or 0.0, -(r["eval_loss"] or 0.0)))
-    record = {"strategy": spec.strategy, "chosen_on": "eval split (accuracy, then loss)", "best_trial": best["trial"],
-              "best_params": best["params"], "trials": results}
+    record = {
+        "strategy": spec.strategy,
+        "chosen_on": "eval split (accuracy, then loss)",
+        "best_trial": best["trial"],
+        "best_params": best["params"],
+        "trials": results,
+    }
 
     staging = atomic.partial_path(final)
     shutil.rmtree(staging, ignore_errors=True)

@@ -77,9 +77,7 @@ def _currency(doc: FactbookDocument):
 
 
 def _population(doc: FactbookDocument):
-    text = field_text(doc.raw, "People and Society", "Population", "total") or field_text(
-        doc.raw, "People and Society", "Population"
-    )
+    text = field_text(doc.raw, "People and Society", "Population", "total") or field_text(doc.raw, "People and Society", "Population")
     numbers = _numbers(text or "")
     if not numbers:
         return None
@@ -103,9 +101,7 @@ def _independence(doc: FactbookDocument):
 
 
 def _languages(doc: FactbookDocument):
-    text = field_text(doc.raw, "People and Society", "Languages", "Languages") or field_text(
-        doc.raw, "People and Society", "Languages"
-    )
+    text = field_text(doc.raw, "People and Society", "Languages", "Languages") or field_text(doc.raw, "People and Society", "Languages")
     if not text:
         return None
     official = []
@@ -169,10 +165,21 @@ EXTRACTORS: dict[str, Extractor] = {
 
 # The Factbook fields the question kinds above read; field questions never ask about them, so extra
 # reader-training questions cannot hold a test answer or teach a held-out kind (leave-kinds-out).
-KIND_FIELDS = frozenset({
-    "Capital", "Government type", "Exchange rates", "Population", "Area", "Independence", "Languages",
-    "Internet country code", "Elevation", "Nationality", "National holiday",
-})
+KIND_FIELDS = frozenset(
+    {
+        "Capital",
+        "Government type",
+        "Exchange rates",
+        "Population",
+        "Area",
+        "Independence",
+        "Languages",
+        "Internet country code",
+        "Elevation",
+        "Nationality",
+        "National holiday",
+    }
+)
 # Long prose, not facts a question can check.
 _PROSE_FIELDS = frozenset({"Background", "Geography - note", "Economic overview", "Government - note"})
 MAX_FIELD_ANSWER_WORDS = 6
@@ -281,8 +288,11 @@ def write_factbook_qa(out: str | Path, test_fraction: float = 0.2, seed: int = 0
         "test_fraction": test_fraction,
         "documents": len({i.doc_id for i in items}),
         "kinds": {kind: sum(1 for i in items if i.kind == kind) for kind in EXTRACTORS},
-        "field_questions": {"questions": len(fields), "fields": len({i.kind for i in fields}),
-                            "note": "fields.jsonl: extra reader-training questions about the fields no kind above reads"},
+        "field_questions": {
+            "questions": len(fields),
+            "fields": len({i.kind for i in fields}),
+            "note": "fields.jsonl: extra reader-training questions about the fields no kind above reads",
+        },
     }
     write_json(out / "summary.json", summary)
     return summary

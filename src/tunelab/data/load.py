@@ -87,7 +87,7 @@ def read_raw(source: str | os.PathLike, encoding: str = "utf-8", delimiter: str 
             return pd.read_parquet(path)
     except UnicodeDecodeError as error:
         raise TunelabError(
-            f"{path} is not readable as {encoding} (byte {error.object[error.start:error.start + 1]!r} at position {error.start})",
+            f"{path} is not readable as {encoding} (byte {error.object[error.start : error.start + 1]!r} at position {error.start})",
             "re-save the file as UTF-8 or pass its encoding, e.g. --encoding latin-1",
         ) from None
     except pd.errors.EmptyDataError:
@@ -227,8 +227,7 @@ def _drop_missing(frame: pd.DataFrame, name: str, strict: bool) -> pd.DataFrame:
     dropped = {"empty_text": int(empty_text.sum()), "missing_label": int((no_label & ~empty_text).sum())}
     if strict and (dropped["empty_text"] or dropped["missing_label"]):
         raise TunelabError(
-            f"{name} has {dropped['empty_text']} rows with an empty or missing text and "
-            f"{dropped['missing_label']} with a missing label",
+            f"{name} has {dropped['empty_text']} rows with an empty or missing text and {dropped['missing_label']} with a missing label",
             "clean those rows, or drop --strict to have them dropped and counted",
         )
     kept = frame[~(empty_text | no_label)].copy()

@@ -34,9 +34,7 @@ def profile_splits(
                 longer = float((lengths > model_limit).mean())
                 entry["longer_than_model_limit"] = longer
                 if longer > 0.05:
-                    warnings.append(
-                        f"{name}: {longer:.0%} of texts are longer than the model's {model_limit} tokens and will be truncated"
-                    )
+                    warnings.append(f"{name}: {longer:.0%} of texts are longer than the model's {model_limit} tokens and will be truncated")
         profile["splits"][name] = entry
         if len(counts) >= 2 and counts.min() > 0 and counts.max() / counts.min() > IMBALANCE_RATIO:
             warnings.append(
@@ -52,9 +50,7 @@ def profile_splits(
                 overlap = int(splits[name]["text"].isin(train_texts).sum())
                 profile["splits"][name]["overlap_with_train"] = overlap
                 if overlap:
-                    warnings.append(
-                        f"{name}: {overlap} texts also appear in train — scores on {name} will be optimistic"
-                    )
+                    warnings.append(f"{name}: {overlap} texts also appear in train — scores on {name} will be optimistic")
     for reason, count in (dropped or {}).items():
         if count:
             warnings.append(f"dropped {count} rows ({reason.replace('_', ' ')})")

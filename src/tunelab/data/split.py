@@ -108,6 +108,5 @@ def check_labels_seen(splits: dict[str, pd.DataFrame]) -> None:
         if unseen:
             raise TunelabError(
                 f"{name} labels not in the training data: {', '.join(map(repr, unseen))}",
-                "add training examples of them, or remove those rows from the "
-                f"{'--eval-data' if name == 'eval' else '--test-data'} file",
+                f"add training examples of them, or remove those rows from the {'--eval-data' if name == 'eval' else '--test-data'} file",
             )

@@ -38,8 +38,7 @@ def fit_and_score(run: Run, texts: list[str], y_true: np.ndarray, labels: list[s
     splits = {}
     for name in ("train", "eval"):
         if not run.split_path(name).is_file():
-            return _missing(f"the run has no saved {name} split (splits/{name}.parquet) to fit it on; "
-                            "runs trained by this tunelab version have one"), None
+            return _missing(f"the run has no saved {name} split (splits/{name}.parquet) to fit it on; runs trained by this tunelab version have one"), None
         splits[name] = run.split(name)
     index = {label: i for i, label in enumerate(labels)}
     y, texts_by_split = {}, {}
@@ -76,8 +75,14 @@ def fit_and_score(run: Run, texts: list[str], y_true: np.ndarray, labels: list[s
     return figures, proba.argmax(axis=1) == y_true
 
 
-def comparison(figures: dict[str, Any], test: dict[str, Any], model_correct: np.ndarray, baseline_correct: np.ndarray,
-               config: dict[str, Any], generalisation: dict[str, Any] | None = None) -> dict[str, Any]:
+def comparison(
+    figures: dict[str, Any],
+    test: dict[str, Any],
+    model_correct: np.ndarray,
+    baseline_correct: np.ndarray,
+    config: dict[str, Any],
+    generalisation: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The model against the baseline on the same rows: gaps in points, whether the accuracy gap is
     within noise (paired bootstrap over the rows), the headline sentence and what to try."""
     n = len(model_correct)
@@ -90,16 +95,20 @@ def comparison(figures: dict[str, Any], test: dict[str, Any], model_correct: np.
     within_noise = low <= 0 <= high
     beats = accuracy_points > 0 and f1_points > 0
     model = "The fine-tuned model" if config.get("kind", "transformers") == "transformers" else f"This {config.get('method', 'model')} model"
-    figures_text = (f"accuracy {test['accuracy']:.1%} vs {figures['accuracy']:.1%} ({accuracy_points:+.1f} points), "
-                    f"macro-F1 {test['f1_macro']:.3f} vs {figures['f1_macro']:.3f} ({f1_points:+.1f} points), on the same {n} test rows")
+    figures_text = (
+        f"accuracy {test['accuracy']:.1%} vs {figures['accuracy']:.1%} ({accuracy_points:+.1f} points), "
+        f"macro-F1 {test['f1_macro']:.3f} vs {figures['f1_macro']:.3f} ({f1_points:+.1f} points), on the same {n} test rows"
+    )
     interval = f"paired bootstrap 95% interval of the accuracy gap: {low:+.1f} to {high:+.1f} points"
     if beats:
-        noise = (f"within noise ({interval}): {n} rows cannot tell the two apart" if within_noise
-                 else f"larger than noise ({interval})")
+        noise = f"within noise ({interval}): {n} rows cannot tell the two apart" if within_noise else f"larger than noise ({interval})"
         headline = f"{model} beats the {DESCRIPTION} baseline: {figures_text}; the gap is {noise}."
     else:
-        noise = (f"The gap is within noise ({interval}): on {n} rows the two cannot be told apart, and the baseline is far cheaper."
-                 if within_noise else f"The gap is larger than noise ({interval}).")
+        noise = (
+            f"The gap is within noise ({interval}): on {n} rows the two cannot be told apart, and the baseline is far cheaper."
+            if within_noise
+            else f"The gap is larger than noise ({interval})."
+        )
         headline = f"{model} does not beat the {DESCRIPTION} baseline: {figures_text}. {noise}"
     return {
         "beats_baseline": beats,
@@ -115,8 +124,7 @@ def comparison(figures: dict[str, Any], test: dict[str, Any], model_correct: np.
 
 def advice(figures: dict[str, Any], config: dict[str, Any], generalisation: dict[str, Any]) -> list[str]:
     """What to try when the model does not beat the baseline, with this run's own numbers."""
-    tips = [f"more training data: this run trained on {figures['train_rows']} rows "
-            "(on a few hundred rows this baseline often wins)"]
+    tips = [f"more training data: this run trained on {figures['train_rows']} rows (on a few hundred rows this baseline often wins)"]
     if config.get("kind", "transformers") == "transformers":
         epochs, lr = config.get("epochs"), config.get("lr")
         epochs = f"{epochs:g}" if isinstance(epochs, (int, float)) else "?"
@@ -127,8 +135,7 @@ def advice(figures: dict[str, Any], config: dict[str, Any], generalisation: dict
         else:
             tips.append(f"more epochs (this run: {epochs})")
             tips.append(f"a learning-rate search around this run's {lr} (a `tunelab compare` candidate with search: {{lr: [...]}})")
-    tips.append("the baseline itself: a compare file with the candidate {method: tfidf-logreg} "
-                "makes it a run of its own (`tunelab compare`)")
+    tips.append("the baseline itself: a compare file with the candidate {method: tfidf-logreg} makes it a run of its own (`tunelab compare`)")
     return tips
 
 

@@ -32,9 +32,7 @@ def generalisation_check(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
     # The training loss of the last epoch: the mean of its logged steps, not one noisy step.
     prev_epoch = evals[-2].get("epoch") if len(evals) > 1 else None
     last_epoch_losses = [
-        h["loss"]
-        for h in trains
-        if (epoch is None or (h.get("epoch") or 0) <= epoch) and (prev_epoch is None or (h.get("epoch") or 0) > prev_epoch)
+        h["loss"] for h in trains if (epoch is None or (h.get("epoch") or 0) <= epoch) and (prev_epoch is None or (h.get("epoch") or 0) > prev_epoch)
     ] or [trains[-1]["loss"]]
     train_loss = float(sum(last_epoch_losses) / len(last_epoch_losses))
     eval_loss = float(last_eval["eval_loss"])
@@ -55,9 +53,7 @@ def generalisation_check(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
     )
     reasons: list[str] = out["reasons"]
     if eval_loss - train_loss > LOSS_GAP and (train_loss <= 0 or eval_loss / train_loss > LOSS_RATIO):
-        reasons.append(
-            f"eval loss {eval_loss:.3f} is {eval_loss / max(train_loss, 1e-12):.1f}x the training loss {train_loss:.3f}"
-        )
+        reasons.append(f"eval loss {eval_loss:.3f} is {eval_loss / max(train_loss, 1e-12):.1f}x the training loss {train_loss:.3f}")
     if out["accuracy_gap"] is not None and out["accuracy_gap"] > ACCURACY_GAP:
         reasons.append(f"training accuracy {train_acc:.1%} is {out['accuracy_gap']:.1%} above eval accuracy {eval_acc:.1%}")
     best = min(evals, key=lambda h: h["eval_loss"])

@@ -80,10 +80,7 @@ def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence
     ids = list(range(len(labels)))
     # zero_division=0: a class never predicted (or absent) scores 0 rather than raising a warning.
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
-    per_class = {
-        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-        for i, name in enumerate(labels)
-    }
+    per_class = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, name in enumerate(labels)}
     out: dict[str, Any] = {"per_class": per_class}
     for average in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=ids, average=average, zero_division=0)

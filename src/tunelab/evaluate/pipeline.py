@@ -91,8 +91,7 @@ def evaluate_run(
         baseline_figures, baseline_correct = fit_and_score(run, texts, y_true, labels)
         if baseline_correct is not None:
             model_correct = proba.argmax(axis=1) == y_true
-            baseline_figures["comparison"] = comparison(
-                baseline_figures, test, model_correct, baseline_correct, run.config, generalisation)
+            baseline_figures["comparison"] = comparison(baseline_figures, test, model_correct, baseline_correct, run.config, generalisation)
     probe = None
     if pair_lists:
         from tunelab.evaluate.bias import bias_probe
@@ -148,8 +147,7 @@ def label_ids(frame: pd.DataFrame, labels: list[str], source: str) -> np.ndarray
         shown = ", ".join(f"'{name}' ({n} rows)" for name, n in counts.head(5).items())
         hint = did_you_mean(first, labels)
         raise TunelabError(
-            f"{source} has label{'s' if len(counts) > 1 else ''} the model was not trained on: {shown}; "
-            f"it knows: {', '.join(labels)}",
+            f"{source} has label{'s' if len(counts) > 1 else ''} the model was not trained on: {shown}; it knows: {', '.join(labels)}",
             hint or "evaluate on data with the same label names, or drop those rows",
         )
     return names.map(index).to_numpy(dtype=int)
@@ -162,8 +160,13 @@ def timed_logits(classifier, texts: list[str], batch_size: int, progress: bool) 
 
     # stderr, so `tunelab eval --json` keeps stdout clean for scripts.
     bar = Progress(
-        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=True, disable=not progress,
+        TextColumn("evaluating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not progress,
     )
     with bar:
         task = bar.add_task("evaluating", total=len(texts))
@@ -211,9 +214,7 @@ def confident_mistakes(predictions: pd.DataFrame, limit: int = MAX_MISTAKES) -> 
     return wrong[["text", "label", "predicted", "confidence"]].to_dict("records")
 
 
-def merged_metrics(
-    out: Path, run: Run, test: dict, source: str, generalisation: dict, probe: dict | None, baseline: dict | None = None
-) -> dict[str, Any]:
+def merged_metrics(out: Path, run: Run, test: dict, source: str, generalisation: dict, probe: dict | None, baseline: dict | None = None) -> dict[str, Any]:
     """metrics.json's content: what is already there (training's keys), with this evaluation merged in."""
     path = out / "metrics.json"
     metrics: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

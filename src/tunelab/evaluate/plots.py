@@ -41,9 +41,7 @@ def make_plots(
     cm = metrics["confusion_matrix"]
     plots["confusion_matrix"] = confusion_matrix_plot(cm["counts"], cm["normalized"], labels, out_dir / "confusion_matrix.png")
     plots["roc"] = roc_plot(y_true, proba, labels, metrics["roc_auc"]["per_class"], out_dir / "roc.png")
-    plots["precision_recall"] = pr_plot(
-        y_true, proba, labels, metrics["average_precision"]["per_class"], out_dir / "precision_recall.png"
-    )
+    plots["precision_recall"] = pr_plot(y_true, proba, labels, metrics["average_precision"]["per_class"], out_dir / "precision_recall.png")
     plots["reliability"] = reliability_plot(metrics["calibration"], out_dir / "reliability.png")
     return plots
 
@@ -90,8 +88,7 @@ def confusion_matrix_plot(counts: list[list[int]], normalized: list[list[float]]
     if k <= MAX_ANNOTATED_CLASSES:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(counts[i][j]), ha="center", va="center", fontsize=9,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(j, i, str(counts[i][j]), ha="center", va="center", fontsize=9, color="white" if norm[i, j] > 0.5 else "black")
     return _save(fig, path)
 
 

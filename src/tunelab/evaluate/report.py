@@ -10,7 +10,7 @@ import base64
 import os
 import struct
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ def render_report(
     env.filters["pct"] = _pct
     return env.from_string(TEMPLATE).render(
         run_name=run_name,
-        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         config=dict(config),
         hyperparameters={k: config[k] for k in HYPERPARAMETERS if k in config},
         test=test,

@@ -47,8 +47,7 @@ DEFAULT_REPLAY = 0.5
 
 # Settings of the parent's run that an update must not inherit: they describe the parent's data files and
 # folder, not how to train, and the new data brings its own (a new CSV may use another delimiter or encoding).
-NOT_INHERITED = {"model", "data", "eval_data", "test_data", "out", "overwrite", "max_train_samples", "text_col", "label_col", "encoding",
-                 "delimiter"}
+NOT_INHERITED = {"model", "data", "eval_data", "test_data", "out", "overwrite", "max_train_samples", "text_col", "label_col", "encoding", "delimiter"}
 
 
 class UpdateSettings(Settings):
@@ -140,7 +139,10 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
         overrides = {
             "epochs": settings.epochs or scaled_from_parent(parent_config, "epochs", UPDATE_EPOCHS_FACTOR),
             "lr": settings.lr or scaled_from_parent(parent_config, "lr", UPDATE_LR_FACTOR),
-            "warmup": settings.warmup, "batch_size": settings.batch_size, "seed": seed, "class_weights": class_weights,
+            "warmup": settings.warmup,
+            "batch_size": settings.batch_size,
+            "seed": seed,
+            "class_weights": class_weights,
         }
         inherited.update({k: v for k, v in overrides.items() if v is not None})
         config = TrainConfig(
@@ -157,8 +159,9 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
         test_sets = {"old": old_splits["test"], "new": new_splits["test"]}
         blended = None
         if settings.blend:
-            score = mean_accuracy([(split["text"].astype(str).tolist(), split["label"].astype(str).tolist())
-                                   for split in (old_splits["eval"], new_splits["eval"])])
+            score = mean_accuracy(
+                [(split["text"].astype(str).tolist(), split["label"].astype(str).tolist()) for split in (old_splits["eval"], new_splits["eval"])]
+            )
             alpha, scores, classifier = choose_alpha(start, candidate_run.model_dir, score, max_length=candidate_run.config.get("max_length"))
             blended = {"alpha": alpha, "eval_mean_accuracy": {f"{a:g}": s for a, s in scores.items()}}
             if alpha < 1.0:
@@ -240,8 +243,7 @@ def replay_sample(old_train: pd.DataFrame, new_rows: int, replay: float, seed: i
     wanted = min(len(old_train), round(new_rows * replay / (1 - replay)))
     shares = old_train["label"].value_counts(normalize=True)
     parts = [
-        group.sample(n=min(len(group), max(1, round(wanted * shares[label]))), random_state=seed)
-        for label, group in old_train.groupby("label", sort=True)
+        group.sample(n=min(len(group), max(1, round(wanted * shares[label]))), random_state=seed) for label, group in old_train.groupby("label", sort=True)
     ]
     return pd.concat(parts, ignore_index=True)[["text", "label"]]
 
@@ -275,11 +277,7 @@ def classification_layer(model) -> tuple[str, Any]:
     """(name, module) of the final linear layer that outputs one logit per label."""
     import torch
 
-    found = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and module.out_features == model.config.num_labels
-    ]
+    found = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module.out_features == model.config.num_labels]
     if not found:
         raise TunelabError(f"cannot find the classification layer of {type(model).__name__}", "update supports sequence classifiers with a linear head")
     return found[-1]
@@ -400,32 +398,39 @@ def render_html(report: dict[str, Any]) -> str:
     added = ", ".join(report["labels"]["added"]) or "none"
     stage = report.get("stage", "not registered yet")
     weights = report.get("loss_weight_per_label")
-    weights_line = f"<p>Loss weight per label ({e(report['class_weights'])}): " + ", ".join(
-        f"{e(label)} {weight:.2f}" for label, weight in sorted(weights.items())) + ".</p>" if weights else ""
+    weights_line = (
+        f"<p>Loss weight per label ({e(report['class_weights'])}): "
+        + ", ".join(f"{e(label)} {weight:.2f}" for label, weight in sorted(weights.items()))
+        + ".</p>"
+        if weights
+        else ""
+    )
     blend = report.get("blend")
     blend_line = "<p>Weights kept as trained (no blending).</p>"
     if blend:
         tried = ", ".join(f"{alpha}: {score:.1%}" for alpha, score in blend["eval_mean_accuracy"].items())
-        blend_line = (f"<p>Blend: {blend['alpha']:g} of the way from the production weights to the trained ones, chosen by the mean of "
-                      f"old-eval and new-eval accuracy ({e(tried)}).</p>")
+        blend_line = (
+            f"<p>Blend: {blend['alpha']:g} of the way from the production weights to the trained ones, chosen by the mean of "
+            f"old-eval and new-eval accuracy ({e(tried)}).</p>"
+        )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>update {e(report['name'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>update {e(report["name"])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
 table{{border-collapse:collapse;margin:1rem 0}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}.up{{color:#060}}.down{{color:#a00}}
-.verdict{{font-size:1.2rem;font-weight:bold;color:{'#060' if gate_info['passed'] else '#a00'}}}</style></head><body>
-<h1>Update of {e(report['name'])}</h1>
-<p>From {e(report['parent'])} with new data <code>{e(str(report['new_data']))}</code>; replay {report['replay']:.0%}
-({report['rows']['replay']} old rows mixed with {report['rows']['new_train']} new); new labels: {e(added)}.</p>
-<p class="verdict">Gate {verdict} — version {e(str(report.get('version', '?')))} is {e(stage)}</p><ul>{reasons}</ul>
+.verdict{{font-size:1.2rem;font-weight:bold;color:{"#060" if gate_info["passed"] else "#a00"}}}</style></head><body>
+<h1>Update of {e(report["name"])}</h1>
+<p>From {e(report["parent"])} with new data <code>{e(str(report["new_data"]))}</code>; replay {report["replay"]:.0%}
+({report["rows"]["replay"]} old rows mixed with {report["rows"]["new_train"]} new); new labels: {e(added)}.</p>
+<p class="verdict">Gate {verdict} — version {e(str(report.get("version", "?")))} is {e(stage)}</p><ul>{reasons}</ul>
 {weights_line}
 {blend_line}
 <h2>Before / after</h2>
 <table><tr><th>set</th><th>rows</th><th>accuracy before</th><th>accuracy after</th><th>points</th><th>F1 before</th><th>F1 after</th></tr>
-{''.join(rows)}</table>
+{"".join(rows)}</table>
 <h2>Accuracy per class</h2>
 <table><tr><th>class</th><th>old set before</th><th>old set after</th><th>new set before</th><th>new set after</th></tr>
-{''.join(class_rows)}</table>
-<p>Candidate run: <code>{e(report['candidate_run'])}</code></p>
+{"".join(class_rows)}</table>
+<p>Candidate run: <code>{e(report["candidate_run"])}</code></p>
 </body></html>
 """

@@ -24,7 +24,7 @@ import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +156,7 @@ def data_fingerprint(run_dir: str | os.PathLike) -> str | None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 class Registry:
@@ -231,9 +231,7 @@ class Registry:
             model = db.execute("SELECT generation FROM models WHERE name = ?", (name,)).fetchone()
             if model is None:
                 raise self._unknown(db, name)
-            row = db.execute(
-                "SELECT version, run_dir FROM versions WHERE name = ? AND stage = 'production'", (name,)
-            ).fetchone()
+            row = db.execute("SELECT version, run_dir FROM versions WHERE name = ? AND stage = 'production'", (name,)).fetchone()
         return Production(name, model["generation"], row["version"] if row else None, row["run_dir"] if row else None)
 
     def events(self, name: str) -> list[dict[str, Any]]:
@@ -248,9 +246,7 @@ class Registry:
             result = db.execute("PRAGMA integrity_check").fetchone()[0]
             if result != "ok":
                 problems.append(f"integrity_check: {result}")
-            for row in db.execute(
-                "SELECT name, COUNT(*) AS n FROM versions WHERE stage = 'production' GROUP BY name HAVING n > 1"
-            ):
+            for row in db.execute("SELECT name, COUNT(*) AS n FROM versions WHERE stage = 'production' GROUP BY name HAVING n > 1"):
                 problems.append(f"{row['name']} has {row['n']} production versions")
             for row in db.execute(
                 "SELECT m.name, m.generation, (SELECT COUNT(*) FROM events e WHERE e.name = m.name "
@@ -340,8 +336,9 @@ class Registry:
             return self._get(db, name, previous)
 
     # inside a transaction -------------------------------------------------------------------
-    def _set_production(self, db: sqlite3.Connection, name: str, version: int, action: str, reason: str | None,
-                        replaced: int | None = REPLACES_CURRENT) -> None:
+    def _set_production(
+        self, db: sqlite3.Connection, name: str, version: int, action: str, reason: str | None, replaced: int | None = REPLACES_CURRENT
+    ) -> None:
         current = self._production_version(db, name)
         now = _now()
         # Demote first: the partial unique index refuses two production rows even for an instant.
@@ -372,9 +369,7 @@ class Registry:
     def _get(self, db: sqlite3.Connection, name: str, version: int | None) -> Version:
         self._require_model(db, name)
         if version is None:
-            row = db.execute(
-                "SELECT * FROM versions WHERE name = ? ORDER BY stage = 'production' DESC, version DESC LIMIT 1", (name,)
-            ).fetchone()
+            row = db.execute("SELECT * FROM versions WHERE name = ? ORDER BY stage = 'production' DESC, version DESC LIMIT 1", (name,)).fetchone()
         else:
             row = db.execute("SELECT * FROM versions WHERE name = ? AND version = ?", (name, version)).fetchone()
         if row is None:

@@ -35,7 +35,9 @@ class SFTConfig(Settings):
     warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the training steps spent warming up")
     max_length: int | None = Field(None, gt=0, description="token limit per example; default: the longest example, capped at 1024 and the model's limit")
     packing: bool = Field(False, description="concatenate each batch's examples into one padding-free row (attention stays within each example)")
-    activation_checkpointing: bool = Field(False, description="recompute layer activations in the backward pass: far less memory for long prompts, about a third more time")
+    activation_checkpointing: bool = Field(
+        False, description="recompute layer activations in the backward pass: far less memory for long prompts, about a third more time"
+    )
     answer_only_logits: bool = Field(True, description="project hidden states onto the vocabulary only at answer positions (same loss, less memory and time)")
     group_by_length: bool = Field(True, description="batch examples of similar length together (less padding); unused with packing")
     precision: Literal["auto", "fp32", "bf16"] = "auto"

@@ -1,8 +1,8 @@
 """Instruction data: rows in one of three shapes, read and checked before anything expensive.
 
-  {"prompt": ..., "response": ...}            one exchange (optional "system"; "completion" = "response")
-  {"messages": [{"role", "content"}, ...]}    a chat; the loss is on the assistant turns
-  {"text": ...}                               plain text; the loss is on every token
+{"prompt": ..., "response": ...}            one exchange (optional "system"; "completion" = "response")
+{"messages": [{"role", "content"}, ...]}    a chat; the loss is on the assistant turns
+{"text": ...}                               plain text; the loss is on every token
 """
 
 from __future__ import annotations
@@ -140,7 +140,9 @@ def _field(record: dict[str, Any], key: str, where: str) -> str:
 
 def _check_messages(messages: Any, where: str) -> dict[str, Any] | None:
     if not isinstance(messages, list) or not messages:
-        raise TunelabError(f"{where}: 'messages' must be a non-empty list", 'e.g. [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]')
+        raise TunelabError(
+            f"{where}: 'messages' must be a non-empty list", 'e.g. [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]'
+        )
     clean = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:

@@ -1,9 +1,9 @@
 """Text generation from a causal LM: greedy by default (reproducible), sampling on request, streaming.
 
-    gen = Generator("runs/my-sft")                      # a run, model folder, adapter or catalogue name
-    gen("What is LoRA?")                                # -> str
-    for piece in gen.stream([{"role": "user", "content": "Hi"}]):
-        print(piece, end="")
+gen = Generator("runs/my-sft")                      # a run, model folder, adapter or catalogue name
+gen("What is LoRA?")                                # -> str
+for piece in gen.stream([{"role": "user", "content": "Hi"}]):
+    print(piece, end="")
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from tunelab.errors import TunelabError
 
-Prompt = Union[str, list[dict[str, str]]]
+Prompt = str | list[dict[str, str]]
 
 
 @dataclass
@@ -94,7 +94,16 @@ class Generator:
         return int(self.encode(prompt)["input_ids"].shape[1])
 
     # generation ----------------------------------------------------------------------------
-    def __call__(self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None, system: str | None = None) -> str:
+    def __call__(
+        self,
+        prompt: Prompt,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        system: str | None = None,
+    ) -> str:
         return self.complete(prompt, Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), seed), system).text
 
     def complete(self, prompt: Prompt, sampling: Sampling = Sampling(), system: str | None = None) -> Completion:
@@ -103,7 +112,17 @@ class Generator:
             pass
         return stream.completion
 
-    def stream(self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None, system: str | None = None, sampling: Sampling | None = None) -> TextStream:
+    def stream(
+        self,
+        prompt: Prompt,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        system: str | None = None,
+        sampling: Sampling | None = None,
+    ) -> TextStream:
         """An iterator over text pieces as they are generated; `.completion` is set once it is exhausted."""
         sampling = sampling or Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), seed)
         sampling.check()
@@ -207,7 +226,7 @@ class TextStream:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        new = self._output[0, self.prompt_tokens:] if self._output is not None else []
+        new = self._output[0, self.prompt_tokens :] if self._output is not None else []
         eos = _eos_ids(self.generator)
         ended = len(new) > 0 and int(new[-1]) in eos
         finish = "stop" if stopped or ended or len(new) < self.sampling.max_new_tokens else "length"
@@ -269,4 +288,3 @@ def generate_samples(model, tokenizer, prompts: list, max_new_tokens: int, preci
         return [generator(prompt, max_new_tokens=max_new_tokens) for prompt in prompts]
     finally:
         model.train(was_training)
-

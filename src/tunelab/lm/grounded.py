@@ -155,7 +155,7 @@ class CopyConstraint:
         self._last: dict[int, tuple[list[int], set[tuple[int, int]]]] = {}  # row -> (g, its pointers)
 
     def __call__(self, batch_id: int, input_ids) -> list[int]:
-        generated = input_ids[self.prompt_lengths[batch_id]:]
+        generated = input_ids[self.prompt_lengths[batch_id] :]
         return self.allowed(batch_id, generated.tolist() if hasattr(generated, "tolist") else list(generated))
 
     def allowed(self, batch_id: int, generated: Sequence[int]) -> list[int]:

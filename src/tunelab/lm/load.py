@@ -58,7 +58,9 @@ def resolve_lm(name_or_path: str | os.PathLike) -> LMSource:
         raise TunelabError(f"'{text}' holds neither config.json nor adapter_config.json", "pass a model folder, a LoRA adapter folder or an sft run directory")
     names = list(dict.fromkeys(causal_lm_names() + list(imported)))
     hint = did_you_mean(text, names)
-    raise TunelabError(f"unknown model '{text}'; causal LMs available: {', '.join(names)}", hint or "or pass a model folder, adapter folder or sft run directory")
+    raise TunelabError(
+        f"unknown model '{text}'; causal LMs available: {', '.join(names)}", hint or "or pass a model folder, adapter folder or sft run directory"
+    )
 
 
 def causal_lm_names() -> list[str]:
@@ -83,7 +85,6 @@ def load_lm(source: LMSource | str | os.PathLike, merge_adapter: bool = False):
     """(model, tokenizer) in float32, eval mode. An adapter is attached with peft (or merged in)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     if not isinstance(source, LMSource):

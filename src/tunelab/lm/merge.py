@@ -25,7 +25,9 @@ def merge(run_or_adapter: str | os.PathLike, out: str | os.PathLike | None = Non
     """Write base + adapter as one plain Hugging Face folder (default: <run>/merged); returns it."""
     source = resolve_lm(run_or_adapter)
     if source.adapter is None:
-        raise TunelabError(f"'{run_or_adapter}' holds a full model, not a LoRA adapter: there is nothing to merge", "use it directly, or pass a run trained with LoRA")
+        raise TunelabError(
+            f"'{run_or_adapter}' holds a full model, not a LoRA adapter: there is nothing to merge", "use it directly, or pass a run trained with LoRA"
+        )
     target = Path(out).expanduser() if out else _default_out(source)
     if target.exists() and not overwrite:
         raise TunelabError(f"'{target}' already exists", "pass --overwrite to replace it, or choose another --out")

@@ -53,7 +53,11 @@ def write_report(run_dir: Path, *, run_name: str, config: dict[str, Any], metric
     train = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in metrics["train"].items()}
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     html = env.from_string(TEMPLATE).render(
-        run_name=run_name, config=config, metrics=metrics, train=train, samples=shown,
+        run_name=run_name,
+        config=config,
+        metrics=metrics,
+        train=train,
+        samples=shown,
         plot=base64.b64encode(plot).decode() if plot else None,
     )
     return write_text(run_dir / "report.html", html)

@@ -27,7 +27,6 @@ from tunelab import atomic, hardware  # noqa: E402
 from tunelab.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
 from tunelab.config import to_yaml  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
-from tunelab.run import named_after, out_dir, refuse_existing  # noqa: E402
 from tunelab.lm import report  # noqa: E402
 from tunelab.lm.config import SFTConfig  # noqa: E402
 from tunelab.lm.data import InstructionData, load_instructions, prompt_of  # noqa: E402
@@ -35,6 +34,7 @@ from tunelab.lm.generate import generate_samples  # noqa: E402
 from tunelab.lm.load import context_limit, resolve_lm  # noqa: E402
 from tunelab.lm.tokenize import IGNORE, ensure_chat_template, full_lengths, tokenize_rows  # noqa: E402
 from tunelab.lm.trainer import AnswerOnlyTrainer, supports_logits_to_keep  # noqa: E402
+from tunelab.run import named_after, out_dir, refuse_existing  # noqa: E402
 
 MAX_LENGTH_CAP = 1024  # the default limit; CPU attention cost grows with the square of the length
 

@@ -48,10 +48,10 @@ def encode_messages(tokenizer, messages: list[dict[str, str]], max_length: int) 
         if not prompt.startswith(done) or not full.startswith(prompt):
             raise TunelabError(
                 "the model's chat template does not render a conversation as a growing prefix, so the answer tokens cannot be found",
-                "use rows in the {\"text\"} format, or a model whose chat template is prefix-stable (ChatML, Llama 3, ...)",
+                'use rows in the {"text"} format, or a model whose chat template is prefix-stable (ChatML, Llama 3, ...)',
             )
-        context = _tokens(tokenizer, prompt[len(done):])
-        answer = _tokens(tokenizer, full[len(prompt):])
+        context = _tokens(tokenizer, prompt[len(done) :])
+        answer = _tokens(tokenizer, full[len(prompt) :])
         ids += context + answer
         labels += [IGNORE] * len(context) + answer
         done = full

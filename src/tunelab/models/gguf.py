@@ -162,7 +162,10 @@ def _load_gguf(source: Path):
         model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
     except (ValueError, KeyError, NotImplementedError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TunelabError(f"transformers cannot load '{source.name}': {first}", "only GGUF architectures transformers supports can be imported (llama, mistral, qwen2, gpt2, ...)") from None
+        raise TunelabError(
+            f"transformers cannot load '{source.name}': {first}",
+            "only GGUF architectures transformers supports can be imported (llama, mistral, qwen2, gpt2, ...)",
+        ) from None
     return model.eval(), tokenizer
 
 
@@ -188,7 +191,7 @@ def _check_same_generation(gguf_model, folder: Path, tokenizer) -> dict[str, Any
     with torch.no_grad():
         for model in (gguf_model, converted):
             ids = model.generate(**inputs, max_new_tokens=CHECK_NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-            outputs.append(ids[0, inputs["input_ids"].shape[1]:].tolist())
+            outputs.append(ids[0, inputs["input_ids"].shape[1] :].tolist())
     if outputs[0] != outputs[1]:
         raise TunelabError(
             "the converted model does not generate what the GGUF model generates on the check prompt",

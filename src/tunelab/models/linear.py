@@ -114,9 +114,7 @@ def fit_logreg(config: LinearSettings, features: dict[str, Any], y: dict[str, np
     return pipeline, chosen_c, scores, searched
 
 
-def fit_tfidf_logreg(
-    texts: dict[str, Sequence[str]], y: dict[str, np.ndarray], labels: list[str], seed: int = 42
-) -> tuple[BaselineClassifier, float]:
+def fit_tfidf_logreg(texts: dict[str, Sequence[str]], y: dict[str, np.ndarray], labels: list[str], seed: int = 42) -> tuple[BaselineClassifier, float]:
     """The `tfidf-logreg` baseline with its default settings, fitted on given rows instead of a data source.
 
     texts/y: "train" and "eval" texts and label ids (indexes into `labels`, every label present in train).

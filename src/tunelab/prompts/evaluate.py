@@ -1,7 +1,7 @@
 """`tunelab prompts eval`: score prompt templates on a QA file with one model.
 
-    result = evaluate_templates(["plain", "abstain"], "qa/test.jsonl", model="smollm2")
-    result["templates"][0]["summary"]["exact_match"]
+result = evaluate_templates(["plain", "abstain"], "qa/test.jsonl", model="smollm2")
+result["templates"][0]["summary"]["exact_match"]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from tunelab.errors import TunelabError
 from tunelab.progress import progress_bar
 from tunelab.prompts.generate import answer_batch
 from tunelab.prompts.loader import PromptTemplate, load_template
-
 
 DECODINGS = ("free", "grounded")
 
@@ -72,20 +71,21 @@ def run_template(
     list of texts per row) the answers are decoded grounded: copied from them, or the abstention."""
     prompts = [template.render(r["question"], contexts[i] if contexts is not None else None) for i, r in enumerate(rows)]
     started = time.perf_counter()
-    answers = answer_batch(generator, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=progress,
-                           grounded_passages=passages)
+    answers = answer_batch(generator, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=progress, grounded_passages=passages)
     wall = time.perf_counter() - started
     predictions = []
     for i, (row, answered) in enumerate(zip(rows, answers)):
         seconds = answered.seconds + (extra_seconds[i] if extra_seconds is not None else 0.0)
-        predictions.append({
-            "question": row["question"],
-            "answer": row.get("answer", ""),
-            "prediction": answered.text,
-            "seconds": seconds,
-            "prompt_tokens": answered.prompt_tokens,
-            **score(answered.text, row.get("answer", ""), row.get("aliases") or [], row["question"]),
-        })
+        predictions.append(
+            {
+                "question": row["question"],
+                "answer": row.get("answer", ""),
+                "prediction": answered.text,
+                "seconds": seconds,
+                "prompt_tokens": answered.prompt_tokens,
+                **score(answered.text, row.get("answer", ""), row.get("aliases") or [], row["question"]),
+            }
+        )
     return {
         "template": template.id,
         "decoding": "grounded" if passages is not None else "free",
@@ -126,8 +126,10 @@ def evaluate_templates(
     if decoding == "grounded":
         closed_book = [t.name for t in loaded if not t.needs_context]
         if closed_book:
-            raise TunelabError(f"--decoding grounded copies answers from the retrieved context, which template(s) {', '.join(closed_book)} "
-                               "do not show", "use templates that need context (e.g. grounded), or --decoding free")
+            raise TunelabError(
+                f"--decoding grounded copies answers from the retrieved context, which template(s) {', '.join(closed_book)} do not show",
+                "use templates that need context (e.g. grounded), or --decoding free",
+            )
     rows = read_questions(qa)
     if limit is not None:
         if limit < 1:
@@ -158,12 +160,17 @@ def evaluate_templates(
         task = shown.add_task("answering", total=len(rows) * len(loaded)) if shown else None
         advance = (lambda n: shown.advance(task, n)) if shown else None
         for template in loaded:
-            results.append(run_template(
-                template, rows, generator,
-                contexts=contexts if template.needs_context else None,
-                passages=passages if decoding == "grounded" else None,
-                extra_seconds=retrieval_seconds if template.needs_context else None,
-                max_new_tokens=max_new_tokens, batch_size=batch_size, progress=advance,
-            ))
-    return {"qa": str(qa), "model": str(model), "questions": len(rows), "max_new_tokens": max_new_tokens, "decoding": decoding,
-            "templates": results}
+            results.append(
+                run_template(
+                    template,
+                    rows,
+                    generator,
+                    contexts=contexts if template.needs_context else None,
+                    passages=passages if decoding == "grounded" else None,
+                    extra_seconds=retrieval_seconds if template.needs_context else None,
+                    max_new_tokens=max_new_tokens,
+                    batch_size=batch_size,
+                    progress=advance,
+                )
+            )
+    return {"qa": str(qa), "model": str(model), "questions": len(rows), "max_new_tokens": max_new_tokens, "decoding": decoding, "templates": results}

@@ -79,17 +79,25 @@ def answer_batch(
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for row, i in enumerate(batch):
-                ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                mask[row, width - len(encoded[i]):] = 1
+                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                mask[row, width - len(encoded[i]) :] = 1
             started = time.perf_counter()  # building the constraint is part of a grounded answer's time
             constraint = None
             if grounded_passages is not None:
                 constraint = CopyConstraint(tokenizer, [grounded_passages[i] for i in batch], abstention, width, eos_token_ids=stops)
             with torch.inference_mode(), generator.autocast():
                 output = model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                    temperature=None, top_p=None, top_k=None, pad_token_id=pad,
-                    prefix_allowed_tokens_fn=constraint, output_logits=True, return_dict_in_generate=True,
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=pad,
+                    prefix_allowed_tokens_fn=constraint,
+                    output_logits=True,
+                    return_dict_in_generate=True,
                 )
             seconds = (time.perf_counter() - started) / len(batch)
             sequences = output.sequences

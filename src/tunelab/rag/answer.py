@@ -47,7 +47,7 @@ class Answer:
                 where = " — ".join(p for p in (hit.chunk.title, hit.chunk.section) if p)
                 lines.append(f"[{hit.rank}] {where} ({hit.chunk.doc_id}, {hit.chunk.chunk_id})")
             if self.passage is not None:
-                lines.append(f"    \"{self.passage.text}\"")
+                lines.append(f'    "{self.passage.text}"')
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -78,8 +78,7 @@ def answer(
     return answer_many([question], index, reader, settings=settings, min_similarity=min_similarity)[0]
 
 
-def answer_many(questions, index: Index, reader: Reader, *, settings: ContextSettings | None = None,
-                min_similarity: float = MIN_SIMILARITY) -> list[Answer]:
+def answer_many(questions, index: Index, reader: Reader, *, settings: ContextSettings | None = None, min_similarity: float = MIN_SIMILARITY) -> list[Answer]:
     """answer() for many questions, read in batches (the readers are several times faster so)."""
     if not hasattr(reader, "read_many"):
         reader = CallableReader(reader)
@@ -94,11 +93,15 @@ def answer_many(questions, index: Index, reader: Reader, *, settings: ContextSet
             continue
         reading = readings[i]
         if reading.abstained:
-            answers.append(Answer(question, ABSTAIN, [], True, context.hits, context.best_similarity,
-                                  confidence=reading.confidence, reason="reader", shown=context.passages))
+            answers.append(
+                Answer(
+                    question, ABSTAIN, [], True, context.hits, context.best_similarity, confidence=reading.confidence, reason="reader", shown=context.passages
+                )
+            )
             continue
         passage = context.passages[reading.passage] if reading.passage is not None else None
         sources = [passage.hit] if passage is not None else context.hits
-        answers.append(Answer(question, reading.text, sources, False, context.hits, context.best_similarity, passage, reading.confidence,
-                              shown=context.passages))
+        answers.append(
+            Answer(question, reading.text, sources, False, context.hits, context.best_similarity, passage, reading.confidence, shown=context.passages)
+        )
     return answers

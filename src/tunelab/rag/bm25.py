@@ -76,9 +76,7 @@ class BM25Index:
         return [(self.ids[r], float(s)) for r, s in zip(rows[0], scores[0]) if s > 0]
 
 
-def sparse_vector(
-    tokens: Sequence[str], avg_len: float, vocab: dict[str, int], k1: float = K1, b: float = B
-) -> tuple[list[int], list[float]]:
+def sparse_vector(tokens: Sequence[str], avg_len: float, vocab: dict[str, int], k1: float = K1, b: float = B) -> tuple[list[int], list[float]]:
     """The tf part of BM25 for one chunk, keyed by each word's id in `vocab` (new words are added).
 
     A vocabulary kept with the index (rather than hashing words) makes the ids collision-free,

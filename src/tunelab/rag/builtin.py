@@ -58,13 +58,19 @@ def settings_hash(settings: dict) -> str:
 
 
 def index_settings(embed_model: str = EMBED_MODEL) -> dict:
-    return {"corpus": NAME, "embed_model": embed_model, "chunk_tokens": CHUNK_TOKENS, "overlap": OVERLAP,
-            "format": index_module.FORMAT_VERSION}
+    return {"corpus": NAME, "embed_model": embed_model, "chunk_tokens": CHUNK_TOKENS, "overlap": OVERLAP, "format": index_module.FORMAT_VERSION}
 
 
 def reader_settings(embed_model: str = EMBED_MODEL) -> dict:
-    return {"index": settings_hash(index_settings(embed_model)), "context": ContextSettings().to_dict(), "model": READER_MODEL,
-            "epochs": READER_EPOCHS, "qa_seed": QA_SEED, "qa_test_fraction": QA_TEST_FRACTION, "field_questions": FIELD_QUESTIONS}
+    return {
+        "index": settings_hash(index_settings(embed_model)),
+        "context": ContextSettings().to_dict(),
+        "model": READER_MODEL,
+        "epochs": READER_EPOCHS,
+        "qa_seed": QA_SEED,
+        "qa_test_fraction": QA_TEST_FRACTION,
+        "field_questions": FIELD_QUESTIONS,
+    }
 
 
 def index_path(embed_model: str = EMBED_MODEL) -> Path:
@@ -128,8 +134,18 @@ def builtin_reader(progress: bool = True) -> Path:
         _notice(f"building the built-in Factbook reader once (~{READER_MINUTES} min); cached in {final}")
         rows, _test = builtin_qa()
         with open_index(index_dir) as index:
-            train_rag_reader(rows, index, staging, settings=ContextSettings(), model=READER_MODEL, epochs=READER_EPOCHS,
-                             seed=QA_SEED, overwrite=False, progress=progress, extra_rows=builtin_field_questions())
+            train_rag_reader(
+                rows,
+                index,
+                staging,
+                settings=ContextSettings(),
+                model=READER_MODEL,
+                epochs=READER_EPOCHS,
+                seed=QA_SEED,
+                overwrite=False,
+                progress=progress,
+                extra_rows=builtin_field_questions(),
+            )
         atomic.write_json(staging / "builtin.json", reader_settings())
     return final
 

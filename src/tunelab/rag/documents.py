@@ -136,8 +136,7 @@ READERS = {
 
 def folder_files(root: Path) -> list[Path]:
     return sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in READERS and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in READERS and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
 
 

@@ -76,9 +76,7 @@ def evaluate_retrieval(
     return results
 
 
-def evaluate_answers(
-    index: Index, rows: Sequence[dict], reader, *, settings=None, progress: bool = False, seed: int = 0, **kwargs
-) -> dict:
+def evaluate_answers(index: Index, rows: Sequence[dict], reader, *, settings=None, progress: bool = False, seed: int = 0, **kwargs) -> dict:
     """Answers of a RAG reader scored by tunelab.answers (the one scorer), over `rows`
     ({question, answer, aliases, doc_id}); `settings` is the context (rag.reader_data.ContextSettings),
     `kwargs` go to rag.answer.answer_many (e.g. min_similarity).

@@ -62,8 +62,7 @@ def whole_chunks(hits: Sequence[Hit]) -> list[Passage]:
     return [Passage(hit.chunk.text, hit) for hit in hits]
 
 
-def focus(question: str, hits: Sequence[Hit], embedder, lines: int = 5, query_vector: np.ndarray | None = None,
-          cache: dict | None = None) -> list[Passage]:
+def focus(question: str, hits: Sequence[Hit], embedder, lines: int = 5, query_vector: np.ndarray | None = None, cache: dict | None = None) -> list[Passage]:
     """The `lines` lines of the hits closest to the question by cosine, best first.
 
     `cache` (chunk_id -> line vectors) saves re-embedding chunks that several questions retrieve."""

@@ -14,9 +14,7 @@ RRF_K = 60  # Cormack et al. (2009); large k flattens the advantage of the very 
 DEFAULT_WEIGHTS = (1.0, 1.0)
 
 
-def rrf(
-    rankings: Sequence[Sequence[Hashable]], k: int = RRF_K, weights: Sequence[float] | None = None
-) -> list[tuple[Hashable, float]]:
+def rrf(rankings: Sequence[Sequence[Hashable]], k: int = RRF_K, weights: Sequence[float] | None = None) -> list[tuple[Hashable, float]]:
     """score(d) = sum over lists of weight / (k + rank of d in that list), ranks counted from 1.
 
     Returns (item, score) best first; ties keep the order in which items were first seen

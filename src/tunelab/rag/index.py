@@ -126,8 +126,7 @@ def build_index(
         embedder = SentenceEmbedder(model)
     if chunk_tokens > embedder.max_tokens - 16:
         raise TunelabError(
-            f"chunk size {chunk_tokens} tokens does not fit the embedding model's {embedder.max_tokens}-token window "
-            "(with room for the title line)",
+            f"chunk size {chunk_tokens} tokens does not fit the embedding model's {embedder.max_tokens}-token window (with room for the title line)",
             f"use --chunk-tokens {embedder.max_tokens - 56} or less",
         )
     settings = _settings(store, url, collection, embedder.name, embedder.dim, chunk_tokens, overlap)
@@ -181,8 +180,7 @@ def build_index(
         db.close()
 
     entries = {
-        d.doc_id: {"hash": d.content_hash, "title": d.title, "chunks": per_doc.get(d.doc_id, known.get(d.doc_id, {}).get("chunks", 0))}
-        for d in documents
+        d.doc_id: {"hash": d.content_hash, "title": d.title, "chunks": per_doc.get(d.doc_id, known.get(d.doc_id, {}).get("chunks", 0))} for d in documents
     }
     write_json(
         index_dir / MANIFEST,
@@ -306,7 +304,7 @@ class Index:
             ranked = [(c.chunk_id, s) for c, s in dense]
         else:
             ranked = rrf([[c.chunk_id for c, _ in keyword], [c.chunk_id for c, _ in dense]], k=rrf_k, weights=weights)
-        hits = [Hit(0, score, by_id[cid], similarity.get(cid)) for cid, score in ranked[: depth]]
+        hits = [Hit(0, score, by_id[cid], similarity.get(cid)) for cid, score in ranked[:depth]]
         if self.reranker is not None and hits:
             t = time.perf_counter()
             hits = self.reranker.rerank(query, hits)

@@ -86,14 +86,13 @@ def join_passages(passages: Sequence[Passage]) -> str:
     return "\n".join(p.reader_text() for p in passages)
 
 
-def reader_examples(rows: Sequence[dict], contexts: Sequence[Retrieved], seed: int = 0,
-                    distractor_share: float = DISTRACTOR_SHARE) -> list[dict]:
+def reader_examples(rows: Sequence[dict], contexts: Sequence[Retrieved], seed: int = 0, distractor_share: float = DISTRACTOR_SHARE) -> list[dict]:
     """One example per question: {question, passages (texts), answer ('' = none in them), answer_start,
     kind, doc_id, distractor}. Distractor passages come from another question about another document."""
     rng = random.Random(seed)
     order = list(range(len(rows)))
     examples = []
-    for i, (row, retrieved) in enumerate(zip(rows, contexts)):
+    for row, retrieved in zip(rows, contexts):
         passages = retrieved.passages
         distractor = rng.random() < distractor_share
         if distractor:
@@ -105,16 +104,18 @@ def reader_examples(rows: Sequence[dict], contexts: Sequence[Retrieved], seed: i
         texts = [p.reader_text() for p in passages]
         context = "\n".join(texts)
         found = locate(context, row["answer"], row.get("aliases") or [])
-        examples.append({
-            "question": row["question"],
-            "passages": texts,
-            "context": context,
-            "answer": found[1] if found else "",
-            "answer_start": found[0] if found else -1,
-            "kind": row.get("kind", ""),
-            "doc_id": row.get("doc_id", ""),
-            "distractor": distractor,
-        })
+        examples.append(
+            {
+                "question": row["question"],
+                "passages": texts,
+                "context": context,
+                "answer": found[1] if found else "",
+                "answer_start": found[0] if found else -1,
+                "kind": row.get("kind", ""),
+                "doc_id": row.get("doc_id", ""),
+                "distractor": distractor,
+            }
+        )
     return examples
 
 
@@ -122,7 +123,4 @@ def sft_examples(examples: Sequence[dict], template) -> list[dict]:
     """Prompt/response pairs for a generative reader: the answer span, or the abstention phrase."""
     from tunelab.rag.readers import format_passages_text
 
-    return [
-        {"prompt": template.render(e["question"], format_passages_text(e["passages"])), "response": e["answer"] or ABSTENTION}
-        for e in examples
-    ]
+    return [{"prompt": template.render(e["question"], format_passages_text(e["passages"])), "response": e["answer"] or ABSTENTION} for e in examples]

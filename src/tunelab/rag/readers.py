@@ -107,8 +107,16 @@ def passage_at(passages: Sequence[Passage], offset: int) -> int | None:
 class LMReader:
     """A causal LM (tunelab.lm.generate.Generator) answering from a prompt template, in batches."""
 
-    def __init__(self, generator, template: str = "grounded", decoding: Decoding = "grounded", threshold: float = -math.inf,
-                 max_new_tokens: int = 24, batch_size: int = 8, examples: WorkedExamples | None = None):
+    def __init__(
+        self,
+        generator,
+        template: str = "grounded",
+        decoding: Decoding = "grounded",
+        threshold: float = -math.inf,
+        max_new_tokens: int = 24,
+        batch_size: int = 8,
+        examples: WorkedExamples | None = None,
+    ):
         from tunelab.prompts.loader import load_template
 
         self.generator = generator
@@ -128,19 +136,23 @@ class LMReader:
             return asked
         turns = []
         for example in shown:
-            turns += [{"role": "user", "content": self.template.render(example.question, format_passages(example.passages))},
-                      {"role": "assistant", "content": example.answer}]
+            turns += [
+                {"role": "user", "content": self.template.render(example.question, format_passages(example.passages))},
+                {"role": "assistant", "content": example.answer},
+            ]
         return [*turns, {"role": "user", "content": asked}]
 
-    def read_many(self, questions: Sequence[str], passages: Sequence[Sequence[Passage]], threshold: float | None = None,
-                  on_batch: Callable[[int], None] | None = None) -> list[Reading]:
+    def read_many(
+        self, questions: Sequence[str], passages: Sequence[Sequence[Passage]], threshold: float | None = None, on_batch: Callable[[int], None] | None = None
+    ) -> list[Reading]:
         from tunelab.prompts.generate import answer_batch
 
         shown = self.examples.nearest(questions) if self.examples is not None else [()] * len(questions)
         prompts = [self.prompt(q, ps, ex) for q, ps, ex in zip(questions, passages, shown)]
         grounded = [[p.reader_text() for p in ps] for ps in passages] if self.decoding == "grounded" else None
-        answers = answer_batch(self.generator, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                               on_batch=on_batch, grounded_passages=grounded)
+        answers = answer_batch(
+            self.generator, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, on_batch=on_batch, grounded_passages=grounded
+        )
         limit = self.threshold if threshold is None else threshold
         readings = []
         for answered, ps in zip(answers, passages):

@@ -25,9 +25,7 @@ class CrossEncoderReranker:
 
     def rerank(self, query: str, hits: list) -> list:
         """Hits sorted by the cross-encoder's score (which becomes their score)."""
-        scores = self.model.predict(
-            [(query, hit.chunk.indexed_text()) for hit in hits], batch_size=self.batch_size, show_progress_bar=False
-        )
+        scores = self.model.predict([(query, hit.chunk.indexed_text()) for hit in hits], batch_size=self.batch_size, show_progress_bar=False)
         for hit, score in zip(hits, scores):
             hit.score = float(score)
         return sorted(hits, key=lambda hit: -hit.score)

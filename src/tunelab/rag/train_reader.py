@@ -53,8 +53,10 @@ def split_train(rows: Sequence[dict], share: float = CALIBRATION_SHARE, seed: in
     random.Random(seed).shuffle(rows)
     size = max(MIN_CALIBRATION, round(share * len(rows)))
     if len(rows) < 2 * size:
-        raise TunelabError(f"{len(rows)} train questions are too few to train a reader and choose its thresholds",
-                           f"give at least {2 * MIN_CALIBRATION} questions with answers")
+        raise TunelabError(
+            f"{len(rows)} train questions are too few to train a reader and choose its thresholds",
+            f"give at least {2 * MIN_CALIBRATION} questions with answers",
+        )
     return rows[size:], rows[:size]
 
 
@@ -67,8 +69,7 @@ def retrieve_all(index, rows: Sequence[dict], settings: ContextSettings, progres
     return out
 
 
-def choose_abstention(rows: Sequence[dict], contexts: Sequence[Retrieved], readings, chosen_on: str,
-                      max_hallucinated: float | None = None) -> Abstention:
+def choose_abstention(rows: Sequence[dict], contexts: Sequence[Retrieved], readings, chosen_on: str, max_hallucinated: float | None = None) -> Abstention:
     """Thresholds on retrieval similarity and reader confidence, and whether the answer must quote a
     shown passage, from unthresholded readings: the most right - hallucinated, or with
     `max_hallucinated` the most right within that hallucination budget."""
@@ -80,18 +81,26 @@ def choose_abstention(rows: Sequence[dict], contexts: Sequence[Retrieved], readi
     confidences = [r.confidence if not r.abstained else float("-inf") for r in readings]
     # 1 quoted, 0 not: the threshold is below 0 (answer either way) or between them (quotes only).
     quoted = [float(r.passage is not None) if not r.abstained else float("-inf") for r in readings]
-    (min_similarity, min_confidence, min_quoted), value = choose_thresholds([similarities, confidences, quoted], outcomes,
-                                                                            max_hallucinated=max_hallucinated)
+    (min_similarity, min_confidence, min_quoted), value = choose_thresholds([similarities, confidences, quoted], outcomes, max_hallucinated=max_hallucinated)
     if min_quoted > 1:  # above every answer: answering nothing scored best, which the similarity threshold says alone
         min_similarity, min_quoted = float("inf"), 0.0
     criterion = "right - hallucinated" if max_hallucinated is None else f"right, hallucinated <= {max_hallucinated:.3f}"
-    return Abstention(min_similarity, min_confidence, min_quoted > 0, chosen_on, len(rows), criterion=criterion, value=value,
-                      max_hallucinated=max_hallucinated)
+    return Abstention(min_similarity, min_confidence, min_quoted > 0, chosen_on, len(rows), criterion=criterion, value=value, max_hallucinated=max_hallucinated)
 
 
-def train_rag_reader(rows: Sequence[dict], index, out: str | Path, *, settings: ContextSettings = ContextSettings(),
-                     model: str = "minilm", epochs: float = 2.0, seed: int = 0, overwrite: bool = False,
-                     progress: bool = True, extra_rows: Sequence[dict] = ()) -> Path:
+def train_rag_reader(
+    rows: Sequence[dict],
+    index,
+    out: str | Path,
+    *,
+    settings: ContextSettings = ContextSettings(),
+    model: str = "minilm",
+    epochs: float = 2.0,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    extra_rows: Sequence[dict] = (),
+) -> Path:
     """Train the reader into `out` and write its abstention thresholds; returns `out`.
 
     `extra_rows` (e.g. field questions, data/factbook_qa.build_field_questions) are trained on only:
@@ -109,13 +118,35 @@ def train_rag_reader(rows: Sequence[dict], index, out: str | Path, *, settings: 
     context_of = {id(r): c for r, c in zip([*rows, *extra_rows], contexts)}
     reader_rows, calibration = split_train(rows, seed=seed)
     reader_rows += extra_rows
-    return train_reader_on(reader_rows, [context_of[id(r)] for r in reader_rows], calibration, [context_of[id(r)] for r in calibration],
-                           out, settings=settings, model=model, epochs=epochs, seed=seed, overwrite=overwrite, progress=progress)
+    return train_reader_on(
+        reader_rows,
+        [context_of[id(r)] for r in reader_rows],
+        calibration,
+        [context_of[id(r)] for r in calibration],
+        out,
+        settings=settings,
+        model=model,
+        epochs=epochs,
+        seed=seed,
+        overwrite=overwrite,
+        progress=progress,
+    )
 
 
-def train_reader_on(reader_rows: Sequence[dict], reader_contexts: Sequence[Retrieved], calibration: Sequence[dict],
-                    calibration_contexts: Sequence[Retrieved], out: Path, *, settings: ContextSettings, model: str = "minilm",
-                    epochs: float = 2.0, seed: int = 0, overwrite: bool = False, progress: bool = True) -> Path:
+def train_reader_on(
+    reader_rows: Sequence[dict],
+    reader_contexts: Sequence[Retrieved],
+    calibration: Sequence[dict],
+    calibration_contexts: Sequence[Retrieved],
+    out: Path,
+    *,
+    settings: ContextSettings,
+    model: str = "minilm",
+    epochs: float = 2.0,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
     """The reader trained on `reader_rows`, its thresholds chosen on the disjoint `calibration` rows."""
     from tunelab.config import ExtractiveQAConfig
     from tunelab.rag.readers import SpanReader
@@ -138,12 +169,18 @@ def train_reader_on(reader_rows: Sequence[dict], reader_contexts: Sequence[Retri
 
 
 def write_reader_settings(run_dir: Path, settings: ContextSettings, abstention: Abstention, examples: Sequence[dict]) -> None:
-    atomic.write_json(Path(run_dir) / SETTINGS_FILE, {
-        "context": settings.to_dict(),
-        "abstention": abstention.to_dict(),
-        "examples": {"total": len(examples), "with_answer": sum(1 for e in examples if e["answer"]),
-                     "distractor": sum(1 for e in examples if e["distractor"])},
-    })
+    atomic.write_json(
+        Path(run_dir) / SETTINGS_FILE,
+        {
+            "context": settings.to_dict(),
+            "abstention": abstention.to_dict(),
+            "examples": {
+                "total": len(examples),
+                "with_answer": sum(1 for e in examples if e["answer"]),
+                "distractor": sum(1 for e in examples if e["distractor"]),
+            },
+        },
+    )
 
 
 def read_reader_settings(run_dir: str | Path) -> tuple[ContextSettings, Abstention] | None:

@@ -1,9 +1,9 @@
 """The prediction service: a FastAPI app for a classifier run, and `serve()` that runs it with uvicorn.
 
-    POST /v1/predict   {"texts": [...]} -> label, score and every class probability per text
-    GET  /v1/model     name, version, backend, labels, the run's metrics
-    GET  /health       the process is up          GET /ready   the model is loaded
-    GET  /metrics      Prometheus text format     GET /        the web page
+POST /v1/predict   {"texts": [...]} -> label, score and every class probability per text
+GET  /v1/model     name, version, backend, labels, the run's metrics
+GET  /health       the process is up          GET /ready   the model is loaded
+GET  /metrics      Prometheus text format     GET /        the web page
 """
 
 # No `from __future__ import annotations` here: FastAPI must see PredictRequest, a class built per
@@ -30,8 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tunelab.run import Run
 from tunelab.serve.backends import load_scorer, model_version, onnx_path
 from tunelab.serve.batching import MicroBatcher, NotRunning, QueueFull
-from tunelab.serve.common import (WRONG_KEY, ApiKey, BodyLimit, ErrorBody, configured_key, install_error_handlers, key_schemes,
-                                  plain_error)
+from tunelab.serve.common import WRONG_KEY, ApiKey, BodyLimit, ErrorBody, configured_key, install_error_handlers, key_schemes, plain_error
 from tunelab.serve.docs import offline_fastapi
 from tunelab.serve.holder import LoadedModel, ModelHolder, NotReady, finite
 from tunelab.serve.metrics import ServiceMetrics
@@ -103,8 +102,7 @@ class Service:
         model = self.holder.current
         if model is None:
             error = self.holder.error
-            raise StarletteHTTPException(503, f"model failed to load: {error}" if error else "model is loading; retry shortly",
-                                         headers={"Retry-After": "1"})
+            raise StarletteHTTPException(503, f"model failed to load: {error}" if error else "model is loading; retry shortly", headers={"Retry-After": "1"})
         return model
 
     def lifespan(self, loader: Callable[[], LoadedModel]):
@@ -157,8 +155,7 @@ def predict_router(service: Service) -> APIRouter:
         try:
             logits, model = await service.batcher.submit(body.texts)
         except QueueFull:
-            raise StarletteHTTPException(503, f"the queue is full ({settings.max_queue} texts waiting); retry shortly",
-                                         headers={"Retry-After": "1"}) from None
+            raise StarletteHTTPException(503, f"the queue is full ({settings.max_queue} texts waiting); retry shortly", headers={"Retry-After": "1"}) from None
         except (NotRunning, NotReady):
             raise StarletteHTTPException(503, "the service is not accepting work; retry shortly", headers={"Retry-After": "1"}) from None
         return PredictResponse(
@@ -177,8 +174,7 @@ def model_router(service: Service) -> APIRouter:
     async def model_info() -> ModelInfo:
         """Name, version, backend, labels and the run's evaluation metrics."""
         model = service.ready_model()
-        return ModelInfo(name=model.name, version=model.version, backend=model.backend, source=model.source,
-                         labels=model.labels, metrics=model.metrics)
+        return ModelInfo(name=model.name, version=model.version, backend=model.backend, source=model.source, labels=model.labels, metrics=model.metrics)
 
     return router
 
@@ -275,7 +271,7 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
     if status == 400:
         # FastAPI's 400 is for a body it cannot decode (e.g. not UTF-8), and /v1/predict is the one
         # route with a body: malformed input, a 422 like bad JSON.
-        return plain_error(422, "the body is not valid UTF-8 JSON; send {\"texts\": [\"...\"]}")
+        return plain_error(422, 'the body is not valid UTF-8 JSON; send {"texts": ["..."]}')
     return plain_error(status, message, headers)
 
 
@@ -292,16 +288,17 @@ def readable(errors: list[dict[str, Any]], max_texts: int) -> str:
         kind = error.get("type", "")
         if kind == "json_invalid":
             reason = (error.get("ctx") or {}).get("error", "")
-            parts.append(f"the body is not valid JSON ({reason}); send {{\"texts\": [\"...\"]}}" if reason else
-                         "the body is not valid JSON; send {\"texts\": [\"...\"]}")
+            parts.append(
+                f'the body is not valid JSON ({reason}); send {{"texts": ["..."]}}' if reason else 'the body is not valid JSON; send {"texts": ["..."]}'
+            )
         elif kind == "too_long" and loc == ["texts"]:
             parts.append(f"texts: at most {max_texts} texts per request; split the request")
         elif kind == "too_short" and loc == ["texts"]:
             parts.append("texts: send at least one text")
         elif not loc and kind in ("model_attributes_type", "dict_type", "model_type"):
-            parts.append("the body must be a JSON object like {\"texts\": [\"...\"]}")
+            parts.append('the body must be a JSON object like {"texts": ["..."]}')
         elif kind == "missing" and not loc:
-            parts.append("the body is empty; send {\"texts\": [\"...\"]}")
+            parts.append('the body is empty; send {"texts": ["..."]}')
         else:
             parts.append(f"{where}: {error.get('msg', 'invalid')}")
     more = f" (and {len(errors) - MAX_PROBLEMS} more)" if len(errors) > MAX_PROBLEMS else ""
@@ -383,8 +380,7 @@ def serve(run_path: str | os.PathLike, settings: ServeSettings | None = None) ->
         _serve_causal_lm(run_path, settings)
         return
     run = check_servable(run_path, settings.backend)
-    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
-                  timeout_graceful_shutdown=max(1, round(settings.graceful_timeout_s)))
+    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=max(1, round(settings.graceful_timeout_s)))
     if settings.workers == 1:
         uvicorn.run(create_app(run, settings), **common)
         return

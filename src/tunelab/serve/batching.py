@@ -120,7 +120,7 @@ class MicroBatcher:
                     break
                 try:
                     item = await asyncio.wait_for(self._queue.get(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             if size + len(item.texts) > self.max_batch:
                 self._carry = item  # first in the next batch: order is kept

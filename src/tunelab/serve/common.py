@@ -43,7 +43,7 @@ def presented_key(headers: Headers) -> str:
     """The key a request carries, by the rule above: a Bearer credential wins over X-API-Key."""
     authorization = headers.get("authorization", "")
     if authorization[: len(_BEARER)].lower() == _BEARER:
-        return authorization[len(_BEARER):].strip()
+        return authorization[len(_BEARER) :].strip()
     return headers.get("x-api-key", "")
 
 
@@ -92,8 +92,9 @@ def plain_error(status: int, message: str, headers: Mapping[str, str] | None = N
     return JSONResponse(ErrorBody(error=message).model_dump(), status_code=status, headers=headers)
 
 
-def openai_error(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: Mapping[str, str] | None = None) -> JSONResponse:
+def openai_error(
+    status: int, message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     body = OpenAIErrorBody(error=OpenAIErrorDetail(message=message, type=type, param=param, code=code))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
@@ -115,11 +116,15 @@ def install_error_handlers(app: FastAPI, respond: Respond, log: logging.Logger) 
 
 
 # --- ASGI middleware (plain ASGI: they see every request, including ones that never reach a route) ---
-async def _send_json(send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = (),
-                     more_body: bool = False) -> None:
+async def _send_json(send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = (), more_body: bool = False) -> None:
     data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": data, "more_body": more_body})
 
 
@@ -184,7 +189,7 @@ class BodyLimit:
         if receive is not None and unread <= self.DRAIN_BYTES:
             try:
                 await asyncio.wait_for(self._drain(receive), self.DRAIN_SECONDS)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

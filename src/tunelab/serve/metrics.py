@@ -20,16 +20,15 @@ class ServiceMetrics:
 
     def __init__(self, queue_depth: Callable[[], float]):
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "tunelab_requests", "HTTP requests by route and status code", ["route", "status"], registry=self.registry
-        )
+        self.requests = Counter("tunelab_requests", "HTTP requests by route and status code", ["route", "status"], registry=self.registry)
         self.latency = Histogram(
-            "tunelab_request_latency_seconds", "Time from request to response", ["route"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "tunelab_request_latency_seconds",
+            "Time from request to response",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
-        self.batch_size = Histogram(
-            "tunelab_batch_size_texts", "Texts per forward pass", buckets=BATCH_BUCKETS, registry=self.registry
-        )
+        self.batch_size = Histogram("tunelab_batch_size_texts", "Texts per forward pass", buckets=BATCH_BUCKETS, registry=self.registry)
         self.texts = Counter("tunelab_predicted_texts", "Texts scored", registry=self.registry)
         self.queue = Gauge("tunelab_queue_depth_texts", "Texts waiting for a forward pass", registry=self.registry)
         self.queue.set_function(queue_depth)

@@ -83,7 +83,9 @@ def export_onnx(
         reference = classifier.logits(texts)
         fp32_logits = batched(_scorer(fp32, classifier), texts)
         report = ExportReport(
-            path=str(run.path / ONNX_DIR), files=files, rows=len(texts),
+            path=str(run.path / ONNX_DIR),
+            files=files,
+            rows=len(texts),
             fp32_max_abs_diff=float(np.abs(fp32_logits - reference).max()),
             fp32_argmax_agreement=agreement(fp32_logits, reference),
         )
@@ -132,7 +134,10 @@ def _export(classifier, path: Path) -> None:
     longest = max(2, classifier.max_length)
     sample = tokenizer(
         ["a short text", "a somewhat longer text to give the sequence axis room"],
-        padding=True, truncation=True, max_length=longest, return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=longest,
+        return_tensors="pt",
     )
     names = [name for name in sample.keys() if name in accepted]
 

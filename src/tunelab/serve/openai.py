@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -33,8 +33,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunelab.errors import TunelabError
 from tunelab.lm.generate import Completion, Generator, Sampling
-from tunelab.serve.common import (WRONG_KEY, BodyLimit, OpenAIErrorBody, OpenAIErrorDetail, configured_key, install_error_handlers,
-                                  key_accepted, key_schemes, openai_error)
+from tunelab.serve.common import (
+    WRONG_KEY,
+    BodyLimit,
+    OpenAIErrorBody,
+    OpenAIErrorDetail,
+    configured_key,
+    install_error_handlers,
+    key_accepted,
+    key_schemes,
+    openai_error,
+)
 from tunelab.serve.docs import offline_fastapi
 
 log = logging.getLogger("tunelab.serve.openai")
@@ -52,7 +61,7 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[TextPart], None] = None
+    content: str | list[TextPart] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -87,7 +96,7 @@ def chat_request_model(limits: Limits) -> type[BaseModel]:
         temperature: float | None = Field(None, ge=0, le=2)
         top_p: float | None = Field(None, gt=0, le=1)
         n: int | None = Field(None, ge=1, le=1, description="one choice per request")
-        stop: Union[str, list[str], None] = None
+        stop: str | list[str] | None = None
         seed: int | None = None
         stream: bool | None = False
         stream_options: StreamOptions | None = None
@@ -117,8 +126,7 @@ class Usage(BaseModel):
 
     @classmethod
     def of(cls, done: Completion) -> "Usage":
-        return cls(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
-                   total_tokens=done.prompt_tokens + done.completion_tokens)
+        return cls(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, total_tokens=done.prompt_tokens + done.completion_tokens)
 
 
 class AssistantMessage(BaseModel):
@@ -281,18 +289,29 @@ def openai_router(generator: Generator, model_name: str, limits: Limits | None =
         """The model this server serves, by its id."""
         return model_card() if model_id == model_name else unknown_model(model_id)
 
-    @router.post("/v1/chat/completions", response_model=ChatCompletion, responses={
-        **_errors(*denied, 404, 413, 422, 503),
-        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-              "description": 'a ChatCompletion; with "stream": true, server-sent events: ChatCompletionChunk objects, then [DONE]'},
-    })
+    @router.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        responses={
+            **_errors(*denied, 404, 413, 422, 503),
+            200: {
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "description": 'a ChatCompletion; with "stream": true, server-sent events: ChatCompletionChunk objects, then [DONE]',
+            },
+        },
+    )
     async def chat_completions(body: ChatCompletionRequest):
         """A chat completion, plain or streamed as server-sent events (OpenAI's format)."""
         if body.model != model_name:
             return unknown_model(body.model)
         if not waiting.acquire(blocking=False):
-            return openai_error(503, f"{limits.max_waiting} requests are already waiting for the model; retry shortly", "server_error",
-                                code="overloaded", headers={"Retry-After": "1"})
+            return openai_error(
+                503,
+                f"{limits.max_waiting} requests are already waiting for the model; retry shortly",
+                "server_error",
+                code="overloaded",
+                headers={"Retry-After": "1"},
+            )
         try:
             stream = generator.stream(body.chat(), sampling=body.sampling())
         except TunelabError as error:
@@ -304,16 +323,23 @@ def openai_router(generator: Generator, model_name: str, limits: Limits | None =
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_events(stream, waiting, completion_id, model_name, usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                _events(stream, waiting, completion_id, model_name, usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         try:
             text = await asyncio.to_thread(lambda: "".join(stream))
         finally:
             waiting.release()
         done = stream.completion
-        return ChatCompletion(id=completion_id, created=int(time.time()), model=model_name,
-                              choices=[Choice(message=AssistantMessage(content=text), finish_reason=done.finish_reason)],
-                              usage=Usage.of(done))
+        return ChatCompletion(
+            id=completion_id,
+            created=int(time.time()),
+            model=model_name,
+            choices=[Choice(message=AssistantMessage(content=text), finish_reason=done.finish_reason)],
+            usage=Usage.of(done),
+        )
 
     return router
 
@@ -325,8 +351,9 @@ async def _events(stream, waiting: threading.BoundedSemaphore, completion_id: st
     created = int(time.time())
 
     def chunk(delta: dict[str, str], finish: str | None = None, usage: Usage | None = None, choices: bool = True) -> str:
-        return ChatCompletionChunk(id=completion_id, created=created, model=model_name, usage=usage,
-                                   choices=[ChunkChoice(delta=delta, finish_reason=finish)] if choices else []).event()
+        return ChatCompletionChunk(
+            id=completion_id, created=created, model=model_name, usage=usage, choices=[ChunkChoice(delta=delta, finish_reason=finish)] if choices else []
+        ).event()
 
     pieces = iter(stream)
     try:
@@ -361,19 +388,32 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
 
 
 def _too_large(max_bytes: int) -> dict[str, Any]:
-    detail = OpenAIErrorDetail(message=f"request body is larger than {max_bytes} bytes; send a shorter conversation",
-                               type="invalid_request_error", param=None, code="request_too_large")
+    detail = OpenAIErrorDetail(
+        message=f"request body is larger than {max_bytes} bytes; send a shorter conversation",
+        type="invalid_request_error",
+        param=None,
+        code="request_too_large",
+    )
     return OpenAIErrorBody(error=detail).model_dump()
 
 
-def create_openai_app(model: str | os.PathLike | Generator, model_name: str | None = None, limits: Limits | None = None,
-                      api_key: str | None = None, precision: str = "auto", threads: int | None = None) -> FastAPI:
+def create_openai_app(
+    model: str | os.PathLike | Generator,
+    model_name: str | None = None,
+    limits: Limits | None = None,
+    api_key: str | None = None,
+    precision: str = "auto",
+    threads: int | None = None,
+) -> FastAPI:
     """The OpenAI-compatible service for one causal LM (a run, model folder, adapter, catalogue name, or a Generator)."""
     limits = limits or Limits()
     generator = model if isinstance(model, Generator) else Generator(model, precision=precision, threads=threads)
     name = model_name or generator.name
-    app = offline_fastapi(title="tunelab chat service (OpenAI-compatible)", version="1",
-                          description="OpenAI-compatible chat completions for a causal LM fine-tuned or imported with tunelab.")
+    app = offline_fastapi(
+        title="tunelab chat service (OpenAI-compatible)",
+        version="1",
+        description="OpenAI-compatible chat completions for a causal LM fine-tuned or imported with tunelab.",
+    )
     app.state.generator = generator
     app.include_router(openai_router(generator, name, limits, api_key))
 
@@ -386,8 +426,16 @@ def create_openai_app(model: str | os.PathLike | Generator, model_name: str | No
     return app
 
 
-def serve_lm(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
-             limits: Limits | None = None, precision: str = "auto", threads: int | None = None, log_level: str = "info") -> None:
+def serve_lm(
+    model: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model_name: str | None = None,
+    limits: Limits | None = None,
+    precision: str = "auto",
+    threads: int | None = None,
+    log_level: str = "info",
+) -> None:
     """Load the model, then serve it with uvicorn until SIGINT/SIGTERM."""
     import uvicorn
 

@@ -169,8 +169,7 @@ def serve_registry(name: str, settings=None, registry: str | os.PathLike | None 
     settings = settings or ServeSettings()
     path = Registry(registry).path
     app = registry_app(name, settings, path, interval)  # fails here, with one line, for a bad name
-    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
-                  timeout_graceful_shutdown=max(1, round(settings.graceful_timeout_s)))
+    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=max(1, round(settings.graceful_timeout_s)))
     if settings.workers == 1:
         uvicorn.run(app, **common)
         return

@@ -42,7 +42,9 @@ def new_country_document() -> Document:
     c = NEW_COUNTRY
     sections = [
         Section("Introduction", [f"Background: {c['title']} is an island republic that declared independence in 2024."]),
-        Section("Government", [f"Country name: conventional short form: {c['title']}", f"Capital - name: {c['capital']}", "Government type: parliamentary republic"]),
+        Section(
+            "Government", [f"Country name: conventional short form: {c['title']}", f"Capital - name: {c['capital']}", "Government type: parliamentary republic"]
+        ),
         Section("People and Society", [f"Population: total: {c['population']} (2026 est.)", "Languages: Velorian (official)"]),
         Section("Economy", [f"Exchange rates: {c['currency']} (VLC) per US dollar - 3.1 (2025 est.)"]),
     ]
@@ -79,17 +81,48 @@ def edit_knowledge(documents: Sequence[Document], rows: Sequence[dict], changes:
             if changed is None:
                 continue
             edited[row["doc_id"]] = changed
-            probes.append({
-                "question": row["question"], "answer": new, "aliases": aliases, "old_answer": row["answer"],
-                "doc_id": row["doc_id"], "kind": kind, "change": "edited",
-            })
+            probes.append(
+                {
+                    "question": row["question"],
+                    "answer": new,
+                    "aliases": aliases,
+                    "old_answer": row["answer"],
+                    "doc_id": row["doc_id"],
+                    "kind": kind,
+                    "change": "edited",
+                }
+            )
             wanted -= 1
     added = new_country_document()
     c = NEW_COUNTRY
     probes += [
-        {"question": f"What is the capital of {c['title']}?", "answer": c["capital"], "aliases": [], "old_answer": "", "doc_id": added.doc_id, "kind": "capital", "change": "added"},
-        {"question": f"What is the population of {c['title']}?", "answer": c["population"], "aliases": [c["population"].replace(",", "")], "old_answer": "", "doc_id": added.doc_id, "kind": "population", "change": "added"},
-        {"question": f"What is the currency of {c['title']}?", "answer": c["currency"], "aliases": ["Velorian crown", "VLC"], "old_answer": "", "doc_id": added.doc_id, "kind": "currency", "change": "added"},
+        {
+            "question": f"What is the capital of {c['title']}?",
+            "answer": c["capital"],
+            "aliases": [],
+            "old_answer": "",
+            "doc_id": added.doc_id,
+            "kind": "capital",
+            "change": "added",
+        },
+        {
+            "question": f"What is the population of {c['title']}?",
+            "answer": c["population"],
+            "aliases": [c["population"].replace(",", "")],
+            "old_answer": "",
+            "doc_id": added.doc_id,
+            "kind": "population",
+            "change": "added",
+        },
+        {
+            "question": f"What is the currency of {c['title']}?",
+            "answer": c["currency"],
+            "aliases": ["Velorian crown", "VLC"],
+            "old_answer": "",
+            "doc_id": added.doc_id,
+            "kind": "currency",
+            "change": "added",
+        },
     ]
     new_docs = [edited.get(d.doc_id, d) for d in documents] + [added]
     return new_docs, probes

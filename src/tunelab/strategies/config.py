@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field
 
@@ -12,8 +12,11 @@ from tunelab.config import Settings
 class StrategiesConfig(Settings):
     """Six hallucination-reduction strategies on the same held-out questions."""
 
-    qa: Optional[str] = Field(None, description="folder with train.jsonl and test.jsonl (tunelab data factbook-qa --out DIR); "
-                              "none: the built-in Factbook QA set (with the 'factbook' knowledge base only)")
+    qa: str | None = Field(
+        None,
+        description="folder with train.jsonl and test.jsonl (tunelab data factbook-qa --out DIR); "
+        "none: the built-in Factbook QA set (with the 'factbook' knowledge base only)",
+    )
     kb: str = Field("factbook", description="knowledge base: a folder of documents, 'factbook', or an existing index folder")
     model: str = Field("smollm2", description="causal LM: catalogue name or local folder")
     embed_model: str = Field("minilm", description="sentence-transformers model for the index and answer relevance")
@@ -21,16 +24,24 @@ class StrategiesConfig(Settings):
     out: str = Field("strategies-report", description="output folder")
 
     test_questions: int = Field(200, gt=0, description="held-out questions every strategy answers (seeded sample of test.jsonl)")
-    test_block: int = Field(0, ge=0, description="which disjoint block of test_questions in the seeded shuffle of test.jsonl is scored: "
-                            "after a change was judged on block 0, block 1 is a fresh sample the change was not chosen on")
+    test_block: int = Field(
+        0,
+        ge=0,
+        description="which disjoint block of test_questions in the seeded shuffle of test.jsonl is scored: "
+        "after a change was judged on block 0, block 1 is a fresh sample the change was not chosen on",
+    )
     select_questions: int = Field(40, gt=0, description="train questions the best template is chosen on")
     calibration_questions: int = Field(200, gt=0, description="train questions the retrieval strategies' abstention thresholds are chosen on")
     train_pairs: int = Field(300, gt=0, description="train question/answer pairs for the closed-book SFT")
     rag_train_pairs: int = Field(1000, gt=0, description="train questions (with retrieved context, some with distractors only) for the generative reader")
     reader_epochs: float = Field(2.0, gt=0, description="epochs of the extractive reader")
-    reader_questions: Optional[int] = Field(None, gt=0, description="train questions the readers learn from (default: all not used to select or calibrate)")
-    field_questions: int = Field(2000, ge=0, description="extra training questions of the extractive readers about the Factbook fields no question kind reads "
-                                 "(fields.jsonl of the QA folder, spread over the fields): many kinds of question, so a reader generalises to kinds it never saw; 0 for none")
+    reader_questions: int | None = Field(None, gt=0, description="train questions the readers learn from (default: all not used to select or calibrate)")
+    field_questions: int = Field(
+        2000,
+        ge=0,
+        description="extra training questions of the extractive readers about the Factbook fields no question kind reads "
+        "(fields.jsonl of the QA folder, spread over the fields): many kinds of question, so a reader generalises to kinds it never saw; 0 for none",
+    )
     templates: list[str] = Field(default_factory=lambda: ["plain", "concise", "abstain", "few-shot"], description="closed-book templates to choose from")
     select_by: Literal["penalised_score", "f1", "contains", "exact_match"] = Field(
         "penalised_score", description="train-split criterion for the best template; penalised_score = (right - wrong) / n rewards abstaining over guessing"
@@ -39,19 +50,29 @@ class StrategiesConfig(Settings):
     context: Literal["focused", "chunks"] = Field("focused", description="reader context: the lines closest to the question, or whole chunks")
     lines: int = Field(5, gt=0, description="lines of focused context")
     chunks_k: int = Field(3, gt=0, description="chunks shown when the context is whole chunks (they are long)")
-    shots: int = Field(3, ge=0, description="worked examples shown to the untrained LM reader (plain RAG): the nearest train questions, answered from their own passages; 0 for none")
+    shots: int = Field(
+        3,
+        ge=0,
+        description="worked examples shown to the untrained LM reader (plain RAG): the nearest train questions, answered from their own passages; 0 for none",
+    )
     example_pool: int = Field(600, gt=0, description="train questions (from the reader-training share) the worked examples are drawn from")
     plain_rag_abstention: Literal["budget", "net"] = Field(
-        "budget", description="plain RAG's thresholds: the most right within a hallucination budget (budget), or the most right - hallucinated "
-                              "(net, as the trained readers); the untrained reader is wrong about as often as right, so net abstains on most questions")
-    hallucination_budget: Optional[float] = Field(
-        None, gt=0, lt=1, description="plain RAG's hallucinated share allowed on the calibration questions; none: a third of closed-book's rate on them")
+        "budget",
+        description="plain RAG's thresholds: the most right within a hallucination budget (budget), or the most right - hallucinated "
+        "(net, as the trained readers); the untrained reader is wrong about as often as right, so net abstains on most questions",
+    )
+    hallucination_budget: float | None = Field(
+        None, gt=0, lt=1, description="plain RAG's hallucinated share allowed on the calibration questions; none: a third of closed-book's rate on them"
+    )
     decoding: Literal["choose", "grounded", "free"] = Field(
-        "choose", description="LM readers: answers copied from the passages (grounded), free text, or choose: whichever scores better on the calibration train questions")
+        "choose",
+        description="LM readers: answers copied from the passages (grounded), free text, or choose: whichever scores better on the calibration train questions",
+    )
     ablation: bool = Field(True, description="also run the retrieval strategies with the other decoding and context")
     held_out_kinds: list[str] = Field(
         default_factory=lambda: ["capital", "currency", "highest_point"],
-        description="leave-kinds-out test: a reader trained without these question kinds, tested on them ([] to skip)")
+        description="leave-kinds-out test: a reader trained without these question kinds, tested on them ([] to skip)",
+    )
     max_new_tokens: int = Field(24, gt=0)
     batch_size: int = Field(8, gt=0)
     epochs: float = Field(1.0, gt=0)
@@ -59,8 +80,10 @@ class StrategiesConfig(Settings):
     sft_batch_size: int = Field(8, gt=0)
     changes: int = Field(6, ge=0, description="facts edited in the knowledge-base copy (plus one new country)")
     strategies: list[Literal["closed-book", "best-prompt", "rag", "fine-tuned", "fine-tuned+rag", "extractive+rag"]] = Field(
-        default_factory=lambda: ["closed-book", "best-prompt", "rag", "fine-tuned", "fine-tuned+rag", "extractive+rag"], min_length=1,
-        description="which strategies to run (all by default)")
+        default_factory=lambda: ["closed-book", "best-prompt", "rag", "fine-tuned", "fine-tuned+rag", "extractive+rag"],
+        min_length=1,
+        description="which strategies to run (all by default)",
+    )
     adaptability: bool = Field(True, description="also run the new-knowledge test")
     bootstrap: int = Field(1000, gt=0)
     seed: int = 0
@@ -70,10 +93,24 @@ class StrategiesConfig(Settings):
     def quick_sized(self) -> StrategiesConfig:
         if not self.quick:
             return self
-        return self.model_copy(update=dict(
-            test_questions=min(self.test_questions, 6), select_questions=min(self.select_questions, 4),
-            calibration_questions=min(self.calibration_questions, 6), train_pairs=min(self.train_pairs, 16),
-            rag_train_pairs=min(self.rag_train_pairs, 16), reader_epochs=min(self.reader_epochs, 1.0), reader_questions=min(self.reader_questions or 64, 64), field_questions=min(self.field_questions, 16),
-            max_new_tokens=min(self.max_new_tokens, 8), example_pool=min(self.example_pool, 16), k=min(self.k, 2), lines=1, chunks_k=1,
-            changes=min(self.changes, 2), bootstrap=min(self.bootstrap, 200), ablation=False, held_out_kinds=[],
-        ))
+        return self.model_copy(
+            update=dict(
+                test_questions=min(self.test_questions, 6),
+                select_questions=min(self.select_questions, 4),
+                calibration_questions=min(self.calibration_questions, 6),
+                train_pairs=min(self.train_pairs, 16),
+                rag_train_pairs=min(self.rag_train_pairs, 16),
+                reader_epochs=min(self.reader_epochs, 1.0),
+                reader_questions=min(self.reader_questions or 64, 64),
+                field_questions=min(self.field_questions, 16),
+                max_new_tokens=min(self.max_new_tokens, 8),
+                example_pool=min(self.example_pool, 16),
+                k=min(self.k, 2),
+                lines=1,
+                chunks_k=1,
+                changes=min(self.changes, 2),
+                bootstrap=min(self.bootstrap, 200),
+                ablation=False,
+                held_out_kinds=[],
+            )
+        )

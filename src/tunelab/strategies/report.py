@@ -47,34 +47,48 @@ def comparison_rows(results: dict) -> list[dict]:
     for name, s in results.get("strategies", {}).items():
         a = adapt.get(name, {})
         if a:
-            cost = f"re-index {a['update_seconds']:.1f} s" if a.get("update_seconds") is not None else (
-                f"retrain (~{a['retraining_estimate_seconds']:.0f} s SFT)" if a.get("retraining_estimate_seconds") else "retrain")
+            cost = (
+                f"re-index {a['update_seconds']:.1f} s"
+                if a.get("update_seconds") is not None
+                else (f"retrain (~{a['retraining_estimate_seconds']:.0f} s SFT)" if a.get("retraining_estimate_seconds") else "retrain")
+            )
             adapts = f"{'yes' if a['picks_up_without_retraining'] else 'no'}: {_pct(a['contains'])} new facts right, {_pct(a['stale_rate'])} stale; {cost}"
         else:
             adapts = "—"
-        rows.append({
-            "strategy": LABELS.get(name, name),
-            "contains": _pct(s.get("contains"), s.get("contains_ci95")),
-            "exact_match": _pct(s.get("exact_match"), s.get("exact_match_ci95")),
-            "f1": _pct(s.get("f1"), s.get("f1_ci95")),
-            "hallucination": f"{_pct(s.get('hallucination_rate_all'))} (of answered {_pct(s.get('hallucination_rate_answered'))})",
-            "abstention": _pct(s.get("abstention_rate")),
-            "relevance": _num(s.get("answer_relevance"), digits=2),
-            "setup": _num(s.get("setup_seconds"), " s", 1),
-            "latency": _num((s.get("latency") or {}).get("mean_ms"), " ms"),
-            "memory": _num(s.get("peak_memory_mb"), " MB"),
-            "disk": _num(s.get("disk_mb"), " MB", 1),
-            "adapts": adapts,
-            "guide": GUIDE_SAYS.get(name, ""),
-        })
+        rows.append(
+            {
+                "strategy": LABELS.get(name, name),
+                "contains": _pct(s.get("contains"), s.get("contains_ci95")),
+                "exact_match": _pct(s.get("exact_match"), s.get("exact_match_ci95")),
+                "f1": _pct(s.get("f1"), s.get("f1_ci95")),
+                "hallucination": f"{_pct(s.get('hallucination_rate_all'))} (of answered {_pct(s.get('hallucination_rate_answered'))})",
+                "abstention": _pct(s.get("abstention_rate")),
+                "relevance": _num(s.get("answer_relevance"), digits=2),
+                "setup": _num(s.get("setup_seconds"), " s", 1),
+                "latency": _num((s.get("latency") or {}).get("mean_ms"), " ms"),
+                "memory": _num(s.get("peak_memory_mb"), " MB"),
+                "disk": _num(s.get("disk_mb"), " MB", 1),
+                "adapts": adapts,
+                "guide": GUIDE_SAYS.get(name, ""),
+            }
+        )
     return rows
 
 
 COLUMNS = [
-    ("strategy", "Strategy"), ("contains", "Contains-answer [95% CI]"), ("exact_match", "Exact match [95% CI]"), ("f1", "Token F1 [95% CI]"),
-    ("hallucination", "Hallucination rate (all / answered)"), ("abstention", "Abstained"), ("relevance", "Answer relevance"),
-    ("setup", "Set-up cost"), ("latency", "Latency / question"), ("memory", "Peak memory (RSS)"), ("disk", "Disk"),
-    ("adapts", "New knowledge without retraining"), ("guide", "The guide says"),
+    ("strategy", "Strategy"),
+    ("contains", "Contains-answer [95% CI]"),
+    ("exact_match", "Exact match [95% CI]"),
+    ("f1", "Token F1 [95% CI]"),
+    ("hallucination", "Hallucination rate (all / answered)"),
+    ("abstention", "Abstained"),
+    ("relevance", "Answer relevance"),
+    ("setup", "Set-up cost"),
+    ("latency", "Latency / question"),
+    ("memory", "Peak memory (RSS)"),
+    ("disk", "Disk"),
+    ("adapts", "New knowledge without retraining"),
+    ("guide", "The guide says"),
 ]
 
 
@@ -85,9 +99,11 @@ def comparison_markdown(results: dict) -> str:
     q = results.get("questions", {})
     env = results.get("environment", {})
     machine = f"{env.get('threads', '?')} thread(s) on a {env.get('cpus', '?')}-core CPU"
-    note = (f"\n{q.get('test', '?')} held-out questions, model {results.get('model', {}).get('name', '?')}, greedy, "
-            f"max {results.get('config', {}).get('max_new_tokens')} new tokens; latency is per question within batches of "
-            f"{results.get('config', {}).get('batch_size')} (retrieval included); set-up cost is wall time with {machine}.")
+    note = (
+        f"\n{q.get('test', '?')} held-out questions, model {results.get('model', {}).get('name', '?')}, greedy, "
+        f"max {results.get('config', {}).get('max_new_tokens')} new tokens; latency is per question within batches of "
+        f"{results.get('config', {}).get('batch_size')} (retrieval included); set-up cost is wall time with {machine}."
+    )
     if not results.get("complete"):
         note += "\n\n**Incomplete run**: only the strategies listed were measured."
     return "\n".join(lines) + "\n" + note + "\n"
@@ -130,41 +146,104 @@ def detail_tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]
         rows = []
         for name, s in retrieval.items():
             a, misses, raw = s["abstention"], s.get("retrieval_misses") or {}, s.get("without_thresholds") or {}
-            rows.append([LABELS.get(name, name), str(s.get("reader", "")), f"{a['min_similarity']:.3f}", _num(a["min_confidence"], digits=3),
-                         "yes" if a.get("require_quote") else "no", f"{a['chosen_on']}, {a['questions']} questions", _pct(s.get("answer_in_context")),
-                         f"{_pct(misses.get('abstained'))} of {misses.get('questions', 0)}",
-                         f"{_pct(raw.get('contains'))} / {_pct(raw.get('hallucination_rate_all'))}"])
-        tables.append(("Retrieval strategies: when they abstain, and what retrieval showed them",
-                       ["strategy", "reader", "min similarity", "min confidence", "quotes only", "chosen on", "answer in shown context",
-                        "abstained on retrieval misses", "right / hallucinated without thresholds"], rows))
+            rows.append(
+                [
+                    LABELS.get(name, name),
+                    str(s.get("reader", "")),
+                    f"{a['min_similarity']:.3f}",
+                    _num(a["min_confidence"], digits=3),
+                    "yes" if a.get("require_quote") else "no",
+                    f"{a['chosen_on']}, {a['questions']} questions",
+                    _pct(s.get("answer_in_context")),
+                    f"{_pct(misses.get('abstained'))} of {misses.get('questions', 0)}",
+                    f"{_pct(raw.get('contains'))} / {_pct(raw.get('hallucination_rate_all'))}",
+                ]
+            )
+        tables.append(
+            (
+                "Retrieval strategies: when they abstain, and what retrieval showed them",
+                [
+                    "strategy",
+                    "reader",
+                    "min similarity",
+                    "min confidence",
+                    "quotes only",
+                    "chosen on",
+                    "answer in shown context",
+                    "abstained on retrieval misses",
+                    "right / hallucinated without thresholds",
+                ],
+                rows,
+            )
+        )
     choices = results.get("decoding_choice") or {}
     if choices:
-        tables.append(("LM readers' decoding, chosen on train",
-                       ["strategy", "chosen", "grounded", "free", "chosen on"],
-                       [[LABELS.get(name, name), ch["chosen"], _num(ch["values"].get("grounded"), digits=3), _num(ch["values"].get("free"), digits=3),
-                         f"{ch['chosen_on']} by {ch['criterion']}"] for name, ch in choices.items()]))
+        tables.append(
+            (
+                "LM readers' decoding, chosen on train",
+                ["strategy", "chosen", "grounded", "free", "chosen on"],
+                [
+                    [
+                        LABELS.get(name, name),
+                        ch["chosen"],
+                        _num(ch["values"].get("grounded"), digits=3),
+                        _num(ch["values"].get("free"), digits=3),
+                        f"{ch['chosen_on']} by {ch['criterion']}",
+                    ]
+                    for name, ch in choices.items()
+                ],
+            )
+        )
     variants = (results.get("ablation") or {}).get("variants") or {}
     if variants:
-        rows = [[label, _pct(v["contains"], v.get("contains_ci95")), _pct(v["hallucination_rate_all"], v.get("hallucination_rate_all_ci95")),
-                 _pct(v["abstention_rate"]), _pct(v["answer_in_context"]), _num((v.get("latency") or {}).get("p50_ms"), " ms")]
-                for label, v in variants.items()]
-        tables.append(("Ablation (test questions, no abstention thresholds): strategy | context | decoding",
-                       ["variant", "right [95% CI]", "hallucinated [95% CI]", "abstained", "answer in shown context", "latency p50"], rows))
+        rows = [
+            [
+                label,
+                _pct(v["contains"], v.get("contains_ci95")),
+                _pct(v["hallucination_rate_all"], v.get("hallucination_rate_all_ci95")),
+                _pct(v["abstention_rate"]),
+                _pct(v["answer_in_context"]),
+                _num((v.get("latency") or {}).get("p50_ms"), " ms"),
+            ]
+            for label, v in variants.items()
+        ]
+        tables.append(
+            (
+                "Ablation (test questions, no abstention thresholds): strategy | context | decoding",
+                ["variant", "right [95% CI]", "hallucinated [95% CI]", "abstained", "answer in shown context", "latency p50"],
+                rows,
+            )
+        )
     lko = results.get("leave_kinds_out") or {}
     if lko.get("held_out_reader"):
         held, inkind = lko["held_out_reader"], lko["in_kind_reader"]
-        tables.append((f"Leave-kinds-out: {', '.join(lko['held_out_kinds'])} ({lko['test_questions']} test questions)",
-                       ["reader", "right [95% CI]", "hallucinated", "abstained"],
-                       [["trained without these kinds", _pct(held["contains"], held.get("contains_ci95")), _pct(held["hallucination_rate_all"]), _pct(held["abstention_rate"])],
-                        ["trained on all kinds", _pct(inkind["contains"], inkind.get("contains_ci95")), _pct(inkind["hallucination_rate_all"]), _pct(inkind["abstention_rate"])]]))
+        tables.append(
+            (
+                f"Leave-kinds-out: {', '.join(lko['held_out_kinds'])} ({lko['test_questions']} test questions)",
+                ["reader", "right [95% CI]", "hallucinated", "abstained"],
+                [
+                    [
+                        "trained without these kinds",
+                        _pct(held["contains"], held.get("contains_ci95")),
+                        _pct(held["hallucination_rate_all"]),
+                        _pct(held["abstention_rate"]),
+                    ],
+                    [
+                        "trained on all kinds",
+                        _pct(inkind["contains"], inkind.get("contains_ci95")),
+                        _pct(inkind["hallucination_rate_all"]),
+                        _pct(inkind["abstention_rate"]),
+                    ],
+                ],
+            )
+        )
     return tables
 
 
 def details_markdown(results: dict) -> str:
     parts = []
     for title, header, rows in detail_tables(results):
-        parts.append(f"## {title}\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-                     + "".join("| " + " | ".join(r) + " |\n" for r in rows))
+        parts.append(f"## {title}\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "".join("| " + " | ".join(r) + " |\n" for r in rows))
     return "\n".join(parts)
 
 
@@ -219,30 +298,39 @@ def render_html(results: dict, png: bytes) -> str:
             f"<td>{_pct(s['hallucination_rate_all'])}</td><td>{_pct(s['abstention_rate'])}</td><td>{s['penalised_score']:+.3f}</td></tr>"
             for n, s in selection["scores"].items()
         )
-        sel_html = (f"<h2>Template selection (train split, {selection['questions']} questions, by {html.escape(selection['by'])})</h2>"
-                    f"<p>Chosen: <b>{html.escape(selection['chosen'])}</b></p><table><tr><th>template</th><th>contains</th><th>EM</th><th>F1</th>"
-                    f"<th>hallucination</th><th>abstained</th><th>penalised</th></tr>{sel_rows}</table>")
+        sel_html = (
+            f"<h2>Template selection (train split, {selection['questions']} questions, by {html.escape(selection['by'])})</h2>"
+            f"<p>Chosen: <b>{html.escape(selection['chosen'])}</b></p><table><tr><th>template</th><th>contains</th><th>EM</th><th>F1</th>"
+            f"<th>hallucination</th><th>abstained</th><th>penalised</th></tr>{sel_rows}</table>"
+        )
     adapt = results.get("adaptability", {})
     adapt_html = ""
     if adapt.get("strategies"):
-        probes = "".join(f"<li>{html.escape(p['question'])} → {html.escape(p['answer'])}" + (f" (was {html.escape(p['old_answer'])})" if p["old_answer"] else " (new document)") + "</li>" for p in adapt["probes"])
+        probes = "".join(
+            f"<li>{html.escape(p['question'])} → {html.escape(p['answer'])}"
+            + (f" (was {html.escape(p['old_answer'])})" if p["old_answer"] else " (new document)")
+            + "</li>"
+            for p in adapt["probes"]
+        )
         re_index = adapt["reindex"]
         rows_a = "".join(
             f"<tr><td>{html.escape(LABELS.get(n, n))}</td><td>{_pct(a['contains'])}</td><td>{_pct(a['stale_rate'])}</td><td>{_pct(a['abstention_rate'])}</td>"
             f"<td>{html.escape(a['update'])}</td><td>{_num(a['update_seconds'] if a['update_seconds'] is not None else a['retraining_estimate_seconds'], ' s', 1)}</td></tr>"
             for n, a in adapt["strategies"].items()
         )
-        adapt_html = (f"<h2>Adaptability to new knowledge</h2><p>Edited copy of the knowledge base, re-indexed incrementally in {re_index['seconds']:.1f} s "
-                      f"({re_index['changed']} documents changed, {re_index['added']} added, {re_index['chunks_embedded']} chunks embedded).</p><ul>{probes}</ul>"
-                      f"<table><tr><th>strategy</th><th>new facts right</th><th>still says the old fact</th><th>abstained</th><th>how it updates</th><th>cost</th></tr>{rows_a}</table>")
+        adapt_html = (
+            f"<h2>Adaptability to new knowledge</h2><p>Edited copy of the knowledge base, re-indexed incrementally in {re_index['seconds']:.1f} s "
+            f"({re_index['changed']} documents changed, {re_index['added']} added, {re_index['chunks_embedded']} chunks embedded).</p><ul>{probes}</ul>"
+            f"<table><tr><th>strategy</th><th>new facts right</th><th>still says the old fact</th><th>abstained</th><th>how it updates</th><th>cost</th></tr>{rows_a}</table>"
+        )
     status = "" if results.get("complete") else "<p class=warn>Incomplete run: only the strategies shown were measured.</p>"
     q = results.get("questions", {})
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tunelab strategies</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:1em 0;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}th{{background:#f3f3f3}}.warn{{color:#a00}}img{{max-width:100%}}</style></head>
 <body><h1>Hallucination-reduction strategies, side by side</h1>{status}
-<p>Model <b>{html.escape(str(results.get('model', {}).get('name')))}</b>; {q.get('test')} held-out test questions (same for every strategy);
-knowledge base <b>{html.escape(str(results.get('config', {}).get('kb')))}</b>. Accuracies with bootstrap 95% confidence intervals.
+<p>Model <b>{html.escape(str(results.get("model", {}).get("name")))}</b>; {q.get("test")} held-out test questions (same for every strategy);
+knowledge base <b>{html.escape(str(results.get("config", {}).get("kb")))}</b>. Accuracies with bootstrap 95% confidence intervals.
 Hallucination = a non-abstaining answer that does not contain the gold answer.</p>
 <div style="overflow-x:auto"><table><tr>{head}</tr>{body}</table></div>{image}{details_html(results)}{sel_html}{adapt_html}
 <p style="color:#666;font-size:12px">Per-question answers: predictions/*.jsonl. All numbers: results.json.</p></body></html>"""

@@ -111,8 +111,10 @@ class Pipeline:
         train_rows, test_rows, qa_source = self.questions()
         self.test = sample(test_rows, c.test_questions, c.seed, c.test_block)
         if not self.test:
-            raise TunelabError(f"test.jsonl holds {len(test_rows)} questions: none are left for test_block {c.test_block} of {c.test_questions}",
-                               "choose a lower test_block or fewer test_questions")
+            raise TunelabError(
+                f"test.jsonl holds {len(test_rows)} questions: none are left for test_block {c.test_block} of {c.test_questions}",
+                "choose a lower test_block or fewer test_questions",
+            )
         if self.out.exists() and any(self.out.iterdir()) and not c.overwrite:
             raise TunelabError(f"'{self.out}' is not empty", "choose another --out, or pass --overwrite")
         if self.out.exists() and c.overwrite:
@@ -127,12 +129,19 @@ class Pipeline:
         self.reader_training = self.training + self.field_questions()
         self.sft_rows = self.training[: c.train_pairs]
         self.rag_sft_rows = self.training[: c.rag_train_pairs]
-        self.results.update(questions={
-            "test": len(self.test), "select": len(self.select), "calibration": len(self.calibration), "sft": len(self.sft_rows),
-            "rag_sft": len(self.rag_sft_rows), "reader_training": len(self.training), "qa": qa_source,
-            "field_questions": len(self.reader_training) - len(self.training),
-            "chosen_on": "template: select (train); abstention thresholds: calibration (train); weights: sft / reader_training (train); test only scores",
-        })
+        self.results.update(
+            questions={
+                "test": len(self.test),
+                "select": len(self.select),
+                "calibration": len(self.calibration),
+                "sft": len(self.sft_rows),
+                "rag_sft": len(self.rag_sft_rows),
+                "reader_training": len(self.training),
+                "qa": qa_source,
+                "field_questions": len(self.reader_training) - len(self.training),
+                "chosen_on": "template: select (train); abstention thresholds: calibration (train); weights: sft / reader_training (train); test only scores",
+            }
+        )
         if c.test_block:
             self.results["questions"]["test_block"] = c.test_block
         if len(self.test) < c.test_questions:
@@ -150,10 +159,18 @@ class Pipeline:
         self.results["environment"] = _environment()
 
         wanted = set(c.strategies)
-        stages = [stage for name, stage in (
-            ("closed-book", self.stage_closed_book), ("rag", self.stage_rag), ("best-prompt", self.stage_best_prompt),
-            ("fine-tuned", self.stage_fine_tuned), ("extractive+rag", self.stage_extractive_rag), ("fine-tuned+rag", self.stage_fine_tuned_rag),
-        ) if name in wanted]
+        stages = [
+            stage
+            for name, stage in (
+                ("closed-book", self.stage_closed_book),
+                ("rag", self.stage_rag),
+                ("best-prompt", self.stage_best_prompt),
+                ("fine-tuned", self.stage_fine_tuned),
+                ("extractive+rag", self.stage_extractive_rag),
+                ("fine-tuned+rag", self.stage_fine_tuned_rag),
+            )
+            if name in wanted
+        ]
         if wanted & set(RETRIEVAL_STRATEGIES) or c.adaptability:
             stages.insert(0, self.stage_index)
         if c.ablation and wanted & set(RETRIEVAL_STRATEGIES):
@@ -180,8 +197,9 @@ class Pipeline:
             qa_dir = Path(c.qa).expanduser()
             return read_split(qa_dir, "train"), read_split(qa_dir, "test"), str(qa_dir)
         if not is_builtin_name(c.kb):
-            raise TunelabError(f"the knowledge base '{c.kb}' needs its own questions",
-                               "pass --qa DIR with train.jsonl and test.jsonl about it (or leave --kb at factbook)")
+            raise TunelabError(
+                f"the knowledge base '{c.kb}' needs its own questions", "pass --qa DIR with train.jsonl and test.jsonl about it (or leave --kb at factbook)"
+            )
         train, test = builtin_qa()
         return [r for r in train if r.get("answer")], [r for r in test if r.get("answer")], "built-in Factbook QA (tunelab data factbook-qa)"
 
@@ -262,7 +280,9 @@ class Pipeline:
             **(extra or {}),
         }
         self.save_predictions(name, predictions)
-        self.log(f"{name}: contains {summary['contains']:.3f}  EM {summary['exact_match']:.3f}  F1 {summary['f1']:.3f}  hallucination {summary['hallucination_rate_all']:.3f}  abstain {summary['abstention_rate']:.3f}")
+        self.log(
+            f"{name}: contains {summary['contains']:.3f}  EM {summary['exact_match']:.3f}  F1 {summary['f1']:.3f}  hallucination {summary['hallucination_rate_all']:.3f}  abstain {summary['abstention_rate']:.3f}"
+        )
 
     def relevance(self, predictions: list[dict]) -> float | None:
         """Mean cosine between question and answer embeddings, over answered questions (the guide's
@@ -281,8 +301,14 @@ class Pipeline:
         with progress_bar(self.progress) as bar:
             task = bar.add_task(template_name, total=len(rows)) if bar else None
             template = load_template(template_name)
-            return run_template(template, rows, generator, max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size,
-                                progress=(lambda n: bar.advance(task, n)) if bar else None)
+            return run_template(
+                template,
+                rows,
+                generator,
+                max_new_tokens=self.config.max_new_tokens,
+                batch_size=self.config.batch_size,
+                progress=(lambda n: bar.advance(task, n)) if bar else None,
+            )
 
     # retrieval strategies -----------------------------------------------------------------------
     def lm_reader(self, generator, decoding: str | None = None, examples=None):
@@ -332,8 +358,9 @@ class Pipeline:
         from tunelab.rag.train_reader import choose_abstention
 
         readings = self.read(reader, self.calibration, context)
-        return choose_abstention(self.calibration, self.contexts(self.calibration, context), readings, "train (calibration questions)",
-                                 max_hallucinated=max_hallucinated)
+        return choose_abstention(
+            self.calibration, self.contexts(self.calibration, context), readings, "train (calibration questions)", max_hallucinated=max_hallucinated
+        )
 
     def decide(self, rows: list[dict], readings: list, abstention, context: str | None = None, index=None) -> dict:
         """Predictions with the thresholds applied, scored; latency = retrieval + this question's reading share."""
@@ -341,20 +368,36 @@ class Pipeline:
         predictions = []
         for row, reading, retrieved in zip(rows, readings, contexts):
             by_retrieval = abstention is not None and retrieved.best_similarity < abstention.min_similarity
-            by_reader = abstention is not None and not by_retrieval and not reading.abstained and (
-                reading.confidence < abstention.min_confidence or (abstention.require_quote and reading.passage is None))
+            by_reader = (
+                abstention is not None
+                and not by_retrieval
+                and not reading.abstained
+                and (reading.confidence < abstention.min_confidence or (abstention.require_quote and reading.passage is None))
+            )
             text = ABSTENTION if by_retrieval or by_reader else reading.text
             aliases = row.get("aliases") or []
             scores = score(text, row["answer"], aliases, row["question"])
             shown = "\n".join(p.reader_text() for p in retrieved.passages)
-            predictions.append({
-                "question": row["question"], "answer": row["answer"], "aliases": list(aliases), "kind": row.get("kind"), "prediction": text,
-                "unthresholded": reading.text, "confidence": reading.confidence if reading.confidence == reading.confidence else None,
-                "best_similarity": retrieved.best_similarity, "seconds": retrieved.seconds + reading.seconds,
-                "retrieval_seconds": retrieved.seconds, "prompt_tokens": reading.prompt_tokens,
-                "retrieval_abstained": by_retrieval, "threshold_abstained": by_reader,
-                "answer_in_context": answer_in_text(shown, row["answer"], aliases), "verdict": verdict(scores), **scores,
-            })
+            predictions.append(
+                {
+                    "question": row["question"],
+                    "answer": row["answer"],
+                    "aliases": list(aliases),
+                    "kind": row.get("kind"),
+                    "prediction": text,
+                    "unthresholded": reading.text,
+                    "confidence": reading.confidence if reading.confidence == reading.confidence else None,
+                    "best_similarity": retrieved.best_similarity,
+                    "seconds": retrieved.seconds + reading.seconds,
+                    "retrieval_seconds": retrieved.seconds,
+                    "prompt_tokens": reading.prompt_tokens,
+                    "retrieval_abstained": by_retrieval,
+                    "threshold_abstained": by_reader,
+                    "answer_in_context": answer_in_text(shown, row["answer"], aliases),
+                    "verdict": verdict(scores),
+                    **scores,
+                }
+            )
         return {"predictions": predictions, "latency": latency_summary([p["seconds"] for p in predictions])}
 
     def retrieval_extra(self, outcome: dict, abstention, reader_name: str) -> dict:
@@ -384,24 +427,35 @@ class Pipeline:
             tried[decoding] = (candidate, self.calibrate(candidate, max_hallucinated=max_hallucinated))
         chosen = max(tried, key=lambda d: tried[d][1].value)
         self.results.setdefault("decoding_choice", {})[name] = {
-            "chosen": chosen, "chosen_on": f"train (calibration questions), {len(self.calibration)} questions",
-            "criterion": f"{tried[chosen][1].criterion}, per question, thresholds applied", "values": {d: a.value for d, (_, a) in tried.items()},
+            "chosen": chosen,
+            "chosen_on": f"train (calibration questions), {len(self.calibration)} questions",
+            "criterion": f"{tried[chosen][1].criterion}, per question, thresholds applied",
+            "values": {d: a.value for d, (_, a) in tried.items()},
         }
         self.log(f"{name}: {chosen} decoding chosen on the calibration questions ({', '.join(f'{d} {a.value:.3f}' for d, (_, a) in tried.items())})")
         return tried[chosen]
 
-    def run_retrieval_strategy(self, name: str, reader, *, setup_seconds: float, setup: dict, peak_mb: float, disk_mb: float,
-                               max_hallucinated: float | None = None) -> None:
+    def run_retrieval_strategy(
+        self, name: str, reader, *, setup_seconds: float, setup: dict, peak_mb: float, disk_mb: float, max_hallucinated: float | None = None
+    ) -> None:
         with PeakMemory() as peak:
             reader, abstention = self.choose_decoding(name, reader, max_hallucinated)
-            self.log(f"{name}: thresholds on {abstention.questions} train questions: similarity >= {abstention.min_similarity:.3f}, confidence >= {abstention.min_confidence:.3f}"
-                     f"{', answers quoted from the passages only' if abstention.require_quote else ''}")
+            self.log(
+                f"{name}: thresholds on {abstention.questions} train questions: similarity >= {abstention.min_similarity:.3f}, confidence >= {abstention.min_confidence:.3f}"
+                f"{', answers quoted from the passages only' if abstention.require_quote else ''}"
+            )
             outcome = self.decide(self.test, self.read(reader, self.test), abstention)
         self.readers[name] = (reader, abstention)
         index = self.results["index"]
-        self.record(name, outcome, setup_seconds=setup_seconds + (index["build_seconds"] or 0.0), setup=setup,
-                    peak_mb=max(peak.mb, peak_mb, index["peak_memory_mb"] or 0.0), disk_mb=disk_mb + index["disk_mb"],
-                    extra=self.retrieval_extra(outcome, abstention, reader.name))
+        self.record(
+            name,
+            outcome,
+            setup_seconds=setup_seconds + (index["build_seconds"] or 0.0),
+            setup=setup,
+            peak_mb=max(peak.mb, peak_mb, index["peak_memory_mb"] or 0.0),
+            disk_mb=disk_mb + index["disk_mb"],
+            extra=self.retrieval_extra(outcome, abstention, reader.name),
+        )
 
     def stage_closed_book(self) -> None:
         self.log(f"closed-book, plain prompt: {len(self.test)} questions")
@@ -414,10 +468,21 @@ class Pipeline:
         self.log(f"RAG (hybrid, k={c.k}, {c.context} context, {c.decoding} decoding, {c.shots} worked examples): {len(self.test)} questions")
         started = time.perf_counter()
         examples = self.worked_examples()
-        setup = {"what": "index build + retrieval for the worked examples", "index_build_seconds": self.results["index"]["build_seconds"],
-                 "shots": c.shots, "example_pool": len(examples) if examples is not None else 0}
-        self.run_retrieval_strategy("rag", self.lm_reader(self.base, examples=examples), setup_seconds=time.perf_counter() - started,
-                                    setup=setup, peak_mb=0.0, disk_mb=self.results["model"]["disk_mb"], max_hallucinated=self.hallucination_budget())
+        setup = {
+            "what": "index build + retrieval for the worked examples",
+            "index_build_seconds": self.results["index"]["build_seconds"],
+            "shots": c.shots,
+            "example_pool": len(examples) if examples is not None else 0,
+        }
+        self.run_retrieval_strategy(
+            "rag",
+            self.lm_reader(self.base, examples=examples),
+            setup_seconds=time.perf_counter() - started,
+            setup=setup,
+            peak_mb=0.0,
+            disk_mb=self.results["model"]["disk_mb"],
+            max_hallucinated=self.hallucination_budget(),
+        )
 
     def hallucination_budget(self) -> float | None:
         """Plain RAG's hallucination budget on the calibration questions (None: the right - hallucinated
@@ -430,8 +495,11 @@ class Pipeline:
         else:
             outcome = self.answer(self.base, "plain", self.calibration)
             closed_book = summarise(outcome["predictions"], ci=False)["hallucination_rate_all"]
-            budget = {"value": closed_book / 3, "closed_book_hallucinated": closed_book,
-                      "from": f"a third of closed-book's (plain prompt) hallucination rate on the {len(self.calibration)} calibration train questions"}
+            budget = {
+                "value": closed_book / 3,
+                "closed_book_hallucinated": closed_book,
+                "from": f"a third of closed-book's (plain prompt) hallucination rate on the {len(self.calibration)} calibration train questions",
+            }
         self.results["hallucination_budget"] = {**budget, "applies_to": "rag"}
         self.log(f"rag: hallucination budget {budget['value']:.3f} ({budget['from']})")
         return budget["value"]
@@ -449,17 +517,39 @@ class Pipeline:
             contexts = self.contexts(self.reader_training)
             retrieval_seconds = time.perf_counter() - started
             started = time.perf_counter()
-            train_reader_on(self.reader_training, contexts, self.calibration, self.contexts(self.calibration), run_dir,
-                            settings=self.context_settings(), model=c.reader_model, epochs=c.reader_epochs, seed=c.seed, overwrite=True, progress=self.progress)
+            train_reader_on(
+                self.reader_training,
+                contexts,
+                self.calibration,
+                self.contexts(self.calibration),
+                run_dir,
+                settings=self.context_settings(),
+                model=c.reader_model,
+                epochs=c.reader_epochs,
+                seed=c.seed,
+                overwrite=True,
+                progress=self.progress,
+            )
             seconds = time.perf_counter() - started
             reader = SpanReader(run_dir)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         self.results["extractive_reader_run"] = str(run_dir)
-        self.run_retrieval_strategy("extractive+rag", reader, setup_seconds=seconds + retrieval_seconds, peak_mb=peak.mb,
-                                    setup={"what": "index build + retrieval for train + extractive reader fine-tuning", "reader_training_seconds": seconds,
-                                           "train_retrieval_seconds": retrieval_seconds, "train_runtime_s": metrics["train"]["train_runtime_s"],
-                                           "examples": len(self.reader_training), "field_questions": fields, "index_build_seconds": self.results["index"]["build_seconds"]},
-                                    disk_mb=folder_mb(run_dir / "model"))
+        self.run_retrieval_strategy(
+            "extractive+rag",
+            reader,
+            setup_seconds=seconds + retrieval_seconds,
+            peak_mb=peak.mb,
+            setup={
+                "what": "index build + retrieval for train + extractive reader fine-tuning",
+                "reader_training_seconds": seconds,
+                "train_retrieval_seconds": retrieval_seconds,
+                "train_runtime_s": metrics["train"]["train_runtime_s"],
+                "examples": len(self.reader_training),
+                "field_questions": fields,
+                "index_build_seconds": self.results["index"]["build_seconds"],
+            },
+            disk_mb=folder_mb(run_dir / "model"),
+        )
 
     def stage_best_prompt(self) -> None:
         c = self.config
@@ -475,8 +565,14 @@ class Pipeline:
             self.log(f"best template on train: {best}")
             outcome = self.answer(self.base, best, self.test)
         self.results["template_selection"] = {"by": c.select_by, "questions": len(self.select), "scores": scores, "chosen": best, "seconds": selection_seconds}
-        self.record("best-prompt", outcome, setup_seconds=selection_seconds, setup={"what": "template selection on train", "chosen": best},
-                    peak_mb=peak.mb, disk_mb=self.results["model"]["disk_mb"])
+        self.record(
+            "best-prompt",
+            outcome,
+            setup_seconds=selection_seconds,
+            setup={"what": "template selection on train", "chosen": best},
+            peak_mb=peak.mb,
+            disk_mb=self.results["model"]["disk_mb"],
+        )
 
     def _sft(self, name: str, rows: list[dict], packing: bool = False) -> tuple[Path, float, dict]:
         from tunelab.lm.config import SFTConfig
@@ -487,8 +583,18 @@ class Pipeline:
         atomic.write_text(data, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         run_dir = self.out / "runs" / name
         config = SFTConfig(
-            model=c.model, data=str(data), epochs=c.epochs, lr=c.sft_lr, batch_size=c.sft_batch_size, eval_batch_size=c.sft_batch_size,
-            eval_fraction=0.05, samples=0, out=str(run_dir), overwrite=True, seed=c.seed, packing=packing,
+            model=c.model,
+            data=str(data),
+            epochs=c.epochs,
+            lr=c.sft_lr,
+            batch_size=c.sft_batch_size,
+            eval_batch_size=c.sft_batch_size,
+            eval_fraction=0.05,
+            samples=0,
+            out=str(run_dir),
+            overwrite=True,
+            seed=c.seed,
+            packing=packing,
         )
         started = time.perf_counter()
         sft(config, progress=self.progress)
@@ -507,9 +613,20 @@ class Pipeline:
             self.ft = Generator(run_dir)
             outcome = self.answer(self.ft, "plain", self.test)
         self.results["fine_tuned_run"] = str(run_dir)
-        self.record("fine-tuned", outcome, setup_seconds=seconds,
-                    setup={"what": "LoRA SFT", "train_runtime_s": metrics["train"]["train_runtime_s"], "examples": len(rows), "eval_loss_before": metrics["eval_before"]["loss"], "eval_loss_after": metrics["eval_after"]["loss"]},
-                    peak_mb=peak.mb, disk_mb=self.results["model"]["disk_mb"] + folder_mb(run_dir / "model"))
+        self.record(
+            "fine-tuned",
+            outcome,
+            setup_seconds=seconds,
+            setup={
+                "what": "LoRA SFT",
+                "train_runtime_s": metrics["train"]["train_runtime_s"],
+                "examples": len(rows),
+                "eval_loss_before": metrics["eval_before"]["loss"],
+                "eval_loss_after": metrics["eval_after"]["loss"],
+            },
+            peak_mb=peak.mb,
+            disk_mb=self.results["model"]["disk_mb"] + folder_mb(run_dir / "model"),
+        )
 
     def stage_fine_tuned_rag(self) -> None:
         from tunelab.lm.generate import Generator
@@ -530,12 +647,24 @@ class Pipeline:
             self.ft_rag = Generator(run_dir)
         self.results["fine_tuned_rag_run"] = str(run_dir)
         self.run_retrieval_strategy(
-            "fine-tuned+rag", self.lm_reader(self.ft_rag), setup_seconds=seconds + retrieval_seconds, peak_mb=peak.mb,
-            setup={"what": "index build + retrieval for train + LoRA SFT of the reader", "train_runtime_s": metrics["train"]["train_runtime_s"],
-                   "sft_seconds": seconds, "train_retrieval_seconds": retrieval_seconds, "index_build_seconds": self.results["index"]["build_seconds"],
-                   "examples": len(rows), "taught_to_abstain": taught_idk, "distractor_examples": sum(1 for e in examples if e["distractor"]),
-                   "eval_loss_before": metrics["eval_before"]["loss"], "eval_loss_after": metrics["eval_after"]["loss"]},
-            disk_mb=self.results["model"]["disk_mb"] + folder_mb(run_dir / "model"))
+            "fine-tuned+rag",
+            self.lm_reader(self.ft_rag),
+            setup_seconds=seconds + retrieval_seconds,
+            peak_mb=peak.mb,
+            setup={
+                "what": "index build + retrieval for train + LoRA SFT of the reader",
+                "train_runtime_s": metrics["train"]["train_runtime_s"],
+                "sft_seconds": seconds,
+                "train_retrieval_seconds": retrieval_seconds,
+                "index_build_seconds": self.results["index"]["build_seconds"],
+                "examples": len(rows),
+                "taught_to_abstain": taught_idk,
+                "distractor_examples": sum(1 for e in examples if e["distractor"]),
+                "eval_loss_before": metrics["eval_before"]["loss"],
+                "eval_loss_after": metrics["eval_after"]["loss"],
+            },
+            disk_mb=self.results["model"]["disk_mb"] + folder_mb(run_dir / "model"),
+        )
 
     def stage_ablation(self) -> None:
         """The retrieval strategies' readers with the other decoding and the other context, scored
@@ -547,11 +676,11 @@ class Pipeline:
             # The trained generative reader learned on focused context: only its decoding is varied.
             shown = (True, False) if getattr(reader, "examples", None) is not None else (False,)
             for context, decoding, with_examples in (
-                (context, decoding, with_examples)
-                for context in (("focused",) if name == "fine-tuned+rag" else ("focused", "chunks"))
+                (kind, decoding, with_examples)
+                for kind in (("focused",) if name == "fine-tuned+rag" else ("focused", "chunks"))
                 for decoding in (("grounded", "free") if lm else (None,))
                 # Worked examples in whole chunks would make prompts several times longer: chunks are compared without them.
-                for with_examples in (shown if context == "focused" else (False,))
+                for with_examples in (shown if kind == "focused" else (False,))
             ):
                 label = f"{name} | {context} | {decoding or 'span'}" + ("" if with_examples == shown[0] else " | no examples")
                 examples = self.worked_examples(context) if with_examples else None
@@ -560,14 +689,22 @@ class Pipeline:
                 outcome = self.decide(self.test, readings, None, context)
                 summary = summarise(outcome["predictions"], seed=c.seed)
                 variants[label] = {
-                    "strategy": name, "context": self.context_settings(context).to_dict(), "decoding": decoding or "span",
+                    "strategy": name,
+                    "context": self.context_settings(context).to_dict(),
+                    "decoding": decoding or "span",
                     "shots": examples.shots if examples is not None else 0,
-                    **{k: summary[k] for k in ("contains", "contains_ci95", "exact_match", "f1", "abstention_rate", "hallucination_rate_all", "hallucination_rate_all_ci95")},
+                    **{
+                        k: summary[k]
+                        for k in ("contains", "contains_ci95", "exact_match", "f1", "abstention_rate", "hallucination_rate_all", "hallucination_rate_all_ci95")
+                    },
                     "latency": outcome["latency"],
                     "answer_in_context": float(np.mean([p["answer_in_context"] for p in outcome["predictions"]])),
                 }
                 self.log(f"ablation {label}: right {summary['contains']:.3f}  hallucinated {summary['hallucination_rate_all']:.3f}")
-                self.results["ablation"] = {"note": "no abstention thresholds; test questions; each variant differs from its strategy in context or decoding only", "variants": variants}
+                self.results["ablation"] = {
+                    "note": "no abstention thresholds; test questions; each variant differs from its strategy in context or decoding only",
+                    "variants": variants,
+                }
                 self.save()
 
     def stage_leave_kinds_out(self) -> None:
@@ -586,18 +723,33 @@ class Pipeline:
             return
         run_dir = self.out / "runs" / "extractive-reader-held-out-kinds"
         self.log(f"leave-kinds-out: reader without {', '.join(sorted(held))} ({len(training)} train questions), tested on {len(test)}")
-        train_reader_on(training, self.contexts(training), calibration, self.contexts(calibration), run_dir,
-                        settings=self.context_settings(), model=c.reader_model, epochs=c.reader_epochs, seed=c.seed, overwrite=True, progress=self.progress)
+        train_reader_on(
+            training,
+            self.contexts(training),
+            calibration,
+            self.contexts(calibration),
+            run_dir,
+            settings=self.context_settings(),
+            model=c.reader_model,
+            epochs=c.reader_epochs,
+            seed=c.seed,
+            overwrite=True,
+            progress=self.progress,
+        )
         reader = SpanReader(run_dir)
-        held_out = choose_abstention(calibration, self.contexts(calibration), self.read(reader, calibration),
-                                     "train (calibration questions of the seen kinds only)")
+        held_out = choose_abstention(
+            calibration, self.contexts(calibration), self.read(reader, calibration), "train (calibration questions of the seen kinds only)"
+        )
         out_of_kind = summarise(self.decide(test, self.read(reader, test), held_out)["predictions"], seed=c.seed)
         in_reader, in_abstention = self.readers["extractive+rag"]
         in_kind = summarise(self.decide(test, self.read(in_reader, test), in_abstention)["predictions"], seed=c.seed)
         keys = ("contains", "contains_ci95", "hallucination_rate_all", "abstention_rate")
         self.results["leave_kinds_out"] = {
-            "held_out_kinds": sorted(held), "test_questions": len(test), "train_questions": len(training),
-            "held_out_reader": {k: out_of_kind[k] for k in keys}, "in_kind_reader": {k: in_kind[k] for k in keys},
+            "held_out_kinds": sorted(held),
+            "test_questions": len(test),
+            "train_questions": len(training),
+            "held_out_reader": {k: out_of_kind[k] for k in keys},
+            "in_kind_reader": {k: in_kind[k] for k in keys},
             "points_lost": round(100 * (in_kind["contains"] - out_of_kind["contains"]), 1),
             "abstention": held_out.to_dict(),
         }
@@ -638,8 +790,11 @@ class Pipeline:
                 summary = summarise(outcome["predictions"], ci=False)
                 self.save_predictions(f"adapt-{name}", outcome["predictions"])
                 per_strategy[name] = {
-                    "contains": summary["contains"], "exact_match": summary["exact_match"], "abstention_rate": summary["abstention_rate"],
-                    "right": int(sum(p["contains"] for p in outcome["predictions"])), "probes": len(probes),
+                    "contains": summary["contains"],
+                    "exact_match": summary["exact_match"],
+                    "abstention_rate": summary["abstention_rate"],
+                    "right": int(sum(p["contains"] for p in outcome["predictions"])),
+                    "probes": len(probes),
                     "stale_rate": float(np.mean([p["stale"] for p in outcome["predictions"]])),
                     "picks_up_without_retraining": summary["contains"] > 0,
                     "update": "incremental re-index" if retrieval else "retraining (not done: new facts stay unknown)",
@@ -671,8 +826,12 @@ def _environment() -> dict:
 
     from tunelab import hardware
 
-    return {**hardware.environment(hardware.resolve_precision("auto")), "threads": hardware.torch.get_num_threads(), "cpus": os.cpu_count(),
-            "load_average": os.getloadavg()}
+    return {
+        **hardware.environment(hardware.resolve_precision("auto")),
+        "threads": hardware.torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+    }
 
 
 def run_strategies(config: StrategiesConfig, progress: bool = True) -> dict:

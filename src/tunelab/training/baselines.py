@@ -31,6 +31,7 @@ from pydantic import Field  # noqa: E402
 
 from tunelab import atomic  # noqa: E402
 from tunelab.config import DataSettings, to_yaml  # noqa: E402
+
 # The fit and the scorer live in models/linear.py: the evaluation report's baseline fits through them too.
 from tunelab.models.linear import (  # noqa: E402
     C_GRID,
@@ -73,11 +74,10 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
     """Fit the baseline on config.data and return the finished run directory."""
     import joblib
     import torch
+    import transformers
 
     from tunelab import hardware
     from tunelab.data import load_splits, profile_splits
-
-    import transformers
 
     transformers.utils.logging.disable_progress_bar()  # the encoder's load/save bars are noise here
     # Named after the method: a baseline's encoder (config.model) is unused by tfidf-logreg.
@@ -91,8 +91,11 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
     label_id = {label: i for i, label in enumerate(labels)}
     y = {name: split["label"].map(label_id).to_numpy() for name, split in splits.items()}
     texts = {name: split["text"].astype(str).tolist() for name, split in splits.items()}
-    _say(progress, f"[bold]plan[/]: {config.method} on {config.data} — {len(texts['train'])} train / "
-                   f"{len(texts['eval'])} eval / {len(texts['test'])} test rows, {len(labels)} classes")
+    _say(
+        progress,
+        f"[bold]plan[/]: {config.method} on {config.data} — {len(texts['train'])} train / "
+        f"{len(texts['eval'])} eval / {len(texts['test'])} test rows, {len(labels)} classes",
+    )
 
     # 2. Features and model, fitted on train only; C chosen on the eval split, never on test.
     started = time.perf_counter()
@@ -117,10 +120,13 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
     if encoder is not None:
         encoder.save(str(staging / "encoder"), create_model_card=False)
     write_history(staging / "history.jsonl", scores, [(c, s) for _, c, s in searched])
-    atomic.write_json(staging / "metrics.json", {
-        "train": training_facts(pipeline, encoder, len(texts["train"]), train_seconds, scores),
-        "environment": hardware.environment("fp32"),
-    })
+    atomic.write_json(
+        staging / "metrics.json",
+        {
+            "train": training_facts(pipeline, encoder, len(texts["train"]), train_seconds, scores),
+            "environment": hardware.environment("fp32"),
+        },
+    )
 
     # 4. Evaluate on the held-out test split with the same code as every fine-tuned run, then publish.
     from tunelab.evaluate import evaluate_run
@@ -135,8 +141,14 @@ def write_history(path: Path, best: dict[str, float], searched: list[tuple[float
     """The same record types a Trainer run logs, so the report's curves and over-fitting check work."""
     lines = [
         {"type": "train", "step": 1, "epoch": 1.0, "loss": best["loss"], "train_accuracy": best["train_accuracy"]},
-        {"type": "eval", "step": 1, "epoch": 1.0, "eval_loss": best["eval_loss"], "eval_accuracy": best["eval_accuracy"],
-         "train_accuracy": best["train_accuracy"]},
+        {
+            "type": "eval",
+            "step": 1,
+            "epoch": 1.0,
+            "eval_loss": best["eval_loss"],
+            "eval_accuracy": best["eval_accuracy"],
+            "train_accuracy": best["train_accuracy"],
+        },
         {"type": "summary", "step": 1, "epoch": 1.0, "c_search": [{"C": c, **s} for c, s in searched]},
     ]
     import json

@@ -40,9 +40,16 @@ def train_multiprocess(config: TrainConfig, nproc: int, resume: bool = False) ->
         settings = Path(tmp) / "train.yaml"
         settings.write_text(to_yaml(config), encoding="utf-8")
         command = [
-            sys.executable, "-m", "torch.distributed.run",
-            f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-            "-m", "tunelab", "train", str(settings),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
+            "-m",
+            "tunelab",
+            "train",
+            str(settings),
         ]
         if resume:
             command.append("--resume")

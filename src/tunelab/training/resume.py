@@ -23,8 +23,7 @@ class ResumePoint:
     epochs: float
 
     def describe(self) -> str:
-        return (f"resuming from {self.checkpoint.name} (epoch {_number(self.epoch)} of {_number(self.epochs)} done, "
-                f"step {self.step} of {self.max_steps})")
+        return f"resuming from {self.checkpoint.name} (epoch {_number(self.epoch)} of {_number(self.epochs)} done, step {self.step} of {self.max_steps})"
 
 
 def resume_point(staging: Path, epochs: float) -> ResumePoint:

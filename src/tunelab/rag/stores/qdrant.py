@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.atomic import write_json
-from tunelab.rag.bm25 import B, K1, query_terms, sparse_vector, tokenize
+from tunelab.rag.bm25 import K1, B, query_terms, sparse_vector, tokenize
 from tunelab.rag.chunk import Chunk
 
 STATE = "qdrant_bm25.json"
@@ -97,9 +97,7 @@ class QdrantStore:
         if not doc_ids:
             return
         models = self.models
-        selector = models.FilterSelector(
-            filter=models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=list(doc_ids)))])
-        )
+        selector = models.FilterSelector(filter=models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=list(doc_ids)))]))
         self.client.delete(self.collection, points_selector=selector, wait=True)
         for doc_id in doc_ids:
             self.doc_lengths.pop(doc_id, None)
@@ -113,9 +111,7 @@ class QdrantStore:
     def dense(self, vector: np.ndarray, k: int) -> list[tuple[Chunk, float]]:
         if k <= 0:
             return []
-        result = self.client.query_points(
-            self.collection, query=np.asarray(vector, dtype=float).tolist(), using="dense", limit=k, with_payload=True
-        )
+        result = self.client.query_points(self.collection, query=np.asarray(vector, dtype=float).tolist(), using="dense", limit=k, with_payload=True)
         return self._hits(result.points)
 
     def keyword(self, query: str, k: int) -> list[tuple[Chunk, float]]:

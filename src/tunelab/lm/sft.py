@@ -34,13 +34,13 @@ from tunelab.lm.generate import generate_samples  # noqa: E402
 from tunelab.lm.load import context_limit, resolve_lm  # noqa: E402
 from tunelab.lm.tokenize import IGNORE, ensure_chat_template, full_lengths, tokenize_rows  # noqa: E402
 from tunelab.lm.trainer import AnswerOnlyTrainer, supports_logits_to_keep  # noqa: E402
-from tunelab.run import named_after, out_dir, refuse_existing  # noqa: E402
+from tunelab.run import Run, named_after, out_dir, refuse_existing  # noqa: E402
 
 MAX_LENGTH_CAP = 1024  # the default limit; CPU attention cost grows with the square of the length
 
 
-def sft(config: SFTConfig, progress: bool = True) -> Path:
-    """Fine-tune config.model on config.data; returns the finished run directory."""
+def sft(config: SFTConfig, progress: bool = True) -> Run:
+    """Fine-tune config.model on config.data; returns the finished run."""
     quiet_libraries()
     out = out_dir(config.out, named_after(config.model, config.data, prefix="sft-"))
     refuse_existing(out, config.overwrite)
@@ -157,7 +157,7 @@ def sft(config: SFTConfig, progress: bool = True) -> Path:
         atomic.write_json(stage / "metrics.json", metrics)
         atomic.write_json(stage / "samples.json", samples)
         report.write_report(stage, run_name=out.name, config=config.model_dump(), metrics=metrics, samples=samples)
-    return out
+    return Run.open(out)
 
 
 def split_rows(data: InstructionData, config: SFTConfig) -> tuple[list[dict], list[dict]]:

@@ -72,6 +72,7 @@ def test_sft_returns_a_run_that_opens_again(lora_run, tmp_path):
     assert lora_run.model_dir == lora_run.path / "model" and (lora_run.model_dir / "adapter_config.json").is_file()
     assert lora_run.task == "sft" and lora_run.config["method"] == "lora"
     assert [h for h in lora_run.history() if h["type"] == "eval"]
+    assert not (lora_run.path / "splits").exists() and not (lora_run.path / "labels.json").exists()  # start_staging writes only config.yaml
     again = Run.open(lora_run.path)
     assert again == lora_run and again.task == "sft" and again.metrics["eval_after"] == lora_run.metrics["eval_after"]
     with pytest.raises(TunelabError, match=r"has no labels: it is not a text classifier \(task: sft\)"):

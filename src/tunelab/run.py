@@ -117,7 +117,9 @@ class Run:
         path = self.path / "labels.json"
         if not path.is_file():
             # A classifier command (predict, eval, serve, export) given another kind of run.
-            raise TunelabError(f"run '{self.path}' has no labels: it is not a text classifier (task: {self.task})", "pass a run written by `tunelab train` (a text classifier)")
+            raise TunelabError(
+                f"run '{self.path}' has no labels: it is not a text classifier (task: {self.task})", "pass a run written by `tunelab train` (a text classifier)"
+            )
         data = json.loads(path.read_text(encoding="utf-8"))
         return [data[str(i)] for i in range(len(data))]
 
@@ -150,19 +152,21 @@ class Run:
 
 
 def start_staging(
-    staging: Path, config_yaml: str, splits: Mapping[str, Any], labels: Sequence[str] | None = None, profile: dict[str, Any] | None = None
+    staging: Path, config_yaml: str, splits: Mapping[str, Any] | None = None, labels: Sequence[str] | None = None, profile: dict[str, Any] | None = None
 ) -> Run:
     """A fresh staging folder with what is known before training: config.yaml, splits/ and, for a
-    classifier, labels.json and data_profile.json."""
+    classifier, labels.json and data_profile.json (an sft run has only config.yaml)."""
     if staging.exists():
         shutil.rmtree(staging)  # an earlier attempt that was not resumed
-    (staging / "splits").mkdir(parents=True)
+    staging.mkdir(parents=True)
+    if splits:
+        (staging / "splits").mkdir()
     run = Run(staging)
     atomic.write_text(staging / "config.yaml", config_yaml)
     if labels is not None:
         atomic.write_json(staging / "labels.json", {str(i): label for i, label in enumerate(labels)})
     if profile is not None:
         atomic.write_json(staging / "data_profile.json", profile)
-    for name, split in splits.items():
+    for name, split in (splits or {}).items():
         split.to_parquet(run.split_path(name), index=False)
     return run

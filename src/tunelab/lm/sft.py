@@ -57,7 +57,7 @@ def sft(config: SFTConfig, progress: bool = True) -> Run:
     tokenized = tokenize_splits(tokenizer, train_rows, eval_rows, max_length)
     model = load_model(source.base)
     samples = SampleGenerations([prompt_of(row) for row in eval_rows[: config.samples]], config.sample_tokens, precision)
-    samples.generate_before(model, tokenizer)
+    samples.before = samples.generate(model, tokenizer)
     if config.method == "lora":
         model = with_lora(model, config)
     with atomic.staged_dir(out, overwrite=config.overwrite, keep_partial=False) as stage:
@@ -65,7 +65,7 @@ def sft(config: SFTConfig, progress: bool = True) -> Run:
         start_staging(stage, to_yaml(config, out=str(out), lr=config.learning_rate, max_length=max_length, precision=precision, threads=threads))
         trainer = build_trainer(config, model, tokenizer, tokenized, stage, precision, progress)
         outcome = train_between_evaluations(trainer)
-        samples.generate_after(trainer.model, tokenizer)
+        samples.after = samples.generate(trainer.model, tokenizer)
         save_model(trainer, tokenizer, stage / "model")
         metrics = sft_metrics(config, data, tokenized, outcome, trainer.model, max_length, added_template, precision)
         write_results(stage, out.name, config, metrics, samples.records())
@@ -100,11 +100,8 @@ class SampleGenerations:
     before: list[str] = field(default_factory=list)
     after: list[str] = field(default_factory=list)
 
-    def generate_before(self, model, tokenizer) -> None:
-        self.before = generate_samples(model, tokenizer, [p for p, _ in self.prompts], self.max_new_tokens, self.precision)
-
-    def generate_after(self, model, tokenizer) -> None:
-        self.after = generate_samples(model, tokenizer, [p for p, _ in self.prompts], self.max_new_tokens, self.precision)
+    def generate(self, model, tokenizer) -> list[str]:
+        return generate_samples(model, tokenizer, [p for p, _ in self.prompts], self.max_new_tokens, self.precision)
 
     def records(self) -> list[dict[str, Any]]:
         return [{"prompt": prompt, "reference": reference, "before": b, "after": a} for (prompt, reference), b, a in zip(self.prompts, self.before, self.after)]

@@ -83,8 +83,7 @@ def train_once(variant: str, data: str, out: str, epochs: float, batch_size: int
         answer_only_logits=logits != "all-logits",
     )
     started = time.perf_counter()
-    run = sft(config, progress=False)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = sft(config, progress=False).metrics
     train = metrics["train"]
     return {
         "variant": variant,

@@ -33,6 +33,18 @@ def test_three_formats_normalise(tmp_path):
     assert load_instructions(tmp_path / "w.json").format == "messages"
 
 
+def test_files_are_read_by_the_one_data_reader(tmp_path):
+    """data.load.read_raw reads SFT data too: a ';' CSV is told by its delimiter, an answer 'None' stays
+    an answer, and a broken JSONL line is named by its number (blank lines counted)."""
+    (tmp_path / "semi.csv").write_text("prompt;response\nIs it snowing?;None\nCapital of France?;Paris, of course\n", encoding="utf-8")
+    data = load_instructions(tmp_path / "semi.csv")
+    assert data.format == "prompt-response" and data.dropped["empty"] == 0
+    assert [row["messages"][-1]["content"] for row in data.rows] == ["None", "Paris, of course"]
+    (tmp_path / "broken.jsonl").write_text('{"text": "one"}\n\n{"text": "two",}\n', encoding="utf-8")
+    with pytest.raises(TunelabError, match=r"broken.jsonl line 3 is not valid JSON"):
+        load_instructions(tmp_path / "broken.jsonl")
+
+
 @pytest.mark.parametrize(
     "content, needle",
     [

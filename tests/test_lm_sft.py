@@ -32,6 +32,7 @@ def lora_run(tmp_path_factory, base, data):
 
 
 def test_lora_lowers_the_eval_loss_and_writes_a_complete_run(lora_run):
+    lora_run = lora_run.path
     for name in (
         "config.yaml",
         "history.jsonl",
@@ -62,10 +63,37 @@ def test_lora_lowers_the_eval_loss_and_writes_a_complete_run(lora_run):
     assert again.lr == 2e-2 and again.max_length == metrics["data"]["max_length"] and again.method == "lora"
 
 
+def test_sft_returns_a_run_that_opens_again(lora_run, tmp_path):
+    """sft() returns a Run like train(); Run.open reads the folder back, LoRA adapter and all."""
+    from tunelab.run import Run
+
+    assert isinstance(lora_run, Run) and lora_run.path.name == "lora"
+    assert lora_run.metrics == json.loads((lora_run.path / "metrics.json").read_text())
+    assert lora_run.model_dir == lora_run.path / "model" and (lora_run.model_dir / "adapter_config.json").is_file()
+    assert lora_run.task == "sft" and lora_run.config["method"] == "lora"
+    assert [h for h in lora_run.history() if h["type"] == "eval"]
+    assert not (lora_run.path / "splits").exists() and not (lora_run.path / "labels.json").exists()  # start_staging writes only config.yaml
+    again = Run.open(lora_run.path)
+    assert again == lora_run and again.task == "sft" and again.metrics["eval_after"] == lora_run.metrics["eval_after"]
+    with pytest.raises(TunelabError, match=r"has no labels: it is not a text classifier \(task: sft\)"):
+        again.labels  # noqa: B018 - a classifier command given an sft run is told so, not a FileNotFoundError
+    # An sft run written before config.yaml named its task: no labels.json tells it apart from a classifier.
+    import shutil
+
+    import yaml
+
+    old = tmp_path / "old"
+    shutil.copytree(lora_run.path, old)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    del config["task"]
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    assert Run.open(old).task == "sft"
+
+
 def test_adapter_loads_with_plain_transformers(lora_run):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(lora_run / "model")  # peft integration: no tunelab code
+    model = AutoModelForCausalLM.from_pretrained(lora_run.path / "model")  # peft integration: no tunelab code
     assert any("lora" in name for name, _ in model.named_parameters())
 
 
@@ -73,7 +101,7 @@ def test_full_fine_tuning_with_packing(tmp_path, base, data):
     config = SFTConfig(
         model=str(base), data=str(data), method="full", packing=True, epochs=2, lr=3e-3, batch_size=8, precision="fp32", samples=0, out=str(tmp_path / "full")
     )
-    run = sft(config, progress=False)
+    run = sft(config, progress=False).path
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["eval_after"]["loss"] < metrics["eval_before"]["loss"]
     assert metrics["train"]["trainable_parameters"] == metrics["train"]["parameters"]
@@ -138,7 +166,7 @@ def test_lora_with_activation_checkpointing_learns(tmp_path, base, data):
     config = SFTConfig(
         model=str(base), data=str(data), epochs=2, lr=2e-2, batch_size=8, precision="fp32", samples=0, activation_checkpointing=True, out=str(out)
     )
-    metrics = json.loads((sft(config, progress=False) / "metrics.json").read_text())
+    metrics = json.loads((sft(config, progress=False).path / "metrics.json").read_text())
     assert metrics["eval_after"]["loss"] < metrics["eval_before"]["loss"] - 0.1
 
 
@@ -156,6 +184,8 @@ def test_merge_equals_the_adapter_and_differs_from_the_base(lora_run, base):
 
     from tunelab.lm.load import load_lm
     from tunelab.lm.merge import merge
+
+    lora_run = lora_run.path
 
     merged = merge(lora_run)
     assert merged == lora_run / "merged"

@@ -51,7 +51,7 @@ def test_short_lora_sft(smollm2, tmp_path):
     run = sft(
         SFTConfig(model="smollm2", data=str(data), epochs=1, batch_size=4, lr=1e-3, samples=1, sample_tokens=8, eval_fraction=0.2, out=str(tmp_path / "run")),
         progress=False,
-    )
+    ).path
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["eval_after"]["loss"] < metrics["eval_before"]["loss"]
     assert (run / "model" / "adapter_config.json").is_file()

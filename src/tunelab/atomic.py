@@ -82,3 +82,22 @@ def staged_dir(final: str | os.PathLike, overwrite: bool = False, keep_partial: 
             shutil.rmtree(staging, ignore_errors=True)
         raise
     publish_dir(staging, final, overwrite)
+
+
+@contextlib.contextmanager
+def folder_lock(final: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on building `final` (a lock file beside it), so that two processes never
+    build the same folder in one staging folder; the second waits, then finds the folder built."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; a concurrent build fails to rename instead
+        yield
+        return
+    with open(final.parent / f".{final.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -3,6 +3,9 @@
 runs/<name>/
   config.yaml  model/  labels.json  data_profile.json  history.jsonl  metrics.json
   report.html  plots/*.png  splits/{train,eval,test}.parquet
+
+An sft run (a causal LM) holds config.yaml, model/ (a LoRA adapter or the full model), history.jsonl,
+metrics.json, samples.json, report.html and plots/; it has no labels.json and no splits/.
 """
 
 from __future__ import annotations
@@ -61,8 +64,10 @@ class Run:
                     "resume it with `tunelab resume` or train it again with --overwrite",
                 )
             raise TunelabError(f"run directory '{path}' does not exist", "pass the folder `tunelab train` wrote (--out)")
-        # A fine-tuned run holds a Hugging Face model/ folder; a scikit-learn baseline run, model.joblib.
-        has_model = (path / "model" / "config.json").is_file() or (path / "model.joblib").is_file()
+        # A fine-tuned run holds a Hugging Face model/ folder (an sft run's may hold a LoRA adapter only);
+        # a scikit-learn baseline run, model.joblib.
+        model_files = ("model/config.json", "model/adapter_config.json", "model.joblib")
+        has_model = any((path / name).is_file() for name in model_files)
         if not has_model or not (path / "config.yaml").is_file():
             raise TunelabError(
                 f"'{path}' is not a tunelab run directory (no model/ or config.yaml)",
@@ -78,8 +83,11 @@ class Run:
 
     @property
     def task(self) -> str:
-        """'classification' (`tunelab train`) or 'extractive-qa' (`tunelab train --task extractive-qa`)."""
-        return str(self.config.get("task") or "classification")
+        """'classification' (`tunelab train`), 'extractive-qa' (`tunelab train --task extractive-qa`) or 'sft' (`tunelab sft`)."""
+        if "task" in self.config:
+            return str(self.config["task"])
+        # Classifier runs never wrote their task; an sft run written before SFTConfig.task existed has no labels.json.
+        return "classification" if (self.path / "labels.json").is_file() else "sft"
 
     @property
     def model_dir(self) -> Path:
@@ -106,7 +114,13 @@ class Run:
     @cached_property
     def labels(self) -> list[str]:
         """Label names in id order."""
-        data = json.loads((self.path / "labels.json").read_text(encoding="utf-8"))
+        path = self.path / "labels.json"
+        if not path.is_file():
+            # A classifier command (predict, eval, serve, export) given another kind of run.
+            raise TunelabError(
+                f"run '{self.path}' has no labels: it is not a text classifier (task: {self.task})", "pass a run written by `tunelab train` (a text classifier)"
+            )
+        data = json.loads(path.read_text(encoding="utf-8"))
         return [data[str(i)] for i in range(len(data))]
 
     @property
@@ -138,19 +152,21 @@ class Run:
 
 
 def start_staging(
-    staging: Path, config_yaml: str, splits: Mapping[str, Any], labels: Sequence[str] | None = None, profile: dict[str, Any] | None = None
+    staging: Path, config_yaml: str, splits: Mapping[str, Any] | None = None, labels: Sequence[str] | None = None, profile: dict[str, Any] | None = None
 ) -> Run:
     """A fresh staging folder with what is known before training: config.yaml, splits/ and, for a
-    classifier, labels.json and data_profile.json."""
+    classifier, labels.json and data_profile.json (an sft run has only config.yaml)."""
     if staging.exists():
         shutil.rmtree(staging)  # an earlier attempt that was not resumed
-    (staging / "splits").mkdir(parents=True)
+    staging.mkdir(parents=True)
+    if splits:
+        (staging / "splits").mkdir()
     run = Run(staging)
     atomic.write_text(staging / "config.yaml", config_yaml)
     if labels is not None:
         atomic.write_json(staging / "labels.json", {str(i): label for i, label in enumerate(labels)})
     if profile is not None:
         atomic.write_json(staging / "data_profile.json", profile)
-    for name, split in splits.items():
+    for name, split in (splits or {}).items():
         split.to_parquet(run.split_path(name), index=False)
     return run

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tunelab.cli._app import app, command, console, err_console, user_errors
 from tunelab.cli.core import models_app
+
+if TYPE_CHECKING:
+    from tunelab.run import Run
 
 lm_app = typer.Typer(no_args_is_help=True, help="Causal language models: merge LoRA adapters, serve with an OpenAI-compatible API.")
 app.add_typer(lm_app, name="lm")
@@ -66,18 +69,15 @@ def sft(
     _print_sft_summary(run)
 
 
-def _print_sft_summary(run: Path) -> None:
-    import json
-
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    before, after, train = metrics["eval_before"], metrics["eval_after"], metrics["train"]
-    console.print(f"[bold green]done[/] {run}")
+def _print_sft_summary(run: Run) -> None:
+    before, after, train = run.metrics["eval_before"], run.metrics["eval_after"], run.metrics["train"]
+    console.print(f"[bold green]done[/] {run.path}")
     console.print(f"eval loss {before['loss']:.4f} -> {after['loss']:.4f}   perplexity {before['perplexity']:.2f} -> {after['perplexity']:.2f}")
     console.print(
         f"{train['method']}: {train['trainable_parameters']:,} of {train['parameters']:,} parameters trained, "
         f"{train['train_runtime_s']:.1f}s, {train['train_tokens_per_second']:.0f} tokens/s"
     )
-    console.print(f'report: {run / "report.html"}   next: tunelab generate {run} "..."   tunelab lm merge {run}')
+    console.print(f'report: {run.path / "report.html"}   next: tunelab generate {run.path} "..."   tunelab lm merge {run.path}')
 
 
 @command("generate")

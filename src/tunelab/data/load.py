@@ -53,8 +53,13 @@ def load_source(
     return _drop_missing(frame, name, strict)
 
 
-def read_raw(source: str | os.PathLike, encoding: str = "utf-8", delimiter: str | None = None) -> pd.DataFrame:
-    """The rows of a built-in dataset, file or save_to_disk folder, with the source's own columns."""
+def read_raw(source: str | os.PathLike, encoding: str = "utf-8", delimiter: str | None = None, keep_default_na: bool = True) -> pd.DataFrame:
+    """The rows of a built-in dataset, file or save_to_disk folder, with the source's own columns.
+
+    keep_default_na is pandas' own: True reads a CSV's empty cells and strings such as 'NA' or
+    'null' as missing; False keeps every cell as written (empty cells become ''), for data whose
+    texts may say "None".
+    """
     text = str(source)
     if text in BUILTIN:
         return BUILTIN[text].load()
@@ -78,7 +83,7 @@ def read_raw(source: str | os.PathLike, encoding: str = "utf-8", delimiter: str 
             if delimiter is None:
                 delimiter = "\t" if suffix == ".tsv" else detect_delimiter(path, encoding)
             kind = f"{kind} with delimiter {_shown(delimiter)}"
-            return pd.read_csv(path, sep=delimiter, encoding=encoding)
+            return pd.read_csv(path, sep=delimiter, encoding=encoding, keep_default_na=keep_default_na)
         if suffix == ".jsonl":
             return _read_jsonl(path, encoding)
         if suffix == ".json":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -66,16 +67,12 @@ def make_splits(
             "add examples of those classes, remove them, or pass --eval-data/--test-data",
         )
 
-    rest = firsts
-    splits: dict[str, pd.DataFrame] = {}
-    for name, given, fraction in (("test", test_frame, test_fraction), ("eval", eval_frame, eval_fraction)):
-        if given is not None:
-            splits[name] = given.reset_index(drop=True)
-            continue
-        # The fraction is of the whole data set, so rescale it to what is left.
-        share = min(max(fraction * len(firsts) / len(rest), len(classes) / len(rest)), 0.5)
+    def split_off(rest: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+        share = held_out_share(fraction, len(firsts), len(rest), len(classes))  # at least one text of each class
         rest, held = train_test_split(rest, test_size=share, random_state=seed, stratify=rest["label"])
-        splits[name] = _with_repeats(held, frame)
+        return rest, _with_repeats(held, frame)
+
+    rest, splits = hold_out({"test": test_frame, "eval": eval_frame}, {"test": test_fraction, "eval": eval_fraction}, firsts, split_off)
     train = _with_repeats(rest, frame)
     if max_train_samples is not None and max_train_samples < len(train):
         if max_train_samples < len(classes):
@@ -88,6 +85,30 @@ def make_splits(
     splits["train"] = train
     check_labels_seen(splits)
     return {name: splits[name] for name in ("train", "eval", "test")}
+
+
+def hold_out(
+    given: dict[str, pd.DataFrame | None],
+    fractions: dict[str, float],
+    rows: pd.DataFrame,
+    split_off: Callable[[pd.DataFrame, float], tuple[pd.DataFrame, pd.DataFrame]],
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The test split, then the eval split: the user's own when given, else `split_off(rest, fraction)`
+    -> (rest, held out) takes it from what is left; returns what is left for training, and the splits."""
+    splits: dict[str, pd.DataFrame] = {}
+    rest = rows
+    for name in ("test", "eval"):
+        if given[name] is not None:
+            splits[name] = given[name].reset_index(drop=True)
+        else:
+            rest, splits[name] = split_off(rest, fractions[name])
+    return rest, splits
+
+
+def held_out_share(fraction: float, whole: int, left: int, at_least: int) -> float:
+    """The share of the `left` units (texts, questions) that makes `fraction` of the `whole` data set,
+    at least `at_least` units and at most half of what is left."""
+    return min(max(fraction * whole / left, at_least / left), 0.5)
 
 
 def _with_repeats(firsts: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:

@@ -88,93 +88,128 @@ class UpdateResult:
 
 
 def update(settings: UpdateSettings, registry: Registry | None = None, progress: bool = True) -> UpdateResult:
-    from tunelab.data import load_source, make_splits
-    from tunelab.training.classify import train
-
     registry = registry or Registry()
     check_name(settings.name)
-
-    # 1. The production version and the run it points at.
-    production = registry.production(settings.name)
-    if production.version is None:
-        raise TunelabError(f"{settings.name} has no production version to update", f"promote one: `tunelab registry promote {settings.name}@N`")
-    parent = registry.get(settings.name, production.version)
+    parent = production_version(registry, settings.name)
     parent_run = _open_parent(parent)
-    parent_config = parent_run.config
-    seed = settings.seed if settings.seed is not None else int(parent_config.get("seed", 42))
+    seed = settings.seed if settings.seed is not None else int(parent_run.config.get("seed", 42))
+    data = prepare_data(settings, parent_run, seed)
+    out = out_dir(settings.out, f"{settings.name}-update")  # the registry name as it is: it may hold dots
+    with tempfile.TemporaryDirectory(prefix="tunelab-update-") as tmp:
+        start = starting_model(parent_run, data.labels, Path(tmp) / "start-model", seed)
+        candidate_run = continue_training(settings, parent_run.config, data, start, Path(tmp), seed, out, progress)
+        candidate_run, blended = blend_with_start(settings, data, start, candidate_run, progress) if settings.blend else (candidate_run, None)
+    before, after = score_sets(parent_run, data.test_sets), score_sets(candidate_run, data.test_sets)
+    passed, reasons = gate(before, after, settings.tolerance)
+    report = update_report(settings, parent, parent_run, candidate_run, data, blended, before, after, passed, reasons)
+    version = register_candidate(registry, settings, parent, candidate_run, report)
+    return UpdateResult(version, candidate_run, passed, version.stage == "production", reasons, report)
 
-    # 2. New data, split so that part of it is held out for the gate; the old splits come from the parent run.
+
+@dataclass
+class UpdateData:
+    """The data of an update: the new data's splits, the parent run's, and the training mix made of them."""
+
+    new_splits: dict[str, pd.DataFrame]
+    old_splits: dict[str, pd.DataFrame]
+    replay: pd.DataFrame
+    mix: pd.DataFrame
+    labels: list[str]  # the grown model's, in id order
+    added: list[str]
+    class_weights: str | dict[str, float]
+
+    @property
+    def test_sets(self) -> dict[str, pd.DataFrame]:
+        return {"old": self.old_splits["test"], "new": self.new_splits["test"]}
+
+
+def production_version(registry: Registry, name: str) -> Version:
+    production = registry.production(name)
+    if production.version is None:
+        raise TunelabError(f"{name} has no production version to update", f"promote one: `tunelab registry promote {name}@N`")
+    return registry.get(name, production.version)
+
+
+def prepare_data(settings: UpdateSettings, parent_run: Run, seed: int) -> UpdateData:
+    """The new data split so that part of it is held out for the gate, the parent run's own splits, and
+    the training mix: all new training rows plus a stratified replay sample of the old ones."""
+    from tunelab.data import load_source, make_splits
+
     new = load_source(settings.data, settings.text_col, settings.label_col, settings.encoding)
     new_splits = make_splits(new, settings.eval_fraction, settings.test_fraction, seed)
     old_splits = {name: parent_run.split(name) for name in ("train", "eval", "test")}
-
-    # 3. The training mix: all new training rows plus a stratified replay sample of the old ones.
     replay = replay_sample(old_splits["train"], len(new_splits["train"]), settings.replay, seed)
     mix = pd.concat([new_splits["train"], replay], ignore_index=True).sample(frac=1.0, random_state=seed).reset_index(drop=True)
     labels = sorted(set(parent_run.labels) | set(new_splits["train"]["label"]))
     check_mix_covers(mix, labels, settings.replay)
-    added = [label for label in labels if label not in parent_run.labels]
     class_weights = settings.class_weights
     if class_weights == "joint":
         class_weights = joint_class_weights(old_splits["train"], new_splits["train"], mix, settings.replay)
+    added = [label for label in labels if label not in parent_run.labels]
+    return UpdateData(new_splits, old_splits, replay, mix, labels, added, class_weights)
 
-    out = out_dir(settings.out, f"{settings.name}-update")  # the registry name as it is: it may hold dots
-    with tempfile.TemporaryDirectory(prefix="tunelab-update-") as tmp:
-        tmp = Path(tmp)
-        # 4. Start from the production model; new labels get new rows in the head, old rows are kept.
-        start = parent_run.model_dir
-        if parent_run.labels != labels:
-            start = grow_head(parent_run.model_dir, labels, tmp / "start-model", seed)
-        files = {}
-        for split, frame in {
-            "train": mix,
-            "eval": pd.concat([new_splits["eval"], old_splits["eval"]], ignore_index=True),
-            "test": pd.concat([old_splits["test"], new_splits["test"]], ignore_index=True),
-        }.items():
-            files[split] = tmp / f"{split}.parquet"
-            frame[["text", "label"]].to_parquet(files[split], index=False)
 
-        # 5. Continue fine-tuning with the parent's recipe (max length, precision, method, ...).
-        inherited = {k: v for k, v in parent_config.items() if k in TrainConfig.model_fields and k not in NOT_INHERITED}
-        overrides = {
-            "epochs": settings.epochs or scaled_from_parent(parent_config, "epochs", UPDATE_EPOCHS_FACTOR),
-            "lr": settings.lr or scaled_from_parent(parent_config, "lr", UPDATE_LR_FACTOR),
-            "warmup": settings.warmup,
-            "batch_size": settings.batch_size,
-            "seed": seed,
-            "class_weights": class_weights,
-        }
-        inherited.update({k: v for k, v in overrides.items() if v is not None})
-        config = TrainConfig(
-            **inherited,
-            model=str(start),
-            data=str(files["train"]),
-            eval_data=str(files["eval"]),
-            test_data=str(files["test"]),
-            out=str(out),
-        )
-        candidate_run = train(config, progress=progress)
+def starting_model(parent_run: Run, labels: list[str], grown: Path, seed: int) -> Path:
+    """The production model; with new labels, saved to `grown` with new rows in its head (old rows kept)."""
+    if parent_run.labels == labels:
+        return parent_run.model_dir
+    return grow_head(parent_run.model_dir, labels, grown, seed)
 
-        # 6. Blend: step back toward the start along the straight line while the eval splits say so.
-        test_sets = {"old": old_splits["test"], "new": new_splits["test"]}
-        blended = None
-        if settings.blend:
-            score = mean_accuracy(
-                [(split["text"].astype(str).tolist(), split["label"].astype(str).tolist()) for split in (old_splits["eval"], new_splits["eval"])]
-            )
-            alpha, scores, classifier = choose_alpha(start, candidate_run.model_dir, score, max_length=candidate_run.config.get("max_length"))
-            blended = {"alpha": alpha, "eval_mean_accuracy": {f"{a:g}": s for a, s in scores.items()}}
-            if alpha < 1.0:
-                # What the weights as trained score on the test sets: reported only, never used to choose.
-                unblended = score_sets(candidate_run, test_sets)
-                blended["test_accuracy_as_trained"] = {key: value["accuracy"] for key, value in unblended.items()}
-                candidate_run = replace_model(candidate_run, classifier, progress)
 
-    # 7. Score both models on both sets, then the gate.
-    before = score_sets(parent_run, test_sets)
-    after = score_sets(candidate_run, test_sets)
-    passed, reasons = gate(before, after, settings.tolerance)
-    report = {
+def continue_training(settings: UpdateSettings, parent_config: dict, data: UpdateData, start: Path, tmp: Path, seed: int, out: Path, progress: bool) -> Run:
+    """train() from `start` on the mix, with the parent's recipe (max length, precision, method, ...);
+    eval is the new and old eval splits, test the old test set and the new test split."""
+    from tunelab.training.classify import train
+
+    files = {}
+    for split, frame in {
+        "train": data.mix,
+        "eval": pd.concat([data.new_splits["eval"], data.old_splits["eval"]], ignore_index=True),
+        "test": pd.concat([data.old_splits["test"], data.new_splits["test"]], ignore_index=True),
+    }.items():
+        files[split] = tmp / f"{split}.parquet"
+        frame[["text", "label"]].to_parquet(files[split], index=False)
+    inherited = {k: v for k, v in parent_config.items() if k in TrainConfig.model_fields and k not in NOT_INHERITED}
+    overrides = {
+        "epochs": settings.epochs or scaled_from_parent(parent_config, "epochs", UPDATE_EPOCHS_FACTOR),
+        "lr": settings.lr or scaled_from_parent(parent_config, "lr", UPDATE_LR_FACTOR),
+        "warmup": settings.warmup,
+        "batch_size": settings.batch_size,
+        "seed": seed,
+        "class_weights": data.class_weights,
+    }
+    inherited.update({k: v for k, v in overrides.items() if v is not None})
+    config = TrainConfig(**inherited, model=str(start), data=str(files["train"]), eval_data=str(files["eval"]), test_data=str(files["test"]), out=str(out))
+    return train(config, progress=progress)
+
+
+def blend_with_start(settings: UpdateSettings, data: UpdateData, start: Path, candidate_run: Run, progress: bool) -> tuple[Run, dict[str, Any]]:
+    """Step back from the trained weights toward the start along the straight line while the eval splits
+    (old and new) say so; the run and what was tried."""
+    evals = [(split["text"].astype(str).tolist(), split["label"].astype(str).tolist()) for split in (data.old_splits["eval"], data.new_splits["eval"])]
+    alpha, scores, classifier = choose_alpha(start, candidate_run.model_dir, mean_accuracy(evals), max_length=candidate_run.config.get("max_length"))
+    blended = {"alpha": alpha, "eval_mean_accuracy": {f"{a:g}": s for a, s in scores.items()}}
+    if alpha < 1.0:
+        # What the weights as trained score on the test sets: reported only, never used to choose.
+        unblended = score_sets(candidate_run, data.test_sets)
+        blended["test_accuracy_as_trained"] = {key: value["accuracy"] for key, value in unblended.items()}
+        candidate_run = replace_model(candidate_run, classifier, progress)
+    return candidate_run, blended
+
+
+def update_report(
+    settings: UpdateSettings,
+    parent: Version,
+    parent_run: Run,
+    candidate_run: Run,
+    data: UpdateData,
+    blended: dict[str, Any] | None,
+    before: dict,
+    after: dict,
+    passed: bool,
+    reasons: list[str],
+) -> dict[str, Any]:
+    return {
         "name": settings.name,
         "parent": parent.ref,
         "parent_run": parent.run_dir,
@@ -182,18 +217,26 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
         "new_data": settings.data,
         "replay": settings.replay,
         "class_weights": settings.class_weights,
-        "loss_weight_per_label": class_weights if isinstance(class_weights, dict) else None,
+        "loss_weight_per_label": data.class_weights if isinstance(data.class_weights, dict) else None,
         "blend": blended,
         "tolerance_points": settings.tolerance,
-        "rows": {"new_train": len(new_splits["train"]), "replay": len(replay), "old_test": len(old_splits["test"]), "new_test": len(new_splits["test"])},
-        "labels": {"before": parent_run.labels, "after": labels, "added": added},
+        "rows": {
+            "new_train": len(data.new_splits["train"]),
+            "replay": len(data.replay),
+            "old_test": len(data.old_splits["test"]),
+            "new_test": len(data.new_splits["test"]),
+        },
+        "labels": {"before": parent_run.labels, "after": data.labels, "added": data.added},
         "before": before,
         "after": after,
         "gate": {"passed": passed, "reasons": reasons},
     }
 
-    # 8. Report first, registry last: a crash before the registry write leaves only an unregistered run.
+
+def register_candidate(registry: Registry, settings: UpdateSettings, parent: Version, candidate_run: Run, report: dict[str, Any]) -> Version:
+    """Report first, registry last: a crash before the registry write leaves only an unregistered run."""
     write_report(candidate_run.path, report)
+    passed, reasons = report["gate"]["passed"], report["gate"]["reasons"]
     verdict = ("passed the gate: " if passed else "failed the gate: ") + "; ".join(reasons)
     version = registry.register(
         candidate_run.path,
@@ -206,7 +249,7 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
     report["version"] = version.ref
     report["stage"] = version.stage
     write_report(candidate_run.path, report)
-    return UpdateResult(version, candidate_run, passed, version.stage == "production", reasons, report)
+    return version
 
 
 def scaled_from_parent(parent_config: dict, key: str, factor: float) -> float | None:

@@ -3,5 +3,5 @@
 from tunelab.lm.sft import SFTConfig, sft
 run = sft(SFTConfig(model="smollm2", data="pairs.jsonl"))
 from tunelab.lm.generate import Generator
-Generator(run)("What is LoRA?")
+Generator(run.path)("What is LoRA?")
 """

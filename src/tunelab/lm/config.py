@@ -12,6 +12,8 @@ from tunelab.config import Settings
 class SFTConfig(Settings):
     """Supervised fine-tuning of a causal LM on instruction data (`tunelab sft`)."""
 
+    # Fixed; written to config.yaml so that the file is itself a valid config and says what the run is (Run.task).
+    task: Literal["sft"] = Field("sft", description="what the run learns (fixed)")
     model: str = Field("smollm2", description="catalogue name, imported GGUF name, or a local Hugging Face folder")
     data: str = Field(..., description="JSONL/JSON/CSV/TSV/Parquet with {prompt,response}, {messages} or {text} rows")
     format: Literal["auto", "prompt-response", "messages", "text"] = Field("auto", description="row format; auto detects it from the first row")

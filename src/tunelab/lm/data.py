@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.data.load import read_raw
 from tunelab.errors import TunelabError, did_you_mean
 
-SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 ROLES = ("system", "user", "assistant")
 
 
@@ -48,42 +48,18 @@ def load_instructions(source: str | os.PathLike, format: str = "auto", encoding:
 
 
 def _read_records(path: Path, encoding: str) -> list[dict[str, Any]]:
-    if not path.is_file():
+    """The file's rows as dicts, read by the one reader of data files (data.load.read_raw: a CSV's
+    delimiter detected, a broken JSONL line named by its number). A key a JSON row leaves out is
+    absent from its dict (pandas fills it with NaN), so that row is named as lacking it."""
+    if not path.exists():
         raise TunelabError(f"data file '{path}' does not exist", "check the path")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            records = []
-            for number, line in enumerate(path.read_text(encoding=encoding).splitlines(), start=1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise TunelabError(f"{path} line {number} is not valid JSON ({error.msg})", "write one JSON object per line") from None
-        elif suffix == ".json":
-            try:
-                data = json.loads(path.read_text(encoding=encoding))
-            except json.JSONDecodeError as error:
-                raise TunelabError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})", "fix the JSON syntax") from None
-            if isinstance(data, dict):  # {"data": [...]} / {"train": [...]} wrappers
-                lists = [v for v in data.values() if isinstance(v, list)]
-                data = lists[0] if len(lists) == 1 else [data]
-            records = data
-        elif suffix in (".csv", ".tsv", ".parquet"):
-            import pandas as pd
+    frame = read_raw(path, encoding, keep_default_na=False)  # a CSV answer "None" or "NA" is an answer
+    columns = [str(column) for column in frame.columns]
+    return [{key: value for key, value in zip(columns, row) if not _absent(value)} for row in frame.itertuples(index=False, name=None)]
 
-            if suffix == ".parquet":
-                frame = pd.read_parquet(path)
-            else:
-                frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", encoding=encoding, keep_default_na=False)
-            records = frame.to_dict(orient="records")
-        else:
-            raise TunelabError(f"unsupported file type '{suffix or path.name}' for {path}", f"use one of {', '.join(SUFFIXES)}")
-    except UnicodeDecodeError as error:
-        raise TunelabError(f"{path} is not readable as {encoding} (position {error.start})", "re-save it as UTF-8 or pass --encoding") from None
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise TunelabError(f"{path} must hold a list of objects (one per example)", 'e.g. [{"prompt": "...", "response": "..."}]')
-    return records
+
+def _absent(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _detect_format(first: dict[str, Any], path: Path) -> str:
@@ -133,7 +109,7 @@ def _field(record: dict[str, Any], key: str, where: str) -> str:
         hint = did_you_mean(key, record)
         raise TunelabError(f"{where} has no '{key}'; its keys are: {', '.join(map(str, record))}", hint or "every row needs the same format as the first row")
     value = record[key]
-    if value is None or (isinstance(value, float) and math.isnan(value)):  # a missing cell (pandas reads it as NaN)
+    if value is None:  # a null cell of a Parquet file
         return ""
     return str(value)
 

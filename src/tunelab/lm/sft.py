@@ -14,6 +14,7 @@ import random
 import shutil
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,133 +32,194 @@ from tunelab.lm import report  # noqa: E402
 from tunelab.lm.config import SFTConfig  # noqa: E402
 from tunelab.lm.data import InstructionData, load_instructions, prompt_of  # noqa: E402
 from tunelab.lm.generate import generate_samples  # noqa: E402
-from tunelab.lm.load import context_limit, resolve_lm  # noqa: E402
+from tunelab.lm.load import LMSource, context_limit, resolve_lm  # noqa: E402
 from tunelab.lm.tokenize import IGNORE, ensure_chat_template, full_lengths, tokenize_rows  # noqa: E402
 from tunelab.lm.trainer import AnswerOnlyTrainer, supports_logits_to_keep  # noqa: E402
-from tunelab.run import named_after, out_dir, refuse_existing  # noqa: E402
+from tunelab.run import Run, named_after, out_dir, refuse_existing, start_staging  # noqa: E402
 
 MAX_LENGTH_CAP = 1024  # the default limit; CPU attention cost grows with the square of the length
 
 
-def sft(config: SFTConfig, progress: bool = True) -> Path:
-    """Fine-tune config.model on config.data; returns the finished run directory."""
+def sft(config: SFTConfig, progress: bool = True) -> Run:
+    """Fine-tune config.model on config.data; returns the finished run."""
     quiet_libraries()
     out = out_dir(config.out, named_after(config.model, config.data, prefix="sft-"))
     refuse_existing(out, config.overwrite)
     transformers.set_seed(config.seed)
     threads = hardware.set_threads(config.threads)
     precision = hardware.resolve_precision(config.precision)
-
-    # 1. Data, checked before anything expensive; an eval split held out (seeded).
-    data = load_instructions(config.data, config.format, config.encoding)
+    data = load_instructions(config.data, config.format, config.encoding)  # checked before anything expensive
     train_rows, eval_rows = split_rows(data, config)
+    source = base_model(config.model)
+    tokenizer, added_template = load_tokenizer(source.base)
+    limit = context_limit(transformers.AutoConfig.from_pretrained(source.base))
+    max_length = choose_max_length(config, tokenizer, train_rows, limit)
+    tokenized = tokenize_splits(tokenizer, train_rows, eval_rows, max_length)
+    model = load_model(source.base)
+    samples = SampleGenerations([prompt_of(row) for row in eval_rows[: config.samples]], config.sample_tokens, precision)
+    samples.before = samples.generate(model, tokenizer)
+    if config.method == "lora":
+        model = with_lora(model, config)
+    with atomic.staged_dir(out, overwrite=config.overwrite, keep_partial=False) as stage:
+        # Only real settings, resolved: config.yaml reloads as an SFTConfig to repeat the run.
+        start_staging(stage, to_yaml(config, out=str(out), lr=config.learning_rate, max_length=max_length, precision=precision, threads=threads))
+        trainer = build_trainer(config, model, tokenizer, tokenized, stage, precision, progress)
+        outcome = train_between_evaluations(trainer)
+        samples.after = samples.generate(trainer.model, tokenizer)
+        save_model(trainer, tokenizer, stage / "model")
+        metrics = sft_metrics(config, data, tokenized, outcome, trainer.model, max_length, added_template, precision)
+        write_results(stage, out.name, config, metrics, samples.records())
+    return Run.open(out)
 
-    # 2. Tokenizer with a chat template, and a max length taken from the data.
-    source = resolve_lm(config.model)
+
+@dataclass
+class Tokenized:
+    """The train and eval examples as token ids with answer-only labels, and what tokenizing cost."""
+
+    train: Any  # datasets.Dataset with input_ids, labels and length
+    eval: Any
+    truncated: int
+    dropped_no_answer_left: int
+
+
+@dataclass
+class TrainingOutcome:
+    before: dict[str, float]  # trainer.evaluate() before training
+    after: dict[str, float]
+    result: Any  # the Trainer's TrainOutput
+    seconds: float
+
+
+@dataclass
+class SampleGenerations:
+    """Greedy answers to a few eval prompts, before and after training, for the report."""
+
+    prompts: list[tuple[Any, str]]  # (prompt, reference answer)
+    max_new_tokens: int
+    precision: str
+    before: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+
+    def generate(self, model, tokenizer) -> list[str]:
+        return generate_samples(model, tokenizer, [p for p, _ in self.prompts], self.max_new_tokens, self.precision)
+
+    def records(self) -> list[dict[str, Any]]:
+        return [{"prompt": prompt, "reference": reference, "before": b, "after": a} for (prompt, reference), b, a in zip(self.prompts, self.before, self.after)]
+
+
+def base_model(name: str) -> LMSource:
+    """The model to fine-tune: a full model; an adapter would need its base merged in first."""
+    source = resolve_lm(name)
     if source.adapter is not None:
-        raise TunelabError(f"'{config.model}' is a LoRA adapter", "merge it first (`tunelab lm merge`) and fine-tune the merged folder")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source.base)
+        raise TunelabError(f"'{name}' is a LoRA adapter", "merge it first (`tunelab lm merge`) and fine-tune the merged folder")
+    return source
+
+
+def load_tokenizer(folder: Path):
+    """The tokenizer, with a pad token and a chat template; and whether the fallback template was added."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    added_template = ensure_chat_template(tokenizer)
-    model_config = transformers.AutoConfig.from_pretrained(source.base)
-    limit = context_limit(model_config)
-    max_length = choose_max_length(config, tokenizer, train_rows, limit)
+    return tokenizer, ensure_chat_template(tokenizer)
 
-    # 3. Tokenize: answers are labelled, prompts are -100.
+
+def tokenize_splits(tokenizer, train_rows: list[dict], eval_rows: list[dict], max_length: int) -> Tokenized:
+    """Answers are labelled, prompts are -100; examples whose answer is cut off entirely are dropped."""
     train_set, train_counts = tokenize_rows(tokenizer, train_rows, max_length)
     eval_set, eval_counts = tokenize_rows(tokenizer, eval_rows, max_length)
     if len(train_set) == 0 or len(eval_set) == 0:
         raise TunelabError(f"no examples left after truncating to {max_length} tokens", "raise --max-length")
+    return Tokenized(
+        train_set,
+        eval_set,
+        train_counts["truncated"] + eval_counts["truncated"],
+        train_counts["no_answer_left"] + eval_counts["no_answer_left"],
+    )
 
-    # 4. Model (float32 weights; bf16 is autocast by the Trainer).
-    model = transformers.AutoModelForCausalLM.from_pretrained(source.base, dtype=torch.float32)
+
+def load_model(folder: Path):
+    """Float32 weights (bf16 is autocast by the Trainer)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     model.config.use_cache = False  # training needs no cache, and packing needs none to keep examples apart
-    sample_prompts = [prompt_of(row) for row in eval_rows[: config.samples]]
-    samples_before = generate_samples(model, tokenizer, [p for p, _ in sample_prompts], config.sample_tokens, precision)
-    if config.method == "lora":
-        model = with_lora(model, config)
+    return model
 
-    out_staging = atomic.partial_path(out)
-    if out_staging.exists():
-        shutil.rmtree(out_staging)  # a crashed earlier attempt; start clean
-    with atomic.staged_dir(out, overwrite=config.overwrite, keep_partial=False) as stage:
-        atomic.write_text(
-            stage / "config.yaml",
-            # Only real settings, resolved: the file reloads as an SFTConfig to repeat the run.
-            to_yaml(config, out=str(out), lr=config.learning_rate, max_length=max_length, precision=precision, threads=threads),
-        )
 
-        # 5. Trainer.
-        args = training_arguments(config, stage / "checkpoints", precision, len(train_set))
-        callbacks: list = [HistoryCallback(stage / "history.jsonl")]
-        if progress:
-            callbacks.append(RichProgressCallback(config.batch_size * config.grad_accum * args.world_size))
-        # Answer-only logits where the model allows it: same loss, a fraction of the memory and time.
-        trainer_class = AnswerOnlyTrainer if config.answer_only_logits and supports_logits_to_keep(model) else Trainer
-        trainer = trainer_class(
-            model=model,
-            args=args,
-            train_dataset=train_set,
-            eval_dataset=eval_set.remove_columns("length"),
-            processing_class=tokenizer,
-            data_collator=make_collator(tokenizer, config.packing),
-            callbacks=callbacks,
-        )
-        trainer.remove_callback(PrinterCallback)
+def build_trainer(config: SFTConfig, model, tokenizer, tokenized: Tokenized, stage: Path, precision: str, progress: bool) -> Trainer:
+    args = training_arguments(config, stage / "checkpoints", precision, len(tokenized.train))
+    callbacks: list = [HistoryCallback(stage / "history.jsonl")]
+    if progress:
+        callbacks.append(RichProgressCallback(config.batch_size * config.grad_accum * args.world_size))
+    # Answer-only logits where the model allows it: same loss, a fraction of the memory and time.
+    trainer_class = AnswerOnlyTrainer if config.answer_only_logits and supports_logits_to_keep(model) else Trainer
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=tokenized.train,
+        eval_dataset=tokenized.eval.remove_columns("length"),
+        processing_class=tokenizer,
+        data_collator=make_collator(tokenizer, config.packing),
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
-        # 6. Eval loss before, train, eval loss after.
-        before = trainer.evaluate()
-        started = time.perf_counter()
-        result = trainer.train()
-        train_seconds = time.perf_counter() - started
-        after = trainer.evaluate()
-        samples_after = generate_samples(trainer.model, tokenizer, [p for p, _ in sample_prompts], config.sample_tokens, precision)
 
-        # 7. Save: the adapter (small; it names its base folder) or the full model, with the tokenizer.
-        model_dir = stage / "model"
-        trainer.model.config.use_cache = True
-        trainer.model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
-        shutil.rmtree(stage / "checkpoints", ignore_errors=True)
+def train_between_evaluations(trainer: Trainer) -> TrainingOutcome:
+    """Eval loss before, train, eval loss after."""
+    before = trainer.evaluate()
+    started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - started
+    return TrainingOutcome(before, trainer.evaluate(), result, seconds)
 
-        trained_tokens = sum(train_set["length"])
-        samples = [
-            {"prompt": prompt, "reference": reference, "before": b, "after": a}
-            for (prompt, reference), b, a in zip(sample_prompts, samples_before, samples_after)
-        ]
-        metrics: dict[str, Any] = {
-            "eval_before": _loss_record(before),
-            "eval_after": _loss_record(after),
-            "train": {
-                "method": config.method,
-                "train_runtime_s": train_seconds,
-                "train_loss": result.metrics.get("train_loss"),
-                "train_examples": len(train_set),
-                "eval_examples": len(eval_set),
-                "epochs": result.metrics.get("epoch", config.epochs),
-                "steps": result.global_step,
-                "train_tokens_per_second": trained_tokens * config.epochs / train_seconds if train_seconds > 0 else None,
-                "peak_memory_mb": hardware.peak_memory_mb(),
-                "parameters": sum(p.numel() for p in trainer.model.parameters()),
-                "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-            },
-            "data": {
-                "source": data.source,
-                "format": data.format,
-                "rows": len(data.rows),
-                "dropped_empty": data.dropped.get("empty", 0),
-                "max_length": max_length,
-                "truncated": train_counts["truncated"] + eval_counts["truncated"],
-                "dropped_no_answer_left": train_counts["no_answer_left"] + eval_counts["no_answer_left"],
-                "fallback_chat_template": added_template,
-            },
-            "environment": hardware.environment(precision),
-        }
-        atomic.write_json(stage / "metrics.json", metrics)
-        atomic.write_json(stage / "samples.json", samples)
-        report.write_report(stage, run_name=out.name, config=config.model_dump(), metrics=metrics, samples=samples)
-    return out
+
+def save_model(trainer: Trainer, tokenizer, folder: Path) -> None:
+    """The adapter (small; it names its base folder) or the full model, with the tokenizer; no checkpoints."""
+    trainer.model.config.use_cache = True
+    trainer.model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    shutil.rmtree(folder.parent / "checkpoints", ignore_errors=True)
+
+
+def sft_metrics(
+    config: SFTConfig, data: InstructionData, tokenized: Tokenized, outcome: TrainingOutcome, model, max_length: int, added_template: bool, precision: str
+) -> dict[str, Any]:
+    seconds = outcome.seconds
+    trained_tokens = sum(tokenized.train["length"])
+    return {
+        "eval_before": _loss_record(outcome.before),
+        "eval_after": _loss_record(outcome.after),
+        "train": {
+            "method": config.method,
+            "train_runtime_s": seconds,
+            "train_loss": outcome.result.metrics.get("train_loss"),
+            "train_examples": len(tokenized.train),
+            "eval_examples": len(tokenized.eval),
+            "epochs": outcome.result.metrics.get("epoch", config.epochs),
+            "steps": outcome.result.global_step,
+            "train_tokens_per_second": trained_tokens * config.epochs / seconds if seconds > 0 else None,
+            "peak_memory_mb": hardware.peak_memory_mb(),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        },
+        "data": {
+            "source": data.source,
+            "format": data.format,
+            "rows": len(data.rows),
+            "dropped_empty": data.dropped.get("empty", 0),
+            "max_length": max_length,
+            "truncated": tokenized.truncated,
+            "dropped_no_answer_left": tokenized.dropped_no_answer_left,
+            "fallback_chat_template": added_template,
+        },
+        "environment": hardware.environment(precision),
+    }
+
+
+def write_results(stage: Path, run_name: str, config: SFTConfig, metrics: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+    atomic.write_json(stage / "metrics.json", metrics)
+    atomic.write_json(stage / "samples.json", samples)
+    report.write_report(stage, run_name=run_name, config=config.model_dump(), metrics=metrics, samples=samples)
 
 
 def split_rows(data: InstructionData, config: SFTConfig) -> tuple[list[dict], list[dict]]:

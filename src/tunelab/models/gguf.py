@@ -8,15 +8,12 @@ its tokenizer and chat template, and check that it generates exactly what the GG
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import json
 import os
 import re
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +64,7 @@ def import_gguf(file: str | os.PathLike, name: str, overwrite: bool = False, ver
     if not _NAME.match(name):
         raise TunelabError(f"model name '{name}' is not a plain folder name", "use letters, digits, '.', '_' or '-', e.g. --name my-llm")
     target = models_dir() / name
-    with _lock(target):
+    with atomic.folder_lock(target):
         if target.exists() and not overwrite:
             if _is_current(target, source):
                 return target
@@ -93,18 +90,6 @@ def _is_current(folder: Path, source: Path) -> bool:
         return False
     stat = source.stat()
     return record.get("source_size") == stat.st_size and record.get("source_mtime") == stat.st_mtime
-
-
-@contextlib.contextmanager
-def _lock(target: Path) -> Iterator[None]:
-    # Two processes converting the same model at once would share one staging folder.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _convert(source: Path, target: Path, verify: bool) -> None:

@@ -168,8 +168,7 @@ def _building(final: Path, complete: Callable[[Path], bool]) -> Iterator[Path]:
     """Hold the folder's lock and yield the path of a staging folder (cleared of any earlier attempt;
     the block creates it), renamed to `final` when the block finishes; on an error or an interrupt the
     staging folder is removed and `final` is untouched."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(final.parent / f".{final.name}.lock"):
+    with atomic.folder_lock(final):
         staging = atomic.partial_path(final)
         if final.exists() and not complete(final):
             shutil.rmtree(final)  # not made here (only complete folders are renamed into place)
@@ -194,21 +193,6 @@ def _clear(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(atomic.partial_path(staging), ignore_errors=True)
     (staging.parent / f".{staging.name}.examples.jsonl").unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock; a concurrent build fails to rename instead
-        yield
-        return
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _notice(line: str) -> None:

@@ -120,35 +120,74 @@ def build_index(
         open_store(store, Path(index_dir), 1)  # raises the precise error
     index_dir = Path(index_dir).expanduser()
     documents = list(source) if not isinstance(source, (str, Path)) else load_documents(source)
-    if embedder is None:
-        from tunelab.rag.embed import SentenceEmbedder
+    embedder = _load_embedder(model) if embedder is None else embedder
+    _check_chunk_fits(embedder, chunk_tokens)
+    settings = _settings(store, url, collection, embedder.name, embedder.dim, chunk_tokens, overlap)
+    known, rebuilt = _indexed_documents(index_dir, settings)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    changes = _changes(documents, known)
+    chunks, chunks_per_document = _chunk(changes.to_embed, embedder, chunk_tokens, overlap)
+    embed_started = time.perf_counter()
+    vectors = embedder.encode([c.indexed_text() for c in chunks], batch_size=batch_size, progress=progress)
+    embed_seconds = time.perf_counter() - embed_started
+    total = _store_chunks(index_dir, settings, changes, chunks, vectors)
+    _write_manifest(index_dir, settings, source, documents, chunks_per_document, known, total)
+    return IndexReport(
+        added=len(changes.to_embed) - changes.changed,
+        changed=changes.changed,
+        removed=len(changes.removed),
+        unchanged=len(documents) - len(changes.to_embed),
+        chunks_embedded=len(chunks),
+        chunks_total=total,
+        seconds=time.perf_counter() - started,
+        embed_seconds=embed_seconds,
+        rebuilt=rebuilt,
+    )
 
-        embedder = SentenceEmbedder(model)
+
+@dataclass
+class _Changes:
+    """What an incremental build does: documents to (re-)embed, of which `changed` were indexed before, and ids to remove."""
+
+    to_embed: list[Document]
+    changed: int
+    removed: list[str]
+
+
+def _load_embedder(model: str):
+    from tunelab.rag.embed import SentenceEmbedder
+
+    return SentenceEmbedder(model)
+
+
+def _check_chunk_fits(embedder, chunk_tokens: int) -> None:
     if chunk_tokens > embedder.max_tokens - 16:
         raise TunelabError(
             f"chunk size {chunk_tokens} tokens does not fit the embedding model's {embedder.max_tokens}-token window (with room for the title line)",
             f"use --chunk-tokens {embedder.max_tokens - 56} or less",
         )
-    settings = _settings(store, url, collection, embedder.name, embedder.dim, chunk_tokens, overlap)
 
+
+def _indexed_documents(index_dir: Path, settings: dict) -> tuple[dict[str, dict], str]:
+    """The documents already in index_dir ({doc_id: {hash, title, chunks}}) and why the index is rebuilt
+    ('' when it is not): other settings remove the old store's files, so everything is embedded again."""
     old = read_manifest(index_dir) if index_dir.exists() else None
     if old is None and index_dir.exists() and any(index_dir.iterdir()):
         raise TunelabError(
             f"'{index_dir}' exists and is not a tunelab index (no {MANIFEST})",
             "choose an empty or new folder for --index",
         )
-    rebuilt = ""
-    known: dict[str, dict] = {}
-    if old is not None:
-        old_settings = {k: old.get(k) for k in settings}
-        if old_settings != settings:
-            changed_keys = [k for k in settings if old_settings[k] != settings[k]]
-            rebuilt = "settings changed: " + ", ".join(changed_keys)
-            _remove_store_files(index_dir, old)
-        else:
-            known = old.get("documents", {})
-    index_dir.mkdir(parents=True, exist_ok=True)
+    if old is None:
+        return {}, ""
+    old_settings = {k: old.get(k) for k in settings}
+    if old_settings != settings:
+        changed_keys = [k for k in settings if old_settings[k] != settings[k]]
+        _remove_store_files(index_dir, old)
+        return {}, "settings changed: " + ", ".join(changed_keys)
+    return old.get("documents", {}), ""
 
+
+def _changes(documents: Sequence[Document], known: dict[str, dict]) -> _Changes:
     seen = set()
     for doc in documents:
         if doc.doc_id in seen:
@@ -157,45 +196,43 @@ def build_index(
     current = {d.doc_id: d for d in documents}
     removed = [doc_id for doc_id in known if doc_id not in current]
     to_embed = [d for d in documents if known.get(d.doc_id, {}).get("hash") != d.content_hash]
-    changed = sum(1 for d in to_embed if d.doc_id in known)
+    return _Changes(to_embed, sum(1 for d in to_embed if d.doc_id in known), removed)
 
+
+def _chunk(documents: Sequence[Document], embedder, chunk_tokens: int, overlap: int) -> tuple[list[Chunk], dict[str, int]]:
+    """Every document's chunks, in order, and how many each document has."""
     chunks: list[Chunk] = []
     per_doc: dict[str, int] = {}
-    for doc in to_embed:
+    for doc in documents:
         doc_chunks = chunk_document(doc, embedder.tokenizer, chunk_tokens, overlap)
         per_doc[doc.doc_id] = len(doc_chunks)
         chunks.extend(doc_chunks)
-    embed_started = time.perf_counter()
-    vectors = embedder.encode([c.indexed_text() for c in chunks], batch_size=batch_size, progress=progress)
-    embed_seconds = time.perf_counter() - embed_started
+    return chunks, per_doc
 
-    db = open_store(store, index_dir, embedder.dim, url=url, collection=collection)
+
+def _store_chunks(index_dir: Path, settings: dict, changes: _Changes, chunks: list[Chunk], vectors) -> int:
+    """Replace the changed and removed documents' rows with the new chunks; the store's row count after."""
+    db = open_store(settings["store"], index_dir, settings["dim"], url=settings["url"], collection=settings["collection"])
     try:
         # Deleting what is about to be re-added also clears rows a crashed earlier run left behind.
-        db.delete_documents(removed + [d.doc_id for d in to_embed])
+        db.delete_documents(changes.removed + [d.doc_id for d in changes.to_embed])
         db.upsert(chunks, vectors)
         db.finish()
-        total = db.count()
+        return db.count()
     finally:
         db.close()
 
+
+def _write_manifest(
+    index_dir: Path, settings: dict, source, documents: Sequence[Document], chunks_per_document: dict[str, int], known: dict[str, dict], total: int
+) -> None:
     entries = {
-        d.doc_id: {"hash": d.content_hash, "title": d.title, "chunks": per_doc.get(d.doc_id, known.get(d.doc_id, {}).get("chunks", 0))} for d in documents
+        d.doc_id: {"hash": d.content_hash, "title": d.title, "chunks": chunks_per_document.get(d.doc_id, known.get(d.doc_id, {}).get("chunks", 0))}
+        for d in documents
     }
     write_json(
         index_dir / MANIFEST,
         {**settings, "source": str(source) if isinstance(source, (str, Path)) else "documents", "chunks": total, "documents": entries},
-    )
-    return IndexReport(
-        added=len(to_embed) - changed,
-        changed=changed,
-        removed=len(removed),
-        unchanged=len(documents) - len(to_embed),
-        chunks_embedded=len(chunks),
-        chunks_total=total,
-        seconds=time.perf_counter() - started,
-        embed_seconds=embed_seconds,
-        rebuilt=rebuilt,
     )
 
 

@@ -36,6 +36,7 @@ from tunelab.answers import normalize, score, summarise  # noqa: E402
 from tunelab.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
 from tunelab.config import ExtractiveQAConfig, to_yaml  # noqa: E402
 from tunelab.data.load import read_raw  # noqa: E402
+from tunelab.data.split import held_out_share, hold_out  # noqa: E402
 from tunelab.data.tokenize import choose_max_length  # noqa: E402
 from tunelab.errors import TunelabError, did_you_mean  # noqa: E402
 from tunelab.models.catalogue import resolve_model  # noqa: E402
@@ -221,19 +222,14 @@ def split_by_question(
             f"{source} has {questions} distinct question(s); splitting by question needs at least {needed}",
             "add questions, or pass --eval-data/--test-data",
         )
-    rest = frame
-    splits: dict[str, pd.DataFrame] = {}
-    for name, given, fraction in (("test", test_frame, test_fraction), ("eval", eval_frame, eval_fraction)):
-        if given is not None:
-            splits[name] = given.reset_index(drop=True)
-            continue
+
+    def split_off(rest: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
         groups = rest["question"].map(normalize)
-        # The fraction is of all questions, so rescale it to what is left; at least one question.
-        left = groups.nunique()
-        share = min(max(fraction * questions / left, 1 / left), 0.5)
+        share = held_out_share(fraction, questions, groups.nunique(), 1)  # at least one question
         kept, held = next(GroupShuffleSplit(n_splits=1, test_size=share, random_state=seed).split(rest, groups=groups))
-        splits[name] = rest.iloc[held].reset_index(drop=True)
-        rest = rest.iloc[kept]
+        return rest.iloc[kept], rest.iloc[held].reset_index(drop=True)
+
+    rest, splits = hold_out({"test": test_frame, "eval": eval_frame}, {"test": test_fraction, "eval": eval_fraction}, frame, split_off)
     splits["train"] = rest.reset_index(drop=True)
     return {name: splits[name] for name in ("train", "eval", "test")}
 

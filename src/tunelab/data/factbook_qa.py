@@ -319,20 +319,14 @@ _FIELD_NAMES = {"question": "a question", "answer": "an answer", "doc_id": "a do
 
 def read_qa(path: str | Path, required: tuple[str, ...] = ("question", "doc_id")) -> list[dict]:
     """Rows of a QA JSONL file, each checked for the (non-empty) fields the caller needs."""
-    import json
+    from tunelab.data.load import read_jsonl_records
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise TunelabError(f"QA file '{path}' not found", "build one with: tunelab data factbook-qa --out DIR")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TunelabError(f"{path}:{number} is not valid JSON ({error.msg})", "write one JSON object per line") from None
-        if not isinstance(row, dict) or any(not str(row.get(field, "")).strip() for field in required):
+    for number, row in read_jsonl_records(path):
+        if any(not str(row.get(field, "")).strip() for field in required):
             needs = " and ".join(_FIELD_NAMES.get(field, field) for field in required)
             raise TunelabError(
                 f"{path}:{number} needs {needs}",

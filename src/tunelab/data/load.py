@@ -151,7 +151,15 @@ def _set_delimiter(delimiter: str) -> str:
 
 
 def _read_jsonl(path: Path, encoding: str) -> pd.DataFrame:
-    """One JSON object per line; blank lines are skipped, a broken line is named by its number."""
+    records = [record for _, record in read_jsonl_records(path, encoding)]
+    if not records:
+        raise TunelabError(f"{path} is empty", "write one JSON object per line, with at least two lines")
+    return pd.DataFrame.from_records(records)
+
+
+def read_jsonl_records(path: Path, encoding: str = "utf-8") -> list[tuple[int, dict]]:
+    """(line number, object) for each line of a JSONL file; blank lines are skipped, a broken line is
+    named by its number."""
     records = []
     with open(path, encoding=encoding) as handle:
         for number, line in enumerate(handle, start=1):
@@ -170,10 +178,8 @@ def _read_jsonl(path: Path, encoding: str) -> pd.DataFrame:
                     f"{path} line {number} is a JSON {_json_kind(record)}, not an object",
                     'write one object per line, e.g. {"text": "...", "label": "..."}',
                 )
-            records.append(record)
-    if not records:
-        raise TunelabError(f"{path} is empty", "write one JSON object per line, with at least two lines")
-    return pd.DataFrame.from_records(records)
+            records.append((number, record))
+    return records
 
 
 def _json_kind(value) -> str:

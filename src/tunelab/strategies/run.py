@@ -504,9 +504,27 @@ class Pipeline:
         self.log(f"rag: hallucination budget {budget['value']:.3f} ({budget['from']})")
         return budget["value"]
 
+    def train_span_reader(self, rows: list[dict], calibration: list[dict], run_dir: Path) -> None:
+        """An extractive reader trained on `rows` into `run_dir`, its own thresholds chosen on `calibration`."""
+        from tunelab.rag.train_reader import train_reader_on
+
+        c = self.config
+        train_reader_on(
+            rows,
+            self.contexts(rows),
+            calibration,
+            self.contexts(calibration),
+            run_dir,
+            settings=self.context_settings(),
+            model=c.reader_model,
+            epochs=c.reader_epochs,
+            seed=c.seed,
+            overwrite=True,
+            progress=self.progress,
+        )
+
     def stage_extractive_rag(self) -> None:
         from tunelab.rag.readers import SpanReader
-        from tunelab.rag.train_reader import train_reader_on
 
         c = self.config
         run_dir = self.out / "runs" / "extractive-reader"
@@ -514,22 +532,10 @@ class Pipeline:
         self.log(f"extractive reader ({c.reader_model}) on {len(self.training)} train questions + {fields} field questions, {c.reader_epochs:g} epochs")
         with PeakMemory() as peak:
             started = time.perf_counter()
-            contexts = self.contexts(self.reader_training)
+            self.contexts(self.reader_training)  # retrieved here so that retrieval is timed apart from training
             retrieval_seconds = time.perf_counter() - started
             started = time.perf_counter()
-            train_reader_on(
-                self.reader_training,
-                contexts,
-                self.calibration,
-                self.contexts(self.calibration),
-                run_dir,
-                settings=self.context_settings(),
-                model=c.reader_model,
-                epochs=c.reader_epochs,
-                seed=c.seed,
-                overwrite=True,
-                progress=self.progress,
-            )
+            self.train_span_reader(self.reader_training, self.calibration, run_dir)
             seconds = time.perf_counter() - started
             reader = SpanReader(run_dir)
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -711,7 +717,7 @@ class Pipeline:
         """Generalisation: an extractive reader trained, and its thresholds chosen, without some question
         kinds, tested on those kinds; next to the in-kind reader on the same test questions."""
         from tunelab.rag.readers import SpanReader
-        from tunelab.rag.train_reader import choose_abstention, train_reader_on
+        from tunelab.rag.train_reader import choose_abstention
 
         c = self.config
         held = set(c.held_out_kinds)
@@ -723,19 +729,7 @@ class Pipeline:
             return
         run_dir = self.out / "runs" / "extractive-reader-held-out-kinds"
         self.log(f"leave-kinds-out: reader without {', '.join(sorted(held))} ({len(training)} train questions), tested on {len(test)}")
-        train_reader_on(
-            training,
-            self.contexts(training),
-            calibration,
-            self.contexts(calibration),
-            run_dir,
-            settings=self.context_settings(),
-            model=c.reader_model,
-            epochs=c.reader_epochs,
-            seed=c.seed,
-            overwrite=True,
-            progress=self.progress,
-        )
+        self.train_span_reader(training, calibration, run_dir)
         reader = SpanReader(run_dir)
         held_out = choose_abstention(
             calibration, self.contexts(calibration), self.read(reader, calibration), "train (calibration questions of the seen kinds only)"

@@ -1,12 +1,7 @@
 """The Jinja2 template of report.html: one file, inline CSS, images as data: URIs, no scripts, no network."""
 
-TEMPLATE = r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>tunelab report — {{ run_name }}</title>
-<style>
+# The page style, shared with the multi-label report (evaluate/multilabel_report.py).
+STYLE = r"""<style>
   body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1100px;
          padding: 1.5rem; color: #1d2430; line-height: 1.45; }
   h1 { margin-bottom: .2rem; } h2 { border-bottom: 2px solid #e3e7ee; padding-bottom: .2rem; margin-top: 2rem; }
@@ -28,7 +23,18 @@ TEMPLATE = r"""<!DOCTYPE html>
   ul.warnings li { color: #9a4a00; }
   td.text { max-width: 560px; white-space: pre-wrap; word-break: break-word; }
   .columns { display: flex; flex-wrap: wrap; gap: 2rem; align-items: flex-start; }
-</style>
+</style>"""
+
+TEMPLATE = (
+    r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>tunelab report — {{ run_name }}</title>
+"""
+    + STYLE
+    + r"""
 </head>
 <body>
 <h1>{{ run_name }}</h1>
@@ -178,3 +184,4 @@ TEMPLATE = r"""<!DOCTYPE html>
 </body>
 </html>
 """
+)

@@ -78,8 +78,16 @@ class Run:
 
     @property
     def task(self) -> str:
-        """'classification' (`tunelab train`) or 'extractive-qa' (`tunelab train --task extractive-qa`)."""
+        """'classification' (`tunelab train`), 'multi-label' or 'extractive-qa' (`tunelab train --task ...`)."""
         return str(self.config.get("task") or "classification")
+
+    def require_classification(self, command: str) -> None:
+        """Refuse, in one line, a run of another task (multi-label, extractive-qa) for a command that handles only classifiers."""
+        if self.task != "classification":
+            raise TunelabError(
+                f"{command} does not handle {self.task} runs yet ('{self.path}' is one)",
+                "it takes runs of `tunelab train` without --task; use tunelab predict and tunelab eval for this run",
+            )
 
     @property
     def model_dir(self) -> Path:

@@ -280,7 +280,13 @@ def test_label_sep_without_multi_label_and_resume_are_refused(ml_args, tiny_bert
 
 
 @pytest.mark.parametrize("command", [["serve"], ["export"], ["compare", "{run}"]])
-def test_serve_export_and_compare_refuse_a_multi_label_run(ml_run, command):
+def test_serve_export_and_compare_refuse_a_multi_label_run(ml_run, command, monkeypatch):
+    import uvicorn
+
+    def started(*args, **kwargs):
+        raise AssertionError("tunelab serve started a server for a multi-label run")
+
+    monkeypatch.setattr(uvicorn, "run", started)  # a broken refusal fails here instead of serving forever
     args = [part.format(run=ml_run) for part in command]
     assert_user_error(cli(args[0], ml_run, *args[1:]), f"tunelab {args[0]} does not handle multi-label runs yet")
 

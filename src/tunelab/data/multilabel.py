@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tunelab.data.load import drop_missing, read_raw, require_columns
+from tunelab.data.split import hold_out
 from tunelab.errors import TunelabError
 
 # Separators `tunelab data inspect` tries on a string label column, and the share of rows that must
@@ -145,8 +146,6 @@ def make_multilabel_splits(
     stratification), so a rare label reaches eval, where its threshold is chosen, and test. A text
     that repeats stays in one split. Every label must have enough distinct texts to reach each split.
     """
-    from sklearn.model_selection import train_test_split
-
     source = frame.attrs.get("source", "the data")
     firsts = frame.drop_duplicates("text").reset_index(drop=True)
     if len(firsts) == 0:
@@ -160,16 +159,8 @@ def make_multilabel_splits(
             f"labels with too few rows (distinct texts) to reach every split: {shown}; each needs at least {needed}",
             "add rows with those labels, remove the labels, or pass --eval-data/--test-data",
         )
-    rest = firsts
-    splits: dict[str, pd.DataFrame] = {}
-    for name, given, fraction in (("test", test_frame, test_fraction), ("eval", eval_frame, eval_fraction)):
-        if given is not None:
-            splits[name] = given.reset_index(drop=True)
-            continue
-        share = min(max(fraction * len(firsts) / len(rest), 1 / len(rest)), 0.5)
-        rest, held = train_test_split(rest, test_size=share, random_state=seed, stratify=rarest_label_strata(rest, share))
-        splits[name] = _with_repeats(held, frame)
-    train = _with_repeats(rest, frame)
+    splits = hold_out(frame, firsts, (eval_fraction, test_fraction), seed, (eval_frame, test_frame), rarest_label_strata)
+    train = splits["train"]
     if max_train_samples is not None and max_train_samples < len(train):
         train = train.sample(n=max_train_samples, random_state=seed).reset_index(drop=True)
     splits["train"] = train
@@ -189,12 +180,6 @@ def rarest_label_strata(frame: pd.DataFrame, share: float) -> np.ndarray | None:
     if min(sizes.values()) < 2 or len(sizes) > held or len(sizes) > len(frame) - held:
         return None
     return strata
-
-
-def _with_repeats(firsts: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of `frame` whose text is one of `firsts`' texts (repeats follow their first)."""
-    texts = set(firsts["text"])
-    return frame[frame["text"].isin(texts)].reset_index(drop=True)
 
 
 def check_labels_trained(splits: dict[str, pd.DataFrame]) -> None:

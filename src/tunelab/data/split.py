@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
@@ -66,17 +67,8 @@ def make_splits(
             "add examples of those classes, remove them, or pass --eval-data/--test-data",
         )
 
-    rest = firsts
-    splits: dict[str, pd.DataFrame] = {}
-    for name, given, fraction in (("test", test_frame, test_fraction), ("eval", eval_frame, eval_fraction)):
-        if given is not None:
-            splits[name] = given.reset_index(drop=True)
-            continue
-        # The fraction is of the whole data set, so rescale it to what is left.
-        share = min(max(fraction * len(firsts) / len(rest), len(classes) / len(rest)), 0.5)
-        rest, held = train_test_split(rest, test_size=share, random_state=seed, stratify=rest["label"])
-        splits[name] = _with_repeats(held, frame)
-    train = _with_repeats(rest, frame)
+    splits = hold_out(frame, firsts, (eval_fraction, test_fraction), seed, (eval_frame, test_frame), lambda rest, share: rest["label"], len(classes))
+    train = splits["train"]
     if max_train_samples is not None and max_train_samples < len(train):
         if max_train_samples < len(classes):
             raise TunelabError(
@@ -88,6 +80,35 @@ def make_splits(
     splits["train"] = train
     check_labels_seen(splits)
     return {name: splits[name] for name in ("train", "eval", "test")}
+
+
+def hold_out(
+    frame: pd.DataFrame,
+    firsts: pd.DataFrame,
+    fractions: tuple[float, float],
+    seed: int,
+    given: tuple[pd.DataFrame | None, pd.DataFrame | None],
+    strata: Callable[[pd.DataFrame, float], Any],
+    min_held: int = 1,
+) -> dict[str, pd.DataFrame]:
+    """Test, then eval, held out of `firsts` (the first row of each text; given frames win), the
+    rest train; every split takes the repeats of its texts from `frame`.
+
+    fractions and given: (eval, test). strata(rows left, share held): what train_test_split
+    stratifies on, or None. At least min_held rows are held out of each split (e.g. one per class).
+    """
+    rest = firsts
+    splits: dict[str, pd.DataFrame] = {}
+    for name, given_frame, fraction in (("test", given[1], fractions[1]), ("eval", given[0], fractions[0])):
+        if given_frame is not None:
+            splits[name] = given_frame.reset_index(drop=True)
+            continue
+        # The fraction is of the whole data set, so rescale it to what is left.
+        share = min(max(fraction * len(firsts) / len(rest), min_held / len(rest)), 0.5)
+        rest, held = train_test_split(rest, test_size=share, random_state=seed, stratify=strata(rest, share))
+        splits[name] = _with_repeats(held, frame)
+    splits["train"] = _with_repeats(rest, frame)
+    return splits
 
 
 def _with_repeats(firsts: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:

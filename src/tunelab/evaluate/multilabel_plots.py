@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.evaluate.plots import accuracy_curves, heat_map, loss_curves, roc_plot
+from tunelab.evaluate.plots import heat_map, roc_plot, training_curves
 
 
 def make_multilabel_plots(
@@ -23,13 +23,7 @@ def make_multilabel_plots(
 ) -> dict[str, Path]:
     """Every plot of the multi-label report; returns name -> PNG path. Plots without data are skipped."""
     out_dir = Path(out_dir)
-    plots: dict[str, Path] = {}
-    train = [h for h in history if h.get("type") == "train"]
-    evals = [h for h in history if h.get("type") == "eval"]
-    if any("loss" in h for h in train) or any("eval_loss" in h for h in evals):
-        plots["loss"] = loss_curves(train, evals, out_dir / "loss.png")
-    if any("train_accuracy" in h for h in train + evals) or any("eval_accuracy" in h for h in evals):
-        plots["accuracy"] = accuracy_curves(train, evals, out_dir / "accuracy.png")
+    plots = training_curves(out_dir, history)
     plots["roc"] = roc_plot(y_true, proba, labels, metrics["roc_auc"]["per_label"], out_dir / "roc.png")
     plots["cooccurrence"] = cooccurrence_plot(metrics["cooccurrence"]["counts"], labels, out_dir / "cooccurrence.png")
     return plots

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, select_autoescape
-
-from tunelab.atomic import write_text
-from tunelab.evaluate.report import HYPERPARAMETERS, PLOT_TITLES, _embed, _num, _pct
-from tunelab.evaluate.report_template import STYLE
+from tunelab.evaluate.report import PLOT_TITLES, write_report
+from tunelab.evaluate.report_template import GENERALISATION_FLAG, HEADLINE_CLOSE, HEADLINE_OPEN, PAGE_START, PLOTS, SETTINGS_TABLES, WARNINGS
 
 MULTILABEL_PLOT_TITLES = {
     **PLOT_TITLES,
@@ -24,35 +20,20 @@ MULTILABEL_PLOT_TITLES = {
 }
 
 TEMPLATE = (
-    r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>tunelab report — {{ run_name }}</title>
-"""
-    + STYLE
-    + r"""
-</head>
-<body>
-<h1>{{ run_name }}</h1>
-<div class="muted">tunelab multi-label evaluation report · generated {{ generated }} · evaluated on {{ evaluated_on.source }} ({{ evaluated_on.rows }} examples)</div>
+    PAGE_START
+    + r"""<div class="muted">tunelab multi-label evaluation report · generated {{ generated }} · evaluated on {{ evaluated_on.source }} ({{ evaluated_on.rows }} examples)</div>
 
-{% if baseline and baseline.comparison %}{% set c = baseline.comparison %}
-<div class="flag {{ 'ok' if c.beats_baseline else 'behind' }}" id="baseline-headline">
-  <strong>{{ c.headline }}</strong>
-  {% if c.advice %}<div>What to try:</div><ul>{% for tip in c.advice %}<li>{{ tip }}</li>{% endfor %}</ul>{% endif %}
-  <table>
+"""
+    + HEADLINE_OPEN
+    + r"""  <table>
     <tr><th></th><th>micro-F1</th><th>macro-F1</th><th>samples-F1</th><th>subset accuracy</th></tr>
     <tr><td>this model</td><td class="num">{{ test.f1_micro | num }}</td><td class="num">{{ test.f1_macro | num }}</td><td class="num">{{ test.f1_samples | num }}</td><td class="num">{{ test.subset_accuracy | pct }}</td></tr>
     <tr><td>baseline: {{ baseline.name }}</td><td class="num">{{ baseline.f1_micro | num }}</td><td class="num">{{ baseline.f1_macro | num }}</td><td class="num">{{ baseline.f1_samples | num }}</td><td class="num">{{ baseline.subset_accuracy | pct }}</td></tr>
   </table>
   <div class="small muted">The baseline, {{ baseline.name }} ({{ baseline.description }}), was fitted on the run's train split ({{ baseline.train_rows }} rows) in {{ baseline.fit_seconds | num(2) }} s; its C = {{ baseline.C }} and its per-label thresholds were chosen on {{ baseline.C_chosen_on }}, by the rule the model's follow; it was scored on the same {{ baseline.test_rows }} rows as the model.</div>
-</div>
-{% elif baseline %}
-<div class="flag unknown" id="baseline-headline">No baseline comparison: {{ baseline.missing }}.</div>
-{% endif %}
-
+"""
+    + HEADLINE_CLOSE
+    + r"""
 <div class="cards">
   <div class="card"><div class="name">F1 (micro)</div><div class="value">{{ test.f1_micro | num }}</div></div>
   <div class="card"><div class="name">F1 (macro)</div><div class="value">{{ test.f1_macro | num }}</div></div>
@@ -72,24 +53,13 @@ TEMPLATE = (
   <tr><td>evaluated on</td><td>{{ evaluated_on.source }} ({{ evaluated_on.rows }} rows)</td></tr>
   <tr><td>labels per row</td><td>{{ test.label_cardinality.true | num(2) }} true, {{ test.label_cardinality.predicted | num(2) }} predicted</td></tr>
 </table>
-<table>
-  <tr><th colspan="2">Hyperparameters</th></tr>
-  {% for key, value in hyperparameters.items() %}<tr><td>{{ key }}</td><td>{{ value }}</td></tr>{% endfor %}
-</table>
-<table>
-  <tr><th colspan="2">Hardware and time</th></tr>
-  {% for key, value in environment.items() %}<tr><td>{{ key }}</td><td>{{ value }}</td></tr>{% endfor %}
-  {% for key, value in train_info.items() %}<tr><td>{{ key }}</td><td>{{ value | num }}</td></tr>{% endfor %}
-  {% if test.timing %}<tr><td>inference</td><td>{{ test.timing.examples }} examples in {{ test.timing.seconds | num(2) }} s ({{ test.timing.examples_per_second | num(1) }}/s, batch {{ test.timing.batch_size }})</td></tr>{% endif %}
-</table>
-</div>
+"""
+    + SETTINGS_TABLES
+    + r"""</div>
 
-<h2>Generalisation check</h2>
-<div class="flag {{ generalisation.verdict }}">
-  <strong>{% if generalisation.verdict == "ok" %}Generalises: no sign of over-fitting{% elif generalisation.verdict == "overfitting" %}Possible over-fitting{% else %}Not enough training history to judge{% endif %}</strong>
-  <ul>{% for reason in generalisation.reasons %}<li>{{ reason }}</li>{% endfor %}</ul>
-  <div class="small muted">Accuracy here is subset accuracy at threshold 0.5, as measured during training.</div>
-</div>
+"""
+    + GENERALISATION_FLAG
+    + r"""<p class="small muted">Accuracy here is subset accuracy at threshold 0.5, as measured during training.</p>
 
 <h2>Metrics per label</h2>
 {% if thresholds %}<p class="small">Decision thresholds chosen on {{ thresholds.chosen_on }}, never on the test rows: {{ thresholds.rule }}.</p>{% endif %}
@@ -109,13 +79,9 @@ TEMPLATE = (
 {% if notes or test.roc_auc.macro_note %}<ul class="small muted">{% for note in notes %}<li>{{ note }}</li>{% endfor %}{% if test.roc_auc.macro_note %}<li>{{ test.roc_auc.macro_note }}</li>{% endif %}</ul>{% endif %}
 <p class="small">subset accuracy {{ test.subset_accuracy | pct }} · Hamming loss {{ test.hamming_loss | num }} · mean binary cross-entropy {{ test.loss | num }}</p>
 
-<h2>Plots</h2>
-<div class="grid">
-{% for plot in plots %}
-  <figure><img src="{{ plot.uri }}" alt="{{ plot.title }}" width="{{ plot.width }}" height="{{ plot.height }}"><figcaption>{{ plot.title }}</figcaption></figure>
-{% endfor %}
-</div>
-
+"""
+    + PLOTS
+    + r"""
 <h2>Rows with the most wrong labels</h2>
 {% if mistakes %}
 <table>
@@ -138,9 +104,9 @@ TEMPLATE = (
   {% endfor %}
 </table>
 {% else %}<p class="muted">No data profile in this run.</p>{% endif %}
-<h3>Warnings</h3>
-{% if profile.warnings %}<ul class="warnings">{% for w in profile.warnings %}<li>{{ w }}</li>{% endfor %}</ul>{% else %}<p>None.</p>{% endif %}
-
+"""
+    + WARNINGS
+    + r"""
 <p class="small muted">Not available for multi-label runs yet: tunelab serve, export and compare. Files: metrics.json, thresholds.json, predictions.parquet, plots/*.png — next to this report.</p>
 </body>
 </html>
@@ -148,44 +114,6 @@ TEMPLATE = (
 )
 
 
-def write_multilabel_report(
-    path: str | os.PathLike,
-    *,
-    run_name: str,
-    config: Mapping[str, Any],
-    test: Mapping[str, Any],
-    evaluated_on: Mapping[str, Any],
-    plots: Mapping[str, str | os.PathLike],
-    mistakes: list[dict[str, Any]],
-    generalisation: Mapping[str, Any],
-    data_profile: Mapping[str, Any] | None = None,
-    train_info: Mapping[str, Any] | None = None,
-    environment: Mapping[str, Any] | None = None,
-    thresholds: Mapping[str, Any] | None = None,
-    baseline: Mapping[str, Any] | None = None,
-) -> Path:
-    env = Environment(autoescape=select_autoescape(default=True, default_for_string=True), trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = _num
-    env.filters["pct"] = _pct
-    embedded = []
-    for name, plot in plots.items():
-        image = _embed(name, plot)
-        image["title"] = MULTILABEL_PLOT_TITLES.get(name, image["title"])
-        embedded.append(image)
-    html = env.from_string(TEMPLATE).render(
-        run_name=run_name,
-        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        config=dict(config),
-        hyperparameters={k: config[k] for k in (*HYPERPARAMETERS, "label_sep") if k in config},
-        test=test,
-        evaluated_on=evaluated_on,
-        plots=embedded,
-        mistakes=mistakes,
-        generalisation=generalisation,
-        profile=data_profile or {},
-        train_info={k: v for k, v in (train_info or {}).items() if isinstance(v, (int, float, str))},
-        environment=dict(environment or {}),
-        thresholds=thresholds,
-        baseline=baseline,
-    )
-    return write_text(path, html)
+def write_multilabel_report(path: str | os.PathLike, *, thresholds: Mapping[str, Any] | None = None, **context: Any) -> Path:
+    """report.html of a multi-label run: render_report's arguments, on this page, plus the thresholds' record."""
+    return write_report(path, template=TEMPLATE, plot_titles=MULTILABEL_PLOT_TITLES, thresholds=thresholds, **context)

@@ -31,6 +31,17 @@ def make_plots(
 ) -> dict[str, Path]:
     """Every plot the report shows; returns name -> PNG path. Plots without data are skipped."""
     out_dir = Path(out_dir)
+    plots = training_curves(out_dir, history)
+    cm = metrics["confusion_matrix"]
+    plots["confusion_matrix"] = confusion_matrix_plot(cm["counts"], cm["normalized"], labels, out_dir / "confusion_matrix.png")
+    plots["roc"] = roc_plot(y_true, proba, labels, metrics["roc_auc"]["per_class"], out_dir / "roc.png")
+    plots["precision_recall"] = pr_plot(y_true, proba, labels, metrics["average_precision"]["per_class"], out_dir / "precision_recall.png")
+    plots["reliability"] = reliability_plot(metrics["calibration"], out_dir / "reliability.png")
+    return plots
+
+
+def training_curves(out_dir: Path, history: Sequence[dict[str, Any]]) -> dict[str, Path]:
+    """The loss and accuracy curves of history.jsonl, each drawn when the history has its values."""
     plots: dict[str, Path] = {}
     train = [h for h in history if h.get("type") == "train"]
     evals = [h for h in history if h.get("type") == "eval"]
@@ -38,11 +49,6 @@ def make_plots(
         plots["loss"] = loss_curves(train, evals, out_dir / "loss.png")
     if any("train_accuracy" in h for h in train + evals) or any("eval_accuracy" in h for h in evals):
         plots["accuracy"] = accuracy_curves(train, evals, out_dir / "accuracy.png")
-    cm = metrics["confusion_matrix"]
-    plots["confusion_matrix"] = confusion_matrix_plot(cm["counts"], cm["normalized"], labels, out_dir / "confusion_matrix.png")
-    plots["roc"] = roc_plot(y_true, proba, labels, metrics["roc_auc"]["per_class"], out_dir / "roc.png")
-    plots["precision_recall"] = pr_plot(y_true, proba, labels, metrics["average_precision"]["per_class"], out_dir / "precision_recall.png")
-    plots["reliability"] = reliability_plot(metrics["calibration"], out_dir / "reliability.png")
     return plots
 
 

@@ -323,3 +323,10 @@ def test_factbook_resources_follows_its_derivation_rule():
     counts = frame["labels"].explode().value_counts()
     assert counts.min() >= MIN_DOCUMENTS and 10 <= len(counts) <= 17
     assert all(labels == sorted(labels) for labels in frame["labels"])
+
+
+def test_a_runs_config_yaml_trains_a_multi_label_run_again(ml_run, tmp_path):
+    result = cli("train", ml_run / "config.yaml", "--epochs", 1, "--out", tmp_path / "again")
+    assert result.exit_code == 0, result.output
+    again = Run.open(tmp_path / "again")
+    assert again.task == "multi-label" and (tmp_path / "again" / "thresholds.json").is_file()

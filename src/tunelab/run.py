@@ -84,9 +84,9 @@ class Run:
     def require_classification(self, command: str) -> None:
         """Refuse, in one line, a run of another task (multi-label, extractive-qa) for a command that handles only classifiers."""
         if self.task != "classification":
+            usable = "; tunelab predict and tunelab eval handle this run" if self.task == "multi-label" else ""
             raise TunelabError(
-                f"{command} does not handle {self.task} runs yet ('{self.path}' is one)",
-                "it takes runs of `tunelab train` without --task; use tunelab predict and tunelab eval for this run",
+                f"{command} does not handle {self.task} runs yet ('{self.path}' is one)", f"it takes runs of `tunelab train` without --task{usable}"
             )
 
     @property

@@ -47,6 +47,9 @@ def evaluate_multilabel_run(
     run = run if isinstance(run, Run) else Run.open(run)
     labels = run.labels
     frame, source = (run.split("test"), "test split") if data is None else (data, data_name or "the given data")
+    missing = [c for c in ("text", "labels") if c not in frame.columns]
+    if missing:
+        raise TunelabError(f"{source} has no {' or '.join(map(repr, missing))} column", "read it with tunelab.data.multilabel.load_multilabel_source")
     if len(frame) == 0:
         raise TunelabError(f"{source} has no rows to evaluate", "give data with text and label columns")
     y_true = multi_hot(frame["labels"], labels).astype(int)

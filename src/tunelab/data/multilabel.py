@@ -190,7 +190,8 @@ def check_labels_trained(splits: dict[str, pd.DataFrame]) -> None:
         if unseen:
             raise TunelabError(
                 f"{name} labels not in the training data: {', '.join(map(repr, unseen[:5]))}",
-                "add training rows with them, or remove them from the " + ("--eval-data" if name == "eval" else "--test-data") + " file",
+                "add training rows with them (a label whose few rows all went to eval and test needs more rows, or another --seed), "
+                "or remove them from the " + ("--eval-data" if name == "eval" else "--test-data") + " file",
             )
 
 

@@ -21,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # twin: the training recipes live in tunelab/training/.
 import tunelab.evaluate  # noqa: E402,F401
 import tunelab.predict  # noqa: E402,F401
-from tunelab.config import TrainConfig  # noqa: E402
+from tunelab.config import MultiLabelConfig, TrainConfig  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.run import Run  # noqa: E402
 
@@ -29,7 +29,12 @@ __version__ = "0.1.0"
 
 
 def train(config: TrainConfig | None = None, **settings):
-    """Fine-tune a classifier; see TrainConfig for the settings. Returns the finished Run."""
+    """Fine-tune a classifier; see TrainConfig for the settings (MultiLabelConfig, or task="multi-label",
+    for label sets). Returns the finished Run."""
+    if isinstance(config, MultiLabelConfig) or (config is None and settings.get("task") == "multi-label"):
+        from tunelab.training.multilabel import train_multilabel
+
+        return train_multilabel(config or MultiLabelConfig(**settings))
     from tunelab.training.classify import train as _train
 
     return _train(config or TrainConfig(**settings))
@@ -49,4 +54,4 @@ def evaluate(run, data=None, **kwargs):
     return evaluate_run(run if isinstance(run, Run) else Run.open(run), data, **kwargs)
 
 
-__all__ = ["Run", "TrainConfig", "TunelabError", "evaluate", "predict", "train", "__version__"]
+__all__ = ["MultiLabelConfig", "Run", "TrainConfig", "TunelabError", "evaluate", "predict", "train", "__version__"]

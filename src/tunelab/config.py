@@ -145,6 +145,16 @@ class ExtractiveQAConfig(Settings):
     overwrite: bool = False
 
 
+class MultiLabelConfig(TrainConfig):
+    """Fine-tuning a multi-label classifier (`tunelab train --task multi-label`): a sigmoid per label,
+    each label's decision threshold chosen on the eval split. The classifier's settings, plus:"""
+
+    task: Literal["multi-label"] = Field("multi-label", description="what the run learns (fixed)")
+    label_col: str = Field("labels", description="column holding each row's labels: a list, or a string split on label_sep")
+    label_sep: str | None = Field(None, min_length=1, description="the character between labels in a string label column, e.g. '|'")
+    class_weights: Literal["none"] = Field("none", description="per-label loss weights are not supported for multi-label training")
+
+
 S = TypeVar("S", bound=Settings)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pandas as pd
@@ -24,7 +25,9 @@ def inspect_source(
     encoding: str = "utf-8",
     delimiter: str | None = None,
 ) -> dict[str, Any]:
-    """Rows, class balance, token-length percentiles, empty and duplicate rows, warnings."""
+    """Rows, class balance, token-length percentiles, empty and duplicate rows, warnings; and
+    whether the label column looks multi-label (lists, or delimited strings)."""
+    multi_label = detect_multilabel(source, label_col, encoding, delimiter)
     frame = load_source(source, text_col, label_col, encoding, delimiter=delimiter)
     tokenizer, limit = None, None
     if model:
@@ -50,7 +53,40 @@ def inspect_source(
     )
     if profile["train_rows"] < SMALL_TRAIN_ROWS:
         profile["warnings"].insert(0, small_data_warning(profile["train_rows"], len(frame), test_data is not None))
+    profile["likely_task"] = "multi-label" if multi_label else "classification"
+    if multi_label:
+        profile["multi_label"] = multi_label
+        profile["warnings"].insert(0, multi_label["advice"])
     return profile
+
+
+def detect_multilabel(source: str, label_col: str, encoding: str = "utf-8", delimiter: str | None = None) -> dict[str, Any] | None:
+    """How the label column holds label sets (tunelab.data.multilabel.detect_label_sets), the rows per
+    label, and the command that trains on it; None for a single-label column."""
+    from tunelab.data.load import read_raw
+    from tunelab.data.multilabel import detect_label_sets, parse_label_set
+
+    raw = read_raw(source, encoding, delimiter)  # a second read of the source: the label column's raw values
+    if label_col not in raw.columns:
+        return None  # load_source names the missing column
+    found = detect_label_sets(raw[label_col])
+    if found is None:
+        return None
+    separator = found.get("separator")
+    counts: Counter[str] = Counter()
+    for value in raw[label_col]:
+        try:
+            counts.update(parse_label_set(value, separator) or [])
+        except TunelabError:
+            continue  # a value that is not a label set: train names it with its row
+    flag = f" --label-sep '{separator}'" if separator else ""
+    shape = "lists of labels" if separator is None else f"labels separated by '{separator}'"
+    found.update(
+        label_counts=dict(counts.most_common()),
+        advice=f"label column '{label_col}' looks multi-label ({shape}, {len(counts)} labels): "
+        f"train with --task multi-label --label-col {label_col}{flag}; the class counts treat each label set as one class",
+    )
+    return found
 
 
 def training_rows(frame: pd.DataFrame, test_frame: pd.DataFrame | None = None) -> int:

@@ -26,9 +26,18 @@ def load_classifier(run: Run | str | os.PathLike) -> Classifier:
 
 
 def predict(run: Run | str | os.PathLike, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
-    """For each text: the predicted label, its probability, and every class's probability."""
+    """For each text: the predicted label, its probability, and every class's probability.
+
+    A multi-label run gives instead, for each text, `labels`: every label over its threshold with
+    its probability and threshold (most probable first), and every label's probability.
+    """
     if isinstance(texts, str):
         texts = [texts]
+    from tunelab.models import multilabel
+
+    run = run if isinstance(run, Run) else Run.open(run)
+    if run.task == multilabel.TASK:
+        return multilabel.MultiLabelClassifier.load(run).predict(texts, batch_size)
     classifier = load_classifier(run)
     return describe(classifier.labels, classifier.predict_proba(texts, batch_size))
 
@@ -58,12 +67,21 @@ def predict_file(
     out = Path(out)
     if out.suffix.lower() != ".csv":
         raise TunelabError(f"--out '{out}' must be a .csv file", "name the output file e.g. preds.csv")
-    classifier = load_classifier(run)
+    from tunelab.models import multilabel
+
+    run = run if isinstance(run, Run) else Run.open(run)
+    classifier = multilabel.MultiLabelClassifier.load(run) if run.task == multilabel.TASK else load_classifier(run)
     frame = load_source(source, text_col=text_col, label_col=None, encoding=encoding)
     if len(frame) == 0:
         raise TunelabError(f"{source} has no non-empty texts in column '{text_col}'", "check the file and --text-col")
     probabilities = classifier.predict_proba(frame["text"].tolist(), batch_size, progress)
-    result = pd.DataFrame({"text": frame["text"], "label": [classifier.labels[i] for i in probabilities.argmax(axis=1)]})
+    if run.task == multilabel.TASK:
+        # One cell per row: the labels over their thresholds, joined as the run's data joined them.
+        separator = run.config.get("label_sep") or "|"
+        chosen = [separator.join(item["label"] for item in row) for row in multilabel.label_sets(probabilities, classifier.thresholds, classifier.labels)]
+        result = pd.DataFrame({"text": frame["text"], "labels": chosen})
+    else:
+        result = pd.DataFrame({"text": frame["text"], "label": [classifier.labels[i] for i in probabilities.argmax(axis=1)]})
     for index, label in enumerate(classifier.labels):
         result[f"prob_{label}"] = probabilities[:, index]
     return atomic.write_text(out, result.to_csv(index=False))

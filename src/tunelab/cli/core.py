@@ -119,32 +119,53 @@ def train(
     strict: Annotated[bool | None, typer.Option("--strict", help="refuse empty texts instead of dropping them")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue a killed run from its last checkpoint")] = False,
     nproc: Annotated[int, typer.Option(help="data-parallel processes on this machine (torchrun; gloo on CPU)")] = 1,
-    task: Annotated[str | None, typer.Option(help="classification | extractive-qa (default: the config file's task, else classification)")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="classification | multi-label | extractive-qa (default: the config file's task, else classification)")
+    ] = None,
+    label_sep: Annotated[str | None, typer.Option(help="multi-label: the character between labels in a string label column, e.g. '|'")] = None,
     question_col: Annotated[str | None, typer.Option(help="extractive-qa: column holding the question")] = None,
     context_col: Annotated[str | None, typer.Option(help="extractive-qa: column holding the context")] = None,
     answer_col: Annotated[str | None, typer.Option(help="extractive-qa: column holding the answer (empty: not in the context)")] = None,
     doc_stride: Annotated[int | None, typer.Option(help="extractive-qa: tokens shared by consecutive windows of a long context")] = None,
 ) -> None:
-    """Fine-tune a pretrained model for text classification (or extractive question answering) and write a run directory."""
+    """Fine-tune a pretrained model for text classification (single- or multi-label, or extractive question answering) and write a run directory."""
     from tunelab.config import TrainConfig, load_settings
+    from tunelab.errors import TunelabError
 
-    flags = {k: v for k, v in locals().items() if k not in ("config", "resume", "nproc", "task", "load_settings", "TrainConfig")}
-    if _chosen_task(task, config) == "extractive-qa":
+    flags = {k: v for k, v in locals().items() if k not in ("config", "resume", "nproc", "task", "load_settings", "TrainConfig", "TunelabError")}
+    chosen = _chosen_task(task, config)
+    if chosen == "extractive-qa":
         _train_extractive_qa(config, flags, resume, nproc)
         return
     given = [k for k in _QA_ONLY if flags.pop(k) is not None]
     if given:
-        from tunelab.errors import TunelabError
-
         raise TunelabError(f"{_flag(given[0])} applies only to --task extractive-qa", "add --task extractive-qa, or drop the flag")
+    if chosen == "multi-label":
+        _train_multilabel(config, flags, resume, nproc)
+        return
+    if flags.pop("label_sep") is not None:
+        raise TunelabError("--label-sep applies only to --task multi-label", "add --task multi-label, or drop the flag")
     settings = load_settings(TrainConfig, config, flags)
     _train(settings, resume, nproc)
 
 
-TASKS = ("classification", "extractive-qa")
+TASKS = ("classification", "multi-label", "extractive-qa")
 _QA_ONLY = ("question_col", "context_col", "answer_col", "doc_stride")
 # Classification settings with no meaning for a span reader: refused rather than silently ignored.
-_NOT_QA = ("text_col", "label_col", "method", "grad_accum", "max_train_samples", "keep_checkpoints", "report_to", "deepspeed", "fsdp", "strict", "baseline")
+_NOT_QA = (
+    "text_col",
+    "label_col",
+    "label_sep",
+    "method",
+    "grad_accum",
+    "max_train_samples",
+    "keep_checkpoints",
+    "report_to",
+    "deepspeed",
+    "fsdp",
+    "strict",
+    "baseline",
+)
 
 
 def _flag(setting: str) -> str:
@@ -152,7 +173,7 @@ def _flag(setting: str) -> str:
 
 
 def _chosen_task(task: str | None, config: Path | None) -> str:
-    """--task, else the config file's `task` (a QA run's config.yaml says extractive-qa), else classification."""
+    """--task, else the config file's `task` (a QA or multi-label run's config.yaml says which), else classification."""
     from tunelab.errors import TunelabError, did_you_mean
 
     if task is not None:
@@ -166,8 +187,8 @@ def _chosen_task(task: str | None, config: Path | None) -> str:
             values = yaml.safe_load(config.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError):
             values = None  # reported by load_settings, as for any config file
-        if isinstance(values, dict) and values.get("task") == "extractive-qa":
-            return "extractive-qa"
+        if isinstance(values, dict) and values.get("task") in TASKS:
+            return values["task"]
     return "classification"
 
 
@@ -188,6 +209,20 @@ def _train_extractive_qa(config: Path | None, flags: dict, resume: bool, nproc: 
     from tunelab.training.extractive_qa import train_extractive_qa
 
     print_qa_summary(train_extractive_qa(settings))
+
+
+def _train_multilabel(config: Path | None, flags: dict, resume: bool, nproc: int) -> None:
+    from tunelab.config import MultiLabelConfig, load_settings
+    from tunelab.errors import TunelabError
+
+    if resume:
+        raise TunelabError("--resume does not apply to --task multi-label yet", "train it again with --overwrite")
+    if nproc > 1:
+        raise TunelabError("--nproc > 1 with --task multi-label is not supported yet", "train on one process (drop --nproc)")
+    settings = load_settings(MultiLabelConfig, config, flags)
+    from tunelab.training.multilabel import train_multilabel
+
+    print_multilabel_run_summary(train_multilabel(settings))
 
 
 @command("resume")
@@ -263,6 +298,10 @@ def predict(
         return
     for text, result in zip(texts, results):
         probabilities = "  ".join(f"{label} {p:.3f}" for label, p in result["probabilities"].items())
+        if "labels" in result:  # a multi-label run: every label over its threshold
+            chosen = ", ".join(f"{item['label']} ({item['probability']:.3f})" for item in result["labels"]) or "no label over its threshold"
+            console.print(f"[bold]{chosen}[/]  {text[:80]!r}\n    {probabilities}", highlight=False)
+            continue
         console.print(f"[bold]{result['label']}[/] ({result['score']:.3f})  {text[:80]!r}\n    {probabilities}")
 
 
@@ -301,6 +340,21 @@ def print_run_summary(run, next_steps: bool = False) -> None:
             f"  tunelab data inspect tweets\n"
             f"  tunelab train --data tweets --epochs 1 --max-train-samples 5000"
         )
+
+
+def print_multilabel_run_summary(run) -> None:
+    metrics = run.metrics
+    seconds = metrics.get("train", {}).get("train_runtime_s", 0)
+    console.print(
+        f"\n[bold green]done[/] in {seconds:.0f} s — test micro-F1 {metrics['f1_micro']:.4f}, macro-F1 {metrics['f1_macro']:.4f}, "
+        f"samples-F1 {metrics['f1_samples']:.4f}, subset accuracy {metrics['subset_accuracy']:.4f}",
+        highlight=False,
+    )
+    from tunelab.cli.evaluate import print_baseline
+
+    print_baseline(metrics)
+    console.print(f"run directory: {run.path}")
+    console.print(f"report:        {run.path / 'report.html'}")
 
 
 def print_qa_summary(run) -> None:

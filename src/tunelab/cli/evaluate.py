@@ -26,7 +26,10 @@ def eval_command(
     ] = None,
     data: Annotated[str | None, typer.Option("--data", help="Evaluate on this source (file or built-in name) instead of the test split.")] = None,
     text_col: Annotated[str, typer.Option("--text-col", help="Text column of --data.")] = "text",
-    label_col: Annotated[str, typer.Option("--label-col", help="Label column of --data.")] = "label",
+    label_col: Annotated[str | None, typer.Option("--label-col", help="Label column of --data (default: label; a multi-label run's own label column).")] = None,
+    label_sep: Annotated[
+        str | None, typer.Option("--label-sep", help="Multi-label runs: the character between labels in --data's label column (default: the run's).")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the artefacts here (default: the run directory).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (for scripts).")] = False,
     bias: Annotated[bool, typer.Option("--bias", help="Probe for bias: swap he/she, male/female names, ... and count flipped predictions.")] = False,
@@ -46,11 +49,21 @@ def eval_command(
 
     if pairs_file is not None and not bias:
         raise TunelabError(f"unexpected argument '{pairs_file}'", "a pairs file goes after --bias: tunelab eval RUN --bias PAIRS_FILE")
+    from tunelab.run import Run
+
+    opened = Run.open(run)
+    multilabel = opened.task == "multi-label"
+    if label_sep is not None and not multilabel:
+        raise TunelabError("--label-sep applies only to multi-label runs", "drop it")
     frame = None
-    if data is not None:
+    if data is not None and multilabel:
+        from tunelab.data.multilabel import load_multilabel_source
+
+        frame = load_multilabel_source(data, text_col, label_col or opened.config.get("label_col", "labels"), label_sep or opened.config.get("label_sep"))
+    elif data is not None:
         from tunelab.data import load_source
 
-        frame = load_source(data, text_col=text_col, label_col=label_col)
+        frame = load_source(data, text_col=text_col, label_col=label_col or "label")
     metrics = evaluate_run(
         run,
         data=frame,
@@ -65,7 +78,45 @@ def eval_command(
         # Plain print: rich would wrap long lines and colour the JSON.
         print(json.dumps(metrics, indent=2, default=_jsonable))
         return
-    _print_summary(metrics, out if out is not None else Path(run))
+    if multilabel:
+        print_multilabel_summary(metrics, out if out is not None else Path(run))
+    else:
+        _print_summary(metrics, out if out is not None else Path(run))
+
+
+def print_multilabel_summary(metrics: dict[str, Any], out: Path) -> None:
+    test = metrics["test"]
+    table = Table(title=f"{metrics['evaluated_on']['source']} ({test['n']} examples)")
+    for column in ("label", "threshold", "precision", "recall", "F1", "support", "ROC AUC"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for label, row in test["per_label"].items():
+        auc = row["roc_auc"]
+        table.add_row(
+            label,
+            f"{row['threshold']:.3f}",
+            f"{row['precision']:.3f}",
+            f"{row['recall']:.3f}",
+            f"{row['f1']:.3f}",
+            str(row["support"]),
+            "n/a" if auc is None else f"{auc:.3f}",
+        )
+    for average in ("micro", "macro", "samples"):
+        row = test[average]
+        auc = test["roc_auc"].get(average)
+        table.add_row(
+            f"{average} avg", "", f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", "", "" if auc is None else f"{auc:.3f}", style="bold"
+        )
+    console.print(table)
+    line = f"subset accuracy {test['subset_accuracy']:.1%} · Hamming loss {test['hamming_loss']:.3f} · F1 micro {test['f1_micro']:.3f} · macro {test['f1_macro']:.3f} · samples {test['f1_samples']:.3f}"
+    timing = test.get("timing") or {}
+    if timing.get("examples_per_second"):
+        line += f" · {timing['examples_per_second']:.1f} examples/s"
+    console.print(line, highlight=False)
+    thresholds = metrics.get("thresholds") or {}
+    if thresholds:
+        console.print(f"[dim]thresholds chosen on {thresholds['chosen_on']}[/]", highlight=False)
+    print_baseline(metrics)
+    console.print(f"report: {out / 'report.html'}", highlight=False)
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:

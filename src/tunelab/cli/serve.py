@@ -73,6 +73,10 @@ def serve(
 
         serve_registry(run, settings, registry)
         return
+    from tunelab.serve.app import check_servable, is_causal_lm
+
+    if not is_causal_lm(run):
+        check_servable(run, settings.backend)  # a run it cannot serve is refused before the banner
     console.print(f"serving {run} on http://{settings.host}:{settings.port}  (web page: /, API docs: /docs)", highlight=False, soft_wrap=True)
     run_service(run, settings)
 

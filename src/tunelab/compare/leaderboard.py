@@ -63,6 +63,7 @@ def open_runs(paths: dict[str, str | os.PathLike]) -> dict[str, Run]:
     if not runs:
         raise TunelabError("no runs to compare", "pass two or more run directories, or a compare file")
     for run in runs.values():
+        run.require_classification("tunelab compare")
         evaluated = run.metrics.get("evaluated_on", {})
         if "test" not in run.metrics:
             raise TunelabError(f"run '{run.path}' has no test metrics", f"evaluate it first: tunelab eval {run.path}")

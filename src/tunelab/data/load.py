@@ -40,17 +40,23 @@ def load_source(
     name = str(source)
     columns = [str(c) for c in raw.columns]
     raw.columns = columns
-    for role, column in (("text", text_col), ("label", label_col)):
-        if column is not None and column not in columns:
-            hint = _split_by_another_delimiter(column, columns) or did_you_mean(column, columns)
-            raise TunelabError(
-                f"{role} column '{column}' not found in {name}; columns are: {', '.join(columns)}",
-                hint or f"choose it with --{role}-col",
-            )
+    require_columns(raw, name, {"text": text_col, "label": label_col})
     frame = pd.DataFrame({"text": raw[text_col]})
     if label_col is not None:
         frame["label"] = _label_names(raw[label_col])
-    return _drop_missing(frame, name, strict)
+    return drop_missing(frame, name, strict)
+
+
+def require_columns(raw: pd.DataFrame, name: str, columns: dict[str, str | None]) -> None:
+    """Each role's column (role -> column name; None: not wanted) must be in `raw`; a missing one is named with the nearest."""
+    present = [str(c) for c in raw.columns]
+    for role, column in columns.items():
+        if column is not None and column not in present:
+            hint = _split_by_another_delimiter(column, present) or did_you_mean(column, present)
+            raise TunelabError(
+                f"{role} column '{column}' not found in {name}; columns are: {', '.join(present)}",
+                hint or f"choose it with --{role}-col",
+            )
 
 
 def read_raw(source: str | os.PathLike, encoding: str = "utf-8", delimiter: str | None = None, keep_default_na: bool = True) -> pd.DataFrame:
@@ -231,10 +237,11 @@ def _label_names(values: pd.Series) -> pd.Series:
     return values.map(name)
 
 
-def _drop_missing(frame: pd.DataFrame, name: str, strict: bool) -> pd.DataFrame:
+def drop_missing(frame: pd.DataFrame, name: str, strict: bool, label_col: str = "label") -> pd.DataFrame:
+    """Rows with an empty text or a missing label dropped and counted in attrs["dropped"], or refused with `strict`."""
     texts = frame["text"]
     empty_text = texts.isna() | texts.map(lambda t: not str(t).strip())
-    no_label = frame["label"].isna() if "label" in frame else pd.Series(False, index=frame.index)
+    no_label = frame[label_col].isna() if label_col in frame else pd.Series(False, index=frame.index)
     dropped = {"empty_text": int(empty_text.sum()), "missing_label": int((no_label & ~empty_text).sum())}
     if strict and (dropped["empty_text"] or dropped["missing_label"]):
         raise TunelabError(

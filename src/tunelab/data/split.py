@@ -70,10 +70,10 @@ def make_splits(
     def split_off(rest: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
         share = held_out_share(fraction, len(firsts), len(rest), len(classes))  # at least one text of each class
         rest, held = train_test_split(rest, test_size=share, random_state=seed, stratify=rest["label"])
-        return rest, _with_repeats(held, frame)
+        return rest, with_repeats(held, frame)
 
     rest, splits = hold_out({"test": test_frame, "eval": eval_frame}, {"test": test_fraction, "eval": eval_fraction}, firsts, split_off)
-    train = _with_repeats(rest, frame)
+    train = with_repeats(rest, frame)
     if max_train_samples is not None and max_train_samples < len(train):
         if max_train_samples < len(classes):
             raise TunelabError(
@@ -111,7 +111,7 @@ def held_out_share(fraction: float, whole: int, left: int, at_least: int) -> flo
     return min(max(fraction * whole / left, at_least / left), 0.5)
 
 
-def _with_repeats(firsts: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+def with_repeats(firsts: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of `frame` whose text is one of `firsts`' texts, in `firsts`' order (repeats follow their first)."""
     if frame["text"].is_unique:
         return firsts.reset_index(drop=True)

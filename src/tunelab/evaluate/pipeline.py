@@ -53,6 +53,8 @@ def evaluate_run(
     Returns the merged content of metrics.json.
     """
     run = run if isinstance(run, Run) else Run.open(run)
+    if run.task == "multi-label":
+        return _evaluate_multilabel(run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline)
     labels = run.labels
     if data is None:
         frame, source = run.split("test"), "test split"
@@ -126,6 +128,23 @@ def evaluate_run(
     # metrics.json last: its test key appearing means every other artefact is already written.
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _evaluate_multilabel(run: Run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline) -> dict[str, Any]:
+    """A multi-label run's evaluation (evaluate/multilabel_pipeline.py); a file is read with the run's label column and separator."""
+    from tunelab.evaluate.multilabel_pipeline import evaluate_multilabel_run
+
+    if bias:
+        raise TunelabError("the bias probe (--bias) does not apply to multi-label runs yet", "drop --bias")
+    if classifier is not None:
+        raise TunelabError("evaluating a multi-label run with another scorer is not supported", "evaluate the run's own model")
+    if isinstance(data, (str, os.PathLike)):
+        from tunelab.data.multilabel import load_multilabel_source
+
+        config = run.config
+        data_name = data_name or str(data)
+        data = load_multilabel_source(data, config.get("text_col", "text"), config.get("label_col", "labels"), config.get("label_sep"))
+    return evaluate_multilabel_run(run, data, out_dir, data_name=data_name, batch_size=batch_size, progress=progress, baseline=baseline)
 
 
 def label_ids(frame: pd.DataFrame, labels: list[str], source: str) -> np.ndarray:

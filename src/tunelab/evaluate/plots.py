@@ -31,6 +31,17 @@ def make_plots(
 ) -> dict[str, Path]:
     """Every plot the report shows; returns name -> PNG path. Plots without data are skipped."""
     out_dir = Path(out_dir)
+    plots = training_curves(out_dir, history)
+    cm = metrics["confusion_matrix"]
+    plots["confusion_matrix"] = confusion_matrix_plot(cm["counts"], cm["normalized"], labels, out_dir / "confusion_matrix.png")
+    plots["roc"] = roc_plot(y_true, proba, labels, metrics["roc_auc"]["per_class"], out_dir / "roc.png")
+    plots["precision_recall"] = pr_plot(y_true, proba, labels, metrics["average_precision"]["per_class"], out_dir / "precision_recall.png")
+    plots["reliability"] = reliability_plot(metrics["calibration"], out_dir / "reliability.png")
+    return plots
+
+
+def training_curves(out_dir: Path, history: Sequence[dict[str, Any]]) -> dict[str, Path]:
+    """The loss and accuracy curves of history.jsonl, each drawn when the history has its values."""
     plots: dict[str, Path] = {}
     train = [h for h in history if h.get("type") == "train"]
     evals = [h for h in history if h.get("type") == "eval"]
@@ -38,11 +49,6 @@ def make_plots(
         plots["loss"] = loss_curves(train, evals, out_dir / "loss.png")
     if any("train_accuracy" in h for h in train + evals) or any("eval_accuracy" in h for h in evals):
         plots["accuracy"] = accuracy_curves(train, evals, out_dir / "accuracy.png")
-    cm = metrics["confusion_matrix"]
-    plots["confusion_matrix"] = confusion_matrix_plot(cm["counts"], cm["normalized"], labels, out_dir / "confusion_matrix.png")
-    plots["roc"] = roc_plot(y_true, proba, labels, metrics["roc_auc"]["per_class"], out_dir / "roc.png")
-    plots["precision_recall"] = pr_plot(y_true, proba, labels, metrics["average_precision"]["per_class"], out_dir / "precision_recall.png")
-    plots["reliability"] = reliability_plot(metrics["calibration"], out_dir / "reliability.png")
     return plots
 
 
@@ -73,38 +79,59 @@ def accuracy_curves(train: list[dict], evals: list[dict], path: Path) -> Path:
 
 
 def confusion_matrix_plot(counts: list[list[int]], normalized: list[list[float]], labels: Sequence[str], path: Path) -> Path:
+    # Colour by the row-normalised share so a small class's errors are as visible as a large one's.
+    return heat_map(
+        counts, normalized, labels, path, "Confusion matrix (counts; colour = row share)", "share of the true class", "predicted label", "true label"
+    )
+
+
+def heat_map(
+    counts: list[list[int]],
+    shares: list[list[float]] | np.ndarray,
+    labels: Sequence[str],
+    path: Path,
+    title: str,
+    colour_label: str,
+    x_label: str = "",
+    y_label: str = "",
+    cmap: str = "Blues",
+) -> Path:
+    """A labels x labels matrix: cells coloured by a share in [0, 1], annotated with their counts."""
     k = len(labels)
     size = min(4.0 + 0.45 * k, 14.0)
     fig, ax = _figure(size=(size + 1.0, size))
-    norm = np.asarray(normalized, dtype=float)
-    # Colour by the row-normalised share so a small class's errors are as visible as a large one's.
-    image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    norm = np.asarray(shares, dtype=float)
+    image = ax.imshow(norm, cmap=cmap, vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=colour_label)
     ax.set_xticks(range(k), labels=[_short(x) for x in labels], rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center")
     ax.set_yticks(range(k), labels=[_short(x) for x in labels])
-    ax.set_xlabel("predicted label")
-    ax.set_ylabel("true label")
-    ax.set_title("Confusion matrix (counts; colour = row share)")
+    if x_label:
+        ax.set_xlabel(x_label)
+    if y_label:
+        ax.set_ylabel(y_label)
+    ax.set_title(title)
     if k <= MAX_ANNOTATED_CLASSES:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(counts[i][j]), ha="center", va="center", fontsize=9, color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(j, i, str(int(counts[i][j])), ha="center", va="center", fontsize=9, color="white" if norm[i, j] > 0.5 else "black")
     return _save(fig, path)
 
 
 def roc_plot(y_true: np.ndarray, proba: np.ndarray, labels: Sequence[str], auc: dict[str, float | None], path: Path) -> Path:
+    """One curve per class; y_true holds class ids, or (multi-label) one 0/1 column per label."""
     fig, ax = _figure()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
+    indicator = np.ndim(y_true) == 2
     # In a binary task the two one-vs-rest curves are mirror images; one of them says it all.
-    shown = [1] if len(labels) == 2 else range(len(labels))
+    shown = [1] if len(labels) == 2 and not indicator else range(len(labels))
     for i in shown:
         if auc.get(labels[i]) is None:
             continue
-        fpr, tpr, _ = roc_curve(y_true == i, proba[:, i])
+        fpr, tpr, _ = roc_curve(y_true[:, i] if indicator else y_true == i, proba[:, i])
         ax.plot(fpr, tpr, linewidth=1.5, label=f"{_short(labels[i])} (AUC {auc[labels[i]]:.3f})")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title("ROC curves (one vs rest)")
+    ax.set_title("ROC curves (per label)" if indicator else "ROC curves (one vs rest)")
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 

@@ -27,7 +27,7 @@ PLOT_TITLES = {
     "precision_recall": "Precision-recall curves",
     "reliability": "Reliability diagram",
 }
-HYPERPARAMETERS = ("epochs", "lr", "batch_size", "grad_accum", "max_length", "precision", "seed", "text_col", "label_col")
+HYPERPARAMETERS = ("epochs", "lr", "batch_size", "grad_accum", "max_length", "precision", "seed", "text_col", "label_col", "label_sep")
 
 
 def render_report(
@@ -44,19 +44,25 @@ def render_report(
     environment: Mapping[str, Any] | None = None,
     bias: Mapping[str, Any] | None = None,
     baseline: Mapping[str, Any] | None = None,
+    template: str = TEMPLATE,
+    plot_titles: Mapping[str, str] = PLOT_TITLES,
+    **extra: Any,
 ) -> str:
-    """The report as an HTML string. Every argument is plain data, so it renders without a model."""
+    """The report as an HTML string. Every argument is plain data, so it renders without a model.
+
+    template, plot_titles and extra (more names for the template): another task's page, e.g. the
+    multi-label report (evaluate/multilabel_report.py)."""
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True), trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num
     env.filters["pct"] = _pct
-    return env.from_string(TEMPLATE).render(
+    return env.from_string(template).render(
         run_name=run_name,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         config=dict(config),
         hyperparameters={k: config[k] for k in HYPERPARAMETERS if k in config},
         test=test,
         evaluated_on=evaluated_on,
-        plots=[_embed(name, path) for name, path in plots.items()],
+        plots=[_embed(name, path, plot_titles) for name, path in plots.items()],
         mistakes=mistakes,
         generalisation=generalisation,
         profile=data_profile or {},
@@ -64,6 +70,7 @@ def render_report(
         environment=dict(environment or {}),
         bias=bias,
         baseline=baseline,
+        **extra,
     )
 
 
@@ -71,12 +78,12 @@ def write_report(path: str | os.PathLike, **context: Any) -> Path:
     return write_text(path, render_report(**context))
 
 
-def _embed(name: str, path: str | os.PathLike) -> dict[str, Any]:
+def _embed(name: str, path: str | os.PathLike, titles: Mapping[str, str] = PLOT_TITLES) -> dict[str, Any]:
     data = Path(path).read_bytes()
     width, height = _png_size(data)
     return {
         "name": name,
-        "title": PLOT_TITLES.get(name, name.replace("_", " ")),
+        "title": titles.get(name, name.replace("_", " ")),
         "uri": "data:image/png;base64," + base64.b64encode(data).decode("ascii"),
         # Explicit sizes let the browser lay the page out before decoding the images.
         "width": width,

@@ -1,12 +1,7 @@
 """The Jinja2 template of report.html: one file, inline CSS, images as data: URIs, no scripts, no network."""
 
-TEMPLATE = r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>tunelab report — {{ run_name }}</title>
-<style>
+# The page style, shared with the multi-label report (evaluate/multilabel_report.py).
+STYLE = r"""<style>
   body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1100px;
          padding: 1.5rem; color: #1d2430; line-height: 1.45; }
   h1 { margin-bottom: .2rem; } h2 { border-bottom: 2px solid #e3e7ee; padding-bottom: .2rem; margin-top: 2rem; }
@@ -28,28 +23,81 @@ TEMPLATE = r"""<!DOCTYPE html>
   ul.warnings li { color: #9a4a00; }
   td.text { max-width: 560px; white-space: pre-wrap; word-break: break-word; }
   .columns { display: flex; flex-wrap: wrap; gap: 2rem; align-items: flex-start; }
-</style>
+</style>"""
+
+# The pieces both reports show alike; each template puts them together with its own figures.
+PAGE_START = (
+    r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>tunelab report — {{ run_name }}</title>
+"""
+    + STYLE
+    + r"""
 </head>
 <body>
 <h1>{{ run_name }}</h1>
-<div class="muted">tunelab evaluation report · generated {{ generated }} · evaluated on {{ evaluated_on.source }} ({{ evaluated_on.rows }} examples)</div>
-
-{% if baseline and baseline.comparison %}{% set c = baseline.comparison %}
+"""
+)
+HEADLINE_OPEN = r"""{% if baseline and baseline.comparison %}{% set c = baseline.comparison %}
 <div class="flag {{ 'ok' if c.beats_baseline else 'behind' }}" id="baseline-headline">
   <strong>{{ c.headline }}</strong>
   {% if c.advice %}<div>What to try:</div><ul>{% for tip in c.advice %}<li>{{ tip }}</li>{% endfor %}</ul>{% endif %}
-  <table>
+"""
+HEADLINE_CLOSE = r"""</div>
+{% elif baseline %}
+<div class="flag unknown" id="baseline-headline">No baseline comparison: {{ baseline.missing }}.</div>
+{% endif %}
+"""
+SETTINGS_TABLES = r"""<table>
+  <tr><th colspan="2">Hyperparameters</th></tr>
+  {% for key, value in hyperparameters.items() %}<tr><td>{{ key }}</td><td>{{ value }}</td></tr>{% endfor %}
+</table>
+<table>
+  <tr><th colspan="2">Hardware and time</th></tr>
+  {% for key, value in environment.items() %}<tr><td>{{ key }}</td><td>{{ value }}</td></tr>{% endfor %}
+  {% for key, value in train_info.items() %}<tr><td>{{ key }}</td><td>{{ value | num }}</td></tr>{% endfor %}
+  {% if test.timing %}
+  <tr><td>inference</td><td>{{ test.timing.examples }} examples in {{ test.timing.seconds | num(2) }} s ({{ test.timing.examples_per_second | num(1) }}/s, batch {{ test.timing.batch_size }})</td></tr>
+  {% if test.timing.latency_ms_p50 is not none %}<tr><td>latency, one text</td><td>p50 {{ test.timing.latency_ms_p50 | num(1) }} ms · p95 {{ test.timing.latency_ms_p95 | num(1) }} ms (n={{ test.timing.latency_samples }})</td></tr>{% endif %}
+  {% endif %}
+</table>
+"""
+GENERALISATION_FLAG = r"""<h2>Generalisation check</h2>
+<div class="flag {{ generalisation.verdict }}">
+  <strong>{% if generalisation.verdict == "ok" %}Generalises: no sign of over-fitting{% elif generalisation.verdict == "overfitting" %}Possible over-fitting{% else %}Not enough training history to judge{% endif %}</strong>
+  <ul>{% for reason in generalisation.reasons %}<li>{{ reason }}</li>{% endfor %}</ul>
+</div>
+"""
+PLOTS = r"""<h2>Plots</h2>
+<div class="grid">
+{% for plot in plots %}
+  <figure><img src="{{ plot.uri }}" alt="{{ plot.title }}" width="{{ plot.width }}" height="{{ plot.height }}"><figcaption>{{ plot.title }}</figcaption></figure>
+{% endfor %}
+</div>
+"""
+WARNINGS = r"""<h3>Warnings</h3>
+{% if profile.warnings %}<ul class="warnings">{% for w in profile.warnings %}<li>{{ w }}</li>{% endfor %}</ul>{% else %}<p>None.</p>{% endif %}
+"""
+
+TEMPLATE = (
+    PAGE_START
+    + r"""<div class="muted">tunelab evaluation report · generated {{ generated }} · evaluated on {{ evaluated_on.source }} ({{ evaluated_on.rows }} examples)</div>
+
+"""
+    + HEADLINE_OPEN
+    + r"""  <table>
     <tr><th></th><th>accuracy</th><th>macro-F1</th></tr>
     <tr><td>this model</td><td class="num">{{ test.accuracy | pct }}</td><td class="num">{{ test.f1_macro | num }}</td></tr>
     <tr><td>baseline: {{ baseline.name }}</td><td class="num">{{ baseline.accuracy | pct }}</td><td class="num">{{ baseline.f1_macro | num }}</td></tr>
     <tr><td>difference</td><td class="num">{{ "%+.1f" | format(c.accuracy_points) }} points</td><td class="num">{{ "%+.1f" | format(c.f1_macro_points) }} points</td></tr>
   </table>
   <div class="small muted">The baseline, {{ baseline.name }} ({{ baseline.description }}), was fitted on the run's train split ({{ baseline.train_rows }} rows) in {{ baseline.fit_seconds | num(2) }} s, with its regularisation C = {{ baseline.C }} chosen on {{ baseline.C_chosen_on }}, and scored on the same {{ baseline.test_rows }} rows as the model.</div>
-</div>
-{% elif baseline %}
-<div class="flag unknown" id="baseline-headline">No baseline comparison: {{ baseline.missing }}.</div>
-{% endif %}
-
+"""
+    + HEADLINE_CLOSE
+    + r"""
 <div class="cards">
   <div class="card"><div class="name">accuracy</div><div class="value">{{ test.accuracy | pct }}</div></div>
   <div class="card"><div class="name">F1 (macro)</div><div class="value">{{ test.f1_macro | num }}</div></div>
@@ -69,27 +117,13 @@ TEMPLATE = r"""<!DOCTYPE html>
   <tr><td>evaluated on</td><td>{{ evaluated_on.source }} ({{ evaluated_on.rows }} rows)</td></tr>
   <tr><td>labels</td><td>{{ test.labels | join(", ") }}</td></tr>
 </table>
-<table>
-  <tr><th colspan="2">Hyperparameters</th></tr>
-  {% for key, value in hyperparameters.items() %}<tr><td>{{ key }}</td><td>{{ value }}</td></tr>{% endfor %}
-</table>
-<table>
-  <tr><th colspan="2">Hardware and time</th></tr>
-  {% for key, value in environment.items() %}<tr><td>{{ key }}</td><td>{{ value }}</td></tr>{% endfor %}
-  {% for key, value in train_info.items() %}<tr><td>{{ key }}</td><td>{{ value | num }}</td></tr>{% endfor %}
-  {% if test.timing %}
-  <tr><td>inference</td><td>{{ test.timing.examples }} examples in {{ test.timing.seconds | num(2) }} s ({{ test.timing.examples_per_second | num(1) }}/s, batch {{ test.timing.batch_size }})</td></tr>
-  {% if test.timing.latency_ms_p50 is not none %}<tr><td>latency, one text</td><td>p50 {{ test.timing.latency_ms_p50 | num(1) }} ms · p95 {{ test.timing.latency_ms_p95 | num(1) }} ms (n={{ test.timing.latency_samples }})</td></tr>{% endif %}
-  {% endif %}
-</table>
-</div>
+"""
+    + SETTINGS_TABLES
+    + r"""</div>
 
-<h2>Generalisation check</h2>
-<div class="flag {{ generalisation.verdict }}">
-  <strong>{% if generalisation.verdict == "ok" %}Generalises: no sign of over-fitting{% elif generalisation.verdict == "overfitting" %}Possible over-fitting{% else %}Not enough training history to judge{% endif %}</strong>
-  <ul>{% for reason in generalisation.reasons %}<li>{{ reason }}</li>{% endfor %}</ul>
-</div>
-{% if generalisation.verdict != "unknown" %}
+"""
+    + GENERALISATION_FLAG
+    + r"""{% if generalisation.verdict != "unknown" %}
 <table>
   <tr><th></th><th>training (last epoch)</th><th>eval (last epoch)</th><th>gap</th><th>test</th></tr>
   <tr><td>loss</td><td class="num">{{ generalisation.train_loss | num }}</td><td class="num">{{ generalisation.eval_loss | num }}</td><td class="num">{{ generalisation.loss_gap | num }}</td><td class="num">{{ test.loss | num }}</td></tr>
@@ -124,13 +158,9 @@ TEMPLATE = r"""<!DOCTYPE html>
 </table>
 </div>
 
-<h2>Plots</h2>
-<div class="grid">
-{% for plot in plots %}
-  <figure><img src="{{ plot.uri }}" alt="{{ plot.title }}" width="{{ plot.width }}" height="{{ plot.height }}"><figcaption>{{ plot.title }}</figcaption></figure>
-{% endfor %}
-</div>
-
+"""
+    + PLOTS
+    + r"""
 <h2>Most confident mistakes</h2>
 {% if mistakes %}
 <table>
@@ -171,10 +201,11 @@ TEMPLATE = r"""<!DOCTYPE html>
   {% endfor %}
 </table>
 {% else %}<p class="muted">No data profile in this run.</p>{% endif %}
-<h3>Warnings</h3>
-{% if profile.warnings %}<ul class="warnings">{% for w in profile.warnings %}<li>{{ w }}</li>{% endfor %}</ul>{% else %}<p>None.</p>{% endif %}
-
+"""
+    + WARNINGS
+    + r"""
 <p class="small muted">Files: metrics.json, predictions.parquet, plots/*.png — next to this report.</p>
 </body>
 </html>
 """
+)

@@ -341,6 +341,7 @@ PAGE = importlib.resources.files("tunelab.serve").joinpath("static/index.html").
 def check_servable(run_path: str | os.PathLike, backend: str) -> Run:
     """Fail before uvicorn starts, with one line, for anything the service could not load."""
     run = Run.open(run_path)
+    run.require_classification("tunelab serve")
     run.model_dir  # noqa: B018 - raises for a scikit-learn baseline run
     if backend != "torch":
         onnx_path(run, backend)

@@ -103,6 +103,7 @@ def load_scorer(run: Run | str | os.PathLike, backend: str = "torch", threads: i
     from tunelab.models.classifier import Classifier, model_max_length
 
     run = run if isinstance(run, Run) else Run.open(run)
+    run.require_classification("tunelab serve")
     if backend not in BACKENDS:
         raise TunelabError(f"unknown backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
     if threads:

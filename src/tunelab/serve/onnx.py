@@ -66,6 +66,7 @@ def export_onnx(
     from tunelab.models.classifier import Classifier
 
     run = run if isinstance(run, Run) else Run.open(run)
+    run.require_classification("tunelab export")
     if quantize not in (None, "int8"):
         raise TunelabError(f"unknown quantization '{quantize}'", "use --quantize int8 (or leave it out for fp32 only)")
     step = step or (lambda message: None)

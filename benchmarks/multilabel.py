@@ -1,0 +1,136 @@
+"""Multi-label: tunelab's fine-tune against TF-IDF + one-vs-rest logistic regression, on the same splits, over seeds.
+
+For each seed, `tunelab train --task multi-label` runs on the data (default: the built-in
+factbook-resources set, see tunelab/data/factbook_resources.py for how it is derived). The run's
+split is drawn from the seed; both the fine-tuned model and the baseline that every multi-label
+evaluation fits (tunelab/evaluate/multilabel_baseline.py) use it the same way:
+    train   both fit on it
+    eval    choosing only: the model's best epoch (eval loss) and both models' per-label
+            thresholds; the baseline's C
+    test    scoring only: every F1 and accuracy below
+Prints one JSON document: per-seed figures, the mean and standard deviation over seeds of each
+figure for both, whether the fine-tune beats the baseline on the means, training time and samples/s,
+and the CPU (tunelab.hardware.environment).
+
+    python benchmarks/multilabel.py                      # headline: minilm, 3 seeds
+    python benchmarks/multilabel.py --quick              # smoke check: 1 epoch, 1 seed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tunelab import hardware  # noqa: E402
+from tunelab.config import MultiLabelConfig  # noqa: E402
+from tunelab.training.multilabel import train_multilabel  # noqa: E402
+
+FIGURES = ("f1_micro", "f1_macro", "f1_samples", "subset_accuracy", "roc_auc_macro")
+
+
+def one_seed(args: argparse.Namespace, seed: int, workdir: Path) -> dict:
+    config = MultiLabelConfig(
+        model=args.model,
+        data=args.data,
+        label_col=args.label_col,
+        label_sep=args.label_sep,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        eval_fraction=args.eval_fraction,
+        test_fraction=args.test_fraction,
+        seed=seed,
+        out=str(workdir / f"seed-{seed}"),
+        overwrite=True,
+    )
+    started = time.perf_counter()
+    run = train_multilabel(config, progress=False)
+    wall = time.perf_counter() - started
+    metrics = run.metrics
+    test, train, baseline = metrics["test"], metrics["train"], metrics["baseline"]
+    if "missing" in baseline:
+        raise SystemExit(f"seed {seed}: no baseline: {baseline['missing']}")
+    return {
+        "seed": seed,
+        "rows": {name: len(run.split(name)) for name in ("train", "eval", "test")},
+        "finetune": {
+            **{name: test[name] for name in FIGURES if name in test},
+            "roc_auc_macro": test["roc_auc"]["macro"],
+            "train_seconds": train["train_runtime_s"],
+            "train_samples_per_second": train["train_samples_per_second"],
+            "epochs": train["epochs"],
+            "best_checkpoint": train["best_checkpoint"],
+            "thresholds_chosen_by_label": sum(1 for v in metrics["thresholds"]["per_label"].values() if v["chosen_by"] == "label"),
+        },
+        "baseline": {
+            **{name: baseline[name] for name in FIGURES if name in baseline},
+            "train_seconds": baseline["fit_seconds"],
+            "train_samples_per_second": baseline["train_rows"] / baseline["fit_seconds"],
+            "C": baseline["C"],
+        },
+        "samples_f1_gap_points_ci95": baseline["comparison"]["f1_samples_points_ci95"],
+        "wall_seconds": wall,
+    }
+
+
+def summary(per_seed: list[dict], side: str) -> dict:
+    out = {}
+    for name in (*FIGURES, "train_seconds", "train_samples_per_second"):
+        values = [seed[side][name] for seed in per_seed if seed[side].get(name) is not None]
+        if values:
+            out[name] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="factbook-resources")
+    parser.add_argument("--label-col", default="labels")
+    parser.add_argument("--label-sep", default=None)
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--epochs", type=float, default=10.0)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--eval-fraction", type=float, default=0.15)
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="1 epoch, 1 seed: a smoke check")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.seeds = 1.0, args.seeds[:1]
+    with tempfile.TemporaryDirectory(prefix="tunelab-multilabel-") as folder:
+        per_seed = []
+        for seed in args.seeds:
+            per_seed.append(one_seed(args, seed, Path(folder)))
+            print(f"seed {seed}: " + json.dumps({k: per_seed[-1][k] for k in ("finetune", "baseline")}), file=sys.stderr, flush=True)
+    finetune, baseline = summary(per_seed, "finetune"), summary(per_seed, "baseline")
+    beats = all(finetune[name]["mean"] > baseline[name]["mean"] for name in ("f1_micro", "f1_macro"))
+    document = {
+        "benchmark": "multilabel",
+        "settings": {k: v for k, v in vars(args).items()},
+        "recipe": "tunelab train --task multi-label (a sigmoid per label, binary cross-entropy, best epoch by eval loss, per-label thresholds on eval)",
+        "baseline": "TF-IDF word 1-2-grams + one-vs-rest logistic regression (C and per-label thresholds on eval)",
+        "chosen_on": {"best epoch, thresholds, C": "eval split", "every figure": "test split"},
+        "per_seed": per_seed,
+        "finetune": finetune,
+        "tfidf_ovr_logreg": baseline,
+        "finetune_beats_baseline": beats,
+        "verdict": ("the fine-tune beats" if beats else "the fine-tune does not beat") + " the baseline on mean test micro-F1 and macro-F1",
+        "environment": hardware.environment(hardware.resolve_precision("auto")),
+    }
+    print(json.dumps(document, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

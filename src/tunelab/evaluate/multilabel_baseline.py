@@ -1,0 +1,112 @@
+"""The multi-label baseline every multi-label evaluation shows: TF-IDF + one-vs-rest logistic regression.
+
+Fitted on the run's train split, its C and per-label thresholds chosen on the run's eval split by
+the rule the fine-tuned model's thresholds follow (tunelab.models.linear.fit_tfidf_ovr), and
+scored on exactly the rows the model is scored on. The verdict, its interval and the advice are
+written into metrics.json["baseline"], so the report and the CLI print the same sentences.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from tunelab.answers import bootstrap_ci
+from tunelab.data.multilabel import multi_hot
+from tunelab.errors import TunelabError
+from tunelab.evaluate.baseline import BOOTSTRAP_CELLS, BOOTSTRAP_RESAMPLES, advice
+from tunelab.evaluate.multilabel_metrics import multilabel_metrics
+from tunelab.models.multilabel import decide
+from tunelab.run import Run
+
+NAME = "tfidf-ovr-logreg"
+DESCRIPTION = "TF-IDF (word 1-2-grams) + one-vs-rest logistic regression"
+
+
+def fit_and_score(run: Run, texts: list[str], y_true: np.ndarray, labels: list[str]) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The baseline's figures on `texts`, and its 0/1 predictions (None when it could not be fitted: `missing` says why)."""
+    splits, y = {}, {}
+    for name in ("train", "eval"):
+        if not run.split_path(name).is_file():
+            return _missing(f"the run has no saved {name} split (splits/{name}.parquet) to fit it on"), None
+        splits[name] = run.split(name)
+        try:
+            y[name] = multi_hot(splits[name]["labels"], labels)
+        except TunelabError as error:
+            return _missing(f"the {name} split does not match labels.json ({error.message})"), None
+    from tunelab.models.linear import fit_tfidf_ovr  # scikit-learn: imported when a baseline is fitted
+
+    started = time.perf_counter()
+    texts_by_split = {name: frame["text"].astype(str).tolist() for name, frame in splits.items()}
+    pipeline, chosen_c, thresholds = fit_tfidf_ovr(texts_by_split, y, labels, seed=int(run.config.get("seed", 42)))
+    fit_seconds = time.perf_counter() - started
+    proba = pipeline.predict_proba(texts)
+    scores = multilabel_metrics(y_true, proba, thresholds["values"], labels)
+    figures = {
+        "name": NAME,
+        "description": DESCRIPTION,
+        "f1_micro": scores["f1_micro"],
+        "f1_macro": scores["f1_macro"],
+        "f1_samples": scores["f1_samples"],
+        "subset_accuracy": scores["subset_accuracy"],
+        "roc_auc_macro": scores["roc_auc"]["macro"],
+        "fit_seconds": fit_seconds,
+        "train_rows": len(texts_by_split["train"]),
+        "test_rows": len(texts),
+        "C": chosen_c,
+        "C_chosen_on": thresholds["chosen_on"],
+        "thresholds_chosen_on": thresholds["chosen_on"],
+    }
+    return figures, decide(proba, thresholds["values"])
+
+
+def row_f1(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Each row's F1 between its true and predicted label sets; their mean is scikit-learn's samples-F1 (0 for two empty sets)."""
+    tp = (y_true * y_pred).sum(axis=1)
+    wrong = (y_true != y_pred).sum(axis=1)
+    return np.divide(2 * tp, 2 * tp + wrong, out=np.zeros(len(y_true)), where=(2 * tp + wrong) > 0)
+
+
+def comparison(
+    figures: dict[str, Any], test: dict[str, Any], y_true: np.ndarray, model_pred: np.ndarray, baseline_pred: np.ndarray, config, generalisation
+) -> dict[str, Any]:
+    """The model against the baseline on the same rows: micro/macro-F1 gaps in points, a paired
+    bootstrap interval of the samples-F1 gap (per-row F1s are what a row-resample can pair), the headline and the advice."""
+    n = len(y_true)
+    micro_points = 100 * (test["f1_micro"] - figures["f1_micro"])
+    macro_points = 100 * (test["f1_macro"] - figures["f1_macro"])
+    samples_points = 100 * (test["f1_samples"] - figures["f1_samples"])
+    difference = row_f1(y_true, model_pred) - row_f1(y_true, baseline_pred)
+    resamples = max(50, min(BOOTSTRAP_RESAMPLES, BOOTSTRAP_CELLS // max(n, 1)))
+    low, high = (100 * v for v in bootstrap_ci(difference, resamples=resamples, seed=0))
+    within_noise = low <= 0 <= high
+    beats = micro_points > 0 and macro_points > 0
+    figures_text = (
+        f"micro-F1 {test['f1_micro']:.3f} vs {figures['f1_micro']:.3f} ({micro_points:+.1f} points), "
+        f"macro-F1 {test['f1_macro']:.3f} vs {figures['f1_macro']:.3f} ({macro_points:+.1f} points), on the same {n} test rows"
+    )
+    interval = f"paired bootstrap 95% interval of the samples-F1 gap ({samples_points:+.1f} points): {low:+.1f} to {high:+.1f} points"
+    if beats:
+        noise = f"within noise ({interval})" if within_noise else f"larger than noise ({interval})"
+        headline = f"The fine-tuned model beats the {DESCRIPTION} baseline: {figures_text}; the gap is {noise}."
+    else:
+        noise = f"The gap is within noise ({interval})." if within_noise else f"The gap is larger than noise ({interval})."
+        headline = f"The fine-tuned model does not beat the {DESCRIPTION} baseline: {figures_text}. {noise}"
+    return {
+        "beats_baseline": beats,
+        "f1_micro_points": micro_points,
+        "f1_macro_points": macro_points,
+        "f1_samples_points": samples_points,
+        "f1_samples_points_ci95": [low, high],
+        "bootstrap_resamples": resamples,
+        "within_noise": within_noise,
+        "headline": headline,
+        # `tunelab compare` takes no multi-label runs yet: its tips do not apply.
+        "advice": [] if beats else [tip for tip in advice(figures, config, generalisation or {}) if "compare" not in tip],
+    }
+
+
+def _missing(reason: str) -> dict[str, Any]:
+    return {"name": NAME, "description": DESCRIPTION, "missing": reason}

@@ -1,0 +1,148 @@
+"""evaluate_multilabel_run: score a multi-label run on its test split (or other labelled data) and write the artefacts.
+
+The steps of evaluate_run, for label sets: check the data, load the model and the thresholds chosen
+on the eval split when it was trained (never re-chosen here), predict (timed), compute the metrics,
+look for over-fitting, fit and score the TF-IDF one-vs-rest baseline on the same rows, plot, then
+write predictions, report and metrics (metrics.json last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tunelab.atomic import write_json
+from tunelab.data.multilabel import multi_hot
+from tunelab.errors import TunelabError
+from tunelab.evaluate.generalisation import generalisation_check
+from tunelab.evaluate.multilabel_metrics import multilabel_metrics
+from tunelab.evaluate.pipeline import published_path, run_name, timed_logits, write_parquet
+from tunelab.models.multilabel import MultiLabelClassifier, decide, sigmoid
+from tunelab.run import Run
+
+MAX_MISTAKES = 25
+
+
+def evaluate_multilabel_run(
+    run: Run | str | os.PathLike,
+    data: pd.DataFrame | None = None,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    data_name: str | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    baseline: bool | None = None,
+) -> dict[str, Any]:
+    """Evaluate a multi-label run and write metrics.json, predictions.parquet, plots/ and report.html.
+
+    data: a frame with `text` and `labels` (lists of label names; tunelab.data.multilabel reads
+    one from a file); default: the run's test split. out_dir: default the run directory, where
+    metrics.json is merged into. baseline: default the run's `baseline` setting. Returns metrics.json's content.
+    """
+    run = run if isinstance(run, Run) else Run.open(run)
+    labels = run.labels
+    frame, source = (run.split("test"), "test split") if data is None else (data, data_name or "the given data")
+    missing = [c for c in ("text", "labels") if c not in frame.columns]
+    if missing:
+        raise TunelabError(f"{source} has no {' or '.join(map(repr, missing))} column", "read it with tunelab.data.multilabel.load_multilabel_source")
+    if len(frame) == 0:
+        raise TunelabError(f"{source} has no rows to evaluate", "give data with text and label columns")
+    y_true = multi_hot(frame["labels"], labels).astype(int)
+    classifier = MultiLabelClassifier.load(run)
+    if classifier.labels != labels:
+        raise TunelabError(f"run '{run.path}' is inconsistent: labels.json and the model's labels differ", "train the run again")
+    texts = frame["text"].astype(str).tolist()
+    logits, timing = timed_logits(classifier, texts, batch_size, progress)
+    proba = sigmoid(logits)
+    predicted = decide(proba, classifier.thresholds)
+
+    test = multilabel_metrics(y_true, proba, classifier.thresholds, labels)
+    test["timing"] = timing
+    history = run.history()
+    generalisation = generalisation_check(history)
+    baseline_figures = None
+    if baseline is None:
+        baseline = bool(run.config.get("baseline", True))
+    if baseline:
+        from tunelab.evaluate import multilabel_baseline
+
+        baseline_figures, baseline_pred = multilabel_baseline.fit_and_score(run, texts, y_true, labels)
+        if baseline_pred is not None:
+            baseline_figures["comparison"] = multilabel_baseline.comparison(
+                baseline_figures, test, y_true, predicted, baseline_pred, run.config, generalisation
+            )
+
+    out = Path(out_dir).expanduser() if out_dir is not None else run.path
+    out.mkdir(parents=True, exist_ok=True)
+    predictions = predictions_frame(texts, y_true, proba, predicted, labels)
+    write_parquet(out / "predictions.parquet", predictions)
+
+    from tunelab.evaluate.multilabel_plots import make_multilabel_plots
+    from tunelab.evaluate.multilabel_report import write_multilabel_report
+
+    plots = make_multilabel_plots(out / "plots", history, y_true, proba, labels, test)
+    metrics = merged_metrics(out, run, test, source, generalisation, baseline_figures)
+    write_multilabel_report(
+        out / "report.html",
+        run_name=run_name(run),
+        config=run.config,
+        test=test,
+        evaluated_on=metrics["evaluated_on"],
+        plots=plots,
+        mistakes=worst_rows(predictions),
+        generalisation=generalisation,
+        data_profile=run.data_profile,
+        train_info=metrics.get("train"),
+        environment=metrics.get("environment"),
+        thresholds=metrics.get("thresholds"),
+        baseline=baseline_figures,
+    )
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def predictions_frame(texts: list[str], y_true: np.ndarray, proba: np.ndarray, predicted: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    """Per row: the true and predicted label sets, how many labels are wrong, and each label's probability."""
+    names = np.asarray(labels, dtype=object)
+    frame = pd.DataFrame(
+        {
+            "text": texts,
+            "labels": [list(names[row.astype(bool)]) for row in y_true],
+            "predicted": [list(names[row.astype(bool)]) for row in predicted],
+            "wrong_labels": (y_true != predicted).sum(axis=1),
+            "exact": (y_true == predicted).all(axis=1),
+        }
+    )
+    for j, label in enumerate(labels):
+        frame[f"prob_{label}"] = proba[:, j]
+    return frame
+
+
+def worst_rows(predictions: pd.DataFrame, limit: int = MAX_MISTAKES) -> list[dict[str, Any]]:
+    """The rows with the most wrong labels."""
+    wrong = predictions[~predictions["exact"]].sort_values("wrong_labels", ascending=False, kind="stable").head(limit)
+    return wrong[["text", "labels", "predicted", "wrong_labels"]].to_dict("records")
+
+
+def merged_metrics(out: Path, run: Run, test: dict, source: str, generalisation: dict, baseline: dict | None) -> dict[str, Any]:
+    """metrics.json's content: training's keys (and the thresholds' record), with this evaluation merged in."""
+    path = out / "metrics.json"
+    metrics: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if out.resolve() != run.path.resolve():
+        for key in ("task", "train", "environment", "thresholds"):
+            if key in run.metrics and key not in metrics:
+                metrics[key] = run.metrics[key]
+    metrics["test"] = test
+    metrics.update({key: test[key] for key in ("loss", "subset_accuracy", "f1_micro", "f1_macro", "f1_samples")})
+    metrics["evaluated_on"] = {"source": source, "rows": test["n"], "run": str(published_path(run))}
+    metrics["generalisation"] = generalisation
+    if baseline is not None:
+        metrics["baseline"] = baseline
+    else:
+        metrics.pop("baseline", None)
+    return metrics

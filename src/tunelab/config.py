@@ -63,6 +63,12 @@ class DataSettings(Settings):
     seed: int = 42
 
 
+# The recipe `tunelab train` uses below SMALL_DATA_ROWS training rows (recipe: auto), as settings
+# that replace the defaults; chosen by benchmarks/small_data.py on eval splits (README, "Small data").
+SMALL_DATA_ROWS = 1000
+SMALL_DATA_RECIPE: dict[str, Any] = {}
+
+
 class TrainConfig(DataSettings):
     """Fine-tuning a sequence classifier (`tunelab train`)."""
 
@@ -91,6 +97,16 @@ class TrainConfig(DataSettings):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores")
     early_stopping: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
+    pooling: Literal["cls", "mean"] = Field(
+        "cls", description="what the classification head reads: the [CLS] pooler (Hugging Face's head) or the mean of the token states"
+    )
+    layer_lr_decay: float = Field(
+        1.0, gt=0, le=1, description="layer-wise learning-rate decay: each layer below the head trains at this times the rate of the one above"
+    )
+    recipe: Literal["auto", "default", "small-data"] = Field(
+        "auto",
+        description=f"auto: small-data below {SMALL_DATA_ROWS:,} training rows, else default; a setting given explicitly always wins over the recipe's",
+    )
     logging_steps: int | None = Field(None, gt=0, description="default: about 20 logs per epoch")
     keep_checkpoints: int = Field(1, ge=1)
     report_to: list[str] = Field(default_factory=list, description="Trainer integrations, e.g. tensorboard, mlflow")
@@ -100,6 +116,20 @@ class TrainConfig(DataSettings):
 
     out: str | None = Field(None, description="run directory; default runs/<model>-<data>-<time>")
     overwrite: bool = False
+
+
+def resolve_recipe(config: TrainConfig, train_rows: int) -> TrainConfig:
+    """The config with its recipe named (default or small-data) and that recipe's settings applied.
+
+    auto picks small-data below SMALL_DATA_ROWS training rows. The recipe fills only settings the user
+    left at their defaults: anything given in the YAML or on the command line is kept.
+    """
+    name = config.recipe
+    if name == "auto":
+        name = "small-data" if train_rows < SMALL_DATA_ROWS and SMALL_DATA_RECIPE else "default"
+    settings = SMALL_DATA_RECIPE if name == "small-data" else {}
+    chosen = {key: value for key, value in settings.items() if key not in config.model_fields_set}
+    return config.model_copy(update={**chosen, "recipe": name})
 
 
 class ExtractiveQAConfig(Settings):

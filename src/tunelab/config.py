@@ -132,6 +132,16 @@ def resolve_recipe(config: TrainConfig, train_rows: int) -> TrainConfig:
     return config.model_copy(update={**chosen, "recipe": name})
 
 
+def describe_recipe(config: TrainConfig) -> str:
+    """The recipe's name and the settings that make it, e.g. "small-data (mean pooling, 6 epochs, ...)"."""
+    parts = [f"{config.pooling} pooling", f"{config.epochs:g} epochs"]
+    if config.early_stopping:
+        parts.append(f"early stopping after {config.early_stopping} evaluations without gain")
+    if config.layer_lr_decay != 1.0:
+        parts.append(f"layer-wise lr decay {config.layer_lr_decay:g}")
+    return f"{config.recipe} ({', '.join(parts)})"
+
+
 class ExtractiveQAConfig(Settings):
     """Fine-tuning an extractive question-answering reader (`tunelab train --task extractive-qa`)."""
 
@@ -211,8 +221,8 @@ def load_settings(cls: type[S], path: str | os.PathLike | None = None, overrides
         raise TunelabError(f"setting '{where}': {message} (got {first.get('input')!r})", "fix that value") from None
 
 
-def to_yaml(settings: Settings, **resolved: Any) -> str:
-    """Every setting written out, with values resolved at run time (e.g. max_length) filled in."""
-    data = settings.model_dump()
+def to_yaml(settings: Settings, only_given: bool = False, **resolved: Any) -> str:
+    """Every setting written out (only_given: those set explicitly), with values resolved at run time (e.g. max_length) filled in."""
+    data = settings.model_dump(exclude_unset=only_given)
     data.update(resolved)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

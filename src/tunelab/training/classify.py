@@ -26,7 +26,7 @@ from transformers import (  # noqa: E402
 
 from tunelab import atomic, hardware  # noqa: E402
 from tunelab.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
-from tunelab.config import TrainConfig, resolve_recipe, to_yaml  # noqa: E402
+from tunelab.config import TrainConfig, describe_recipe, resolve_recipe, to_yaml  # noqa: E402
 from tunelab.data import load_splits, profile_splits  # noqa: E402
 from tunelab.data.tokenize import choose_max_length, token_lengths, tokenize_frame  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
@@ -225,16 +225,6 @@ def resolve_out_dir(config: TrainConfig) -> Path:
 def check_recipe(config: TrainConfig) -> None:
     if config.pooling == "mean" and config.method == "lora":
         raise TunelabError("pooling 'mean' is not available with method 'lora'", "use method full or head with mean pooling, or pooling cls with LoRA")
-
-
-def describe_recipe(config: TrainConfig) -> str:
-    """The recipe's name and the settings that make it, for the plan line."""
-    parts = [f"{config.pooling} pooling", f"{config.epochs:g} epochs"]
-    if config.early_stopping:
-        parts.append(f"early stopping after {config.early_stopping} evaluations without gain")
-    if config.layer_lr_decay != 1.0:
-        parts.append(f"layer-wise lr decay {config.layer_lr_decay:g}")
-    return f"{config.recipe} ({', '.join(parts)})"
 
 
 def build_model(model_dir: Path, config: TrainConfig, labels: list[str]):

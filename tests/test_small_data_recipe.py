@@ -141,12 +141,25 @@ def test_train_uses_the_small_data_recipe_and_inspect_names_it(monkeypatch, tmp_
     assert inspect_source(str(large), model=None)["recipe"].startswith("default (cls pooling, 3 epochs")
 
 
-def test_mean_pooling_with_lora_is_refused(tmp_path, tiny_bert):
-    from tunelab.errors import TunelabError
-    from tunelab.training.classify import train
+def test_lora_adapters_on_the_mean_pooled_head_merge_into_the_same_logits(tmp_path, tiny_bert):
+    from tunelab.models.pooling import load_sequence_classifier, new_classifier
+    from tunelab.training.classify import _with_lora
 
-    data = tmp_path / "reviews.csv"
-    sentiment_frame(rows_per_class=10).to_csv(data, index=False)
-    with pytest.raises(TunelabError, match="pooling 'mean' is not available with method 'lora'"):
-        train(TrainConfig(model=str(tiny_bert), data=str(data), pooling="mean", method="lora", out=str(tmp_path / "run")), progress=False)
-    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run*"))
+    model = _with_lora(new_classifier(tiny_bert, "mean", ["a", "b", "c"]))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = {"input_ids": torch.tensor([[2, 10, 11, 12, 3], [2, 14, 3, 0, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])}
+    first = None
+    for _ in range(20):
+        loss = model(**batch, labels=torch.tensor([0, 2])).loss
+        first = first if first is not None else float(loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert float(loss) < first / 2  # the adapters and the head learned
+    model.eval()
+    with torch.no_grad():
+        trained = model(**batch).logits
+    model.merge_and_unload().save_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        reloaded = load_sequence_classifier(tmp_path / "merged").eval()(**batch).logits
+    assert torch.allclose(trained, reloaded, atol=1e-5)

@@ -64,7 +64,6 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     splits, dropped = load_splits(config)
     # The recipe (default, or small-data below config.SMALL_DATA_ROWS training rows) fills the settings not given.
     config = resolve_recipe(config, len(splits["train"]))
-    check_recipe(config)
     point = resume_point(staging, config.epochs) if resume else None
     checkpoint = point.checkpoint if point else None
     labels = sorted(splits["train"]["label"].unique())
@@ -220,11 +219,6 @@ def quickstart_config(out: str | None = None) -> TrainConfig:
 def resolve_out_dir(config: TrainConfig) -> Path:
     # launch.py names the folder before it starts the processes, so that every process trains into the same one.
     return out_dir(config.out, named_after(config.model, config.data))
-
-
-def check_recipe(config: TrainConfig) -> None:
-    if config.pooling == "mean" and config.method == "lora":
-        raise TunelabError("pooling 'mean' is not available with method 'lora'", "use method full or head with mean pooling, or pooling cls with LoRA")
 
 
 def build_model(model_dir: Path, config: TrainConfig, labels: list[str]):

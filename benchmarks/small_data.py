@@ -30,6 +30,7 @@ scores the choice was made on, run times, the CPU flags, and which split chose w
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import sys
 import tempfile
@@ -167,6 +168,7 @@ def main() -> None:
     parser.add_argument("--candidates", nargs="+", default=DEFAULT_CANDIDATES, choices=list(CANDIDATES))
     parser.add_argument("--datasets", nargs="+", default=[d.name for d in DATASETS], choices=[d.name for d in DATASETS])
     parser.add_argument("--budget-minutes", type=float, default=45, help="start no seed that the last one's duration says would end later")
+    parser.add_argument("--end-by", help="UTC time HH:MM: as --budget-minutes, counted from when the run starts (after waiting for the lock)")
     parser.add_argument("--quick", action="store_true", help="smoke check: tiny splits, 1 epoch, not written to results/")
     options = parser.parse_args()
     if "today" not in options.candidates:
@@ -175,6 +177,10 @@ def main() -> None:
     from tunelab import hardware
 
     hardware.set_threads(None)
+    if options.end_by:
+        now = datetime.datetime.now(datetime.UTC)
+        hour, minute = map(int, options.end_by.split(":"))
+        options.budget_minutes = (now.replace(hour=hour, minute=minute, second=0) - now).total_seconds() / 60
     datasets = [d for d in DATASETS if d.name in options.datasets]
     epochs = 1.0 if options.quick else None
     results: dict[str, dict] = {}

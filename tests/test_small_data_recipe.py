@@ -163,3 +163,12 @@ def test_lora_adapters_on_the_mean_pooled_head_merge_into_the_same_logits(tmp_pa
     with torch.no_grad():
         reloaded = load_sequence_classifier(tmp_path / "merged").eval()(**batch).logits
     assert torch.allclose(trained, reloaded, atol=1e-5)
+
+
+def test_an_empty_small_data_recipe_is_refused_by_name(monkeypatch):
+    from tunelab.errors import TunelabError
+
+    monkeypatch.setattr(config_module, "SMALL_DATA_RECIPE", {})
+    assert resolve_recipe(TrainConfig(), 10).recipe == "default"
+    with pytest.raises(TunelabError, match="recipe 'small-data' has no settings"):
+        resolve_recipe(TrainConfig(recipe="small-data"), 10)

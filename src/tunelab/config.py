@@ -127,6 +127,11 @@ def resolve_recipe(config: TrainConfig, train_rows: int) -> TrainConfig:
     name = config.recipe
     if name == "auto":
         name = "small-data" if train_rows < SMALL_DATA_ROWS and SMALL_DATA_RECIPE else "default"
+    if name == "small-data" and not SMALL_DATA_RECIPE:
+        raise TunelabError(
+            "recipe 'small-data' has no settings: no recipe has beaten the default on small data yet (benchmarks/small_data.py)",
+            "use recipe auto or default, or set pooling / layer_lr_decay / epochs yourself",
+        )
     settings = SMALL_DATA_RECIPE if name == "small-data" else {}
     chosen = {key: value for key, value in settings.items() if key not in config.model_fields_set}
     return config.model_copy(update={**chosen, "recipe": name})

@@ -63,8 +63,9 @@ class DataSettings(Settings):
     seed: int = 42
 
 
-# The recipe `tunelab train` uses below SMALL_DATA_ROWS training rows (recipe: auto), as settings
-# that replace the defaults; chosen by benchmarks/small_data.py on eval splits (README, "Small data").
+# The recipe `tunelab train` uses below SMALL_DATA_ROWS training rows (recipe: auto): settings that
+# replace the defaults, filled only with a recipe that benchmarks/small_data.py chose on dev rows and
+# that beat the default there. Empty: none has yet (issue 20), so auto means default at every size.
 SMALL_DATA_ROWS = 1000
 SMALL_DATA_RECIPE: dict[str, Any] = {}
 
@@ -105,7 +106,8 @@ class TrainConfig(DataSettings):
     )
     recipe: Literal["auto", "default", "small-data"] = Field(
         "auto",
-        description=f"auto: small-data below {SMALL_DATA_ROWS:,} training rows, else default; a setting given explicitly always wins over the recipe's",
+        description=f"auto: small-data below {SMALL_DATA_ROWS:,} training rows (once a small-data recipe is chosen), else default; "
+        "a setting given explicitly always wins over the recipe's",
     )
     logging_steps: int | None = Field(None, gt=0, description="default: about 20 logs per epoch")
     keep_checkpoints: int = Field(1, ge=1)

@@ -4,6 +4,7 @@ stopping, and the small-data recipe that `train` picks below the row line and `d
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from tests.conftest import sentiment_frame, write_tiny_bert
 from tunelab import config as config_module
 from tunelab.config import SMALL_DATA_ROWS, TrainConfig, load_settings, resolve_recipe, to_yaml
 
+# Read at collection, before conftest's session fixture empties it for the other tests.
+SHIPPED_RECIPE = dict(config_module.SMALL_DATA_RECIPE)
 SMALL_RECIPE = {"pooling": "mean", "epochs": 5.0, "early_stopping": 2, "layer_lr_decay": 0.8}
 
 
@@ -172,3 +175,10 @@ def test_an_empty_small_data_recipe_is_refused_by_name(monkeypatch):
     assert resolve_recipe(TrainConfig(), 10).recipe == "default"
     with pytest.raises(TunelabError, match="recipe 'small-data' has no settings"):
         resolve_recipe(TrainConfig(recipe="small-data"), 10)
+
+
+def test_the_shipped_small_data_recipe_is_the_one_the_benchmark_chose():
+    # benchmarks/small_data.py chose it on dev rows; an empty recipe means it chose today's.
+    result = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "small_data.json").read_text(encoding="utf-8"))
+    expected = {} if result["chosen"] == "today" else result["candidates"][result["chosen"]]
+    assert SHIPPED_RECIPE == expected

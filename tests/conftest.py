@@ -64,6 +64,18 @@ def sentiment_frame(rows_per_class: int = 40, seed: int = 0, classes=("positive"
     return pd.DataFrame(rows, columns=["text", "label"])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def default_recipe_at_every_size():
+    """The tests' data are a few dozen rows, below the small-data line: without this every test that
+    trains would get the small-data recipe. They test their own piece under the default recipe;
+    tests/test_small_data_recipe.py puts the small-data recipe back where it is the subject."""
+    from tunelab import config
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(config, "SMALL_DATA_RECIPE", {})
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -25,7 +25,7 @@ def reviews(tmp_path) -> Path:
 
 def config_for(tiny_bert, data, out, **extra) -> TrainConfig:
     # A large learning rate for the tiny model, so it warms up (the default of none suits 5e-5).
-    settings = dict(model=str(tiny_bert), data=str(data), epochs=4, lr=5e-3, warmup=0.1, batch_size=8, precision="fp32", seed=5, out=str(out))
+    settings = dict(model=str(tiny_bert), data=str(data), epochs=4, lr=5e-3, warmup=0.1, batch_size=8, precision="fp32", seed=5, out=str(out), recipe="default")
     settings.update(extra)
     return TrainConfig(**settings)
 

@@ -194,18 +194,19 @@ def test_comparison_when_the_model_beats_the_baseline():
 
 
 def test_data_inspect_warns_on_small_training_sets_only(tmp_path):
-    from tunelab.inspection import SMALL_TRAIN_ROWS, inspect_source
+    from tunelab.config import SMALL_DATA_ROWS
+    from tunelab.inspection import inspect_source
 
     small, large = tmp_path / "small.csv", tmp_path / "large.csv"
     sentiment_frame(rows_per_class=40).to_csv(small, index=False)  # 120 rows: 96 train after eval/test
     sentiment_frame(rows_per_class=450).to_csv(large, index=False)  # 1,350 rows: 1,080 train
     profile = inspect_source(str(small), model=None)
-    assert profile["train_rows"] == 96 < SMALL_TRAIN_ROWS
+    assert profile["train_rows"] == 96 < SMALL_DATA_ROWS
     warning = profile["warnings"][0]
     assert warning.startswith("small training set: 96 training rows")
-    assert "TF-IDF" in warning and "evaluation report compares" in warning and "default recipe" in warning
+    assert "TF-IDF" in warning and "evaluation report compares" in warning and "will use the recipe" in warning
     big = inspect_source(str(large), model=None)
-    assert big["train_rows"] >= SMALL_TRAIN_ROWS
+    assert big["train_rows"] >= SMALL_DATA_ROWS
     assert not any("small training set" in w for w in big["warnings"])
 
     shown = runner.invoke(app, ["data", "inspect", str(small), "--model", ""])

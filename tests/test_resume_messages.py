@@ -35,7 +35,9 @@ def _killed_run(tiny_bert, tmp_path: Path, when) -> tuple[Path, Path]:
     data = tmp_path / "reviews.csv"
     sentiment_frame(rows_per_class=100, seed=3).to_csv(data, index=False)
     out = tmp_path / "killed"
-    config = TrainConfig(model=str(tiny_bert), data=str(data), epochs=EPOCHS, batch_size=BATCH, precision="fp32", logging_steps=1, out=str(out))
+    config = TrainConfig(
+        model=str(tiny_bert), data=str(data), epochs=EPOCHS, batch_size=BATCH, precision="fp32", logging_steps=1, out=str(out), recipe="default"
+    )
     settings = tmp_path / "train.yaml"
     settings.write_text(to_yaml(config))
     process = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(settings)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

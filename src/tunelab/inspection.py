@@ -7,13 +7,10 @@ from typing import Any
 
 import pandas as pd
 
+from tunelab.config import SMALL_DATA_ROWS, DataSettings, TrainConfig, describe_recipe, resolve_recipe
 from tunelab.data import load_source, make_splits, profile_splits
 from tunelab.errors import TunelabError
 from tunelab.models.catalogue import resolve_model
-
-# Below this many training rows `data inspect` warns that fine-tuning may lose to a TF-IDF baseline:
-# issue 20 found TF-IDF + logistic regression beating the default fine-tune at ~550 training rows.
-SMALL_TRAIN_ROWS = 1000
 
 
 def inspect_source(
@@ -51,8 +48,11 @@ def inspect_source(
         token_length=first.get("token_length", {}),
         train_rows=training_rows(frame, splits.get("test")),
     )
-    if profile["train_rows"] < SMALL_TRAIN_ROWS:
-        profile["warnings"].insert(0, small_data_warning(profile["train_rows"], len(frame), test_data is not None))
+    # What `tunelab train` with its defaults (recipe: auto) would train these rows with.
+    profile["recipe"] = describe_recipe(resolve_recipe(TrainConfig(), profile["train_rows"]))
+    # Below SMALL_DATA_ROWS a TF-IDF baseline can beat fine-tuning: issue 20 found it winning at ~550 training rows.
+    if profile["train_rows"] < SMALL_DATA_ROWS:
+        profile["warnings"].insert(0, small_data_warning(profile["train_rows"], len(frame), profile["recipe"], test_data is not None))
     profile["likely_task"] = "multi-label" if multi_label else "classification"
     if multi_label:
         profile["multi_label"] = multi_label
@@ -92,8 +92,6 @@ def detect_multilabel(source: str, label_col: str, encoding: str = "utf-8", deli
 def training_rows(frame: pd.DataFrame, test_frame: pd.DataFrame | None = None) -> int:
     """The rows `tunelab train` trains on with its default settings: the same split function, with
     eval and (unless a test file is given) test rows held out."""
-    from tunelab.config import DataSettings
-
     defaults = DataSettings()
     try:
         splits = make_splits(frame, defaults.eval_fraction, defaults.test_fraction, defaults.seed, test_frame=test_frame)
@@ -102,12 +100,11 @@ def training_rows(frame: pd.DataFrame, test_frame: pd.DataFrame | None = None) -
     return len(splits["train"])
 
 
-def small_data_warning(train_rows: int, rows: int, test_given: bool = False) -> str:
+def small_data_warning(train_rows: int, rows: int, recipe: str, test_given: bool = False) -> str:
     held = "eval rows" if test_given else "eval and test rows"
     held_out = f" of the {rows}, after `tunelab train` holds out its {held}" if train_rows < rows else ""
     return (
-        f"small training set: {train_rows} training rows{held_out}. Below {SMALL_TRAIN_ROWS:,} rows a TF-IDF + logistic-regression "
+        f"small training set: {train_rows} training rows{held_out}. Below {SMALL_DATA_ROWS:,} rows a TF-IDF + logistic-regression "
         "baseline often beats fine-tuning (on ~550 rows of reviews it did); the evaluation report compares the "
-        "fine-tuned model against that baseline on the same test rows and says which wins. `tunelab train` uses its default "
-        "recipe at every size."
+        f"fine-tuned model against that baseline on the same test rows and says which wins. `tunelab train` will use the recipe {recipe}."
     )

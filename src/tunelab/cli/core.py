@@ -77,6 +77,7 @@ def data_inspect(
         f"empty texts dropped: {dropped.get('empty_text', 0)}, missing labels dropped: {dropped.get('missing_label', 0)}, "
         f"duplicate texts: {profile['duplicate_texts']}"
     )
+    console.print(f"`tunelab train` recipe for its {profile['train_rows']} training rows: {profile['recipe']}")
     for warning in profile["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}")
 
@@ -100,6 +101,9 @@ def train(
     seed: Annotated[int | None, typer.Option()] = None,
     max_train_samples: Annotated[int | None, typer.Option()] = None,
     early_stopping: Annotated[int | None, typer.Option(help="patience, in evaluations")] = None,
+    pooling: Annotated[str | None, typer.Option(help="cls | mean: what the classification head reads (default: the recipe's)")] = None,
+    layer_lr_decay: Annotated[float | None, typer.Option(help="each layer below the head trains at this times the rate of the one above")] = None,
+    recipe: Annotated[str | None, typer.Option(help="auto | default | small-data (auto: small-data below 1,000 training rows)")] = None,
     keep_checkpoints: Annotated[int | None, typer.Option()] = None,
     report_to: Annotated[list[str] | None, typer.Option(help="Trainer integration, e.g. tensorboard")] = None,
     encoding: Annotated[str | None, typer.Option()] = None,
@@ -157,6 +161,9 @@ _NOT_QA = (
     "label_col",
     "label_sep",
     "method",
+    "pooling",
+    "layer_lr_decay",
+    "recipe",
     "grad_accum",
     "max_train_samples",
     "keep_checkpoints",
@@ -329,6 +336,10 @@ def print_run_summary(run, next_steps: bool = False) -> None:
     from tunelab.cli.evaluate import print_baseline
 
     print_baseline(metrics)
+    if run.config.get("recipe"):
+        from tunelab.config import TrainConfig, describe_recipe
+
+        console.print(f"recipe:        {describe_recipe(TrainConfig(**run.config))}")
     console.print(f"run directory: {run.path}")
     if (run.path / "report.html").is_file():
         console.print(f"report:        {run.path / 'report.html'}")

@@ -20,7 +20,7 @@ import yaml
 
 from tunelab import atomic
 from tunelab.compare.config import Candidate, CompareConfig, candidate_config
-from tunelab.config import TrainConfig
+from tunelab.config import TrainConfig, resolve_recipe
 from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.training.baselines import BaselineConfig
@@ -63,9 +63,14 @@ def check_same_settings(settings: TrainConfig | BaselineConfig, final: Path, lab
     if "test" not in run.metrics:
         raise TunelabError(f"{label}: '{final}' holds a run without test metrics", f"run `tunelab eval {final}`, or delete that folder")
     stored = run.config
+    if isinstance(settings, TrainConfig) and settings.recipe == "auto" and stored.get("recipe") in ("default", "small-data"):
+        # auto chose by the run's training rows: compare with what the recipe it chose fills in.
+        settings = resolve_recipe(settings.model_copy(update={"recipe": stored["recipe"]}), train_rows=0)
     for key, wanted in settings.model_dump().items():
         if key in EVALUATION_ONLY:
             continue
+        if key not in stored and wanted == type(settings).model_fields[key].default:
+            continue  # a setting added since that run was trained, left at its default
         if key in RESOLVED_AT_RUN_TIME and (wanted is None or wanted == "auto" or key in ("out", "overwrite")):
             continue
         if stored.get(key) != wanted:

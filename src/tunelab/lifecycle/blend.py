@@ -46,13 +46,12 @@ def choose_alpha(
     score(classifier) -> number, higher is better; computed on data neither model was trained on.
     Returns (alpha, {alpha: score}, the classifier holding the chosen blend).
     """
-    from transformers import AutoModelForSequenceClassification
-
     from tunelab.models.classifier import Classifier
+    from tunelab.models.pooling import load_sequence_classifier
 
     classifier = Classifier.load(trained_dir, max_length=max_length)
     trained = {name: tensor.clone() for name, tensor in classifier.model.state_dict().items()}
-    start = AutoModelForSequenceClassification.from_pretrained(start_dir).state_dict()
+    start = load_sequence_classifier(start_dir).state_dict()
     scores: dict[float, float] = {}
     for alpha in sorted(alphas):
         classifier.model.load_state_dict(blend_states(start, trained, alpha))

@@ -338,9 +338,11 @@ def grow_head(model_dir: str | os.PathLike, labels: list[str], out: str | os.Pat
     the update then lost 1.3 old-topic points against 0.9 from a fresh row (benchmarks/forgetting.py).
     """
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    from tunelab.models.pooling import load_sequence_classifier
+
+    model = load_sequence_classifier(model_dir)  # either head: [CLS] pooler or mean-pooled (small-data recipe)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     old = [model.config.id2label[i] for i in range(model.config.num_labels)]
     dropped = sorted(set(old) - set(labels))

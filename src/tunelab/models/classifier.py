@@ -31,11 +31,13 @@ class Classifier:
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, max_length: int | None = None) -> Classifier:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from tunelab.models.pooling import load_sequence_classifier
 
         model_dir = Path(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        model = load_sequence_classifier(model_dir)
         model.eval()
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         if max_length is None:

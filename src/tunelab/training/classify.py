@@ -17,7 +17,6 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from rich.console import Console  # noqa: E402
 from transformers import (  # noqa: E402
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
@@ -27,13 +26,14 @@ from transformers import (  # noqa: E402
 
 from tunelab import atomic, hardware  # noqa: E402
 from tunelab.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
-from tunelab.config import TrainConfig, to_yaml  # noqa: E402
+from tunelab.config import TrainConfig, describe_recipe, resolve_recipe, to_yaml  # noqa: E402
 from tunelab.data import load_splits, profile_splits  # noqa: E402
 from tunelab.data.tokenize import choose_max_length, token_lengths, tokenize_frame  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.eta import steps_to_measure  # noqa: E402
 from tunelab.models.catalogue import resolve_model  # noqa: E402
 from tunelab.models.classifier import model_max_length  # noqa: E402
+from tunelab.models.pooling import new_classifier  # noqa: E402
 from tunelab.run import Run, named_after, out_dir, refuse_existing, start_staging  # noqa: E402
 from tunelab.training import memory  # noqa: E402
 from tunelab.training.resume import resume_point, truncate_history  # noqa: E402
@@ -52,8 +52,6 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     quiet_libraries()
     out = resolve_out_dir(config)
     staging = atomic.partial_path(out)
-    point = resume_point(staging, config.epochs) if resume else None
-    checkpoint = point.checkpoint if point else None
     refuse_existing(out, config.overwrite)
     check_integrations(config.report_to)
     # Joins the process group when launched by torchrun / accelerate (gloo on CPU), as the Trainer will.
@@ -64,6 +62,10 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
 
     # 1. Data: load, split (stratified, seeded), and check before anything expensive.
     splits, dropped = load_splits(config)
+    # The recipe (default, or small-data below config.SMALL_DATA_ROWS training rows) fills the settings not given.
+    config = resolve_recipe(config, len(splits["train"]))
+    point = resume_point(staging, config.epochs) if resume else None
+    checkpoint = point.checkpoint if point else None
     labels = sorted(splits["train"]["label"].unique())
     label2id = {label: i for i, label in enumerate(labels)}
 
@@ -118,6 +120,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     trainer = AccuracyTrainer(
         class_weights=class_weights,
         length_window_batches=config.length_window,
+        layer_lr_decay=config.layer_lr_decay,
         model=model,
         args=args,
         train_dataset=datasets["train"],
@@ -193,7 +196,7 @@ def print_plan(config, splits, labels, max_length, batch_size, lr, precision, pr
     steps = max(1, len(splits["train"]) // effective) * config.epochs
     Console(stderr=True).print(
         f"[bold]plan[/]: {config.model} on {config.data} — {len(splits['train'])} train / {len(splits['eval'])} eval / "
-        f"{len(splits['test'])} test rows, {len(labels)} classes\n"
+        f"{len(splits['test'])} test rows, {len(labels)} classes; recipe {describe_recipe(config)}\n"
         f"      max length {max_length}, batch {batch_size} × accumulation {config.grad_accum} × {processes} process(es) "
         f"= {effective}, ≈{steps:.0f} steps, learning rate {lr:g}, {precision}\n"
         f"      parameters {parameters / 1e6:.1f}M ({trainable / 1e6:.1f}M trainable); memory per process {plan.describe()}\n"
@@ -223,13 +226,7 @@ def build_model(model_dir: Path, config: TrainConfig, labels: list[str]):
     level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            ignore_mismatched_sizes=True,
-        )
+        model = new_classifier(model_dir, config.pooling, labels)
     finally:
         transformers.logging.set_verbosity(level)
     if config.method == "head":

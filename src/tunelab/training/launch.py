@@ -38,7 +38,8 @@ def train_multiprocess(config: TrainConfig, nproc: int, resume: bool = False) ->
     config = config.model_copy(update={"out": str(resolve_out_dir(config))})
     with tempfile.TemporaryDirectory() as tmp:
         settings = Path(tmp) / "train.yaml"
-        settings.write_text(to_yaml(config), encoding="utf-8")
+        # Only the settings given: a setting written out would count as given and keep the recipe (auto) from filling it.
+        settings.write_text(to_yaml(config, only_given=True), encoding="utf-8")
         command = [
             sys.executable,
             "-m",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -51,10 +53,11 @@ class AccuracyTrainer(Trainer):
     epoch so far on evaluation lines. Dropout is active, so it reads a little below a clean pass.
     """
 
-    def __init__(self, *args, class_weights: torch.Tensor | None = None, length_window_batches: int | None = None, **kwargs):
+    def __init__(self, *args, class_weights: torch.Tensor | None = None, length_window_batches: int | None = None, layer_lr_decay: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.class_weights = class_weights
         self.length_window_batches = length_window_batches
+        self.layer_lr_decay = layer_lr_decay
         # Classification heads return a per-batch mean loss and ignore num_items_in_batch, but their
         # forward(**kwargs) makes the Trainer think otherwise and multiply the loss by the number of
         # processes: doubled gradients and logged losses under DDP. Their loss is already an average.
@@ -73,6 +76,15 @@ class AccuracyTrainer(Trainer):
         rows_per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return LocalLengthSampler(rows_per_step, lengths, self.length_window_batches, seed)
+
+    def create_optimizer(self, model=None):
+        if self.layer_lr_decay == 1.0 or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        groups = layer_lr_groups(model, self.args.learning_rate, self.layer_lr_decay, self.args.weight_decay, set(self.get_decay_parameter_names(model)))
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
@@ -103,6 +115,33 @@ class AccuracyTrainer(Trainer):
             # Every process saw a different shard; add them up.
             counts = self.accelerator.reduce(counts.to(self.args.device), reduction="sum").cpu()
         return float(counts[0] / counts[1]) if counts[1] > 0 else float("nan")
+
+
+# The index of a transformer block in a parameter name: BERT/MiniLM/RoBERTa "encoder.layer.3.",
+# DistilBERT "transformer.layer.3.", ModernBERT "layers.3.".
+_LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
+
+
+def layer_depth(parameter_name: str, layers: int) -> int:
+    """0 for the embeddings, i + 1 for block i, layers + 1 for everything above the blocks (pooler, head)."""
+    match = _LAYER_INDEX.search(parameter_name)
+    if match:
+        return int(match.group(1)) + 1
+    return 0 if "embeddings" in parameter_name else layers + 1
+
+
+def layer_lr_groups(model, lr: float, decay: float, weight_decay: float, decay_names: set[str]) -> list[dict]:
+    """Optimizer parameter groups for layer-wise learning-rate decay: the head trains at lr, block i at
+    lr x decay^(layers - i), the embeddings at lr x decay^(layers + 1). The lower layers hold the general
+    language knowledge that a few hundred rows should move least. Weight decay as the Trainer's own groups."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    layers = max((layer_depth(name, 0) for name, _ in named if _LAYER_INDEX.search(name)), default=0)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, parameter in named:
+        depth, decays = layer_depth(name, layers), name in decay_names
+        group = groups.setdefault((depth, decays), {"params": [], "lr": lr * decay ** (layers + 1 - depth), "weight_decay": weight_decay if decays else 0.0})
+        group["params"].append(parameter)
+    return [groups[key] for key in sorted(groups)]
 
 
 def balanced_class_weights(labels: list[int], classes: int) -> torch.Tensor:

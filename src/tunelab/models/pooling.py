@@ -1,0 +1,82 @@
+"""A classification head on the mean of the encoder's token states, and the one loader of sequence classifiers.
+
+Sentence-transformers such as the catalogue's MiniLM were trained so that the masked mean of their last
+hidden states is the text's meaning; their [CLS] pooler was never trained for that. Hugging Face's
+`...ForSequenceClassification` heads read the [CLS] pooler, so on few rows the head starts from a
+poor summary. `MeanPooledClassifier` is the encoder (`AutoModel`) plus dropout and a linear layer on
+the mean of the non-padding token states.
+
+Its model/ folder is a plain Hugging Face folder whose config.json carries `tunelab_pooling: "mean"`;
+`load_sequence_classifier` reads that flag, so predict, evaluate, serve, compare and ONNX export
+load either kind through one function.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+POOLING_KEY = "tunelab_pooling"  # config.json: "mean" for a MeanPooledClassifier; absent for Hugging Face's heads
+
+
+class MeanPooledClassifier(PreTrainedModel):
+    """encoder -> masked mean of the last hidden states -> dropout -> linear, with Hugging Face's forward signature."""
+
+    config_class = PretrainedConfig
+    base_model_prefix = "encoder"
+
+    def __init__(self, config: PretrainedConfig, encoder: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else AutoModel.from_config(config)
+        if getattr(self.encoder, "pooler", None) is not None:
+            self.encoder.pooler = None  # unused: its weights would get no gradient (and trip DDP's unused-parameter check)
+        dropout = getattr(config, "classifier_dropout", None)
+        dropout = dropout if dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if module is self.classifier:
+            nn.init.normal_(module.weight, std=getattr(self.config, "initializer_range", 0.02))
+            nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        states = self.encoder(**inputs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        logits = self.classifier(self.dropout(pooled))
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def new_classifier(model_dir: str | os.PathLike, pooling: str, labels: list[str]) -> PreTrainedModel:
+    """The pretrained encoder of model_dir with a fresh head over len(labels) classes, pooled by "cls" or "mean"."""
+    id2label, label2id = dict(enumerate(labels)), {label: i for i, label in enumerate(labels)}
+    if pooling == "cls":
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=len(labels), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
+        )
+    config = AutoConfig.from_pretrained(model_dir, num_labels=len(labels), id2label=id2label, label2id=label2id)
+    setattr(config, POOLING_KEY, "mean")
+    # AutoModel finds the encoder's weights in a bare encoder folder and in a ...ForSequenceClassification one alike.
+    encoder = AutoModel.from_pretrained(model_dir)
+    return MeanPooledClassifier(config, encoder)
+
+
+def load_sequence_classifier(model_dir: str | os.PathLike) -> PreTrainedModel:
+    """A trained classifier from its model/ folder, whichever head it was trained with."""
+    config = AutoConfig.from_pretrained(Path(model_dir))
+    if getattr(config, POOLING_KEY, None) == "mean":
+        return MeanPooledClassifier.from_pretrained(model_dir, config=config)
+    return AutoModelForSequenceClassification.from_pretrained(model_dir)

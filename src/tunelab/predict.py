@@ -25,12 +25,17 @@ def load_classifier(run: Run | str | os.PathLike) -> Classifier:
     return Classifier.load(run.model_dir, run.config.get("max_length"))
 
 
-def predict(run: Run | str | os.PathLike, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
-    """For each text: the predicted label, its probability, and every class's probability."""
+def predict(run: Run | str | os.PathLike, texts: Sequence[str], batch_size: int = 64, backend: str = "torch") -> list[dict[str, Any]]:
+    """For each text: the predicted label, its probability, and every class's probability.
+
+    backend: torch, onnx, onnx-int8 or auto (tunelab.runtime.choice: exported on first use, parity-gated).
+    """
+    from tunelab.runtime import load_scorer
+
     if isinstance(texts, str):
         texts = [texts]
-    classifier = load_classifier(run)
-    return describe(classifier.labels, classifier.predict_proba(texts, batch_size))
+    scorer = load_scorer(run, backend)
+    return describe(scorer.labels, scorer.predict_proba(texts, batch_size))
 
 
 def describe(labels: list[str], probabilities) -> list[dict[str, Any]]:
@@ -49,21 +54,27 @@ def predict_file(
     encoding: str = "utf-8",
     batch_size: int = 64,
     progress=None,
+    backend: str = "torch",
+    threads: int | None = None,
 ) -> Path:
-    """Write `out` (CSV): the texts, the predicted label, and one probability column per class."""
+    """Write `out` (CSV): the texts, the predicted label, and one probability column per class.
+
+    backend: torch, onnx, onnx-int8 or auto (tunelab.runtime.choice: exported on first use, parity-gated).
+    """
     import pandas as pd
 
     from tunelab.data import load_source
+    from tunelab.runtime import load_scorer
 
     out = Path(out)
     if out.suffix.lower() != ".csv":
         raise TunelabError(f"--out '{out}' must be a .csv file", "name the output file e.g. preds.csv")
-    classifier = load_classifier(run)
     frame = load_source(source, text_col=text_col, label_col=None, encoding=encoding)
     if len(frame) == 0:
         raise TunelabError(f"{source} has no non-empty texts in column '{text_col}'", "check the file and --text-col")
-    probabilities = classifier.predict_proba(frame["text"].tolist(), batch_size, progress)
-    result = pd.DataFrame({"text": frame["text"], "label": [classifier.labels[i] for i in probabilities.argmax(axis=1)]})
-    for index, label in enumerate(classifier.labels):
+    scorer = load_scorer(run, backend, threads)
+    probabilities = scorer.predict_proba(frame["text"].tolist(), batch_size, progress)
+    result = pd.DataFrame({"text": frame["text"], "label": [scorer.labels[i] for i in probabilities.argmax(axis=1)]})
+    for index, label in enumerate(scorer.labels):
         result[f"prob_{label}"] = probabilities[:, index]
     return atomic.write_text(out, result.to_csv(index=False))

@@ -1,11 +1,14 @@
-"""`tunelab export RUN --format onnx [--quantize int8]`: ONNX models in the run, checked against PyTorch.
+"""ONNX models in the run, checked against PyTorch: `tunelab export RUN --format onnx [--quantize int8]`,
+and the export tunelab.runtime.choice makes on a backend's first use.
 
     runs/<name>/onnx/model.onnx        fp32, dynamic batch and sequence axes (torch.onnx, dynamo exporter)
     runs/<name>/onnx/model.int8.onnx   dynamic int8 (onnxruntime.quantization.quantize_dynamic, per channel)
     runs/<name>/onnx/parity.json       the figures below, measured on the run's test split
 
 Parity gates, or nothing is written: fp32 logits within `tolerance` of PyTorch's (max absolute
-difference); int8 argmax agreeing with PyTorch on at least `min_agreement` of the test texts.
+difference); int8 argmax agreeing with PyTorch on at least `min_agreement` of the test texts. On a
+backend's first use (`int8_refusal="record"`) a failed int8 gate keeps the fp32 model and records why
+int8 was refused in parity.json, so the run can still use fp32 ONNX and says why it does not use int8.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import numpy as np
 from tunelab import atomic
 from tunelab.errors import TunelabError
 from tunelab.run import Run
-from tunelab.serve.backends import ONNX_DIR, ONNX_FILES, OnnxScorer, onnx_session
+from tunelab.runtime.scorers import ONNX_DIR, ONNX_FILES, OnnxScorer, onnx_session
 
 OPSET = 18
+PARITY_BATCH = 64  # texts per ONNX Runtime call while checking parity (as many as predict's batches)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class ExportReport:
     int8_argmax_agreement: float | None = None
     export_seconds: float = 0.0
     sizes_mb: dict[str, float] | None = None
+    int8_refused: str | None = None  # why no int8 model was kept (first-use exports only; `tunelab export` raises instead)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,7 +55,8 @@ class ExportReport:
 
 # int8 is written only if its argmax agrees with PyTorch's on at least this share of the run's test
 # texts: quantisation may move scores, but a served label that differs from the evaluated model's on
-# more than 1 text in 200 would make the evaluation report describe a different model.
+# more than 1 text in 200 would make the evaluation report describe a different model. tunelab.runtime.choice
+# holds the fp32 ONNX model to the same share.
 INT8_MIN_AGREEMENT = 0.995
 
 
@@ -61,8 +67,13 @@ def export_onnx(
     min_agreement: float = INT8_MIN_AGREEMENT,
     max_rows: int | None = 2000,
     step: Callable[[str], None] | None = None,
+    int8_refusal: str = "raise",
 ) -> ExportReport:
-    """Export the run's classifier to ONNX (and int8), check parity on its test split, write run/onnx/."""
+    """Export the run's classifier to ONNX (and int8), check parity on its test split, write run/onnx/.
+
+    int8_refusal: "raise" (nothing is written when int8 fails its gate) or "record" (fp32 is written,
+    parity.json's `int8_refused` says why int8 is not).
+    """
     from tunelab.models.classifier import Classifier
 
     run = run if isinstance(run, Run) else Run.open(run)
@@ -81,7 +92,7 @@ def export_onnx(
 
         step(f"checking parity on {len(texts)} test texts")
         reference = classifier.logits(texts)
-        fp32_logits = batched(_scorer(fp32, classifier), texts)
+        fp32_logits = _scorer(fp32, classifier).logits(texts, PARITY_BATCH)
         report = ExportReport(
             path=str(run.path / ONNX_DIR),
             files=files,
@@ -98,15 +109,17 @@ def export_onnx(
             step("quantizing to int8")
             int8 = stage / ONNX_FILES["onnx-int8"]
             _quantize(fp32, int8)
-            int8_logits = batched(_scorer(int8, classifier), texts)
+            int8_logits = _scorer(int8, classifier).logits(texts, PARITY_BATCH)
             report.int8_max_abs_diff = float(np.abs(int8_logits - reference).max())
             report.int8_argmax_agreement = agreement(int8_logits, reference)
             if report.int8_argmax_agreement < min_agreement:
-                raise TunelabError(
-                    f"the int8 model agrees with PyTorch on {report.int8_argmax_agreement:.2%} of the test texts (needs {min_agreement:.1%})",
-                    "nothing was written; export without --quantize and serve with --backend onnx",
-                )
-            files["onnx-int8"] = str(run.path / ONNX_DIR / int8.name)
+                refusal = f"the int8 model agrees with PyTorch on {report.int8_argmax_agreement:.2%} of the test texts (needs {min_agreement:.1%})"
+                if int8_refusal != "record":
+                    raise TunelabError(refusal, "nothing was written; export without --quantize and serve with --backend onnx")
+                report.int8_refused = refusal
+                int8.unlink()
+            else:
+                files["onnx-int8"] = str(run.path / ONNX_DIR / int8.name)
         report.export_seconds = round(time.perf_counter() - started, 2)
         report.sizes_mb = {name: round((stage / Path(path).name).stat().st_size / 2**20, 2) for name, path in files.items()}
         atomic.write_json(stage / "parity.json", report.to_dict())
@@ -224,16 +237,6 @@ def _quantize(fp32: Path, int8: Path) -> None:
 
 def _scorer(path: Path, classifier) -> OnnxScorer:
     return OnnxScorer(onnx_session(path), classifier.tokenizer, classifier.labels, classifier.max_length)
-
-
-def batched(scorer, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Logits in length-sorted batches (little padding), back in the original order."""
-    out = np.zeros((len(texts), len(scorer.labels)), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        out[index] = scorer.logits([texts[i] for i in index])
-    return out
 
 
 def agreement(logits: np.ndarray, reference: np.ndarray) -> float:

@@ -255,9 +255,12 @@ def prepare_run(args) -> Path:
         return Run.open(args.run).path
     # tunelab train's defaults, apart from how many training rows (and, for --quick, a tiny everything).
     wanted = dict(model="minilm", data="tweets", max_train_samples=args.train_samples)
+    if getattr(args, "epochs", None):  # benchmarks/predict_speed.py trains its model for fewer epochs
+        wanted.update(epochs=args.epochs)
     if args.quick:
         wanted.update(epochs=QUICK["epochs"], eval_fraction=QUICK["split_fraction"], test_fraction=QUICK["split_fraction"])
-    out = Path(args.workdir) / f"serve-bench-minilm-tweets-{args.train_samples}{'-quick' if args.quick else ''}"
+    epochs = f"-{wanted['epochs']:g}ep" if "epochs" in wanted and not args.quick else ""
+    out = Path(args.workdir) / f"serve-bench-minilm-tweets-{args.train_samples}{epochs}{'-quick' if args.quick else ''}"
     if (out / "metrics.json").is_file():
         config = Run.open(out).config
         if all(config.get(key) == value for key, value in wanted.items()):

@@ -146,17 +146,21 @@ def test_auto_falls_back_to_torch_when_the_export_fails(run_dir: Path, tmp_path,
         load_scorer(run, "onnx")
 
 
-def test_predict_file_with_onnx_writes_the_same_labels_as_torch(run_dir: Path, tmp_path) -> None:
+def test_predict_file_with_onnx_writes_the_same_labels_as_torch(run_dir: Path, tmp_path, monkeypatch) -> None:
     from tunelab.run import Run
+    from tunelab.runtime.scorers import OnnxScorer
 
     source = tmp_path / "texts.csv"
     pd.DataFrame({"text": Run.open(run_dir).split("test")["text"].tolist() + TEXTS}).to_csv(source, index=False)
+    onnx_calls, onnx_logits = [], OnnxScorer.logits
+    monkeypatch.setattr(OnnxScorer, "logits", lambda self, texts, *args: onnx_calls.append(len(texts)) or onnx_logits(self, texts, *args))
     written = {}
     for backend in ("torch", "onnx"):
         out = tmp_path / f"{backend}.csv"
         result = CliRunner().invoke(cli, ["predict", str(run_dir), "--file", str(source), "--out", str(out), "--backend", backend])
         assert result.exit_code == 0, result.output
         written[backend] = pd.read_csv(out)
+    assert onnx_calls == [len(written["torch"])]  # --backend onnx scored every text with ONNX Runtime, in one call
     assert written["onnx"]["label"].tolist() == written["torch"]["label"].tolist()
     probabilities = [column for column in written["torch"].columns if column.startswith("prob_")]
     assert np.abs(written["onnx"][probabilities].to_numpy() - written["torch"][probabilities].to_numpy()).max() < 1e-4
@@ -193,11 +197,12 @@ def test_the_ffn_down_recipe_keeps_the_down_projections_in_fp32(run_dir: Path, t
     from tunelab.runtime.export import _quantize
 
     fp32 = run_dir / "onnx" / "model.onnx"
-    counts = {}
+    float_weights = {}
     for recipe in ("all-matmuls", "ffn-down-fp32"):
         _quantize(fp32, tmp_path / f"{recipe}.onnx", recipe)
         graph = onnx.load(str(tmp_path / f"{recipe}.onnx")).graph
-        weights = {weight.name for weight in graph.initializer}
-        counts[recipe] = sum(1 for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights)
+        shapes = {weight.name: tuple(weight.dims) for weight in graph.initializer}
+        float_weights[recipe] = [shapes[node.input[1]] for node in graph.node if node.op_type == "MatMul" and node.input[1] in shapes]
     config = json.loads((run_dir / "model" / "config.json").read_text())
-    assert counts == {"all-matmuls": 0, "ffn-down-fp32": config["num_hidden_layers"]}
+    down_projection = (config["intermediate_size"], config["hidden_size"])
+    assert float_weights == {"all-matmuls": [], "ffn-down-fp32": [down_projection] * config["num_hidden_layers"]}

@@ -206,3 +206,14 @@ def test_the_ffn_down_recipe_keeps_the_down_projections_in_fp32(run_dir: Path, t
     config = json.loads((run_dir / "model" / "config.json").read_text())
     down_projection = (config["intermediate_size"], config["hidden_size"])
     assert float_weights == {"all-matmuls": [], "ffn-down-fp32": [down_projection] * config["num_hidden_layers"]}
+
+
+def test_onnx_exports_fp32_only_and_int8_is_added_when_asked_for(run_dir: Path, tmp_path, monkeypatch) -> None:
+    from tunelab.runtime import load_scorer
+
+    run = fresh_copy(run_dir, tmp_path, monkeypatch)
+    assert load_scorer(run, "onnx", say=lambda line: None).backend == "onnx"
+    assert (run / "onnx" / "model.onnx").is_file() and not (run / "onnx" / "model.int8.onnx").exists()
+    assert json.loads((run / "onnx" / "parity.json").read_text())["int8_argmax_agreement"] is None
+    assert load_scorer(run, "onnx-int8", say=lambda line: None).backend == "onnx-int8"
+    assert json.loads((run / "onnx" / "parity.json").read_text())["int8_argmax_agreement"] >= 0.995

@@ -5,7 +5,7 @@
     batched-torch  tunelab serve --backend torch: requests micro-batched (max_batch 32, max_wait_ms 2), PyTorch fp32
     onnx-fp32      tunelab serve --backend onnx: the same batching, ONNX Runtime fp32 (tunelab export)
     onnx-int8      tunelab serve --backend onnx-int8: dynamic int8 (tunelab export --quantize int8), served
-                   only if it passes the export's own agreement gate (tunelab.serve.onnx.export_onnx)
+                   only if it passes the export's own agreement gate (tunelab.runtime.export.export_onnx)
 
 and, next to the chain, naive-threadpool: the same naive endpoint without the lock (FastAPI's thread
 pool overlaps forward passes of concurrent requests), the usual first deployment.
@@ -241,7 +241,7 @@ def chain_ratios(steps: list[dict]) -> None:
 # --- the served model and its export -------------------------------------------------------------
 def int8_gate() -> float:
     """The agreement `tunelab export --quantize int8` requires: used, never lowered."""
-    from tunelab.serve.onnx import INT8_MIN_AGREEMENT
+    from tunelab.runtime.export import INT8_MIN_AGREEMENT
 
     return INT8_MIN_AGREEMENT
 
@@ -255,9 +255,12 @@ def prepare_run(args) -> Path:
         return Run.open(args.run).path
     # tunelab train's defaults, apart from how many training rows (and, for --quick, a tiny everything).
     wanted = dict(model="minilm", data="tweets", max_train_samples=args.train_samples)
+    if getattr(args, "epochs", None):  # benchmarks/predict_speed.py trains its model for fewer epochs
+        wanted.update(epochs=args.epochs)
     if args.quick:
         wanted.update(epochs=QUICK["epochs"], eval_fraction=QUICK["split_fraction"], test_fraction=QUICK["split_fraction"])
-    out = Path(args.workdir) / f"serve-bench-minilm-tweets-{args.train_samples}{'-quick' if args.quick else ''}"
+    epochs = f"-{wanted['epochs']:g}ep" if "epochs" in wanted and not args.quick else ""
+    out = Path(args.workdir) / f"serve-bench-minilm-tweets-{args.train_samples}{epochs}{'-quick' if args.quick else ''}"
     if (out / "metrics.json").is_file():
         config = Run.open(out).config
         if all(config.get(key) == value for key, value in wanted.items()):
@@ -270,7 +273,7 @@ def prepare_run(args) -> Path:
 def export(run: Path) -> dict:
     """tunelab export --quantize int8 at the product's gate; fp32 only if int8 fails it (as the export advises)."""
     from tunelab.errors import TunelabError
-    from tunelab.serve.onnx import export_onnx
+    from tunelab.runtime.export import export_onnx
 
     print("exporting to ONNX + int8 (tunelab export)...", file=sys.stderr)
     failure = None
@@ -289,7 +292,7 @@ def export(run: Path) -> dict:
     return {
         "parity": report.to_dict(),
         "int8_gate": gate,
-        "int8_gate_source": "tunelab.serve.onnx.INT8_MIN_AGREEMENT, the gate of `tunelab export --quantize int8`",
+        "int8_gate_source": "tunelab.runtime.export.INT8_MIN_AGREEMENT, the gate of `tunelab export --quantize int8`",
         "int8_passed_gate": failure is None,
         # On a failed gate the export writes no int8 report: its message holds the agreement (to 0.01%).
         "int8_argmax_agreement_at_export": report.int8_argmax_agreement

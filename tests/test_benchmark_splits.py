@@ -124,7 +124,7 @@ def test_the_int8_gate_is_the_exports_own():
     pytest.importorskip("onnxruntime")
     import inspect
 
-    from tunelab.serve.onnx import export_onnx
+    from tunelab.runtime.export import export_onnx
 
     assert serve.int8_gate() == inspect.signature(export_onnx).parameters["min_agreement"].default
 
@@ -133,7 +133,7 @@ def fake_export(monkeypatch, int8_agreement: float | None, raise_gate: bool):
     """export_onnx replaced by one that passes or fails the int8 gate as told (its signature kept)."""
     import functools
 
-    import tunelab.serve.onnx as onnx
+    import tunelab.runtime.export as onnx
     from tunelab.errors import TunelabError
 
     original, calls = onnx.export_onnx, []

@@ -235,6 +235,20 @@ def test_predict_file_writes_label_sets(ml_run, tmp_path):
     assert list(written.columns) == ["text", "labels", "prob_negative", "prob_neutral", "prob_positive"]
 
 
+def test_a_runtime_backend_is_refused_for_a_multi_label_run(ml_run, tmp_path):
+    """The ONNX runtime scores single-label classifiers; a multi-label run says so instead of quietly using torch."""
+    source = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["good great"]}).to_csv(source, index=False)
+    for args in (
+        ("predict", ml_run, "good", "--backend", "onnx"),
+        ("predict", ml_run, "--file", source, "--out", tmp_path / "o.csv", "--backend", "auto"),
+        ("eval", ml_run, "--backend", "onnx", "--no-baseline"),
+    ):
+        result = cli(*args)
+        assert result.exit_code == 2 and "multi-label run scores with torch" in result.output, result.output
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_eval_on_the_run_and_on_a_file(ml_run, tmp_path):
     result = cli("eval", ml_run, "--json", "--no-baseline")
     assert result.exit_code == 0, result.output

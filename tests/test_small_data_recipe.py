@@ -70,7 +70,7 @@ def test_mean_pooling_reloads_to_the_same_logits_and_ignores_padding(tmp_path, t
 
 
 def test_mean_pooled_head_exports_to_onnx_with_parity(mean_pooled_run):
-    from tunelab.serve.onnx import export_onnx
+    from tunelab.runtime.export import export_onnx
 
     report = export_onnx(mean_pooled_run, max_rows=20)
     assert report.fp32_max_abs_diff < 1e-3 and report.fp32_argmax_agreement == 1.0

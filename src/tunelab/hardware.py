@@ -42,14 +42,19 @@ def resolve_precision(requested: str) -> str:
     return requested
 
 
-def set_threads(threads: int | None) -> int:
-    """Use every core we are allowed to (the affinity mask, not the machine's total).
+def thread_count(threads: int | None = None) -> int:
+    """Every core we are allowed to use (the affinity mask, not the machine's total), unless told otherwise.
 
     $TUNELAB_THREADS overrides the default: tiny models on a busy machine run many times faster on
     one thread than on several that wait for each other.
     """
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    count = threads or int(os.environ.get("TUNELAB_THREADS") or 0) or available
+    return threads or int(os.environ.get("TUNELAB_THREADS") or 0) or available
+
+
+def set_threads(threads: int | None) -> int:
+    """PyTorch's intra-op threads: thread_count's answer."""
+    count = thread_count(threads)
     torch.set_num_threads(count)
     return count
 

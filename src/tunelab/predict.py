@@ -25,21 +25,34 @@ def load_classifier(run: Run | str | os.PathLike) -> Classifier:
     return Classifier.load(run.model_dir, run.config.get("max_length"))
 
 
-def predict(run: Run | str | os.PathLike, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
+def predict(run: Run | str | os.PathLike, texts: Sequence[str], batch_size: int = 64, backend: str = "torch") -> list[dict[str, Any]]:
     """For each text: the predicted label, its probability, and every class's probability.
 
-    A multi-label run gives instead, for each text, `labels`: every label over its threshold with
-    its probability and threshold (most probable first), and every label's probability.
+    backend: torch, onnx, onnx-int8 or auto (tunelab.runtime.choice: exported on first use, parity-gated).
+    A multi-label run (torch only) gives instead, for each text, `labels`: every label over its
+    threshold with its probability and threshold (most probable first), and every label's probability.
     """
     if isinstance(texts, str):
         texts = [texts]
+    run = run if isinstance(run, Run) else Run.open(run)
+    multi_label = multilabel_classifier(run, backend)
+    if multi_label is not None:
+        return multi_label.predict(texts, batch_size)
+    from tunelab.runtime import load_scorer
+
+    scorer = load_scorer(run, backend)
+    return describe(scorer.labels, scorer.predict_proba(texts, batch_size))
+
+
+def multilabel_classifier(run: Run, backend: str):
+    """The run's MultiLabelClassifier when it is a multi-label run, else None; those score with torch only."""
     from tunelab.models import multilabel
 
-    run = run if isinstance(run, Run) else Run.open(run)
-    if run.task == multilabel.TASK:
-        return multilabel.MultiLabelClassifier.load(run).predict(texts, batch_size)
-    classifier = load_classifier(run)
-    return describe(classifier.labels, classifier.predict_proba(texts, batch_size))
+    if run.task != multilabel.TASK:
+        return None
+    if backend != "torch":
+        raise TunelabError(f"--backend {backend} is for single-label classifiers; a multi-label run scores with torch", "leave out --backend")
+    return multilabel.MultiLabelClassifier.load(run)
 
 
 def describe(labels: list[str], probabilities) -> list[dict[str, Any]]:
@@ -58,30 +71,37 @@ def predict_file(
     encoding: str = "utf-8",
     batch_size: int = 64,
     progress=None,
+    backend: str = "torch",
+    threads: int | None = None,
 ) -> Path:
-    """Write `out` (CSV): the texts, the predicted label, and one probability column per class."""
+    """Write `out` (CSV): the texts, the predicted label, and one probability column per class.
+
+    backend: torch, onnx, onnx-int8 or auto (tunelab.runtime.choice: exported on first use, parity-gated).
+    """
     import pandas as pd
 
     from tunelab.data import load_source
+    from tunelab.runtime import load_scorer
 
     out = Path(out)
     if out.suffix.lower() != ".csv":
         raise TunelabError(f"--out '{out}' must be a .csv file", "name the output file e.g. preds.csv")
-    from tunelab.models import multilabel
-
     run = run if isinstance(run, Run) else Run.open(run)
-    classifier = multilabel.MultiLabelClassifier.load(run) if run.task == multilabel.TASK else load_classifier(run)
+    multi_label = multilabel_classifier(run, backend)
     frame = load_source(source, text_col=text_col, label_col=None, encoding=encoding)
     if len(frame) == 0:
         raise TunelabError(f"{source} has no non-empty texts in column '{text_col}'", "check the file and --text-col")
-    probabilities = classifier.predict_proba(frame["text"].tolist(), batch_size, progress)
-    if run.task == multilabel.TASK:
+    scorer = multi_label if multi_label is not None else load_scorer(run, backend, threads)
+    probabilities = scorer.predict_proba(frame["text"].tolist(), batch_size, progress)
+    if multi_label is not None:
+        from tunelab.models.multilabel import label_sets
+
         # One cell per row: the labels over their thresholds, joined as the run's data joined them.
         separator = run.config.get("label_sep") or "|"
-        chosen = [separator.join(item["label"] for item in row) for row in multilabel.label_sets(probabilities, classifier.thresholds, classifier.labels)]
+        chosen = [separator.join(item["label"] for item in row) for row in label_sets(probabilities, multi_label.thresholds, multi_label.labels)]
         result = pd.DataFrame({"text": frame["text"], "labels": chosen})
     else:
-        result = pd.DataFrame({"text": frame["text"], "label": [classifier.labels[i] for i in probabilities.argmax(axis=1)]})
-    for index, label in enumerate(classifier.labels):
+        result = pd.DataFrame({"text": frame["text"], "label": [scorer.labels[i] for i in probabilities.argmax(axis=1)]})
+    for index, label in enumerate(scorer.labels):
         result[f"prob_{label}"] = probabilities[:, index]
     return atomic.write_text(out, result.to_csv(index=False))

@@ -279,9 +279,16 @@ def predict(
     out: Annotated[Path | None, typer.Option(help="CSV to write (with --file)")] = None,
     encoding: Annotated[str, typer.Option()] = "utf-8",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    backend: Annotated[
+        str, typer.Option(help="torch, onnx, onnx-int8 (exported on first use, parity-gated) or auto: the fastest that passes its gate on this CPU")
+    ] = "torch",
+    threads: Annotated[int | None, typer.Option(help="CPU threads per forward pass (default: every core allowed)")] = None,
 ) -> None:
     """Predicted label and class probabilities for texts, or for a whole file (--file ... --out preds.csv)."""
     from tunelab.errors import TunelabError
+    from tunelab.runtime.choice import check_backend_name
+
+    check_backend_name(backend)
 
     if file is not None:
         if out is None:
@@ -292,14 +299,14 @@ def predict(
 
         with Progress(console=console) as bar:
             task = bar.add_task("predicting", total=None)
-            written = predict_file(run, file, out, text_col, encoding, progress=lambda n: bar.advance(task, n))
+            written = predict_file(run, file, out, text_col, encoding, progress=lambda n: bar.advance(task, n), backend=backend, threads=threads)
         console.print(f"wrote {written}")
         return
     if not texts:
         raise TunelabError("no texts given", 'pass texts as arguments (tunelab predict RUN "some text") or --file')
     from tunelab.predict import predict as run_predict
 
-    results = run_predict(run, texts)
+    results = run_predict(run, texts, backend=backend)
     if as_json:
         print(json.dumps([{"text": t, **r} for t, r in zip(texts, results)], indent=2))
         return

@@ -34,6 +34,9 @@ def eval_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (for scripts).")] = False,
     bias: Annotated[bool, typer.Option("--bias", help="Probe for bias: swap he/she, male/female names, ... and count flipped predictions.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts per inference batch.")] = 64,
+    backend: Annotated[
+        str, typer.Option("--backend", help="torch, onnx, onnx-int8 (exported on first use, parity-gated) or auto: the fastest that passes its gate.")
+    ] = "torch",
     baseline: Annotated[
         bool | None,
         typer.Option(
@@ -73,6 +76,7 @@ def eval_command(
         batch_size=batch_size,
         progress=not json_output,
         baseline=baseline,
+        backend=backend,
     )
     if json_output:
         # Plain print: rich would wrap long lines and colour the JSON.

@@ -16,6 +16,7 @@ class BackendChoice(StrEnum):
     torch = "torch"
     onnx = "onnx"
     onnx_int8 = "onnx-int8"
+    auto = "auto"
 
 
 class FormatChoice(StrEnum):
@@ -31,7 +32,9 @@ def serve(
     run: Annotated[str, typer.Argument(help="run directory of a fine-tuned classifier, a causal LM, or a registry model name")],
     host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
-    backend: Annotated[BackendChoice, typer.Option(help="torch, or an ONNX model written by `tunelab export`")] = BackendChoice.torch,
+    backend: Annotated[
+        BackendChoice, typer.Option(help="torch, ONNX (exported on first use), or auto: the fastest that passes its parity gate")
+    ] = BackendChoice.torch,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes (each loads the model)")] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads per forward pass")] = None,
     max_batch: Annotated[int, typer.Option(help="texts per forward pass at most")] = 32,
@@ -89,7 +92,7 @@ def export(
     as_json: Annotated[bool, typer.Option("--json", help="print the parity report as JSON")] = False,
 ) -> None:
     """Write ONNX models into RUN/onnx/ and check them against PyTorch on the run's test split."""
-    from tunelab.serve.onnx import INT8_MIN_AGREEMENT, export_onnx
+    from tunelab.runtime.export import INT8_MIN_AGREEMENT, export_onnx
 
     with console.status("exporting") as status:
         report = export_onnx(run, quantize.value if quantize else None, step=lambda message: status.update(message))

@@ -38,6 +38,7 @@ def evaluate_run(
     progress: bool = True,
     classifier: Any = None,
     baseline: bool | None = None,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Evaluate `run`'s model and write metrics.json, predictions.parquet, plots/ and report.html.
 
@@ -48,12 +49,16 @@ def evaluate_run(
     bias: True for the built-in pair lists, a path to add the user's lists from a file, or a mapping.
     classifier: an already loaded scorer (`.labels`, `.logits(texts, batch_size, progress)`,
     `.predict_proba`) instead of the run's model/ folder, e.g. a scikit-learn baseline's.
+    backend: the runtime of the run's model (tunelab.runtime: torch, onnx, onnx-int8 or auto); the
+    timing in metrics.json names it.
     baseline: fit TF-IDF + logistic regression on the run's train split and score it on the same rows
     (metrics.json["baseline"], the report's headline); default: the run's `baseline` setting, else True.
     Returns the merged content of metrics.json.
     """
     run = run if isinstance(run, Run) else Run.open(run)
     if run.task == "multi-label":
+        if backend != "torch":
+            raise TunelabError(f"--backend {backend} is for single-label classifiers; a multi-label run scores with torch", "leave out --backend")
         return _evaluate_multilabel(run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline)
     labels = run.labels
     if data is None:
@@ -67,10 +72,12 @@ def evaluate_run(
     y_true = label_ids(frame, labels, source)
     pair_lists = bias_lists(bias)  # a bad pairs file should fail before minutes of inference
 
-    from tunelab.models.classifier import Classifier, softmax
+    from tunelab.models.classifier import softmax
 
     if classifier is None:
-        classifier = Classifier.load(run.model_dir, max_length=run.config.get("max_length"))
+        from tunelab.runtime import load_scorer
+
+        classifier = load_scorer(run, backend)
     if len(classifier.labels) != len(labels):
         raise TunelabError(
             f"run '{run.path}' is inconsistent: labels.json has {len(labels)} labels, the model {len(classifier.labels)}",
@@ -81,7 +88,7 @@ def evaluate_run(
     proba = softmax(logits.astype(np.float64))
 
     test = classification_metrics(y_true, proba, labels)
-    test["timing"] = timing
+    test["timing"] = {**timing, "backend": getattr(classifier, "backend", None)}
     history = run.history()
     generalisation = generalisation_check(history)
     baseline_figures = None

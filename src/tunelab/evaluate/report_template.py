@@ -60,7 +60,7 @@ SETTINGS_TABLES = r"""<table>
   {% for key, value in environment.items() %}<tr><td>{{ key }}</td><td>{{ value }}</td></tr>{% endfor %}
   {% for key, value in train_info.items() %}<tr><td>{{ key }}</td><td>{{ value | num }}</td></tr>{% endfor %}
   {% if test.timing %}
-  <tr><td>inference</td><td>{{ test.timing.examples }} examples in {{ test.timing.seconds | num(2) }} s ({{ test.timing.examples_per_second | num(1) }}/s, batch {{ test.timing.batch_size }})</td></tr>
+  <tr><td>inference</td><td>{{ test.timing.examples }} examples in {{ test.timing.seconds | num(2) }} s ({{ test.timing.examples_per_second | num(1) }}/s, batch {{ test.timing.batch_size }}{% if test.timing.backend %}, {{ test.timing.backend }}{% endif %})</td></tr>
   {% if test.timing.latency_ms_p50 is not none %}<tr><td>latency, one text</td><td>p50 {{ test.timing.latency_ms_p50 | num(1) }} ms · p95 {{ test.timing.latency_ms_p95 | num(1) }} ms (n={{ test.timing.latency_samples }})</td></tr>{% endif %}
   {% endif %}
 </table>

@@ -28,7 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tunelab.run import Run
-from tunelab.serve.backends import load_scorer, model_version, onnx_path
+from tunelab.runtime.choice import choose_backend, load_scorer
+from tunelab.runtime.scorers import model_version
 from tunelab.serve.batching import MicroBatcher, NotRunning, QueueFull
 from tunelab.serve.common import WRONG_KEY, ApiKey, BodyLimit, ErrorBody, configured_key, install_error_handlers, key_schemes, plain_error
 from tunelab.serve.docs import offline_fastapi
@@ -74,8 +75,8 @@ def run_loader(run: Run | str | os.PathLike, backend: str = "torch", threads: in
     run = run if isinstance(run, Run) else Run.open(run)
 
     def load() -> LoadedModel:
-        scorer = load_scorer(run, backend, threads)
-        return LoadedModel(scorer, run.path.name, model_version(run, backend), str(run.path), finite(run.metrics))
+        scorer = load_scorer(run, backend, threads, say=log.info)
+        return LoadedModel(scorer, run.path.name, model_version(run, scorer.backend), str(run.path), finite(run.metrics))
 
     return load
 
@@ -338,13 +339,15 @@ PAGE = importlib.resources.files("tunelab.serve").joinpath("static/index.html").
 
 
 # --- running it --------------------------------------------------------------------------
-def check_servable(run_path: str | os.PathLike, backend: str) -> Run:
-    """Fail before uvicorn starts, with one line, for anything the service could not load."""
+def check_servable(run_path: str | os.PathLike, backend: str, threads: int | None = None) -> Run:
+    """Fail before uvicorn starts, with one line, for anything the service could not load.
+
+    An ONNX backend's first use (export, parity gate, auto's timing) happens here, once, not in each worker.
+    """
     run = Run.open(run_path)
     run.require_classification("tunelab serve")
     run.model_dir  # noqa: B018 - raises for a scikit-learn baseline run
-    if backend != "torch":
-        onnx_path(run, backend)
+    choose_backend(run, backend, threads)
     return run
 
 
@@ -380,7 +383,7 @@ def serve(run_path: str | os.PathLike, settings: ServeSettings | None = None) ->
     if is_causal_lm(run_path):
         _serve_causal_lm(run_path, settings)
         return
-    run = check_servable(run_path, settings.backend)
+    run = check_servable(run_path, settings.backend, settings.threads)
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=max(1, round(settings.graceful_timeout_s)))
     if settings.workers == 1:
         uvicorn.run(create_app(run, settings), **common)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.serve.backends import Scorer
+from tunelab.runtime.scorers import Scorer
 
 
 @dataclass(frozen=True)

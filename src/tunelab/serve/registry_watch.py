@@ -124,8 +124,8 @@ class RegistryWatcher:
 def registry_app(name: str, settings=None, registry: Registry | str | os.PathLike | None = None, interval: float = 2.0):
     """tunelab.serve.app's service for the production version of `name`, swapped live on promote/rollback."""
     from tunelab.run import Run
+    from tunelab.runtime.choice import load_scorer
     from tunelab.serve.app import create_app
-    from tunelab.serve.backends import load_scorer
     from tunelab.serve.holder import LoadedModel, finite
     from tunelab.serve.settings import ServeSettings
 
@@ -136,7 +136,7 @@ def registry_app(name: str, settings=None, registry: Registry | str | os.PathLik
 
     def load(production: Production) -> LoadedModel:
         run = Run.open(production.run_dir)
-        scorer = load_scorer(run, settings.backend, settings.threads)
+        scorer = load_scorer(run, settings.backend, settings.threads, say=log.info)
         return LoadedModel(scorer, name, str(production.version), str(run.path), finite(run.metrics))
 
     watcher = RegistryWatcher(registry, name, load, interval=interval)

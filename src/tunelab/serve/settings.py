@@ -13,8 +13,10 @@ class ServeSettings(Settings):
     host: str = Field("127.0.0.1", description="address to bind; the default serves this machine only")
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, each with its own copy of the model")
-    backend: Literal["torch", "onnx", "onnx-int8"] = Field("torch", description="onnx backends need `tunelab export` first")
-    threads: int | None = Field(None, ge=1, description="CPU threads per forward pass; default: the runtime's own choice")
+    backend: Literal["torch", "onnx", "onnx-int8", "auto"] = Field(
+        "torch", description="onnx backends are exported on first use and pass a parity gate; auto: the fastest that passes, measured once"
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads per forward pass; default: every core the process may use")
     max_batch: int = Field(32, ge=1, le=4096, description="texts per forward pass at most")
     max_wait_ms: float = Field(2.0, ge=0, le=10_000, description="how long the first request of a batch waits for company")
     max_queue: int = Field(512, ge=1, description="texts waiting at most; beyond it requests get 503 + Retry-After")

@@ -1,44 +1,60 @@
 """Scorers: one small interface (texts -> logits) over PyTorch and ONNX Runtime.
 
-The service, the export parity check and the load benchmark all score through this interface, so
-switching the backend changes nothing else.
+The service, `predict`, `eval`, the export parity check and the benchmarks all score through this
+interface, so switching the backend changes nothing else. Which backend a run uses is
+tunelab.runtime.choice's job; this module only opens the one it is told.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from tunelab import hardware
 from tunelab.errors import TunelabError
 from tunelab.run import Run
 
+# The backends a scorer can be opened on; tunelab.runtime.choice adds `auto` on top.
 BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
 
-# Where `tunelab export` writes inside a run directory (see serve/onnx.py).
+# Where the ONNX models live inside a run directory (written by tunelab.runtime.export).
 ONNX_DIR = "onnx"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
-# Texts per ONNX Runtime call. A micro-batch of tweets padded to its longest member computes mostly
-# padding; sorted slices of 8 pad only to a near neighbour. Measured (minilm int8, 32 tweets, 2 cores):
-# one call 112 ms, slices of 16 84 ms, of 8 80 ms, of 4 85 ms (per-call overhead takes over).
+# Texts per ONNX Runtime call when the caller does not say (the service's micro-batches). A micro-batch
+# of tweets padded to its longest member computes mostly padding; sorted slices of 8 pad only to a near
+# neighbour. Measured (minilm int8, 32 tweets, 2 cores): one call 112 ms, slices of 16 84 ms, of 8 80 ms,
+# of 4 85 ms (per-call overhead takes over).
 ONNX_SLICE = 8
+
+Progress = Callable[[int], None] | None
 
 
 class Scorer(Protocol):
     labels: list[str]
     backend: str
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray: ...
+    def logits(self, texts: Sequence[str], batch_size: int | None = None, progress: Progress = None) -> np.ndarray: ...
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int | None = None, progress: Progress = None) -> np.ndarray: ...
+
+
+class Probabilities:
+    """predict_proba from logits, the same for every backend."""
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int | None = None, progress: Progress = None) -> np.ndarray:
+        from tunelab.models.classifier import softmax
+
+        return softmax(self.logits(texts, batch_size, progress))
 
 
 @dataclass
-class TorchScorer:
+class TorchScorer(Probabilities):
     """The run's Hugging Face model through tunelab.models.classifier (length-sorted batches)."""
 
     classifier: Any  # tunelab.models.classifier.Classifier
@@ -48,12 +64,13 @@ class TorchScorer:
     def labels(self) -> list[str]:
         return self.classifier.labels
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        return self.classifier.logits(texts, batch_size=max(1, len(texts)))
+    def logits(self, texts: Sequence[str], batch_size: int | None = None, progress: Progress = None) -> np.ndarray:
+        # No batch size: the texts are one batch already (a micro-batch of the service).
+        return self.classifier.logits(texts, batch_size=batch_size or max(1, len(texts)), progress=progress)
 
 
 @dataclass
-class OnnxScorer:
+class OnnxScorer(Probabilities):
     """An exported ONNX model in an onnxruntime InferenceSession, fed by the run's own tokenizer."""
 
     session: Any  # onnxruntime.InferenceSession
@@ -66,29 +83,32 @@ class OnnxScorer:
     def __post_init__(self) -> None:
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Logits in the order of `texts`, run as length-sorted slices so short texts carry little padding."""
+    def logits(self, texts: Sequence[str], batch_size: int | None = None, progress: Progress = None) -> np.ndarray:
+        """Logits in the order of `texts`, run as token-length-sorted slices so short texts carry little padding."""
         texts = list(texts)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
+        size = batch_size or ONNX_SLICE
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")
-        for start in range(0, len(order), ONNX_SLICE):
-            index = order[start : start + ONNX_SLICE]
+        for start in range(0, len(order), size):
+            index = order[start : start + size]
             piece = self.tokenizer.pad({name: [encoded[name][i] for i in index] for name in encoded.keys()}, return_tensors="np")
             feed = {name: piece[name].astype(np.int64) for name in self.input_names}
             out[index] = self.session.run(["logits"], feed)[0]
+            if progress:
+                progress(len(index))
         return out
 
 
 def onnx_session(path: Path, threads: int | None = None):
+    """An InferenceSession on a bounded number of intra-op threads (hardware.thread_count: the cores we may use)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
+    options.intra_op_num_threads = hardware.thread_count(threads)
     options.inter_op_num_threads = 1
     # Idle ONNX Runtime threads spin by default, waiting for the next run. In a service the same cores
     # also parse requests and run the event loop, so spinning steals the CPU the next batch waits for.
@@ -96,22 +116,17 @@ def onnx_session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def load_scorer(run: Run | str | os.PathLike, backend: str = "torch", threads: int | None = None) -> Scorer:
-    """A scorer for a finished classifier run; onnx backends need `tunelab export` first."""
+def open_scorer(run: Run, backend: str, threads: int | None = None) -> Scorer:
+    """A scorer on exactly `backend` for a finished classifier run; its ONNX file must exist (see runtime.choice)."""
     from transformers import AutoTokenizer
 
     from tunelab.models.classifier import Classifier, model_max_length
 
-    run = run if isinstance(run, Run) else Run.open(run)
-    run.require_classification("tunelab serve")
     if backend not in BACKENDS:
         raise TunelabError(f"unknown backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     max_length = run.config.get("max_length")
     if backend == "torch":
+        hardware.set_threads(threads)
         return TorchScorer(Classifier.load(run.model_dir, max_length))
     path = onnx_path(run, backend)
     tokenizer = AutoTokenizer.from_pretrained(run.model_dir)

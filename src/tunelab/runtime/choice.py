@@ -1,0 +1,186 @@
+"""Which runtime scores a classifier run's texts: torch, fp32 ONNX, int8 ONNX, or `auto`.
+
+`load_scorer(run, backend)` is the one entry point of the service, `predict` and `eval`:
+
+- `torch`: the run's PyTorch model, as trained.
+- `onnx`, `onnx-int8`: ONNX Runtime, exported into the run's onnx/ on first use (tunelab.runtime.export,
+  under a folder lock so two processes never export at once). Each is used only if it passes its parity
+  gate on the run's test split: argmax agreement with PyTorch of at least INT8_MIN_AGREEMENT, as
+  recorded in onnx/parity.json. A backend that fails is refused with one line saying why.
+- `auto`: the fastest backend that passes its gate, timed on this CPU on the run's test texts on first
+  use and cached in onnx/backend_choice.json (what was measured, the CPU flags and thread count it was
+  measured with, and why any backend was refused). A cache measured on other flags, another thread
+  count or other model files is measured again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from tunelab import atomic, hardware
+from tunelab.errors import TunelabError
+from tunelab.run import Run
+from tunelab.runtime.scorers import BACKENDS, ONNX_DIR, Scorer, model_version, open_scorer
+
+CHOICES: tuple[str, ...] = (*BACKENDS, "auto")
+CHOICE_FILE = "backend_choice.json"
+PARITY_FILE = "parity.json"
+# `auto` times each backend on this many of the run's test texts, in predict's batches: a few seconds on
+# 2 cores for a MiniLM, enough to rank backends whose speeds differ by tens of percent.
+TIMING_TEXTS = 256
+TIMING_BATCH = 64
+WARMUP_TEXTS = 16  # the first ONNX Runtime call allocates its buffers; it is not timed
+
+Say = Callable[[str], None]
+
+
+def load_scorer(run: Run | str, backend: str = "torch", threads: int | None = None, say: Say | None = None) -> Scorer:
+    """A scorer for a finished classifier run on `backend` (torch, onnx, onnx-int8 or auto)."""
+    run = run if isinstance(run, Run) else Run.open(run)
+    return open_scorer(run, choose_backend(run, backend, threads, say), threads)
+
+
+def check_backend_name(backend: str) -> None:
+    if backend not in CHOICES:
+        raise TunelabError(f"unknown backend '{backend}'", f"use one of: {', '.join(CHOICES)}")
+
+
+def choose_backend(run: Run, backend: str, threads: int | None = None, say: Say | None = None) -> str:
+    """The backend `backend` means for this run: itself if it passes its gate, or auto's measured choice."""
+    check_backend_name(backend)
+    say = say or _to_stderr
+    if backend == "torch":
+        return "torch"
+    if backend == "auto":
+        choice = cached_choice(run, threads) or measure_choice(run, threads, refusals(exported(run, backend, say)), say)
+        say(describe_choice(choice))
+        return choice["chosen"]
+    refused = refusals(exported(run, backend, say))
+    if backend in refused:
+        raise TunelabError(
+            f"backend {backend} is refused for this run: {refused[backend]}",
+            "use --backend auto (the fastest backend that passes its gate) or --backend torch",
+        )
+    return backend
+
+
+def exported(run: Run, backend: str, say: Say) -> dict[str, Any]:
+    """The run's parity.json, exporting first if the ONNX models `backend` needs were never exported.
+
+    An export that fails (an architecture the exporter cannot handle, a run without a test split) refuses
+    both ONNX backends for `auto`, with its message; an explicit ONNX backend raises it.
+    """
+    from tunelab.runtime.export import export_onnx
+
+    needs_int8 = backend != "onnx"
+
+    def done() -> dict[str, Any] | None:
+        parity = _read_json(run.path / ONNX_DIR / PARITY_FILE)
+        if parity is not None and (not needs_int8 or parity.get("int8_argmax_agreement") is not None):
+            return parity
+        return None
+
+    parity = done()  # checked before locking too: an exported run is only read, and gets no lock file
+    if parity is not None:
+        return parity
+    with atomic.folder_lock(run.path / ONNX_DIR):
+        parity = done()  # another process may have exported while this one waited
+        if parity is not None:
+            return parity
+        say(f"exporting {run.path.name} to ONNX{' and int8' if needs_int8 else ''} (first use; checked against PyTorch on its test split)")
+        try:
+            return export_onnx(run, "int8" if needs_int8 else None, int8_refusal="record").to_dict()
+        except TunelabError as error:
+            if backend != "auto":
+                raise
+            return {"export_failed": error.message}
+
+
+def refusals(parity: dict[str, Any]) -> dict[str, str]:
+    """Each ONNX backend that may not be used, with the reason; a backend absent from the answer passed its gate."""
+    from tunelab.runtime.export import INT8_MIN_AGREEMENT
+
+    if parity.get("export_failed"):
+        return {"onnx": parity["export_failed"], "onnx-int8": parity["export_failed"]}
+    refused = {}
+    fp32 = parity.get("fp32_argmax_agreement")
+    if fp32 is None or fp32 < INT8_MIN_AGREEMENT:
+        refused["onnx"] = f"the fp32 ONNX model agrees with PyTorch on {_share(fp32)} of the test texts (needs {INT8_MIN_AGREEMENT:.1%})"
+    int8 = parity.get("int8_argmax_agreement")  # measured also when the export refused int8 (parity.json's int8_refused)
+    if int8 is None or int8 < INT8_MIN_AGREEMENT:
+        refused["onnx-int8"] = f"the int8 model agrees with PyTorch on {_share(int8)} of the test texts (needs {INT8_MIN_AGREEMENT:.1%})"
+    return refused
+
+
+def measure_choice(run: Run, threads: int | None, refused: dict[str, str], say: Say) -> dict[str, Any]:
+    """Time every backend that passed its gate on the run's test texts; the fastest is chosen and cached."""
+    candidates = [backend for backend in BACKENDS if backend not in refused]
+    speeds = time_backends(run, candidates, threads, say) if len(candidates) > 1 else {}
+    choice = {
+        "chosen": max(speeds, key=speeds.get) if speeds else "torch",
+        "texts_per_s": speeds,
+        "refused": {backend: refused[backend] for backend in BACKENDS if backend in refused},
+        "measured": f"{TIMING_TEXTS} test-split texts at most per backend, batches of {TIMING_BATCH}, after a {WARMUP_TEXTS}-text warm-up",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **measurement_key(run, threads),
+    }
+    atomic.write_json(run.path / ONNX_DIR / CHOICE_FILE, choice)
+    return choice
+
+
+def time_backends(run: Run, backends: list[str], threads: int | None, say: Say) -> dict[str, float]:
+    texts = run.split("test")["text"].astype(str).tolist()[:TIMING_TEXTS]
+    say(f"timing {', '.join(backends)} on {len(texts)} test texts (first use of --backend auto on this CPU)")
+    speeds = {}
+    for backend in backends:
+        scorer = open_scorer(run, backend, threads)
+        scorer.logits(texts[:WARMUP_TEXTS], TIMING_BATCH)
+        started = time.perf_counter()
+        scorer.logits(texts, TIMING_BATCH)
+        speeds[backend] = round(len(texts) / max(time.perf_counter() - started, 1e-9), 1)
+    return speeds
+
+
+def measurement_key(run: Run, threads: int | None) -> dict[str, Any]:
+    """What a measured choice holds for: this CPU's instruction sets, the thread count, the model files."""
+    return {
+        "cpu_flags": [flag for flag in hardware.SPEED_FLAGS if flag in hardware.cpu_flags()],
+        "threads": hardware.thread_count(threads),
+        "model_versions": {backend: model_version(run, backend) for backend in BACKENDS},
+    }
+
+
+def cached_choice(run: Run, threads: int | None) -> dict[str, Any] | None:
+    choice = _read_json(run.path / ONNX_DIR / CHOICE_FILE)
+    if choice is None or any(choice.get(name) != value for name, value in measurement_key(run, threads).items()):
+        return None
+    return choice
+
+
+def describe_choice(choice: dict[str, Any]) -> str:
+    """One line: what auto chose, how fast each backend measured, and why any backend was not used."""
+    speeds = ", ".join(f"{backend} {speed:g}" for backend, speed in choice["texts_per_s"].items())
+    line = f"backend auto: {choice['chosen']}" + (f" (texts/s on this CPU: {speeds})" if speeds else " (the only backend that passes its gate)")
+    if choice["refused"]:
+        line += "; not used: " + "; ".join(f"{backend}: {reason}" for backend, reason in choice["refused"].items())
+    return line
+
+
+def _share(value: float | None) -> str:
+    return "an unmeasured share" if value is None else f"{value:.2%}"
+
+
+def _read_json(path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)

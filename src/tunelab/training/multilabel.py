@@ -108,6 +108,7 @@ def train_multilabel(config: MultiLabelConfig, progress: bool = True) -> Run:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
     trainer = SubsetAccuracyTrainer(
         length_window_batches=config.length_window,
+        layer_lr_decay=config.layer_lr_decay,
         model=model,
         args=args,
         train_dataset=datasets["train"],

@@ -9,7 +9,7 @@ import pytest
 
 from tunelab.answers import normalize
 from tunelab.data.factbook import load_factbook
-from tunelab.data.factbook_qa import KIND_FIELDS, build_factbook_qa, build_field_questions, split_qa, spread_over_kinds, write_factbook_qa
+from tunelab.data.factbook_qa import build_factbook_qa, build_field_questions, split_qa, spread_over_kinds, write_factbook_qa
 
 pytestmark = pytest.mark.smoke
 
@@ -72,9 +72,16 @@ def test_field_questions_ask_about_other_fields_with_answers_from_the_document()
     items = build_field_questions()
     kinds = {i.kind for i in items}
     assert len(items) > 10_000 and len(kinds) > 100
-    # Never a field a question kind reads: no field question holds a test answer or teaches a held-out kind.
-    assert not {k.removeprefix("field:") for k in kinds} & KIND_FIELDS
-    assert not {i.question for i in items} & {i.question for i in build_factbook_qa()}
+    # Never a line a question kind reads, nor a kind's answer about the same country: no field question
+    # holds a test answer. The other lines of those fields are asked about, so a reader learns them apart.
+    kind_items = build_factbook_qa()
+    assert not {i.question for i in items} & {i.question for i in kind_items}
+    kind_answers = {(i.doc_id, normalize(a)) for i in kind_items for a in (i.answer, *i.aliases)}
+    assert not {(i.doc_id, normalize(i.answer)) for i in items} & kind_answers
+    france = {i.question: i.answer for i in items if i.title == "France"}
+    assert france["What is the geographic coordinates capital of France?"] == "48 52 N, 2 20 E"
+    assert france["What is the lowest point elevation of France?"] == "Rhone River delta -2 m"
+    assert "Paris" not in france.values() and "Mont Blanc" not in france.values() and "euros" not in france.values()
     burkina = {i.question: i.answer for i in items if i.doc_id == "africa/uv.json"}
     assert burkina["What is the total land boundaries of Burkina Faso?"] == "3,611 km"
     assert burkina["What is the terrain of Burkina Faso?"] == "mostly flat to dissected"

@@ -163,25 +163,33 @@ EXTRACTORS: dict[str, Extractor] = {
 }
 
 
-# The Factbook fields the question kinds above read; field questions never ask about them, so extra
-# reader-training questions cannot hold a test answer or teach a held-out kind (leave-kinds-out).
-KIND_FIELDS = frozenset(
+# The Factbook lines ("field - sub-field") the question kinds above read their answers from. Field
+# questions never ask about these lines, so no extra reader-training question holds a test answer or
+# asks a kind's own question; they do ask about the other lines of the same fields ("Capital -
+# geographic coordinates", "Elevation - lowest point"), so a reader learns to tell a field's lines apart
+# instead of taking any line of the field a question names.
+KIND_LINES = frozenset(
     {
-        "Capital",
+        "Capital - name",
         "Government type",
-        "Exchange rates",
+        "Exchange rates - Currency",
+        "Population - total",
         "Population",
-        "Area",
+        "Area - total",
         "Independence",
         "Languages",
+        "Languages - Languages",
         "Internet country code",
-        "Elevation",
-        "Nationality",
+        "Elevation - highest point",
+        "Nationality - adjective",
         "National holiday",
     }
 )
+# Which rule built the field questions; part of the built-in reader's cache key, so a reader trained on
+# questions of an earlier rule is rebuilt. 1: whole kind fields left out; 2: only the kinds' own lines.
+FIELD_QUESTIONS_VERSION = 2
 # Long prose, not facts a question can check.
-_PROSE_FIELDS = frozenset({"Background", "Geography - note", "Economic overview", "Government - note"})
+_PROSE_FIELDS = frozenset({"Background", "Geography - note", "Economic overview", "Government - note", "Languages - major-language sample(s)"})
 MAX_FIELD_ANSWER_WORDS = 6
 
 
@@ -194,22 +202,30 @@ def _field_answer(text: str) -> str | None:
     return head if len(head.split()) <= MAX_FIELD_ANSWER_WORDS else None
 
 
-def build_field_questions(documents: Iterable[FactbookDocument] | None = None, exclude: Iterable[str] = KIND_FIELDS) -> list[QAItem]:
-    """Questions about every other Factbook field, one per paragraph ("Land boundaries - total: 3,611 km"
+def build_field_questions(documents: Iterable[FactbookDocument] | None = None, exclude: Iterable[str] = KIND_LINES) -> list[QAItem]:
+    """Questions about every other Factbook line, one per paragraph ("Land boundaries - total: 3,611 km"
     -> "What is the total land boundaries of Burkina Faso?" / "3,611 km"): reader-training data with
-    many question kinds, so a reader learns to match a question to a field's label rather than
-    memorise which field answers which of the eleven kinds. Kind: "field:<field name>"."""
+    many question kinds, so a reader learns to match a question to a line's label rather than
+    memorise which field answers which of the eleven kinds. Kind: "field:<field name>".
+
+    `exclude` names whole lines ("Capital - name"); a question whose answer is also one of the eleven
+    kinds' answers about the same country (a small island's land area equal to its total area) is
+    left out too, so no field question's answer is a kind question's answer."""
     exclude = set(exclude)
+    documents = list(documents) if documents is not None else load_factbook()
+    kind_answers = {}
+    for item in build_factbook_qa(documents):
+        kind_answers.setdefault(item.doc_id, set()).update(normalize(a) for a in (item.answer, *item.aliases))
     items = []
-    for doc in documents if documents is not None else load_factbook():
+    for doc in documents:
         for section in doc.sections:
             for paragraph in section.paragraphs:
                 name, _, value = paragraph.partition(": ")
                 field, _, sub = name.partition(" - ")
-                if not value or field in exclude or name in _PROSE_FIELDS or field in _PROSE_FIELDS or sub.lower().endswith("note"):
+                if not value or name in exclude or name in _PROSE_FIELDS or field in _PROSE_FIELDS or sub.lower().endswith("note"):
                     continue
                 answer = _field_answer(value)
-                if answer is None:
+                if answer is None or normalize(answer) in kind_answers.get(doc.doc_id, ()):
                     continue
                 # "Military expenditures - military expenditures 2020" -> "military expenditures 2020"
                 label = sub if field.lower() in sub.lower() else f"{sub} {field}" if sub else field
@@ -291,7 +307,7 @@ def write_factbook_qa(out: str | Path, test_fraction: float = 0.2, seed: int = 0
         "field_questions": {
             "questions": len(fields),
             "fields": len({i.kind for i in fields}),
-            "note": "fields.jsonl: extra reader-training questions about the fields no kind above reads",
+            "note": "fields.jsonl: extra reader-training questions about the Factbook lines no kind above reads",
         },
     }
     write_json(out / "summary.json", summary)

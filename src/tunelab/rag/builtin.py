@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tunelab import atomic
-from tunelab.data.factbook_qa import build_factbook_qa, build_field_questions, split_qa, spread_over_kinds
+from tunelab.data.factbook_qa import FIELD_QUESTIONS_VERSION, build_factbook_qa, build_field_questions, split_qa, spread_over_kinds
 from tunelab.models.cache import cache_dir
 from tunelab.rag import index as index_module
 from tunelab.rag.index import MANIFEST, build_index, open_index
@@ -41,7 +41,7 @@ READER_MODEL = "minilm"
 READER_EPOCHS = 2.0
 QA_SEED = 0
 QA_TEST_FRACTION = 0.2
-# Questions about the fields no question kind reads, spread over them, trained on next to the train
+# Questions about the Factbook lines no question kind reads, spread over the fields, trained on next to the train
 # questions: a reader that has met many kinds of question answers kinds it never saw far better
 # (benchmarks/strategies: leave-kinds-out). 2,000, about as many as the train questions, fixed before any run.
 FIELD_QUESTIONS = 2000
@@ -70,6 +70,7 @@ def reader_settings(embed_model: str = EMBED_MODEL) -> dict:
         "qa_seed": QA_SEED,
         "qa_test_fraction": QA_TEST_FRACTION,
         "field_questions": FIELD_QUESTIONS,
+        "field_questions_version": FIELD_QUESTIONS_VERSION,
     }
 
 

@@ -39,7 +39,7 @@ class StrategiesConfig(Settings):
     field_questions: int = Field(
         2000,
         ge=0,
-        description="extra training questions of the extractive readers about the Factbook fields no question kind reads "
+        description="extra training questions of the extractive readers about the Factbook lines no question kind reads "
         "(fields.jsonl of the QA folder, spread over the fields): many kinds of question, so a reader generalises to kinds it never saw; 0 for none",
     )
     templates: list[str] = Field(default_factory=lambda: ["plain", "concise", "abstain", "few-shot"], description="closed-book templates to choose from")

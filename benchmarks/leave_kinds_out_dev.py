@@ -1,0 +1,156 @@
+"""Leave-kinds-out on train questions only: which field questions, and which calibration, help an
+extractive reader answer question kinds it was never trained on.
+
+A development measurement, so that a choice about the readers' training is made on train questions,
+not on the test blocks `tunelab strategies` scores. Roles, all within the QA set's train split (the
+same seeded shuffle as `strategies`: 40 select, 200 calibration, the rest reader training):
+  dev          the reader-training questions of the held-out kinds (capital, currency, highest point):
+               no reader here trains on them or chooses a threshold on them; they only score;
+  training     the other reader-training questions, plus 2,000 field questions;
+  calibration  the calibration questions of the other kinds (as `strategies` does), and, for the
+               second threshold rule, also questions about fields the reader never trained on.
+
+Readers, each trained on the same train questions and differing only in their field questions:
+  whole-fields   field questions never about a field a kind reads (the rule until FIELD_QUESTIONS_VERSION 2);
+  other-lines    field questions also about the other lines of those fields (KIND_LINES: version 2).
+Threshold rules for each: calibration on the seen kinds only, or on the seen kinds plus questions
+about fields left out of the reader's training ("unseen-field calibration").
+
+    python benchmarks/leave_kinds_out_dev.py --qa QA_DIR --index IDX [--out benchmarks/results/leave_kinds_out_dev.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tunelab import hardware  # noqa: E402
+from tunelab.answers import ABSTENTION, score, summarise  # noqa: E402
+from tunelab.data.factbook_qa import read_qa, spread_over_kinds  # noqa: E402
+from tunelab.progress import track  # noqa: E402
+from tunelab.rag.index import open_index  # noqa: E402
+from tunelab.rag.reader_data import ContextSettings, retrieve_context  # noqa: E402
+from tunelab.rag.readers import SpanReader  # noqa: E402
+from tunelab.rag.train_reader import choose_abstention, train_reader_on  # noqa: E402
+from tunelab.strategies.run import sample  # noqa: E402
+
+HELD_OUT = {"capital", "currency", "highest_point"}
+# The fields whose whole paragraphs the first rule left out (FIELD_QUESTIONS_VERSION 1).
+WHOLE_KIND_FIELDS = {
+    "Capital", "Government type", "Exchange rates", "Population", "Area", "Independence", "Languages",
+    "Internet country code", "Elevation", "Nationality", "National holiday",
+}  # fmt: skip
+FIELD_QUESTIONS = 2000
+UNSEEN_FIELDS = 15  # fields held back from training to calibrate on
+UNSEEN_FIELD_QUESTIONS = 200
+
+
+def decide(rows, contexts, readings, abstention) -> list[dict]:
+    """Each reading with the thresholds applied, scored."""
+    out = []
+    for row, context, reading in zip(rows, contexts, readings):
+        abstain = abstention is not None and (
+            context.best_similarity < abstention.min_similarity or (not reading.abstained and reading.confidence < abstention.min_confidence)
+        )
+        text = ABSTENTION if abstain else reading.text
+        out.append(score(text, row["answer"], row.get("aliases") or [], row["question"]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--qa", required=True, help="folder of `tunelab data factbook-qa` (train.jsonl, fields.jsonl)")
+    parser.add_argument("--index", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--out", default="benchmarks/results/leave_kinds_out_dev.json")
+    args = parser.parse_args()
+    hardware.set_threads(None)
+    started = time.perf_counter()
+
+    qa = Path(args.qa)
+    train = [r for r in read_qa(qa / "train.jsonl") if r.get("answer")]
+    shuffled = sample(train, len(train), args.seed + 1)  # the strategies' role split
+    calibration_all, training_all = shuffled[40:240], shuffled[240:]
+    dev = [r for r in training_all if r["kind"] in HELD_OUT]
+    training = [r for r in training_all if r["kind"] not in HELD_OUT]
+    calibration = [r for r in calibration_all if r["kind"] not in HELD_OUT]
+
+    pool = read_qa(qa / "fields.jsonl")
+    field_kinds = sorted({r["kind"] for r in pool})
+    unseen = set(random.Random(args.seed).sample(field_kinds, UNSEEN_FIELDS))
+    unseen_calibration = spread_over_kinds([r for r in pool if r["kind"] in unseen], UNSEEN_FIELD_QUESTIONS, args.seed)
+    seen_pool = [r for r in pool if r["kind"] not in unseen]
+    field_sets = {
+        "whole-fields": spread_over_kinds([r for r in seen_pool if r["kind"].removeprefix("field:") not in WHOLE_KIND_FIELDS], FIELD_QUESTIONS, args.seed),
+        "other-lines": spread_over_kinds(seen_pool, FIELD_QUESTIONS, args.seed),
+    }
+
+    settings = ContextSettings()
+    index = open_index(args.index)
+    cache: dict[str, object] = {}
+
+    def contexts(rows):
+        for row in track([r for r in rows if r["question"] not in cache], "retrieving"):
+            cache[row["question"]] = retrieve_context(index, row["question"], settings)
+        return [cache[r["question"]] for r in rows]
+
+    results: dict = {
+        "what": "leave-kinds-out on train questions only (a development measurement; no test question is read)",
+        "held_out_kinds": sorted(HELD_OUT),
+        "questions": {
+            "dev (scores only)": len(dev),
+            "reader training": len(training),
+            "calibration (seen kinds)": len(calibration),
+            "unseen-field calibration": len(unseen_calibration),
+            "field questions per reader": FIELD_QUESTIONS,
+        },
+        "unseen_fields": sorted(unseen),
+        "chosen_on": "thresholds: calibration (train, seen kinds [+ unseen fields]); weights: reader training (train); dev (train) only scores",
+        "readers": {},
+    }
+    dev_contexts = contexts(dev)
+    for name, fields in field_sets.items():
+        rows = training + fields
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Path(tmp) / name
+            train_reader_on(rows, contexts(rows), calibration, contexts(calibration), run, settings=settings, epochs=args.epochs, seed=args.seed)
+            reader = SpanReader(run)
+
+            def read(rows, reader=reader):
+                return reader.read_many([r["question"] for r in rows], [c.passages for c in contexts(rows)], threshold=float("-inf"))
+
+            dev_readings = read(dev)
+            both = calibration + unseen_calibration
+            rules = {
+                "no thresholds": None,
+                "seen kinds": choose_abstention(calibration, contexts(calibration), read(calibration), "train: calibration, seen kinds"),
+                "seen kinds + unseen fields": choose_abstention(both, contexts(both), read(both), "train: calibration, seen kinds + unseen fields"),
+            }
+            per_rule = {}
+            for rule, abstention in rules.items():
+                summary = summarise(decide(dev, dev_contexts, dev_readings, abstention), seed=args.seed)
+                per_rule[rule] = {
+                    **{k: summary[k] for k in ("contains", "contains_ci95", "hallucination_rate_all", "abstention_rate")},
+                    "thresholds": None if abstention is None else {"min_similarity": abstention.min_similarity, "min_confidence": abstention.min_confidence},
+                }
+                print(f"{name:13s} {rule:28s} right {summary['contains']:.3f} hallucinated {summary['hallucination_rate_all']:.3f}", flush=True)
+            results["readers"][name] = {"training_questions": len(rows), "dev": per_rule}
+    index.close()
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["environment"] = hardware.environment(hardware.resolve_precision("auto"))
+    text = json.dumps(results, indent=1)
+    Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -34,11 +34,13 @@ def fit_and_score(run: Run, texts: list[str], y_true: np.ndarray, labels: list[s
     and the correctness is None: a missing baseline never fails an evaluation.
     """
     if run.kind == "sklearn" and run.config.get("method") == NAME:
-        return _missing("this run is itself the tfidf-logreg baseline"), None
+        return missing_baseline("this run is itself the tfidf-logreg baseline"), None
     splits = {}
     for name in ("train", "eval"):
         if not run.split_path(name).is_file():
-            return _missing(f"the run has no saved {name} split (splits/{name}.parquet) to fit it on; runs trained by this tunelab version have one"), None
+            return missing_baseline(
+                f"the run has no saved {name} split (splits/{name}.parquet) to fit it on; runs trained by this tunelab version have one"
+            ), None
         splits[name] = run.split(name)
     index = {label: i for i, label in enumerate(labels)}
     y, texts_by_split = {}, {}
@@ -46,13 +48,13 @@ def fit_and_score(run: Run, texts: list[str], y_true: np.ndarray, labels: list[s
         names = frame["label"].astype(str)
         unknown = sorted(set(names) - set(index))
         if unknown:
-            return _missing(f"the {name} split has labels that labels.json does not: {', '.join(map(repr, unknown[:5]))}"), None
+            return missing_baseline(f"the {name} split has labels that labels.json does not: {', '.join(map(repr, unknown[:5]))}"), None
         y[name] = names.map(index).to_numpy(dtype=int)
         texts_by_split[name] = frame["text"].astype(str).tolist()
     seen = set(y["train"].tolist())
     absent = [label for label, i in index.items() if i not in seen]
     if absent:
-        return _missing(f"the train split has no rows of {', '.join(map(repr, absent[:5]))}"), None
+        return missing_baseline(f"the train split has no rows of {', '.join(map(repr, absent[:5]))}"), None
 
     from tunelab.models.linear import fit_tfidf_logreg  # scikit-learn: imported when a baseline is fitted
 
@@ -89,27 +91,15 @@ def comparison(
     accuracy_points = 100 * (test["accuracy"] - figures["accuracy"])
     f1_points = 100 * (test["f1_macro"] - figures["f1_macro"])
     # Paired: each row's (model right) - (baseline right); the mean is the accuracy gap.
-    difference = model_correct.astype(float) - baseline_correct.astype(float)
-    resamples = max(50, min(BOOTSTRAP_RESAMPLES, BOOTSTRAP_CELLS // max(n, 1)))
-    low, high = (100 * v for v in bootstrap_ci(difference, resamples=resamples, seed=0))
+    low, high, resamples = paired_interval(model_correct.astype(float) - baseline_correct.astype(float))
     within_noise = low <= 0 <= high
     beats = accuracy_points > 0 and f1_points > 0
-    model = "The fine-tuned model" if config.get("kind", "transformers") == "transformers" else f"This {config.get('method', 'model')} model"
     figures_text = (
         f"accuracy {test['accuracy']:.1%} vs {figures['accuracy']:.1%} ({accuracy_points:+.1f} points), "
         f"macro-F1 {test['f1_macro']:.3f} vs {figures['f1_macro']:.3f} ({f1_points:+.1f} points), on the same {n} test rows"
     )
     interval = f"paired bootstrap 95% interval of the accuracy gap: {low:+.1f} to {high:+.1f} points"
-    if beats:
-        noise = f"within noise ({interval}): {n} rows cannot tell the two apart" if within_noise else f"larger than noise ({interval})"
-        headline = f"{model} beats the {DESCRIPTION} baseline: {figures_text}; the gap is {noise}."
-    else:
-        noise = (
-            f"The gap is within noise ({interval}): on {n} rows the two cannot be told apart, and the baseline is far cheaper."
-            if within_noise
-            else f"The gap is larger than noise ({interval})."
-        )
-        headline = f"{model} does not beat the {DESCRIPTION} baseline: {figures_text}. {noise}"
+    headline = verdict(config, DESCRIPTION, figures_text, interval, n, beats, within_noise)
     return {
         "beats_baseline": beats,
         "accuracy_points": accuracy_points,
@@ -120,6 +110,28 @@ def comparison(
         "headline": headline,
         "advice": [] if beats else advice(figures, config, generalisation or {}),
     }
+
+
+def verdict(config: dict[str, Any], description: str, figures_text: str, interval: str, rows: int, beats: bool, within_noise: bool) -> str:
+    """The comparison's headline: whether the model beats the baseline, with the figures, and whether the gap is within noise."""
+    model = "The fine-tuned model" if config.get("kind", "transformers") == "transformers" else f"This {config.get('method', 'model')} model"
+    if beats:
+        noise = f"within noise ({interval}): {rows} rows cannot tell the two apart" if within_noise else f"larger than noise ({interval})"
+        return f"{model} beats the {description} baseline: {figures_text}; the gap is {noise}."
+    noise = (
+        f"The gap is within noise ({interval}): on {rows} rows the two cannot be told apart, and the baseline is far cheaper."
+        if within_noise
+        else f"The gap is larger than noise ({interval})."
+    )
+    return f"{model} does not beat the {description} baseline: {figures_text}. {noise}"
+
+
+def paired_interval(difference: np.ndarray) -> tuple[float, float, int]:
+    """The paired bootstrap 95% interval of a per-row gap (model - baseline, over the same rows), in
+    points, and how many resamples it drew (fewer on very large test sets: BOOTSTRAP_CELLS)."""
+    resamples = max(50, min(BOOTSTRAP_RESAMPLES, BOOTSTRAP_CELLS // max(len(difference), 1)))
+    low, high = (100 * v for v in bootstrap_ci(difference, resamples=resamples, seed=0))
+    return low, high, resamples
 
 
 def advice(figures: dict[str, Any], config: dict[str, Any], generalisation: dict[str, Any]) -> list[str]:
@@ -139,5 +151,6 @@ def advice(figures: dict[str, Any], config: dict[str, Any], generalisation: dict
     return tips
 
 
-def _missing(reason: str) -> dict[str, Any]:
-    return {"name": NAME, "description": DESCRIPTION, "missing": reason}
+def missing_baseline(reason: str, name: str = NAME, description: str = DESCRIPTION) -> dict[str, Any]:
+    """A baseline's figures when it could not be fitted: why."""
+    return {"name": name, "description": description, "missing": reason}

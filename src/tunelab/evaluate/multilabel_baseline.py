@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.answers import bootstrap_ci
 from tunelab.data.multilabel import multi_hot
 from tunelab.errors import TunelabError
-from tunelab.evaluate.baseline import BOOTSTRAP_CELLS, BOOTSTRAP_RESAMPLES, advice
+from tunelab.evaluate.baseline import advice, missing_baseline, paired_interval, verdict
 from tunelab.evaluate.multilabel_metrics import multilabel_metrics
 from tunelab.models.multilabel import decide
 from tunelab.run import Run
@@ -30,12 +29,12 @@ def fit_and_score(run: Run, texts: list[str], y_true: np.ndarray, labels: list[s
     splits, y = {}, {}
     for name in ("train", "eval"):
         if not run.split_path(name).is_file():
-            return _missing(f"the run has no saved {name} split (splits/{name}.parquet) to fit it on"), None
+            return missing_baseline(f"the run has no saved {name} split (splits/{name}.parquet) to fit it on", NAME, DESCRIPTION), None
         splits[name] = run.split(name)
         try:
             y[name] = multi_hot(splits[name]["labels"], labels)
         except TunelabError as error:
-            return _missing(f"the {name} split does not match labels.json ({error.message})"), None
+            return missing_baseline(f"the {name} split does not match labels.json ({error.message})", NAME, DESCRIPTION), None
     from tunelab.models.linear import fit_tfidf_ovr  # scikit-learn: imported when a baseline is fitted
 
     started = time.perf_counter()
@@ -78,9 +77,7 @@ def comparison(
     micro_points = 100 * (test["f1_micro"] - figures["f1_micro"])
     macro_points = 100 * (test["f1_macro"] - figures["f1_macro"])
     samples_points = 100 * (test["f1_samples"] - figures["f1_samples"])
-    difference = row_f1(y_true, model_pred) - row_f1(y_true, baseline_pred)
-    resamples = max(50, min(BOOTSTRAP_RESAMPLES, BOOTSTRAP_CELLS // max(n, 1)))
-    low, high = (100 * v for v in bootstrap_ci(difference, resamples=resamples, seed=0))
+    low, high, resamples = paired_interval(row_f1(y_true, model_pred) - row_f1(y_true, baseline_pred))
     within_noise = low <= 0 <= high
     beats = micro_points > 0 and macro_points > 0
     figures_text = (
@@ -88,12 +85,7 @@ def comparison(
         f"macro-F1 {test['f1_macro']:.3f} vs {figures['f1_macro']:.3f} ({macro_points:+.1f} points), on the same {n} test rows"
     )
     interval = f"paired bootstrap 95% interval of the samples-F1 gap ({samples_points:+.1f} points): {low:+.1f} to {high:+.1f} points"
-    if beats:
-        noise = f"within noise ({interval})" if within_noise else f"larger than noise ({interval})"
-        headline = f"The fine-tuned model beats the {DESCRIPTION} baseline: {figures_text}; the gap is {noise}."
-    else:
-        noise = f"The gap is within noise ({interval})." if within_noise else f"The gap is larger than noise ({interval})."
-        headline = f"The fine-tuned model does not beat the {DESCRIPTION} baseline: {figures_text}. {noise}"
+    headline = verdict(config, DESCRIPTION, figures_text, interval, n, beats, within_noise)
     return {
         "beats_baseline": beats,
         "f1_micro_points": micro_points,
@@ -106,7 +98,3 @@ def comparison(
         # `tunelab compare` takes no multi-label runs yet: its tips do not apply.
         "advice": [] if beats else [tip for tip in advice(figures, config, generalisation or {}) if "compare" not in tip],
     }
-
-
-def _missing(reason: str) -> dict[str, Any]:
-    return {"name": NAME, "description": DESCRIPTION, "missing": reason}

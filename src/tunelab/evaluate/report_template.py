@@ -51,6 +51,15 @@ HEADLINE_CLOSE = r"""</div>
 <div class="flag unknown" id="baseline-headline">No baseline comparison: {{ baseline.missing }}.</div>
 {% endif %}
 """
+# The run summary's first table, up to the task's own rows about the labels.
+RUN_SUMMARY_OPEN = r"""<h2>Run summary</h2>
+<div class="columns">
+<table>
+  <tr><th colspan="2">Model and data</th></tr>
+  <tr><td>model</td><td>{{ config.model | default("—") }}</td></tr>
+  <tr><td>data</td><td>{{ config.data | default("—") }}</td></tr>
+  <tr><td>evaluated on</td><td>{{ evaluated_on.source }} ({{ evaluated_on.rows }} rows)</td></tr>
+"""
 SETTINGS_TABLES = r"""<table>
   <tr><th colspan="2">Hyperparameters</th></tr>
   {% for key, value in hyperparameters.items() %}<tr><td>{{ key }}</td><td>{{ value }}</td></tr>{% endfor %}
@@ -108,14 +117,9 @@ TEMPLATE = (
   {% if test.timing %}<div class="card"><div class="name">examples / s</div><div class="value">{{ test.timing.examples_per_second | num(1) }}</div></div>{% endif %}
 </div>
 
-<h2>Run summary</h2>
-<div class="columns">
-<table>
-  <tr><th colspan="2">Model and data</th></tr>
-  <tr><td>model</td><td>{{ config.model | default("—") }}</td></tr>
-  <tr><td>data</td><td>{{ config.data | default("—") }}</td></tr>
-  <tr><td>evaluated on</td><td>{{ evaluated_on.source }} ({{ evaluated_on.rows }} rows)</td></tr>
-  <tr><td>labels</td><td>{{ test.labels | join(", ") }}</td></tr>
+"""
+    + RUN_SUMMARY_OPEN
+    + r"""  <tr><td>labels</td><td>{{ test.labels | join(", ") }}</td></tr>
 </table>
 """
     + SETTINGS_TABLES

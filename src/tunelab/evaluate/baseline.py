@@ -35,13 +35,9 @@ def fit_and_score(run: Run, texts: list[str], y_true: np.ndarray, labels: list[s
     """
     if run.kind == "sklearn" and run.config.get("method") == NAME:
         return missing_baseline("this run is itself the tfidf-logreg baseline"), None
-    splits = {}
-    for name in ("train", "eval"):
-        if not run.split_path(name).is_file():
-            return missing_baseline(
-                f"the run has no saved {name} split (splits/{name}.parquet) to fit it on; runs trained by this tunelab version have one"
-            ), None
-        splits[name] = run.split(name)
+    splits, absent_split = fitting_splits(run)
+    if absent_split:
+        return missing_baseline(absent_split), None
     index = {label: i for i, label in enumerate(labels)}
     y, texts_by_split = {}, {}
     for name, frame in splits.items():
@@ -75,6 +71,16 @@ def fit_and_score(run: Run, texts: list[str], y_true: np.ndarray, labels: list[s
         "C_chosen_on": f"the run's eval split ({len(texts_by_split['eval'])} rows)",
     }
     return figures, proba.argmax(axis=1) == y_true
+
+
+def fitting_splits(run: Run) -> tuple[dict[str, Any], str | None]:
+    """The run's train split (to fit on) and eval split (to choose C on); or why the run has none."""
+    splits = {}
+    for name in ("train", "eval"):
+        if not run.split_path(name).is_file():
+            return {}, f"the run has no saved {name} split (splits/{name}.parquet) to fit it on; runs trained by this tunelab version have one"
+        splits[name] = run.split(name)
+    return splits, None
 
 
 def comparison(

@@ -15,7 +15,7 @@ import numpy as np
 
 from tunelab.data.multilabel import multi_hot
 from tunelab.errors import TunelabError
-from tunelab.evaluate.baseline import advice, missing_baseline, paired_interval, verdict
+from tunelab.evaluate.baseline import advice, fitting_splits, missing_baseline, paired_interval, verdict
 from tunelab.evaluate.multilabel_metrics import multilabel_metrics
 from tunelab.models.multilabel import decide
 from tunelab.run import Run
@@ -26,11 +26,11 @@ DESCRIPTION = "TF-IDF (word 1-2-grams) + one-vs-rest logistic regression"
 
 def fit_and_score(run: Run, texts: list[str], y_true: np.ndarray, labels: list[str]) -> tuple[dict[str, Any], np.ndarray | None]:
     """The baseline's figures on `texts`, and its 0/1 predictions (None when it could not be fitted: `missing` says why)."""
-    splits, y = {}, {}
-    for name in ("train", "eval"):
-        if not run.split_path(name).is_file():
-            return missing_baseline(f"the run has no saved {name} split (splits/{name}.parquet) to fit it on", NAME, DESCRIPTION), None
-        splits[name] = run.split(name)
+    splits, absent_split = fitting_splits(run)
+    if absent_split:
+        return missing_baseline(absent_split, NAME, DESCRIPTION), None
+    y = {}
+    for name in splits:
         try:
             y[name] = multi_hot(splits[name]["labels"], labels)
         except TunelabError as error:

@@ -16,9 +16,9 @@ from tunelab.evaluate.report_template import (
     HEADLINE_OPEN,
     PAGE_START,
     PLOTS,
+    PROFILE_END,
     RUN_SUMMARY_OPEN,
     SETTINGS_TABLES,
-    WARNINGS,
 )
 
 MULTILABEL_PLOT_TITLES = {
@@ -107,9 +107,8 @@ TEMPLATE = (
       <td class="num">{{ s.overlap_with_train | default("—") }}</td></tr>
   {% endfor %}
 </table>
-{% else %}<p class="muted">No data profile in this run.</p>{% endif %}
 """
-    + WARNINGS
+    + PROFILE_END
     + r"""
 <p class="small muted">Not available for multi-label runs yet: tunelab serve, export and compare. Files: metrics.json, thresholds.json, predictions.parquet, plots/*.png — next to this report.</p>
 </body>

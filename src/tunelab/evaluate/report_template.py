@@ -87,7 +87,9 @@ PLOTS = r"""<h2>Plots</h2>
 {% endfor %}
 </div>
 """
-WARNINGS = r"""<h3>Warnings</h3>
+# The data profile's end: the page without a profile, then the profile's warnings.
+PROFILE_END = r"""{% else %}<p class="muted">No data profile in this run.</p>{% endif %}
+<h3>Warnings</h3>
 {% if profile.warnings %}<ul class="warnings">{% for w in profile.warnings %}<li>{{ w }}</li>{% endfor %}</ul>{% else %}<p>None.</p>{% endif %}
 """
 
@@ -204,9 +206,8 @@ TEMPLATE = (
       <td class="num">{{ s.duplicate_texts | default("—") }}</td><td class="num">{{ s.overlap_with_train | default("—") }}</td></tr>
   {% endfor %}
 </table>
-{% else %}<p class="muted">No data profile in this run.</p>{% endif %}
 """
-    + WARNINGS
+    + PROFILE_END
     + r"""
 <p class="small muted">Files: metrics.json, predictions.parquet, plots/*.png — next to this report.</p>
 </body>

@@ -12,6 +12,7 @@ advice are written into metrics.json, so the HTML report and the CLI print the s
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -93,28 +94,40 @@ def comparison(
 ) -> dict[str, Any]:
     """The model against the baseline on the same rows: gaps in points, whether the accuracy gap is
     within noise (paired bootstrap over the rows), the headline sentence and what to try."""
-    n = len(model_correct)
-    accuracy_points = 100 * (test["accuracy"] - figures["accuracy"])
-    f1_points = 100 * (test["f1_macro"] - figures["f1_macro"])
+    shown = (("accuracy", "accuracy", ".1%"), ("f1_macro", "macro-F1", ".3f"))
     # Paired: each row's (model right) - (baseline right); the mean is the accuracy gap.
-    low, high, resamples = paired_interval(model_correct.astype(float) - baseline_correct.astype(float))
+    result = versus(config, DESCRIPTION, test, figures, shown, model_correct.astype(float) - baseline_correct.astype(float), "accuracy", "the accuracy gap")
+    return {**result, "advice": [] if result["beats_baseline"] else advice(figures, config, generalisation or {})}
+
+
+def versus(
+    config: dict[str, Any],
+    description: str,
+    test: dict[str, Any],
+    figures: dict[str, Any],
+    shown: Sequence[tuple[str, str, str]],
+    difference: np.ndarray,
+    gap_key: str,
+    gap_name: str,
+) -> dict[str, Any]:
+    """The model's test figures against the baseline's on the same rows: each `shown` (key, name, format)
+    figure's gap in points (the model beats the baseline when every one is positive), the paired bootstrap
+    interval of the per-row `difference` (its mean is the `gap_key` gap) and the headline; the figures of
+    metrics.json["baseline"]["comparison"] but the advice."""
+    points = {key: 100 * (test[key] - figures[key]) for key in [key for key, _, _ in shown] + [gap_key]}
+    low, high, resamples = paired_interval(difference)
     within_noise = low <= 0 <= high
-    beats = accuracy_points > 0 and f1_points > 0
-    figures_text = (
-        f"accuracy {test['accuracy']:.1%} vs {figures['accuracy']:.1%} ({accuracy_points:+.1f} points), "
-        f"macro-F1 {test['f1_macro']:.3f} vs {figures['f1_macro']:.3f} ({f1_points:+.1f} points), on the same {n} test rows"
-    )
-    interval = f"paired bootstrap 95% interval of the accuracy gap: {low:+.1f} to {high:+.1f} points"
-    headline = verdict(config, DESCRIPTION, figures_text, interval, n, beats, within_noise)
+    beats = all(points[key] > 0 for key, _, _ in shown)
+    figures_text = ", ".join(f"{name} {test[key]:{fmt}} vs {figures[key]:{fmt}} ({points[key]:+.1f} points)" for key, name, fmt in shown)
+    figures_text += f", on the same {len(difference)} test rows"
+    interval = f"paired bootstrap 95% interval of {gap_name}: {low:+.1f} to {high:+.1f} points"
     return {
         "beats_baseline": beats,
-        "accuracy_points": accuracy_points,
-        "f1_macro_points": f1_points,
-        "accuracy_points_ci95": [low, high],
+        **{f"{key}_points": value for key, value in points.items()},
+        f"{gap_key}_points_ci95": [low, high],
         "bootstrap_resamples": resamples,
         "within_noise": within_noise,
-        "headline": headline,
-        "advice": [] if beats else advice(figures, config, generalisation or {}),
+        "headline": verdict(config, description, figures_text, interval, len(difference), beats, within_noise),
     }
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from tunelab.data.multilabel import multi_hot
 from tunelab.errors import TunelabError
-from tunelab.evaluate.baseline import advice, fitting_splits, missing_baseline, paired_interval, verdict
+from tunelab.evaluate.baseline import advice, fitting_splits, missing_baseline, versus
 from tunelab.evaluate.multilabel_metrics import multilabel_metrics
 from tunelab.models.multilabel import decide
 from tunelab.run import Run
@@ -73,28 +73,12 @@ def comparison(
 ) -> dict[str, Any]:
     """The model against the baseline on the same rows: micro/macro-F1 gaps in points, a paired
     bootstrap interval of the samples-F1 gap (per-row F1s are what a row-resample can pair), the headline and the advice."""
-    n = len(y_true)
-    micro_points = 100 * (test["f1_micro"] - figures["f1_micro"])
-    macro_points = 100 * (test["f1_macro"] - figures["f1_macro"])
+    shown = (("f1_micro", "micro-F1", ".3f"), ("f1_macro", "macro-F1", ".3f"))
     samples_points = 100 * (test["f1_samples"] - figures["f1_samples"])
-    low, high, resamples = paired_interval(row_f1(y_true, model_pred) - row_f1(y_true, baseline_pred))
-    within_noise = low <= 0 <= high
-    beats = micro_points > 0 and macro_points > 0
-    figures_text = (
-        f"micro-F1 {test['f1_micro']:.3f} vs {figures['f1_micro']:.3f} ({micro_points:+.1f} points), "
-        f"macro-F1 {test['f1_macro']:.3f} vs {figures['f1_macro']:.3f} ({macro_points:+.1f} points), on the same {n} test rows"
-    )
-    interval = f"paired bootstrap 95% interval of the samples-F1 gap ({samples_points:+.1f} points): {low:+.1f} to {high:+.1f} points"
-    headline = verdict(config, DESCRIPTION, figures_text, interval, n, beats, within_noise)
+    gap_name = f"the samples-F1 gap ({samples_points:+.1f} points)"
+    result = versus(config, DESCRIPTION, test, figures, shown, row_f1(y_true, model_pred) - row_f1(y_true, baseline_pred), "f1_samples", gap_name)
     return {
-        "beats_baseline": beats,
-        "f1_micro_points": micro_points,
-        "f1_macro_points": macro_points,
-        "f1_samples_points": samples_points,
-        "f1_samples_points_ci95": [low, high],
-        "bootstrap_resamples": resamples,
-        "within_noise": within_noise,
-        "headline": headline,
+        **result,
         # `tunelab compare` takes no multi-label runs yet: its tips do not apply.
-        "advice": [] if beats else [tip for tip in advice(figures, config, generalisation or {}) if "compare" not in tip],
+        "advice": [] if result["beats_baseline"] else [tip for tip in advice(figures, config, generalisation or {}) if "compare" not in tip],
     }

@@ -259,14 +259,14 @@ def write_artefacts(
     bias: dict[str, Any] | None = None,
     **report_extra: Any,
 ) -> dict[str, Any]:
-    """An evaluation's files in `out`: predictions.parquet, plots/ (the training curves of `history`, then
-    draw_plots' own), report.html (`write`, a
-    report writer of evaluate/report.py's shape; report_extra goes to it) and metrics.json, merged into
-    what is there; returns its content."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_parquet(out / "predictions.parquet", predictions)
+    """An evaluation's files in `out`, for every task: predictions.parquet; plots/, the training curves of
+    `history` and then draw_plots' own; report.html, rendered by `write` (evaluate/report.write_report or a
+    task's page on it, which takes report_extra); metrics.json, merged into what is there, written last.
+    Returns metrics.json's content."""
     from tunelab.evaluate.plots import training_curves
 
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(out / "predictions.parquet", predictions)
     plots = {**training_curves(out / "plots", history), **draw_plots(out / "plots")}
     metrics = merged_metrics(out, run, test, source, generalisation, bias, baseline, headline)
     write(

@@ -25,7 +25,9 @@ def load_splits(settings: DataSettings) -> tuple[dict[str, pd.DataFrame], dict[s
     return load_and_split(settings, read, partial(make_splits, max_train_samples=settings.max_train_samples))
 
 
-def load_and_split(settings: SplitSettings, read: Callable[[str], pd.DataFrame], split: Callable[..., dict[str, pd.DataFrame]]):
+def load_and_split(
+    settings: SplitSettings, read: Callable[[str], pd.DataFrame], split: Callable[..., dict[str, pd.DataFrame]]
+) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     """settings.data and the user's eval/test files, each read by `read`, split by
     `split(frame, eval_fraction, test_fraction, seed, eval_frame, test_frame)`; and the rows dropped while loading."""
     frame = read(settings.data)
@@ -66,7 +68,9 @@ def make_splits(
         )
 
     # At least one text of each class in each held-out split.
-    splits = hold_out_texts(frame, firsts, {"eval": eval_fraction, "test": test_fraction}, seed, {"eval": eval_frame, "test": test_frame}, len(classes), _label)
+    splits = hold_out_texts(
+        frame, firsts, {"eval": eval_fraction, "test": test_fraction}, seed, {"eval": eval_frame, "test": test_frame}, len(classes), by_label
+    )
     train = splits["train"]
     if max_train_samples is not None and max_train_samples < len(train):
         if max_train_samples < len(classes):
@@ -81,7 +85,8 @@ def make_splits(
     return {name: splits[name] for name in ("train", "eval", "test")}
 
 
-def _label(rest: pd.DataFrame, share: float) -> pd.Series:
+def by_label(rest: pd.DataFrame, share: float) -> pd.Series:
+    """Single-label strata: the label itself."""
     return rest["label"]
 
 

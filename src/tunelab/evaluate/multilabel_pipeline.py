@@ -8,24 +8,21 @@ write predictions, report and metrics (metrics.json last).
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tunelab.atomic import write_json
 from tunelab.data.multilabel import multi_hot
 from tunelab.errors import TunelabError
 from tunelab.evaluate.generalisation import generalisation_check
 from tunelab.evaluate.multilabel_metrics import multilabel_metrics
-from tunelab.evaluate.pipeline import published_path, run_name, timed_logits, write_parquet
+from tunelab.evaluate.pipeline import MAX_MISTAKES, output_folder, timed_logits, wants_baseline, write_artefacts
 from tunelab.models.multilabel import MultiLabelClassifier, decide, sigmoid
 from tunelab.run import Run
 
-MAX_MISTAKES = 25
+HEADLINE = ("loss", "subset_accuracy", "f1_micro", "f1_macro", "f1_samples")  # test figures metrics.json also holds at its top level
 
 
 def evaluate_multilabel_run(
@@ -66,9 +63,7 @@ def evaluate_multilabel_run(
     history = run.history()
     generalisation = generalisation_check(history)
     baseline_figures = None
-    if baseline is None:
-        baseline = bool(run.config.get("baseline", True))
-    if baseline:
+    if wants_baseline(run, baseline):
         from tunelab.evaluate import multilabel_baseline
 
         baseline_figures, baseline_pred = multilabel_baseline.fit_and_score(run, texts, y_true, labels)
@@ -77,33 +72,25 @@ def evaluate_multilabel_run(
                 baseline_figures, test, y_true, predicted, baseline_pred, run.config, generalisation
             )
 
-    out = Path(out_dir).expanduser() if out_dir is not None else run.path
-    out.mkdir(parents=True, exist_ok=True)
-    predictions = predictions_frame(texts, y_true, proba, predicted, labels)
-    write_parquet(out / "predictions.parquet", predictions)
-
-    from tunelab.evaluate.multilabel_plots import make_multilabel_plots
+    from tunelab.evaluate.multilabel_plots import label_set_plots
     from tunelab.evaluate.multilabel_report import write_multilabel_report
 
-    plots = make_multilabel_plots(out / "plots", history, y_true, proba, labels, test)
-    metrics = merged_metrics(out, run, test, source, generalisation, baseline_figures)
-    write_multilabel_report(
-        out / "report.html",
-        run_name=run_name(run),
-        config=run.config,
+    predictions = predictions_frame(texts, y_true, proba, predicted, labels)
+    return write_artefacts(
+        output_folder(run, out_dir),
+        run,
         test=test,
-        evaluated_on=metrics["evaluated_on"],
-        plots=plots,
-        mistakes=worst_rows(predictions),
+        source=source,
         generalisation=generalisation,
-        data_profile=run.data_profile,
-        train_info=metrics.get("train"),
-        environment=metrics.get("environment"),
-        thresholds=metrics.get("thresholds"),
+        predictions=predictions,
+        history=history,
+        draw_plots=lambda folder: label_set_plots(folder, y_true, proba, labels, test),
+        headline=HEADLINE,
+        write=write_multilabel_report,
+        mistakes=worst_rows(predictions),
         baseline=baseline_figures,
+        thresholds=run.metrics.get("thresholds"),  # the record training wrote: where and how they were chosen
     )
-    write_json(out / "metrics.json", metrics)
-    return metrics
 
 
 def predictions_frame(texts: list[str], y_true: np.ndarray, proba: np.ndarray, predicted: np.ndarray, labels: list[str]) -> pd.DataFrame:
@@ -127,22 +114,3 @@ def worst_rows(predictions: pd.DataFrame, limit: int = MAX_MISTAKES) -> list[dic
     """The rows with the most wrong labels."""
     wrong = predictions[~predictions["exact"]].sort_values("wrong_labels", ascending=False, kind="stable").head(limit)
     return wrong[["text", "labels", "predicted", "wrong_labels"]].to_dict("records")
-
-
-def merged_metrics(out: Path, run: Run, test: dict, source: str, generalisation: dict, baseline: dict | None) -> dict[str, Any]:
-    """metrics.json's content: training's keys (and the thresholds' record), with this evaluation merged in."""
-    path = out / "metrics.json"
-    metrics: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    if out.resolve() != run.path.resolve():
-        for key in ("task", "train", "environment", "thresholds"):
-            if key in run.metrics and key not in metrics:
-                metrics[key] = run.metrics[key]
-    metrics["test"] = test
-    metrics.update({key: test[key] for key in ("loss", "subset_accuracy", "f1_micro", "f1_macro", "f1_samples")})
-    metrics["evaluated_on"] = {"source": source, "rows": test["n"], "run": str(published_path(run))}
-    metrics["generalisation"] = generalisation
-    if baseline is not None:
-        metrics["baseline"] = baseline
-    else:
-        metrics.pop("baseline", None)
-    return metrics

@@ -21,7 +21,11 @@ def load_splits(settings: DataSettings) -> tuple[dict[str, pd.DataFrame], dict[s
     def load(source: str | None) -> pd.DataFrame | None:
         if source is None:
             return None
-        return load_source(source, settings.text_col, settings.label_col, settings.encoding, settings.strict, settings.delimiter)
+        return load_source(source, settings.text_col, settings.label_col, settings.encoding, settings.strict, settings.delimiter, text_pair_col)
+
+    # A pair-classification config (config.PairClassificationConfig) names each row's second text. Rows
+    # sharing a first text (a premise, a question) stay in one split, as repeated texts do.
+    text_pair_col = getattr(settings, "text_pair_col", None)
 
     frame = load(settings.data)
     splits = make_splits(

@@ -1,6 +1,7 @@
 """The prediction service: a FastAPI app for a classifier run, and `serve()` that runs it with uvicorn.
 
-POST /v1/predict   {"texts": [...]} -> label, score and every class probability per text
+POST /v1/predict   {"texts": [...]} -> label, score and every class probability per text;
+                   a pair-classification run takes {"pairs": [{"text": ..., "text_pair": ...}, ...]}
 GET  /v1/model     name, version, backend, labels, the run's metrics
 GET  /health       the process is up          GET /ready   the model is loaded
 GET  /metrics      Prometheus text format     GET /        the web page
@@ -51,6 +52,12 @@ class Prediction(BaseModel):
     probabilities: dict[str, float] = Field(description="every class's probability")
 
 
+class TextPair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="the first text: a premise, a question, a sentence")
+    text_pair: str = Field(description="the second text: a hypothesis, a passage, a paraphrase candidate")
+
+
 class ModelRef(BaseModel):
     name: str
     version: str
@@ -76,7 +83,7 @@ def run_loader(run: Run | str | os.PathLike, backend: str = "torch", threads: in
 
     def load() -> LoadedModel:
         scorer = load_scorer(run, backend, threads, say=log.info)
-        return LoadedModel(scorer, run.path.name, model_version(run, scorer.backend), str(run.path), finite(run.metrics))
+        return LoadedModel(scorer, run.path.name, model_version(run, scorer.backend), str(run.path), finite(run.metrics), pairs=run.is_pair_classifier)
 
     return load
 
@@ -135,26 +142,56 @@ def predict_router(service: Service) -> APIRouter:
     max_texts = settings.max_texts
 
     class PredictRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["what a wonderful day"]}]})
-        texts: list[str] = Field(min_length=1, max_length=max_texts, description=f"1 to {max_texts} texts to classify")
+        model_config = ConfigDict(
+            extra="forbid",
+            json_schema_extra={
+                "examples": [
+                    {"texts": ["what a wonderful day"]},
+                    {"pairs": [{"text": "What is the capital of France?", "text_pair": "France — Government\nCapital - name: Paris"}]},
+                ]
+            },
+        )
+        texts: list[str] | None = Field(None, min_length=1, max_length=max_texts, description=f"1 to {max_texts} texts to classify")
+        pairs: list[TextPair] | None = Field(
+            None, min_length=1, max_length=max_texts, description=f"pair-classification models: 1 to {max_texts} text pairs to classify (instead of texts)"
+        )
 
         @field_validator("texts")
         @classmethod
-        def _clean(cls, texts: list[str]) -> list[str]:
-            # JSON may carry lone surrogates (\ud800) that no tokenizer accepts; they become U+FFFD.
-            return [t.encode("utf-8", "replace").decode("utf-8") if not t.isascii() else t for t in texts]
+        def _clean(cls, texts: list[str] | None) -> list[str] | None:
+            return None if texts is None else [_valid_utf8(t) for t in texts]
+
+        @field_validator("pairs")
+        @classmethod
+        def _clean_pairs(cls, pairs: list[TextPair] | None) -> list[TextPair] | None:
+            return None if pairs is None else [TextPair(text=_valid_utf8(p.text), text_pair=_valid_utf8(p.text_pair)) for p in pairs]
+
+        def inputs(self, pairs_model: bool) -> list:
+            """The model inputs, checked against what the model classifies (one line for a 422 otherwise)."""
+            if self.texts is None and self.pairs is None:
+                raise ValueError('send {"texts": ["..."]}' + (' or {"pairs": [{"text": "...", "text_pair": "..."}]}' if pairs_model else ""))
+            if self.texts is not None and self.pairs is not None:
+                raise ValueError("send texts or pairs, not both")
+            if pairs_model and self.pairs is None:
+                raise ValueError('this model classifies text pairs: send {"pairs": [{"text": "...", "text_pair": "..."}]}')
+            if not pairs_model and self.pairs is not None:
+                raise ValueError('this model classifies single texts: send {"texts": ["..."]}')
+            return [(p.text, p.text_pair) for p in self.pairs] if self.pairs is not None else self.texts
 
     router = APIRouter()
 
     @router.post("/v1/predict", response_model=PredictResponse)
     async def predict(body: PredictRequest) -> PredictResponse:
-        """Label, score and every class's probability for each text, in the order given."""
+        """Label, score and every class's probability for each text (or text pair), in the order given."""
         from tunelab.models.classifier import softmax
         from tunelab.predict import describe
 
-        service.ready_model()
         try:
-            logits, model = await service.batcher.submit(body.texts)
+            inputs = body.inputs(service.ready_model().pairs)
+        except ValueError as error:
+            raise StarletteHTTPException(422, str(error)) from None
+        try:
+            logits, model = await service.batcher.submit(inputs)
         except QueueFull:
             raise StarletteHTTPException(503, f"the queue is full ({settings.max_queue} texts waiting); retry shortly", headers={"Retry-After": "1"}) from None
         except (NotRunning, NotReady):
@@ -165,6 +202,11 @@ def predict_router(service: Service) -> APIRouter:
         )
 
     return router
+
+
+def _valid_utf8(text: str) -> str:
+    # JSON may carry lone surrogates (\ud800) that no tokenizer accepts; they become U+FFFD.
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
 def model_router(service: Service) -> APIRouter:

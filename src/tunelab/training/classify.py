@@ -35,6 +35,7 @@ from tunelab.models.catalogue import resolve_model  # noqa: E402
 from tunelab.models.classifier import model_max_length  # noqa: E402
 from tunelab.models.pooling import new_classifier  # noqa: E402
 from tunelab.run import Run, named_after, out_dir, refuse_existing, start_staging  # noqa: E402
+from tunelab.textpairs import frame_inputs  # noqa: E402
 from tunelab.training import memory  # noqa: E402
 from tunelab.training.resume import resume_point, truncate_history  # noqa: E402
 from tunelab.training.trainer import AccuracyTrainer, balanced_class_weights, classification_scores  # noqa: E402
@@ -76,7 +77,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     model_limit = model_max_length(model_config, tokenizer)
     if config.max_length is not None and config.max_length > model_limit:
         raise TunelabError(f"--max-length {config.max_length} exceeds the model's limit of {model_limit} tokens", f"use at most {model_limit}")
-    train_lengths = token_lengths(tokenizer, splits["train"]["text"], seed=config.seed)
+    train_lengths = token_lengths(tokenizer, frame_inputs(splits["train"]), seed=config.seed)
     max_length = config.max_length or choose_max_length(train_lengths, model_limit, config.length_percentile)
     profile = profile_splits(splits, tokenizer, model_limit, dropped)
     profile["max_length"] = max_length

@@ -233,3 +233,60 @@ def test_inspect_detects_text_pair_columns(tmp_path):
     assert inspect_source(str(single), model=None)["likely_task"] == "classification"
     result = cli("data", "inspect", data, "--model", "")
     assert result.exit_code == 0 and "likely task: pair-classification" in result.output, result.output
+
+
+# -- the RAG reranker -----------------------------------------------------------------------------
+
+
+def test_a_pair_run_reranks_search_hits_by_its_relevant_probability(pair_run, trained_run):
+    from tunelab.errors import TunelabError
+    from tunelab.predict import predict
+    from tunelab.rag.chunk import Chunk
+    from tunelab.rag.index import Hit
+    from tunelab.rag.rerank import RunReranker, open_reranker
+
+    texts = ["awful bad", "good great", "terrible nasty", "wonderful lovely"]
+    hits = [Hit(rank, 0.0, Chunk(f"d#{rank}", "d", "", "", text, rank)) for rank, text in enumerate(texts)]
+    reranker = open_reranker(pair_run)
+    assert isinstance(reranker, RunReranker)
+    reranked = reranker.rerank("the a", hits)
+    expected = {text: p["probabilities"]["yes"] for text, p in zip(texts, predict(pair_run, [("the a", t) for t in texts]))}
+    assert [h.chunk.text for h in reranked[:2]] == sorted(["good great", "wonderful lovely"], key=lambda t: -expected[t])
+    assert [h.score for h in reranked] == pytest.approx(sorted(expected.values(), reverse=True), abs=1e-5)
+    with pytest.raises(TunelabError, match="a reranker reads \\(query, passage\\) pairs"):
+        open_reranker(trained_run)
+
+
+# -- compare and registry -------------------------------------------------------------------------
+
+
+def test_compare_ranks_pair_runs_and_refuses_a_single_text_run(pair_run, trained_run, tmp_path):
+    import shutil
+
+    from tunelab.compare import compare_runs
+    from tunelab.errors import TunelabError
+    from tunelab.run import Run
+
+    twin = tmp_path / "twin"
+    shutil.copytree(pair_run, twin)
+    summary = compare_runs([pair_run, twin], out=tmp_path / "cmp", latency_texts=4, throughput_texts=8, progress=False)
+    assert [row["accuracy"] for row in summary["rows"]] == [Run.open(pair_run).metrics["accuracy"]] * 2
+    assert all(row["examples_per_s"] > 0 for row in summary["rows"])
+    with pytest.raises(TunelabError, match="different test sets"):
+        compare_runs([pair_run, trained_run], out=tmp_path / "x", progress=False)
+
+
+def test_the_registry_fingerprints_both_texts_of_a_pair(pair_run, tmp_path):
+    import shutil
+
+    from tunelab.lifecycle.registry import Registry, data_fingerprint
+
+    registry = Registry(tmp_path / "registry.db")
+    entry = registry.register(pair_run, "nli", promote=True)
+    assert registry.production("nli").version == entry.version and entry.data_fingerprint == data_fingerprint(pair_run)
+    changed = tmp_path / "changed"
+    shutil.copytree(pair_run, changed)
+    train = pd.read_parquet(changed / "splits" / "train.parquet")
+    train.loc[0, "text_pair"] = train.loc[0, "text_pair"] + " nice"
+    train.to_parquet(changed / "splits" / "train.parquet", index=False)
+    assert data_fingerprint(changed) != data_fingerprint(pair_run)

@@ -1,7 +1,7 @@
 """The prediction service: a FastAPI app for a classifier run, and `serve()` that runs it with uvicorn.
 
 POST /v1/predict   {"texts": [...]} -> label, score and every class probability per text;
-                   a pair-classification run takes {"pairs": [{"text": ..., "text_pair": ...}, ...]}
+                   a pair-classification run's service takes {"pairs": [{"text": ..., "text_pair": ...}, ...]}
 GET  /v1/model     name, version, backend, labels, the run's metrics
 GET  /health       the process is up          GET /ready   the model is loaded
 GET  /metrics      Prometheus text format     GET /        the web page
@@ -136,47 +136,44 @@ class Service:
         return lifespan
 
 
-def predict_router(service: Service) -> APIRouter:
-    """POST /v1/predict; its request's size limit is a setting, so the request model is built here."""
+def predict_router(service: Service, pairs: bool = False) -> APIRouter:
+    """POST /v1/predict; its request's size limit is a setting, and its shape the model's task (texts, or
+    text pairs for a pair-classification run), so the request model is built here."""
     settings = service.settings
     max_texts = settings.max_texts
 
-    class PredictRequest(BaseModel):
-        model_config = ConfigDict(
-            extra="forbid",
-            json_schema_extra={
-                "examples": [
-                    {"texts": ["what a wonderful day"]},
-                    {"pairs": [{"text": "What is the capital of France?", "text_pair": "France — Government\nCapital - name: Paris"}]},
-                ]
-            },
-        )
-        texts: list[str] | None = Field(None, min_length=1, max_length=max_texts, description=f"1 to {max_texts} texts to classify")
-        pairs: list[TextPair] | None = Field(
-            None, min_length=1, max_length=max_texts, description=f"pair-classification models: 1 to {max_texts} text pairs to classify (instead of texts)"
-        )
+    if pairs:
 
-        @field_validator("texts")
-        @classmethod
-        def _clean(cls, texts: list[str] | None) -> list[str] | None:
-            return None if texts is None else [_valid_utf8(t) for t in texts]
+        class PredictRequest(BaseModel):
+            model_config = ConfigDict(
+                extra="forbid",
+                json_schema_extra={
+                    "examples": [{"pairs": [{"text": "What is the capital of France?", "text_pair": "France — Government\nCapital - name: Paris"}]}]
+                },
+            )
+            pairs: list[TextPair] = Field(min_length=1, max_length=max_texts, description=f"1 to {max_texts} text pairs to classify")
 
-        @field_validator("pairs")
-        @classmethod
-        def _clean_pairs(cls, pairs: list[TextPair] | None) -> list[TextPair] | None:
-            return None if pairs is None else [TextPair(text=_valid_utf8(p.text), text_pair=_valid_utf8(p.text_pair)) for p in pairs]
+            @field_validator("pairs")
+            @classmethod
+            def _clean(cls, pairs: list[TextPair]) -> list[TextPair]:
+                return [TextPair(text=_valid_utf8(p.text), text_pair=_valid_utf8(p.text_pair)) for p in pairs]
 
-        def inputs(self, pairs_model: bool) -> list:
-            """The model inputs, checked against what the model classifies (one line for a 422 otherwise)."""
-            if self.texts is None and self.pairs is None:
-                raise ValueError('send {"texts": ["..."]}' + (' or {"pairs": [{"text": "...", "text_pair": "..."}]}' if pairs_model else ""))
-            if self.texts is not None and self.pairs is not None:
-                raise ValueError("send texts or pairs, not both")
-            if pairs_model and self.pairs is None:
-                raise ValueError('this model classifies text pairs: send {"pairs": [{"text": "...", "text_pair": "..."}]}')
-            if not pairs_model and self.pairs is not None:
-                raise ValueError('this model classifies single texts: send {"texts": ["..."]}')
-            return [(p.text, p.text_pair) for p in self.pairs] if self.pairs is not None else self.texts
+            def inputs(self) -> list[tuple[str, str]]:
+                return [(p.text, p.text_pair) for p in self.pairs]
+
+    else:
+
+        class PredictRequest(BaseModel):
+            model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["what a wonderful day"]}]})
+            texts: list[str] = Field(min_length=1, max_length=max_texts, description=f"1 to {max_texts} texts to classify")
+
+            @field_validator("texts")
+            @classmethod
+            def _clean(cls, texts: list[str]) -> list[str]:
+                return [_valid_utf8(t) for t in texts]
+
+            def inputs(self) -> list[str]:
+                return self.texts
 
     router = APIRouter()
 
@@ -186,12 +183,10 @@ def predict_router(service: Service) -> APIRouter:
         from tunelab.models.classifier import softmax
         from tunelab.predict import describe
 
+        if service.ready_model().pairs != pairs:  # a registry promotion swapped in a model of the other kind
+            raise StarletteHTTPException(503, f"the model now served classifies {'single texts' if pairs else 'text pairs'}; restart the service")
         try:
-            inputs = body.inputs(service.ready_model().pairs)
-        except ValueError as error:
-            raise StarletteHTTPException(422, str(error)) from None
-        try:
-            logits, model = await service.batcher.submit(inputs)
+            logits, model = await service.batcher.submit(body.inputs())
         except QueueFull:
             raise StarletteHTTPException(503, f"the queue is full ({settings.max_queue} texts waiting); retry shortly", headers={"Retry-After": "1"}) from None
         except (NotRunning, NotReady):
@@ -261,16 +256,20 @@ def create_app(
     loader: Callable[[], LoadedModel] | Run | str | os.PathLike,
     settings: ServeSettings | None = None,
     api_key: str | None = None,
+    pairs: bool = False,
 ) -> FastAPI:
     """The service for one model. `loader` is a run directory or a function returning a LoadedModel.
 
+    pairs: the model classifies text pairs (read from the run when `loader` is one), so requests send `pairs`.
     The model loads in the background once the app starts: /health answers at once, /ready and the
     prediction routes answer 503 until it is in. `app.state.holder.swap(...)` replaces it live.
     `api_key` defaults to $TUNELAB_API_KEY; empty means no key is needed (the rule: serve/common.py).
     """
     settings = settings or ServeSettings()
     if not callable(loader):
-        loader = run_loader(loader, settings.backend, settings.threads)
+        run = loader if isinstance(loader, Run) else Run.open(loader)
+        pairs = run.is_pair_classifier
+        loader = run_loader(run, settings.backend, settings.threads)
     api_key = configured_key(api_key)
     service = Service.build(settings)
     app = offline_fastapi(
@@ -291,7 +290,7 @@ def create_app(
     if api_key:
         errors[401] = {"model": ErrorBody}
     guarded = key_schemes(api_key)
-    app.include_router(predict_router(service), dependencies=guarded, responses=errors)
+    app.include_router(predict_router(service, pairs), dependencies=guarded, responses=errors)
     app.include_router(model_router(service), dependencies=guarded, responses=errors)
     app.include_router(health_router(service))
     app.include_router(page_router())
@@ -338,6 +337,13 @@ def readable(errors: list[dict[str, Any]], max_texts: int) -> str:
             parts.append(f"texts: at most {max_texts} texts per request; split the request")
         elif kind == "too_short" and loc == ["texts"]:
             parts.append("texts: send at least one text")
+        elif kind == "extra_forbidden" and loc in (["pairs"], ["texts"]):
+            # One kind of request per model: texts for a text classifier, pairs for a pair classifier.
+            parts.append(
+                'this model classifies text pairs: send {"pairs": [{"text": "...", "text_pair": "..."}]}'
+                if loc == ["texts"]
+                else 'this model classifies single texts: send {"texts": ["..."]}'
+            )
         elif not loc and kind in ("model_attributes_type", "dict_type", "model_type"):
             parts.append('the body must be a JSON object like {"texts": ["..."]}')
         elif kind == "missing" and not loc:

@@ -290,3 +290,32 @@ def test_the_registry_fingerprints_both_texts_of_a_pair(pair_run, tmp_path):
     train.loc[0, "text_pair"] = train.loc[0, "text_pair"] + " nice"
     train.to_parquet(changed / "splits" / "train.parquet", index=False)
     assert data_fingerprint(changed) != data_fingerprint(pair_run)
+
+
+# -- the built-in factbook-relevance set ---------------------------------------------------------
+
+
+@pytest.mark.smoke
+def test_factbook_relevance_follows_its_derivation_rule():
+    from tunelab.answers import normalize
+    from tunelab.data.factbook_qa import KIND_SOURCE_LINES, build_factbook_qa
+    from tunelab.data.load import load_source
+    from tunelab.data.split import make_splits
+
+    frame = load_source("factbook-relevance", text_pair_col="text_pair")
+    items = {item.question: item for item in build_factbook_qa()}
+    assert frame.groupby("text")["label"].apply(lambda labels: (labels == "relevant").sum()).eq(1).all()  # one relevant line per question
+    for row in frame.head(300).itertuples():
+        item = items[row.text]
+        header, line = row.text_pair.split("\n", 1)
+        own_country = header.startswith(f"{item.title} — ")
+        own_line = line.split(": ")[0] in KIND_SOURCE_LINES[item.kind]
+        if row.label == "relevant":
+            assert own_country and own_line, row
+        elif own_country:  # the same country's other line never holds the answer
+            assert not own_line and normalize(item.answer) not in normalize(row.text_pair), row
+        else:  # another country's line for the same kind of question
+            assert own_line, row
+    splits = make_splits(frame, seed=3)
+    questions = [set(split["text"]) for split in splits.values()]
+    assert not (questions[0] & questions[1]) and not (questions[0] & questions[2]) and not (questions[1] & questions[2])

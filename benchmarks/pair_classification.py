@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from seed_stats import mean_std  # noqa: E402 - benchmarks/seed_stats.py, beside this script
 from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 
 from tunelab import hardware  # noqa: E402
@@ -138,15 +138,6 @@ def one_seed(args: argparse.Namespace, seed: int, workdir: Path, embed: CachedEm
     }
 
 
-def summary(per_seed: list[dict], side: str) -> dict:
-    out = {}
-    for name in (*FIGURES, "train_seconds", "train_samples_per_second", "threshold"):
-        values = [seed[side][name] for seed in per_seed if seed[side].get(name) is not None]
-        if values:
-            out[name] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="factbook-relevance")
@@ -170,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             per_seed.append(one_seed(args, seed, Path(folder), embed))
             print(f"seed {seed}: " + json.dumps({k: per_seed[-1][k] for k in ("finetune", "baseline")}), file=sys.stderr, flush=True)
-    finetune, baseline = summary(per_seed, "finetune"), summary(per_seed, "baseline")
+    finetune, baseline = (
+        mean_std(per_seed, "finetune", (*FIGURES, "train_seconds", "train_samples_per_second", "threshold")),
+        mean_std(per_seed, "baseline", (*FIGURES, "train_seconds", "train_samples_per_second", "threshold")),
+    )
     beats = all(finetune[name]["mean"] > baseline[name]["mean"] for name in ("accuracy", "f1_positive"))
     document = {
         "benchmark": "pair_classification",

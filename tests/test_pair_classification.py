@@ -159,6 +159,12 @@ def test_eval_on_a_file_reads_the_runs_pair_column(pair_run, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
     assert metrics["test"]["n"] == 40 and metrics["accuracy"] > 0.8
+    # The Python API reads a file's `text` and `text_pair` columns
+    from tunelab.evaluate import evaluate_run
+
+    named = tmp_path / "named.csv"
+    pairs_frame(40, seed=9).rename(columns={"premise": "text", "hypothesis": "text_pair"}).to_csv(named, index=False)
+    assert evaluate_run(pair_run, named, out_dir=tmp_path / "api", progress=False)["accuracy"] == metrics["accuracy"]
 
 
 def test_onnx_export_checks_parity_on_the_pairs(pair_run):

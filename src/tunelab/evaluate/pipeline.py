@@ -44,7 +44,8 @@ def evaluate_run(
     """Evaluate `run`'s model and write metrics.json, predictions.parquet, plots/ and report.html.
 
     data: a DataFrame with `text` and `label` (label names) columns, or a source for
-    tunelab.data.load_source (file or built-in name, with columns `text` and `label`);
+    tunelab.data.load_source (file or built-in name, with columns `text` and `label`); a pair
+    classifier's data also has `text_pair`;
     default: the run's test split.
     out_dir: where to write; default: the run directory. metrics.json there is merged into, not replaced.
     bias: True for the built-in pair lists, a path to add the user's lists from a file, or a mapping.
@@ -67,7 +68,7 @@ def evaluate_run(
     elif isinstance(data, (str, os.PathLike)):
         from tunelab.data import load_source
 
-        frame, source = load_source(data), data_name or str(data)
+        frame, source = load_source(data, text_pair_col=PAIR_COLUMN if run.is_pair_classifier else None), data_name or str(data)
     else:
         frame, source = data, data_name or "the given data"
     y_true = label_ids(frame, labels, source, run.is_pair_classifier)

@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from seed_stats import mean_std  # noqa: E402 - benchmarks/seed_stats.py, beside this script
 
 from tunelab import hardware  # noqa: E402
 from tunelab.config import MultiLabelConfig  # noqa: E402
@@ -82,15 +83,6 @@ def one_seed(args: argparse.Namespace, seed: int, workdir: Path) -> dict:
     }
 
 
-def summary(per_seed: list[dict], side: str) -> dict:
-    out = {}
-    for name in (*FIGURES, "train_seconds", "train_samples_per_second"):
-        values = [seed[side][name] for seed in per_seed if seed[side].get(name) is not None]
-        if values:
-            out[name] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="factbook-resources")
@@ -113,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             per_seed.append(one_seed(args, seed, Path(folder)))
             print(f"seed {seed}: " + json.dumps({k: per_seed[-1][k] for k in ("finetune", "baseline")}), file=sys.stderr, flush=True)
-    finetune, baseline = summary(per_seed, "finetune"), summary(per_seed, "baseline")
+    finetune, baseline = (
+        mean_std(per_seed, "finetune", (*FIGURES, "train_seconds", "train_samples_per_second")),
+        mean_std(per_seed, "baseline", (*FIGURES, "train_seconds", "train_samples_per_second")),
+    )
     beats = all(finetune[name]["mean"] > baseline[name]["mean"] for name in ("f1_micro", "f1_macro"))
     document = {
         "benchmark": "multilabel",

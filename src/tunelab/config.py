@@ -203,6 +203,15 @@ class MultiLabelConfig(TrainConfig):
     recipe: Literal["default"] = Field("default", description="multi-label training has one recipe (the small-data recipe is for single-label runs)")
 
 
+class PairClassificationConfig(TrainConfig):
+    """Fine-tuning a text-pair classifier (`tunelab train --task pair-classification`): NLI, paraphrase,
+    question–passage relevance. The classifier's settings, with each row's second text fed to the
+    tokenizer as its text pair (tunelab.textpairs)."""
+
+    task: Literal["pair-classification"] = Field("pair-classification", description="what the run learns (fixed)")
+    text_pair_col: str = Field("text_pair", description="column holding each row's second text (the hypothesis, the passage)")
+
+
 S = TypeVar("S", bound=Settings)
 
 

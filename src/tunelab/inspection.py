@@ -21,11 +21,19 @@ def inspect_source(
     test_data: str | None = None,
     encoding: str = "utf-8",
     delimiter: str | None = None,
+    text_pair_col: str | None = None,
 ) -> dict[str, Any]:
-    """Rows, class balance, token-length percentiles, empty and duplicate rows, warnings; and
-    whether the label column looks multi-label (lists, or delimited strings)."""
-    multi_label = detect_multilabel(source, label_col, encoding, delimiter)
-    frame = load_source(source, text_col, label_col, encoding, delimiter=delimiter)
+    """Rows, class balance, token-length percentiles, empty and duplicate rows, warnings; and the
+    likely task: multi-label when the label column holds lists or delimited strings, pair
+    classification when two columns look like text pairs (those two are then profiled as pairs)."""
+    from tunelab.data.load import read_raw
+
+    raw = read_raw(source, encoding, delimiter)
+    multi_label = detect_multilabel(raw, label_col)
+    text_pair = None if text_pair_col else detect_text_pair([str(c) for c in raw.columns], text_col)
+    if text_pair:
+        text_col, text_pair_col = text_pair["text_col"], text_pair["text_pair_col"]
+    frame = load_source(source, text_col, label_col, encoding, delimiter=delimiter, text_pair_col=text_pair_col)
     tokenizer, limit = None, None
     if model:
         from transformers import AutoConfig, AutoTokenizer
@@ -38,7 +46,7 @@ def inspect_source(
     splits = {"all": frame}
     if test_data:
         # Named "train" so the profile's overlap check compares the test file against it.
-        splits = {"train": frame, "test": load_source(test_data, text_col, label_col, encoding, delimiter=delimiter)}
+        splits = {"train": frame, "test": load_source(test_data, text_col, label_col, encoding, delimiter=delimiter, text_pair_col=text_pair_col)}
     profile = profile_splits(splits, tokenizer, limit, frame.attrs.get("dropped"))
     first = profile["splits"][next(iter(splits))]
     profile.update(
@@ -49,24 +57,53 @@ def inspect_source(
         train_rows=training_rows(frame, splits.get("test")),
     )
     # What `tunelab train` with its defaults (recipe: auto) would train these rows with.
+    # make_splits keeps the rows of one first text together, so pairs are counted as train would split them.
     profile["recipe"] = describe_recipe(resolve_recipe(TrainConfig(), profile["train_rows"]))
     # Below SMALL_DATA_ROWS a TF-IDF baseline can beat fine-tuning: issue 20 found it winning at ~550 training rows.
     if profile["train_rows"] < SMALL_DATA_ROWS:
         profile["warnings"].insert(0, small_data_warning(profile["train_rows"], len(frame), profile["recipe"], test_data is not None))
-    profile["likely_task"] = "multi-label" if multi_label else "classification"
+    profile["likely_task"] = "multi-label" if multi_label else "pair-classification" if text_pair_col else "classification"
     if multi_label:
         profile["multi_label"] = multi_label
         profile["warnings"].insert(0, multi_label["advice"])
+    if text_pair_col:
+        profile["text_pair"] = text_pair or {"text_col": text_col, "text_pair_col": text_pair_col}
     return profile
 
 
-def detect_multilabel(source: str, label_col: str, encoding: str = "utf-8", delimiter: str | None = None) -> dict[str, Any] | None:
-    """How the label column holds label sets (tunelab.data.multilabel.detect_label_sets), the rows per
-    label, and the command that trains on it; None for a single-label column."""
-    from tunelab.data.load import read_raw
+# Column names that hold two texts classified together (NLI, paraphrase, question–passage relevance):
+# (first text, second text), in the order they are tried.
+TEXT_PAIR_COLUMNS = (
+    ("premise", "hypothesis"),
+    ("sentence1", "sentence2"),
+    ("question1", "question2"),
+    ("text_a", "text_b"),
+    ("question", "passage"),
+    ("query", "passage"),
+    ("text", "text_pair"),
+)
+
+
+def detect_text_pair(columns: list[str], text_col: str) -> dict[str, str] | None:
+    """The first TEXT_PAIR_COLUMNS pair present among `columns` whose first column is the text column
+    (or replaces a text column the source lacks), with the command that trains on it; else None."""
+    present = set(columns)
+    for first, second in TEXT_PAIR_COLUMNS:
+        if first in present and second in present and (first == text_col or text_col not in present):
+            return {
+                "text_col": first,
+                "text_pair_col": second,
+                "advice": f"columns '{first}' and '{second}' look like text pairs: train with --task pair-classification "
+                f"--text-col {first} --text-pair-col {second}",
+            }
+    return None
+
+
+def detect_multilabel(raw: pd.DataFrame, label_col: str) -> dict[str, Any] | None:
+    """How the label column of the source's raw rows holds label sets (tunelab.data.multilabel.detect_label_sets),
+    the rows per label, and the command that trains on it; None for a single-label column."""
     from tunelab.data.multilabel import detect_label_sets, parse_label_set
 
-    raw = read_raw(source, encoding, delimiter)  # a second read of the source: the label column's raw values
     if label_col not in raw.columns:
         return None  # load_source names the missing column
     found = detect_label_sets(raw[label_col])

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from tunelab import atomic
 from tunelab.errors import TunelabError
 from tunelab.run import Run
+from tunelab.textpairs import PAIR_COLUMN, ModelInput, frame_inputs, is_pair
 
 if TYPE_CHECKING:
     from tunelab.models.classifier import Classifier
@@ -25,9 +26,10 @@ def load_classifier(run: Run | str | os.PathLike) -> Classifier:
     return Classifier.load(run.model_dir, run.config.get("max_length"))
 
 
-def predict(run: Run | str | os.PathLike, texts: Sequence[str], batch_size: int = 64, backend: str = "torch") -> list[dict[str, Any]]:
+def predict(run: Run | str | os.PathLike, texts: Sequence[ModelInput], batch_size: int = 64, backend: str = "torch") -> list[dict[str, Any]]:
     """For each text: the predicted label, its probability, and every class's probability.
 
+    A pair-classification run takes (text, text_pair) pairs instead of texts.
     backend: torch, onnx, onnx-int8 or auto (tunelab.runtime.choice: exported on first use, parity-gated).
     A multi-label run (torch only) gives instead, for each text, `labels`: every label over its
     threshold with its probability and threshold (most probable first), and every label's probability.
@@ -35,6 +37,7 @@ def predict(run: Run | str | os.PathLike, texts: Sequence[str], batch_size: int 
     if isinstance(texts, str):
         texts = [texts]
     run = run if isinstance(run, Run) else Run.open(run)
+    check_inputs(run, texts)
     multi_label = multilabel_classifier(run, backend)
     if multi_label is not None:
         return multi_label.predict(texts, batch_size)
@@ -42,6 +45,18 @@ def predict(run: Run | str | os.PathLike, texts: Sequence[str], batch_size: int 
 
     scorer = load_scorer(run, backend)
     return describe(scorer.labels, scorer.predict_proba(texts, batch_size))
+
+
+def check_inputs(run: Run, inputs: Sequence[ModelInput]) -> None:
+    """A pair-classification run takes only (text, text_pair) pairs, any other run only texts."""
+    pairs = [is_pair(item) for item in inputs]
+    if run.is_pair_classifier and not all(pairs):
+        raise TunelabError(
+            f"run '{run.path}' classifies text pairs; every input needs a text and a text_pair",
+            "give the second texts with --pair (or --text-pair-col for a file), or [text, text_pair] pairs in Python",
+        )
+    if not run.is_pair_classifier and any(pairs):
+        raise TunelabError(f"run '{run.path}' classifies single texts, not pairs ({run.task})", "give texts only")
 
 
 def multilabel_classifier(run: Run, backend: str):
@@ -73,9 +88,12 @@ def predict_file(
     progress=None,
     backend: str = "torch",
     threads: int | None = None,
+    text_pair_col: str | None = None,
 ) -> Path:
     """Write `out` (CSV): the texts, the predicted label, and one probability column per class.
 
+    A pair-classification run reads each row's second text from text_pair_col (default: the column
+    the run was trained on) and writes it beside the first as `text_pair`.
     backend: torch, onnx, onnx-int8 or auto (tunelab.runtime.choice: exported on first use, parity-gated).
     """
     import pandas as pd
@@ -88,11 +106,15 @@ def predict_file(
         raise TunelabError(f"--out '{out}' must be a .csv file", "name the output file e.g. preds.csv")
     run = run if isinstance(run, Run) else Run.open(run)
     multi_label = multilabel_classifier(run, backend)
-    frame = load_source(source, text_col=text_col, label_col=None, encoding=encoding)
+    if run.is_pair_classifier:
+        text_pair_col = text_pair_col or run.config.get("text_pair_col") or PAIR_COLUMN
+    elif text_pair_col is not None:
+        raise TunelabError(f"--text-pair-col applies to pair-classification runs; '{run.path}' is a {run.task} run", "drop --text-pair-col")
+    frame = load_source(source, text_col=text_col, label_col=None, encoding=encoding, text_pair_col=text_pair_col)
     if len(frame) == 0:
         raise TunelabError(f"{source} has no non-empty texts in column '{text_col}'", "check the file and --text-col")
     scorer = multi_label if multi_label is not None else load_scorer(run, backend, threads)
-    probabilities = scorer.predict_proba(frame["text"].tolist(), batch_size, progress)
+    probabilities = scorer.predict_proba(frame_inputs(frame), batch_size, progress)
     if multi_label is not None:
         from tunelab.models.multilabel import label_sets
 
@@ -101,7 +123,8 @@ def predict_file(
         chosen = [separator.join(item["label"] for item in row) for row in label_sets(probabilities, multi_label.thresholds, multi_label.labels)]
         result = pd.DataFrame({"text": frame["text"], "labels": chosen})
     else:
-        result = pd.DataFrame({"text": frame["text"], "label": [scorer.labels[i] for i in probabilities.argmax(axis=1)]})
+        result = frame[[c for c in ("text", PAIR_COLUMN) if c in frame]].copy()
+        result["label"] = [scorer.labels[i] for i in probabilities.argmax(axis=1)]
     for index, label in enumerate(scorer.labels):
         result[f"prob_{label}"] = probabilities[:, index]
     return atomic.write_text(out, result.to_csv(index=False))

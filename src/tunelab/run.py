@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from tunelab import atomic
+from tunelab import atomic, textpairs
 from tunelab.errors import TunelabError
 
 SPLITS = ("train", "eval", "test")
@@ -83,15 +83,21 @@ class Run:
 
     @property
     def task(self) -> str:
-        """'classification' (`tunelab train`), 'multi-label' or 'extractive-qa' (`tunelab train --task ...`), or 'sft' (`tunelab sft`)."""
+        """'classification' (`tunelab train`), 'multi-label', 'pair-classification' or 'extractive-qa' (`tunelab train --task ...`), or 'sft' (`tunelab sft`)."""
         if "task" in self.config:
             return str(self.config["task"])
         # Classifier runs never wrote their task; an sft run written before SFTConfig.task existed has no labels.json.
         return "classification" if (self.path / "labels.json").is_file() else "sft"
 
+    @property
+    def is_pair_classifier(self) -> bool:
+        """A classifier of text pairs: its splits hold a `text_pair` column and it scores (text, text_pair) pairs."""
+        return self.task == textpairs.TASK
+
     def require_classification(self, command: str) -> None:
-        """Refuse, in one line, a run of another task (multi-label, extractive-qa) for a command that handles only classifiers."""
-        if self.task != "classification":
+        """Refuse, in one line, a run of another task (multi-label, extractive-qa) for a command that handles only
+        single-label classifiers (of texts or of text pairs)."""
+        if self.task not in ("classification", textpairs.TASK):
             usable = "; tunelab predict and tunelab eval handle this run" if self.task == "multi-label" else ""
             raise TunelabError(
                 f"{command} does not handle {self.task} runs yet ('{self.path}' is one)", f"it takes runs of `tunelab train` without --task{usable}"

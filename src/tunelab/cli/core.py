@@ -55,12 +55,13 @@ def data_inspect(
     test_data: Annotated[str | None, typer.Option(help="a test file to check for overlap with SOURCE")] = None,
     encoding: Annotated[str, typer.Option(help="text encoding of csv/tsv/json files")] = "utf-8",
     delimiter: Annotated[str | None, typer.Option(help="csv field delimiter: , ; | or tab (default: detected)")] = None,
+    text_pair_col: Annotated[str | None, typer.Option(help="column holding each row's second text (default: detected, e.g. hypothesis)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the profile as JSON")] = False,
 ) -> None:
-    """Rows, class balance, token lengths, empty and duplicate rows, and warnings."""
+    """Rows, class balance, token lengths, empty and duplicate rows, warnings, and the likely task."""
     from tunelab.inspection import inspect_source
 
-    profile = inspect_source(source, text_col, label_col, model, test_data, encoding, delimiter)
+    profile = inspect_source(source, text_col, label_col, model, test_data, encoding, delimiter, text_pair_col)
     if as_json:
         print(json.dumps(profile, indent=2))
         return
@@ -78,6 +79,9 @@ def data_inspect(
         f"duplicate texts: {profile['duplicate_texts']}"
     )
     console.print(f"`tunelab train` recipe for its {profile['train_rows']} training rows: {profile['recipe']}")
+    pair = profile.get("text_pair")
+    advice = f" ({pair['advice']})" if pair and "advice" in pair else ""
+    console.print(f"likely task: {profile['likely_task']}{advice}", highlight=False)
     for warning in profile["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}")
 
@@ -124,7 +128,11 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="continue a killed run from its last checkpoint")] = False,
     nproc: Annotated[int, typer.Option(help="data-parallel processes on this machine (torchrun; gloo on CPU)")] = 1,
     task: Annotated[
-        str | None, typer.Option(help="classification | multi-label | extractive-qa (default: the config file's task, else classification)")
+        str | None,
+        typer.Option(help="classification | multi-label | pair-classification | extractive-qa (default: the config file's task, else classification)"),
+    ] = None,
+    text_pair_col: Annotated[
+        str | None, typer.Option(help="pair-classification: column holding each row's second text (hypothesis, passage); default text_pair")
     ] = None,
     label_sep: Annotated[str | None, typer.Option(help="multi-label: the character between labels in a string label column, e.g. '|'")] = None,
     question_col: Annotated[str | None, typer.Option(help="extractive-qa: column holding the question")] = None,
@@ -132,8 +140,8 @@ def train(
     answer_col: Annotated[str | None, typer.Option(help="extractive-qa: column holding the answer (empty: not in the context)")] = None,
     doc_stride: Annotated[int | None, typer.Option(help="extractive-qa: tokens shared by consecutive windows of a long context")] = None,
 ) -> None:
-    """Fine-tune a pretrained model for text classification (single- or multi-label, or extractive question answering) and write a run directory."""
-    from tunelab.config import TrainConfig, load_settings
+    """Fine-tune a pretrained model for text classification (single- or multi-label, text pairs, or extractive question answering) and write a run directory."""
+    from tunelab.config import load_settings
     from tunelab.errors import TunelabError
 
     flags = {k: v for k, v in locals().items() if k not in ("config", "resume", "nproc", "task", "load_settings", "TrainConfig", "TunelabError")}
@@ -144,20 +152,34 @@ def train(
     given = [k for k in _QA_ONLY if flags.pop(k) is not None]
     if given:
         raise TunelabError(f"{_flag(given[0])} applies only to --task extractive-qa", "add --task extractive-qa, or drop the flag")
+    if chosen != "pair-classification" and flags.pop("text_pair_col") is not None:
+        raise TunelabError("--text-pair-col applies only to --task pair-classification", "add --task pair-classification, or drop the flag")
     if chosen == "multi-label":
         _train_multilabel(config, flags, resume, nproc)
         return
     if flags.pop("label_sep") is not None:
         raise TunelabError("--label-sep applies only to --task multi-label", "add --task multi-label, or drop the flag")
-    settings = load_settings(TrainConfig, config, flags)
+    settings = load_settings(settings_class(chosen), config, flags)
+    if nproc > 1 and chosen == "pair-classification":
+        raise TunelabError("--nproc > 1 with --task pair-classification is not supported yet", "train on one process (drop --nproc)")
     _train(settings, resume, nproc)
 
 
-TASKS = ("classification", "multi-label", "extractive-qa")
+TASKS = ("classification", "multi-label", "pair-classification", "extractive-qa")
+
+
+def settings_class(task: str):
+    """The settings of a task that `training/classify.train` trains: single texts or text pairs."""
+    from tunelab.config import PairClassificationConfig, TrainConfig
+
+    return PairClassificationConfig if task == "pair-classification" else TrainConfig
+
+
 _QA_ONLY = ("question_col", "context_col", "answer_col", "doc_stride")
 # Classification settings with no meaning for a span reader: refused rather than silently ignored.
 _NOT_QA = (
     "text_col",
+    "text_pair_col",
     "label_col",
     "label_sep",
     "method",
@@ -239,7 +261,7 @@ def resume_run(
 ) -> None:
     """Continue a killed training run from its last checkpoint."""
     from tunelab.atomic import partial_path
-    from tunelab.config import TrainConfig, load_settings
+    from tunelab.config import load_settings
     from tunelab.errors import TunelabError
 
     staging = partial_path(run)
@@ -247,7 +269,10 @@ def resume_run(
         if (run / "model").is_dir():
             raise TunelabError(f"run '{run}' already finished", "nothing to resume")
         raise TunelabError(f"no interrupted run at '{run}' (no {staging}/config.yaml)", "pass the --out of the killed run")
-    _train(load_settings(TrainConfig, staging / "config.yaml"), True, nproc)
+    import yaml
+
+    task = (yaml.safe_load((staging / "config.yaml").read_text(encoding="utf-8")) or {}).get("task", "classification")
+    _train(load_settings(settings_class(task), staging / "config.yaml"), True, nproc)
 
 
 def _train(settings, resume: bool, nproc: int) -> None:
@@ -283,8 +308,12 @@ def predict(
         str, typer.Option(help="torch, onnx, onnx-int8 (exported on first use, parity-gated) or auto: the fastest that passes its gate on this CPU")
     ] = "torch",
     threads: Annotated[int | None, typer.Option(help="CPU threads per forward pass (default: every core allowed)")] = None,
+    pair: Annotated[
+        list[str] | None, typer.Option("--pair", help="pair-classification runs: the second text of each text, in order (one --pair per text)")
+    ] = None,
+    text_pair_col: Annotated[str | None, typer.Option(help="pair-classification runs with --file: the second text's column (default: the run's)")] = None,
 ) -> None:
-    """Predicted label and class probabilities for texts, or for a whole file (--file ... --out preds.csv)."""
+    """Predicted label and class probabilities for texts (or text pairs: --pair), or for a whole file (--file ... --out preds.csv)."""
     from tunelab.errors import TunelabError
     from tunelab.runtime.choice import check_backend_name
 
@@ -299,16 +328,24 @@ def predict(
 
         with Progress(console=console) as bar:
             task = bar.add_task("predicting", total=None)
-            written = predict_file(run, file, out, text_col, encoding, progress=lambda n: bar.advance(task, n), backend=backend, threads=threads)
+            written = predict_file(
+                run, file, out, text_col, encoding, progress=lambda n: bar.advance(task, n), backend=backend, threads=threads, text_pair_col=text_pair_col
+            )
         console.print(f"wrote {written}")
         return
     if not texts:
         raise TunelabError("no texts given", 'pass texts as arguments (tunelab predict RUN "some text") or --file')
     from tunelab.predict import predict as run_predict
 
-    results = run_predict(run, texts, backend=backend)
+    inputs = texts
+    if pair:
+        if len(pair) != len(texts):
+            raise TunelabError(f"{len(texts)} texts but {len(pair)} --pair texts", "give one --pair for each text, in the same order")
+        inputs = list(zip(texts, pair))
+    results = run_predict(run, inputs, backend=backend)
     if as_json:
-        print(json.dumps([{"text": t, **r} for t, r in zip(texts, results)], indent=2))
+        shown = [{"text": t, "text_pair": p} for t, p in inputs] if pair else [{"text": t} for t in texts]
+        print(json.dumps([{**s, **r} for s, r in zip(shown, results)], indent=2))
         return
     for text, result in zip(texts, results):
         probabilities = "  ".join(f"{label} {p:.3f}" for label, p in result["probabilities"].items())
@@ -344,9 +381,9 @@ def print_run_summary(run, next_steps: bool = False) -> None:
 
     print_baseline(metrics)
     if run.config.get("recipe"):
-        from tunelab.config import TrainConfig, describe_recipe
+        from tunelab.config import describe_recipe
 
-        console.print(f"recipe:        {describe_recipe(TrainConfig(**run.config))}")
+        console.print(f"recipe:        {describe_recipe(settings_class(run.task)(**run.config))}")
     console.print(f"run directory: {run.path}")
     if (run.path / "report.html").is_file():
         console.print(f"report:        {run.path / 'report.html'}")

@@ -26,6 +26,9 @@ def eval_command(
     ] = None,
     data: Annotated[str | None, typer.Option("--data", help="Evaluate on this source (file or built-in name) instead of the test split.")] = None,
     text_col: Annotated[str, typer.Option("--text-col", help="Text column of --data.")] = "text",
+    text_pair_col: Annotated[
+        str | None, typer.Option("--text-pair-col", help="Pair-classification runs: the second text's column of --data (default: the run's).")
+    ] = None,
     label_col: Annotated[str | None, typer.Option("--label-col", help="Label column of --data (default: label; a multi-label run's own label column).")] = None,
     label_sep: Annotated[
         str | None, typer.Option("--label-sep", help="Multi-label runs: the character between labels in --data's label column (default: the run's).")
@@ -58,6 +61,10 @@ def eval_command(
     multilabel = opened.task == "multi-label"
     if label_sep is not None and not multilabel:
         raise TunelabError("--label-sep applies only to multi-label runs", "drop it")
+    if text_pair_col is not None and not opened.is_pair_classifier:
+        raise TunelabError("--text-pair-col applies only to pair-classification runs", "drop it")
+    if opened.is_pair_classifier:
+        text_pair_col = text_pair_col or opened.config.get("text_pair_col") or "text_pair"
     frame = None
     if data is not None and multilabel:
         from tunelab.data.multilabel import load_multilabel_source
@@ -66,7 +73,7 @@ def eval_command(
     elif data is not None:
         from tunelab.data import load_source
 
-        frame = load_source(data, text_col=text_col, label_col=label_col or "label")
+        frame = load_source(data, text_col=text_col, label_col=label_col or "label", text_pair_col=text_pair_col)
     metrics = evaluate_run(
         run,
         data=frame,

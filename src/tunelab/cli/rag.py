@@ -47,7 +47,9 @@ OptionalIndexOpt = Annotated[
 ]
 ModeOpt = Annotated[Mode, typer.Option("--mode", help="bm25 (keywords), dense (embeddings) or hybrid (both, RRF-fused)")]
 WeightsOpt = Annotated[str, typer.Option("--weights", help="hybrid weights 'BM25,DENSE' for reciprocal rank fusion (k=60)")]
-RerankOpt = Annotated[Path | None, typer.Option("--rerank", help="a local cross-encoder model folder to re-rank candidates")]
+RerankOpt = Annotated[
+    Path | None, typer.Option("--rerank", help="re-rank candidates with a local cross-encoder folder or a `tunelab train --task pair-classification` run")
+]
 
 
 def _weights(text: str) -> tuple[float, float]:

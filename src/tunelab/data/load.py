@@ -17,6 +17,7 @@ import pandas as pd
 from tunelab.config import DELIMITERS, delimiter_value
 from tunelab.data.builtin import BUILTIN
 from tunelab.errors import TunelabError, did_you_mean
+from tunelab.textpairs import PAIR_COLUMN
 
 FILE_FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 _SNIFF_CHARS = 64 * 1024  # the first lines are enough to tell the delimiter
@@ -29,8 +30,10 @@ def load_source(
     encoding: str = "utf-8",
     strict: bool = False,
     delimiter: str | None = None,
+    text_pair_col: str | None = None,
 ) -> pd.DataFrame:
-    """Load `source` as a DataFrame with columns `text` and (unless label_col is None) `label`.
+    """Load `source` as a DataFrame with columns `text` and (unless label_col is None) `label`;
+    with text_pair_col, also `text_pair` (each row's second text, for pair classification).
 
     Labels become strings (label names). Rows with an empty or missing text or label are dropped
     and counted in `frame.attrs["dropped"]`, or refused with `strict`. `delimiter` applies to
@@ -40,8 +43,10 @@ def load_source(
     name = str(source)
     columns = [str(c) for c in raw.columns]
     raw.columns = columns
-    require_columns(raw, name, {"text": text_col, "label": label_col})
+    require_columns(raw, name, {"text": text_col, "text-pair": text_pair_col, "label": label_col})
     frame = pd.DataFrame({"text": raw[text_col]})
+    if text_pair_col is not None:
+        frame[PAIR_COLUMN] = raw[text_pair_col]
     if label_col is not None:
         frame["label"] = _label_names(raw[label_col])
     return drop_missing(frame, name, strict)
@@ -238,9 +243,11 @@ def _label_names(values: pd.Series) -> pd.Series:
 
 
 def drop_missing(frame: pd.DataFrame, name: str, strict: bool, label_col: str = "label") -> pd.DataFrame:
-    """Rows with an empty text or a missing label dropped and counted in attrs["dropped"], or refused with `strict`."""
-    texts = frame["text"]
-    empty_text = texts.isna() | texts.map(lambda t: not str(t).strip())
+    """Rows with an empty text (either text of a pair) or a missing label dropped and counted in attrs["dropped"], or refused with `strict`."""
+    text_columns = [column for column in ("text", PAIR_COLUMN) if column in frame]
+    empty_text = pd.Series(False, index=frame.index)
+    for column in text_columns:
+        empty_text |= frame[column].isna() | frame[column].map(lambda t: not str(t).strip())
     no_label = frame[label_col].isna() if label_col in frame else pd.Series(False, index=frame.index)
     dropped = {"empty_text": int(empty_text.sum()), "missing_label": int((no_label & ~empty_text).sum())}
     if strict and (dropped["empty_text"] or dropped["missing_label"]):
@@ -249,7 +256,8 @@ def drop_missing(frame: pd.DataFrame, name: str, strict: bool, label_col: str = 
             "clean those rows, or drop --strict to have them dropped and counted",
         )
     kept = frame[~(empty_text | no_label)].copy()
-    kept["text"] = kept["text"].astype(str)
+    for column in text_columns:
+        kept[column] = kept[column].astype(str)
     kept = kept.reset_index(drop=True)
     kept.attrs["dropped"] = dropped
     kept.attrs["source"] = name

@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 
 from tunelab.data.tokenize import length_stats, token_lengths
+from tunelab.textpairs import PAIR_COLUMN, frame_inputs
 
 IMBALANCE_RATIO = 10.0  # largest class / smallest class above which we warn
 
@@ -25,10 +26,11 @@ def profile_splits(
         entry: dict[str, Any] = {
             "rows": int(len(frame)),
             "class_counts": {str(k): int(v) for k, v in counts.items()},
-            "duplicate_texts": int(frame["text"].duplicated().sum()),
+            # A pair data set repeats its first texts (a question with several passages): count repeated pairs.
+            "duplicate_texts": int(frame.duplicated([c for c in ("text", PAIR_COLUMN) if c in frame]).sum()),
         }
         if tokenizer is not None:
-            lengths = token_lengths(tokenizer, frame["text"])
+            lengths = token_lengths(tokenizer, frame_inputs(frame))
             entry["token_length"] = length_stats(lengths)
             if model_limit and len(lengths):
                 longer = float((lengths > model_limit).mean())

@@ -36,6 +36,10 @@ def fit_and_score(run: Run, texts: list[str], y_true: np.ndarray, labels: list[s
     """
     if run.kind == "sklearn" and run.config.get("method") == NAME:
         return missing_baseline("this run is itself the tfidf-logreg baseline"), None
+    if run.is_pair_classifier:
+        # TF-IDF of two texts run together cannot compare them; the pair baseline (cosine of sentence
+        # embeddings, its threshold chosen on the eval split) is benchmarks/pair_classification.py's.
+        return missing_baseline("TF-IDF + logistic regression does not compare the two texts of a pair; see benchmarks/pair_classification.py"), None
     splits, absent_split = fitting_splits(run)
     if absent_split:
         return missing_baseline(absent_split), None

@@ -23,6 +23,7 @@ from tunelab.errors import TunelabError, did_you_mean
 from tunelab.evaluate.generalisation import generalisation_check
 from tunelab.evaluate.metrics import classification_metrics
 from tunelab.run import Run
+from tunelab.textpairs import PAIR_COLUMN, ModelInput, frame_inputs, is_pair
 
 MAX_MISTAKES = 25
 LATENCY_SAMPLES = 16  # single-text calls timed for the latency figure: enough for a median, cheap
@@ -47,7 +48,8 @@ def evaluate_run(
     """Evaluate `run`'s model and write metrics.json, predictions.parquet, plots/ and report.html.
 
     data: a DataFrame with `text` and `label` (label names) columns, or a source for
-    tunelab.data.load_source (file or built-in name, with columns `text` and `label`);
+    tunelab.data.load_source (file or built-in name, with columns `text` and `label`); a pair
+    classifier's data also has `text_pair`;
     default: the run's test split.
     out_dir: where to write; default: the run directory. metrics.json there is merged into, not replaced.
     bias: True for the built-in pair lists, a path to add the user's lists from a file, or a mapping.
@@ -70,11 +72,13 @@ def evaluate_run(
     elif isinstance(data, (str, os.PathLike)):
         from tunelab.data import load_source
 
-        frame, source = load_source(data), data_name or str(data)
+        frame, source = load_source(data, text_pair_col=PAIR_COLUMN if run.is_pair_classifier else None), data_name or str(data)
     else:
         frame, source = data, data_name or "the given data"
-    y_true = label_ids(frame, labels, source)
+    y_true = label_ids(frame, labels, source, run.is_pair_classifier)
     pair_lists = bias_lists(bias)  # a bad pairs file should fail before minutes of inference
+    if pair_lists and run.is_pair_classifier:
+        raise TunelabError("the bias probe (--bias) does not apply to pair-classification runs yet", "drop --bias")
 
     from tunelab.models.classifier import softmax
 
@@ -87,7 +91,7 @@ def evaluate_run(
             f"run '{run.path}' is inconsistent: labels.json has {len(labels)} labels, the model {len(classifier.labels)}",
             "train the run again",
         )
-    texts = frame["text"].astype(str).tolist()
+    texts = frame_inputs(frame)
     logits, timing = timed_logits(classifier, texts, batch_size, progress)
     proba = softmax(logits.astype(np.float64))
 
@@ -147,13 +151,15 @@ def _evaluate_multilabel(run: Run, data, out_dir, bias, data_name, batch_size, p
     return evaluate_multilabel_run(run, data, out_dir, data_name=data_name, batch_size=batch_size, progress=progress, baseline=baseline)
 
 
-def label_ids(frame: pd.DataFrame, labels: list[str], source: str) -> np.ndarray:
-    """Map label names to the model's ids; a label the model never saw is a user error naming it."""
-    missing = [c for c in ("text", "label") if c not in frame.columns]
+def label_ids(frame: pd.DataFrame, labels: list[str], source: str, pairs: bool = False) -> np.ndarray:
+    """Map label names to the model's ids; a label the model never saw is a user error naming it.
+    pairs: the model classifies text pairs, so the frame needs a `text_pair` column too."""
+    needed = ("text", PAIR_COLUMN, "label") if pairs else ("text", "label")
+    missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise TunelabError(
             f"{source} has no {' or '.join(repr(c) for c in missing)} column; columns are: {', '.join(map(str, frame.columns))}",
-            "choose them with --text-col and --label-col",
+            "choose them with --text-col, --text-pair-col and --label-col" if pairs else "choose them with --text-col and --label-col",
         )
     if len(frame) == 0:
         raise TunelabError(f"{source} has no rows to evaluate")
@@ -212,11 +218,14 @@ def timed_logits(classifier, texts: list[str], batch_size: int, progress: bool) 
     return logits, timing
 
 
-def predictions_frame(texts: list[str], y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> pd.DataFrame:
+def predictions_frame(texts: list[ModelInput], y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    """One row per scored input: its text (and text_pair), true and predicted label, confidence, every probability."""
     predicted = proba.argmax(axis=1)
+    pairs = bool(texts) and is_pair(texts[0])
+    columns = {"text": [t[0] for t in texts], PAIR_COLUMN: [t[1] for t in texts]} if pairs else {"text": texts}
     frame = pd.DataFrame(
         {
-            "text": texts,
+            **columns,
             "label": [labels[i] for i in y_true],
             "predicted": [labels[i] for i in predicted],
             "confidence": proba.max(axis=1),
@@ -230,6 +239,8 @@ def predictions_frame(texts: list[str], y_true: np.ndarray, proba: np.ndarray, l
 
 def confident_mistakes(predictions: pd.DataFrame, limit: int = MAX_MISTAKES) -> list[dict[str, Any]]:
     wrong = predictions[~predictions["correct"]].nlargest(limit, "confidence")
+    if PAIR_COLUMN in wrong:  # the report shows a pair as its two texts, one under the other
+        wrong = wrong.assign(text=wrong["text"] + "\n⟂ " + wrong[PAIR_COLUMN])
     return wrong[["text", "label", "predicted", "confidence"]].to_dict("records")
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError, did_you_mean
+from tunelab.textpairs import PAIR_COLUMN
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another's transaction before giving up
@@ -140,14 +141,15 @@ def check_name(name: str) -> str:
 
 
 def data_fingerprint(run_dir: str | os.PathLike) -> str | None:
-    """sha256 of the run's training split, independent of row order (the same data -> the same fingerprint)."""
+    """sha256 of the run's training split (text, text_pair when it has one, label), independent of row order (the same data -> the same fingerprint)."""
     path = Path(run_dir) / "splits" / "train.parquet"
     if not path.is_file():
         return None
     import pandas as pd
 
-    frame = pd.read_parquet(path, columns=["text", "label"])
-    rows = sorted(f"{text}\t{label}" for text, label in zip(frame["text"].astype(str), frame["label"].astype(str)))
+    frame = pd.read_parquet(path)
+    columns = [c for c in ("text", PAIR_COLUMN, "label") if c in frame]  # a pair classifier's rows hold two texts
+    rows = sorted("\t".join(row) for row in zip(*(frame[c].astype(str) for c in columns)))
     digest = hashlib.sha256()
     for row in rows:
         digest.update(row.encode("utf-8"))

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tunelab import textpairs
+from tunelab.textpairs import ModelInput
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # model_max_length's answer when neither the config nor the tokenizer states a limit: the 512
@@ -47,20 +50,21 @@ class Classifier:
     @torch.inference_mode()
     def logits(
         self,
-        texts: Sequence[str],
+        texts: Sequence[ModelInput],
         batch_size: int = 64,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Logits for every text, batched by similar length so little padding is computed."""
+        """Logits for every text (or text pair, tunelab.textpairs), batched by similar length so little padding is computed."""
         texts = list(texts)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
         # Sorting by length before batching avoids padding short texts to a long neighbour.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        order = sorted(range(len(texts)), key=lambda i: textpairs.char_length(texts[i]))
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            batch = self.tokenizer(
+            batch = textpairs.tokenize(
+                self.tokenizer,
                 [texts[i] for i in index],
                 truncation=True,
                 max_length=self.max_length,
@@ -73,7 +77,7 @@ class Classifier:
                 progress(len(index))
         return out
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64, progress=None) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[ModelInput], batch_size: int = 64, progress=None) -> np.ndarray:
         return softmax(self.logits(texts, batch_size, progress))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from tunelab.data.factbook import headed_passage
 from tunelab.errors import TunelabError
 
 
@@ -23,13 +24,8 @@ class Chunk:
     position: int  # n: the chunk's place in its document
 
     def indexed_text(self) -> str:
-        """What is embedded and keyword-indexed: the text with its title and section in front.
-
-        A Factbook paragraph like "Capital - name: Paris" says nothing about France on its own;
-        the header puts the document's name into every chunk.
-        """
-        header = " — ".join(part for part in (self.title, self.section) if part)
-        return f"{header}\n{self.text}" if header else self.text
+        """What is embedded and keyword-indexed: the text with its title and section in front (data.factbook.headed_passage)."""
+        return headed_passage(self.title, self.section, self.text)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -359,7 +359,7 @@ class Index:
 def open_index(index_dir: str | Path, embedder=None, rerank: str | None = None) -> Index:
     reranker = None
     if rerank:
-        from tunelab.rag.rerank import CrossEncoderReranker
+        from tunelab.rag.rerank import open_reranker
 
-        reranker = CrossEncoderReranker(rerank)
+        reranker = open_reranker(rerank)
     return Index(index_dir, embedder=embedder, reranker=reranker)

@@ -1,6 +1,9 @@
-"""Optional second stage: a cross-encoder reads (query, chunk) pairs and re-orders the candidates.
+"""Optional second stage: a model reads (query, chunk) pairs and re-orders the candidates.
 
-Only used when a cross-encoder model folder is given (nothing is downloaded).
+`--rerank` takes a local cross-encoder folder (sentence-transformers' CrossEncoder), or a tunelab run
+of `tunelab train --task pair-classification` — e.g. one trained on the built-in factbook-relevance
+pairs, whose passages are written as the index writes its chunks — scored through tunelab's runtime,
+a chunk's score being the run's probability of its relevant label. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -8,6 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+
+# The label of a pair-classification run that means "this passage is relevant to the query", tried in order.
+RELEVANT_LABELS = ("relevant", "yes", "true", "1", "positive")
+
+
+def open_reranker(model: str | Path, batch_size: int = 32):
+    """A RunReranker for a tunelab run directory, else a CrossEncoderReranker for a model folder."""
+    path = Path(model).expanduser()
+    if (path / "config.yaml").is_file():
+        return RunReranker(path, batch_size)
+    return CrossEncoderReranker(path, batch_size)
+
+
+def by_score(hits: list, scores) -> list:
+    """Hits sorted by the reranker's score (which becomes their score)."""
+    for hit, score in zip(hits, scores):
+        hit.score = float(score)
+    return sorted(hits, key=lambda hit: -hit.score)
 
 
 class CrossEncoderReranker:
@@ -17,15 +38,41 @@ class CrossEncoderReranker:
         path = Path(model).expanduser()
         if not (path / "config.json").is_file():
             raise TunelabError(
-                f"no cross-encoder model at '{model}'",
-                "pass --rerank the folder of a local cross-encoder (e.g. a saved ms-marco-MiniLM model)",
+                f"no cross-encoder model or tunelab run at '{model}'",
+                "pass --rerank a local cross-encoder folder (e.g. a saved ms-marco-MiniLM model) or a run of `tunelab train --task pair-classification`",
             )
         self.model = CrossEncoder(str(path), device="cpu", local_files_only=True)
         self.batch_size = batch_size
 
     def rerank(self, query: str, hits: list) -> list:
-        """Hits sorted by the cross-encoder's score (which becomes their score)."""
         scores = self.model.predict([(query, hit.chunk.indexed_text()) for hit in hits], batch_size=self.batch_size, show_progress_bar=False)
-        for hit, score in zip(hits, scores):
-            hit.score = float(score)
-        return sorted(hits, key=lambda hit: -hit.score)
+        return by_score(hits, scores)
+
+
+class RunReranker:
+    """A pair-classification run as the reranker: (query, chunk text) pairs scored by P(relevant label)."""
+
+    def __init__(self, run_dir: str | Path, batch_size: int = 32):
+        from tunelab.run import Run
+        from tunelab.runtime import load_scorer
+
+        run = Run.open(run_dir)
+        if not run.is_pair_classifier:
+            raise TunelabError(
+                f"run '{run.path}' is a {run.task} run; a reranker reads (query, passage) pairs",
+                "pass --rerank a run of `tunelab train --task pair-classification` (e.g. --data factbook-relevance)",
+            )
+        labels = run.labels
+        relevant = next((label for name in RELEVANT_LABELS for label in labels if label.lower() == name), None)
+        if relevant is None:
+            raise TunelabError(
+                f"run '{run.path}' has no label that means relevant (labels: {', '.join(labels)})",
+                f"train it with one of the labels {', '.join(RELEVANT_LABELS)} for the relevant pairs",
+            )
+        self.scorer = load_scorer(run, "torch")
+        self.column = labels.index(relevant)
+        self.batch_size = batch_size
+
+    def rerank(self, query: str, hits: list) -> list:
+        probabilities = self.scorer.predict_proba([(query, hit.chunk.indexed_text()) for hit in hits], self.batch_size)
+        return by_score(hits, probabilities[:, self.column])

@@ -26,6 +26,7 @@ from tunelab import atomic, hardware
 from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.runtime.scorers import BACKENDS, ONNX_DIR, Scorer, model_version, open_scorer
+from tunelab.textpairs import frame_inputs
 
 CHOICES: tuple[str, ...] = (*BACKENDS, "auto")
 CHOICE_FILE = "backend_choice.json"
@@ -134,7 +135,7 @@ def measure_choice(run: Run, threads: int | None, refused: dict[str, str], say: 
 
 
 def time_backends(run: Run, backends: list[str], threads: int | None, say: Say) -> dict[str, float]:
-    texts = run.split("test")["text"].astype(str).tolist()[:TIMING_TEXTS]
+    texts = frame_inputs(run.split("test"))[:TIMING_TEXTS]
     say(f"timing {', '.join(backends)} on {len(texts)} test texts (first use of --backend auto on this CPU)")
     speeds = {}
     for backend in backends:

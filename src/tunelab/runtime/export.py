@@ -31,6 +31,7 @@ from tunelab import atomic
 from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.runtime.scorers import ONNX_DIR, ONNX_FILES, OnnxScorer, onnx_session
+from tunelab.textpairs import frame_inputs
 
 OPSET = 18
 PARITY_BATCH = 64  # texts per ONNX Runtime call while checking parity (as many as predict's batches)
@@ -136,14 +137,14 @@ def export_onnx(
     return report
 
 
-def _split_texts(run: Run, split: str, max_rows: int | None) -> list[str]:
+def _split_texts(run: Run, split: str, max_rows: int | None) -> list:
     try:
         frame = run.split(split)
     except TunelabError:
         frame = None
     if frame is None or len(frame) == 0:
         raise TunelabError(f"run '{run.path}' has no {split} split to check the export against", "train it again with this tunelab version")
-    texts = frame["text"].astype(str).tolist()
+    texts = frame_inputs(frame)
     return texts[:max_rows] if max_rows else texts
 
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tunelab import hardware
+from tunelab import hardware, textpairs
 from tunelab.errors import TunelabError
 from tunelab.run import Run
 
@@ -84,13 +84,13 @@ class OnnxScorer(Probabilities):
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def logits(self, texts: Sequence[str], batch_size: int | None = None, progress: Progress = None) -> np.ndarray:
-        """Logits in the order of `texts`, run as token-length-sorted slices so short texts carry little padding."""
+        """Logits in the order of `texts` (texts or text pairs), run as token-length-sorted slices so short texts carry little padding."""
         texts = list(texts)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
         size = batch_size or ONNX_SLICE
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        encoded = textpairs.tokenize(self.tokenizer, texts, truncation=True, max_length=self.max_length)
         order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")
         for start in range(0, len(order), size):
             index = order[start : start + size]

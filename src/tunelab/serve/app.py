@@ -1,6 +1,7 @@
 """The prediction service: a FastAPI app for a classifier run, and `serve()` that runs it with uvicorn.
 
-POST /v1/predict   {"texts": [...]} -> label, score and every class probability per text
+POST /v1/predict   {"texts": [...]} -> label, score and every class probability per text;
+                   a pair-classification run's service takes {"pairs": [{"text": ..., "text_pair": ...}, ...]}
 GET  /v1/model     name, version, backend, labels, the run's metrics
 GET  /health       the process is up          GET /ready   the model is loaded
 GET  /metrics      Prometheus text format     GET /        the web page
@@ -51,6 +52,12 @@ class Prediction(BaseModel):
     probabilities: dict[str, float] = Field(description="every class's probability")
 
 
+class TextPair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="the first text: a premise, a question, a sentence")
+    text_pair: str = Field(description="the second text: a hypothesis, a passage, a paraphrase candidate")
+
+
 class ModelRef(BaseModel):
     name: str
     version: str
@@ -76,7 +83,7 @@ def run_loader(run: Run | str | os.PathLike, backend: str = "torch", threads: in
 
     def load() -> LoadedModel:
         scorer = load_scorer(run, backend, threads, say=log.info)
-        return LoadedModel(scorer, run.path.name, model_version(run, scorer.backend), str(run.path), finite(run.metrics))
+        return LoadedModel(scorer, run.path.name, model_version(run, scorer.backend), str(run.path), finite(run.metrics), pairs=run.is_pair_classifier)
 
     return load
 
@@ -129,32 +136,57 @@ class Service:
         return lifespan
 
 
-def predict_router(service: Service) -> APIRouter:
-    """POST /v1/predict; its request's size limit is a setting, so the request model is built here."""
+def predict_router(service: Service, pairs: bool = False) -> APIRouter:
+    """POST /v1/predict; its request's size limit is a setting, and its shape the model's task (texts, or
+    text pairs for a pair-classification run), so the request model is built here."""
     settings = service.settings
     max_texts = settings.max_texts
 
-    class PredictRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["what a wonderful day"]}]})
-        texts: list[str] = Field(min_length=1, max_length=max_texts, description=f"1 to {max_texts} texts to classify")
+    if pairs:
 
-        @field_validator("texts")
-        @classmethod
-        def _clean(cls, texts: list[str]) -> list[str]:
-            # JSON may carry lone surrogates (\ud800) that no tokenizer accepts; they become U+FFFD.
-            return [t.encode("utf-8", "replace").decode("utf-8") if not t.isascii() else t for t in texts]
+        class PredictRequest(BaseModel):
+            model_config = ConfigDict(
+                extra="forbid",
+                json_schema_extra={
+                    "examples": [{"pairs": [{"text": "What is the capital of France?", "text_pair": "France — Government\nCapital - name: Paris"}]}]
+                },
+            )
+            pairs: list[TextPair] = Field(min_length=1, max_length=max_texts, description=f"1 to {max_texts} text pairs to classify")
+
+            @field_validator("pairs")
+            @classmethod
+            def _clean(cls, pairs: list[TextPair]) -> list[TextPair]:
+                return [TextPair(text=_valid_utf8(p.text), text_pair=_valid_utf8(p.text_pair)) for p in pairs]
+
+            def inputs(self) -> list[tuple[str, str]]:
+                return [(p.text, p.text_pair) for p in self.pairs]
+
+    else:
+
+        class PredictRequest(BaseModel):
+            model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["what a wonderful day"]}]})
+            texts: list[str] = Field(min_length=1, max_length=max_texts, description=f"1 to {max_texts} texts to classify")
+
+            @field_validator("texts")
+            @classmethod
+            def _clean(cls, texts: list[str]) -> list[str]:
+                return [_valid_utf8(t) for t in texts]
+
+            def inputs(self) -> list[str]:
+                return self.texts
 
     router = APIRouter()
 
     @router.post("/v1/predict", response_model=PredictResponse)
     async def predict(body: PredictRequest) -> PredictResponse:
-        """Label, score and every class's probability for each text, in the order given."""
+        """Label, score and every class's probability for each text (or text pair), in the order given."""
         from tunelab.models.classifier import softmax
         from tunelab.predict import describe
 
-        service.ready_model()
+        if service.ready_model().pairs != pairs:  # a registry promotion swapped in a model of the other kind
+            raise StarletteHTTPException(503, f"the model now served classifies {'single texts' if pairs else 'text pairs'}; restart the service")
         try:
-            logits, model = await service.batcher.submit(body.texts)
+            logits, model = await service.batcher.submit(body.inputs())
         except QueueFull:
             raise StarletteHTTPException(503, f"the queue is full ({settings.max_queue} texts waiting); retry shortly", headers={"Retry-After": "1"}) from None
         except (NotRunning, NotReady):
@@ -165,6 +197,11 @@ def predict_router(service: Service) -> APIRouter:
         )
 
     return router
+
+
+def _valid_utf8(text: str) -> str:
+    # JSON may carry lone surrogates (\ud800) that no tokenizer accepts; they become U+FFFD.
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
 def model_router(service: Service) -> APIRouter:
@@ -219,16 +256,20 @@ def create_app(
     loader: Callable[[], LoadedModel] | Run | str | os.PathLike,
     settings: ServeSettings | None = None,
     api_key: str | None = None,
+    pairs: bool = False,
 ) -> FastAPI:
     """The service for one model. `loader` is a run directory or a function returning a LoadedModel.
 
+    pairs: the model classifies text pairs (read from the run when `loader` is one), so requests send `pairs`.
     The model loads in the background once the app starts: /health answers at once, /ready and the
     prediction routes answer 503 until it is in. `app.state.holder.swap(...)` replaces it live.
     `api_key` defaults to $TUNELAB_API_KEY; empty means no key is needed (the rule: serve/common.py).
     """
     settings = settings or ServeSettings()
     if not callable(loader):
-        loader = run_loader(loader, settings.backend, settings.threads)
+        run = loader if isinstance(loader, Run) else Run.open(loader)
+        pairs = run.is_pair_classifier
+        loader = run_loader(run, settings.backend, settings.threads)
     api_key = configured_key(api_key)
     service = Service.build(settings)
     app = offline_fastapi(
@@ -249,7 +290,7 @@ def create_app(
     if api_key:
         errors[401] = {"model": ErrorBody}
     guarded = key_schemes(api_key)
-    app.include_router(predict_router(service), dependencies=guarded, responses=errors)
+    app.include_router(predict_router(service, pairs), dependencies=guarded, responses=errors)
     app.include_router(model_router(service), dependencies=guarded, responses=errors)
     app.include_router(health_router(service))
     app.include_router(page_router())
@@ -296,6 +337,13 @@ def readable(errors: list[dict[str, Any]], max_texts: int) -> str:
             parts.append(f"texts: at most {max_texts} texts per request; split the request")
         elif kind == "too_short" and loc == ["texts"]:
             parts.append("texts: send at least one text")
+        elif kind == "extra_forbidden" and loc in (["pairs"], ["texts"]):
+            # One kind of request per model: texts for a text classifier, pairs for a pair classifier.
+            parts.append(
+                'this model classifies text pairs: send {"pairs": [{"text": "...", "text_pair": "..."}]}'
+                if loc == ["texts"]
+                else 'this model classifies single texts: send {"texts": ["..."]}'
+            )
         elif not loc and kind in ("model_attributes_type", "dict_type", "model_type"):
             parts.append('the body must be a JSON object like {"texts": ["..."]}')
         elif kind == "missing" and not loc:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.runtime.scorers import Scorer
+from tunelab.textpairs import ModelInput
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class LoadedModel:
     version: str
     source: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    pairs: bool = False  # a pair-classification model: it scores (text, text_pair) pairs, not texts
 
     @property
     def labels(self) -> list[str]:
@@ -56,7 +58,7 @@ class ModelHolder:
             self.error = None
         return previous
 
-    def score(self, texts: Sequence[str]) -> tuple[np.ndarray, LoadedModel]:
+    def score(self, texts: Sequence[ModelInput]) -> tuple[np.ndarray, LoadedModel]:
         model = self._current  # read once: the whole batch runs on this model
         if model is None:
             raise NotReady()

@@ -137,10 +137,11 @@ def registry_app(name: str, settings=None, registry: Registry | str | os.PathLik
     def load(production: Production) -> LoadedModel:
         run = Run.open(production.run_dir)
         scorer = load_scorer(run, settings.backend, settings.threads, say=log.info)
-        return LoadedModel(scorer, name, str(production.version), str(run.path), finite(run.metrics))
+        return LoadedModel(scorer, name, str(production.version), str(run.path), finite(run.metrics), pairs=run.is_pair_classifier)
 
     watcher = RegistryWatcher(registry, name, load, interval=interval)
-    app = create_app(watcher.load_current, settings)
+    pairs = Run.open(registry.production(name).run_dir).is_pair_classifier
+    app = create_app(watcher.load_current, settings, pairs=pairs)
     watcher.holder = app.state.holder
     app.state.registry_watcher = watcher
     # The app's own lifespan loads the first model and drains the queue on shutdown; the watcher

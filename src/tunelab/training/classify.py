@@ -22,6 +22,7 @@ from tunelab.data import load_splits, profile_splits  # noqa: E402
 from tunelab.data.tokenize import tokenize_frame  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.run import Run  # noqa: E402
+from tunelab.textpairs import frame_inputs  # noqa: E402
 from tunelab.training import trainer_setup  # noqa: E402
 from tunelab.training.resume import resume_point  # noqa: E402
 from tunelab.training.trainer import AccuracyTrainer, balanced_class_weights, classification_scores  # noqa: E402
@@ -42,7 +43,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     checkpoint = point.checkpoint if point else None
     labels = sorted(splits["train"]["label"].unique())
     pretrained = trainer_setup.load_pretrained(config)
-    max_length = trainer_setup.text_max_length(config, pretrained, splits["train"]["text"])  # from the data rather than the model's 512
+    max_length = trainer_setup.text_max_length(config, pretrained, frame_inputs(splits["train"]))  # from the data rather than the model's 512
     profile = {**profile_splits(splits, pretrained.tokenizer, pretrained.limit, dropped), "max_length": max_length}
     lr = trainer_setup.resolve_lr(config.lr, pretrained.config)
     model = trainer_setup.build_classifier(pretrained.folder, config, labels)

@@ -44,6 +44,7 @@ GATE_K = 5
 PARITY_FILE = choice.PARITY_FILE
 CHOICE_FILE = choice.CHOICE_FILE
 TIMING_TEXTS = 256  # Factbook chunks per backend when auto times them: seconds on 2 cores for a MiniLM
+TIMING_DOCUMENTS = 8  # the Factbook documents they are cut from (about 45 chunks each)
 TIMING_BATCH = 64  # build_index's batch size
 
 Say = Callable[[str], None]
@@ -62,11 +63,9 @@ class GateSet:
 
 def factbook_gate_set(tokenizer) -> GateSet:
     """The built-in index's chunks of the Factbook and the built-in QA set's train questions (never its test ones)."""
-    from tunelab.rag.builtin import CHUNK_TOKENS, OVERLAP, builtin_qa
-    from tunelab.rag.chunk import chunk_document
-    from tunelab.rag.documents import load_documents
+    from tunelab.rag.builtin import builtin_qa
 
-    chunks = [chunk for document in load_documents("factbook") for chunk in chunk_document(document, tokenizer, CHUNK_TOKENS, OVERLAP)]
+    chunks = factbook_chunks(tokenizer)
     train, _test = builtin_qa()
     return GateSet(
         [chunk.indexed_text() for chunk in chunks],
@@ -75,6 +74,15 @@ def factbook_gate_set(tokenizer) -> GateSet:
         [row["doc_id"] for row in train],
         f"dense recall@{GATE_K} by document, {len(train)} Factbook train questions over its {len(chunks)} chunks",
     )
+
+
+def factbook_chunks(tokenizer, documents: int | None = None) -> list:
+    """The built-in index's chunks of the first `documents` Factbook documents (all by default)."""
+    from tunelab.rag.builtin import CHUNK_TOKENS, OVERLAP
+    from tunelab.rag.chunk import chunk_document
+    from tunelab.rag.documents import load_documents
+
+    return [chunk for document in load_documents("factbook")[:documents] for chunk in chunk_document(document, tokenizer, CHUNK_TOKENS, OVERLAP)]
 
 
 def recall_at_k(embedder, gate: GateSet, k: int = GATE_K, progress: bool = False) -> float:
@@ -96,7 +104,7 @@ def onnx_folder(model: str | Path) -> Path:
         if file.is_file() and file.suffix in (".safetensors", ".bin", ".json"):
             stat = file.stat()
             digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.name).strip("-") or "model"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(model)).name).strip("-") or "model"
     return cache_dir() / "onnx" / f"{slug}-{digest.hexdigest()[:12]}"
 
 
@@ -114,18 +122,17 @@ def load_embedder(model: str | Path = "minilm", backend: str = "torch", threads:
 def choose_embedding_backend(model: str | Path, backend: str, threads: int | None = None, say: Say | None = None) -> str:
     """The backend `backend` means for `model`: itself if it passes its recall gate, or auto's measured choice."""
     say = say or _to_stderr
-    folder = onnx_folder(model)
     return choice.choose(
         backend,
         refused=lambda asked: refusals(gated(model, asked, say)),
         measure=lambda refused: choice.record_choice(
-            folder / CHOICE_FILE,
+            onnx_folder(model) / CHOICE_FILE,
             refused,
             lambda backends: time_embedders(model, backends, threads, say),
             f"{TIMING_TEXTS} Factbook chunks per backend, batches of {TIMING_BATCH}, after a {choice.WARMUP_TEXTS}-text warm-up",
             measurement_key(model, threads),
         ),
-        cached=lambda: choice.read_cached_choice(folder / CHOICE_FILE, measurement_key(model, threads)),
+        cached=lambda: choice.read_cached_choice(onnx_folder(model) / CHOICE_FILE, measurement_key(model, threads)),
         what=f"embedding model {model}",
         say=say,
     )
@@ -220,7 +227,7 @@ def refusals(parity: dict[str, Any]) -> dict[str, str]:
 def time_embedders(model: str | Path, backends: list[str], threads: int | None, say: Say) -> dict[str, float]:
     from tunelab.rag.embed import SentenceEmbedder
 
-    texts = factbook_gate_set(SentenceEmbedder(model).tokenizer).texts[:TIMING_TEXTS]
+    texts = [chunk.indexed_text() for chunk in factbook_chunks(SentenceEmbedder(model).tokenizer, TIMING_DOCUMENTS)][:TIMING_TEXTS]
     say(f"timing {', '.join(backends)} on {len(texts)} Factbook chunks (first use of --backend auto on this CPU)")
     speeds = {}
     for backend in backends:

@@ -104,7 +104,9 @@ def test_the_index_records_its_backend_and_refuses_mixed_queries(tiny_model: Pat
     from tunelab.rag.index import build_index, open_index, read_manifest
 
     index_dir = tmp_path / "index"
-    build_index(small_gate, index_dir, model=str(tiny_model), chunk_tokens=24, overlap=4, backend="onnx")
+    command = ["rag", "index", str(small_gate), "--index", str(index_dir), "--model", str(tiny_model), "--chunk-tokens", "24", "--overlap", "4"]
+    built = CliRunner().invoke(cli, [*command, "--backend", "onnx"])
+    assert built.exit_code == 0, built.output
     assert read_manifest(index_dir)["backend"] == "onnx"
     with open_index(index_dir) as opened:
         assert opened.embedder.backend == "onnx"  # queries go through the backend that embedded the chunks

@@ -176,7 +176,8 @@ def measure_gate(model: str | Path, folder: Path, needs: list[str], say: Say) ->
     reference = SentenceEmbedder(model, bf16=False)
     parity.update(max_tokens=reference.max_tokens, dim=reference.dim)
     gate = factbook_gate_set(reference.tokenizer)
-    say(f"checking the ONNX embedders of {model} against PyTorch once ({gate.name}); cached in {folder}")
+    # The reference and each ONNX model embed the whole gate corpus: about as long as building the index once per backend.
+    say(f"checking the ONNX embedders of {model} against fp32 PyTorch once per model ({gate.name}; minutes); cached in {folder}")
     if "reference_recall" not in parity:
         parity.update(gate=gate.name, questions=len(gate.questions), chunks=len(gate.texts), reference_recall=recall_at_k(reference, gate, progress=True))
     folder.mkdir(parents=True, exist_ok=True)

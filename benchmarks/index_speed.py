@@ -87,7 +87,7 @@ def build_and_score(name: str, embedder, documents, questions: list[dict], workd
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--documents", type=int, default=32, help="Factbook documents indexed (a seeded sample of the 256)")
+    parser.add_argument("--documents", type=int, default=24, help="Factbook documents indexed (a seeded sample of the 256)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
     parser.add_argument("--json-out", type=Path, default=None)

@@ -286,6 +286,10 @@ class Index:
             )
         self.manifest = manifest
         self.backend = manifest.get("backend", SETTING_DEFAULTS["backend"])
+        if backend is not None:
+            from tunelab.runtime.choice import check_backend_name
+
+            check_backend_name(backend)
         asked = embedder_backend(embedder) if embedder is not None else backend
         if asked not in (None, "auto", self.backend):
             raise TunelabError(

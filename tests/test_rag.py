@@ -864,7 +864,7 @@ def test_cli_defaults_to_the_builtin_index_and_reader(reader_run, tmp_path, monk
     from tunelab.cli import app
 
     monkeypatch.chdir(tmp_path)  # no folder named "factbook" here
-    monkeypatch.setattr(builtin, "builtin_index", lambda progress=True, embed_model="minilm": reader_run.index)
+    monkeypatch.setattr(builtin, "builtin_index", lambda progress=True, embed_model="minilm", backend="torch": reader_run.index)
     monkeypatch.setattr(builtin, "builtin_reader", lambda progress=True: reader_run.run)
     runner = CliRunner()
     for where in ([], ["--index", "factbook"]):

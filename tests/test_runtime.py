@@ -194,12 +194,12 @@ def test_eval_and_serve_use_the_chosen_backend(run_dir: Path, tmp_path) -> None:
 def test_the_ffn_down_recipe_keeps_the_down_projections_in_fp32(run_dir: Path, tmp_path) -> None:
     import onnx
 
-    from tunelab.runtime.export import _quantize
+    from tunelab.runtime.export import quantize
 
     fp32 = run_dir / "onnx" / "model.onnx"
     float_weights = {}
     for recipe in ("all-matmuls", "ffn-down-fp32"):
-        _quantize(fp32, tmp_path / f"{recipe}.onnx", recipe)
+        quantize(fp32, tmp_path / f"{recipe}.onnx", recipe)
         graph = onnx.load(str(tmp_path / f"{recipe}.onnx")).graph
         shapes = {weight.name: tuple(weight.dims) for weight in graph.initializer}
         float_weights[recipe] = [shapes[node.input[1]] for node in graph.node if node.op_type == "MatMul" and node.input[1] in shapes]

@@ -35,8 +35,10 @@ def serve(
     backend: Annotated[
         BackendChoice, typer.Option(help="torch, ONNX (exported on first use), or auto: the fastest that passes its parity gate")
     ] = BackendChoice.torch,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes (each loads the model)")] = 1,
-    threads: Annotated[int | None, typer.Option(help="CPU threads per forward pass")] = None,
+    workers: Annotated[
+        int, typer.Option(help="uvicorn worker processes (each loads the model; the cores are shared out between them; one /metrics view of all)")
+    ] = 1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per forward pass (default: the cores, divided among the workers)")] = None,
     max_batch: Annotated[int, typer.Option(help="texts per forward pass at most")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="how long a batch waits for more requests")] = 2.0,
     max_queue: Annotated[int, typer.Option(help="texts waiting at most; then 503 + Retry-After")] = 512,

@@ -8,7 +8,7 @@
     builtin_reader()   cache_dir()/readers/factbook-<hash>   an extractive reader trained on the TRAIN split
                                                              of the built-in QA set (and field questions)
                                                              over that index
-The hash covers every setting that changes the result (embedding model, chunking, index format;
+The hash covers every setting that changes the result (embedding model and backend, chunking, index format;
 context settings, reader model, epochs, the QA split), so changing one builds a new folder and never
 reuses a stale one. Each is built in a staging folder and renamed into place only when complete: an
 interrupted build is never taken as done, and is started afresh on the next call. A lock file keeps
@@ -29,12 +29,14 @@ from tunelab import atomic
 from tunelab.data.factbook_qa import FIELD_QUESTIONS_VERSION, build_factbook_qa, build_field_questions, split_qa, spread_over_kinds
 from tunelab.models.cache import cache_dir
 from tunelab.rag import index as index_module
+from tunelab.rag.embed_choice import choose_embedding_backend
 from tunelab.rag.index import MANIFEST, build_index, open_index
 from tunelab.rag.reader_data import ContextSettings
 from tunelab.rag.train_reader import SETTINGS_FILE, train_rag_reader
 
 NAME = "factbook"
 EMBED_MODEL = "minilm"
+EMBED_BACKEND = "torch"  # the reader is trained over this index; another backend builds an index of its own
 CHUNK_TOKENS = 200
 OVERLAP = 32
 READER_MODEL = "minilm"
@@ -57,8 +59,10 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def index_settings(embed_model: str = EMBED_MODEL) -> dict:
-    return {"corpus": NAME, "embed_model": embed_model, "chunk_tokens": CHUNK_TOKENS, "overlap": OVERLAP, "format": index_module.FORMAT_VERSION}
+def index_settings(embed_model: str = EMBED_MODEL, backend: str = EMBED_BACKEND) -> dict:
+    settings = {"corpus": NAME, "embed_model": embed_model, "chunk_tokens": CHUNK_TOKENS, "overlap": OVERLAP, "format": index_module.FORMAT_VERSION}
+    # Named only when not torch, so the torch index (and the reader trained over it) keep the folders they had.
+    return settings if backend == EMBED_BACKEND else {**settings, "embed_backend": backend}
 
 
 def reader_settings(embed_model: str = EMBED_MODEL) -> dict:
@@ -74,8 +78,8 @@ def reader_settings(embed_model: str = EMBED_MODEL) -> dict:
     }
 
 
-def index_path(embed_model: str = EMBED_MODEL) -> Path:
-    return cache_dir() / "indexes" / f"{NAME}-{settings_hash(index_settings(embed_model))}"
+def index_path(embed_model: str = EMBED_MODEL, backend: str = EMBED_BACKEND) -> Path:
+    return cache_dir() / "indexes" / f"{NAME}-{settings_hash(index_settings(embed_model, backend))}"
 
 
 def reader_path(embed_model: str = EMBED_MODEL) -> Path:
@@ -95,17 +99,19 @@ def _reader_complete(path: Path) -> bool:
     return (path / SETTINGS_FILE).is_file()
 
 
-def builtin_index(progress: bool = True, embed_model: str = EMBED_MODEL) -> Path:
-    """The built-in Factbook index folder, built on first use (build_index's progress bar shows)."""
-    final = index_path(embed_model)
+def builtin_index(progress: bool = True, embed_model: str = EMBED_MODEL, backend: str = EMBED_BACKEND) -> Path:
+    """The built-in Factbook index folder embedded on `backend` (torch, onnx, onnx-int8 or auto: rag.embed_choice), built on first use."""
+    if backend != EMBED_BACKEND:
+        backend = choose_embedding_backend(embed_model, backend)
+    final = index_path(embed_model, backend)
     if _index_complete(final):
         return final
     with _building(final, _index_complete) as staging:
         if _index_complete(final):  # another process finished it while we waited for the lock
             return final
-        _notice(f"building the built-in Factbook index once (~{INDEX_MINUTES} min); cached in {final}")
-        build_index(NAME, staging, model=embed_model, chunk_tokens=CHUNK_TOKENS, overlap=OVERLAP, progress=progress)
-        atomic.write_json(staging / "builtin.json", index_settings(embed_model))
+        _notice(f"building the built-in Factbook index once (~{INDEX_MINUTES} min with torch); cached in {final}")
+        build_index(NAME, staging, model=embed_model, chunk_tokens=CHUNK_TOKENS, overlap=OVERLAP, backend=backend, progress=progress)
+        atomic.write_json(staging / "builtin.json", index_settings(embed_model, backend))
     return final
 
 
@@ -156,10 +162,11 @@ def is_builtin_name(index: str | Path | None) -> bool:
     return index is None or (str(index) == NAME and not Path(index).expanduser().exists())
 
 
-def resolve_index(index: str | Path | None, progress: bool = True) -> Path:
-    """The index folder to open: None or "factbook" (when no such folder exists) -> the built-in index."""
+def resolve_index(index: str | Path | None, progress: bool = True, backend: str | None = None) -> Path:
+    """The index folder to open: None or "factbook" (when no such folder exists) -> the built-in index, on
+    `backend` (default torch); a folder keeps the backend it was built with (open_index checks a given one)."""
     if is_builtin_name(index):
-        return builtin_index(progress)
+        return builtin_index(progress, backend=backend or EMBED_BACKEND)
     return Path(index).expanduser()
 
 

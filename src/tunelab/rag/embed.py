@@ -1,4 +1,6 @@
-"""Text -> unit vectors with a sentence-transformers model from a local folder."""
+"""Text -> unit vectors with a sentence-transformers model from a local folder: in PyTorch (`SentenceEmbedder`)
+or in ONNX Runtime (`OnnxEmbedder`, the model exported by tunelab.runtime.export). Which one embeds an index
+is tunelab.rag.embed_choice's job; both answer `encode` and `encode_query` and say their `backend`."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from tunelab.progress import progress_bar
 
 
 class SentenceEmbedder:
-    """all-MiniLM-L6-v2 (`minilm`) or any local sentence-transformers folder."""
+    """all-MiniLM-L6-v2 (`minilm`) or any local sentence-transformers folder, in PyTorch."""
+
+    backend = "torch"
 
     def __init__(self, model: str | Path = "minilm", bf16: bool | None = None):
         import torch
@@ -80,3 +84,34 @@ class SentenceEmbedder:
         finally:
             self._torch.set_num_threads(threads)
         return vector[0].astype(np.float32)
+
+
+class OnnxEmbedder:
+    """The same model exported to ONNX (fp32 or int8): the graph pools, this class normalises, as PyTorch's encode does."""
+
+    def __init__(self, model: str | Path, backend: str, onnx_file: Path, max_tokens: int, dim: int, threads: int | None = None):
+        from transformers import AutoTokenizer
+
+        from tunelab.runtime.scorers import onnx_session
+
+        self.name = str(model)
+        self.backend = backend
+        self.session = onnx_session(onnx_file, threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(model)))
+        self.max_tokens = max_tokens
+        self.dim = dim
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        from tunelab.runtime.scorers import run_sorted
+
+        # sentence-transformers strips each text before tokenizing; so must we, or the vectors differ.
+        texts = [str(text).strip() for text in texts]
+        with progress_bar(progress and len(texts) > 0) as task_bar:
+            task = task_bar.add_task("embedding", total=len(texts)) if task_bar else None
+            advance = (lambda n: task_bar.advance(task, n)) if task_bar else None
+            vectors = run_sorted(self.session, self.tokenizer, self.max_tokens, texts, batch_size, "sentence_embedding", self.dim, advance)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, 1e-12)
+
+    def encode_query(self, text: str) -> np.ndarray:
+        return self.encode([text])[0]

@@ -1,11 +1,13 @@
 """Build and query a document index: chunk, embed, store; search by BM25, dense vectors or both.
 
 index/
-  index.json   what was indexed and how: settings, and each document's content hash
+  index.json   what was indexed and how: settings (the embedding model and the backend that embedded it), and each document's content hash
   ...          the store's own files (lancedb/ + bm25/, or qdrant/ + qdrant_bm25.json)
 
 Re-running on a changed source embeds only documents whose content hash changed and removes
-documents that are gone. Changing the model or the chunking settings rebuilds everything.
+documents that are gone. Changing the model, its backend or the chunking settings rebuilds everything.
+Queries are embedded by the backend that embedded the chunks (tunelab.rag.embed_choice): vectors of
+two backends differ a little, and mixing them would cost recall without a word.
 """
 
 from __future__ import annotations
@@ -74,13 +76,18 @@ class Retrieval:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def _settings(store: str, url: str | None, collection: str, model: str, dim: int, chunk_tokens: int, overlap: int) -> dict:
+# What a manifest written before a setting existed meant by it.
+SETTING_DEFAULTS = {"backend": "torch"}
+
+
+def _settings(store: str, url: str | None, collection: str, model: str, dim: int, chunk_tokens: int, overlap: int, backend: str) -> dict:
     return {
         "format": FORMAT_VERSION,
         "store": store,
         "url": url,
         "collection": collection,
         "model": model,
+        "backend": backend,
         "dim": dim,
         "chunk_tokens": chunk_tokens,
         "overlap": overlap,
@@ -112,17 +119,22 @@ def build_index(
     overlap: int = 32,
     batch_size: int = 64,
     embedder=None,
+    backend: str = "torch",
     progress: bool = False,
 ) -> IndexReport:
-    """Index SOURCE (a folder, 'factbook', or a list of Documents) into index_dir; incremental."""
+    """Index SOURCE (a folder, 'factbook', or a list of Documents) into index_dir; incremental.
+
+    backend: torch, onnx, onnx-int8 or auto (tunelab.rag.embed_choice), unless `embedder` is given; the
+    manifest records the backend that embedded, and queries use the same one.
+    """
     started = time.perf_counter()
     if store not in STORES:
         open_store(store, Path(index_dir), 1)  # raises the precise error
     index_dir = Path(index_dir).expanduser()
     documents = list(source) if not isinstance(source, (str, Path)) else load_documents(source)
-    embedder = _load_embedder(model) if embedder is None else embedder
+    embedder = _load_embedder(model, backend) if embedder is None else embedder
     _check_chunk_fits(embedder, chunk_tokens)
-    settings = _settings(store, url, collection, embedder.name, embedder.dim, chunk_tokens, overlap)
+    settings = _settings(store, url, collection, embedder.name, embedder.dim, chunk_tokens, overlap, embedder_backend(embedder))
     known, rebuilt = _indexed_documents(index_dir, settings)
     index_dir.mkdir(parents=True, exist_ok=True)
     changes = _changes(documents, known)
@@ -154,10 +166,15 @@ class _Changes:
     removed: list[str]
 
 
-def _load_embedder(model: str):
-    from tunelab.rag.embed import SentenceEmbedder
+def _load_embedder(model: str, backend: str):
+    from tunelab.rag.embed_choice import load_embedder
 
-    return SentenceEmbedder(model)
+    return load_embedder(model, backend)
+
+
+def embedder_backend(embedder) -> str:
+    """The backend an embedder runs on; an embedder that does not say (a caller's own) counts as torch."""
+    return getattr(embedder, "backend", SETTING_DEFAULTS["backend"])
 
 
 def _check_chunk_fits(embedder, chunk_tokens: int) -> None:
@@ -179,7 +196,7 @@ def _indexed_documents(index_dir: Path, settings: dict) -> tuple[dict[str, dict]
         )
     if old is None:
         return {}, ""
-    old_settings = {k: old.get(k) for k in settings}
+    old_settings = {k: old.get(k, SETTING_DEFAULTS.get(k)) for k in settings}
     if old_settings != settings:
         changed_keys = [k for k in settings if old_settings[k] != settings[k]]
         _remove_store_files(index_dir, old)
@@ -259,7 +276,7 @@ def _remove_store_files(index_dir: Path, manifest: dict) -> None:
 class Index:
     """An index folder opened for search. Keep one open: loading the model is the slow part."""
 
-    def __init__(self, index_dir: str | Path, embedder=None, reranker=None):
+    def __init__(self, index_dir: str | Path, embedder=None, reranker=None, backend: str | None = None):
         self.index_dir = Path(index_dir).expanduser()
         manifest = read_manifest(self.index_dir)
         if manifest is None:
@@ -268,6 +285,17 @@ class Index:
                 f"build one first: tunelab rag index SOURCE --index {self.index_dir}",
             )
         self.manifest = manifest
+        self.backend = manifest.get("backend", SETTING_DEFAULTS["backend"])
+        if backend is not None:
+            from tunelab.runtime.choice import check_backend_name
+
+            check_backend_name(backend)
+        asked = embedder_backend(embedder) if embedder is not None else backend
+        if asked not in (None, "auto", self.backend):
+            raise TunelabError(
+                f"the index '{self.index_dir}' was embedded with {self.backend}; queries embedded with {asked} would not match its vectors",
+                f"query it with its own backend (leave out --backend), or rebuild it: tunelab rag index SOURCE --index {self.index_dir} --backend {asked}",
+            )
         self.store: Store = open_store(
             manifest["store"], self.index_dir, manifest["dim"], url=manifest.get("url"), collection=manifest.get("collection", "chunks")
         )
@@ -277,9 +305,7 @@ class Index:
     @property
     def embedder(self):
         if self._embedder is None:
-            from tunelab.rag.embed import SentenceEmbedder
-
-            self._embedder = SentenceEmbedder(self.manifest["model"])
+            self._embedder = _load_embedder(self.manifest["model"], self.backend)
         return self._embedder
 
     def close(self) -> None:
@@ -356,10 +382,11 @@ class Index:
         return self.retrieve(query, mode, k, **kwargs).hits
 
 
-def open_index(index_dir: str | Path, embedder=None, rerank: str | None = None) -> Index:
+def open_index(index_dir: str | Path, embedder=None, rerank: str | None = None, backend: str | None = None) -> Index:
+    """An index opened for search; `backend` (or the embedder's), when given, must be the one that embedded it (auto: whichever did)."""
     reranker = None
     if rerank:
         from tunelab.rag.rerank import open_reranker
 
         reranker = open_reranker(rerank)
-    return Index(index_dir, embedder=embedder, reranker=reranker)
+    return Index(index_dir, embedder=embedder, reranker=reranker, backend=backend)

@@ -53,18 +53,43 @@ def check_backend_name(backend: str) -> None:
 
 def choose_backend(run: Run, backend: str, threads: int | None = None, say: Say | None = None) -> str:
     """The backend `backend` means for this run: itself if it passes its gate, or auto's measured choice."""
-    check_backend_name(backend)
     say = say or _to_stderr
+    return choose(
+        backend,
+        refused=lambda asked: refusals(exported(run, asked, say)),
+        measure=lambda refused: measure_choice(run, threads, refused, say),
+        cached=lambda: cached_choice(run, threads),
+        what="this run",
+        say=say,
+    )
+
+
+def choose(
+    backend: str,
+    refused: Callable[[str], dict[str, str]],
+    measure: Callable[[dict[str, str]], dict[str, Any]],
+    cached: Callable[[], dict[str, Any] | None],
+    what: str,
+    say: Say,
+) -> str:
+    """The one rule of every backend choice (a classifier run's, an embedding model's).
+
+    `refused(asked)` exports what `asked` needs on first use and returns each backend that fails its
+    gate with the reason; `cached()` is auto's earlier measurement if it still holds, `measure(refused)`
+    times the passing backends and records the choice. A backend asked for by name that fails its gate is
+    an error saying why, never a silent fallback.
+    """
+    check_backend_name(backend)
     if backend == "torch":
         return "torch"
     if backend == "auto":
-        choice = cached_choice(run, threads) or measure_choice(run, threads, refusals(exported(run, backend, say)), say)
+        choice = cached() or measure(refused(backend))
         say(describe_choice(choice))
         return choice["chosen"]
-    refused = refusals(exported(run, backend, say))
-    if backend in refused:
+    refusal = refused(backend)
+    if backend in refusal:
         raise TunelabError(
-            f"backend {backend} is refused for this run: {refused[backend]}",
+            f"backend {backend} is refused for {what}: {refusal[backend]}",
             "use --backend auto (the fastest backend that passes its gate) or --backend torch",
         )
     return backend
@@ -120,45 +145,63 @@ def refusals(parity: dict[str, Any]) -> dict[str, str]:
 
 def measure_choice(run: Run, threads: int | None, refused: dict[str, str], say: Say) -> dict[str, Any]:
     """Time every backend that passed its gate on the run's test texts; the fastest is chosen and cached."""
+    measured = f"{TIMING_TEXTS} test-split texts at most per backend, batches of {TIMING_BATCH}, after a {WARMUP_TEXTS}-text warm-up"
+    return record_choice(
+        run.path / ONNX_DIR / CHOICE_FILE, refused, lambda backends: time_backends(run, backends, threads, say), measured, measurement_key(run, threads)
+    )
+
+
+def record_choice(path, refused: dict[str, str], time_them: Callable[[list[str]], dict[str, float]], measured: str, key: dict[str, Any]) -> dict[str, Any]:
+    """Time the backends not refused (`time_them` -> texts/s each), write the choice with what it holds for to `path`."""
     candidates = [backend for backend in BACKENDS if backend not in refused]
-    speeds = time_backends(run, candidates, threads, say) if len(candidates) > 1 else {}
+    speeds = time_them(candidates) if len(candidates) > 1 else {}
     choice = {
         "chosen": max(speeds, key=speeds.get) if speeds else "torch",
         "texts_per_s": speeds,
         "refused": {backend: refused[backend] for backend in BACKENDS if backend in refused},
-        "measured": f"{TIMING_TEXTS} test-split texts at most per backend, batches of {TIMING_BATCH}, after a {WARMUP_TEXTS}-text warm-up",
+        "measured": measured,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        **measurement_key(run, threads),
+        **key,
     }
-    atomic.write_json(run.path / ONNX_DIR / CHOICE_FILE, choice)
+    atomic.write_json(path, choice)
     return choice
 
 
 def time_backends(run: Run, backends: list[str], threads: int | None, say: Say) -> dict[str, float]:
     texts = frame_inputs(run.split("test"))[:TIMING_TEXTS]
     say(f"timing {', '.join(backends)} on {len(texts)} test texts (first use of --backend auto on this CPU)")
-    speeds = {}
-    for backend in backends:
-        scorer = open_scorer(run, backend, threads)
-        scorer.logits(texts[:WARMUP_TEXTS], TIMING_BATCH)
-        started = time.perf_counter()
-        scorer.logits(texts, TIMING_BATCH)
-        speeds[backend] = round(len(texts) / max(time.perf_counter() - started, 1e-9), 1)
-    return speeds
+    return {backend: texts_per_second(open_scorer(run, backend, threads).logits, texts, TIMING_BATCH) for backend in backends}
+
+
+def texts_per_second(encode: Callable, texts: list[str], batch_size: int) -> float:
+    """`encode(texts, batch_size)`'s speed, after a warm-up call (the first ONNX Runtime call allocates its buffers)."""
+    encode(texts[:WARMUP_TEXTS], batch_size)
+    started = time.perf_counter()
+    encode(texts, batch_size)
+    return round(len(texts) / max(time.perf_counter() - started, 1e-9), 1)
 
 
 def measurement_key(run: Run, threads: int | None) -> dict[str, Any]:
     """What a measured choice holds for: this CPU's instruction sets, the thread count, the model files."""
+    return cpu_key(threads, {backend: model_version(run, backend) for backend in BACKENDS})
+
+
+def cpu_key(threads: int | None, model_versions: dict[str, str]) -> dict[str, Any]:
     return {
         "cpu_flags": [flag for flag in hardware.SPEED_FLAGS if flag in hardware.cpu_flags()],
         "threads": hardware.thread_count(threads),
-        "model_versions": {backend: model_version(run, backend) for backend in BACKENDS},
+        "model_versions": model_versions,
     }
 
 
 def cached_choice(run: Run, threads: int | None) -> dict[str, Any] | None:
-    choice = _read_json(run.path / ONNX_DIR / CHOICE_FILE)
-    if choice is None or any(choice.get(name) != value for name, value in measurement_key(run, threads).items()):
+    return read_cached_choice(run.path / ONNX_DIR / CHOICE_FILE, measurement_key(run, threads))
+
+
+def read_cached_choice(path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The choice recorded at `path` if it was measured for `key` (same CPU flags, threads, model files)."""
+    choice = _read_json(path)
+    if choice is None or any(choice.get(name) != value for name, value in key.items()):
         return None
     return choice
 

@@ -96,7 +96,7 @@ def export_onnx(
     classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
     started = time.perf_counter()
 
-    with _export_failures(), atomic.staged_dir(run.path / ONNX_DIR, overwrite=True, keep_partial=False) as stage:
+    with export_failures(), atomic.staged_dir(run.path / ONNX_DIR, overwrite=True, keep_partial=False) as stage:
         step("exporting the fp32 ONNX model")
         fp32 = stage / ONNX_FILES["onnx"]
         _export(classifier, fp32)
@@ -154,12 +154,12 @@ def _quantize_on_eval(run: Run, classifier, fp32: Path, int8: Path, min_agreemen
         texts = _split_texts(run, "eval", max_rows)
     except TunelabError:  # no eval split: nothing to choose on; the fastest recipe, and the test gate decides
         step("quantizing to int8")
-        _quantize(fp32, int8, INT8_RECIPES[0])
+        quantize(fp32, int8, INT8_RECIPES[0])
         return INT8_RECIPES[0], None
     reference = classifier.logits(texts)
     for recipe in INT8_RECIPES:
         step(f"quantizing to int8 ({recipe}), checked on {len(texts)} eval texts")
-        _quantize(fp32, int8, recipe)
+        quantize(fp32, int8, recipe)
         eval_agreement = agreement(_scorer(int8, classifier).logits(texts, PARITY_BATCH), reference)
         if eval_agreement >= min_agreement:
             break
@@ -167,13 +167,33 @@ def _quantize_on_eval(run: Run, classifier, fp32: Path, int8: Path, min_agreemen
 
 
 def _export(classifier, path: Path) -> None:
+    """The classifier's graph: the tokenizer's tensors in, `logits` out."""
+    export_graph(classifier.model.eval(), lambda model, inputs: model(**inputs).logits, classifier.tokenizer, classifier.max_length, path, "logits")
+
+
+def export_embedder(model, path: Path) -> None:
+    """A sentence-transformers model's graph: the tokenizer's tensors in, `sentence_embedding` (its pooled sentence vector) out.
+
+    The whole module chain (transformer, pooling, any dense or normalising layer) is traced, so the ONNX
+    graph pools exactly as the model was trained to; callers normalise the vectors as they do PyTorch's.
+    """
+    export_graph(
+        model.eval(), lambda st, inputs: st(dict(inputs))["sentence_embedding"], model.tokenizer, int(model.max_seq_length or 256), path, "sentence_embedding"
+    )
+
+
+def export_graph(module, call: Callable, tokenizer, max_length: int, path: Path, output: str) -> None:
+    """Export `call(module, {name: tensor})` to ONNX with dynamic batch and sequence axes: one exporter for classifiers and embedders.
+
+    The graph takes the tokenizer's tensors that the underlying Hugging Face model accepts, by name.
+    """
     import torch
 
-    model, tokenizer = classifier.model, classifier.tokenizer
-    accepted = set(inspect.signature(model.forward).parameters)
-    # The sample must lie inside the dynamic sequence axis, so it is cut to the run's max length (8 for
+    hf_model = getattr(module, "auto_model", None) or next((m.auto_model for m in module.modules() if hasattr(m, "auto_model")), module)
+    accepted = set(inspect.signature(hf_model.forward).parameters)
+    # The sample must lie inside the dynamic sequence axis, so it is cut to the model's max length (8 for
     # very short texts); at least 2 tokens, since torch.export fixes an axis traced at size 1 as a constant.
-    longest = max(2, classifier.max_length)
+    longest = max(2, max_length)
     sample = tokenizer(
         ["a short text", "a somewhat longer text to give the sequence axis room"],
         padding=True,
@@ -183,15 +203,15 @@ def _export(classifier, path: Path) -> None:
     )
     names = [name for name in sample.keys() if name in accepted]
 
-    class Logits(torch.nn.Module):
-        """The exported graph takes the tokenizer's tensors by name and returns only the logits."""
+    class Graph(torch.nn.Module):
+        """Positional tensors (what the exporter passes) back to named ones; one output."""
 
         def __init__(self, inner: torch.nn.Module):
             super().__init__()
             self.inner = inner
 
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            return self.inner(**dict(zip(names, tensors))).logits
+            return call(self.inner, dict(zip(names, tensors)))
 
     batch, sequence = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=longest)
     quiet = io.StringIO()
@@ -199,11 +219,11 @@ def _export(classifier, path: Path) -> None:
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            Logits(model.eval()),
+            Graph(module),
             tuple(sample[name] for name in names),
             str(path),
             input_names=names,
-            output_names=["logits"],
+            output_names=[output],
             dynamic_shapes=(({0: batch, 1: sequence},) * len(names),),  # one entry: the *tensors varargs
             opset_version=OPSET,
             dynamo=True,
@@ -213,17 +233,14 @@ def _export(classifier, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _export_failures():
+def export_failures(hint: str = "nothing was written; serve this run with --backend torch, and report the model's architecture as an export bug"):
     """Any failure of the exporter, quantizer or onnxruntime (pages of advice and a stack) becomes one line."""
     try:
         yield
     except TunelabError:
         raise
     except Exception as error:
-        raise TunelabError(
-            f"ONNX export failed: {_first_line(error)}",
-            "nothing was written; serve this run with --backend torch, and report the model's architecture as an export bug",
-        ) from error
+        raise TunelabError(f"ONNX export failed: {_first_line(error)}", hint) from error
 
 
 def _first_line(error: BaseException) -> str:
@@ -245,7 +262,7 @@ def _quiet_loggers():
             logger.setLevel(level)
 
 
-def _quantize(fp32: Path, int8: Path, recipe: str = INT8_RECIPES[0]) -> None:
+def quantize(fp32: Path, int8: Path, recipe: str = INT8_RECIPES[0]) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

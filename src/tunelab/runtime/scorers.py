@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,28 +78,32 @@ class OnnxScorer(Probabilities):
     labels: list[str]
     max_length: int
     backend: str = "onnx"
-    input_names: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.input_names = [i.name for i in self.session.get_inputs()]
 
     def logits(self, texts: Sequence[str], batch_size: int | None = None, progress: Progress = None) -> np.ndarray:
-        """Logits in the order of `texts` (texts or text pairs), run as token-length-sorted slices so short texts carry little padding."""
-        texts = list(texts)
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        if not texts:
-            return out
-        size = batch_size or ONNX_SLICE
-        encoded = textpairs.tokenize(self.tokenizer, texts, truncation=True, max_length=self.max_length)
-        order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")
-        for start in range(0, len(order), size):
-            index = order[start : start + size]
-            piece = self.tokenizer.pad({name: [encoded[name][i] for i in index] for name in encoded.keys()}, return_tensors="np")
-            feed = {name: piece[name].astype(np.int64) for name in self.input_names}
-            out[index] = self.session.run(["logits"], feed)[0]
-            if progress:
-                progress(len(index))
+        """Logits in the order of `texts` (texts or text pairs)."""
+        return run_sorted(self.session, self.tokenizer, self.max_length, texts, batch_size or ONNX_SLICE, "logits", len(self.labels), progress)
+
+
+def run_sorted(session, tokenizer, max_length: int, texts: Sequence, size: int, output: str, width: int, progress: Progress = None) -> np.ndarray:
+    """One ONNX output per text (or text pair), in the order of `texts`, run as token-length-sorted slices of `size` so short texts carry little padding.
+
+    The one ONNX Runtime loop of the classifier scorer and the ONNX embedder (tunelab.rag.embed).
+    """
+    texts = list(texts)
+    out = np.zeros((len(texts), width), dtype=np.float32)
+    if not texts:
         return out
+    input_names = [i.name for i in session.get_inputs()]
+    encoded = textpairs.tokenize(tokenizer, texts, truncation=True, max_length=max_length)
+    order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")
+    for start in range(0, len(order), size):
+        index = order[start : start + size]
+        piece = tokenizer.pad({name: [encoded[name][i] for i in index] for name in encoded.keys()}, return_tensors="np")
+        feed = {name: piece[name].astype(np.int64) for name in input_names}
+        out[index] = session.run([output], feed)[0]
+        if progress:
+            progress(len(index))
+    return out
 
 
 def onnx_session(path: Path, threads: int | None = None):

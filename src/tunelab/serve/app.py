@@ -14,6 +14,7 @@ import importlib.resources
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tunelab import hardware
 from tunelab.run import Run
 from tunelab.runtime.choice import choose_backend, load_scorer
 from tunelab.runtime.scorers import model_version
@@ -35,7 +37,7 @@ from tunelab.serve.batching import MicroBatcher, NotRunning, QueueFull
 from tunelab.serve.common import WRONG_KEY, ApiKey, BodyLimit, ErrorBody, configured_key, install_error_handlers, key_schemes, plain_error
 from tunelab.serve.docs import offline_fastapi
 from tunelab.serve.holder import LoadedModel, ModelHolder, NotReady, finite
-from tunelab.serve.metrics import ServiceMetrics
+from tunelab.serve.metrics import MULTIPROC_ENV, ServiceMetrics
 from tunelab.serve.settings import ServeSettings
 
 log = logging.getLogger("tunelab.serve")
@@ -436,9 +438,21 @@ def serve(run_path: str | os.PathLike, settings: ServeSettings | None = None) ->
     if settings.workers == 1:
         uvicorn.run(create_app(run, settings), **common)
         return
-    # Several processes need an import string: each worker rebuilds the app from the environment.
-    os.environ[SPEC_ENV] = json.dumps({"run": str(run.path), "settings": settings.model_dump()})
-    uvicorn.run("tunelab.serve.app:app_from_env", factory=True, workers=settings.workers, **common)
+    # Several processes need an import string: each worker rebuilds the app from the environment, with its
+    # share of the cores, and writes its metrics where every worker's /metrics reads them all.
+    worker_settings = settings.model_copy(update={"threads": worker_threads(settings)})
+    with tempfile.TemporaryDirectory(prefix="tunelab-metrics-") as metrics_dir:
+        os.environ[SPEC_ENV] = json.dumps({"run": str(run.path), "settings": worker_settings.model_dump()})
+        os.environ[MULTIPROC_ENV] = metrics_dir
+        try:
+            uvicorn.run("tunelab.serve.app:app_from_env", factory=True, workers=settings.workers, **common)
+        finally:
+            os.environ.pop(MULTIPROC_ENV, None)
+
+
+def worker_threads(settings: ServeSettings) -> int:
+    """Threads per forward pass in each of `workers` processes: the cores shared out (at least 1), unless --threads says."""
+    return settings.threads or max(1, hardware.thread_count() // settings.workers)
 
 
 def _serve_causal_lm(source: str | os.PathLike, settings: ServeSettings) -> None:

@@ -16,7 +16,7 @@ class ServeSettings(Settings):
     backend: Literal["torch", "onnx", "onnx-int8", "auto"] = Field(
         "torch", description="onnx backends are exported on first use and pass a parity gate; auto: the fastest that passes, measured once"
     )
-    threads: int | None = Field(None, ge=1, description="CPU threads per forward pass; default: every core the process may use")
+    threads: int | None = Field(None, ge=1, description="CPU threads per forward pass; default: the cores the process may use, divided among the workers")
     max_batch: int = Field(32, ge=1, le=4096, description="texts per forward pass at most")
     max_wait_ms: float = Field(2.0, ge=0, le=10_000, description="how long the first request of a batch waits for company")
     max_queue: int = Field(512, ge=1, description="texts waiting at most; beyond it requests get 503 + Retry-After")

@@ -12,7 +12,6 @@ import math
 import os
 import random
 import shutil
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, PrinterCallback, Trainer, TrainingArguments  # noqa: E402
 
-from tunelab import atomic, hardware  # noqa: E402
+from tunelab import atomic, hardware, hf_trainer  # noqa: E402
 from tunelab.callbacks import quiet_libraries, trainer_callbacks  # noqa: E402
 from tunelab.config import to_yaml  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
@@ -67,7 +66,7 @@ def sft(config: SFTConfig, progress: bool = True) -> Run:
         outcome = train_between_evaluations(trainer)
         samples.after = samples.generate(trainer.model, tokenizer)
         save_model(trainer, tokenizer, stage / "model")
-        metrics = sft_metrics(config, data, tokenized, outcome, trainer.model, max_length, added_template, precision)
+        metrics = sft_metrics(config, data, tokenized, outcome, trainer, max_length, added_template, precision)
         write_results(stage, out.name, config, metrics, samples.records())
     return Run.open(out)
 
@@ -86,8 +85,7 @@ class Tokenized:
 class TrainingOutcome:
     before: dict[str, float]  # trainer.evaluate() before training
     after: dict[str, float]
-    result: Any  # the Trainer's TrainOutput
-    seconds: float
+    trained: hf_trainer.Trained
 
 
 @dataclass
@@ -165,10 +163,8 @@ def build_trainer(config: SFTConfig, model, tokenizer, tokenized: Tokenized, sta
 def train_between_evaluations(trainer: Trainer) -> TrainingOutcome:
     """Eval loss before, train, eval loss after."""
     before = trainer.evaluate()
-    started = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - started
-    return TrainingOutcome(before, trainer.evaluate(), result, seconds)
+    trained = hf_trainer.train_timed(trainer)
+    return TrainingOutcome(before, trainer.evaluate(), trained)
 
 
 def save_model(trainer: Trainer, tokenizer, folder: Path) -> None:
@@ -180,26 +176,30 @@ def save_model(trainer: Trainer, tokenizer, folder: Path) -> None:
 
 
 def sft_metrics(
-    config: SFTConfig, data: InstructionData, tokenized: Tokenized, outcome: TrainingOutcome, model, max_length: int, added_template: bool, precision: str
+    config: SFTConfig,
+    data: InstructionData,
+    tokenized: Tokenized,
+    outcome: TrainingOutcome,
+    trainer: Trainer,
+    max_length: int,
+    added_template: bool,
+    precision: str,
 ) -> dict[str, Any]:
-    seconds = outcome.seconds
+    seconds = outcome.trained.seconds
     trained_tokens = sum(tokenized.train["length"])
+    facts = hf_trainer.training_facts(
+        trainer,
+        outcome.trained,
+        precision,
+        method=config.method,
+        train_examples=len(tokenized.train),
+        eval_examples=len(tokenized.eval),
+        train_tokens_per_second=trained_tokens * config.epochs / seconds if seconds > 0 else None,
+    )
     return {
         "eval_before": _loss_record(outcome.before),
         "eval_after": _loss_record(outcome.after),
-        "train": {
-            "method": config.method,
-            "train_runtime_s": seconds,
-            "train_loss": outcome.result.metrics.get("train_loss"),
-            "train_examples": len(tokenized.train),
-            "eval_examples": len(tokenized.eval),
-            "epochs": outcome.result.metrics.get("epoch", config.epochs),
-            "steps": outcome.result.global_step,
-            "train_tokens_per_second": trained_tokens * config.epochs / seconds if seconds > 0 else None,
-            "peak_memory_mb": hardware.peak_memory_mb(),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        },
+        "train": facts["train"],
         "data": {
             "source": data.source,
             "format": data.format,
@@ -210,7 +210,7 @@ def sft_metrics(
             "dropped_no_answer_left": tokenized.dropped_no_answer_left,
             "fallback_chat_template": added_template,
         },
-        "environment": hardware.environment(precision),
+        "environment": facts["environment"],
     }
 
 
@@ -272,32 +272,17 @@ def make_collator(tokenizer, packing: bool):
 
 
 def training_arguments(config: SFTConfig, output_dir: Path, precision: str, train_rows: int) -> TrainingArguments:
-    steps_per_epoch = max(1, math.ceil(train_rows / (config.batch_size * config.grad_accum)))
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=config.epochs,
-        learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.eval_batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup,  # transformers 5: below 1 it is a fraction of the steps
-        bf16=precision == "bf16",
-        use_cpu=not torch.cuda.is_available(),
-        eval_strategy="epoch",
-        prediction_loss_only=True,  # evaluation wants the loss; gathering every logit would cost gigabytes
+    """hf_trainer's arguments for sft: no checkpoints (the eval loss before and after is the measure), loss-only evaluation."""
+    return hf_trainer.training_arguments(
+        config,
+        output_dir,
+        batch_size=config.batch_size,
+        lr=config.learning_rate,
+        precision=precision,
+        train_rows=train_rows,
+        group_by_length=config.group_by_length and not config.packing,  # a packed batch is one row: nothing to group
+        loss_only=True,  # evaluation wants the loss; gathering every logit would cost gigabytes
         activation_checkpointing=config.activation_checkpointing,
-        save_strategy="no",
-        logging_strategy="steps",
-        logging_steps=config.logging_steps or max(1, steps_per_epoch // 20),
-        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
-        length_column_name="length",
-        remove_unused_columns=True,
-        report_to=config.report_to or "none",
-        seed=config.seed,
-        data_seed=config.seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,12 +42,14 @@ import transformers  # noqa: E402
 from rich.console import Console  # noqa: E402
 from transformers import AutoTokenizer, DataCollatorWithPadding, PrinterCallback, TrainingArguments  # noqa: E402
 
-from tunelab import atomic, hardware  # noqa: E402
+from tunelab import atomic, hardware, hf_trainer  # noqa: E402
 from tunelab.callbacks import quiet_libraries, trainer_callbacks  # noqa: E402
 from tunelab.config import TrainConfig, TrainerSettings, describe_recipe, to_yaml  # noqa: E402
 from tunelab.data.tokenize import choose_max_length, token_lengths  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.eta import steps_to_measure  # noqa: E402
+from tunelab.hf_trainer import Trained, count_trainable  # noqa: E402
+from tunelab.hf_trainer import train_timed as train_timed  # noqa: E402  one of the steps a task calls through this module
 from tunelab.models.catalogue import resolve_model  # noqa: E402
 from tunelab.models.classifier import model_max_length  # noqa: E402
 from tunelab.models.pooling import new_classifier  # noqa: E402
@@ -195,10 +196,6 @@ def _with_lora(model):
     return get_peft_model(model, lora)
 
 
-def count_trainable(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 # plan ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BatchPlan:
@@ -262,38 +259,21 @@ def stage_run(
 def training_arguments(
     config: TrainerSettings, setup: RunSetup, batch_size: int, lr: float, train_rows: int, best_metric: str = "accuracy"
 ) -> TrainingArguments:
-    """Evaluate and checkpoint every epoch, keep the best epoch by `best_metric` (a loss is lower-better),
-    about 20 logs per epoch; train_rows counts one process's share."""
-    steps_per_epoch = max(1, train_rows // (batch_size * config.grad_accum))
-    return TrainingArguments(
-        output_dir=str(setup.staging / "checkpoints"),
-        num_train_epochs=config.epochs,
-        learning_rate=lr,
-        per_device_train_batch_size=batch_size,
+    """hf_trainer's arguments for an encoder task: checkpoints every epoch, the best by `best_metric` kept;
+    train_rows counts one process's share."""
+    return hf_trainer.training_arguments(
+        config,
+        setup.staging / "checkpoints",
+        batch_size=batch_size,
+        lr=lr,
+        precision=setup.precision,
+        train_rows=train_rows,
+        group_by_length=config.group_by_length,
+        best_metric=best_metric,
+        keep_checkpoints=config.keep_checkpoints,
         auto_find_batch_size=config.batch_size == "auto" and torch.cuda.is_available(),  # halve on GPU OOM
-        per_device_eval_batch_size=config.eval_batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup,  # transformers 5: a value below 1 is a fraction of the steps
-        bf16=setup.precision == "bf16",
-        use_cpu=not torch.cuda.is_available(),
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=config.keep_checkpoints,
-        load_best_model_at_end=True,
-        metric_for_best_model=best_metric,
-        greater_is_better=not best_metric.endswith("loss"),
-        logging_strategy="steps",
-        logging_steps=config.logging_steps or max(1, steps_per_epoch // 20),
-        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        length_column_name="length",
-        report_to=config.report_to or "none",
-        seed=config.seed,
-        data_seed=config.seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
         deepspeed=config.deepspeed,
-        fsdp=config.fsdp or "",
+        fsdp=config.fsdp,
     )
 
 
@@ -315,44 +295,23 @@ def build_trainer(trainer_class, config: TrainerSettings, setup: RunSetup, args:
     return trainer
 
 
-@dataclass(frozen=True)
-class Trained:
-    result: Any  # the Trainer's TrainOutput
-    seconds: float
-
-
-def train_timed(trainer, checkpoint: Path | None = None) -> Trained:
-    """Train (from `checkpoint` when resuming); the best checkpoint by the arguments' metric is loaded at the end."""
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    return Trained(result, time.perf_counter() - started)
-
-
 def training_metrics(trainer, trained: Trained, setup: RunSetup) -> dict:
     """metrics.json's "train" (named best_eval_<metric> after the metric that chose the best epoch) and "environment".
 
     Call it before save_model: saving merges LoRA adapters into the weights, after which they no longer count as trainable.
     """
     best = trainer.state.best_model_checkpoint
-    result = trained.result
     best_metric = trainer.args.metric_for_best_model.removeprefix("eval_")
-    return {
-        "train": {
-            "train_runtime_s": trained.seconds,
-            "train_samples_per_second": result.metrics.get("train_samples_per_second"),
-            "train_loss": result.metrics.get("train_loss"),
-            "train_samples": len(trainer.train_dataset),
-            "epochs": result.metrics.get("epoch"),
-            "steps": result.global_step,
-            "processes": setup.processes,
-            "best_checkpoint": Path(best).name if best else None,
-            f"best_eval_{best_metric}": trainer.state.best_metric,
-            "peak_memory_mb": hardware.peak_memory_mb(),
-            "parameters": sum(p.numel() for p in trainer.model.parameters()),
-            "trainable_parameters": count_trainable(trainer.model),
-        },
-        "environment": hardware.environment(setup.precision),
-    }
+    return hf_trainer.training_facts(
+        trainer,
+        trained,
+        setup.precision,
+        train_samples_per_second=trained.result.metrics.get("train_samples_per_second"),
+        train_samples=len(trainer.train_dataset),
+        processes=setup.processes,
+        best_checkpoint=Path(best).name if best else None,
+        **{f"best_eval_{best_metric}": trainer.state.best_metric},
+    )
 
 
 # publishing ------------------------------------------------------------------------------------

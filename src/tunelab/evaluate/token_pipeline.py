@@ -1,0 +1,151 @@
+"""evaluate_token_run: score a token-classification run on its test split (or other tagged data) and write the artefacts.
+
+The steps of evaluate_run, for tagged words: load the tagger, tag every sentence's words (timed),
+compute the entity-level metrics and the tag confusion matrix, look for over-fitting, score the
+gazetteer baseline on the same rows, plot, then write predictions, report and metrics (metrics.json last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tunelab.atomic import write_json
+from tunelab.errors import TunelabError
+from tunelab.evaluate.generalisation import generalisation_check
+from tunelab.evaluate.pipeline import published_path, run_name, write_parquet
+from tunelab.evaluate.token_metrics import token_metrics
+from tunelab.run import Run
+from tunelab.runtime.tagger import TokenTagger
+
+MAX_MISTAKES = 25
+
+
+def evaluate_token_run(
+    run: Run | str | os.PathLike,
+    data: pd.DataFrame | None = None,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    data_name: str | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    baseline: bool | None = None,
+) -> dict[str, Any]:
+    """Evaluate a token-classification run and write metrics.json, predictions.parquet, plots/ and report.html.
+
+    data: tagged sentences (tunelab.data.token_tags.load_tagged reads a file); default: the run's test
+    split. out_dir: default the run directory, where metrics.json is merged into. baseline: default the
+    run's `baseline` setting. Returns metrics.json's content.
+    """
+    run = run if isinstance(run, Run) else Run.open(run)
+    tags = run.labels
+    frame, source = (run.split("test"), "test split") if data is None else (data, data_name or "the given data")
+    if "words" not in frame.columns or "tags" not in frame.columns:
+        raise TunelabError(f"{source} has no tagged words", "read it with tunelab.data.token_tags.load_tagged")
+    if len(frame) == 0:
+        raise TunelabError(f"{source} has no sentences to evaluate", "give tagged data")
+    unknown = sorted({tag for sentence in frame["tags"] for tag in sentence} - set(tags))
+    if unknown:
+        raise TunelabError(f"{source} has tags the model was not trained on: {', '.join(unknown[:5])}", f"use the run's tags: {', '.join(tags)}")
+    tagger = TokenTagger.load(run.model_dir)
+    sentences = [list(words) for words in frame["words"]]
+    true_tags = [list(sentence) for sentence in frame["tags"]]
+    started = time.perf_counter()
+    predicted, _ = tagger.word_tags(sentences, batch_size)
+    seconds = time.perf_counter() - started
+
+    test = token_metrics(true_tags, predicted, tags)
+    test["timing"] = {
+        "examples": len(sentences),
+        "seconds": seconds,
+        "examples_per_second": len(sentences) / seconds if seconds > 0 else None,
+        "backend": "torch",
+    }
+    history = run.history()
+    generalisation = generalisation_check(history)
+    baseline_figures = None
+    if baseline is None:
+        baseline = bool(run.config.get("baseline", True))
+    if baseline:
+        from tunelab.evaluate.token_baseline import score_baseline
+
+        baseline_figures = score_baseline(run.split("train"), sentences, true_tags, test)
+
+    out = Path(out_dir).expanduser() if out_dir is not None else run.path
+    out.mkdir(parents=True, exist_ok=True)
+    predictions = predictions_frame(frame, predicted)
+    write_parquet(out / "predictions.parquet", predictions)
+
+    from tunelab.evaluate.plots import confusion_matrix_plot, training_curves
+    from tunelab.evaluate.token_report import write_token_report
+
+    plots = training_curves(out / "plots", history)
+    counts = np.asarray(test["confusion_matrix"]["counts"], dtype=float)
+    shares = np.divide(counts, counts.sum(axis=1, keepdims=True), out=np.zeros_like(counts), where=counts.sum(axis=1, keepdims=True) > 0)
+    plots["confusion_matrix"] = confusion_matrix_plot(test["confusion_matrix"]["counts"], shares, tags, out / "plots" / "confusion_matrix.png")
+    metrics = merged_metrics(out, run, test, source, generalisation, baseline_figures)
+    write_token_report(
+        out / "report.html",
+        run_name=run_name(run),
+        config=run.config,
+        test=test,
+        evaluated_on=metrics["evaluated_on"],
+        plots=plots,
+        mistakes=worst_rows(predictions),
+        generalisation=generalisation,
+        data_profile=run.data_profile,
+        train_info=metrics.get("train"),
+        environment=metrics.get("environment"),
+        baseline=baseline_figures,
+    )
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def predictions_frame(frame: pd.DataFrame, predicted: list[list[str]]) -> pd.DataFrame:
+    """Per sentence: the text, words, true and predicted tags, and how many words are wrong."""
+    wrong = [sum(t != p for t, p in zip(true, guess)) for true, guess in zip(frame["tags"], predicted)]
+    return pd.DataFrame(
+        {
+            "text": frame["text"].tolist(),
+            "words": frame["words"].map(list).tolist(),
+            "tags": frame["tags"].map(list).tolist(),
+            "predicted": predicted,
+            "wrong_words": wrong,
+        }
+    )
+
+
+def worst_rows(predictions: pd.DataFrame, limit: int = MAX_MISTAKES) -> list[dict[str, Any]]:
+    """The sentences with the most wrongly tagged words, each wrong word shown as word (true → predicted)."""
+    rows = predictions[predictions["wrong_words"] > 0].sort_values("wrong_words", ascending=False, kind="stable").head(limit)
+    shown = []
+    for row in rows.itertuples():
+        errors = [f"{w} ({t} → {p})" for w, t, p in zip(row.words, row.tags, row.predicted) if t != p]
+        shown.append({"text": row.text, "errors": errors, "wrong_words": row.wrong_words})
+    return shown
+
+
+def merged_metrics(out: Path, run: Run, test: dict, source: str, generalisation: dict, baseline: dict | None) -> dict[str, Any]:
+    """metrics.json's content: training's keys, with this evaluation merged in."""
+    path = out / "metrics.json"
+    metrics: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if out.resolve() != run.path.resolve():
+        for key in ("task", "train", "environment"):
+            if key in run.metrics and key not in metrics:
+                metrics[key] = run.metrics[key]
+    metrics["test"] = test
+    metrics.update({key: test[key] for key in ("f1_micro", "precision_micro", "recall_micro", "f1_macro", "word_accuracy")})
+    metrics["evaluated_on"] = {"source": source, "rows": test["n"], "run": str(published_path(run))}
+    metrics["generalisation"] = generalisation
+    if baseline is not None:
+        metrics["baseline"] = baseline
+    else:
+        metrics.pop("baseline", None)
+    return metrics

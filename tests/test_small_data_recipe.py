@@ -146,7 +146,7 @@ def test_train_uses_the_small_data_recipe_and_inspect_names_it(monkeypatch, tmp_
 
 def test_lora_adapters_on_the_mean_pooled_head_merge_into_the_same_logits(tmp_path, tiny_bert):
     from tunelab.models.pooling import load_sequence_classifier, new_classifier
-    from tunelab.training.classify import _with_lora
+    from tunelab.training.trainer_setup import _with_lora
 
     model = _with_lora(new_classifier(tiny_bert, "mean", ["a", "b", "c"]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)

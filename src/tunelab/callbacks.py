@@ -1,4 +1,4 @@
-"""Trainer callbacks: a progress bar people can read, and history.jsonl for the plots."""
+"""Trainer callbacks: a progress bar people can read, history.jsonl for the plots, and the list every Trainer of ours gets."""
 
 from __future__ import annotations
 
@@ -9,9 +9,19 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from transformers import TrainerCallback
+from transformers import EarlyStoppingCallback, TrainerCallback
 
 from tunelab.eta import DurationEstimate, first_estimate, human_duration, steps_to_measure
+
+
+def trainer_callbacks(history: Path, samples_per_step: int | None, early_stopping: int | None = None) -> list[TrainerCallback]:
+    """history.jsonl; the progress bar unless samples_per_step is None (no progress shown); early stopping after that many evaluations without gain."""
+    callbacks: list[TrainerCallback] = [HistoryCallback(history)]
+    if samples_per_step is not None:
+        callbacks.append(RichProgressCallback(samples_per_step))
+    if early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping))
+    return callbacks
 
 
 def quiet_libraries() -> None:

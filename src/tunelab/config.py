@@ -46,21 +46,58 @@ Delimiter = Annotated[str | None, BeforeValidator(delimiter_value)]
 DELIMITER_HELP = "field delimiter of csv/tsv files: , ; | or tab; default: detected from the file (tab for .tsv)"
 
 
-class DataSettings(Settings):
-    """Which labelled data, and how it is split: shared by training, baselines and comparisons."""
+class SplitSettings(Settings):
+    """A data file and how it is split into train/eval/test: every task's that trains on a file."""
 
-    data: str = Field("bbc-news", description="built-in dataset name or a csv/tsv/jsonl/json/parquet file or save_to_disk folder")
-    text_col: str = "text"
-    label_col: str = "label"
+    data: str = Field(..., description="a csv/tsv/jsonl/json/parquet file")
     encoding: str = Field("utf-8", description="text encoding of csv/tsv/json files")
     delimiter: Delimiter = Field(None, description=DELIMITER_HELP)
     eval_data: str | None = Field(None, description="user-supplied evaluation split (else split from data)")
     test_data: str | None = Field(None, description="user-supplied test split (else split from data)")
     eval_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    seed: int = 42
+
+
+class DataSettings(SplitSettings):
+    """Which labelled data, and how it is split: shared by training, baselines and comparisons."""
+
+    data: str = Field("bbc-news", description="built-in dataset name or a csv/tsv/jsonl/json/parquet file or save_to_disk folder")
+    text_col: str = "text"
+    label_col: str = "label"
     max_train_samples: int | None = Field(None, gt=0)
     strict: bool = Field(False, description="refuse empty texts / missing labels instead of dropping them")
-    seed: int = 42
+
+
+class TrainerSettings(SplitSettings):
+    """Fine-tuning an encoder with the Hugging Face Trainer: the settings every such task shares
+    (training/trainer_setup.py reads them; a task's config adds its own)."""
+
+    model: str = Field("minilm", description="catalogue name (`tunelab models`) or a local Hugging Face folder")
+    epochs: float = Field(3.0, gt=0)
+    lr: PositiveFloat | Literal["auto"] = Field(
+        "auto", description="peak learning rate; auto: 5e-5 for a model 768 wide (BERT-base), scaled by 768 / its width"
+    )
+    batch_size: PositiveInt | Literal["auto"] = Field(16, description="per-process batch; 'auto': the largest that fits in memory")
+    eval_batch_size: int = Field(64, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    # No warmup by default: over three seeds on `tweets` (benchmarks/ablate_recipe.py) 10% warmup cost
+    # 1.4 accuracy points at fine-tuning's short budgets; raise it for large learning rates.
+    warmup: float = Field(0.0, ge=0, lt=1, description="fraction of the training steps spent warming up the learning rate")
+    max_length: int | None = Field(None, gt=0, description="token limit; default: the data's 95th percentile, capped by the model")
+    group_by_length: bool = Field(True, description="batch examples of similar length together (less padding)")
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores")
+    early_stopping: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
+    logging_steps: int | None = Field(None, gt=0, description="default: about 20 logs per epoch")
+    keep_checkpoints: int = Field(1, ge=1)
+    report_to: list[str] = Field(default_factory=list, description="Trainer integrations, e.g. tensorboard, mlflow")
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON config, passed to the Trainer")
+    fsdp: str | None = Field(None, description="FSDP options, e.g. 'full_shard auto_wrap', passed to the Trainer")
+
+    out: str | None = Field(None, description="run directory; default runs/<model>-<data>-<time>")
+    overwrite: bool = False
 
 
 # The recipe `tunelab train` uses below SMALL_DATA_ROWS training rows (recipe: auto): settings that
@@ -73,34 +110,17 @@ SMALL_DATA_ROWS = 1000
 SMALL_DATA_RECIPE: dict[str, Any] = {"pooling": "mean"}
 
 
-class TrainConfig(DataSettings):
-    """Fine-tuning a sequence classifier (`tunelab train`)."""
+class TrainConfig(DataSettings, TrainerSettings):
+    """Fine-tuning a sequence classifier (`tunelab train`): the data and Trainer settings, plus:"""
 
-    model: str = Field("minilm", description="catalogue name (`tunelab models`) or a local Hugging Face folder")
-    method: Literal["full", "head", "lora"] = Field("full", description="what is trained: all weights, the head only, or LoRA adapters")
-    epochs: float = Field(3.0, gt=0)
-    lr: PositiveFloat | Literal["auto"] = Field(
-        "auto", description="peak learning rate; auto: 5e-5 for a model 768 wide (BERT-base), scaled by 768 / its width"
-    )
-    batch_size: PositiveInt | Literal["auto"] = Field(16, description="per-process batch; 'auto': the largest that fits in memory")
-    eval_batch_size: int = Field(64, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    # No warmup by default: over three seeds on `tweets` (benchmarks/ablate_recipe.py) 10% warmup cost
-    # 1.4 accuracy points at fine-tuning's short budgets; raise it for large learning rates.
-    warmup: float = Field(0.0, ge=0, lt=1, description="fraction of the training steps spent warming up the learning rate")
     class_weights: Literal["none", "balanced"] | dict[str, PositiveFloat] = Field(
         "none",
         description="balanced: each class's training loss weighted by rows / (classes x its rows), so a rare class is not outvoted; "
         "or {label: weight} for every label",
     )
-    max_length: int | None = Field(None, gt=0, description="token limit; default: the data's 95th percentile, capped by the model")
+    method: Literal["full", "head", "lora"] = Field("full", description="what is trained: all weights, the head only, or LoRA adapters")
     length_percentile: float = Field(95.0, gt=0, le=100)
-    group_by_length: bool = Field(True, description="batch examples of similar length together (less padding)")
     length_window: PositiveInt = Field(4, description="group_by_length sorts this many batches at a time: more saves padding, fewer keeps batches mixed")
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores")
-    early_stopping: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
     pooling: Literal["cls", "mean"] = Field(
         "cls", description="what the classification head reads: the [CLS] pooler (Hugging Face's head) or the mean of the token states"
     )
@@ -112,15 +132,7 @@ class TrainConfig(DataSettings):
         description=f"auto: small-data (mean pooling) below {SMALL_DATA_ROWS:,} training rows, else default; "
         "a setting given explicitly always wins over the recipe's",
     )
-    logging_steps: int | None = Field(None, gt=0, description="default: about 20 logs per epoch")
-    keep_checkpoints: int = Field(1, ge=1)
-    report_to: list[str] = Field(default_factory=list, description="Trainer integrations, e.g. tensorboard, mlflow")
-    deepspeed: str | None = Field(None, description="DeepSpeed JSON config, passed to the Trainer")
-    fsdp: str | None = Field(None, description="FSDP options, e.g. 'full_shard auto_wrap', passed to the Trainer")
     baseline: bool = Field(True, description="the evaluation also fits TF-IDF + logistic regression on the train split and reports whether the model beats it")
-
-    out: str | None = Field(None, description="run directory; default runs/<model>-<data>-<time>")
-    overwrite: bool = False
 
 
 def resolve_recipe(config: TrainConfig, train_rows: int) -> TrainConfig:
@@ -152,8 +164,8 @@ def describe_recipe(config: TrainConfig) -> str:
     return f"{config.recipe} ({', '.join(parts)})"
 
 
-class ExtractiveQAConfig(Settings):
-    """Fine-tuning an extractive question-answering reader (`tunelab train --task extractive-qa`)."""
+class ExtractiveQAConfig(TrainerSettings):
+    """Fine-tuning an extractive question-answering reader (`tunelab train --task extractive-qa`): the Trainer settings, plus:"""
 
     # Fixed; written to config.yaml so that it is itself a valid config and says what the run is.
     task: Literal["extractive-qa"] = Field("extractive-qa", description="what the run learns (fixed)")
@@ -166,33 +178,15 @@ class ExtractiveQAConfig(Settings):
     question_col: str = "question"
     context_col: str = "context"
     answer_col: str = "answer"
-    encoding: str = Field("utf-8", description="text encoding of csv/json files")
-    delimiter: Delimiter = Field(None, description=DELIMITER_HELP)
-    eval_data: str | None = Field(None, description="user-supplied evaluation split (else split from data)")
-    test_data: str | None = Field(None, description="user-supplied test split (else split from data)")
     eval_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the questions held out for evaluation")
     test_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the questions held out for the test")
-    model: str = Field("minilm", description="catalogue name (`tunelab models`) or a local Hugging Face folder")
     epochs: float = Field(2.0, gt=0)
-    lr: PositiveFloat | Literal["auto"] = Field(
-        "auto", description="peak learning rate; auto: 5e-5 for a model 768 wide (BERT-base), scaled by 768 / its width"
-    )
     batch_size: PositiveInt = Field(16, description="windows per training step")
-    eval_batch_size: int = Field(64, gt=0)
     max_length: int | None = Field(
         None, gt=0, description="window length in tokens; default: the data's 95th percentile of question + context, capped by the model"
     )
     doc_stride: int = Field(64, ge=0, description="tokens shared by consecutive windows of a context longer than max_length")
     max_answer_tokens: int = Field(30, gt=0, description="the longest answer span the reader considers")
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores")
-    seed: int = 42
-    warmup: float = Field(0.0, ge=0, lt=1, description="fraction of the training steps spent warming up the learning rate")
-    weight_decay: float = Field(0.01, ge=0)
-    early_stopping: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
-
-    out: str | None = Field(None, description="run directory; default runs/<model>-<data>-<time>")
-    overwrite: bool = False
 
 
 class MultiLabelConfig(TrainConfig):

@@ -25,7 +25,7 @@ import transformers  # noqa: E402
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, PrinterCallback, Trainer, TrainingArguments  # noqa: E402
 
 from tunelab import atomic, hardware  # noqa: E402
-from tunelab.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
+from tunelab.callbacks import quiet_libraries, trainer_callbacks  # noqa: E402
 from tunelab.config import to_yaml  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.lm import report  # noqa: E402
@@ -146,9 +146,7 @@ def load_model(folder: Path):
 
 def build_trainer(config: SFTConfig, model, tokenizer, tokenized: Tokenized, stage: Path, precision: str, progress: bool) -> Trainer:
     args = training_arguments(config, stage / "checkpoints", precision, len(tokenized.train))
-    callbacks: list = [HistoryCallback(stage / "history.jsonl")]
-    if progress:
-        callbacks.append(RichProgressCallback(config.batch_size * config.grad_accum * args.world_size))
+    callbacks = trainer_callbacks(stage / "history.jsonl", config.batch_size * config.grad_accum * args.world_size if progress else None)
     # Answer-only logits where the model allows it: same loss, a fraction of the memory and time.
     trainer_class = AnswerOnlyTrainer if config.answer_only_logits and supports_logits_to_keep(model) else Trainer
     trainer = trainer_class(

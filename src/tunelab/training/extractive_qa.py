@@ -1,8 +1,9 @@
 """Fine-tuning an encoder for extractive question answering: the recipe, top to bottom.
 
-load + validate data -> split by question -> tokenizer -> max length -> windows with span labels
--> model -> Trainer -> train -> save model -> choose the no-answer threshold on eval -> score the
-test split with the reader -> publish the run directory.
+set up -> load + validate data -> split by question -> tokenizer -> max length -> windows with span
+labels -> model -> stage -> Trainer -> train -> save model -> choose the no-answer threshold on eval
+-> score the test split with the reader -> publish the run directory. The steps every encoder task
+shares are training/trainer_setup.py's.
 
 The trained model is the RAG reader (models/span_reader.py): it answers with a span of a source,
 or abstains.
@@ -11,39 +12,23 @@ or abstains.
 from __future__ import annotations
 
 import os
-import shutil
-import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForQuestionAnswering,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    EarlyStoppingCallback,
-    PrinterCallback,
-    Trainer,
-    TrainingArguments,
-)
+from transformers import AutoModelForQuestionAnswering, Trainer  # noqa: E402
 
-from tunelab import atomic, hardware  # noqa: E402
+from tunelab import atomic  # noqa: E402
 from tunelab.answers import normalize, score, summarise  # noqa: E402
-from tunelab.callbacks import HistoryCallback, RichProgressCallback, quiet_libraries  # noqa: E402
-from tunelab.config import ExtractiveQAConfig, to_yaml  # noqa: E402
+from tunelab.config import ExtractiveQAConfig  # noqa: E402
 from tunelab.data.load import read_raw  # noqa: E402
 from tunelab.data.split import held_out_share, hold_out  # noqa: E402
 from tunelab.data.tokenize import choose_max_length  # noqa: E402
 from tunelab.errors import TunelabError, did_you_mean  # noqa: E402
-from tunelab.models.catalogue import resolve_model  # noqa: E402
-from tunelab.models.classifier import model_max_length  # noqa: E402
 from tunelab.models.span_reader import ExtractiveReader, choose_threshold, cls_index, encode_windows  # noqa: E402
-from tunelab.run import Run, named_after, out_dir, refuse_existing, start_staging  # noqa: E402
-from tunelab.training.classify import count_trainable, resolve_lr  # noqa: E402
+from tunelab.run import Run  # noqa: E402
+from tunelab.training import trainer_setup  # noqa: E402
 
 TASK = "extractive-qa"
 MIN_MAX_LENGTH = 32  # a window must leave the context room after the question
@@ -53,82 +38,39 @@ CI_NAMES = {"exact_match": "exact_match", "f1": "token_f1", "contains": "right",
 
 def train_extractive_qa(config: ExtractiveQAConfig, progress: bool = True) -> Run:
     """Fine-tune config.model to point at answer spans in config.data; return the finished run."""
-    quiet_libraries()
-    out = out_dir(config.out, named_after(config.model, config.data))
-    staging = atomic.partial_path(out)
-    refuse_existing(out, config.overwrite)
-    transformers.set_seed(config.seed)
-    threads = hardware.set_threads(config.threads)
-    precision = hardware.resolve_precision(config.precision)
-
-    # 1. Data: load, check every answer against its context, split by question (seeded).
-    splits = load_qa_splits(config)
-
-    # 2. Tokenizer, and a window length chosen from the data rather than the model's 512.
-    model_dir = resolve_model(config.model)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    setup = trainer_setup.start_run(config)
+    splits = load_qa_splits(config)  # every answer checked against its context, split by question (seeded)
+    pretrained = trainer_setup.load_pretrained(config)
+    tokenizer = pretrained.tokenizer
     tokenizer.padding_side = "right"  # "no answer" points at [CLS], index 0 of every padded window
-    model_config = transformers.AutoConfig.from_pretrained(model_dir)
-    model_limit = model_max_length(model_config, tokenizer)
-    if config.max_length is not None and config.max_length > model_limit:
-        raise TunelabError(f"--max-length {config.max_length} exceeds the model's limit of {model_limit} tokens", f"use at most {model_limit}")
-    max_length = config.max_length or choose_qa_max_length(tokenizer, splits["train"], model_limit, config.seed)
-    lr = resolve_lr(config.lr, model_config)
-
-    # 3. Tokenize: windows of question + context, each labelled with its answer's tokens (or [CLS]).
+    max_length = config.max_length or choose_qa_max_length(tokenizer, splits["train"], pretrained.limit, config.seed)
+    lr = trainer_setup.resolve_lr(config.lr, pretrained.config)
+    # Windows of question + context, each labelled with its answer's tokens (or [CLS]).
     datasets = {name: tokenize_qa(splits[name], tokenizer, max_length, config.doc_stride) for name in ("train", "eval")}
-
-    # 4. Model: the pretrained encoder with a fresh span head; then the plan.
-    model = build_qa_model(model_dir)
-    parameters = sum(p.numel() for p in model.parameters())
+    with trainer_setup.quiet_new_head():  # the span head (qa_outputs) is new
+        model = AutoModelForQuestionAnswering.from_pretrained(pretrained.folder)
     if progress:
-        print_plan(config, splits, len(datasets["train"]), max_length, lr, precision, parameters)
+        print_plan(config, splits, len(datasets["train"]), max_length, lr, setup.precision, sum(p.numel() for p in model.parameters()))
+    trainer_setup.stage_run(setup, config, splits, task=TASK, kind="transformers", max_length=max_length, lr=lr)
+    # The plain Trainer; the best epoch by eval loss is kept.
+    args = trainer_setup.training_arguments(config, setup, config.batch_size, lr, len(datasets["train"]), best_metric="loss")
+    trainer = trainer_setup.build_trainer(Trainer, config, setup, args, model, datasets, tokenizer, progress)
+    facts = trainer_setup.training_metrics(trainer, trainer_setup.train_timed(trainer), setup)
+    trainer_setup.save_model(trainer, setup.staging / "model")
+    test, threshold = score_reader(config, setup, trainer.model.eval(), tokenizer, splits, max_length)
+    atomic.write_json(setup.staging / "metrics.json", {"task": TASK, "test": test, **facts, "null_threshold": threshold})
+    trainer_setup.publish_run(setup, config.overwrite)
+    return Run.open(setup.out)
 
-    # 5. Stage the run directory with everything known before training.
-    resolved = dict(task=TASK, kind="transformers", out=str(out), max_length=max_length, lr=lr, precision=precision, threads=threads)
-    start_staging(staging, to_yaml(config, **resolved), splits)
 
-    # 6. Trainer: the plain one; the best epoch by eval loss is kept.
-    args = training_arguments(config, staging / "checkpoints", precision, lr, len(datasets["train"]))
-    callbacks = [HistoryCallback(staging / "history.jsonl")]
-    if progress:
-        callbacks.append(RichProgressCallback(config.batch_size))
-    if config.early_stopping:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=datasets["train"],
-        eval_dataset=datasets["eval"],
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)  # our progress bar and history.jsonl replace the printed dicts
-
-    # 7. Train.
-    started = time.perf_counter()
-    result = trainer.train()
-    train_seconds = time.perf_counter() - started
-
-    # 8. Save; choose the no-answer threshold on eval, score the test split with it; publish.
-    trainer.model.save_pretrained(staging / "model")
-    tokenizer.save_pretrained(staging / "model")
-    reader = ExtractiveReader(trainer.model.eval(), tokenizer, max_length, config.doc_stride, config.max_answer_tokens, precision=precision)
+def score_reader(config: ExtractiveQAConfig, setup, model, tokenizer, splits, max_length: int) -> tuple[dict, dict]:
+    """The trained model as a reader: its no-answer threshold chosen on eval, the test split scored with it
+    (predictions.parquet written); returns the test metrics and the threshold."""
+    reader = ExtractiveReader(model, tokenizer, max_length, config.doc_stride, config.max_answer_tokens, precision=setup.precision)
     threshold = choose_null_threshold(reader, splits["eval"], config.eval_batch_size)
     test, predictions = score_split(reader, splits["test"], threshold["value"], config.eval_batch_size)
-    predictions.to_parquet(staging / "predictions.parquet", index=False)
-    metrics = {
-        "task": TASK,
-        "test": test,
-        "train": training_metrics(trainer, result, train_seconds),
-        "environment": hardware.environment(precision),
-        "null_threshold": threshold,
-    }
-    atomic.write_json(staging / "metrics.json", metrics)
-    shutil.rmtree(staging / "checkpoints", ignore_errors=True)
-    atomic.publish_dir(staging, out, overwrite=config.overwrite)
-    return Run.open(out)
+    predictions.to_parquet(setup.staging / "predictions.parquet", index=False)
+    return test, threshold
 
 
 # 1. data -------------------------------------------------------------------------------------
@@ -279,46 +221,6 @@ def window_labels(encoded, answer_starts: list[int], answer_lengths: list[int], 
     return starts, ends
 
 
-# 4.-6. model and Trainer -------------------------------------------------------------------------
-def build_qa_model(model_dir: Path):
-    # The span head (qa_outputs) is new on purpose: hide the long "newly initialized" report.
-    level = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    try:
-        return AutoModelForQuestionAnswering.from_pretrained(model_dir)
-    finally:
-        transformers.logging.set_verbosity(level)
-
-
-def training_arguments(config: ExtractiveQAConfig, output_dir: Path, precision: str, lr: float, train_windows: int) -> TrainingArguments:
-    steps_per_epoch = max(1, train_windows // config.batch_size)
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=config.epochs,
-        learning_rate=lr,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.eval_batch_size,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup,  # transformers 5: a value below 1 is a fraction of the steps
-        bf16=precision == "bf16",
-        use_cpu=not torch.cuda.is_available(),
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=1,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        logging_strategy="steps",
-        logging_steps=max(1, steps_per_epoch // 20),
-        train_sampling_strategy="group_by_length",  # short contexts make short windows: less padding
-        report_to="none",
-        seed=config.seed,
-        data_seed=config.seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
-
-
 # 8. threshold, test scores, metrics ------------------------------------------------------------
 def read_split(reader: ExtractiveReader, split: pd.DataFrame, batch_size: int):
     """Each row read on its own context: the question's one passage."""
@@ -389,21 +291,6 @@ def score_split(reader: ExtractiveReader, split: pd.DataFrame, threshold: float,
         }
     )
     return metrics, predictions
-
-
-def training_metrics(trainer, result, seconds: float) -> dict:
-    return {
-        "train_runtime_s": seconds,
-        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
-        "train_loss": result.metrics.get("train_loss"),
-        "train_samples": len(trainer.train_dataset),  # windows
-        "epochs": result.metrics.get("epoch"),
-        "steps": result.global_step,
-        "best_eval_loss": trainer.state.best_metric,
-        "peak_memory_mb": hardware.peak_memory_mb(),
-        "parameters": sum(p.numel() for p in trainer.model.parameters()),
-        "trainable_parameters": count_trainable(trainer.model),
-    }
 
 
 def print_plan(config: ExtractiveQAConfig, splits, windows: int, max_length: int, lr: float, precision: str, parameters: int) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from tunelab.config import TrainConfig, to_yaml
 from tunelab.errors import TunelabError
 from tunelab.run import Run
-from tunelab.training.classify import resolve_out_dir
+from tunelab.training.trainer_setup import resolve_out_dir
 
 
 def in_distributed_launch() -> bool:

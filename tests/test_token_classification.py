@@ -277,16 +277,43 @@ def test_bad_tagged_data_is_refused_in_one_line(piece_bert, tmp_path):
     assert_user_error(cli("train", "--model", piece_bert, "--data", bad, "--strict-iob"), "--strict-iob applies only to --task token-classification")
 
 
-@pytest.mark.parametrize("command", [["serve"], ["export"], ["compare", "{run}"]])
-def test_serve_export_and_compare_refuse_a_token_run_in_one_line(ner_run, command, monkeypatch):
+@pytest.mark.parametrize("command", [["export"], ["compare", "{run}"]])
+def test_export_and_compare_refuse_a_token_run_in_one_line(ner_run, command):
+    args = [part.format(run=ner_run) for part in command]
+    assert_user_error(cli(args[0], ner_run, *args[1:]), f"tunelab {args[0]} does not handle token-classification runs yet", "predict, eval and serve")
+
+
+# -- serve ----------------------------------------------------------------------------------------
+
+
+def test_the_service_answers_with_entity_spans_in_its_documented_schema(ner_run):
+    from tests._serve_fixtures import running
+    from tunelab.runtime.tagger import TokenTagger
+    from tunelab.serve.app import create_app
+
+    texts = ["the film zorbia was great, table chair.", "qantar and velmora, river stone"]
+    with running(create_app(ner_run, api_key="")) as client:
+        schema = client.get("/openapi.json").json()
+        response = schema["paths"]["/v1/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert response["$ref"].endswith("/EntitiesResponse")
+        assert set(schema["components"]["schemas"]["Entity"]["properties"]) == {"type", "start", "end", "text", "score"}
+        answer = client.post("/v1/predict", json={"texts": texts})
+        assert answer.status_code == 200, answer.text
+        served = [[(e["type"], e["start"], e["end"], e["text"]) for e in p["entities"]] for p in answer.json()["predictions"]]
+        ours = [[(e["type"], e["start"], e["end"], e["text"]) for e in found] for found in TokenTagger.load(ner_run / "model").entities(texts)]
+        assert served == ours and any(served)
+        assert client.get("/v1/model").json()["labels"][0] == "O"
+        assert client.post("/v1/predict", json={"texts": []}).status_code == 422
+
+
+def test_serve_refuses_an_onnx_backend_for_a_token_run(ner_run, monkeypatch):
     import uvicorn
 
     def started(*args, **kwargs):
-        raise AssertionError("tunelab serve started a server for a token-classification run")
+        raise AssertionError("tunelab serve started a server")
 
     monkeypatch.setattr(uvicorn, "run", started)
-    args = [part.format(run=ner_run) for part in command]
-    assert_user_error(cli(args[0], ner_run, *args[1:]), f"tunelab {args[0]} does not handle token-classification runs yet")
+    assert_user_error(cli("serve", ner_run, "--backend", "onnx"), "--backend onnx is for single-label classifiers")
 
 
 # -- the built-in set -----------------------------------------------------------------------------

@@ -83,7 +83,7 @@ class Run:
 
     @property
     def task(self) -> str:
-        """'classification' (`tunelab train`), 'multi-label' or 'extractive-qa' (`tunelab train --task ...`), or 'sft' (`tunelab sft`)."""
+        """'classification' (`tunelab train`), 'multi-label', 'extractive-qa' or 'token-classification' (`tunelab train --task ...`), or 'sft' (`tunelab sft`)."""
         if "task" in self.config:
             return str(self.config["task"])
         # Classifier runs never wrote their task; an sft run written before SFTConfig.task existed has no labels.json.
@@ -92,7 +92,11 @@ class Run:
     def require_classification(self, command: str) -> None:
         """Refuse, in one line, a run of another task (multi-label, extractive-qa) for a command that handles only classifiers."""
         if self.task != "classification":
-            usable = "; tunelab predict and tunelab eval handle this run" if self.task == "multi-label" else ""
+            usable = {
+                "multi-label": "; tunelab predict and tunelab eval handle this run",
+                "token-classification": "; tunelab predict, eval and serve handle this run",
+            }
+            usable = usable.get(self.task, "")
             raise TunelabError(
                 f"{command} does not handle {self.task} runs yet ('{self.path}' is one)", f"it takes runs of `tunelab train` without --task{usable}"
             )

@@ -1,6 +1,7 @@
 """The prediction service: a FastAPI app for a classifier run, and `serve()` that runs it with uvicorn.
 
 POST /v1/predict   {"texts": [...]} -> label, score and every class probability per text
+                   (a token-classification run: each text's entities, serve/entities.py)
 GET  /v1/model     name, version, backend, labels, the run's metrics
 GET  /health       the process is up          GET /ready   the model is loaded
 GET  /metrics      Prometheus text format     GET /        the web page
@@ -33,6 +34,8 @@ from tunelab.runtime.scorers import model_version
 from tunelab.serve.batching import MicroBatcher, NotRunning, QueueFull
 from tunelab.serve.common import WRONG_KEY, ApiKey, BodyLimit, ErrorBody, configured_key, install_error_handlers, key_schemes, plain_error
 from tunelab.serve.docs import offline_fastapi
+from tunelab.serve.entities import TASK as TOKEN_TASK
+from tunelab.serve.entities import check_token_servable, entities_router, is_token_run, tagger_loader
 from tunelab.serve.holder import LoadedModel, ModelHolder, NotReady, finite
 from tunelab.serve.metrics import ServiceMetrics
 from tunelab.serve.settings import ServeSettings
@@ -129,10 +132,8 @@ class Service:
         return lifespan
 
 
-def predict_router(service: Service) -> APIRouter:
-    """POST /v1/predict; its request's size limit is a setting, so the request model is built here."""
-    settings = service.settings
-    max_texts = settings.max_texts
+def predict_request(max_texts: int) -> type[BaseModel]:
+    """POST /v1/predict's request, {"texts": [...]}; its size limit is a setting, so the model is built per app."""
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["what a wonderful day"]}]})
@@ -144,6 +145,13 @@ def predict_router(service: Service) -> APIRouter:
             # JSON may carry lone surrogates (\ud800) that no tokenizer accepts; they become U+FFFD.
             return [t.encode("utf-8", "replace").decode("utf-8") if not t.isascii() else t for t in texts]
 
+    return PredictRequest
+
+
+def predict_router(service: Service) -> APIRouter:
+    """POST /v1/predict: label, score and every class's probability."""
+    settings = service.settings
+    PredictRequest = predict_request(settings.max_texts)  # noqa: N806 - a class
     router = APIRouter()
 
     @router.post("/v1/predict", response_model=PredictResponse)
@@ -227,14 +235,18 @@ def create_app(
     `api_key` defaults to $TUNELAB_API_KEY; empty means no key is needed (the rule: serve/common.py).
     """
     settings = settings or ServeSettings()
-    if not callable(loader):
+    tagger = is_token_run(loader)  # a token-classification run: the entities route and schema (serve/entities.py)
+    if tagger:
+        loader = tagger_loader(loader)
+    elif not callable(loader):
         loader = run_loader(loader, settings.backend, settings.threads)
     api_key = configured_key(api_key)
     service = Service.build(settings)
     app = offline_fastapi(
         title="tunelab prediction service",
         version="1",
-        description="Text classification with a fine-tuned tunelab run. Concurrent requests are micro-batched.",
+        description=("Token classification (entity spans with character offsets)" if tagger else "Text classification")
+        + " with a fine-tuned tunelab run. Concurrent requests are micro-batched.",
         lifespan=service.lifespan(loader),
     )
     app.state.holder = service.holder
@@ -249,10 +261,12 @@ def create_app(
     if api_key:
         errors[401] = {"model": ErrorBody}
     guarded = key_schemes(api_key)
-    app.include_router(predict_router(service), dependencies=guarded, responses=errors)
+    predict = entities_router(service, predict_request(settings.max_texts)) if tagger else predict_router(service)
+    app.include_router(predict, dependencies=guarded, responses=errors)
     app.include_router(model_router(service), dependencies=guarded, responses=errors)
     app.include_router(health_router(service))
-    app.include_router(page_router())
+    if not tagger:  # the web page shows class probabilities
+        app.include_router(page_router())
 
     # Every error is one JSON line, {"error": "..."}; no input can reach a 500.
     install_error_handlers(app, _error, log)
@@ -345,6 +359,9 @@ def check_servable(run_path: str | os.PathLike, backend: str, threads: int | Non
     An ONNX backend's first use (export, parity gate, auto's timing) happens here, once, not in each worker.
     """
     run = Run.open(run_path)
+    if run.task == TOKEN_TASK:
+        check_token_servable(run, backend)
+        return run
     run.require_classification("tunelab serve")
     run.model_dir  # noqa: B018 - raises for a scikit-learn baseline run
     choose_backend(run, backend, threads)

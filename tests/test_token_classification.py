@@ -335,3 +335,17 @@ def test_factbook_entities_follows_its_derivation_rule():
     groups = [set(split["group"]) for split in splits.values()]
     assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
     assert sum(map(len, splits.values())) == len(frame)
+
+
+def test_data_inspect_says_a_source_holds_tagged_words(tmp_path):
+    data = write_jsonl(tmp_path / "ner.jsonl", tagged_rows(30))
+    result = cli("data", "inspect", data, "--model", "")
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())  # rich wraps long lines
+    assert "holds tagged words (tokens and tags, 48 entities): train with --task token-classification" in output
+    from tunelab.inspection import inspect_source
+
+    assert inspect_source(str(data), model=None)["likely_task"] == "token-classification"
+    plain = tmp_path / "plain.csv"
+    pd.DataFrame({"text": ["good", "bad"], "label": ["p", "n"]}).to_csv(plain, index=False)
+    assert inspect_source(str(plain), model=None)["likely_task"] == "classification"

@@ -23,7 +23,11 @@ def inspect_source(
     delimiter: str | None = None,
 ) -> dict[str, Any]:
     """Rows, class balance, token-length percentiles, empty and duplicate rows, warnings; and
-    whether the label column looks multi-label (lists, or delimited strings)."""
+    whether the label column looks multi-label (lists, or delimited strings). Tagged words (a CoNLL/IOB
+    file, tokens and tags, text and spans) get the token-classification profile (inspect_tagged)."""
+    tagged = inspect_tagged(source, model, encoding)
+    if tagged is not None:
+        return tagged
     multi_label = detect_multilabel(source, label_col, encoding, delimiter)
     frame = load_source(source, text_col, label_col, encoding, delimiter=delimiter)
     tokenizer, limit = None, None
@@ -57,6 +61,41 @@ def inspect_source(
     if multi_label:
         profile["multi_label"] = multi_label
         profile["warnings"].insert(0, multi_label["advice"])
+    return profile
+
+
+def inspect_tagged(source: str, model: str | None = "minilm", encoding: str = "utf-8") -> dict[str, Any] | None:
+    """The profile of tagged words, when the source holds them (tunelab.data.token_tags.looks_tagged), else None:
+    sentences, entities per type (as `class_counts`), token lengths, and the advice to train with --task token-classification."""
+    from tunelab.data.token_tags import load_tagged, looks_tagged, profile_tagged, tagged_source
+
+    shape = looks_tagged(source, encoding)
+    if shape is None:
+        return None
+    frame = tagged_source(source) if shape == "built-in" else load_tagged(source, encoding=encoding)
+    tokenizer, limit = None, None
+    if model:
+        from transformers import AutoConfig, AutoTokenizer
+
+        from tunelab.models.classifier import model_max_length
+
+        folder = resolve_model(model)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        limit = model_max_length(AutoConfig.from_pretrained(folder), tokenizer)
+    profile = profile_tagged({"all": frame}, tokenizer, limit)
+    first = profile["splits"]["all"]
+    advice = f"{source} holds tagged words ({shape}, {sum(first['entity_counts'].values())} entities): train with --task token-classification"
+    profile.update(
+        rows=first["rows"],
+        class_counts=first["entity_counts"],
+        duplicate_texts=int(frame["text"].duplicated().sum()),
+        token_length=first.get("token_length", {}),
+        dropped={},
+        train_rows=len(frame),
+        recipe="token classification (a tag per word on its first word piece)",
+        likely_task="token-classification",
+    )
+    profile["warnings"].insert(0, advice)
     return profile
 
 

@@ -159,6 +159,32 @@ def load_tagged(
     return tagged_frame(rows, name)
 
 
+def looks_tagged(source: str | os.PathLike, encoding: str = "utf-8", tokens_col: str = "tokens", spans_col: str = "spans") -> str | None:
+    """How `source` holds tagged words (a CoNLL/IOB file, tokens and tags, text and spans, a built-in tagged set), or None."""
+    from tunelab.data.builtin import BUILTIN
+
+    if str(source) in BUILTIN:
+        return "built-in" if BUILTIN[str(source)].description.startswith("token classification") else None
+    if Path(source).suffix.lower() in CONLL_SUFFIXES:
+        return "CoNLL/IOB"
+    columns = {str(c) for c in read_raw(source, encoding).columns}
+    if tokens_col in columns:
+        return "tokens and tags"
+    if spans_col in columns:
+        return "text and spans"
+    return None
+
+
+def tagged_source(name: str) -> pd.DataFrame:
+    """A built-in token-classification set (its loader gives tagged sentences)."""
+    from tunelab.data.builtin import BUILTIN
+
+    frame = BUILTIN[name].load()
+    if "words" not in frame.columns:
+        raise TunelabError(f"built-in dataset '{name}' is not a token-classification set", "use factbook-entities or a tagged file")
+    return frame
+
+
 def read_conll(path: Path, encoding: str = "utf-8", strict_iob: bool = False) -> pd.DataFrame:
     """CoNLL/IOB columns: one word per line, its first column the word and its last the tag; a blank line ends a sentence; -DOCSTART- lines are skipped."""
     if not path.is_file():
@@ -255,9 +281,7 @@ def load_tagged_splits(settings) -> dict[str, pd.DataFrame]:
     read = lambda source: load_tagged(  # noqa: E731
         source, settings.tokens_col, settings.label_col, settings.text_col, settings.spans_col, settings.encoding, settings.strict_iob
     )
-    frame = BUILTIN[settings.data].load() if settings.data in BUILTIN else read(settings.data)
-    if "words" not in frame.columns:
-        raise TunelabError(f"built-in dataset '{settings.data}' is not a token-classification set", "use factbook-entities or a tagged file")
+    frame = tagged_source(settings.data) if settings.data in BUILTIN else read(settings.data)
     given = {"eval": settings.eval_data, "test": settings.test_data}
     splits = split_by_group(frame, settings.eval_fraction, settings.test_fraction, settings.seed)
     for name, source in given.items():

@@ -277,10 +277,19 @@ def test_bad_tagged_data_is_refused_in_one_line(piece_bert, tmp_path):
     assert_user_error(cli("train", "--model", piece_bert, "--data", bad, "--strict-iob"), "--strict-iob applies only to --task token-classification")
 
 
-@pytest.mark.parametrize("command", [["export"], ["compare", "{run}"]])
-def test_export_and_compare_refuse_a_token_run_in_one_line(ner_run, command):
-    args = [part.format(run=ner_run) for part in command]
-    assert_user_error(cli(args[0], ner_run, *args[1:]), f"tunelab {args[0]} does not handle token-classification runs yet", "predict, eval and serve")
+def test_compare_refuses_a_token_run_in_one_line(ner_run):
+    assert_user_error(cli("compare", ner_run, ner_run), "tunelab compare does not handle token-classification runs yet", "predict, eval and serve")
+
+
+def test_export_writes_an_onnx_tagger_that_gives_the_same_word_tags(ner_run):
+    pytest.importorskip("onnxruntime")
+    result = cli("export", ner_run, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    parity = json.loads((ner_run / "onnx" / "parity.json").read_text())
+    assert parity["task"] == "token-classification" and parity["fp32_argmax_agreement"] == 1.0 and parity["fp32_max_abs_diff"] <= 1e-3
+    assert report["rows"] == len(Run.open(ner_run).split("test"))
+    assert_user_error(cli("export", ner_run, "--quantize", "int8"), "--quantize is not supported for token-classification runs yet")
 
 
 # -- serve ----------------------------------------------------------------------------------------

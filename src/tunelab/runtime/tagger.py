@@ -4,7 +4,8 @@ A word's tag is the argmax of its first word piece's logits (the piece that carr
 training; tunelab.data.token_tags.aligned_labels). Entities are read from the word tags by seqeval's
 chunking (the same reading the metrics use) and placed in the text by the words' offsets, so they
 match `transformers.pipeline("token-classification", aggregation_strategy="first")` on the same
-model folder. Scores with PyTorch only: the ONNX exports in this package are for sequence classifiers.
+model folder. Scores with PyTorch; `tunelab export` writes and checks an ONNX copy (runtime/token_export.py),
+which predict and serve do not use yet.
 """
 
 from __future__ import annotations
@@ -45,10 +46,20 @@ class TokenTagger:
         return cls(model, tokenizer, tags, model_max_length(model.config, tokenizer))
 
     @torch.inference_mode()
+    def piece_logits(self, batch) -> np.ndarray:
+        """(sentences, pieces, tags) logits of a padded batch from the tokenizer, by the PyTorch model."""
+        return self.model(**batch).logits.float().numpy()
+
     def word_tags(
-        self, sentences: Sequence[Sequence[str]], batch_size: int = 64, progress: Callable[[int], None] | None = None
+        self,
+        sentences: Sequence[Sequence[str]],
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+        forward: Callable[[Any], np.ndarray] | None = None,
     ) -> tuple[list[list[str]], list[np.ndarray]]:
-        """Each sentence's word tags and each word's tag probabilities; words past max_length are tagged O."""
+        """Each sentence's word tags and each word's tag probabilities; words past max_length are tagged O.
+        forward: the batch -> piece logits function (default piece_logits; the ONNX export's parity check passes its session's)."""
+        forward = forward or self.piece_logits
         sentences = [list(words) for words in sentences]
         tags: list[list[str]] = [["O"] * len(words) for words in sentences]
         probabilities = [np.zeros((len(words), len(self.tags)), dtype=np.float32) for words in sentences]
@@ -59,7 +70,7 @@ class TokenTagger:
                 batch = self.tokenizer(
                     [sentences[i] for i in index], is_split_into_words=True, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
                 )
-                proba = softmax(self.model(**batch).logits.float().numpy())
+                proba = softmax(forward(batch))
                 for row, i in enumerate(index):
                     seen: set[int] = set()
                     for piece, word in enumerate(batch.word_ids(row)):

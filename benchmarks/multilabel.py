@@ -82,9 +82,10 @@ def one_seed(args: argparse.Namespace, seed: int, workdir: Path) -> dict:
     }
 
 
-def summary(per_seed: list[dict], side: str) -> dict:
+def summary(per_seed: list[dict], side: str, figures: tuple[str, ...] = FIGURES) -> dict:
+    """Mean and standard deviation over seeds of each figure of one side (also benchmarks/token_classification.py's)."""
     out = {}
-    for name in (*FIGURES, "train_seconds", "train_samples_per_second"):
+    for name in (*figures, "train_seconds", "train_samples_per_second"):
         values = [seed[side][name] for seed in per_seed if seed[side].get(name) is not None]
         if values:
             out[name] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}

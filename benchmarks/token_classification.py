@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from tunelab import hardware  # noqa: E402
 from tunelab.config import TokenClassificationConfig  # noqa: E402
 from tunelab.training.token_classification import train_token_classifier  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from multilabel import summary  # noqa: E402  (the other benchmark of issue 22: the same mean and spread over seeds)
 
 FIGURES = ("f1_micro", "f1_macro", "precision_micro", "recall_micro")
 
@@ -75,15 +77,6 @@ def one_seed(args: argparse.Namespace, seed: int, workdir: Path) -> dict:
     }
 
 
-def summary(per_seed: list[dict], side: str) -> dict:
-    out = {}
-    for name in (*FIGURES, "train_seconds", "train_samples_per_second"):
-        values = [seed[side][name] for seed in per_seed if seed[side].get(name) is not None]
-        if values:
-            out[name] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="factbook-entities")
@@ -103,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             per_seed.append(one_seed(args, seed, Path(folder)))
             print(f"seed {seed}: " + json.dumps({k: per_seed[-1][k] for k in ("finetune", "baseline")}), file=sys.stderr, flush=True)
-    finetune, baseline = summary(per_seed, "finetune"), summary(per_seed, "baseline")
+    finetune, baseline = summary(per_seed, "finetune", FIGURES), summary(per_seed, "baseline", FIGURES)
     beats = finetune["f1_micro"]["mean"] > baseline["f1_micro"]["mean"]
     document = {
         "benchmark": "token_classification",

@@ -8,7 +8,6 @@ write predictions, report and metrics (metrics.json last).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from tunelab.data.multilabel import multi_hot
 from tunelab.errors import TunelabError
 from tunelab.evaluate.generalisation import generalisation_check
 from tunelab.evaluate.multilabel_metrics import multilabel_metrics
-from tunelab.evaluate.pipeline import published_path, run_name, timed_logits, write_parquet
+from tunelab.evaluate.pipeline import merged_metrics, run_name, timed_logits, write_parquet
 from tunelab.models.multilabel import MultiLabelClassifier, decide, sigmoid
 from tunelab.run import Run
 
@@ -86,7 +85,17 @@ def evaluate_multilabel_run(
     from tunelab.evaluate.multilabel_report import write_multilabel_report
 
     plots = make_multilabel_plots(out / "plots", history, y_true, proba, labels, test)
-    metrics = merged_metrics(out, run, test, source, generalisation, baseline_figures)
+    metrics = merged_metrics(
+        out,
+        run,
+        test,
+        source,
+        generalisation,
+        None,
+        baseline_figures,
+        headline=("loss", "subset_accuracy", "f1_micro", "f1_macro", "f1_samples"),
+        carried=("task", "train", "environment", "thresholds"),
+    )
     write_multilabel_report(
         out / "report.html",
         run_name=run_name(run),
@@ -127,22 +136,3 @@ def worst_rows(predictions: pd.DataFrame, limit: int = MAX_MISTAKES) -> list[dic
     """The rows with the most wrong labels."""
     wrong = predictions[~predictions["exact"]].sort_values("wrong_labels", ascending=False, kind="stable").head(limit)
     return wrong[["text", "labels", "predicted", "wrong_labels"]].to_dict("records")
-
-
-def merged_metrics(out: Path, run: Run, test: dict, source: str, generalisation: dict, baseline: dict | None) -> dict[str, Any]:
-    """metrics.json's content: training's keys (and the thresholds' record), with this evaluation merged in."""
-    path = out / "metrics.json"
-    metrics: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    if out.resolve() != run.path.resolve():
-        for key in ("task", "train", "environment", "thresholds"):
-            if key in run.metrics and key not in metrics:
-                metrics[key] = run.metrics[key]
-    metrics["test"] = test
-    metrics.update({key: test[key] for key in ("loss", "subset_accuracy", "f1_micro", "f1_macro", "f1_samples")})
-    metrics["evaluated_on"] = {"source": source, "rows": test["n"], "run": str(published_path(run))}
-    metrics["generalisation"] = generalisation
-    if baseline is not None:
-        metrics["baseline"] = baseline
-    else:
-        metrics.pop("baseline", None)
-    return metrics

@@ -258,17 +258,31 @@ def confident_mistakes(predictions: pd.DataFrame, limit: int = MAX_MISTAKES) -> 
     return wrong[["text", "label", "predicted", "confidence"]].to_dict("records")
 
 
-def merged_metrics(out: Path, run: Run, test: dict, source: str, generalisation: dict, probe: dict | None, baseline: dict | None = None) -> dict[str, Any]:
-    """metrics.json's content: what is already there (training's keys), with this evaluation merged in."""
+def merged_metrics(
+    out: Path,
+    run: Run,
+    test: dict,
+    source: str,
+    generalisation: dict,
+    probe: dict | None,
+    baseline: dict | None = None,
+    *,
+    headline: tuple[str, ...] = ("loss", "accuracy", "f1_macro"),
+    carried: tuple[str, ...] = ("train", "environment"),
+) -> dict[str, Any]:
+    """metrics.json's content: what is already there (training's keys), with this evaluation merged in.
+
+    headline: the test figures also written at the top level (each task its own); carried: the run's
+    keys an evaluation written elsewhere copies along (a multi-label run adds its thresholds)."""
     path = out / "metrics.json"
     metrics: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     # An evaluation written elsewhere still describes the run's model: carry its training facts along.
     if out.resolve() != run.path.resolve():
-        for key in ("train", "environment"):
+        for key in carried:
             if key in run.metrics and key not in metrics:
                 metrics[key] = run.metrics[key]
     metrics["test"] = test
-    metrics.update(loss=test["loss"], accuracy=test["accuracy"], f1_macro=test["f1_macro"])
+    metrics.update({key: test[key] for key in headline})
     metrics["evaluated_on"] = {"source": source, "rows": test["n"], "run": str(published_path(run))}
     metrics["generalisation"] = generalisation
     if probe is not None:

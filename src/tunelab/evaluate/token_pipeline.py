@@ -7,7 +7,6 @@ gazetteer baseline on the same rows, plot, then write predictions, report and me
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import pandas as pd
 from tunelab.atomic import write_json
 from tunelab.errors import TunelabError
 from tunelab.evaluate.generalisation import generalisation_check
-from tunelab.evaluate.pipeline import published_path, run_name, write_parquet
+from tunelab.evaluate.pipeline import merged_metrics, run_name, write_parquet
 from tunelab.evaluate.token_metrics import token_metrics
 from tunelab.run import Run
 from tunelab.runtime.tagger import TokenTagger
@@ -89,7 +88,17 @@ def evaluate_token_run(
     counts = np.asarray(test["confusion_matrix"]["counts"], dtype=float)
     shares = np.divide(counts, counts.sum(axis=1, keepdims=True), out=np.zeros_like(counts), where=counts.sum(axis=1, keepdims=True) > 0)
     plots["confusion_matrix"] = confusion_matrix_plot(test["confusion_matrix"]["counts"], shares, tags, out / "plots" / "confusion_matrix.png")
-    metrics = merged_metrics(out, run, test, source, generalisation, baseline_figures)
+    metrics = merged_metrics(
+        out,
+        run,
+        test,
+        source,
+        generalisation,
+        None,
+        baseline_figures,
+        headline=("f1_micro", "precision_micro", "recall_micro", "f1_macro", "word_accuracy"),
+        carried=("task", "train", "environment"),
+    )
     write_token_report(
         out / "report.html",
         run_name=run_name(run),
@@ -130,22 +139,3 @@ def worst_rows(predictions: pd.DataFrame, limit: int = MAX_MISTAKES) -> list[dic
         errors = [f"{w} ({t} → {p})" for w, t, p in zip(row.words, row.tags, row.predicted) if t != p]
         shown.append({"text": row.text, "errors": errors, "wrong_words": row.wrong_words})
     return shown
-
-
-def merged_metrics(out: Path, run: Run, test: dict, source: str, generalisation: dict, baseline: dict | None) -> dict[str, Any]:
-    """metrics.json's content: training's keys, with this evaluation merged in."""
-    path = out / "metrics.json"
-    metrics: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    if out.resolve() != run.path.resolve():
-        for key in ("task", "train", "environment"):
-            if key in run.metrics and key not in metrics:
-                metrics[key] = run.metrics[key]
-    metrics["test"] = test
-    metrics.update({key: test[key] for key in ("f1_micro", "precision_micro", "recall_micro", "f1_macro", "word_accuracy")})
-    metrics["evaluated_on"] = {"source": source, "rows": test["n"], "run": str(published_path(run))}
-    metrics["generalisation"] = generalisation
-    if baseline is not None:
-        metrics["baseline"] = baseline
-    else:
-        metrics.pop("baseline", None)
-    return metrics

@@ -109,6 +109,17 @@ class Service:
             raise StarletteHTTPException(503, f"model failed to load: {error}" if error else "model is loading; retry shortly", headers={"Retry-After": "1"})
         return model
 
+    async def submit(self, texts: list[str]) -> tuple[Any, LoadedModel]:
+        """The batcher's answer for `texts` (the scorer's output for them, and the model), or a 503 to retry."""
+        try:
+            return await self.batcher.submit(texts)
+        except QueueFull:
+            raise StarletteHTTPException(
+                503, f"the queue is full ({self.settings.max_queue} texts waiting); retry shortly", headers={"Retry-After": "1"}
+            ) from None
+        except (NotRunning, NotReady):
+            raise StarletteHTTPException(503, "the service is not accepting work; retry shortly", headers={"Retry-After": "1"}) from None
+
     def lifespan(self, loader: Callable[[], LoadedModel]):
         """The app's lifespan: the batcher runs and the model loads in the background; on exit every queued request is answered."""
 
@@ -161,12 +172,7 @@ def predict_router(service: Service) -> APIRouter:
         from tunelab.predict import describe
 
         service.ready_model()
-        try:
-            logits, model = await service.batcher.submit(body.texts)
-        except QueueFull:
-            raise StarletteHTTPException(503, f"the queue is full ({settings.max_queue} texts waiting); retry shortly", headers={"Retry-After": "1"}) from None
-        except (NotRunning, NotReady):
-            raise StarletteHTTPException(503, "the service is not accepting work; retry shortly", headers={"Retry-After": "1"}) from None
+        logits, model = await service.submit(body.texts)
         return PredictResponse(
             model=ModelRef(name=model.name, version=model.version),
             predictions=[Prediction(**p) for p in describe(model.labels, softmax(logits))],

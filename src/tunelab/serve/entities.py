@@ -14,14 +14,12 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.runtime.scorers import model_version
 from tunelab.runtime.tagger import TASK, TokenTagger
-from tunelab.serve.batching import NotRunning, QueueFull
-from tunelab.serve.holder import LoadedModel, NotReady, finite
+from tunelab.serve.holder import LoadedModel, finite
 
 
 class Entity(BaseModel):
@@ -87,18 +85,12 @@ def tagger_loader(run: Run | str | os.PathLike) -> Callable[[], LoadedModel]:
 def entities_router(service, request_model: type[BaseModel]) -> APIRouter:
     """POST /v1/predict for a tagger: the classifier's request ({"texts": [...]}), answered with entity spans."""
     router = APIRouter()
-    max_queue = service.settings.max_queue
 
     @router.post("/v1/predict", response_model=EntitiesResponse)
     async def predict(body: request_model) -> EntitiesResponse:  # type: ignore[valid-type]
         """The entities of each text, with character offsets, in the order the texts were given."""
         service.ready_model()
-        try:
-            found, model = await service.batcher.submit(body.texts)
-        except QueueFull:
-            raise StarletteHTTPException(503, f"the queue is full ({max_queue} texts waiting); retry shortly", headers={"Retry-After": "1"}) from None
-        except (NotRunning, NotReady):
-            raise StarletteHTTPException(503, "the service is not accepting work; retry shortly", headers={"Retry-After": "1"}) from None
+        found, model = await service.submit(body.texts)  # a full queue or a stopped service: 503
         return EntitiesResponse(
             model=EntityModelRef(name=model.name, version=model.version),
             predictions=[EntityPrediction(entities=[Entity(**entity) for entity in entities]) for entities in found],

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import FILLER, NEUTRAL, POSITIVE, WORDS
+from tests.conftest import FILLER, NEUTRAL, POSITIVE, write_tiny_bert
 from tests.test_cli_errors import assert_user_error
 from tunelab.cli import app
 from tunelab.data.token_tags import IGNORED, aligned_labels, check_tags, load_tagged, split_words, tokenize_tagged
@@ -28,22 +28,6 @@ NAMES = ["zorbia", "qantar", "velmora", "kastovia", "drelland"]
 
 def cli(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def write_piece_bert(folder: Path) -> Path:
-    """A 2-layer BERT, 32 wide, whose WordPiece vocabulary has the test words, letters and ##letters,
-    so an unknown word splits into several pieces."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *letters, *(f"##{c}" for c in letters), ".", ",", "'"]
-    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True, model_max_length=128)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def tagged_rows(rows: int = 240, seed: int = 0) -> list[dict]:
@@ -74,7 +58,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def piece_bert(tmp_path_factory) -> Path:
-    return write_piece_bert(tmp_path_factory.mktemp("piece-bert"))
+    # Names outside the vocabulary split into single-letter pieces: what alignment is about.
+    return write_tiny_bert(tmp_path_factory.mktemp("piece-bert"), pieces=True)
 
 
 @pytest.fixture(scope="module")

@@ -223,6 +223,15 @@ def test_predict_returns_entity_spans_with_character_offsets(ner_run):
     assert json.loads(result.output)[0]["entities"]
 
 
+def test_predict_file_writes_each_rows_entities_as_json(ner_run, tmp_path):
+    from tunelab.predict import predict, predict_file
+
+    texts = ["the film zorbia was great, table chair.", "nothing here"]
+    pd.DataFrame({"text": texts}).to_csv(tmp_path / "in.csv", index=False)
+    written = pd.read_csv(predict_file(ner_run, tmp_path / "in.csv", tmp_path / "out.csv"))
+    assert [json.loads(cell) for cell in written["entities"]] == [row["entities"] for row in predict(ner_run, texts)]
+
+
 def test_the_model_folder_gives_the_same_entities_in_transformers_pipeline(ner_run):
     from transformers import pipeline
 

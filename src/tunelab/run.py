@@ -92,11 +92,11 @@ class Run:
     def require_classification(self, command: str) -> None:
         """Refuse, in one line, a run of another task (multi-label, extractive-qa) for a command that handles only classifiers."""
         if self.task != "classification":
-            usable = {
+            handled_by = {
                 "multi-label": "; tunelab predict and tunelab eval handle this run",
                 "token-classification": "; tunelab predict, eval and serve handle this run",
             }
-            usable = usable.get(self.task, "")
+            usable = handled_by.get(self.task, "")
             raise TunelabError(
                 f"{command} does not handle {self.task} runs yet ('{self.path}' is one)", f"it takes runs of `tunelab train` without --task{usable}"
             )

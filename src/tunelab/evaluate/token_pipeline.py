@@ -20,6 +20,7 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.generalisation import generalisation_check
 from tunelab.evaluate.pipeline import merged_metrics, run_name, write_parquet
 from tunelab.evaluate.token_metrics import token_metrics
+from tunelab.progress import progress_bar
 from tunelab.run import Run
 from tunelab.runtime.tagger import TokenTagger
 
@@ -55,9 +56,11 @@ def evaluate_token_run(
     tagger = TokenTagger.load(run.model_dir)
     sentences = [list(words) for words in frame["words"]]
     true_tags = [list(sentence) for sentence in frame["tags"]]
-    started = time.perf_counter()
-    predicted, _ = tagger.word_tags(sentences, batch_size)
-    seconds = time.perf_counter() - started
+    with progress_bar(progress) as bar:
+        task = bar.add_task("tagging", total=len(sentences)) if progress else None
+        started = time.perf_counter()
+        predicted, _ = tagger.word_tags(sentences, batch_size, (lambda n: bar.advance(task, n)) if progress else None)
+        seconds = time.perf_counter() - started
 
     test = token_metrics(true_tags, predicted, tags)
     test["timing"] = {

@@ -94,32 +94,14 @@ def eval_command(
 
 def print_multilabel_summary(metrics: dict[str, Any], out: Path) -> None:
     test = metrics["test"]
-    table = Table(title=f"{metrics['evaluated_on']['source']} ({test['n']} examples)")
-    for column in ("label", "threshold", "precision", "recall", "F1", "support", "ROC AUC"):
-        table.add_column(column, justify="left" if column == "label" else "right")
+    table = scores_table(metrics, ("label", "threshold", "precision", "recall", "F1", "support", "ROC AUC"))
     for label, row in test["per_label"].items():
-        auc = row["roc_auc"]
-        table.add_row(
-            label,
-            f"{row['threshold']:.3f}",
-            f"{row['precision']:.3f}",
-            f"{row['recall']:.3f}",
-            f"{row['f1']:.3f}",
-            str(row["support"]),
-            "n/a" if auc is None else f"{auc:.3f}",
-        )
+        table.add_row(label, f"{row['threshold']:.3f}", *score_cells(row, row["roc_auc"]))
     for average in ("micro", "macro", "samples"):
-        row = test[average]
-        auc = test["roc_auc"].get(average)
-        table.add_row(
-            f"{average} avg", "", f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", "", "" if auc is None else f"{auc:.3f}", style="bold"
-        )
+        table.add_row(f"{average} avg", "", *score_cells(test[average], test["roc_auc"].get(average), support=False, no_auc=""), style="bold")
     console.print(table)
     line = f"subset accuracy {test['subset_accuracy']:.1%} · Hamming loss {test['hamming_loss']:.3f} · F1 micro {test['f1_micro']:.3f} · macro {test['f1_macro']:.3f} · samples {test['f1_samples']:.3f}"
-    timing = test.get("timing") or {}
-    if timing.get("examples_per_second"):
-        line += f" · {timing['examples_per_second']:.1f} examples/s"
-    console.print(line, highlight=False)
+    console.print(line + speed(test), highlight=False)
     thresholds = metrics.get("thresholds") or {}
     if thresholds:
         console.print(f"[dim]thresholds chosen on {thresholds['chosen_on']}[/]", highlight=False)
@@ -141,33 +123,42 @@ def print_token_summary(metrics: dict[str, Any], out: Path) -> None:
     console.print(f"report: {out / 'report.html'}", highlight=False)
 
 
+def scores_table(metrics: dict[str, Any], columns: tuple[str, ...]) -> Table:
+    """The per-class (or per-label) table of an evaluation, titled with what it was evaluated on."""
+    table = Table(title=f"{metrics['evaluated_on']['source']} ({metrics['test']['n']} examples)")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    return table
+
+
+def score_cells(row: dict[str, Any], auc: float | None, support: bool = True, no_auc: str = "n/a") -> list[str]:
+    """precision, recall, F1, support and ROC AUC of one row of the table."""
+    return [
+        f"{row['precision']:.3f}",
+        f"{row['recall']:.3f}",
+        f"{row['f1']:.3f}",
+        str(row["support"]) if support else "",
+        no_auc if auc is None else f"{auc:.3f}",
+    ]
+
+
+def speed(test: dict[str, Any]) -> str:
+    examples_per_second = (test.get("timing") or {}).get("examples_per_second")
+    return f" · {examples_per_second:.1f} examples/s" if examples_per_second else ""
+
+
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     test = metrics["test"]
-    table = Table(title=f"{metrics['evaluated_on']['source']} ({test['n']} examples)")
-    for column in ("class", "precision", "recall", "F1", "support", "ROC AUC"):
-        table.add_column(column, justify="left" if column == "class" else "right")
+    table = scores_table(metrics, ("class", "precision", "recall", "F1", "support", "ROC AUC"))
     for label, row in test["per_class"].items():
-        auc = test["roc_auc"]["per_class"][label]
-        table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]), "n/a" if auc is None else f"{auc:.3f}")
+        table.add_row(label, *score_cells(row, test["roc_auc"]["per_class"][label]))
     for average in ("macro", "weighted"):
-        row = test[average]
-        auc = test["roc_auc"]["macro"] if average == "macro" else None
-        table.add_row(
-            f"{average} avg",
-            f"{row['precision']:.3f}",
-            f"{row['recall']:.3f}",
-            f"{row['f1']:.3f}",
-            str(row["support"]),
-            "" if auc is None else f"{auc:.3f}",
-            style="bold",
-        )
+        table.add_row(f"{average} avg", *score_cells(test[average], test["roc_auc"]["macro"] if average == "macro" else None, no_auc=""), style="bold")
     console.print(table)
     line = f"accuracy {test['accuracy']:.1%} · loss {test['loss']:.4f} · F1 macro {test['f1_macro']:.3f} · ECE {test['ece']:.3f}"
     if "top_2_accuracy" in test:
         line += f" · top-2 {test['top_2_accuracy']:.1%}"
-    timing = test.get("timing") or {}
-    if timing.get("examples_per_second"):
-        line += f" · {timing['examples_per_second']:.1f} examples/s"
+    line += speed(test)
     console.print(line, highlight=False)
     for reason in {**test["roc_auc"]["undefined"]}.values():
         console.print(f"[dim]{reason}[/]", highlight=False)

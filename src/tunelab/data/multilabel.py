@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from tunelab.data.load import drop_missing, read_raw, require_columns
-from tunelab.data.split import held_out_share, hold_out, with_repeats
+from tunelab.data.split import check_labels_trained, hold_out_texts, load_and_split, splits_needed
 from tunelab.errors import TunelabError
 
 # Separators `tunelab data inspect` tries on a string label column, and the share of rows that must
@@ -120,16 +120,10 @@ def label_counts(frame: pd.DataFrame) -> dict[str, int]:
 def load_multilabel_splits(settings) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     """The train/eval/test splits a MultiLabelConfig describes, and the rows dropped while loading."""
 
-    def load(source: str | None) -> pd.DataFrame | None:
-        if source is None:
-            return None
+    def read(source: str) -> pd.DataFrame:
         return load_multilabel_source(source, settings.text_col, settings.label_col, settings.label_sep, settings.encoding, settings.strict, settings.delimiter)
 
-    frame = load(settings.data)
-    splits = make_multilabel_splits(
-        frame, settings.eval_fraction, settings.test_fraction, settings.seed, load(settings.eval_data), load(settings.test_data), settings.max_train_samples
-    )
-    return splits, frame.attrs.get("dropped", {})
+    return load_and_split(settings, read, partial(make_multilabel_splits, max_train_samples=settings.max_train_samples))
 
 
 def make_multilabel_splits(
@@ -152,7 +146,7 @@ def make_multilabel_splits(
     if len(firsts) == 0:
         raise TunelabError(f"{source} has no usable rows", "check the file and the --text-col/--label-col choice")
     counts = label_counts(firsts)
-    needed = 1 + (eval_frame is None) + (test_frame is None)
+    needed = splits_needed(eval_frame, test_frame)
     too_few = {label: n for label, n in counts.items() if n < needed}
     if too_few:
         shown = ", ".join(f"'{label}' ({n})" for label, n in list(too_few.items())[:5])
@@ -161,17 +155,16 @@ def make_multilabel_splits(
             "add rows with those labels, remove the labels, or pass --eval-data/--test-data",
         )
 
-    def split_off(rest: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-        share = held_out_share(fraction, len(firsts), len(rest), 1)
-        rest, held = train_test_split(rest, test_size=share, random_state=seed, stratify=rarest_label_strata(rest, share))
-        return rest, with_repeats(held, frame)
-
-    rest, splits = hold_out({"test": test_frame, "eval": eval_frame}, {"test": test_fraction, "eval": eval_fraction}, firsts, split_off)
-    train = with_repeats(rest, frame)
-    if max_train_samples is not None and max_train_samples < len(train):
-        train = train.sample(n=max_train_samples, random_state=seed).reset_index(drop=True)
-    splits["train"] = train
-    check_labels_trained(splits)
+    splits = hold_out_texts(
+        frame, firsts, {"eval": eval_fraction, "test": test_fraction}, seed, {"eval": eval_frame, "test": test_frame}, 1, rarest_label_strata
+    )
+    if max_train_samples is not None and max_train_samples < len(splits["train"]):
+        splits["train"] = splits["train"].sample(n=max_train_samples, random_state=seed).reset_index(drop=True)
+    check_labels_trained(
+        splits,
+        lambda frame: set(label_counts(frame)),
+        "add training rows with them (a label whose few rows all went to eval and test needs more rows, or another --seed), or remove them from the {file} file",
+    )
     return {name: splits[name] for name in ("train", "eval", "test")}
 
 
@@ -187,19 +180,6 @@ def rarest_label_strata(frame: pd.DataFrame, share: float) -> np.ndarray | None:
     if min(sizes.values()) < 2 or len(sizes) > held or len(sizes) > len(frame) - held:
         return None
     return strata
-
-
-def check_labels_trained(splits: dict[str, pd.DataFrame]) -> None:
-    """A label no training row carries cannot be learned: refuse it by name."""
-    trained = set(label_counts(splits["train"]))
-    for name in ("eval", "test"):
-        unseen = sorted(set(label_counts(splits[name])) - trained)
-        if unseen:
-            raise TunelabError(
-                f"{name} labels not in the training data: {', '.join(map(repr, unseen[:5]))}",
-                "add training rows with them (a label whose few rows all went to eval and test needs more rows, or another --seed), "
-                "or remove them from the " + ("--eval-data" if name == "eval" else "--test-data") + " file",
-            )
 
 
 # -- detection (`tunelab data inspect`) ----------------------------------------------------------

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
@@ -12,27 +13,26 @@ from tunelab.data.load import load_source
 from tunelab.errors import TunelabError
 
 if TYPE_CHECKING:
-    from tunelab.config import DataSettings
+    from tunelab.config import DataSettings, SplitSettings
 
 
 def load_splits(settings: DataSettings) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     """The train/eval/test splits the settings describe, and the rows dropped while loading."""
 
-    def load(source: str | None) -> pd.DataFrame | None:
-        if source is None:
-            return None
+    def read(source: str) -> pd.DataFrame:
         return load_source(source, settings.text_col, settings.label_col, settings.encoding, settings.strict, settings.delimiter)
 
-    frame = load(settings.data)
-    splits = make_splits(
-        frame,
-        settings.eval_fraction,
-        settings.test_fraction,
-        settings.seed,
-        load(settings.eval_data),
-        load(settings.test_data),
-        settings.max_train_samples,
-    )
+    return load_and_split(settings, read, partial(make_splits, max_train_samples=settings.max_train_samples))
+
+
+def load_and_split(
+    settings: SplitSettings, read: Callable[[str], pd.DataFrame], split: Callable[..., dict[str, pd.DataFrame]]
+) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """settings.data and the user's eval/test files, each read by `read`, split by
+    `split(frame, eval_fraction, test_fraction, seed, eval_frame, test_frame)`; and the rows dropped while loading."""
+    frame = read(settings.data)
+    given = {name: read(path) if path is not None else None for name, path in (("eval", settings.eval_data), ("test", settings.test_data))}
+    splits = split(frame, settings.eval_fraction, settings.test_fraction, settings.seed, given["eval"], given["test"])
     return splits, frame.attrs.get("dropped", {})
 
 
@@ -58,7 +58,7 @@ def make_splits(
             f"{source} has a single class ('{classes.index[0]}'); a classifier needs at least two",
             "check --label-col, or add examples of the other classes",
         )
-    needed = 1 + (eval_frame is None) + (test_frame is None)
+    needed = splits_needed(eval_frame, test_frame)
     too_few = classes[classes < needed]
     if len(too_few):
         names = ", ".join(f"'{c}' ({n})" for c, n in too_few.items())
@@ -67,13 +67,11 @@ def make_splits(
             "add examples of those classes, remove them, or pass --eval-data/--test-data",
         )
 
-    def split_off(rest: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-        share = held_out_share(fraction, len(firsts), len(rest), len(classes))  # at least one text of each class
-        rest, held = train_test_split(rest, test_size=share, random_state=seed, stratify=rest["label"])
-        return rest, with_repeats(held, frame)
-
-    rest, splits = hold_out({"test": test_frame, "eval": eval_frame}, {"test": test_fraction, "eval": eval_fraction}, firsts, split_off)
-    train = with_repeats(rest, frame)
+    # At least one text of each class in each held-out split.
+    splits = hold_out_texts(
+        frame, firsts, {"eval": eval_fraction, "test": test_fraction}, seed, {"eval": eval_frame, "test": test_frame}, len(classes), by_label
+    )
+    train = splits["train"]
     if max_train_samples is not None and max_train_samples < len(train):
         if max_train_samples < len(classes):
             raise TunelabError(
@@ -83,8 +81,41 @@ def make_splits(
         train, _ = train_test_split(train, train_size=max_train_samples, random_state=seed, stratify=train["label"])
         train = train.reset_index(drop=True)
     splits["train"] = train
-    check_labels_seen(splits)
+    check_labels_trained(splits)
     return {name: splits[name] for name in ("train", "eval", "test")}
+
+
+def by_label(rest: pd.DataFrame, share: float) -> pd.Series:
+    """Single-label strata: the label itself."""
+    return rest["label"]
+
+
+def splits_needed(eval_frame: pd.DataFrame | None, test_frame: pd.DataFrame | None) -> int:
+    """How many splits a class, label or question must reach: train, and each split not given by the user."""
+    return 1 + (eval_frame is None) + (test_frame is None)
+
+
+def hold_out_texts(
+    frame: pd.DataFrame,
+    firsts: pd.DataFrame,
+    fractions: dict[str, float],
+    seed: int,
+    given: dict[str, pd.DataFrame | None],
+    at_least: int,
+    strata: Callable[[pd.DataFrame, float], Any],
+) -> dict[str, pd.DataFrame]:
+    """train/eval/test of `frame` by its distinct texts (`firsts`): test then eval held out (`hold_out`),
+    seeded and stratified by `strata(rest, share)`, at least `at_least` texts each; the rows repeating
+    a text follow it."""
+
+    def split_off(rest: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+        share = held_out_share(fraction, len(firsts), len(rest), at_least)
+        rest, held = train_test_split(rest, test_size=share, random_state=seed, stratify=strata(rest, share))
+        return rest, with_repeats(held, frame)
+
+    rest, splits = hold_out(given, fractions, firsts, split_off)
+    splits["train"] = with_repeats(rest, frame)
+    return splits
 
 
 def hold_out(
@@ -121,13 +152,17 @@ def with_repeats(firsts: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     return rows.iloc[ranks.argsort(kind="stable")].reset_index(drop=True)
 
 
-def check_labels_seen(splits: dict[str, pd.DataFrame]) -> None:
-    """Evaluation labels the model never saw in training cannot be predicted: refuse them."""
-    known = set(splits["train"]["label"])
+def check_labels_trained(
+    splits: dict[str, pd.DataFrame],
+    labels_of: Callable[[pd.DataFrame], set[str]] = lambda frame: set(frame["label"]),
+    hint: str = "add training examples of them, or remove those rows from the {file} file",
+) -> None:
+    """Evaluation labels the model never saw in training cannot be predicted (nor learned): refuse them by name."""
+    known = labels_of(splits["train"])
     for name in ("eval", "test"):
-        unseen = sorted(set(splits[name]["label"]) - known)
+        unseen = sorted(labels_of(splits[name]) - known)
         if unseen:
             raise TunelabError(
-                f"{name} labels not in the training data: {', '.join(map(repr, unseen))}",
-                f"add training examples of them, or remove those rows from the {'--eval-data' if name == 'eval' else '--test-data'} file",
+                f"{name} labels not in the training data: {', '.join(map(repr, unseen[:5]))}",
+                hint.format(file="--eval-data" if name == "eval" else "--test-data"),
             )

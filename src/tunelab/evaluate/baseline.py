@@ -12,6 +12,7 @@ advice are written into metrics.json, so the HTML report and the CLI print the s
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,25 +35,23 @@ def fit_and_score(run: Run, texts: list[str], y_true: np.ndarray, labels: list[s
     and the correctness is None: a missing baseline never fails an evaluation.
     """
     if run.kind == "sklearn" and run.config.get("method") == NAME:
-        return _missing("this run is itself the tfidf-logreg baseline"), None
-    splits = {}
-    for name in ("train", "eval"):
-        if not run.split_path(name).is_file():
-            return _missing(f"the run has no saved {name} split (splits/{name}.parquet) to fit it on; runs trained by this tunelab version have one"), None
-        splits[name] = run.split(name)
+        return missing_baseline("this run is itself the tfidf-logreg baseline"), None
+    splits, absent_split = fitting_splits(run)
+    if absent_split:
+        return missing_baseline(absent_split), None
     index = {label: i for i, label in enumerate(labels)}
     y, texts_by_split = {}, {}
     for name, frame in splits.items():
         names = frame["label"].astype(str)
         unknown = sorted(set(names) - set(index))
         if unknown:
-            return _missing(f"the {name} split has labels that labels.json does not: {', '.join(map(repr, unknown[:5]))}"), None
+            return missing_baseline(f"the {name} split has labels that labels.json does not: {', '.join(map(repr, unknown[:5]))}"), None
         y[name] = names.map(index).to_numpy(dtype=int)
         texts_by_split[name] = frame["text"].astype(str).tolist()
     seen = set(y["train"].tolist())
     absent = [label for label, i in index.items() if i not in seen]
     if absent:
-        return _missing(f"the train split has no rows of {', '.join(map(repr, absent[:5]))}"), None
+        return missing_baseline(f"the train split has no rows of {', '.join(map(repr, absent[:5]))}"), None
 
     from tunelab.models.linear import fit_tfidf_logreg  # scikit-learn: imported when a baseline is fitted
 
@@ -75,6 +74,16 @@ def fit_and_score(run: Run, texts: list[str], y_true: np.ndarray, labels: list[s
     return figures, proba.argmax(axis=1) == y_true
 
 
+def fitting_splits(run: Run) -> tuple[dict[str, Any], str | None]:
+    """The run's train split (to fit on) and eval split (to choose C on); or why the run has none."""
+    splits = {}
+    for name in ("train", "eval"):
+        if not run.split_path(name).is_file():
+            return {}, f"the run has no saved {name} split (splits/{name}.parquet) to fit it on; runs trained by this tunelab version have one"
+        splits[name] = run.split(name)
+    return splits, None
+
+
 def comparison(
     figures: dict[str, Any],
     test: dict[str, Any],
@@ -85,41 +94,63 @@ def comparison(
 ) -> dict[str, Any]:
     """The model against the baseline on the same rows: gaps in points, whether the accuracy gap is
     within noise (paired bootstrap over the rows), the headline sentence and what to try."""
-    n = len(model_correct)
-    accuracy_points = 100 * (test["accuracy"] - figures["accuracy"])
-    f1_points = 100 * (test["f1_macro"] - figures["f1_macro"])
+    shown = (("accuracy", "accuracy", ".1%"), ("f1_macro", "macro-F1", ".3f"))
     # Paired: each row's (model right) - (baseline right); the mean is the accuracy gap.
-    difference = model_correct.astype(float) - baseline_correct.astype(float)
-    resamples = max(50, min(BOOTSTRAP_RESAMPLES, BOOTSTRAP_CELLS // max(n, 1)))
-    low, high = (100 * v for v in bootstrap_ci(difference, resamples=resamples, seed=0))
+    result = versus(config, DESCRIPTION, test, figures, shown, model_correct.astype(float) - baseline_correct.astype(float), "accuracy", "the accuracy gap")
+    return {**result, "advice": [] if result["beats_baseline"] else advice(figures, config, generalisation or {})}
+
+
+def versus(
+    config: dict[str, Any],
+    description: str,
+    test: dict[str, Any],
+    figures: dict[str, Any],
+    shown: Sequence[tuple[str, str, str]],
+    difference: np.ndarray,
+    gap_key: str,
+    gap_name: str,
+) -> dict[str, Any]:
+    """The model's test figures against the baseline's on the same rows: each `shown` (key, name, format)
+    figure's gap in points (the model beats the baseline when every one is positive), the paired bootstrap
+    interval of the per-row `difference` (its mean is the `gap_key` gap) and the headline; the figures of
+    metrics.json["baseline"]["comparison"] but the advice."""
+    points = {key: 100 * (test[key] - figures[key]) for key in [key for key, _, _ in shown] + [gap_key]}
+    low, high, resamples = paired_interval(difference)
     within_noise = low <= 0 <= high
-    beats = accuracy_points > 0 and f1_points > 0
-    model = "The fine-tuned model" if config.get("kind", "transformers") == "transformers" else f"This {config.get('method', 'model')} model"
-    figures_text = (
-        f"accuracy {test['accuracy']:.1%} vs {figures['accuracy']:.1%} ({accuracy_points:+.1f} points), "
-        f"macro-F1 {test['f1_macro']:.3f} vs {figures['f1_macro']:.3f} ({f1_points:+.1f} points), on the same {n} test rows"
-    )
-    interval = f"paired bootstrap 95% interval of the accuracy gap: {low:+.1f} to {high:+.1f} points"
-    if beats:
-        noise = f"within noise ({interval}): {n} rows cannot tell the two apart" if within_noise else f"larger than noise ({interval})"
-        headline = f"{model} beats the {DESCRIPTION} baseline: {figures_text}; the gap is {noise}."
-    else:
-        noise = (
-            f"The gap is within noise ({interval}): on {n} rows the two cannot be told apart, and the baseline is far cheaper."
-            if within_noise
-            else f"The gap is larger than noise ({interval})."
-        )
-        headline = f"{model} does not beat the {DESCRIPTION} baseline: {figures_text}. {noise}"
+    beats = all(points[key] > 0 for key, _, _ in shown)
+    figures_text = ", ".join(f"{name} {test[key]:{fmt}} vs {figures[key]:{fmt}} ({points[key]:+.1f} points)" for key, name, fmt in shown)
+    figures_text += f", on the same {len(difference)} test rows"
+    interval = f"paired bootstrap 95% interval of {gap_name}: {low:+.1f} to {high:+.1f} points"
     return {
         "beats_baseline": beats,
-        "accuracy_points": accuracy_points,
-        "f1_macro_points": f1_points,
-        "accuracy_points_ci95": [low, high],
+        **{f"{key}_points": value for key, value in points.items()},
+        f"{gap_key}_points_ci95": [low, high],
         "bootstrap_resamples": resamples,
         "within_noise": within_noise,
-        "headline": headline,
-        "advice": [] if beats else advice(figures, config, generalisation or {}),
+        "headline": verdict(config, description, figures_text, interval, len(difference), beats, within_noise),
     }
+
+
+def verdict(config: dict[str, Any], description: str, figures_text: str, interval: str, rows: int, beats: bool, within_noise: bool) -> str:
+    """The comparison's headline: whether the model beats the baseline, with the figures, and whether the gap is within noise."""
+    model = "The fine-tuned model" if config.get("kind", "transformers") == "transformers" else f"This {config.get('method', 'model')} model"
+    if beats:
+        noise = f"within noise ({interval}): {rows} rows cannot tell the two apart" if within_noise else f"larger than noise ({interval})"
+        return f"{model} beats the {description} baseline: {figures_text}; the gap is {noise}."
+    noise = (
+        f"The gap is within noise ({interval}): on {rows} rows the two cannot be told apart, and the baseline is far cheaper."
+        if within_noise
+        else f"The gap is larger than noise ({interval})."
+    )
+    return f"{model} does not beat the {description} baseline: {figures_text}. {noise}"
+
+
+def paired_interval(difference: np.ndarray) -> tuple[float, float, int]:
+    """The paired bootstrap 95% interval of a per-row gap (model - baseline, over the same rows), in
+    points, and how many resamples it drew (fewer on very large test sets: BOOTSTRAP_CELLS)."""
+    resamples = max(50, min(BOOTSTRAP_RESAMPLES, BOOTSTRAP_CELLS // max(len(difference), 1)))
+    low, high = (100 * v for v in bootstrap_ci(difference, resamples=resamples, seed=0))
+    return low, high, resamples
 
 
 def advice(figures: dict[str, Any], config: dict[str, Any], generalisation: dict[str, Any]) -> list[str]:
@@ -139,5 +170,6 @@ def advice(figures: dict[str, Any], config: dict[str, Any], generalisation: dict
     return tips
 
 
-def _missing(reason: str) -> dict[str, Any]:
-    return {"name": NAME, "description": DESCRIPTION, "missing": reason}
+def missing_baseline(reason: str, name: str = NAME, description: str = DESCRIPTION) -> dict[str, Any]:
+    """A baseline's figures when it could not be fitted: why."""
+    return {"name": name, "description": description, "missing": reason}

@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.answers import bootstrap_ci
 from tunelab.data.multilabel import multi_hot
 from tunelab.errors import TunelabError
-from tunelab.evaluate.baseline import BOOTSTRAP_CELLS, BOOTSTRAP_RESAMPLES, advice
+from tunelab.evaluate.baseline import advice, fitting_splits, missing_baseline, versus
 from tunelab.evaluate.multilabel_metrics import multilabel_metrics
 from tunelab.models.multilabel import decide
 from tunelab.run import Run
@@ -27,15 +26,15 @@ DESCRIPTION = "TF-IDF (word 1-2-grams) + one-vs-rest logistic regression"
 
 def fit_and_score(run: Run, texts: list[str], y_true: np.ndarray, labels: list[str]) -> tuple[dict[str, Any], np.ndarray | None]:
     """The baseline's figures on `texts`, and its 0/1 predictions (None when it could not be fitted: `missing` says why)."""
-    splits, y = {}, {}
-    for name in ("train", "eval"):
-        if not run.split_path(name).is_file():
-            return _missing(f"the run has no saved {name} split (splits/{name}.parquet) to fit it on"), None
-        splits[name] = run.split(name)
+    splits, absent_split = fitting_splits(run)
+    if absent_split:
+        return missing_baseline(absent_split, NAME, DESCRIPTION), None
+    y = {}
+    for name in splits:
         try:
             y[name] = multi_hot(splits[name]["labels"], labels)
         except TunelabError as error:
-            return _missing(f"the {name} split does not match labels.json ({error.message})"), None
+            return missing_baseline(f"the {name} split does not match labels.json ({error.message})", NAME, DESCRIPTION), None
     from tunelab.models.linear import fit_tfidf_ovr  # scikit-learn: imported when a baseline is fitted
 
     started = time.perf_counter()
@@ -74,39 +73,12 @@ def comparison(
 ) -> dict[str, Any]:
     """The model against the baseline on the same rows: micro/macro-F1 gaps in points, a paired
     bootstrap interval of the samples-F1 gap (per-row F1s are what a row-resample can pair), the headline and the advice."""
-    n = len(y_true)
-    micro_points = 100 * (test["f1_micro"] - figures["f1_micro"])
-    macro_points = 100 * (test["f1_macro"] - figures["f1_macro"])
+    shown = (("f1_micro", "micro-F1", ".3f"), ("f1_macro", "macro-F1", ".3f"))
     samples_points = 100 * (test["f1_samples"] - figures["f1_samples"])
-    difference = row_f1(y_true, model_pred) - row_f1(y_true, baseline_pred)
-    resamples = max(50, min(BOOTSTRAP_RESAMPLES, BOOTSTRAP_CELLS // max(n, 1)))
-    low, high = (100 * v for v in bootstrap_ci(difference, resamples=resamples, seed=0))
-    within_noise = low <= 0 <= high
-    beats = micro_points > 0 and macro_points > 0
-    figures_text = (
-        f"micro-F1 {test['f1_micro']:.3f} vs {figures['f1_micro']:.3f} ({micro_points:+.1f} points), "
-        f"macro-F1 {test['f1_macro']:.3f} vs {figures['f1_macro']:.3f} ({macro_points:+.1f} points), on the same {n} test rows"
-    )
-    interval = f"paired bootstrap 95% interval of the samples-F1 gap ({samples_points:+.1f} points): {low:+.1f} to {high:+.1f} points"
-    if beats:
-        noise = f"within noise ({interval})" if within_noise else f"larger than noise ({interval})"
-        headline = f"The fine-tuned model beats the {DESCRIPTION} baseline: {figures_text}; the gap is {noise}."
-    else:
-        noise = f"The gap is within noise ({interval})." if within_noise else f"The gap is larger than noise ({interval})."
-        headline = f"The fine-tuned model does not beat the {DESCRIPTION} baseline: {figures_text}. {noise}"
+    gap_name = f"the samples-F1 gap ({samples_points:+.1f} points)"
+    result = versus(config, DESCRIPTION, test, figures, shown, row_f1(y_true, model_pred) - row_f1(y_true, baseline_pred), "f1_samples", gap_name)
     return {
-        "beats_baseline": beats,
-        "f1_micro_points": micro_points,
-        "f1_macro_points": macro_points,
-        "f1_samples_points": samples_points,
-        "f1_samples_points_ci95": [low, high],
-        "bootstrap_resamples": resamples,
-        "within_noise": within_noise,
-        "headline": headline,
+        **result,
         # `tunelab compare` takes no multi-label runs yet: its tips do not apply.
-        "advice": [] if beats else [tip for tip in advice(figures, config, generalisation or {}) if "compare" not in tip],
+        "advice": [] if result["beats_baseline"] else [tip for tip in advice(figures, config, generalisation or {}) if "compare" not in tip],
     }
-
-
-def _missing(reason: str) -> dict[str, Any]:
-    return {"name": NAME, "description": DESCRIPTION, "missing": reason}

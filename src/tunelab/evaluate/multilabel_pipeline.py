@@ -9,22 +9,20 @@ write predictions, report and metrics (metrics.json last).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tunelab.atomic import write_json
 from tunelab.data.multilabel import multi_hot
 from tunelab.errors import TunelabError
 from tunelab.evaluate.generalisation import generalisation_check
 from tunelab.evaluate.multilabel_metrics import multilabel_metrics
-from tunelab.evaluate.pipeline import merged_metrics, run_name, timed_logits, write_parquet
+from tunelab.evaluate.pipeline import MAX_MISTAKES, output_folder, timed_logits, wants_baseline, write_artefacts
 from tunelab.models.multilabel import MultiLabelClassifier, decide, sigmoid
 from tunelab.run import Run
 
-MAX_MISTAKES = 25
+HEADLINE = ("loss", "subset_accuracy", "f1_micro", "f1_macro", "f1_samples")  # test figures metrics.json also holds at its top level
 
 
 def evaluate_multilabel_run(
@@ -65,9 +63,7 @@ def evaluate_multilabel_run(
     history = run.history()
     generalisation = generalisation_check(history)
     baseline_figures = None
-    if baseline is None:
-        baseline = bool(run.config.get("baseline", True))
-    if baseline:
+    if wants_baseline(run, baseline):
         from tunelab.evaluate import multilabel_baseline
 
         baseline_figures, baseline_pred = multilabel_baseline.fit_and_score(run, texts, y_true, labels)
@@ -76,43 +72,25 @@ def evaluate_multilabel_run(
                 baseline_figures, test, y_true, predicted, baseline_pred, run.config, generalisation
             )
 
-    out = Path(out_dir).expanduser() if out_dir is not None else run.path
-    out.mkdir(parents=True, exist_ok=True)
-    predictions = predictions_frame(texts, y_true, proba, predicted, labels)
-    write_parquet(out / "predictions.parquet", predictions)
-
-    from tunelab.evaluate.multilabel_plots import make_multilabel_plots
+    from tunelab.evaluate.multilabel_plots import label_set_plots
     from tunelab.evaluate.multilabel_report import write_multilabel_report
 
-    plots = make_multilabel_plots(out / "plots", history, y_true, proba, labels, test)
-    metrics = merged_metrics(
-        out,
+    predictions = predictions_frame(texts, y_true, proba, predicted, labels)
+    return write_artefacts(
+        output_folder(run, out_dir),
         run,
-        test,
-        source,
-        generalisation,
-        None,
-        baseline_figures,
-        headline=("loss", "subset_accuracy", "f1_micro", "f1_macro", "f1_samples"),
-        carried=("task", "train", "environment", "thresholds"),
-    )
-    write_multilabel_report(
-        out / "report.html",
-        run_name=run_name(run),
-        config=run.config,
         test=test,
-        evaluated_on=metrics["evaluated_on"],
-        plots=plots,
-        mistakes=worst_rows(predictions),
+        source=source,
         generalisation=generalisation,
-        data_profile=run.data_profile,
-        train_info=metrics.get("train"),
-        environment=metrics.get("environment"),
-        thresholds=metrics.get("thresholds"),
+        predictions=predictions,
+        history=history,
+        draw_plots=lambda folder: label_set_plots(folder, y_true, proba, labels, test),
+        headline=HEADLINE,
+        write=write_multilabel_report,
+        mistakes=worst_rows(predictions),
         baseline=baseline_figures,
+        thresholds=run.metrics.get("thresholds"),  # the record training wrote: where and how they were chosen
     )
-    write_json(out / "metrics.json", metrics)
-    return metrics
 
 
 def predictions_frame(texts: list[str], y_true: np.ndarray, proba: np.ndarray, predicted: np.ndarray, labels: list[str]) -> pd.DataFrame:

@@ -1,32 +1,23 @@
-"""The multi-label report's plots: loss and subset-accuracy curves, per-label ROC curves, and the
-label co-occurrence heat map. Drawn with the classifier plots' helpers (evaluate/plots.py)."""
+"""The multi-label report's plots: per-label ROC curves and the label co-occurrence heat map, beside
+the training curves every report shows. Drawn with the classifier plots' helpers (evaluate/plots.py)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tunelab.evaluate.plots import heat_map, roc_plot, training_curves
+from tunelab.evaluate.plots import heat_map, roc_plot
 
 
-def make_multilabel_plots(
-    out_dir: str | os.PathLike,
-    history: Sequence[dict[str, Any]],
-    y_true: np.ndarray,
-    proba: np.ndarray,
-    labels: Sequence[str],
-    metrics: dict[str, Any],
-) -> dict[str, Path]:
-    """Every plot of the multi-label report; returns name -> PNG path. Plots without data are skipped."""
-    out_dir = Path(out_dir)
-    plots = training_curves(out_dir, history)
-    plots["roc"] = roc_plot(y_true, proba, labels, metrics["roc_auc"]["per_label"], out_dir / "roc.png")
-    plots["cooccurrence"] = cooccurrence_plot(metrics["cooccurrence"]["counts"], labels, out_dir / "cooccurrence.png")
-    return plots
+def label_set_plots(out_dir: Path, y_true: np.ndarray, proba: np.ndarray, labels: Sequence[str], metrics: dict[str, Any]) -> dict[str, Path]:
+    """The multi-label report's plots beside the training curves; returns name -> PNG path."""
+    return {
+        "roc": roc_plot(y_true, proba, labels, metrics["roc_auc"]["per_label"], out_dir / "roc.png"),
+        "cooccurrence": cooccurrence_plot(metrics["cooccurrence"]["counts"], labels, out_dir / "cooccurrence.png"),
+    }
 
 
 def cooccurrence_plot(counts: list[list[int]], labels: Sequence[str], path: Path) -> Path:

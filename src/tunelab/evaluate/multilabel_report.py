@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.evaluate.report import PLOT_TITLES, write_report
-from tunelab.evaluate.report_template import GENERALISATION_FLAG, HEADLINE_CLOSE, HEADLINE_OPEN, PAGE_START, PLOTS, SETTINGS_TABLES, WARNINGS
+from tunelab.evaluate.report_template import (
+    GENERALISATION_FLAG,
+    HEADLINE_CLOSE,
+    HEADLINE_OPEN,
+    PAGE_START,
+    PLOTS,
+    PROFILE_END,
+    RUN_SUMMARY_OPEN,
+    SETTINGS_TABLES,
+)
 
 MULTILABEL_PLOT_TITLES = {
     **PLOT_TITLES,
@@ -44,14 +53,9 @@ TEMPLATE = (
   {% if test.timing %}<div class="card"><div class="name">examples / s</div><div class="value">{{ test.timing.examples_per_second | num(1) }}</div></div>{% endif %}
 </div>
 
-<h2>Run summary</h2>
-<div class="columns">
-<table>
-  <tr><th colspan="2">Model and data</th></tr>
-  <tr><td>model</td><td>{{ config.model | default("—") }}</td></tr>
-  <tr><td>data</td><td>{{ config.data | default("—") }}</td></tr>
-  <tr><td>evaluated on</td><td>{{ evaluated_on.source }} ({{ evaluated_on.rows }} rows)</td></tr>
-  <tr><td>labels per row</td><td>{{ test.label_cardinality.true | num(2) }} true, {{ test.label_cardinality.predicted | num(2) }} predicted</td></tr>
+"""
+    + RUN_SUMMARY_OPEN
+    + r"""  <tr><td>labels per row</td><td>{{ test.label_cardinality.true | num(2) }} true, {{ test.label_cardinality.predicted | num(2) }} predicted</td></tr>
 </table>
 """
     + SETTINGS_TABLES
@@ -103,9 +107,8 @@ TEMPLATE = (
       <td class="num">{{ s.overlap_with_train | default("—") }}</td></tr>
   {% endfor %}
 </table>
-{% else %}<p class="muted">No data profile in this run.</p>{% endif %}
 """
-    + WARNINGS
+    + PROFILE_END
     + r"""
 <p class="small muted">Not available for multi-label runs yet: tunelab serve, export and compare. Files: metrics.json, thresholds.json, predictions.parquet, plots/*.png — next to this report.</p>
 </body>

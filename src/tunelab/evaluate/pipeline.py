@@ -11,6 +11,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from tunelab.run import Run
 
 MAX_MISTAKES = 25
 LATENCY_SAMPLES = 16  # single-text calls timed for the latency figure: enough for a median, cheap
+HEADLINE = ("loss", "accuracy", "f1_macro")  # test figures metrics.json also holds at its top level
+# metrics.json keys of the run (training's, and a multi-label run's thresholds) an evaluation written elsewhere carries along
+CARRIED = ("task", "train", "environment", "thresholds")
 
 
 def evaluate_run(
@@ -94,9 +98,7 @@ def evaluate_run(
     history = run.history()
     generalisation = generalisation_check(history)
     baseline_figures = None
-    if baseline is None:
-        baseline = bool(run.config.get("baseline", True))  # the run's setting (TrainConfig.baseline)
-    if baseline:
+    if wants_baseline(run, baseline):
         from tunelab.evaluate.baseline import comparison, fit_and_score
 
         baseline_figures, baseline_correct = fit_and_score(run, texts, y_true, labels)
@@ -109,34 +111,25 @@ def evaluate_run(
 
         probe = bias_probe(texts, proba, lambda t: classifier.predict_proba(t, batch_size), labels, pair_lists)
 
-    out = Path(out_dir).expanduser() if out_dir is not None else run.path
-    out.mkdir(parents=True, exist_ok=True)
-    predictions = predictions_frame(texts, y_true, proba, labels)
-    write_parquet(out / "predictions.parquet", predictions)
-
-    from tunelab.evaluate.plots import make_plots
+    from tunelab.evaluate.plots import classification_plots
     from tunelab.evaluate.report import write_report
 
-    plots = make_plots(out / "plots", history, y_true, proba, labels, test)
-    metrics = merged_metrics(out, run, test, source, generalisation, probe, baseline_figures)
-    write_report(
-        out / "report.html",
-        run_name=run_name(run),
-        config=run.config,
+    predictions = predictions_frame(texts, y_true, proba, labels)
+    return write_artefacts(
+        output_folder(run, out_dir),
+        run,
         test=test,
-        evaluated_on=metrics["evaluated_on"],
-        plots=plots,
-        mistakes=confident_mistakes(predictions),
+        source=source,
         generalisation=generalisation,
-        data_profile=run.data_profile,
-        train_info=metrics.get("train"),
-        environment=metrics.get("environment"),
-        bias=probe,
+        predictions=predictions,
+        history=history,
+        draw_plots=lambda folder: classification_plots(folder, y_true, proba, labels, test),
+        headline=HEADLINE,
+        write=write_report,
+        mistakes=confident_mistakes(predictions),
         baseline=baseline_figures,
+        bias=probe,
     )
-    # metrics.json last: its test key appearing means every other artefact is already written.
-    write_json(out / "metrics.json", metrics)
-    return metrics
 
 
 def _evaluate_multilabel(run: Run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline) -> dict[str, Any]:
@@ -258,6 +251,63 @@ def confident_mistakes(predictions: pd.DataFrame, limit: int = MAX_MISTAKES) -> 
     return wrong[["text", "label", "predicted", "confidence"]].to_dict("records")
 
 
+def wants_baseline(run: Run, baseline: bool | None) -> bool:
+    """baseline as asked, else the run's own `baseline` setting (TrainConfig.baseline), else yes."""
+    return bool(run.config.get("baseline", True)) if baseline is None else baseline
+
+
+def output_folder(run: Run, out_dir: str | os.PathLike | None) -> Path:
+    return Path(out_dir).expanduser() if out_dir is not None else run.path
+
+
+def write_artefacts(
+    out: Path,
+    run: Run,
+    *,
+    test: dict[str, Any],
+    source: str,
+    generalisation: dict[str, Any],
+    predictions: pd.DataFrame,
+    history: list[dict[str, Any]],
+    draw_plots: Callable[[Path], dict[str, Path]],
+    headline: Sequence[str],
+    write: Callable[..., Path],
+    mistakes: list[dict[str, Any]],
+    baseline: dict[str, Any] | None,
+    bias: dict[str, Any] | None = None,
+    **report_extra: Any,
+) -> dict[str, Any]:
+    """An evaluation's files in `out`, for every task: predictions.parquet; plots/, the training curves of
+    `history` and then draw_plots' own; report.html, rendered by `write` (evaluate/report.write_report or a
+    task's page on it, which takes report_extra); metrics.json, merged into what is there, written last.
+    Returns metrics.json's content."""
+    from tunelab.evaluate.plots import training_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(out / "predictions.parquet", predictions)
+    plots = {**training_curves(out / "plots", history), **draw_plots(out / "plots")}
+    metrics = merged_metrics(out, run, test, source, generalisation, bias, baseline, headline)
+    write(
+        out / "report.html",
+        run_name=run_name(run),
+        config=run.config,
+        test=test,
+        evaluated_on=metrics["evaluated_on"],
+        plots=plots,
+        mistakes=mistakes,
+        generalisation=generalisation,
+        data_profile=run.data_profile,
+        train_info=metrics.get("train"),
+        environment=metrics.get("environment"),
+        bias=bias,
+        baseline=baseline,
+        **report_extra,
+    )
+    # metrics.json last: its test key appearing means every other artefact is already written.
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
 def merged_metrics(
     out: Path,
     run: Run,
@@ -266,19 +316,15 @@ def merged_metrics(
     generalisation: dict,
     probe: dict | None,
     baseline: dict | None = None,
-    *,
-    headline: tuple[str, ...] = ("loss", "accuracy", "f1_macro"),
-    carried: tuple[str, ...] = ("train", "environment"),
+    headline: Sequence[str] = HEADLINE,
 ) -> dict[str, Any]:
-    """metrics.json's content: what is already there (training's keys), with this evaluation merged in.
-
-    headline: the test figures also written at the top level (each task its own); carried: the run's
-    keys an evaluation written elsewhere copies along (a multi-label run adds its thresholds)."""
+    """metrics.json's content: what is already there (training's keys), with this evaluation merged in;
+    the `headline` figures of the test split are repeated at the top level."""
     path = out / "metrics.json"
     metrics: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     # An evaluation written elsewhere still describes the run's model: carry its training facts along.
     if out.resolve() != run.path.resolve():
-        for key in carried:
+        for key in CARRIED:
             if key in run.metrics and key not in metrics:
                 metrics[key] = run.metrics[key]
     metrics["test"] = test

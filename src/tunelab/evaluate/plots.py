@@ -21,27 +21,19 @@ DPI = 110
 MAX_ANNOTATED_CLASSES = 20  # beyond this, numbers in confusion-matrix cells become unreadable
 
 
-def make_plots(
-    out_dir: str | os.PathLike,
-    history: Sequence[dict[str, Any]],
-    y_true: np.ndarray,
-    proba: np.ndarray,
-    labels: Sequence[str],
-    metrics: dict[str, Any],
-) -> dict[str, Path]:
-    """Every plot the report shows; returns name -> PNG path. Plots without data are skipped."""
-    out_dir = Path(out_dir)
-    plots = training_curves(out_dir, history)
+def classification_plots(out_dir: Path, y_true: np.ndarray, proba: np.ndarray, labels: Sequence[str], metrics: dict[str, Any]) -> dict[str, Path]:
+    """The classifier report's plots beside the training curves; returns name -> PNG path."""
     cm = metrics["confusion_matrix"]
-    plots["confusion_matrix"] = confusion_matrix_plot(cm["counts"], cm["normalized"], labels, out_dir / "confusion_matrix.png")
-    plots["roc"] = roc_plot(y_true, proba, labels, metrics["roc_auc"]["per_class"], out_dir / "roc.png")
-    plots["precision_recall"] = pr_plot(y_true, proba, labels, metrics["average_precision"]["per_class"], out_dir / "precision_recall.png")
-    plots["reliability"] = reliability_plot(metrics["calibration"], out_dir / "reliability.png")
-    return plots
+    return {
+        "confusion_matrix": confusion_matrix_plot(cm["counts"], cm["normalized"], labels, out_dir / "confusion_matrix.png"),
+        "roc": roc_plot(y_true, proba, labels, metrics["roc_auc"]["per_class"], out_dir / "roc.png"),
+        "precision_recall": pr_plot(y_true, proba, labels, metrics["average_precision"]["per_class"], out_dir / "precision_recall.png"),
+        "reliability": reliability_plot(metrics["calibration"], out_dir / "reliability.png"),
+    }
 
 
 def training_curves(out_dir: Path, history: Sequence[dict[str, Any]]) -> dict[str, Path]:
-    """The loss and accuracy curves of history.jsonl, each drawn when the history has its values."""
+    """The loss and accuracy curves of history.jsonl, each drawn when the history has its values (every report shows them first)."""
     plots: dict[str, Path] = {}
     train = [h for h in history if h.get("type") == "train"]
     evals = [h for h in history if h.get("type") == "eval"]

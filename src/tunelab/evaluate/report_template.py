@@ -51,6 +51,15 @@ HEADLINE_CLOSE = r"""</div>
 <div class="flag unknown" id="baseline-headline">No baseline comparison: {{ baseline.missing }}.</div>
 {% endif %}
 """
+# The run summary's first table, up to the task's own rows about the labels.
+RUN_SUMMARY_OPEN = r"""<h2>Run summary</h2>
+<div class="columns">
+<table>
+  <tr><th colspan="2">Model and data</th></tr>
+  <tr><td>model</td><td>{{ config.model | default("—") }}</td></tr>
+  <tr><td>data</td><td>{{ config.data | default("—") }}</td></tr>
+  <tr><td>evaluated on</td><td>{{ evaluated_on.source }} ({{ evaluated_on.rows }} rows)</td></tr>
+"""
 SETTINGS_TABLES = r"""<table>
   <tr><th colspan="2">Hyperparameters</th></tr>
   {% for key, value in hyperparameters.items() %}<tr><td>{{ key }}</td><td>{{ value }}</td></tr>{% endfor %}
@@ -78,7 +87,9 @@ PLOTS = r"""<h2>Plots</h2>
 {% endfor %}
 </div>
 """
-WARNINGS = r"""<h3>Warnings</h3>
+# The data profile's end: the page without a profile, then the profile's warnings.
+PROFILE_END = r"""{% else %}<p class="muted">No data profile in this run.</p>{% endif %}
+<h3>Warnings</h3>
 {% if profile.warnings %}<ul class="warnings">{% for w in profile.warnings %}<li>{{ w }}</li>{% endfor %}</ul>{% else %}<p>None.</p>{% endif %}
 """
 
@@ -108,14 +119,9 @@ TEMPLATE = (
   {% if test.timing %}<div class="card"><div class="name">examples / s</div><div class="value">{{ test.timing.examples_per_second | num(1) }}</div></div>{% endif %}
 </div>
 
-<h2>Run summary</h2>
-<div class="columns">
-<table>
-  <tr><th colspan="2">Model and data</th></tr>
-  <tr><td>model</td><td>{{ config.model | default("—") }}</td></tr>
-  <tr><td>data</td><td>{{ config.data | default("—") }}</td></tr>
-  <tr><td>evaluated on</td><td>{{ evaluated_on.source }} ({{ evaluated_on.rows }} rows)</td></tr>
-  <tr><td>labels</td><td>{{ test.labels | join(", ") }}</td></tr>
+"""
+    + RUN_SUMMARY_OPEN
+    + r"""  <tr><td>labels</td><td>{{ test.labels | join(", ") }}</td></tr>
 </table>
 """
     + SETTINGS_TABLES
@@ -200,9 +206,8 @@ TEMPLATE = (
       <td class="num">{{ s.duplicate_texts | default("—") }}</td><td class="num">{{ s.overlap_with_train | default("—") }}</td></tr>
   {% endfor %}
 </table>
-{% else %}<p class="muted">No data profile in this run.</p>{% endif %}
 """
-    + WARNINGS
+    + PROFILE_END
     + r"""
 <p class="small muted">Files: metrics.json, predictions.parquet, plots/*.png — next to this report.</p>
 </body>

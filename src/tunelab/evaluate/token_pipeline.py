@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tunelab.atomic import write_json
 from tunelab.errors import TunelabError
 from tunelab.evaluate.generalisation import generalisation_check
-from tunelab.evaluate.pipeline import merged_metrics, run_name, write_parquet
+from tunelab.evaluate.pipeline import output_folder, wants_baseline, write_artefacts
 from tunelab.evaluate.token_metrics import token_metrics
 from tunelab.progress import progress_bar
 from tunelab.run import Run
 from tunelab.runtime.tagger import TokenTagger
 
 MAX_MISTAKES = 25
+HEADLINE = ("f1_micro", "precision_micro", "recall_micro", "f1_macro", "word_accuracy")  # test figures metrics.json also holds at its top level
 
 
 def evaluate_token_run(
@@ -70,54 +70,37 @@ def evaluate_token_run(
         "backend": "torch",
     }
     history = run.history()
-    generalisation = generalisation_check(history)
     baseline_figures = None
-    if baseline is None:
-        baseline = bool(run.config.get("baseline", True))
-    if baseline:
+    if wants_baseline(run, baseline):
         from tunelab.evaluate.token_baseline import score_baseline
 
         baseline_figures = score_baseline(run.split("train"), sentences, true_tags, test)
-
-    out = Path(out_dir).expanduser() if out_dir is not None else run.path
-    out.mkdir(parents=True, exist_ok=True)
-    predictions = predictions_frame(frame, predicted)
-    write_parquet(out / "predictions.parquet", predictions)
-
-    from tunelab.evaluate.plots import confusion_matrix_plot, training_curves
     from tunelab.evaluate.token_report import write_token_report
 
-    plots = training_curves(out / "plots", history)
-    counts = np.asarray(test["confusion_matrix"]["counts"], dtype=float)
-    shares = np.divide(counts, counts.sum(axis=1, keepdims=True), out=np.zeros_like(counts), where=counts.sum(axis=1, keepdims=True) > 0)
-    plots["confusion_matrix"] = confusion_matrix_plot(test["confusion_matrix"]["counts"], shares, tags, out / "plots" / "confusion_matrix.png")
-    metrics = merged_metrics(
-        out,
+    predictions = predictions_frame(frame, predicted)
+    return write_artefacts(
+        output_folder(run, out_dir),
         run,
-        test,
-        source,
-        generalisation,
-        None,
-        baseline_figures,
-        headline=("f1_micro", "precision_micro", "recall_micro", "f1_macro", "word_accuracy"),
-        carried=("task", "train", "environment"),
-    )
-    write_token_report(
-        out / "report.html",
-        run_name=run_name(run),
-        config=run.config,
         test=test,
-        evaluated_on=metrics["evaluated_on"],
-        plots=plots,
+        source=source,
+        generalisation=generalisation_check(history),
+        predictions=predictions,
+        history=history,
+        draw_plots=lambda folder: {"confusion_matrix": tag_confusion_plot(test["confusion_matrix"], folder / "confusion_matrix.png")},
+        headline=HEADLINE,
+        write=write_token_report,
         mistakes=worst_rows(predictions),
-        generalisation=generalisation,
-        data_profile=run.data_profile,
-        train_info=metrics.get("train"),
-        environment=metrics.get("environment"),
         baseline=baseline_figures,
     )
-    write_json(out / "metrics.json", metrics)
-    return metrics
+
+
+def tag_confusion_plot(confusion: dict[str, Any], path: Path) -> Path:
+    """The tag confusion matrix, each row coloured by its share of the true tag's words."""
+    from tunelab.evaluate.plots import confusion_matrix_plot
+
+    counts = np.asarray(confusion["counts"], dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    return confusion_matrix_plot(confusion["counts"], np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0), confusion["tags"], path)
 
 
 def predictions_frame(frame: pd.DataFrame, predicted: list[list[str]]) -> pd.DataFrame:

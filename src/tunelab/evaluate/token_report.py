@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.evaluate.report import PLOT_TITLES, write_report
-from tunelab.evaluate.report_template import GENERALISATION_FLAG, HEADLINE_CLOSE, HEADLINE_OPEN, PAGE_START, PLOTS, SETTINGS_TABLES, WARNINGS
+from tunelab.evaluate.report_template import (
+    GENERALISATION_FLAG,
+    HEADLINE_CLOSE,
+    HEADLINE_OPEN,
+    PAGE_START,
+    PLOTS,
+    PROFILE_END,
+    RUN_SUMMARY_OPEN,
+    SETTINGS_TABLES,
+)
 
 TOKEN_PLOT_TITLES = {
     **PLOT_TITLES,
@@ -41,14 +50,9 @@ TEMPLATE = (
   {% if test.timing %}<div class="card"><div class="name">sentences / s</div><div class="value">{{ test.timing.examples_per_second | num(1) }}</div></div>{% endif %}
 </div>
 
-<h2>Run summary</h2>
-<div class="columns">
-<table>
-  <tr><th colspan="2">Model and data</th></tr>
-  <tr><td>model</td><td>{{ config.model | default("—") }}</td></tr>
-  <tr><td>data</td><td>{{ config.data | default("—") }}</td></tr>
-  <tr><td>evaluated on</td><td>{{ evaluated_on.source }} ({{ evaluated_on.rows }} sentences)</td></tr>
-  <tr><td>entities</td><td>{{ test.entities }}</td></tr>
+"""
+    + RUN_SUMMARY_OPEN
+    + r"""  <tr><td>entities</td><td>{{ test.entities }}</td></tr>
 </table>
 """
     + SETTINGS_TABLES
@@ -90,9 +94,8 @@ TEMPLATE = (
       <td>{% if s.token_length %}{{ s.token_length.p50 | num(0) }} / {{ s.token_length.p95 | num(0) }} / {{ s.token_length.max }}{% else %}—{% endif %}</td></tr>
   {% endfor %}
 </table>
-{% else %}<p class="muted">No data profile in this run.</p>{% endif %}
 """
-    + WARNINGS
+    + PROFILE_END
     + r"""
 <p class="small muted">Files: metrics.json, predictions.parquet, plots/*.png — next to this report. The model/ folder loads in transformers.pipeline("token-classification", aggregation_strategy="first").</p>
 </body>

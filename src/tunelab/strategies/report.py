@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tunelab import atomic
@@ -94,8 +95,7 @@ COLUMNS = [
 
 def comparison_markdown(results: dict) -> str:
     rows = comparison_rows(results)
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(r[key] for key, _ in COLUMNS) + " |" for r in rows]
+    table = markdown_table([title for _, title in COLUMNS], ([r[key] for key, _ in COLUMNS] for r in rows))
     q = results.get("questions", {})
     env = results.get("environment", {})
     machine = f"{env.get('threads', '?')} thread(s) on a {env.get('cpus', '?')}-core CPU"
@@ -106,7 +106,12 @@ def comparison_markdown(results: dict) -> str:
     )
     if not results.get("complete"):
         note += "\n\n**Incomplete run**: only the strategies listed were measured."
-    return "\n".join(lines) + "\n" + note + "\n"
+    return table + note + "\n"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table, one line a row."""
+    return "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "".join("| " + " | ".join(row) + " |\n" for row in rows)
 
 
 def plot_png(results: dict) -> bytes:
@@ -241,19 +246,18 @@ def detail_tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]
 
 
 def details_markdown(results: dict) -> str:
-    parts = []
-    for title, header, rows in detail_tables(results):
-        parts.append(f"## {title}\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "".join("| " + " | ".join(r) + " |\n" for r in rows))
-    return "\n".join(parts)
+    return "\n".join(f"## {title}\n\n" + markdown_table(header, rows) for title, header, rows in detail_tables(results))
 
 
 def details_html(results: dict) -> str:
-    parts = []
-    for title, header, rows in detail_tables(results):
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>")
-    return "".join(parts)
+    return "".join(f"<h2>{html.escape(title)}</h2>{html_table(header, rows)}" for title, header, rows in detail_tables(results))
+
+
+def html_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A <table> of a header row and rows of text cells, every cell escaped."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def write_report(out: Path, results: dict) -> None:
@@ -287,21 +291,27 @@ class _staged_binary:
 
 def render_html(results: dict, png: bytes) -> str:
     rows = comparison_rows(results)
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(r[k])}</td>" for k, _ in COLUMNS) + "</tr>" for r in rows)
+    table = html_table([title for _, title in COLUMNS], ([r[key] for key, _ in COLUMNS] for r in rows))
     image = f'<img alt="accuracy against cost" src="data:image/png;base64,{base64.b64encode(png).decode()}">' if png else ""
     selection = results.get("template_selection")
     sel_html = ""
     if selection:
-        sel_rows = "".join(
-            f"<tr><td>{html.escape(n)}</td><td>{_pct(s['contains'])}</td><td>{_pct(s['exact_match'])}</td><td>{_pct(s['f1'])}</td>"
-            f"<td>{_pct(s['hallucination_rate_all'])}</td><td>{_pct(s['abstention_rate'])}</td><td>{s['penalised_score']:+.3f}</td></tr>"
+        sel_rows = (
+            [
+                n,
+                _pct(s["contains"]),
+                _pct(s["exact_match"]),
+                _pct(s["f1"]),
+                _pct(s["hallucination_rate_all"]),
+                _pct(s["abstention_rate"]),
+                f"{s['penalised_score']:+.3f}",
+            ]
             for n, s in selection["scores"].items()
         )
         sel_html = (
             f"<h2>Template selection (train split, {selection['questions']} questions, by {html.escape(selection['by'])})</h2>"
-            f"<p>Chosen: <b>{html.escape(selection['chosen'])}</b></p><table><tr><th>template</th><th>contains</th><th>EM</th><th>F1</th>"
-            f"<th>hallucination</th><th>abstained</th><th>penalised</th></tr>{sel_rows}</table>"
+            f"<p>Chosen: <b>{html.escape(selection['chosen'])}</b></p>"
+            + html_table(("template", "contains", "EM", "F1", "hallucination", "abstained", "penalised"), sel_rows)
         )
     adapt = results.get("adaptability", {})
     adapt_html = ""
@@ -313,15 +323,21 @@ def render_html(results: dict, png: bytes) -> str:
             for p in adapt["probes"]
         )
         re_index = adapt["reindex"]
-        rows_a = "".join(
-            f"<tr><td>{html.escape(LABELS.get(n, n))}</td><td>{_pct(a['contains'])}</td><td>{_pct(a['stale_rate'])}</td><td>{_pct(a['abstention_rate'])}</td>"
-            f"<td>{html.escape(a['update'])}</td><td>{_num(a['update_seconds'] if a['update_seconds'] is not None else a['retraining_estimate_seconds'], ' s', 1)}</td></tr>"
+        rows_a = (
+            [
+                LABELS.get(n, n),
+                _pct(a["contains"]),
+                _pct(a["stale_rate"]),
+                _pct(a["abstention_rate"]),
+                a["update"],
+                _num(a["update_seconds"] if a["update_seconds"] is not None else a["retraining_estimate_seconds"], " s", 1),
+            ]
             for n, a in adapt["strategies"].items()
         )
         adapt_html = (
             f"<h2>Adaptability to new knowledge</h2><p>Edited copy of the knowledge base, re-indexed incrementally in {re_index['seconds']:.1f} s "
             f"({re_index['changed']} documents changed, {re_index['added']} added, {re_index['chunks_embedded']} chunks embedded).</p><ul>{probes}</ul>"
-            f"<table><tr><th>strategy</th><th>new facts right</th><th>still says the old fact</th><th>abstained</th><th>how it updates</th><th>cost</th></tr>{rows_a}</table>"
+            + html_table(("strategy", "new facts right", "still says the old fact", "abstained", "how it updates", "cost"), rows_a)
         )
     status = "" if results.get("complete") else "<p class=warn>Incomplete run: only the strategies shown were measured.</p>"
     q = results.get("questions", {})
@@ -332,5 +348,5 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 <p>Model <b>{html.escape(str(results.get("model", {}).get("name")))}</b>; {q.get("test")} held-out test questions (same for every strategy);
 knowledge base <b>{html.escape(str(results.get("config", {}).get("kb")))}</b>. Accuracies with bootstrap 95% confidence intervals.
 Hallucination = a non-abstaining answer that does not contain the gold answer.</p>
-<div style="overflow-x:auto"><table><tr>{head}</tr>{body}</table></div>{image}{details_html(results)}{sel_html}{adapt_html}
+<div style="overflow-x:auto">{table}</div>{image}{details_html(results)}{sel_html}{adapt_html}
 <p style="color:#666;font-size:12px">Per-question answers: predictions/*.jsonl. All numbers: results.json.</p></body></html>"""

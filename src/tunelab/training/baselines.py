@@ -73,7 +73,6 @@ class BaselineConfig(DataSettings):
 def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
     """Fit the baseline on config.data and return the finished run directory."""
     import joblib
-    import torch
     import transformers
 
     from tunelab import hardware
@@ -83,7 +82,7 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
     # Named after the method: a baseline's encoder (config.model) is unused by tfidf-logreg.
     out = out_dir(config.out, named_after(config.method, config.data))
     refuse_existing(out, config.overwrite)
-    torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
+    hardware.set_threads(config.threads)  # the one thread-count rule: --threads, else $TUNELAB_THREADS, else every allowed core
 
     # 1. Data: exactly the splits `tunelab train` makes from the same settings.
     splits, dropped = load_splits(config)

@@ -52,14 +52,19 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
         if point is not None:
             Console(stderr=True).print(point.describe(), highlight=False)
     trainer_setup.stage_run(setup, config, splits, labels, profile, checkpoint, max_length=max_length, batch_size=plan.batch_size, lr=lr)
-    label2id = {label: i for i, label in enumerate(labels)}
-    datasets = {name: tokenize_frame(split, pretrained.tokenizer, max_length, label2id) for name, split in splits.items()}
+    datasets = tokenize_splits(splits, pretrained.tokenizer, max_length, labels)
     trainer = build_classifier_trainer(config, setup, model, datasets, pretrained.tokenizer, labels, plan.batch_size, lr, progress)
     trained = trainer_setup.train_timed(trainer, checkpoint)  # the best checkpoint by eval accuracy is loaded at the end
     if setup.is_main:
         save_and_evaluate(config, setup, trainer, trainer_setup.training_metrics(trainer, trained, setup), progress)
     setup.state.wait_for_everyone()
     return Run.open(setup.out)
+
+
+def tokenize_splits(splits, tokenizer, max_length: int, labels: list[str]) -> dict:
+    """Input IDs, attention masks and label ids, unpadded: each batch is padded to its longest example."""
+    label2id = {label: i for i, label in enumerate(labels)}
+    return {name: tokenize_frame(split, tokenizer, max_length, label2id) for name, split in splits.items()}
 
 
 def build_classifier_trainer(

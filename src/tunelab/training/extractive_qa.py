@@ -23,7 +23,7 @@ from tunelab import atomic  # noqa: E402
 from tunelab.answers import normalize, score, summarise  # noqa: E402
 from tunelab.config import ExtractiveQAConfig  # noqa: E402
 from tunelab.data.load import read_raw  # noqa: E402
-from tunelab.data.split import held_out_share, hold_out  # noqa: E402
+from tunelab.data.split import held_out_share, hold_out, load_and_split, splits_needed  # noqa: E402
 from tunelab.data.tokenize import choose_max_length  # noqa: E402
 from tunelab.errors import TunelabError, did_you_mean  # noqa: E402
 from tunelab.models.span_reader import ExtractiveReader, choose_threshold, cls_index, encode_windows  # noqa: E402
@@ -139,9 +139,8 @@ def _text(value) -> str:
 
 
 def load_qa_splits(config: ExtractiveQAConfig) -> dict[str, pd.DataFrame]:
-    frame = load_qa_frame(config.data, config)
-    given = {name: load_qa_frame(path, config) if path else None for name, path in (("eval", config.eval_data), ("test", config.test_data))}
-    return split_by_question(frame, config.eval_fraction, config.test_fraction, config.seed, given["eval"], given["test"])
+    splits, _ = load_and_split(config, lambda source: load_qa_frame(source, config), split_by_question)
+    return splits
 
 
 def split_by_question(
@@ -158,7 +157,7 @@ def split_by_question(
 
     source = frame.attrs.get("source", "the data")
     questions = frame["question"].map(normalize).nunique()
-    needed = 1 + (eval_frame is None) + (test_frame is None)
+    needed = splits_needed(eval_frame, test_frame)
     if questions < needed:
         raise TunelabError(
             f"{source} has {questions} distinct question(s); splitting by question needs at least {needed}",

@@ -26,13 +26,17 @@ FILLER = "the a movie film food place service was is it and very quite really th
 WORDS = POSITIVE + NEGATIVE + NEUTRAL + FILLER
 
 
-def write_tiny_bert(folder: Path, num_labels: int | None = None) -> Path:
-    """A 2-layer BERT with hidden size 32 and a WordPiece vocabulary of the test words."""
+def write_tiny_bert(folder: Path, num_labels: int | None = None, pieces: bool = False) -> Path:
+    """A 2-layer BERT with hidden size 32 and a WordPiece vocabulary of the test words; with `pieces`
+    also ##letters and some punctuation, so a word outside the vocabulary splits into several pieces."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *"abcdefghijklmnopqrstuvwxyz"]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *letters]
+    if pieces:
+        vocab += [*(f"##{c}" for c in letters), ".", ",", "'"]
     # transformers 5 takes the vocabulary itself (a dict), not a vocab.txt path.
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True, model_max_length=128)
     config = BertConfig(

@@ -21,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # twin: the training recipes live in tunelab/training/.
 import tunelab.evaluate  # noqa: E402,F401
 import tunelab.predict  # noqa: E402,F401
-from tunelab.config import MultiLabelConfig, TrainConfig  # noqa: E402
+from tunelab.config import MultiLabelConfig, TokenClassificationConfig, TrainConfig  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.run import Run  # noqa: E402
 
@@ -30,11 +30,15 @@ __version__ = "0.1.0"
 
 def train(config: TrainConfig | None = None, **settings):
     """Fine-tune a classifier; see TrainConfig for the settings (MultiLabelConfig, or task="multi-label",
-    for label sets). Returns the finished Run."""
+    for label sets; TokenClassificationConfig, or task="token-classification", for word tags). Returns the finished Run."""
     if isinstance(config, MultiLabelConfig) or (config is None and settings.get("task") == "multi-label"):
         from tunelab.training.multilabel import train_multilabel
 
         return train_multilabel(config or MultiLabelConfig(**settings))
+    if isinstance(config, TokenClassificationConfig) or (config is None and settings.get("task") == "token-classification"):
+        from tunelab.training.token_classification import train_token_classifier
+
+        return train_token_classifier(config or TokenClassificationConfig(**settings))
     from tunelab.training.classify import train as _train
 
     return _train(config or TrainConfig(**settings))

@@ -212,6 +212,29 @@ class PairClassificationConfig(TrainConfig):
     text_pair_col: str = Field("text_pair", description="column holding each row's second text (the hypothesis, the passage)")
 
 
+class TokenClassificationConfig(TrainConfig):
+    """Fine-tuning a token classifier, e.g. for named entities (`tunelab train --task token-classification`):
+    one IOB2 tag per word, the loss on each word's first word piece. The classifier's settings, plus:"""
+
+    task: Literal["token-classification"] = Field("token-classification", description="what the run learns (fixed)")
+    data: str = Field(
+        "factbook-entities",
+        description="built-in set (factbook-entities), a CoNLL/IOB file (.conll .iob .iob2 .bio), or jsonl/json/parquet "
+        "with tokens and tags lists, or with text and character spans",
+    )
+    label_col: str = Field("tags", description="column holding each row's tags, one per token")
+    tokens_col: str = Field("tokens", description="column holding each row's tokens (a list)")
+    spans_col: str = Field("spans", description="column holding each text's entity spans: [{start, end, label}], end exclusive")
+    strict_iob: bool = Field(False, description="refuse an I-TYPE that continues no TYPE entity, instead of reading it as B-TYPE")
+    epochs: float = Field(4.0, gt=0)
+    length_percentile: float = Field(100.0, gt=0, le=100, description="max length covers this percentile of sentences: words past it are not tagged")
+    class_weights: Literal["none"] = Field("none", description="tag loss weights are not supported for token classification")
+    method: Literal["full"] = Field("full", description="token classification trains all weights")
+    pooling: Literal["cls"] = Field("cls", description="unused: each token has its own head output")
+    recipe: Literal["default"] = Field("default", description="token classification has one recipe")
+    baseline: bool = Field(True, description="the evaluation also scores a gazetteer of the train split's entity strings")
+
+
 S = TypeVar("S", bound=Settings)
 
 

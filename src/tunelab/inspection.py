@@ -25,24 +25,21 @@ def inspect_source(
 ) -> dict[str, Any]:
     """Rows, class balance, token-length percentiles, empty and duplicate rows, warnings; and the
     likely task: multi-label when the label column holds lists or delimited strings, pair
-    classification when two columns look like text pairs (those two are then profiled as pairs)."""
+    classification when two columns look like text pairs (those two are then profiled as pairs).
+    Tagged words (a CoNLL/IOB file, tokens and tags, text and spans) get the token-classification
+    profile (inspect_tagged)."""
     from tunelab.data.load import read_raw
 
+    tagged = inspect_tagged(source, model, encoding, delimiter)
+    if tagged is not None:
+        return tagged
     raw = read_raw(source, encoding, delimiter)
     multi_label = detect_multilabel(raw, label_col)
     text_pair = None if text_pair_col else detect_text_pair([str(c) for c in raw.columns], text_col)
     if text_pair:
         text_col, text_pair_col = text_pair["text_col"], text_pair["text_pair_col"]
     frame = load_source(source, text_col, label_col, encoding, delimiter=delimiter, text_pair_col=text_pair_col)
-    tokenizer, limit = None, None
-    if model:
-        from transformers import AutoConfig, AutoTokenizer
-
-        from tunelab.models.classifier import model_max_length
-
-        folder = resolve_model(model)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        limit = model_max_length(AutoConfig.from_pretrained(folder), tokenizer)
+    tokenizer, limit = model_tokenizer(model)
     splits = {"all": frame}
     if test_data:
         # Named "train" so the profile's overlap check compares the test file against it.
@@ -69,6 +66,46 @@ def inspect_source(
     if text_pair_col:
         profile["text_pair"] = text_pair or {"text_col": text_col, "text_pair_col": text_pair_col}
     return profile
+
+
+def inspect_tagged(source: str, model: str | None = "minilm", encoding: str = "utf-8", delimiter: str | None = None) -> dict[str, Any] | None:
+    """The profile of tagged words, when the source holds them (tunelab.data.token_tags.looks_tagged), else None:
+    sentences, entities per type (as `class_counts`), token lengths, and the advice to train with --task token-classification."""
+    from tunelab.data.token_tags import load_tagged, looks_tagged, profile_tagged, tagged_source
+
+    shape = looks_tagged(source, encoding, delimiter=delimiter)
+    if shape is None:
+        return None
+    frame = tagged_source(source) if shape == "built-in" else load_tagged(source, encoding=encoding)
+    tokenizer, limit = model_tokenizer(model)
+    profile = profile_tagged({"all": frame}, tokenizer, limit)
+    first = profile["splits"]["all"]
+    advice = f"{source} holds tagged words ({shape}, {sum(first['entity_counts'].values())} entities): train with --task token-classification"
+    profile.update(
+        rows=first["rows"],
+        class_counts=first["entity_counts"],
+        duplicate_texts=int(frame["text"].duplicated().sum()),
+        token_length=first.get("token_length", {}),
+        dropped={},
+        train_rows=len(frame),
+        recipe="token classification (a tag per word on its first word piece)",
+        likely_task="token-classification",
+    )
+    profile["warnings"].insert(0, advice)
+    return profile
+
+
+def model_tokenizer(model: str | None) -> tuple[Any, int | None]:
+    """The model's tokenizer and its token limit, which the profile's token lengths are measured with; (None, None) without a model."""
+    if not model:
+        return None, None
+    from transformers import AutoConfig, AutoTokenizer
+
+    from tunelab.models.classifier import model_max_length
+
+    folder = resolve_model(model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return tokenizer, model_max_length(AutoConfig.from_pretrained(folder), tokenizer)
 
 
 # Column names that hold two texts classified together (NLI, paraphrase, question–passage relevance):

@@ -33,11 +33,16 @@ def predict(run: Run | str | os.PathLike, texts: Sequence[ModelInput], batch_siz
     backend: torch, onnx, onnx-int8 or auto (tunelab.runtime.choice: exported on first use, parity-gated).
     A multi-label run (torch only) gives instead, for each text, `labels`: every label over its
     threshold with its probability and threshold (most probable first), and every label's probability.
+    A token-classification run (torch only) gives `entities`: type, start, end (character offsets,
+    end exclusive), text and score of each entity found.
     """
     if isinstance(texts, str):
         texts = [texts]
     run = run if isinstance(run, Run) else Run.open(run)
     check_inputs(run, texts)
+    tagger = token_tagger(run, backend)
+    if tagger is not None:
+        return [{"entities": found} for found in tagger.entities(texts, batch_size)]
     multi_label = multilabel_classifier(run, backend)
     if multi_label is not None:
         return multi_label.predict(texts, batch_size)
@@ -68,6 +73,17 @@ def multilabel_classifier(run: Run, backend: str):
     if backend != "torch":
         raise TunelabError(f"--backend {backend} is for single-label classifiers; a multi-label run scores with torch", "leave out --backend")
     return multilabel.MultiLabelClassifier.load(run)
+
+
+def token_tagger(run: Run, backend: str):
+    """The run's TokenTagger when it is a token-classification run, else None; those score with torch only."""
+    from tunelab.runtime.tagger import TASK, TokenTagger
+
+    if run.task != TASK:
+        return None
+    if backend != "torch":
+        raise TunelabError(f"--backend {backend} is for single-label classifiers; a token-classification run scores with torch", "leave out --backend")
+    return TokenTagger.load(run.model_dir)
 
 
 def describe(labels: list[str], probabilities) -> list[dict[str, Any]]:
@@ -105,6 +121,7 @@ def predict_file(
     if out.suffix.lower() != ".csv":
         raise TunelabError(f"--out '{out}' must be a .csv file", "name the output file e.g. preds.csv")
     run = run if isinstance(run, Run) else Run.open(run)
+    tagger = token_tagger(run, backend)
     multi_label = multilabel_classifier(run, backend)
     if run.is_pair_classifier:
         text_pair_col = text_pair_col or run.config.get("text_pair_col") or PAIR_COLUMN
@@ -113,6 +130,13 @@ def predict_file(
     frame = load_source(source, text_col=text_col, label_col=None, encoding=encoding, text_pair_col=text_pair_col)
     if len(frame) == 0:
         raise TunelabError(f"{source} has no non-empty texts in column '{text_col}'", "check the file and --text-col")
+    if tagger is not None:
+        import json
+
+        # One cell per row: its entities as a JSON list, as `tunelab predict --json` prints them.
+        found = tagger.entities(frame["text"].tolist(), batch_size, progress)
+        result = pd.DataFrame({"text": frame["text"], "entities": [json.dumps(row, ensure_ascii=False) for row in found]})
+        return atomic.write_text(out, result.to_csv(index=False))
     scorer = multi_label if multi_label is not None else load_scorer(run, backend, threads)
     probabilities = scorer.predict_proba(frame_inputs(frame), batch_size, progress)
     if multi_label is not None:

@@ -83,7 +83,8 @@ class Run:
 
     @property
     def task(self) -> str:
-        """'classification' (`tunelab train`), 'multi-label', 'pair-classification' or 'extractive-qa' (`tunelab train --task ...`), or 'sft' (`tunelab sft`)."""
+        """'classification' (`tunelab train`), 'multi-label', 'pair-classification', 'extractive-qa' or 'token-classification' (`tunelab train --task ...`),
+        or 'sft' (`tunelab sft`)."""
         if "task" in self.config:
             return str(self.config["task"])
         # Classifier runs never wrote their task; an sft run written before SFTConfig.task existed has no labels.json.
@@ -95,10 +96,14 @@ class Run:
         return self.task == textpairs.TASK
 
     def require_classification(self, command: str) -> None:
-        """Refuse, in one line, a run of another task (multi-label, extractive-qa) for a command that handles only
+        """Refuse, in one line, a run of another task (multi-label, extractive-qa, token-classification) for a command that handles only
         single-label classifiers (of texts or of text pairs)."""
         if self.task not in ("classification", textpairs.TASK):
-            usable = "; tunelab predict and tunelab eval handle this run" if self.task == "multi-label" else ""
+            handled_by = {
+                "multi-label": "; tunelab predict and tunelab eval handle this run",
+                "token-classification": "; tunelab predict, eval and serve handle this run",
+            }
+            usable = handled_by.get(self.task, "")
             raise TunelabError(
                 f"{command} does not handle {self.task} runs yet ('{self.path}' is one)", f"it takes runs of `tunelab train` without --task{usable}"
             )

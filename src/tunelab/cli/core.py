@@ -129,7 +129,9 @@ def train(
     nproc: Annotated[int, typer.Option(help="data-parallel processes on this machine (torchrun; gloo on CPU)")] = 1,
     task: Annotated[
         str | None,
-        typer.Option(help="classification | multi-label | pair-classification | extractive-qa (default: the config file's task, else classification)"),
+        typer.Option(
+            help="classification | multi-label | pair-classification | extractive-qa | token-classification (default: the config file's task, else classification)"
+        ),
     ] = None,
     text_pair_col: Annotated[
         str | None, typer.Option(help="pair-classification: column holding each row's second text (hypothesis, passage); default text_pair")
@@ -139,8 +141,13 @@ def train(
     context_col: Annotated[str | None, typer.Option(help="extractive-qa: column holding the context")] = None,
     answer_col: Annotated[str | None, typer.Option(help="extractive-qa: column holding the answer (empty: not in the context)")] = None,
     doc_stride: Annotated[int | None, typer.Option(help="extractive-qa: tokens shared by consecutive windows of a long context")] = None,
+    tokens_col: Annotated[str | None, typer.Option(help="token-classification: column holding each row's tokens (with --label-col's tags)")] = None,
+    spans_col: Annotated[str | None, typer.Option(help="token-classification: column holding each text's entity spans [{start, end, label}]")] = None,
+    strict_iob: Annotated[
+        bool | None, typer.Option("--strict-iob", help="token-classification: refuse an I-TYPE that continues no TYPE entity (default: read it as B-TYPE)")
+    ] = None,
 ) -> None:
-    """Fine-tune a pretrained model for text classification (single- or multi-label, text pairs, or extractive question answering) and write a run directory."""
+    """Fine-tune a pretrained model for text classification (single- or multi-label, text pairs), extractive question answering or token classification; write a run directory."""
     from tunelab.config import load_settings
     from tunelab.errors import TunelabError
 
@@ -154,6 +161,12 @@ def train(
         raise TunelabError(f"{_flag(given[0])} applies only to --task extractive-qa", "add --task extractive-qa, or drop the flag")
     if chosen != "pair-classification" and flags.pop("text_pair_col") is not None:
         raise TunelabError("--text-pair-col applies only to --task pair-classification", "add --task pair-classification, or drop the flag")
+    if chosen == "token-classification":
+        _train_token_classification(config, flags, resume, nproc)
+        return
+    given = [k for k in _TOKEN_ONLY if flags.pop(k) is not None]
+    if given:
+        raise TunelabError(f"{_flag(given[0])} applies only to --task token-classification", "add --task token-classification, or drop the flag")
     if chosen == "multi-label":
         _train_multilabel(config, flags, resume, nproc)
         return
@@ -165,7 +178,7 @@ def train(
     _train(settings, resume, nproc)
 
 
-TASKS = ("classification", "multi-label", "pair-classification", "extractive-qa")
+TASKS = ("classification", "multi-label", "pair-classification", "extractive-qa", "token-classification")
 
 
 def settings_class(task: str):
@@ -176,6 +189,7 @@ def settings_class(task: str):
 
 
 _QA_ONLY = ("question_col", "context_col", "answer_col", "doc_stride")
+_TOKEN_ONLY = ("tokens_col", "spans_col", "strict_iob")
 # Classification settings with no meaning for a span reader: refused rather than silently ignored.
 _NOT_QA = (
     "text_col",
@@ -194,6 +208,7 @@ _NOT_QA = (
     "fsdp",
     "strict",
     "baseline",
+    *_TOKEN_ONLY,
 )
 
 
@@ -252,6 +267,22 @@ def _train_multilabel(config: Path | None, flags: dict, resume: bool, nproc: int
     from tunelab.training.multilabel import train_multilabel
 
     print_multilabel_run_summary(train_multilabel(settings))
+
+
+def _train_token_classification(config: Path | None, flags: dict, resume: bool, nproc: int) -> None:
+    from tunelab.config import TokenClassificationConfig, load_settings
+    from tunelab.errors import TunelabError
+
+    if flags.pop("label_sep") is not None:
+        raise TunelabError("--label-sep applies only to --task multi-label", "drop it; token tags come as a list per row")
+    if resume:
+        raise TunelabError("--resume does not apply to --task token-classification yet", "train it again with --overwrite")
+    if nproc > 1:
+        raise TunelabError("--nproc > 1 with --task token-classification is not supported yet", "train on one process (drop --nproc)")
+    settings = load_settings(TokenClassificationConfig, config, flags)
+    from tunelab.training.token_classification import train_token_classifier
+
+    print_token_run_summary(train_token_classifier(settings))
 
 
 @command("resume")
@@ -348,6 +379,10 @@ def predict(
         print(json.dumps([{**s, **r} for s, r in zip(shown, results)], indent=2))
         return
     for text, result in zip(texts, results):
+        if "entities" in result:  # a token-classification run: entity spans with character offsets
+            found = ", ".join(f"{e['text']!r} {e['type']} [{e['start']}:{e['end']}] ({e['score']:.3f})" for e in result["entities"]) or "no entities"
+            console.print(f"[bold]{found}[/]  {text[:80]!r}", highlight=False)
+            continue
         probabilities = "  ".join(f"{label} {p:.3f}" for label, p in result["probabilities"].items())
         if "labels" in result:  # a multi-label run: every label over its threshold
             chosen = ", ".join(f"{item['label']} ({item['probability']:.3f})" for item in result["labels"]) or "no label over its threshold"
@@ -410,6 +445,14 @@ def print_multilabel_run_summary(run) -> None:
     print_baseline(metrics)
     console.print(f"run directory: {run.path}")
     console.print(f"report:        {run.path / 'report.html'}")
+
+
+def print_token_run_summary(run) -> None:
+    from tunelab.cli.evaluate import print_token_summary
+
+    console.print(f"\n[bold green]done[/] in {run.metrics.get('train', {}).get('train_runtime_s', 0):.0f} s", highlight=False)
+    print_token_summary(run.metrics, run.path)
+    console.print(f"run directory: {run.path}")
 
 
 def print_qa_summary(run) -> None:

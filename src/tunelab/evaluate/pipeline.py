@@ -66,6 +66,8 @@ def evaluate_run(
         if backend != "torch":
             raise TunelabError(f"--backend {backend} is for single-label classifiers; a multi-label run scores with torch", "leave out --backend")
         return _evaluate_multilabel(run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline)
+    if run.task == "token-classification":
+        return _evaluate_tokens(run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline, backend)
     labels = run.labels
     if data is None:
         frame, source = run.split("test"), "test split"
@@ -149,6 +151,22 @@ def _evaluate_multilabel(run: Run, data, out_dir, bias, data_name, batch_size, p
         data_name = data_name or str(data)
         data = load_multilabel_source(data, config.get("text_col", "text"), config.get("label_col", "labels"), config.get("label_sep"))
     return evaluate_multilabel_run(run, data, out_dir, data_name=data_name, batch_size=batch_size, progress=progress, baseline=baseline)
+
+
+def _evaluate_tokens(run: Run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline, backend) -> dict[str, Any]:
+    """A token-classification run's evaluation (evaluate/token_pipeline.py); a file is read with the run's columns and IOB rule."""
+    from tunelab.evaluate.token_pipeline import evaluate_token_run
+
+    if bias or classifier is not None or backend != "torch":
+        raise TunelabError("--bias, --backend and another scorer do not apply to token-classification runs", "evaluate the run's own model with torch")
+    if isinstance(data, (str, os.PathLike)):
+        from tunelab.data.token_tags import load_tagged
+
+        config = run.config
+        data_name = data_name or str(data)
+        columns = (config.get("tokens_col", "tokens"), config.get("label_col", "tags"), config.get("text_col", "text"), config.get("spans_col", "spans"))
+        data = load_tagged(data, *columns, encoding=config.get("encoding", "utf-8"), strict_iob=bool(config.get("strict_iob")))
+    return evaluate_token_run(run, data, out_dir, data_name=data_name, batch_size=batch_size, progress=progress, baseline=baseline)
 
 
 def label_ids(frame: pd.DataFrame, labels: list[str], source: str, pairs: bool = False) -> np.ndarray:

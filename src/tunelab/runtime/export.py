@@ -88,6 +88,10 @@ def export_onnx(
     from tunelab.models.classifier import Classifier
 
     run = run if isinstance(run, Run) else Run.open(run)
+    if run.task == "token-classification":
+        from tunelab.runtime.token_export import export_token_onnx
+
+        return export_token_onnx(run, quantize, tolerance, max_rows, step)
     run.require_classification("tunelab export")
     if quantize not in (None, "int8"):
         raise TunelabError(f"unknown quantization '{quantize}'", "use --quantize int8 (or leave it out for fp32 only)")

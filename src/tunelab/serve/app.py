@@ -1,7 +1,8 @@
 """The prediction service: a FastAPI app for a classifier run, and `serve()` that runs it with uvicorn.
 
 POST /v1/predict   {"texts": [...]} -> label, score and every class probability per text;
-                   a pair-classification run's service takes {"pairs": [{"text": ..., "text_pair": ...}, ...]}
+                   a pair-classification run's service takes {"pairs": [{"text": ..., "text_pair": ...}, ...]};
+                   a token-classification run's answers with each text's entities (serve/entities.py)
 GET  /v1/model     name, version, backend, labels, the run's metrics
 GET  /health       the process is up          GET /ready   the model is loaded
 GET  /metrics      Prometheus text format     GET /        the web page
@@ -33,12 +34,15 @@ from tunelab import hardware
 from tunelab.run import Run
 from tunelab.runtime.choice import choose_backend, load_scorer
 from tunelab.runtime.scorers import model_version
+from tunelab.runtime.tagger import TASK as TOKEN_TASK
 from tunelab.serve.batching import MicroBatcher, NotRunning, QueueFull
 from tunelab.serve.common import WRONG_KEY, ApiKey, BodyLimit, ErrorBody, configured_key, install_error_handlers, key_schemes, plain_error
 from tunelab.serve.docs import offline_fastapi
+from tunelab.serve.entities import check_token_servable, entities_router, tagger_loader
 from tunelab.serve.holder import LoadedModel, ModelHolder, NotReady, finite
 from tunelab.serve.metrics import MULTIPROC_ENV, ServiceMetrics
 from tunelab.serve.settings import ServeSettings
+from tunelab.textpairs import ModelInput
 
 log = logging.getLogger("tunelab.serve")
 
@@ -115,6 +119,17 @@ class Service:
             raise StarletteHTTPException(503, f"model failed to load: {error}" if error else "model is loading; retry shortly", headers={"Retry-After": "1"})
         return model
 
+    async def submit(self, inputs: list[ModelInput]) -> tuple[Any, LoadedModel]:
+        """The batcher's answer for `inputs`, texts or text pairs (the scorer's output for them, and the model), or a 503 to retry."""
+        try:
+            return await self.batcher.submit(inputs)
+        except QueueFull:
+            raise StarletteHTTPException(
+                503, f"the queue is full ({self.settings.max_queue} texts waiting); retry shortly", headers={"Retry-After": "1"}
+            ) from None
+        except (NotRunning, NotReady):
+            raise StarletteHTTPException(503, "the service is not accepting work; retry shortly", headers={"Retry-After": "1"}) from None
+
     def lifespan(self, loader: Callable[[], LoadedModel]):
         """The app's lifespan: the batcher runs and the model loads in the background; on exit every queued request is answered."""
 
@@ -138,11 +153,9 @@ class Service:
         return lifespan
 
 
-def predict_router(service: Service, pairs: bool = False) -> APIRouter:
-    """POST /v1/predict; its request's size limit is a setting, and its shape the model's task (texts, or
-    text pairs for a pair-classification run), so the request model is built here."""
-    settings = service.settings
-    max_texts = settings.max_texts
+def predict_request(max_texts: int, pairs: bool = False) -> type[BaseModel]:
+    """POST /v1/predict's request: {"texts": [...]}, or {"pairs": [...]} for a pair-classification run; its size
+    limit is a setting, so the model is built per app. Its `inputs()` are what the model scores."""
 
     if pairs:
 
@@ -177,6 +190,12 @@ def predict_router(service: Service, pairs: bool = False) -> APIRouter:
             def inputs(self) -> list[str]:
                 return self.texts
 
+    return PredictRequest
+
+
+def predict_router(service: Service, pairs: bool = False) -> APIRouter:
+    """POST /v1/predict: label, score and every class's probability, for texts or (pairs) text pairs."""
+    PredictRequest = predict_request(service.settings.max_texts, pairs)  # noqa: N806 - a class
     router = APIRouter()
 
     @router.post("/v1/predict", response_model=PredictResponse)
@@ -187,12 +206,7 @@ def predict_router(service: Service, pairs: bool = False) -> APIRouter:
 
         if service.ready_model().pairs != pairs:  # a registry promotion swapped in a model of the other kind
             raise StarletteHTTPException(503, f"the model now served classifies {'single texts' if pairs else 'text pairs'}; restart the service")
-        try:
-            logits, model = await service.batcher.submit(body.inputs())
-        except QueueFull:
-            raise StarletteHTTPException(503, f"the queue is full ({settings.max_queue} texts waiting); retry shortly", headers={"Retry-After": "1"}) from None
-        except (NotRunning, NotReady):
-            raise StarletteHTTPException(503, "the service is not accepting work; retry shortly", headers={"Retry-After": "1"}) from None
+        logits, model = await service.submit(body.inputs())
         return PredictResponse(
             model=ModelRef(name=model.name, version=model.version),
             predictions=[Prediction(**p) for p in describe(model.labels, softmax(logits))],
@@ -263,21 +277,25 @@ def create_app(
     """The service for one model. `loader` is a run directory or a function returning a LoadedModel.
 
     pairs: the model classifies text pairs (read from the run when `loader` is one), so requests send `pairs`.
+    A token-classification run gets the entities route (serve/entities.py) and no web page.
     The model loads in the background once the app starts: /health answers at once, /ready and the
     prediction routes answer 503 until it is in. `app.state.holder.swap(...)` replaces it live.
     `api_key` defaults to $TUNELAB_API_KEY; empty means no key is needed (the rule: serve/common.py).
     """
     settings = settings or ServeSettings()
+    tagger = False  # a token-classification run: the entities route and schema (serve/entities.py)
     if not callable(loader):
         run = loader if isinstance(loader, Run) else Run.open(loader)
         pairs = run.is_pair_classifier
-        loader = run_loader(run, settings.backend, settings.threads)
+        tagger = run.task == TOKEN_TASK
+        loader = tagger_loader(run) if tagger else run_loader(run, settings.backend, settings.threads)
     api_key = configured_key(api_key)
     service = Service.build(settings)
     app = offline_fastapi(
         title="tunelab prediction service",
         version="1",
-        description="Text classification with a fine-tuned tunelab run. Concurrent requests are micro-batched.",
+        description=("Token classification (entity spans with character offsets)" if tagger else "Text classification")
+        + " with a fine-tuned tunelab run. Concurrent requests are micro-batched.",
         lifespan=service.lifespan(loader),
     )
     app.state.holder = service.holder
@@ -292,10 +310,12 @@ def create_app(
     if api_key:
         errors[401] = {"model": ErrorBody}
     guarded = key_schemes(api_key)
-    app.include_router(predict_router(service, pairs), dependencies=guarded, responses=errors)
+    predict = entities_router(service, predict_request(settings.max_texts)) if tagger else predict_router(service, pairs)
+    app.include_router(predict, dependencies=guarded, responses=errors)
     app.include_router(model_router(service), dependencies=guarded, responses=errors)
     app.include_router(health_router(service))
-    app.include_router(page_router())
+    if not tagger:  # the web page shows class probabilities
+        app.include_router(page_router())
 
     # Every error is one JSON line, {"error": "..."}; no input can reach a 500.
     install_error_handlers(app, _error, log)
@@ -395,6 +415,9 @@ def check_servable(run_path: str | os.PathLike, backend: str, threads: int | Non
     An ONNX backend's first use (export, parity gate, auto's timing) happens here, once, not in each worker.
     """
     run = Run.open(run_path)
+    if run.task == TOKEN_TASK:
+        check_token_servable(run, backend)
+        return run
     run.require_classification("tunelab serve")
     run.model_dir  # noqa: B018 - raises for a scikit-learn baseline run
     choose_backend(run, backend, threads)

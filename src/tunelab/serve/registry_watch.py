@@ -131,8 +131,15 @@ def registry_app(name: str, settings=None, registry: Registry | str | os.PathLik
 
     settings = settings or ServeSettings()
     registry = registry if isinstance(registry, Registry) else Registry(registry)
-    if registry.production(name).version is None:
+    production = registry.production(name)
+    if production.version is None:
         raise TunelabError(f"{name} has no production version to serve", f"promote one: `tunelab registry promote {name}@N`")
+    if Run.open(production.run_dir).task != "classification":
+        # The hot swap loads classifiers; another task's run is served from its folder.
+        raise TunelabError(
+            f"serving {name} by registry name handles classifier runs only ({name}@{production.version} is a {Run.open(production.run_dir).task} run)",
+            f"serve its run directory: tunelab serve {production.run_dir}",
+        )
 
     def load(production: Production) -> LoadedModel:
         run = Run.open(production.run_dir)

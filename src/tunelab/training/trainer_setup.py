@@ -279,15 +279,16 @@ def training_arguments(
 
 def build_trainer(trainer_class, config: TrainerSettings, setup: RunSetup, args: TrainingArguments, model, datasets, tokenizer, progress: bool, **extra):
     """trainer_class on the train and eval datasets, batches padded to their longest example, with
-    history.jsonl, the progress bar and early stopping; `extra` goes to trainer_class (compute_metrics, ...)."""
+    history.jsonl, the progress bar and early stopping; `extra` goes to trainer_class (compute_metrics, ...,
+    or a data_collator of the task's own, e.g. one that pads per-token labels)."""
     samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    extra.setdefault("data_collator", DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8))
     trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=datasets["train"],
         eval_dataset=datasets["eval"],
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
         callbacks=trainer_callbacks(setup.staging / "history.jsonl", samples_per_step if progress else None, config.early_stopping),
         **extra,
     )

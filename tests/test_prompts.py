@@ -235,7 +235,7 @@ def test_prompts_eval_index_factbook_is_the_one_builtin_index(tmp_path, tiny_lm,
     (docs / "sky.md").write_text("# Sky\n\nThe sky is blue on a clear day.\n", encoding="utf-8")
     cached = build_index(load_documents(str(docs)), tmp_path / "cached", model="minilm", progress=False) and tmp_path / "cached"
     requests = []
-    monkeypatch.setattr(builtin, "builtin_index", lambda progress=True, embed_model="minilm": requests.append(embed_model) or cached)
+    monkeypatch.setattr(builtin, "builtin_index", lambda progress=True, embed_model="minilm", backend="torch": requests.append(embed_model) or cached)
     monkeypatch.chdir(tmp_path)  # no folder named 'factbook' here
     qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "What colour is the sky?", "answer": "blue", "aliases": []}])
     result = CliRunner().invoke(

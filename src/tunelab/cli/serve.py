@@ -80,9 +80,12 @@ def serve(
         return
     from tunelab.serve.app import check_servable, is_causal_lm
 
+    page = "web page: /, "
     if not is_causal_lm(run):
-        check_servable(run, settings.backend)  # a run it cannot serve is refused before the banner
-    console.print(f"serving {run} on http://{settings.host}:{settings.port}  (web page: /, API docs: /docs)", highlight=False, soft_wrap=True)
+        served = check_servable(run, settings.backend)  # a run it cannot serve is refused before the banner
+        if served.task in ("multi-label", "token-classification"):  # the web page shows one class per text: not served for these
+            page = ""
+    console.print(f"serving {run} on http://{settings.host}:{settings.port}  ({page}API docs: /docs)", highlight=False, soft_wrap=True)
     run_service(run, settings)
 
 

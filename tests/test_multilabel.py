@@ -293,10 +293,66 @@ def test_label_sep_without_multi_label_and_resume_are_refused(ml_args, tiny_bert
     assert_user_error(cli(*ml_args, "--data", sentiment_csv, "--resume"), "--resume does not apply to --task multi-label")
 
 
-@pytest.mark.parametrize("command", [["export"], ["compare", "{run}"]])
-def test_export_and_compare_refuse_a_multi_label_run(ml_run, command):
-    args = [part.format(run=ml_run) for part in command]
-    assert_user_error(cli(args[0], ml_run, *args[1:]), f"tunelab {args[0]} does not handle multi-label runs yet")
+def test_compare_refuses_a_multi_label_run(ml_run):
+    assert_user_error(cli("compare", ml_run, ml_run), "tunelab compare does not handle multi-label runs yet")
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+def test_label_set_agreement_counts_whole_label_sets_not_the_top_label():
+    from tunelab.models.multilabel import label_set_agreement
+
+    reference = np.array([[3.0, 0.1, -2.0], [2.0, -1.0, -3.0], [-1.0, -1.0, -1.0]])
+    moved = np.array([[3.0, -0.1, -2.0], [2.0, -1.0, -3.0], [-1.0, -1.0, -1.0]])  # row 0's second label crosses its threshold; argmax unchanged
+    assert label_set_agreement(moved, reference, [0.5, 0.5, 0.5]) == pytest.approx(2 / 3)
+    assert label_set_agreement(moved, reference, [0.5, 0.6, 0.5]) == 1.0  # under a higher threshold both sets leave it out
+
+
+def test_export_checks_the_onnx_label_sets_against_pytorch_on_the_test_split(ml_run, tmp_path):
+    import shutil
+
+    from tunelab.models.multilabel import LABEL_SETS_COMPARED, label_set_agreement
+    from tunelab.runtime.scorers import OnnxScorer, onnx_session
+
+    run = Path(shutil.copytree(ml_run, tmp_path / "run"))
+    result = cli("export", run, "--quantize", "int8")
+    assert result.exit_code == 0, result.output
+    assert "label sets the same 100.00%" in result.output and "--backend" not in result.output
+    parity = json.loads((run / "onnx" / "parity.json").read_text(encoding="utf-8"))
+    assert parity["compared"] == LABEL_SETS_COMPARED and parity["fp32_max_abs_diff"] <= 1e-3
+    texts = Run.open(run).split("test")["text"].tolist()
+    classifier = MultiLabelClassifier.load(run)
+    reference = classifier.logits(texts)
+    for name, key in (("model.onnx", "fp32_argmax_agreement"), ("model.int8.onnx", "int8_argmax_agreement")):
+        onnx = OnnxScorer(onnx_session(run / "onnx" / name), classifier.classifier.tokenizer, classifier.labels, classifier.classifier.max_length)
+        assert parity[key] == pytest.approx(label_set_agreement(onnx.logits(texts), reference, classifier.thresholds)), key
+    assert parity["fp32_argmax_agreement"] == 1.0 and parity["int8_argmax_agreement"] >= 0.995 and parity["rows"] == len(texts)
+
+
+def test_export_parity_compares_label_sets_not_the_top_label(ml_run, tmp_path, monkeypatch):
+    """An ONNX model whose logits all sit 1.5 lower keeps every argmax but loses labels near their thresholds: parity must see it."""
+    import shutil
+
+    from tunelab.models.multilabel import label_set_agreement
+    from tunelab.runtime import export
+
+    real = export._scorer
+
+    class Lower:
+        def __init__(self, path, classifier):
+            self.scorer = real(path, classifier)
+
+        def logits(self, texts, batch_size=None):
+            return self.scorer.logits(texts, batch_size) - 1.5
+
+    monkeypatch.setattr(export, "_scorer", Lower)
+    run = Path(shutil.copytree(ml_run, tmp_path / "run"))
+    report = export.export_onnx(run, tolerance=2.0)
+    classifier = MultiLabelClassifier.load(run)
+    reference = classifier.logits(Run.open(run).split("test")["text"].tolist())
+    assert report.fp32_argmax_agreement == pytest.approx(label_set_agreement(reference - 1.5, reference, classifier.thresholds))
+    assert report.fp32_argmax_agreement < 1.0
 
 
 # -- serve ----------------------------------------------------------------------------------------

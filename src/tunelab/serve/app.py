@@ -41,7 +41,7 @@ from tunelab.serve.batching import MicroBatcher, NotRunning, QueueFull
 from tunelab.serve.common import WRONG_KEY, ApiKey, BodyLimit, ErrorBody, configured_key, install_error_handlers, key_schemes, plain_error
 from tunelab.serve.docs import offline_fastapi
 from tunelab.serve.entities import check_token_servable, entities_router, tagger_loader
-from tunelab.serve.holder import LoadedModel, ModelHolder, NotReady, finite
+from tunelab.serve.holder import LoadedModel, ModelHolder, ModelRef, NotReady, finite
 from tunelab.serve.label_sets import check_multilabel_servable, label_set_loader, label_sets_router
 from tunelab.serve.metrics import MULTIPROC_ENV, ServiceMetrics
 from tunelab.serve.settings import ServeSettings
@@ -65,11 +65,6 @@ class TextPair(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(description="the first text: a premise, a question, a sentence")
     text_pair: str = Field(description="the second text: a hypothesis, a passage, a paraphrase candidate")
-
-
-class ModelRef(BaseModel):
-    name: str
-    version: str
 
 
 class PredictResponse(BaseModel):

@@ -9,18 +9,17 @@ gives for each text (`MultiLabelClassifier.predict`: the sigmoid and the run's t
 
 # No `from __future__ import annotations`: FastAPI must see the request model, built per app, as a real annotation.
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from tunelab.models.multilabel import MultiLabelClassifier, read_thresholds
+from tunelab.models.multilabel import read_thresholds
 from tunelab.predict import multilabel_classifier
 from tunelab.run import Run
-from tunelab.runtime.scorers import model_version
-from tunelab.serve.holder import LoadedModel, finite
+from tunelab.serve.holder import LoadedModel, ModelRef
+from tunelab.serve.task_routes import PerTextScorer, texts_router, torch_loader
 
 
 class ChosenLabel(BaseModel):
@@ -34,29 +33,9 @@ class LabelSetPrediction(BaseModel):
     probabilities: dict[str, float] = Field(description="every label's probability")
 
 
-class LabelSetModelRef(BaseModel):
-    name: str
-    version: str
-
-
 class LabelSetsResponse(BaseModel):
-    model: LabelSetModelRef
+    model: ModelRef
     predictions: list[LabelSetPrediction]
-
-
-@dataclass
-class LabelSetScorer:
-    """The multi-label classifier behind the service's batcher: one label set (and every probability) per text."""
-
-    classifier: MultiLabelClassifier
-    backend: str = "torch"
-
-    @property
-    def labels(self) -> list[str]:
-        return self.classifier.labels
-
-    def logits(self, texts: Sequence[str], batch_size: int | None = None, progress=None) -> list[dict[str, Any]]:
-        return self.classifier.predict(texts, batch_size or max(1, len(texts)))
 
 
 def check_multilabel_servable(run: Run, backend: str) -> None:
@@ -68,24 +47,20 @@ def check_multilabel_servable(run: Run, backend: str) -> None:
 
 def label_set_loader(run: Run | str | os.PathLike) -> Callable[[], LoadedModel]:
     """A function that loads a multi-label run into a LoadedModel (called off the event loop)."""
-    run = run if isinstance(run, Run) else Run.open(run)
 
-    def load() -> LoadedModel:
-        scorer = LabelSetScorer(multilabel_classifier(run, "torch"))
-        return LoadedModel(scorer, run.path.name, model_version(run, "torch"), str(run.path), finite(run.metrics))
+    def scorer(run: Run) -> PerTextScorer:
+        classifier = multilabel_classifier(run, "torch")
+        return PerTextScorer(classifier.labels, classifier.predict)
 
-    return load
+    return torch_loader(run if isinstance(run, Run) else Run.open(run), scorer)
 
 
 def label_sets_router(service, request_model: type[BaseModel]) -> APIRouter:
     """POST /v1/predict for a multi-label run: the classifier's request ({"texts": [...]}), answered with label sets."""
-    router = APIRouter()
 
-    @router.post("/v1/predict", response_model=LabelSetsResponse)
-    async def predict(body: request_model) -> LabelSetsResponse:  # type: ignore[valid-type]
-        """Each text's labels over their thresholds and every label's probability, in the order the texts were given."""
-        service.ready_model()
-        found, model = await service.submit(body.texts)  # a full queue or a stopped service: 503
-        return LabelSetsResponse(model=LabelSetModelRef(name=model.name, version=model.version), predictions=[LabelSetPrediction(**row) for row in found])
+    def answer(found: list[dict[str, Any]], model: LoadedModel) -> LabelSetsResponse:
+        return LabelSetsResponse(model=ModelRef(name=model.name, version=model.version), predictions=[LabelSetPrediction(**row) for row in found])
 
-    return router
+    return texts_router(
+        service, request_model, LabelSetsResponse, "Each text's labels over their thresholds and every label's probability, in the order given.", answer
+    )

@@ -293,16 +293,143 @@ def test_label_sep_without_multi_label_and_resume_are_refused(ml_args, tiny_bert
     assert_user_error(cli(*ml_args, "--data", sentiment_csv, "--resume"), "--resume does not apply to --task multi-label")
 
 
-@pytest.mark.parametrize("command", [["serve"], ["export"], ["compare", "{run}"]])
-def test_serve_export_and_compare_refuse_a_multi_label_run(ml_run, command, monkeypatch):
+def test_compare_refuses_a_multi_label_run(ml_run):
+    assert_user_error(cli("compare", ml_run, ml_run), "tunelab compare does not handle multi-label runs yet")
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+def test_label_set_agreement_counts_whole_label_sets_not_the_top_label():
+    from tunelab.models.multilabel import label_set_agreement
+
+    reference = np.array([[3.0, 0.1, -2.0], [2.0, -1.0, -3.0], [-1.0, -1.0, -1.0]])
+    moved = np.array([[3.0, -0.1, -2.0], [2.0, -1.0, -3.0], [-1.0, -1.0, -1.0]])  # row 0's second label crosses its threshold; argmax unchanged
+    assert label_set_agreement(moved, reference, [0.5, 0.5, 0.5]) == pytest.approx(2 / 3)
+    assert label_set_agreement(moved, reference, [0.5, 0.6, 0.5]) == 1.0  # under a higher threshold both sets leave it out
+
+
+def test_export_checks_the_onnx_label_sets_against_pytorch_on_the_test_split(ml_run, tmp_path):
+    import shutil
+
+    from tunelab.models.multilabel import LABEL_SETS_COMPARED, label_set_agreement
+    from tunelab.runtime.scorers import OnnxScorer, onnx_session
+
+    run = Path(shutil.copytree(ml_run, tmp_path / "run"))
+    result = cli("export", run, "--quantize", "int8")
+    assert result.exit_code == 0, result.output
+    assert "label sets the same 100.00%" in result.output and "--backend" not in result.output
+    parity = json.loads((run / "onnx" / "parity.json").read_text(encoding="utf-8"))
+    assert parity["compared"] == LABEL_SETS_COMPARED and parity["fp32_max_abs_diff"] <= 1e-3
+    texts = Run.open(run).split("test")["text"].tolist()
+    classifier = MultiLabelClassifier.load(run)
+    reference = classifier.logits(texts)
+    for name, key in (("model.onnx", "fp32_argmax_agreement"), ("model.int8.onnx", "int8_argmax_agreement")):
+        onnx = OnnxScorer(onnx_session(run / "onnx" / name), classifier.classifier.tokenizer, classifier.labels, classifier.classifier.max_length)
+        assert parity[key] == pytest.approx(label_set_agreement(onnx.logits(texts), reference, classifier.thresholds)), key
+    assert parity["fp32_argmax_agreement"] == 1.0 and parity["int8_argmax_agreement"] >= 0.995 and parity["rows"] == len(texts)
+
+
+def test_export_parity_compares_label_sets_not_the_top_label(ml_run, tmp_path, monkeypatch):
+    """An ONNX model whose logits all sit 1.5 lower keeps every argmax but loses labels near their thresholds: parity must see it."""
+    import shutil
+
+    from tunelab.models.multilabel import label_set_agreement
+    from tunelab.runtime import export
+
+    real = export._scorer
+
+    class Lower:
+        def __init__(self, path, classifier):
+            self.scorer = real(path, classifier)
+
+        def logits(self, texts, batch_size=None):
+            return self.scorer.logits(texts, batch_size) - 1.5
+
+    monkeypatch.setattr(export, "_scorer", Lower)
+    run = Path(shutil.copytree(ml_run, tmp_path / "run"))
+    report = export.export_onnx(run, tolerance=2.0)
+    classifier = MultiLabelClassifier.load(run)
+    reference = classifier.logits(Run.open(run).split("test")["text"].tolist())
+    assert report.fp32_argmax_agreement == pytest.approx(label_set_agreement(reference - 1.5, reference, classifier.thresholds))
+    assert report.fp32_argmax_agreement < 1.0
+
+
+# -- serve ----------------------------------------------------------------------------------------
+
+
+def test_the_service_answers_with_predicts_label_sets_in_its_documented_schema(ml_run):
+    import asyncio
+
+    from tests._serve_fixtures import async_client, running
+    from tunelab import predict
+    from tunelab.serve.app import create_app
+    from tunelab.serve.settings import ServeSettings
+
+    texts = ["good great awful", "table chair window", "fine nice", "awful bad terrible"]
+    expected = predict(ml_run, texts)
+    assert len({tuple(item["label"] for item in row["labels"]) for row in expected}) > 1  # a mixed-up slice would show
+
+    def same(served: dict, ours: dict) -> None:
+        assert [(item["label"], item["threshold"]) for item in served["labels"]] == [(item["label"], item["threshold"]) for item in ours["labels"]]
+        assert [item["probability"] for item in served["labels"]] == pytest.approx([item["probability"] for item in ours["labels"]], abs=1e-5)
+        assert served["probabilities"] == pytest.approx(ours["probabilities"], abs=1e-5)
+
+    app = create_app(ml_run, ServeSettings(max_batch=64, max_wait_ms=200), api_key="")
+    with running(app) as client:
+        schema = client.get("/openapi.json").json()
+        response = schema["paths"]["/v1/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert response["$ref"].endswith("/LabelSetsResponse")
+        assert set(schema["components"]["schemas"]["LabelSetPrediction"]["properties"]) == {"labels", "probabilities"}
+        assert set(schema["components"]["schemas"]["ChosenLabel"]["properties"]) == {"label", "probability", "threshold"}
+        answer = client.post("/v1/predict", json={"texts": texts})
+        assert answer.status_code == 200, answer.text
+        for served, ours in zip(answer.json()["predictions"], expected, strict=True):
+            same(served, ours)
+        assert client.get("/v1/model").json()["labels"] == ["negative", "neutral", "positive"]
+        assert client.get("/").status_code == 404  # the web page shows one class per text
+
+    async def concurrently():  # requests sharing one forward pass each get their own texts' label sets
+        async with async_client(create_app(ml_run, ServeSettings(max_batch=64, max_wait_ms=200), api_key="")) as client:
+            return await asyncio.gather(*(client.post("/v1/predict", json={"texts": [text]}) for text in texts))
+
+    for reply, ours in zip(asyncio.run(concurrently()), expected, strict=True):
+        assert reply.status_code == 200, reply.text
+        (served,) = reply.json()["predictions"]
+        same(served, ours)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"texts": []}, "texts: send at least one text"),
+        ({"pairs": [{"text": "a", "text_pair": "b"}]}, "this model classifies single texts"),
+        ({"texts": "good"}, "texts: Input should be a valid list"),
+    ],
+)
+def test_a_bad_body_gets_a_one_line_422(ml_run, body, message):
+    from tests._serve_fixtures import running
+    from tunelab.serve.app import create_app
+
+    with running(create_app(ml_run, api_key="")) as client:
+        answer = client.post("/v1/predict", json=body)
+    assert answer.status_code == 422 and message in answer.json()["error"] and "\n" not in answer.json()["error"], answer.text
+
+
+def test_serve_refuses_an_onnx_backend_and_missing_thresholds(ml_run, tmp_path, monkeypatch):
+    import shutil
+
     import uvicorn
 
     def started(*args, **kwargs):
-        raise AssertionError("tunelab serve started a server for a multi-label run")
+        raise AssertionError("tunelab serve started a server")
 
     monkeypatch.setattr(uvicorn, "run", started)  # a broken refusal fails here instead of serving forever
-    args = [part.format(run=ml_run) for part in command]
-    assert_user_error(cli(args[0], ml_run, *args[1:]), f"tunelab {args[0]} does not handle multi-label runs yet")
+    assert_user_error(cli("serve", ml_run, "--backend", "onnx"), "--backend onnx is for single-label classifiers; a multi-label run scores with torch")
+    copy = tmp_path / "run"
+    shutil.copytree(ml_run, copy)
+    (copy / "thresholds.json").unlink()
+    assert_user_error(cli("serve", copy), "has no thresholds.json")
 
 
 # -- data inspect ----------------------------------------------------------------------------------

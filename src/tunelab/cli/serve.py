@@ -80,9 +80,12 @@ def serve(
         return
     from tunelab.serve.app import check_servable, is_causal_lm
 
+    page = "web page: /, "
     if not is_causal_lm(run):
-        check_servable(run, settings.backend)  # a run it cannot serve is refused before the banner
-    console.print(f"serving {run} on http://{settings.host}:{settings.port}  (web page: /, API docs: /docs)", highlight=False, soft_wrap=True)
+        served = check_servable(run, settings.backend)  # a run it cannot serve is refused before the banner
+        if served.task in ("multi-label", "token-classification"):  # the web page shows one class per text: not served for these
+            page = ""
+    console.print(f"serving {run} on http://{settings.host}:{settings.port}  ({page}API docs: /docs)", highlight=False, soft_wrap=True)
     run_service(run, settings)
 
 
@@ -112,17 +115,22 @@ def export(
             soft_wrap=True,
         )
         return
+    multi_label = Run.open(run).task == "multi-label"
+    agreed = "label sets the same" if multi_label else "argmax agreement"  # a multi-label run's parity compares label sets after its thresholds
     console.print(
-        f"      max |logit diff| vs PyTorch on {report.rows} test texts: {report.fp32_max_abs_diff:.2e}; argmax agreement {report.fp32_argmax_agreement:.2%}",
+        f"      max |logit diff| vs PyTorch on {report.rows} test texts: {report.fp32_max_abs_diff:.2e}; {agreed} {report.fp32_argmax_agreement:.2%}",
         highlight=False,
         soft_wrap=True,
     )
     if report.int8_argmax_agreement is not None:
         console.print(f"int8  {report.files['onnx-int8']}  ({report.sizes_mb['onnx-int8']} MB)", highlight=False, soft_wrap=True)
         console.print(
-            f"      argmax agreement {report.int8_argmax_agreement:.2%} (gate {INT8_MIN_AGREEMENT:.1%}); max |logit diff| {report.int8_max_abs_diff:.2e}",
+            f"      {agreed} {report.int8_argmax_agreement:.2%} (gate {INT8_MIN_AGREEMENT:.1%}); max |logit diff| {report.int8_max_abs_diff:.2e}",
             highlight=False,
             soft_wrap=True,
         )
+    if multi_label:
+        console.print("(predict and serve score multi-label runs with torch)", highlight=False, soft_wrap=True)
+        return
     backend = "onnx-int8" if report.int8_argmax_agreement is not None else "onnx"
     console.print(f"serve it: tunelab serve {run} --backend {backend}", highlight=False, soft_wrap=True)

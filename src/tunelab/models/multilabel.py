@@ -24,6 +24,7 @@ THRESHOLDS_FILE = "thresholds.json"
 # A label needs this many positive eval rows for a threshold of its own; with fewer, one F1-best
 # threshold over every label's eval rows pooled is steadier than a guess from two or three rows.
 MIN_POSITIVES = 5
+LABEL_SETS_COMPARED = "label sets after the run's thresholds"  # what a multi-label export's parity agreement compares
 DEFAULT_THRESHOLD = 0.5  # when the eval split cannot say anything (no positive rows at all)
 RULE = (
     f"per label, the threshold with the best F1 on the eval split, midway between the lowest accepted and the next lower score; "
@@ -38,6 +39,12 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 def decide(proba: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
     """0/1 per (row, label): on when the probability reaches the label's threshold."""
     return (np.asarray(proba) >= np.asarray(thresholds, dtype=np.float64)[None, :]).astype(int)
+
+
+def label_set_agreement(logits: np.ndarray, reference: np.ndarray, thresholds: Sequence[float]) -> float:
+    """The share of rows whose label set (each label's sigmoid against its threshold) is the same from both logits."""
+    ours, theirs = decide(sigmoid(logits), thresholds), decide(sigmoid(reference), thresholds)
+    return float((ours == theirs).all(axis=1).mean())
 
 
 def best_f1_threshold(y: np.ndarray, scores: np.ndarray) -> tuple[float, float]:

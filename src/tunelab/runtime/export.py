@@ -6,7 +6,9 @@ and the export tunelab.runtime.choice makes on a backend's first use.
     runs/<name>/onnx/parity.json       the figures below, measured on the run's test split
 
 Parity gates, or nothing is written: fp32 logits within `tolerance` of PyTorch's (max absolute
-difference); int8 argmax agreeing with PyTorch on at least `min_agreement` of the test texts. On a
+difference); int8 argmax agreeing with PyTorch on at least `min_agreement` of the test texts. For a
+multi-label run "agreeing" is the same label set (each label's sigmoid against the run's thresholds,
+models/multilabel.py's `decide`), the figure parity.json's `*_argmax_agreement` fields then hold. On a
 backend's first use (`int8_refusal="record"`) a failed int8 gate keeps the fp32 model and records why
 int8 was refused in parity.json, so the run can still use fp32 ONNX and says why it does not use int8.
 """
@@ -14,6 +16,7 @@ int8 was refused in parity.json, so the run can still use fp32 ONNX and says why
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import io
 import logging
@@ -34,6 +37,7 @@ from tunelab.runtime.scorers import ONNX_DIR, ONNX_FILES, OnnxScorer, onnx_sessi
 from tunelab.textpairs import frame_inputs
 
 OPSET = 18
+ARGMAX_COMPARED = "argmax of the logits"
 PARITY_BATCH = 64  # texts per ONNX Runtime call while checking parity (as many as predict's batches)
 
 
@@ -51,6 +55,7 @@ class ExportReport:
     int8_recipe: str | None = None  # which MatMuls were quantized (INT8_RECIPES), chosen on the eval split
     int8_eval_agreement: float | None = None  # that recipe's agreement on the eval split
     int8_refused: str | None = None  # why no int8 model was kept (first-use exports only; `tunelab export` raises instead)
+    compared: str = ARGMAX_COMPARED  # what the *_argmax_agreement figures compare
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,6 +90,7 @@ def export_onnx(
     int8_refusal: "raise" (nothing is written when int8 fails its gate) or "record" (fp32 is written,
     parity.json's `int8_refused` says why int8 is not).
     """
+    from tunelab.models import multilabel
     from tunelab.models.classifier import Classifier
 
     run = run if isinstance(run, Run) else Run.open(run)
@@ -92,7 +98,11 @@ def export_onnx(
         from tunelab.runtime.token_export import export_token_onnx
 
         return export_token_onnx(run, quantize, tolerance, max_rows, step)
-    run.require_classification("tunelab export")
+    agree, compared = agreement, ARGMAX_COMPARED
+    if run.task == multilabel.TASK:
+        agree, compared = functools.partial(multilabel.label_set_agreement, thresholds=multilabel.read_thresholds(run)), multilabel.LABEL_SETS_COMPARED
+    else:
+        run.require_classification("tunelab export")
     if quantize not in (None, "int8"):
         raise TunelabError(f"unknown quantization '{quantize}'", "use --quantize int8 (or leave it out for fp32 only)")
     step = step or (lambda message: None)
@@ -114,7 +124,8 @@ def export_onnx(
             files=files,
             rows=len(texts),
             fp32_max_abs_diff=float(np.abs(fp32_logits - reference).max()),
-            fp32_argmax_agreement=agreement(fp32_logits, reference),
+            fp32_argmax_agreement=agree(fp32_logits, reference),
+            compared=compared,
         )
         if not report.fp32_max_abs_diff <= tolerance:
             raise TunelabError(
@@ -123,14 +134,16 @@ def export_onnx(
             )
         if quantize == "int8":
             int8 = stage / ONNX_FILES["onnx-int8"]
-            report.int8_recipe, report.int8_eval_agreement = _quantize_on_eval(run, classifier, fp32, int8, min_agreement, max_rows, step)
+            report.int8_recipe, report.int8_eval_agreement = _quantize_on_eval(run, classifier, fp32, int8, min_agreement, max_rows, step, agree)
             int8_logits = _scorer(int8, classifier).logits(texts, PARITY_BATCH)
             report.int8_max_abs_diff = float(np.abs(int8_logits - reference).max())
-            report.int8_argmax_agreement = agreement(int8_logits, reference)
+            report.int8_argmax_agreement = agree(int8_logits, reference)
             if report.int8_argmax_agreement < min_agreement:
-                refusal = f"the int8 model agrees with PyTorch on {report.int8_argmax_agreement:.2%} of the test texts (needs {min_agreement:.1%})"
+                measured = "" if compared == ARGMAX_COMPARED else f" ({compared})"
+                refusal = f"the int8 model agrees with PyTorch{measured} on {report.int8_argmax_agreement:.2%} of the test texts (needs {min_agreement:.1%})"
                 if int8_refusal != "record":
-                    raise TunelabError(refusal, "nothing was written; export without --quantize and serve with --backend onnx")
+                    serve = "" if run.task == multilabel.TASK else " and serve with --backend onnx"  # multi-label runs are served with torch
+                    raise TunelabError(refusal, f"nothing was written; export without --quantize{serve}")
                 report.int8_refused = refusal
                 int8.unlink()
             else:
@@ -152,7 +165,9 @@ def _split_texts(run: Run, split: str, max_rows: int | None) -> list:
     return texts[:max_rows] if max_rows else texts
 
 
-def _quantize_on_eval(run: Run, classifier, fp32: Path, int8: Path, min_agreement: float, max_rows: int | None, step) -> tuple[str, float | None]:
+def _quantize_on_eval(
+    run: Run, classifier, fp32: Path, int8: Path, min_agreement: float, max_rows: int | None, step, agree: Callable
+) -> tuple[str, float | None]:
     """Quantize with the first INT8_RECIPES entry that reaches `min_agreement` on the eval split (else the last, the most precise)."""
     try:
         texts = _split_texts(run, "eval", max_rows)
@@ -164,7 +179,7 @@ def _quantize_on_eval(run: Run, classifier, fp32: Path, int8: Path, min_agreemen
     for recipe in INT8_RECIPES:
         step(f"quantizing to int8 ({recipe}), checked on {len(texts)} eval texts")
         quantize(fp32, int8, recipe)
-        eval_agreement = agreement(_scorer(int8, classifier).logits(texts, PARITY_BATCH), reference)
+        eval_agreement = agree(_scorer(int8, classifier).logits(texts, PARITY_BATCH), reference)
         if eval_agreement >= min_agreement:
             break
     return recipe, eval_agreement

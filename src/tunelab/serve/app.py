@@ -2,7 +2,8 @@
 
 POST /v1/predict   {"texts": [...]} -> label, score and every class probability per text;
                    a pair-classification run's service takes {"pairs": [{"text": ..., "text_pair": ...}, ...]};
-                   a token-classification run's answers with each text's entities (serve/entities.py)
+                   a token-classification run's answers with each text's entities (serve/entities.py),
+                   a multi-label run's with each text's labels over their thresholds and every label's probability (serve/label_sets.py)
 GET  /v1/model     name, version, backend, labels, the run's metrics
 GET  /health       the process is up          GET /ready   the model is loaded
 GET  /metrics      Prometheus text format     GET /        the web page
@@ -31,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tunelab import hardware
+from tunelab.models.multilabel import TASK as MULTI_LABEL_TASK
 from tunelab.run import Run
 from tunelab.runtime.choice import choose_backend, load_scorer
 from tunelab.runtime.scorers import model_version
@@ -39,7 +41,8 @@ from tunelab.serve.batching import MicroBatcher, NotRunning, QueueFull
 from tunelab.serve.common import WRONG_KEY, ApiKey, BodyLimit, ErrorBody, configured_key, install_error_handlers, key_schemes, plain_error
 from tunelab.serve.docs import offline_fastapi
 from tunelab.serve.entities import check_token_servable, entities_router, tagger_loader
-from tunelab.serve.holder import LoadedModel, ModelHolder, NotReady, finite
+from tunelab.serve.holder import LoadedModel, ModelHolder, ModelRef, NotReady, finite
+from tunelab.serve.label_sets import check_multilabel_servable, label_set_loader, label_sets_router
 from tunelab.serve.metrics import MULTIPROC_ENV, ServiceMetrics
 from tunelab.serve.settings import ServeSettings
 from tunelab.textpairs import ModelInput
@@ -62,11 +65,6 @@ class TextPair(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(description="the first text: a premise, a question, a sentence")
     text_pair: str = Field(description="the second text: a hypothesis, a passage, a paraphrase candidate")
-
-
-class ModelRef(BaseModel):
-    name: str
-    version: str
 
 
 class PredictResponse(BaseModel):
@@ -277,24 +275,38 @@ def create_app(
     """The service for one model. `loader` is a run directory or a function returning a LoadedModel.
 
     pairs: the model classifies text pairs (read from the run when `loader` is one), so requests send `pairs`.
-    A token-classification run gets the entities route (serve/entities.py) and no web page.
+    A token-classification run gets the entities route (serve/entities.py), a multi-label run the label-sets
+    route (serve/label_sets.py); neither gets the web page, which shows one class per text.
     The model loads in the background once the app starts: /health answers at once, /ready and the
     prediction routes answer 503 until it is in. `app.state.holder.swap(...)` replaces it live.
     `api_key` defaults to $TUNELAB_API_KEY; empty means no key is needed (the rule: serve/common.py).
     """
     settings = settings or ServeSettings()
     tagger = False  # a token-classification run: the entities route and schema (serve/entities.py)
+    multi_label = False  # a multi-label run: the label-sets route and schema (serve/label_sets.py)
     if not callable(loader):
         run = loader if isinstance(loader, Run) else Run.open(loader)
         pairs = run.is_pair_classifier
         tagger = run.task == TOKEN_TASK
-        loader = tagger_loader(run) if tagger else run_loader(run, settings.backend, settings.threads)
+        multi_label = run.task == MULTI_LABEL_TASK
+        if tagger:
+            loader = tagger_loader(run)
+        elif multi_label:
+            loader = label_set_loader(run)
+        else:
+            loader = run_loader(run, settings.backend, settings.threads)
     api_key = configured_key(api_key)
     service = Service.build(settings)
     app = offline_fastapi(
         title="tunelab prediction service",
         version="1",
-        description=("Token classification (entity spans with character offsets)" if tagger else "Text classification")
+        description=(
+            "Token classification (entity spans with character offsets)"
+            if tagger
+            else "Multi-label text classification (each label over its threshold)"
+            if multi_label
+            else "Text classification"
+        )
         + " with a fine-tuned tunelab run. Concurrent requests are micro-batched.",
         lifespan=service.lifespan(loader),
     )
@@ -310,11 +322,16 @@ def create_app(
     if api_key:
         errors[401] = {"model": ErrorBody}
     guarded = key_schemes(api_key)
-    predict = entities_router(service, predict_request(settings.max_texts)) if tagger else predict_router(service, pairs)
+    if tagger:
+        predict = entities_router(service, predict_request(settings.max_texts))
+    elif multi_label:
+        predict = label_sets_router(service, predict_request(settings.max_texts))
+    else:
+        predict = predict_router(service, pairs)
     app.include_router(predict, dependencies=guarded, responses=errors)
     app.include_router(model_router(service), dependencies=guarded, responses=errors)
     app.include_router(health_router(service))
-    if not tagger:  # the web page shows class probabilities
+    if not (tagger or multi_label):  # the web page shows one class per text
         app.include_router(page_router())
 
     # Every error is one JSON line, {"error": "..."}; no input can reach a 500.
@@ -417,6 +434,9 @@ def check_servable(run_path: str | os.PathLike, backend: str, threads: int | Non
     run = Run.open(run_path)
     if run.task == TOKEN_TASK:
         check_token_servable(run, backend)
+        return run
+    if run.task == MULTI_LABEL_TASK:
+        check_multilabel_servable(run, backend)
         return run
     run.require_classification("tunelab serve")
     run.model_dir  # noqa: B018 - raises for a scikit-learn baseline run

@@ -8,8 +8,7 @@ each text's entities (PyTorch only: the ONNX exports are for sequence classifier
 
 # No `from __future__ import annotations`: FastAPI must see the request model, built per app, as a real annotation.
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -17,9 +16,9 @@ from pydantic import BaseModel, Field
 
 from tunelab.errors import TunelabError
 from tunelab.run import Run
-from tunelab.runtime.scorers import model_version
 from tunelab.runtime.tagger import TokenTagger
-from tunelab.serve.holder import LoadedModel, finite
+from tunelab.serve.holder import LoadedModel, ModelRef
+from tunelab.serve.task_routes import PerTextScorer, texts_router, torch_loader
 
 
 class Entity(BaseModel):
@@ -34,29 +33,9 @@ class EntityPrediction(BaseModel):
     entities: list[Entity] = Field(description="the entities found, in text order")
 
 
-class EntityModelRef(BaseModel):
-    name: str
-    version: str
-
-
 class EntitiesResponse(BaseModel):
-    model: EntityModelRef
+    model: ModelRef
     predictions: list[EntityPrediction]
-
-
-@dataclass
-class EntityScorer:
-    """The tagger behind the service's batcher: one entity list per text."""
-
-    tagger: TokenTagger
-    backend: str = "torch"
-
-    @property
-    def labels(self) -> list[str]:
-        return self.tagger.tags
-
-    def logits(self, texts: Sequence[str], batch_size: int | None = None, progress=None) -> list[list[dict[str, Any]]]:
-        return self.tagger.entities(texts, batch_size or max(1, len(texts)))
 
 
 def check_token_servable(run: Run, backend: str) -> None:
@@ -66,26 +45,23 @@ def check_token_servable(run: Run, backend: str) -> None:
 
 def tagger_loader(run: Run | str | os.PathLike) -> Callable[[], LoadedModel]:
     """A function that loads a token-classification run into a LoadedModel (called off the event loop)."""
-    run = run if isinstance(run, Run) else Run.open(run)
 
-    def load() -> LoadedModel:
-        return LoadedModel(EntityScorer(TokenTagger.load(run.model_dir)), run.path.name, model_version(run, "torch"), str(run.path), finite(run.metrics))
+    def scorer(run: Run) -> PerTextScorer:
+        tagger = TokenTagger.load(run.model_dir)
+        return PerTextScorer(tagger.tags, tagger.entities)
 
-    return load
+    return torch_loader(run if isinstance(run, Run) else Run.open(run), scorer)
 
 
 def entities_router(service, request_model: type[BaseModel]) -> APIRouter:
     """POST /v1/predict for a tagger: the classifier's request ({"texts": [...]}), answered with entity spans."""
-    router = APIRouter()
 
-    @router.post("/v1/predict", response_model=EntitiesResponse)
-    async def predict(body: request_model) -> EntitiesResponse:  # type: ignore[valid-type]
-        """The entities of each text, with character offsets, in the order the texts were given."""
-        service.ready_model()
-        found, model = await service.submit(body.texts)  # a full queue or a stopped service: 503
+    def answer(found: list[list[dict[str, Any]]], model: LoadedModel) -> EntitiesResponse:
         return EntitiesResponse(
-            model=EntityModelRef(name=model.name, version=model.version),
+            model=ModelRef(name=model.name, version=model.version),
             predictions=[EntityPrediction(entities=[Entity(**entity) for entity in entities]) for entities in found],
         )
 
-    return router
+    return texts_router(
+        service, request_model, EntitiesResponse, "The entities of each text, with character offsets, in the order the texts were given.", answer
+    )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from tunelab.runtime.scorers import Scorer
 from tunelab.textpairs import ModelInput
@@ -35,6 +36,13 @@ class LoadedModel:
     @property
     def backend(self) -> str:
         return self.scorer.backend
+
+
+class ModelRef(BaseModel):
+    """Which model answered, in every prediction response."""
+
+    name: str
+    version: str
 
 
 class NotReady(Exception):

@@ -1,0 +1,66 @@
+"""The service for a multi-label run: POST /v1/predict answers with each text's label set.
+
+The same app as a classifier's (serve/app.py: key, limits, micro-batching, hot swap, /v1/model,
+/health, /ready, /metrics, /docs); only the predict route and its response schema differ. The batcher
+hands each request its slice of what the model's scorer returns, which here is what `tunelab predict`
+gives for each text (`MultiLabelClassifier.predict`: the sigmoid and the run's thresholds through
+`models/multilabel.decide`), so the service and predict cannot disagree. PyTorch only, as predict.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the request model, built per app, as a real annotation.
+import os
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from tunelab.models.multilabel import read_thresholds
+from tunelab.predict import multilabel_classifier
+from tunelab.run import Run
+from tunelab.serve.holder import LoadedModel, ModelRef
+from tunelab.serve.task_routes import PerTextScorer, texts_router, torch_loader
+
+
+class ChosenLabel(BaseModel):
+    label: str = Field(description="a label whose probability reaches its threshold")
+    probability: float = Field(description="its probability (the label's sigmoid)")
+    threshold: float = Field(description="its decision threshold, chosen on the run's eval split")
+
+
+class LabelSetPrediction(BaseModel):
+    labels: list[ChosenLabel] = Field(description="every label over its threshold, most probable first (empty when none is)")
+    probabilities: dict[str, float] = Field(description="every label's probability")
+
+
+class LabelSetsResponse(BaseModel):
+    model: ModelRef
+    predictions: list[LabelSetPrediction]
+
+
+def check_multilabel_servable(run: Run, backend: str) -> None:
+    """Fail before the server starts: a backend other than torch, or a run without its thresholds."""
+    if backend != "torch":
+        multilabel_classifier(run, backend)  # raises predict's one-line refusal
+    read_thresholds(run)
+
+
+def label_set_loader(run: Run | str | os.PathLike) -> Callable[[], LoadedModel]:
+    """A function that loads a multi-label run into a LoadedModel (called off the event loop)."""
+
+    def scorer(run: Run) -> PerTextScorer:
+        classifier = multilabel_classifier(run, "torch")
+        return PerTextScorer(classifier.labels, classifier.predict)
+
+    return torch_loader(run if isinstance(run, Run) else Run.open(run), scorer)
+
+
+def label_sets_router(service, request_model: type[BaseModel]) -> APIRouter:
+    """POST /v1/predict for a multi-label run: the classifier's request ({"texts": [...]}), answered with label sets."""
+
+    def answer(found: list[dict[str, Any]], model: LoadedModel) -> LabelSetsResponse:
+        return LabelSetsResponse(model=ModelRef(name=model.name, version=model.version), predictions=[LabelSetPrediction(**row) for row in found])
+
+    return texts_router(
+        service, request_model, LabelSetsResponse, "Each text's labels over their thresholds and every label's probability, in the order given.", answer
+    )

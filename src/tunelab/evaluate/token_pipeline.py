@@ -17,13 +17,12 @@ import pandas as pd
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate.generalisation import generalisation_check
-from tunelab.evaluate.pipeline import output_folder, wants_baseline, write_artefacts
+from tunelab.evaluate.pipeline import MAX_MISTAKES, output_folder, wants_baseline, write_artefacts
 from tunelab.evaluate.token_metrics import token_metrics
 from tunelab.progress import progress_bar
 from tunelab.run import Run
 from tunelab.runtime.tagger import TokenTagger
 
-MAX_MISTAKES = 25
 HEADLINE = ("f1_micro", "precision_micro", "recall_micro", "f1_macro", "word_accuracy")  # test figures metrics.json also holds at its top level
 
 

@@ -173,8 +173,8 @@ def train(
     if flags.pop("label_sep") is not None:
         raise TunelabError("--label-sep applies only to --task multi-label", "add --task multi-label, or drop the flag")
     settings = load_settings(settings_class(chosen), config, flags)
-    if nproc > 1 and chosen == "pair-classification":
-        raise TunelabError("--nproc > 1 with --task pair-classification is not supported yet", "train on one process (drop --nproc)")
+    if chosen == "pair-classification":
+        _refuse_resume_and_processes(chosen, nproc)  # pair runs resume through the classifier's path
     _train(settings, resume, nproc)
 
 
@@ -255,14 +255,20 @@ def _train_extractive_qa(config: Path | None, flags: dict, resume: bool, nproc: 
     print_qa_summary(train_extractive_qa(settings))
 
 
-def _train_multilabel(config: Path | None, flags: dict, resume: bool, nproc: int) -> None:
-    from tunelab.config import MultiLabelConfig, load_settings
+def _refuse_resume_and_processes(task: str, nproc: int, resume: bool = False) -> None:
+    """The one refusal of what a task's trainer cannot do yet: resuming, and more than one process."""
     from tunelab.errors import TunelabError
 
     if resume:
-        raise TunelabError("--resume does not apply to --task multi-label yet", "train it again with --overwrite")
+        raise TunelabError(f"--resume does not apply to --task {task} yet", "train it again with --overwrite")
     if nproc > 1:
-        raise TunelabError("--nproc > 1 with --task multi-label is not supported yet", "train on one process (drop --nproc)")
+        raise TunelabError(f"--nproc > 1 with --task {task} is not supported yet", "train on one process (drop --nproc)")
+
+
+def _train_multilabel(config: Path | None, flags: dict, resume: bool, nproc: int) -> None:
+    from tunelab.config import MultiLabelConfig, load_settings
+
+    _refuse_resume_and_processes("multi-label", nproc, resume)
     settings = load_settings(MultiLabelConfig, config, flags)
     from tunelab.training.multilabel import train_multilabel
 
@@ -275,10 +281,7 @@ def _train_token_classification(config: Path | None, flags: dict, resume: bool, 
 
     if flags.pop("label_sep") is not None:
         raise TunelabError("--label-sep applies only to --task multi-label", "drop it; token tags come as a list per row")
-    if resume:
-        raise TunelabError("--resume does not apply to --task token-classification yet", "train it again with --overwrite")
-    if nproc > 1:
-        raise TunelabError("--nproc > 1 with --task token-classification is not supported yet", "train on one process (drop --nproc)")
+    _refuse_resume_and_processes("token-classification", nproc, resume)
     settings = load_settings(TokenClassificationConfig, config, flags)
     from tunelab.training.token_classification import train_token_classifier
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +41,11 @@ class Sampling:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+
+    @classmethod
+    def of(cls, stop: Sequence[str] | None = None, **fields: Any) -> Sampling:
+        """From keywords as callers write them: `stop` as a list, the other fields by name."""
+        return cls(stop=tuple(stop or ()), **fields)
 
     def check(self) -> None:
         if self.max_new_tokens < 1:
@@ -94,17 +99,9 @@ class Generator:
         return int(self.encode(prompt)["input_ids"].shape[1])
 
     # generation ----------------------------------------------------------------------------
-    def __call__(
-        self,
-        prompt: Prompt,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: list[str] | None = None,
-        seed: int | None = None,
-        system: str | None = None,
-    ) -> str:
-        return self.complete(prompt, Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), seed), system).text
+    def __call__(self, prompt: Prompt, system: str | None = None, **sampling: Any) -> str:
+        """The whole answer at once; `sampling`: Sampling's fields by name (max_new_tokens, temperature, top_p, stop, seed)."""
+        return self.complete(prompt, Sampling.of(**sampling), system).text
 
     def complete(self, prompt: Prompt, sampling: Sampling = Sampling(), system: str | None = None) -> Completion:
         stream = self.stream(prompt, sampling=sampling, system=system)
@@ -112,19 +109,10 @@ class Generator:
             pass
         return stream.completion
 
-    def stream(
-        self,
-        prompt: Prompt,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: list[str] | None = None,
-        seed: int | None = None,
-        system: str | None = None,
-        sampling: Sampling | None = None,
-    ) -> TextStream:
-        """An iterator over text pieces as they are generated; `.completion` is set once it is exhausted."""
-        sampling = sampling or Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), seed)
+    def stream(self, prompt: Prompt, system: str | None = None, sampling: Sampling | None = None, **fields: Any) -> TextStream:
+        """An iterator over text pieces as they are generated; `.completion` is set once it is exhausted.
+        The sampling is `sampling`, or Sampling's fields by name as `__call__` takes them."""
+        sampling = sampling or Sampling.of(**fields)
         sampling.check()
         inputs = self.encode(prompt, system)
         limit = context_limit(self.model)

@@ -27,13 +27,14 @@ from tunelab.errors import TunelabError
 SPLITS = ("train", "eval", "test")
 
 
-def out_dir(out: str | os.PathLike | None, name: str) -> Path:
-    """The run folder: --out as given (~ expanded), else runs/<name>-<time>, a new folder for every run."""
+def out_dir(out: str | os.PathLike | None, name: str, root: str = "runs") -> Path:
+    """The output folder: --out as given (~ expanded), else <root>/<name>-<time>, a new folder every time
+    (runs/ for runs, compares/ for comparisons)."""
     if out:
         return Path(out).expanduser()
     from datetime import datetime
 
-    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    return Path(root) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def named_after(model: str, data: str, prefix: str = "") -> str:
@@ -117,10 +118,6 @@ class Run:
                 "its metrics.json, predictions and report.html were written when it was made; rank it with `tunelab compare`",
             )
         return self.path / "model"
-
-    @property
-    def plots_dir(self) -> Path:
-        return self.path / "plots"
 
     def split_path(self, split: str) -> Path:
         return self.path / "splits" / f"{split}.parquet"

@@ -11,12 +11,12 @@ Pareto, recommendation), report.py (plots, compare.html).
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tunelab import atomic
 from tunelab.compare.config import CompareConfig, load_compare_config
+from tunelab.run import out_dir
 
 __all__ = ["CompareConfig", "compare", "compare_runs", "load_compare_config"]
 
@@ -78,7 +78,7 @@ def compare_runs(
 
     named = runs if isinstance(runs, dict) else _names(runs)
     opened = lb.open_runs(named)
-    folder = Path(out) if out else Path("compares") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
+    folder = out_dir(out, "compare", root="compares")
     folder.mkdir(parents=True, exist_ok=True)
 
     rows = lb.build_rows(opened, latency_texts, throughput_texts, _measuring(progress))

@@ -325,3 +325,12 @@ def test_factbook_relevance_follows_its_derivation_rule():
     splits = make_splits(frame, seed=3)
     questions = [set(split["text"]) for split in splits.values()]
     assert not (questions[0] & questions[1]) and not (questions[0] & questions[2]) and not (questions[1] & questions[2])
+
+
+def test_only_a_pair_classification_config_takes_a_second_text_column():
+    from tunelab.config import PairClassificationConfig, TrainConfig, load_settings
+    from tunelab.errors import TunelabError
+
+    assert load_settings(PairClassificationConfig, None, {"text_pair_col": "hypothesis"}).text_pair_col == "hypothesis"
+    with pytest.raises(TunelabError, match="only pair classification reads a second text"):
+        load_settings(TrainConfig, None, {"text_pair_col": "hypothesis"})

@@ -46,12 +46,17 @@ Delimiter = Annotated[str | None, BeforeValidator(delimiter_value)]
 DELIMITER_HELP = "field delimiter of csv/tsv files: , ; | or tab; default: detected from the file (tab for .tsv)"
 
 
-class SplitSettings(Settings):
+class FileSettings(Settings):
+    """How a data file is read: every setting that names a file to read has these."""
+
+    encoding: str = Field("utf-8", description="text encoding of csv/tsv/json files")
+    delimiter: Delimiter = Field(None, description=DELIMITER_HELP)
+
+
+class SplitSettings(FileSettings):
     """A data file and how it is split into train/eval/test: every task's that trains on a file."""
 
     data: str = Field(..., description="a csv/tsv/jsonl/json/parquet file")
-    encoding: str = Field("utf-8", description="text encoding of csv/tsv/json files")
-    delimiter: Delimiter = Field(None, description=DELIMITER_HELP)
     eval_data: str | None = Field(None, description="user-supplied evaluation split (else split from data)")
     test_data: str | None = Field(None, description="user-supplied test split (else split from data)")
     eval_fraction: float = Field(0.1, gt=0, lt=0.5)
@@ -59,14 +64,30 @@ class SplitSettings(Settings):
     seed: int = 42
 
 
-class DataSettings(SplitSettings):
+def only_pairs(value: Any) -> Any:
+    if value is not None:
+        raise ValueError("only pair classification reads a second text: set task: pair-classification, or leave it out")
+    return value
+
+
+class LabelledColumns(FileSettings):
+    """Where a labelled file keeps its texts and labels, and what becomes of a row missing one: training's
+    data (DataSettings) and `tunelab update`'s new data are both read by data/load.load_labelled."""
+
+    text_col: str = "text"
+    label_col: str = "label"
+    # Only a pair classifier (PairClassificationConfig) reads a second text; every other task leaves it unset.
+    text_pair_col: Annotated[None, BeforeValidator(only_pairs)] = Field(
+        None, description="pair classification only (task: pair-classification): the column holding each row's second text"
+    )
+    strict: bool = Field(False, description="refuse empty texts / missing labels instead of dropping them")
+
+
+class DataSettings(SplitSettings, LabelledColumns):
     """Which labelled data, and how it is split: shared by training, baselines and comparisons."""
 
     data: str = Field("bbc-news", description="built-in dataset name or a csv/tsv/jsonl/json/parquet file or save_to_disk folder")
-    text_col: str = "text"
-    label_col: str = "label"
     max_train_samples: int | None = Field(None, gt=0)
-    strict: bool = Field(False, description="refuse empty texts / missing labels instead of dropping them")
 
 
 class TrainerSettings(SplitSettings):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from tunelab.config import DELIMITERS, delimiter_value
+from tunelab.config import DELIMITERS, LabelledColumns, delimiter_value
 from tunelab.data.builtin import BUILTIN
 from tunelab.errors import TunelabError, did_you_mean
 from tunelab.textpairs import PAIR_COLUMN
@@ -50,6 +52,11 @@ def load_source(
     if label_col is not None:
         frame["label"] = _label_names(raw[label_col])
     return drop_missing(frame, name, strict)
+
+
+def load_labelled(source: str | os.PathLike, columns: LabelledColumns) -> pd.DataFrame:
+    """`source` read as `columns` says (training's data settings, `tunelab update`'s): load_source with its settings."""
+    return load_source(source, columns.text_col, columns.label_col, columns.encoding, columns.strict, columns.delimiter, columns.text_pair_col)
 
 
 def require_columns(raw: pd.DataFrame, name: str, columns: dict[str, str | None]) -> None:
@@ -232,7 +239,7 @@ def _label_names(values: pd.Series) -> pd.Series:
     """Labels as strings; integral floats (1.0, from a column with NaNs) become '1'."""
 
     def name(value):
-        if value is None or (isinstance(value, float) and pd.isna(value)):
+        if is_missing(value):
             return None
         if isinstance(value, float) and value.is_integer():
             return str(int(value))
@@ -240,6 +247,11 @@ def _label_names(values: pd.Series) -> pd.Series:
         return text or None
 
     return values.map(name)
+
+
+def is_missing(value: Any) -> bool:
+    """An empty cell as pandas hands it over: None, NaN or pd.NA (one cell; `Series.isna` for a column)."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def drop_missing(frame: pd.DataFrame, name: str, strict: bool, label_col: str = "label") -> pd.DataFrame:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tunelab.data.load import drop_missing, read_raw, require_columns
+from tunelab.data.load import drop_missing, is_missing, read_raw, require_columns
 from tunelab.data.split import check_labels_trained, hold_out_texts, load_and_split, splits_needed
 from tunelab.errors import TunelabError
 
@@ -60,7 +60,7 @@ def load_multilabel_source(
 def parse_label_set(value: Any, label_sep: str | None, source: str = "the data", row: int | None = None) -> list[str] | None:
     """One cell as a sorted list of distinct label names; None for a missing value."""
     where = f"{source}, row {row}" if row is not None else source
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if is_missing(value):
         return None
     if isinstance(value, (list, tuple, np.ndarray)):
         items = list(value)
@@ -78,7 +78,7 @@ def parse_label_set(value: Any, label_sep: str | None, source: str = "the data",
     for item in items:
         if isinstance(item, (list, tuple, dict, np.ndarray)):
             raise TunelabError(f"{where}: the label set holds {type(item).__name__} {repr(item)[:40]}, not a label name", "use a flat list of label names")
-        if item is None or (isinstance(item, float) and np.isnan(item)):
+        if is_missing(item):
             continue
         text = str(int(item)) if isinstance(item, float) and item.is_integer() else str(item).strip()
         if text:

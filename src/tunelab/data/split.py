@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from tunelab.data.load import load_source
+from tunelab.data.load import load_labelled
 from tunelab.errors import TunelabError
 
 if TYPE_CHECKING:
@@ -17,16 +17,11 @@ if TYPE_CHECKING:
 
 
 def load_splits(settings: DataSettings) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
-    """The train/eval/test splits the settings describe, and the rows dropped while loading."""
+    """The train/eval/test splits the settings describe, and the rows dropped while loading.
 
-    # A pair-classification config (config.PairClassificationConfig) names each row's second text. Rows
-    # sharing a first text (a premise, a question) stay in one split, as repeated texts do.
-    text_pair_col = getattr(settings, "text_pair_col", None)
-
-    def read(source: str) -> pd.DataFrame:
-        return load_source(source, settings.text_col, settings.label_col, settings.encoding, settings.strict, settings.delimiter, text_pair_col)
-
-    return load_and_split(settings, read, partial(make_splits, max_train_samples=settings.max_train_samples))
+    A pair classifier's rows (settings.text_pair_col) that share a first text (a premise, a question)
+    stay in one split, as repeated texts do."""
+    return load_and_split(settings, partial(load_labelled, columns=settings), partial(make_splits, max_train_samples=settings.max_train_samples))
 
 
 def load_and_split(

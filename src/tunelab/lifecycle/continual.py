@@ -26,7 +26,7 @@ import pandas as pd
 from pydantic import Field
 
 from tunelab import atomic
-from tunelab.config import Settings, TrainConfig
+from tunelab.config import LabelledColumns, TrainConfig
 from tunelab.errors import TunelabError
 from tunelab.lifecycle.blend import choose_alpha, mean_accuracy, save_blend
 from tunelab.lifecycle.registry import Registry, Version, check_name
@@ -47,17 +47,15 @@ DEFAULT_REPLAY = 0.5
 
 # Settings of the parent's run that an update must not inherit: they describe the parent's data files and
 # folder, not how to train, and the new data brings its own (a new CSV may use another delimiter or encoding).
-NOT_INHERITED = {"model", "data", "eval_data", "test_data", "out", "overwrite", "max_train_samples", "text_col", "label_col", "encoding", "delimiter"}
+NOT_INHERITED = {"model", "data", "eval_data", "test_data", "out", "overwrite", "max_train_samples", *LabelledColumns.model_fields}
 
 
-class UpdateSettings(Settings):
-    """`tunelab update`: continue fine-tuning a model's production version on new data."""
+class UpdateSettings(LabelledColumns):
+    """`tunelab update`: continue fine-tuning a model's production version on new data, read by the
+    columns and rules training reads its data by (config.LabelledColumns)."""
 
     name: str = Field(description="registered model name")
     data: str = Field(description="the new labelled data (file, folder or built-in name)")
-    text_col: str = "text"
-    label_col: str = "label"
-    encoding: str = "utf-8"
     replay: float = Field(DEFAULT_REPLAY, ge=0, lt=1, description="share of the training mix drawn from the old training split")
     tolerance: float = Field(1.0, ge=0, description="accuracy points the old test set may lose and still pass the gate")
     class_weights: Literal["none", "balanced", "joint"] = Field(
@@ -133,9 +131,10 @@ def production_version(registry: Registry, name: str) -> Version:
 def prepare_data(settings: UpdateSettings, parent_run: Run, seed: int) -> UpdateData:
     """The new data split so that part of it is held out for the gate, the parent run's own splits, and
     the training mix: all new training rows plus a stratified replay sample of the old ones."""
-    from tunelab.data import load_source, make_splits
+    from tunelab.data.load import load_labelled
+    from tunelab.data.split import make_splits
 
-    new = load_source(settings.data, settings.text_col, settings.label_col, settings.encoding)
+    new = load_labelled(settings.data, settings)
     new_splits = make_splits(new, settings.eval_fraction, settings.test_fraction, seed)
     old_splits = {name: parent_run.split(name) for name in ("train", "eval", "test")}
     replay = replay_sample(old_splits["train"], len(new_splits["train"]), settings.replay, seed)

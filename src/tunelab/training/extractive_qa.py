@@ -22,7 +22,7 @@ from transformers import AutoModelForQuestionAnswering, Trainer  # noqa: E402
 from tunelab import atomic  # noqa: E402
 from tunelab.answers import normalize, score, summarise  # noqa: E402
 from tunelab.config import ExtractiveQAConfig  # noqa: E402
-from tunelab.data.load import read_raw  # noqa: E402
+from tunelab.data.load import is_missing, read_raw  # noqa: E402
 from tunelab.data.split import held_out_share, hold_out, load_and_split, splits_needed  # noqa: E402
 from tunelab.data.tokenize import choose_max_length  # noqa: E402
 from tunelab.errors import TunelabError, did_you_mean  # noqa: E402
@@ -104,7 +104,7 @@ def load_qa_frame(source: str, config: ExtractiveQAConfig) -> pd.DataFrame:
         if not answer:
             rows.append((question, context, "", -1))
             continue
-        if _missing(given):
+        if is_missing(given):
             start = context.find(answer)
             if start < 0:
                 raise TunelabError(
@@ -126,12 +126,8 @@ def load_qa_frame(source: str, config: ExtractiveQAConfig) -> pd.DataFrame:
     return frame
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
-
-
 def _text(value) -> str:
-    if _missing(value):
+    if is_missing(value):
         return ""
     if isinstance(value, float) and value.is_integer():  # 1990.0 from a column with empty cells
         return str(int(value))

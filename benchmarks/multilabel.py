@@ -3,7 +3,7 @@
 For each seed, `tunelab train --task multi-label` runs on the data (default: the built-in
 factbook-resources set, see tunelab/data/factbook_resources.py for how it is derived). The run's
 split is drawn from the seed; both the fine-tuned model and the baseline that every multi-label
-evaluation fits (tunelab/evaluate/multilabel_baseline.py) use it the same way:
+evaluation fits (tunelab/evaluation/multilabel_baseline.py) use it the same way:
     train   both fit on it
     eval    choosing only: the model's best epoch (eval loss) and both models' per-label
             thresholds; the baseline's C

@@ -7,7 +7,7 @@
 
 The model is trained the way benchmarks/serve_load.py trains its served model (its prepare_run: tunelab train
 defaults on 5,000 tweets), here for 1 epoch (--epochs), or take --run. The texts are a seeded sample of the
-built-in `tweets` dataset written to a CSV; each backend runs tunelab.predict.predict_file on it (read the CSV,
+built-in `tweets` dataset written to a CSV; each backend runs tunelab.prediction.predict_file on it (read the CSV,
 load the model, score, write the predictions CSV: what `tunelab predict --file` does after Python starts), in
 --rounds interleaved rounds so that a change in the machine's load hits every backend alike. The first uses
 (ONNX export with its parity check, auto's timing) are done and timed before the rounds.
@@ -88,7 +88,7 @@ def first_uses(run: Path) -> dict:
 
 
 def timed_predict_file(run: Path, source: Path, out: Path, backend: str) -> float:
-    from tunelab.predict import predict_file
+    from tunelab.prediction import predict_file
 
     started = time.perf_counter()
     predict_file(run, source, out, backend=backend, progress=None)
@@ -174,7 +174,7 @@ def main() -> None:
     auto = results["auto"]
     report = {
         "benchmark": "predict_speed",
-        "what": "tunelab.predict.predict_file (tunelab predict --file) on the same CSV of tweets, per --backend",
+        "what": "tunelab.prediction.predict_file (tunelab predict --file) on the same CSV of tweets, per --backend",
         "model": "minilm (all-MiniLM-L6-v2, 22.7M parameters)",
         "run": str(run),
         "trained_model": bench.served_model(run),

@@ -70,7 +70,7 @@ def naive_server(run: str, port: int, threads: int, mode: str) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from tunelab.predict import describe, load_classifier
+    from tunelab.prediction import describe, load_classifier
 
     if threads:
         torch.set_num_threads(threads)

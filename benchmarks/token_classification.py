@@ -3,7 +3,7 @@
 For each seed, `tunelab train --task token-classification` runs on the data (default: the built-in
 factbook-entities set, see tunelab/data/factbook_entities.py for how it is derived). The seed draws
 the split by country, so the test countries' sentences are unseen in training; both the fine-tuned
-model and the gazetteer every token-classification evaluation builds (tunelab/evaluate/token_baseline.py)
+model and the gazetteer every token-classification evaluation builds (tunelab/evaluation/token_baseline.py)
 use it the same way:
     train   the model trains on it; the gazetteer is its entity strings
     eval    choosing only: the model's best epoch (entity micro-F1)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from tests._evaluate_fixtures import run_copy
 from tests.conftest import sentiment_frame
 from tunelab.cli import app
-from tunelab.evaluate import evaluate_run
+from tunelab.evaluation import evaluate_run
 from tunelab.run import Run
 
 runner = CliRunner()
@@ -135,7 +135,7 @@ def test_baseline_follows_the_runs_label_order(weak_run):
     """Label ids index labels.json, whatever its order: the baseline's predictions must use the same mapping."""
     run = Run.open(weak_run)
     test = run.split("test")
-    from tunelab.evaluate.baseline import fit_and_score
+    from tunelab.evaluation.baseline import fit_and_score
 
     scores = {}
     for labels in (["negative", "neutral", "positive"], ["positive", "negative", "neutral"]):
@@ -147,7 +147,7 @@ def test_baseline_follows_the_runs_label_order(weak_run):
 
 
 def test_baseline_is_fitted_on_train_with_c_chosen_on_eval_never_on_the_scored_rows(weak_run, monkeypatch):
-    from tunelab.evaluate.baseline import fit_and_score
+    from tunelab.evaluation.baseline import fit_and_score
     from tunelab.models import linear
 
     seen = {}
@@ -175,7 +175,7 @@ def test_run_without_a_train_split_says_why_instead_of_failing(tmp_path_factory,
 
 
 def test_comparison_when_the_model_beats_the_baseline():
-    from tunelab.evaluate.baseline import comparison
+    from tunelab.evaluation.baseline import comparison
 
     n = 400
     model_correct = np.ones(n, dtype=bool)

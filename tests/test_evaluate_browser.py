@@ -30,7 +30,7 @@ FLAGS = [
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
-    from tunelab.evaluate import evaluate_run
+    from tunelab.evaluation import evaluate_run
 
     run = run_copy(tmp_path_factory, tmp_path_factory.mktemp("browser"), ["business", "sport", "tech"])
     evaluate_run(run, bias=True, progress=False)

@@ -20,9 +20,9 @@ from sklearn.metrics import (
 from sklearn.preprocessing import label_binarize
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.bias import Swapper, bias_probe, load_pairs
-from tunelab.evaluate.generalisation import generalisation_check
-from tunelab.evaluate.metrics import classification_metrics
+from tunelab.evaluation.bias import Swapper, bias_probe, load_pairs
+from tunelab.evaluation.generalisation import generalisation_check
+from tunelab.evaluation.metrics import classification_metrics
 
 
 def predictions(k: int, n: int, seed: int, classes: list[int] | None = None):

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from tests._evaluate_fixtures import run_copy
 from tunelab.cli import app
 from tunelab.errors import TunelabError
-from tunelab.evaluate import evaluate_run
+from tunelab.evaluation import evaluate_run
 from tunelab.run import Run
 
 LABELS = ["business", "sport", "tech"]

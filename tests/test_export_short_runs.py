@@ -40,7 +40,7 @@ def short_run(tmp_path_factory, tiny_bert) -> Path:
 
 
 def test_export_of_a_max_length_8_run_matches_torch(short_run: Path) -> None:
-    from tunelab.predict import load_classifier
+    from tunelab.prediction import load_classifier
     from tunelab.runtime import load_scorer
 
     result = CliRunner().invoke(cli, ["export", str(short_run), "--format", "onnx", "--quantize", "int8"])

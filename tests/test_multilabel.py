@@ -18,7 +18,7 @@ from tests.test_cli_errors import assert_user_error
 from tunelab.cli import app
 from tunelab.data.multilabel import detect_label_sets, load_multilabel_source, make_multilabel_splits, multi_hot, parse_label_set
 from tunelab.errors import TunelabError
-from tunelab.evaluate.multilabel_metrics import multilabel_metrics
+from tunelab.evaluation.multilabel_metrics import multilabel_metrics
 from tunelab.models.multilabel import MIN_POSITIVES, MultiLabelClassifier, best_f1_threshold, choose_thresholds, sigmoid
 from tunelab.run import Run
 

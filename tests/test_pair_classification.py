@@ -160,7 +160,7 @@ def test_eval_on_a_file_reads_the_runs_pair_column(pair_run, tmp_path):
     metrics = json.loads(result.output)
     assert metrics["test"]["n"] == 40 and metrics["accuracy"] > 0.8
     # The Python API reads a file's `text` and `text_pair` columns
-    from tunelab.evaluate import evaluate_run
+    from tunelab.evaluation import evaluate_run
 
     named = tmp_path / "named.csv"
     pairs_frame(40, seed=9).rename(columns={"premise": "text", "hypothesis": "text_pair"}).to_csv(named, index=False)
@@ -180,7 +180,7 @@ def test_onnx_export_checks_parity_on_the_pairs(pair_run):
 
 
 def test_the_service_takes_pairs_and_documents_them(pair_run):
-    from tunelab.predict import predict
+    from tunelab.prediction import predict
     from tunelab.serve.app import create_app
 
     pairs = [("the a", "good great"), ("the a", "awful bad")]
@@ -246,7 +246,7 @@ def test_inspect_detects_text_pair_columns(tmp_path):
 
 def test_a_pair_run_reranks_search_hits_by_its_relevant_probability(pair_run, trained_run):
     from tunelab.errors import TunelabError
-    from tunelab.predict import predict
+    from tunelab.prediction import predict
     from tunelab.rag.chunk import Chunk
     from tunelab.rag.index import Hit
     from tunelab.rag.rerank import RunReranker, open_reranker

@@ -176,7 +176,7 @@ def test_bad_backend_name_is_one_line(run_dir: Path, tmp_path) -> None:
 
 
 def test_eval_and_serve_use_the_chosen_backend(run_dir: Path, tmp_path) -> None:
-    from tunelab.evaluate import evaluate_run
+    from tunelab.evaluation import evaluate_run
     from tunelab.run import Run
     from tunelab.runtime import choose_backend
     from tunelab.serve.app import create_app

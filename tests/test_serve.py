@@ -36,7 +36,7 @@ def metric(text: str, name: str, **labels) -> float:
 
 # --- the happy path, with the real (tiny) model ---------------------------------------------
 def test_predict_matches_tunelab_predict(client, trained_run) -> None:
-    from tunelab.predict import predict
+    from tunelab.prediction import predict
 
     response = client.post("/v1/predict", json={"texts": TEXTS})
     assert response.status_code == 200

@@ -32,7 +32,7 @@ FLAGS = [
 
 def test_page_predicts_and_draws_bars(trained_run) -> None:
     sync_api = browser_or_skip(CHROMIUM)
-    from tunelab.predict import predict
+    from tunelab.prediction import predict
 
     text = "good great excellent wonderful"
     expected = predict(trained_run, [text])[0]

@@ -49,7 +49,7 @@ def test_export_writes_models_and_parity_figures(exported: Path) -> None:
 
 
 def test_onnx_handles_any_batch_and_length(exported: Path) -> None:
-    from tunelab.predict import load_classifier
+    from tunelab.prediction import load_classifier
     from tunelab.runtime import load_scorer
 
     reference = load_classifier(exported)
@@ -60,7 +60,7 @@ def test_onnx_handles_any_batch_and_length(exported: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
 def test_service_with_onnx_backends_agrees_with_torch(exported: Path, backend: str) -> None:
-    from tunelab.predict import predict
+    from tunelab.prediction import predict
 
     expected = predict(exported, TEXTS)
     with running(create_app(exported, ServeSettings(backend=backend), api_key="")) as client:

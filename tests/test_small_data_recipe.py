@@ -33,7 +33,7 @@ def mean_pooled_run(tmp_path_factory, tiny_bert):
 
 def test_mean_pooled_run_trains_predicts_and_records_its_recipe(mean_pooled_run):
     from tunelab.models.pooling import MeanPooledClassifier
-    from tunelab.predict import predict
+    from tunelab.prediction import predict
 
     recorded = yaml.safe_load((mean_pooled_run.path / "config.yaml").read_text())
     assert (recorded["recipe"], recorded["pooling"], recorded["layer_lr_decay"]) == ("default", "mean", 0.8)

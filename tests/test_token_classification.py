@@ -17,8 +17,8 @@ from tests.test_cli_errors import assert_user_error
 from tunelab.cli import app
 from tunelab.data.token_tags import IGNORED, aligned_labels, check_tags, load_tagged, split_words, tokenize_tagged
 from tunelab.errors import TunelabError
-from tunelab.evaluate.token_baseline import build_gazetteer, gazetteer_tags
-from tunelab.evaluate.token_metrics import entity_scores, token_metrics
+from tunelab.evaluation.token_baseline import build_gazetteer, gazetteer_tags
+from tunelab.evaluation.token_metrics import entity_scores, token_metrics
 from tunelab.run import Run
 
 runner = CliRunner()
@@ -211,7 +211,7 @@ def test_training_writes_a_run_whose_metrics_equal_seqeval_on_its_predictions(ne
 
 
 def test_predict_returns_entity_spans_with_character_offsets(ner_run):
-    from tunelab.predict import predict
+    from tunelab.prediction import predict
 
     text = "the film zorbia was great, table chair."
     [result] = predict(ner_run, [text])
@@ -225,7 +225,7 @@ def test_predict_returns_entity_spans_with_character_offsets(ner_run):
 
 
 def test_predict_file_writes_each_rows_entities_as_json(ner_run, tmp_path):
-    from tunelab.predict import predict, predict_file
+    from tunelab.prediction import predict, predict_file
 
     texts = ["the film zorbia was great, table chair.", "nothing here"]
     pd.DataFrame({"text": texts}).to_csv(tmp_path / "in.csv", index=False)

@@ -70,7 +70,7 @@ def test_pipeline_loads_model_without_tunelab(trained_run):
 
 
 def test_predict_file_writes_probability_columns(trained_run, tmp_path):
-    from tunelab.predict import predict_file
+    from tunelab.prediction import predict_file
 
     source = tmp_path / "in.csv"
     pd.DataFrame({"review": ["good great", "bad awful", "stone river"]}).to_csv(source, index=False)

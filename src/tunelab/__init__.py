@@ -15,12 +15,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# `evaluate` and `predict` below share their names with sub-modules (evaluate/, predict.py).
-# Importing a sub-module for the first time rebinds its name on this package, so they are imported
-# (cheaply: their heavy imports are lazy) before the functions are defined. `train` has no such
-# twin: the training recipes live in tunelab/training/.
-import tunelab.evaluate  # noqa: E402,F401
-import tunelab.predict  # noqa: E402,F401
+# The functions below are verbs and no module shares their names (tunelab/training/, evaluation/,
+# prediction.py): importing a sub-module rebinds its name on this package, which would replace a function
+# of that name, and `import tunelab.evaluation.metrics as x` resolves through these attributes.
 from tunelab.config import MultiLabelConfig, TokenClassificationConfig, TrainConfig  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.run import Run  # noqa: E402
@@ -46,14 +43,14 @@ def train(config: TrainConfig | None = None, **settings):
 
 def predict(run, texts, **kwargs):
     """Labels and class probabilities for texts, from a run directory (or Run)."""
-    from tunelab.predict import predict as _predict
+    from tunelab.prediction import predict as _predict
 
     return _predict(run, texts, **kwargs)
 
 
 def evaluate(run, data=None, **kwargs):
     """Evaluate a run on its test split or on other labelled data; writes metrics, plots and a report."""
-    from tunelab.evaluate import evaluate_run
+    from tunelab.evaluation import evaluate_run
 
     return evaluate_run(run if isinstance(run, Run) else Run.open(run), data, **kwargs)
 

@@ -358,7 +358,7 @@ def predict(
             raise TunelabError("--file needs --out", "add --out preds.csv")
         from rich.progress import Progress
 
-        from tunelab.predict import predict_file
+        from tunelab.prediction import predict_file
 
         with Progress(console=console) as bar:
             task = bar.add_task("predicting", total=None)
@@ -369,7 +369,7 @@ def predict(
         return
     if not texts:
         raise TunelabError("no texts given", 'pass texts as arguments (tunelab predict RUN "some text") or --file')
-    from tunelab.predict import predict as run_predict
+    from tunelab.prediction import predict as run_predict
 
     inputs = texts
     if pair:

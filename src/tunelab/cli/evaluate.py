@@ -51,7 +51,7 @@ def eval_command(
     ] = None,
 ) -> None:
     """Evaluate a run: metrics.json, predictions.parquet, plots/ and a self-contained report.html."""
-    from tunelab.evaluate import evaluate_run
+    from tunelab.evaluation import evaluate_run
 
     if pairs_file is not None and not bias:
         raise TunelabError(f"unexpected argument '{pairs_file}'", "a pairs file goes after --bias: tunelab eval RUN --bias PAIRS_FILE")

@@ -18,7 +18,7 @@ the Factbook's structured fields mark entity spans in its own narrative text. Th
 
 So a model learns to find country names, capitals and nationality adjectives in history text. The
 labels are exact-match labels: a name the gazetteer lacks (an old name, a city that is not a
-capital) is tagged O, and the gazetteer baseline (evaluate/token_baseline.py) is strong by design.
+capital) is tagged O, and the gazetteer baseline (evaluation/token_baseline.py) is strong by design.
 """
 
 from __future__ import annotations

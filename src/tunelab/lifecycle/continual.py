@@ -267,7 +267,7 @@ def _open_parent(parent: Version) -> Run:
 def replace_model(run: Run, classifier, progress: bool) -> Run:
     """The run with its model/ replaced by `classifier`'s weights and its test metrics recomputed,
     published in one rename so the folder never holds a model and metrics that disagree."""
-    from tunelab.evaluate import evaluate_run
+    from tunelab.evaluation import evaluate_run
 
     staging = atomic.partial_path(run.path)
     shutil.rmtree(staging, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 The shared part of the scikit-learn baselines: `tunelab compare`'s candidates (tunelab.training.baselines,
 which makes them run directories) and the baseline every evaluation report shows
-(tunelab.evaluate.baseline, fitted on a run's own splits) both fit through `fit_logreg`, so there
+(tunelab.evaluation.baseline, fitted on a run's own splits) both fit through `fit_logreg`, so there
 is one `tfidf-logreg`. C is always chosen on the eval split, never on the rows that are scored.
 """
 

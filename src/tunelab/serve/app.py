@@ -200,7 +200,7 @@ def predict_router(service: Service, pairs: bool = False) -> APIRouter:
     async def predict(body: PredictRequest) -> PredictResponse:
         """Label, score and every class's probability for each text (or text pair), in the order given."""
         from tunelab.models.classifier import softmax
-        from tunelab.predict import describe
+        from tunelab.prediction import describe
 
         if service.ready_model().pairs != pairs:  # a registry promotion swapped in a model of the other kind
             raise StarletteHTTPException(503, f"the model now served classifies {'single texts' if pairs else 'text pairs'}; restart the service")

@@ -16,7 +16,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from tunelab.models.multilabel import read_thresholds
-from tunelab.predict import multilabel_classifier
+from tunelab.prediction import multilabel_classifier
 from tunelab.run import Run
 from tunelab.serve.holder import LoadedModel, ModelRef
 from tunelab.serve.task_routes import PerTextScorer, texts_router, torch_loader

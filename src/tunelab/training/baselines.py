@@ -128,7 +128,7 @@ def train_baseline(config: BaselineConfig, progress: bool = True) -> Run:
     )
 
     # 4. Evaluate on the held-out test split with the same code as every fine-tuned run, then publish.
-    from tunelab.evaluate import evaluate_run
+    from tunelab.evaluation import evaluate_run
 
     classifier = BaselineClassifier(pipeline, labels, encoder, config.embed_batch_size)
     evaluate_run(run, classifier=classifier, progress=progress)

@@ -91,7 +91,7 @@ def build_classifier_trainer(
 
 def save_and_evaluate(config: TrainConfig, setup: trainer_setup.RunSetup, trainer, train_facts: dict, progress: bool) -> None:
     """model/, metrics.json with the training facts, the test-split evaluation and report; then publish."""
-    from tunelab.evaluate import evaluate_run
+    from tunelab.evaluation import evaluate_run
 
     trainer_setup.save_model(trainer, setup.staging / "model")
     atomic.write_json(setup.staging / "metrics.json", train_facts)

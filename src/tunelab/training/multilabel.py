@@ -69,7 +69,7 @@ def train_multilabel(config: MultiLabelConfig, progress: bool = True) -> Run:
     thresholds = thresholds_on_eval(Classifier.load(setup.staging / "model", max_length), splits["eval"], labels, config.eval_batch_size)
     write_thresholds(setup.staging, thresholds)
     atomic.write_json(setup.staging / "metrics.json", {"task": TASK, **facts, "thresholds": thresholds})
-    from tunelab.evaluate.multilabel_pipeline import evaluate_multilabel_run
+    from tunelab.evaluation.multilabel_pipeline import evaluate_multilabel_run
 
     evaluate_multilabel_run(Run(setup.staging), progress=progress, baseline=config.baseline)
     trainer_setup.publish_run(setup, config.overwrite)

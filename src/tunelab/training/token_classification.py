@@ -23,7 +23,7 @@ from tunelab import atomic  # noqa: E402
 from tunelab.config import TokenClassificationConfig  # noqa: E402
 from tunelab.data.token_tags import IGNORED, load_tagged_splits, profile_tagged, tag_vocabulary, tokenize_tagged  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
-from tunelab.evaluate.token_metrics import entity_scores  # noqa: E402
+from tunelab.evaluation.token_metrics import entity_scores  # noqa: E402
 from tunelab.run import Run  # noqa: E402
 from tunelab.runtime.tagger import TASK  # noqa: E402
 from tunelab.training import trainer_setup  # noqa: E402
@@ -70,7 +70,7 @@ def train_token_classifier(config: TokenClassificationConfig, progress: bool = T
     facts = trainer_setup.training_metrics(trainer, trainer_setup.train_timed(trainer), setup)
     trainer_setup.save_model(trainer, setup.staging / "model")
     atomic.write_json(setup.staging / "metrics.json", {"task": TASK, **facts})
-    from tunelab.evaluate.token_pipeline import evaluate_token_run
+    from tunelab.evaluation.token_pipeline import evaluate_token_run
 
     evaluate_token_run(Run(setup.staging), progress=progress, baseline=config.baseline)
     trainer_setup.publish_run(setup, config.overwrite)

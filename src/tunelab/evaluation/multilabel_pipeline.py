@@ -16,9 +16,9 @@ import pandas as pd
 
 from tunelab.data.multilabel import multi_hot
 from tunelab.errors import TunelabError
-from tunelab.evaluate.generalisation import generalisation_check
-from tunelab.evaluate.multilabel_metrics import multilabel_metrics
-from tunelab.evaluate.pipeline import MAX_MISTAKES, output_folder, timed_logits, wants_baseline, write_artefacts
+from tunelab.evaluation.generalisation import generalisation_check
+from tunelab.evaluation.multilabel_metrics import multilabel_metrics
+from tunelab.evaluation.pipeline import MAX_MISTAKES, output_folder, timed_logits, wants_baseline, write_artefacts
 from tunelab.models.multilabel import MultiLabelClassifier, decide, sigmoid
 from tunelab.run import Run
 
@@ -64,7 +64,7 @@ def evaluate_multilabel_run(
     generalisation = generalisation_check(history)
     baseline_figures = None
     if wants_baseline(run, baseline):
-        from tunelab.evaluate import multilabel_baseline
+        from tunelab.evaluation import multilabel_baseline
 
         baseline_figures, baseline_pred = multilabel_baseline.fit_and_score(run, texts, y_true, labels)
         if baseline_pred is not None:
@@ -72,8 +72,8 @@ def evaluate_multilabel_run(
                 baseline_figures, test, y_true, predicted, baseline_pred, run.config, generalisation
             )
 
-    from tunelab.evaluate.multilabel_plots import label_set_plots
-    from tunelab.evaluate.multilabel_report import write_multilabel_report
+    from tunelab.evaluation.multilabel_plots import label_set_plots
+    from tunelab.evaluation.multilabel_report import write_multilabel_report
 
     predictions = predictions_frame(texts, y_true, proba, predicted, labels)
     return write_artefacts(

@@ -15,8 +15,8 @@ import numpy as np
 
 from tunelab.data.multilabel import multi_hot
 from tunelab.errors import TunelabError
-from tunelab.evaluate.baseline import advice, fitting_splits, missing_baseline, versus
-from tunelab.evaluate.multilabel_metrics import multilabel_metrics
+from tunelab.evaluation.baseline import advice, fitting_splits, missing_baseline, versus
+from tunelab.evaluation.multilabel_metrics import multilabel_metrics
 from tunelab.models.multilabel import decide
 from tunelab.run import Run
 

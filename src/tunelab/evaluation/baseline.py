@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.answers import bootstrap_ci
-from tunelab.evaluate.metrics import classification_metrics
+from tunelab.evaluation.metrics import classification_metrics
 from tunelab.run import Run
 
 NAME = "tfidf-logreg"

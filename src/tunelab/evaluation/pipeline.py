@@ -20,8 +20,8 @@ import pandas as pd
 
 from tunelab.atomic import write_json
 from tunelab.errors import TunelabError, did_you_mean
-from tunelab.evaluate.generalisation import generalisation_check
-from tunelab.evaluate.metrics import classification_metrics
+from tunelab.evaluation.generalisation import generalisation_check
+from tunelab.evaluation.metrics import classification_metrics
 from tunelab.run import Run
 from tunelab.textpairs import PAIR_COLUMN, ModelInput, frame_inputs, is_pair
 
@@ -103,7 +103,7 @@ def evaluate_run(
     generalisation = generalisation_check(history)
     baseline_figures = None
     if wants_baseline(run, baseline):
-        from tunelab.evaluate.baseline import comparison, fit_and_score
+        from tunelab.evaluation.baseline import comparison, fit_and_score
 
         baseline_figures, baseline_correct = fit_and_score(run, texts, y_true, labels)
         if baseline_correct is not None:
@@ -111,12 +111,12 @@ def evaluate_run(
             baseline_figures["comparison"] = comparison(baseline_figures, test, model_correct, baseline_correct, run.config, generalisation)
     probe = None
     if pair_lists:
-        from tunelab.evaluate.bias import bias_probe
+        from tunelab.evaluation.bias import bias_probe
 
         probe = bias_probe(texts, proba, lambda t: classifier.predict_proba(t, batch_size), labels, pair_lists)
 
-    from tunelab.evaluate.plots import classification_plots
-    from tunelab.evaluate.report import write_report
+    from tunelab.evaluation.plots import classification_plots
+    from tunelab.evaluation.report import write_report
 
     predictions = predictions_frame(texts, y_true, proba, labels)
     return write_artefacts(
@@ -137,8 +137,8 @@ def evaluate_run(
 
 
 def _evaluate_multilabel(run: Run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline) -> dict[str, Any]:
-    """A multi-label run's evaluation (evaluate/multilabel_pipeline.py); a file is read with the run's label column and separator."""
-    from tunelab.evaluate.multilabel_pipeline import evaluate_multilabel_run
+    """A multi-label run's evaluation (evaluation/multilabel_pipeline.py); a file is read with the run's label column and separator."""
+    from tunelab.evaluation.multilabel_pipeline import evaluate_multilabel_run
 
     if bias:
         raise TunelabError("the bias probe (--bias) does not apply to multi-label runs yet", "drop --bias")
@@ -154,8 +154,8 @@ def _evaluate_multilabel(run: Run, data, out_dir, bias, data_name, batch_size, p
 
 
 def _evaluate_tokens(run: Run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline, backend) -> dict[str, Any]:
-    """A token-classification run's evaluation (evaluate/token_pipeline.py); a file is read with the run's columns and IOB rule."""
-    from tunelab.evaluate.token_pipeline import evaluate_token_run
+    """A token-classification run's evaluation (evaluation/token_pipeline.py); a file is read with the run's columns and IOB rule."""
+    from tunelab.evaluation.token_pipeline import evaluate_token_run
 
     if bias or classifier is not None or backend != "torch":
         raise TunelabError("--bias, --backend and another scorer do not apply to token-classification runs", "evaluate the run's own model with torch")
@@ -289,10 +289,10 @@ def write_artefacts(
     **report_extra: Any,
 ) -> dict[str, Any]:
     """An evaluation's files in `out`, for every task: predictions.parquet; plots/, the training curves of
-    `history` and then draw_plots' own; report.html, rendered by `write` (evaluate/report.write_report or a
+    `history` and then draw_plots' own; report.html, rendered by `write` (evaluation/report.write_report or a
     task's page on it, which takes report_extra); metrics.json, merged into what is there, written last.
     Returns metrics.json's content."""
-    from tunelab.evaluate.plots import training_curves
+    from tunelab.evaluation.plots import training_curves
 
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(out / "predictions.parquet", predictions)
@@ -354,7 +354,7 @@ def merged_metrics(
 
 
 def bias_lists(bias: bool | str | os.PathLike | dict | None) -> dict[str, list[tuple[str, str]]]:
-    from tunelab.evaluate.bias import BUILTIN_PAIRS, load_pairs
+    from tunelab.evaluation.bias import BUILTIN_PAIRS, load_pairs
 
     if bias is None or bias is False:
         return {}

@@ -17,7 +17,7 @@ from typing import Any
 from jinja2 import Environment, select_autoescape
 
 from tunelab.atomic import write_text
-from tunelab.evaluate.report_template import TEMPLATE
+from tunelab.evaluation.report_template import TEMPLATE
 
 PLOT_TITLES = {
     "loss": "Training and eval loss",
@@ -51,7 +51,7 @@ def render_report(
     """The report as an HTML string. Every argument is plain data, so it renders without a model.
 
     template, plot_titles and extra (more names for the template): another task's page, e.g. the
-    multi-label report (evaluate/multilabel_report.py)."""
+    multi-label report (evaluation/multilabel_report.py)."""
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True), trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num
     env.filters["pct"] = _pct

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.generalisation import generalisation_check
-from tunelab.evaluate.pipeline import MAX_MISTAKES, output_folder, wants_baseline, write_artefacts
-from tunelab.evaluate.token_metrics import token_metrics
+from tunelab.evaluation.generalisation import generalisation_check
+from tunelab.evaluation.pipeline import MAX_MISTAKES, output_folder, wants_baseline, write_artefacts
+from tunelab.evaluation.token_metrics import token_metrics
 from tunelab.progress import progress_bar
 from tunelab.run import Run
 from tunelab.runtime.tagger import TokenTagger
@@ -71,10 +71,10 @@ def evaluate_token_run(
     history = run.history()
     baseline_figures = None
     if wants_baseline(run, baseline):
-        from tunelab.evaluate.token_baseline import score_baseline
+        from tunelab.evaluation.token_baseline import score_baseline
 
         baseline_figures = score_baseline(run.split("train"), sentences, true_tags, test)
-    from tunelab.evaluate.token_report import write_token_report
+    from tunelab.evaluation.token_report import write_token_report
 
     predictions = predictions_frame(frame, predicted)
     return write_artefacts(
@@ -95,7 +95,7 @@ def evaluate_token_run(
 
 def tag_confusion_plot(confusion: dict[str, Any], path: Path) -> Path:
     """The tag confusion matrix, each row coloured by its share of the true tag's words."""
-    from tunelab.evaluate.plots import confusion_matrix_plot
+    from tunelab.evaluation.plots import confusion_matrix_plot
 
     counts = np.asarray(confusion["counts"], dtype=float)
     totals = counts.sum(axis=1, keepdims=True)

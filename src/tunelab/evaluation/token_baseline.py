@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from tunelab.evaluate.token_metrics import entity_scores
+from tunelab.evaluation.token_metrics import entity_scores
 from tunelab.runtime.tagger import entity_words
 
 NAME = "gazetteer"

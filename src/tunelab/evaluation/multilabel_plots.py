@@ -1,5 +1,5 @@
 """The multi-label report's plots: per-label ROC curves and the label co-occurrence heat map, beside
-the training curves every report shows. Drawn with the classifier plots' helpers (evaluate/plots.py)."""
+the training curves every report shows. Drawn with the classifier plots' helpers (evaluation/plots.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.evaluate.plots import heat_map, roc_plot
+from tunelab.evaluation.plots import heat_map, roc_plot
 
 
 def label_set_plots(out_dir: Path, y_true: np.ndarray, proba: np.ndarray, labels: Sequence[str], metrics: dict[str, Any]) -> dict[str, Path]:

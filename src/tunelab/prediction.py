@@ -15,8 +15,7 @@ from tunelab.textpairs import PAIR_COLUMN, ModelInput, frame_inputs, is_pair
 if TYPE_CHECKING:
     from tunelab.models.classifier import Classifier
 
-# This module is imported when `tunelab` is (so that tunelab.predict, the function, is not replaced by
-# this module later); the heavy imports (torch, pandas) wait until a prediction is asked for.
+# The heavy imports (torch, pandas) wait inside the functions until a prediction is asked for.
 
 
 def load_classifier(run: Run | str | os.PathLike) -> Classifier:

@@ -12,10 +12,10 @@ __all__ = ["evaluate_run"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so importing the package (e.g. tunelab/__init__ binding its names) costs nothing
-    # until an evaluation actually runs: pipeline pulls in pandas, scikit-learn and friends.
+    # Lazy, so importing one of the package's modules (metrics, plots) does not pull in what the
+    # pipeline needs until an evaluation actually runs: pandas, scikit-learn, the runtime and friends.
     if name == "evaluate_run":
-        from tunelab.evaluate.pipeline import evaluate_run
+        from tunelab.evaluation.pipeline import evaluate_run
 
         return evaluate_run
-    raise AttributeError(f"module 'tunelab.evaluate' has no attribute '{name}'")
+    raise AttributeError(f"module 'tunelab.evaluation' has no attribute '{name}'")

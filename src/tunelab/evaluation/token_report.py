@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tunelab.evaluate.report import PLOT_TITLES, write_report
-from tunelab.evaluate.report_template import (
+from tunelab.evaluation.report import PLOT_TITLES, write_report
+from tunelab.evaluation.report_template import (
     GENERALISATION_FLAG,
     HEADLINE_CLOSE,
     HEADLINE_OPEN,

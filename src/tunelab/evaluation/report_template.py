@@ -1,6 +1,6 @@
 """The Jinja2 template of report.html: one file, inline CSS, images as data: URIs, no scripts, no network."""
 
-# The page style, shared with the multi-label report (evaluate/multilabel_report.py).
+# The page style, shared with the multi-label report (evaluation/multilabel_report.py).
 STYLE = r"""<style>
   body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1100px;
          padding: 1.5rem; color: #1d2430; line-height: 1.45; }

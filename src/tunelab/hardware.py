@@ -7,6 +7,7 @@ import platform
 import resource
 import sys
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,6 +67,17 @@ def peak_memory_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports kilobytes, macOS bytes.
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def disk_mb(*paths: str | os.PathLike) -> float:
+    """What files and folders take on disk, in MiB (a missing one counts 0): a model, an index, a run's deployable part."""
+    total = 0
+    for path in map(Path, paths):
+        if path.is_file():
+            total += path.stat().st_size
+        elif path.is_dir():
+            total += sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    return total / 2**20
 
 
 # The instruction sets that decide CPU speed here: bf16 autocast is fast only with AVX-512 BF16 or AMX.

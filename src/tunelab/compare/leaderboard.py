@@ -132,14 +132,10 @@ def measure_inference(run: Run, latency_texts: Sequence[ModelInput], throughput_
 
 def size_on_disk_mb(run: Run) -> float:
     """What deploying the model means copying: model/ for a fine-tuned run, model.joblib (+ encoder/) for a baseline."""
+    from tunelab.hardware import disk_mb
+
     parts = [run.path / "model"] if run.kind == "transformers" else [run.path / "model.joblib", run.path / "encoder"]
-    total = 0
-    for part in parts:
-        if part.is_file():
-            total += part.stat().st_size
-        elif part.is_dir():
-            total += sum(f.stat().st_size for f in part.rglob("*") if f.is_file())
-    return total / 2**20
+    return disk_mb(*parts)
 
 
 def candidate_row(name: str, run: Run, inference: dict[str, float]) -> dict[str, Any]:

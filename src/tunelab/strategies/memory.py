@@ -47,10 +47,3 @@ class PeakMemory:
         if self._thread:
             self._thread.join()
         self.mb = max(self.mb, rss_mb())
-
-
-def folder_mb(path: str | os.PathLike) -> float:
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size / 2**20
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20 if path.exists() else 0.0

@@ -25,13 +25,14 @@ import numpy as np
 from tunelab import atomic
 from tunelab.answers import ABSTENTION, answer_in_text, score, summarise, verdict
 from tunelab.errors import TunelabError
+from tunelab.hardware import disk_mb
 from tunelab.progress import progress_bar
 from tunelab.prompts.evaluate import latency_summary, run_template
 from tunelab.prompts.loader import load_template
 from tunelab.rag.reader_data import ContextSettings
 from tunelab.strategies.adapt import edit_knowledge, says_old_answer
 from tunelab.strategies.config import StrategiesConfig
-from tunelab.strategies.memory import PeakMemory, folder_mb
+from tunelab.strategies.memory import PeakMemory
 
 STRATEGIES = ("closed-book", "best-prompt", "rag", "fine-tuned", "fine-tuned+rag", "extractive+rag")
 RETRIEVAL_STRATEGIES = ("rag", "fine-tuned+rag", "extractive+rag")
@@ -155,7 +156,7 @@ class Pipeline:
             started = time.perf_counter()
             self.base = Generator(c.model)
             load_seconds = time.perf_counter() - started
-        self.results["model"] = {"name": c.model, "load_seconds": load_seconds, "disk_mb": folder_mb(_model_folder(c.model)), "rss_mb_loaded": peak.mb}
+        self.results["model"] = {"name": c.model, "load_seconds": load_seconds, "disk_mb": disk_mb(_model_folder(c.model)), "rss_mb_loaded": peak.mb}
         self.results["environment"] = _environment()
 
         wanted = set(c.strategies)
@@ -260,7 +261,7 @@ class Pipeline:
             "source": str(kb),
             "chunks": report.chunks_total if report else None,
             "documents": len(self.documents) if self.documents else None,
-            "disk_mb": folder_mb(index_dir),
+            "disk_mb": disk_mb(index_dir),
             "peak_memory_mb": peak_mb,
         }
 
@@ -554,7 +555,7 @@ class Pipeline:
                 "field_questions": fields,
                 "index_build_seconds": self.results["index"]["build_seconds"],
             },
-            disk_mb=folder_mb(run_dir / "model"),
+            disk_mb=disk_mb(run_dir / "model"),
         )
 
     def stage_best_prompt(self) -> None:
@@ -631,7 +632,7 @@ class Pipeline:
                 "eval_loss_after": metrics["eval_after"]["loss"],
             },
             peak_mb=peak.mb,
-            disk_mb=self.results["model"]["disk_mb"] + folder_mb(run_dir / "model"),
+            disk_mb=self.results["model"]["disk_mb"] + disk_mb(run_dir / "model"),
         )
 
     def stage_fine_tuned_rag(self) -> None:
@@ -669,7 +670,7 @@ class Pipeline:
                 "eval_loss_before": metrics["eval_before"]["loss"],
                 "eval_loss_after": metrics["eval_after"]["loss"],
             },
-            disk_mb=self.results["model"]["disk_mb"] + folder_mb(run_dir / "model"),
+            disk_mb=self.results["model"]["disk_mb"] + disk_mb(run_dir / "model"),
         )
 
     def stage_ablation(self) -> None:

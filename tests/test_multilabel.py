@@ -293,10 +293,6 @@ def test_label_sep_without_multi_label_and_resume_are_refused(ml_args, tiny_bert
     assert_user_error(cli(*ml_args, "--data", sentiment_csv, "--resume"), "--resume does not apply to --task multi-label")
 
 
-def test_compare_refuses_a_multi_label_run(ml_run):
-    assert_user_error(cli("compare", ml_run, ml_run), "tunelab compare does not handle multi-label runs yet")
-
-
 # -- export ---------------------------------------------------------------------------------------
 
 

@@ -4,7 +4,10 @@ A watcher thread polls `Registry.production(name)` (one indexed row; cheap enoug
 two). When the generation moves (a promote or a rollback), it loads the new version off the request
 path, then swaps it into the holder in one step. Requests already computing finish on the old model,
 the next batch uses the new one, so no request fails during the switch. A version that fails to load
-is reported and skipped; the old model keeps serving.
+is reported and skipped; the old model keeps serving. So is a version of another task than the one
+served (a multi-label or token-classification run promoted over a classifier): the service's routes
+and response schema were built for the first, and a swap would answer the old schema from a model
+that does not produce it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class RegistryWatcher:
     """Keeps `holder` serving the production version of `name`.
 
     load(production) -> model builds what the holder serves (a LoadedModel for the real service).
+    task_of(production) -> the task of its run (Run.task); when given, a version whose task is not the
+    task of the version first loaded is refused, not swapped in.
     """
 
     def __init__(
@@ -47,12 +52,15 @@ class RegistryWatcher:
         load: Callable[[Production], Any],
         holder: Holder | None = None,
         interval: float = 2.0,
+        task_of: Callable[[Production], str] | None = None,
     ):
         self.registry = registry
         self.name = name
         self.load = load
         self.holder = holder
         self.interval = interval
+        self.task_of = task_of
+        self.task: str | None = None  # the served task, fixed by the initial load: the routes were built for it
         self.loaded: Production | None = None  # what the holder serves (once it serves anything)
         self.error: str | None = None  # why the newest production version could not be loaded
         self._failed_generation: int | None = None
@@ -68,6 +76,8 @@ class RegistryWatcher:
         with self._lock:
             model = self.load(production)
             self.loaded = production
+            if self.task_of is not None:
+                self.task = self.task_of(production)
         return model
 
     def poll_once(self) -> bool:
@@ -88,16 +98,31 @@ class RegistryWatcher:
             return False  # already reported; wait for the next promote or rollback
         with self._lock:
             try:
-                model = self.load(production)
+                refusal = self.other_task(production)
+                model = None if refusal else self.load(production)
             except Exception as error:  # keep serving the old model; say why on the log and in .error
+                refusal = f"{self.name}@{production.version} could not be loaded: {error}"
+            if refusal:
                 self._failed_generation = production.generation
-                self.error = f"{self.name}@{production.version} could not be loaded: {error}"
+                self.error = refusal
                 log.error("%s; still serving %s@%s", self.error, self.name, self.loaded.version)
                 return False
             self.holder.swap(model)
             log.info("now serving %s@%s (was @%s)", self.name, production.version, self.loaded.version)
             self.loaded, self.error = production, None
         return True
+
+    def other_task(self, production: Production) -> str | None:
+        """Why `production` may not replace the served model, when its run learns another task; else None."""
+        if self.task_of is None or self.task is None:
+            return None
+        task = self.task_of(production)
+        if task == self.task:
+            return None
+        return (
+            f"{self.name}@{production.version} is a {task} run, not swapped into a service whose routes and response schema are "
+            f"for {self.task} (serve it with `tunelab serve {production.run_dir}`, or promote a {self.task} version)"
+        )
 
     def start(self) -> None:
         if self._thread is not None:
@@ -146,7 +171,7 @@ def registry_app(name: str, settings=None, registry: Registry | str | os.PathLik
         scorer = load_scorer(run, settings.backend, settings.threads, say=log.info)
         return LoadedModel(scorer, name, str(production.version), str(run.path), finite(run.metrics), pairs=run.is_pair_classifier)
 
-    watcher = RegistryWatcher(registry, name, load, interval=interval)
+    watcher = RegistryWatcher(registry, name, load, interval=interval, task_of=lambda production: Run.open(production.run_dir).task)
     pairs = Run.open(registry.production(name).run_dir).is_pair_classifier
     app = create_app(watcher.load_current, settings, pairs=pairs)
     watcher.holder = app.state.holder

@@ -128,6 +128,13 @@ def test_token_candidates_are_ranked_by_entity_micro_f1(token_compare):
     # Run again: both candidates are finished and skipped, the leaderboard is the same.
     again = compare(folder / "compare.yaml", progress=False, isolate=False)
     assert [r["f1_micro"] for r in again["rows"]] == [r["f1_micro"] for r in summary["rows"]]
+    # Existing runs through the CLI: the printed table and recommendation are the task's.
+    from tunelab.cli import app
+
+    candidates = folder / "cmp" / "candidates"
+    result = CliRunner().invoke(app, ["compare", str(candidates / "slow"), str(candidates / "fast"), "--out", str(folder / "cli"), "--latency-texts", "3"])
+    assert result.exit_code == 0, result.output
+    assert "micro-F1" in result.output and "Best micro-F1: fast" in result.output and "accuracy" not in result.output
 
 
 def test_runs_of_different_tasks_or_of_a_task_compare_does_not_rank_are_refused(multilabel_compare, token_compare, tmp_path):

@@ -251,6 +251,18 @@ def test_update_refuses_a_name_without_production(tmp_path, trained_run):
         update(UpdateSettings(name="senti", data="x.csv"), registry, progress=False)
 
 
+@pytest.mark.parametrize("task", ["multi-label", "pair-classification", "token-classification"])
+def test_update_refuses_a_production_version_of_another_task(tmp_path, task):
+    from tests.test_registry import fake_run
+
+    registry = Registry(tmp_path / "r.db")
+    run = fake_run(tmp_path / "run")
+    (run / "config.yaml").write_text(f"task: {task}\nmax_length: 32\n")
+    registry.register(run, "tags", promote=True)
+    with pytest.raises(TunelabError, match=f"tunelab update does not handle {task} runs yet \\(tags@1 is one\\)"):
+        update(UpdateSettings(name="tags", data="x.csv"), registry, progress=False)
+
+
 def test_sigkill_during_update_leaves_the_registry_consistent(tmp_path, registry):
     data = new_data(tmp_path / "new.csv", seed=13, letters=True)
     out = tmp_path / "v2"

@@ -288,13 +288,12 @@ def test_an_unknown_label_column_is_named(ml_args, tmp_path):
     assert_user_error(cli(*ml_args, "--data", data, "--label-col", "tagz"), "label column 'tagz' not found", "did you mean 'tags'?")
 
 
-def test_label_sep_without_multi_label_and_resume_are_refused(ml_args, tiny_bert, sentiment_csv):
+def test_label_sep_without_multi_label_nproc_and_a_resume_with_nothing_to_resume_are_refused(ml_args, tiny_bert, sentiment_csv, tmp_path):
     assert_user_error(cli("train", "--model", tiny_bert, "--data", sentiment_csv, "--label-sep", "|"), "--label-sep applies only to --task multi-label")
-    assert_user_error(cli(*ml_args, "--data", sentiment_csv, "--resume"), "--resume does not apply to --task multi-label")
-
-
-def test_compare_refuses_a_multi_label_run(ml_run):
-    assert_user_error(cli("compare", ml_run, ml_run), "tunelab compare does not handle multi-label runs yet")
+    data = tmp_path / "tags.jsonl"
+    tags_frame(40).to_json(data, orient="records", lines=True)
+    assert_user_error(cli(*ml_args, "--data", data, "--label-col", "tags", "--nproc", "2"), "--nproc > 1 with --task multi-label is not supported yet")
+    assert_user_error(cli(*ml_args, "--data", data, "--label-col", "tags", "--resume"), "nothing to resume")
 
 
 # -- export ---------------------------------------------------------------------------------------

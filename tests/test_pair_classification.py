@@ -278,7 +278,7 @@ def test_compare_ranks_pair_runs_and_refuses_a_single_text_run(pair_run, trained
     summary = compare_runs([pair_run, twin], out=tmp_path / "cmp", latency_texts=4, throughput_texts=8, progress=False)
     assert [row["accuracy"] for row in summary["rows"]] == [Run.open(pair_run).metrics["accuracy"]] * 2
     assert all(row["examples_per_s"] > 0 for row in summary["rows"])
-    with pytest.raises(TunelabError, match="different test sets"):
+    with pytest.raises(TunelabError, match="learn different tasks"):
         compare_runs([pair_run, trained_run], out=tmp_path / "x", progress=False)
 
 

@@ -161,3 +161,94 @@ def test_service_swaps_without_failing_a_request(tmp_path):
     later = [version for sent, _, version in answers if sent > first_new]
     assert later and set(later) == {"2"}, f"{later.count('1')} of {len(later)} requests sent after the first v2 answer got v1"
     assert info["name"] == "news" and info["version"] == "2" and info["metrics"]["accuracy"] == 0.8
+
+
+def test_a_version_of_another_task_is_refused_and_the_old_model_keeps_serving(registry, caplog):
+    tasks = {1: "classification", 2: "multi-label", 3: "classification"}
+    loaded = []
+
+    def load(production):
+        loaded.append(production.version)
+        return ("model", production.version)
+
+    holder = FakeHolder()
+    watcher = RegistryWatcher(registry, "news", load, holder, task_of=lambda production: tasks[production.version])
+    holder.swap(watcher.load_current())
+    assert watcher.task == "classification"
+    registry.promote("news", 2)
+    with caplog.at_level("ERROR", logger="tunelab.serve.registry"):
+        assert watcher.poll_once() is False
+    assert holder.current == ("model", 1) and loaded == [1]  # never loaded, let alone swapped in
+    assert "news@2 is a multi-label run" in watcher.error and "for classification" in watcher.error
+    assert "still serving news@1" in caplog.text and "news@2 is a multi-label run" in caplog.text
+    assert watcher.poll_once() is False and loaded == [1]  # reported once, not reloaded every poll
+    registry.promote("news", 3)
+    assert watcher.poll_once() is True and holder.current == ("model", 3) and watcher.error is None
+
+
+def test_the_service_keeps_its_classifier_when_a_multi_label_version_is_promoted(tmp_path):
+    """The service's routes answer with one class per text: a multi-label version (a classifier-shaped model folder,
+    which would load) must not be swapped in under them."""
+    from fastapi.testclient import TestClient
+
+    from tunelab.serve.registry_watch import registry_app
+    from tunelab.serve.settings import ServeSettings
+
+    registry = Registry(tmp_path / "registry.db")
+    registry.register(tiny_run(tmp_path / "v1", 0.7), "news", promote=True)
+    tags = tiny_run(tmp_path / "v2", 0.8)
+    (tags / "config.yaml").write_text("task: multi-label\nmax_length: 32\n")
+    registry.register(tags, "news")
+    app = registry_app("news", ServeSettings(max_wait_ms=1), registry, interval=0.05)
+    with TestClient(app) as client:
+        wait_for(lambda: client.get("/ready").status_code == 200, "the service never became ready")
+        registry.promote("news", 2)
+        watcher = app.state.registry_watcher
+        wait_for(lambda: watcher.error is not None, "the watcher never looked at news@2")
+        response = client.post("/v1/predict", json={"texts": ["good film"]})
+        info = client.get("/v1/model").json()
+    assert "news@2 is a multi-label run" in watcher.error
+    assert response.status_code == 200 and response.json()["model"]["version"] == "1" and "label" in response.json()["predictions"][0]
+    assert info["version"] == "1"
+
+
+def tiny_multilabel_run(folder: Path, accuracy: float) -> Path:
+    """tiny_run as a multi-label run: a sigmoid per label, each label's threshold 0.5."""
+    tiny_run(folder, accuracy)
+    (folder / "config.yaml").write_text("task: multi-label\nmax_length: 32\n")
+    (folder / "thresholds.json").write_text(json.dumps({"values": [0.5, 0.5]}))
+    return folder
+
+
+def test_a_multi_label_name_is_served_with_its_schema_and_swaps_only_to_multi_label_versions(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tunelab.serve.registry_watch import registry_app
+    from tunelab.serve.settings import ServeSettings
+
+    registry = Registry(tmp_path / "registry.db")
+    registry.register(tiny_multilabel_run(tmp_path / "v1", 0.7), "tags", promote=True)
+    registry.register(tiny_multilabel_run(tmp_path / "v2", 0.8), "tags")
+    registry.register(tiny_run(tmp_path / "v3", 0.9), "tags")
+    app = registry_app("tags", ServeSettings(max_wait_ms=1), registry, interval=0.05)
+    watcher = app.state.registry_watcher
+
+    def answer() -> dict:
+        response = client.post("/v1/predict", json={"texts": ["good film"]})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    with TestClient(app) as client:
+        wait_for(lambda: client.get("/ready").status_code == 200, "the service never became ready")
+        first = answer()
+        registry.promote("tags", 2)
+        wait_for(lambda: answer()["model"]["version"] == "2", "the service never switched to tags@2")
+        registry.promote("tags", 3)
+        wait_for(lambda: watcher.error is not None, "the watcher never looked at tags@3")
+        last = answer()
+        schema = client.get("/openapi.json").json()
+    assert first["model"] == {"name": "tags", "version": "1"}
+    assert set(first["predictions"][0]) == {"labels", "probabilities"}  # the label-sets schema, as `tunelab serve RUN` gives
+    assert "LabelSetsResponse" in json.dumps(schema)
+    assert "tags@3 is a classification run" in watcher.error and "for multi-label" in watcher.error
+    assert last["model"]["version"] == "2" and set(last["predictions"][0]) == {"labels", "probabilities"}

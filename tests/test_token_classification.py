@@ -273,10 +273,6 @@ def test_bad_tagged_data_is_refused_in_one_line(piece_bert, tmp_path):
     assert_user_error(cli(*args, "--data", bad, "--text-pair-col", "hypothesis"), "--text-pair-col applies only to --task pair-classification")
 
 
-def test_compare_refuses_a_token_run_in_one_line(ner_run):
-    assert_user_error(cli("compare", ner_run, ner_run), "tunelab compare does not handle token-classification runs yet", "predict, eval and serve")
-
-
 def test_export_writes_an_onnx_tagger_that_gives_the_same_word_tags(ner_run):
     pytest.importorskip("onnxruntime")
     result = cli("export", ner_run, "--json")

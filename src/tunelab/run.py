@@ -101,8 +101,8 @@ class Run:
         single-label classifiers (of texts or of text pairs)."""
         if self.task not in ("classification", textpairs.TASK):
             handled_by = {
-                "multi-label": "; tunelab predict, eval, serve and export handle this run",
-                "token-classification": "; tunelab predict, eval and serve handle this run",
+                "multi-label": "; tunelab predict, eval, serve, export and compare handle this run",
+                "token-classification": "; tunelab predict, eval, serve, export and compare handle this run",
             }
             usable = handled_by.get(self.task, "")
             raise TunelabError(

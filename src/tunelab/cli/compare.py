@@ -43,14 +43,14 @@ def compare_command(
 
 
 def _print(summary: dict[str, Any]) -> None:
-    from tunelab.compare.leaderboard import format_value
+    from tunelab.compare.leaderboard import MD_HEADERS, QUALITY, format_value
 
+    quality = QUALITY[summary["task"]]
     shown = (
         "rank",
         "candidate",
         "method",
-        "accuracy",
-        "f1_macro",
+        *quality[:2],
         "train_time_s",
         "peak_memory_mb",
         "trainable_parameters",
@@ -61,7 +61,7 @@ def _print(summary: dict[str, Any]) -> None:
     )
     headers = {
         "rank": "#",
-        "f1_macro": "macro-F1",
+        **{column: MD_HEADERS[column] for column in quality[:2]},
         "train_time_s": "train s",
         "peak_memory_mb": "peak MB",
         "trainable_parameters": "trainable",
@@ -77,6 +77,6 @@ def _print(summary: dict[str, Any]) -> None:
         star = " ★" if row["pareto_latency"] or row["pareto_train_time"] else ""
         table.add_row(*[format_value(c, row[c]) + (star if c == "candidate" else "") for c in shown])
     console.print(table)
-    console.print("★ Pareto-optimal (accuracy vs train time or latency)", style="dim")
+    console.print(f"★ Pareto-optimal ({MD_HEADERS[quality[0]]} vs train time or latency)", style="dim")
     console.print(summary["recommendation"]["text"], highlight=False)
     console.print(f"report: {summary['files']['compare.html']}", highlight=False)

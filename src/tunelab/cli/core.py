@@ -268,11 +268,14 @@ def _refuse_resume_and_processes(task: str, nproc: int, resume: bool = False) ->
 def _train_multilabel(config: Path | None, flags: dict, resume: bool, nproc: int) -> None:
     from tunelab.config import MultiLabelConfig, load_settings
 
-    _refuse_resume_and_processes("multi-label", nproc, resume)
-    settings = load_settings(MultiLabelConfig, config, flags)
+    _refuse_resume_and_processes("multi-label", nproc)
+    _train_multilabel_run(load_settings(MultiLabelConfig, config, flags), resume)
+
+
+def _train_multilabel_run(settings, resume: bool) -> None:
     from tunelab.training.multilabel import train_multilabel
 
-    print_multilabel_run_summary(train_multilabel(settings))
+    print_multilabel_run_summary(train_multilabel(settings, resume=resume))
 
 
 def _train_token_classification(config: Path | None, flags: dict, resume: bool, nproc: int) -> None:
@@ -281,11 +284,14 @@ def _train_token_classification(config: Path | None, flags: dict, resume: bool, 
 
     if flags.pop("label_sep") is not None:
         raise TunelabError("--label-sep applies only to --task multi-label", "drop it; token tags come as a list per row")
-    _refuse_resume_and_processes("token-classification", nproc, resume)
-    settings = load_settings(TokenClassificationConfig, config, flags)
+    _refuse_resume_and_processes("token-classification", nproc)
+    _train_tagger(load_settings(TokenClassificationConfig, config, flags), resume)
+
+
+def _train_tagger(settings, resume: bool) -> None:
     from tunelab.training.token_classification import train_token_classifier
 
-    print_token_run_summary(train_token_classifier(settings))
+    print_token_run_summary(train_token_classifier(settings, resume=resume))
 
 
 @command("resume")
@@ -306,7 +312,18 @@ def resume_run(
     import yaml
 
     task = (yaml.safe_load((staging / "config.yaml").read_text(encoding="utf-8")) or {}).get("task", "classification")
-    _train(load_settings(settings_class(task), staging / "config.yaml"), True, nproc)
+    if task not in ("classification", "pair-classification", "multi-label", "token-classification"):
+        _refuse_resume_and_processes(task, nproc, resume=True)
+    if task != "classification":
+        _refuse_resume_and_processes(task, nproc)
+    from tunelab.config import MultiLabelConfig, TokenClassificationConfig
+
+    if task == "token-classification":
+        _train_tagger(load_settings(TokenClassificationConfig, staging / "config.yaml"), True)
+    elif task == "multi-label":
+        _train_multilabel_run(load_settings(MultiLabelConfig, staging / "config.yaml"), True)
+    else:
+        _train(load_settings(settings_class(task), staging / "config.yaml"), True, nproc)
 
 
 def _train(settings, resume: bool, nproc: int) -> None:

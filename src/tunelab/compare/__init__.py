@@ -4,6 +4,9 @@
     summary = compare("compare.yaml", latency_budget_ms=20)      # train the candidates, then rank them
     summary = compare_runs(["runs/a", "runs/b"], out="compares/ab")  # rank runs that exist already
 
+Candidates of one task: classification (with the scikit-learn baselines), pair classification,
+multi-label or token classification (`task:` in the compare file), each ranked by its own headline figure.
+
 config.py (compare.yaml), runner.py (training, resume, search), leaderboard.py (rows, latency,
 Pareto, recommendation), report.py (plots, compare.html).
 """
@@ -34,7 +37,7 @@ def compare(
     isolate: train each candidate in a fresh process (honest peak memory; the default).
     Returns the summary also written to <out>/leaderboard.json.
     """
-    from tunelab.compare.config import check_candidates
+    from tunelab.compare.config import candidate_config, check_candidates
     from tunelab.compare.runner import train_candidates
 
     overrides = {"out": str(out) if out else None, "latency_budget_ms": latency_budget_ms}
@@ -49,6 +52,7 @@ def compare(
     folder.mkdir(parents=True, exist_ok=True)
     atomic.write_text(folder / "compare.yaml", _yaml(config))
     paths, searches = train_candidates(config, progress, isolate)
+    data = candidate_config(config, config.candidates[0]).data  # the task's default when the file names none
     return compare_runs(
         paths,
         out=folder,
@@ -56,7 +60,7 @@ def compare(
         latency_texts=config.latency_texts,
         throughput_texts=config.throughput_texts,
         searches=searches,
-        title=f"Comparison on {config.data}",
+        title=f"Comparison on {data}" if config.task == "classification" else f"Comparison on {data} ({config.task})",
         progress=progress,
     )
 
@@ -82,24 +86,39 @@ def compare_runs(
     folder.mkdir(parents=True, exist_ok=True)
 
     rows = lb.build_rows(opened, latency_texts, throughput_texts, _measuring(progress))
-    recommendation = lb.recommend(rows, latency_budget_ms)
     first = next(iter(opened.values()))
+    recommendation = lb.recommend(rows, latency_budget_ms, first.task)
     fingerprint = lb.fingerprint_test_set(first)
     title = title or "Model comparison"
     facts = {
         "data": first.config.get("data"),
         "test set": f"{fingerprint['rows']} rows, sha256 {fingerprint['sha256'][:16]}… (identical for every candidate)",
+        "task": first.task,
+        "ranked by": lb.RANKED_BY[first.task],
         "seed": first.config.get("seed"),
         "latency": f"{latency_texts} test texts, one per call, after {lb.WARMUP_CALLS} warm-up calls; p50 and p95",
         "examples/s": f"{throughput_texts} test texts in batches of 32",
+        "what is timed": lb.TIMED[first.task],
         "train time": "from each run's metrics.json (baselines: featurising + fitting, C chosen on the eval split)",
         "peak memory": "peak resident memory of the process that trained the candidate",
     }
-    plots = [pareto_plot(rows, cost, folder / "plots" / f"{flag}.png") for cost, (flag, _, _) in PARETO_AXES.items()]
+    quality = lb.QUALITY[first.task][0]
+    plots = [pareto_plot(rows, cost, folder / "plots" / f"{flag}.png", quality) for cost, (flag, _, _) in PARETO_AXES.items()]
     atomic.write_text(folder / "leaderboard.csv", lb.csv_text(rows))
     atomic.write_text(folder / "leaderboard.md", lb.markdown(rows, recommendation["text"], f"## {title}"))
-    write_html(folder / "compare.html", title=title, rows=rows, recommendation=recommendation["text"], plots=plots, facts=facts, searches=searches or {})
+    write_html(
+        folder / "compare.html",
+        title=title,
+        rows=rows,
+        recommendation=recommendation["text"],
+        plots=plots,
+        facts=facts,
+        searches=searches or {},
+        ranked_by=lb.RANKED_BY[first.task],
+    )
     summary = {
+        "task": first.task,
+        "ranked_by": quality,
         "rows": rows,
         "recommendation": recommendation,
         "test_set": fingerprint,

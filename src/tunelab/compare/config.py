@@ -14,6 +14,10 @@ candidates:
   - name: full-tuned
     method: full
     search: {strategy: grid, lr: [1e-4, 3e-4], epochs: [1, 2]}
+
+task: pair-classification, multi-label or token-classification compares candidates of that task (fine-tuning
+methods only: the scikit-learn baselines read one text and one label); the task's own data settings
+(text_pair_col; label_sep; tokens_col, spans_col, strict_iob) are set at the top with the others.
 """
 
 from __future__ import annotations
@@ -27,13 +31,35 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from tunelab.config import DataSettings, Settings, TrainConfig, load_settings
+from tunelab.config import (
+    DataSettings,
+    MultiLabelConfig,
+    PairClassificationConfig,
+    Settings,
+    TokenClassificationConfig,
+    TrainConfig,
+    load_settings,
+)
 from tunelab.errors import TunelabError, did_you_mean
 from tunelab.training.baselines import METHODS as BASELINE_METHODS
 from tunelab.training.baselines import BaselineConfig
 
+# The settings of each task a compare trains; `task: classification` is `tunelab train` without --task.
+TASK_SETTINGS: dict[str, type[TrainConfig]] = {
+    "classification": TrainConfig,
+    "pair-classification": PairClassificationConfig,
+    "multi-label": MultiLabelConfig,
+    "token-classification": TokenClassificationConfig,
+}
+# Each task's own settings that decide what its splits hold, beside DataSettings'.
+TASK_DATA_FIELDS = {
+    "pair-classification": ("text_pair_col",),
+    "multi-label": ("label_sep",),
+    "token-classification": ("tokens_col", "spans_col", "strict_iob"),
+}
+TASK_ONLY_FIELDS = frozenset(field for fields in TASK_DATA_FIELDS.values() for field in fields)  # DataSettings declares text_pair_col too
 # Settings that decide the splits: set once at the top, never per candidate, so the test set is one.
-DATA_FIELDS = tuple(DataSettings.model_fields)
+DATA_FIELDS = tuple(dict.fromkeys((*DataSettings.model_fields, "task", *sorted(TASK_ONLY_FIELDS))))
 FINE_TUNING_METHODS = ("full", "head", "lora")
 NOT_PER_CANDIDATE = ("out", "overwrite")  # the compare decides where each candidate's run goes
 
@@ -104,7 +130,20 @@ class Candidate(BaseModel):
         return self.method in BASELINE_METHODS
 
 
+def _task_field(cls: type[TrainConfig], name: str) -> Any:
+    """A task's data setting at the top of a compare file: unset means the task's default; its own class validates it."""
+    return Field(None, description=f"{cls.model_fields['task'].default}: {cls.model_fields[name].description}")
+
+
 class CompareConfig(DataSettings):
+    task: Literal["classification", "pair-classification", "multi-label", "token-classification"] = Field(
+        "classification", description="what every candidate learns; pair-classification, multi-label and token-classification train as `tunelab train --task`"
+    )
+    text_pair_col: str | None = _task_field(PairClassificationConfig, "text_pair_col")
+    label_sep: str | None = _task_field(MultiLabelConfig, "label_sep")
+    tokens_col: str | None = _task_field(TokenClassificationConfig, "tokens_col")
+    spans_col: str | None = _task_field(TokenClassificationConfig, "spans_col")
+    strict_iob: bool | None = _task_field(TokenClassificationConfig, "strict_iob")
     defaults: dict[str, Any] = Field(default_factory=dict, description="training settings every candidate starts from")
     candidates: list[Candidate] = Field(min_length=1)
     out: str | None = Field(None, description="the compare folder; default compares/<config file name>")
@@ -112,8 +151,19 @@ class CompareConfig(DataSettings):
     latency_texts: int = Field(50, gt=0, description="test texts timed one at a time for every candidate")
     throughput_texts: int = Field(256, gt=0, description="test texts scored in batches for examples/s")
 
+    @property
+    def settings_class(self) -> type[TrainConfig]:
+        return TASK_SETTINGS[self.task]
+
     def data_settings(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in DATA_FIELDS}
+        """The data settings every candidate gets. Only those given: the rest are the task's defaults (a token
+        compare's label column is `tags`, a multi-label one's `labels`), the same for every candidate."""
+        own = TASK_DATA_FIELDS.get(self.task, ())
+        given = {k for k in self.model_fields_set if (k in DataSettings.model_fields and k not in TASK_ONLY_FIELDS) or k in own}
+        foreign = sorted(k for k in self.model_fields_set if k in DATA_FIELDS and k not in given and k != "task" and getattr(self, k) is not None)
+        if foreign:
+            raise TunelabError(f"'{foreign[0]}' is a data setting of another task than {self.task}", "drop it, or set task: to the task it belongs to")
+        return {k: getattr(self, k) for k in given}
 
 
 def load_compare_config(path: str | Path, overrides: dict[str, Any] | None = None) -> CompareConfig:
@@ -130,11 +180,17 @@ def check_candidates(config: CompareConfig) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise TunelabError(f"candidate name '{duplicates[0]}' is used twice", "give every candidate its own name")
-    known = set(TrainConfig.model_fields) | set(BaselineConfig.model_fields)
+    known = set(config.settings_class.model_fields) | set(BaselineConfig.model_fields)
     for key in config.defaults:
         _check_key(key, "defaults", known)
+    # The scikit-learn baselines read one text and one label: candidates of the classification task only.
+    methods = FINE_TUNING_METHODS + (BASELINE_METHODS if config.task == "classification" else ())
     for candidate in config.candidates:
-        methods = FINE_TUNING_METHODS + BASELINE_METHODS
+        if candidate.is_baseline and config.task != "classification":
+            raise TunelabError(
+                f"candidate '{candidate.name}': {candidate.method} is a single-label baseline, not a {config.task} model",
+                f"remove it (each {config.task} run's evaluation already scores its own baseline); methods: {', '.join(methods)}",
+            )
         if candidate.method not in methods:
             hint = did_you_mean(candidate.method, methods)
             raise TunelabError(f"candidate '{candidate.name}': unknown method '{candidate.method}'", hint or f"methods: {', '.join(methods)}")
@@ -143,7 +199,7 @@ def check_candidates(config: CompareConfig) -> None:
                 f"candidate '{candidate.name}': search tunes lr/batch_size/epochs, which {candidate.method} does not have",
                 "remove its search: block (its C is already chosen on the eval split)",
             )
-        cls = BaselineConfig if candidate.is_baseline else TrainConfig
+        cls = BaselineConfig if candidate.is_baseline else config.settings_class
         for key in candidate.settings:
             _check_key(key, f"candidate '{candidate.name}'", set(cls.model_fields))
         candidate_config(config, candidate)  # validates the values too
@@ -163,8 +219,9 @@ def _check_key(key: str, where: str, known: set[str]) -> None:
 
 
 def candidate_config(config: CompareConfig, candidate: Candidate, out: Path | None = None, **trial: Any) -> TrainConfig | BaselineConfig:
-    """The full run configuration of one candidate: data settings + defaults + its own + a search trial's."""
-    cls = BaselineConfig if candidate.is_baseline else TrainConfig
+    """The full run configuration of one candidate: data settings + defaults + its own + a search trial's.
+    A fine-tuning candidate's is its task's settings class (TrainConfig or a subclass)."""
+    cls = BaselineConfig if candidate.is_baseline else config.settings_class
     # Defaults may hold settings of the other family (e.g. epochs for the baselines): each takes its own.
     values = {k: v for k, v in config.defaults.items() if k in cls.model_fields}
     values.update(candidate.settings)

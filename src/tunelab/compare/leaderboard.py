@@ -23,14 +23,36 @@ from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.textpairs import PAIR_COLUMN, ModelInput, frame_inputs
 
+# The tasks' names as Run.task gives them (the modules that define them import torch; this one is read by the CLI's printing).
+PAIR_TASK, MULTI_LABEL_TASK, TOKEN_TASK = "pair-classification", "multi-label", "token-classification"
+# Each task's test figures, read from its runs' metrics.json (test_loss is its "loss"); the first ranks the candidates.
+QUALITY: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "f1_macro", "test_loss"),
+    PAIR_TASK: ("accuracy", "f1_macro", "test_loss"),
+    MULTI_LABEL_TASK: ("f1_micro", "f1_macro", "f1_samples", "subset_accuracy", "test_loss"),
+    TOKEN_TASK: ("f1_micro", "f1_macro", "precision_micro", "recall_micro", "word_accuracy"),
+}
+# What the first figure is, in the page's words.
+RANKED_BY = {
+    "classification": "test accuracy",
+    PAIR_TASK: "test accuracy",
+    MULTI_LABEL_TASK: "test micro-F1 (each label at its threshold chosen on the eval split)",
+    TOKEN_TASK: "test entity micro-F1 (seqeval, exact spans)",
+}
+# What one latency call does, by task.
+TIMED = {
+    "classification": "a text in, class logits out",
+    PAIR_TASK: "a text pair in, class logits out",
+    MULTI_LABEL_TASK: "a text in, one logit per label out",
+    TOKEN_TASK: "a text in, its entity spans out (word split, tagging, spans)",
+}
+QUALITY_COLUMNS = tuple(dict.fromkeys(column for figures in QUALITY.values() for column in figures))
 COLUMNS = (
     "rank",
     "candidate",
     "method",
     "model",
-    "accuracy",
-    "f1_macro",
-    "test_loss",
+    *QUALITY_COLUMNS,
     "eval_loss",
     "train_time_s",
     "train_samples_per_s",
@@ -46,17 +68,31 @@ COLUMNS = (
     "run",
 )
 WARMUP_CALLS = 3  # first calls pay for lazy initialisation (allocators, thread pools): not the user's steady state
+# What a test row is, by task: (text, label), (text, text_pair, label), (text, label set), (words, tags).
+ROW_COLUMNS = ("text", PAIR_COLUMN, "label", "labels", "words", "tags")
+
+
+def columns(task: str) -> list[str]:
+    """The leaderboard's columns for runs of one task: its own figures (headline first), then the costs."""
+    return [*COLUMNS[:4], *QUALITY[task], *(c for c in COLUMNS[4:] if c not in QUALITY_COLUMNS)]
 
 
 def fingerprint_test_set(run: Run) -> dict[str, Any]:
-    """A hash of the test split's (text, label) rows — (text, text_pair, label) for a pair classifier — order-free, plus the row count."""
+    """A hash of the test split's rows (ROW_COLUMNS, those it has), order-free, plus the row count."""
     frame = run.split("test")
-    columns = [c for c in ("text", PAIR_COLUMN, "label") if c in frame]
-    rows = sorted(zip(*(frame[c].astype(str) for c in columns)))
+    present = [c for c in ROW_COLUMNS if c in frame]
+    rows = sorted(zip(*([_cell(value) for value in frame[c]] for c in present)))
     digest = hashlib.sha256()
     for row in rows:
         digest.update(b"\x1f".join(cell.encode("utf-8") for cell in row) + b"\x1e")
     return {"sha256": digest.hexdigest(), "rows": len(rows)}
+
+
+def _cell(value: Any) -> str:
+    """A cell as text; a list (a label set, a sentence's words or tags) item by item, never numpy's shortened print."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "\x1d".join(str(item) for item in value)
+    return str(value)
 
 
 def open_runs(paths: dict[str, str | os.PathLike]) -> dict[str, Run]:
@@ -64,8 +100,15 @@ def open_runs(paths: dict[str, str | os.PathLike]) -> dict[str, Run]:
     runs = {name: Run.open(path) for name, path in paths.items()}
     if not runs:
         raise TunelabError("no runs to compare", "pass two or more run directories, or a compare file")
+    first = next(iter(runs.values()))
     for run in runs.values():
-        run.require_classification("tunelab compare")
+        if run.task not in QUALITY:
+            raise TunelabError(f"tunelab compare does not handle {run.task} runs ('{run.path}' is one)", f"it compares runs of: {', '.join(QUALITY)}")
+        if run.task != first.task:
+            raise TunelabError(
+                f"runs '{first.path}' ({first.task}) and '{run.path}' ({run.task}) learn different tasks",
+                "compare runs of one task, trained on the same data",
+            )
         evaluated = run.metrics.get("evaluated_on", {})
         if "test" not in run.metrics:
             raise TunelabError(f"run '{run.path}' has no test metrics", f"evaluate it first: tunelab eval {run.path}")
@@ -93,14 +136,24 @@ def measurement_texts(run: Run, count: int, seed: int = 0) -> list[ModelInput]:
     return (texts * (count // max(1, len(texts)) + 1))[:count]
 
 
-def load_scorer(run: Run):
+def load_scorer(run: Run) -> Callable[[Sequence[ModelInput], int], Any]:
+    """What is timed, as (inputs, batch size) -> answers: a classifier's logits; a multi-label classifier's logits
+    (its thresholds are one comparison per label more); a tagger's entities of each text (word split, tags, spans)."""
     if run.kind == "sklearn":
         from tunelab.models.linear import BaselineClassifier
 
-        return BaselineClassifier.load(run)
+        return BaselineClassifier.load(run).logits
+    from tunelab.prediction import multilabel_classifier, token_tagger
+
+    tagger = token_tagger(run, "torch")
+    if tagger is not None:
+        return tagger.entities
+    multi_label = multilabel_classifier(run, "torch")
+    if multi_label is not None:
+        return multi_label.logits
     from tunelab.models.classifier import Classifier
 
-    return Classifier.load(run.model_dir, max_length=run.config.get("max_length"))
+    return Classifier.load(run.model_dir, max_length=run.config.get("max_length")).logits
 
 
 def measure_inference(run: Run, latency_texts: Sequence[ModelInput], throughput_texts: Sequence[ModelInput], batch_size: int = 32) -> dict[str, float]:
@@ -108,20 +161,20 @@ def measure_inference(run: Run, latency_texts: Sequence[ModelInput], throughput_
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar per candidate is noise here
-    scorer = load_scorer(run)
+    score = load_scorer(run)
     try:
         for text in latency_texts[:WARMUP_CALLS]:
-            scorer.logits([text], batch_size=1)
+            score([text], 1)
         latencies = []
         for text in latency_texts:
             start = time.perf_counter()
-            scorer.logits([text], batch_size=1)
+            score([text], 1)
             latencies.append((time.perf_counter() - start) * 1000)
         start = time.perf_counter()
-        scorer.logits(list(throughput_texts), batch_size=batch_size)
+        score(list(throughput_texts), batch_size)
         seconds = time.perf_counter() - start
     finally:
-        del scorer
+        del score
         gc.collect()
     return {
         "latency_p50_ms": float(statistics.median(latencies)),
@@ -144,13 +197,12 @@ def candidate_row(name: str, run: Run, inference: dict[str, float]) -> dict[str,
     metrics = run.metrics
     train = metrics.get("train", {})
     config = run.config
+    figures = {column: metrics.get("loss" if column == "test_loss" else column) for column in QUALITY[run.task]}
     return {
         "candidate": name,
         "method": config.get("method", "full"),
         "model": "—" if config.get("method") == "tfidf-logreg" else Path(str(config.get("model", "?"))).name,
-        "accuracy": metrics["accuracy"],
-        "f1_macro": metrics["f1_macro"],
-        "test_loss": metrics["loss"],
+        **figures,
         "eval_loss": eval_loss(run),
         "train_time_s": train.get("train_runtime_s"),
         "train_samples_per_s": train.get("train_samples_per_second"),
@@ -182,13 +234,19 @@ def pareto_optimal(rows: list[dict[str, Any]], cost: str, quality: str = "accura
     return flags
 
 
-def recommend(rows: list[dict[str, Any]], budget_ms: float | None) -> dict[str, Any]:
-    """Best accuracy overall; and, with a budget, the most accurate candidate whose p95 latency fits it."""
-    by_quality = sorted(rows, key=lambda r: (-r["accuracy"], -r["f1_macro"], r.get("latency_p95_ms") or float("inf")))
+def quality_order(task: str) -> Callable[[dict[str, Any]], tuple]:
+    """The leaderboard's order: the task's first figure, then its second, then the lower p95 latency."""
+    first, second = QUALITY[task][:2]
+    return lambda r: (-r[first], -r[second], r.get("latency_p95_ms") or float("inf"))
+
+
+def recommend(rows: list[dict[str, Any]], budget_ms: float | None, task: str = "classification") -> dict[str, Any]:
+    """The best candidate by the task's first figure; and, with a budget, the best one whose p95 latency fits it."""
+    first, second = QUALITY[task][:2]
+    name, second_name = MD_HEADERS[first], MD_HEADERS[second]
+    by_quality = sorted(rows, key=quality_order(task))
     best = by_quality[0]
-    lines = [
-        f"Best accuracy: {best['candidate']} (accuracy {best['accuracy']:.4f}, macro-F1 {best['f1_macro']:.4f}, p95 latency {best['latency_p95_ms']:.1f} ms)."
-    ]
+    lines = [f"Best {name}: {best['candidate']} ({name} {best[first]:.4f}, {second_name} {best[second]:.4f}, p95 latency {best['latency_p95_ms']:.1f} ms)."]
     within = None
     if budget_ms is not None:
         fitting = [r for r in by_quality if r.get("latency_p95_ms") is not None and r["latency_p95_ms"] <= budget_ms]
@@ -196,13 +254,13 @@ def recommend(rows: list[dict[str, Any]], budget_ms: float | None) -> dict[str, 
             within = fitting[0]
             lines.append(
                 f"Best within a {budget_ms:g} ms p95 latency budget: {within['candidate']} "
-                f"(accuracy {within['accuracy']:.4f}, p95 latency {within['latency_p95_ms']:.1f} ms)."
+                f"({name} {within[first]:.4f}, p95 latency {within['latency_p95_ms']:.1f} ms)."
             )
         else:
             fastest = min(rows, key=lambda r: r.get("latency_p95_ms") or float("inf"))
             lines.append(
                 f"No candidate fits a {budget_ms:g} ms p95 latency budget; the fastest is {fastest['candidate']} "
-                f"({fastest['latency_p95_ms']:.1f} ms p95, accuracy {fastest['accuracy']:.4f})."
+                f"({fastest['latency_p95_ms']:.1f} ms p95, {name} {fastest[first]:.4f})."
             )
     return {"best": best["candidate"], "within_budget": within["candidate"] if within else None, "latency_budget_ms": budget_ms, "text": " ".join(lines)}
 
@@ -216,13 +274,13 @@ def build_rows(runs: dict[str, Run], latency_texts: int, throughput_texts: int, 
         if progress:
             progress(name)
         rows.append(candidate_row(name, run, measure_inference(run, single, bulk)))
-    rows.sort(key=lambda r: (-r["accuracy"], -r["f1_macro"], r.get("latency_p95_ms") or float("inf")))
+    rows.sort(key=quality_order(first.task))
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     for cost, column in (("train_time_s", "pareto_train_time"), ("latency_p50_ms", "pareto_latency")):
-        for row, flag in zip(rows, pareto_optimal(rows, cost)):
+        for row, flag in zip(rows, pareto_optimal(rows, cost, QUALITY[first.task][0])):
             row[column] = flag
-    return [{column: row.get(column) for column in COLUMNS} for row in rows]
+    return [{column: row.get(column) for column in columns(first.task)} for row in rows]
 
 
 # -- writing ------------------------------------------------------------------------------------------
@@ -234,6 +292,12 @@ MD_HEADERS = {
     "model": "model",
     "accuracy": "accuracy",
     "f1_macro": "macro-F1",
+    "f1_micro": "micro-F1",
+    "f1_samples": "sample-F1",
+    "subset_accuracy": "subset accuracy",
+    "precision_micro": "micro-P",
+    "recall_micro": "micro-R",
+    "word_accuracy": "word accuracy",
     "test_loss": "test loss",
     "eval_loss": "eval loss",
     "train_time_s": "train s",
@@ -255,7 +319,7 @@ def format_value(column: str, value: Any) -> str:
         return "—"
     if isinstance(value, bool):
         return "★" if value else ""
-    if column in ("accuracy", "f1_macro", "test_loss", "eval_loss"):
+    if column in QUALITY_COLUMNS or column == "eval_loss":
         return f"{value:.4f}"
     if column in ("parameters", "trainable_parameters"):
         return f"{value / 1e6:.2f}M" if value >= 1e5 else f"{value:,}"
@@ -266,15 +330,20 @@ def format_value(column: str, value: Any) -> str:
     return str(value)
 
 
+def shown_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The columns of a leaderboard's rows (its task's: `columns`), without the run's path."""
+    return [c for c in rows[0] if c != "run"]
+
+
 def markdown(rows: list[dict[str, Any]], recommendation: str, header: str) -> str:
-    columns = [c for c in COLUMNS if c != "run"]
+    shown = shown_columns(rows)
     lines = [
         header,
         "",
-        "| " + " | ".join(MD_HEADERS[c] for c in columns) + " |",
-        "|" + "|".join("---" if c in ("candidate", "method", "model") else "---:" for c in columns) + "|",
+        "| " + " | ".join(MD_HEADERS[c] for c in shown) + " |",
+        "|" + "|".join("---" if c in ("candidate", "method", "model") else "---:" for c in shown) + "|",
     ]
-    lines += ["| " + " | ".join(format_value(c, row[c]) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_value(c, row[c]) for c in shown) + " |" for row in rows]
     lines += ["", recommendation, ""]
     return "\n".join(lines)
 
@@ -282,4 +351,4 @@ def markdown(rows: list[dict[str, Any]], recommendation: str, header: str) -> st
 def csv_text(rows: list[dict[str, Any]]) -> str:
     import pandas as pd
 
-    return pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(index=False)
+    return pd.DataFrame(rows, columns=list(rows[0])).to_csv(index=False)

@@ -9,20 +9,22 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.atomic import write_text
-from tunelab.compare.leaderboard import COLUMNS, MD_HEADERS, format_value
+from tunelab.compare.leaderboard import MD_HEADERS, format_value, shown_columns
 
 PARETO_AXES = {
-    "train_time_s": ("pareto_train_time", "Training time (s, log scale)", "Accuracy vs training time"),
-    "latency_p50_ms": ("pareto_latency", "Inference latency p50 (ms per text, log scale)", "Accuracy vs inference latency"),
+    "train_time_s": ("pareto_train_time", "Training time (s, log scale)", "training time"),
+    "latency_p50_ms": ("pareto_latency", "Inference latency p50 (ms per text, log scale)", "inference latency"),
 }
 
 
-def pareto_plot(rows: list[dict[str, Any]], cost: str, path: Path) -> Path:
-    """Accuracy against one cost; Pareto-optimal candidates are filled stars joined by the front."""
+def pareto_plot(rows: list[dict[str, Any]], cost: str, path: Path, quality: str = "accuracy") -> Path:
+    """The task's first figure (quality) against one cost; Pareto-optimal candidates are filled stars joined by the front."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    flag, xlabel, title = PARETO_AXES[cost]
+    flag, xlabel, against = PARETO_AXES[cost]
+    name = MD_HEADERS[quality]
+    title = f"{name[0].upper()}{name[1:]} vs {against}"
     points = [r for r in rows if r.get(cost) is not None and r[cost] > 0]
     fig = Figure(figsize=(6.4, 4.4))
     FigureCanvasAgg(fig)
@@ -31,7 +33,7 @@ def pareto_plot(rows: list[dict[str, Any]], cost: str, path: Path) -> Path:
         optimal = row[flag]
         ax.scatter(
             row[cost],
-            row["accuracy"],
+            row[quality],
             s=140 if optimal else 60,
             marker="*" if optimal else "o",
             color="#c0392b" if optimal else "#7f8c8d",
@@ -39,21 +41,21 @@ def pareto_plot(rows: list[dict[str, Any]], cost: str, path: Path) -> Path:
             edgecolors="black",
             linewidths=0.5,
         )
-        ax.annotate(row["candidate"], (row[cost], row["accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(row["candidate"], (row[cost], row[quality]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     front = sorted((r for r in points if r[flag]), key=lambda r: r[cost])
     if len(front) > 1:
         ax.step(
             [r[cost] for r in front],
-            [r["accuracy"] for r in front],
+            [r[quality] for r in front],
             where="post",
             color="#c0392b",
             alpha=0.5,
-            label="Pareto front (no candidate is both more accurate and cheaper)",
+            label="Pareto front (no candidate is both better and cheaper)",
         )
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("Test accuracy")
+    ax.set_ylabel(f"Test {name}")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.15, y=0.1)
@@ -66,9 +68,17 @@ def pareto_plot(rows: list[dict[str, Any]], cost: str, path: Path) -> Path:
 
 
 def write_html(
-    path: Path, *, title: str, rows: list[dict[str, Any]], recommendation: str, plots: list[Path], facts: dict[str, Any], searches: dict[str, Any]
+    path: Path,
+    *,
+    title: str,
+    rows: list[dict[str, Any]],
+    recommendation: str,
+    plots: list[Path],
+    facts: dict[str, Any],
+    searches: dict[str, Any],
+    ranked_by: str = "test accuracy",
 ) -> Path:
-    columns = [c for c in COLUMNS if c != "run"]
+    columns = shown_columns(rows)
     esc = html.escape
     head = "".join(f"<th>{esc(MD_HEADERS[c])}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{esc(format_value(c, row[c]))}</td>" for c in columns) + "</tr>" for row in rows)
@@ -77,15 +87,17 @@ def write_html(
     runs = "".join(f"<li><code>{esc(r['candidate'])}</code>: <code>{esc(r['run'])}</code></li>" for r in rows)
     search_html = ""
     for name, record in searches.items():
+        # A search.json written before trials recorded their metric holds eval_accuracy.
+        metric = record["trials"][0].get("eval_metric", "accuracy")
         trial_rows = "".join(
             f"<tr><td>{t['trial'] + 1}{' ★' if t['trial'] == record['best_trial'] else ''}</td><td>{esc(str(t['params']))}</td>"
-            f"<td>{esc(format_value('accuracy', t['eval_accuracy']))}</td><td>{esc(format_value('eval_loss', t['eval_loss']))}</td>"
+            f"<td>{esc(format_value('eval_loss', t.get('eval_score', t.get('eval_accuracy'))))}</td><td>{esc(format_value('eval_loss', t['eval_loss']))}</td>"
             f"<td>{esc(format_value('train_time_s', t['train_runtime_s']))}</td></tr>"
             for t in record["trials"]
         )
         search_html += (
             f"<h3>Search: {esc(name)} ({esc(record['strategy'])}, chosen on the {esc(record['chosen_on'])})</h3>"
-            f"<table><tr><th>trial</th><th>hyperparameters</th><th>eval accuracy</th><th>eval loss</th><th>train s</th></tr>{trial_rows}</table>"
+            f"<table><tr><th>trial</th><th>hyperparameters</th><th>eval {esc(metric)}</th><th>eval loss</th><th>train s</th></tr>{trial_rows}</table>"
         )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
@@ -102,10 +114,10 @@ figure {{ display: inline-block; margin: 0.5rem; width: 47%; min-width: 420px; }
 <h1>{esc(title)}</h1>
 <p class="recommendation">{esc(recommendation)}</p>
 <h2>Leaderboard</h2>
-<p>Ranked by test accuracy. ★ in a Pareto column: no other candidate is both at least as accurate and cheaper on that axis.
+<p>Ranked by {esc(ranked_by)}. ★ in a Pareto column: no other candidate is both at least as good by that figure and cheaper on that axis.
 Quality and training figures come from each run's metrics.json; latency and examples/s were measured here with the same texts for every candidate.</p>
 <div class="scroll"><table><tr>{head}</tr>{body}</table></div>
-<h2>Accuracy against cost</h2>
+<h2>Quality against cost</h2>
 {images}
 <h2>How this was measured</h2>
 <table class="facts">{fact_rows}</table>

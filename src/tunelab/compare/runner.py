@@ -9,6 +9,7 @@ was interrupted finds the finished ones on disk and goes on with the rest.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -19,8 +20,8 @@ from typing import Any
 import yaml
 
 from tunelab import atomic
-from tunelab.compare.config import Candidate, CompareConfig, candidate_config
-from tunelab.config import TrainConfig, resolve_recipe
+from tunelab.compare.config import TASK_SETTINGS, Candidate, CompareConfig, candidate_config
+from tunelab.config import MultiLabelConfig, TokenClassificationConfig, TrainConfig, resolve_recipe
 from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.training.baselines import BaselineConfig
@@ -96,20 +97,37 @@ def train_in_process(settings: TrainConfig | BaselineConfig, progress: bool, iso
     _raise(outcome)
 
 
+# The settings classes a candidate's run can have, by name: the name is what crosses into the spawned child.
+SETTINGS_CLASSES = {cls.__name__: cls for cls in (BaselineConfig, *TASK_SETTINGS.values())}
+
+
 def _train(kind: str, values: dict[str, Any], progress: bool) -> tuple[str, str | None] | None:
     """Runs in the child. A user error comes back as (message, hint): exceptions lose their hint in pickling."""
     try:
-        if kind == "BaselineConfig":
-            from tunelab.training.baselines import train_baseline
-
-            train_baseline(BaselineConfig(**values), progress=progress)
-        else:
-            from tunelab.training.classify import train
-
-            train(TrainConfig(**values), progress=progress)
+        settings = SETTINGS_CLASSES[kind](**values)
+        trainer_of(settings)(settings, progress=progress)
     except TunelabError as error:
         return error.message, error.hint
     return None
+
+
+def trainer_of(settings: TrainConfig | BaselineConfig):
+    """The training function of a candidate's settings: each task's own, as `tunelab train --task` calls it."""
+    if isinstance(settings, BaselineConfig):
+        from tunelab.training.baselines import train_baseline
+
+        return train_baseline
+    if isinstance(settings, MultiLabelConfig):
+        from tunelab.training.multilabel import train_multilabel
+
+        return train_multilabel
+    if isinstance(settings, TokenClassificationConfig):
+        from tunelab.training.token_classification import train_token_classifier
+
+        return train_token_classifier
+    from tunelab.training.classify import train  # single texts and text pairs
+
+    return train
 
 
 def _raise(outcome: tuple[str, str | None] | None) -> None:
@@ -141,21 +159,32 @@ def run_search(config: CompareConfig, candidate: Candidate, final: Path, progres
         label = f"{candidate.name} trial {index + 1}/{len(trials)} " + " ".join(f"{k}={v}" for k, v in params.items())
         ensure_run(candidate_config(config, candidate, path, **params), path, label, progress, isolate)
         run = Run.open(path)
+        metric, score = best_eval(run)
         results.append(
             {
                 "trial": index,
                 "params": params,
-                "eval_accuracy": run.metrics["train"].get("best_eval_accuracy"),
+                "eval_metric": metric,
+                "eval_score": score,
                 "eval_loss": eval_loss(run),
                 "train_runtime_s": run.metrics["train"].get("train_runtime_s"),
                 "run": str(path),
             }
         )
-    # Chosen on the eval split: the test split stays unseen by every choice the compare makes.
-    best = max(results, key=lambda r: (r["eval_accuracy"] or 0.0, -(r["eval_loss"] or 0.0)))
+    # Chosen on the eval split: the test split stays unseen by every choice the compare makes. The figure is the
+    # one that chose each trial's kept epoch (accuracy; entity micro-F1 for token runs; loss for multi-label runs,
+    # whose thresholds are chosen after it).
+    metric = results[0]["eval_metric"]
+    sign = -1.0 if metric == "loss" else 1.0  # a lower loss is better
+
+    def ranking(result: dict[str, Any]) -> tuple[float, float]:
+        score = result["eval_score"]
+        return (-math.inf if score is None else sign * score, -(result["eval_loss"] or 0.0))
+
+    best = max(results, key=ranking)
     record = {
         "strategy": spec.strategy,
-        "chosen_on": "eval split (accuracy, then loss)",
+        "chosen_on": f"eval split ({metric}, then loss)" if metric != "loss" else "eval split (loss)",
         "best_trial": best["trial"],
         "best_params": best["params"],
         "trials": results,
@@ -173,17 +202,25 @@ def run_search(config: CompareConfig, candidate: Candidate, final: Path, progres
         shutil.rmtree(root, ignore_errors=True)  # the winner lives on as the candidate; search.json keeps every trial's numbers
         if root.parent.is_dir() and not any(root.parent.iterdir()):
             root.parent.rmdir()
-    _say(progress, f"[bold cyan]{candidate.name}[/]: best trial {best['trial'] + 1} {best['params']} (eval accuracy {best['eval_accuracy']:.4f})")
+    _say(progress, f"[bold cyan]{candidate.name}[/]: best trial {best['trial'] + 1} {best['params']} (eval {metric} {best['eval_score']:.4f})")
     return final
 
 
+def best_eval(run: Run) -> tuple[str, float | None]:
+    """The eval-split figure that chose the epoch a run kept, from metrics.json's best_eval_<metric>: (metric, value)."""
+    for key, value in run.metrics.get("train", {}).items():
+        if key.startswith("best_eval_"):
+            return key.removeprefix("best_eval_"), value
+    return "accuracy", None
+
+
 def eval_loss(run: Run) -> float | None:
-    """Eval-split loss of the model the run kept: the evaluation at its best eval accuracy."""
+    """Eval-split loss of the model the run kept: the evaluation at its best eval figure (best_eval)."""
     evals = [h for h in run.history() if h.get("type") == "eval" and h.get("eval_loss") is not None]
     if not evals:
         return None
-    best = run.metrics.get("train", {}).get("best_eval_accuracy")
-    kept = [h for h in evals if best is not None and h.get("eval_accuracy") == best]
+    metric, best = best_eval(run)
+    kept = [h for h in evals if best is not None and h.get(f"eval_{metric}") == best]
     return float((kept or evals)[-1]["eval_loss"])
 
 

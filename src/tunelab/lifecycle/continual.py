@@ -90,6 +90,12 @@ def update(settings: UpdateSettings, registry: Registry | None = None, progress:
     check_name(settings.name)
     parent = production_version(registry, settings.name)
     parent_run = _open_parent(parent)
+    if parent_run.task != "classification":
+        # Replay, head growth, blending and the gate are a single-label classifier's: another task's model would be misread.
+        raise TunelabError(
+            f"tunelab update does not handle {parent_run.task} runs yet ({parent.ref} is one)",
+            f"train the new version with `tunelab train --task {parent_run.task}` and register it",
+        )
     seed = settings.seed if settings.seed is not None else int(parent_run.config.get("seed", 42))
     data = prepare_data(settings, parent_run, seed)
     out = out_dir(settings.out, f"{settings.name}-update")  # the registry name as it is: it may hold dots

@@ -45,6 +45,7 @@ from tunelab.serve.holder import LoadedModel, ModelHolder, ModelRef, NotReady, f
 from tunelab.serve.label_sets import check_multilabel_servable, label_set_loader, label_sets_router
 from tunelab.serve.metrics import MULTIPROC_ENV, ServiceMetrics
 from tunelab.serve.settings import ServeSettings
+from tunelab.textpairs import TASK as PAIR_TASK
 from tunelab.textpairs import ModelInput
 
 log = logging.getLogger("tunelab.serve")
@@ -79,6 +80,15 @@ class ModelInfo(BaseModel):
     source: str
     labels: list[str]
     metrics: dict[str, Any]
+
+
+def task_loader(run: Run, settings: ServeSettings) -> Callable[[], LoadedModel]:
+    """A function that loads `run` into a LoadedModel for its task: a tagger, a multi-label classifier or a classifier."""
+    if run.task == TOKEN_TASK:
+        return tagger_loader(run)
+    if run.task == MULTI_LABEL_TASK:
+        return label_set_loader(run)
+    return run_loader(run, settings.backend, settings.threads)
 
 
 def run_loader(run: Run | str | os.PathLike, backend: str = "torch", threads: int | None = None) -> Callable[[], LoadedModel]:
@@ -271,10 +281,12 @@ def create_app(
     settings: ServeSettings | None = None,
     api_key: str | None = None,
     pairs: bool = False,
+    task: str = "classification",
 ) -> FastAPI:
     """The service for one model. `loader` is a run directory or a function returning a LoadedModel.
 
-    pairs: the model classifies text pairs (read from the run when `loader` is one), so requests send `pairs`.
+    task: what the model learns (Run.task; read from the run when `loader` is one): it decides the routes.
+    pairs: the model classifies text pairs (so does task pair-classification), so requests send `pairs`.
     A token-classification run gets the entities route (serve/entities.py), a multi-label run the label-sets
     route (serve/label_sets.py); neither gets the web page, which shows one class per text.
     The model loads in the background once the app starts: /health answers at once, /ready and the
@@ -282,19 +294,12 @@ def create_app(
     `api_key` defaults to $TUNELAB_API_KEY; empty means no key is needed (the rule: serve/common.py).
     """
     settings = settings or ServeSettings()
-    tagger = False  # a token-classification run: the entities route and schema (serve/entities.py)
-    multi_label = False  # a multi-label run: the label-sets route and schema (serve/label_sets.py)
     if not callable(loader):
         run = loader if isinstance(loader, Run) else Run.open(loader)
-        pairs = run.is_pair_classifier
-        tagger = run.task == TOKEN_TASK
-        multi_label = run.task == MULTI_LABEL_TASK
-        if tagger:
-            loader = tagger_loader(run)
-        elif multi_label:
-            loader = label_set_loader(run)
-        else:
-            loader = run_loader(run, settings.backend, settings.threads)
+        task, loader = run.task, task_loader(run, settings)
+    pairs = pairs or task == PAIR_TASK
+    tagger = task == TOKEN_TASK  # the entities route and schema (serve/entities.py)
+    multi_label = task == MULTI_LABEL_TASK  # the label-sets route and schema (serve/label_sets.py)
     api_key = configured_key(api_key)
     service = Service.build(settings)
     app = offline_fastapi(

@@ -4,7 +4,10 @@ A watcher thread polls `Registry.production(name)` (one indexed row; cheap enoug
 two). When the generation moves (a promote or a rollback), it loads the new version off the request
 path, then swaps it into the holder in one step. Requests already computing finish on the old model,
 the next batch uses the new one, so no request fails during the switch. A version that fails to load
-is reported and skipped; the old model keeps serving.
+is reported and skipped; the old model keeps serving. So is a version of another task than the one
+served (a multi-label or token-classification run promoted over a classifier): the service's routes
+and response schema were built for the first, and a swap would answer the old schema from a model
+that does not produce it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class RegistryWatcher:
     """Keeps `holder` serving the production version of `name`.
 
     load(production) -> model builds what the holder serves (a LoadedModel for the real service).
+    task_of(production) -> the task of its run (Run.task); when given, a version whose task is not the
+    served one (`task`: set by the service that built its routes, else the first version's) is refused, not swapped in.
     """
 
     def __init__(
@@ -47,12 +52,15 @@ class RegistryWatcher:
         load: Callable[[Production], Any],
         holder: Holder | None = None,
         interval: float = 2.0,
+        task_of: Callable[[Production], str] | None = None,
     ):
         self.registry = registry
         self.name = name
         self.load = load
         self.holder = holder
         self.interval = interval
+        self.task_of = task_of
+        self.task: str | None = None  # the served task (the routes were built for it): set by its creator, else by the initial load
         self.loaded: Production | None = None  # what the holder serves (once it serves anything)
         self.error: str | None = None  # why the newest production version could not be loaded
         self._failed_generation: int | None = None
@@ -66,8 +74,13 @@ class RegistryWatcher:
         if production.version is None:
             raise TunelabError(f"{self.name} has no production version to serve", f"promote one: `tunelab registry promote {self.name}@N`")
         with self._lock:
+            refusal = self.other_task(production)  # promoted between building the service and its first load
+            if refusal:
+                raise TunelabError(refusal, "start the service again")
             model = self.load(production)
             self.loaded = production
+            if self.task_of is not None and self.task is None:
+                self.task = self.task_of(production)
         return model
 
     def poll_once(self) -> bool:
@@ -88,16 +101,31 @@ class RegistryWatcher:
             return False  # already reported; wait for the next promote or rollback
         with self._lock:
             try:
-                model = self.load(production)
+                refusal = self.other_task(production)
+                model = None if refusal else self.load(production)
             except Exception as error:  # keep serving the old model; say why on the log and in .error
+                refusal = f"{self.name}@{production.version} could not be loaded: {error}"
+            if refusal:
                 self._failed_generation = production.generation
-                self.error = f"{self.name}@{production.version} could not be loaded: {error}"
+                self.error = refusal
                 log.error("%s; still serving %s@%s", self.error, self.name, self.loaded.version)
                 return False
             self.holder.swap(model)
             log.info("now serving %s@%s (was @%s)", self.name, production.version, self.loaded.version)
             self.loaded, self.error = production, None
         return True
+
+    def other_task(self, production: Production) -> str | None:
+        """Why `production` may not replace the served model, when its run learns another task; else None."""
+        if self.task_of is None or self.task is None:
+            return None
+        task = self.task_of(production)
+        if task == self.task:
+            return None
+        return (
+            f"{self.name}@{production.version} is a {task} run, not swapped into a service whose routes and response schema are "
+            f"for {self.task} (serve it with `tunelab serve {production.run_dir}`, or promote a {self.task} version)"
+        )
 
     def start(self) -> None:
         if self._thread is not None:
@@ -122,11 +150,14 @@ class RegistryWatcher:
 
 # --- the prediction service for a registry name -----------------------------------------------------
 def registry_app(name: str, settings=None, registry: Registry | str | os.PathLike | None = None, interval: float = 2.0):
-    """tunelab.serve.app's service for the production version of `name`, swapped live on promote/rollback."""
+    """tunelab.serve.app's service for the production version of `name`, swapped live on promote/rollback.
+
+    The routes are those of the production version's task when the service starts; a later version of
+    another task is not swapped in (RegistryWatcher.other_task)."""
+    from dataclasses import replace
+
     from tunelab.run import Run
-    from tunelab.runtime.choice import load_scorer
-    from tunelab.serve.app import create_app
-    from tunelab.serve.holder import LoadedModel, finite
+    from tunelab.serve.app import check_servable, create_app, task_loader
     from tunelab.serve.settings import ServeSettings
 
     settings = settings or ServeSettings()
@@ -134,21 +165,15 @@ def registry_app(name: str, settings=None, registry: Registry | str | os.PathLik
     production = registry.production(name)
     if production.version is None:
         raise TunelabError(f"{name} has no production version to serve", f"promote one: `tunelab registry promote {name}@N`")
-    if Run.open(production.run_dir).task != "classification":
-        # The hot swap loads classifiers; another task's run is served from its folder.
-        raise TunelabError(
-            f"serving {name} by registry name handles classifier runs only ({name}@{production.version} is a {Run.open(production.run_dir).task} run)",
-            f"serve its run directory: tunelab serve {production.run_dir}",
-        )
+    task = check_servable(production.run_dir, settings.backend, settings.threads).task  # one line for a run the service cannot serve
 
-    def load(production: Production) -> LoadedModel:
-        run = Run.open(production.run_dir)
-        scorer = load_scorer(run, settings.backend, settings.threads, say=log.info)
-        return LoadedModel(scorer, name, str(production.version), str(run.path), finite(run.metrics), pairs=run.is_pair_classifier)
+    def load(production: Production):
+        model = task_loader(Run.open(production.run_dir), settings)()
+        return replace(model, name=name, version=str(production.version))  # which registry version answered
 
-    watcher = RegistryWatcher(registry, name, load, interval=interval)
-    pairs = Run.open(registry.production(name).run_dir).is_pair_classifier
-    app = create_app(watcher.load_current, settings, pairs=pairs)
+    watcher = RegistryWatcher(registry, name, load, interval=interval, task_of=lambda production: Run.open(production.run_dir).task)
+    watcher.task = task
+    app = create_app(watcher.load_current, settings, task=task)
     watcher.holder = app.state.holder
     app.state.registry_watcher = watcher
     # The app's own lifespan loads the first model and drains the queue on shutdown; the watcher

@@ -14,7 +14,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
 
 from tunelab import atomic  # noqa: E402
 from tunelab.config import TrainConfig, resolve_recipe  # noqa: E402
@@ -49,9 +48,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     model = trainer_setup.build_classifier(pretrained.folder, config, labels)
     plan = trainer_setup.plan_batch(config, model, pretrained.config, max_length, setup)
     if progress and setup.is_main:
-        trainer_setup.print_plan(config, splits, labels, max_length, lr, setup, plan)
-        if point is not None:
-            Console(stderr=True).print(point.describe(), highlight=False)
+        trainer_setup.print_plan(config, splits, labels, max_length, lr, setup, plan, point)
     trainer_setup.stage_run(setup, config, splits, labels, profile, checkpoint, max_length=max_length, batch_size=plan.batch_size, lr=lr)
     datasets = tokenize_splits(splits, pretrained.tokenizer, max_length, labels)
     trainer = build_classifier_trainer(config, setup, model, datasets, pretrained.tokenizer, labels, plan.batch_size, lr, progress)

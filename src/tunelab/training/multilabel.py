@@ -1,6 +1,6 @@
 """Fine-tuning an encoder for multi-label classification: the recipe, top to bottom.
 
-set up -> load label sets -> split (by rarest label, seeded) -> tokenizer -> max length -> profile -> model
+set up -> load label sets -> split (by rarest label, seeded) -> (resuming: the last checkpoint) -> tokenizer -> max length -> profile -> model
 (a sigmoid per label) -> plan -> stage -> tokenize with multi-hot targets -> Trainer -> train -> save model
 -> choose each label's threshold on the eval split -> evaluate on the test split -> publish the run directory.
 
@@ -28,13 +28,17 @@ from tunelab.models.classifier import Classifier  # noqa: E402
 from tunelab.models.multilabel import TASK, choose_thresholds, sigmoid, write_thresholds  # noqa: E402
 from tunelab.run import Run  # noqa: E402
 from tunelab.training import trainer_setup  # noqa: E402
+from tunelab.training.resume import resume_point  # noqa: E402
 from tunelab.training.trainer import AccuracyTrainer  # noqa: E402
 
 
-def train_multilabel(config: MultiLabelConfig, progress: bool = True) -> Run:
-    """Fine-tune config.model to predict label sets of config.data; return the finished run directory."""
+def train_multilabel(config: MultiLabelConfig, progress: bool = True, resume: bool = False) -> Run:
+    """Fine-tune config.model to predict label sets of config.data; return the finished run directory.
+    With resume, training continues from the last checkpoint that a killed run left in its staging folder."""
     setup = trainer_setup.start_run(config)
     splits, dropped = load_multilabel_splits(config)  # label sets, checked, split by rarest label (seeded)
+    point = resume_point(setup.staging, config.epochs) if resume else None
+    checkpoint = point.checkpoint if point else None
     labels = label_vocabulary([splits["train"]])
     pretrained = trainer_setup.load_pretrained(config)
     max_length = trainer_setup.text_max_length(config, pretrained, splits["train"]["text"])
@@ -45,8 +49,8 @@ def train_multilabel(config: MultiLabelConfig, progress: bool = True) -> Run:
     model.config.problem_type = "multi_label_classification"
     plan = trainer_setup.plan_batch(config, model, pretrained.config, max_length, setup)
     if progress:
-        trainer_setup.print_plan(config, splits, labels, max_length, lr, setup, plan)
-    trainer_setup.stage_run(setup, config, splits, labels, profile, max_length=max_length, batch_size=plan.batch_size, lr=lr)
+        trainer_setup.print_plan(config, splits, labels, max_length, lr, setup, plan, point)
+    trainer_setup.stage_run(setup, config, splits, labels, profile, checkpoint, max_length=max_length, batch_size=plan.batch_size, lr=lr)
     # Targets are multi-hot float vectors, as BCEWithLogitsLoss takes them.
     datasets = {name: tokenize_multilabel(split, pretrained.tokenizer, max_length, labels) for name, split in splits.items() if name != "test"}
     # The epoch with the lowest eval loss is kept: the thresholds come later, so the ranking the loss measures is what matters.
@@ -64,7 +68,7 @@ def train_multilabel(config: MultiLabelConfig, progress: bool = True) -> Run:
         layer_lr_decay=config.layer_lr_decay,
         compute_metrics=multilabel_scores,
     )
-    facts = trainer_setup.training_metrics(trainer, trainer_setup.train_timed(trainer), setup)
+    facts = trainer_setup.training_metrics(trainer, trainer_setup.train_timed(trainer, checkpoint), setup)
     trainer_setup.save_model(trainer, setup.staging / "model")
     thresholds = thresholds_on_eval(Classifier.load(setup.staging / "model", max_length), splits["eval"], labels, config.eval_batch_size)
     write_thresholds(setup.staging, thresholds)

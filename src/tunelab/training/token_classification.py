@@ -1,6 +1,6 @@
 """Fine-tuning an encoder for token classification (NER): the recipe, top to bottom.
 
-set up -> load tagged sentences -> split by group (seeded) -> tokenizer -> max length -> profile -> model
+set up -> load tagged sentences -> split by group (seeded) -> (resuming: the last checkpoint) -> tokenizer -> max length -> profile -> model
 (a tag per token) -> plan -> stage -> tokenize, each word's tag on its first word piece (-100 on the
 rest) -> Trainer -> train, keeping the epoch with the best entity micro-F1 on the eval split -> save
 -> evaluate on the test split -> publish the run directory.
@@ -27,13 +27,17 @@ from tunelab.evaluation.token_metrics import entity_scores  # noqa: E402
 from tunelab.run import Run  # noqa: E402
 from tunelab.runtime.tagger import TASK  # noqa: E402
 from tunelab.training import trainer_setup  # noqa: E402
+from tunelab.training.resume import resume_point  # noqa: E402
 from tunelab.training.trainer import AccuracyTrainer  # noqa: E402
 
 
-def train_token_classifier(config: TokenClassificationConfig, progress: bool = True) -> Run:
-    """Fine-tune config.model to tag the words of config.data; return the finished run directory."""
+def train_token_classifier(config: TokenClassificationConfig, progress: bool = True, resume: bool = False) -> Run:
+    """Fine-tune config.model to tag the words of config.data; return the finished run directory.
+    With resume, training continues from the last checkpoint that a killed run left in its staging folder."""
     setup = trainer_setup.start_run(config)
     splits = load_tagged_splits(config)  # tagged sentences, checked (tokens vs tags, the IOB rule), split by group (seeded)
+    point = resume_point(setup.staging, config.epochs) if resume else None
+    checkpoint = point.checkpoint if point else None
     tags = tag_vocabulary([splits["train"]])
     tag2id = {tag: i for i, tag in enumerate(tags)}
     pretrained = trainer_setup.load_pretrained(config)
@@ -48,8 +52,8 @@ def train_token_classifier(config: TokenClassificationConfig, progress: bool = T
         model = AutoModelForTokenClassification.from_pretrained(pretrained.folder, num_labels=len(tags), id2label=dict(enumerate(tags)), label2id=tag2id)
     plan = trainer_setup.plan_batch(config, model, pretrained.config, max_length, setup)
     if progress:
-        trainer_setup.print_plan(config, splits, tags, max_length, lr, setup, plan)
-    trainer_setup.stage_run(setup, config, splits, tags, profile, max_length=max_length, batch_size=plan.batch_size, lr=lr)
+        trainer_setup.print_plan(config, splits, tags, max_length, lr, setup, plan, point)
+    trainer_setup.stage_run(setup, config, splits, tags, profile, checkpoint, max_length=max_length, batch_size=plan.batch_size, lr=lr)
     # A word's tag on its first piece, -100 (ignored by the loss) on the others.
     datasets = {name: tokenize_tagged(splits[name], pretrained.tokenizer, max_length, tag2id) for name in ("train", "eval")}
     args = trainer_setup.training_arguments(config, setup, plan.batch_size, lr, len(datasets["train"]), best_metric="f1_micro")
@@ -67,7 +71,7 @@ def train_token_classifier(config: TokenClassificationConfig, progress: bool = T
         compute_metrics=lambda prediction: entity_f1(prediction, tags),
         data_collator=DataCollatorForTokenClassification(pretrained.tokenizer, pad_to_multiple_of=8),
     )
-    facts = trainer_setup.training_metrics(trainer, trainer_setup.train_timed(trainer), setup)
+    facts = trainer_setup.training_metrics(trainer, trainer_setup.train_timed(trainer, checkpoint), setup)
     trainer_setup.save_model(trainer, setup.staging / "model")
     atomic.write_json(setup.staging / "metrics.json", {"task": TASK, **facts})
     from tunelab.evaluation.token_pipeline import evaluate_token_run

@@ -55,7 +55,7 @@ from tunelab.models.classifier import model_max_length  # noqa: E402
 from tunelab.models.pooling import new_classifier  # noqa: E402
 from tunelab.run import named_after, out_dir, refuse_existing, start_staging  # noqa: E402
 from tunelab.training import memory  # noqa: E402
-from tunelab.training.resume import truncate_history  # noqa: E402
+from tunelab.training.resume import ResumePoint, truncate_history  # noqa: E402
 
 # The share of the free memory `--batch-size auto` plans to fill: the rest absorbs what the estimate
 # (training/memory.py) leaves out — allocator slack, the tokenizer, the evaluation batches.
@@ -218,7 +218,8 @@ def plan_batch(config: TrainerSettings, model, model_config, max_length: int, se
     return BatchPlan(batch_size, parameters, trainable, plan)
 
 
-def print_plan(config: TrainConfig, splits, labels, max_length: int, lr: float, setup: RunSetup, plan: BatchPlan) -> None:
+def print_plan(config: TrainConfig, splits, labels, max_length: int, lr: float, setup: RunSetup, plan: BatchPlan, resuming: ResumePoint | None = None) -> None:
+    """The plan on stderr; for a resumed run (`resuming`, training/resume.resume_point), which checkpoint it continues from."""
     effective = plan.batch_size * config.grad_accum * setup.processes
     steps = max(1, len(splits["train"]) // effective) * config.epochs
     Console(stderr=True).print(
@@ -231,6 +232,8 @@ def print_plan(config: TrainConfig, splits, labels, max_length: int, lr: float, 
         highlight=False,
         soft_wrap=True,  # a log file keeps each line whole
     )
+    if resuming is not None:
+        Console(stderr=True).print(resuming.describe(), highlight=False)
 
 
 # staging ---------------------------------------------------------------------------------------

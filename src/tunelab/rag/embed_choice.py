@@ -10,11 +10,12 @@ model instead of a classifier run:
 - `openvino`: that fp32 model.onnx compiled by OpenVINO; `openvino-int8`: NNCF's static int8 of it
   (openvino.int8.xml/.bin), calibrated on CALIBRATION_TEXTS Factbook chunks. Both need the optional
   `openvino` extra; without it `auto` passes them over and naming one is a one-line error.
-Each non-torch backend is used only if dense retrieval with it keeps recall@5 on the Factbook TRAIN
-questions within RECALL_GATE of fp32 PyTorch's, as recorded in that folder's parity.json; a backend that
-fails is refused with the two figures.
 - `auto`: the fastest backend that passes, timed on this CPU on Factbook chunks on first use and cached
   in the folder's backend_choice.json with the CPU flags and thread count it was measured on.
+
+Each backend but torch is used only if dense retrieval with it keeps recall@5 on the Factbook TRAIN
+questions within RECALL_GATE of fp32 PyTorch's, as recorded in that folder's parity.json; a backend that
+fails is refused with the two figures.
 
 The gate is measured once per model: it embeds the whole Factbook corpus with fp32 PyTorch (the
 reference) and with each other backend, about as long as building the Factbook index once per backend.
@@ -53,7 +54,7 @@ TIMING_TEXTS = 256  # Factbook chunks per backend when auto times them: seconds 
 TIMING_DOCUMENTS = 8  # the Factbook documents they are cut from (about 45 chunks each)
 TIMING_BATCH = 64  # build_index's batch size
 # NNCF's activation ranges for openvino-int8 come from this many Factbook chunks, a seeded sample of the
-# gate corpus (the texts an index embeds; no question is read). About a minute of calibration on 2 cores.
+# gate corpus (the texts an index embeds; no question is read): one to three minutes of calibration on 2 busy cores.
 CALIBRATION_TEXTS = 128
 
 EMBED_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")

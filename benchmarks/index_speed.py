@@ -16,6 +16,8 @@ scaled to the whole corpus by its chunk count. Prints one JSON document (also wr
 to --json-out) with the thread count and the CPU flags.
 
     flock /tmp/tunelab-bench.lock nice -n 5 env TUNELAB_THREADS=1 python benchmarks/index_speed.py
+    flock /tmp/tunelab-bench.lock nice -n 5 env TUNELAB_THREADS=1 python benchmarks/index_speed.py --max-isa avx2 --rounds 1 \
+        --json-out benchmarks/results/index_speed_avx2.json   # the AVX2-only proxy: torch and OpenVINO capped to AVX2
     python benchmarks/index_speed.py --quick          # smoke check, tiny
 
 The OpenVINO rows need the optional extra (pip install 'tunelab[openvino]'); without it they are skipped, and say so.

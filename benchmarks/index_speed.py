@@ -4,6 +4,8 @@
     torch-bf16   the same under bf16 autocast, tunelab's torch default where the CPU has AVX-512 BF16 / AMX (skipped elsewhere)
     onnx         ONNX Runtime fp32 (tunelab.runtime.export.export_embedder, the graph `--backend onnx` uses)
     onnx-int8    dynamic int8 of that graph, the INT8_RECIPES in order until one keeps recall within the gate
+    openvino     the fp32 ONNX graph compiled by OpenVINO (fp32 arithmetic asked for: `--backend openvino`)
+    openvino-int8  NNCF static int8 of that graph, calibrated as `--backend openvino-int8` is (embed_choice.calibration_feeds)
 
 Each variant builds a LanceDB + BM25 index (tunelab.rag.index.build_index: chunk, embed, store) of the same
 seeded sample of Factbook documents (--documents; the whole corpus on one thread does not fit the 20-minute
@@ -14,7 +16,11 @@ scaled to the whole corpus by its chunk count. Prints one JSON document (also wr
 to --json-out) with the thread count and the CPU flags.
 
     flock /tmp/tunelab-bench.lock nice -n 5 env TUNELAB_THREADS=1 python benchmarks/index_speed.py
+    flock /tmp/tunelab-bench.lock nice -n 5 env TUNELAB_THREADS=1 python benchmarks/index_speed.py --max-isa avx2 --rounds 1 \
+        --json-out benchmarks/results/index_speed_avx2.json   # the AVX2-only proxy: torch and OpenVINO capped to AVX2
     python benchmarks/index_speed.py --quick          # smoke check, tiny
+
+The OpenVINO rows need the optional extra (pip install 'tunelab[openvino]'); without it they are skipped, and say so.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 MODEL = "minilm"
 TARGET_SECONDS = 180  # issue #23: the Factbook index in <= 3 minutes on an AVX2-only 2-core CPU
 QUICK = dict(documents=4, rounds=1)
+# --max-isa avx2: oneDNN (OpenVINO's CPU kernels, PyTorch's) and MKL (PyTorch's fp32 matmuls) read these
+# before their first use and then dispatch no wider than AVX2, so this CPU runs what an AVX2-only one would.
+ISA_CAPS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+UNCAPPED = "ONNX Runtime has no switch that caps its kernels' instruction set: capped to AVX2 it would still run AVX-512 and VNNI"
+SETUP = {"onnx": "export", "openvino": "compile", "openvino-int8": "calibrate_quantize_compile"}  # what each variant's one-off seconds paid for
 
 
 def sample_documents(count: int, seed: int):
@@ -44,14 +55,19 @@ def sample_documents(count: int, seed: int):
     return documents, random.Random(seed).sample(documents, min(count, len(documents)))
 
 
-def embedders(workdir: Path):
-    """(name, embedder or a reason it was skipped, one-off seconds) for each variant, loaded lazily in run order."""
+def embedders(workdir: Path, capped: bool = False):
+    """(name, embedder or a reason it was skipped, one-off seconds) for each variant, loaded lazily in run order.
+
+    `capped` (--max-isa avx2): only the runtimes whose kernels obey the cap run.
+    """
     from tunelab import hardware
     from tunelab.rag.embed import OnnxEmbedder, SentenceEmbedder
     from tunelab.runtime.export import export_embedder
 
     yield "torch-fp32", SentenceEmbedder(MODEL, bf16=False), 0.0
-    if hardware.cpu_bf16_is_fast():
+    if capped:
+        yield "torch-bf16", "capped to AVX2: no fast bf16", 0.0
+    elif hardware.cpu_bf16_is_fast():
         yield "torch-bf16", SentenceEmbedder(MODEL, bf16=True), 0.0
     else:
         yield "torch-bf16", "this CPU has no fast bf16 (AVX-512 BF16 / AMX)", 0.0
@@ -59,8 +75,32 @@ def embedders(workdir: Path):
     fp32 = workdir / "model.onnx"
     started = time.perf_counter()
     export_embedder(reference.model, fp32)
-    yield "onnx", OnnxEmbedder(MODEL, "onnx", fp32, reference.max_tokens, reference.dim), time.perf_counter() - started
-    yield "onnx-int8", None, 0.0  # quantized in main, recipe by recipe
+    if capped:
+        for name in ("onnx", "onnx-int8"):
+            yield name, UNCAPPED, 0.0
+    else:
+        yield "onnx", OnnxEmbedder(MODEL, "onnx", fp32, reference.max_tokens, reference.dim), time.perf_counter() - started
+        yield "onnx-int8", None, 0.0  # quantized in main, recipe by recipe
+    yield from openvino_embedders(reference, fp32, workdir)
+
+
+def openvino_embedders(reference, fp32: Path, workdir: Path):
+    """OpenVINO on the same fp32 graph, and NNCF's int8 of it; the one-off seconds are compiling, and calibrating + quantizing."""
+    from tunelab.rag.embed import OnnxEmbedder
+    from tunelab.rag.embed_choice import calibration_feeds, factbook_chunks, missing_package
+    from tunelab.runtime.export import quantize_openvino
+
+    for name in ("openvino", "openvino-int8"):
+        if missing_package(name):
+            yield name, f"{missing_package(name)} is not installed (pip install 'tunelab[openvino]')", 0.0
+            continue
+        started = time.perf_counter()
+        path = fp32
+        if name == "openvino-int8":
+            path = workdir / "openvino.int8.xml"
+            feeds = calibration_feeds(reference.tokenizer, [chunk.indexed_text() for chunk in factbook_chunks(reference.tokenizer)], reference.max_tokens)
+            quantize_openvino(fp32, path, feeds)
+        yield name, OnnxEmbedder(MODEL, name, path, reference.max_tokens, reference.dim), time.perf_counter() - started
 
 
 def build_and_score(name: str, embedder, documents, questions: list[dict], workdir: Path, round_: int = 1) -> dict:
@@ -95,7 +135,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the four builds, so a change in the machine's load hits each alike")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument(
+        "--max-isa", choices=sorted(ISA_CAPS), default=None, help="run only the runtimes that obey an instruction-set cap, capped: an AVX2-only CPU on this one"
+    )
     args = parser.parse_args()
+    caps = ISA_CAPS.get(args.max_isa, {})
+    os.environ.update(caps)  # before torch or OpenVINO is imported
     if args.quick:
         args.documents, args.rounds = QUICK["documents"], QUICK["rounds"]
 
@@ -118,7 +163,7 @@ def main() -> None:
     used: dict = {}  # each variant's embedder (int8: the recipe kept), rebuilt in every later round
     with tempfile.TemporaryDirectory(prefix="index-speed-") as tmp:
         workdir = Path(tmp)
-        for name, embedder, setup_seconds in embedders(workdir):
+        for name, embedder, setup_seconds in embedders(workdir, capped=bool(caps)):
             if isinstance(embedder, str):
                 results[name] = {"skipped": embedder}
                 continue
@@ -137,7 +182,7 @@ def main() -> None:
                         break
                 continue
             if setup_seconds:
-                one_off[f"{name}_export_s"] = round(setup_seconds, 1)
+                one_off[f"{name}_{SETUP[name]}_s"] = round(setup_seconds, 1)
             shape = (embedder.max_tokens, embedder.dim)
             used[name] = embedder
             results[name] = build_and_score(name, embedder, documents, questions, workdir)
@@ -184,8 +229,9 @@ def main() -> None:
         "train_questions": len(questions),
         "split_used": "train questions only (the gate's split); the test split is not read",
         "threads": threads,
-        "threads_note": "run with TUNELAB_THREADS=1 under the bench lock: one thread for torch and ONNX Runtime alike",
+        "threads_note": "run with TUNELAB_THREADS=1 under the bench lock: one thread for torch, ONNX Runtime and OpenVINO alike",
         "cpu_flags": [flag for flag in hardware.SPEED_FLAGS if flag in hardware.cpu_flags()],
+        "instruction_set_cap": caps or None,
         "recall_gate": RECALL_GATE,
         "one_off_seconds": one_off,
         "variants": results,
@@ -193,7 +239,11 @@ def main() -> None:
         "target": {
             "seconds": TARGET_SECONDS,
             "what": "the whole Factbook index on an AVX2-only 2-core CPU",
-            "avx2_proxy": "torch-fp32 here stands for the AVX2-only CPU (no fast bf16 there); ONNX int8 here uses AVX-512 VNNI kernels an AVX2 CPU lacks",
+            "avx2_proxy": (
+                "capped: the variants run here dispatch no wider than AVX2 (instruction_set_cap), as on an AVX2-only CPU"
+                if caps
+                else "torch-fp32 here stands for the AVX2-only CPU (no fast bf16 there); ONNX Runtime and OpenVINO int8 here use AVX-512 VNNI kernels an AVX2 CPU lacks"
+            ),
             "torch_fp32_full_corpus_1_thread_estimate_s": reference["full_corpus_build_seconds_estimate"],
             "fastest_passing_full_corpus_1_thread_estimate_s": passing[fastest]["full_corpus_build_seconds_estimate"],
             "torch_fp32_full_corpus_cpu_seconds_estimate": reference["full_corpus_cpu_seconds_estimate"],

@@ -70,8 +70,8 @@ def test_onnx_embedders_match_torch_and_record_their_gate(tiny_model: Path, smal
     assert parity["questions"] == len(QUESTIONS) and 0 <= parity["reference_recall"] <= 1
     assert parity["backends"]["onnx"]["gap"] == 0.0  # fp32 ONNX retrieves exactly what fp32 PyTorch does
     assert set(parity["backends"]) == {"onnx", "onnx-int8"} and parity["backends"]["onnx-int8"]["recipe"] == "all-matmuls"
-    assert any("checking the ONNX embedders" in line for line in lines)
-    assert not list(onnx_folder(tiny_model).glob(".*.partial"))
+    assert any("checking the onnx embedders" in line for line in lines)
+    assert not list(onnx_folder(tiny_model).glob(".partial.*"))
 
 
 def test_a_backend_failing_the_recall_gate_is_refused_with_the_reason(tiny_model: Path, small_gate: Path, monkeypatch) -> None:
@@ -93,10 +93,55 @@ def test_a_backend_failing_the_recall_gate_is_refused_with_the_reason(tiny_model
     assert parity["backends"]["onnx-int8"]["recipe"] == "ffn-down-fp32" and parity["backends"]["onnx-int8"]["gap"] == pytest.approx(-0.02)
     lines: list[str] = []
     chosen = load_embedder(tiny_model, "auto", say=lines.append)
-    assert chosen.backend in ("torch", "onnx")
+    assert chosen.backend != "onnx-int8"
     record = json.loads((onnx_folder(tiny_model) / "backend_choice.json").read_text())
-    assert set(record["refused"]) == {"onnx-int8"} and set(record["texts_per_s"]) == {"torch", "onnx"}
+    assert set(record["refused"]) == {"onnx-int8"} and set(record["texts_per_s"]) == {"torch", "onnx", "openvino", "openvino-int8"}
     assert lines[-1].startswith(f"backend auto: {record['chosen']}") and "not used: onnx-int8: dense recall@5" in lines[-1]
+
+
+def test_openvino_embedders_match_torch_and_pass_their_gate(tiny_model: Path, small_gate: Path) -> None:
+    from tunelab.rag.embed import SentenceEmbedder
+    from tunelab.rag.embed_choice import load_embedder, onnx_folder
+
+    texts = ["  Cats eat fish and mice ", "The Nile is a long river.", "x", "brakes stop the wheels of the automobile " * 10]
+    reference = SentenceEmbedder(tiny_model, bf16=False).encode(texts)
+    lines: list[str] = []
+    fp32 = load_embedder(tiny_model, "openvino", say=lines.append)
+    assert fp32.backend == "openvino" and type(fp32.session).__name__ == "OpenVinoSession"
+    assert np.abs(fp32.encode(texts, batch_size=3) - reference).max() < 1e-4
+    int8 = load_embedder(tiny_model, "openvino-int8", say=lines.append)
+    vectors = int8.encode(texts)
+    assert int8.backend == "openvino-int8" and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.abs(vectors - reference).max() > 1e-6  # quantized: not the fp32 graph under another name
+
+    folder = onnx_folder(tiny_model)
+    parity = json.loads((folder / "parity.json").read_text())
+    assert set(parity["backends"]) == {"onnx", "openvino", "openvino-int8"}  # the ONNX Runtime int8 model was not needed
+    assert parity["backends"]["openvino"]["gap"] == 0.0 and "recall" in parity["backends"]["openvino-int8"]
+    assert parity["backends"]["openvino-int8"]["calibration_texts"] == min(128, parity["chunks"])
+    assert (folder / "openvino.int8.xml").is_file() and (folder / "openvino.int8.bin").is_file() and not list(folder.glob(".partial.*"))
+    assert any("NNCF" in line for line in lines)
+
+
+def test_openvino_not_installed_is_one_line_and_auto_passes_it_over(tiny_model: Path, small_gate: Path, tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+
+    from tunelab.rag.embed_choice import load_embedder, onnx_folder
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name in ("openvino", "nncf") else real(name, *rest))
+    with pytest.raises(TunelabError, match=r"backend openvino needs openvino, which is not installed") as raised:
+        load_embedder(tiny_model, "openvino", say=lambda line: None)
+    assert "pip install 'tunelab[openvino]'" in raised.value.hint
+    command = ["rag", "index", str(small_gate), "--index", str(tmp_path / "index"), "--model", str(tiny_model), "--chunk-tokens", "24", "--overlap", "4"]
+    result = CliRunner().invoke(cli, [*command, "--backend", "openvino-int8"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and "openvino-int8 needs openvino" in result.output
+    assert not (tmp_path / "index").exists()
+
+    chosen = load_embedder(tiny_model, "auto", say=lambda line: None)
+    record = json.loads((onnx_folder(tiny_model) / "backend_choice.json").read_text())
+    assert chosen.backend == record["chosen"] and set(record["texts_per_s"]) == {"torch", "onnx", "onnx-int8"}
+    assert record["refused"] == {name: "openvino is not installed (pip install 'tunelab[openvino]')" for name in ("openvino", "openvino-int8")}
 
 
 def test_the_index_records_its_backend_and_refuses_mixed_queries(tiny_model: Path, small_gate: Path, tmp_path: Path) -> None:

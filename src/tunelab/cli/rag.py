@@ -54,7 +54,7 @@ QueryBackendOpt = Annotated[
     str | None,
     typer.Option(
         "--backend",
-        help="embedding backend of the built-in index: torch (default), onnx, onnx-int8 or auto (each behind its recall gate); "
+        help="embedding backend of the built-in index: torch (default), onnx, onnx-int8, openvino, openvino-int8 or auto (each behind its recall gate); "
         "a folder index embeds queries with the backend that built it",
     ),
 ]
@@ -87,8 +87,9 @@ def index_cmd(
     backend: Annotated[
         str,
         typer.Option(
-            help="torch, onnx, onnx-int8 (exported once per model; used only if Factbook train recall@5 stays within 0.005 of fp32 PyTorch's) "
-            "or auto: the fastest that passes; recorded in the index, and its queries use the same"
+            help="torch, onnx, onnx-int8 (ONNX Runtime), openvino, openvino-int8 (OpenVINO, the optional extra): each exported once per model and "
+            "used only if Factbook train recall@5 stays within 0.005 of fp32 PyTorch's; or auto: the fastest that passes; recorded in the index, "
+            "and its queries use the same"
         ),
     ] = "torch",
 ) -> None:

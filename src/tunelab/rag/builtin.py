@@ -100,7 +100,7 @@ def _reader_complete(path: Path) -> bool:
 
 
 def builtin_index(progress: bool = True, embed_model: str = EMBED_MODEL, backend: str = EMBED_BACKEND) -> Path:
-    """The built-in Factbook index folder embedded on `backend` (torch, onnx, onnx-int8 or auto: rag.embed_choice), built on first use."""
+    """The built-in Factbook index folder embedded on `backend` (rag.embed_choice.EMBED_BACKENDS or auto), built on first use."""
     if backend != EMBED_BACKEND:
         backend = choose_embedding_backend(embed_model, backend)
     final = index_path(embed_model, backend)

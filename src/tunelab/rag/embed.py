@@ -1,5 +1,5 @@
 """Text -> unit vectors with a sentence-transformers model from a local folder: in PyTorch (`SentenceEmbedder`)
-or in ONNX Runtime (`OnnxEmbedder`, the model exported by tunelab.runtime.export). Which one embeds an index
+or as the graph exported by tunelab.runtime.export, in ONNX Runtime or OpenVINO (`OnnxEmbedder`). Which one embeds an index
 is tunelab.rag.embed_choice's job; both answer `encode` and `encode_query` and say their `backend`."""
 
 from __future__ import annotations
@@ -87,16 +87,17 @@ class SentenceEmbedder:
 
 
 class OnnxEmbedder:
-    """The same model exported to ONNX (fp32 or int8): the graph pools, this class normalises, as PyTorch's encode does."""
+    """The same model exported to ONNX (fp32 or int8), run by ONNX Runtime or, for the `openvino*` backends, by OpenVINO
+    (the ONNX graph or its OpenVINO IR): the graph pools, this class normalises, as PyTorch's encode does."""
 
     def __init__(self, model: str | Path, backend: str, onnx_file: Path, max_tokens: int, dim: int, threads: int | None = None):
         from transformers import AutoTokenizer
 
-        from tunelab.runtime.scorers import onnx_session
+        from tunelab.runtime.scorers import OpenVinoSession, onnx_session
 
         self.name = str(model)
         self.backend = backend
-        self.session = onnx_session(onnx_file, threads)
+        self.session = OpenVinoSession(onnx_file, threads) if backend.startswith("openvino") else onnx_session(onnx_file, threads)
         self.tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(model)))
         self.max_tokens = max_tokens
         self.dim = dim

@@ -1,4 +1,4 @@
-"""Which runtime embeds an index's chunks and its queries: torch, ONNX fp32, ONNX int8 or auto, behind a recall gate.
+"""Which runtime embeds an index's chunks and its queries: torch, ONNX fp32 or int8 in ONNX Runtime or OpenVINO, or auto, behind a recall gate.
 
 `load_embedder(model, backend)` is the one way an index gets its embedder (`rag index`, `rag search`,
 `rag ask`, the built-in Factbook index). The rules are tunelab.runtime.choice's, applied to an embedding
@@ -6,21 +6,28 @@ model instead of a classifier run:
 
 - `torch`: sentence-transformers in PyTorch (bf16 autocast where the CPU runs it fast, see rag.embed).
 - `onnx`, `onnx-int8`: the model exported once by tunelab.runtime.export into
-  cache_dir()/onnx/<model>-<fingerprint>/ (model.onnx, model.int8.onnx). Each is used only if dense
-  retrieval with it keeps recall@5 on the Factbook TRAIN questions within RECALL_GATE of fp32 PyTorch's,
-  as recorded in that folder's parity.json; a backend that fails is refused with the two figures.
+  cache_dir()/onnx/<model>-<fingerprint>/ (model.onnx, model.int8.onnx), run by ONNX Runtime.
+- `openvino`: that fp32 model.onnx compiled by OpenVINO; `openvino-int8`: NNCF's static int8 of it
+  (openvino.int8.xml/.bin), calibrated on CALIBRATION_TEXTS Factbook chunks. Both need the optional
+  `openvino` extra; without it `auto` passes them over and naming one is a one-line error.
 - `auto`: the fastest backend that passes, timed on this CPU on Factbook chunks on first use and cached
   in the folder's backend_choice.json with the CPU flags and thread count it was measured on.
 
+Each backend but torch is used only if dense retrieval with it keeps recall@5 on the Factbook TRAIN
+questions within RECALL_GATE of fp32 PyTorch's, as recorded in that folder's parity.json; a backend that
+fails is refused with the two figures.
+
 The gate is measured once per model: it embeds the whole Factbook corpus with fp32 PyTorch (the
-reference) and with each ONNX model, about as long as building the Factbook index once per backend.
+reference) and with each other backend, about as long as building the Factbook index once per backend.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
+import random
 import re
 import sys
 from collections.abc import Callable
@@ -35,7 +42,7 @@ from tunelab.errors import TunelabError
 from tunelab.models.cache import cache_dir
 from tunelab.models.catalogue import resolve_model
 from tunelab.runtime import choice
-from tunelab.runtime.scorers import ONNX_FILES
+from tunelab.runtime.scorers import ONNX_FILES, OPENVINO_HINT
 
 # An embedding backend may move recall@5 on the train questions by at most this much from fp32 PyTorch's
 # (either way): the issue's gate, about 10 of the ~2,000 Factbook train questions.
@@ -46,6 +53,16 @@ CHOICE_FILE = choice.CHOICE_FILE
 TIMING_TEXTS = 256  # Factbook chunks per backend when auto times them: seconds on 2 cores for a MiniLM
 TIMING_DOCUMENTS = 8  # the Factbook documents they are cut from (about 45 chunks each)
 TIMING_BATCH = 64  # build_index's batch size
+# NNCF's activation ranges for openvino-int8 come from this many Factbook chunks, a seeded sample of the
+# gate corpus (the texts an index embeds; no question is read): one to three minutes of calibration on 2 busy cores.
+CALIBRATION_TEXTS = 128
+
+EMBED_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+GATED = EMBED_BACKENDS[1:]
+# The model file each backend runs, in the model's cache folder; OpenVINO compiles the fp32 ONNX graph itself.
+MODEL_FILES = {**ONNX_FILES, "openvino": ONNX_FILES["onnx"], "openvino-int8": "openvino.int8.xml"}
+# What a backend needs installed beyond the base install (the `openvino` extra).
+PACKAGES = {"openvino": ("openvino",), "openvino-int8": ("openvino", "nncf")}
 
 Say = Callable[[str], None]
 
@@ -109,14 +126,14 @@ def onnx_folder(model: str | Path) -> Path:
 
 
 def load_embedder(model: str | Path = "minilm", backend: str = "torch", threads: int | None = None, say: Say | None = None):
-    """An embedder of `model` on `backend` (torch, onnx, onnx-int8 or auto), each ONNX backend behind its recall gate."""
+    """An embedder of `model` on `backend` (one of EMBED_BACKENDS or auto), each but torch behind its recall gate."""
     from tunelab.rag.embed import OnnxEmbedder, SentenceEmbedder
 
     chosen = choose_embedding_backend(model, backend, threads, say)
     if chosen == "torch":
         return SentenceEmbedder(model)
     parity = read_parity(onnx_folder(model)) or {}
-    return OnnxEmbedder(model, chosen, onnx_folder(model) / ONNX_FILES[chosen], int(parity["max_tokens"]), int(parity["dim"]), threads)
+    return OnnxEmbedder(model, chosen, onnx_folder(model) / MODEL_FILES[chosen], int(parity["max_tokens"]), int(parity["dim"]), threads)
 
 
 def choose_embedding_backend(model: str | Path, backend: str, threads: int | None = None, say: Say | None = None) -> str:
@@ -131,20 +148,26 @@ def choose_embedding_backend(model: str | Path, backend: str, threads: int | Non
             lambda backends: time_embedders(model, backends, threads, say),
             f"{TIMING_TEXTS} Factbook chunks per backend, batches of {TIMING_BATCH}, after a {choice.WARMUP_TEXTS}-text warm-up",
             measurement_key(model, threads),
+            EMBED_BACKENDS,
         ),
         cached=lambda: choice.read_cached_choice(onnx_folder(model) / CHOICE_FILE, measurement_key(model, threads)),
         what=f"embedding model {model}",
         say=say,
+        backends=EMBED_BACKENDS,
     )
 
 
 def gated(model: str | Path, backend: str, say: Say) -> dict[str, Any]:
-    """The model's parity.json, exporting and measuring the gate first for the ONNX models `backend` needs.
+    """The model's parity.json, exporting and measuring the gate first for the backends `backend` needs.
 
-    An export that fails refuses both ONNX backends for `auto`, with its message; an explicit ONNX backend raises it.
+    An export that fails refuses every gated backend for `auto`, with its message; an explicit backend
+    raises it. A backend whose packages are not installed is left out of `auto`, and raises when named.
     """
     folder = onnx_folder(model)
-    needs = ["onnx"] if backend == "onnx" else ["onnx", "onnx-int8"]
+    if backend != "auto" and missing_package(backend):
+        raise TunelabError(f"backend {backend} needs {missing_package(backend)}, which is not installed", OPENVINO_HINT)
+    asked = GATED if backend == "auto" else (backend,)
+    needs = ["onnx", *(name for name in asked if name != "onnx" and not missing_package(name))]
 
     def done() -> dict[str, Any] | None:
         parity = read_parity(folder)
@@ -166,18 +189,18 @@ def gated(model: str | Path, backend: str, say: Say) -> dict[str, Any]:
 
 
 def measure_gate(model: str | Path, folder: Path, needs: list[str], say: Say) -> dict[str, Any]:
-    """Export what `needs` lacks, measure each backend's recall against fp32 PyTorch's, and record it in parity.json."""
+    """Export what `needs` lacks (in GATED order), measure each backend's recall against fp32 PyTorch's, and record it in parity.json."""
     from sentence_transformers import SentenceTransformer
 
     from tunelab.rag.embed import OnnxEmbedder, SentenceEmbedder
-    from tunelab.runtime.export import INT8_RECIPES, export_embedder, export_failures, quantize
+    from tunelab.runtime.export import INT8_RECIPES, export_embedder, export_failures, first_line, quantize, quantize_openvino
 
     parity = read_parity(folder) or {"backends": {}}
     reference = SentenceEmbedder(model, bf16=False)
     parity.update(max_tokens=reference.max_tokens, dim=reference.dim)
     gate = factbook_gate_set(reference.tokenizer)
-    # The reference and each ONNX model embed the whole gate corpus: about as long as building the index once per backend.
-    say(f"checking the ONNX embedders of {model} against fp32 PyTorch once per model ({gate.name}; minutes); cached in {folder}")
+    # The reference and each backend embed the whole gate corpus: about as long as building the index once per backend.
+    say(f"checking the {', '.join(needs)} embedders of {model} against fp32 PyTorch once per model ({gate.name}; minutes); cached in {folder}")
     if "reference_recall" not in parity:
         parity.update(gate=gate.name, questions=len(gate.questions), chunks=len(gate.texts), reference_recall=recall_at_k(reference, gate, progress=True))
     folder.mkdir(parents=True, exist_ok=True)
@@ -193,7 +216,7 @@ def measure_gate(model: str | Path, folder: Path, needs: list[str], say: Say) ->
             say("exporting the fp32 ONNX embedder")
             _replace(fp32, lambda path: export_embedder(SentenceTransformer(str(resolve_model(model)), device="cpu", local_files_only=True), path))
             parity["backends"]["onnx"] = measured("onnx", fp32)
-        if "onnx-int8" in needs:
+        if "onnx-int8" in needs and "onnx-int8" not in parity["backends"]:
             # The first recipe (fastest first) whose recall passes is kept, else the last one tried is recorded as refused.
             for recipe in INT8_RECIPES:
                 say(f"quantizing the embedder to int8 ({recipe})")
@@ -202,6 +225,21 @@ def measure_gate(model: str | Path, folder: Path, needs: list[str], say: Say) ->
                 parity["backends"]["onnx-int8"] = {**measured("onnx-int8", int8), "recipe": recipe}
                 if passes(parity["backends"]["onnx-int8"]):
                     break
+
+    def openvino_int8() -> dict[str, Any]:
+        say(f"quantizing the embedder to int8 for OpenVINO (NNCF, calibrated on {CALIBRATION_TEXTS} Factbook chunks)")
+        feeds = calibration_feeds(reference.tokenizer, gate.texts, reference.max_tokens)
+        int8 = folder / MODEL_FILES["openvino-int8"]
+        _replace(int8, lambda path: quantize_openvino(fp32, path, feeds), sidecars=(".bin",))
+        return {**measured("openvino-int8", int8), "calibration_texts": len(feeds)}
+
+    openvino = {"openvino": lambda: measured("openvino", fp32), "openvino-int8": openvino_int8}
+    for backend, measure in openvino.items():
+        if backend in needs and backend not in parity["backends"]:
+            try:
+                parity["backends"][backend] = measure()
+            except Exception as error:  # a graph OpenVINO or NNCF cannot take refuses that backend only; ONNX Runtime's stand
+                parity["backends"][backend] = {"failed": f"OpenVINO failed on this model: {first_line(error)}"}
     atomic.write_json(folder / PARITY_FILE, parity)
     return parity
 
@@ -211,18 +249,37 @@ def passes(figures: dict[str, Any]) -> bool:
 
 
 def refusals(parity: dict[str, Any]) -> dict[str, str]:
-    """Each ONNX backend that may not embed, with the reason; a backend absent from the answer passed its gate."""
+    """Each gated backend that may not embed, with the reason; a backend absent from the answer passed its gate."""
     if parity.get("export_failed"):
-        return {"onnx": parity["export_failed"], "onnx-int8": parity["export_failed"]}
+        return dict.fromkeys(GATED, parity["export_failed"])
     refused = {}
-    for backend in ("onnx", "onnx-int8"):
+    for backend in GATED:
         figures = parity["backends"].get(backend)
-        if figures is not None and not passes(figures):
+        if missing_package(backend):
+            refused[backend] = f"{missing_package(backend)} is not installed (pip install 'tunelab[openvino]')"
+        elif figures is not None and "failed" in figures:
+            refused[backend] = figures["failed"]
+        elif figures is not None and not passes(figures):
             refused[backend] = (
                 f"dense recall@{GATE_K} on the Factbook train questions is {figures['recall']:.4f} against fp32 PyTorch's "
                 f"{parity['reference_recall']:.4f} (allowed gap {RECALL_GATE})"
             )
     return refused
+
+
+def missing_package(backend: str) -> str | None:
+    """The first package `backend` needs that is not installed, if any."""
+    return next((package for package in PACKAGES.get(backend, ()) if importlib.util.find_spec(package) is None), None)
+
+
+def calibration_feeds(tokenizer, texts: list[str], max_tokens: int) -> list[dict[str, np.ndarray]]:
+    """A seeded sample of CALIBRATION_TEXTS of `texts`, tokenized one per feed as the embedder's inputs."""
+    sample = random.Random(0).sample(texts, min(CALIBRATION_TEXTS, len(texts)))
+    feeds = []
+    for text in sample:
+        encoded = tokenizer([text.strip()], truncation=True, max_length=max_tokens, return_tensors="np")
+        feeds.append({name: values.astype(np.int64) for name, values in encoded.items()})
+    return feeds
 
 
 def time_embedders(model: str | Path, backends: list[str], threads: int | None, say: Say) -> dict[str, float]:
@@ -238,7 +295,9 @@ def time_embedders(model: str | Path, backends: list[str], threads: int | None, 
 
 def measurement_key(model: str | Path, threads: int | None) -> dict[str, Any]:
     folder = onnx_folder(model)
-    versions = {backend: _file_version(folder / name) for backend, name in ONNX_FILES.items()}
+    versions = {backend: _file_version(folder / name) for backend, name in MODEL_FILES.items()}
+    # Installing the extra later must measure again: a choice made without OpenVINO did not time it.
+    versions["openvino_runtime"] = _package_version("openvino")
     return choice.cpu_key(threads, {"torch": folder.name, **versions})
 
 
@@ -249,6 +308,15 @@ def read_parity(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def _package_version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def _file_version(path: Path) -> str | None:
     if not path.is_file():
         return None
@@ -256,15 +324,26 @@ def _file_version(path: Path) -> str | None:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _replace(final: Path, write: Callable[[Path], None]) -> None:
-    """Write a model file beside `final` and rename it into place, so a killed export never leaves a half file under the real name."""
-    staging = final.with_name(f".{final.name}.partial")
-    staging.unlink(missing_ok=True)
+def _replace(final: Path, write: Callable[[Path], None], sidecars: tuple[str, ...] = ()) -> None:
+    """Write a model file beside `final` and rename it into place, so a killed export never leaves a half file under the real name.
+
+    `sidecars` are the suffixes of files the writer puts beside its file (OpenVINO IR's .bin beside the
+    .xml): they move in first and `final` last, so a `final` on disk always has its own.
+    """
+    staging = final.with_name(f".partial.{final.name}")
+    staged = [staging, *(staging.with_suffix(suffix) for suffix in sidecars)]
+    for path in staged:
+        path.unlink(missing_ok=True)
     try:
         write(staging)
+        if sidecars:
+            final.unlink(missing_ok=True)  # the old file must not meet the new sidecars
+        for suffix in sidecars:
+            os.replace(staging.with_suffix(suffix), final.with_suffix(suffix))
         os.replace(staging, final)
     finally:
-        staging.unlink(missing_ok=True)
+        for path in staged:
+            path.unlink(missing_ok=True)
 
 
 def _to_stderr(line: str) -> None:

@@ -124,7 +124,7 @@ def build_index(
 ) -> IndexReport:
     """Index SOURCE (a folder, 'factbook', or a list of Documents) into index_dir; incremental.
 
-    backend: torch, onnx, onnx-int8 or auto (tunelab.rag.embed_choice), unless `embedder` is given; the
+    backend: torch, onnx, onnx-int8, openvino, openvino-int8 or auto (tunelab.rag.embed_choice), unless `embedder` is given; the
     manifest records the backend that embedded, and queries use the same one.
     """
     started = time.perf_counter()
@@ -287,9 +287,10 @@ class Index:
         self.manifest = manifest
         self.backend = manifest.get("backend", SETTING_DEFAULTS["backend"])
         if backend is not None:
+            from tunelab.rag.embed_choice import EMBED_BACKENDS
             from tunelab.runtime.choice import check_backend_name
 
-            check_backend_name(backend)
+            check_backend_name(backend, EMBED_BACKENDS)
         asked = embedder_backend(embedder) if embedder is not None else backend
         if asked not in (None, "auto", self.backend):
             raise TunelabError(

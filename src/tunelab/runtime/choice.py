@@ -46,9 +46,9 @@ def load_scorer(run: Run | str, backend: str = "torch", threads: int | None = No
     return open_scorer(run, choose_backend(run, backend, threads, say), threads)
 
 
-def check_backend_name(backend: str) -> None:
-    if backend not in CHOICES:
-        raise TunelabError(f"unknown backend '{backend}'", f"use one of: {', '.join(CHOICES)}")
+def check_backend_name(backend: str, backends: tuple[str, ...] = BACKENDS) -> None:
+    if backend not in (*backends, "auto"):
+        raise TunelabError(f"unknown backend '{backend}'", f"use one of: {', '.join((*backends, 'auto'))}")
 
 
 def choose_backend(run: Run, backend: str, threads: int | None = None, say: Say | None = None) -> str:
@@ -71,15 +71,17 @@ def choose(
     cached: Callable[[], dict[str, Any] | None],
     what: str,
     say: Say,
+    backends: tuple[str, ...] = BACKENDS,
 ) -> str:
     """The one rule of every backend choice (a classifier run's, an embedding model's).
 
     `refused(asked)` exports what `asked` needs on first use and returns each backend that fails its
     gate with the reason; `cached()` is auto's earlier measurement if it still holds, `measure(refused)`
     times the passing backends and records the choice. A backend asked for by name that fails its gate is
-    an error saying why, never a silent fallback.
+    an error saying why, never a silent fallback. `backends` are the names the target may run on
+    (an embedding model has OpenVINO's too), torch first.
     """
-    check_backend_name(backend)
+    check_backend_name(backend, backends)
     if backend == "torch":
         return "torch"
     if backend == "auto":
@@ -151,14 +153,21 @@ def measure_choice(run: Run, threads: int | None, refused: dict[str, str], say: 
     )
 
 
-def record_choice(path, refused: dict[str, str], time_them: Callable[[list[str]], dict[str, float]], measured: str, key: dict[str, Any]) -> dict[str, Any]:
-    """Time the backends not refused (`time_them` -> texts/s each), write the choice with what it holds for to `path`."""
-    candidates = [backend for backend in BACKENDS if backend not in refused]
+def record_choice(
+    path,
+    refused: dict[str, str],
+    time_them: Callable[[list[str]], dict[str, float]],
+    measured: str,
+    key: dict[str, Any],
+    backends: tuple[str, ...] = BACKENDS,
+) -> dict[str, Any]:
+    """Time the `backends` not refused (`time_them` -> texts/s each), write the choice with what it holds for to `path`."""
+    candidates = [backend for backend in backends if backend not in refused]
     speeds = time_them(candidates) if len(candidates) > 1 else {}
     choice = {
         "chosen": max(speeds, key=speeds.get) if speeds else "torch",
         "texts_per_s": speeds,
-        "refused": {backend: refused[backend] for backend in BACKENDS if backend in refused},
+        "refused": {backend: refused[backend] for backend in backends if backend in refused},
         "measured": measured,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **key,

@@ -259,10 +259,10 @@ def export_failures(hint: str = "nothing was written; serve this run with --back
     except TunelabError:
         raise
     except Exception as error:
-        raise TunelabError(f"ONNX export failed: {_first_line(error)}", hint) from error
+        raise TunelabError(f"ONNX export failed: {first_line(error)}", hint) from error
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
     text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # the exporter colours its messages
     return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
@@ -326,3 +326,23 @@ def _scorer(path: Path, classifier) -> OnnxScorer:
 
 def agreement(logits: np.ndarray, reference: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == reference.argmax(axis=1)).mean())
+
+
+def quantize_openvino(fp32: Path, xml: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    """Static int8 of an ONNX graph for OpenVINO (NNCF post-training quantization), written as OpenVINO IR: `xml` and the .bin beside it.
+
+    Static, unlike `quantize`: activation scales are fixed from `feeds` (calibration inputs, one text
+    each), so OpenVINO runs whole int8 kernels without quantizing activations on every call. The
+    transformer preset keeps softmax, layer norm and the residual adds in fp32.
+    """
+    from tunelab.runtime.scorers import require_openvino
+
+    openvino, nncf = require_openvino("openvino"), require_openvino("nncf")
+    nncf.set_log_level(logging.ERROR)
+    model = openvino.Core().read_model(str(fp32))
+    names = [port.get_any_name() for port in model.inputs]
+    dataset = nncf.Dataset(feeds, lambda feed: {name: feed[name] for name in names})
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds))
+    openvino.save_model(quantized, str(xml), compress_to_fp16=False)

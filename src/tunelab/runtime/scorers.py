@@ -120,6 +120,46 @@ def onnx_session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+OPENVINO_HINT = "pip install 'tunelab[openvino]' (OpenVINO and NNCF, both from PyPI), or use --backend onnx-int8 or auto"
+
+
+def require_openvino(package: str = "openvino"):
+    """The `openvino` (or `nncf`) module, or one line saying it is not installed: both are the optional `openvino` extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise TunelabError(f"{package} is not installed", OPENVINO_HINT) from None
+
+
+class OpenVinoSession:
+    """An ONNX graph or OpenVINO IR compiled by OpenVINO's CPU plugin, behind the two calls of an InferenceSession that run_sorted makes.
+
+    fp32 arithmetic is asked for explicitly: on a CPU with fast bf16 OpenVINO would otherwise run an fp32
+    graph in bf16, which is another backend than the one the recall gate measured.
+    """
+
+    def __init__(self, path: Path, threads: int | None = None):
+        openvino = require_openvino()
+        config = {"INFERENCE_NUM_THREADS": hardware.thread_count(threads), "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}
+        self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
+        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
+
+    def get_inputs(self) -> list[Any]:
+        return [_Named(name) for name in self.input_names]
+
+    def run(self, outputs: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        # An infer request per call: one request is not safe to share between threads, and making one is cheap.
+        result = self.compiled.create_infer_request().infer(feed)
+        return [result[name] for name in outputs]
+
+
+@dataclass
+class _Named:
+    name: str
+
+
 def open_scorer(run: Run, backend: str, threads: int | None = None) -> Scorer:
     """A scorer on exactly `backend` for a finished classifier run; its ONNX file must exist (see runtime.choice)."""
     from transformers import AutoTokenizer

@@ -493,7 +493,9 @@ def serve(run_path: str | os.PathLike, settings: ServeSettings | None = None) ->
         os.environ[SPEC_ENV] = json.dumps({"run": str(run.path), "settings": worker_settings.model_dump()})
         os.environ[MULTIPROC_ENV] = metrics_dir
         try:
-            uvicorn.run("tunelab.serve.app:app_from_env", factory=True, workers=settings.workers, **common)
+            from tunelab.serve.workers import run_workers  # uvicorn's supervisor, marking each departed worker's metric files dead
+
+            run_workers("tunelab.serve.app:app_from_env", settings.workers, **common)
         finally:
             os.environ.pop(MULTIPROC_ENV, None)
 

@@ -22,13 +22,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from seed_stats import mean_std  # noqa: E402 - benchmarks/seed_stats.py, beside this script
+from seed_stats import mean_std, over_seeds, training_facts  # noqa: E402 - benchmarks/seed_stats.py, beside this script
 
 from tunelab import hardware  # noqa: E402
 from tunelab.config import MultiLabelConfig  # noqa: E402
@@ -66,10 +65,7 @@ def one_seed(args: argparse.Namespace, seed: int, workdir: Path) -> dict:
         "finetune": {
             **{name: test[name] for name in FIGURES if name in test},
             "roc_auc_macro": test["roc_auc"]["macro"],
-            "train_seconds": train["train_runtime_s"],
-            "train_samples_per_second": train["train_samples_per_second"],
-            "epochs": train["epochs"],
-            "best_checkpoint": train["best_checkpoint"],
+            **training_facts(train),
             "thresholds_chosen_by_label": sum(1 for v in metrics["thresholds"]["per_label"].values() if v["chosen_by"] == "label"),
         },
         "baseline": {
@@ -100,11 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.seeds = 1.0, args.seeds[:1]
-    with tempfile.TemporaryDirectory(prefix="tunelab-multilabel-") as folder:
-        per_seed = []
-        for seed in args.seeds:
-            per_seed.append(one_seed(args, seed, Path(folder)))
-            print(f"seed {seed}: " + json.dumps({k: per_seed[-1][k] for k in ("finetune", "baseline")}), file=sys.stderr, flush=True)
+    per_seed = over_seeds(args.seeds, "tunelab-multilabel-", lambda seed, folder: one_seed(args, seed, folder))
     finetune, baseline = (
         mean_std(per_seed, "finetune", (*FIGURES, "train_seconds", "train_samples_per_second")),
         mean_std(per_seed, "baseline", (*FIGURES, "train_seconds", "train_samples_per_second")),

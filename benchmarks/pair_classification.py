@@ -24,14 +24,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-from seed_stats import mean_std  # noqa: E402 - benchmarks/seed_stats.py, beside this script
+from seed_stats import mean_std, over_seeds, training_facts  # noqa: E402 - benchmarks/seed_stats.py, beside this script
 from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 
 from tunelab import hardware  # noqa: E402
@@ -119,10 +118,7 @@ def one_seed(args: argparse.Namespace, seed: int, workdir: Path, embed: CachedEm
         "rows": {name: len(run.split(name)) for name in ("train", "eval", "test")},
         "finetune": {
             **finetune,
-            "train_seconds": train_facts["train_runtime_s"],
-            "train_samples_per_second": train_facts["train_samples_per_second"],
-            "epochs": train_facts["epochs"],
-            "best_checkpoint": train_facts["best_checkpoint"],
+            **training_facts(train_facts),
             "recipe": run.config.get("recipe"),
             "pooling": run.config.get("pooling"),
             "max_length": run.config.get("max_length"),
@@ -156,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs, args.seeds, args.max_train_samples = 1.0, args.seeds[:1], 100
     begun = time.perf_counter()
     embed = CachedEmbeddings(SentenceEmbedder(args.model, bf16=False))
-    with tempfile.TemporaryDirectory(prefix="tunelab-pairs-") as folder:
-        per_seed = []
-        for seed in args.seeds:
-            per_seed.append(one_seed(args, seed, Path(folder), embed))
-            print(f"seed {seed}: " + json.dumps({k: per_seed[-1][k] for k in ("finetune", "baseline")}), file=sys.stderr, flush=True)
+    per_seed = over_seeds(args.seeds, "tunelab-pairs-", lambda seed, folder: one_seed(args, seed, folder, embed))
     finetune, baseline = (
         mean_std(per_seed, "finetune", (*FIGURES, "train_seconds", "train_samples_per_second", "threshold")),
         mean_std(per_seed, "baseline", (*FIGURES, "train_seconds", "train_samples_per_second", "threshold")),

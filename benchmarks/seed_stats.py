@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import statistics
-from collections.abc import Iterable
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 
 def mean_std(per_seed: list[dict], side: str, names: Iterable[str]) -> dict[str, dict[str, float]]:
@@ -14,3 +18,23 @@ def mean_std(per_seed: list[dict], side: str, names: Iterable[str]) -> dict[str,
         if values:
             out[name] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
     return out
+
+
+def over_seeds(seeds: Iterable[int], prefix: str, one_seed: Callable[[int, Path], dict]) -> list[dict]:
+    """one_seed(seed, folder) for each seed, its runs in one temporary folder; each seed's two sides printed to stderr as it ends."""
+    per_seed = []
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        for seed in seeds:
+            per_seed.append(one_seed(seed, Path(folder)))
+            print(f"seed {seed}: " + json.dumps({k: per_seed[-1][k] for k in ("finetune", "baseline")}), file=sys.stderr, flush=True)
+    return per_seed
+
+
+def training_facts(train: dict) -> dict:
+    """The fine-tune's training figures every task benchmark reports, from metrics.json's "train"."""
+    return {
+        "train_seconds": train["train_runtime_s"],
+        "train_samples_per_second": train["train_samples_per_second"],
+        "epochs": train["epochs"],
+        "best_checkpoint": train["best_checkpoint"],
+    }

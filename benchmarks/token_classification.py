@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from tunelab.config import TokenClassificationConfig  # noqa: E402
 from tunelab.training.token_classification import train_token_classifier  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from seed_stats import mean_std  # noqa: E402 - benchmarks/seed_stats.py, beside this script
+from seed_stats import mean_std, over_seeds, training_facts  # noqa: E402 - benchmarks/seed_stats.py, beside this script
 
 FIGURES = ("f1_micro", "f1_macro", "precision_micro", "recall_micro")
 
@@ -64,10 +63,7 @@ def one_seed(args: argparse.Namespace, seed: int, workdir: Path) -> dict:
         "finetune": {
             **{name: test[name] for name in FIGURES},
             "per_type_f1": {kind: row["f1"] for kind, row in test["per_type"].items()},
-            "train_seconds": train["train_runtime_s"],
-            "train_samples_per_second": train["train_samples_per_second"],
-            "epochs": train["epochs"],
-            "best_checkpoint": train["best_checkpoint"],
+            **training_facts(train),
         },
         "baseline": {
             **{name: baseline[name] for name in FIGURES},
@@ -93,11 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.seeds, args.max_train_samples = 1.0, args.seeds[:1], 200
-    with tempfile.TemporaryDirectory(prefix="tunelab-ner-") as folder:
-        per_seed = []
-        for seed in args.seeds:
-            per_seed.append(one_seed(args, seed, Path(folder)))
-            print(f"seed {seed}: " + json.dumps({k: per_seed[-1][k] for k in ("finetune", "baseline")}), file=sys.stderr, flush=True)
+    per_seed = over_seeds(args.seeds, "tunelab-ner-", lambda seed, folder: one_seed(args, seed, folder))
     reported = (*FIGURES, "train_seconds", "train_samples_per_second")
     finetune, baseline = mean_std(per_seed, "finetune", reported), mean_std(per_seed, "baseline", reported)
     # The headline is entity micro-F1; macro-F1 weighs the rare types (CAPITAL) as much as the common ones.

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tunelab import hardware  # noqa: E402
 from tunelab.answers import ABSTENTION, score, summarise  # noqa: E402
-from tunelab.data.factbook_qa import read_qa, spread_over_kinds  # noqa: E402
+from tunelab.data.factbook_qa import CALIBRATION_FIELD_QUESTIONS, CALIBRATION_FIELDS, field_question_roles, read_qa, spread_over_kinds  # noqa: E402
 from tunelab.progress import track  # noqa: E402
 from tunelab.rag.index import open_index  # noqa: E402
 from tunelab.rag.reader_data import ContextSettings, retrieve_context  # noqa: E402
@@ -60,9 +59,7 @@ WHOLE_KIND_FIELDS = {
     "Capital", "Government type", "Exchange rates", "Population", "Area", "Independence", "Languages",
     "Internet country code", "Elevation", "Nationality", "National holiday",
 }  # fmt: skip
-FIELD_QUESTIONS = 2000
-UNSEEN_FIELDS = 15  # fields held back from training to calibrate on
-UNSEEN_FIELD_QUESTIONS = 200
+FIELD_QUESTIONS = 2000  # the readers' field questions unless --readers says otherwise (the default before issue 17's fourth lever)
 
 
 def decide(rows, contexts, readings, abstention) -> list[dict]:
@@ -100,9 +97,8 @@ def main() -> None:
     calibration = [r for r in calibration_all if r["kind"] not in HELD_OUT]
 
     pool = read_qa(qa / "fields.jsonl")
-    field_kinds = sorted({r["kind"] for r in pool})
-    unseen = set(random.Random(args.seed).sample(field_kinds, UNSEEN_FIELDS))
-    unseen_calibration = spread_over_kinds([r for r in pool if r["kind"] in unseen], UNSEEN_FIELD_QUESTIONS, args.seed)
+    roles = field_question_roles(pool, 0, CALIBRATION_FIELDS, CALIBRATION_FIELD_QUESTIONS, args.seed)  # the product's split of the fields
+    unseen, unseen_calibration = set(roles.calibration_fields), roles.calibration
     seen_pool = [r for r in pool if r["kind"] not in unseen]
     rules = {
         "whole-fields": [r for r in seen_pool if r["kind"].removeprefix("field:") not in WHOLE_KIND_FIELDS],

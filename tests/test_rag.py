@@ -939,12 +939,14 @@ def test_reader_thresholds_are_chosen_on_train_questions_it_was_not_trained_on(c
     monkeypatch.setattr(readers, "SpanReader", FakeSpanReader)
     monkeypatch.setattr(train_reader, "choose_abstention", spy_choose)
     extra = [{**row, "question": f"extra {row['question']}", "kind": "field:x"} for row in reader_rows(10)]
-    run = train_reader.train_rag_reader(rows, concept_index, tmp_path / "run", progress=False, extra_rows=extra)
+    unseen = [{**row, "question": f"unseen {row['question']}", "kind": "field:y"} for row in reader_rows(6)]
+    run = train_reader.train_rag_reader(rows, concept_index, tmp_path / "run", progress=False, extra_rows=extra, extra_calibration=unseen)
     given = {r["question"] for r in rows}
     assert calibrated and trained
-    assert set(calibrated) <= given  # only train questions...
+    assert set(calibrated) <= given | {r["question"] for r in unseen}  # only train questions...
     assert not set(calibrated) & set(trained)  # ...that the reader was not trained on
-    assert set(calibrated) | set(trained) == given | {r["question"] for r in extra}  # extra rows: trained on only
+    assert set(calibrated) | set(trained) == given | {r["question"] for r in extra} | {r["question"] for r in unseen}
+    assert {r["question"] for r in unseen} <= set(calibrated)  # extra calibration: calibrated on only; extra rows: trained on only
     abstention = json.loads((run / "rag_reader.json").read_text())["abstention"]
     assert "train" in abstention["chosen_on"] and abstention["questions"] == len(calibrated)
 
@@ -983,7 +985,11 @@ def fake_builds(tmp_path, monkeypatch):
     monkeypatch.setattr(builtin, "train_rag_reader", fake_train)
     monkeypatch.setattr(builtin, "open_index", fake_open)
     monkeypatch.setattr(builtin, "build_factbook_qa", lambda: items)
-    fields = [QAItem(f"What is the {f} of T{i}?", f"{f} {i}", [], f"doc{i}", f"field:{f}", f"T{i}") for f in ("terrain", "climate") for i in range(4)]
+    fields = [
+        QAItem(f"What is the {f} of T{i}?", f"{f} {i}", [], f"doc{i}", f"field:{f}", f"T{i}")
+        for f in ("terrain", "climate", "coastline", "area")
+        for i in range(4)
+    ]
     monkeypatch.setattr(builtin, "build_field_questions", lambda: fields)
     return builtin, calls, items
 
@@ -1067,8 +1073,10 @@ def test_builtin_reader_is_trained_once_on_the_train_split(fake_builds, capsys):
     assert out == partial_path(run) and not out.exists()
     assert index == f"opened {builtin.index_path()}" and len(calls["index"]) == 1
     assert kwargs["settings"] == ContextSettings() and (kwargs["model"], kwargs["epochs"], kwargs["seed"]) == ("minilm", 2.0, 0)
-    # and field questions, spread over the fields (both here), trained on only
-    assert len(kwargs["extra_rows"]) == 8 and {r["kind"] for r in kwargs["extra_rows"][:2]} == {"field:terrain", "field:climate"}
+    # and field questions: two fields (at most half) only to calibrate on, the other two spread over and trained on
+    trained_on, calibrated_on = kwargs["extra_rows"], kwargs["extra_calibration"]
+    assert len(trained_on) == len(calibrated_on) == 8
+    assert len({r["kind"] for r in trained_on[:2]}) == 2 and not {r["kind"] for r in trained_on} & {r["kind"] for r in calibrated_on}
     assert "building the built-in Factbook reader once" in capsys.readouterr().err
     assert builtin.builtin_reader(progress=False) == run and len(calls["reader"]) == 1
 

@@ -48,12 +48,14 @@ def kb_and_qa(tmp_path_factory) -> tuple[Path, Path]:
     qa.mkdir()
     write_jsonl(qa / "train.jsonl", _rows(COUNTRIES[:4]) * 3)
     write_jsonl(qa / "test.jsonl", _rows(COUNTRIES[4:]) + _rows(COUNTRIES[:1]))
-    # questions about another field (as `tunelab data factbook-qa` writes them): extractive readers' training only
+    # questions about other fields (as `tunelab data factbook-qa` writes them): the extractive readers train on
+    # one field's and choose their thresholds also on the other's
     write_jsonl(
         qa / "fields.jsonl",
         [
-            {"question": f"What is the name of {name}?", "answer": name, "aliases": [], "doc_id": f"{name.lower()}.md", "kind": "field:Name"}
-            for name, _, _ in COUNTRIES[:4]
+            {"question": f"What is the {field} of {name}?", "answer": answer, "aliases": [], "doc_id": f"{name.lower()}.md", "kind": f"field:{field}"}
+            for name, _, population in COUNTRIES[:4]
+            for field, answer in (("name", name), ("people population", population))
         ],
     )
     return kb, qa
@@ -83,9 +85,13 @@ def test_quick_run_writes_every_output(tmp_path, kb_and_qa):
         assert s["abstention_rate"] == pytest.approx(sum(p["abstained"] for p in lines) / 6)
         assert s["hallucination_rate_all"] == pytest.approx(sum(p["hallucinated"] for p in lines) / 6)
         assert all(p["abstained"] + p["hallucinated"] + p["contains"] == 1 for p in lines)
+    calibration = results["questions"]["calibration"]
     for name in ("rag", "fine-tuned+rag", "extractive+rag"):
         chosen = results["strategies"][name]["abstention"]
-        assert chosen["chosen_on"].startswith("train") and chosen["questions"] == results["questions"]["calibration"]
+        # the extractive reader's thresholds also read the questions about the field it never trained on
+        extra = results["questions"]["calibration_field_questions"] if name == "extractive+rag" else 0
+        assert chosen["chosen_on"].startswith("train") and chosen["questions"] == calibration + extra
+    assert results["questions"]["calibration_field_questions"] == 4 and len(results["questions"]["calibration_fields"]) == 1
     # plain RAG: the most right within a hallucination budget of a third of closed-book's rate on the
     # calibration (train) questions; the trained readers keep right - hallucinated
     budget = results["hallucination_budget"]
@@ -209,7 +215,7 @@ def test_decoding_is_the_better_one_on_calibration_questions(tmp_path, monkeypat
 @pytest.fixture
 def builtin_factbook(tmp_path, kb_and_qa, monkeypatch):
     """The built-in QA set and index replaced by the tiny ones; returns the list of index requests."""
-    from tunelab.data.factbook_qa import read_qa
+    from tunelab.data.factbook_qa import field_question_roles, read_qa
     from tunelab.rag import builtin
     from tunelab.rag.documents import load_documents
     from tunelab.rag.index import build_index
@@ -227,7 +233,7 @@ def builtin_factbook(tmp_path, kb_and_qa, monkeypatch):
     monkeypatch.setattr(builtin, "builtin_index", builtin_index)
     monkeypatch.setattr(builtin, "index_is_built", lambda embed_model="minilm": cached.exists())
     monkeypatch.setattr(builtin, "builtin_qa", lambda: (read_qa(qa / "train.jsonl"), read_qa(qa / "test.jsonl")))
-    monkeypatch.setattr(builtin, "builtin_field_questions", lambda n, seed: read_qa(qa / "fields.jsonl")[:n])
+    monkeypatch.setattr(builtin, "builtin_field_questions", lambda *sizes, seed: field_question_roles(read_qa(qa / "fields.jsonl"), *sizes, seed=seed))
     monkeypatch.chdir(tmp_path)  # no folder named 'factbook' here
     return cached, requests
 
@@ -308,8 +314,13 @@ def test_field_questions_are_spread_over_fields_and_optional(tmp_path, kb_and_qa
     def picked(**settings):
         return Pipeline(StrategiesConfig(qa=str(folder), kb=str(kb), model="m", out=str(tmp_path / "o"), **settings), progress=False).field_questions()
 
-    assert {r["kind"] for r in picked(field_questions=3)} == {"field:terrain", "field:climate", "field:coastline"}
-    assert len(picked(field_questions=100)) == 15
-    assert picked(field_questions=0) == []
+    kinds = lambda rows: {r["kind"] for r in rows}  # noqa: E731
+    assert kinds(picked(field_questions=3, calibration_fields=0).training) == {"field:terrain", "field:climate", "field:coastline"}
+    assert len(picked(field_questions=100, calibration_fields=0).training) == 15
+    # by default one field (at most half of them) is kept out of training and only calibrated on
+    roles = picked(field_questions=100, calibration_field_questions=3)
+    assert len(roles.calibration_fields) == 1 and kinds(roles.calibration) == set(roles.calibration_fields) and len(roles.calibration) == 3
+    assert len(roles.training) == 10 and not kinds(roles.training) & kinds(roles.calibration)
+    assert picked(field_questions=0).training == [] and picked(calibration_field_questions=0).calibration == []
     (folder / "fields.jsonl").unlink()
-    assert picked() == []  # a QA folder without fields.jsonl (a user's own questions): none
+    assert picked().training == picked().calibration == []  # a QA folder without fields.jsonl (a user's own questions): none

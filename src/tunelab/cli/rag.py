@@ -13,6 +13,7 @@ from rich.table import Table
 
 from tunelab.cli._app import app, console, user_errors
 from tunelab.cli.core import data_app
+from tunelab.data.factbook_qa import CALIBRATION_FIELD_QUESTIONS, CALIBRATION_FIELDS, READER_FIELD_QUESTIONS
 from tunelab.rag.answer import MIN_SIMILARITY
 from tunelab.rag.reader_choice import LM_MAX_NEW_TOKENS, ReaderOptions, load_reader
 
@@ -336,14 +337,22 @@ def train_reader_cmd(
             "train.jsonl (questions about other fields: the reader generalises to new kinds of question), "
             "spread over its fields; 0 for none",
         ),
-    ] = 2000,
+    ] = READER_FIELD_QUESTIONS,
+    calibration_fields: Annotated[
+        int,
+        typer.Option(
+            "--calibration-fields",
+            help=f"keep this many fields of fields.jsonl out of training and choose the thresholds also on {CALIBRATION_FIELD_QUESTIONS} "
+            "questions about them, so they fit kinds of question the reader never met; 0 for none",
+        ),
+    ] = CALIBRATION_FIELDS,
     seed: Annotated[int, typer.Option("--seed", help="seed of the calibration split, the distractors and training")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run directory")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the run, thresholds and test metrics as JSON")] = False,
 ) -> None:
     """Train an extractive RAG reader on train questions, retrieved as at answer time; its abstention
     thresholds are chosen on train questions it was not trained on (rag_reader.json)."""
-    from tunelab.data.factbook_qa import read_qa, spread_over_kinds
+    from tunelab.data.factbook_qa import field_question_roles, read_qa
     from tunelab.errors import TunelabError
     from tunelab.rag.builtin import resolve_index
     from tunelab.rag.index import open_index
@@ -361,16 +370,29 @@ def train_reader_cmd(
     for flag, value in (("-k", k), ("--lines", lines)):
         if value < 1:
             raise TunelabError(f"{flag} must be at least 1, not {value}", f"e.g. {flag} 5")
+    for flag, value in (("--field-questions", field_questions), ("--calibration-fields", calibration_fields)):
+        if value < 0:
+            raise TunelabError(f"{flag} must be 0 or more, not {value}", f"e.g. {flag} 0 for none")
     refuse_existing(out, overwrite)  # before the index is opened; train_rag_reader checks again for its other callers
     rows = read_qa(path, required=("question", "answer", "doc_id"))
     fields_path = path.parent / "fields.jsonl"
-    extra = []
-    if field_questions > 0 and fields_path.is_file():
-        extra = spread_over_kinds(read_qa(fields_path, required=("question", "answer", "doc_id")), field_questions, seed)
+    pool = read_qa(fields_path, required=("question", "answer", "doc_id")) if fields_path.is_file() else []
+    fields = field_question_roles(pool, field_questions, calibration_fields, CALIBRATION_FIELD_QUESTIONS if calibration_fields else 0, seed)
+    extra = fields.training
     settings = ContextSettings(mode=mode.value, k=k, context=context.value, lines=lines)
     with open_index(resolve_index(index, progress=not as_json)) as opened:
         run = train_rag_reader(
-            rows, opened, out, settings=settings, model=model, epochs=epochs, seed=seed, overwrite=overwrite, progress=not as_json, extra_rows=extra
+            rows,
+            opened,
+            out,
+            settings=settings,
+            model=model,
+            epochs=epochs,
+            seed=seed,
+            overwrite=overwrite,
+            progress=not as_json,
+            extra_rows=extra,
+            extra_calibration=fields.calibration,
         )
     _, abstention = read_reader_settings(run)
     test = json.loads((Path(run) / "metrics.json").read_text()).get("test", {})
@@ -383,6 +405,8 @@ def train_reader_cmd(
                     "run": str(run),
                     "context": settings.to_dict(),
                     "field_questions": len(extra),
+                    "calibration_field_questions": len(fields.calibration),
+                    "calibration_fields": fields.calibration_fields,
                     "abstention": {**abstention.to_dict(), "min_confidence": finite(abstention.min_confidence)},
                     "test": metrics,
                 },
@@ -390,7 +414,7 @@ def train_reader_cmd(
             )
         )
         return
-    console.print(f"trained the reader: {run}" + (f" (with {len(extra)} questions of {fields_path})" if extra else ""), highlight=False)
+    console.print(f"trained the reader: {run}" + (f" (with {len(extra)} questions of {fields_path})" if extra else ""), highlight=False, soft_wrap=True)
     console.print(
         f"abstains below retrieval similarity {abstention.min_similarity:.3f} and span margin {abstention.min_confidence:.3f} "
         f"(chosen on {abstention.chosen_on}, {abstention.questions} questions)",

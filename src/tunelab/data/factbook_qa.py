@@ -264,6 +264,44 @@ def spread_over_kinds(rows: Sequence[dict], n: int, seed: int = 0) -> list[dict]
     return picked
 
 
+# The extractive reader's field questions, chosen by leave-kinds-out on train questions only and confirmed
+# on a second seed (benchmarks/leave_kinds_out_dev.py; benchmarks/strategies/README.md): 6,000 questions to
+# train on, and 200 questions about 15 fields kept out of that training to choose its thresholds on. A reader
+# is less sure of a kind of question it never met; thresholds chosen on kinds it knows alone then abstain on
+# new kinds it reads right, and thresholds that have also seen unfamiliar questions do not.
+READER_FIELD_QUESTIONS = 6000
+CALIBRATION_FIELDS = 15
+CALIBRATION_FIELD_QUESTIONS = 200
+
+
+@dataclass
+class FieldQuestionRoles:
+    """Field questions split by field: some fields to train a reader on, others only to calibrate it on."""
+
+    training: list[dict]
+    calibration: list[dict]
+    calibration_fields: list[str]
+
+
+def field_question_roles(
+    pool: Sequence[dict],
+    training: int = READER_FIELD_QUESTIONS,
+    calibration_fields: int = CALIBRATION_FIELDS,
+    calibration: int = CALIBRATION_FIELD_QUESTIONS,
+    seed: int = 0,
+) -> FieldQuestionRoles:
+    """`calibration_fields` fields of the pool (a seeded draw; at most half of its fields, so some are
+    left to train on) give `calibration` questions spread over them; the other fields give `training`
+    questions spread over them. No field gives questions to both."""
+    kinds = sorted({r.get("kind", "") for r in pool})
+    held = set(random.Random(seed).sample(kinds, min(calibration_fields, len(kinds) // 2)))
+    return FieldQuestionRoles(
+        training=spread_over_kinds([r for r in pool if r.get("kind", "") not in held], training, seed),
+        calibration=spread_over_kinds([r for r in pool if r.get("kind", "") in held], calibration, seed) if held else [],
+        calibration_fields=sorted(held),
+    )
+
+
 def split_qa(items: list[QAItem], test_fraction: float = 0.2, seed: int = 0) -> tuple[list[QAItem], list[QAItem]]:
     """A seeded split, stratified by question kind so both halves cover every kind."""
     if not 0 < test_fraction < 1:

@@ -4,7 +4,7 @@
 
     builtin_index()    cache_dir()/indexes/factbook-<hash>   the Factbook documents, chunked and embedded
     builtin_qa()       (train, test) rows of the Factbook QA set, the default seeded split
-    builtin_field_questions()   questions about the other fields, extra training for the reader
+    builtin_field_questions()   questions about the other fields: the reader's extra training and calibration
     builtin_reader()   cache_dir()/readers/factbook-<hash>   an extractive reader trained on the TRAIN split
                                                              of the built-in QA set (and field questions)
                                                              over that index
@@ -26,7 +26,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tunelab import atomic
-from tunelab.data.factbook_qa import FIELD_QUESTIONS_VERSION, build_factbook_qa, build_field_questions, split_qa, spread_over_kinds
+from tunelab.data.factbook_qa import (
+    CALIBRATION_FIELD_QUESTIONS,
+    CALIBRATION_FIELDS,
+    FIELD_QUESTIONS_VERSION,
+    READER_FIELD_QUESTIONS,
+    FieldQuestionRoles,
+    build_factbook_qa,
+    build_field_questions,
+    field_question_roles,
+    split_qa,
+)
 from tunelab.models.cache import cache_dir
 from tunelab.rag import index as index_module
 from tunelab.rag.embed_choice import choose_embedding_backend
@@ -43,15 +53,11 @@ READER_MODEL = "minilm"
 READER_EPOCHS = 2.0
 QA_SEED = 0
 QA_TEST_FRACTION = 0.2
-# Questions about the Factbook lines no question kind reads, spread over the fields, trained on next to the train
-# questions: a reader that has met many kinds of question answers kinds it never saw far better
-# (benchmarks/strategies: leave-kinds-out). 2,000, about as many as the train questions, fixed before any run.
-FIELD_QUESTIONS = 2000
-# Rough one-off costs on a 2-core AVX-512-BF16 CPU, for the notice printed before a build (measured
-# 2026-12-02: index 5 min; reader 7 min retrieving the train and field questions + 5 min training). An
-# AVX2-only CPU runs fp32 and takes several times longer.
+# Rough one-off costs on a 2-core AVX-512-BF16 CPU, for the notice printed before a build (index measured
+# 2026-12-02: 5 min; reader, with 6,000 field questions, 2026-12-05). An AVX2-only CPU runs fp32 and takes
+# several times longer.
 INDEX_MINUTES = 5
-READER_MINUTES = 12
+READER_MINUTES = 25
 
 
 def settings_hash(settings: dict) -> str:
@@ -73,8 +79,10 @@ def reader_settings(embed_model: str = EMBED_MODEL) -> dict:
         "epochs": READER_EPOCHS,
         "qa_seed": QA_SEED,
         "qa_test_fraction": QA_TEST_FRACTION,
-        "field_questions": FIELD_QUESTIONS,
+        "field_questions": READER_FIELD_QUESTIONS,
         "field_questions_version": FIELD_QUESTIONS_VERSION,
+        "calibration_fields": CALIBRATION_FIELDS,
+        "calibration_field_questions": CALIBRATION_FIELD_QUESTIONS,
     }
 
 
@@ -122,10 +130,12 @@ def builtin_qa() -> tuple[list[dict], list[dict]]:
     return [item.to_dict() for item in train], [item.to_dict() for item in test]
 
 
-def builtin_field_questions(n: int = FIELD_QUESTIONS, seed: int = QA_SEED) -> list[dict]:
-    """n field questions of the built-in corpus, spread over its fields (what fields.jsonl of
-    `tunelab data factbook-qa` holds, sampled): extra reader-training questions."""
-    return spread_over_kinds([item.to_dict() for item in build_field_questions()], n, seed)
+def builtin_field_questions(
+    training: int = READER_FIELD_QUESTIONS, calibration_fields: int = CALIBRATION_FIELDS, calibration: int = CALIBRATION_FIELD_QUESTIONS, seed: int = QA_SEED
+) -> FieldQuestionRoles:
+    """Field questions of the built-in corpus (what fields.jsonl of `tunelab data factbook-qa` holds) in their
+    two roles: extra reader-training questions, and calibration questions about fields kept out of training."""
+    return field_question_roles([item.to_dict() for item in build_field_questions()], training, calibration_fields, calibration, seed)
 
 
 def builtin_reader(progress: bool = True) -> Path:
@@ -140,6 +150,7 @@ def builtin_reader(progress: bool = True) -> Path:
             return final
         _notice(f"building the built-in Factbook reader once (~{READER_MINUTES} min); cached in {final}")
         rows, _test = builtin_qa()
+        fields = builtin_field_questions()
         with open_index(index_dir) as index:
             train_rag_reader(
                 rows,
@@ -151,7 +162,8 @@ def builtin_reader(progress: bool = True) -> Path:
                 seed=QA_SEED,
                 overwrite=False,
                 progress=progress,
-                extra_rows=builtin_field_questions(),
+                extra_rows=fields.training,
+                extra_calibration=fields.calibration,
             )
         atomic.write_json(staging / "builtin.json", reader_settings())
     return final

@@ -100,24 +100,28 @@ def train_rag_reader(
     overwrite: bool = False,
     progress: bool = True,
     extra_rows: Sequence[dict] = (),
+    extra_calibration: Sequence[dict] = (),
 ) -> Path:
     """Train the reader into `out` and write its abstention thresholds; returns `out`.
 
-    `extra_rows` (e.g. field questions, data/factbook_qa.build_field_questions) are trained on only:
-    the thresholds are chosen on a share of `rows`, the questions the reader will be asked.
+    `extra_rows` (e.g. field questions, data/factbook_qa.field_question_roles) are trained on only; the
+    thresholds are chosen on a share of `rows`, the questions the reader will be asked, plus
+    `extra_calibration`: questions unlike any it trained on (field questions about fields kept out of
+    its training), so that the thresholds also fit kinds of question the reader has never met.
     """
     out = Path(out).expanduser()
     refuse_existing(out, overwrite)
-    rows = [r for r in rows if str(r.get("answer", "")).strip()]
-    extra_rows = [r for r in extra_rows if str(r.get("answer", "")).strip()]
+    rows, extra_rows, extra_calibration = ([r for r in group if str(r.get("answer", "")).strip()] for group in (rows, extra_rows, extra_calibration))
+    every = [*rows, *extra_rows, *extra_calibration]
     from tunelab.progress import progress_bar
 
     with progress_bar(progress) as bar:
-        task = bar.add_task("retrieving train questions", total=len(rows) + len(extra_rows)) if bar else None
-        contexts = retrieve_all(index, [*rows, *extra_rows], settings, (lambda n: bar.advance(task, n)) if bar else None)
-    context_of = {id(r): c for r, c in zip([*rows, *extra_rows], contexts)}
+        task = bar.add_task("retrieving train questions", total=len(every)) if bar else None
+        contexts = retrieve_all(index, every, settings, (lambda n: bar.advance(task, n)) if bar else None)
+    context_of = {id(r): c for r, c in zip(every, contexts)}
     reader_rows, calibration = split_train(rows, seed=seed)
     reader_rows += extra_rows
+    calibration += extra_calibration
     return train_reader_on(
         reader_rows,
         [context_of[id(r)] for r in reader_rows],

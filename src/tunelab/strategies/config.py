@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from tunelab.config import Settings
+from tunelab.data.factbook_qa import CALIBRATION_FIELD_QUESTIONS, CALIBRATION_FIELDS, READER_FIELD_QUESTIONS
 
 
 class StrategiesConfig(Settings):
@@ -37,11 +38,18 @@ class StrategiesConfig(Settings):
     reader_epochs: float = Field(2.0, gt=0, description="epochs of the extractive reader")
     reader_questions: int | None = Field(None, gt=0, description="train questions the readers learn from (default: all not used to select or calibrate)")
     field_questions: int = Field(
-        2000,
+        READER_FIELD_QUESTIONS,
         ge=0,
         description="extra training questions of the extractive readers about the Factbook lines no question kind reads "
         "(fields.jsonl of the QA folder, spread over the fields): many kinds of question, so a reader generalises to kinds it never saw; 0 for none",
     )
+    calibration_fields: int = Field(
+        CALIBRATION_FIELDS,
+        ge=0,
+        description="fields of fields.jsonl kept out of the extractive readers' training; questions about them join the calibration questions "
+        "of the readers' thresholds, so the thresholds also fit kinds of question a reader never met; 0 for none",
+    )
+    calibration_field_questions: int = Field(CALIBRATION_FIELD_QUESTIONS, ge=0, description="questions about the calibration fields (spread over them)")
     templates: list[str] = Field(default_factory=lambda: ["plain", "concise", "abstain", "few-shot"], description="closed-book templates to choose from")
     select_by: Literal["penalised_score", "f1", "contains", "exact_match"] = Field(
         "penalised_score", description="train-split criterion for the best template; penalised_score = (right - wrong) / n rewards abstaining over guessing"
@@ -103,6 +111,7 @@ class StrategiesConfig(Settings):
                 reader_epochs=min(self.reader_epochs, 1.0),
                 reader_questions=min(self.reader_questions or 64, 64),
                 field_questions=min(self.field_questions, 16),
+                calibration_field_questions=min(self.calibration_field_questions, 4),
                 max_new_tokens=min(self.max_new_tokens, 8),
                 example_pool=min(self.example_pool, 16),
                 k=min(self.k, 2),

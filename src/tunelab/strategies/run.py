@@ -24,6 +24,7 @@ import numpy as np
 
 from tunelab import atomic
 from tunelab.answers import ABSTENTION, answer_in_text, score, summarise, verdict
+from tunelab.data.factbook_qa import FieldQuestionRoles, field_question_roles
 from tunelab.errors import TunelabError
 from tunelab.hardware import disk_mb
 from tunelab.progress import progress_bar
@@ -126,8 +127,11 @@ class Pipeline:
         self.select = shuffled[: c.select_questions]
         self.calibration = shuffled[c.select_questions : c.select_questions + c.calibration_questions]
         self.training = shuffled[c.select_questions + c.calibration_questions :][: c.reader_questions]
-        # The extractive readers also learn from questions about other fields (never a test question's field).
-        self.reader_training = self.training + self.field_questions()
+        # The extractive readers also learn from questions about other fields (never a test question's field),
+        # and choose their thresholds also on questions about fields kept out of their training.
+        fields = self.field_questions()
+        self.reader_training = self.training + fields.training
+        self.reader_calibration = self.calibration + fields.calibration
         self.sft_rows = self.training[: c.train_pairs]
         self.rag_sft_rows = self.training[: c.rag_train_pairs]
         self.results.update(
@@ -139,8 +143,11 @@ class Pipeline:
                 "rag_sft": len(self.rag_sft_rows),
                 "reader_training": len(self.training),
                 "qa": qa_source,
-                "field_questions": len(self.reader_training) - len(self.training),
-                "chosen_on": "template: select (train); abstention thresholds: calibration (train); weights: sft / reader_training (train); test only scores",
+                "field_questions": len(fields.training),
+                "calibration_field_questions": len(fields.calibration),
+                "calibration_fields": fields.calibration_fields,
+                "chosen_on": "template: select (train); abstention thresholds: calibration (train; the extractive readers' also on calibration "
+                "field questions, about fields they never trained on); weights: sft / reader_training (train); test only scores",
             }
         )
         if c.test_block:
@@ -204,19 +211,17 @@ class Pipeline:
         train, test = builtin_qa()
         return [r for r in train if r.get("answer")], [r for r in test if r.get("answer")], "built-in Factbook QA (tunelab data factbook-qa)"
 
-    def field_questions(self) -> list[dict]:
-        """The extractive readers' extra training questions: fields.jsonl of the --qa folder (or, for the
-        built-in set, the same questions built here), spread over the fields; none for other QA sets."""
-        from tunelab.data.factbook_qa import spread_over_kinds
+    def field_questions(self) -> FieldQuestionRoles:
+        """The extractive readers' extra training and calibration questions: fields.jsonl of the --qa folder
+        (or, for the built-in set, the same questions built here), in their two roles; none for other QA sets."""
         from tunelab.rag.builtin import builtin_field_questions
 
         c = self.config
-        if not c.field_questions:
-            return []
+        sizes = (c.field_questions, c.calibration_fields if c.calibration_field_questions else 0, c.calibration_field_questions)
         if c.qa is None:
-            return builtin_field_questions(c.field_questions, c.seed)
+            return builtin_field_questions(*sizes, seed=c.seed)
         path = Path(c.qa).expanduser() / "fields.jsonl"
-        return spread_over_kinds(read_split(path.parent, "fields"), c.field_questions, c.seed) if path.is_file() else []
+        return field_question_roles(read_split(path.parent, "fields") if path.is_file() else [], *sizes, seed=c.seed)
 
     def finish(self) -> None:
         from tunelab.strategies.report import write_report
@@ -353,15 +358,14 @@ class Pipeline:
                     bar.advance(task, len(rows[part]))
         return readings
 
-    def calibrate(self, reader, context: str | None = None, max_hallucinated: float | None = None):
+    def calibrate(self, reader, context: str | None = None, max_hallucinated: float | None = None, rows: list[dict] | None = None):
         """Abstention thresholds (retrieval similarity, reader confidence) chosen on the calibration train
-        questions: the most right - hallucinated, or the most right within a hallucination budget."""
+        questions (or `rows`): the most right - hallucinated, or the most right within a hallucination budget."""
         from tunelab.rag.train_reader import choose_abstention
 
-        readings = self.read(reader, self.calibration, context)
-        return choose_abstention(
-            self.calibration, self.contexts(self.calibration, context), readings, "train (calibration questions)", max_hallucinated=max_hallucinated
-        )
+        rows = self.calibration if rows is None else rows
+        readings = self.read(reader, rows, context)
+        return choose_abstention(rows, self.contexts(rows, context), readings, f"train (calibration questions, {len(rows)})", max_hallucinated=max_hallucinated)
 
     def decide(self, rows: list[dict], readings: list, abstention, context: str | None = None, index=None) -> dict:
         """Predictions with the thresholds applied, scored; latency = retrieval + this question's reading share."""
@@ -416,12 +420,12 @@ class Pipeline:
             "without_thresholds": {k: unthresholded[k] for k in ("contains", "hallucination_rate_all", "abstention_rate")},
         }
 
-    def choose_decoding(self, name: str, reader, max_hallucinated: float | None = None):
+    def choose_decoding(self, name: str, reader, max_hallucinated: float | None = None, calibration: list[dict] | None = None):
         """(reader, thresholds): an LM reader's decoding is, with `decoding: choose`, whichever of
         grounded and free scores better (the thresholds' criterion, thresholds applied) on the
         calibration train questions; the test questions take no part."""
         if self.config.decoding != "choose" or not hasattr(reader, "decoding"):
-            return reader, self.calibrate(reader, max_hallucinated=max_hallucinated)
+            return reader, self.calibrate(reader, max_hallucinated=max_hallucinated, rows=calibration)
         tried = {}
         for decoding in ("grounded", "free"):
             candidate = self.lm_reader(reader.generator, decoding, reader.examples)
@@ -437,10 +441,20 @@ class Pipeline:
         return tried[chosen]
 
     def run_retrieval_strategy(
-        self, name: str, reader, *, setup_seconds: float, setup: dict, peak_mb: float, disk_mb: float, max_hallucinated: float | None = None
+        self,
+        name: str,
+        reader,
+        *,
+        setup_seconds: float,
+        setup: dict,
+        peak_mb: float,
+        disk_mb: float,
+        max_hallucinated: float | None = None,
+        calibration: list[dict] | None = None,
     ) -> None:
+        """Thresholds chosen on `calibration` (default: the calibration train questions), then the test questions answered and recorded."""
         with PeakMemory() as peak:
-            reader, abstention = self.choose_decoding(name, reader, max_hallucinated)
+            reader, abstention = self.choose_decoding(name, reader, max_hallucinated, calibration)
             self.log(
                 f"{name}: thresholds on {abstention.questions} train questions: similarity >= {abstention.min_similarity:.3f}, confidence >= {abstention.min_confidence:.3f}"
                 f"{', answers quoted from the passages only' if abstention.require_quote else ''}"
@@ -530,13 +544,16 @@ class Pipeline:
         c = self.config
         run_dir = self.out / "runs" / "extractive-reader"
         fields = len(self.reader_training) - len(self.training)
-        self.log(f"extractive reader ({c.reader_model}) on {len(self.training)} train questions + {fields} field questions, {c.reader_epochs:g} epochs")
+        self.log(
+            f"extractive reader ({c.reader_model}) on {len(self.training)} train questions + {fields} field questions, {c.reader_epochs:g} epochs; "
+            f"thresholds on {len(self.reader_calibration)} calibration questions ({len(self.reader_calibration) - len(self.calibration)} about unseen fields)"
+        )
         with PeakMemory() as peak:
             started = time.perf_counter()
             self.contexts(self.reader_training)  # retrieved here so that retrieval is timed apart from training
             retrieval_seconds = time.perf_counter() - started
             started = time.perf_counter()
-            self.train_span_reader(self.reader_training, self.calibration, run_dir)
+            self.train_span_reader(self.reader_training, self.reader_calibration, run_dir)
             seconds = time.perf_counter() - started
             reader = SpanReader(run_dir)
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -556,6 +573,7 @@ class Pipeline:
                 "index_build_seconds": self.results["index"]["build_seconds"],
             },
             disk_mb=disk_mb(run_dir / "model"),
+            calibration=self.reader_calibration,
         )
 
     def stage_best_prompt(self) -> None:
@@ -723,7 +741,7 @@ class Pipeline:
         c = self.config
         held = set(c.held_out_kinds)
         training = [r for r in self.reader_training if r.get("kind") not in held]  # field questions never have a held-out kind
-        calibration = [r for r in self.calibration if r.get("kind") not in held]
+        calibration = [r for r in self.reader_calibration if r.get("kind") not in held]  # seen kinds + the calibration fields
         test = [r for r in self.test if r.get("kind") in held]
         if not test or not training or not calibration:
             self.results["leave_kinds_out"] = {"skipped": f"no test or train questions of the kinds {sorted(held)}"}
@@ -733,7 +751,10 @@ class Pipeline:
         self.train_span_reader(training, calibration, run_dir)
         reader = SpanReader(run_dir)
         held_out = choose_abstention(
-            calibration, self.contexts(calibration), self.read(reader, calibration), "train (calibration questions of the seen kinds only)"
+            calibration,
+            self.contexts(calibration),
+            self.read(reader, calibration),
+            "train (calibration questions of the seen kinds and the calibration fields)",
         )
         out_of_kind = summarise(self.decide(test, self.read(reader, test), held_out)["predictions"], seed=c.seed)
         in_reader, in_abstention = self.readers["extractive+rag"]

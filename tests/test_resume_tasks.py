@@ -1,5 +1,5 @@
-"""Resuming a killed pair-classification, multi-label or token-classification run: it continues from the last
-complete checkpoint (the one the Trainer is given) and ends where the uninterrupted run ends."""
+"""Resuming a killed pair-classification, multi-label, token-classification or extractive-QA run: it continues from
+the last complete checkpoint (the one the Trainer is given) and ends where the uninterrupted run ends."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import sigkill_when, write_tiny_bert
+from tests.test_extractive_qa import qa_frame, write_qa_bert
 from tests.test_multilabel import tags_frame
 from tests.test_pair_classification import pairs_frame
 from tests.test_resume_messages import _train_lines
 from tests.test_token_classification import tagged_rows, write_jsonl
 from tunelab.cli import app
-from tunelab.config import MultiLabelConfig, PairClassificationConfig, TokenClassificationConfig, to_yaml
+from tunelab.config import ExtractiveQAConfig, MultiLabelConfig, PairClassificationConfig, TokenClassificationConfig, to_yaml
 from tunelab.run import Run
 
 EPOCHS, BATCH = 3, 8
@@ -111,3 +112,21 @@ def test_a_killed_multi_label_run_resumes_from_its_checkpoint(tmp_path, checkpoi
     reference = train_multilabel(settings(tmp_path / "whole"), progress=False)
     check_resumed(resumed, reference, checkpoints_given[0], ("f1_micro", "f1_macro", "subset_accuracy", "loss"))
     assert resumed.metrics["thresholds"] == reference.metrics["thresholds"]  # chosen on eval after training, as in one go
+
+
+def test_a_killed_extractive_qa_run_resumes_from_its_checkpoint(tmp_path, checkpoints_given):
+    from tunelab.training.extractive_qa import train_extractive_qa
+
+    model = write_qa_bert(tmp_path / "qa-bert")
+    data = tmp_path / "qa.jsonl"
+    qa_frame(rows=160).to_json(data, orient="records", lines=True)
+
+    def settings(out: Path) -> ExtractiveQAConfig:
+        return ExtractiveQAConfig(model=str(model), data=str(data), lr=3e-3, out=str(out), **TRAINING)
+
+    resumed = kill_and_resume(settings(tmp_path / "killed"), tmp_path, "resume")
+    reference = train_extractive_qa(settings(tmp_path / "whole"), progress=False)
+    check_resumed(resumed, reference, checkpoints_given[0], ())
+    # The reader's threshold is chosen on eval and the test split scored after training, as in one go.
+    assert resumed.metrics["null_threshold"]["value"] == pytest.approx(reference.metrics["null_threshold"]["value"], abs=1e-6)
+    assert resumed.metrics["test"] == reference.metrics["test"]

@@ -154,38 +154,31 @@ def train(
     flags = {k: v for k, v in locals().items() if k not in ("config", "resume", "nproc", "task", "load_settings", "TrainConfig", "TunelabError")}
     chosen = _chosen_task(task, config)
     if chosen == "extractive-qa":
-        _train_extractive_qa(config, flags, resume, nproc)
+        _train(_extractive_qa_settings(config, flags), resume, nproc)
         return
     given = [k for k in _QA_ONLY if flags.pop(k) is not None]
     if given:
         raise TunelabError(f"{_flag(given[0])} applies only to --task extractive-qa", "add --task extractive-qa, or drop the flag")
     if chosen != "pair-classification" and flags.pop("text_pair_col") is not None:
         raise TunelabError("--text-pair-col applies only to --task pair-classification", "add --task pair-classification, or drop the flag")
-    if chosen == "token-classification":
-        _train_token_classification(config, flags, resume, nproc)
-        return
-    given = [k for k in _TOKEN_ONLY if flags.pop(k) is not None]
-    if given:
-        raise TunelabError(f"{_flag(given[0])} applies only to --task token-classification", "add --task token-classification, or drop the flag")
-    if chosen == "multi-label":
-        _train_multilabel(config, flags, resume, nproc)
-        return
-    if flags.pop("label_sep") is not None:
-        raise TunelabError("--label-sep applies only to --task multi-label", "add --task multi-label, or drop the flag")
-    settings = load_settings(settings_class(chosen), config, flags)
-    if chosen == "pair-classification":
-        _refuse_resume_and_processes(chosen, nproc)  # pair runs resume through the classifier's path
-    _train(settings, resume, nproc)
+    if chosen != "token-classification":
+        given = [k for k in _TOKEN_ONLY if flags.pop(k) is not None]
+        if given:
+            raise TunelabError(f"{_flag(given[0])} applies only to --task token-classification", "add --task token-classification, or drop the flag")
+    if chosen != "multi-label" and flags.pop("label_sep") is not None:
+        hint = "drop it; token tags come as a list per row" if chosen == "token-classification" else "add --task multi-label, or drop the flag"
+        raise TunelabError("--label-sep applies only to --task multi-label", hint)
+    _train(load_settings(settings_class(chosen), config, flags), resume, nproc)
 
 
 TASKS = ("classification", "multi-label", "pair-classification", "extractive-qa", "token-classification")
 
 
 def settings_class(task: str):
-    """The settings of a task that `training/classify.train` trains: single texts or text pairs."""
-    from tunelab.config import PairClassificationConfig, TrainConfig
+    """The settings class of a task's runs (config.yaml)."""
+    from tunelab.training.tasks import SETTINGS
 
-    return PairClassificationConfig if task == "pair-classification" else TrainConfig
+    return SETTINGS[task]
 
 
 _QA_ONLY = ("question_col", "context_col", "answer_col", "doc_stride")
@@ -236,62 +229,16 @@ def _chosen_task(task: str | None, config: Path | None) -> str:
     return "classification"
 
 
-def _train_extractive_qa(config: Path | None, flags: dict, resume: bool, nproc: int) -> None:
+def _extractive_qa_settings(config: Path | None, flags: dict):
     from tunelab.config import ExtractiveQAConfig, load_settings
     from tunelab.errors import TunelabError
 
     for key in _NOT_QA:
         if flags.pop(key) is not None:
             raise TunelabError(f"{_flag(key)} does not apply to --task extractive-qa", "drop it")
-    if resume:
-        raise TunelabError("--resume does not apply to --task extractive-qa", "train it again with --overwrite")
-    if nproc > 1:
-        raise TunelabError("--nproc > 1 with --task extractive-qa is not supported yet", "train on one process (drop --nproc)")
     if config is None and flags.get("data") is None:
         raise TunelabError("--task extractive-qa needs --data", "pass a jsonl/json/csv/parquet file with question, context and answer columns")
-    settings = load_settings(ExtractiveQAConfig, config, flags)
-    from tunelab.training.extractive_qa import train_extractive_qa
-
-    print_qa_summary(train_extractive_qa(settings))
-
-
-def _refuse_resume_and_processes(task: str, nproc: int, resume: bool = False) -> None:
-    """The one refusal of what a task's trainer cannot do yet: resuming, and more than one process."""
-    from tunelab.errors import TunelabError
-
-    if resume:
-        raise TunelabError(f"--resume does not apply to --task {task} yet", "train it again with --overwrite")
-    if nproc > 1:
-        raise TunelabError(f"--nproc > 1 with --task {task} is not supported yet", "train on one process (drop --nproc)")
-
-
-def _train_multilabel(config: Path | None, flags: dict, resume: bool, nproc: int) -> None:
-    from tunelab.config import MultiLabelConfig, load_settings
-
-    _refuse_resume_and_processes("multi-label", nproc)
-    _train_multilabel_run(load_settings(MultiLabelConfig, config, flags), resume)
-
-
-def _train_multilabel_run(settings, resume: bool) -> None:
-    from tunelab.training.multilabel import train_multilabel
-
-    print_multilabel_run_summary(train_multilabel(settings, resume=resume))
-
-
-def _train_token_classification(config: Path | None, flags: dict, resume: bool, nproc: int) -> None:
-    from tunelab.config import TokenClassificationConfig, load_settings
-    from tunelab.errors import TunelabError
-
-    if flags.pop("label_sep") is not None:
-        raise TunelabError("--label-sep applies only to --task multi-label", "drop it; token tags come as a list per row")
-    _refuse_resume_and_processes("token-classification", nproc)
-    _train_tagger(load_settings(TokenClassificationConfig, config, flags), resume)
-
-
-def _train_tagger(settings, resume: bool) -> None:
-    from tunelab.training.token_classification import train_token_classifier
-
-    print_token_run_summary(train_token_classifier(settings, resume=resume))
+    return load_settings(ExtractiveQAConfig, config, flags)
 
 
 @command("resume")
@@ -312,32 +259,23 @@ def resume_run(
     import yaml
 
     task = (yaml.safe_load((staging / "config.yaml").read_text(encoding="utf-8")) or {}).get("task", "classification")
-    if task not in ("classification", "pair-classification", "multi-label", "token-classification"):
-        _refuse_resume_and_processes(task, nproc, resume=True)
-    if task != "classification":
-        _refuse_resume_and_processes(task, nproc)
-    from tunelab.config import MultiLabelConfig, TokenClassificationConfig
-
-    if task == "token-classification":
-        _train_tagger(load_settings(TokenClassificationConfig, staging / "config.yaml"), True)
-    elif task == "multi-label":
-        _train_multilabel_run(load_settings(MultiLabelConfig, staging / "config.yaml"), True)
-    else:
-        _train(load_settings(settings_class(task), staging / "config.yaml"), True, nproc)
+    if task not in TASKS:
+        raise TunelabError(f"`tunelab resume` continues runs of `tunelab train`; '{run}' is a {task} run", "train it again with --overwrite")
+    _train(load_settings(settings_class(task), staging / "config.yaml"), True, nproc)
 
 
 def _train(settings, resume: bool, nproc: int) -> None:
+    """Train a run of any task, in this process or (--nproc N) in N processes through torchrun, and print its summary."""
     from tunelab.training.launch import in_distributed_launch, train_multiprocess
+    from tunelab.training.tasks import task_of, trainer_of
 
     if nproc > 1 and not in_distributed_launch():
         run = train_multiprocess(settings, nproc, resume)
     else:
-        from tunelab.training.classify import train as run_training
-
-        run = run_training(settings, resume=resume)
+        run = trainer_of(settings)(settings, resume=resume)
         if not _is_main_process():
             return
-    print_run_summary(run)
+    _SUMMARIES[task_of(settings)](run)
 
 
 def _is_main_process() -> bool:
@@ -485,3 +423,13 @@ def print_qa_summary(run) -> None:
         else "\n[bold green]done[/]"
     )
     console.print(f"run directory: {run.path}")
+
+
+# What `tunelab train` prints when a run of each task is done.
+_SUMMARIES = {
+    "classification": print_run_summary,
+    "pair-classification": print_run_summary,
+    "multi-label": print_multilabel_run_summary,
+    "token-classification": print_token_run_summary,
+    "extractive-qa": print_qa_summary,
+}

@@ -43,13 +43,11 @@ from tunelab.config import (
 from tunelab.errors import TunelabError, did_you_mean
 from tunelab.training.baselines import METHODS as BASELINE_METHODS
 from tunelab.training.baselines import BaselineConfig
+from tunelab.training.tasks import SETTINGS
 
-# The settings of each task a compare trains; `task: classification` is `tunelab train` without --task.
+# The settings of each task a compare trains: every `tunelab train` task but extractive QA; `task: classification` is `tunelab train` without --task.
 TASK_SETTINGS: dict[str, type[TrainConfig]] = {
-    "classification": TrainConfig,
-    "pair-classification": PairClassificationConfig,
-    "multi-label": MultiLabelConfig,
-    "token-classification": TokenClassificationConfig,
+    task: SETTINGS[task] for task in ("classification", "pair-classification", "multi-label", "token-classification")
 }
 # Each task's own settings that decide what its splits hold, beside DataSettings'.
 TASK_DATA_FIELDS = {

@@ -21,10 +21,11 @@ import yaml
 
 from tunelab import atomic
 from tunelab.compare.config import TASK_SETTINGS, Candidate, CompareConfig, candidate_config
-from tunelab.config import MultiLabelConfig, TokenClassificationConfig, TrainConfig, resolve_recipe
+from tunelab.config import TrainConfig, resolve_recipe
 from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.training.baselines import BaselineConfig
+from tunelab.training.tasks import trainer_of
 
 # Settings whose stored value is resolved at run time (None/'auto' -> a number): not compared on resume.
 RESOLVED_AT_RUN_TIME = ("out", "overwrite", "threads", "max_length", "batch_size", "precision", "C")
@@ -109,25 +110,6 @@ def _train(kind: str, values: dict[str, Any], progress: bool) -> tuple[str, str 
     except TunelabError as error:
         return error.message, error.hint
     return None
-
-
-def trainer_of(settings: TrainConfig | BaselineConfig):
-    """The training function of a candidate's settings: each task's own, as `tunelab train --task` calls it."""
-    if isinstance(settings, BaselineConfig):
-        from tunelab.training.baselines import train_baseline
-
-        return train_baseline
-    if isinstance(settings, MultiLabelConfig):
-        from tunelab.training.multilabel import train_multilabel
-
-        return train_multilabel
-    if isinstance(settings, TokenClassificationConfig):
-        from tunelab.training.token_classification import train_token_classifier
-
-        return train_token_classifier
-    from tunelab.training.classify import train  # single texts and text pairs
-
-    return train
 
 
 def _raise(outcome: tuple[str, str | None] | None) -> None:

@@ -69,7 +69,7 @@ def build_classifier_trainer(
     config: TrainConfig, setup: trainer_setup.RunSetup, model, datasets, tokenizer, labels, batch_size: int, lr: float, progress: bool
 ):
     """The AccuracyTrainer: class-weighted loss, the length-window sampler, layer-wise learning-rate decay."""
-    args = trainer_setup.training_arguments(config, setup, batch_size, lr, len(datasets["train"]) // setup.processes)
+    args = trainer_setup.training_arguments(config, setup, batch_size, lr, len(datasets["train"]))
     return trainer_setup.build_trainer(
         AccuracyTrainer,
         config,

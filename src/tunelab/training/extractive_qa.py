@@ -1,9 +1,9 @@
 """Fine-tuning an encoder for extractive question answering: the recipe, top to bottom.
 
-set up -> load + validate data -> split by question -> tokenizer -> max length -> windows with span
-labels -> model -> stage -> Trainer -> train -> save model -> choose the no-answer threshold on eval
--> score the test split with the reader -> publish the run directory. The steps every encoder task
-shares are training/trainer_setup.py's.
+set up -> load + validate data -> split by question -> (resuming: the last checkpoint) -> tokenizer -> max
+length -> windows with span labels -> model -> stage -> Trainer -> train -> (main process:) save model ->
+choose the no-answer threshold on eval -> score the test split with the reader -> publish the run
+directory. The steps every encoder task shares are training/trainer_setup.py's.
 
 The trained model is the RAG reader (models/span_reader.py): it answers with a span of a source,
 or abstains.
@@ -29,6 +29,7 @@ from tunelab.errors import TunelabError, did_you_mean  # noqa: E402
 from tunelab.models.span_reader import ExtractiveReader, choose_threshold, cls_index, encode_windows  # noqa: E402
 from tunelab.run import Run  # noqa: E402
 from tunelab.training import trainer_setup  # noqa: E402
+from tunelab.training.resume import ResumePoint, resume_point  # noqa: E402
 
 TASK = "extractive-qa"
 MIN_MAX_LENGTH = 32  # a window must leave the context room after the question
@@ -36,10 +37,13 @@ MIN_MAX_LENGTH = 32  # a window must leave the context room after the question
 CI_NAMES = {"exact_match": "exact_match", "f1": "token_f1", "contains": "right", "hallucination_rate_all": "hallucinated"}
 
 
-def train_extractive_qa(config: ExtractiveQAConfig, progress: bool = True) -> Run:
-    """Fine-tune config.model to point at answer spans in config.data; return the finished run."""
+def train_extractive_qa(config: ExtractiveQAConfig, progress: bool = True, resume: bool = False) -> Run:
+    """Fine-tune config.model to point at answer spans in config.data; return the finished run.
+    With resume, training continues from the last checkpoint that a killed run left in its staging folder."""
     setup = trainer_setup.start_run(config)
     splits = load_qa_splits(config)  # every answer checked against its context, split by question (seeded)
+    point = resume_point(setup.staging, config.epochs) if resume else None
+    checkpoint = point.checkpoint if point else None
     pretrained = trainer_setup.load_pretrained(config)
     tokenizer = pretrained.tokenizer
     tokenizer.padding_side = "right"  # "no answer" points at [CLS], index 0 of every padded window
@@ -49,17 +53,20 @@ def train_extractive_qa(config: ExtractiveQAConfig, progress: bool = True) -> Ru
     datasets = {name: tokenize_qa(splits[name], tokenizer, max_length, config.doc_stride) for name in ("train", "eval")}
     with trainer_setup.quiet_new_head():  # the span head (qa_outputs) is new
         model = AutoModelForQuestionAnswering.from_pretrained(pretrained.folder)
-    if progress:
-        print_plan(config, splits, len(datasets["train"]), max_length, lr, setup.precision, sum(p.numel() for p in model.parameters()))
-    trainer_setup.stage_run(setup, config, splits, task=TASK, kind="transformers", max_length=max_length, lr=lr)
-    # The plain Trainer; the best epoch by eval loss is kept.
+    if progress and setup.is_main:
+        print_plan(config, splits, len(datasets["train"]), max_length, lr, setup, sum(p.numel() for p in model.parameters()), point)
+    trainer_setup.stage_run(setup, config, splits, checkpoint=checkpoint, task=TASK, kind="transformers", max_length=max_length, lr=lr)
+    # The plain Trainer (its QA loss takes no num_items_in_batch, so it is not scaled by the process count); the best epoch by eval loss is kept.
     args = trainer_setup.training_arguments(config, setup, config.batch_size, lr, len(datasets["train"]), best_metric="loss")
     trainer = trainer_setup.build_trainer(Trainer, config, setup, args, model, datasets, tokenizer, progress)
-    facts = trainer_setup.training_metrics(trainer, trainer_setup.train_timed(trainer), setup)
-    trainer_setup.save_model(trainer, setup.staging / "model")
-    test, threshold = score_reader(config, setup, trainer.model.eval(), tokenizer, splits, max_length)
-    atomic.write_json(setup.staging / "metrics.json", {"task": TASK, "test": test, **facts, "null_threshold": threshold})
-    trainer_setup.publish_run(setup, config.overwrite)
+    trained = trainer_setup.train_timed(trainer, checkpoint)
+    if setup.is_main:  # launched by torchrun (--nproc), every process trains and the main one writes the run
+        facts = trainer_setup.training_metrics(trainer, trained, setup)
+        trainer_setup.save_model(trainer, setup.staging / "model")
+        test, threshold = score_reader(config, setup, trainer.model.eval(), tokenizer, splits, max_length)
+        atomic.write_json(setup.staging / "metrics.json", {"task": TASK, "test": test, **facts, "null_threshold": threshold})
+        trainer_setup.publish_run(setup, config.overwrite)
+    setup.state.wait_for_everyone()
     return Run.open(setup.out)
 
 
@@ -288,16 +295,23 @@ def score_split(reader: ExtractiveReader, split: pd.DataFrame, threshold: float,
     return metrics, predictions
 
 
-def print_plan(config: ExtractiveQAConfig, splits, windows: int, max_length: int, lr: float, precision: str, parameters: int) -> None:
+def print_plan(
+    config: ExtractiveQAConfig, splits, windows: int, max_length: int, lr: float, setup: trainer_setup.RunSetup, parameters: int, resuming: ResumePoint | None
+) -> None:
+    """The plan on stderr; for a resumed run, which checkpoint it continues from."""
     from rich.console import Console
 
     train = splits["train"]
     unanswerable = float((train["answer"] == "").mean())
-    steps = max(1, windows // config.batch_size) * config.epochs
-    Console(stderr=True).print(
+    effective = config.batch_size * setup.processes
+    steps = max(1, windows // effective) * config.epochs
+    console = Console(stderr=True)
+    console.print(
         f"[bold]plan[/]: {config.model} on {config.data}, extractive QA — {len(train)} train / {len(splits['eval'])} eval / "
         f"{len(splits['test'])} test rows ({unanswerable:.0%} of train unanswerable), {windows} train windows\n"
-        f"      max length {max_length}, doc stride {config.doc_stride}, batch {config.batch_size}, ≈{steps:.0f} steps, "
-        f"learning rate {lr:g}, {precision}; parameters {parameters / 1e6:.1f}M",
+        f"      max length {max_length}, doc stride {config.doc_stride}, batch {config.batch_size} × {setup.processes} process(es) = {effective}, "
+        f"≈{steps:.0f} steps, learning rate {lr:g}, {setup.precision}; parameters {parameters / 1e6:.1f}M",
         highlight=False,
     )
+    if resuming is not None:
+        console.print(resuming.describe(), highlight=False)

@@ -1,8 +1,9 @@
-"""Data-parallel training in several processes through torchrun (gloo on CPU, NCCL on GPUs).
+"""Data-parallel training in several processes through torchrun (gloo on CPU, NCCL on GPUs), for every task.
 
-The parent writes the resolved settings to a YAML file and starts `python -m torch.distributed.run
--m tunelab train FILE` with N processes; each one runs the same recipe, and only the main process
-writes the run directory.
+The parent writes the settings given (and the task) to a YAML file and starts `python -m torch.distributed.run
+-m tunelab train FILE` with N processes; `tunelab train` reads the task from the file, so each process runs
+that task's recipe (training/tasks.py) on its shard of the batches, and only the main process writes the
+run directory.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tunelab.config import TrainConfig, to_yaml
+from tunelab import atomic
+from tunelab.config import TrainerSettings, to_yaml
 from tunelab.errors import TunelabError
 from tunelab.run import Run
+from tunelab.training.resume import resume_point
 from tunelab.training.trainer_setup import resolve_out_dir
 
 
@@ -30,16 +33,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def train_multiprocess(config: TrainConfig, nproc: int, resume: bool = False) -> Run:
-    """Run `tunelab train` in `nproc` local processes and return the finished run."""
+def train_multiprocess(config: TrainerSettings, nproc: int, resume: bool = False) -> Run:
+    """Run `tunelab train` (any task) in `nproc` local processes and return the finished run."""
     if nproc < 2:
         raise TunelabError(f"--nproc {nproc} needs to be at least 2 for multi-process training", "drop --nproc to train in one process")
     # Every process must agree on the run directory, so the default name is fixed here, once.
     config = config.model_copy(update={"out": str(resolve_out_dir(config))})
+    if resume:  # nothing to resume is said here in one line, not by every process through torchrun
+        resume_point(atomic.partial_path(resolve_out_dir(config)), config.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         settings = Path(tmp) / "train.yaml"
         # Only the settings given: a setting written out would count as given and keep the recipe (auto) from filling it.
-        settings.write_text(to_yaml(config, only_given=True), encoding="utf-8")
+        # The task is written too: it is fixed, never "given", and it is what tells the processes which recipe to run.
+        task = {"task": config.task} if "task" in type(config).model_fields else {}
+        settings.write_text(to_yaml(config, only_given=True, **task), encoding="utf-8")
         command = [
             sys.executable,
             "-m",

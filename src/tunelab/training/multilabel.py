@@ -1,7 +1,7 @@
 """Fine-tuning an encoder for multi-label classification: the recipe, top to bottom.
 
 set up -> load label sets -> split (by rarest label, seeded) -> (resuming: the last checkpoint) -> tokenizer -> max length -> profile -> model
-(a sigmoid per label) -> plan -> stage -> tokenize with multi-hot targets -> Trainer -> train -> save model
+(a sigmoid per label) -> plan -> stage -> tokenize with multi-hot targets -> Trainer -> train -> (main process:) save model
 -> choose each label's threshold on the eval split -> evaluate on the test split -> publish the run directory.
 
 The steps every encoder task shares are training/trainer_setup.py's, the classifier's model and plan
@@ -48,7 +48,7 @@ def train_multilabel(config: MultiLabelConfig, progress: bool = True, resume: bo
     # One logit per label, trained with binary cross-entropy (saved in config.json, so every loader knows the outputs are sigmoids).
     model.config.problem_type = "multi_label_classification"
     plan = trainer_setup.plan_batch(config, model, pretrained.config, max_length, setup)
-    if progress:
+    if progress and setup.is_main:
         trainer_setup.print_plan(config, splits, labels, max_length, lr, setup, plan, point)
     trainer_setup.stage_run(setup, config, splits, labels, profile, checkpoint, max_length=max_length, batch_size=plan.batch_size, lr=lr)
     # Targets are multi-hot float vectors, as BCEWithLogitsLoss takes them.
@@ -68,16 +68,25 @@ def train_multilabel(config: MultiLabelConfig, progress: bool = True, resume: bo
         layer_lr_decay=config.layer_lr_decay,
         compute_metrics=multilabel_scores,
     )
-    facts = trainer_setup.training_metrics(trainer, trainer_setup.train_timed(trainer, checkpoint), setup)
+    trained = trainer_setup.train_timed(trainer, checkpoint)
+    if setup.is_main:  # launched by torchrun (--nproc), every process trains and the main one writes the run
+        save_and_evaluate(config, setup, trainer, trainer_setup.training_metrics(trainer, trained, setup), splits["eval"], labels, max_length, progress)
+    setup.state.wait_for_everyone()
+    return Run.open(setup.out)
+
+
+def save_and_evaluate(
+    config: MultiLabelConfig, setup: trainer_setup.RunSetup, trainer, facts: dict, eval_split, labels: list[str], max_length: int, progress: bool
+) -> None:
+    """model/, the thresholds chosen on eval, metrics.json with the training facts, the test-split evaluation and report; then publish."""
     trainer_setup.save_model(trainer, setup.staging / "model")
-    thresholds = thresholds_on_eval(Classifier.load(setup.staging / "model", max_length), splits["eval"], labels, config.eval_batch_size)
+    thresholds = thresholds_on_eval(Classifier.load(setup.staging / "model", max_length), eval_split, labels, config.eval_batch_size)
     write_thresholds(setup.staging, thresholds)
     atomic.write_json(setup.staging / "metrics.json", {"task": TASK, **facts, "thresholds": thresholds})
     from tunelab.evaluation.multilabel_pipeline import evaluate_multilabel_run
 
     evaluate_multilabel_run(Run(setup.staging), progress=progress, baseline=config.baseline)
     trainer_setup.publish_run(setup, config.overwrite)
-    return Run.open(setup.out)
 
 
 def tokenize_multilabel(frame, tokenizer, max_length: int, labels: list[str]):

@@ -2,8 +2,8 @@
 
 set up -> load tagged sentences -> split by group (seeded) -> (resuming: the last checkpoint) -> tokenizer -> max length -> profile -> model
 (a tag per token) -> plan -> stage -> tokenize, each word's tag on its first word piece (-100 on the
-rest) -> Trainer -> train, keeping the epoch with the best entity micro-F1 on the eval split -> save
--> evaluate on the test split -> publish the run directory.
+rest) -> Trainer -> train, keeping the epoch with the best entity micro-F1 on the eval split -> (main
+process:) save -> evaluate on the test split -> publish the run directory.
 
 The steps every encoder task shares are training/trainer_setup.py's; what differs is the targets,
 the head (AutoModelForTokenClassification), the collator (it pads labels with -100) and the per-epoch metric.
@@ -51,7 +51,7 @@ def train_token_classifier(config: TokenClassificationConfig, progress: bool = T
     with trainer_setup.quiet_new_head():
         model = AutoModelForTokenClassification.from_pretrained(pretrained.folder, num_labels=len(tags), id2label=dict(enumerate(tags)), label2id=tag2id)
     plan = trainer_setup.plan_batch(config, model, pretrained.config, max_length, setup)
-    if progress:
+    if progress and setup.is_main:
         trainer_setup.print_plan(config, splits, tags, max_length, lr, setup, plan, point)
     trainer_setup.stage_run(setup, config, splits, tags, profile, checkpoint, max_length=max_length, batch_size=plan.batch_size, lr=lr)
     # A word's tag on its first piece, -100 (ignored by the loss) on the others.
@@ -71,14 +71,21 @@ def train_token_classifier(config: TokenClassificationConfig, progress: bool = T
         compute_metrics=lambda prediction: entity_f1(prediction, tags),
         data_collator=DataCollatorForTokenClassification(pretrained.tokenizer, pad_to_multiple_of=8),
     )
-    facts = trainer_setup.training_metrics(trainer, trainer_setup.train_timed(trainer, checkpoint), setup)
+    trained = trainer_setup.train_timed(trainer, checkpoint)
+    if setup.is_main:  # launched by torchrun (--nproc), every process trains and the main one writes the run
+        save_and_evaluate(config, setup, trainer, trainer_setup.training_metrics(trainer, trained, setup), progress)
+    setup.state.wait_for_everyone()
+    return Run.open(setup.out)
+
+
+def save_and_evaluate(config: TokenClassificationConfig, setup: trainer_setup.RunSetup, trainer, facts: dict, progress: bool) -> None:
+    """model/, metrics.json with the training facts, the test-split evaluation and report; then publish."""
     trainer_setup.save_model(trainer, setup.staging / "model")
     atomic.write_json(setup.staging / "metrics.json", {"task": TASK, **facts})
     from tunelab.evaluation.token_pipeline import evaluate_token_run
 
     evaluate_token_run(Run(setup.staging), progress=progress, baseline=config.baseline)
     trainer_setup.publish_run(setup, config.overwrite)
-    return Run.open(setup.out)
 
 
 class TagAccuracyTrainer(AccuracyTrainer):

@@ -1,10 +1,11 @@
 """The steps every encoder fine-tuning task shares: set-up, the Trainer, its arguments and metrics, publishing.
 
-`tunelab train` (training/classify.py), multi-label (training/multilabel.py) and extractive QA
-(training/extractive_qa.py) are each a short list of these steps around what is their own: the data,
-tokenizing, the model's head, `compute_metrics`, and what is scored after training.
+`tunelab train` (training/classify.py, single texts and text pairs), multi-label (training/multilabel.py),
+token classification (training/token_classification.py) and extractive QA (training/extractive_qa.py) are
+each a short list of these steps around what is their own: the data, tokenizing, the model's head,
+`compute_metrics`, and what is scored after training.
 
-A new task (token classification, say) gives its config the Trainer settings by subclassing
+A new task gives its config the Trainer settings by subclassing
 `config.TrainerSettings` (or `TrainConfig`, to get the classifier's too), then:
 
     setup = start_run(config)                        # refuse an existing run, seed, threads, precision, process group
@@ -15,10 +16,15 @@ A new task (token classification, say) gives its config the Trainer settings by 
     args = training_arguments(config, setup, batch_size, lr, len(datasets["train"]), best_metric="loss")
     trainer = build_trainer(TheTrainerClass, config, setup, args, model, datasets, tokenizer, progress, compute_metrics=...)
     trained = train_timed(trainer)
-    facts = training_metrics(trainer, trained, setup)  # metrics.json's "train" and "environment"
-    save_model(trainer, setup.staging / "model")
-    ... its own test scores and metrics.json ...
-    publish_run(setup, config.overwrite)
+    if setup.is_main:                                  # under torchrun (`--nproc`) every process trains; one writes
+        facts = training_metrics(trainer, trained, setup)  # metrics.json's "train" and "environment"
+        save_model(trainer, setup.staging / "model")
+        ... its own test scores and metrics.json ...
+        publish_run(setup, config.overwrite)
+    setup.state.wait_for_everyone()
+
+`--resume` hands the task's `resume.resume_point(setup.staging, config.epochs)` checkpoint to `stage_run`
+and `train_timed`, and says which it is (`print_plan`'s `resuming`).
 
 The memory plan (`plan_batch`, `print_plan`) and `build_classifier` fit any task with a
 sequence-classification-shaped model; a task with another head builds its model itself, inside
@@ -263,14 +269,14 @@ def training_arguments(
     config: TrainerSettings, setup: RunSetup, batch_size: int, lr: float, train_rows: int, best_metric: str = "accuracy"
 ) -> TrainingArguments:
     """hf_trainer's arguments for an encoder task: checkpoints every epoch, the best by `best_metric` kept;
-    train_rows counts one process's share."""
+    train_rows counts the whole train split (each of `setup.processes` processes trains on its share)."""
     return hf_trainer.training_arguments(
         config,
         setup.staging / "checkpoints",
         batch_size=batch_size,
         lr=lr,
         precision=setup.precision,
-        train_rows=train_rows,
+        train_rows=train_rows // setup.processes,
         group_by_length=config.group_by_length,
         best_metric=best_metric,
         keep_checkpoints=config.keep_checkpoints,

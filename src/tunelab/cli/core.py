@@ -125,8 +125,8 @@ def train(
     out: Annotated[str | None, typer.Option(help="run directory")] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="replace an existing run")] = None,
     strict: Annotated[bool | None, typer.Option("--strict", help="refuse empty texts instead of dropping them")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue a killed run from its last checkpoint")] = False,
-    nproc: Annotated[int, typer.Option(help="data-parallel processes on this machine (torchrun; gloo on CPU)")] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="continue a killed run (any --task) from its last checkpoint")] = False,
+    nproc: Annotated[int, typer.Option(help="data-parallel processes on this machine, for any --task (torchrun; gloo on CPU)")] = 1,
     task: Annotated[
         str | None,
         typer.Option(

@@ -56,7 +56,8 @@ def train_extractive_qa(config: ExtractiveQAConfig, progress: bool = True, resum
     if progress and setup.is_main:
         print_plan(config, splits, len(datasets["train"]), max_length, lr, setup, sum(p.numel() for p in model.parameters()), point)
     trainer_setup.stage_run(setup, config, splits, checkpoint=checkpoint, task=TASK, kind="transformers", max_length=max_length, lr=lr)
-    # The plain Trainer (its QA loss takes no num_items_in_batch, so it is not scaled by the process count); the best epoch by eval loss is kept.
+    # The plain Trainer; the best epoch by eval loss is kept. Its batches hold no `labels` (span positions instead), so under
+    # --nproc the Trainer leaves the loss a per-process mean rather than scaling it by the process count.
     args = trainer_setup.training_arguments(config, setup, config.batch_size, lr, len(datasets["train"]), best_metric="loss")
     trainer = trainer_setup.build_trainer(Trainer, config, setup, args, model, datasets, tokenizer, progress)
     trained = trainer_setup.train_timed(trainer, checkpoint)

@@ -8,7 +8,7 @@ model instead of a classifier run:
 - `onnx`, `onnx-int8`: the model exported once by tunelab.runtime.export into
   cache_dir()/onnx/<model>-<fingerprint>/ (model.onnx, model.int8.onnx), run by ONNX Runtime.
 - `openvino`: that fp32 model.onnx compiled by OpenVINO; `openvino-int8`: NNCF's static int8 of it
-  (openvino.int8.xml/.bin), calibrated on CALIBRATION_TEXTS Factbook chunks. Both need the optional
+  (openvino.int8.xml/.bin), calibrated on openvino_export.CALIBRATION_TEXTS Factbook chunks. Both need the optional
   `openvino` extra; without it `auto` passes them over and naming one is a one-line error.
 - `auto`: the fastest backend that passes, timed on this CPU on Factbook chunks on first use and cached
   in the folder's backend_choice.json with the CPU flags and thread count it was measured on.
@@ -38,8 +38,7 @@ from tunelab import atomic
 from tunelab.errors import TunelabError
 from tunelab.models.cache import cache_dir
 from tunelab.models.catalogue import resolve_model
-from tunelab.runtime import choice
-from tunelab.runtime.openvino_export import CALIBRATION_TEXTS
+from tunelab.runtime import choice, openvino_export
 from tunelab.runtime.scorers import BACKENDS, MODEL_FILES, ONNX_FILES, missing_package, not_installed, require_packages
 
 # An embedding backend may move recall@5 on the train questions by at most this much from fp32 PyTorch's
@@ -51,9 +50,6 @@ CHOICE_FILE = choice.CHOICE_FILE
 TIMING_TEXTS = 256  # Factbook chunks per backend when auto times them: seconds on 2 cores for a MiniLM
 TIMING_DOCUMENTS = 8  # the Factbook documents they are cut from (about 45 chunks each)
 TIMING_BATCH = 64  # build_index's batch size
-# NNCF's activation ranges for openvino-int8 come from CALIBRATION_TEXTS Factbook chunks, a seeded sample of
-# the gate corpus (the texts an index embeds; no question is read).
-
 # An embedding model runs on the backends a classifier does; each model file sits in the model's cache folder.
 EMBED_BACKENDS: tuple[str, ...] = BACKENDS
 GATED = EMBED_BACKENDS[1:]
@@ -186,7 +182,6 @@ def measure_gate(model: str | Path, folder: Path, needs: list[str], say: Say) ->
 
     from tunelab.rag.embed import OnnxEmbedder, SentenceEmbedder
     from tunelab.runtime.export import INT8_RECIPES, export_embedder, export_failures, quantize
-    from tunelab.runtime.openvino_export import measured_or_failed, quantize_openvino
 
     parity = read_parity(folder) or {"backends": {}}
     reference = SentenceEmbedder(model, bf16=False)
@@ -220,16 +215,16 @@ def measure_gate(model: str | Path, folder: Path, needs: list[str], say: Say) ->
                     break
 
     def openvino_int8() -> dict[str, Any]:
-        say(f"quantizing the embedder to int8 for OpenVINO (NNCF, calibrated on {CALIBRATION_TEXTS} Factbook chunks)")
+        say(f"quantizing the embedder to int8 for OpenVINO (NNCF, calibrated on {openvino_export.CALIBRATION_TEXTS} Factbook chunks)")
         feeds = calibration_feeds(reference.tokenizer, gate.texts, reference.max_tokens)
         int8 = folder / MODEL_FILES["openvino-int8"]
-        atomic.write_file(int8, lambda path: quantize_openvino(fp32, path, feeds), sidecars=(".bin",))
+        atomic.write_file(int8, lambda path: openvino_export.quantize_openvino(fp32, path, feeds), sidecars=(".bin",))
         return {**measured("openvino-int8", int8), "calibration_texts": len(feeds)}
 
     openvino = {"openvino": lambda: measured("openvino", fp32), "openvino-int8": openvino_int8}
     for backend, measure in openvino.items():
         if backend in needs and backend not in parity["backends"]:
-            parity["backends"][backend] = measured_or_failed(measure, "this model")
+            parity["backends"][backend] = openvino_export.measured_or_failed(measure, "this model")
     atomic.write_json(folder / PARITY_FILE, parity)
     return parity
 
@@ -258,10 +253,9 @@ def refusals(parity: dict[str, Any]) -> dict[str, str]:
 
 
 def calibration_feeds(tokenizer, texts: list[str], max_tokens: int) -> list[dict[str, np.ndarray]]:
-    """NNCF's calibration inputs for an embedder: CALIBRATION_TEXTS of `texts`, stripped as sentence-transformers strips them."""
-    from tunelab.runtime.openvino_export import calibration_feeds as feeds
-
-    return feeds(tokenizer, [text.strip() for text in texts], max_tokens)
+    """NNCF's calibration inputs for an embedder: a seeded sample of openvino_export.CALIBRATION_TEXTS Factbook chunks (the
+    texts an index embeds; no question is read), stripped as sentence-transformers strips them."""
+    return openvino_export.calibration_feeds(tokenizer, [text.strip() for text in texts], max_tokens)
 
 
 def time_embedders(model: str | Path, backends: list[str], threads: int | None, say: Say) -> dict[str, float]:

@@ -75,7 +75,7 @@ class TorchScorer(Probabilities):
 
 @dataclass
 class OnnxScorer(Probabilities):
-    """An exported ONNX model in an onnxruntime InferenceSession, fed by the run's own tokenizer."""
+    """An exported ONNX model in an onnxruntime InferenceSession or an OpenVinoSession (`open_session`), fed by the run's own tokenizer."""
 
     session: Any  # onnxruntime.InferenceSession
     tokenizer: Any
@@ -215,8 +215,10 @@ def onnx_path(run: Run, backend: str) -> Path:
     path = run.path / ONNX_DIR / MODEL_FILES[backend]
     if not path.is_file():
         flag = " --quantize int8" if backend == "onnx-int8" else ""
-        how = f"tunelab export {run.path} --format onnx{flag}" if backend not in OPENVINO_BACKENDS else f"tunelab predict {run.path} TEXT --backend {backend}"
-        raise TunelabError(f"run '{run.path}' has no {path.relative_to(run.path)}", f"make it first: {how}")
+        hint = f"export it first: tunelab export {run.path} --format onnx{flag}"
+        if backend in OPENVINO_BACKENDS:
+            hint = f"its first use makes it: tunelab predict {run.path} TEXT --backend {backend}"
+        raise TunelabError(f"run '{run.path}' has no {path.relative_to(run.path)}", hint)
     return path
 
 

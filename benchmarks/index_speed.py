@@ -87,12 +87,13 @@ def embedders(workdir: Path, capped: bool = False):
 def openvino_embedders(reference, fp32: Path, workdir: Path):
     """OpenVINO on the same fp32 graph, and NNCF's int8 of it; the one-off seconds are compiling, and calibrating + quantizing."""
     from tunelab.rag.embed import OnnxEmbedder
-    from tunelab.rag.embed_choice import calibration_feeds, factbook_chunks, missing_package
-    from tunelab.runtime.export import quantize_openvino
+    from tunelab.rag.embed_choice import calibration_feeds, factbook_chunks
+    from tunelab.runtime.openvino_export import quantize_openvino
+    from tunelab.runtime.scorers import not_installed
 
     for name in ("openvino", "openvino-int8"):
-        if missing_package(name):
-            yield name, f"{missing_package(name)} is not installed (pip install 'tunelab[openvino]')", 0.0
+        if not_installed(name):
+            yield name, not_installed(name), 0.0
             continue
         started = time.perf_counter()
         path = fp32

@@ -179,6 +179,33 @@ def test_onnx_export_checks_parity_on_the_pairs(pair_run):
     np.testing.assert_allclose(open_scorer(run, "onnx").logits(pairs), open_scorer(run, "torch").logits(pairs), atol=1e-4)
 
 
+def test_openvino_backends_score_the_pairs_and_calibrate_on_train_pairs(pair_run, tmp_path, monkeypatch):
+    """Both OpenVINO backends read a pair as the tokenizer's pair (token_type_ids); int8 is calibrated on train pairs."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import shutil
+
+    from tunelab.run import Run
+    from tunelab.runtime import load_scorer, openvino_export
+    from tunelab.runtime.choice import exported, refusals
+
+    run = Run.open(shutil.copytree(pair_run, tmp_path / "run", ignore=shutil.ignore_patterns("onnx")))
+    feeds: list = []
+    real = openvino_export.calibration_feeds
+    monkeypatch.setattr(openvino_export, "calibration_feeds", lambda *args: feeds.extend(real(*args)) or feeds)
+    refused = refusals(exported(run, "auto", say=lambda line: None))
+    assert feeds and all(feed["token_type_ids"].max() == 1 for feed in feeds)  # each calibration input is a pair
+    pairs = textpairs.frame_inputs(run.split("test"))
+    reference = load_scorer(run, "torch").logits(pairs)
+    for backend in ("openvino", "openvino-int8"):
+        if backend in refused:  # a tiny model's int8 may miss the gate: then the reason is on record
+            assert "agrees with PyTorch on" in refused[backend]
+            continue
+        logits = load_scorer(run, backend, say=lambda line: None).logits(pairs)
+        assert (logits.argmax(axis=1) == reference.argmax(axis=1)).all(), backend
+    assert "openvino" not in refused
+
+
 def test_the_service_takes_pairs_and_documents_them(pair_run):
     from tunelab.prediction import predict
     from tunelab.serve.app import create_app

@@ -95,16 +95,23 @@ def test_a_backend_failing_its_gate_is_refused_with_the_reason(run_dir: Path, tm
     from tunelab.runtime import export, load_scorer
 
     run = fresh_copy(run_dir, tmp_path, monkeypatch)
-    real, calls = export.agreement, []
+    real_export, real_agreement = export.export_onnx, export.agreement
 
-    def int8_disagrees(logits, reference):  # the export measures fp32's agreement first, then int8's
-        calls.append(1)
-        return real(logits, reference) if len(calls) == 1 else 0.98
+    def export_with_int8_disagreeing(*args, **kwargs):  # the OpenVINO backends, measured after the export, agree as they do
+        calls = []
 
-    monkeypatch.setattr(export, "agreement", int8_disagrees)
+        def int8_disagrees(logits, reference):  # the export measures fp32's agreement first, then int8's
+            calls.append(1)
+            return real_agreement(logits, reference) if len(calls) == 1 else 0.98
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(export, "agreement", int8_disagrees)
+            return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(export, "export_onnx", export_with_int8_disagreeing)
     lines: list[str] = []
     scorer = load_scorer(run, "auto", say=lines.append)
-    assert scorer.backend in ("torch", "onnx")
+    assert scorer.backend != "onnx-int8"
     record = json.loads((run / "onnx" / "backend_choice.json").read_text())
     assert set(record["refused"]) == {"onnx-int8"} and "98.00%" in record["refused"]["onnx-int8"] and "99.5%" in record["refused"]["onnx-int8"]
     assert "onnx-int8" not in record["texts_per_s"]
@@ -120,14 +127,27 @@ def test_a_backend_failing_its_gate_is_refused_with_the_reason(run_dir: Path, tm
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and "refused" in result.output
 
 
-def test_the_fp32_gate() -> None:
+def test_every_backend_has_the_same_gate(monkeypatch) -> None:
+    from tunelab.runtime import choice
     from tunelab.runtime.choice import refusals
 
-    passing = {"fp32_argmax_agreement": 1.0, "int8_argmax_agreement": 0.995}
+    monkeypatch.setattr(choice, "not_installed", lambda backend: None)  # the gate itself, with or without the openvino extra
+    passing = {
+        "fp32_argmax_agreement": 1.0,
+        "int8_argmax_agreement": 0.995,
+        "openvino": {"argmax_agreement": 1.0},
+        "openvino-int8": {"argmax_agreement": 0.995},
+    }
     assert refusals(passing) == {}
     refused = refusals({**passing, "fp32_argmax_agreement": 0.99})
     assert set(refused) == {"onnx"} and "fp32 ONNX model agrees with PyTorch on 99.00%" in refused["onnx"]
-    assert set(refusals({"fp32_argmax_agreement": 1.0, "int8_argmax_agreement": None})) == {"onnx-int8"}
+    assert set(refusals({**passing, "int8_argmax_agreement": None})) == {"onnx-int8"}
+    refused = refusals({**passing, "openvino": {"argmax_agreement": 0.994}, "openvino-int8": {"failed": "OpenVINO failed on this run's model: X"}})
+    assert refused == {
+        "openvino": "the OpenVINO model agrees with PyTorch on 99.40% of the test texts (needs 99.5%)",
+        "openvino-int8": "OpenVINO failed on this run's model: X",
+    }
+    assert set(refusals({key: value for key, value in passing.items() if key != "openvino-int8"})) == {"openvino-int8"}  # never measured
 
 
 def test_auto_falls_back_to_torch_when_the_export_fails(run_dir: Path, tmp_path, monkeypatch) -> None:

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +101,27 @@ def folder_lock(final: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_file(final: str | os.PathLike, write: Callable[[Path], None], sidecars: tuple[str, ...] = ()) -> Path:
+    """`write(path)` a file beside `final`, then rename it into place, so a killed writer never leaves a half file under the real name.
+
+    `sidecars` are the suffixes of files the writer puts beside its file (OpenVINO IR's .bin beside the
+    .xml): they move in first and `final` last, so a `final` on disk always has its own.
+    """
+    final = Path(final)
+    staging = final.with_name(f".partial.{final.name}")
+    staged = [staging, *(staging.with_suffix(suffix) for suffix in sidecars)]
+    for path in staged:
+        path.unlink(missing_ok=True)
+    try:
+        write(staging)
+        if sidecars:
+            final.unlink(missing_ok=True)  # the old file must not meet the new sidecars
+        for suffix in sidecars:
+            os.replace(staging.with_suffix(suffix), final.with_suffix(suffix))
+        os.replace(staging, final)
+    finally:
+        for path in staged:
+            path.unlink(missing_ok=True)
+    return final

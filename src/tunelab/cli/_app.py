@@ -9,6 +9,7 @@ from typing import NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tunelab.errors import TunelabError
 
@@ -26,8 +27,11 @@ F = TypeVar("F", bound=Callable)
 
 
 def fail(error: TunelabError) -> NoReturn:
-    """One line on stderr (what is wrong — how to fix it), exit code 2, no traceback."""
-    err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    """One line on stderr (what is wrong — how to fix it), exit code 2, no traceback.
+
+    The message is escaped: brackets in it (`pip install 'tunelab[openvino]'`, a file's [section]) are text, not markup.
+    """
+    err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     sys.exit(error.exit_code)
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from tunelab.backends import CHOICES_HELP
 from tunelab.cli._app import app, command, console, user_errors
 
 models_app = typer.Typer(help="Pretrained models available offline.", invoke_without_command=True)
@@ -293,9 +294,7 @@ def predict(
     out: Annotated[Path | None, typer.Option(help="CSV to write (with --file)")] = None,
     encoding: Annotated[str, typer.Option()] = "utf-8",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-    backend: Annotated[
-        str, typer.Option(help="torch, onnx, onnx-int8 (exported on first use, parity-gated) or auto: the fastest that passes its gate on this CPU")
-    ] = "torch",
+    backend: Annotated[str, typer.Option(help=CHOICES_HELP)] = "torch",
     threads: Annotated[int | None, typer.Option(help="CPU threads per forward pass (default: every core allowed)")] = None,
     pair: Annotated[
         list[str] | None, typer.Option("--pair", help="pair-classification runs: the second text of each text, in order (one --pair per text)")

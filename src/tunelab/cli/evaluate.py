@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from tunelab.backends import CHOICES_HELP
 from tunelab.cli._app import command, console
 from tunelab.errors import TunelabError
 
@@ -37,9 +38,7 @@ def eval_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (for scripts).")] = False,
     bias: Annotated[bool, typer.Option("--bias", help="Probe for bias: swap he/she, male/female names, ... and count flipped predictions.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts per inference batch.")] = 64,
-    backend: Annotated[
-        str, typer.Option("--backend", help="torch, onnx, onnx-int8 (exported on first use, parity-gated) or auto: the fastest that passes its gate.")
-    ] = "torch",
+    backend: Annotated[str, typer.Option("--backend", help=CHOICES_HELP)] = "torch",
     baseline: Annotated[
         bool | None,
         typer.Option(

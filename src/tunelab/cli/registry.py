@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from tunelab.backends import CHOICES_HELP
 from tunelab.cli._app import app, command, console, user_errors
 
 registry_app = typer.Typer(no_args_is_help=True, help="Model versions and stages (candidate, production, archived).")
@@ -196,7 +197,7 @@ def serve(
     name: Annotated[str, typer.Argument(help="model name; its production version is served")],
     host: Annotated[str, typer.Option(help="address to bind; the default serves this machine only")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
-    backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8 (onnx needs `tunelab export` of each version)")] = "torch",
+    backend: Annotated[str, typer.Option(help=CHOICES_HELP)] = "torch",
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
     interval: Annotated[float, typer.Option(help="seconds between registry checks for a new production version")] = 2.0,
     registry: RegistryOption = None,

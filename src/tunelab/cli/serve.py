@@ -9,14 +9,11 @@ from typing import Annotated
 
 import typer
 
+from tunelab.backends import CHOICES, CHOICES_HELP
 from tunelab.cli._app import command, console
 
-
-class BackendChoice(StrEnum):
-    torch = "torch"
-    onnx = "onnx"
-    onnx_int8 = "onnx-int8"
-    auto = "auto"
+# tunelab.backends.CHOICES, so a new backend reaches `serve --backend` without a second list.
+BackendChoice = StrEnum("BackendChoice", {choice.replace("-", "_"): choice for choice in CHOICES})
 
 
 class FormatChoice(StrEnum):
@@ -32,9 +29,7 @@ def serve(
     run: Annotated[str, typer.Argument(help="run directory of a fine-tuned classifier, a causal LM, or a registry model name")],
     host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
-    backend: Annotated[
-        BackendChoice, typer.Option(help="torch, ONNX (exported on first use), or auto: the fastest that passes its parity gate")
-    ] = BackendChoice.torch,
+    backend: Annotated[BackendChoice, typer.Option(help=CHOICES_HELP)] = BackendChoice.torch,
     workers: Annotated[
         int, typer.Option(help="uvicorn worker processes (each loads the model; the cores are shared out between them; one /metrics view of all)")
     ] = 1,

@@ -93,11 +93,11 @@ class OnnxEmbedder:
     def __init__(self, model: str | Path, backend: str, onnx_file: Path, max_tokens: int, dim: int, threads: int | None = None):
         from transformers import AutoTokenizer
 
-        from tunelab.runtime.scorers import OpenVinoSession, onnx_session
+        from tunelab.runtime.scorers import open_session
 
         self.name = str(model)
         self.backend = backend
-        self.session = OpenVinoSession(onnx_file, threads) if backend.startswith("openvino") else onnx_session(onnx_file, threads)
+        self.session = open_session(onnx_file, backend, threads)
         self.tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(model)))
         self.max_tokens = max_tokens
         self.dim = dim

@@ -8,7 +8,7 @@ model instead of a classifier run:
 - `onnx`, `onnx-int8`: the model exported once by tunelab.runtime.export into
   cache_dir()/onnx/<model>-<fingerprint>/ (model.onnx, model.int8.onnx), run by ONNX Runtime.
 - `openvino`: that fp32 model.onnx compiled by OpenVINO; `openvino-int8`: NNCF's static int8 of it
-  (openvino.int8.xml/.bin), calibrated on CALIBRATION_TEXTS Factbook chunks. Both need the optional
+  (openvino.int8.xml/.bin), calibrated on openvino_export.CALIBRATION_TEXTS Factbook chunks. Both need the optional
   `openvino` extra; without it `auto` passes them over and naming one is a one-line error.
 - `auto`: the fastest backend that passes, timed on this CPU on Factbook chunks on first use and cached
   in the folder's backend_choice.json with the CPU flags and thread count it was measured on.
@@ -24,10 +24,7 @@ reference) and with each other backend, about as long as building the Factbook i
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import os
-import random
 import re
 import sys
 from collections.abc import Callable
@@ -41,8 +38,8 @@ from tunelab import atomic
 from tunelab.errors import TunelabError
 from tunelab.models.cache import cache_dir
 from tunelab.models.catalogue import resolve_model
-from tunelab.runtime import choice
-from tunelab.runtime.scorers import ONNX_FILES, OPENVINO_HINT
+from tunelab.runtime import choice, openvino_export
+from tunelab.runtime.scorers import BACKENDS, MODEL_FILES, ONNX_FILES, missing_package, not_installed, require_packages
 
 # An embedding backend may move recall@5 on the train questions by at most this much from fp32 PyTorch's
 # (either way): the issue's gate, about 10 of the ~2,000 Factbook train questions.
@@ -53,16 +50,9 @@ CHOICE_FILE = choice.CHOICE_FILE
 TIMING_TEXTS = 256  # Factbook chunks per backend when auto times them: seconds on 2 cores for a MiniLM
 TIMING_DOCUMENTS = 8  # the Factbook documents they are cut from (about 45 chunks each)
 TIMING_BATCH = 64  # build_index's batch size
-# NNCF's activation ranges for openvino-int8 come from this many Factbook chunks, a seeded sample of the
-# gate corpus (the texts an index embeds; no question is read): one to three minutes of calibration on 2 busy cores.
-CALIBRATION_TEXTS = 128
-
-EMBED_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+# An embedding model runs on the backends a classifier does; each model file sits in the model's cache folder.
+EMBED_BACKENDS: tuple[str, ...] = BACKENDS
 GATED = EMBED_BACKENDS[1:]
-# The model file each backend runs, in the model's cache folder; OpenVINO compiles the fp32 ONNX graph itself.
-MODEL_FILES = {**ONNX_FILES, "openvino": ONNX_FILES["onnx"], "openvino-int8": "openvino.int8.xml"}
-# What a backend needs installed beyond the base install (the `openvino` extra).
-PACKAGES = {"openvino": ("openvino",), "openvino-int8": ("openvino", "nncf")}
 
 Say = Callable[[str], None]
 
@@ -148,12 +138,10 @@ def choose_embedding_backend(model: str | Path, backend: str, threads: int | Non
             lambda backends: time_embedders(model, backends, threads, say),
             f"{TIMING_TEXTS} Factbook chunks per backend, batches of {TIMING_BATCH}, after a {choice.WARMUP_TEXTS}-text warm-up",
             measurement_key(model, threads),
-            EMBED_BACKENDS,
         ),
         cached=lambda: choice.read_cached_choice(onnx_folder(model) / CHOICE_FILE, measurement_key(model, threads)),
         what=f"embedding model {model}",
         say=say,
-        backends=EMBED_BACKENDS,
     )
 
 
@@ -164,8 +152,8 @@ def gated(model: str | Path, backend: str, say: Say) -> dict[str, Any]:
     raises it. A backend whose packages are not installed is left out of `auto`, and raises when named.
     """
     folder = onnx_folder(model)
-    if backend != "auto" and missing_package(backend):
-        raise TunelabError(f"backend {backend} needs {missing_package(backend)}, which is not installed", OPENVINO_HINT)
+    if backend != "auto":
+        require_packages(backend)
     asked = GATED if backend == "auto" else (backend,)
     needs = ["onnx", *(name for name in asked if name != "onnx" and not missing_package(name))]
 
@@ -193,7 +181,7 @@ def measure_gate(model: str | Path, folder: Path, needs: list[str], say: Say) ->
     from sentence_transformers import SentenceTransformer
 
     from tunelab.rag.embed import OnnxEmbedder, SentenceEmbedder
-    from tunelab.runtime.export import INT8_RECIPES, export_embedder, export_failures, first_line, quantize, quantize_openvino
+    from tunelab.runtime.export import INT8_RECIPES, export_embedder, export_failures, quantize
 
     parity = read_parity(folder) or {"backends": {}}
     reference = SentenceEmbedder(model, bf16=False)
@@ -214,32 +202,29 @@ def measure_gate(model: str | Path, folder: Path, needs: list[str], say: Say) ->
     with export_failures(hint):
         if "onnx" not in parity["backends"] or not fp32.is_file():
             say("exporting the fp32 ONNX embedder")
-            _replace(fp32, lambda path: export_embedder(SentenceTransformer(str(resolve_model(model)), device="cpu", local_files_only=True), path))
+            atomic.write_file(fp32, lambda path: export_embedder(SentenceTransformer(str(resolve_model(model)), device="cpu", local_files_only=True), path))
             parity["backends"]["onnx"] = measured("onnx", fp32)
         if "onnx-int8" in needs and "onnx-int8" not in parity["backends"]:
             # The first recipe (fastest first) whose recall passes is kept, else the last one tried is recorded as refused.
             for recipe in INT8_RECIPES:
                 say(f"quantizing the embedder to int8 ({recipe})")
                 int8 = folder / ONNX_FILES["onnx-int8"]
-                _replace(int8, lambda path, recipe=recipe: quantize(fp32, path, recipe))
+                atomic.write_file(int8, lambda path, recipe=recipe: quantize(fp32, path, recipe))
                 parity["backends"]["onnx-int8"] = {**measured("onnx-int8", int8), "recipe": recipe}
                 if passes(parity["backends"]["onnx-int8"]):
                     break
 
     def openvino_int8() -> dict[str, Any]:
-        say(f"quantizing the embedder to int8 for OpenVINO (NNCF, calibrated on {CALIBRATION_TEXTS} Factbook chunks)")
+        say(f"quantizing the embedder to int8 for OpenVINO (NNCF, calibrated on {openvino_export.CALIBRATION_TEXTS} Factbook chunks)")
         feeds = calibration_feeds(reference.tokenizer, gate.texts, reference.max_tokens)
         int8 = folder / MODEL_FILES["openvino-int8"]
-        _replace(int8, lambda path: quantize_openvino(fp32, path, feeds), sidecars=(".bin",))
+        atomic.write_file(int8, lambda path: openvino_export.quantize_openvino(fp32, path, feeds), sidecars=(".bin",))
         return {**measured("openvino-int8", int8), "calibration_texts": len(feeds)}
 
     openvino = {"openvino": lambda: measured("openvino", fp32), "openvino-int8": openvino_int8}
     for backend, measure in openvino.items():
         if backend in needs and backend not in parity["backends"]:
-            try:
-                parity["backends"][backend] = measure()
-            except Exception as error:  # a graph OpenVINO or NNCF cannot take refuses that backend only; ONNX Runtime's stand
-                parity["backends"][backend] = {"failed": f"OpenVINO failed on this model: {first_line(error)}"}
+            parity["backends"][backend] = openvino_export.measured_or_failed(measure, "this model")
     atomic.write_json(folder / PARITY_FILE, parity)
     return parity
 
@@ -255,8 +240,8 @@ def refusals(parity: dict[str, Any]) -> dict[str, str]:
     refused = {}
     for backend in GATED:
         figures = parity["backends"].get(backend)
-        if missing_package(backend):
-            refused[backend] = f"{missing_package(backend)} is not installed (pip install 'tunelab[openvino]')"
+        if not_installed(backend):
+            refused[backend] = not_installed(backend)
         elif figures is not None and "failed" in figures:
             refused[backend] = figures["failed"]
         elif figures is not None and not passes(figures):
@@ -267,19 +252,10 @@ def refusals(parity: dict[str, Any]) -> dict[str, str]:
     return refused
 
 
-def missing_package(backend: str) -> str | None:
-    """The first package `backend` needs that is not installed, if any."""
-    return next((package for package in PACKAGES.get(backend, ()) if importlib.util.find_spec(package) is None), None)
-
-
 def calibration_feeds(tokenizer, texts: list[str], max_tokens: int) -> list[dict[str, np.ndarray]]:
-    """A seeded sample of CALIBRATION_TEXTS of `texts`, tokenized one per feed as the embedder's inputs."""
-    sample = random.Random(0).sample(texts, min(CALIBRATION_TEXTS, len(texts)))
-    feeds = []
-    for text in sample:
-        encoded = tokenizer([text.strip()], truncation=True, max_length=max_tokens, return_tensors="np")
-        feeds.append({name: values.astype(np.int64) for name, values in encoded.items()})
-    return feeds
+    """NNCF's calibration inputs for an embedder: a seeded sample of openvino_export.CALIBRATION_TEXTS Factbook chunks (the
+    texts an index embeds; no question is read), stripped as sentence-transformers strips them."""
+    return openvino_export.calibration_feeds(tokenizer, [text.strip() for text in texts], max_tokens)
 
 
 def time_embedders(model: str | Path, backends: list[str], threads: int | None, say: Say) -> dict[str, float]:
@@ -296,8 +272,6 @@ def time_embedders(model: str | Path, backends: list[str], threads: int | None, 
 def measurement_key(model: str | Path, threads: int | None) -> dict[str, Any]:
     folder = onnx_folder(model)
     versions = {backend: _file_version(folder / name) for backend, name in MODEL_FILES.items()}
-    # Installing the extra later must measure again: a choice made without OpenVINO did not time it.
-    versions["openvino_runtime"] = _package_version("openvino")
     return choice.cpu_key(threads, {"torch": folder.name, **versions})
 
 
@@ -308,42 +282,11 @@ def read_parity(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def _package_version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
 def _file_version(path: Path) -> str | None:
     if not path.is_file():
         return None
     stat = path.stat()
     return f"{stat.st_size}:{stat.st_mtime_ns}"
-
-
-def _replace(final: Path, write: Callable[[Path], None], sidecars: tuple[str, ...] = ()) -> None:
-    """Write a model file beside `final` and rename it into place, so a killed export never leaves a half file under the real name.
-
-    `sidecars` are the suffixes of files the writer puts beside its file (OpenVINO IR's .bin beside the
-    .xml): they move in first and `final` last, so a `final` on disk always has its own.
-    """
-    staging = final.with_name(f".partial.{final.name}")
-    staged = [staging, *(staging.with_suffix(suffix) for suffix in sidecars)]
-    for path in staged:
-        path.unlink(missing_ok=True)
-    try:
-        write(staging)
-        if sidecars:
-            final.unlink(missing_ok=True)  # the old file must not meet the new sidecars
-        for suffix in sidecars:
-            os.replace(staging.with_suffix(suffix), final.with_suffix(suffix))
-        os.replace(staging, final)
-    finally:
-        for path in staged:
-            path.unlink(missing_ok=True)
 
 
 def _to_stderr(line: str) -> None:

@@ -1,13 +1,15 @@
-"""The inference runtime of a classifier run's forward passes that do not train: PyTorch or ONNX Runtime.
+"""The inference runtime of a classifier run's forward passes that do not train: PyTorch, ONNX Runtime or OpenVINO.
 
-`scorers.py` (one texts -> logits interface over PyTorch and ONNX Runtime, bounded intra-op threads),
+`scorers.py` (one texts -> logits interface over PyTorch, ONNX Runtime and OpenVINO, bounded intra-op threads),
 `export.py` (ONNX fp32 and int8 exports checked against PyTorch: `tunelab export`, and first use),
-`choice.py` (`load_scorer(run, backend)`: torch, onnx, onnx-int8 or auto, each behind its parity gate;
+`openvino_export.py` (the OpenVINO backends' gate figures and NNCF's int8, on first use),
+`choice.py` (`load_scorer(run, backend)`: one of tunelab.backends.CHOICES, each backend behind its parity gate;
 auto's measured choice cached in the run; `choose`, the same rule for any target). The service, `predict` and `eval`
-all load through it; tunelab.rag.embed_choice applies `choose` and the exporter to embedding models.
+all load through it; tunelab.rag.embed_choice applies `choose` and the exporters to embedding models.
 """
 
-from tunelab.runtime.choice import CHOICES, choose_backend, load_scorer
-from tunelab.runtime.scorers import BACKENDS, Scorer
+from tunelab.backends import BACKENDS, CHOICES
+from tunelab.runtime.choice import choose_backend, load_scorer
+from tunelab.runtime.scorers import Scorer
 
 __all__ = ["BACKENDS", "CHOICES", "Scorer", "choose_backend", "load_scorer"]

@@ -1,16 +1,21 @@
-"""Which runtime scores a classifier run's texts: torch, fp32 ONNX, int8 ONNX, or `auto`.
+"""Which runtime scores a classifier run's texts: torch, ONNX fp32 or int8 in ONNX Runtime or OpenVINO, or `auto`.
 
 `load_scorer(run, backend)` is the one entry point of the service, `predict` and `eval`:
 
 - `torch`: the run's PyTorch model, as trained.
 - `onnx`, `onnx-int8`: ONNX Runtime, exported into the run's onnx/ on first use (tunelab.runtime.export,
-  under a folder lock so two processes never export at once). Each is used only if it passes its parity
-  gate on the run's test split: argmax agreement with PyTorch of at least INT8_MIN_AGREEMENT, as
-  recorded in onnx/parity.json. A backend that fails is refused with one line saying why.
+  under a folder lock so two processes never export at once).
+- `openvino`: that fp32 model.onnx compiled by OpenVINO; `openvino-int8`: NNCF's static int8 of it,
+  calibrated on the run's train texts (tunelab.runtime.openvino_export). Both need the optional
+  `openvino` extra; without it `auto` passes them over, saying so, and naming one is a one-line error.
 - `auto`: the fastest backend that passes its gate, timed on this CPU on the run's test texts on first
-  use and cached in onnx/backend_choice.json (what was measured, the CPU flags and thread count it was
-  measured with, and why any backend was refused). A cache measured on other flags, another thread
-  count or other model files is measured again.
+  use and cached in onnx/backend_choice.json (what was measured, the CPU flags, thread count and
+  OpenVINO version it was measured with, and why any backend was refused). A cache measured on other
+  flags, another thread count, another OpenVINO or other model files is measured again.
+
+Every backend but torch is used only if it passes its parity gate on the run's test split: argmax
+agreement with PyTorch of at least INT8_MIN_AGREEMENT, as recorded in onnx/parity.json. A backend that
+fails is refused with one line saying why.
 """
 
 from __future__ import annotations
@@ -23,14 +28,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tunelab import atomic, hardware
+from tunelab.backends import BACKENDS, OPENVINO_BACKENDS
 from tunelab.errors import TunelabError
 from tunelab.run import Run
-from tunelab.runtime.scorers import BACKENDS, ONNX_DIR, Scorer, model_version, open_scorer
+from tunelab.runtime.scorers import (
+    ONNX_DIR,
+    PARITY_FILE,
+    Scorer,
+    missing_package,
+    model_version,
+    not_installed,
+    open_scorer,
+    require_packages,
+)
 from tunelab.textpairs import frame_inputs
 
-CHOICES: tuple[str, ...] = (*BACKENDS, "auto")
 CHOICE_FILE = "backend_choice.json"
-PARITY_FILE = "parity.json"
+# What each gated backend runs, as its refusal names it.
+GATED_MODELS = {"onnx": "the fp32 ONNX model", "onnx-int8": "the int8 model", "openvino": "the OpenVINO model", "openvino-int8": "the OpenVINO int8 model"}
 # `auto` times each backend on this many of the run's test texts, in predict's batches: a few seconds on
 # 2 cores for a MiniLM, enough to rank backends whose speeds differ by tens of percent.
 TIMING_TEXTS = 256
@@ -41,7 +56,7 @@ Say = Callable[[str], None]
 
 
 def load_scorer(run: Run | str, backend: str = "torch", threads: int | None = None, say: Say | None = None) -> Scorer:
-    """A scorer for a finished classifier run on `backend` (torch, onnx, onnx-int8 or auto)."""
+    """A scorer for a finished classifier run on `backend` (one of CHOICES)."""
     run = run if isinstance(run, Run) else Run.open(run)
     return open_scorer(run, choose_backend(run, backend, threads, say), threads)
 
@@ -71,17 +86,15 @@ def choose(
     cached: Callable[[], dict[str, Any] | None],
     what: str,
     say: Say,
-    backends: tuple[str, ...] = BACKENDS,
 ) -> str:
     """The one rule of every backend choice (a classifier run's, an embedding model's).
 
     `refused(asked)` exports what `asked` needs on first use and returns each backend that fails its
     gate with the reason; `cached()` is auto's earlier measurement if it still holds, `measure(refused)`
     times the passing backends and records the choice. A backend asked for by name that fails its gate is
-    an error saying why, never a silent fallback. `backends` are the names the target may run on
-    (an embedding model has OpenVINO's too), torch first.
+    an error saying why, never a silent fallback. Both targets run on BACKENDS.
     """
-    check_backend_name(backend, backends)
+    check_backend_name(backend)
     if backend == "torch":
         return "torch"
     if backend == "auto":
@@ -98,20 +111,26 @@ def choose(
 
 
 def exported(run: Run, backend: str, say: Say) -> dict[str, Any]:
-    """The run's parity.json, exporting first if the ONNX models `backend` needs were never exported.
+    """The run's parity.json, exporting first what `backend` needs that was never exported and measured.
 
     An export that fails (an architecture the exporter cannot handle, a run without a test split) refuses
-    both ONNX backends for `auto`, with its message; an explicit ONNX backend raises it.
+    every gated backend for `auto`, with its message; an explicit backend raises it. An OpenVINO backend
+    whose packages are not installed is left out of `auto`, and raises when named.
     """
     from tunelab.runtime.export import export_onnx
+    from tunelab.runtime.openvino_export import add_openvino
 
-    needs_int8 = backend != "onnx"
+    if backend != "auto":
+        require_packages(backend)
+    needs_int8 = backend in ("onnx-int8", "auto")
+    openvino = [name for name in OPENVINO_BACKENDS if backend in (name, "auto") and not missing_package(name)]
+
+    def onnx_done(parity: dict[str, Any] | None) -> bool:
+        return parity is not None and (not needs_int8 or parity.get("int8_argmax_agreement") is not None)
 
     def done() -> dict[str, Any] | None:
         parity = _read_json(run.path / ONNX_DIR / PARITY_FILE)
-        if parity is not None and (not needs_int8 or parity.get("int8_argmax_agreement") is not None):
-            return parity
-        return None
+        return parity if onnx_done(parity) and all(name in parity for name in openvino) else None
 
     parity = done()  # checked before locking too: an exported run is only read, and gets no lock file
     if parity is not None:
@@ -120,9 +139,16 @@ def exported(run: Run, backend: str, say: Say) -> dict[str, Any]:
         parity = done()  # another process may have exported while this one waited
         if parity is not None:
             return parity
-        say(f"exporting {run.path.name} to ONNX{' and int8' if needs_int8 else ''} (first use; checked against PyTorch on its test split)")
         try:
-            return export_onnx(run, "int8" if needs_int8 else None, int8_refusal="record").to_dict()
+            parity = _read_json(run.path / ONNX_DIR / PARITY_FILE)
+            if not onnx_done(parity):
+                say(f"exporting {run.path.name} to ONNX{' and int8' if needs_int8 else ''} (first use; checked against PyTorch on its test split)")
+                parity = export_onnx(run, "int8" if needs_int8 else None, int8_refusal="record").to_dict()
+            missing = [name for name in openvino if name not in parity]
+            if missing:
+                say(f"compiling {run.path.name} for {', '.join(missing)} (first use; checked against PyTorch on its test split)")
+                parity = add_openvino(run, missing, say)
+            return parity
         except TunelabError as error:
             if backend != "auto":
                 raise
@@ -130,18 +156,23 @@ def exported(run: Run, backend: str, say: Say) -> dict[str, Any]:
 
 
 def refusals(parity: dict[str, Any]) -> dict[str, str]:
-    """Each ONNX backend that may not be used, with the reason; a backend absent from the answer passed its gate."""
+    """Each gated backend that may not be used, with the reason; a backend absent from the answer passed its gate."""
     from tunelab.runtime.export import INT8_MIN_AGREEMENT
 
-    if parity.get("export_failed"):
-        return {"onnx": parity["export_failed"], "onnx-int8": parity["export_failed"]}
+    openvino = {name: parity.get(name) or {} for name in OPENVINO_BACKENDS}
+    # int8's agreement is measured also when the export refused it (parity.json's int8_refused).
+    agreements = {
+        "onnx": parity.get("fp32_argmax_agreement"),
+        "onnx-int8": parity.get("int8_argmax_agreement"),
+        **{name: figures.get("argmax_agreement") for name, figures in openvino.items()},
+    }
     refused = {}
-    fp32 = parity.get("fp32_argmax_agreement")
-    if fp32 is None or fp32 < INT8_MIN_AGREEMENT:
-        refused["onnx"] = f"the fp32 ONNX model agrees with PyTorch on {_share(fp32)} of the test texts (needs {INT8_MIN_AGREEMENT:.1%})"
-    int8 = parity.get("int8_argmax_agreement")  # measured also when the export refused int8 (parity.json's int8_refused)
-    if int8 is None or int8 < INT8_MIN_AGREEMENT:
-        refused["onnx-int8"] = f"the int8 model agrees with PyTorch on {_share(int8)} of the test texts (needs {INT8_MIN_AGREEMENT:.1%})"
+    for backend, agreement in agreements.items():
+        failure = not_installed(backend) or parity.get("export_failed") or openvino.get(backend, {}).get("failed")
+        if failure:
+            refused[backend] = failure
+        elif agreement is None or agreement < INT8_MIN_AGREEMENT:
+            refused[backend] = f"{GATED_MODELS[backend]} agrees with PyTorch on {_share(agreement)} of the test texts (needs {INT8_MIN_AGREEMENT:.1%})"
     return refused
 
 
@@ -159,15 +190,14 @@ def record_choice(
     time_them: Callable[[list[str]], dict[str, float]],
     measured: str,
     key: dict[str, Any],
-    backends: tuple[str, ...] = BACKENDS,
 ) -> dict[str, Any]:
-    """Time the `backends` not refused (`time_them` -> texts/s each), write the choice with what it holds for to `path`."""
-    candidates = [backend for backend in backends if backend not in refused]
+    """Time the BACKENDS not refused (`time_them` -> texts/s each), write the choice with what it holds for to `path`."""
+    candidates = [backend for backend in BACKENDS if backend not in refused]
     speeds = time_them(candidates) if len(candidates) > 1 else {}
     choice = {
         "chosen": max(speeds, key=speeds.get) if speeds else "torch",
         "texts_per_s": speeds,
-        "refused": {backend: refused[backend] for backend in backends if backend in refused},
+        "refused": {backend: refused[backend] for backend in BACKENDS if backend in refused},
         "measured": measured,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **key,
@@ -200,6 +230,8 @@ def cpu_key(threads: int | None, model_versions: dict[str, str]) -> dict[str, An
         "cpu_flags": [flag for flag in hardware.SPEED_FLAGS if flag in hardware.cpu_flags()],
         "threads": hardware.thread_count(threads),
         "model_versions": model_versions,
+        # Installing the `openvino` extra later must measure again: a choice made without it did not time OpenVINO.
+        "openvino_version": _package_version("openvino"),
     }
 
 
@@ -226,6 +258,15 @@ def describe_choice(choice: dict[str, Any]) -> str:
 
 def _share(value: float | None) -> str:
     return "an unmeasured share" if value is None else f"{value:.2%}"
+
+
+def _package_version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _read_json(path) -> dict[str, Any] | None:

@@ -33,12 +33,13 @@ import numpy as np
 from tunelab import atomic
 from tunelab.errors import TunelabError
 from tunelab.run import Run
-from tunelab.runtime.scorers import ONNX_DIR, ONNX_FILES, OnnxScorer, onnx_session
+from tunelab.runtime.scorers import ONNX_DIR, ONNX_FILES, PARITY_FILE, OnnxScorer, onnx_session
 from tunelab.textpairs import frame_inputs
 
 OPSET = 18
 ARGMAX_COMPARED = "argmax of the logits"
 PARITY_BATCH = 64  # texts per ONNX Runtime call while checking parity (as many as predict's batches)
+PARITY_ROWS = 2000  # test texts the parity gates are measured on at most
 
 
 @dataclass
@@ -81,7 +82,7 @@ def export_onnx(
     quantize: str | None = None,
     tolerance: float = 1e-3,
     min_agreement: float = INT8_MIN_AGREEMENT,
-    max_rows: int | None = 2000,
+    max_rows: int | None = PARITY_ROWS,
     step: Callable[[str], None] | None = None,
     int8_refusal: str = "raise",
 ) -> ExportReport:
@@ -106,7 +107,7 @@ def export_onnx(
     if quantize not in (None, "int8"):
         raise TunelabError(f"unknown quantization '{quantize}'", "use --quantize int8 (or leave it out for fp32 only)")
     step = step or (lambda message: None)
-    texts = _split_texts(run, "test", max_rows)
+    texts = split_texts(run, "test", max_rows)
     classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
     started = time.perf_counter()
 
@@ -150,11 +151,11 @@ def export_onnx(
                 files["onnx-int8"] = str(run.path / ONNX_DIR / int8.name)
         report.export_seconds = round(time.perf_counter() - started, 2)
         report.sizes_mb = {name: round((stage / Path(path).name).stat().st_size / 2**20, 2) for name, path in files.items()}
-        atomic.write_json(stage / "parity.json", report.to_dict())
+        atomic.write_json(stage / PARITY_FILE, report.to_dict())
     return report
 
 
-def _split_texts(run: Run, split: str, max_rows: int | None) -> list:
+def split_texts(run: Run, split: str, max_rows: int | None) -> list:
     try:
         frame = run.split(split)
     except TunelabError:
@@ -170,7 +171,7 @@ def _quantize_on_eval(
 ) -> tuple[str, float | None]:
     """Quantize with the first INT8_RECIPES entry that reaches `min_agreement` on the eval split (else the last, the most precise)."""
     try:
-        texts = _split_texts(run, "eval", max_rows)
+        texts = split_texts(run, "eval", max_rows)
     except TunelabError:  # no eval split: nothing to choose on; the fastest recipe, and the test gate decides
         step("quantizing to int8")
         quantize(fp32, int8, INT8_RECIPES[0])
@@ -326,23 +327,3 @@ def _scorer(path: Path, classifier) -> OnnxScorer:
 
 def agreement(logits: np.ndarray, reference: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == reference.argmax(axis=1)).mean())
-
-
-def quantize_openvino(fp32: Path, xml: Path, feeds: list[dict[str, np.ndarray]]) -> None:
-    """Static int8 of an ONNX graph for OpenVINO (NNCF post-training quantization), written as OpenVINO IR: `xml` and the .bin beside it.
-
-    Static, unlike `quantize`: activation scales are fixed from `feeds` (calibration inputs, one text
-    each), so OpenVINO runs whole int8 kernels without quantizing activations on every call. The
-    transformer preset keeps softmax, layer norm and the residual adds in fp32.
-    """
-    from tunelab.runtime.scorers import require_openvino
-
-    openvino, nncf = require_openvino("openvino"), require_openvino("nncf")
-    nncf.set_log_level(logging.ERROR)
-    model = openvino.Core().read_model(str(fp32))
-    names = [port.get_any_name() for port in model.inputs]
-    dataset = nncf.Dataset(feeds, lambda feed: {name: feed[name] for name in names})
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds))
-    openvino.save_model(quantized, str(xml), compress_to_fp16=False)

@@ -1,4 +1,4 @@
-"""Scorers: one small interface (texts -> logits) over PyTorch and ONNX Runtime.
+"""Scorers: one small interface (texts -> logits) over PyTorch, ONNX Runtime and OpenVINO.
 
 The service, `predict`, `eval`, the export parity check and the benchmarks all score through this
 interface, so switching the backend changes nothing else. Which backend a run uses is
@@ -16,15 +16,19 @@ from typing import Any, Protocol
 import numpy as np
 
 from tunelab import hardware, textpairs
+from tunelab.backends import BACKENDS, OPENVINO_BACKENDS
 from tunelab.errors import TunelabError
 from tunelab.run import Run
-
-# The backends a scorer can be opened on; tunelab.runtime.choice adds `auto` on top.
-BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
 
 # Where the ONNX models live inside a run directory (written by tunelab.runtime.export).
 ONNX_DIR = "onnx"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+PARITY_FILE = "parity.json"  # each backend's agreement with PyTorch, beside the models
+# The model file each backend runs (beside the ONNX files): OpenVINO compiles the fp32 ONNX graph itself,
+# and runs NNCF's int8 of it as OpenVINO IR (the .xml, with its weights in the .bin beside it).
+MODEL_FILES = {**ONNX_FILES, "openvino": ONNX_FILES["onnx"], "openvino-int8": "openvino.int8.xml"}
+# What a backend needs installed beyond the base install: the optional `openvino` extra.
+EXTRA_PACKAGES = {"openvino": ("openvino",), "openvino-int8": ("openvino", "nncf")}
 
 # Texts per ONNX Runtime call when the caller does not say (the service's micro-batches). A micro-batch
 # of tweets padded to its longest member computes mostly padding; sorted slices of 8 pad only to a near
@@ -71,7 +75,7 @@ class TorchScorer(Probabilities):
 
 @dataclass
 class OnnxScorer(Probabilities):
-    """An exported ONNX model in an onnxruntime InferenceSession, fed by the run's own tokenizer."""
+    """An exported ONNX model in an onnxruntime InferenceSession or an OpenVinoSession (`open_session`), fed by the run's own tokenizer."""
 
     session: Any  # onnxruntime.InferenceSession
     tokenizer: Any
@@ -133,6 +137,31 @@ def require_openvino(package: str = "openvino"):
         raise TunelabError(f"{package} is not installed", OPENVINO_HINT) from None
 
 
+def missing_package(backend: str) -> str | None:
+    """The first package `backend` needs that is not installed, if any."""
+    import importlib.util
+
+    return next((package for package in EXTRA_PACKAGES.get(backend, ()) if importlib.util.find_spec(package) is None), None)
+
+
+def require_packages(backend: str) -> None:
+    """One line when a backend asked for by name needs a package that is not installed."""
+    missing = missing_package(backend)
+    if missing:
+        raise TunelabError(f"backend {backend} needs {missing}, which is not installed", OPENVINO_HINT)
+
+
+def not_installed(backend: str) -> str | None:
+    """Why `auto` passes `backend` over on this install, if it does."""
+    missing = missing_package(backend)
+    return f"{missing} is not installed (pip install 'tunelab[openvino]')" if missing else None
+
+
+def open_session(path: Path, backend: str, threads: int | None = None):
+    """The session that runs `backend`'s model file: OpenVINO for the openvino backends, ONNX Runtime for the others."""
+    return OpenVinoSession(path, threads) if backend in OPENVINO_BACKENDS else onnx_session(path, threads)
+
+
 class OpenVinoSession:
     """An ONNX graph or OpenVINO IR compiled by OpenVINO's CPU plugin, behind the two calls of an InferenceSession that run_sorted makes.
 
@@ -178,14 +207,18 @@ def open_scorer(run: Run, backend: str, threads: int | None = None) -> Scorer:
         from transformers import AutoConfig
 
         max_length = model_max_length(AutoConfig.from_pretrained(run.model_dir), tokenizer)
-    return OnnxScorer(onnx_session(path, threads), tokenizer, run.labels, int(max_length), backend=backend)
+    return OnnxScorer(open_session(path, backend, threads), tokenizer, run.labels, int(max_length), backend=backend)
 
 
 def onnx_path(run: Run, backend: str) -> Path:
-    path = run.path / ONNX_DIR / ONNX_FILES[backend]
+    """The model file `backend` runs in the run's onnx/ (tunelab.runtime.choice writes it on the backend's first use)."""
+    path = run.path / ONNX_DIR / MODEL_FILES[backend]
     if not path.is_file():
         flag = " --quantize int8" if backend == "onnx-int8" else ""
-        raise TunelabError(f"run '{run.path}' has no {path.relative_to(run.path)}", f"export it first: tunelab export {run.path} --format onnx{flag}")
+        hint = f"export it first: tunelab export {run.path} --format onnx{flag}"
+        if backend in OPENVINO_BACKENDS:
+            hint = f"its first use makes it: tunelab predict {run.path} TEXT --backend {backend}"
+        raise TunelabError(f"run '{run.path}' has no {path.relative_to(run.path)}", hint)
     return path
 
 
@@ -193,7 +226,7 @@ def model_version(run: Run, backend: str) -> str:
     """A short fingerprint of the weights being served: changes whenever they do."""
     files = [run.model_dir / "model.safetensors", run.model_dir / "config.json"]
     if backend != "torch":
-        files.append(run.path / ONNX_DIR / ONNX_FILES[backend])
+        files.append(run.path / ONNX_DIR / MODEL_FILES[backend])
     digest = hashlib.sha256(backend.encode())
     for path in files:
         if path.is_file():

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from tunelab.backends import CHOICES, CHOICES_HELP
 from tunelab.config import Settings
 
 
@@ -13,9 +14,7 @@ class ServeSettings(Settings):
     host: str = Field("127.0.0.1", description="address to bind; the default serves this machine only")
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, each with its own copy of the model")
-    backend: Literal["torch", "onnx", "onnx-int8", "auto"] = Field(
-        "torch", description="onnx backends are exported on first use and pass a parity gate; auto: the fastest that passes, measured once"
-    )
+    backend: Literal[CHOICES] = Field("torch", description=CHOICES_HELP)
     threads: int | None = Field(None, ge=1, description="CPU threads per forward pass; default: the cores the process may use, divided among the workers")
     max_batch: int = Field(32, ge=1, le=4096, description="texts per forward pass at most")
     max_wait_ms: float = Field(2.0, ge=0, le=10_000, description="how long the first request of a batch waits for company")

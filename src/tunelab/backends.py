@@ -1,0 +1,18 @@
+"""The names of the inference backends: what `--backend` takes on predict, eval and serve, and the help that says so.
+
+Names only (no torch, no ONNX Runtime), so the CLI declares its options without loading a runtime;
+tunelab.runtime.scorers opens each backend, tunelab.runtime.choice chooses among them, and
+tunelab.rag.embed_choice applies the same choice to embedding models.
+"""
+
+from __future__ import annotations
+
+# torch first: the reference every other backend is gated against.
+BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+OPENVINO_BACKENDS: tuple[str, ...] = ("openvino", "openvino-int8")  # the optional `openvino` extra
+CHOICES: tuple[str, ...] = (*BACKENDS, "auto")
+# The help of every command that takes --backend for a classifier (predict, eval, serve, registry serve).
+CHOICES_HELP = (
+    f"{', '.join(BACKENDS)} (each but torch exported on first use and used only if it passes its parity gate; "
+    "openvino* need the openvino extra) or auto: the fastest that passes on this CPU"
+)

@@ -1,0 +1,124 @@
+"""OpenVINO's backends of a classifier run, checked against PyTorch; and NNCF's int8, which the embedding backends use too.
+
+    runs/<name>/onnx/model.onnx               the fp32 ONNX graph (tunelab.runtime.export), compiled by OpenVINO: `openvino`
+    runs/<name>/onnx/openvino.int8.xml, .bin  NNCF's static int8 of that graph, as OpenVINO IR: `openvino-int8`
+    runs/<name>/onnx/parity.json              each one's figures under its backend's name, beside the ONNX ones
+
+The gate is onnx-int8's: argmax agreement with PyTorch on the run's test split of at least
+INT8_MIN_AGREEMENT, which tunelab.runtime.choice holds each backend to. int8's activation ranges are
+calibrated on a seeded sample of the run's train texts (its eval texts when it has no train split),
+never on test texts. A graph OpenVINO or NNCF cannot take refuses that backend only, with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import random
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunelab import atomic, textpairs
+from tunelab.errors import TunelabError
+from tunelab.run import Run
+from tunelab.runtime.scorers import MODEL_FILES, ONNX_DIR, PARITY_FILE, OnnxScorer, OpenVinoSession, require_openvino
+
+# NNCF fixes each activation's int8 range from this many texts, one per calibration input: one to three
+# minutes of calibration for a MiniLM on 2 busy cores, seconds for a small classifier.
+CALIBRATION_TEXTS = 128
+CALIBRATION_SPLITS = ("train", "eval")  # the splits int8 may be calibrated on, in order of preference; never test
+
+
+def add_openvino(run: Run, backends: list[str], step: Callable[[str], None]) -> dict[str, Any]:
+    """Measure `backends` (openvino, openvino-int8) against PyTorch on the run's test split and add their figures to its parity.json.
+
+    The run's fp32 ONNX model and parity.json must exist (tunelab.runtime.export); openvino-int8 writes
+    its IR beside them. Each backend's entry holds its argmax agreement, or `failed`: why OpenVINO or NNCF
+    could not take the graph.
+    """
+    from tunelab.models.classifier import Classifier
+    from tunelab.runtime.export import PARITY_BATCH, PARITY_ROWS, agreement, split_texts
+
+    folder = run.path / ONNX_DIR
+    parity = json.loads((folder / PARITY_FILE).read_text(encoding="utf-8"))
+    classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
+    texts = split_texts(run, "test", PARITY_ROWS)
+    reference = classifier.logits(texts)
+    fp32 = folder / MODEL_FILES["openvino"]
+
+    def gated(backend: str, path: Path) -> dict[str, Any]:
+        step(f"checking {backend} on {len(texts)} test texts")
+        scorer = OnnxScorer(OpenVinoSession(path), classifier.tokenizer, classifier.labels, classifier.max_length, backend)
+        logits = scorer.logits(texts, PARITY_BATCH)
+        return {"argmax_agreement": agreement(logits, reference), "max_abs_diff": float(np.abs(logits - reference).max()), "rows": len(texts)}
+
+    def int8() -> dict[str, Any]:
+        split, inputs = calibration_split(run)
+        feeds = calibration_feeds(classifier.tokenizer, inputs, classifier.max_length)
+        step(f"quantizing to int8 for OpenVINO (NNCF, calibrated on {len(feeds)} {split}-split texts)")
+        xml = atomic.write_file(folder / MODEL_FILES["openvino-int8"], lambda path: quantize_openvino(fp32, path, feeds), sidecars=(".bin",))
+        return {**gated("openvino-int8", xml), "calibration_split": split, "calibration_texts": len(feeds)}
+
+    measures = {"openvino": lambda: gated("openvino", fp32), "openvino-int8": int8}
+    for backend in backends:
+        parity[backend] = measured_or_failed(measures[backend], "this run's model")
+    atomic.write_json(folder / PARITY_FILE, parity)
+    return parity
+
+
+def calibration_split(run: Run) -> tuple[str, list]:
+    """The first of CALIBRATION_SPLITS the run has, with its model inputs (texts or text pairs)."""
+    from tunelab.runtime.export import split_texts
+
+    for split in CALIBRATION_SPLITS:
+        try:
+            return split, split_texts(run, split, None)
+        except TunelabError:
+            continue
+    raise TunelabError(f"run '{run.path}' has no train or eval split to calibrate int8 on", "train it again with this tunelab version")
+
+
+def measured_or_failed(measure: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
+    """`measure()`'s figures, or `failed` with why: a graph OpenVINO or NNCF cannot take refuses that backend only, ONNX Runtime's stand."""
+    try:
+        return measure()
+    except TunelabError as error:
+        return {"failed": error.message}
+    except Exception as error:
+        from tunelab.runtime.export import first_line
+
+        return {"failed": f"OpenVINO failed on {what}: {first_line(error)}"}
+
+
+def calibration_feeds(tokenizer, inputs: list, max_length: int, count: int = CALIBRATION_TEXTS) -> list[dict[str, np.ndarray]]:
+    """A seeded sample of `count` of `inputs` (texts or text pairs), tokenized one per feed: NNCF's calibration inputs."""
+    sample = random.Random(0).sample(list(inputs), min(count, len(inputs)))
+    feeds = []
+    for item in sample:
+        encoded = textpairs.tokenize(tokenizer, [item], truncation=True, max_length=max_length, return_tensors="np")
+        feeds.append({name: values.astype(np.int64) for name, values in encoded.items()})
+    return feeds
+
+
+def quantize_openvino(fp32: Path, xml: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    """Static int8 of an ONNX graph for OpenVINO (NNCF post-training quantization), written as OpenVINO IR: `xml` and the .bin beside it.
+
+    Static, unlike tunelab.runtime.export's `quantize`: activation scales are fixed from `feeds`
+    (calibration inputs, one text each), so OpenVINO runs whole int8 kernels without quantizing
+    activations on every call. The transformer preset keeps softmax, layer norm and the residual adds in fp32.
+    """
+    openvino, nncf = require_openvino("openvino"), require_openvino("nncf")
+    nncf.set_log_level(logging.ERROR)
+    model = openvino.Core().read_model(str(fp32))
+    names = [port.get_any_name() for port in model.inputs]
+    dataset = nncf.Dataset(feeds, lambda feed: {name: feed[name] for name in names})
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds))
+    openvino.save_model(quantized, str(xml), compress_to_fp16=False)

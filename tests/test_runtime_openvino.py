@@ -1,0 +1,147 @@
+"""The OpenVINO classifier backends: `openvino` (the run's fp32 ONNX graph compiled by OpenVINO) and `openvino-int8`
+(NNCF's static int8 of it, calibrated on train texts), each behind onnx-int8's parity gate; auto times them; without
+the `openvino` extra, naming one is one line and auto says why it passed them over."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tunelab.cli import app as cli
+from tunelab.errors import TunelabError
+
+pytest.importorskip("onnxruntime")
+
+TEXTS = ["good great wonderful film", "awful bad terrible service", "the table and the chair", "x"]
+NOT_INSTALLED = "openvino is not installed (pip install 'tunelab[openvino]')"
+
+
+def needs_openvino() -> None:
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, trained_run) -> Path:
+    """A copy of the tiny run whose every gated backend was exported and measured once, as `auto`'s first use does."""
+    from tunelab.run import Run
+    from tunelab.runtime.choice import exported
+
+    needs_openvino()
+    run = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("openvino") / "run", ignore=shutil.ignore_patterns("onnx")))
+    exported(Run.open(run), "auto", say=lambda line: None)
+    return run
+
+
+def without_openvino(monkeypatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name in ("openvino", "nncf") else real(name, *rest))
+
+
+def test_openvino_backends_give_torch_labels_or_are_refused_with_the_reason(run_dir: Path) -> None:
+    from tunelab.run import Run
+    from tunelab.runtime import load_scorer
+    from tunelab.runtime.choice import refusals
+
+    run = Run.open(run_dir)
+    parity = json.loads((run_dir / "onnx" / "parity.json").read_text())
+    refused = refusals(parity)
+    assert parity["openvino"]["argmax_agreement"] == 1.0 and parity["openvino"]["rows"] == len(run.split("test"))
+    assert "openvino" not in refused  # OpenVINO's fp32 arithmetic is PyTorch's
+    int8 = parity["openvino-int8"]
+    assert int8["calibration_split"] == "train" and int8["calibration_texts"] == min(128, len(run.split("train")))
+    assert (run_dir / "onnx" / "openvino.int8.xml").is_file() and (run_dir / "onnx" / "openvino.int8.bin").is_file()
+    assert not list((run_dir / "onnx").glob(".partial.*"))
+
+    texts = run.split("test")["text"].astype(str).tolist() + TEXTS
+    reference = load_scorer(run_dir, "torch").logits(texts, 64)
+    for backend in ("openvino", "openvino-int8"):
+        if backend in refused:  # the gate's reason, recorded and given when the backend is named
+            assert "OpenVINO int8 model agrees with PyTorch on" in refused[backend] and "(needs 99.5%)" in refused[backend]
+            with pytest.raises(TunelabError, match=f"backend {backend} is refused for this run: {refused[backend][:40]}"):
+                load_scorer(run_dir, backend)
+            continue
+        scorer = load_scorer(run_dir, backend, say=lambda line: None)
+        assert scorer.backend == backend and type(scorer.session).__name__ == "OpenVinoSession"
+        for batch_size in (None, 3):  # the service's slices, and small batches
+            logits = scorer.logits(texts, batch_size)
+            assert (logits.argmax(axis=1) == reference.argmax(axis=1)).all(), (backend, batch_size)
+        if backend == "openvino":
+            assert np.abs(logits - reference).max() < 1e-4
+
+
+def test_a_failing_openvino_gate_is_refused_with_the_reason(run_dir: Path, tmp_path: Path) -> None:
+    from tunelab.runtime import load_scorer
+
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    (run / "onnx" / "backend_choice.json").unlink(missing_ok=True)
+    parity_path = run / "onnx" / "parity.json"
+    parity = json.loads(parity_path.read_text())
+    parity["openvino-int8"]["argmax_agreement"] = 0.98
+    parity_path.write_text(json.dumps(parity))
+    with pytest.raises(TunelabError, match=r"backend openvino-int8 is refused for this run: the OpenVINO int8 model agrees with PyTorch on 98\.00%"):
+        load_scorer(run, "openvino-int8")
+    lines: list[str] = []
+    assert load_scorer(run, "auto", say=lines.append).backend != "openvino-int8"
+    record = json.loads((run / "onnx" / "backend_choice.json").read_text())
+    assert "openvino-int8" not in record["texts_per_s"] and "98.00%" in record["refused"]["openvino-int8"]
+    assert "not used: openvino-int8: the OpenVINO int8 model agrees with PyTorch on 98.00%" in lines[-1]
+
+
+def test_int8_is_calibrated_on_train_texts_never_test_ones(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from tunelab.run import Run
+    from tunelab.runtime import openvino_export
+    from tunelab.textpairs import frame_inputs
+
+    run = Run.open(shutil.copytree(run_dir, tmp_path / "run"))
+    calibrated: list = []
+    real = openvino_export.calibration_feeds
+    monkeypatch.setattr(openvino_export, "calibration_feeds", lambda tokenizer, inputs, *rest: calibrated.extend(inputs) or real(tokenizer, inputs, *rest))
+    parity = openvino_export.add_openvino(run, ["openvino-int8"], step=lambda line: None)
+    assert parity["openvino-int8"]["calibration_split"] == "train"
+    assert calibrated == frame_inputs(run.split("train"))
+    assert not set(calibrated) & set(frame_inputs(run.split("test")))
+
+
+def test_auto_times_and_records_the_openvino_backends(run_dir: Path) -> None:
+    from importlib.metadata import version
+
+    from tunelab.backends import BACKENDS
+    from tunelab.runtime import load_scorer
+
+    (run_dir / "onnx" / "backend_choice.json").unlink(missing_ok=True)
+    lines: list[str] = []
+    scorer = load_scorer(run_dir, "auto", say=lines.append)
+    record = json.loads((run_dir / "onnx" / "backend_choice.json").read_text())
+    assert scorer.backend == record["chosen"]
+    # Every backend was either timed or refused with its reason; fp32 OpenVINO always passes on this run.
+    assert sorted([*record["texts_per_s"], *record["refused"]]) == sorted(BACKENDS)
+    assert "openvino" in record["texts_per_s"] and record["texts_per_s"]["openvino"] > 0
+    assert record["openvino_version"] == version("openvino")
+    assert "openvino " in lines[-1]
+
+
+def test_without_the_extra_naming_openvino_is_one_line_and_auto_says_why(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from tunelab.runtime import load_scorer
+
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    (run / "onnx" / "backend_choice.json").unlink(missing_ok=True)
+    without_openvino(monkeypatch)
+    runner = CliRunner()
+    for command in (["predict", str(run), "some text"], ["eval", str(run)], ["serve", str(run)]):
+        for backend in ("openvino", "openvino-int8"):
+            result = runner.invoke(cli, [*command, "--backend", backend])
+            lines = result.output.strip().splitlines()
+            assert result.exit_code == 2 and len(lines) == 1, (command, result.output)
+            assert f"backend {backend} needs openvino, which is not installed" in lines[0] and "pip install 'tunelab[openvino]'" in lines[0]
+    said: list[str] = []
+    assert load_scorer(run, "auto", say=said.append).backend in ("torch", "onnx", "onnx-int8")
+    record = json.loads((run / "onnx" / "backend_choice.json").read_text())
+    assert record["refused"] == {"openvino": NOT_INSTALLED, "openvino-int8": NOT_INSTALLED}
+    assert f"not used: openvino: {NOT_INSTALLED}; openvino-int8: {NOT_INSTALLED}" in said[-1]

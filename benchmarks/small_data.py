@@ -29,6 +29,11 @@ scores the choice was made on, run times, the CPU flags, and which split chose w
 
     flock /tmp/tunelab-bench.lock nice -n 5 python benchmarks/small_data.py
     python benchmarks/small_data.py --quick        # smoke check: tiny sizes, 1 epoch
+    python benchmarks/small_data.py --combine A.json B.json   # runs side by side that differ only in --seeds, as one document
+
+With one thread per process, a seed takes about an hour (BBC articles at their full length), so a session can
+run the seeds as processes side by side (`--seeds 100 101` and `--seeds 102`) and join their files: each seed's
+runs are independent of the others', and the choice and summary are made again over all of them.
 """
 
 from __future__ import annotations
@@ -174,7 +179,11 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=45, help="start no seed that the last one's duration says would end later")
     parser.add_argument("--end-by", help="UTC time HH:MM: as --budget-minutes, counted from when the run starts (after waiting for the lock)")
     parser.add_argument("--quick", action="store_true", help="smoke check: tiny splits, 1 epoch, not written to results/")
+    parser.add_argument("--combine", nargs="+", metavar="FILE", help="join the results files of runs that differ only in --seeds, and run nothing")
     options = parser.parse_args()
+    if options.combine:
+        combine(options.combine)
+        return
     if "today" not in options.candidates:
         raise SystemExit("the candidates must include 'today' (the recipe the new default is compared with)")
 
@@ -223,17 +232,28 @@ def main() -> None:
                 print(f"stopping after seeds {seeds_run}: another seed would pass --budget-minutes {options.budget_minutes}", file=sys.stderr, flush=True)
                 break
 
+    document = report(results, seeds_run, options.candidates, {"seeds_asked": options.seeds, "sample_seed": options.sample_seed})
+    document["total_seconds"] = round(time.perf_counter() - started, 1)
+    text = compact_json(document)
+    print(text)
+    if not options.quick:
+        RESULTS.write_text(text + "\n", encoding="utf-8")
+
+
+def report(results: dict[str, dict], seeds_run: list[int], candidates: list[str], run: dict) -> dict:
+    """The results document: the recipe chosen on dev, then every model's test scores and the paired differences."""
+    from tunelab import hardware
+
     # The choice: mean dev accuracy over datasets (each weighted alike) and seeds. No test row is read here.
-    dev_mean = {name: float(np.mean([np.mean([r["dev"]["accuracy"] for r in results[d]["runs"][name]]) for d in results])) for name in options.candidates}
+    dev_mean = {name: float(np.mean([np.mean([r["dev"]["accuracy"] for r in results[d]["runs"][name]]) for d in results])) for name in candidates}
     chosen = max(dev_mean, key=dev_mean.get)
 
     document = {
         "benchmark": "benchmarks/small_data.py",
         "command": " ".join(sys.argv),
         "seeds": seeds_run,
-        "seeds_asked": options.seeds,
-        "sample_seed": options.sample_seed,
-        "candidates": {name: CANDIDATES[name] for name in options.candidates},
+        **run,
+        "candidates": {name: CANDIDATES[name] for name in candidates},
         "chosen_on": {
             "recipe": "dev (mean dev accuracy over datasets and seeds); never test",
             "checkpoint_and_early_stopping": "eval (load_best_model_at_end by eval accuracy, once per epoch)",
@@ -248,7 +268,6 @@ def main() -> None:
         "datasets": {},
         "environment": hardware.environment(hardware.resolve_precision("auto")),
         "cpu_flags": sorted(flag for flag in hardware.cpu_flags() if flag.startswith(("avx", "amx", "fma"))),
-        "total_seconds": round(time.perf_counter() - started, 1),
     }
     test_of = {}
     for name, entry in results.items():
@@ -280,10 +299,43 @@ def main() -> None:
         "datasets_where_new_default_beats_tfidf": [d for d in test_of if np.mean(test_of[d][new_key]) > np.mean(test_of[d]["tfidf-logreg"])],
         "datasets_where_new_default_beats_today": [d for d in test_of if np.mean(test_of[d][new_key]) > np.mean(test_of[d]["today"])],
     }
+    return document
+
+
+def combine(paths: list[str]) -> None:
+    """One document from runs of this script that differ only in their --seeds (same code, draw, candidates and
+    datasets, run side by side on one machine): the seeds' runs joined, the choice and the summary made again
+    over all of them. The linear models are deterministic; each file's must agree."""
+    import json
+
+    parts = [json.loads(Path(path).read_text(encoding="utf-8")) for path in paths]
+    first = parts[0]
+    for part in parts[1:]:
+        for key in ("sample_seed", "candidates", "cpu_flags"):
+            if part[key] != first[key]:
+                raise SystemExit(f"--combine: {key} differs between the files; only runs that differ in their seeds combine")
+        if set(part["datasets"]) != set(first["datasets"]):
+            raise SystemExit("--combine: the files hold different datasets")
+    seeds = [seed for part in parts for seed in part["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--combine: a seed appears in more than one file ({sorted(seeds)})")
+    results = {}
+    for name, entry in first["datasets"].items():
+        if any(part["datasets"][name]["linear"] != entry["linear"] for part in parts):
+            raise SystemExit(f"--combine: the linear models of {name} differ between the files (another draw or code)")
+        runs = {cand: sorted((r for part in parts for r in part["datasets"][name]["runs"][cand]), key=lambda r: r["seed"]) for cand in first["candidates"]}
+        results[name] = {**{key: entry[key] for key in ("note", "rows", "labels", "max_length", "draw", "linear")}, "runs": runs}
+    run = {
+        "sample_seed": first["sample_seed"],
+        "combined_from": [
+            {"file": path, "command": part["command"], "seeds": part["seeds"], "total_seconds": part["total_seconds"]} for path, part in zip(paths, parts)
+        ],
+    }
+    document = report(results, sorted(seeds), list(first["candidates"]), run)
+    document["environment"], document["cpu_flags"] = first["environment"], first["cpu_flags"]  # the runs' machine, not this call's
     text = compact_json(document)
     print(text)
-    if not options.quick:
-        RESULTS.write_text(text + "\n", encoding="utf-8")
+    RESULTS.write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Which runtime scores a classifier run's texts: torch, ONNX fp32 or int8 in ONNX Runtime or OpenVINO, or `auto`.
+"""Which runtime scores a classifier run's texts or tags a token-classification run's words: torch, ONNX fp32 or int8
+in ONNX Runtime or OpenVINO, or `auto`.
 
-`load_scorer(run, backend)` is the one entry point of the service, `predict` and `eval`:
+`load_scorer(run, backend)` (a classifier) and `load_tagger(run, backend)` (a token-classification run) are the
+entry points of the service, `predict` and `eval`:
 
 - `torch`: the run's PyTorch model, as trained.
 - `onnx`, `onnx-int8`: ONNX Runtime, exported into the run's onnx/ on first use (tunelab.runtime.export,
@@ -14,8 +16,10 @@
   flags, another thread count, another OpenVINO or other model files is measured again.
 
 Every backend but torch is used only if it passes its parity gate on the run's test split: argmax
-agreement with PyTorch of at least INT8_MIN_AGREEMENT, as recorded in onnx/parity.json. A backend that
-fails is refused with one line saying why.
+agreement with PyTorch of at least INT8_MIN_AGREEMENT, as recorded in onnx/parity.json; for a tagger,
+the share of the test words whose tag (its first piece's argmax) is PyTorch's (runtime/token_export.py).
+A backend that fails is refused with one line saying why. A tagger is offered TAGGER_BACKENDS only: an
+OpenVINO backend named for it is one line, and `auto` records why it passed them over.
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab import atomic, hardware
-from tunelab.backends import BACKENDS, OPENVINO_BACKENDS
+from tunelab.backends import BACKENDS, OPENVINO_BACKENDS, TAGGER_BACKENDS
 from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.runtime.scorers import (
@@ -42,6 +46,9 @@ from tunelab.runtime.scorers import (
     require_packages,
 )
 from tunelab.textpairs import frame_inputs
+
+if TYPE_CHECKING:
+    from tunelab.runtime.tagger import TokenTagger  # imports torch: loaded only when a tagger is asked for
 
 CHOICE_FILE = "backend_choice.json"
 # What each gated backend runs, as its refusal names it.
@@ -61,6 +68,14 @@ def load_scorer(run: Run | str, backend: str = "torch", threads: int | None = No
     return open_scorer(run, choose_backend(run, backend, threads, say), threads)
 
 
+def load_tagger(run: Run | str, backend: str = "torch", threads: int | None = None, say: Say | None = None) -> TokenTagger:
+    """A tagger for a finished token-classification run on `backend`, chosen and gated as a classifier's."""
+    from tunelab.runtime.tagger import open_tagger
+
+    run = run if isinstance(run, Run) else Run.open(run)
+    return open_tagger(run, choose_backend(run, backend, threads, say), threads)
+
+
 def check_backend_name(backend: str, backends: tuple[str, ...] = BACKENDS) -> None:
     if backend not in (*backends, "auto"):
         raise TunelabError(f"unknown backend '{backend}'", f"use one of: {', '.join((*backends, 'auto'))}")
@@ -69,14 +84,26 @@ def check_backend_name(backend: str, backends: tuple[str, ...] = BACKENDS) -> No
 def choose_backend(run: Run, backend: str, threads: int | None = None, say: Say | None = None) -> str:
     """The backend `backend` means for this run: itself if it passes its gate, or auto's measured choice."""
     say = say or _to_stderr
+    unoffered = unoffered_backends(run)
+    if backend in unoffered:
+        raise TunelabError(f"backend {backend} is refused for this run: {unoffered[backend]}", f"use --backend {', '.join(offered_backends(run))} or auto")
     return choose(
         backend,
-        refused=lambda asked: refusals(exported(run, asked, say)),
+        refused=lambda asked: {**refusals(exported(run, asked, say)), **unoffered},
         measure=lambda refused: measure_choice(run, threads, refused, say),
         cached=lambda: cached_choice(run, threads),
         what="this run",
         say=say,
     )
+
+
+def offered_backends(run: Run) -> tuple[str, ...]:
+    return TAGGER_BACKENDS if run.task == "token-classification" else BACKENDS
+
+
+def unoffered_backends(run: Run) -> dict[str, str]:
+    """The backends this run's task cannot use, with the reason."""
+    return {backend: f"not offered for {run.task} runs yet" for backend in BACKENDS if backend not in offered_backends(run)}
 
 
 def choose(
@@ -123,7 +150,7 @@ def exported(run: Run, backend: str, say: Say) -> dict[str, Any]:
     if backend != "auto":
         require_packages(backend)
     needs_int8 = backend in ("onnx-int8", "auto")
-    openvino = [name for name in OPENVINO_BACKENDS if backend in (name, "auto") and not missing_package(name)]
+    openvino = [name for name in OPENVINO_BACKENDS if backend in (name, "auto") and name in offered_backends(run) and not missing_package(name)]
 
     def onnx_done(parity: dict[str, Any] | None) -> bool:
         return parity is not None and (not needs_int8 or parity.get("int8_argmax_agreement") is not None)
@@ -172,7 +199,8 @@ def refusals(parity: dict[str, Any]) -> dict[str, str]:
         if failure:
             refused[backend] = failure
         elif agreement is None or agreement < INT8_MIN_AGREEMENT:
-            refused[backend] = f"{GATED_MODELS[backend]} agrees with PyTorch on {_share(agreement)} of the test texts (needs {INT8_MIN_AGREEMENT:.1%})"
+            of = parity.get("agreement_of", "texts")  # a tagger's agreement is over words
+            refused[backend] = f"{GATED_MODELS[backend]} agrees with PyTorch on {_share(agreement)} of the test {of} (needs {INT8_MIN_AGREEMENT:.1%})"
     return refused
 
 
@@ -207,9 +235,16 @@ def record_choice(
 
 
 def time_backends(run: Run, backends: list[str], threads: int | None, say: Say) -> dict[str, float]:
-    texts = frame_inputs(run.split("test"))[:TIMING_TEXTS]
+    """Each backend's texts/s on the run's test texts: a classifier's logits, a tagger's word tags (its test sentences)."""
+    if run.task == "token-classification":
+        from tunelab.runtime.tagger import open_tagger, split_sentences
+
+        texts, scorer = split_sentences(run, "test"), lambda backend: open_tagger(run, backend, threads).word_tags
+    else:
+        texts, scorer = frame_inputs(run.split("test")), lambda backend: open_scorer(run, backend, threads).logits
+    texts = texts[:TIMING_TEXTS]
     say(f"timing {', '.join(backends)} on {len(texts)} test texts (first use of --backend auto on this CPU)")
-    return {backend: texts_per_second(open_scorer(run, backend, threads).logits, texts, TIMING_BATCH) for backend in backends}
+    return {backend: texts_per_second(scorer(backend), texts, TIMING_BATCH) for backend in backends}
 
 
 def texts_per_second(encode: Callable, texts: list[str], batch_size: int) -> float:

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import FILLER, NEUTRAL, POSITIVE, write_tiny_bert
 from tests.test_cli_errors import assert_user_error
+from tunelab.backends import BACKENDS
 from tunelab.cli import app
 from tunelab.data.token_tags import IGNORED, aligned_labels, check_tags, load_tagged, split_words, tokenize_tagged
 from tunelab.errors import TunelabError
@@ -325,6 +326,39 @@ def test_the_onnx_backends_give_the_entities_of_torch(ner_run):
         assert isinstance(found, TunelabError) and found.message.startswith("backend onnx-int8 is refused for this run: the int8 model agrees with PyTorch on")
 
 
+def test_the_openvino_backends_give_the_entities_of_torch_or_are_refused(ner_run, monkeypatch):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from tunelab.prediction import predict
+    from tunelab.runtime import token_export
+    from tunelab.runtime.tagger import split_sentences
+
+    # openvino-int8's activation ranges come from a seeded sample of the train sentences' words, never test ones.
+    calibrated: list = []
+    real_feeds = token_export.calibration_feeds
+    monkeypatch.setattr(
+        token_export, "calibration_feeds", lambda tokenizer, inputs, *rest, **named: calibrated.extend(inputs) or real_feeds(tokenizer, inputs, *rest, **named)
+    )
+    run = Run.open(ner_run)
+    split, feeds = token_export.openvino_gate(run).calibration()
+    assert split == "train" and calibrated == split_sentences(run, "train") and len(feeds) == min(128, len(calibrated))
+    assert not {tuple(words) for words in calibrated} & {tuple(words) for words in split_sentences(run, "test")}
+
+    expected = predict(ner_run, TEXTS, backend="torch")
+    for backend in ("openvino", "openvino-int8"):
+        try:
+            found = predict(ner_run, TEXTS, backend=backend)
+        except TunelabError as refusal:
+            found = refusal
+        figures = json.loads((ner_run / "onnx" / "parity.json").read_text())[backend]
+        assert figures["rows"] == len(Run.open(ner_run).split("test")), backend  # measured on the test sentences' words
+        if figures["argmax_agreement"] >= 0.995:
+            assert spans(found) == spans(expected), backend
+        else:  # refused in one line, with the share of test words it tags as PyTorch does
+            assert isinstance(found, TunelabError) and f"backend {backend} is refused for this run" in found.message and "of the test words" in found.message
+    assert figures["calibration_split"] == "train" and figures["calibration_texts"] == len(feeds)
+
+
 def test_an_int8_tagger_failing_the_word_tag_gate_is_refused_with_the_reason(ner_run, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     from tunelab.runtime import load_tagger, token_export
@@ -336,8 +370,8 @@ def test_an_int8_tagger_failing_the_word_tag_gate_is_refused_with_the_reason(ner
     def int8_disagreeing(tagger, sentences):  # int8 tags one word in ten otherwise than PyTorch; fp32 as measured
         check = real_check(tagger, sentences)
 
-        def measured(path: Path) -> tuple[float, float]:
-            diff, same = check(path)
+        def measured(path: Path, *backend: str) -> tuple[float, float]:
+            diff, same = check(path, *backend)
             return (diff, same * 0.9) if path.name == ONNX_FILES["onnx-int8"] else (diff, same)
 
         return measured
@@ -349,11 +383,12 @@ def test_an_int8_tagger_failing_the_word_tag_gate_is_refused_with_the_reason(ner
     assert "of the test words (needs 99.5%)" in parity["int8_refused"] and not (run / "onnx" / ONNX_FILES["onnx-int8"]).exists()
     # Exported now: the CLI's refusal is its one line.
     assert_user_error(cli("predict", run, TEXTS[0], "--backend", "onnx-int8"), "backend onnx-int8 is refused for this run", "of the test words")
-    # auto passes int8 and the OpenVINO backends over, and records why.
+    # auto times the backends that pass (on the test sentences' word tags), passes int8 over and records why.
     tagger = load_tagger(run, "auto", say=lambda line: None)
     choice = json.loads((run / "onnx" / "backend_choice.json").read_text())
-    assert tagger.backend == choice["chosen"] and set(choice["texts_per_s"]) == {"torch", "onnx"}
-    assert "of the test words" in choice["refused"]["onnx-int8"] and choice["refused"]["openvino"] == "not offered for token-classification runs yet"
+    assert tagger.backend == choice["chosen"] == max(choice["texts_per_s"], key=choice["texts_per_s"].get)
+    assert {"torch", "onnx"} <= set(choice["texts_per_s"]) and set(choice["texts_per_s"]) | set(choice["refused"]) == set(BACKENDS)
+    assert choice["refused"]["onnx-int8"].startswith("the int8 model agrees with PyTorch on 9") and "of the test words" in choice["refused"]["onnx-int8"]
 
 
 # -- serve ----------------------------------------------------------------------------------------
@@ -401,17 +436,15 @@ def test_the_service_answers_entities_on_the_onnx_backend(ner_run, monkeypatch):
     assert result.exit_code == 0 and len(served) == 1, result.output
 
 
-def test_a_backend_a_token_run_cannot_use_is_one_line(ner_run, monkeypatch):
+def test_an_unknown_backend_is_one_line(ner_run, monkeypatch):
     import uvicorn
 
     def started(*args, **kwargs):
         raise AssertionError("tunelab serve started a server")
 
     monkeypatch.setattr(uvicorn, "run", started)
-    not_offered = "backend openvino-int8 is refused for this run: not offered for token-classification runs yet"
-    assert_user_error(cli("serve", ner_run, "--backend", "openvino-int8"), not_offered, "use --backend torch, onnx, onnx-int8 or auto")
-    assert_user_error(cli("predict", ner_run, TEXTS[0], "--backend", "openvino-int8"), not_offered)
     assert_user_error(cli("predict", ner_run, TEXTS[0], "--backend", "tensorrt"), "unknown backend 'tensorrt'")
+    assert_user_error(cli("serve", ner_run, "--backend", "tensorrt"), "tensorrt")
 
 
 # -- the built-in set -----------------------------------------------------------------------------

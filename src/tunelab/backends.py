@@ -10,11 +10,9 @@ from __future__ import annotations
 # torch first: the reference every other backend is gated against.
 BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 OPENVINO_BACKENDS: tuple[str, ...] = ("openvino", "openvino-int8")  # the optional `openvino` extra
-# What a token-classification run may use: its OpenVINO backends would need their own word-tag parity check, not written yet.
-TAGGER_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
 CHOICES: tuple[str, ...] = (*BACKENDS, "auto")
 # The help of every command that takes --backend for a classifier (predict, eval, serve, registry serve).
 CHOICES_HELP = (
     f"{', '.join(BACKENDS)} (each but torch exported on first use and used only if it passes its parity gate; "
-    "openvino* need the openvino extra; token-classification runs: torch, onnx, onnx-int8) or auto: the fastest that passes on this CPU"
+    "openvino* need the openvino extra) or auto: the fastest that passes on this CPU"
 )

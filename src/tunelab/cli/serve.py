@@ -9,11 +9,8 @@ from typing import Annotated
 
 import typer
 
-from tunelab.backends import CHOICES, CHOICES_HELP
+from tunelab.backends import CHOICES_HELP
 from tunelab.cli._app import command, console
-
-# tunelab.backends.CHOICES, so a new backend reaches `serve --backend` without a second list.
-BackendChoice = StrEnum("BackendChoice", {choice.replace("-", "_"): choice for choice in CHOICES})
 
 
 class FormatChoice(StrEnum):
@@ -29,7 +26,7 @@ def serve(
     run: Annotated[str, typer.Argument(help="run directory of a fine-tuned classifier, a causal LM, or a registry model name")],
     host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
-    backend: Annotated[BackendChoice, typer.Option(help=CHOICES_HELP)] = BackendChoice.torch,
+    backend: Annotated[str, typer.Option(help=CHOICES_HELP)] = "torch",  # checked by ServeSettings: one line, not a usage screen
     workers: Annotated[
         int, typer.Option(help="uvicorn worker processes (each loads the model; the cores are shared out between them; one /metrics view of all)")
     ] = 1,
@@ -53,7 +50,7 @@ def serve(
         dict(
             host=host,
             port=port,
-            backend=backend.value,
+            backend=backend,
             workers=workers,
             threads=threads,
             max_batch=max_batch,

@@ -8,7 +8,7 @@ entry points of the service, `predict` and `eval`:
 - `onnx`, `onnx-int8`: ONNX Runtime, exported into the run's onnx/ on first use (tunelab.runtime.export,
   under a folder lock so two processes never export at once).
 - `openvino`: that fp32 model.onnx compiled by OpenVINO; `openvino-int8`: NNCF's static int8 of it,
-  calibrated on the run's train texts (tunelab.runtime.openvino_export). Both need the optional
+  calibrated on the run's train texts or sentences (tunelab.runtime.openvino_export). Both need the optional
   `openvino` extra; without it `auto` passes them over, saying so, and naming one is a one-line error.
 - `auto`: the fastest backend that passes its gate, timed on this CPU on the run's test texts on first
   use and cached in onnx/backend_choice.json (what was measured, the CPU flags, thread count and
@@ -18,8 +18,7 @@ entry points of the service, `predict` and `eval`:
 Every backend but torch is used only if it passes its parity gate on the run's test split: argmax
 agreement with PyTorch of at least INT8_MIN_AGREEMENT, as recorded in onnx/parity.json; for a tagger,
 the share of the test words whose tag (its first piece's argmax) is PyTorch's (runtime/token_export.py).
-A backend that fails is refused with one line saying why. A tagger is offered TAGGER_BACKENDS only: an
-OpenVINO backend named for it is one line, and `auto` records why it passed them over.
+A backend that fails is refused with one line saying why.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tunelab import atomic, hardware
-from tunelab.backends import BACKENDS, OPENVINO_BACKENDS, TAGGER_BACKENDS
+from tunelab.backends import BACKENDS, OPENVINO_BACKENDS
 from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.runtime.scorers import (
@@ -84,26 +83,14 @@ def check_backend_name(backend: str, backends: tuple[str, ...] = BACKENDS) -> No
 def choose_backend(run: Run, backend: str, threads: int | None = None, say: Say | None = None) -> str:
     """The backend `backend` means for this run: itself if it passes its gate, or auto's measured choice."""
     say = say or _to_stderr
-    unoffered = unoffered_backends(run)
-    if backend in unoffered:
-        raise TunelabError(f"backend {backend} is refused for this run: {unoffered[backend]}", f"use --backend {', '.join(offered_backends(run))} or auto")
     return choose(
         backend,
-        refused=lambda asked: {**refusals(exported(run, asked, say)), **unoffered},
+        refused=lambda asked: refusals(exported(run, asked, say)),
         measure=lambda refused: measure_choice(run, threads, refused, say),
         cached=lambda: cached_choice(run, threads),
         what="this run",
         say=say,
     )
-
-
-def offered_backends(run: Run) -> tuple[str, ...]:
-    return TAGGER_BACKENDS if run.task == "token-classification" else BACKENDS
-
-
-def unoffered_backends(run: Run) -> dict[str, str]:
-    """The backends this run's task cannot use, with the reason."""
-    return {backend: f"not offered for {run.task} runs yet" for backend in BACKENDS if backend not in offered_backends(run)}
 
 
 def choose(
@@ -150,7 +137,7 @@ def exported(run: Run, backend: str, say: Say) -> dict[str, Any]:
     if backend != "auto":
         require_packages(backend)
     needs_int8 = backend in ("onnx-int8", "auto")
-    openvino = [name for name in OPENVINO_BACKENDS if backend in (name, "auto") and name in offered_backends(run) and not missing_package(name)]
+    openvino = [name for name in OPENVINO_BACKENDS if backend in (name, "auto") and not missing_package(name)]
 
     def onnx_done(parity: dict[str, Any] | None) -> bool:
         return parity is not None and (not needs_int8 or parity.get("int8_argmax_agreement") is not None)

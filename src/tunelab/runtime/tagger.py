@@ -5,9 +5,9 @@ training; tunelab.data.token_tags.aligned_labels). Entities are read from the wo
 chunking (the same reading the metrics use) and placed in the text by the words' offsets, so they
 match `transformers.pipeline("token-classification", aggregation_strategy="first")` on the same
 model folder. Only the forward pass (a padded batch -> each piece's logits) depends on the backend:
-PyTorch, or the run's ONNX fp32 or int8 model in ONNX Runtime (`open_tagger`; written and checked on the
-test split's word tags by runtime/token_export.py, chosen and gated by runtime/choice.py's `load_tagger`),
-so every backend's entities are read by the same code.
+PyTorch, or the run's ONNX fp32 or int8 model in ONNX Runtime or OpenVINO (`open_tagger`; written and
+checked on the test split's word tags by runtime/token_export.py, chosen and gated by runtime/choice.py's
+`load_tagger`), so every backend's entities are read by the same code.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from tunelab import hardware
-from tunelab.backends import TAGGER_BACKENDS
+from tunelab.backends import BACKENDS
 from tunelab.data.token_tags import split_words
 from tunelab.errors import TunelabError
 from tunelab.models.classifier import model_max_length, softmax
@@ -126,9 +126,9 @@ def session_forward(session) -> Forward:
 
 
 def open_tagger(run: Run, backend: str, threads: int | None = None) -> TokenTagger:
-    """A tagger of a finished token-classification run on exactly `backend`; its ONNX file must exist (see runtime.choice.load_tagger)."""
-    if backend not in TAGGER_BACKENDS:
-        raise TunelabError(f"backend {backend} is not offered for {TASK} runs", f"use one of: {', '.join(TAGGER_BACKENDS)}")
+    """A tagger of a finished token-classification run on exactly `backend`; its model file must exist (see runtime.choice.load_tagger)."""
+    if backend not in BACKENDS:
+        raise TunelabError(f"unknown backend '{backend}'", f"use one of: {', '.join(BACKENDS)}")
     if backend == "torch":
         hardware.set_threads(threads)
         return TokenTagger.load(run.model_dir)

@@ -10,6 +10,8 @@ The gates compare what predict reports, word by word (each word's first piece, a
 reads it): fp32's tag probabilities within `tolerance` of PyTorch's and the tags the same on every
 word, else nothing is written; int8's tags the same as PyTorch's on at least INT8_MIN_AGREEMENT of the
 test words, else it is refused like a classifier's int8 (raised, or recorded in parity.json on first use).
+`openvino_gate` holds the OpenVINO backends (runtime/openvino_export.py) to that same word-tag gate, their
+int8 calibrated on the train sentences.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from tunelab import atomic
 from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.runtime.export import INT8_MIN_AGREEMENT, PARITY_BATCH, PARITY_ROWS, ExportReport, _export, add_int8, export_failures
-from tunelab.runtime.scorers import ONNX_DIR, ONNX_FILES, PARITY_FILE, onnx_session
+from tunelab.runtime.openvino_export import OpenVinoGate, calibration_feeds, calibration_split
+from tunelab.runtime.scorers import ONNX_DIR, ONNX_FILES, PARITY_FILE, open_session
 from tunelab.runtime.tagger import TokenTagger, split_sentences
 
 # What the agreement figures compare (max_abs_diff: the word tag probabilities).
@@ -80,15 +83,33 @@ def export_token_onnx(
     return report
 
 
-def word_tags_check(tagger: TokenTagger, sentences: list[list[str]]) -> Callable[[Path], tuple[float, float]]:
-    """An ONNX tagger file -> the largest difference of its word tag probabilities from PyTorch's on `sentences`, and the share of words tagged the same."""
+def word_tags_check(tagger: TokenTagger, sentences: list[list[str]]) -> Callable[..., tuple[float, float]]:
+    """A tagger's model file (run by `backend`, ONNX Runtime unless told) -> the largest difference of its word tag probabilities
+    from PyTorch's on `sentences`, and the share of words tagged the same. PyTorch's tags are computed once, here."""
     reference_tags, reference_probabilities = tagger.word_tags(sentences, PARITY_BATCH)
     words = sum(len(tags) for tags in reference_tags)
 
-    def check(path: Path) -> tuple[float, float]:
-        tags, probabilities = tagger.on_session(onnx_session(path), "onnx").word_tags(sentences, PARITY_BATCH)
+    def check(path: Path, backend: str = "onnx") -> tuple[float, float]:
+        tags, probabilities = tagger.on_session(open_session(path, backend), backend).word_tags(sentences, PARITY_BATCH)
         same = sum(a == b for ours, theirs in zip(reference_tags, tags) for a, b in zip(ours, theirs))
         diff = max((float(np.abs(a - b).max()) for a, b in zip(reference_probabilities, probabilities) if a.size), default=0.0)
         return diff, same / max(1, words)
 
     return check
+
+
+def openvino_gate(run: Run) -> OpenVinoGate:
+    """A tagger's OpenVINO gate: the share of the test words tagged as PyTorch tags them; int8 calibrated on train (or eval) sentences."""
+    tagger = TokenTagger.load(run.model_dir)
+    sentences = split_sentences(run, "test")[:PARITY_ROWS]
+    compare = word_tags_check(tagger, sentences)
+
+    def check(path: Path, backend: str) -> dict:
+        diff, same = compare(path, backend)
+        return {"argmax_agreement": same, "max_abs_diff": diff, "rows": len(sentences)}
+
+    def calibration() -> tuple[str, list]:
+        split, inputs = calibration_split(run, lambda split: split_sentences(run, split))
+        return split, calibration_feeds(tagger.tokenizer, inputs, tagger.max_length, words=True)
+
+    return OpenVinoGate(check, calibration, f"{len(sentences)} test sentences")

@@ -29,10 +29,10 @@ def predict(run: Run | str | os.PathLike, texts: Sequence[ModelInput], batch_siz
     """For each text: the predicted label, its probability, and every class's probability.
 
     A pair-classification run takes (text, text_pair) pairs instead of texts.
-    backend: torch, onnx, onnx-int8 or auto (tunelab.runtime.choice: exported on first use, parity-gated).
+    backend: one of tunelab.backends.CHOICES (tunelab.runtime.choice: exported on first use, parity-gated).
     A multi-label run (torch only) gives instead, for each text, `labels`: every label over its
     threshold with its probability and threshold (most probable first), and every label's probability.
-    A token-classification run (torch, onnx, onnx-int8 or auto) gives `entities`: type, start, end
+    A token-classification run (any backend) gives `entities`: type, start, end
     (character offsets, end exclusive), text and score of each entity found.
     """
     if isinstance(texts, str):
@@ -75,7 +75,7 @@ def multilabel_classifier(run: Run, backend: str):
 
 
 def token_tagger(run: Run, backend: str, threads: int | None = None):
-    """The run's TokenTagger on `backend` (torch, onnx, onnx-int8 or auto, gated as a classifier's) when it is a token-classification run, else None."""
+    """The run's TokenTagger on `backend` (gated as a classifier's: tunelab.runtime.choice.load_tagger) when it is a token-classification run, else None."""
     from tunelab.runtime import load_tagger
     from tunelab.runtime.tagger import TASK
 
@@ -108,7 +108,7 @@ def predict_file(
 
     A pair-classification run reads each row's second text from text_pair_col (default: the column
     the run was trained on) and writes it beside the first as `text_pair`.
-    backend: torch, onnx, onnx-int8 or auto (tunelab.runtime.choice: exported on first use, parity-gated).
+    backend: one of tunelab.backends.CHOICES (tunelab.runtime.choice: exported on first use, parity-gated).
     """
     import pandas as pd
 

@@ -98,6 +98,7 @@ def export_onnx(
     run = run if isinstance(run, Run) else Run.open(run)
     if quantize not in (None, "int8"):
         raise TunelabError(f"unknown quantization '{quantize}'", "use --quantize int8 (or leave it out for fp32 only)")
+    step = step or (lambda message: None)
     if run.task == "token-classification":
         from tunelab.runtime.token_export import export_token_onnx
 
@@ -107,7 +108,6 @@ def export_onnx(
         agree, compared = functools.partial(multilabel.label_set_agreement, thresholds=multilabel.read_thresholds(run)), multilabel.LABEL_SETS_COMPARED
     else:
         run.require_classification("tunelab export")
-    step = step or (lambda message: None)
     texts = split_texts(run, "test", max_rows)
     classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
     started = time.perf_counter()

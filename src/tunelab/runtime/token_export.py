@@ -16,7 +16,6 @@ int8 calibrated on the train sentences.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 from tunelab import atomic
 from tunelab.errors import TunelabError
 from tunelab.run import Run
-from tunelab.runtime.export import INT8_MIN_AGREEMENT, PARITY_BATCH, PARITY_ROWS, ExportReport, _export, add_int8, export_failures
+from tunelab.runtime.export import PARITY_BATCH, PARITY_ROWS, ExportReport, _export, add_int8, export_failures
 from tunelab.runtime.openvino_export import OpenVinoGate, calibration_feeds, calibration_split
 from tunelab.runtime.scorers import ONNX_DIR, ONNX_FILES, PARITY_FILE, open_session
 from tunelab.runtime.tagger import TokenTagger, split_sentences
@@ -36,17 +35,12 @@ WORD_TAGS_COMPARED = "each word's tag, from its first piece"
 
 
 def export_token_onnx(
-    run: Run | str | os.PathLike,
-    quantize: str | None = None,
-    tolerance: float = 1e-3,
-    min_agreement: float = INT8_MIN_AGREEMENT,
-    max_rows: int | None = PARITY_ROWS,
-    step: Callable[[str], None] | None = None,
-    int8_refusal: str = "raise",
+    run: Run, quantize: str | None, tolerance: float, min_agreement: float, max_rows: int | None, step: Callable[[str], None], int8_refusal: str
 ) -> ExportReport:
-    """Export the run's tagger to ONNX (and int8), check its word tags against PyTorch on the test split, write run/onnx/."""
-    run = run if isinstance(run, Run) else Run.open(run)
-    step = step or (lambda message: None)
+    """Export the run's tagger to ONNX (and int8), check its word tags against PyTorch on the test split, write run/onnx/.
+
+    Called by tunelab.runtime.export.export_onnx, whose parameters these are.
+    """
     sentences = split_sentences(run, "test")[:max_rows]
     tagger = TokenTagger.load(run.model_dir)
     started = time.perf_counter()

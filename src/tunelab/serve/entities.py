@@ -4,7 +4,7 @@ The same app as a classifier's (serve/app.py: key, limits, micro-batching, hot s
 /health, /ready, /metrics, /docs); only the predict route and its response schema differ. The batcher
 hands each request its slice of what the model's scorer returns, which for a tagger is the list of
 each text's entities, read as `tunelab predict` reads them (runtime/tagger.py) on the backend
-runtime/choice.py's `load_tagger` gives: torch, onnx, onnx-int8 or auto, behind the word-tag parity gate.
+runtime/choice.py's `load_tagger` gives: any of tunelab.backends.CHOICES, behind the word-tag parity gate.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the request model, built per app, as a real annotation.

@@ -29,11 +29,11 @@ def predict(run: Run | str | os.PathLike, texts: Sequence[ModelInput], batch_siz
     """For each text: the predicted label, its probability, and every class's probability.
 
     A pair-classification run takes (text, text_pair) pairs instead of texts.
-    backend: torch, onnx, onnx-int8 or auto (tunelab.runtime.choice: exported on first use, parity-gated).
+    backend: one of tunelab.backends.CHOICES (tunelab.runtime.choice: exported on first use, parity-gated).
     A multi-label run (torch only) gives instead, for each text, `labels`: every label over its
     threshold with its probability and threshold (most probable first), and every label's probability.
-    A token-classification run (torch only) gives `entities`: type, start, end (character offsets,
-    end exclusive), text and score of each entity found.
+    A token-classification run (any backend) gives `entities`: type, start, end
+    (character offsets, end exclusive), text and score of each entity found.
     """
     if isinstance(texts, str):
         texts = [texts]
@@ -74,15 +74,14 @@ def multilabel_classifier(run: Run, backend: str):
     return multilabel.MultiLabelClassifier.load(run)
 
 
-def token_tagger(run: Run, backend: str):
-    """The run's TokenTagger when it is a token-classification run, else None; those score with torch only."""
-    from tunelab.runtime.tagger import TASK, TokenTagger
+def token_tagger(run: Run, backend: str, threads: int | None = None):
+    """The run's TokenTagger on `backend` (gated as a classifier's: tunelab.runtime.choice.load_tagger) when it is a token-classification run, else None."""
+    from tunelab.runtime import load_tagger
+    from tunelab.runtime.tagger import TASK
 
     if run.task != TASK:
         return None
-    if backend != "torch":
-        raise TunelabError(f"--backend {backend} is for single-label classifiers; a token-classification run scores with torch", "leave out --backend")
-    return TokenTagger.load(run.model_dir)
+    return load_tagger(run, backend, threads)
 
 
 def describe(labels: list[str], probabilities) -> list[dict[str, Any]]:
@@ -109,7 +108,7 @@ def predict_file(
 
     A pair-classification run reads each row's second text from text_pair_col (default: the column
     the run was trained on) and writes it beside the first as `text_pair`.
-    backend: torch, onnx, onnx-int8 or auto (tunelab.runtime.choice: exported on first use, parity-gated).
+    backend: one of tunelab.backends.CHOICES (tunelab.runtime.choice: exported on first use, parity-gated).
     """
     import pandas as pd
 
@@ -120,7 +119,7 @@ def predict_file(
     if out.suffix.lower() != ".csv":
         raise TunelabError(f"--out '{out}' must be a .csv file", "name the output file e.g. preds.csv")
     run = run if isinstance(run, Run) else Run.open(run)
-    tagger = token_tagger(run, backend)
+    tagger = token_tagger(run, backend, threads)
     multi_label = multilabel_classifier(run, backend)
     if run.is_pair_classifier:
         text_pair_col = text_pair_col or run.config.get("text_pair_col") or PAIR_COLUMN

@@ -9,11 +9,8 @@ from typing import Annotated
 
 import typer
 
-from tunelab.backends import CHOICES, CHOICES_HELP
+from tunelab.backends import CHOICES_HELP
 from tunelab.cli._app import command, console
-
-# tunelab.backends.CHOICES, so a new backend reaches `serve --backend` without a second list.
-BackendChoice = StrEnum("BackendChoice", {choice.replace("-", "_"): choice for choice in CHOICES})
 
 
 class FormatChoice(StrEnum):
@@ -29,7 +26,7 @@ def serve(
     run: Annotated[str, typer.Argument(help="run directory of a fine-tuned classifier, a causal LM, or a registry model name")],
     host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
-    backend: Annotated[BackendChoice, typer.Option(help=CHOICES_HELP)] = BackendChoice.torch,
+    backend: Annotated[str, typer.Option(help=CHOICES_HELP)] = "torch",  # checked by ServeSettings: one line, not a usage screen
     workers: Annotated[
         int, typer.Option(help="uvicorn worker processes (each loads the model; the cores are shared out between them; one /metrics view of all)")
     ] = 1,
@@ -53,7 +50,7 @@ def serve(
         dict(
             host=host,
             port=port,
-            backend=backend.value,
+            backend=backend,
             workers=workers,
             threads=threads,
             max_batch=max_batch,
@@ -102,29 +99,23 @@ def export(
     console.print(f"fp32  {report.files['onnx']}  ({report.sizes_mb['onnx']} MB)", highlight=False, soft_wrap=True)
     from tunelab.run import Run
 
-    if Run.open(run).task == "token-classification":
-        console.print(
-            f"      on {report.rows} test sentences: max |word tag probability diff| vs PyTorch {report.fp32_max_abs_diff:.2e}; "
-            f"word tags the same {report.fp32_argmax_agreement:.2%} (predict and serve score taggers with torch)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        return
-    multi_label = Run.open(run).task == "multi-label"
-    agreed = "label sets the same" if multi_label else "argmax agreement"  # a multi-label run's parity compares label sets after its thresholds
-    console.print(
-        f"      max |logit diff| vs PyTorch on {report.rows} test texts: {report.fp32_max_abs_diff:.2e}; {agreed} {report.fp32_argmax_agreement:.2%}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    task = Run.open(run).task
+    if task == "token-classification":  # a tagger's parity compares each word's tag and tag probabilities
+        agreed, differs = "word tags the same", "max |word tag probability diff|"
+        measured = f"on {report.rows} test sentences: {differs} vs PyTorch {report.fp32_max_abs_diff:.2e}; {agreed} {report.fp32_argmax_agreement:.2%}"
+    else:
+        agreed = "label sets the same" if task == "multi-label" else "argmax agreement"  # a multi-label run's parity compares label sets after its thresholds
+        differs = "max |logit diff|"
+        measured = f"{differs} vs PyTorch on {report.rows} test texts: {report.fp32_max_abs_diff:.2e}; {agreed} {report.fp32_argmax_agreement:.2%}"
+    console.print(f"      {measured}", highlight=False, soft_wrap=True)
     if report.int8_argmax_agreement is not None:
         console.print(f"int8  {report.files['onnx-int8']}  ({report.sizes_mb['onnx-int8']} MB)", highlight=False, soft_wrap=True)
         console.print(
-            f"      {agreed} {report.int8_argmax_agreement:.2%} (gate {INT8_MIN_AGREEMENT:.1%}); max |logit diff| {report.int8_max_abs_diff:.2e}",
+            f"      {agreed} {report.int8_argmax_agreement:.2%} (gate {INT8_MIN_AGREEMENT:.1%}); {differs} {report.int8_max_abs_diff:.2e}",
             highlight=False,
             soft_wrap=True,
         )
-    if multi_label:
+    if task == "multi-label":
         console.print("(predict and serve score multi-label runs with torch)", highlight=False, soft_wrap=True)
         return
     backend = "onnx-int8" if report.int8_argmax_agreement is not None else "onnx"

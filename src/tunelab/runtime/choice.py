@@ -1,12 +1,14 @@
-"""Which runtime scores a classifier run's texts: torch, ONNX fp32 or int8 in ONNX Runtime or OpenVINO, or `auto`.
+"""Which runtime scores a classifier run's texts or tags a token-classification run's words: torch, ONNX fp32 or int8
+in ONNX Runtime or OpenVINO, or `auto`.
 
-`load_scorer(run, backend)` is the one entry point of the service, `predict` and `eval`:
+`load_scorer(run, backend)` (a classifier) and `load_tagger(run, backend)` (a token-classification run) are the
+entry points of the service, `predict` and `eval`:
 
 - `torch`: the run's PyTorch model, as trained.
 - `onnx`, `onnx-int8`: ONNX Runtime, exported into the run's onnx/ on first use (tunelab.runtime.export,
   under a folder lock so two processes never export at once).
 - `openvino`: that fp32 model.onnx compiled by OpenVINO; `openvino-int8`: NNCF's static int8 of it,
-  calibrated on the run's train texts (tunelab.runtime.openvino_export). Both need the optional
+  calibrated on the run's train texts or sentences (tunelab.runtime.openvino_export). Both need the optional
   `openvino` extra; without it `auto` passes them over, saying so, and naming one is a one-line error.
 - `auto`: the fastest backend that passes its gate, timed on this CPU on the run's test texts on first
   use and cached in onnx/backend_choice.json (what was measured, the CPU flags, thread count and
@@ -14,8 +16,9 @@
   flags, another thread count, another OpenVINO or other model files is measured again.
 
 Every backend but torch is used only if it passes its parity gate on the run's test split: argmax
-agreement with PyTorch of at least INT8_MIN_AGREEMENT, as recorded in onnx/parity.json. A backend that
-fails is refused with one line saying why.
+agreement with PyTorch of at least INT8_MIN_AGREEMENT, as recorded in onnx/parity.json; for a tagger,
+the share of the test words whose tag (its first piece's argmax) is PyTorch's (runtime/token_export.py).
+A backend that fails is refused with one line saying why.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab import atomic, hardware
 from tunelab.backends import BACKENDS, OPENVINO_BACKENDS
@@ -43,6 +46,9 @@ from tunelab.runtime.scorers import (
 )
 from tunelab.textpairs import frame_inputs
 
+if TYPE_CHECKING:
+    from tunelab.runtime.tagger import TokenTagger  # imports torch: loaded only when a tagger is asked for
+
 CHOICE_FILE = "backend_choice.json"
 # What each gated backend runs, as its refusal names it.
 GATED_MODELS = {"onnx": "the fp32 ONNX model", "onnx-int8": "the int8 model", "openvino": "the OpenVINO model", "openvino-int8": "the OpenVINO int8 model"}
@@ -59,6 +65,14 @@ def load_scorer(run: Run | str, backend: str = "torch", threads: int | None = No
     """A scorer for a finished classifier run on `backend` (one of CHOICES)."""
     run = run if isinstance(run, Run) else Run.open(run)
     return open_scorer(run, choose_backend(run, backend, threads, say), threads)
+
+
+def load_tagger(run: Run | str, backend: str = "torch", threads: int | None = None, say: Say | None = None) -> TokenTagger:
+    """A tagger for a finished token-classification run on `backend`, chosen and gated as a classifier's."""
+    from tunelab.runtime.tagger import open_tagger
+
+    run = run if isinstance(run, Run) else Run.open(run)
+    return open_tagger(run, choose_backend(run, backend, threads, say), threads)
 
 
 def check_backend_name(backend: str, backends: tuple[str, ...] = BACKENDS) -> None:
@@ -172,7 +186,8 @@ def refusals(parity: dict[str, Any]) -> dict[str, str]:
         if failure:
             refused[backend] = failure
         elif agreement is None or agreement < INT8_MIN_AGREEMENT:
-            refused[backend] = f"{GATED_MODELS[backend]} agrees with PyTorch on {_share(agreement)} of the test texts (needs {INT8_MIN_AGREEMENT:.1%})"
+            of = parity.get("agreement_of", "texts")  # a tagger's agreement is over words
+            refused[backend] = f"{GATED_MODELS[backend]} agrees with PyTorch on {_share(agreement)} of the test {of} (needs {INT8_MIN_AGREEMENT:.1%})"
     return refused
 
 
@@ -207,9 +222,16 @@ def record_choice(
 
 
 def time_backends(run: Run, backends: list[str], threads: int | None, say: Say) -> dict[str, float]:
-    texts = frame_inputs(run.split("test"))[:TIMING_TEXTS]
+    """Each backend's texts/s on the run's test texts: a classifier's logits, a tagger's word tags (its test sentences)."""
+    if run.task == "token-classification":
+        from tunelab.runtime.tagger import open_tagger, split_sentences
+
+        texts, scorer = split_sentences(run, "test"), lambda backend: open_tagger(run, backend, threads).word_tags
+    else:
+        texts, scorer = frame_inputs(run.split("test")), lambda backend: open_scorer(run, backend, threads).logits
+    texts = texts[:TIMING_TEXTS]
     say(f"timing {', '.join(backends)} on {len(texts)} test texts (first use of --backend auto on this CPU)")
-    return {backend: texts_per_second(open_scorer(run, backend, threads).logits, texts, TIMING_BATCH) for backend in backends}
+    return {backend: texts_per_second(scorer(backend), texts, TIMING_BATCH) for backend in backends}
 
 
 def texts_per_second(encode: Callable, texts: list[str], batch_size: int) -> float:

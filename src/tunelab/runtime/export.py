@@ -57,6 +57,7 @@ class ExportReport:
     int8_eval_agreement: float | None = None  # that recipe's agreement on the eval split
     int8_refused: str | None = None  # why no int8 model was kept (first-use exports only; `tunelab export` raises instead)
     compared: str = ARGMAX_COMPARED  # what the *_argmax_agreement figures compare
+    agreement_of: str = "texts"  # what they are shares of: a tagger's are of words
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,21 +96,31 @@ def export_onnx(
     from tunelab.models.classifier import Classifier
 
     run = run if isinstance(run, Run) else Run.open(run)
+    if quantize not in (None, "int8"):
+        raise TunelabError(f"unknown quantization '{quantize}'", "use --quantize int8 (or leave it out for fp32 only)")
+    step = step or (lambda message: None)
     if run.task == "token-classification":
         from tunelab.runtime.token_export import export_token_onnx
 
-        return export_token_onnx(run, quantize, tolerance, max_rows, step)
+        return export_token_onnx(run, quantize, tolerance, min_agreement, max_rows, step, int8_refusal)
     agree, compared = agreement, ARGMAX_COMPARED
     if run.task == multilabel.TASK:
         agree, compared = functools.partial(multilabel.label_set_agreement, thresholds=multilabel.read_thresholds(run)), multilabel.LABEL_SETS_COMPARED
     else:
         run.require_classification("tunelab export")
-    if quantize not in (None, "int8"):
-        raise TunelabError(f"unknown quantization '{quantize}'", "use --quantize int8 (or leave it out for fp32 only)")
-    step = step or (lambda message: None)
     texts = split_texts(run, "test", max_rows)
     classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
     started = time.perf_counter()
+
+    def logits_check(texts: list) -> Callable[[Path], tuple[float, float]]:
+        """An ONNX model file -> its largest logit difference from PyTorch's on `texts`, and its agreement with PyTorch there."""
+        reference = classifier.logits(texts)
+
+        def check(path: Path) -> tuple[float, float]:
+            logits = _scorer(path, classifier).logits(texts, PARITY_BATCH)
+            return float(np.abs(logits - reference).max()), agree(logits, reference)
+
+        return check
 
     with export_failures(), atomic.staged_dir(run.path / ONNX_DIR, overwrite=True, keep_partial=False) as stage:
         step("exporting the fp32 ONNX model")
@@ -118,15 +129,10 @@ def export_onnx(
         files = {"onnx": str(run.path / ONNX_DIR / fp32.name)}
 
         step(f"checking parity on {len(texts)} test texts")
-        reference = classifier.logits(texts)
-        fp32_logits = _scorer(fp32, classifier).logits(texts, PARITY_BATCH)
+        on_test = logits_check(texts)
+        fp32_diff, fp32_agreement = on_test(fp32)
         report = ExportReport(
-            path=str(run.path / ONNX_DIR),
-            files=files,
-            rows=len(texts),
-            fp32_max_abs_diff=float(np.abs(fp32_logits - reference).max()),
-            fp32_argmax_agreement=agree(fp32_logits, reference),
-            compared=compared,
+            path=str(run.path / ONNX_DIR), files=files, rows=len(texts), fp32_max_abs_diff=fp32_diff, fp32_argmax_agreement=fp32_agreement, compared=compared
         )
         if not report.fp32_max_abs_diff <= tolerance:
             raise TunelabError(
@@ -134,21 +140,11 @@ def export_onnx(
                 "nothing was written; report this model's architecture as an export bug",
             )
         if quantize == "int8":
-            int8 = stage / ONNX_FILES["onnx-int8"]
-            report.int8_recipe, report.int8_eval_agreement = _quantize_on_eval(run, classifier, fp32, int8, min_agreement, max_rows, step, agree)
-            int8_logits = _scorer(int8, classifier).logits(texts, PARITY_BATCH)
-            report.int8_max_abs_diff = float(np.abs(int8_logits - reference).max())
-            report.int8_argmax_agreement = agree(int8_logits, reference)
-            if report.int8_argmax_agreement < min_agreement:
-                measured = "" if compared == ARGMAX_COMPARED else f" ({compared})"
-                refusal = f"the int8 model agrees with PyTorch{measured} on {report.int8_argmax_agreement:.2%} of the test texts (needs {min_agreement:.1%})"
-                if int8_refusal != "record":
-                    serve = "" if run.task == multilabel.TASK else " and serve with --backend onnx"  # multi-label runs are served with torch
-                    raise TunelabError(refusal, f"nothing was written; export without --quantize{serve}")
-                report.int8_refused = refusal
-                int8.unlink()
-            else:
-                files["onnx-int8"] = str(run.path / ONNX_DIR / int8.name)
+            on_eval = None
+            with contextlib.suppress(TunelabError):  # no eval split: nothing to choose the recipe on
+                on_eval = logits_check(split_texts(run, "eval", max_rows))
+            serve = "" if run.task == multilabel.TASK else " and serve with --backend onnx"  # multi-label runs are served with torch
+            add_int8(report, stage, on_test, on_eval, min_agreement, int8_refusal, f"export without --quantize{serve}", step)
         report.export_seconds = round(time.perf_counter() - started, 2)
         report.sizes_mb = {name: round((stage / Path(path).name).stat().st_size / 2**20, 2) for name, path in files.items()}
         atomic.write_json(stage / PARITY_FILE, report.to_dict())
@@ -166,21 +162,42 @@ def split_texts(run: Run, split: str, max_rows: int | None) -> list:
     return texts[:max_rows] if max_rows else texts
 
 
-def _quantize_on_eval(
-    run: Run, classifier, fp32: Path, int8: Path, min_agreement: float, max_rows: int | None, step, agree: Callable
-) -> tuple[str, float | None]:
+Check = Callable[[Path], tuple[float, float]]  # an ONNX model file -> (largest difference from PyTorch, agreement with PyTorch) on one split
+
+
+def add_int8(report: ExportReport, stage: Path, on_test: Check, on_eval: Check | None, min_agreement: float, int8_refusal: str, hint: str, step) -> None:
+    """The int8 model of a staged export (every task's): quantized, gated on the test split, kept in `report.files` or refused.
+
+    A refused int8 model raises (`int8_refusal="raise"`: nothing is written, then `hint`) or is deleted
+    with the reason in `report.int8_refused` ("record": the fp32 model stays usable). `report.compared`
+    and `report.agreement_of` say what the agreement counts.
+    """
+    fp32, int8 = stage / ONNX_FILES["onnx"], stage / ONNX_FILES["onnx-int8"]
+    report.int8_recipe, report.int8_eval_agreement = _quantize_on_eval(fp32, int8, on_eval, min_agreement, step)
+    report.int8_max_abs_diff, report.int8_argmax_agreement = on_test(int8)
+    if report.int8_argmax_agreement >= min_agreement:
+        report.files["onnx-int8"] = str(Path(report.path) / int8.name)
+        return
+    measured = "" if report.compared == ARGMAX_COMPARED else f" ({report.compared})"
+    refusal = (
+        f"the int8 model agrees with PyTorch{measured} on {report.int8_argmax_agreement:.2%} of the test {report.agreement_of} (needs {min_agreement:.1%})"
+    )
+    if int8_refusal != "record":
+        raise TunelabError(refusal, f"nothing was written; {hint}")
+    report.int8_refused = refusal
+    int8.unlink()
+
+
+def _quantize_on_eval(fp32: Path, int8: Path, on_eval: Check | None, min_agreement: float, step) -> tuple[str, float | None]:
     """Quantize with the first INT8_RECIPES entry that reaches `min_agreement` on the eval split (else the last, the most precise)."""
-    try:
-        texts = split_texts(run, "eval", max_rows)
-    except TunelabError:  # no eval split: nothing to choose on; the fastest recipe, and the test gate decides
+    if on_eval is None:  # no eval split: the fastest recipe, and the test gate decides
         step("quantizing to int8")
         quantize(fp32, int8, INT8_RECIPES[0])
         return INT8_RECIPES[0], None
-    reference = classifier.logits(texts)
     for recipe in INT8_RECIPES:
-        step(f"quantizing to int8 ({recipe}), checked on {len(texts)} eval texts")
+        step(f"quantizing to int8 ({recipe}), checked on the eval split")
         quantize(fp32, int8, recipe)
-        eval_agreement = agree(_scorer(int8, classifier).logits(texts, PARITY_BATCH), reference)
+        _, eval_agreement = on_eval(int8)
         if eval_agreement >= min_agreement:
             break
     return recipe, eval_agreement

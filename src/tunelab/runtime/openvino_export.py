@@ -1,13 +1,14 @@
-"""OpenVINO's backends of a classifier run, checked against PyTorch; and NNCF's int8, which the embedding backends use too.
+"""OpenVINO's backends of a classifier or token-classification run, checked against PyTorch; and NNCF's int8, which the embedding backends use too.
 
     runs/<name>/onnx/model.onnx               the fp32 ONNX graph (tunelab.runtime.export), compiled by OpenVINO: `openvino`
     runs/<name>/onnx/openvino.int8.xml, .bin  NNCF's static int8 of that graph, as OpenVINO IR: `openvino-int8`
     runs/<name>/onnx/parity.json              each one's figures under its backend's name, beside the ONNX ones
 
 The gate is onnx-int8's: argmax agreement with PyTorch on the run's test split of at least
-INT8_MIN_AGREEMENT, which tunelab.runtime.choice holds each backend to. int8's activation ranges are
-calibrated on a seeded sample of the run's train texts (its eval texts when it has no train split),
-never on test texts. A graph OpenVINO or NNCF cannot take refuses that backend only, with the reason.
+INT8_MIN_AGREEMENT, which tunelab.runtime.choice holds each backend to (a tagger's: the share of its test
+words tagged as PyTorch tags them, runtime/token_export.py's `openvino_gate`). int8's activation ranges are
+calibrated on a seeded sample of the run's train texts or sentences (its eval ones when it has no train
+split), never on test ones. A graph OpenVINO or NNCF cannot take refuses that backend only, with the reason.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import random
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,19 @@ CALIBRATION_TEXTS = 128
 CALIBRATION_SPLITS = ("train", "eval")  # the splits int8 may be calibrated on, in order of preference; never test
 
 
+@dataclass
+class OpenVinoGate:
+    """How a run's OpenVINO backends are measured against PyTorch, one per task.
+
+    check(model file, backend): its figures on the test split (`argmax_agreement`, `max_abs_diff`, `rows`);
+    calibration(): int8's calibration split and its feeds (calibration_feeds); what: the test inputs, for the progress line.
+    """
+
+    check: Callable[[Path, str], dict[str, Any]]
+    calibration: Callable[[], tuple[str, list[dict[str, np.ndarray]]]]
+    what: str
+
+
 def add_openvino(run: Run, backends: list[str], step: Callable[[str], None]) -> dict[str, Any]:
     """Measure `backends` (openvino, openvino-int8) against PyTorch on the run's test split and add their figures to its parity.json.
 
@@ -42,26 +57,23 @@ def add_openvino(run: Run, backends: list[str], step: Callable[[str], None]) -> 
     its IR beside them. Each backend's entry holds its argmax agreement, or `failed`: why OpenVINO or NNCF
     could not take the graph.
     """
-    from tunelab.models.classifier import Classifier
-    from tunelab.runtime.export import PARITY_BATCH, PARITY_ROWS, agreement, split_texts
-
     folder = run.path / ONNX_DIR
     parity = json.loads((folder / PARITY_FILE).read_text(encoding="utf-8"))
-    classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
-    texts = split_texts(run, "test", PARITY_ROWS)
-    reference = classifier.logits(texts)
+    if run.task == "token-classification":
+        from tunelab.runtime.token_export import openvino_gate
+
+        gate = openvino_gate(run)
+    else:
+        gate = classifier_gate(run)
     fp32 = folder / MODEL_FILES["openvino"]
 
     def gated(backend: str, path: Path) -> dict[str, Any]:
-        step(f"checking {backend} on {len(texts)} test texts")
-        scorer = OnnxScorer(OpenVinoSession(path), classifier.tokenizer, classifier.labels, classifier.max_length, backend)
-        logits = scorer.logits(texts, PARITY_BATCH)
-        return {"argmax_agreement": agreement(logits, reference), "max_abs_diff": float(np.abs(logits - reference).max()), "rows": len(texts)}
+        step(f"checking {backend} on {gate.what}")
+        return gate.check(path, backend)
 
     def int8() -> dict[str, Any]:
-        split, inputs = calibration_split(run)
-        feeds = calibration_feeds(classifier.tokenizer, inputs, classifier.max_length)
-        step(f"quantizing to int8 for OpenVINO (NNCF, calibrated on {len(feeds)} {split}-split texts)")
+        split, feeds = gate.calibration()
+        step(f"quantizing to int8 for OpenVINO (NNCF, calibrated on {len(feeds)} {split}-split inputs)")
         xml = atomic.write_file(folder / MODEL_FILES["openvino-int8"], lambda path: quantize_openvino(fp32, path, feeds), sidecars=(".bin",))
         return {**gated("openvino-int8", xml), "calibration_split": split, "calibration_texts": len(feeds)}
 
@@ -72,13 +84,32 @@ def add_openvino(run: Run, backends: list[str], step: Callable[[str], None]) -> 
     return parity
 
 
-def calibration_split(run: Run) -> tuple[str, list]:
-    """The first of CALIBRATION_SPLITS the run has, with its model inputs (texts or text pairs)."""
-    from tunelab.runtime.export import split_texts
+def classifier_gate(run: Run) -> OpenVinoGate:
+    """A classifier's: argmax agreement of the logits on the test texts; calibrated on train (or eval) texts."""
+    from tunelab.models.classifier import Classifier
+    from tunelab.runtime.export import PARITY_BATCH, PARITY_ROWS, agreement, split_texts
 
+    classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
+    texts = split_texts(run, "test", PARITY_ROWS)
+    reference = classifier.logits(texts)
+
+    def check(path: Path, backend: str) -> dict[str, Any]:
+        scorer = OnnxScorer(OpenVinoSession(path), classifier.tokenizer, classifier.labels, classifier.max_length, backend)
+        logits = scorer.logits(texts, PARITY_BATCH)
+        return {"argmax_agreement": agreement(logits, reference), "max_abs_diff": float(np.abs(logits - reference).max()), "rows": len(texts)}
+
+    def calibration() -> tuple[str, list[dict[str, np.ndarray]]]:
+        split, inputs = calibration_split(run, lambda split: split_texts(run, split, None))
+        return split, calibration_feeds(classifier.tokenizer, inputs, classifier.max_length)
+
+    return OpenVinoGate(check, calibration, f"{len(texts)} test texts")
+
+
+def calibration_split(run: Run, read: Callable[[str], list]) -> tuple[str, list]:
+    """The first of CALIBRATION_SPLITS the run has, with its model inputs as `read(split)` gives them (texts, text pairs or sentences' words)."""
     for split in CALIBRATION_SPLITS:
         try:
-            return split, split_texts(run, split, None)
+            return split, read(split)
         except TunelabError:
             continue
     raise TunelabError(f"run '{run.path}' has no train or eval split to calibrate int8 on", "train it again with this tunelab version")
@@ -96,12 +127,15 @@ def measured_or_failed(measure: Callable[[], dict[str, Any]], what: str) -> dict
         return {"failed": f"OpenVINO failed on {what}: {first_line(error)}"}
 
 
-def calibration_feeds(tokenizer, inputs: list, max_length: int, count: int = CALIBRATION_TEXTS) -> list[dict[str, np.ndarray]]:
-    """A seeded sample of `count` of `inputs` (texts or text pairs), tokenized one per feed: NNCF's calibration inputs."""
+def calibration_feeds(tokenizer, inputs: list, max_length: int, count: int = CALIBRATION_TEXTS, words: bool = False) -> list[dict[str, np.ndarray]]:
+    """A seeded sample of `count` of `inputs` (texts or text pairs; with `words`, sentences as word lists), tokenized one per feed: NNCF's calibration inputs."""
     sample = random.Random(0).sample(list(inputs), min(count, len(inputs)))
     feeds = []
     for item in sample:
-        encoded = textpairs.tokenize(tokenizer, [item], truncation=True, max_length=max_length, return_tensors="np")
+        if words:
+            encoded = tokenizer([item], is_split_into_words=True, truncation=True, max_length=max_length, return_tensors="np")
+        else:
+            encoded = textpairs.tokenize(tokenizer, [item], truncation=True, max_length=max_length, return_tensors="np")
         feeds.append({name: values.astype(np.int64) for name, values in encoded.items()})
     return feeds
 

@@ -85,7 +85,7 @@ class ModelInfo(BaseModel):
 def task_loader(run: Run, settings: ServeSettings) -> Callable[[], LoadedModel]:
     """A function that loads `run` into a LoadedModel for its task: a tagger, a multi-label classifier or a classifier."""
     if run.task == TOKEN_TASK:
-        return tagger_loader(run)
+        return tagger_loader(run, settings.backend, settings.threads)
     if run.task == MULTI_LABEL_TASK:
         return label_set_loader(run)
     return run_loader(run, settings.backend, settings.threads)
@@ -438,7 +438,7 @@ def check_servable(run_path: str | os.PathLike, backend: str, threads: int | Non
     """
     run = Run.open(run_path)
     if run.task == TOKEN_TASK:
-        check_token_servable(run, backend)
+        check_token_servable(run, backend, threads)
         return run
     if run.task == MULTI_LABEL_TASK:
         check_multilabel_servable(run, backend)

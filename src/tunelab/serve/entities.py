@@ -3,10 +3,12 @@
 The same app as a classifier's (serve/app.py: key, limits, micro-batching, hot swap, /v1/model,
 /health, /ready, /metrics, /docs); only the predict route and its response schema differ. The batcher
 hands each request its slice of what the model's scorer returns, which for a tagger is the list of
-each text's entities (PyTorch only: the ONNX exports are for sequence classifiers).
+each text's entities, read as `tunelab predict` reads them (runtime/tagger.py) on the backend
+runtime/choice.py's `load_tagger` gives: any of tunelab.backends.CHOICES, behind the word-tag parity gate.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the request model, built per app, as a real annotation.
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -14,11 +16,12 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from tunelab.errors import TunelabError
 from tunelab.run import Run
-from tunelab.runtime.tagger import TokenTagger
+from tunelab.runtime.choice import choose_backend, load_tagger
 from tunelab.serve.holder import LoadedModel, ModelRef
-from tunelab.serve.task_routes import PerTextScorer, texts_router, torch_loader
+from tunelab.serve.task_routes import PerTextScorer, per_text_loader, texts_router
+
+log = logging.getLogger("tunelab.serve")
 
 
 class Entity(BaseModel):
@@ -38,19 +41,19 @@ class EntitiesResponse(BaseModel):
     predictions: list[EntityPrediction]
 
 
-def check_token_servable(run: Run, backend: str) -> None:
-    if backend != "torch":
-        raise TunelabError(f"--backend {backend} is for single-label classifiers; a token-classification run is served with torch", "leave out --backend")
+def check_token_servable(run: Run, backend: str, threads: int | None = None) -> None:
+    """Fail before the server starts: a backend the run may not use. Its first use (export, gate, auto's timing) happens here, once."""
+    choose_backend(run, backend, threads)
 
 
-def tagger_loader(run: Run | str | os.PathLike) -> Callable[[], LoadedModel]:
-    """A function that loads a token-classification run into a LoadedModel (called off the event loop)."""
+def tagger_loader(run: Run | str | os.PathLike, backend: str = "torch", threads: int | None = None) -> Callable[[], LoadedModel]:
+    """A function that loads a token-classification run on `backend` into a LoadedModel (called off the event loop)."""
 
     def scorer(run: Run) -> PerTextScorer:
-        tagger = TokenTagger.load(run.model_dir)
-        return PerTextScorer(tagger.tags, tagger.entities)
+        tagger = load_tagger(run, backend, threads, say=log.info)
+        return PerTextScorer(tagger.tags, tagger.entities, tagger.backend)
 
-    return torch_loader(run if isinstance(run, Run) else Run.open(run), scorer)
+    return per_text_loader(run if isinstance(run, Run) else Run.open(run), scorer)
 
 
 def entities_router(service, request_model: type[BaseModel]) -> APIRouter:

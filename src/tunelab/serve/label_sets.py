@@ -19,7 +19,7 @@ from tunelab.models.multilabel import read_thresholds
 from tunelab.prediction import multilabel_classifier
 from tunelab.run import Run
 from tunelab.serve.holder import LoadedModel, ModelRef
-from tunelab.serve.task_routes import PerTextScorer, texts_router, torch_loader
+from tunelab.serve.task_routes import PerTextScorer, per_text_loader, texts_router
 
 
 class ChosenLabel(BaseModel):
@@ -52,7 +52,7 @@ def label_set_loader(run: Run | str | os.PathLike) -> Callable[[], LoadedModel]:
         classifier = multilabel_classifier(run, "torch")
         return PerTextScorer(classifier.labels, classifier.predict)
 
-    return torch_loader(run if isinstance(run, Run) else Run.open(run), scorer)
+    return per_text_loader(run if isinstance(run, Run) else Run.open(run), scorer)
 
 
 def label_sets_router(service, request_model: type[BaseModel]) -> APIRouter:

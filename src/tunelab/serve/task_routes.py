@@ -1,6 +1,6 @@
 """What the services of the other tasks (serve/entities.py, serve/label_sets.py) share with each other:
-a run scored with PyTorch only, loaded into a LoadedModel, and POST /v1/predict over the classifier's
-request ({"texts": [...]}), answered in the task's own response schema.
+a run's per-text scorer loaded into a LoadedModel (its version that of the backend it runs on), and POST
+/v1/predict over the classifier's request ({"texts": [...]}), answered in the task's own response schema.
 
 The batcher hands each request its slice of what the task's scorer returns for the batch, so a task's
 scorer returns one answer per text and the route only wraps those answers in its response model.
@@ -21,7 +21,7 @@ from tunelab.serve.holder import LoadedModel, finite
 
 @dataclass
 class PerTextScorer:
-    """A task's model behind the service's batcher: `answer(texts, batch_size)` gives one answer per text (PyTorch only)."""
+    """A task's model behind the service's batcher: `answer(texts, batch_size)` gives one answer per text, on `backend`."""
 
     labels: list[str]
     answer: Callable[[Sequence[str], int], list[Any]]
@@ -31,11 +31,12 @@ class PerTextScorer:
         return self.answer(texts, batch_size or max(1, len(texts)))
 
 
-def torch_loader(run: Run, scorer: Callable[[Run], PerTextScorer]) -> Callable[[], LoadedModel]:
+def per_text_loader(run: Run, scorer: Callable[[Run], PerTextScorer]) -> Callable[[], LoadedModel]:
     """A function that loads `scorer(run)` into a LoadedModel (called off the event loop)."""
 
     def load() -> LoadedModel:
-        return LoadedModel(scorer(run), run.path.name, model_version(run, "torch"), str(run.path), finite(run.metrics))
+        loaded = scorer(run)
+        return LoadedModel(loaded, run.path.name, model_version(run, loaded.backend), str(run.path), finite(run.metrics))
 
     return load
 

@@ -477,22 +477,12 @@ def test_serve_answers_label_sets_on_the_onnx_backend_and_refuses_missing_thresh
 
     import uvicorn
 
-    from tests._serve_fixtures import running
+    from tests._serve_fixtures import served_on_backend
     from tunelab.prediction import predict
-    from tunelab.serve.app import create_app
-    from tunelab.serve.settings import ServeSettings
 
     pytest.importorskip("onnxruntime")
     texts = ["good great awful", "table chair window"]
-    with running(create_app(ml_run, ServeSettings(backend="onnx"), api_key="")) as client:
-        assert client.get("/v1/model").json()["backend"] == "onnx"
-        answer = client.post("/v1/predict", json={"texts": texts})
-        assert answer.status_code == 200, answer.text
-        assert label_names(answer.json()["predictions"]) == label_names(predict(ml_run, texts, backend="torch"))
-    served = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(app))
-    result = cli("serve", ml_run, "--backend", "onnx")
-    assert result.exit_code == 0 and len(served) == 1, result.output
+    assert label_names(served_on_backend(ml_run, texts, "onnx", monkeypatch)) == label_names(predict(ml_run, texts, backend="torch"))
 
     def started(*args, **kwargs):
         raise AssertionError("tunelab serve started a server")

@@ -494,22 +494,10 @@ def test_the_service_answers_with_entity_spans_in_its_documented_schema(ner_run)
 
 def test_the_service_answers_entities_on_the_onnx_backend(ner_run, monkeypatch):
     pytest.importorskip("onnxruntime")
-    import uvicorn
-
-    from tests._serve_fixtures import running
+    from tests._serve_fixtures import served_on_backend
     from tunelab.prediction import predict
-    from tunelab.serve.app import create_app
-    from tunelab.serve.settings import ServeSettings
 
-    with running(create_app(ner_run, ServeSettings(backend="onnx"), api_key="")) as client:
-        assert client.get("/v1/model").json()["backend"] == "onnx"
-        answer = client.post("/v1/predict", json={"texts": TEXTS})
-        assert answer.status_code == 200, answer.text
-        assert spans(answer.json()["predictions"]) == spans(predict(ner_run, TEXTS, backend="torch"))
-    served = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(app))
-    result = cli("serve", ner_run, "--backend", "onnx")
-    assert result.exit_code == 0 and len(served) == 1, result.output
+    assert spans(served_on_backend(ner_run, TEXTS, "onnx", monkeypatch)) == spans(predict(ner_run, TEXTS, backend="torch"))
 
 
 def test_an_unknown_backend_is_one_line(ner_run, monkeypatch):

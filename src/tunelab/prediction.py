@@ -47,6 +47,7 @@ def predict(run: Run | str | os.PathLike, texts: Sequence[ModelInput], batch_siz
         return multi_label.predict(texts, batch_size)
     from tunelab.runtime import load_scorer
 
+    run.require_classification("tunelab predict")  # an extractive-QA model would load with a random classifier head
     scorer = load_scorer(run, backend)
     return describe(scorer.labels, scorer.predict_proba(texts, batch_size))
 
@@ -120,6 +121,8 @@ def predict_file(
     run = run if isinstance(run, Run) else Run.open(run)
     tagger = token_tagger(run, backend, threads)
     multi_label = multilabel_classifier(run, backend, threads)
+    if tagger is None and multi_label is None:
+        run.require_classification("tunelab predict")  # before the file is read
     if run.is_pair_classifier:
         text_pair_col = text_pair_col or run.config.get("text_pair_col") or PAIR_COLUMN
     elif text_pair_col is not None:

@@ -93,6 +93,7 @@ def check_backend_name(backend: str, backends: tuple[str, ...] = BACKENDS) -> No
 
 def choose_backend(run: Run, backend: str, threads: int | None = None, say: Say | None = None) -> str:
     """The backend `backend` means for this run: itself if it passes its gate, or auto's measured choice."""
+    run.model_dir  # noqa: B018 - raises, in one line and before any export, for a scikit-learn baseline run
     say = say or _to_stderr
     return choose(
         backend,

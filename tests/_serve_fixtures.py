@@ -100,3 +100,23 @@ def serving(app, timeout: float = 60.0, ready: str = "/ready") -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def served_on_backend(run, texts: list[str], backend: str, monkeypatch) -> list[dict]:
+    """`run`'s service on `backend`: /v1/model names it, /v1/predict answers `texts` (returned); `tunelab serve RUN --backend` starts."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app as cli
+    from tunelab.serve.app import create_app
+    from tunelab.serve.settings import ServeSettings
+
+    with running(create_app(run, ServeSettings(backend=backend), api_key="")) as client:
+        assert client.get("/v1/model").json()["backend"] == backend
+        answer = client.post("/v1/predict", json={"texts": texts})
+        assert answer.status_code == 200, answer.text
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.append(app))
+    result = CliRunner().invoke(cli, ["serve", str(run), "--backend", backend])
+    assert result.exit_code == 0 and len(started) == 1, result.output
+    return answer.json()["predictions"]

@@ -109,6 +109,20 @@ def test_predict_on_a_folder_that_is_not_a_run(tmp_path):
     assert_user_error(run_cli("predict", tmp_path, "hello"), "not a tunelab run directory")
 
 
+def test_a_scikit_learn_baseline_run_is_refused_in_one_line_on_every_backend(tmp_path):
+    """A baseline candidate has no Hugging Face model to run or export: predict says so before any first-use export."""
+    import yaml
+
+    run = tmp_path / "baseline"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"kind": "sklearn", "method": "tfidf-logreg"}), encoding="utf-8")
+    (run / "labels.json").write_text('{"0": "negative", "1": "positive"}', encoding="utf-8")
+    (run / "model.joblib").write_bytes(b"")
+    for backend in ("torch", "onnx", "openvino", "auto"):
+        assert_user_error(run_cli("predict", run, "good film", "--backend", backend), "is a scikit-learn baseline (tfidf-logreg)")
+    assert sorted(path.name for path in run.iterdir()) == ["config.yaml", "labels.json", "model.joblib"]  # no onnx/ folder
+
+
 def test_subprocess_prints_one_line_on_stderr(tmp_path):
     """The installed console path, not just the in-process runner."""
     result = subprocess.run(

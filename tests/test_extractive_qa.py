@@ -281,6 +281,38 @@ def assert_one_line_error(result, *fragments):
         assert fragment in joined, (fragment, result.output)
 
 
+def test_the_labelling_commands_refuse_a_qa_run_in_one_line_whatever_the_backend(qa_bert, tmp_path, monkeypatch):
+    """predict, eval, serve, export and compare handle labelling runs only; an extractive-QA run (no ONNX graph of its
+    own) is refused in one line on every backend, before anything is loaded, exported or written."""
+    import shutil
+
+    import uvicorn
+
+    from tests.test_cli_errors import assert_user_error
+
+    def started(*args, **kwargs):
+        raise AssertionError("tunelab serve started a server")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    run = tmp_path / "qa-run"
+    shutil.copytree(qa_bert, run / "model")
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "extractive-qa"}), encoding="utf-8")
+    source = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["what is the capital?"]}).to_csv(source, index=False)
+
+    def cli(*args):
+        return runner.invoke(app, [str(a) for a in args])
+
+    for backend in ("torch", "onnx", "auto"):
+        assert_user_error(cli("predict", run, "what is the capital?", "--backend", backend), "tunelab predict does not handle extractive-qa runs")
+        assert_user_error(cli("predict", run, "--file", source, "--out", tmp_path / "o.csv", "--backend", backend), "does not handle extractive-qa runs")
+        assert_user_error(cli("eval", run, "--backend", backend, "--out", tmp_path / "ev"), "it is not a text classifier (task: extractive-qa)")
+        assert_user_error(cli("serve", run, "--backend", backend), "tunelab serve does not handle extractive-qa runs")
+        assert_user_error(cli("compare", run, run, "--backend", backend, "--out", tmp_path / "cmp"), "tunelab compare does not handle extractive-qa runs")
+    assert_user_error(cli("export", run), "tunelab export does not handle extractive-qa runs")
+    assert sorted(path.name for path in run.iterdir()) == ["config.yaml", "model"] and sorted(path.name for path in tmp_path.iterdir()) == ["in.csv", "qa-run"]
+
+
 @pytest.fixture
 def qa_args(qa_bert, tmp_path):
     return ["train", "--task", "extractive-qa", "--model", str(qa_bert), "--out", str(tmp_path / "out")]

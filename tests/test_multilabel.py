@@ -1,5 +1,6 @@
 """Multi-label classification: label sets (lists, separators, bad values), splits, thresholds chosen on
-eval, metrics equal to scikit-learn's, a run trained on a tiny BERT, predict, eval, inspect and the CLI's errors."""
+eval, metrics equal to scikit-learn's, a run trained on a tiny BERT, predict, eval, inspect and the CLI's errors,
+and its backends (the exported logits, gated on label sets) in predict, eval and serve."""
 
 from __future__ import annotations
 
@@ -235,18 +236,72 @@ def test_predict_file_writes_label_sets(ml_run, tmp_path):
     assert list(written.columns) == ["text", "labels", "prob_negative", "prob_neutral", "prob_positive"]
 
 
-def test_a_runtime_backend_is_refused_for_a_multi_label_run(ml_run, tmp_path):
-    """The ONNX runtime scores single-label classifiers; a multi-label run says so instead of quietly using torch."""
+def label_names(predictions: list[dict]) -> list[list[str]]:
+    return [[item["label"] for item in row["labels"]] for row in predictions]
+
+
+def test_the_onnx_backend_gives_torchs_label_sets_in_predict_and_eval(ml_run, tmp_path):
+    """A multi-label run's exported logits through the same sigmoid and thresholds: gated on the label sets, then used by predict and eval."""
+    import shutil
+
+    pytest.importorskip("onnxruntime")
+    run = Path(shutil.copytree(ml_run, tmp_path / "run", ignore=shutil.ignore_patterns("onnx")))
+    texts = ["good great awful", "table chair window", "fine nice", "awful bad terrible table"]
+
+    def predicted(backend: str) -> list[dict]:
+        result = cli("predict", run, *texts, "--json", "--backend", backend)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    torch, onnx = predicted("torch"), predicted("onnx")
+    parity = json.loads((run / "onnx" / "parity.json").read_text(encoding="utf-8"))
+    assert parity["compared"] == "label sets after the run's thresholds" and parity["fp32_argmax_agreement"] == 1.0
+    assert label_names(onnx) == label_names(torch) and any(label_names(torch))
+    for ours, theirs in zip(onnx, torch):
+        assert list(ours["probabilities"].values()) == pytest.approx(list(theirs["probabilities"].values()), abs=1e-4)
     source = tmp_path / "in.csv"
-    pd.DataFrame({"text": ["good great"]}).to_csv(source, index=False)
-    for args in (
-        ("predict", ml_run, "good", "--backend", "onnx"),
-        ("predict", ml_run, "--file", source, "--out", tmp_path / "o.csv", "--backend", "auto"),
-        ("eval", ml_run, "--backend", "onnx", "--no-baseline"),
+    pd.DataFrame({"text": texts}).to_csv(source, index=False)
+    for backend in ("torch", "onnx"):
+        assert cli("predict", run, "--file", source, "--out", tmp_path / f"{backend}.csv", "--backend", backend).exit_code == 0
+    assert pd.read_csv(tmp_path / "onnx.csv")["labels"].tolist() == pd.read_csv(tmp_path / "torch.csv")["labels"].tolist()
+
+    def evaluated(backend: str) -> dict:
+        result = cli("eval", run, "--backend", backend, "--out", tmp_path / f"ev-{backend}", "--json", "--no-baseline")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["test"]
+
+    torch_test, onnx_test = evaluated("torch"), evaluated("onnx")
+    assert torch_test["timing"]["backend"] == "torch" and onnx_test["timing"]["backend"] == "onnx"
+    for figure in ("subset_accuracy", "hamming_loss", "f1_micro", "f1_macro", "f1_samples"):  # decided by the label sets: the same
+        assert onnx_test[figure] == torch_test[figure], figure
+    assert onnx_test["loss"] == pytest.approx(torch_test["loss"], abs=1e-4)
+
+
+def test_a_multi_label_openvino_gate_counts_label_sets_not_the_top_label(ml_run, tmp_path, monkeypatch):
+    """OpenVINO logits whose top label is PyTorch's but whose other labels all drop below their thresholds are refused."""
+    import shutil
+
+    pytest.importorskip("openvino")
+    from tunelab.runtime import openvino_export
+    from tunelab.runtime.choice import load_multilabel
+
+    class TopLabelOnly(openvino_export.OpenVinoSession):
+        def run(self, outputs, feed):
+            (logits,) = super().run(outputs, feed)
+            top = logits.argmax(axis=1)
+            kept = logits[np.arange(len(logits)), top]
+            logits = np.full_like(logits, -20.0)
+            logits[np.arange(len(logits)), top] = kept
+            return [logits]
+
+    monkeypatch.setattr(openvino_export, "OpenVinoSession", TopLabelOnly)
+    run = Path(shutil.copytree(ml_run, tmp_path / "run", ignore=shutil.ignore_patterns("onnx")))
+    assert (Run.open(run).split("test")["labels"].map(len) > 1).any()  # rows with several labels: where the top label is not the set
+    with pytest.raises(
+        TunelabError, match=r"backend openvino is refused for this run: the OpenVINO model agrees with PyTorch \(label sets after the run's thresholds\) on"
     ):
-        result = cli(*args)
-        assert result.exit_code == 2 and "multi-label run scores with torch" in result.output, result.output
-    assert not (tmp_path / "o.csv").exists()
+        load_multilabel(run, "openvino", say=lambda line: None)
+    assert json.loads((run / "onnx" / "parity.json").read_text(encoding="utf-8"))["openvino"]["argmax_agreement"] < 0.995
 
 
 def test_eval_on_the_run_and_on_a_file(ml_run, tmp_path):
@@ -319,7 +374,7 @@ def test_export_checks_the_onnx_label_sets_against_pytorch_on_the_test_split(ml_
     run = Path(shutil.copytree(ml_run, tmp_path / "run"))
     result = cli("export", run, "--quantize", "int8")
     assert result.exit_code == 0, result.output
-    assert "label sets the same 100.00%" in result.output and "--backend" not in result.output
+    assert "label sets the same 100.00%" in result.output and f"serve it: tunelab serve {run} --backend onnx-int8" in result.output
     parity = json.loads((run / "onnx" / "parity.json").read_text(encoding="utf-8"))
     assert parity["compared"] == LABEL_SETS_COMPARED and parity["fp32_max_abs_diff"] <= 1e-3
     texts = Run.open(run).split("test")["text"].tolist()
@@ -417,20 +472,27 @@ def test_a_bad_body_gets_a_one_line_422(ml_run, body, message):
     assert answer.status_code == 422 and message in answer.json()["error"] and "\n" not in answer.json()["error"], answer.text
 
 
-def test_serve_refuses_an_onnx_backend_and_missing_thresholds(ml_run, tmp_path, monkeypatch):
+def test_serve_answers_label_sets_on_the_onnx_backend_and_refuses_missing_thresholds(ml_run, tmp_path, monkeypatch):
     import shutil
 
     import uvicorn
+
+    from tests._serve_fixtures import served_on_backend
+    from tunelab.prediction import predict
+
+    pytest.importorskip("onnxruntime")
+    texts = ["good great awful", "table chair window"]
+    assert label_names(served_on_backend(ml_run, texts, "onnx", monkeypatch)) == label_names(predict(ml_run, texts, backend="torch"))
 
     def started(*args, **kwargs):
         raise AssertionError("tunelab serve started a server")
 
     monkeypatch.setattr(uvicorn, "run", started)  # a broken refusal fails here instead of serving forever
-    assert_user_error(cli("serve", ml_run, "--backend", "onnx"), "--backend onnx is for single-label classifiers; a multi-label run scores with torch")
     copy = tmp_path / "run"
     shutil.copytree(ml_run, copy)
     (copy / "thresholds.json").unlink()
     assert_user_error(cli("serve", copy), "has no thresholds.json")
+    assert_user_error(cli("serve", copy, "--backend", "onnx"), "has no thresholds.json")
 
 
 # -- data inspect ----------------------------------------------------------------------------------

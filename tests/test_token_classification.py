@@ -1,7 +1,7 @@
 """Token classification (NER): the three readers and their one-line errors (length mismatch, the IOB
 rule, spans off word boundaries), alignment to word pieces, metrics equal to seqeval's, the gazetteer
 baseline, a run trained on a tiny BERT, predict, eval, pipeline() interop, its ONNX and OpenVINO backends behind
-the word-tag gate in predict and serve, and the factbook-entities rule."""
+the word-tag gate in predict, eval, serve and compare's timings, and the factbook-entities rule."""
 
 from __future__ import annotations
 
@@ -295,6 +295,7 @@ def test_export_writes_an_onnx_tagger_that_gives_the_same_word_tags(ner_run):
 
 # -- the ONNX backends: predict and serve ---------------------------------------------------------
 
+WORD_TAGS = "each word's tag, from its first piece"  # what a tagger's agreement compares, as its refusals say
 TEXTS = ["the film zorbia was great, table chair.", "qantar and velmora, river stone", "Kastovia's drelland is nice", "nothing here at all"]
 
 
@@ -323,7 +324,9 @@ def test_the_onnx_backends_give_the_entities_of_torch(ner_run):
         assert spans(found) == spans(expected)
     else:
         assert "of the test words (needs 99.5%)" in parity["int8_refused"]
-        assert isinstance(found, TunelabError) and found.message.startswith("backend onnx-int8 is refused for this run: the int8 model agrees with PyTorch on")
+        assert isinstance(found, TunelabError) and found.message.startswith(
+            f"backend onnx-int8 is refused for this run: the int8 model agrees with PyTorch ({WORD_TAGS}) on"
+        )
 
 
 def test_the_openvino_backends_give_the_entities_of_torch_or_are_refused(ner_run, monkeypatch):
@@ -359,15 +362,14 @@ def test_the_openvino_backends_give_the_entities_of_torch_or_are_refused(ner_run
     assert figures["calibration_split"] == "train" and figures["calibration_texts"] == len(feeds)
 
 
-def test_an_int8_tagger_failing_the_word_tag_gate_is_refused_with_the_reason(ner_run, tmp_path, monkeypatch):
-    pytest.importorskip("onnxruntime")
-    from tunelab.runtime import load_tagger, token_export
+def int8_disagreeing_run(ner_run: Path, folder: Path, monkeypatch) -> Path:
+    """A copy of the run, not yet exported, whose int8 tagger will tag one test word in ten otherwise than PyTorch (fp32 as measured)."""
+    from tunelab.runtime import token_export
     from tunelab.runtime.scorers import ONNX_FILES
 
-    run = Path(shutil.copytree(ner_run, tmp_path / "run", ignore=shutil.ignore_patterns("onnx")))
     real_check = token_export.word_tags_check
 
-    def int8_disagreeing(tagger, sentences):  # int8 tags one word in ten otherwise than PyTorch; fp32 as measured
+    def int8_disagreeing(tagger, sentences):
         check = real_check(tagger, sentences)
 
         def measured(path: Path, *backend: str) -> tuple[float, float]:
@@ -377,7 +379,18 @@ def test_an_int8_tagger_failing_the_word_tag_gate_is_refused_with_the_reason(ner
         return measured
 
     monkeypatch.setattr(token_export, "word_tags_check", int8_disagreeing)
-    with pytest.raises(TunelabError, match=r"backend onnx-int8 is refused for this run: the int8 model agrees with PyTorch on \d+\.\d\d% of the test words"):
+    return Path(shutil.copytree(ner_run, folder / "run", ignore=shutil.ignore_patterns("onnx")))
+
+
+def test_an_int8_tagger_failing_the_word_tag_gate_is_refused_with_the_reason(ner_run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from tunelab.runtime import load_tagger
+    from tunelab.runtime.scorers import ONNX_FILES
+
+    run = int8_disagreeing_run(ner_run, tmp_path, monkeypatch)
+    with pytest.raises(
+        TunelabError, match=rf"backend onnx-int8 is refused for this run: the int8 model agrees with PyTorch \({WORD_TAGS}\) on \d+\.\d\d% of the test words"
+    ):
         load_tagger(run, "onnx-int8", say=lambda line: None)
     parity = json.loads((run / "onnx" / "parity.json").read_text())
     assert "of the test words (needs 99.5%)" in parity["int8_refused"] and not (run / "onnx" / ONNX_FILES["onnx-int8"]).exists()
@@ -388,7 +401,70 @@ def test_an_int8_tagger_failing_the_word_tag_gate_is_refused_with_the_reason(ner
     choice = json.loads((run / "onnx" / "backend_choice.json").read_text())
     assert tagger.backend == choice["chosen"] == max(choice["texts_per_s"], key=choice["texts_per_s"].get)
     assert {"torch", "onnx"} <= set(choice["texts_per_s"]) and set(choice["texts_per_s"]) | set(choice["refused"]) == set(BACKENDS)
-    assert choice["refused"]["onnx-int8"].startswith("the int8 model agrees with PyTorch on ") and "of the test words" in choice["refused"]["onnx-int8"]
+    assert (
+        choice["refused"]["onnx-int8"].startswith(f"the int8 model agrees with PyTorch ({WORD_TAGS}) on ")
+        and "of the test words" in choice["refused"]["onnx-int8"]
+    )
+
+
+# -- eval and compare on the backends ---------------------------------------------------------------
+
+
+def without_timing(metrics: dict) -> dict:
+    return {key: value for key, value in metrics["test"].items() if key != "timing"}
+
+
+def test_eval_on_the_onnx_backend_scores_its_word_tags_with_torchs_metric_code(ner_run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from tunelab.runtime import tagger as tagger_module
+
+    def evaluated(backend: str, out: str) -> dict:
+        result = cli("eval", ner_run, "--backend", backend, "--out", tmp_path / out, "--json", "--no-baseline")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    torch, onnx = evaluated("torch", "torch"), evaluated("onnx", "onnx")
+    assert torch["test"]["timing"]["backend"] == "torch" and onnx["test"]["timing"]["backend"] == "onnx"
+    # fp32 passed its gate (every test word tagged as PyTorch tags it), so every entity-level figure is torch's.
+    assert json.loads((ner_run / "onnx" / "parity.json").read_text())["fp32_argmax_agreement"] == 1.0
+    assert without_timing(onnx) == without_timing(torch) and torch["test"]["f1_micro"] > 0
+    predicted = [pd.read_parquet(tmp_path / out / "predictions.parquet")["predicted"].map(list).tolist() for out in ("torch", "onnx")]
+    assert predicted[0] == predicted[1]
+
+    # The figures are the backend's own: an ONNX forward pass that tags every word O (after its gate passed) scores no entity.
+    def all_outside(session):
+        def piece_logits(batch):
+            logits = session.run(["logits"], {i.name: batch[i.name].numpy().astype("int64") for i in session.get_inputs()})[0]
+            logits[..., 0] = logits.max() + 10.0  # tag 0 is O
+            return logits
+
+        return piece_logits
+
+    monkeypatch.setattr(tagger_module, "session_forward", all_outside)
+    blind = evaluated("onnx", "blind")
+    assert blind["test"]["f1_micro"] == 0.0 and blind["test"]["timing"]["backend"] == "onnx"
+
+
+def test_eval_refuses_a_tagger_backend_that_fails_its_gate_in_one_line(ner_run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from tunelab.runtime import load_tagger
+
+    run = int8_disagreeing_run(ner_run, tmp_path, monkeypatch)
+    with pytest.raises(TunelabError):  # the first use exports and measures int8, saying so; the refusal below is then its one line
+        load_tagger(run, "onnx-int8", say=lambda line: None)
+    assert_user_error(cli("eval", run, "--backend", "onnx-int8", "--out", tmp_path / "ev"), "backend onnx-int8 is refused for this run", "of the test words")
+    assert not (tmp_path / "ev").exists()
+
+
+def test_compare_measures_the_candidates_on_the_backend_asked_for(ner_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from tunelab.compare import compare_runs
+
+    runs = {name: shutil.copytree(ner_run, tmp_path / name, ignore=shutil.ignore_patterns("onnx")) for name in ("a", "b")}
+    summary = compare_runs(runs, out=tmp_path / "cmp", backend="onnx", latency_texts=3, throughput_texts=6, progress=False)
+    assert [row["backend"] for row in summary["rows"]] == ["onnx", "onnx"]
+    assert all((tmp_path / name / "onnx" / "model.onnx").is_file() for name in runs)  # each candidate exported and gated on first use
+    assert "onnx" in pd.read_csv(tmp_path / "cmp" / "leaderboard.csv")["backend"].tolist()
 
 
 # -- serve ----------------------------------------------------------------------------------------
@@ -418,22 +494,10 @@ def test_the_service_answers_with_entity_spans_in_its_documented_schema(ner_run)
 
 def test_the_service_answers_entities_on_the_onnx_backend(ner_run, monkeypatch):
     pytest.importorskip("onnxruntime")
-    import uvicorn
-
-    from tests._serve_fixtures import running
+    from tests._serve_fixtures import served_on_backend
     from tunelab.prediction import predict
-    from tunelab.serve.app import create_app
-    from tunelab.serve.settings import ServeSettings
 
-    with running(create_app(ner_run, ServeSettings(backend="onnx"), api_key="")) as client:
-        assert client.get("/v1/model").json()["backend"] == "onnx"
-        answer = client.post("/v1/predict", json={"texts": TEXTS})
-        assert answer.status_code == 200, answer.text
-        assert spans(answer.json()["predictions"]) == spans(predict(ner_run, TEXTS, backend="torch"))
-    served = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(app))
-    result = cli("serve", ner_run, "--backend", "onnx")
-    assert result.exit_code == 0 and len(served) == 1, result.output
+    assert spans(served_on_backend(ner_run, TEXTS, "onnx", monkeypatch)) == spans(predict(ner_run, TEXTS, backend="torch"))
 
 
 def test_an_unknown_backend_is_one_line(ner_run, monkeypatch):
@@ -445,6 +509,8 @@ def test_an_unknown_backend_is_one_line(ner_run, monkeypatch):
     monkeypatch.setattr(uvicorn, "run", started)
     assert_user_error(cli("predict", ner_run, TEXTS[0], "--backend", "tensorrt"), "unknown backend 'tensorrt'")
     assert_user_error(cli("serve", ner_run, "--backend", "tensorrt"), "tensorrt")
+    assert_user_error(cli("eval", ner_run, "--backend", "tensorrt"), "unknown backend 'tensorrt'")
+    assert_user_error(cli("compare", ner_run, ner_run, "--backend", "tensorrt"), "unknown backend 'tensorrt'")
 
 
 # -- the built-in set -----------------------------------------------------------------------------

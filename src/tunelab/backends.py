@@ -1,4 +1,4 @@
-"""The names of the inference backends: what `--backend` takes on predict, eval and serve, and the help that says so.
+"""The names of the inference backends: what `--backend` takes on predict, eval, serve and compare, and the help that says so.
 
 Names only (no torch, no ONNX Runtime), so the CLI declares its options without loading a runtime;
 tunelab.runtime.scorers opens each backend, tunelab.runtime.choice chooses among them, and
@@ -11,7 +11,7 @@ from __future__ import annotations
 BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 OPENVINO_BACKENDS: tuple[str, ...] = ("openvino", "openvino-int8")  # the optional `openvino` extra
 CHOICES: tuple[str, ...] = (*BACKENDS, "auto")
-# The help of every command that takes --backend for a classifier (predict, eval, serve, registry serve).
+# The help of every command that takes --backend for a run (predict, eval, serve, registry serve, compare).
 CHOICES_HELP = (
     f"{', '.join(BACKENDS)} (each but torch exported on first use and used only if it passes its parity gate; "
     "openvino* need the openvino extra) or auto: the fastest that passes on this CPU"

@@ -30,7 +30,7 @@ def predict(run: Run | str | os.PathLike, texts: Sequence[ModelInput], batch_siz
 
     A pair-classification run takes (text, text_pair) pairs instead of texts.
     backend: one of tunelab.backends.CHOICES (tunelab.runtime.choice: exported on first use, parity-gated).
-    A multi-label run (torch only) gives instead, for each text, `labels`: every label over its
+    A multi-label run (any backend) gives instead, for each text, `labels`: every label over its
     threshold with its probability and threshold (most probable first), and every label's probability.
     A token-classification run (any backend) gives `entities`: type, start, end
     (character offsets, end exclusive), text and score of each entity found.
@@ -47,6 +47,7 @@ def predict(run: Run | str | os.PathLike, texts: Sequence[ModelInput], batch_siz
         return multi_label.predict(texts, batch_size)
     from tunelab.runtime import load_scorer
 
+    run.require_classification("tunelab predict")  # an extractive-QA model would load with a random classifier head
     scorer = load_scorer(run, backend)
     return describe(scorer.labels, scorer.predict_proba(texts, batch_size))
 
@@ -63,15 +64,14 @@ def check_inputs(run: Run, inputs: Sequence[ModelInput]) -> None:
         raise TunelabError(f"run '{run.path}' classifies single texts, not pairs ({run.task})", "give texts only")
 
 
-def multilabel_classifier(run: Run, backend: str):
-    """The run's MultiLabelClassifier when it is a multi-label run, else None; those score with torch only."""
+def multilabel_classifier(run: Run, backend: str, threads: int | None = None):
+    """The run's MultiLabelClassifier on `backend` (gated on its label sets: tunelab.runtime.choice.load_multilabel) when it is a multi-label run, else None."""
     from tunelab.models import multilabel
+    from tunelab.runtime.choice import load_multilabel
 
     if run.task != multilabel.TASK:
         return None
-    if backend != "torch":
-        raise TunelabError(f"--backend {backend} is for single-label classifiers; a multi-label run scores with torch", "leave out --backend")
-    return multilabel.MultiLabelClassifier.load(run)
+    return load_multilabel(run, backend, threads)
 
 
 def token_tagger(run: Run, backend: str, threads: int | None = None):
@@ -120,7 +120,9 @@ def predict_file(
         raise TunelabError(f"--out '{out}' must be a .csv file", "name the output file e.g. preds.csv")
     run = run if isinstance(run, Run) else Run.open(run)
     tagger = token_tagger(run, backend, threads)
-    multi_label = multilabel_classifier(run, backend)
+    multi_label = multilabel_classifier(run, backend, threads)
+    if tagger is None and multi_label is None:
+        run.require_classification("tunelab predict")  # before the file is read
     if run.is_pair_classifier:
         text_pair_col = text_pair_col or run.config.get("text_pair_col") or PAIR_COLUMN
     elif text_pair_col is not None:

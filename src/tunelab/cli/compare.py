@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from tunelab.backends import CHOICES_HELP
 from tunelab.cli._app import command, console
 from tunelab.errors import TunelabError
 
@@ -23,22 +24,30 @@ def compare_command(
         float | None, typer.Option("--latency-budget-ms", min=0, help="Also recommend the most accurate candidate with p95 latency within this.")
     ] = None,
     latency_texts: Annotated[int, typer.Option("--latency-texts", min=1, help="Existing runs: test texts timed one by one.")] = 50,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", help=f"What the fine-tuned candidates' latency is measured on (default: the file's backend:, else torch): {CHOICES_HELP}"),
+    ] = None,
 ) -> None:
     """Compare models on one test set: leaderboard.csv/.md, Pareto plots and compare.html."""
     from tunelab.compare import compare, compare_runs
+    from tunelab.runtime.choice import check_backend_name
+
+    if backend is not None:
+        check_backend_name(backend)  # one line before any training
 
     files = [s for s in sources if s.is_file()]
     if files:
         if len(sources) != 1:
             raise TunelabError("pass either one compare file or run directories, not both", f"e.g. tunelab compare {files[0]}")
-        summary = compare(files[0], out=out, latency_budget_ms=latency_budget_ms)
+        summary = compare(files[0], out=out, latency_budget_ms=latency_budget_ms, backend=backend)
     else:
         missing = [s for s in sources if not s.exists()]
         if missing:
             raise TunelabError(f"'{missing[0]}' does not exist", "pass a compare file or finished run directories")
         if len(sources) < 2:
             raise TunelabError("comparing needs two or more runs", "pass more run directories, or a compare file")
-        summary = compare_runs(sources, out=out, latency_budget_ms=latency_budget_ms, latency_texts=latency_texts)
+        summary = compare_runs(sources, out=out, latency_budget_ms=latency_budget_ms, latency_texts=latency_texts, backend=backend or "torch")
     _print(summary)
 
 
@@ -55,6 +64,7 @@ def _print(summary: dict[str, Any]) -> None:
         "peak_memory_mb",
         "trainable_parameters",
         "size_mb",
+        "backend",
         "latency_p50_ms",
         "latency_p95_ms",
         "examples_per_s",
@@ -72,7 +82,7 @@ def _print(summary: dict[str, Any]) -> None:
     }
     table = Table(title=f"test set: {summary['test_set']['rows']} rows")
     for column in shown:
-        table.add_column(headers.get(column, column), justify="left" if column in ("candidate", "method") else "right")
+        table.add_column(headers.get(column, column), justify="left" if column in ("candidate", "method", "backend") else "right")
     for row in summary["rows"]:
         star = " ★" if row["pareto_latency"] or row["pareto_train_time"] else ""
         table.add_row(*[format_value(c, row[c]) + (star if c == "candidate" else "") for c in shown])

@@ -314,7 +314,8 @@ def predict(
 
         from tunelab.prediction import predict_file
 
-        with Progress(console=console) as bar:
+        # transient: a refusal raised inside (the run, the file, the backend's gate) stays its one line
+        with Progress(console=console, transient=True) as bar:
             task = bar.add_task("predicting", total=None)
             written = predict_file(
                 run, file, out, text_col, encoding, progress=lambda n: bar.advance(task, n), backend=backend, threads=threads, text_pair_col=text_pair_col

@@ -115,8 +115,5 @@ def export(
             highlight=False,
             soft_wrap=True,
         )
-    if task == "multi-label":
-        console.print("(predict and serve score multi-label runs with torch)", highlight=False, soft_wrap=True)
-        return
     backend = "onnx-int8" if report.int8_argmax_agreement is not None else "onnx"
     console.print(f"serve it: tunelab serve {run} --backend {backend}", highlight=False, soft_wrap=True)

@@ -29,6 +29,7 @@ def compare(
     *,
     out: str | os.PathLike | None = None,
     latency_budget_ms: float | None = None,
+    backend: str | None = None,
     progress: bool = True,
     isolate: bool = True,
 ) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def compare(
     from tunelab.compare.config import candidate_config, check_candidates
     from tunelab.compare.runner import train_candidates
 
-    overrides = {"out": str(out) if out else None, "latency_budget_ms": latency_budget_ms}
+    overrides = {"out": str(out) if out else None, "latency_budget_ms": latency_budget_ms, "backend": backend}
     if isinstance(config, CompareConfig):
         config = config.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         if config.out is None:
@@ -60,6 +61,7 @@ def compare(
         latency_texts=config.latency_texts,
         throughput_texts=config.throughput_texts,
         searches=searches,
+        backend=config.backend,
         title=f"Comparison on {data}" if config.task == "classification" else f"Comparison on {data} ({config.task})",
         progress=progress,
     )
@@ -73,19 +75,26 @@ def compare_runs(
     latency_texts: int = 50,
     throughput_texts: int = 256,
     searches: dict[str, Any] | None = None,
+    backend: str = "torch",
     title: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Rank finished runs evaluated on the same test set; write leaderboard.{csv,md,json}, plots/, compare.html."""
+    """Rank finished runs evaluated on the same test set; write leaderboard.{csv,md,json}, plots/, compare.html.
+
+    backend: what each fine-tuned candidate's latency and examples/s are measured on (one of tunelab.backends.CHOICES,
+    through tunelab.runtime.choice as predict and serve load it; each row's `backend` names what ran).
+    """
     from tunelab.compare import leaderboard as lb
     from tunelab.compare.report import PARETO_AXES, pareto_plot, write_html
+    from tunelab.runtime.choice import check_backend_name
 
+    check_backend_name(backend)  # before the output folder is made
     named = runs if isinstance(runs, dict) else _names(runs)
     opened = lb.open_runs(named)
     folder = out_dir(out, "compare", root="compares")
     folder.mkdir(parents=True, exist_ok=True)
 
-    rows = lb.build_rows(opened, latency_texts, throughput_texts, _measuring(progress))
+    rows = lb.build_rows(opened, latency_texts, throughput_texts, _measuring(progress), backend)
     first = next(iter(opened.values()))
     recommendation = lb.recommend(rows, latency_budget_ms, first.task)
     fingerprint = lb.fingerprint_test_set(first)
@@ -99,6 +108,7 @@ def compare_runs(
         "latency": f"{latency_texts} test texts, one per call, after {lb.WARMUP_CALLS} warm-up calls; p50 and p95",
         "examples/s": f"{throughput_texts} test texts in batches of 32",
         "what is timed": lb.TIMED[first.task],
+        "backend": f"--backend {backend} for the fine-tuned candidates (each row names what ran); baselines run on scikit-learn",
         "train time": "from each run's metrics.json (baselines: featurising + fitting, C chosen on the eval split)",
         "peak memory": "peak resident memory of the process that trained the candidate",
     }

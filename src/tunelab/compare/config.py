@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from tunelab.backends import CHOICES, CHOICES_HELP
 from tunelab.config import (
     DataSettings,
     MultiLabelConfig,
@@ -148,6 +149,7 @@ class CompareConfig(DataSettings):
     latency_budget_ms: float | None = Field(None, gt=0, description="recommend the most accurate candidate whose p95 latency fits")
     latency_texts: int = Field(50, gt=0, description="test texts timed one at a time for every candidate")
     throughput_texts: int = Field(256, gt=0, description="test texts scored in batches for examples/s")
+    backend: Literal[CHOICES] = Field("torch", description=f"what the fine-tuned candidates' latency and examples/s are measured on: {CHOICES_HELP}")
 
     @property
     def settings_class(self) -> type[TrainConfig]:

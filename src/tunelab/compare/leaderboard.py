@@ -2,7 +2,9 @@
 
 Quality and training cost come from each run's own metrics.json (nothing is re-derived); inference
 latency and throughput are measured here, for every candidate with the same texts, one model after
-the other in this process, so the numbers are comparable.
+the other in this process, so the numbers are comparable. Each fine-tuned candidate runs on the backend
+asked for (runtime/choice.py: torch by default, any of tunelab.backends.CHOICES behind its parity gate),
+named in its row's `backend`; a scikit-learn baseline has one runtime of its own.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ COLUMNS = (
     "parameters",
     "trainable_parameters",
     "size_mb",
+    "backend",
     "latency_p50_ms",
     "latency_p95_ms",
     "examples_per_s",
@@ -136,32 +139,39 @@ def measurement_texts(run: Run, count: int, seed: int = 0) -> list[ModelInput]:
     return (texts * (count // max(1, len(texts)) + 1))[:count]
 
 
-def load_scorer(run: Run) -> Callable[[Sequence[ModelInput], int], Any]:
-    """What is timed, as (inputs, batch size) -> answers: a classifier's logits; a multi-label classifier's logits
-    (its thresholds are one comparison per label more); a tagger's entities of each text (word split, tags, spans)."""
+SKLEARN_BACKEND = "scikit-learn"  # a baseline candidate's `backend`: it has no other
+
+
+def timed_scorer(run: Run, backend: str = "torch") -> tuple[Callable[[Sequence[ModelInput], int], Any], str]:
+    """What is timed, as (inputs, batch size) -> answers, and the backend it runs on: a classifier's logits; a multi-label
+    classifier's logits (its thresholds are one comparison per label more); a tagger's entities of each text (word split,
+    tags, spans). A fine-tuned run is loaded on `backend` as predict loads it; a baseline runs on scikit-learn whatever it is."""
     if run.kind == "sklearn":
         from tunelab.models.linear import BaselineClassifier
 
-        return BaselineClassifier.load(run).logits
+        return BaselineClassifier.load(run).logits, SKLEARN_BACKEND
     from tunelab.prediction import multilabel_classifier, token_tagger
 
-    tagger = token_tagger(run, "torch")
+    tagger = token_tagger(run, backend)
     if tagger is not None:
-        return tagger.entities
-    multi_label = multilabel_classifier(run, "torch")
+        return tagger.entities, tagger.backend
+    multi_label = multilabel_classifier(run, backend)
     if multi_label is not None:
-        return multi_label.logits
-    from tunelab.models.classifier import Classifier
+        return multi_label.logits, multi_label.backend
+    from tunelab.runtime import load_scorer
 
-    return Classifier.load(run.model_dir, max_length=run.config.get("max_length")).logits
+    scorer = load_scorer(run, backend)
+    return scorer.logits, scorer.backend
 
 
-def measure_inference(run: Run, latency_texts: Sequence[ModelInput], throughput_texts: Sequence[ModelInput], batch_size: int = 32) -> dict[str, float]:
-    """Single-text latency p50/p95 (what one request waits) and batched examples/s (bulk scoring)."""
+def measure_inference(
+    run: Run, latency_texts: Sequence[ModelInput], throughput_texts: Sequence[ModelInput], batch_size: int = 32, backend: str = "torch"
+) -> dict[str, Any]:
+    """Single-text latency p50/p95 (what one request waits) and batched examples/s (bulk scoring), on `backend`."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar per candidate is noise here
-    score = load_scorer(run)
+    score, used = timed_scorer(run, backend)
     try:
         for text in latency_texts[:WARMUP_CALLS]:
             score([text], 1)
@@ -177,6 +187,7 @@ def measure_inference(run: Run, latency_texts: Sequence[ModelInput], throughput_
         del score
         gc.collect()
     return {
+        "backend": used,
         "latency_p50_ms": float(statistics.median(latencies)),
         "latency_p95_ms": float(np.percentile(latencies, 95)),
         "examples_per_s": len(throughput_texts) / seconds if seconds > 0 else None,
@@ -191,7 +202,7 @@ def size_on_disk_mb(run: Run) -> float:
     return disk_mb(*parts)
 
 
-def candidate_row(name: str, run: Run, inference: dict[str, float]) -> dict[str, Any]:
+def candidate_row(name: str, run: Run, inference: dict[str, Any]) -> dict[str, Any]:
     from tunelab.compare.runner import eval_loss
 
     metrics = run.metrics
@@ -265,7 +276,9 @@ def recommend(rows: list[dict[str, Any]], budget_ms: float | None, task: str = "
     return {"best": best["candidate"], "within_budget": within["candidate"] if within else None, "latency_budget_ms": budget_ms, "text": " ".join(lines)}
 
 
-def build_rows(runs: dict[str, Run], latency_texts: int, throughput_texts: int, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def build_rows(
+    runs: dict[str, Run], latency_texts: int, throughput_texts: int, progress: Callable[[str], None] | None = None, backend: str = "torch"
+) -> list[dict[str, Any]]:
     first = next(iter(runs.values()))
     single = measurement_texts(first, latency_texts)
     bulk = measurement_texts(first, throughput_texts, seed=1)
@@ -273,7 +286,7 @@ def build_rows(runs: dict[str, Run], latency_texts: int, throughput_texts: int, 
     for name, run in runs.items():
         if progress:
             progress(name)
-        rows.append(candidate_row(name, run, measure_inference(run, single, bulk)))
+        rows.append(candidate_row(name, run, measure_inference(run, single, bulk, backend=backend)))
     rows.sort(key=quality_order(first.task))
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
@@ -306,6 +319,7 @@ MD_HEADERS = {
     "parameters": "params",
     "trainable_parameters": "trainable",
     "size_mb": "disk MB",
+    "backend": "backend",
     "latency_p50_ms": "p50 ms",
     "latency_p95_ms": "p95 ms",
     "examples_per_s": "examples/s",

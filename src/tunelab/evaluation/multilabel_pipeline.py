@@ -19,8 +19,9 @@ from tunelab.errors import TunelabError
 from tunelab.evaluation.generalisation import generalisation_check
 from tunelab.evaluation.multilabel_metrics import multilabel_metrics
 from tunelab.evaluation.pipeline import MAX_MISTAKES, output_folder, timed_logits, wants_baseline, write_artefacts
-from tunelab.models.multilabel import MultiLabelClassifier, decide, sigmoid
+from tunelab.models.multilabel import decide, sigmoid
 from tunelab.run import Run
+from tunelab.runtime.choice import load_multilabel
 
 HEADLINE = ("loss", "subset_accuracy", "f1_micro", "f1_macro", "f1_samples")  # test figures metrics.json also holds at its top level
 
@@ -34,12 +35,15 @@ def evaluate_multilabel_run(
     batch_size: int = 64,
     progress: bool = True,
     baseline: bool | None = None,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Evaluate a multi-label run and write metrics.json, predictions.parquet, plots/ and report.html.
 
     data: a frame with `text` and `labels` (lists of label names; tunelab.data.multilabel reads
     one from a file); default: the run's test split. out_dir: default the run directory, where
-    metrics.json is merged into. baseline: default the run's `baseline` setting. Returns metrics.json's content.
+    metrics.json is merged into. baseline: default the run's `baseline` setting. backend: one of
+    tunelab.backends.CHOICES (tunelab.runtime.choice.load_multilabel: gated on its label sets), named in the
+    timing. Returns metrics.json's content.
     """
     run = run if isinstance(run, Run) else Run.open(run)
     labels = run.labels
@@ -50,7 +54,7 @@ def evaluate_multilabel_run(
     if len(frame) == 0:
         raise TunelabError(f"{source} has no rows to evaluate", "give data with text and label columns")
     y_true = multi_hot(frame["labels"], labels).astype(int)
-    classifier = MultiLabelClassifier.load(run)
+    classifier = load_multilabel(run, backend)
     if classifier.labels != labels:
         raise TunelabError(f"run '{run.path}' is inconsistent: labels.json and the model's labels differ", "train the run again")
     texts = frame["text"].astype(str).tolist()
@@ -59,7 +63,7 @@ def evaluate_multilabel_run(
     predicted = decide(proba, classifier.thresholds)
 
     test = multilabel_metrics(y_true, proba, classifier.thresholds, labels)
-    test["timing"] = timing
+    test["timing"] = {**timing, "backend": classifier.backend}
     history = run.history()
     generalisation = generalisation_check(history)
     baseline_figures = None

@@ -55,17 +55,15 @@ def evaluate_run(
     bias: True for the built-in pair lists, a path to add the user's lists from a file, or a mapping.
     classifier: an already loaded scorer (`.labels`, `.logits(texts, batch_size, progress)`,
     `.predict_proba`) instead of the run's model/ folder, e.g. a scikit-learn baseline's.
-    backend: the runtime of the run's model (tunelab.runtime: torch, onnx, onnx-int8 or auto); the
-    timing in metrics.json names it.
+    backend: the runtime of the run's model, one of tunelab.backends.CHOICES for every task (tunelab.runtime.choice:
+    exported on first use, parity-gated); the timing in metrics.json names it.
     baseline: fit TF-IDF + logistic regression on the run's train split and score it on the same rows
     (metrics.json["baseline"], the report's headline); default: the run's `baseline` setting, else True.
     Returns the merged content of metrics.json.
     """
     run = run if isinstance(run, Run) else Run.open(run)
     if run.task == "multi-label":
-        if backend != "torch":
-            raise TunelabError(f"--backend {backend} is for single-label classifiers; a multi-label run scores with torch", "leave out --backend")
-        return _evaluate_multilabel(run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline)
+        return _evaluate_multilabel(run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline, backend)
     if run.task == "token-classification":
         return _evaluate_tokens(run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline, backend)
     labels = run.labels
@@ -136,7 +134,7 @@ def evaluate_run(
     )
 
 
-def _evaluate_multilabel(run: Run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline) -> dict[str, Any]:
+def _evaluate_multilabel(run: Run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline, backend) -> dict[str, Any]:
     """A multi-label run's evaluation (evaluation/multilabel_pipeline.py); a file is read with the run's label column and separator."""
     from tunelab.evaluation.multilabel_pipeline import evaluate_multilabel_run
 
@@ -150,15 +148,15 @@ def _evaluate_multilabel(run: Run, data, out_dir, bias, data_name, batch_size, p
         config = run.config
         data_name = data_name or str(data)
         data = load_multilabel_source(data, config.get("text_col", "text"), config.get("label_col", "labels"), config.get("label_sep"))
-    return evaluate_multilabel_run(run, data, out_dir, data_name=data_name, batch_size=batch_size, progress=progress, baseline=baseline)
+    return evaluate_multilabel_run(run, data, out_dir, data_name=data_name, batch_size=batch_size, progress=progress, baseline=baseline, backend=backend)
 
 
 def _evaluate_tokens(run: Run, data, out_dir, bias, data_name, batch_size, progress, classifier, baseline, backend) -> dict[str, Any]:
     """A token-classification run's evaluation (evaluation/token_pipeline.py); a file is read with the run's columns and IOB rule."""
     from tunelab.evaluation.token_pipeline import evaluate_token_run
 
-    if bias or classifier is not None or backend != "torch":
-        raise TunelabError("--bias, --backend and another scorer do not apply to token-classification runs", "evaluate the run's own model with torch")
+    if bias or classifier is not None:
+        raise TunelabError("--bias and another scorer do not apply to token-classification runs", "evaluate the run's own model")
     if isinstance(data, (str, os.PathLike)):
         from tunelab.data.token_tags import load_tagged
 
@@ -166,7 +164,7 @@ def _evaluate_tokens(run: Run, data, out_dir, bias, data_name, batch_size, progr
         data_name = data_name or str(data)
         columns = (config.get("tokens_col", "tokens"), config.get("label_col", "tags"), config.get("text_col", "text"), config.get("spans_col", "spans"))
         data = load_tagged(data, *columns, encoding=config.get("encoding", "utf-8"), strict_iob=bool(config.get("strict_iob")))
-    return evaluate_token_run(run, data, out_dir, data_name=data_name, batch_size=batch_size, progress=progress, baseline=baseline)
+    return evaluate_token_run(run, data, out_dir, data_name=data_name, batch_size=batch_size, progress=progress, baseline=baseline, backend=backend)
 
 
 def label_ids(frame: pd.DataFrame, labels: list[str], source: str, pairs: bool = False) -> np.ndarray:

@@ -1,6 +1,7 @@
 """evaluate_token_run: score a token-classification run on its test split (or other tagged data) and write the artefacts.
 
-The steps of evaluate_run, for tagged words: load the tagger, tag every sentence's words (timed),
+The steps of evaluate_run, for tagged words: load the tagger on the backend asked for (runtime/choice.py's
+`load_tagger`: any backend, behind the word-tag parity gate), tag every sentence's words (timed),
 compute the entity-level metrics and the tag confusion matrix, look for over-fitting, score the
 gazetteer baseline on the same rows, plot, then write predictions, report and metrics (metrics.json last).
 """
@@ -21,7 +22,7 @@ from tunelab.evaluation.pipeline import MAX_MISTAKES, output_folder, wants_basel
 from tunelab.evaluation.token_metrics import token_metrics
 from tunelab.progress import progress_bar
 from tunelab.run import Run
-from tunelab.runtime.tagger import TokenTagger
+from tunelab.runtime.choice import load_tagger
 
 HEADLINE = ("f1_micro", "precision_micro", "recall_micro", "f1_macro", "word_accuracy")  # test figures metrics.json also holds at its top level
 
@@ -35,12 +36,14 @@ def evaluate_token_run(
     batch_size: int = 64,
     progress: bool = True,
     baseline: bool | None = None,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Evaluate a token-classification run and write metrics.json, predictions.parquet, plots/ and report.html.
 
     data: tagged sentences (tunelab.data.token_tags.load_tagged reads a file); default: the run's test
     split. out_dir: default the run directory, where metrics.json is merged into. baseline: default the
-    run's `baseline` setting. Returns metrics.json's content.
+    run's `baseline` setting. backend: one of tunelab.backends.CHOICES; the metrics are computed from its
+    word tags by the same code as torch's, and the timing names it. Returns metrics.json's content.
     """
     run = run if isinstance(run, Run) else Run.open(run)
     tags = run.labels
@@ -52,7 +55,7 @@ def evaluate_token_run(
     unknown = sorted({tag for sentence in frame["tags"] for tag in sentence} - set(tags))
     if unknown:
         raise TunelabError(f"{source} has tags the model was not trained on: {', '.join(unknown[:5])}", f"use the run's tags: {', '.join(tags)}")
-    tagger = TokenTagger.load(run.model_dir)
+    tagger = load_tagger(run, backend)
     sentences = [list(words) for words in frame["words"]]
     true_tags = [list(sentence) for sentence in frame["tags"]]
     with progress_bar(progress) as bar:
@@ -66,7 +69,7 @@ def evaluate_token_run(
         "examples": len(sentences),
         "seconds": seconds,
         "examples_per_second": len(sentences) / seconds if seconds > 0 else None,
-        "backend": "torch",
+        "backend": tagger.backend,
     }
     history = run.history()
     baseline_figures = None

@@ -125,14 +125,22 @@ def label_sets(proba: np.ndarray, thresholds: Sequence[float], labels: Sequence[
 
 @dataclass
 class MultiLabelClassifier:
-    """A fine-tuned multi-label run: the shared Classifier's logits through a sigmoid, and the run's thresholds."""
+    """A fine-tuned multi-label run: a classifier's logits through a sigmoid, and the run's thresholds.
 
-    classifier: Any  # tunelab.models.classifier.Classifier
+    The logits come from the shared Classifier (`load`: PyTorch) or from any backend's scorer
+    (tunelab.runtime.choice.load_multilabel), so every backend decides with the same sigmoid and thresholds.
+    """
+
+    classifier: Any  # tunelab.models.classifier.Classifier, or a tunelab.runtime scorer (labels, logits, backend)
     thresholds: list[float]
 
     @property
     def labels(self) -> list[str]:
         return self.classifier.labels
+
+    @property
+    def backend(self) -> str:
+        return getattr(self.classifier, "backend", "torch")
 
     @classmethod
     def load(cls, run: Run | str | os.PathLike) -> MultiLabelClassifier:

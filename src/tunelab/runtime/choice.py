@@ -1,8 +1,9 @@
 """Which runtime scores a classifier run's texts or tags a token-classification run's words: torch, ONNX fp32 or int8
 in ONNX Runtime or OpenVINO, or `auto`.
 
-`load_scorer(run, backend)` (a classifier) and `load_tagger(run, backend)` (a token-classification run) are the
-entry points of the service, `predict` and `eval`:
+`load_scorer(run, backend)` (a single-label or pair classifier), `load_multilabel(run, backend)` (a multi-label run:
+the same logits through a sigmoid per label and the run's thresholds) and `load_tagger(run, backend)` (a
+token-classification run) are the entry points of the service, `predict` and `eval`:
 
 - `torch`: the run's PyTorch model, as trained.
 - `onnx`, `onnx-int8`: ONNX Runtime, exported into the run's onnx/ on first use (tunelab.runtime.export,
@@ -47,6 +48,7 @@ from tunelab.runtime.scorers import (
 from tunelab.textpairs import frame_inputs
 
 if TYPE_CHECKING:
+    from tunelab.models.multilabel import MultiLabelClassifier
     from tunelab.runtime.tagger import TokenTagger  # imports torch: loaded only when a tagger is asked for
 
 CHOICE_FILE = "backend_choice.json"
@@ -67,6 +69,15 @@ def load_scorer(run: Run | str, backend: str = "torch", threads: int | None = No
     return open_scorer(run, choose_backend(run, backend, threads, say), threads)
 
 
+def load_multilabel(run: Run | str, backend: str = "torch", threads: int | None = None, say: Say | None = None) -> MultiLabelClassifier:
+    """A finished multi-label run on `backend`: its logits (gated on the label sets they give) through a sigmoid per label and the run's thresholds."""
+    from tunelab.models.multilabel import MultiLabelClassifier, read_thresholds
+
+    run = run if isinstance(run, Run) else Run.open(run)
+    thresholds = read_thresholds(run)  # a run without its thresholds fails before any export
+    return MultiLabelClassifier(load_scorer(run, backend, threads, say), thresholds)
+
+
 def load_tagger(run: Run | str, backend: str = "torch", threads: int | None = None, say: Say | None = None) -> TokenTagger:
     """A tagger for a finished token-classification run on `backend`, chosen and gated as a classifier's."""
     from tunelab.runtime.tagger import open_tagger
@@ -82,6 +93,7 @@ def check_backend_name(backend: str, backends: tuple[str, ...] = BACKENDS) -> No
 
 def choose_backend(run: Run, backend: str, threads: int | None = None, say: Say | None = None) -> str:
     """The backend `backend` means for this run: itself if it passes its gate, or auto's measured choice."""
+    run.model_dir  # noqa: B018 - raises, in one line and before any export, for a scikit-learn baseline run
     say = say or _to_stderr
     return choose(
         backend,
@@ -171,7 +183,7 @@ def exported(run: Run, backend: str, say: Say) -> dict[str, Any]:
 
 def refusals(parity: dict[str, Any]) -> dict[str, str]:
     """Each gated backend that may not be used, with the reason; a backend absent from the answer passed its gate."""
-    from tunelab.runtime.export import INT8_MIN_AGREEMENT
+    from tunelab.runtime.export import ARGMAX_COMPARED, INT8_MIN_AGREEMENT
 
     openvino = {name: parity.get(name) or {} for name in OPENVINO_BACKENDS}
     # int8's agreement is measured also when the export refused it (parity.json's int8_refused).
@@ -187,7 +199,9 @@ def refusals(parity: dict[str, Any]) -> dict[str, str]:
             refused[backend] = failure
         elif agreement is None or agreement < INT8_MIN_AGREEMENT:
             of = parity.get("agreement_of", "texts")  # a tagger's agreement is over words
-            refused[backend] = f"{GATED_MODELS[backend]} agrees with PyTorch on {_share(agreement)} of the test {of} (needs {INT8_MIN_AGREEMENT:.1%})"
+            compared = parity.get("compared", ARGMAX_COMPARED)  # a multi-label run's is over label sets
+            measured = "" if compared == ARGMAX_COMPARED else f" ({compared})"
+            refused[backend] = f"{GATED_MODELS[backend]} agrees with PyTorch{measured} on {_share(agreement)} of the test {of} (needs {INT8_MIN_AGREEMENT:.1%})"
     return refused
 
 

@@ -103,11 +103,9 @@ def export_onnx(
         from tunelab.runtime.token_export import export_token_onnx
 
         return export_token_onnx(run, quantize, tolerance, min_agreement, max_rows, step, int8_refusal)
-    agree, compared = agreement, ARGMAX_COMPARED
-    if run.task == multilabel.TASK:
-        agree, compared = functools.partial(multilabel.label_set_agreement, thresholds=multilabel.read_thresholds(run)), multilabel.LABEL_SETS_COMPARED
-    else:
+    if run.task != multilabel.TASK:
         run.require_classification("tunelab export")
+    agree, compared = agreement_rule(run)
     texts = split_texts(run, "test", max_rows)
     classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
     started = time.perf_counter()
@@ -143,12 +141,21 @@ def export_onnx(
             on_eval = None
             with contextlib.suppress(TunelabError):  # no eval split: nothing to choose the recipe on
                 on_eval = logits_check(split_texts(run, "eval", max_rows))
-            serve = "" if run.task == multilabel.TASK else " and serve with --backend onnx"  # multi-label runs are served with torch
-            add_int8(report, stage, on_test, on_eval, min_agreement, int8_refusal, f"export without --quantize{serve}", step)
+            add_int8(report, stage, on_test, on_eval, min_agreement, int8_refusal, "export without --quantize and serve with --backend onnx", step)
         report.export_seconds = round(time.perf_counter() - started, 2)
         report.sizes_mb = {name: round((stage / Path(path).name).stat().st_size / 2**20, 2) for name, path in files.items()}
         atomic.write_json(stage / PARITY_FILE, report.to_dict())
     return report
+
+
+def agreement_rule(run: Run) -> tuple[Callable[[np.ndarray, np.ndarray], float], str]:
+    """How a classifier's logits are held to PyTorch's, and what parity.json's `compared` calls it: the argmax,
+    or for a multi-label run the label set after its thresholds (every gate of the run uses the same rule)."""
+    from tunelab.models import multilabel
+
+    if run.task == multilabel.TASK:
+        return functools.partial(multilabel.label_set_agreement, thresholds=multilabel.read_thresholds(run)), multilabel.LABEL_SETS_COMPARED
+    return agreement, ARGMAX_COMPARED
 
 
 def split_texts(run: Run, split: str, max_rows: int | None) -> list:

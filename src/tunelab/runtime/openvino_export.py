@@ -5,8 +5,9 @@
     runs/<name>/onnx/parity.json              each one's figures under its backend's name, beside the ONNX ones
 
 The gate is onnx-int8's: argmax agreement with PyTorch on the run's test split of at least
-INT8_MIN_AGREEMENT, which tunelab.runtime.choice holds each backend to (a tagger's: the share of its test
-words tagged as PyTorch tags them, runtime/token_export.py's `openvino_gate`). int8's activation ranges are
+INT8_MIN_AGREEMENT, which tunelab.runtime.choice holds each backend to (a multi-label run's: the same label
+sets after its thresholds, export.py's `agreement_rule`; a tagger's: the share of its test words tagged as
+PyTorch tags them, runtime/token_export.py's `openvino_gate`). int8's activation ranges are
 calibrated on a seeded sample of the run's train texts or sentences (its eval ones when it has no train
 split), never on test ones. A graph OpenVINO or NNCF cannot take refuses that backend only, with the reason.
 """
@@ -85,13 +86,14 @@ def add_openvino(run: Run, backends: list[str], step: Callable[[str], None]) -> 
 
 
 def classifier_gate(run: Run) -> OpenVinoGate:
-    """A classifier's: argmax agreement of the logits on the test texts; calibrated on train (or eval) texts."""
+    """A classifier's: agreement of the logits on the test texts (the argmax; a multi-label run's label sets); calibrated on train (or eval) texts."""
     from tunelab.models.classifier import Classifier
-    from tunelab.runtime.export import PARITY_BATCH, PARITY_ROWS, agreement, split_texts
+    from tunelab.runtime.export import PARITY_BATCH, PARITY_ROWS, agreement_rule, split_texts
 
     classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
     texts = split_texts(run, "test", PARITY_ROWS)
     reference = classifier.logits(texts)
+    agreement, _ = agreement_rule(run)
 
     def check(path: Path, backend: str) -> dict[str, Any]:
         scorer = OnnxScorer(OpenVinoSession(path), classifier.tokenizer, classifier.labels, classifier.max_length, backend)

@@ -87,7 +87,7 @@ def task_loader(run: Run, settings: ServeSettings) -> Callable[[], LoadedModel]:
     if run.task == TOKEN_TASK:
         return tagger_loader(run, settings.backend, settings.threads)
     if run.task == MULTI_LABEL_TASK:
-        return label_set_loader(run)
+        return label_set_loader(run, settings.backend, settings.threads)
     return run_loader(run, settings.backend, settings.threads)
 
 
@@ -441,7 +441,7 @@ def check_servable(run_path: str | os.PathLike, backend: str, threads: int | Non
         check_token_servable(run, backend, threads)
         return run
     if run.task == MULTI_LABEL_TASK:
-        check_multilabel_servable(run, backend)
+        check_multilabel_servable(run, backend, threads)
         return run
     run.require_classification("tunelab serve")
     run.model_dir  # noqa: B018 - raises for a scikit-learn baseline run

@@ -4,10 +4,12 @@ The same app as a classifier's (serve/app.py: key, limits, micro-batching, hot s
 /health, /ready, /metrics, /docs); only the predict route and its response schema differ. The batcher
 hands each request its slice of what the model's scorer returns, which here is what `tunelab predict`
 gives for each text (`MultiLabelClassifier.predict`: the sigmoid and the run's thresholds through
-`models/multilabel.decide`), so the service and predict cannot disagree. PyTorch only, as predict.
+`models/multilabel.decide`), so the service and predict cannot disagree. On any backend, as predict:
+runtime/choice.py's `load_multilabel`, gated on the label sets its logits give.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the request model, built per app, as a real annotation.
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -16,10 +18,12 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from tunelab.models.multilabel import read_thresholds
-from tunelab.prediction import multilabel_classifier
 from tunelab.run import Run
+from tunelab.runtime.choice import choose_backend, load_multilabel
 from tunelab.serve.holder import LoadedModel, ModelRef
 from tunelab.serve.task_routes import PerTextScorer, per_text_loader, texts_router
+
+log = logging.getLogger("tunelab.serve")
 
 
 class ChosenLabel(BaseModel):
@@ -38,19 +42,18 @@ class LabelSetsResponse(BaseModel):
     predictions: list[LabelSetPrediction]
 
 
-def check_multilabel_servable(run: Run, backend: str) -> None:
-    """Fail before the server starts: a backend other than torch, or a run without its thresholds."""
-    if backend != "torch":
-        multilabel_classifier(run, backend)  # raises predict's one-line refusal
+def check_multilabel_servable(run: Run, backend: str, threads: int | None = None) -> None:
+    """Fail before the server starts: a run without its thresholds, or a backend the run may not use (its first use happens here, once)."""
     read_thresholds(run)
+    choose_backend(run, backend, threads)
 
 
-def label_set_loader(run: Run | str | os.PathLike) -> Callable[[], LoadedModel]:
-    """A function that loads a multi-label run into a LoadedModel (called off the event loop)."""
+def label_set_loader(run: Run | str | os.PathLike, backend: str = "torch", threads: int | None = None) -> Callable[[], LoadedModel]:
+    """A function that loads a multi-label run on `backend` into a LoadedModel (called off the event loop)."""
 
     def scorer(run: Run) -> PerTextScorer:
-        classifier = multilabel_classifier(run, "torch")
-        return PerTextScorer(classifier.labels, classifier.predict)
+        classifier = load_multilabel(run, backend, threads, say=log.info)
+        return PerTextScorer(classifier.labels, classifier.predict, classifier.backend)
 
     return per_text_loader(run if isinstance(run, Run) else Run.open(run), scorer)
 

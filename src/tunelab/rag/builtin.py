@@ -53,11 +53,12 @@ READER_MODEL = "minilm"
 READER_EPOCHS = 2.0
 QA_SEED = 0
 QA_TEST_FRACTION = 0.2
-# Rough one-off costs on a 2-core AVX-512-BF16 CPU, for the notice printed before a build (index measured
-# 2026-12-02: 5 min; reader, with 6,000 field questions, 2026-12-05). An AVX2-only CPU runs fp32 and takes
-# several times longer.
+# Rough one-off costs on a 2-core AVX-512-BF16 CPU, for the notice printed before a build. Index: 5 min
+# (2026-12-02). Reader with 6,000 field questions: 18 min retrieving + 40 min training at one thread on a
+# shared machine (strategies run of 2026-12-05); scaled from the 2,000-question recipe's two-core times (5 + 7 min
+# for 3,743 questions), about 25-30 min on both cores. An AVX2-only CPU runs fp32 and takes several times longer.
 INDEX_MINUTES = 5
-READER_MINUTES = 25
+READER_MINUTES = 30
 
 
 def settings_hash(settings: dict) -> str:

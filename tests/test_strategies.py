@@ -324,3 +324,27 @@ def test_field_questions_are_spread_over_fields_and_optional(tmp_path, kb_and_qa
     assert picked(field_questions=0).training == [] and picked(calibration_field_questions=0).calibration == []
     (folder / "fields.jsonl").unlink()
     assert picked().training == picked().calibration == []  # a QA folder without fields.jsonl (a user's own questions): none
+
+
+@pytest.mark.smoke  # the real minilm embeds the index
+def test_a_reader_trained_before_is_used_instead_of_training_one(tmp_path, kb_and_qa, monkeypatch):
+    from tunelab.errors import TunelabError
+    from tunelab.strategies import StrategiesConfig, run_strategies
+    from tunelab.strategies.run import Pipeline
+
+    kb, qa = kb_and_qa
+    model = write_tiny_llama(tmp_path / "llama")
+    settings = dict(qa=str(qa), kb=str(kb), model=str(model), quick=True, strategies=["extractive+rag"], adaptability=False)
+    first = run_strategies(StrategiesConfig(out=str(tmp_path / "first"), **settings), progress=False)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a reader was trained although reader_run was given")
+
+    monkeypatch.setattr(Pipeline, "train_span_reader", no_training)
+    again = run_strategies(StrategiesConfig(out=str(tmp_path / "again"), reader_run=first["extractive_reader_run"], **settings), progress=False)
+    answers = [json.loads(line)["prediction"] for line in (tmp_path / "first" / "predictions" / "extractive+rag.jsonl").read_text().splitlines()]
+    assert [json.loads(line)["prediction"] for line in (tmp_path / "again" / "predictions" / "extractive+rag.jsonl").read_text().splitlines()] == answers
+    assert again["strategies"]["extractive+rag"]["abstention"] == first["strategies"]["extractive+rag"]["abstention"]  # chosen again, the same
+    assert "trained before" in again["strategies"]["extractive+rag"]["setup"]["what"]
+    with pytest.raises(TunelabError, match="not a finished reader run"):
+        run_strategies(StrategiesConfig(out=str(tmp_path / "none"), reader_run=str(tmp_path), **settings), progress=False)

@@ -50,6 +50,11 @@ class StrategiesConfig(Settings):
         "of the readers' thresholds, so the thresholds also fit kinds of question a reader never met; 0 for none",
     )
     calibration_field_questions: int = Field(CALIBRATION_FIELD_QUESTIONS, ge=0, description="questions about the calibration fields (spread over them)")
+    reader_run: str | None = Field(
+        None,
+        description="the extractive reader's run folder from an earlier run with the same questions and settings (its runs/extractive-reader): "
+        "used instead of training one; its thresholds are still chosen here on the calibration questions",
+    )
     templates: list[str] = Field(default_factory=lambda: ["plain", "concise", "abstain", "few-shot"], description="closed-book templates to choose from")
     select_by: Literal["penalised_score", "f1", "contains", "exact_match"] = Field(
         "penalised_score", description="train-split criterion for the best template; penalised_score = (right - wrong) / n rewards abstaining over guessing"

@@ -549,12 +549,18 @@ class Pipeline:
             f"thresholds on {len(self.reader_calibration)} calibration questions ({len(self.reader_calibration) - len(self.calibration)} about unseen fields)"
         )
         with PeakMemory() as peak:
-            started = time.perf_counter()
-            self.contexts(self.reader_training)  # retrieved here so that retrieval is timed apart from training
-            retrieval_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            self.train_span_reader(self.reader_training, self.reader_calibration, run_dir)
-            seconds = time.perf_counter() - started
+            if c.reader_run:  # trained before (e.g. by an earlier run of these settings): only its thresholds are chosen here
+                run_dir = Path(c.reader_run).expanduser()
+                if not (run_dir / "metrics.json").is_file():
+                    raise TunelabError(f"reader_run '{c.reader_run}' is not a finished reader run", "give the runs/extractive-reader folder of an earlier run")
+                retrieval_seconds, seconds = 0.0, 0.0
+            else:
+                started = time.perf_counter()
+                self.contexts(self.reader_training)  # retrieved here so that retrieval is timed apart from training
+                retrieval_seconds = time.perf_counter() - started
+                started = time.perf_counter()
+                self.train_span_reader(self.reader_training, self.reader_calibration, run_dir)
+                seconds = time.perf_counter() - started
             reader = SpanReader(run_dir)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         self.results["extractive_reader_run"] = str(run_dir)
@@ -564,7 +570,8 @@ class Pipeline:
             setup_seconds=seconds + retrieval_seconds,
             peak_mb=peak.mb,
             setup={
-                "what": "index build + retrieval for train + extractive reader fine-tuning",
+                "what": "index build + retrieval for train + extractive reader fine-tuning"
+                + (f" (the reader was trained before: reader_run {c.reader_run}; not timed here)" if c.reader_run else ""),
                 "reader_training_seconds": seconds,
                 "train_retrieval_seconds": retrieval_seconds,
                 "train_runtime_s": metrics["train"]["train_runtime_s"],

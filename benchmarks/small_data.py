@@ -302,10 +302,15 @@ def report(results: dict[str, dict], seeds_run: list[int], candidates: list[str]
     return document
 
 
+def _without_seconds(linear: dict) -> dict:
+    """A linear model's result without its fitting time (which differs between runs; the scores and C must not)."""
+    return {model: {key: value for key, value in fitted.items() if key != "seconds"} for model, fitted in linear.items()}
+
+
 def combine(paths: list[str]) -> None:
     """One document from runs of this script that differ only in their --seeds (same code, draw, candidates and
     datasets, run side by side on one machine): the seeds' runs joined, the choice and the summary made again
-    over all of them. The linear models are deterministic; each file's must agree."""
+    over all of them. The linear models are deterministic; each file's scores and C must agree (the first file's are kept)."""
     import json
 
     parts = [json.loads(Path(path).read_text(encoding="utf-8")) for path in paths]
@@ -321,7 +326,7 @@ def combine(paths: list[str]) -> None:
         raise SystemExit(f"--combine: a seed appears in more than one file ({sorted(seeds)})")
     results = {}
     for name, entry in first["datasets"].items():
-        if any(part["datasets"][name]["linear"] != entry["linear"] for part in parts):
+        if any(_without_seconds(part["datasets"][name]["linear"]) != _without_seconds(entry["linear"]) for part in parts):
             raise SystemExit(f"--combine: the linear models of {name} differ between the files (another draw or code)")
         runs = {cand: sorted((r for part in parts for r in part["datasets"][name]["runs"][cand]), key=lambda r: r["seed"]) for cand in first["candidates"]}
         results[name] = {**{key: entry[key] for key in ("note", "rows", "labels", "max_length", "draw", "linear")}, "runs": runs}

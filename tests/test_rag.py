@@ -899,6 +899,10 @@ def test_cli_reader_options_are_checked_before_anything_is_built(tmp_path, monke
         (["rag", "ask", "q", "--reader", "lm", "--lines", "0"], "--lines must be at least 1"),
         (["rag", "eval", str(tmp_path / "qa.jsonl"), "--answer", "--decoding", "free"], "--decoding applies only to --reader lm"),
         (["rag", "train-reader", str(tmp_path / "test.jsonl"), "--out", str(tmp_path / "r")], "test split"),
+        (
+            ["rag", "train-reader", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "r"), "--calibration-fields", "-1"],
+            "--calibration-fields must be 0 or more",
+        ),
     ]
     runner = CliRunner()
     for args, message in cases:

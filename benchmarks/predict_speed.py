@@ -3,6 +3,7 @@
     torch      today's path: the run's PyTorch fp32 model, length-sorted batches of 64
     onnx       ONNX Runtime fp32 (tunelab.runtime: exported on first use, parity-gated)
     onnx-int8  dynamic int8 ONNX, used only if its labels agree with PyTorch's on >= 99.5% of the run's test split
+    openvino, openvino-int8   the fp32 ONNX graph compiled by OpenVINO, and NNCF's static int8 of it (same gate)
     auto       the fastest backend that passes its gate, timed on this CPU on first use and cached in the run
 
 The model is trained the way benchmarks/serve_load.py trains its served model (its prepare_run: tunelab train
@@ -36,7 +37,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-BACKENDS = ("torch", "onnx", "onnx-int8", "auto")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8", "auto")
+GATED = ("onnx-int8", "openvino", "openvino-int8")  # each used only if it passes its parity gate (and, for OpenVINO, is installed)
 TARGET_RATIO = 3.0  # issue #23: >= 3x today's texts/s ...
 TARGET_AGREEMENT = 0.995  # ... with the same labels as torch on >= 99.5% of the texts
 QUICK = dict(texts=300, rounds=1)
@@ -66,21 +68,22 @@ def first_uses(run: Path) -> dict:
 
     shutil.rmtree(run / "onnx", ignore_errors=True)  # a reused run is exported again, so the first use is measured
     lines: list[str] = []
-    started = time.perf_counter()
-    try:
-        choose_backend(Run.open(run), "onnx-int8", say=lines.append)
-        int8_refused = None
-    except Exception as error:  # the int8 gate refused it: recorded, and the rounds leave onnx-int8 out
-        int8_refused = getattr(error, "message", str(error))
-    export_s = time.perf_counter() - started
+    refused, export_s = {}, {}
+    for backend in GATED:
+        started = time.perf_counter()
+        try:
+            choose_backend(Run.open(run), backend, say=lines.append)
+        except Exception as error:  # its gate refused it (or OpenVINO is not installed): recorded, and the rounds leave it out
+            refused[backend] = getattr(error, "message", str(error))
+        export_s[backend] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     chosen = choose_backend(Run.open(run), "auto", say=lines.append)
     auto_s = time.perf_counter() - started
     return {
-        "export_and_parity_s": round(export_s, 1),
+        "export_and_parity_s": export_s,
         "auto_timing_s": round(auto_s, 1),
         "auto_chose": chosen,
-        "int8_refused": int8_refused,
+        "refused": refused,
         "parity": json.loads((run / "onnx" / "parity.json").read_text()),
         "backend_choice": json.loads((run / "onnx" / "backend_choice.json").read_text()),
         "said": lines,
@@ -147,9 +150,9 @@ def main() -> None:
     source = Path(temporary.name) / "tweets.csv"
     pd.DataFrame({"text": texts}).to_csv(source, index=False)
 
-    print("first use: ONNX export, parity check, auto's timing...", file=sys.stderr)
+    print("first use: ONNX and OpenVINO export, parity checks, auto's timing...", file=sys.stderr)
     first = first_uses(run)
-    backends = [b for b in BACKENDS if not (b == "onnx-int8" and first["int8_refused"])]
+    backends = [b for b in BACKENDS if b not in first["refused"]]
     seconds: dict[str, list[float]] = {backend: [] for backend in backends}
     outputs = {backend: Path(temporary.name) / f"{backend}.csv" for backend in backends}
     for round_number in range(args.rounds):

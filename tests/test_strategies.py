@@ -322,6 +322,7 @@ def test_field_questions_are_spread_over_fields_and_optional(tmp_path, kb_and_qa
     assert len(roles.calibration_fields) == 1 and kinds(roles.calibration) == set(roles.calibration_fields) and len(roles.calibration) == 3
     assert len(roles.training) == 10 and not kinds(roles.training) & kinds(roles.calibration)
     assert picked(field_questions=0).training == [] and picked(calibration_field_questions=0).calibration == []
+    assert len(picked(field_questions=100, calibration_field_questions=0).training) == 15  # nothing calibrated on: no field held back
     (folder / "fields.jsonl").unlink()
     assert picked().training == picked().calibration == []  # a QA folder without fields.jsonl (a user's own questions): none
 

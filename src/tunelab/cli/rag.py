@@ -377,7 +377,7 @@ def train_reader_cmd(
     rows = read_qa(path, required=("question", "answer", "doc_id"))
     fields_path = path.parent / "fields.jsonl"
     pool = read_qa(fields_path, required=("question", "answer", "doc_id")) if fields_path.is_file() else []
-    fields = field_question_roles(pool, field_questions, calibration_fields, CALIBRATION_FIELD_QUESTIONS if calibration_fields else 0, seed)
+    fields = field_question_roles(pool, field_questions, calibration_fields, CALIBRATION_FIELD_QUESTIONS, seed)
     extra = fields.training
     settings = ContextSettings(mode=mode.value, k=k, context=context.value, lines=lines)
     with open_index(resolve_index(index, progress=not as_json)) as opened:

@@ -292,9 +292,10 @@ def field_question_roles(
 ) -> FieldQuestionRoles:
     """`calibration_fields` fields of the pool (a seeded draw; at most half of its fields, so some are
     left to train on) give `calibration` questions spread over them; the other fields give `training`
-    questions spread over them. No field gives questions to both."""
+    questions spread over them. No field gives questions to both; with no calibration questions asked,
+    no field is held back from training."""
     kinds = sorted({r.get("kind", "") for r in pool})
-    held = set(random.Random(seed).sample(kinds, min(calibration_fields, len(kinds) // 2)))
+    held = set(random.Random(seed).sample(kinds, min(calibration_fields, len(kinds) // 2))) if calibration else set()
     return FieldQuestionRoles(
         training=spread_over_kinds([r for r in pool if r.get("kind", "") not in held], training, seed),
         calibration=spread_over_kinds([r for r in pool if r.get("kind", "") in held], calibration, seed) if held else [],

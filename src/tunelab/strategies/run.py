@@ -217,7 +217,7 @@ class Pipeline:
         from tunelab.rag.builtin import builtin_field_questions
 
         c = self.config
-        sizes = (c.field_questions, c.calibration_fields if c.calibration_field_questions else 0, c.calibration_field_questions)
+        sizes = (c.field_questions, c.calibration_fields, c.calibration_field_questions)
         if c.qa is None:
             return builtin_field_questions(*sizes, seed=c.seed)
         path = Path(c.qa).expanduser() / "fields.jsonl"
@@ -556,7 +556,7 @@ class Pipeline:
                 retrieval_seconds, seconds = 0.0, 0.0
             else:
                 started = time.perf_counter()
-                self.contexts(self.reader_training)  # retrieved here so that retrieval is timed apart from training
+                self.contexts(self.reader_training + self.reader_calibration)  # retrieved here so that retrieval is timed apart from training
                 retrieval_seconds = time.perf_counter() - started
                 started = time.perf_counter()
                 self.train_span_reader(self.reader_training, self.reader_calibration, run_dir)

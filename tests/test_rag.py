@@ -115,6 +115,20 @@ def concept_index(tmp_path):
     index.close()
 
 
+def test_a_simulated_retrieval_miss_shows_the_best_chunks_of_the_other_documents_only(concept_index):
+    from tunelab.rag.reader_data import ContextSettings, retrieve_context, retrieve_miss_context
+
+    settings = ContextSettings(mode="hybrid", k=2, context="chunks")
+    question = "What do cats eat?"
+    found = retrieve_context(concept_index, question, settings)
+    assert found.hits[0].chunk.doc_id == "cats.md"
+    missed = retrieve_miss_context(concept_index, question, "cats.md", settings)
+    others = [h for h in concept_index.search(question, "hybrid", 50) if h.chunk.doc_id != "cats.md"]
+    assert [h.chunk.chunk_id for h in missed.hits] == [h.chunk.chunk_id for h in others[:2]]  # the others' order is kept
+    assert [h.rank for h in missed.hits] == [1, 2] and all("cats" not in p.reader_text().lower() for p in missed.passages)
+    assert missed.best_similarity < found.best_similarity
+
+
 def test_modes_rank_differently_where_keywords_and_meaning_disagree(concept_index):
     query = "feline diet"
     bm25 = [h.chunk.doc_id for h in concept_index.search(query, "bm25", 5)]
@@ -736,7 +750,9 @@ def reader_run(tmp_path_factory):
     (qa / "fields.jsonl").write_text("".join(json.dumps({**r, "question": f"field {r['question']}", "kind": "field:x"}) + "\n" for r in reader_rows(6)))
     bert = write_reader_bert(root / "bert")
     result = CliRunner().invoke(
-        app, ["rag", "train-reader", str(qa), "--index", str(root / "index"), "--out", str(root / "run"), "--model", str(bert), "--epochs", "1"]
+        app,
+        ["rag", "train-reader", str(qa), "--index", str(root / "index"), "--out", str(root / "run"), "--model", str(bert), "--epochs", "1"]
+        + ["--distractors", "retrieval-miss", "--miss-abstention", "0.5"],
     )
     yield SimpleNamespace(run=root / "run", index=root / "index", qa=qa, result=result)
     patch.undo()
@@ -753,6 +769,9 @@ def test_cli_train_reader_writes_thresholds_chosen_on_train(reader_run):
     assert {"min_similarity", "min_confidence"} <= set(abstention) and "train" in abstention["chosen_on"]
     assert abstention["questions"] == 50  # the calibration share of the 120 train questions (at least 50)
     assert saved["examples"]["total"] == 70 + 6  # the rest trained the reader, with the field questions
+    assert saved["examples"]["distractors"] == "retrieval-miss" and saved["examples"]["distractor"] > 0
+    # every calibration question is also asked as if retrieval had missed (two documents, so the other one shows)
+    assert abstention["min_miss_abstention"] == 0.5 and abstention["simulated_misses"] > 0 and abstention["miss_abstention"] >= 0.5
     output = " ".join(result.output.split())
     assert f"trained the reader: {reader_run.run} (with 6 questions of" in output and "abstains below retrieval similarity" in output
     for metric in ("right", "EM", "F1", "abstained", "hallucinated"):
@@ -903,6 +922,10 @@ def test_cli_reader_options_are_checked_before_anything_is_built(tmp_path, monke
             ["rag", "train-reader", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "r"), "--calibration-fields", "-1"],
             "--calibration-fields must be 0 or more",
         ),
+        (
+            ["rag", "train-reader", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "r"), "--miss-abstention", "1.5"],
+            "--miss-abstention is a share between 0 and 1",
+        ),
     ]
     runner = CliRunner()
     for args, message in cases:
@@ -935,9 +958,9 @@ def test_reader_thresholds_are_chosen_on_train_questions_it_was_not_trained_on(c
 
     real_choose = train_reader.choose_abstention
 
-    def spy_choose(calibration, contexts, readings, chosen_on):
+    def spy_choose(calibration, contexts, readings, chosen_on, **kwargs):
         calibrated.extend(r["question"] for r in calibration)
-        return real_choose(calibration, contexts, readings, chosen_on)
+        return real_choose(calibration, contexts, readings, chosen_on, **kwargs)
 
     monkeypatch.setattr(extractive_qa, "train_extractive_qa", fake_train)
     monkeypatch.setattr(readers, "SpanReader", FakeSpanReader)
@@ -953,6 +976,41 @@ def test_reader_thresholds_are_chosen_on_train_questions_it_was_not_trained_on(c
     assert {r["question"] for r in unseen} <= set(calibrated)  # extra calibration: calibrated on only; extra rows: trained on only
     abstention = json.loads((run / "rag_reader.json").read_text())["abstention"]
     assert "train" in abstention["chosen_on"] and abstention["questions"] == len(calibrated)
+
+
+def test_retrieval_miss_distractors_show_the_question_its_best_chunks_of_the_other_documents(concept_index, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import tunelab.rag.readers as readers
+    import tunelab.rag.train_reader as train_reader
+    from tunelab.rag.reader_data import ContextSettings, retrieve_miss_context
+    from tunelab.rag.readers import Reading
+    from tunelab.training import extractive_qa
+
+    examples = []
+
+    def fake_train(config, progress=True):
+        examples.extend(json.loads(line) for line in Path(config.data).read_text().splitlines())
+        Path(config.out).mkdir(parents=True)
+
+    class FakeSpanReader:
+        def __init__(self, run, threshold=None):
+            pass
+
+        def read_many(self, questions, passages, threshold=None):
+            return [Reading("fish", 0, False, 1.0) for _ in questions]
+
+    monkeypatch.setattr(extractive_qa, "train_extractive_qa", fake_train)
+    monkeypatch.setattr(readers, "SpanReader", FakeSpanReader)
+    settings = ContextSettings(k=2, lines=2)
+    train_reader.train_rag_reader(reader_rows(120), concept_index, tmp_path / "run", settings=settings, progress=False, distractors="retrieval-miss")
+    distractors = [e for e in examples if e["distractor"]]
+    assert distractors
+    for example in distractors:
+        missed = retrieve_miss_context(concept_index, example["question"], example["doc_id"], settings)
+        assert example["passages"] == [p.reader_text() for p in missed.passages]
+    with pytest.raises(TunelabError, match="unknown distractors"):
+        train_reader.train_rag_reader(reader_rows(120), concept_index, tmp_path / "other", progress=False, distractors="nearby")
 
 
 # -- the built-in Factbook index and reader (cheap fakes record what would be built) ---------

@@ -77,6 +77,26 @@ def test_reader_examples_mark_spans_misses_and_distractors():
     assert any(not e["answer"] and not e["distractor"] for e in examples)  # misses are taught to abstain too
 
 
+def test_distractor_rows_are_shown_their_own_retrieval_miss_when_given_one():
+    from tunelab.rag.focus import Passage
+    from tunelab.rag.reader_data import Retrieved, distractor_rows, reader_examples
+
+    rows = [{"question": f"What is the capital of C{i}?", "answer": f"City{i}", "aliases": [], "doc_id": f"c{i}"} for i in range(30)]
+    contexts = [Retrieved([Passage(f"Capital - name: City{i}", _hit(f"Capital - name: City{i}", title=f"C{i}"))], [], 0.9, 0.0) for i in range(30)]
+    chosen = distractor_rows(rows, seed=2, share=0.4)
+    assert chosen and all(rows[j]["doc_id"] != rows[i]["doc_id"] for i, j in chosen.items())
+    first = min(chosen)
+    neighbour = f"Capital - name: Town{first}"  # what retrieval shows when it misses C{first}: another country's capital
+    misses = {first: Retrieved([Passage(neighbour, _hit(neighbour, title=f"D{first}"))], [], 0.7, 0.0)}
+    examples = reader_examples(rows, contexts, seed=2, distractor_share=0.4, miss_contexts=misses)
+    assert neighbour in examples[first]["context"] and f"City{first}" not in examples[first]["context"]
+    assert examples[first]["distractor"] and examples[first]["answer"] == ""
+    without = reader_examples(rows, contexts, seed=2, distractor_share=0.4)
+    for i, j in chosen.items():  # the others: another question's passages, as without misses
+        if i != first:
+            assert examples[i]["context"] == without[i]["context"] == contexts[j].passages[0].reader_text()
+
+
 def test_choose_thresholds_maximises_right_minus_hallucinated():
     from tunelab.answers import choose_thresholds
 
@@ -113,6 +133,67 @@ def test_choose_thresholds_within_a_hallucination_budget():
     # a budget no answer fits: answer nothing
     (_, none), right = choose_thresholds([[1.0] * 10, [0.5] * 10], [-1] * 10, max_hallucinated=0.05)
     assert none > 0.5 and right == 0.0
+
+
+def test_choose_thresholds_abstains_on_enough_of_the_unanswerable_questions():
+    from tunelab.answers import choose_thresholds
+
+    confidence = [0.9, 0.8, 0.7, 0.6, 0.5]
+    outcome = [1, 1, 1, 1, -1]
+    missed = [0.95, 0.75, 0.65, 0.55, 0.1]  # the reader's confidence on questions shown no answer
+    (free,), _ = choose_thresholds([confidence], outcome)
+    assert free == pytest.approx(0.55)  # answers the four right ones and 3 of 5 misses
+    (strict,), value = choose_thresholds([confidence], outcome, abstain_on=[missed], min_abstention=0.6)
+    # abstaining on 3 of 5 misses costs the right answer at 0.6: the lowest threshold that does it
+    assert strict == pytest.approx(0.675) and value == pytest.approx(3 / 5)
+    assert sum(m < strict for m in missed) / 5 >= 0.6
+    (everything,), value = choose_thresholds([confidence], outcome, abstain_on=[missed], min_abstention=1.0)
+    assert everything > 0.95 and value == 0.0  # only answering nothing abstains on every miss
+
+
+def test_choose_thresholds_with_a_miss_constraint_is_the_best_feasible_point():
+    import itertools
+
+    from tunelab.answers import choose_thresholds
+
+    rng = np.random.default_rng(0)
+    for case in range(40):
+        values = rng.integers(0, 5, size=(2, 12)).astype(float)
+        missed = rng.integers(0, 5, size=(2, 6)).astype(float)
+        outcome = rng.choice([-1, 0, 1], size=12)
+        level = [0.5, 0.8, 1.0][case % 3]
+        limits, value = choose_thresholds(values, outcome, abstain_on=missed, min_abstention=level)
+        candidates = sorted(set(values.ravel()) | set(missed.ravel()) | {-10.0, 10.0})
+        best = max(
+            outcome[np.all(values >= np.array(point)[:, None], axis=0)].sum()
+            for point in itertools.product(candidates, repeat=2)
+            if np.mean(~np.all(missed >= np.array(point)[:, None], axis=0)) >= level
+        )
+        assert value * 12 == pytest.approx(best)
+        assert np.mean(~np.all(missed >= np.array(limits)[:, None], axis=0)) >= level
+
+
+def test_choose_abstention_with_simulated_misses_records_how_often_it_abstains_on_them():
+    from tunelab.rag.focus import Passage
+    from tunelab.rag.reader_data import Retrieved
+    from tunelab.rag.readers import Reading
+    from tunelab.rag.train_reader import choose_abstention
+
+    rows, contexts, readings, miss_contexts, miss_readings = [], [], [], [], []
+    for i in range(6):
+        line = f"Capital - name: City{i}"
+        rows.append({"question": f"What is the capital of C{i}?", "answer": f"City{i}", "aliases": []})
+        contexts.append(Retrieved([Passage(line, _hit(line, title=f"C{i}"))], [], 0.9, 0.0))
+        readings.append(Reading(f"City{i}", 0, False, 1.0 + i))
+        other = f"Capital - name: Town{i}"  # another country's capital, read as confidently as most right answers
+        miss_contexts.append(Retrieved([Passage(other, _hit(other, title=f"D{i}"))], [], 0.9, 0.0))
+        miss_readings.append(Reading(f"Town{i}", 0, False, 2.5 + i))
+    free = choose_abstention(rows, contexts, readings, "train")
+    assert free.miss_abstention is None and free.min_confidence < 1.0
+    strict = choose_abstention(rows, contexts, readings, "train", misses=(miss_contexts, miss_readings), min_miss_abstention=0.5)
+    assert strict.simulated_misses == 6 and strict.min_miss_abstention == 0.5
+    assert strict.miss_abstention == pytest.approx(0.5) and strict.min_confidence == pytest.approx(4.75)  # above 3 of the misses
+    assert strict.value == pytest.approx(2 / 6) and "simulated retrieval misses" in strict.criterion  # the two surest right answers
 
 
 def test_span_reader_maps_the_span_back_to_its_passage(monkeypatch):

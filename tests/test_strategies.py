@@ -190,6 +190,19 @@ def test_a_subset_of_strategies(tmp_path, kb_and_qa):
     assert "Closed-book" in (tmp_path / "o" / "comparison.md").read_text()
 
 
+def test_extractive_thresholds_abstain_on_the_share_of_simulated_misses_asked(tmp_path, kb_and_qa):
+    from tunelab.strategies import StrategiesConfig, run_strategies
+
+    kb, qa = kb_and_qa
+    model = write_tiny_llama(tmp_path / "llama")
+    settings = dict(qa=str(qa), kb=str(kb), model=str(model), quick=True, strategies=["extractive+rag"], adaptability=False)
+    results = run_strategies(StrategiesConfig(out=str(tmp_path / "o"), miss_abstention=1.0, reader_distractors="retrieval-miss", **settings), progress=False)
+    abstention = results["strategies"]["extractive+rag"]["abstention"]
+    assert abstention["min_miss_abstention"] == 1.0 and abstention["simulated_misses"] > 0 and abstention["miss_abstention"] == 1.0
+    saved = json.loads((tmp_path / "o" / "runs" / "extractive-reader" / "rag_reader.json").read_text())
+    assert saved["examples"]["distractors"] == "retrieval-miss" and saved["abstention"]["miss_abstention"] == 1.0
+
+
 @pytest.mark.parametrize("values, chosen", [({"grounded": 0.1, "free": 0.3}, "free"), ({"grounded": 0.2, "free": -0.4}, "grounded")])
 def test_decoding_is_the_better_one_on_calibration_questions(tmp_path, monkeypatch, values, chosen):
     from tunelab.rag.readers import LMReader

@@ -15,6 +15,7 @@ Rates: hallucination among answered = hallucinated / answered; among all = hallu
 
 from __future__ import annotations
 
+import itertools
 import re
 import string
 from collections import Counter
@@ -165,7 +166,12 @@ def summarise(scores: Sequence[dict], ci: bool = True, seed: int = 0) -> dict:
 
 
 def choose_thresholds(
-    features: Sequence[Sequence[float]], outcomes: Sequence[float], margin: float = 1.0, max_hallucinated: float | None = None
+    features: Sequence[Sequence[float]],
+    outcomes: Sequence[float],
+    margin: float = 1.0,
+    max_hallucinated: float | None = None,
+    abstain_on: Sequence[Sequence[float]] | None = None,
+    min_abstention: float = 0.0,
 ) -> tuple[list[float], float]:
     """Thresholds, one per feature, that maximise right - hallucinated when a question is answered
     only if every feature reaches its threshold; and that best value per question. With
@@ -178,6 +184,10 @@ def choose_thresholds(
     given with no threshold. Candidates per feature lie halfway between its distinct values, plus
     `margin` below the lowest (answer all); ties go to the lowest thresholds (answer more). Choose on
     train or eval questions; a threshold read off the test questions would flatter the test score.
+
+    `abstain_on` (same features, other questions: ones that should get no answer, e.g. questions shown
+    no passage that holds their answer) restricts the choice to thresholds that abstain on at least
+    `min_abstention` of them; they count in no other way, and their values join the candidates.
     """
     values = np.asarray(features, dtype=float).reshape(len(features), -1)
     gain = np.asarray(outcomes, dtype=float)
@@ -185,25 +195,53 @@ def choose_thresholds(
         raise ValueError("one outcome per question")
     if len(gain) == 0:
         return [0.0] * len(values), 0.0
+    unanswerable = np.asarray(abstain_on if abstain_on is not None else [[]] * len(values), dtype=float).reshape(len(values), -1)
+    needed = min_abstention * unanswerable.shape[1] - 1e-9
     grids = []
-    for row in values:
-        distinct = np.unique(row[np.isfinite(row)])
+    for row, other in zip(values, unanswerable):
+        both = np.concatenate([row, other])
+        distinct = np.unique(both[np.isfinite(both)])
         if len(distinct) == 0:
             grids.append(np.array([0.0]))
             continue
         grids.append(np.concatenate([[distinct[0] - margin], (distinct[:-1] + distinct[1:]) / 2, [distinct[-1] + margin]]))
-    best_total, best = (-np.inf,), [float(g[0]) for g in grids]
-    mesh = np.meshgrid(*grids, indexing="ij")
     budget = None if max_hallucinated is None else max_hallucinated * len(gain) + 1e-9
-    for point in zip(*(m.ravel() for m in mesh)):  # lexicographic: lowest thresholds first
-        answered = np.all(values >= np.asarray(point)[:, None], axis=0)
+    right, wrong = (gain > 0).astype(float), (gain < 0).astype(float)
+    # Every candidate point's score in one array; its first maximum in C order is the lexicographically
+    # lowest point (answer more on ties). The longest grid is swept at once per point of the others.
+    swept = int(np.argmax([len(g) for g in grids]))
+    others = [j for j in range(len(grids)) if j != swept]
+    scores = np.full([len(g) for g in grids], -np.inf)
+    for point in itertools.product(*(range(len(grids[j])) for j in others)):
+        limits = np.asarray([grids[j][i] for j, i in zip(others, point)], dtype=float)[:, None]
+        passing = np.all(values[others] >= limits, axis=0)
+        grid = grids[swept]
         if budget is None:
-            total = (gain[answered].sum(),)
+            score_of = _at_or_above(values[swept][passing], gain[passing], grid)
+            feasible = np.ones(len(grid), dtype=bool)
         else:
-            wrong = (gain[answered] < 0).sum()
-            if wrong > budget:
-                continue
-            total = ((gain[answered] > 0).sum(), -wrong)
-        if total > best_total:
-            best_total, best = total, [float(p) for p in point]
-    return best, float(best_total[0] / len(gain))
+            hallucinated = _at_or_above(values[swept][passing], wrong[passing], grid)
+            score_of = _at_or_above(values[swept][passing], right[passing], grid) * (len(gain) + 1) - hallucinated  # right first, then fewer hallucinated
+            feasible = hallucinated <= budget
+        if needed > 0:
+            answerable = np.all(unanswerable[others] >= limits, axis=0)
+            answered_unanswerable = _at_or_above(unanswerable[swept][answerable], np.ones(int(answerable.sum())), grid)
+            feasible &= unanswerable.shape[1] - answered_unanswerable >= needed
+        index = list(point)
+        index.insert(swept, slice(None))
+        scores[tuple(index)] = np.where(feasible, score_of, -np.inf)
+    first_best = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    if not np.isfinite(scores[first_best]):
+        return [float(g[0]) for g in grids], float("-inf")
+    best = [float(g[i]) for g, i in zip(grids, first_best)]
+    if budget is None:
+        return best, float(scores[first_best] / len(gain))
+    answered = np.all(values >= np.asarray(best)[:, None], axis=0)
+    return best, float(right[answered].sum() / len(gain))
+
+
+def _at_or_above(keys: np.ndarray, weights: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """For each value g of the grid, the sum of the weights whose key is >= g."""
+    order = np.argsort(keys, kind="stable")
+    suffix = np.concatenate([np.cumsum(weights[order][::-1])[::-1], [0.0]])
+    return suffix[np.searchsorted(keys[order], grid, side="left")]

@@ -16,6 +16,7 @@ from tunelab.cli.core import data_app
 from tunelab.data.factbook_qa import CALIBRATION_FIELD_QUESTIONS, CALIBRATION_FIELDS, READER_FIELD_QUESTIONS
 from tunelab.rag.answer import MIN_SIMILARITY
 from tunelab.rag.reader_choice import LM_MAX_NEW_TOKENS, ReaderOptions, load_reader
+from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, DISTRACTORS, MISS_ABSTENTION
 
 rag_app = typer.Typer(no_args_is_help=True, help="Retrieval-augmented generation: index documents, search, answer with citations.")
 app.add_typer(rag_app, name="rag")
@@ -40,6 +41,9 @@ class Decoding(StrEnum):
 class ContextKind(StrEnum):
     focused = "focused"
     chunks = "chunks"
+
+
+Distractors = StrEnum("Distractors", {name.replace("-", "_"): name for name in DISTRACTORS})
 
 
 IndexOpt = Annotated[Path, typer.Option("--index", help="the index folder")]
@@ -346,6 +350,22 @@ def train_reader_cmd(
             "questions about them, so they fit kinds of question the reader never met; 0 for none",
         ),
     ] = CALIBRATION_FIELDS,
+    distractors: Annotated[
+        Distractors,
+        typer.Option(
+            "--distractors",
+            help="what a quarter of the training questions are shown instead of their passages, to learn to answer nothing: "
+            "another question's passages, or their own best chunks of the other documents (what a retrieval miss shows)",
+        ),
+    ] = Distractors(DEFAULT_DISTRACTORS),
+    miss_abstention: Annotated[
+        float | None,
+        typer.Option(
+            "--miss-abstention",
+            help="choose the thresholds among those that abstain on at least this share of the calibration questions asked as if "
+            "retrieval had missed their documents (e.g. 0.8); 0 for no such constraint",
+        ),
+    ] = MISS_ABSTENTION,
     seed: Annotated[int, typer.Option("--seed", help="seed of the calibration split, the distractors and training")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run directory")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the run, thresholds and test metrics as JSON")] = False,
@@ -373,6 +393,8 @@ def train_reader_cmd(
     for flag, value in (("--field-questions", field_questions), ("--calibration-fields", calibration_fields)):
         if value < 0:
             raise TunelabError(f"{flag} must be 0 or more, not {value}", f"e.g. {flag} 0 for none")
+    if miss_abstention is not None and not 0 <= miss_abstention <= 1:
+        raise TunelabError(f"--miss-abstention is a share between 0 and 1, not {miss_abstention}", "e.g. --miss-abstention 0.8, or 0 for none")
     refuse_existing(out, overwrite)  # before the index is opened; train_rag_reader checks again for its other callers
     rows = read_qa(path, required=("question", "answer", "doc_id"))
     fields_path = path.parent / "fields.jsonl"
@@ -393,6 +415,8 @@ def train_reader_cmd(
             progress=not as_json,
             extra_rows=extra,
             extra_calibration=fields.calibration,
+            min_miss_abstention=miss_abstention or None,
+            distractors=distractors.value,
         )
     _, abstention = read_reader_settings(run)
     test = json.loads((Path(run) / "metrics.json").read_text()).get("test", {})

@@ -42,7 +42,7 @@ from tunelab.rag import index as index_module
 from tunelab.rag.embed_choice import choose_embedding_backend
 from tunelab.rag.index import MANIFEST, build_index, open_index
 from tunelab.rag.reader_data import ContextSettings
-from tunelab.rag.train_reader import SETTINGS_FILE, train_rag_reader
+from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, MISS_ABSTENTION, SETTINGS_FILE, train_rag_reader
 
 NAME = "factbook"
 EMBED_MODEL = "minilm"
@@ -73,7 +73,7 @@ def index_settings(embed_model: str = EMBED_MODEL, backend: str = EMBED_BACKEND)
 
 
 def reader_settings(embed_model: str = EMBED_MODEL) -> dict:
-    return {
+    settings = {
         "index": settings_hash(index_settings(embed_model)),
         "context": ContextSettings().to_dict(),
         "model": READER_MODEL,
@@ -85,6 +85,12 @@ def reader_settings(embed_model: str = EMBED_MODEL) -> dict:
         "calibration_fields": CALIBRATION_FIELDS,
         "calibration_field_questions": CALIBRATION_FIELD_QUESTIONS,
     }
+    # Named only when not what they were before they were settings, so a reader trained then keeps its folder.
+    if DEFAULT_DISTRACTORS != "other-question":
+        settings["distractors"] = DEFAULT_DISTRACTORS
+    if MISS_ABSTENTION is not None:
+        settings["miss_abstention"] = MISS_ABSTENTION
+    return settings
 
 
 def index_path(embed_model: str = EMBED_MODEL, backend: str = EMBED_BACKEND) -> Path:

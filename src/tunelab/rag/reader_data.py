@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tunelab.answers import ABSTENTION
@@ -59,6 +59,27 @@ def retrieve_context(index, question: str, settings: ContextSettings) -> Retriev
     return Retrieved(passages, retrieval.hits, best, time.perf_counter() - started)
 
 
+def retrieve_miss_context(index, question: str, doc_id: str, settings: ContextSettings) -> Retrieved:
+    """The context `question` would get if retrieval missed its document `doc_id`: the best k chunks of
+    the other documents, focused as at answer time. Real misses are a few percent of questions, too few
+    to choose how often the reader must abstain on them; these simulated ones are one per question."""
+    import time
+
+    started = time.perf_counter()
+    depth = max(50, 4 * settings.k)  # the fused lists' own depth (rag/index.py), so the other documents' order is unchanged
+    retrieval = index.retrieve(question, settings.mode, depth, need_similarity=True)
+    others = [hit for hit in retrieval.hits if hit.chunk.doc_id != doc_id]
+    similarities = [hit.similarity for hit in others if hit.similarity is not None]
+    hits = others[: settings.k]
+    for rank, hit in enumerate(hits, start=1):
+        hit.rank = rank
+    if settings.context == "focused":
+        passages = focus(question, hits, index.embedder, settings.lines, cache=line_cache(index))
+    else:
+        passages = whole_chunks(hits)
+    return Retrieved(passages, hits, max(similarities, default=0.0), time.perf_counter() - started)
+
+
 def line_cache(index) -> dict:
     """Line vectors of the index's chunks, kept on the open index (a chunk's lines embed the same every time)."""
     cache = getattr(index, "_line_vectors", None)
@@ -86,21 +107,38 @@ def join_passages(passages: Sequence[Passage]) -> str:
     return "\n".join(p.reader_text() for p in passages)
 
 
-def reader_examples(rows: Sequence[dict], contexts: Sequence[Retrieved], seed: int = 0, distractor_share: float = DISTRACTOR_SHARE) -> list[dict]:
-    """One example per question: {question, passages (texts), answer ('' = none in them), answer_start,
-    kind, doc_id, distractor}. Distractor passages come from another question about another document."""
+def distractor_rows(rows: Sequence[dict], seed: int = 0, share: float = DISTRACTOR_SHARE) -> dict[int, int]:
+    """A seeded `share` of the rows, each mapped to another row, about another document, whose passages
+    it is shown instead of its own (row index -> other row index)."""
     rng = random.Random(seed)
-    order = list(range(len(rows)))
-    examples = []
-    for row, retrieved in zip(rows, contexts):
-        passages = retrieved.passages
-        distractor = rng.random() < distractor_share
-        if distractor:
-            others = [j for j in order if rows[j].get("doc_id") != row.get("doc_id")]
+    chosen = {}
+    for i, row in enumerate(rows):
+        if rng.random() < share:
+            others = [j for j in range(len(rows)) if rows[j].get("doc_id") != row.get("doc_id")]
             if others:
-                passages = contexts[rng.choice(others)].passages
-            else:
-                distractor = False
+                chosen[i] = rng.choice(others)
+    return chosen
+
+
+def reader_examples(
+    rows: Sequence[dict],
+    contexts: Sequence[Retrieved],
+    seed: int = 0,
+    distractor_share: float = DISTRACTOR_SHARE,
+    miss_contexts: Mapping[int, Retrieved] | None = None,
+) -> list[dict]:
+    """One example per question: {question, passages (texts), answer ('' = none in them), answer_start,
+    kind, doc_id, distractor}. A distractor row (distractor_rows) is shown its context in `miss_contexts`
+    when there is one (retrieve_miss_context: the same question's best chunks of the other documents, the
+    hard case of a country's neighbour read for it), else another question's passages."""
+    chosen = distractor_rows(rows, seed, distractor_share)
+    miss_contexts = miss_contexts or {}
+    examples = []
+    for i, (row, retrieved) in enumerate(zip(rows, contexts)):
+        passages = retrieved.passages
+        distractor = i in chosen
+        if distractor:
+            passages = (miss_contexts[i] if i in miss_contexts else contexts[chosen[i]]).passages
         texts = [p.reader_text() for p in passages]
         context = "\n".join(texts)
         found = locate(context, row["answer"], row.get("aliases") or [])

@@ -18,14 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab import atomic
-from tunelab.answers import choose_thresholds, score
+from tunelab.answers import answer_in_text, choose_thresholds, score
 from tunelab.errors import TunelabError
-from tunelab.rag.reader_data import ContextSettings, Retrieved, reader_examples, retrieve_context
+from tunelab.rag.reader_data import ContextSettings, Retrieved, distractor_rows, join_passages, reader_examples, retrieve_context, retrieve_miss_context
 from tunelab.run import refuse_existing
 
 SETTINGS_FILE = "rag_reader.json"
 CALIBRATION_SHARE = 0.15
 MIN_CALIBRATION = 50
+MISS_ABSTENTION = None
+# What a distractor example shows the reader instead of its own passages: another question's passages
+# (another document, often another field), or the same question's best chunks of the other documents,
+# what a retrieval miss shows (rag/reader_data.retrieve_miss_context).
+DISTRACTORS = ("other-question", "retrieval-miss")
+DEFAULT_DISTRACTORS = "other-question"
 
 
 @dataclass
@@ -42,6 +48,9 @@ class Abstention:
     criterion: str = "right - hallucinated"
     value: float | None = None  # the criterion per question at the chosen thresholds
     max_hallucinated: float | None = None  # the hallucination budget (share of questions), when the criterion is one
+    min_miss_abstention: float | None = None  # the share of simulated retrieval misses it must abstain on, when asked
+    simulated_misses: int = 0
+    miss_abstention: float | None = None  # the share of them it abstains on
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -69,23 +78,83 @@ def retrieve_all(index, rows: Sequence[dict], settings: ContextSettings, progres
     return out
 
 
-def choose_abstention(rows: Sequence[dict], contexts: Sequence[Retrieved], readings, chosen_on: str, max_hallucinated: float | None = None) -> Abstention:
+def reading_features(contexts: Sequence[Retrieved], readings) -> list[list[float]]:
+    """What the thresholds look at, per question: retrieval similarity, the reader's confidence, and
+    whether the answer quotes a shown passage (1 quoted, 0 not: a threshold below 0 answers either way,
+    one between them quotes only); -inf where the reader abstained by itself."""
+    similarities = [c.best_similarity for c in contexts]
+    confidences = [r.confidence if not r.abstained else float("-inf") for r in readings]
+    quoted = [float(r.passage is not None) if not r.abstained else float("-inf") for r in readings]
+    return [similarities, confidences, quoted]
+
+
+def simulated_misses(index, rows: Sequence[dict], settings: ContextSettings, progress: Callable[[int], None] | None = None) -> list[tuple[dict, Retrieved]]:
+    """(row, context) pairs: the rows' contexts as if retrieval had missed their documents
+    (rag/reader_data.retrieve_miss_context), for the rows whose other documents do not hold the answer
+    either (e.g. a currency two countries share)."""
+    out = []
+    for row in rows:
+        if row.get("doc_id"):
+            missed = retrieve_miss_context(index, row["question"], row["doc_id"], settings)
+            if not answer_in_text(join_passages(missed.passages), row["answer"], row.get("aliases") or []):
+                out.append((row, missed))
+        if progress:
+            progress(1)
+    return out
+
+
+def read_misses(reader, misses: Sequence[tuple[dict, Retrieved]]) -> tuple[list[Retrieved], list]:
+    """(contexts, unthresholded readings) of simulated misses: what choose_abstention's `misses` takes."""
+    contexts = [context for _, context in misses]
+    return contexts, reader.read_many([row["question"] for row, _ in misses], [c.passages for c in contexts], threshold=float("-inf"))
+
+
+def choose_abstention(
+    rows: Sequence[dict],
+    contexts: Sequence[Retrieved],
+    readings,
+    chosen_on: str,
+    max_hallucinated: float | None = None,
+    misses: tuple[Sequence[Retrieved], Sequence] | None = None,
+    min_miss_abstention: float | None = None,
+) -> Abstention:
     """Thresholds on retrieval similarity and reader confidence, and whether the answer must quote a
     shown passage, from unthresholded readings: the most right - hallucinated, or with
-    `max_hallucinated` the most right within that hallucination budget."""
+    `max_hallucinated` the most right within that hallucination budget. With `misses` (contexts and
+    readings of questions shown no passage that holds their answer, rag/reader_data.retrieve_miss_context)
+    and `min_miss_abstention`, only thresholds that abstain on at least that share of them."""
     outcomes = []
     for row, reading in zip(rows, readings):
         verdict = score(reading.text, row["answer"], row.get("aliases") or [], row["question"])
         outcomes.append(verdict["contains"] - verdict["hallucinated"])
-    similarities = [c.best_similarity for c in contexts]
-    confidences = [r.confidence if not r.abstained else float("-inf") for r in readings]
-    # 1 quoted, 0 not: the threshold is below 0 (answer either way) or between them (quotes only).
-    quoted = [float(r.passage is not None) if not r.abstained else float("-inf") for r in readings]
-    (min_similarity, min_confidence, min_quoted), value = choose_thresholds([similarities, confidences, quoted], outcomes, max_hallucinated=max_hallucinated)
+    miss_features = reading_features(*misses) if misses and min_miss_abstention else None
+    (min_similarity, min_confidence, min_quoted), value = choose_thresholds(
+        reading_features(contexts, readings),
+        outcomes,
+        max_hallucinated=max_hallucinated,
+        abstain_on=miss_features,
+        min_abstention=min_miss_abstention or 0.0,
+    )
     if min_quoted > 1:  # above every answer: answering nothing scored best, which the similarity threshold says alone
         min_similarity, min_quoted = float("inf"), 0.0
     criterion = "right - hallucinated" if max_hallucinated is None else f"right, hallucinated <= {max_hallucinated:.3f}"
-    return Abstention(min_similarity, min_confidence, min_quoted > 0, chosen_on, len(rows), criterion=criterion, value=value, max_hallucinated=max_hallucinated)
+    abstention = Abstention(
+        min_similarity, min_confidence, min_quoted > 0, chosen_on, len(rows), criterion=criterion, value=value, max_hallucinated=max_hallucinated
+    )
+    if miss_features is not None:
+        abstention.min_miss_abstention = min_miss_abstention
+        abstention.simulated_misses = len(miss_features[0])
+        abstention.miss_abstention = abstention_share(abstention, miss_features)
+        abstention.criterion += f", abstaining on >= {min_miss_abstention:.0%} of simulated retrieval misses"
+    return abstention
+
+
+def abstention_share(abstention: Abstention, features: Sequence[Sequence[float]]) -> float:
+    """The share of questions (their reading_features) the abstention's thresholds answer nothing on."""
+    limits = [abstention.min_similarity, abstention.min_confidence, 1.0 if abstention.require_quote else -1.0]  # -1: quoted or not, but read
+    columns = list(zip(*features))
+    answered = sum(all(value >= limit for value, limit in zip(column, limits)) for column in columns)
+    return 1 - answered / len(columns) if columns else 0.0
 
 
 def train_rag_reader(
@@ -101,13 +170,17 @@ def train_rag_reader(
     progress: bool = True,
     extra_rows: Sequence[dict] = (),
     extra_calibration: Sequence[dict] = (),
+    min_miss_abstention: float | None = MISS_ABSTENTION,
+    distractors: str = DEFAULT_DISTRACTORS,
 ) -> Path:
     """Train the reader into `out` and write its abstention thresholds; returns `out`.
 
     `extra_rows` (e.g. field questions, data/factbook_qa.field_question_roles) are trained on only; the
     thresholds are chosen on a share of `rows`, the questions the reader will be asked, plus
     `extra_calibration`: questions unlike any it trained on (field questions about fields kept out of
-    its training), so that the thresholds also fit kinds of question the reader has never met.
+    its training), so that the thresholds also fit kinds of question the reader has never met; and, with
+    `min_miss_abstention`, so that it abstains on that share of the calibration questions asked as if
+    retrieval had missed their documents.
     """
     out = Path(out).expanduser()
     refuse_existing(out, overwrite)
@@ -122,6 +195,11 @@ def train_rag_reader(
     reader_rows, calibration = split_train(rows, seed=seed)
     reader_rows += extra_rows
     calibration += extra_calibration
+    misses = []
+    if min_miss_abstention:
+        with progress_bar(progress) as bar:
+            task = bar.add_task("retrieving as if missed", total=len(calibration)) if bar else None
+            misses = simulated_misses(index, calibration, settings, (lambda n: bar.advance(task, n)) if bar else None)
     return train_reader_on(
         reader_rows,
         [context_of[id(r)] for r in reader_rows],
@@ -134,6 +212,10 @@ def train_rag_reader(
         seed=seed,
         overwrite=overwrite,
         progress=progress,
+        calibration_misses=misses,
+        min_miss_abstention=min_miss_abstention,
+        distractors=distractors,
+        index=index,
     )
 
 
@@ -150,14 +232,23 @@ def train_reader_on(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    calibration_misses: Sequence[tuple[dict, Retrieved]] = (),
+    min_miss_abstention: float | None = None,
+    distractors: str = DEFAULT_DISTRACTORS,
+    index=None,
 ) -> Path:
-    """The reader trained on `reader_rows`, its thresholds chosen on the disjoint `calibration` rows."""
+    """The reader trained on `reader_rows`, its thresholds chosen on the disjoint `calibration` rows (and
+    `calibration_misses`, their simulated retrieval misses, see choose_abstention). `distractors`: see
+    DISTRACTORS; retrieval-miss distractors are retrieved from `index`."""
     from tunelab.config import ExtractiveQAConfig
     from tunelab.rag.readers import SpanReader
     from tunelab.training.extractive_qa import train_extractive_qa
 
     out = Path(out).expanduser()
-    examples = reader_examples(reader_rows, reader_contexts, seed=seed)
+    if distractors not in DISTRACTORS:
+        raise TunelabError(f"unknown distractors '{distractors}'", f"use one of {', '.join(DISTRACTORS)}")
+    miss_contexts = retrieve_distractor_misses(index, reader_rows, settings, seed, progress) if distractors == "retrieval-miss" else None
+    examples = reader_examples(reader_rows, reader_contexts, seed=seed, miss_contexts=miss_contexts)
     # Examples go next to the run (not inside: the trainer publishes the run folder whole).
     data = out.parent / f".{out.name}.examples.jsonl"
     atomic.write_text(data, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
@@ -167,12 +258,41 @@ def train_reader_on(
         data.unlink(missing_ok=True)
     reader = SpanReader(out)
     readings = reader.read_many([r["question"] for r in calibration], [c.passages for c in calibration_contexts], threshold=float("-inf"))
-    abstention = choose_abstention(calibration, calibration_contexts, readings, "train (calibration questions the reader was not trained on)")
-    write_reader_settings(out, settings, abstention, examples)
+    misses = None
+    if calibration_misses and min_miss_abstention:
+        misses = read_misses(reader, calibration_misses)
+    abstention = choose_abstention(
+        calibration,
+        calibration_contexts,
+        readings,
+        "train (calibration questions the reader was not trained on)",
+        misses=misses,
+        min_miss_abstention=min_miss_abstention,
+    )
+    write_reader_settings(out, settings, abstention, examples, distractors)
     return out
 
 
-def write_reader_settings(run_dir: Path, settings: ContextSettings, abstention: Abstention, examples: Sequence[dict]) -> None:
+def retrieve_distractor_misses(index, rows: Sequence[dict], settings: ContextSettings, seed: int, progress: bool) -> dict[int, Retrieved]:
+    """The distractor rows' (reader_data.distractor_rows) contexts as if retrieval had missed their documents."""
+    from tunelab.progress import progress_bar
+
+    if index is None:
+        raise TunelabError("retrieval-miss distractors need the index", "pass the index the questions are retrieved from")
+    chosen = [i for i in distractor_rows(rows, seed) if rows[i].get("doc_id")]
+    out = {}
+    with progress_bar(progress) as bar:
+        task = bar.add_task("retrieving distractors as if missed", total=len(chosen)) if bar else None
+        for i in chosen:
+            out[i] = retrieve_miss_context(index, rows[i]["question"], rows[i]["doc_id"], settings)
+            if bar:
+                bar.advance(task, 1)
+    return out
+
+
+def write_reader_settings(
+    run_dir: Path, settings: ContextSettings, abstention: Abstention, examples: Sequence[dict], distractors: str = DEFAULT_DISTRACTORS
+) -> None:
     atomic.write_json(
         Path(run_dir) / SETTINGS_FILE,
         {
@@ -182,6 +302,7 @@ def write_reader_settings(run_dir: Path, settings: ContextSettings, abstention: 
                 "total": len(examples),
                 "with_answer": sum(1 for e in examples if e["answer"]),
                 "distractor": sum(1 for e in examples if e["distractor"]),
+                "distractors": distractors,
             },
         },
     )

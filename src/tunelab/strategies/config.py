@@ -8,6 +8,7 @@ from pydantic import Field
 
 from tunelab.config import Settings
 from tunelab.data.factbook_qa import CALIBRATION_FIELD_QUESTIONS, CALIBRATION_FIELDS, READER_FIELD_QUESTIONS
+from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, MISS_ABSTENTION
 
 
 class StrategiesConfig(Settings):
@@ -50,6 +51,18 @@ class StrategiesConfig(Settings):
         "of the readers' thresholds, so the thresholds also fit kinds of question a reader never met; 0 for none",
     )
     calibration_field_questions: int = Field(CALIBRATION_FIELD_QUESTIONS, ge=0, description="questions about the calibration fields (spread over them)")
+    miss_abstention: float | None = Field(
+        MISS_ABSTENTION,
+        gt=0,
+        le=1,
+        description="the extractive readers' thresholds abstain on at least this share of the calibration questions asked as if retrieval had "
+        "missed their documents (the best chunks of the other documents); none: no such constraint",
+    )
+    reader_distractors: Literal["other-question", "retrieval-miss"] = Field(
+        DEFAULT_DISTRACTORS,
+        description="what the extractive readers' distractor examples (a quarter of their training questions, taught to answer nothing) show: "
+        "another question's passages, or the same question's best chunks of the other documents (what a retrieval miss shows)",
+    )
     reader_run: str | None = Field(
         None,
         description="the extractive reader's run folder from an earlier run with the same questions and settings (its runs/extractive-reader): "

@@ -69,6 +69,7 @@ class Pipeline:
         self.readers: dict[str, tuple[object, object]] = {}  # retrieval strategy -> (reader, Abstention)
         self._readings: dict[tuple, list] = {}
         self._examples: dict[str, object] = {}  # context kind -> WorkedExamples
+        self._misses: dict[str, tuple | None] = {}  # question -> (row, context as if retrieval missed), None when that is no miss
 
     # bookkeeping ------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -324,6 +325,16 @@ class Pipeline:
         decoding = decoding or ("grounded" if c.decoding == "choose" else c.decoding)
         return LMReader(generator, "grounded", decoding, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, examples=examples)
 
+    def simulated_misses(self, rows: list[dict]) -> list[tuple]:
+        """The rows asked as if retrieval had missed their documents (rag/train_reader.simulated_misses), once per question."""
+        from tunelab.rag.train_reader import simulated_misses
+
+        missing = [r for r in rows if r["question"] not in self._misses]
+        found = {row["question"]: (row, context) for row, context in simulated_misses(self._index, missing, self.context_settings())}
+        for row in missing:
+            self._misses[row["question"]] = found.get(row["question"])
+        return [self._misses[r["question"]] for r in rows if self._misses[r["question"]] is not None]
+
     def worked_examples(self, context: str | None = None):
         """Worked examples for the untrained LM reader, from the first `example_pool` reader-training
         (train) questions, retrieved in the same context kind as the questions they are shown with."""
@@ -358,14 +369,31 @@ class Pipeline:
                     bar.advance(task, len(rows[part]))
         return readings
 
-    def calibrate(self, reader, context: str | None = None, max_hallucinated: float | None = None, rows: list[dict] | None = None):
+    def calibrate(
+        self,
+        reader,
+        context: str | None = None,
+        max_hallucinated: float | None = None,
+        rows: list[dict] | None = None,
+        min_miss_abstention: float | None = None,
+    ):
         """Abstention thresholds (retrieval similarity, reader confidence) chosen on the calibration train
-        questions (or `rows`): the most right - hallucinated, or the most right within a hallucination budget."""
-        from tunelab.rag.train_reader import choose_abstention
+        questions (or `rows`): the most right - hallucinated, or the most right within a hallucination budget;
+        with `min_miss_abstention`, abstaining on that share of them asked as if retrieval had missed."""
+        from tunelab.rag.train_reader import choose_abstention, read_misses
 
         rows = self.calibration if rows is None else rows
         readings = self.read(reader, rows, context)
-        return choose_abstention(rows, self.contexts(rows, context), readings, f"train (calibration questions, {len(rows)})", max_hallucinated=max_hallucinated)
+        misses = read_misses(reader, self.simulated_misses(rows)) if min_miss_abstention else None
+        return choose_abstention(
+            rows,
+            self.contexts(rows, context),
+            readings,
+            f"train (calibration questions, {len(rows)})",
+            max_hallucinated=max_hallucinated,
+            misses=misses,
+            min_miss_abstention=min_miss_abstention,
+        )
 
     def decide(self, rows: list[dict], readings: list, abstention, context: str | None = None, index=None) -> dict:
         """Predictions with the thresholds applied, scored; latency = retrieval + this question's reading share."""
@@ -420,12 +448,14 @@ class Pipeline:
             "without_thresholds": {k: unthresholded[k] for k in ("contains", "hallucination_rate_all", "abstention_rate")},
         }
 
-    def choose_decoding(self, name: str, reader, max_hallucinated: float | None = None, calibration: list[dict] | None = None):
+    def choose_decoding(
+        self, name: str, reader, max_hallucinated: float | None = None, calibration: list[dict] | None = None, min_miss_abstention: float | None = None
+    ):
         """(reader, thresholds): an LM reader's decoding is, with `decoding: choose`, whichever of
         grounded and free scores better (the thresholds' criterion, thresholds applied) on the
         calibration train questions; the test questions take no part."""
         if self.config.decoding != "choose" or not hasattr(reader, "decoding"):
-            return reader, self.calibrate(reader, max_hallucinated=max_hallucinated, rows=calibration)
+            return reader, self.calibrate(reader, max_hallucinated=max_hallucinated, rows=calibration, min_miss_abstention=min_miss_abstention)
         tried = {}
         for decoding in ("grounded", "free"):
             candidate = self.lm_reader(reader.generator, decoding, reader.examples)
@@ -451,10 +481,11 @@ class Pipeline:
         disk_mb: float,
         max_hallucinated: float | None = None,
         calibration: list[dict] | None = None,
+        min_miss_abstention: float | None = None,
     ) -> None:
         """Thresholds chosen on `calibration` (default: the calibration train questions), then the test questions answered and recorded."""
         with PeakMemory() as peak:
-            reader, abstention = self.choose_decoding(name, reader, max_hallucinated, calibration)
+            reader, abstention = self.choose_decoding(name, reader, max_hallucinated, calibration, min_miss_abstention)
             self.log(
                 f"{name}: thresholds on {abstention.questions} train questions: similarity >= {abstention.min_similarity:.3f}, confidence >= {abstention.min_confidence:.3f}"
                 f"{', answers quoted from the passages only' if abstention.require_quote else ''}"
@@ -536,6 +567,10 @@ class Pipeline:
             seed=c.seed,
             overwrite=True,
             progress=self.progress,
+            calibration_misses=self.simulated_misses(calibration) if c.miss_abstention else (),
+            min_miss_abstention=c.miss_abstention,
+            distractors=c.reader_distractors,
+            index=self._index,
         )
 
     def stage_extractive_rag(self) -> None:
@@ -581,6 +616,7 @@ class Pipeline:
             },
             disk_mb=disk_mb(run_dir / "model"),
             calibration=self.reader_calibration,
+            min_miss_abstention=c.miss_abstention,
         )
 
     def stage_best_prompt(self) -> None:
@@ -743,7 +779,6 @@ class Pipeline:
         """Generalisation: an extractive reader trained, and its thresholds chosen, without some question
         kinds, tested on those kinds; next to the in-kind reader on the same test questions."""
         from tunelab.rag.readers import SpanReader
-        from tunelab.rag.train_reader import choose_abstention
 
         c = self.config
         held = set(c.held_out_kinds)
@@ -757,12 +792,8 @@ class Pipeline:
         self.log(f"leave-kinds-out: reader without {', '.join(sorted(held))} ({len(training)} train questions), tested on {len(test)}")
         self.train_span_reader(training, calibration, run_dir)
         reader = SpanReader(run_dir)
-        held_out = choose_abstention(
-            calibration,
-            self.contexts(calibration),
-            self.read(reader, calibration),
-            "train (calibration questions of the seen kinds and the calibration fields)",
-        )
+        held_out = self.calibrate(reader, rows=calibration, min_miss_abstention=c.miss_abstention)
+        held_out.chosen_on = "train (calibration questions of the seen kinds and the calibration fields)"
         out_of_kind = summarise(self.decide(test, self.read(reader, test), held_out)["predictions"], seed=c.seed)
         in_reader, in_abstention = self.readers["extractive+rag"]
         in_kind = summarise(self.decide(test, self.read(in_reader, test), in_abstention)["predictions"], seed=c.seed)

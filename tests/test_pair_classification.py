@@ -290,6 +290,90 @@ def test_a_pair_run_reranks_search_hits_by_its_relevant_probability(pair_run, tr
         open_reranker(trained_run)
 
 
+RERANKED = ["awful bad", "good great", "terrible nasty", "wonderful lovely", "the a", "lovely film table", "bad chair", "great awful"]
+
+
+def search_hits(texts: list[str]) -> list:
+    from tunelab.rag.chunk import Chunk
+    from tunelab.rag.index import Hit
+
+    return [Hit(rank, 0.0, Chunk(f"d#{rank}", "d", "", "", text, rank)) for rank, text in enumerate(texts)]
+
+
+def unexported_copy(run: Path, folder: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, folder, ignore=shutil.ignore_patterns("onnx")))
+
+
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8", "openvino"])
+def test_a_pair_run_reranks_on_a_runtime_backend_in_torchs_order(pair_run, tmp_path, backend):
+    from tunelab.rag.rerank import open_reranker
+    from tunelab.runtime.scorers import missing_package
+
+    pytest.importorskip("onnxruntime")
+    if missing_package(backend):
+        pytest.skip(f"{backend} needs the openvino extra")
+    run = unexported_copy(pair_run, tmp_path / "run")
+    torch_order = open_reranker(run).rerank("the a", search_hits(RERANKED))
+    lines: list[str] = []
+    reranker = open_reranker(run, backend=backend, say=lines.append)
+    assert reranker.scorer.backend == backend and "first use; checked against PyTorch on its test split" in lines[0]
+    reranked = reranker.rerank("the a", search_hits(RERANKED))
+    assert [hit.chunk.text for hit in reranked] == [hit.chunk.text for hit in torch_order]
+    # int8 keeps the order (its gate is on the argmax) but moves the probabilities a little.
+    assert [hit.score for hit in reranked] == pytest.approx([hit.score for hit in torch_order], abs=0.05 if backend == "onnx-int8" else 1e-4)
+
+
+def test_a_reranker_backend_that_fails_its_gate_is_refused_and_auto_says_why(pair_run, tmp_path):
+    from tunelab.errors import TunelabError
+    from tunelab.rag.rerank import open_reranker
+    from tunelab.run import Run
+    from tunelab.runtime.choice import exported
+
+    pytest.importorskip("onnxruntime")
+    run = unexported_copy(pair_run, tmp_path / "run")
+    exported(Run.open(run), "auto", say=lambda line: None)
+    parity_path = run / "onnx" / "parity.json"
+    parity = json.loads(parity_path.read_text())
+    parity_path.write_text(json.dumps({**parity, "fp32_argmax_agreement": 0.9}))
+    with pytest.raises(TunelabError, match=r"backend onnx is refused for this run: the fp32 ONNX model agrees with PyTorch on 90\.00%"):
+        open_reranker(run, backend="onnx")
+    lines: list[str] = []
+    reranker = open_reranker(run, backend="auto", say=lines.append)
+    assert reranker.scorer.backend != "onnx" and "not used: onnx: the fp32 ONNX model agrees with PyTorch on 90.00%" in lines[-1]
+
+
+def test_rag_search_reranks_with_a_pair_run_on_the_backend_asked_for(pair_run, tmp_path):
+    from tests._rag_fixtures import ConceptEmbedder, write_docs
+    from tunelab.rag.index import build_index
+
+    pytest.importorskip("onnxruntime")
+    run = unexported_copy(pair_run, tmp_path / "run")
+    build_index(write_docs(tmp_path / "docs"), tmp_path / "index", embedder=ConceptEmbedder(), chunk_tokens=64, overlap=8)
+    search = ("rag", "search", "good great film", "--index", tmp_path / "index", "--mode", "bm25", "-k", 4, "--rerank", run, "--json")
+    on_torch = cli(*search)
+    assert on_torch.exit_code == 0, on_torch.output
+    assert not (run / "onnx").exists()  # the default is torch: nothing exported
+    on_onnx = cli(*search, "--rerank-backend", "onnx")
+    assert on_onnx.exit_code == 0, on_onnx.output
+    assert (run / "onnx" / "model.onnx").is_file() and "exporting run to ONNX" in on_onnx.stderr
+    torch_hits, onnx_hits = json.loads(on_torch.stdout), json.loads(on_onnx.stdout)
+    assert [hit["chunk_id"] for hit in onnx_hits] == [hit["chunk_id"] for hit in torch_hits]
+    assert [hit["score"] for hit in onnx_hits] == pytest.approx([hit["score"] for hit in torch_hits], abs=1e-4)
+
+
+def test_bad_rerank_backends_are_one_line(pair_run, tmp_path):
+    from tunelab.errors import TunelabError
+    from tunelab.rag.rerank import open_reranker
+
+    assert_user_error(cli("rag", "search", "q", "--rerank-backend", "onnx"), "--rerank-backend needs --rerank")
+    assert_user_error(cli("rag", "search", "q", "--rerank", pair_run, "--rerank-backend", "onnx-int4"), "unknown backend 'onnx-int4'", "use one of: torch")
+    # A cross-encoder folder has no test split to gate another backend on.
+    with pytest.raises(TunelabError, match="a cross-encoder folder reranks on torch only, not openvino"):
+        open_reranker(tmp_path, backend="openvino")
+
+
 # -- compare and registry -------------------------------------------------------------------------
 
 

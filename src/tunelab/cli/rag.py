@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from tunelab.backends import CHOICES_HELP
 from tunelab.cli._app import app, console, user_errors
 from tunelab.cli.core import data_app
 from tunelab.data.factbook_qa import CALIBRATION_FIELD_QUESTIONS, CALIBRATION_FIELDS, READER_FIELD_QUESTIONS
@@ -54,6 +55,13 @@ ModeOpt = Annotated[Mode, typer.Option("--mode", help="bm25 (keywords), dense (e
 WeightsOpt = Annotated[str, typer.Option("--weights", help="hybrid weights 'BM25,DENSE' for reciprocal rank fusion (k=60)")]
 RerankOpt = Annotated[
     Path | None, typer.Option("--rerank", help="re-rank candidates with a local cross-encoder folder or a `tunelab train --task pair-classification` run")
+]
+RerankBackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rerank-backend",
+        help=f"--rerank with a pair-classification run: its backend, {CHOICES_HELP} (default: torch); a cross-encoder folder runs on torch only",
+    ),
 ]
 QueryBackendOpt = Annotated[
     str | None,
@@ -133,14 +141,22 @@ def search_cmd(
     k: Annotated[int, typer.Option("-k", help="how many chunks to return")] = 5,
     weights: WeightsOpt = "1,1",
     rerank: RerankOpt = None,
+    rerank_backend: RerankBackendOpt = None,
     backend: QueryBackendOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list for scripts")] = False,
 ) -> None:
     """Ranked chunks with scores and sources."""
+    from tunelab.errors import TunelabError
     from tunelab.rag.builtin import resolve_index
     from tunelab.rag.index import open_index
+    from tunelab.runtime.choice import check_backend_name
 
-    with open_index(resolve_index(index, progress=not as_json, backend=backend), rerank=str(rerank) if rerank else None, backend=backend) as opened:
+    if rerank_backend is not None:
+        if rerank is None:
+            raise TunelabError("--rerank-backend needs --rerank", "add --rerank RUN (a pair-classification run) or leave out --rerank-backend")
+        check_backend_name(rerank_backend)  # before the index is built or opened
+    index_dir = resolve_index(index, progress=not as_json, backend=backend)
+    with open_index(index_dir, rerank=str(rerank) if rerank else None, backend=backend, rerank_backend=rerank_backend or "torch") as opened:
         hits = opened.search(query, mode.value, k, weights=_weights(weights))
     if as_json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))

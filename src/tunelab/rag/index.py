@@ -383,11 +383,14 @@ class Index:
         return self.retrieve(query, mode, k, **kwargs).hits
 
 
-def open_index(index_dir: str | Path, embedder=None, rerank: str | None = None, backend: str | None = None) -> Index:
-    """An index opened for search; `backend` (or the embedder's), when given, must be the one that embedded it (auto: whichever did)."""
+def open_index(index_dir: str | Path, embedder=None, rerank: str | None = None, backend: str | None = None, rerank_backend: str = "torch") -> Index:
+    """An index opened for search; `backend` (or the embedder's), when given, must be the one that embedded it (auto: whichever did).
+
+    `rerank`: a reranker (tunelab.rag.rerank.open_reranker) run on `rerank_backend`.
+    """
     reranker = None
     if rerank:
         from tunelab.rag.rerank import open_reranker
 
-        reranker = open_reranker(rerank)
+        reranker = open_reranker(rerank, backend=rerank_backend)
     return Index(index_dir, embedder=embedder, reranker=reranker, backend=backend)

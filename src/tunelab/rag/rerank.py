@@ -4,24 +4,41 @@
 of `tunelab train --task pair-classification` — e.g. one trained on the built-in factbook-relevance
 pairs, whose passages are written as the index writes its chunks — scored through tunelab's runtime,
 a chunk's score being the run's probability of its relevant label. Nothing is downloaded.
+
+A run reranks on the inference backend asked for (`--rerank-backend`, one of tunelab.backends.CHOICES),
+loaded, exported on first use and gated as `predict --backend` loads it (tunelab.runtime.choice.load_scorer):
+a backend that fails its parity gate on the run's test pairs is refused in one line, and `auto` passes it
+over, saying why. A cross-encoder folder runs on torch only: it has no test split to gate another backend
+on, and sentence-transformers' own `backend=` needs Optimum, whose releases pin transformers below 5.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.runtime.choice import Say, check_backend_name
 
 # The label of a pair-classification run that means "this passage is relevant to the query", tried in order.
 RELEVANT_LABELS = ("relevant", "yes", "true", "1", "positive")
 
 
-def open_reranker(model: str | Path, batch_size: int = 32):
-    """A RunReranker for a tunelab run directory, else a CrossEncoderReranker for a model folder."""
+def open_reranker(model: str | Path, batch_size: int = 32, backend: str = "torch", say: Say | None = None):
+    """A RunReranker for a tunelab run directory on `backend`, else a CrossEncoderReranker for a model folder (torch only)."""
+    check_backend_name(backend)
     path = Path(model).expanduser()
     if (path / "config.yaml").is_file():
-        return RunReranker(path, batch_size)
-    return CrossEncoderReranker(path, batch_size)
+        return RunReranker(path, batch_size, backend, say)
+    if backend not in ("torch", "auto"):
+        raise TunelabError(
+            f"a cross-encoder folder reranks on torch only, not {backend} ('{model}' is not a tunelab run)",
+            "leave out --rerank-backend, or rerank with a run of `tunelab train --task pair-classification`, which runs on every backend",
+        )
+    reranker = CrossEncoderReranker(path, batch_size)
+    if backend == "auto":
+        (say or _to_stderr)("rerank backend auto: torch (a cross-encoder folder runs on torch only)")
+    return reranker
 
 
 def by_score(hits: list, scores) -> list:
@@ -52,7 +69,7 @@ class CrossEncoderReranker:
 class RunReranker:
     """A pair-classification run as the reranker: (query, chunk text) pairs scored by P(relevant label)."""
 
-    def __init__(self, run_dir: str | Path, batch_size: int = 32):
+    def __init__(self, run_dir: str | Path, batch_size: int = 32, backend: str = "torch", say: Say | None = None):
         from tunelab.run import Run
         from tunelab.runtime import load_scorer
 
@@ -69,10 +86,14 @@ class RunReranker:
                 f"run '{run.path}' has no label that means relevant (labels: {', '.join(labels)})",
                 f"train it with one of the labels {', '.join(RELEVANT_LABELS)} for the relevant pairs",
             )
-        self.scorer = load_scorer(run, "torch")
+        self.scorer = load_scorer(run, backend, say=say)
         self.column = labels.index(relevant)
         self.batch_size = batch_size
 
     def rerank(self, query: str, hits: list) -> list:
         probabilities = self.scorer.predict_proba([(query, hit.chunk.indexed_text()) for hit in hits], self.batch_size)
         return by_score(hits, probabilities[:, self.column])
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)

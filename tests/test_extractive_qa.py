@@ -309,7 +309,8 @@ def test_the_labelling_commands_refuse_a_qa_run_in_one_line_whatever_the_backend
         assert_user_error(cli("eval", run, "--backend", backend, "--out", tmp_path / "ev"), "it is not a text classifier (task: extractive-qa)")
         assert_user_error(cli("serve", run, "--backend", backend), "tunelab serve does not handle extractive-qa runs")
         assert_user_error(cli("compare", run, run, "--backend", backend, "--out", tmp_path / "cmp"), "tunelab compare does not handle extractive-qa runs")
-    assert_user_error(cli("export", run), "tunelab export does not handle extractive-qa runs")
+    for format in ("onnx", "openvino"):
+        assert_user_error(cli("export", run, "--format", format), "tunelab export does not handle extractive-qa runs")
     assert sorted(path.name for path in run.iterdir()) == ["config.yaml", "model"] and sorted(path.name for path in tmp_path.iterdir()) == ["in.csv", "qa-run"]
 
 

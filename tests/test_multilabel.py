@@ -386,6 +386,25 @@ def test_export_checks_the_onnx_label_sets_against_pytorch_on_the_test_split(ml_
     assert parity["fp32_argmax_agreement"] == 1.0 and parity["int8_argmax_agreement"] >= 0.995 and parity["rows"] == len(texts)
 
 
+def test_export_openvino_checks_the_label_sets_in_openvino(ml_run, tmp_path):
+    import shutil
+
+    from tunelab.models.multilabel import label_set_agreement
+    from tunelab.runtime.scorers import OnnxScorer, OpenVinoSession
+
+    pytest.importorskip("openvino")
+    run = Path(shutil.copytree(ml_run, tmp_path / "run", ignore=shutil.ignore_patterns("onnx")))
+    result = cli("export", run, "--format", "openvino")
+    assert result.exit_code == 0, result.output
+    assert "label sets the same 100.00% (gate 99.5%)" in result.output and f"serve it: tunelab serve {run} --backend openvino" in result.output
+    parity = json.loads((run / "onnx" / "parity.json").read_text(encoding="utf-8"))
+    texts = Run.open(run).split("test")["text"].tolist()
+    classifier = MultiLabelClassifier.load(run)
+    session = OpenVinoSession(run / "onnx" / "model.onnx")
+    logits = OnnxScorer(session, classifier.classifier.tokenizer, classifier.labels, classifier.classifier.max_length).logits(texts)
+    assert parity["openvino"]["argmax_agreement"] == label_set_agreement(logits, classifier.logits(texts), classifier.thresholds) == 1.0
+
+
 def test_export_parity_compares_label_sets_not_the_top_label(ml_run, tmp_path, monkeypatch):
     """An ONNX model whose logits all sit 1.5 lower keeps every argmax but loses labels near their thresholds: parity must see it."""
     import shutil

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.test_cli_errors import assert_user_error
 from tunelab.cli import app as cli
 from tunelab.errors import TunelabError
 
@@ -145,3 +146,60 @@ def test_without_the_extra_naming_openvino_is_one_line_and_auto_says_why(run_dir
     record = json.loads((run / "onnx" / "backend_choice.json").read_text())
     assert record["refused"] == {"openvino": NOT_INSTALLED, "openvino-int8": NOT_INSTALLED}
     assert f"not used: openvino: {NOT_INSTALLED}; openvino-int8: {NOT_INSTALLED}" in said[-1]
+
+
+# -- tunelab export --format openvino ---------------------------------------------------------------
+
+
+def test_export_openvino_writes_a_folder_that_loads_and_agrees_with_torch(trained_run: Path, tmp_path: Path) -> None:
+    from tunelab.runtime import load_scorer
+    from tunelab.runtime.scorers import OpenVinoSession
+
+    needs_openvino()
+    run = Path(shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("onnx")))
+    result = CliRunner().invoke(cli, ["export", str(run), "--format", "openvino"])
+    assert result.exit_code == 0, result.output
+    assert "openvino  model.onnx, compiled by OpenVINO" in result.output and "argmax agreement 100.00% (gate 99.5%)" in result.output
+    assert f"serve it: tunelab serve {run} --backend openvino" in result.output
+    parity = json.loads((run / "onnx" / "parity.json").read_text())
+    assert parity["openvino"]["argmax_agreement"] == 1.0 and parity["openvino"]["rows"] == parity["rows"]
+    assert "openvino-int8" not in parity and not list(run.glob("onnx/openvino.int8.*"))
+    # The folder loads in OpenVINO as written, and the backend uses it without exporting again.
+    texts = TEXTS * 3
+    reference = load_scorer(run, "torch").logits(texts, 4)
+    lines: list[str] = []
+    scorer = load_scorer(run, "openvino", say=lines.append)
+    assert isinstance(scorer.session, OpenVinoSession) and not lines
+    assert np.abs(scorer.logits(texts, 4) - reference).max() < 1e-4
+
+    result = CliRunner().invoke(cli, ["export", str(run), "--format", "openvino", "--quantize", "int8", "--json"])
+    assert result.exit_code in (0, 2), result.output
+    if result.exit_code == 0:  # NNCF's int8 passed its gate on this CPU: its IR is written beside the fp32 graph
+        parity = json.loads(result.stdout)
+        assert parity["openvino-int8"]["argmax_agreement"] >= 0.995 and parity["openvino-int8"]["calibration_split"] == "train"
+        assert parity["openvino-int8"]["file"] == str(run / "onnx" / "openvino.int8.xml") and (run / "onnx" / "openvino.int8.bin").is_file()
+        assert load_scorer(run, "openvino-int8", say=lines.append).backend == "openvino-int8" and not lines
+    else:  # refused: one line, and the fp32 export above is left as it was
+        assert_user_error(result, "backend openvino-int8 is refused for this run: the OpenVINO int8 model agrees with PyTorch on", "nothing was written")
+        assert json.loads((run / "onnx" / "parity.json").read_text()) == parity
+
+
+def test_export_openvino_that_fails_its_gate_writes_nothing(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
+    from tunelab.runtime import export
+
+    needs_openvino()
+    run = Path(shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("onnx")))
+    monkeypatch.setattr(export, "INT8_MIN_AGREEMENT", 1.01)  # no backend can agree on more than every text
+    result = CliRunner().invoke(cli, ["export", str(run), "--format", "openvino"])
+    assert_user_error(result, "backend openvino is refused for this run: the OpenVINO model agrees with PyTorch on 100.00%", "(needs 101.0%)")
+    assert not (run / "onnx").exists() and not list(run.glob(".*partial*"))
+
+
+def test_export_bad_input_is_one_line(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
+    run = Path(shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("onnx")))
+    runner = CliRunner()
+    assert_user_error(runner.invoke(cli, ["export", str(run), "--format", "openvin"]), "unknown export format 'openvin'", "did you mean 'openvino'?")
+    assert_user_error(runner.invoke(cli, ["export", str(run), "--format", "openvino", "--quantize", "int4"]), "unknown quantization 'int4'")
+    without_openvino(monkeypatch)
+    assert_user_error(runner.invoke(cli, ["export", str(run), "--format", "openvino"]), "backend openvino needs openvino, which is not installed")
+    assert not (run / "onnx").exists()

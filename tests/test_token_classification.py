@@ -293,6 +293,23 @@ def test_export_writes_an_onnx_tagger_that_gives_the_same_word_tags(ner_run):
         assert json.loads((ner_run / "onnx" / "parity.json").read_text()) == parity  # nothing was written
 
 
+def test_export_openvino_writes_a_tagger_that_gives_the_same_word_tags(ner_run, tmp_path):
+    pytest.importorskip("openvino")
+    from tunelab.runtime import load_tagger
+    from tunelab.runtime.tagger import split_sentences
+
+    run = Path(shutil.copytree(ner_run, tmp_path / "run", ignore=shutil.ignore_patterns("onnx")))
+    result = cli("export", run, "--format", "openvino")
+    assert result.exit_code == 0, result.output
+    assert "word tags the same 100.00% (gate 99.5%)" in result.output and "--backend openvino" in result.output
+    parity = json.loads((run / "onnx" / "parity.json").read_text())
+    assert parity["agreement_of"] == "words" and parity["openvino"]["argmax_agreement"] == 1.0
+    sentences = split_sentences(Run.open(run), "test")
+    lines: list[str] = []
+    tags, _ = load_tagger(run, "openvino", say=lines.append).word_tags(sentences, 8)
+    assert tags == load_tagger(run, "torch").word_tags(sentences, 8)[0] and not lines  # loaded as exported, nothing measured again
+
+
 # -- the ONNX backends: predict and serve ---------------------------------------------------------
 
 WORD_TAGS = "each word's tag, from its first piece"  # what a tagger's agreement compares, as its refusals say

@@ -1,9 +1,8 @@
-"""`tunelab serve` (HTTP prediction service) and `tunelab export` (ONNX, int8)."""
+"""`tunelab serve` (HTTP prediction service) and `tunelab export` (ONNX or OpenVINO, int8)."""
 
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,13 +11,8 @@ import typer
 from tunelab.backends import CHOICES_HELP
 from tunelab.cli._app import command, console
 
-
-class FormatChoice(StrEnum):
-    onnx = "onnx"
-
-
-class QuantizeChoice(StrEnum):
-    int8 = "int8"
+# `tunelab export --format`: the files the backends of that name run (with `--quantize int8`, their int8 one too).
+EXPORT_FORMATS = ("onnx", "openvino")
 
 
 @command("serve")
@@ -83,37 +77,54 @@ def serve(
 
 @command("export")
 def export(
-    run: Annotated[Path, typer.Argument(help="run directory")],
-    format: Annotated[FormatChoice, typer.Option("--format", help="export format")] = FormatChoice.onnx,
-    quantize: Annotated[QuantizeChoice | None, typer.Option(help="also write a dynamically quantized model")] = None,
+    run: Annotated[Path, typer.Argument(help="run directory of a classifier, pair, multi-label or token-classification run")],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="onnx (ONNX Runtime's model.onnx) or openvino (that model.onnx, which OpenVINO compiles, checked in OpenVINO; needs the openvino extra)",
+        ),
+    ] = "onnx",
+    quantize: Annotated[
+        str | None, typer.Option(help="int8: also write an int8 model (onnx: ONNX Runtime's dynamic int8; openvino: NNCF's static int8, OpenVINO IR)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the parity report as JSON")] = False,
 ) -> None:
-    """Write ONNX models into RUN/onnx/ and check them against PyTorch on the run's test split."""
-    from tunelab.runtime.export import INT8_MIN_AGREEMENT, export_onnx
-
-    with console.status("exporting") as status:
-        report = export_onnx(run, quantize.value if quantize else None, step=lambda message: status.update(message))
-    if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return
-    console.print(f"fp32  {report.files['onnx']}  ({report.sizes_mb['onnx']} MB)", highlight=False, soft_wrap=True)
+    """Write the models of a backend into RUN/onnx/ and check them against PyTorch on the run's test split (nothing is written if one fails)."""
+    from tunelab.errors import TunelabError, did_you_mean
     from tunelab.run import Run
+    from tunelab.runtime.export import INT8_MIN_AGREEMENT, export_onnx
+    from tunelab.runtime.openvino_export import export_openvino
 
+    if format not in EXPORT_FORMATS:
+        raise TunelabError(
+            f"unknown export format '{format}'", " ".join(filter(None, ["use --format onnx or --format openvino", did_you_mean(format, EXPORT_FORMATS)]))
+        )
+    with console.status("exporting") as status:
+        if format == "openvino":
+            parity = export_openvino(run, quantize, step=lambda message: status.update(message))
+        else:
+            parity = export_onnx(run, quantize, step=lambda message: status.update(message)).to_dict()
+    if as_json:
+        print(json.dumps(parity, indent=2))
+        return
+    console.print(f"fp32  {parity['files']['onnx']}  ({parity['sizes_mb']['onnx']} MB)", highlight=False, soft_wrap=True)
     task = Run.open(run).task
     if task == "token-classification":  # a tagger's parity compares each word's tag and tag probabilities
-        agreed, differs = "word tags the same", "max |word tag probability diff|"
-        measured = f"on {report.rows} test sentences: {differs} vs PyTorch {report.fp32_max_abs_diff:.2e}; {agreed} {report.fp32_argmax_agreement:.2%}"
-    else:
-        agreed = "label sets the same" if task == "multi-label" else "argmax agreement"  # a multi-label run's parity compares label sets after its thresholds
-        differs = "max |logit diff|"
-        measured = f"{differs} vs PyTorch on {report.rows} test texts: {report.fp32_max_abs_diff:.2e}; {agreed} {report.fp32_argmax_agreement:.2%}"
-    console.print(f"      {measured}", highlight=False, soft_wrap=True)
-    if report.int8_argmax_agreement is not None:
-        console.print(f"int8  {report.files['onnx-int8']}  ({report.sizes_mb['onnx-int8']} MB)", highlight=False, soft_wrap=True)
-        console.print(
-            f"      {agreed} {report.int8_argmax_agreement:.2%} (gate {INT8_MIN_AGREEMENT:.1%}); {differs} {report.int8_max_abs_diff:.2e}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    backend = "onnx-int8" if report.int8_argmax_agreement is not None else "onnx"
-    console.print(f"serve it: tunelab serve {run} --backend {backend}", highlight=False, soft_wrap=True)
+        agreed, differs, rows = "word tags the same", "max |word tag probability diff|", "test sentences"
+    else:  # a multi-label run's parity compares label sets after its thresholds
+        agreed, differs, rows = ("label sets the same" if task == "multi-label" else "argmax agreement"), "max |logit diff|", "test texts"
+    say = lambda line: console.print(line, highlight=False, soft_wrap=True)  # noqa: E731
+    say(f"      on {parity['rows']} {rows}: {differs} vs PyTorch {parity['fp32_max_abs_diff']:.2e}; {agreed} {parity['fp32_argmax_agreement']:.2%}")
+    served = "onnx"
+    if parity.get("int8_argmax_agreement") is not None:
+        served = "onnx-int8"
+        say(f"int8  {parity['files']['onnx-int8']}  ({parity['sizes_mb']['onnx-int8']} MB)")
+        say(f"      {agreed} {parity['int8_argmax_agreement']:.2%} (gate {INT8_MIN_AGREEMENT:.1%}); {differs} {parity['int8_max_abs_diff']:.2e}")
+    for backend in ("openvino", "openvino-int8"):
+        if backend in parity:
+            served, figures = backend, parity[backend]
+            file = f"{figures['file']} and its .bin ({figures['size_mb']} MB), NNCF's int8" if "file" in figures else "model.onnx, compiled by OpenVINO"
+            say(f"{backend}  {file}")
+            say(f"      {agreed} {figures['argmax_agreement']:.2%} (gate {INT8_MIN_AGREEMENT:.1%}); {differs} {figures['max_abs_diff']:.2e}")
+    say(f"serve it: tunelab serve {run} --backend {served}")

@@ -2,7 +2,7 @@
 
 `scorers.py` (one texts -> logits interface over PyTorch, ONNX Runtime and OpenVINO, bounded intra-op threads),
 `export.py` (ONNX fp32 and int8 exports checked against PyTorch: `tunelab export`, and first use),
-`openvino_export.py` (the OpenVINO backends' gate figures and NNCF's int8, on first use),
+`openvino_export.py` (the OpenVINO backends' gate figures and NNCF's int8, on first use and `tunelab export --format openvino`),
 `tagger.py` (a token-classification run's word tags and entity spans, on any of its backends' forward passes),
 `token_export.py` (the tagger's ONNX fp32 and int8 exports, checked on word tags),
 `choice.py` (`load_scorer(run, backend)`: one of tunelab.backends.CHOICES, each backend behind its parity gate;

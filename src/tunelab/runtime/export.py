@@ -86,11 +86,14 @@ def export_onnx(
     max_rows: int | None = PARITY_ROWS,
     step: Callable[[str], None] | None = None,
     int8_refusal: str = "raise",
+    before_publish: Callable[[Path], None] | None = None,
 ) -> ExportReport:
     """Export the run's classifier to ONNX (and int8), check parity on its test split, write run/onnx/.
 
     int8_refusal: "raise" (nothing is written when int8 fails its gate) or "record" (fp32 is written,
-    parity.json's `int8_refused` says why int8 is not).
+    parity.json's `int8_refused` says why int8 is not). before_publish(staging folder): called once the
+    staged parity.json is written, before the folder replaces run/onnx/; raising there writes nothing
+    (tunelab.runtime.openvino_export.export_openvino gates its backends there).
     """
     from tunelab.models import multilabel
     from tunelab.models.classifier import Classifier
@@ -102,7 +105,7 @@ def export_onnx(
     if run.task == "token-classification":
         from tunelab.runtime.token_export import export_token_onnx
 
-        return export_token_onnx(run, quantize, tolerance, min_agreement, max_rows, step, int8_refusal)
+        return export_token_onnx(run, quantize, tolerance, min_agreement, max_rows, step, int8_refusal, before_publish)
     if run.task != multilabel.TASK:
         run.require_classification("tunelab export")
     agree, compared = agreement_rule(run)
@@ -145,6 +148,8 @@ def export_onnx(
         report.export_seconds = round(time.perf_counter() - started, 2)
         report.sizes_mb = {name: round((stage / Path(path).name).stat().st_size / 2**20, 2) for name, path in files.items()}
         atomic.write_json(stage / PARITY_FILE, report.to_dict())
+        if before_publish is not None:
+            before_publish(stage)
     return report
 
 

@@ -10,6 +10,9 @@ sets after its thresholds, export.py's `agreement_rule`; a tagger's: the share o
 PyTorch tags them, runtime/token_export.py's `openvino_gate`). int8's activation ranges are
 calibrated on a seeded sample of the run's train texts or sentences (its eval ones when it has no train
 split), never on test ones. A graph OpenVINO or NNCF cannot take refuses that backend only, with the reason.
+
+They are measured on a backend's first use (tunelab.runtime.choice), or by `tunelab export --format openvino`
+(`export_openvino`), which refuses, writing nothing, a backend that fails its gate.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 from tunelab import atomic, textpairs
 from tunelab.errors import TunelabError
 from tunelab.run import Run
-from tunelab.runtime.scorers import MODEL_FILES, ONNX_DIR, PARITY_FILE, OnnxScorer, OpenVinoSession, require_openvino
+from tunelab.runtime.scorers import MODEL_FILES, ONNX_DIR, PARITY_FILE, OnnxScorer, OpenVinoSession, require_openvino, require_packages
 
 # NNCF fixes each activation's int8 range from this many texts, one per calibration input: one to three
 # minutes of calibration for a MiniLM on 2 busy cores, seconds for a small classifier.
@@ -51,14 +54,14 @@ class OpenVinoGate:
     what: str
 
 
-def add_openvino(run: Run, backends: list[str], step: Callable[[str], None]) -> dict[str, Any]:
+def add_openvino(run: Run, backends: list[str], step: Callable[[str], None], folder: Path | None = None) -> dict[str, Any]:
     """Measure `backends` (openvino, openvino-int8) against PyTorch on the run's test split and add their figures to its parity.json.
 
-    The run's fp32 ONNX model and parity.json must exist (tunelab.runtime.export); openvino-int8 writes
-    its IR beside them. Each backend's entry holds its argmax agreement, or `failed`: why OpenVINO or NNCF
-    could not take the graph.
+    The fp32 ONNX model and parity.json must exist in `folder` (the run's onnx/, or an export's staging
+    folder: tunelab.runtime.export); openvino-int8 writes its IR beside them. Each backend's entry holds
+    its argmax agreement, or `failed`: why OpenVINO or NNCF could not take the graph.
     """
-    folder = run.path / ONNX_DIR
+    folder = folder or run.path / ONNX_DIR
     parity = json.loads((folder / PARITY_FILE).read_text(encoding="utf-8"))
     if run.task == "token-classification":
         from tunelab.runtime.token_export import openvino_gate
@@ -76,12 +79,46 @@ def add_openvino(run: Run, backends: list[str], step: Callable[[str], None]) -> 
         split, feeds = gate.calibration()
         step(f"quantizing to int8 for OpenVINO (NNCF, calibrated on {len(feeds)} {split}-split inputs)")
         xml = atomic.write_file(folder / MODEL_FILES["openvino-int8"], lambda path: quantize_openvino(fp32, path, feeds), sidecars=(".bin",))
-        return {**gated("openvino-int8", xml), "calibration_split": split, "calibration_texts": len(feeds)}
+        size_mb = round(sum(path.stat().st_size for path in (xml, xml.with_suffix(".bin"))) / 2**20, 2)
+        file = str(run.path / ONNX_DIR / xml.name)  # where it is read from once published, also when measured in a staging folder
+        return {**gated("openvino-int8", xml), "calibration_split": split, "calibration_texts": len(feeds), "file": file, "size_mb": size_mb}
 
     measures = {"openvino": lambda: gated("openvino", fp32), "openvino-int8": int8}
     for backend in backends:
         parity[backend] = measured_or_failed(measures[backend], "this run's model")
     atomic.write_json(folder / PARITY_FILE, parity)
+    return parity
+
+
+def export_openvino(run: Run | str | Path, quantize: str | None = None, step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`tunelab export --format openvino [--quantize int8]`: the files the `openvino` (and `openvino-int8`) backends run, checked against PyTorch.
+
+    The fp32 ONNX graph, which OpenVINO compiles, is exported and gated as `--format onnx` exports it;
+    then, in the same staging folder, each OpenVINO backend is measured by its task's gate (add_openvino)
+    and held to the gate tunelab.runtime.choice holds it to on first use. One that fails writes nothing.
+    Returns the run's new parity.json.
+    """
+    from tunelab.runtime.choice import refusals
+    from tunelab.runtime.export import export_onnx
+
+    run = run if isinstance(run, Run) else Run.open(run)
+    if quantize not in (None, "int8"):
+        raise TunelabError(f"unknown quantization '{quantize}'", "use --quantize int8 (or leave it out for fp32 only)")
+    backends = ["openvino", "openvino-int8"] if quantize else ["openvino"]
+    for backend in backends:
+        require_packages(backend)
+    step = step or (lambda message: None)
+    parity: dict[str, Any] = {}
+
+    def gate(stage: Path) -> None:
+        parity.update(add_openvino(run, backends, step, folder=stage))
+        refused = [(backend, reason) for backend, reason in refusals(parity).items() if backend in backends]
+        if refused:  # raised inside the staging folder: run/onnx/ is left as it was
+            backend, reason = refused[0]
+            hint = "export without --quantize and serve with --backend openvino" if backend == "openvino-int8" else "export with --format onnx"
+            raise TunelabError(f"backend {backend} is refused for this run: {reason}", f"nothing was written; {hint}")
+
+    export_onnx(run, step=step, before_publish=gate)
     return parity
 
 

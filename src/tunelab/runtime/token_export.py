@@ -35,7 +35,14 @@ WORD_TAGS_COMPARED = "each word's tag, from its first piece"
 
 
 def export_token_onnx(
-    run: Run, quantize: str | None, tolerance: float, min_agreement: float, max_rows: int | None, step: Callable[[str], None], int8_refusal: str
+    run: Run,
+    quantize: str | None,
+    tolerance: float,
+    min_agreement: float,
+    max_rows: int | None,
+    step: Callable[[str], None],
+    int8_refusal: str,
+    before_publish: Callable[[Path], None] | None = None,
 ) -> ExportReport:
     """Export the run's tagger to ONNX (and int8), check its word tags against PyTorch on the test split, write run/onnx/.
 
@@ -74,6 +81,8 @@ def export_token_onnx(
         report.export_seconds = round(time.perf_counter() - started, 2)
         report.sizes_mb = {name: round((stage / Path(path).name).stat().st_size / 2**20, 2) for name, path in files.items()}
         atomic.write_json(stage / PARITY_FILE, {**report.to_dict(), "task": run.task})
+        if before_publish is not None:
+            before_publish(stage)
     return report
 
 

@@ -201,6 +201,7 @@ def test_extractive_thresholds_abstain_on_the_share_of_simulated_misses_asked(tm
     assert abstention["min_miss_abstention"] == 1.0 and abstention["simulated_misses"] > 0 and abstention["miss_abstention"] == 1.0
     saved = json.loads((tmp_path / "o" / "runs" / "extractive-reader" / "rag_reader.json").read_text())
     assert saved["examples"]["distractors"] == "retrieval-miss" and saved["abstention"]["miss_abstention"] == 1.0
+    assert f"abstaining on 100.0% of {abstention['simulated_misses']} simulated misses" in (tmp_path / "o" / "details.md").read_text()
 
 
 @pytest.mark.parametrize("values, chosen", [({"grounded": 0.1, "free": 0.3}, "free"), ({"grounded": 0.2, "free": -0.4}, "grounded")])

@@ -131,12 +131,14 @@ def browser_or_skip(chromium: str | None):
     return sync_api
 
 
-def sigkill_when(process: subprocess.Popen, reached: Callable[[], bool], timeout: float, what: str) -> None:
-    """SIGKILL `process` as soon as `reached()` is true; fail if it ends first or `timeout` passes.
+def sigkill_when(process: subprocess.Popen, reached: Callable[[], bool], timeout: float, what: str, group: bool = False) -> None:
+    """SIGKILL `process` (with `group`, its whole process group: start it with start_new_session=True) as soon as
+    `reached()` is true; fail if it ends first or `timeout` passes.
 
     The fault-tolerance tests kill a child at a chosen moment (mid-transaction, mid-epoch) and then
     check what it left behind. The child is always reaped, even when the test fails.
     """
+    kill = (lambda: os.killpg(process.pid, signal.SIGKILL)) if group else process.kill
     deadline = time.monotonic() + timeout
     try:
         while not reached():
@@ -146,10 +148,10 @@ def sigkill_when(process: subprocess.Popen, reached: Callable[[], bool], timeout
             if time.monotonic() > deadline:
                 pytest.fail(f"{what} did not happen within {timeout:g} s")
             time.sleep(0.05)
-        os.kill(process.pid, signal.SIGKILL)
+        kill()
         process.wait(timeout=30)
     finally:
         if process.poll() is None:
-            process.kill()
+            kill()
             process.wait()
     assert process.returncode == -signal.SIGKILL

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from tests.conftest import sentiment_frame, sigkill_when
+from tests.test_distributed_tasks import files, key_paths
+from tunelab.cli import app
 from tunelab.config import TrainConfig, to_yaml
 from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.training.classify import train
+from tunelab.training.launch import train_multiprocess
 
 
 @pytest.fixture
@@ -31,8 +40,6 @@ def config_for(tiny_bert, data, out, **extra) -> TrainConfig:
 
 
 def test_two_processes_match_one(tiny_bert, reviews, tmp_path):
-    from tunelab.training.launch import train_multiprocess
-
     single = train(config_for(tiny_bert, reviews, tmp_path / "one", batch_size=16), progress=False)
     double = train_multiprocess(config_for(tiny_bert, reviews, tmp_path / "two", batch_size=8), nproc=2)
     assert double.metrics["train"]["processes"] == 2
@@ -54,6 +61,11 @@ def _history_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _in_epoch_two(history: Path) -> bool:
+    """In the middle of the second epoch: after the first epoch's checkpoint exists."""
+    return any(h["type"] == "train" and 1.2 < h["epoch"] < 1.8 for h in _history_lines(history))
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_bert, reviews, tmp_path):
     out = tmp_path / "killed"
     config = config_for(tiny_bert, reviews, out, logging_steps=1)
@@ -61,9 +73,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_bert, reviews, tmp_
     settings.write_text(to_yaml(config))
     process = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(settings)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     history = tmp_path / ".killed.partial" / "history.jsonl"
-    # Kill in the middle of the second epoch, after the first epoch's checkpoint exists.
-    in_epoch_two = lambda: any(h["type"] == "train" and 1.2 < h["epoch"] < 1.8 for h in _history_lines(history))  # noqa: E731
-    sigkill_when(process, in_epoch_two, 240, "training reached the middle of epoch 2")
+    sigkill_when(process, lambda: _in_epoch_two(history), 240, "training reached the middle of epoch 2")
 
     # A killed run never looks complete.
     assert not out.exists()
@@ -77,6 +87,76 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_bert, reviews, tmp_
     assert resumed.metrics["loss"] == pytest.approx(reference.metrics["loss"], abs=1e-5)
     steps = [h["step"] for h in resumed.history() if h["type"] == "train"]
     assert steps == sorted(set(steps)), "history has no duplicated steps after resuming"
+
+
+def _processes_marked(marker: str) -> list[int]:
+    """The live processes whose environment holds `marker`: a child's environment is inherited by everything it starts."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            pass  # ended meanwhile, or not ours
+    return found
+
+
+def _survivors(marker: str, grace: float) -> list[int]:
+    """The processes marked `marker` still alive after `grace` seconds."""
+    deadline = time.monotonic() + grace
+    while (alive := _processes_marked(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive
+
+
+def test_a_killed_two_process_run_resumes_with_its_two_processes(tiny_bert, reviews, tmp_path, capfd):
+    out = tmp_path / "killed"
+    config = config_for(tiny_bert, reviews, out, epochs=2, logging_steps=1)
+    settings = tmp_path / "train.yaml"
+    settings.write_text(to_yaml(config))
+    staging = tmp_path / ".killed.partial"
+    run_id = uuid.uuid4().hex
+    marker = f"TUNELAB_TEST_RUN={run_id}"
+    # Its own process group, as a terminal gives a command; torchrun starts each worker in a session of its own.
+    with (tmp_path / "killed.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tunelab", "train", str(settings), "--nproc", "2"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ, TUNELAB_TEST_RUN=run_id),
+        )
+    try:
+        sigkill_when(process, lambda: _in_epoch_two(staging / "history.jsonl"), 240, "training reached the middle of epoch 2", group=True)
+        # The workers are outside the killed group: they must end with their launcher, not train on into the staging folder.
+        assert _survivors(marker, grace=5) == [], "training processes outlived the killed launcher"
+        assert not out.exists()
+        with pytest.raises(TunelabError, match="did not finish"):
+            Run.open(out)
+        staged = (staging / "config.yaml").stat().st_ino
+        capfd.readouterr()
+        result = CliRunner().invoke(app, ["resume", str(out)])  # no --nproc: the killed run's own two processes
+    finally:
+        for pid in _processes_marked(marker):
+            os.kill(pid, signal.SIGKILL)
+    assert result.exit_code == 0, result.output
+    # Said by the main worker, on the stderr torchrun's processes share with this one.
+    resumed_from = re.search(r"resuming from checkpoint-(\d+) \(epoch 1 of 2 done, step \1 of (\d+)\)", capfd.readouterr().err)
+    assert resumed_from, "the resume names the checkpoint it continues from"
+    resumed = Run.open(out)
+    assert (out / "config.yaml").stat().st_ino == staged, "the resume kept the killed run's staging folder"
+    reference = train_multiprocess(config_for(tiny_bert, reviews, tmp_path / "whole", epochs=2, logging_steps=1), nproc=2)
+
+    assert resumed.metrics["train"]["processes"] == reference.metrics["train"]["processes"] == 2
+    assert resumed.metrics["train"]["steps"] == reference.metrics["train"]["steps"] == int(resumed_from.group(2))  # one process takes twice as many
+    assert files(resumed) == files(reference)
+    assert key_paths(resumed.metrics) == key_paths(reference.metrics)
+    # fp32, each process's shard of the seeded batch order and its RNG state restored, and a sum of two gradients that
+    # no order changes: the resumed run ends exactly where the uninterrupted one does.
+    assert resumed.metrics["accuracy"] == reference.metrics["accuracy"]
+    assert resumed.metrics["loss"] == pytest.approx(reference.metrics["loss"], abs=1e-5)
+    steps = [h["step"] for h in resumed.history() if h["type"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == resumed.metrics["train"]["steps"], "history has no duplicated steps after resuming"
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_bert, reviews, tmp_path):

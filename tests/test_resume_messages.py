@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -83,20 +84,57 @@ def test_resume_before_the_first_checkpoint_says_how_far_it_got_and_what_to_do(t
     assert (out / "model").is_dir() and not staging.exists()
 
 
-@pytest.mark.parametrize("cut", [False, True])
-def test_a_checkpoint_cut_off_while_saving_is_skipped(tmp_path, cut):
-    from tunelab.training.resume import resume_point
+def _staged_checkpoints(tmp_path: Path, processes: int = 1) -> Path:
+    """A killed run's staging folder holding the checkpoints of epochs 1 and 2 (steps 10 and 20), as `processes` processes save them."""
+    from tunelab.training.resume import record_processes
 
     staging = tmp_path / ".run.partial"
     (staging / "config.yaml").parent.mkdir(parents=True)
     (staging / "config.yaml").write_text("epochs: 2\n")
+    record_processes(staging, processes)
     for step, epoch in ((10, 1.0), (20, 2.0)):
         folder = staging / "checkpoints" / f"checkpoint-{step}"
         folder.mkdir(parents=True)
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 20, "epoch": epoch}))
+        for rank in range(processes) if processes > 1 else ():
+            with zipfile.ZipFile(folder / f"rng_state_{rank}.pth", "w") as rng_state:  # torch.save writes a zip
+                rng_state.writestr("data.pkl", b"state")
+    return staging
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_checkpoint_cut_off_while_saving_is_skipped(tmp_path, cut):
+    from tunelab.training.resume import resume_point
+
+    staging = _staged_checkpoints(tmp_path)
     if cut:  # killed before the Trainer wrote the state, its last file
         (staging / "checkpoints" / "checkpoint-20" / "trainer_state.json").unlink()
     point = resume_point(staging, epochs=2)
     assert point.describe() == (
         "resuming from checkpoint-10 (epoch 1 of 2 done, step 10 of 20)" if cut else "resuming from checkpoint-20 (epoch 2 of 2 done, step 20 of 20)"
     )
+
+
+@pytest.mark.parametrize("rng_state", ["missing", "cut short"])
+def test_a_two_process_checkpoint_without_every_rng_state_is_skipped(tmp_path, rng_state):
+    from tunelab.training.resume import resume_point
+
+    staging = _staged_checkpoints(tmp_path, processes=2)
+    # The main process writes the trainer state while the other saves its RNG state: a kill can fall in between.
+    last = staging / "checkpoints" / "checkpoint-20" / "rng_state_1.pth"
+    if rng_state == "missing":
+        last.unlink()
+    else:
+        last.write_bytes(last.read_bytes()[:10])
+    assert resume_point(staging, epochs=2, processes=2).checkpoint.name == "checkpoint-10"
+
+
+def test_resuming_with_another_process_count_is_refused(tmp_path):
+    from tunelab.errors import TunelabError
+    from tunelab.training.resume import resume_point
+
+    staging = _staged_checkpoints(tmp_path, processes=2)
+    with pytest.raises(TunelabError, match="trained by 2 processes; resuming it with 1 process would change its batches") as refused:
+        resume_point(staging, epochs=2)
+    assert refused.value.hint == "resume it with --nproc 2"
+    assert resume_point(staging, epochs=2, processes=2).checkpoint.name == "checkpoint-20"

@@ -127,7 +127,13 @@ def train(
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="replace an existing run")] = None,
     strict: Annotated[bool | None, typer.Option("--strict", help="refuse empty texts instead of dropping them")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue a killed run (any --task) from its last checkpoint")] = False,
-    nproc: Annotated[int, typer.Option(help="data-parallel processes on this machine, for any --task (torchrun; gloo on CPU)")] = 1,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            help="data-parallel processes on this machine, for any --task (torchrun; gloo on CPU); default 1, with --resume the killed run's own",
+            show_default=False,
+        ),
+    ] = None,
     task: Annotated[
         str | None,
         typer.Option(
@@ -245,7 +251,7 @@ def _extractive_qa_settings(config: Path | None, flags: dict):
 @command("resume")
 def resume_run(
     run: Annotated[Path, typer.Argument(help="the run directory a killed `tunelab train` was writing (its --out)")],
-    nproc: Annotated[int, typer.Option(help="data-parallel processes")] = 1,
+    nproc: Annotated[int | None, typer.Option(help="data-parallel processes (default: as many as the killed run had)", show_default=False)] = None,
 ) -> None:
     """Continue a killed training run from its last checkpoint."""
     from tunelab.atomic import partial_path
@@ -265,11 +271,12 @@ def resume_run(
     _train(load_settings(settings_class(task), staging / "config.yaml"), True, nproc)
 
 
-def _train(settings, resume: bool, nproc: int) -> None:
+def _train(settings, resume: bool, nproc: int | None) -> None:
     """Train a run of any task, in this process or (--nproc N) in N processes through torchrun, and print its summary."""
-    from tunelab.training.launch import in_distributed_launch, train_multiprocess
+    from tunelab.training.launch import in_distributed_launch, processes_for, train_multiprocess
     from tunelab.training.tasks import task_of, trainer_of
 
+    nproc = processes_for(settings, nproc, resume)
     if nproc > 1 and not in_distributed_launch():
         run = train_multiprocess(settings, nproc, resume)
     else:

@@ -38,7 +38,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     splits, dropped = load_splits(config)  # stratified, seeded, checked before anything expensive
     # The recipe (default, or small-data below config.SMALL_DATA_ROWS training rows) fills the settings not given.
     config = resolve_recipe(config, len(splits["train"]))
-    point = resume_point(setup.staging, config.epochs) if resume else None
+    point = resume_point(setup.staging, config.epochs, setup.processes) if resume else None
     checkpoint = point.checkpoint if point else None
     labels = sorted(splits["train"]["label"].unique())
     pretrained = trainer_setup.load_pretrained(config)

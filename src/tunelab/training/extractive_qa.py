@@ -42,7 +42,7 @@ def train_extractive_qa(config: ExtractiveQAConfig, progress: bool = True, resum
     With resume, training continues from the last checkpoint that a killed run left in its staging folder."""
     setup = trainer_setup.start_run(config)
     splits = load_qa_splits(config)  # every answer checked against its context, split by question (seeded)
-    point = resume_point(setup.staging, config.epochs) if resume else None
+    point = resume_point(setup.staging, config.epochs, setup.processes) if resume else None
     checkpoint = point.checkpoint if point else None
     pretrained = trainer_setup.load_pretrained(config)
     tokenizer = pretrained.tokenizer

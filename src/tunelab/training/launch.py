@@ -19,7 +19,7 @@ from tunelab import atomic
 from tunelab.config import TrainerSettings, to_yaml
 from tunelab.errors import TunelabError
 from tunelab.run import Run
-from tunelab.training.resume import resume_point
+from tunelab.training.resume import recorded_processes, resume_point
 from tunelab.training.trainer_setup import resolve_out_dir
 
 
@@ -33,14 +33,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def processes_for(config: TrainerSettings, nproc: int | None, resume: bool) -> int:
+    """--nproc as given; without it one process, or for a resume as many as the killed run was trained by."""
+    if nproc is not None:
+        return nproc
+    if resume and not in_distributed_launch():
+        return recorded_processes(atomic.partial_path(resolve_out_dir(config)))
+    return 1
+
+
 def train_multiprocess(config: TrainerSettings, nproc: int, resume: bool = False) -> Run:
     """Run `tunelab train` (any task) in `nproc` local processes and return the finished run."""
     if nproc < 2:
         raise TunelabError(f"--nproc {nproc} needs to be at least 2 for multi-process training", "drop --nproc to train in one process")
     # Every process must agree on the run directory, so the default name is fixed here, once.
     config = config.model_copy(update={"out": str(resolve_out_dir(config))})
-    if resume:  # nothing to resume is said here in one line, not by every process through torchrun
-        resume_point(atomic.partial_path(resolve_out_dir(config)), config.epochs)
+    if resume:  # nothing to resume, or another process count, is said here in one line, not by every process through torchrun
+        resume_point(atomic.partial_path(resolve_out_dir(config)), config.epochs, nproc)
     with tempfile.TemporaryDirectory() as tmp:
         settings = Path(tmp) / "train.yaml"
         # Only the settings given: a setting written out would count as given and keep the recipe (auto) from filling it.

@@ -37,7 +37,7 @@ def train_multilabel(config: MultiLabelConfig, progress: bool = True, resume: bo
     With resume, training continues from the last checkpoint that a killed run left in its staging folder."""
     setup = trainer_setup.start_run(config)
     splits, dropped = load_multilabel_splits(config)  # label sets, checked, split by rarest label (seeded)
-    point = resume_point(setup.staging, config.epochs) if resume else None
+    point = resume_point(setup.staging, config.epochs, setup.processes) if resume else None
     checkpoint = point.checkpoint if point else None
     labels = label_vocabulary([splits["train"]])
     pretrained = trainer_setup.load_pretrained(config)

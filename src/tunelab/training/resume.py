@@ -1,9 +1,10 @@
-"""Resuming a killed run: which checkpoint, where it stands in the run, and the history after it."""
+"""Resuming a killed run: which checkpoint, where it stands in the run, how many processes trained it, and the history after it."""
 
 from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from tunelab.errors import TunelabError
 
 # What the Trainer writes last into a checkpoint: a folder without it was cut off while saving.
 STATE_FILE = "trainer_state.json"
+# How many processes train the run, beside its checkpoints: a resume continues with as many, since the batches, the
+# steps per epoch and the RNG states the Trainer saves (one per process) all depend on it.
+PROCESSES_FILE = "processes.json"
 
 
 @dataclass(frozen=True)
@@ -26,26 +30,50 @@ class ResumePoint:
         return f"resuming from {self.checkpoint.name} (epoch {_number(self.epoch)} of {_number(self.epochs)} done, step {self.step} of {self.max_steps})"
 
 
-def resume_point(staging: Path, epochs: float) -> ResumePoint:
-    """The last complete checkpoint a killed run left in its staging folder, or a TunelabError saying how far it got."""
-    found = complete_checkpoints(staging / "checkpoints")
+def resume_point(staging: Path, epochs: float, processes: int = 1) -> ResumePoint:
+    """The last complete checkpoint a killed run left in its staging folder, or a TunelabError saying how far it got
+    or that it needs the `processes` it was trained by."""
+    trained_by = recorded_processes(staging)
+    found = complete_checkpoints(staging / "checkpoints", trained_by)
     if not found:
         raise TunelabError(*_nothing_to_resume(staging, epochs))
+    if processes != trained_by:
+        raise TunelabError(
+            f"the killed run in {staging} was trained by {_processes(trained_by)}; resuming it with {_processes(processes)} would change its batches",
+            f"resume it with --nproc {trained_by}" if trained_by > 1 else "resume it without --nproc",
+        )
     checkpoint = found[-1]
     state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
     return ResumePoint(checkpoint, int(state["global_step"]), int(state.get("max_steps") or 0), float(state.get("epoch") or 0.0), epochs)
 
 
-def complete_checkpoints(folder: Path) -> list[Path]:
-    """checkpoint-N folders holding a readable trainer state, by step."""
+def record_processes(staging: Path, processes: int) -> None:
+    """Note how many processes train the run that starts in `staging` (recorded_processes reads it back)."""
+    atomic.write_json(staging / "checkpoints" / PROCESSES_FILE, {"processes": processes})
+
+
+def recorded_processes(staging: Path) -> int:
+    """How many processes trained the killed run in `staging` (one, when it says nothing)."""
+    path = staging / "checkpoints" / PROCESSES_FILE
+    return int(json.loads(path.read_text(encoding="utf-8"))["processes"]) if path.is_file() else 1
+
+
+def complete_checkpoints(folder: Path, processes: int = 1) -> list[Path]:
+    """checkpoint-N folders holding a readable trainer state and, from `processes` > 1, every process's RNG state, by step."""
     if not folder.is_dir():
         return []
     found = []
     for path in folder.glob("checkpoint-*"):
         step = path.name.rsplit("-", 1)[1]
-        if step.isdigit() and _readable_state(path / STATE_FILE):
+        if step.isdigit() and _readable_state(path / STATE_FILE) and _rng_states_saved(path, processes):
             found.append((int(step), path))
     return [path for _, path in sorted(found)]
+
+
+def _rng_states_saved(checkpoint: Path, processes: int) -> bool:
+    # Each process saves its own rng_state_<rank>.pth (a zip, torch.save's format) while the main one writes the trainer
+    # state, so a kill can leave the state written and another process's RNG file missing or cut short.
+    return processes == 1 or all(zipfile.is_zipfile(checkpoint / f"rng_state_{rank}.pth") for rank in range(processes))
 
 
 def _readable_state(path: Path) -> bool:
@@ -91,6 +119,10 @@ def truncate_history(path: Path, checkpoint: Path) -> None:
     step = int(checkpoint.name.rsplit("-", 1)[1])
     kept = [json.dumps(line) for line in _history(path) if line["step"] <= step]
     atomic.write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _processes(count: int) -> str:
+    return "1 process" if count == 1 else f"{count} processes"
 
 
 def _number(value: float) -> str:

@@ -36,7 +36,7 @@ def train_token_classifier(config: TokenClassificationConfig, progress: bool = T
     With resume, training continues from the last checkpoint that a killed run left in its staging folder."""
     setup = trainer_setup.start_run(config)
     splits = load_tagged_splits(config)  # tagged sentences, checked (tokens vs tags, the IOB rule), split by group (seeded)
-    point = resume_point(setup.staging, config.epochs) if resume else None
+    point = resume_point(setup.staging, config.epochs, setup.processes) if resume else None
     checkpoint = point.checkpoint if point else None
     tags = tag_vocabulary([splits["train"]])
     tag2id = {tag: i for i, tag in enumerate(tags)}

@@ -23,7 +23,7 @@ A new task gives its config the Trainer settings by subclassing
         publish_run(setup, config.overwrite)
     setup.state.wait_for_everyone()
 
-`--resume` hands the task's `resume.resume_point(setup.staging, config.epochs)` checkpoint to `stage_run`
+`--resume` hands the task's `resume.resume_point(setup.staging, config.epochs, setup.processes)` checkpoint to `stage_run`
 and `train_timed`, and says which it is (`print_plan`'s `resuming`).
 
 The memory plan (`plan_batch`, `print_plan`) and `build_classifier` fit any task with a
@@ -61,7 +61,7 @@ from tunelab.models.classifier import model_max_length  # noqa: E402
 from tunelab.models.pooling import new_classifier  # noqa: E402
 from tunelab.run import named_after, out_dir, refuse_existing, start_staging  # noqa: E402
 from tunelab.training import memory  # noqa: E402
-from tunelab.training.resume import ResumePoint, truncate_history  # noqa: E402
+from tunelab.training.resume import ResumePoint, record_processes, truncate_history  # noqa: E402
 
 # The share of the free memory `--batch-size auto` plans to fill: the rest absorbs what the estimate
 # (training/memory.py) leaves out — allocator slack, the tokenizer, the evaluation batches.
@@ -253,12 +253,14 @@ def stage_run(
     **resolved: Any,
 ) -> None:
     """The staging folder with what is known before training: config.yaml (with the values resolved at
-    run time, e.g. max_length), splits/, labels.json, data_profile.json. A resumed run (`checkpoint`)
-    keeps its folder, its history cut back to the checkpoint. The main process writes; the others wait."""
+    run time, e.g. max_length), splits/, labels.json, data_profile.json, and how many processes train it (which a
+    resume keeps). A resumed run (`checkpoint`) keeps its folder, its history cut back to the checkpoint. The main
+    process writes; the others wait."""
     if setup.is_main:
         if checkpoint is None:
             config_yaml = to_yaml(config, out=str(setup.out), precision=setup.precision, threads=setup.threads, **resolved)
             start_staging(setup.staging, config_yaml, splits, labels, profile)
+            record_processes(setup.staging, setup.processes)
         else:
             truncate_history(setup.staging / "history.jsonl", checkpoint)
     setup.state.wait_for_everyone()

@@ -138,3 +138,6 @@ def test_resuming_with_another_process_count_is_refused(tmp_path):
         resume_point(staging, epochs=2)
     assert refused.value.hint == "resume it with --nproc 2"
     assert resume_point(staging, epochs=2, processes=2).checkpoint.name == "checkpoint-20"
+    # a run killed before the count was recorded: the count given is taken at its word
+    (staging / "checkpoints" / "processes.json").unlink()
+    assert resume_point(staging, epochs=2, processes=2).checkpoint.name == "checkpoint-20"

@@ -33,7 +33,8 @@ class ResumePoint:
 def resume_point(staging: Path, epochs: float, processes: int = 1) -> ResumePoint:
     """The last complete checkpoint a killed run left in its staging folder, or a TunelabError saying how far it got
     or that it needs the `processes` it was trained by."""
-    trained_by = recorded_processes(staging)
+    # A run killed before the count was recorded says nothing: the count given is taken at its word.
+    trained_by = recorded_processes(staging) if (staging / "checkpoints" / PROCESSES_FILE).is_file() else processes
     found = complete_checkpoints(staging / "checkpoints", trained_by)
     if not found:
         raise TunelabError(*_nothing_to_resume(staging, epochs))

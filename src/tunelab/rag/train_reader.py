@@ -29,8 +29,8 @@ MIN_CALIBRATION = 50
 MISS_ABSTENTION = None
 # What a distractor example shows the reader instead of its own passages: another question's passages
 # (another document, often another field), or the same question's best chunks of the other documents,
-# what a retrieval miss shows (rag/reader_data.retrieve_miss_context).
-DISTRACTORS = ("other-question", "retrieval-miss")
+# what a retrieval miss shows (rag/reader_data.retrieve_miss_context), or half of each.
+DISTRACTORS = ("other-question", "retrieval-miss", "both")
 DEFAULT_DISTRACTORS = "other-question"
 
 
@@ -247,7 +247,9 @@ def train_reader_on(
     out = Path(out).expanduser()
     if distractors not in DISTRACTORS:
         raise TunelabError(f"unknown distractors '{distractors}'", f"use one of {', '.join(DISTRACTORS)}")
-    miss_contexts = retrieve_distractor_misses(index, reader_rows, settings, seed, progress) if distractors == "retrieval-miss" else None
+    miss_contexts = (
+        retrieve_distractor_misses(index, reader_rows, settings, seed, progress, half=distractors == "both") if distractors != "other-question" else None
+    )
     examples = reader_examples(reader_rows, reader_contexts, seed=seed, miss_contexts=miss_contexts)
     # Examples go next to the run (not inside: the trainer publishes the run folder whole).
     data = out.parent / f".{out.name}.examples.jsonl"
@@ -273,13 +275,15 @@ def train_reader_on(
     return out
 
 
-def retrieve_distractor_misses(index, rows: Sequence[dict], settings: ContextSettings, seed: int, progress: bool) -> dict[int, Retrieved]:
-    """The distractor rows' (reader_data.distractor_rows) contexts as if retrieval had missed their documents."""
+def retrieve_distractor_misses(index, rows: Sequence[dict], settings: ContextSettings, seed: int, progress: bool, half: bool = False) -> dict[int, Retrieved]:
+    """The distractor rows' (reader_data.distractor_rows) contexts as if retrieval had missed their documents
+    (with `half`, every other distractor row's; the others keep another question's passages)."""
     from tunelab.progress import progress_bar
 
     if index is None:
         raise TunelabError("retrieval-miss distractors need the index", "pass the index the questions are retrieved from")
-    chosen = [i for i in distractor_rows(rows, seed) if rows[i].get("doc_id")]
+    chosen = [i for i in sorted(distractor_rows(rows, seed)) if rows[i].get("doc_id")]
+    chosen = chosen[::2] if half else chosen
     out = {}
     with progress_bar(progress) as bar:
         task = bar.add_task("retrieving distractors as if missed", total=len(chosen)) if bar else None

@@ -58,10 +58,10 @@ class StrategiesConfig(Settings):
         description="the extractive readers' thresholds abstain on at least this share of the calibration questions asked as if retrieval had "
         "missed their documents (the best chunks of the other documents); none: no such constraint",
     )
-    reader_distractors: Literal["other-question", "retrieval-miss"] = Field(
+    reader_distractors: Literal["other-question", "retrieval-miss", "both"] = Field(
         DEFAULT_DISTRACTORS,
         description="what the extractive readers' distractor examples (a quarter of their training questions, taught to answer nothing) show: "
-        "another question's passages, or the same question's best chunks of the other documents (what a retrieval miss shows)",
+        "another question's passages, or the same question's best chunks of the other documents (what a retrieval miss shows), or half of each",
     )
     reader_run: str | None = Field(
         None,

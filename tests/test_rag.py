@@ -978,7 +978,8 @@ def test_reader_thresholds_are_chosen_on_train_questions_it_was_not_trained_on(c
     assert "train" in abstention["chosen_on"] and abstention["questions"] == len(calibrated)
 
 
-def test_retrieval_miss_distractors_show_the_question_its_best_chunks_of_the_other_documents(concept_index, tmp_path, monkeypatch):
+@pytest.mark.parametrize("distractors", ["retrieval-miss", "both"])
+def test_retrieval_miss_distractors_show_the_question_its_best_chunks_of_the_other_documents(concept_index, tmp_path, monkeypatch, distractors):
     from pathlib import Path
 
     import tunelab.rag.readers as readers
@@ -1003,12 +1004,12 @@ def test_retrieval_miss_distractors_show_the_question_its_best_chunks_of_the_oth
     monkeypatch.setattr(extractive_qa, "train_extractive_qa", fake_train)
     monkeypatch.setattr(readers, "SpanReader", FakeSpanReader)
     settings = ContextSettings(k=2, lines=2)
-    train_reader.train_rag_reader(reader_rows(120), concept_index, tmp_path / "run", settings=settings, progress=False, distractors="retrieval-miss")
-    distractors = [e for e in examples if e["distractor"]]
-    assert distractors
-    for example in distractors:
-        missed = retrieve_miss_context(concept_index, example["question"], example["doc_id"], settings)
-        assert example["passages"] == [p.reader_text() for p in missed.passages]
+    train_reader.train_rag_reader(reader_rows(120), concept_index, tmp_path / "run", settings=settings, progress=False, distractors=distractors)
+    shown = [e for e in examples if e["distractor"]]
+    assert len(shown) > 2
+    own_miss = [e["passages"] == [p.reader_text() for p in retrieve_miss_context(concept_index, e["question"], e["doc_id"], settings).passages] for e in shown]
+    # every distractor is its question's own retrieval miss, or with "both" every other one (the rest: another question's passages)
+    assert own_miss == ([True] * len(shown) if distractors == "retrieval-miss" else [i % 2 == 0 for i in range(len(shown))])
     with pytest.raises(TunelabError, match="unknown distractors"):
         train_reader.train_rag_reader(reader_rows(120), concept_index, tmp_path / "other", progress=False, distractors="nearby")
 

@@ -18,6 +18,8 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 
 from tunelab.errors import TunelabError, did_you_mean
@@ -145,6 +147,11 @@ class TrainConfig(DataSettings, TrainerSettings):
     pooling: Literal["cls", "mean"] = Field(
         "cls", description="what the classification head reads: the [CLS] pooler (Hugging Face's head) or the mean of the token states"
     )
+    head_init: Literal["random", "linear-probe"] = Field(
+        "random",
+        description="how the classification head starts: random, or linear-probe — a logistic regression on the frozen encoder's "
+        "mean-pooled train rows (C chosen on the eval split), then the whole model fine-tuned (LP-FT); needs pooling 'mean'",
+    )
     layer_lr_decay: float = Field(
         1.0, gt=0, le=1, description="layer-wise learning-rate decay: each layer below the head trains at this times the rate of the one above"
     )
@@ -154,6 +161,15 @@ class TrainConfig(DataSettings, TrainerSettings):
         "a setting given explicitly always wins over the recipe's",
     )
     baseline: bool = Field(True, description="the evaluation also fits TF-IDF + logistic regression on the train split and reports whether the model beats it")
+
+    @field_validator("head_init")
+    @classmethod
+    def _probe_needs_mean_pooling(cls, head_init: str, info: ValidationInfo) -> str:
+        # The probe is fitted on the masked mean the mean-pooled head reads; the [CLS] heads read a pooler
+        # (and, for some architectures, a dense layer) that a frozen-feature probe would have to fit through.
+        if head_init == "linear-probe" and info.data.get("pooling") != "mean":
+            raise ValueError("head_init 'linear-probe' needs pooling 'mean'")
+        return head_init
 
 
 def resolve_recipe(config: TrainConfig, train_rows: int) -> TrainConfig:
@@ -178,6 +194,8 @@ def resolve_recipe(config: TrainConfig, train_rows: int) -> TrainConfig:
 def describe_recipe(config: TrainConfig) -> str:
     """The recipe's name and the settings that make it, e.g. "small-data (mean pooling, 6 epochs, ...)"."""
     parts = [f"{config.pooling} pooling", f"{config.epochs:g} epochs"]
+    if config.head_init == "linear-probe":
+        parts.append("head started from a linear probe")
     if config.early_stopping:
         parts.append(f"early stopping after {config.early_stopping} evaluations without gain")
     if config.layer_lr_decay != 1.0:

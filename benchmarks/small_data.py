@@ -23,17 +23,21 @@ For tweets, the rows today's defaults (lr auto, warmup 0, length grouping) were 
 Every candidate is trained with each of --seeds training seeds in this one process, seed by seed over all
 datasets; a seed that would end past --budget-minutes is not started (the JSON lists the seeds run). The
 chosen candidate's runs are then scored on test (the choice never reads a test row). Prints one JSON document and writes it
-to benchmarks/results/small_data.json: per dataset and model the per-seed test accuracy and macro-F1,
+to benchmarks/results/small_data.json (or --out): per dataset and model the per-seed test accuracy and macro-F1,
 mean and standard deviation, paired differences (chosen minus each other model, seed by seed), the dev
 scores the choice was made on, run times, the CPU flags, and which split chose what.
 
     flock /tmp/tunelab-bench.lock nice -n 5 python benchmarks/small_data.py
     python benchmarks/small_data.py --quick        # smoke check: tiny sizes, 1 epoch
-    python benchmarks/small_data.py --combine A.json B.json   # runs side by side that differ only in --seeds, as one document
+    python benchmarks/small_data.py --combine A.json B.json   # runs of the same draws, as one document
 
-With one thread per process, a seed takes about an hour (BBC articles at their full length), so a session can
-run the seeds as processes side by side (`--seeds 100 101` and `--seeds 102`) and join their files: each seed's
-runs are independent of the others', and the choice and summary are made again over all of them.
+With one thread per process, a seed of two candidates takes about an hour (BBC articles at their full length), so
+a session can run seeds or datasets as processes side by side (`--seeds 100 101` beside `--seeds 102`, or
+`--datasets bbc-news` beside the other three) and join their files; a candidate measured later
+(`--candidates mean+lpft`, without "today") joins an earlier run of the others the same way. --combine checks
+that every file drew the same rows (split sizes, draw facts, the deterministic linear models' scores and C) and
+that every candidate ends with the same seeds on every dataset; the choice on dev and the summary are then made
+again over all of them.
 """
 
 from __future__ import annotations

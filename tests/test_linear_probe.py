@@ -10,7 +10,8 @@ import yaml
 from transformers import AutoTokenizer
 
 from tests.conftest import sentiment_frame
-from tunelab.config import MultiLabelConfig, TrainConfig, load_settings
+from tunelab import config as config_module
+from tunelab.config import MultiLabelConfig, TrainConfig, load_settings, resolve_recipe
 from tunelab.errors import TunelabError
 from tunelab.models.linear import LinearSettings, fit_logreg
 from tunelab.models.pooling import new_classifier
@@ -62,6 +63,13 @@ def test_linear_probe_needs_mean_pooling(tmp_path):
         load_settings(MultiLabelConfig, path)  # multi-label keeps the [CLS] head
     with pytest.raises(TunelabError, match="'random' or 'linear-probe'"):
         load_settings(TrainConfig, None, {"data": "x.csv", "head_init": "probe"})
+
+
+def test_a_recipe_with_the_probe_leaves_it_out_when_the_user_keeps_the_cls_head(monkeypatch):
+    monkeypatch.setattr(config_module, "SMALL_DATA_RECIPE", {"pooling": "mean", "head_init": "linear-probe"})
+    assert (resolve_recipe(TrainConfig(), 10).pooling, resolve_recipe(TrainConfig(), 10).head_init) == ("mean", "linear-probe")
+    assert (resolve_recipe(TrainConfig(pooling="cls"), 10).pooling, resolve_recipe(TrainConfig(pooling="cls"), 10).head_init) == ("cls", "random")
+    assert resolve_recipe(TrainConfig(pooling="mean", head_init="random"), 10).head_init == "random"  # given, so kept
 
 
 def test_a_run_starts_from_the_probe_and_records_it(tmp_path, tiny_bert):

@@ -188,6 +188,9 @@ def resolve_recipe(config: TrainConfig, train_rows: int) -> TrainConfig:
         )
     settings = SMALL_DATA_RECIPE if name == "small-data" else {}
     chosen = {key: value for key, value in settings.items() if key not in config.model_fields_set}
+    if chosen.get("pooling", config.pooling) != "mean":
+        # The user kept the [CLS] head: the recipe's linear probe is fitted on the mean-pooled head's input only.
+        chosen.pop("head_init", None)
     return config.model_copy(update={**chosen, "recipe": name})
 
 

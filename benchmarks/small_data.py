@@ -189,7 +189,10 @@ def main() -> None:
     parser.add_argument("--end-by", help="UTC time HH:MM: as --budget-minutes, counted from when the run starts (after waiting for the lock)")
     parser.add_argument("--quick", action="store_true", help="smoke check: tiny splits, 1 epoch, not written to results/")
     parser.add_argument(
-        "--combine", nargs="+", metavar="FILE", help="join the results files of runs of the same draws that differ in --seeds or --candidates, and run nothing"
+        "--combine",
+        nargs="+",
+        metavar="FILE",
+        help="join the results files of runs of the same draws that differ in --seeds, --candidates or --datasets, and run nothing",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON document is written (not with --quick)")
     options = parser.parse_args()

@@ -23,17 +23,21 @@ For tweets, the rows today's defaults (lr auto, warmup 0, length grouping) were 
 Every candidate is trained with each of --seeds training seeds in this one process, seed by seed over all
 datasets; a seed that would end past --budget-minutes is not started (the JSON lists the seeds run). The
 chosen candidate's runs are then scored on test (the choice never reads a test row). Prints one JSON document and writes it
-to benchmarks/results/small_data.json: per dataset and model the per-seed test accuracy and macro-F1,
+to benchmarks/results/small_data.json (or --out): per dataset and model the per-seed test accuracy and macro-F1,
 mean and standard deviation, paired differences (chosen minus each other model, seed by seed), the dev
 scores the choice was made on, run times, the CPU flags, and which split chose what.
 
     flock /tmp/tunelab-bench.lock nice -n 5 python benchmarks/small_data.py
     python benchmarks/small_data.py --quick        # smoke check: tiny sizes, 1 epoch
-    python benchmarks/small_data.py --combine A.json B.json   # runs side by side that differ only in --seeds, as one document
+    python benchmarks/small_data.py --combine A.json B.json   # runs of the same draws, as one document
 
-With one thread per process, a seed takes about an hour (BBC articles at their full length), so a session can
-run the seeds as processes side by side (`--seeds 100 101` and `--seeds 102`) and join their files: each seed's
-runs are independent of the others', and the choice and summary are made again over all of them.
+With one thread per process, a seed of two candidates takes about an hour (BBC articles at their full length), so
+a session can run seeds or datasets as processes side by side (`--seeds 100 101` beside `--seeds 102`, or
+`--datasets bbc-news` beside the other three) and join their files; a candidate measured later
+(`--candidates mean+lpft`, without "today") joins an earlier run of the others the same way. --combine checks
+that every file drew the same rows (split sizes, draw facts, the deterministic linear models' scores and C) and
+that every candidate ends with the same seeds on every dataset; the choice on dev and the summary are then made
+again over all of them.
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ CANDIDATES: dict[str, dict] = {
     "today": {},
     "mean": {"pooling": "mean"},
     "mean+long+llrd": {"pooling": "mean", "epochs": 6, "early_stopping": 2, "layer_lr_decay": 0.8},
+    # LP-FT: the head starts as the logistic regression on the frozen mean-pooled train rows (C on eval), where
+    # frozen embeddings + LR already beat TF-IDF; then the whole model fine-tunes as "mean" does.
+    "mean+lpft": {"pooling": "mean", "head_init": "linear-probe"},
 }
 # What one run on this machine affords (2 shared cores, about 2 samples/s at 128 tokens when busy): the
 # candidates run by default. The others are there for a machine with time: --candidates today mean mean+long+llrd.
@@ -136,6 +143,8 @@ def fine_tune(settings: dict, dataset: Dataset, files: dict[str, Path], splits, 
     classifier = Classifier.load(run.model_dir, run.config["max_length"])
     label2id = {label: i for i, label in enumerate(labels)}
     out = {"seconds": round(seconds, 1), "epochs_run": run.metrics["train"]["epochs"], "best_checkpoint": run.metrics["train"]["best_checkpoint"]}
+    if "head_probe" in run.metrics["train"]:  # head_init linear-probe: the probe's C (chosen on eval) and its train / eval accuracy
+        out["head_probe"] = run.metrics["train"]["head_probe"]
     # The run's own test split is dev: its evaluation already scored it.
     out["dev"] = {"accuracy": run.metrics["accuracy"], "f1_macro": run.metrics["f1_macro"]}
     predicted = np.array([label2id[classifier.labels[i]] for i in classifier.logits(splits["test"]["text"].tolist()).argmax(axis=1)])
@@ -179,13 +188,19 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=45, help="start no seed that the last one's duration says would end later")
     parser.add_argument("--end-by", help="UTC time HH:MM: as --budget-minutes, counted from when the run starts (after waiting for the lock)")
     parser.add_argument("--quick", action="store_true", help="smoke check: tiny splits, 1 epoch, not written to results/")
-    parser.add_argument("--combine", nargs="+", metavar="FILE", help="join the results files of runs that differ only in --seeds, and run nothing")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="FILE",
+        help="join the results files of runs of the same draws that differ in --seeds, --candidates or --datasets, and run nothing",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON document is written (not with --quick)")
     options = parser.parse_args()
     if options.combine:
-        combine(options.combine)
+        combine(options.combine, options.out)
         return
     if "today" not in options.candidates:
-        raise SystemExit("the candidates must include 'today' (the recipe the new default is compared with)")
+        print("'today' is not among the candidates: join this file with a run of it (--combine) to compare with it", file=sys.stderr)
 
     from tunelab import hardware
 
@@ -232,16 +247,20 @@ def main() -> None:
                 print(f"stopping after seeds {seeds_run}: another seed would pass --budget-minutes {options.budget_minutes}", file=sys.stderr, flush=True)
                 break
 
-    document = report(results, seeds_run, options.candidates, {"seeds_asked": options.seeds, "sample_seed": options.sample_seed})
+    candidates = {name: CANDIDATES[name] for name in options.candidates}
+    document = report(results, seeds_run, candidates, {"seeds_asked": options.seeds, "sample_seed": options.sample_seed})
     document["total_seconds"] = round(time.perf_counter() - started, 1)
     text = compact_json(document)
     print(text)
     if not options.quick:
-        RESULTS.write_text(text + "\n", encoding="utf-8")
+        options.out.write_text(text + "\n", encoding="utf-8")
 
 
-def report(results: dict[str, dict], seeds_run: list[int], candidates: list[str], run: dict) -> dict:
-    """The results document: the recipe chosen on dev, then every model's test scores and the paired differences."""
+def report(results: dict[str, dict], seeds_run: list[int], candidates: dict[str, dict], run: dict) -> dict:
+    """The results document: the recipe chosen on dev, then every model's test scores and the paired differences.
+
+    candidates: each candidate's settings, by name. Without "today" (a run to be joined with one by --combine)
+    the comparisons with today's recipe are left out."""
     from tunelab import hardware
 
     # The choice: mean dev accuracy over datasets (each weighted alike) and seeds. No test row is read here.
@@ -253,7 +272,7 @@ def report(results: dict[str, dict], seeds_run: list[int], candidates: list[str]
         "command": " ".join(sys.argv),
         "seeds": seeds_run,
         **run,
-        "candidates": {name: CANDIDATES[name] for name in candidates},
+        "candidates": candidates,
         "chosen_on": {
             "recipe": "dev (mean dev accuracy over datasets and seeds); never test",
             "checkpoint_and_early_stopping": "eval (load_best_model_at_end by eval accuracy, once per epoch)",
@@ -264,7 +283,7 @@ def report(results: dict[str, dict], seeds_run: list[int], candidates: list[str]
         },
         "dev_accuracy_mean": {name: round(value, 4) for name, value in dev_mean.items()},
         "chosen": chosen,
-        "chosen_beats_today_on_dev": chosen != "today",
+        "chosen_beats_today_on_dev": chosen != "today" if "today" in candidates else None,
         "datasets": {},
         "environment": hardware.environment(hardware.resolve_precision("auto")),
         "cpu_flags": sorted(flag for flag in hardware.cpu_flags() if flag.startswith(("avx", "amx", "fma"))),
@@ -274,7 +293,7 @@ def report(results: dict[str, dict], seeds_run: list[int], candidates: list[str]
         seeds = len(seeds_run)
         models = {
             f"new default ({chosen})": [r["test"] for r in entry["runs"][chosen]],
-            "today": [r["test"] for r in entry["runs"]["today"]],
+            **({"today": [r["test"] for r in entry["runs"]["today"]]} if "today" in candidates else {}),
             "tfidf-logreg": [entry["linear"]["tfidf-logreg"]["test"]] * seeds,
             "embeddings-logreg": [entry["linear"]["embeddings-logreg"]["test"]] * seeds,
         }
@@ -297,8 +316,9 @@ def report(results: dict[str, dict], seeds_run: list[int], candidates: list[str]
             model: round(float(np.mean([np.mean(test_of[d][model]) for d in test_of])), 4) for model in test_of[next(iter(test_of))]
         },
         "datasets_where_new_default_beats_tfidf": [d for d in test_of if np.mean(test_of[d][new_key]) > np.mean(test_of[d]["tfidf-logreg"])],
-        "datasets_where_new_default_beats_today": [d for d in test_of if np.mean(test_of[d][new_key]) > np.mean(test_of[d]["today"])],
     }
+    if "today" in candidates:
+        document["summary"]["datasets_where_new_default_beats_today"] = [d for d in test_of if np.mean(test_of[d][new_key]) > np.mean(test_of[d]["today"])]
     return document
 
 
@@ -307,40 +327,70 @@ def _without_seconds(linear: dict) -> dict:
     return {model: {key: value for key, value in fitted.items() if key != "seconds"} for model, fitted in linear.items()}
 
 
-def combine(paths: list[str]) -> None:
-    """One document from runs of this script that differ only in their --seeds (same code, draw, candidates and
-    datasets, run side by side on one machine): the seeds' runs joined, the choice and the summary made again
-    over all of them. The linear models are deterministic; each file's scores and C must agree (the first file's are kept)."""
+# What makes a dataset's draw: the same in every file that --combine joins.
+DRAW_KEYS = ("note", "rows", "labels", "max_length", "draw")
+
+
+def combine(paths: list[str], out: Path) -> None:
+    """One document from runs of this script on the same draws: runs that differ in their --seeds, --candidates or
+    --datasets (run side by side, or a candidate measured later). Refused unless a dataset held by several files was
+    drawn alike in each — rows per split, labels, max length and draw facts equal, and the linear models' scores and C
+    identical (they are deterministic, so another draw or code shows there) —, a candidate's settings are the same
+    wherever it appears, no candidate's seed on a dataset was run twice, and every dataset ends with every candidate
+    run on the same seeds. The choice on dev and the summary are made again over all candidates and seeds. A dataset's
+    linear models are those of the first file holding it."""
     import json
 
     parts = [json.loads(Path(path).read_text(encoding="utf-8")) for path in paths]
     first = parts[0]
     for part in parts[1:]:
-        for key in ("sample_seed", "candidates", "cpu_flags"):
+        for key in ("sample_seed", "cpu_flags"):
             if part[key] != first[key]:
-                raise SystemExit(f"--combine: {key} differs between the files; only runs that differ in their seeds combine")
-        if set(part["datasets"]) != set(first["datasets"]):
-            raise SystemExit("--combine: the files hold different datasets")
-    seeds = [seed for part in parts for seed in part["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise SystemExit(f"--combine: a seed appears in more than one file ({sorted(seeds)})")
+                raise SystemExit(f"--combine: {key} differs between the files; only runs of the same draws on one machine combine")
+    candidates: dict[str, dict] = {}
+    for part in parts:
+        for name, settings in part["candidates"].items():
+            if candidates.setdefault(name, settings) != settings:
+                raise SystemExit(f"--combine: candidate {name} has different settings in two files ({candidates[name]} and {settings})")
     results = {}
-    for name, entry in first["datasets"].items():
-        if any(_without_seconds(part["datasets"][name]["linear"]) != _without_seconds(entry["linear"]) for part in parts):
-            raise SystemExit(f"--combine: the linear models of {name} differ between the files (another draw or code)")
-        runs = {cand: sorted((r for part in parts for r in part["datasets"][name]["runs"][cand]), key=lambda r: r["seed"]) for cand in first["candidates"]}
-        results[name] = {**{key: entry[key] for key in ("note", "rows", "labels", "max_length", "draw", "linear")}, "runs": runs}
+    for part in parts:
+        for name, drawn in part["datasets"].items():
+            entry = results.setdefault(name, {**{key: drawn[key] for key in (*DRAW_KEYS, "linear")}, "runs": {cand: [] for cand in candidates}})
+            if any(drawn[key] != entry[key] for key in DRAW_KEYS) or _without_seconds(drawn["linear"]) != _without_seconds(entry["linear"]):
+                raise SystemExit(f"--combine: {name} was drawn differently in the files (its rows, labels or linear models' scores differ)")
+            for cand, runs in drawn["runs"].items():
+                entry["runs"][cand] = sorted(entry["runs"][cand] + runs, key=lambda r: r["seed"])
+    seed_sets = {}
+    for name, entry in results.items():
+        for cand, runs in entry["runs"].items():
+            seed_sets[name, cand] = seeds = tuple(r["seed"] for r in runs)
+            if len(set(seeds)) != len(seeds):
+                raise SystemExit(f"--combine: {name}: candidate {cand} has a seed in more than one file ({list(seeds)})")
+    if len(set(seed_sets.values())) != 1:
+        ran = {f"{name} {cand}": list(seeds) for (name, cand), seeds in seed_sets.items()}
+        raise SystemExit(f"--combine: the candidates ran different seeds ({ran}); each must run the same ones on every dataset")
+    seeds = list(next(iter(seed_sets.values())))
     run = {
         "sample_seed": first["sample_seed"],
         "combined_from": [
-            {"file": path, "command": part["command"], "seeds": part["seeds"], "total_seconds": part["total_seconds"]} for path, part in zip(paths, parts)
+            {
+                "file": path,
+                "command": part["command"],
+                "candidates": list(part["candidates"]),
+                "seeds": part["seeds"],
+                **({"total_seconds": part["total_seconds"]} if "total_seconds" in part else {}),
+                **({"combined_from": part["combined_from"]} if "combined_from" in part else {}),
+                "environment": part["environment"],
+            }
+            for path, part in zip(paths, parts)
         ],
     }
-    document = report(results, sorted(seeds), list(first["candidates"]), run)
-    document["environment"], document["cpu_flags"] = first["environment"], first["cpu_flags"]  # the runs' machine, not this call's
+    document = report(results, seeds, candidates, run)
+    # The runs' machine, not this call's; each file's threads and versions are in combined_from.
+    document["environment"], document["cpu_flags"] = first["environment"], first["cpu_flags"]
     text = compact_json(document)
     print(text)
-    RESULTS.write_text(text + "\n", encoding="utf-8")
+    out.write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

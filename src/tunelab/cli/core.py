@@ -108,6 +108,9 @@ def train(
     early_stopping: Annotated[int | None, typer.Option(help="patience, in evaluations")] = None,
     pooling: Annotated[str | None, typer.Option(help="cls | mean: what the classification head reads (default: the recipe's)")] = None,
     layer_lr_decay: Annotated[float | None, typer.Option(help="each layer below the head trains at this times the rate of the one above")] = None,
+    head_init: Annotated[
+        str | None, typer.Option(help="random | linear-probe: the mean-pooled head starts as a logistic regression on the frozen encoder's features")
+    ] = None,
     recipe: Annotated[str | None, typer.Option(help="auto | default | small-data (auto: small-data below 1,000 training rows)")] = None,
     keep_checkpoints: Annotated[int | None, typer.Option()] = None,
     report_to: Annotated[list[str] | None, typer.Option(help="Trainer integration, e.g. tensorboard")] = None,
@@ -198,6 +201,7 @@ _NOT_QA = (
     "label_sep",
     "method",
     "pooling",
+    "head_init",
     "layer_lr_decay",
     "recipe",
     "grad_accum",

@@ -46,7 +46,8 @@ class MeanPooledClassifier(PreTrainedModel):
             nn.init.normal_(module.weight, std=getattr(self.config, "initializer_range", 0.02))
             nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+    def pooled(self, input_ids=None, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """The masked mean of the last hidden states: what the head reads (through dropout, which is off in eval mode)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -54,8 +55,10 @@ class MeanPooledClassifier(PreTrainedModel):
             inputs["token_type_ids"] = token_type_ids
         states = self.encoder(**inputs).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        logits = self.classifier(self.dropout(pooled))
+        return (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+        logits = self.classifier(self.dropout(self.pooled(input_ids, attention_mask, token_type_ids)))
         loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 

@@ -22,7 +22,7 @@ from tunelab.data.tokenize import tokenize_frame  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.run import Run  # noqa: E402
 from tunelab.textpairs import frame_inputs  # noqa: E402
-from tunelab.training import trainer_setup  # noqa: E402
+from tunelab.training import linear_probe, trainer_setup  # noqa: E402
 from tunelab.training.resume import resume_point  # noqa: E402
 from tunelab.training.trainer import AccuracyTrainer, balanced_class_weights, classification_scores  # noqa: E402
 
@@ -45,16 +45,25 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     max_length = trainer_setup.text_max_length(config, pretrained, frame_inputs(splits["train"]))  # from the data rather than the model's 512
     profile = {**profile_splits(splits, pretrained.tokenizer, pretrained.limit, dropped), "max_length": max_length}
     lr = trainer_setup.resolve_lr(config.lr, pretrained.config)
-    model = trainer_setup.build_classifier(pretrained.folder, config, labels)
+    datasets = tokenize_splits(splits, pretrained.tokenizer, max_length, labels)
+    probe: dict = {}  # head_init linear-probe: the probe's C and accuracy; a resumed run's head comes from its checkpoint
+
+    def init_head(model) -> None:
+        probe.update(linear_probe.init_head_from_probe(model, datasets, pretrained.tokenizer, config.seed))
+
+    probing = config.head_init == "linear-probe" and checkpoint is None
+    model = trainer_setup.build_classifier(pretrained.folder, config, labels, init_head if probing else None)
     plan = trainer_setup.plan_batch(config, model, pretrained.config, max_length, setup)
     if progress and setup.is_main:
         trainer_setup.print_plan(config, splits, labels, max_length, lr, setup, plan, point)
     trainer_setup.stage_run(setup, config, splits, labels, profile, checkpoint, max_length=max_length, batch_size=plan.batch_size, lr=lr)
-    datasets = tokenize_splits(splits, pretrained.tokenizer, max_length, labels)
     trainer = build_classifier_trainer(config, setup, model, datasets, pretrained.tokenizer, labels, plan.batch_size, lr, progress)
     trained = trainer_setup.train_timed(trainer, checkpoint)  # the best checkpoint by eval accuracy is loaded at the end
     if setup.is_main:
-        save_and_evaluate(config, setup, trainer, trainer_setup.training_metrics(trainer, trained, setup), progress)
+        facts = trainer_setup.training_metrics(trainer, trained, setup)
+        if probe:
+            facts["train"]["head_probe"] = probe
+        save_and_evaluate(config, setup, trainer, facts, progress)
     setup.state.wait_for_everyone()
     return Run.open(setup.out)
 

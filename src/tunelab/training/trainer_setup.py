@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,10 +177,16 @@ def quiet_new_head() -> Iterator[None]:
         transformers.logging.set_verbosity(level)
 
 
-def build_classifier(model_dir: Path, config: TrainConfig, labels: list[str]):
-    """The pretrained encoder with a fresh classification head (config.pooling), trained as config.method says."""
+def build_classifier(model_dir: Path, config: TrainConfig, labels: list[str], init_head: Callable[[Any], None] | None = None):
+    """The pretrained encoder with a fresh classification head (config.pooling), trained as config.method says.
+
+    init_head: sets the fresh head's weights (e.g. `linear_probe.init_head_from_probe`) before the encoder
+    is frozen or LoRA wraps the model, whose copy of the head is taken when it wraps.
+    """
     with quiet_new_head():
         model = new_classifier(model_dir, config.pooling, labels)
+    if init_head is not None:
+        init_head(model)
     if config.method == "head":
         for name, parameter in model.named_parameters():
             parameter.requires_grad = _is_head(name)

@@ -128,33 +128,42 @@ def fit_tfidf_logreg(texts: dict[str, Sequence[str]], y: dict[str, np.ndarray], 
 
 
 def fit_tfidf_ovr(texts: dict[str, Sequence[str]], y: dict[str, np.ndarray], labels: list[str], seed: int = 42) -> tuple[Any, float, dict[str, Any]]:
-    """The multi-label baseline: TF-IDF + one logistic regression per label (one-vs-rest).
+    """The multi-label baseline: TF-IDF + one logistic regression per label (one-vs-rest), fitted by `fit_ovr`.
 
-    texts/y: "train" and "eval" texts and (rows, labels) 0/1 targets. For each C of the grid the
-    thresholds are chosen on the eval split as the fine-tuned model's are
-    (tunelab.models.multilabel.choose_thresholds); the C with the best eval micro-F1 wins. Returns
-    the fitted pipeline (its predict_proba gives per-label probabilities), C and the thresholds.
+    texts/y: "train" and "eval" texts and (rows, labels) 0/1 targets. Returns the fitted pipeline (its
+    predict_proba gives per-label probabilities), C and the thresholds.
+    """
+    features = {name: list(texts[name]) for name in ("train", "eval")}
+    pipeline, chosen_c, thresholds, _ = fit_ovr(LinearSettings(method="tfidf-logreg", seed=seed), features, y, labels)
+    return pipeline, chosen_c, thresholds
+
+
+def fit_ovr(config: LinearSettings, features: dict[str, Any], y: dict[str, np.ndarray], labels: list[str]) -> tuple[Any, float, dict[str, Any], float]:
+    """One logistic regression per label (one-vs-rest) on features["train"]; C chosen on the eval split.
+
+    features: texts (tfidf-logreg) or vectors (embeddings-logreg); y: (rows, labels) 0/1 targets. For each C
+    of the grid the thresholds are chosen on the eval split as the fine-tuned model's are
+    (tunelab.models.multilabel.choose_thresholds); the C with the best eval micro-F1 wins. Returns the
+    fitted pipeline, C, the thresholds and that eval micro-F1.
     """
     from sklearn.metrics import f1_score
     from threadpoolctl import threadpool_limits
 
     from tunelab.models.multilabel import choose_thresholds, decide
 
-    config = LinearSettings(method="tfidf-logreg", seed=seed)
-    described = f"the eval split ({len(texts['eval'])} rows)"
+    described = f"the eval split ({len(features['eval'])} rows)"
     best = None
-    for c in C_GRID:
+    for c in [config.C] if config.C else C_GRID:
         pipeline = build_pipeline(config, c, one_vs_rest=True)
         # One BLAS thread: these many small fits ran 20x slower on two threads of a busy 2-core machine (1 s against 0.05 s each).
         with threadpool_limits(1):
-            pipeline.fit(list(texts["train"]), y["train"])
-        proba = pipeline.predict_proba(list(texts["eval"]))
+            pipeline.fit(features["train"], y["train"])
+        proba = pipeline.predict_proba(features["eval"])
         thresholds = choose_thresholds(y["eval"], proba, labels, described)
-        score = f1_score(y["eval"], decide(proba, thresholds["values"]), average="micro", zero_division=0)
-        if best is None or score > best[0]:
-            best = (score, pipeline, c, thresholds)
-    _, pipeline, chosen_c, thresholds = best
-    return pipeline, chosen_c, thresholds
+        score = float(f1_score(y["eval"], decide(proba, thresholds["values"]), average="micro", zero_division=0))
+        if best is None or score > best[3]:
+            best = (pipeline, c, thresholds, score)
+    return best
 
 
 def build_pipeline(config: LinearSettings, c: float, one_vs_rest: bool = False):

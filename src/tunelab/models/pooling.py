@@ -59,8 +59,14 @@ class MeanPooledClassifier(PreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
         logits = self.classifier(self.dropout(self.pooled(input_ids, attention_mask, token_type_ids)))
-        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return SequenceClassifierOutput(loss=self.loss(logits, labels) if labels is not None else None, logits=logits)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss config.problem_type names, as Hugging Face's heads choose it: binary cross-entropy per label for
+        multi-label runs (multi-hot float targets), else cross-entropy over the classes (class ids)."""
+        if self.config.problem_type == "multi_label_classification":
+            return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return nn.functional.cross_entropy(logits.float(), labels)
 
 
 def new_classifier(model_dir: str | os.PathLike, pooling: str, labels: list[str]) -> PreTrainedModel:

@@ -10,7 +10,9 @@ encoder's last hidden states (`MeanPooledClassifier.pooled`, at the run's max le
 not the unit vectors the `embeddings-logreg` baseline fits on. Fitted on those, its coefficients would
 be a different function of the pooled states than the head computes; fitted on these, the head's
 logits are the regression's before the first step. The fit itself — C chosen on the eval split — is
-the baseline's, `models/linear.fit_logreg`.
+the baseline's, `models/linear.fit_logreg`; for a multi-label run (problem_type "multi_label_classification",
+a sigmoid per label) it is one logistic regression per label, `models/linear.fit_ovr`, C chosen on eval
+micro-F1 as the TF-IDF one-vs-rest baseline's is, and each label's regression becomes that label's row of the head.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding
 
-from tunelab.models.linear import LinearSettings, fit_logreg
+from tunelab.models.linear import LinearSettings, fit_logreg, fit_ovr
 from tunelab.models.pooling import MeanPooledClassifier
 
 FEATURE_BATCH = 32  # rows per forward pass while the frozen features are computed
@@ -44,20 +46,52 @@ def pooled_features(model: MeanPooledClassifier, dataset, tokenizer) -> np.ndarr
 def init_head_from_probe(model: MeanPooledClassifier, datasets, tokenizer, seed: int) -> dict:
     """Fit the probe on datasets["train"] (C on datasets["eval"]) and copy it into model.classifier.
 
-    Returns what to record: the chosen C and the probe's train and eval accuracy.
+    Returns what to record: the chosen C and the probe's train and eval accuracy (multi-label: its eval micro-F1).
     """
     features = {name: pooled_features(model, datasets[name], tokenizer) for name in ("train", "eval")}
     y = {name: np.asarray(datasets[name]["labels"]) for name in ("train", "eval")}
-    classes = model.config.num_labels
-    pipeline, c, scores, _ = fit_logreg(LinearSettings(method="embeddings-logreg", seed=seed), features, y, classes)
-    logreg = pipeline[-1]
+    settings = LinearSettings(method="embeddings-logreg", seed=seed)
+    if model.config.problem_type == "multi_label_classification":
+        y = {name: (targets > 0.5).astype(int) for name, targets in y.items()}  # the multi-hot float targets as 0/1
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        pipeline, c, _, eval_f1 = fit_ovr(settings, features, y, labels)
+        weight, bias = ovr_head(pipeline[-1], y["train"])
+        facts = {"C": c, "eval_f1_micro": round(eval_f1, 4)}
+    else:
+        pipeline, c, scores, _ = fit_logreg(settings, features, y, model.config.num_labels)
+        weight, bias = softmax_head(pipeline[-1], model.config.num_labels)
+        facts = {"C": c, "train_accuracy": round(scores["train_accuracy"], 4), "eval_accuracy": round(scores["eval_accuracy"], 4)}
+    head = model.classifier
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+    return facts
+
+
+def softmax_head(logreg, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A multinomial logistic regression as the rows and biases of a softmax head over `classes` logits."""
     weight, bias = logreg.coef_, logreg.intercept_
     if classes == 2:
         # scikit-learn keeps one decision value z for two classes, P(class 1) = sigmoid(z); the logits
         # (-z/2, z/2) give the same probabilities under the head's softmax.
         weight, bias = np.concatenate([-weight / 2, weight / 2]), np.concatenate([-bias / 2, bias / 2])
-    head = model.classifier
-    with torch.no_grad():
-        head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
-        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
-    return {"C": c, "train_accuracy": round(scores["train_accuracy"], 4), "eval_accuracy": round(scores["eval_accuracy"], 4)}
+    return weight, bias
+
+
+def ovr_head(ovr, y_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A one-vs-rest classifier as the rows and biases of a sigmoid-per-label head: each label's decision value is its logit.
+
+    A label whose train rows are all 0 or all 1 has no regression (scikit-learn keeps a constant
+    prediction, an infinite logit): its row is zero and its bias the log-odds of its train rate smoothed
+    by one pseudo-row of each class, so the head starts at a finite, confident logit that fine-tuning can move.
+    """
+    rows, biases = [], []
+    for label, estimator in enumerate(ovr.estimators_):
+        if hasattr(estimator, "coef_"):
+            rows.append(estimator.coef_[0])
+            biases.append(estimator.intercept_[0])
+        else:
+            rate = (y_train[:, label].sum() + 1) / (len(y_train) + 2)
+            rows.append(np.zeros(ovr.n_features_in_))
+            biases.append(np.log(rate / (1 - rate)))
+    return np.stack(rows), np.asarray(biases)

@@ -1,7 +1,7 @@
 """Fine-tuning an encoder for multi-label classification: the recipe, top to bottom.
 
-set up -> load label sets -> split (by rarest label, seeded) -> (resuming: the last checkpoint) -> tokenizer -> max length -> profile -> model
-(a sigmoid per label) -> plan -> stage -> tokenize with multi-hot targets -> Trainer -> train -> (main process:) save model
+set up -> load label sets -> split (by rarest label, seeded) -> (resuming: the last checkpoint) -> tokenizer -> max length -> profile
+-> tokenize with multi-hot targets -> model (a sigmoid per label; head_init linear-probe: started from a one-vs-rest probe) -> plan -> stage -> Trainer -> train -> (main process:) save model
 -> choose each label's threshold on the eval split -> evaluate on the test split -> publish the run directory.
 
 The steps every encoder task shares are training/trainer_setup.py's, the classifier's model and plan
@@ -27,7 +27,7 @@ from tunelab.data.tokenize import tokenize_frame  # noqa: E402
 from tunelab.models.classifier import Classifier  # noqa: E402
 from tunelab.models.multilabel import TASK, choose_thresholds, sigmoid, write_thresholds  # noqa: E402
 from tunelab.run import Run  # noqa: E402
-from tunelab.training import trainer_setup  # noqa: E402
+from tunelab.training import linear_probe, trainer_setup  # noqa: E402
 from tunelab.training.resume import resume_point  # noqa: E402
 from tunelab.training.trainer import AccuracyTrainer  # noqa: E402
 
@@ -44,15 +44,22 @@ def train_multilabel(config: MultiLabelConfig, progress: bool = True, resume: bo
     max_length = trainer_setup.text_max_length(config, pretrained, splits["train"]["text"])
     profile = {**profile_label_sets(splits, pretrained.tokenizer, pretrained.limit, dropped), "max_length": max_length}
     lr = trainer_setup.resolve_lr(config.lr, pretrained.config)
-    model = trainer_setup.build_classifier(pretrained.folder, config, labels)
-    # One logit per label, trained with binary cross-entropy (saved in config.json, so every loader knows the outputs are sigmoids).
-    model.config.problem_type = "multi_label_classification"
+    # Targets are multi-hot float vectors, as BCEWithLogitsLoss takes them.
+    datasets = {name: tokenize_multilabel(split, pretrained.tokenizer, max_length, labels) for name, split in splits.items() if name != "test"}
+    probe: dict = {}  # head_init linear-probe: the one-vs-rest probe's C and eval micro-F1; a resumed run's head comes from its checkpoint
+
+    def init_head(model) -> None:
+        # One logit per label, trained with binary cross-entropy (saved in config.json, so every loader knows the
+        # outputs are sigmoids); set first, as the probe fits one regression per label for such a head.
+        model.config.problem_type = "multi_label_classification"
+        if config.head_init == "linear-probe" and checkpoint is None:
+            probe.update(linear_probe.init_head_from_probe(model, datasets, pretrained.tokenizer, config.seed))
+
+    model = trainer_setup.build_classifier(pretrained.folder, config, labels, init_head)
     plan = trainer_setup.plan_batch(config, model, pretrained.config, max_length, setup)
     if progress and setup.is_main:
         trainer_setup.print_plan(config, splits, labels, max_length, lr, setup, plan, point)
     trainer_setup.stage_run(setup, config, splits, labels, profile, checkpoint, max_length=max_length, batch_size=plan.batch_size, lr=lr)
-    # Targets are multi-hot float vectors, as BCEWithLogitsLoss takes them.
-    datasets = {name: tokenize_multilabel(split, pretrained.tokenizer, max_length, labels) for name, split in splits.items() if name != "test"}
     # The epoch with the lowest eval loss is kept: the thresholds come later, so the ranking the loss measures is what matters.
     args = trainer_setup.training_arguments(config, setup, plan.batch_size, lr, len(datasets["train"]), best_metric="loss")
     trainer = trainer_setup.build_trainer(
@@ -70,7 +77,10 @@ def train_multilabel(config: MultiLabelConfig, progress: bool = True, resume: bo
     )
     trained = trainer_setup.train_timed(trainer, checkpoint)
     if setup.is_main:  # launched by torchrun (--nproc), every process trains and the main one writes the run
-        save_and_evaluate(config, setup, trainer, trainer_setup.training_metrics(trainer, trained, setup), splits["eval"], labels, max_length, progress)
+        facts = trainer_setup.training_metrics(trainer, trained, setup)
+        if probe:
+            facts["train"]["head_probe"] = probe
+        save_and_evaluate(config, setup, trainer, facts, splits["eval"], labels, max_length, progress)
     setup.state.wait_for_everyone()
     return Run.open(setup.out)
 

@@ -199,11 +199,12 @@ def test_update_grows_the_head_of_a_mean_pooled_run(mean_pooled_run, tmp_path):
     assert torch.allclose(after[:, : before.shape[1]], before, atol=1e-5)
 
 
-def test_multi_label_training_keeps_the_cls_head():
+def test_multi_label_training_keeps_the_cls_head_by_default_and_one_recipe():
     from pydantic import ValidationError
 
     from tunelab.config import MultiLabelConfig
 
     assert (MultiLabelConfig(data="x.csv").pooling, MultiLabelConfig(data="x.csv").recipe) == ("cls", "default")
+    assert MultiLabelConfig(data="x.csv", pooling="mean", head_init="linear-probe").head_init == "linear-probe"  # an option (tests/test_linear_probe.py)
     with pytest.raises(ValidationError):
-        MultiLabelConfig(data="x.csv", pooling="mean")
+        MultiLabelConfig(data="x.csv", recipe="small-data")

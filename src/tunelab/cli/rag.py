@@ -371,7 +371,7 @@ def train_reader_cmd(
         typer.Option(
             "--distractors",
             help="what a quarter of the training questions are shown instead of their passages, to learn to answer nothing: "
-            "another question's passages, or their own best chunks of the other documents (what a retrieval miss shows)",
+            "another question's passages, or their own best chunks of the other documents (what a retrieval miss shows), or half of each",
         ),
     ] = Distractors(DEFAULT_DISTRACTORS),
     miss_abstention: Annotated[

@@ -52,11 +52,7 @@ def retrieve_context(index, question: str, settings: ContextSettings) -> Retriev
     started = time.perf_counter()
     retrieval = index.retrieve(question, settings.mode, settings.k, need_similarity=True)
     best = 0.0 if math.isnan(retrieval.best_similarity) else retrieval.best_similarity  # NaN: the index is empty
-    if settings.context == "focused":
-        passages = focus(question, retrieval.hits, index.embedder, settings.lines, cache=line_cache(index))
-    else:
-        passages = whole_chunks(retrieval.hits)
-    return Retrieved(passages, retrieval.hits, best, time.perf_counter() - started)
+    return shown_context(index, question, retrieval.hits, best, settings, started)
 
 
 def retrieve_miss_context(index, question: str, doc_id: str, settings: ContextSettings) -> Retrieved:
@@ -73,11 +69,18 @@ def retrieve_miss_context(index, question: str, doc_id: str, settings: ContextSe
     hits = others[: settings.k]
     for rank, hit in enumerate(hits, start=1):
         hit.rank = rank
+    return shown_context(index, question, hits, max(similarities, default=0.0), settings, started)
+
+
+def shown_context(index, question: str, hits: list, best_similarity: float, settings: ContextSettings, started: float) -> Retrieved:
+    """What the reader is shown of `hits`: their lines closest to the question, or the whole chunks; timed from `started`."""
+    import time
+
     if settings.context == "focused":
         passages = focus(question, hits, index.embedder, settings.lines, cache=line_cache(index))
     else:
         passages = whole_chunks(hits)
-    return Retrieved(passages, hits, max(similarities, default=0.0), time.perf_counter() - started)
+    return Retrieved(passages, hits, best_similarity, time.perf_counter() - started)
 
 
 def line_cache(index) -> dict:

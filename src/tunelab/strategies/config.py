@@ -8,7 +8,7 @@ from pydantic import Field
 
 from tunelab.config import Settings
 from tunelab.data.factbook_qa import CALIBRATION_FIELD_QUESTIONS, CALIBRATION_FIELDS, READER_FIELD_QUESTIONS
-from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, MISS_ABSTENTION
+from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, DISTRACTORS, MISS_ABSTENTION
 
 
 class StrategiesConfig(Settings):
@@ -58,7 +58,7 @@ class StrategiesConfig(Settings):
         description="the extractive readers' thresholds abstain on at least this share of the calibration questions asked as if retrieval had "
         "missed their documents (the best chunks of the other documents); none: no such constraint",
     )
-    reader_distractors: Literal["other-question", "retrieval-miss", "both"] = Field(
+    reader_distractors: Literal[DISTRACTORS] = Field(
         DEFAULT_DISTRACTORS,
         description="what the extractive readers' distractor examples (a quarter of their training questions, taught to answer nothing) show: "
         "another question's passages, or the same question's best chunks of the other documents (what a retrieval miss shows), or half of each",

@@ -59,14 +59,10 @@ from tunelab.progress import track  # noqa: E402
 from tunelab.rag.index import open_index  # noqa: E402
 from tunelab.rag.reader_data import ContextSettings, join_passages, retrieve_context  # noqa: E402
 from tunelab.rag.readers import SpanReader  # noqa: E402
-from tunelab.rag.train_reader import abstention_share, choose_abstention, read_misses, reading_features, simulated_misses, train_reader_on  # noqa: E402
+from tunelab.rag.train_reader import answered_by, choose_abstention, read_misses, reading_features, simulated_misses, train_reader_on  # noqa: E402
 from tunelab.strategies.run import sample  # noqa: E402
 
 FOLDS = 5
-
-
-def answered_mask(abstention, features: np.ndarray) -> np.ndarray:
-    return np.array([abstention_share(abstention, features[:, [i]]) == 0 for i in range(features.shape[1])], dtype=bool)
 
 
 def cross_fitted(rows, contexts, readings, misses, miss_index, levels) -> dict:
@@ -98,8 +94,8 @@ def cross_fitted(rows, contexts, readings, misses, miss_index, levels) -> dict:
                 min_miss_abstention=level,
             )
             chosen.append({k: abstention.to_dict()[k] for k in ("min_similarity", "min_confidence", "require_quote", "miss_abstention")})
-            answered[fold_of == fold] = answered_mask(abstention, features[:, fold_of == fold])
-            miss_answered[miss_fold == fold] = answered_mask(abstention, miss_features[:, miss_fold == fold])
+            answered[fold_of == fold] = np.array(answered_by(abstention, features[:, fold_of == fold]))
+            miss_answered[miss_fold == fold] = np.array(answered_by(abstention, miss_features[:, miss_fold == fold]))
         got_right, got_wrong = right * answered, wrong * answered
         results[name] = {
             "right": round(float(got_right.mean()), 4),

@@ -149,12 +149,16 @@ def choose_abstention(
     return abstention
 
 
+def answered_by(abstention: Abstention, features: Sequence[Sequence[float]]) -> list[bool]:
+    """Per question (its reading_features), whether the abstention's thresholds let it be answered."""
+    limits = [abstention.min_similarity, abstention.min_confidence, 1.0 if abstention.require_quote else -1.0]  # -1: quoted or not, but read
+    return [all(value >= limit for value, limit in zip(column, limits)) for column in zip(*features)]
+
+
 def abstention_share(abstention: Abstention, features: Sequence[Sequence[float]]) -> float:
     """The share of questions (their reading_features) the abstention's thresholds answer nothing on."""
-    limits = [abstention.min_similarity, abstention.min_confidence, 1.0 if abstention.require_quote else -1.0]  # -1: quoted or not, but read
-    columns = list(zip(*features))
-    answered = sum(all(value >= limit for value, limit in zip(column, limits)) for column in columns)
-    return 1 - answered / len(columns) if columns else 0.0
+    decided = answered_by(abstention, features)
+    return 1 - sum(decided) / len(decided) if decided else 0.0
 
 
 def train_rag_reader(

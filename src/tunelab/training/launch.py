@@ -38,7 +38,7 @@ def processes_for(config: TrainerSettings, nproc: int | None, resume: bool) -> i
     if nproc is not None:
         return nproc
     if resume and not in_distributed_launch():
-        return recorded_processes(atomic.partial_path(resolve_out_dir(config)))
+        return recorded_processes(atomic.partial_path(resolve_out_dir(config))) or 1
     return 1
 
 

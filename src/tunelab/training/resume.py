@@ -34,7 +34,7 @@ def resume_point(staging: Path, epochs: float, processes: int = 1) -> ResumePoin
     """The last complete checkpoint a killed run left in its staging folder, or a TunelabError saying how far it got
     or that it needs the `processes` it was trained by."""
     # A run killed before the count was recorded says nothing: the count given is taken at its word.
-    trained_by = recorded_processes(staging) if (staging / "checkpoints" / PROCESSES_FILE).is_file() else processes
+    trained_by = recorded_processes(staging) or processes
     found = complete_checkpoints(staging / "checkpoints", trained_by)
     if not found:
         raise TunelabError(*_nothing_to_resume(staging, epochs))
@@ -53,10 +53,10 @@ def record_processes(staging: Path, processes: int) -> None:
     atomic.write_json(staging / "checkpoints" / PROCESSES_FILE, {"processes": processes})
 
 
-def recorded_processes(staging: Path) -> int:
-    """How many processes trained the killed run in `staging` (one, when it says nothing)."""
+def recorded_processes(staging: Path) -> int | None:
+    """How many processes trained the killed run in `staging` (None when it says nothing)."""
     path = staging / "checkpoints" / PROCESSES_FILE
-    return int(json.loads(path.read_text(encoding="utf-8"))["processes"]) if path.is_file() else 1
+    return int(json.loads(path.read_text(encoding="utf-8"))["processes"]) if path.is_file() else None
 
 
 def complete_checkpoints(folder: Path, processes: int = 1) -> list[Path]:

@@ -14,11 +14,10 @@ on, and sentence-transformers' own `backend=` needs Optimum, whose releases pin 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.runtime.choice import Say, check_backend_name
+from tunelab.runtime.choice import Say, check_backend_name, say_on_stderr
 
 # The label of a pair-classification run that means "this passage is relevant to the query", tried in order.
 RELEVANT_LABELS = ("relevant", "yes", "true", "1", "positive")
@@ -37,7 +36,7 @@ def open_reranker(model: str | Path, batch_size: int = 32, backend: str = "torch
         )
     reranker = CrossEncoderReranker(path, batch_size)
     if backend == "auto":
-        (say or _to_stderr)("rerank backend auto: torch (a cross-encoder folder runs on torch only)")
+        (say or say_on_stderr)("rerank backend auto: torch (a cross-encoder folder runs on torch only)")
     return reranker
 
 
@@ -93,7 +92,3 @@ class RunReranker:
     def rerank(self, query: str, hits: list) -> list:
         probabilities = self.scorer.predict_proba([(query, hit.chunk.indexed_text()) for hit in hits], self.batch_size)
         return by_score(hits, probabilities[:, self.column])
-
-
-def _to_stderr(line: str) -> None:
-    print(line, file=sys.stderr)

@@ -94,7 +94,7 @@ def check_backend_name(backend: str, backends: tuple[str, ...] = BACKENDS) -> No
 def choose_backend(run: Run, backend: str, threads: int | None = None, say: Say | None = None) -> str:
     """The backend `backend` means for this run: itself if it passes its gate, or auto's measured choice."""
     run.model_dir  # noqa: B018 - raises, in one line and before any export, for a scikit-learn baseline run
-    say = say or _to_stderr
+    say = say or say_on_stderr
     return choose(
         backend,
         refused=lambda asked: refusals(exported(run, asked, say)),
@@ -312,5 +312,5 @@ def _read_json(path) -> dict[str, Any] | None:
         return None
 
 
-def _to_stderr(line: str) -> None:
+def say_on_stderr(line: str) -> None:
     print(line, file=sys.stderr)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,10 +251,13 @@ def train_reader_on(
     out = Path(out).expanduser()
     if distractors not in DISTRACTORS:
         raise TunelabError(f"unknown distractors '{distractors}'", f"use one of {', '.join(DISTRACTORS)}")
+    distractor_of = distractor_rows(reader_rows, seed)
     miss_contexts = (
-        retrieve_distractor_misses(index, reader_rows, settings, seed, progress, half=distractors == "both") if distractors != "other-question" else None
+        retrieve_distractor_misses(index, reader_rows, distractor_of, settings, progress, half=distractors == "both")
+        if distractors != "other-question"
+        else None
     )
-    examples = reader_examples(reader_rows, reader_contexts, seed=seed, miss_contexts=miss_contexts)
+    examples = reader_examples(reader_rows, reader_contexts, distractor_of=distractor_of, miss_contexts=miss_contexts)
     # Examples go next to the run (not inside: the trainer publishes the run folder whole).
     data = out.parent / f".{out.name}.examples.jsonl"
     atomic.write_text(data, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
@@ -279,14 +282,16 @@ def train_reader_on(
     return out
 
 
-def retrieve_distractor_misses(index, rows: Sequence[dict], settings: ContextSettings, seed: int, progress: bool, half: bool = False) -> dict[int, Retrieved]:
-    """The distractor rows' (reader_data.distractor_rows) contexts as if retrieval had missed their documents
-    (with `half`, every other distractor row's; the others keep another question's passages)."""
+def retrieve_distractor_misses(
+    index, rows: Sequence[dict], distractor_of: Mapping[int, int], settings: ContextSettings, progress: bool, half: bool = False
+) -> dict[int, Retrieved]:
+    """The distractor rows' (`distractor_of`, reader_data.distractor_rows of `rows`) contexts as if retrieval had
+    missed their documents (with `half`, every other distractor row's; the others keep another question's passages)."""
     from tunelab.progress import progress_bar
 
     if index is None:
         raise TunelabError("retrieval-miss distractors need the index", "pass the index the questions are retrieved from")
-    chosen = [i for i in sorted(distractor_rows(rows, seed)) if rows[i].get("doc_id")]
+    chosen = [i for i in sorted(distractor_of) if rows[i].get("doc_id")]
     chosen = chosen[::2] if half else chosen
     out = {}
     with progress_bar(progress) as bar:

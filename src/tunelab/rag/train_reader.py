@@ -149,10 +149,23 @@ def choose_abstention(
     return abstention
 
 
+def below_threshold(abstention: Abstention, features: Sequence[Sequence[float]]) -> list[str | None]:
+    """The one abstention rule, which the thresholds are chosen by (answers.choose_thresholds) and which
+    strategies and rag.answer apply: per question (its reading_features), the first feature below the
+    abstention's limit — "similarity", "confidence" or "quote" — or None when the question is answered.
+    A reading the reader abstained on (-inf) falls below "quote" at the latest; NaN reaches no limit.
+    `features` may be the similarity row alone: whether retrieval lets a question be read at all."""
+    limits = {
+        "similarity": abstention.min_similarity,
+        "confidence": abstention.min_confidence,
+        "quote": 1.0 if abstention.require_quote else -1.0,  # -1: quoted or not, but read
+    }
+    return [next((name for (name, limit), value in zip(limits.items(), column) if not value >= limit), None) for column in zip(*features)]
+
+
 def answered_by(abstention: Abstention, features: Sequence[Sequence[float]]) -> list[bool]:
     """Per question (its reading_features), whether the abstention's thresholds let it be answered."""
-    limits = [abstention.min_similarity, abstention.min_confidence, 1.0 if abstention.require_quote else -1.0]  # -1: quoted or not, but read
-    return [all(value >= limit for value, limit in zip(column, limits)) for column in zip(*features)]
+    return [failed is None for failed in below_threshold(abstention, features)]
 
 
 def abstention_share(abstention: Abstention, features: Sequence[Sequence[float]]) -> float:

@@ -397,16 +397,15 @@ class Pipeline:
 
     def decide(self, rows: list[dict], readings: list, abstention, context: str | None = None, index=None) -> dict:
         """Predictions with the thresholds applied, scored; latency = retrieval + this question's reading share."""
+        from tunelab.rag.train_reader import Abstention, below_threshold, reading_features
+
         contexts = self.contexts(rows, context, index)
+        # No thresholds (None): every answer the reader gave stands.
+        failed = below_threshold(abstention or Abstention(min_similarity=float("-inf")), reading_features(contexts, readings))
         predictions = []
-        for row, reading, retrieved in zip(rows, readings, contexts):
-            by_retrieval = abstention is not None and retrieved.best_similarity < abstention.min_similarity
-            by_reader = (
-                abstention is not None
-                and not by_retrieval
-                and not reading.abstained
-                and (reading.confidence < abstention.min_confidence or (abstention.require_quote and reading.passage is None))
-            )
+        for row, reading, retrieved, below in zip(rows, readings, contexts, failed):
+            by_retrieval = below == "similarity"
+            by_reader = below is not None and not by_retrieval and not reading.abstained
             text = ABSTENTION if by_retrieval or by_reader else reading.text
             aliases = row.get("aliases") or []
             scores = score(text, row["answer"], aliases, row["question"])

@@ -56,6 +56,17 @@ class Abstention:
         return dict(self.__dict__)
 
 
+@dataclass
+class TrainedReader:
+    """What train_reader_on made: the run, its reader, and the unthresholded readings its thresholds were chosen
+    on — the calibration rows' and, when misses were asked for, read_misses of theirs —, to reuse rather than read again."""
+
+    run: Path
+    reader: object  # rag.readers.SpanReader of `run`
+    readings: list
+    misses: tuple[list[Retrieved], list] | None
+
+
 def split_train(rows: Sequence[dict], share: float = CALIBRATION_SHARE, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(reader-training rows, calibration rows), a seeded split of train questions."""
     rows = list(rows)
@@ -217,7 +228,7 @@ def train_rag_reader(
         with progress_bar(progress) as bar:
             task = bar.add_task("retrieving as if missed", total=len(calibration)) if bar else None
             misses = simulated_misses(index, calibration, settings, (lambda n: bar.advance(task, n)) if bar else None)
-    return train_reader_on(
+    trained = train_reader_on(
         reader_rows,
         [context_of[id(r)] for r in reader_rows],
         calibration,
@@ -234,6 +245,7 @@ def train_rag_reader(
         distractors=distractors,
         index=index,
     )
+    return trained.run
 
 
 def train_reader_on(
@@ -253,8 +265,8 @@ def train_reader_on(
     min_miss_abstention: float | None = None,
     distractors: str = DEFAULT_DISTRACTORS,
     index=None,
-) -> Path:
-    """The reader trained on `reader_rows`, its thresholds chosen on the disjoint `calibration` rows (and
+) -> TrainedReader:
+    """The reader trained on `reader_rows` (a TrainedReader), its thresholds chosen on the disjoint `calibration` rows (and
     `calibration_misses`, their simulated retrieval misses, see choose_abstention). `distractors`: see
     DISTRACTORS; retrieval-miss distractors are retrieved from `index`."""
     from tunelab.config import ExtractiveQAConfig
@@ -292,7 +304,7 @@ def train_reader_on(
         min_miss_abstention=min_miss_abstention,
     )
     write_reader_settings(out, settings, abstention, examples, distractors)
-    return out
+    return TrainedReader(out, reader, readings, misses)
 
 
 def retrieve_distractor_misses(

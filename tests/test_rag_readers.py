@@ -196,6 +196,78 @@ def test_choose_abstention_with_simulated_misses_records_how_often_it_abstains_o
     assert strict.value == pytest.approx(2 / 6) and "simulated retrieval misses" in strict.criterion  # the two surest right answers
 
 
+def _random_readings(seed: int, n: int = 60):
+    """Rows, their contexts and unthresholded readings: right or wrong, quoted or not, or abstained; similarities
+    and confidences drawn from a few values, so that thresholds drawn from the same values often meet one exactly."""
+    from tunelab.answers import ABSTENTION
+    from tunelab.rag.focus import Passage
+    from tunelab.rag.reader_data import Retrieved
+    from tunelab.rag.readers import Reading
+
+    rng = np.random.default_rng(seed)
+    rows, contexts, readings = [], [], []
+    for i in range(n):
+        line = f"Capital - name: City{i}"
+        passage = Passage(line, _hit(line, title=f"C{i}"))
+        rows.append({"question": f"What is the capital of C{i}?", "answer": f"City{i}", "aliases": []})
+        contexts.append(Retrieved([passage], [passage.hit], float(rng.choice(SIMILARITIES)), 0.0))
+        if rng.random() < 0.2:
+            readings.append(Reading(ABSTENTION, None, True, -math.inf))
+        else:
+            readings.append(Reading(f"City{i}" if rng.random() < 0.6 else f"Town{i}", 0 if rng.random() < 0.7 else None, False, float(rng.choice(CONFIDENCES))))
+    return rows, contexts, readings
+
+
+SIMILARITIES, CONFIDENCES = (0.2, 0.4, 0.6, 0.8), (-1.0, 0.0, 1.0, 2.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_strategies_rag_answers_and_the_threshold_choice_apply_one_abstention_rule(tmp_path, monkeypatch, seed):
+    import importlib
+
+    from tunelab.answers import ABSTENTION
+    from tunelab.rag.train_reader import Abstention, answered_by, choose_abstention, reading_features
+    from tunelab.strategies import StrategiesConfig
+    from tunelab.strategies.run import Pipeline
+
+    answer_module = importlib.import_module("tunelab.rag.answer")  # the package exports a function of the same name
+    rows, contexts, readings = _random_readings(seed)
+    context_of = {row["question"]: context for row, context in zip(rows, contexts)}
+    reading_of = {row["question"]: reading for row, reading in zip(rows, readings)}
+    monkeypatch.setattr(answer_module, "retrieve_context", lambda index, question, settings: context_of[question])
+    pipeline = Pipeline(StrategiesConfig(qa=str(tmp_path), out=str(tmp_path / "o")), progress=False)
+    pipeline.contexts = lambda rows, context=None, index=None: contexts
+
+    class Reader:  # reads as the real readers do: unthresholded readings, decided at the threshold asked for
+        name = "fake"
+
+        def __init__(self, threshold):
+            self.threshold = threshold
+
+        def read_many(self, questions, passages, threshold=None):
+            return [reading_of[q].at_threshold(self.threshold if threshold is None else threshold) for q in questions]
+
+    features = reading_features(contexts, readings)
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        abstention = Abstention(float(rng.choice([*SIMILARITIES, 0.5])), float(rng.choice([*CONFIDENCES, 0.5, -math.inf])), bool(rng.random() < 0.5))
+        answered = answered_by(abstention, features)
+        predictions = pipeline.decide(rows, readings, abstention)["predictions"]
+        assert [p["prediction"] != ABSTENTION for p in predictions] == answered
+        assert [p["retrieval_abstained"] for p in predictions] == [c.best_similarity < abstention.min_similarity for c in contexts]
+        if not abstention.require_quote:  # rag ask applies a similarity and the reader's own confidence threshold only
+            answers = answer_module.answer_many(
+                [r["question"] for r in rows], None, Reader(abstention.min_confidence), min_similarity=abstention.min_similarity
+            )
+            assert [not a.abstained for a in answers] == answered
+            assert [a.reason == "retrieval" for a in answers] == [c.best_similarity < abstention.min_similarity for c in contexts]
+    # The thresholds chosen on these rows score, applied by decide, what the choice said they would.
+    chosen = choose_abstention(rows, contexts, readings, "train")
+    predictions = pipeline.decide(rows, readings, chosen)["predictions"]
+    assert sum(p["contains"] - p["hallucinated"] for p in predictions) / len(rows) == pytest.approx(chosen.value)
+    assert [p["prediction"] != ABSTENTION for p in predictions] == answered_by(chosen, features)
+
+
 def test_span_reader_maps_the_span_back_to_its_passage(monkeypatch):
     from tunelab.models.span_reader import ReadResult, Span
     from tunelab.rag.focus import Passage
@@ -241,7 +313,7 @@ def test_answer_cites_the_passage_the_reader_answered_from(monkeypatch):
     class Reader:
         name, threshold = "fake", 0.0
 
-        def read_many(self, questions, contexts):
+        def read_many(self, questions, contexts, threshold=None):
             return [Reading("Mossby", 1, False, 1.0) for _ in questions]
 
     near, far = answer_module.answer_many(["capital near?", "capital far?"], None, Reader(), min_similarity=0.5)

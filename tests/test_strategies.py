@@ -190,14 +190,26 @@ def test_a_subset_of_strategies(tmp_path, kb_and_qa):
     assert "Closed-book" in (tmp_path / "o" / "comparison.md").read_text()
 
 
-def test_extractive_thresholds_abstain_on_the_share_of_simulated_misses_asked(tmp_path, kb_and_qa):
+def test_extractive_thresholds_abstain_on_the_share_of_simulated_misses_asked(tmp_path, kb_and_qa, monkeypatch):
+    from tunelab.rag.readers import SpanReader
     from tunelab.strategies import StrategiesConfig, run_strategies
 
+    read = []
+    span_read_many = SpanReader.read_many
+
+    def counted(self, questions, passages, threshold=None):
+        read.extend(questions)
+        return span_read_many(self, questions, passages, threshold)
+
+    monkeypatch.setattr(SpanReader, "read_many", counted)
     kb, qa = kb_and_qa
     model = write_tiny_llama(tmp_path / "llama")
     settings = dict(qa=str(qa), kb=str(kb), model=str(model), quick=True, strategies=["extractive+rag"], adaptability=False)
     results = run_strategies(StrategiesConfig(out=str(tmp_path / "o"), miss_abstention=1.0, reader_distractors="retrieval-miss", **settings), progress=False)
     abstention = results["strategies"]["extractive+rag"]["abstention"]
+    # The calibration questions and their simulated misses are read once, for the reader's own thresholds; strategies chooses on those readings again.
+    questions = results["questions"]
+    assert len(read) == questions["calibration"] + questions["calibration_field_questions"] + abstention["simulated_misses"] + questions["test"]
     assert abstention["min_miss_abstention"] == 1.0 and abstention["simulated_misses"] > 0 and abstention["miss_abstention"] == 1.0
     saved = json.loads((tmp_path / "o" / "runs" / "extractive-reader" / "rag_reader.json").read_text())
     assert saved["examples"]["distractors"] == "retrieval-miss" and saved["abstention"]["miss_abstention"] == 1.0

@@ -17,6 +17,7 @@ from tunelab.rag.focus import Passage
 from tunelab.rag.index import Hit, Index
 from tunelab.rag.reader_data import ContextSettings, retrieve_context
 from tunelab.rag.readers import CallableReader, Reader
+from tunelab.rag.train_reader import Abstention, below_threshold, reading_features
 
 ABSTAIN = "I don't know: the indexed documents do not seem to cover this question."
 # all-MiniLM cosine of the closest chunk, used when no threshold was chosen for the reader (a reader
@@ -83,16 +84,21 @@ def answer_many(questions, index: Index, reader: Reader, *, settings: ContextSet
     if not hasattr(reader, "read_many"):
         reader = CallableReader(reader)
     settings = settings or ContextSettings()
+    # The reader's own threshold is its confidence limit, applied by the rule the thresholds were chosen by.
+    abstention = Abstention(min_similarity=min_similarity, min_confidence=reader.threshold)
     contexts = [retrieve_context(index, q, settings) for q in questions]
-    asked = [i for i, c in enumerate(contexts) if c.hits and c.best_similarity >= min_similarity]
-    readings = dict(zip(asked, reader.read_many([questions[i] for i in asked], [contexts[i].passages for i in asked])))
+    retrieval = below_threshold(abstention, [[c.best_similarity for c in contexts]])  # judged before reading: a question it refuses is not read
+    asked = [i for i, c in enumerate(contexts) if c.hits and retrieval[i] is None]
+    read = reader.read_many([questions[i] for i in asked], [contexts[i].passages for i in asked], threshold=float("-inf"))
+    readings = dict(zip(asked, read))
+    failed = dict(zip(asked, below_threshold(abstention, reading_features([contexts[i] for i in asked], read))))
     answers = []
     for i, (question, context) in enumerate(zip(questions, contexts)):
         if i not in readings:
             answers.append(Answer(question, ABSTAIN, [], True, context.hits, context.best_similarity, reason="retrieval", shown=context.passages))
             continue
         reading = readings[i]
-        if reading.abstained:
+        if failed[i] is not None:
             answers.append(
                 Answer(
                     question, ABSTAIN, [], True, context.hits, context.best_similarity, confidence=reading.confidence, reason="reader", shown=context.passages

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +127,7 @@ def load_embedder(model: str | Path = "minilm", backend: str = "torch", threads:
 
 def choose_embedding_backend(model: str | Path, backend: str, threads: int | None = None, say: Say | None = None) -> str:
     """The backend `backend` means for `model`: itself if it passes its recall gate, or auto's measured choice."""
-    say = say or _to_stderr
+    say = say or choice.say_on_stderr
     return choice.choose(
         backend,
         refused=lambda asked: refusals(gated(model, asked, say)),
@@ -287,7 +286,3 @@ def _file_version(path: Path) -> str | None:
         return None
     stat = path.stat()
     return f"{stat.st_size}:{stat.st_mtime_ns}"
-
-
-def _to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)

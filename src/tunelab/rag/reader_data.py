@@ -129,12 +129,14 @@ def reader_examples(
     seed: int = 0,
     distractor_share: float = DISTRACTOR_SHARE,
     miss_contexts: Mapping[int, Retrieved] | None = None,
+    distractor_of: Mapping[int, int] | None = None,
 ) -> list[dict]:
     """One example per question: {question, passages (texts), answer ('' = none in them), answer_start,
-    kind, doc_id, distractor}. A distractor row (distractor_rows) is shown its context in `miss_contexts`
-    when there is one (retrieve_miss_context: the same question's best chunks of the other documents, the
-    hard case of a country's neighbour read for it), else another question's passages."""
-    chosen = distractor_rows(rows, seed, distractor_share)
+    kind, doc_id, distractor}. A distractor row (`distractor_of`, when the caller drew them already, else
+    distractor_rows of `seed` and `distractor_share`) is shown its context in `miss_contexts` when there is
+    one (retrieve_miss_context: the same question's best chunks of the other documents, the hard case of a
+    country's neighbour read for it), else another question's passages."""
+    chosen = distractor_rows(rows, seed, distractor_share) if distractor_of is None else distractor_of
     miss_contexts = miss_contexts or {}
     examples = []
     for i, (row, retrieved) in enumerate(zip(rows, contexts)):

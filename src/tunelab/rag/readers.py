@@ -6,7 +6,7 @@ Two kinds, one interface (`read_many`):
   LMReader     a causal LM with a prompt template; `decoding="grounded"` constrains its answer, token
                by token, to a span copied from the passages or the abstention phrase.
 Each has one confidence (the span's margin over "no answer", the answer's mean token log-probability)
-and abstains below a threshold that is chosen on train questions (see rag/abstain.py), never on test.
+and abstains below a threshold that is chosen on train questions (see rag/train_reader.py), never on test.
 A plain `prompt -> text` callable is accepted as a free-decoding reader (custom generators, fakes).
 """
 
@@ -45,8 +45,9 @@ class Reader(Protocol):
     name: str
     threshold: float  # abstain when confidence < threshold
 
-    def read_many(self, questions: Sequence[str], passages: Sequence[Sequence[Passage]]) -> list[Reading]:
-        """One reading per question, thresholded; `unthresholded()` readings are what thresholds are chosen on."""
+    def read_many(self, questions: Sequence[str], passages: Sequence[Sequence[Passage]], threshold: float | None = None) -> list[Reading]:
+        """One reading per question, abstaining below `threshold` (None: the reader's own); at -inf, the
+        unthresholded readings that thresholds are chosen on and applied to (rag/train_reader.below_threshold)."""
         ...
 
 

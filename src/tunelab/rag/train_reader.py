@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,17 @@ class Abstention:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+@dataclass
+class TrainedReader:
+    """What train_reader_on made: the run, its reader, and the unthresholded readings its thresholds were chosen
+    on — the calibration rows' and, when misses were asked for, read_misses of theirs —, to reuse rather than read again."""
+
+    run: Path
+    reader: object  # rag.readers.SpanReader of `run`
+    readings: list
+    misses: tuple[list[Retrieved], list] | None
 
 
 def split_train(rows: Sequence[dict], share: float = CALIBRATION_SHARE, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -149,10 +160,23 @@ def choose_abstention(
     return abstention
 
 
+def below_threshold(abstention: Abstention, features: Sequence[Sequence[float]]) -> list[str | None]:
+    """The one abstention rule, which the thresholds are chosen by (answers.choose_thresholds) and which
+    strategies and rag.answer apply: per question (its reading_features), the first feature below the
+    abstention's limit — "similarity", "confidence" or "quote" — or None when the question is answered.
+    A reading the reader abstained on (-inf) falls below "quote" at the latest; NaN reaches no limit.
+    `features` may be the similarity row alone: whether retrieval lets a question be read at all."""
+    limits = {
+        "similarity": abstention.min_similarity,
+        "confidence": abstention.min_confidence,
+        "quote": 1.0 if abstention.require_quote else -1.0,  # -1: quoted or not, but read
+    }
+    return [next((name for (name, limit), value in zip(limits.items(), column) if not value >= limit), None) for column in zip(*features)]
+
+
 def answered_by(abstention: Abstention, features: Sequence[Sequence[float]]) -> list[bool]:
     """Per question (its reading_features), whether the abstention's thresholds let it be answered."""
-    limits = [abstention.min_similarity, abstention.min_confidence, 1.0 if abstention.require_quote else -1.0]  # -1: quoted or not, but read
-    return [all(value >= limit for value, limit in zip(column, limits)) for column in zip(*features)]
+    return [failed is None for failed in below_threshold(abstention, features)]
 
 
 def abstention_share(abstention: Abstention, features: Sequence[Sequence[float]]) -> float:
@@ -204,7 +228,7 @@ def train_rag_reader(
         with progress_bar(progress) as bar:
             task = bar.add_task("retrieving as if missed", total=len(calibration)) if bar else None
             misses = simulated_misses(index, calibration, settings, (lambda n: bar.advance(task, n)) if bar else None)
-    return train_reader_on(
+    trained = train_reader_on(
         reader_rows,
         [context_of[id(r)] for r in reader_rows],
         calibration,
@@ -221,6 +245,7 @@ def train_rag_reader(
         distractors=distractors,
         index=index,
     )
+    return trained.run
 
 
 def train_reader_on(
@@ -240,8 +265,8 @@ def train_reader_on(
     min_miss_abstention: float | None = None,
     distractors: str = DEFAULT_DISTRACTORS,
     index=None,
-) -> Path:
-    """The reader trained on `reader_rows`, its thresholds chosen on the disjoint `calibration` rows (and
+) -> TrainedReader:
+    """The reader trained on `reader_rows` (a TrainedReader), its thresholds chosen on the disjoint `calibration` rows (and
     `calibration_misses`, their simulated retrieval misses, see choose_abstention). `distractors`: see
     DISTRACTORS; retrieval-miss distractors are retrieved from `index`."""
     from tunelab.config import ExtractiveQAConfig
@@ -251,10 +276,13 @@ def train_reader_on(
     out = Path(out).expanduser()
     if distractors not in DISTRACTORS:
         raise TunelabError(f"unknown distractors '{distractors}'", f"use one of {', '.join(DISTRACTORS)}")
+    distractor_of = distractor_rows(reader_rows, seed)
     miss_contexts = (
-        retrieve_distractor_misses(index, reader_rows, settings, seed, progress, half=distractors == "both") if distractors != "other-question" else None
+        retrieve_distractor_misses(index, reader_rows, distractor_of, settings, progress, half=distractors == "both")
+        if distractors != "other-question"
+        else None
     )
-    examples = reader_examples(reader_rows, reader_contexts, seed=seed, miss_contexts=miss_contexts)
+    examples = reader_examples(reader_rows, reader_contexts, distractor_of=distractor_of, miss_contexts=miss_contexts)
     # Examples go next to the run (not inside: the trainer publishes the run folder whole).
     data = out.parent / f".{out.name}.examples.jsonl"
     atomic.write_text(data, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
@@ -276,17 +304,19 @@ def train_reader_on(
         min_miss_abstention=min_miss_abstention,
     )
     write_reader_settings(out, settings, abstention, examples, distractors)
-    return out
+    return TrainedReader(out, reader, readings, misses)
 
 
-def retrieve_distractor_misses(index, rows: Sequence[dict], settings: ContextSettings, seed: int, progress: bool, half: bool = False) -> dict[int, Retrieved]:
-    """The distractor rows' (reader_data.distractor_rows) contexts as if retrieval had missed their documents
-    (with `half`, every other distractor row's; the others keep another question's passages)."""
+def retrieve_distractor_misses(
+    index, rows: Sequence[dict], distractor_of: Mapping[int, int], settings: ContextSettings, progress: bool, half: bool = False
+) -> dict[int, Retrieved]:
+    """The distractor rows' (`distractor_of`, reader_data.distractor_rows of `rows`) contexts as if retrieval had
+    missed their documents (with `half`, every other distractor row's; the others keep another question's passages)."""
     from tunelab.progress import progress_bar
 
     if index is None:
         raise TunelabError("retrieval-miss distractors need the index", "pass the index the questions are retrieved from")
-    chosen = [i for i in sorted(distractor_rows(rows, seed)) if rows[i].get("doc_id")]
+    chosen = [i for i in sorted(distractor_of) if rows[i].get("doc_id")]
     chosen = chosen[::2] if half else chosen
     out = {}
     with progress_bar(progress) as bar:

@@ -67,7 +67,7 @@ class Pipeline:
         self._index = None
         self._contexts: dict[tuple[int, str], dict[str, object]] = {}  # (index, context kind) -> question -> Retrieved
         self.readers: dict[str, tuple[object, object]] = {}  # retrieval strategy -> (reader, Abstention)
-        self._readings: dict[tuple, list] = {}
+        self._readings: dict[tuple, Any] = {}  # _reading_key -> readings; for "missed", read_misses' (contexts, readings)
         self._examples: dict[str, object] = {}  # context kind -> WorkedExamples
         self._misses: dict[str, tuple | None] = {}  # question -> (row, context as if retrieval missed), None when that is no miss
 
@@ -352,10 +352,23 @@ class Pipeline:
     def read(self, reader, rows: list[dict], context: str | None = None, index=None) -> list:
         """Unthresholded readings of rows (the thresholds are applied by `decide`); each reader reads
         each question in each context once (the ablation reuses the strategies' readings)."""
-        key = (reader.name, self.context_settings(context).context, id(index or self._index), tuple(r["question"] for r in rows))
+        key = self._reading_key(reader, rows, self.context_settings(context).context, index)
         if key not in self._readings:
             self._readings[key] = self._read(reader, rows, context, index)
         return self._readings[key]
+
+    def read_misses(self, reader, rows: list[dict]) -> tuple[list, list]:
+        """(contexts, unthresholded readings) of the rows' simulated misses (rag/train_reader.read_misses), read once per reader."""
+        from tunelab.rag.train_reader import read_misses
+
+        key = self._reading_key(reader, rows, "missed")
+        if key not in self._readings:
+            self._readings[key] = read_misses(reader, self.simulated_misses(rows))
+        return self._readings[key]
+
+    def _reading_key(self, reader, rows: list[dict], shown: str, index=None) -> tuple:
+        """Which readings: the reader's, of these questions, shown `shown` (a context kind, or "missed") from `index`."""
+        return (reader.name, shown, id(index or self._index), tuple(r["question"] for r in rows))
 
     def _read(self, reader, rows: list[dict], context: str | None, index) -> list:
         contexts = self.contexts(rows, context, index)
@@ -380,11 +393,11 @@ class Pipeline:
         """Abstention thresholds (retrieval similarity, reader confidence) chosen on the calibration train
         questions (or `rows`): the most right - hallucinated, or the most right within a hallucination budget;
         with `min_miss_abstention`, abstaining on that share of them asked as if retrieval had missed."""
-        from tunelab.rag.train_reader import choose_abstention, read_misses
+        from tunelab.rag.train_reader import choose_abstention
 
         rows = self.calibration if rows is None else rows
         readings = self.read(reader, rows, context)
-        misses = read_misses(reader, self.simulated_misses(rows)) if min_miss_abstention else None
+        misses = self.read_misses(reader, rows) if min_miss_abstention else None
         return choose_abstention(
             rows,
             self.contexts(rows, context),
@@ -397,16 +410,15 @@ class Pipeline:
 
     def decide(self, rows: list[dict], readings: list, abstention, context: str | None = None, index=None) -> dict:
         """Predictions with the thresholds applied, scored; latency = retrieval + this question's reading share."""
+        from tunelab.rag.train_reader import Abstention, below_threshold, reading_features
+
         contexts = self.contexts(rows, context, index)
+        # No thresholds (None): every answer the reader gave stands.
+        failed = below_threshold(abstention or Abstention(min_similarity=float("-inf")), reading_features(contexts, readings))
         predictions = []
-        for row, reading, retrieved in zip(rows, readings, contexts):
-            by_retrieval = abstention is not None and retrieved.best_similarity < abstention.min_similarity
-            by_reader = (
-                abstention is not None
-                and not by_retrieval
-                and not reading.abstained
-                and (reading.confidence < abstention.min_confidence or (abstention.require_quote and reading.passage is None))
-            )
+        for row, reading, retrieved, below in zip(rows, readings, contexts, failed):
+            by_retrieval = below == "similarity"
+            by_reader = below is not None and not by_retrieval and not reading.abstained
             text = ABSTENTION if by_retrieval or by_reader else reading.text
             aliases = row.get("aliases") or []
             scores = score(text, row["answer"], aliases, row["question"])
@@ -550,12 +562,13 @@ class Pipeline:
         self.log(f"rag: hallucination budget {budget['value']:.3f} ({budget['from']})")
         return budget["value"]
 
-    def train_span_reader(self, rows: list[dict], calibration: list[dict], run_dir: Path) -> None:
-        """An extractive reader trained on `rows` into `run_dir`, its own thresholds chosen on `calibration`."""
+    def train_span_reader(self, rows: list[dict], calibration: list[dict], run_dir: Path):
+        """An extractive reader trained on `rows` into `run_dir`, its own thresholds chosen on `calibration`; returns
+        the reader. The calibration readings made for those thresholds are kept: `calibrate` chooses on them again."""
         from tunelab.rag.train_reader import train_reader_on
 
         c = self.config
-        train_reader_on(
+        trained = train_reader_on(
             rows,
             self.contexts(rows),
             calibration,
@@ -572,6 +585,10 @@ class Pipeline:
             distractors=c.reader_distractors,
             index=self._index,
         )
+        self._readings[self._reading_key(trained.reader, calibration, self.context_settings().context)] = trained.readings
+        if trained.misses is not None:
+            self._readings[self._reading_key(trained.reader, calibration, "missed")] = trained.misses
+        return trained.reader
 
     def stage_extractive_rag(self) -> None:
         from tunelab.rag.readers import SpanReader
@@ -589,14 +606,14 @@ class Pipeline:
                 if not (run_dir / "metrics.json").is_file():
                     raise TunelabError(f"reader_run '{c.reader_run}' is not a finished reader run", "give the runs/extractive-reader folder of an earlier run")
                 retrieval_seconds, seconds = 0.0, 0.0
+                reader = SpanReader(run_dir)
             else:
                 started = time.perf_counter()
                 self.contexts(self.reader_training + self.reader_calibration)  # retrieved here so that retrieval is timed apart from training
                 retrieval_seconds = time.perf_counter() - started
                 started = time.perf_counter()
-                self.train_span_reader(self.reader_training, self.reader_calibration, run_dir)
+                reader = self.train_span_reader(self.reader_training, self.reader_calibration, run_dir)
                 seconds = time.perf_counter() - started
-            reader = SpanReader(run_dir)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         self.results["extractive_reader_run"] = str(run_dir)
         self.run_retrieval_strategy(
@@ -778,8 +795,6 @@ class Pipeline:
     def stage_leave_kinds_out(self) -> None:
         """Generalisation: an extractive reader trained, and its thresholds chosen, without some question
         kinds, tested on those kinds; next to the in-kind reader on the same test questions."""
-        from tunelab.rag.readers import SpanReader
-
         c = self.config
         held = set(c.held_out_kinds)
         training = [r for r in self.reader_training if r.get("kind") not in held]  # field questions never have a held-out kind
@@ -790,8 +805,7 @@ class Pipeline:
             return
         run_dir = self.out / "runs" / "extractive-reader-held-out-kinds"
         self.log(f"leave-kinds-out: reader without {', '.join(sorted(held))} ({len(training)} train questions), tested on {len(test)}")
-        self.train_span_reader(training, calibration, run_dir)
-        reader = SpanReader(run_dir)
+        reader = self.train_span_reader(training, calibration, run_dir)
         held_out = self.calibrate(reader, rows=calibration, min_miss_abstention=c.miss_abstention)
         held_out.chosen_on = "train (calibration questions of the seen kinds and the calibration fields)"
         out_of_kind = summarise(self.decide(test, self.read(reader, test), held_out)["predictions"], seed=c.seed)

@@ -46,13 +46,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     profile = {**profile_splits(splits, pretrained.tokenizer, pretrained.limit, dropped), "max_length": max_length}
     lr = trainer_setup.resolve_lr(config.lr, pretrained.config)
     datasets = tokenize_splits(splits, pretrained.tokenizer, max_length, labels)
-    probe: dict = {}  # head_init linear-probe: the probe's C and accuracy; a resumed run's head comes from its checkpoint
-
-    def init_head(model) -> None:
-        probe.update(linear_probe.init_head_from_probe(model, datasets, pretrained.tokenizer, config.seed))
-
-    probing = config.head_init == "linear-probe" and checkpoint is None
-    model = trainer_setup.build_classifier(pretrained.folder, config, labels, init_head if probing else None)
+    probe = linear_probe.HeadProbe(config.head_init == "linear-probe" and checkpoint is None, datasets, pretrained.tokenizer, config.seed)
+    model = trainer_setup.build_classifier(pretrained.folder, config, labels, probe.init_head)
     plan = trainer_setup.plan_batch(config, model, pretrained.config, max_length, setup)
     if progress and setup.is_main:
         trainer_setup.print_plan(config, splits, labels, max_length, lr, setup, plan, point)
@@ -61,8 +56,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> R
     trained = trainer_setup.train_timed(trainer, checkpoint)  # the best checkpoint by eval accuracy is loaded at the end
     if setup.is_main:
         facts = trainer_setup.training_metrics(trainer, trained, setup)
-        if probe:
-            facts["train"]["head_probe"] = probe
+        probe.record(facts)
         save_and_evaluate(config, setup, trainer, facts, progress)
     setup.state.wait_for_everyone()
     return Run.open(setup.out)

@@ -68,6 +68,25 @@ def init_head_from_probe(model: MeanPooledClassifier, datasets, tokenizer, seed:
     return facts
 
 
+class HeadProbe:
+    """`head_init: linear-probe` inside a training function: `init_head` (for trainer_setup.build_classifier) fits
+    the probe and sets the fresh head when `wanted` — a resumed run's head comes from its checkpoint instead —,
+    and `record` copies what the probe chose into metrics.json's "train" as "head_probe"."""
+
+    def __init__(self, wanted: bool, datasets, tokenizer, seed: int):
+        self.wanted = wanted
+        self.datasets, self.tokenizer, self.seed = datasets, tokenizer, seed
+        self.facts: dict = {}  # the chosen C and the probe's scores, once fitted
+
+    def init_head(self, model: MeanPooledClassifier) -> None:
+        if self.wanted:
+            self.facts = init_head_from_probe(model, self.datasets, self.tokenizer, self.seed)
+
+    def record(self, facts: dict) -> None:
+        if self.facts:
+            facts["train"]["head_probe"] = self.facts
+
+
 def softmax_head(logreg, classes: int) -> tuple[np.ndarray, np.ndarray]:
     """A multinomial logistic regression as the rows and biases of a softmax head over `classes` logits."""
     weight, bias = logreg.coef_, logreg.intercept_

@@ -46,14 +46,13 @@ def train_multilabel(config: MultiLabelConfig, progress: bool = True, resume: bo
     lr = trainer_setup.resolve_lr(config.lr, pretrained.config)
     # Targets are multi-hot float vectors, as BCEWithLogitsLoss takes them.
     datasets = {name: tokenize_multilabel(split, pretrained.tokenizer, max_length, labels) for name, split in splits.items() if name != "test"}
-    probe: dict = {}  # head_init linear-probe: the one-vs-rest probe's C and eval micro-F1; a resumed run's head comes from its checkpoint
+    probe = linear_probe.HeadProbe(config.head_init == "linear-probe" and checkpoint is None, datasets, pretrained.tokenizer, config.seed)
 
     def init_head(model) -> None:
         # One logit per label, trained with binary cross-entropy (saved in config.json, so every loader knows the
         # outputs are sigmoids); set first, as the probe fits one regression per label for such a head.
         model.config.problem_type = "multi_label_classification"
-        if config.head_init == "linear-probe" and checkpoint is None:
-            probe.update(linear_probe.init_head_from_probe(model, datasets, pretrained.tokenizer, config.seed))
+        probe.init_head(model)
 
     model = trainer_setup.build_classifier(pretrained.folder, config, labels, init_head)
     plan = trainer_setup.plan_batch(config, model, pretrained.config, max_length, setup)
@@ -78,8 +77,7 @@ def train_multilabel(config: MultiLabelConfig, progress: bool = True, resume: bo
     trained = trainer_setup.train_timed(trainer, checkpoint)
     if setup.is_main:  # launched by torchrun (--nproc), every process trains and the main one writes the run
         facts = trainer_setup.training_metrics(trainer, trained, setup)
-        if probe:
-            facts["train"]["head_probe"] = probe
+        probe.record(facts)
         save_and_evaluate(config, setup, trainer, facts, splits["eval"], labels, max_length, progress)
     setup.state.wait_for_everyone()
     return Run.open(setup.out)

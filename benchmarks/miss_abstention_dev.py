@@ -42,6 +42,8 @@ Rules for changing the defaults, each fixed before the run it judges:
    at least the other-question reader's, its abstention on simulated misses is >= 0.85, its right is >= 0.75
    and its hallucinated <= 0.10. (Run 3 at seed 0: 77.5 vs 76.0 points, 95.2%, 84.0%, 6.5%: passes.)
    The paired difference in right - hallucinated is reported with its 95% CI; the rule reads the point values.
+   (Result at seed 1: both right 87.5%, hallucinated 7.75%, 92.2% of simulated misses abstained; other-question
+   87.5%, 6.5%, 66.2%: right - hallucinated 1.25 points lower [-4.25, +1.75]: fails, no change.)
 
     python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN [--train DIR] [--seed S] [--out FILE]
 """
@@ -224,7 +226,8 @@ def main() -> None:
             result.pop("_net_per_question")
     document = {
         "benchmark": "miss_abstention_dev",
-        "command": "benchmarks/miss_abstention_dev.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out" and v),
+        "command": "benchmarks/miss_abstention_dev.py "
+        + " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out" and v),
         "readers": {k: str(v) for k, v in readers.items()},
         "questions": {"calibration": 200, "calibration_field_questions": len(fields.calibration), "simulated_misses": len(misses), "folds": FOLDS},
         "reader_training_seconds": training_seconds,

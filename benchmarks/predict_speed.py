@@ -63,12 +63,17 @@ def sample_texts(count: int, seed: int = 0) -> list[str]:
     return texts.sample(n=min(count, len(texts)), random_state=seed).tolist()
 
 
-def first_uses(run: Path) -> dict:
-    """The ONNX export (with its parity check) and auto's timing, done once here and timed: not part of the rounds."""
+def first_uses(run: Path, reuse_export: bool = False) -> dict:
+    """The ONNX export (with its parity check) and auto's timing, done once here and timed: not part of the rounds.
+
+    reuse_export: keep the run's onnx/ as an earlier first use left it (its export, gates and auto's choice are
+    then only read, and the seconds here are those of reading them).
+    """
     from tunelab.run import Run
     from tunelab.runtime import choose_backend
 
-    shutil.rmtree(run / "onnx", ignore_errors=True)  # a reused run is exported again, so the first use is measured
+    if not reuse_export:
+        shutil.rmtree(run / "onnx", ignore_errors=True)  # a reused run is exported again, so the first use is measured
     lines: list[str] = []
     refused, export_s = {}, {}
     for backend in GATED:
@@ -82,6 +87,7 @@ def first_uses(run: Path) -> dict:
     chosen = choose_backend(Run.open(run), "auto", say=lines.append)
     auto_s = time.perf_counter() - started
     return {
+        "export_reused": reuse_export,
         "export_and_parity_s": export_s,
         "auto_timing_s": round(auto_s, 1),
         "auto_chose": chosen,
@@ -152,6 +158,7 @@ def main() -> None:
         default=",".join(BACKENDS),
         help="the backends timed in the rounds, comma-separated (torch and auto always are; every gated one still has its first use measured)",
     )
+    parser.add_argument("--reuse-export", action="store_true", help="keep --run's onnx/ from an earlier first use (first-use costs are then not measured)")
     parser.add_argument("--json-out", default="benchmarks/results/predict_speed.json")
     parser.add_argument("--quick", action="store_true", help=f"smoke check: a tiny model trained in a temporary folder, {QUICK}")
     args = parser.parse_args()
@@ -173,7 +180,7 @@ def main() -> None:
     pd.DataFrame({"text": texts}).to_csv(source, index=False)
 
     print("first use: ONNX and OpenVINO export, parity checks, auto's timing...", file=sys.stderr)
-    first = first_uses(run)
+    first = first_uses(run, args.reuse_export)
     asked = {"torch", "auto", *args.backends.split(",")}
     backends = [b for b in BACKENDS if b in asked and b not in first["refused"]]
     seconds: dict[str, list[float]] = {backend: [] for backend in backends}
@@ -196,7 +203,8 @@ def main() -> None:
         }
     results["auto"]["is"] = first["auto_chose"]
     print("profile...", file=sys.stderr)
-    profiles = {backend: profile(run, texts[:PROFILE_TEXTS], backend) for backend in backends if backend != "auto"}
+    profiled = [backend for backend in backends if backend != "auto"] + [first["auto_chose"]]
+    profiles = {backend: profile(run, texts[:PROFILE_TEXTS], backend) for backend in dict.fromkeys(profiled)}
     auto = results["auto"]
     report = {
         "benchmark": "predict_speed",

@@ -97,7 +97,7 @@ class FallbackScorer(Probabilities):
     """An int8 scorer whose unsure texts are scored again by its fp32 model: int8's speed, and fp32's label wherever int8's could differ.
 
     A text is unsure when its top two int8 logits lie within `margin` of each other: quantization error
-    moves logits by a few hundredths, so only such near-ties change their argmax. The margin is chosen on
+    moves logits by a few hundredths (a few tenths at most), so only such near ties change their argmax. The margin is chosen on
     the run's eval split (tunelab.runtime.openvino_export) and recorded in parity.json under FALLBACK_MARGIN.
     """
 
@@ -268,7 +268,7 @@ def open_scorer(run: Run, backend: str, threads: int | None = None) -> Scorer:
 
 
 def fallback_margin(run: Run, backend: str) -> float | None:
-    """The margin below which `backend`'s texts are scored again in fp32, as its gate recorded it in parity.json (None: never)."""
+    """The top-two gap at or below which `backend`'s texts are scored again in fp32, as its gate recorded it in parity.json (None: never)."""
     import json
 
     if backend not in FALLBACK_BACKENDS:

@@ -3,7 +3,8 @@
     torch      today's path: the run's PyTorch fp32 model, length-sorted batches of 64
     onnx       ONNX Runtime fp32 (tunelab.runtime: exported on first use, parity-gated)
     onnx-int8  dynamic int8 ONNX, used only if its labels agree with PyTorch's on >= 99.5% of the run's test split
-    openvino, openvino-int8   the fp32 ONNX graph compiled by OpenVINO, and NNCF's static int8 of it (same gate)
+    openvino, openvino-int8   the fp32 ONNX graph compiled by OpenVINO, and NNCF's static int8 of it (same gate), whose
+               near ties (top two logits within a margin chosen on the eval split) are scored again by the fp32 graph
     auto       the fastest backend that passes its gate, timed on this CPU on first use and cached in the run
 
 The model is trained the way benchmarks/serve_load.py trains its served model (its prepare_run: tunelab train
@@ -17,7 +18,7 @@ Prints one JSON document (also written to --json-out): texts/s per backend (mean
 ratio to torch, label agreement with torch's CSV, the first-use costs, a profile of where the time goes (model
 load, tokenization, forward passes) and the CPU flags.
 
-    flock /tmp/tunelab-bench.lock nice -n 5 python benchmarks/predict_speed.py
+    flock /tmp/tunelab-bench.lock nice -n 5 env TUNELAB_THREADS=1 python benchmarks/predict_speed.py
     python benchmarks/predict_speed.py --quick          # smoke check, tiny
 """
 
@@ -43,6 +44,7 @@ TARGET_RATIO = 3.0  # issue #23: >= 3x today's texts/s ...
 TARGET_AGREEMENT = 0.995  # ... with the same labels as torch on >= 99.5% of the texts
 QUICK = dict(texts=300, rounds=1)
 PROFILE_TEXTS = 2000  # the profile's pass: enough texts for each part's share, a fifth of a round's time
+BATCH = 64  # predict_file's batch size
 
 
 def serve_load():
@@ -61,12 +63,17 @@ def sample_texts(count: int, seed: int = 0) -> list[str]:
     return texts.sample(n=min(count, len(texts)), random_state=seed).tolist()
 
 
-def first_uses(run: Path) -> dict:
-    """The ONNX export (with its parity check) and auto's timing, done once here and timed: not part of the rounds."""
+def first_uses(run: Path, reuse_export: bool = False) -> dict:
+    """The ONNX export (with its parity check) and auto's timing, done once here and timed: not part of the rounds.
+
+    reuse_export: keep the run's onnx/ as an earlier first use left it (its export, gates and auto's choice are
+    then only read, and the seconds here are those of reading them).
+    """
     from tunelab.run import Run
     from tunelab.runtime import choose_backend
 
-    shutil.rmtree(run / "onnx", ignore_errors=True)  # a reused run is exported again, so the first use is measured
+    if not reuse_export:
+        shutil.rmtree(run / "onnx", ignore_errors=True)  # a reused run is exported again, so the first use is measured
     lines: list[str] = []
     refused, export_s = {}, {}
     for backend in GATED:
@@ -80,6 +87,7 @@ def first_uses(run: Path) -> dict:
     chosen = choose_backend(Run.open(run), "auto", say=lines.append)
     auto_s = time.perf_counter() - started
     return {
+        "export_reused": reuse_export,
         "export_and_parity_s": export_s,
         "auto_timing_s": round(auto_s, 1),
         "auto_chose": chosen,
@@ -99,27 +107,42 @@ def timed_predict_file(run: Path, source: Path, out: Path, backend: str) -> floa
 
 
 def profile(run: Path, texts: list[str], backend: str) -> dict:
-    """Where predict_file's time goes for one backend: loading, tokenizing every text, and the forward passes."""
+    """Where predict_file's time goes for one backend: loading, tokenizing every text, and the forward passes.
+
+    An int8 backend with an fp32 fallback (tunelab.runtime.scorers.FallbackScorer) also shows the share of
+    texts it scored again in fp32 and the time that took.
+    """
     from tunelab.runtime import load_scorer
 
     started = time.perf_counter()
     scorer = load_scorer(run, backend, say=lambda line: None)
     load_s = time.perf_counter() - started
-    tokenizer = scorer.classifier.tokenizer if backend == "torch" else scorer.tokenizer
-    max_length = scorer.classifier.max_length if backend == "torch" else scorer.max_length
+    scoring = scorer.classifier if backend == "torch" else getattr(scorer, "fast", scorer)  # what tokenizes
     started = time.perf_counter()
-    tokenizer(texts, truncation=True, max_length=max_length)
+    scoring.tokenizer(texts, truncation=True, max_length=scoring.max_length)
     tokenize_s = time.perf_counter() - started
     started = time.perf_counter()
-    scorer.logits(texts, 64)
+    logits = scorer.logits(texts, BATCH)
     score_s = time.perf_counter() - started
-    return {
+    figures = {
         "load_s": round(load_s, 2),
         "score_s": round(score_s, 2),
         "tokenize_s": round(tokenize_s, 2),
         "forward_and_batching_s": round(score_s - tokenize_s, 2),
         "tokenize_share_of_score": round(tokenize_s / score_s, 3),
     }
+    if hasattr(scorer, "fast"):
+        started = time.perf_counter()
+        int8 = scorer.fast.logits(texts, BATCH)
+        int8_s = time.perf_counter() - started
+        figures.update(
+            int8_pass_s=round(int8_s, 2),
+            fp32_fallback_s=round(score_s - int8_s, 2),
+            fp32_fallback_share_of_texts=round(float(scorer.unsure(int8).mean()), 4),
+            fp32_fallback_margin=scorer.margin,
+            labels_changed_by_fallback=int((int8.argmax(axis=1) != logits.argmax(axis=1)).sum()),
+        )
+    return figures
 
 
 def main() -> None:
@@ -130,6 +153,12 @@ def main() -> None:
     parser.add_argument("--workdir", default="runs", help="where the model's run is trained (and reused when its settings match)")
     parser.add_argument("--texts", type=int, default=10_000, help="tweets to predict")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every backend")
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="the backends timed in the rounds, comma-separated (torch and auto always are; every gated one still has its first use measured)",
+    )
+    parser.add_argument("--reuse-export", action="store_true", help="keep --run's onnx/ from an earlier first use (first-use costs are then not measured)")
     parser.add_argument("--json-out", default="benchmarks/results/predict_speed.json")
     parser.add_argument("--quick", action="store_true", help=f"smoke check: a tiny model trained in a temporary folder, {QUICK}")
     args = parser.parse_args()
@@ -151,8 +180,9 @@ def main() -> None:
     pd.DataFrame({"text": texts}).to_csv(source, index=False)
 
     print("first use: ONNX and OpenVINO export, parity checks, auto's timing...", file=sys.stderr)
-    first = first_uses(run)
-    backends = [b for b in BACKENDS if b not in first["refused"]]
+    first = first_uses(run, args.reuse_export)
+    asked = {"torch", "auto", *args.backends.split(",")}
+    backends = [b for b in BACKENDS if b in asked and b not in first["refused"]]
     seconds: dict[str, list[float]] = {backend: [] for backend in backends}
     outputs = {backend: Path(temporary.name) / f"{backend}.csv" for backend in backends}
     for round_number in range(args.rounds):
@@ -173,7 +203,8 @@ def main() -> None:
         }
     results["auto"]["is"] = first["auto_chose"]
     print("profile...", file=sys.stderr)
-    profiles = {backend: profile(run, texts[:PROFILE_TEXTS], backend) for backend in backends if backend != "auto"}
+    profiled = [backend for backend in backends if backend != "auto"] + [first["auto_chose"]]
+    profiles = {backend: profile(run, texts[:PROFILE_TEXTS], backend) for backend in dict.fromkeys(profiled)}
     auto = results["auto"]
     report = {
         "benchmark": "predict_speed",
@@ -183,6 +214,7 @@ def main() -> None:
         "trained_model": bench.served_model(run),
         "texts": f"{len(texts)} tweets, a seeded sample (seed 0) of the built-in `tweets` dataset, median {int(statistics.median(len(t) for t in texts))} characters",
         "rounds": args.rounds,
+        "backends_in_rounds": backends,
         "threads": hardware.thread_count(None),
         "environment": hardware.environment("fp32"),
         "load_average_at_start": load_at_start,

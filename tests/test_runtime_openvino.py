@@ -203,3 +203,69 @@ def test_export_bad_input_is_one_line(trained_run: Path, tmp_path: Path, monkeyp
     without_openvino(monkeypatch)
     assert_user_error(runner.invoke(cli, ["export", str(run), "--format", "openvino"]), "backend openvino needs openvino, which is not installed")
     assert not (run / "onnx").exists()
+
+
+class FixedLogits:
+    """A scorer that gives each text the logits it was built with."""
+
+    def __init__(self, logits: dict[str, list[float]]):
+        self.table, self.labels, self.backend, self.asked = logits, ["a", "b", "c"], "openvino-int8", []
+
+    def logits(self, texts, batch_size=None, progress=None) -> np.ndarray:
+        self.asked.append(list(texts))
+        return np.array([self.table[text] for text in texts], dtype=np.float32)
+
+
+def test_the_fallback_scores_again_exactly_the_texts_within_the_margin() -> None:
+    from tunelab.runtime.scorers import FallbackScorer
+
+    int8 = FixedLogits({"sure": [3.0, 0.0, 0.0], "tie": [1.0, 0.9375, 0.0], "edge": [0.0, 2.0, 1.875], "far": [0.0, 0.0, 0.5]})
+    fp32 = FixedLogits({"tie": [0.9, 1.0, 0.0], "edge": [0.0, 1.8, 2.0]})
+    logits = FallbackScorer(int8, fp32, margin=0.125).logits(["sure", "tie", "far", "edge"])
+    assert fp32.asked == [["tie", "edge"]]  # gaps 0.0625 and 0.125: at or below the margin; 3.0 and 0.5 are not
+    assert logits.argmax(axis=1).tolist() == [0, 1, 2, 2]
+
+
+def test_int8_near_ties_are_scored_in_fp32_below_the_margin_chosen_on_eval(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """An int8 model that labels some eval texts otherwise than PyTorch: its fallback margin is the largest top-two gap
+    among them, parity.json's agreement is the one the served scorer gives, and the scorer re-scores in fp32."""
+    import onnx
+    import openvino
+
+    from tunelab.models.classifier import Classifier
+    from tunelab.run import Run
+    from tunelab.runtime import load_scorer, openvino_export
+    from tunelab.runtime.export import split_texts
+    from tunelab.runtime.scorers import FallbackScorer, top_two_gap
+
+    run = Run.open(shutil.copytree(run_dir, tmp_path / "run"))
+    classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
+    eval_texts, test_texts = split_texts(run, "eval", None), split_texts(run, "test", None)
+    eval_reference = classifier.logits(eval_texts)
+    shift = float(np.quantile(top_two_gap(eval_reference), 0.5))  # moves the first label's logit past half of the eval texts' gaps
+
+    def biased_int8(fp32: Path, xml: Path, feeds) -> None:
+        """Stands in for NNCF: the fp32 graph with the first label's bias raised, so near ties flip as quantization error flips them."""
+        graph = onnx.load(str(fp32))
+        bias = next(w for w in graph.graph.initializer if tuple(w.dims) == (len(classifier.labels),))
+        values = onnx.numpy_helper.to_array(bias).copy()
+        values[0] += shift
+        bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
+        onnx.save(graph, str(tmp_path / "biased.onnx"))
+        openvino.save_model(openvino.Core().read_model(str(tmp_path / "biased.onnx")), str(xml))
+
+    monkeypatch.setattr(openvino_export, "quantize_openvino", biased_int8)
+    parity = openvino_export.add_openvino(run, ["openvino-int8"], step=lambda line: None)["openvino-int8"]
+
+    int8_eval = eval_reference.copy()
+    int8_eval[:, 0] += shift
+    differs = int8_eval.argmax(axis=1) != eval_reference.argmax(axis=1)
+    assert differs.any(), "the biased model must label some eval text otherwise, or this test checks nothing"
+    assert parity["fp32_fallback_margin"] == pytest.approx(top_two_gap(int8_eval)[differs].max(), abs=1e-4)
+    assert parity["fp32_fallback_chosen_on"].startswith(f"eval ({len(eval_texts)} texts, {int(differs.sum())} labelled otherwise")
+
+    scorer = load_scorer(run, "openvino-int8", say=lambda line: None)
+    assert isinstance(scorer, FallbackScorer) and scorer.backend == "openvino-int8"
+    served = scorer.logits(test_texts).argmax(axis=1)
+    assert parity["argmax_agreement"] == pytest.approx(float((served == classifier.logits(test_texts).argmax(axis=1)).mean()))
+    assert parity["argmax_agreement"] >= parity["int8_only_argmax_agreement"]

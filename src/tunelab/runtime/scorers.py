@@ -24,6 +24,10 @@ from tunelab.run import Run
 ONNX_DIR = "onnx"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 PARITY_FILE = "parity.json"  # each backend's agreement with PyTorch, beside the models
+# parity.json's key, under an int8 backend's entry, of the top-two logit gap at or below which its texts are
+# scored again in fp32 (FallbackScorer); the fp32 backend each int8 one falls back on.
+FALLBACK_MARGIN = "fp32_fallback_margin"
+FALLBACK_BACKENDS = {"openvino-int8": "openvino"}
 # The model file each backend runs (beside the ONNX files): OpenVINO compiles the fp32 ONNX graph itself,
 # and runs NNCF's int8 of it as OpenVINO IR (the .xml, with its weights in the .bin beside it).
 MODEL_FILES = {**ONNX_FILES, "openvino": ONNX_FILES["onnx"], "openvino-int8": "openvino.int8.xml"}
@@ -86,6 +90,52 @@ class OnnxScorer(Probabilities):
     def logits(self, texts: Sequence[str], batch_size: int | None = None, progress: Progress = None) -> np.ndarray:
         """Logits in the order of `texts` (texts or text pairs)."""
         return run_sorted(self.session, self.tokenizer, self.max_length, texts, batch_size or ONNX_SLICE, "logits", len(self.labels), progress)
+
+
+@dataclass
+class FallbackScorer(Probabilities):
+    """An int8 scorer whose unsure texts are scored again by its fp32 model: int8's speed, and fp32's label wherever int8's could differ.
+
+    A text is unsure when its top two int8 logits lie within `margin` of each other: quantization error
+    moves logits by a few hundredths (a few tenths at most), so only such near ties change their argmax. The margin is chosen on
+    the run's eval split (tunelab.runtime.openvino_export) and recorded in parity.json under FALLBACK_MARGIN.
+    """
+
+    fast: OnnxScorer
+    exact: OnnxScorer
+    margin: float
+
+    @property
+    def labels(self) -> list[str]:
+        return self.fast.labels
+
+    @property
+    def backend(self) -> str:
+        return self.fast.backend
+
+    def logits(self, texts: Sequence[str], batch_size: int | None = None, progress: Progress = None) -> np.ndarray:
+        texts = list(texts)
+        return self.rescore(texts, self.fast.logits(texts, batch_size, progress), batch_size)
+
+    def rescore(self, texts: Sequence, logits: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """`logits` (the fast model's, on `texts`) with each unsure text's row replaced by the exact model's."""
+        unsure = np.flatnonzero(self.unsure(logits))
+        if len(unsure) == 0:
+            return logits
+        logits = logits.copy()
+        logits[unsure] = self.exact.logits([texts[i] for i in unsure], batch_size)
+        return logits
+
+    def unsure(self, logits: np.ndarray) -> np.ndarray:
+        return top_two_gap(logits) <= self.margin
+
+
+def top_two_gap(logits: np.ndarray) -> np.ndarray:
+    """Each row's largest logit minus its second largest: how far the argmax is from changing."""
+    if logits.shape[1] < 2:
+        return np.full(len(logits), np.inf, dtype=np.float32)
+    top_two = np.partition(logits, -2, axis=1)[:, -2:]
+    return top_two[:, 1] - top_two[:, 0]
 
 
 def run_sorted(session, tokenizer, max_length: int, texts: Sequence, size: int, output: str, width: int, progress: Progress = None) -> np.ndarray:
@@ -207,7 +257,27 @@ def open_scorer(run: Run, backend: str, threads: int | None = None) -> Scorer:
         from transformers import AutoConfig
 
         max_length = model_max_length(AutoConfig.from_pretrained(run.model_dir), tokenizer)
-    return OnnxScorer(open_session(path, backend, threads), tokenizer, run.labels, int(max_length), backend=backend)
+    scorer = OnnxScorer(open_session(path, backend, threads), tokenizer, run.labels, int(max_length), backend=backend)
+    margin = fallback_margin(run, backend)
+    if margin is None:
+        return scorer
+    exact = FALLBACK_BACKENDS[backend]
+    return FallbackScorer(
+        scorer, OnnxScorer(open_session(onnx_path(run, exact), exact, threads), tokenizer, run.labels, int(max_length), backend=backend), margin
+    )
+
+
+def fallback_margin(run: Run, backend: str) -> float | None:
+    """The top-two gap at or below which `backend`'s texts are scored again in fp32, as its gate recorded it in parity.json (None: never)."""
+    import json
+
+    if backend not in FALLBACK_BACKENDS:
+        return None
+    try:
+        parity = json.loads((run.path / ONNX_DIR / PARITY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (parity.get(backend) or {}).get(FALLBACK_MARGIN)
 
 
 def onnx_path(run: Run, backend: str) -> Path:

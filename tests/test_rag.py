@@ -129,6 +129,26 @@ def test_a_simulated_retrieval_miss_shows_the_best_chunks_of_the_other_documents
     assert missed.best_similarity < found.best_similarity
 
 
+@pytest.mark.parametrize("context", ["focused", "chunks"])
+def test_a_simulated_line_miss_shows_the_questions_own_retrieval_without_the_lines_that_answer(concept_index, context):
+    from tunelab.rag.focus import focus, split_lines
+    from tunelab.rag.reader_data import ContextSettings, retrieve_context, retrieve_line_miss_context
+
+    settings = ContextSettings(mode="hybrid", k=2, context=context, lines=2)
+    row = {"question": "What do cats eat?", "answer": "Fish", "aliases": ["mice"]}
+    found = retrieve_context(concept_index, row["question"], settings)
+    assert any("fish" in p.text for p in found.passages)
+    missed = retrieve_line_miss_context(concept_index, row, settings)
+    assert [h.chunk.chunk_id for h in missed.hits] == [h.chunk.chunk_id for h in found.hits] and missed.best_similarity == found.best_similarity
+    shown = [p.text for p in missed.passages]
+    assert shown and not any("fish" in text or "mice" in text for text in shown)
+    if context == "focused":  # the next closest lines take the answer's place
+        every_line = [p.text for p in focus(row["question"], found.hits, concept_index.embedder, lines=100)]
+        assert shown == [line for line in every_line if "fish" not in line][:2]
+    else:  # each chunk without its answering lines
+        assert shown == ["\n".join(line for line in split_lines(h.chunk.text) if "fish" not in line) for h in found.hits]
+
+
 def test_modes_rank_differently_where_keywords_and_meaning_disagree(concept_index):
     query = "feline diet"
     bm25 = [h.chunk.doc_id for h in concept_index.search(query, "bm25", 5)]
@@ -978,13 +998,13 @@ def test_reader_thresholds_are_chosen_on_train_questions_it_was_not_trained_on(c
     assert "train" in abstention["chosen_on"] and abstention["questions"] == len(calibrated)
 
 
-@pytest.mark.parametrize("distractors", ["retrieval-miss", "both"])
+@pytest.mark.parametrize("distractors", ["retrieval-miss", "both", "line-miss"])
 def test_retrieval_miss_distractors_show_the_question_its_best_chunks_of_the_other_documents(concept_index, tmp_path, monkeypatch, distractors):
     from pathlib import Path
 
     import tunelab.rag.readers as readers
     import tunelab.rag.train_reader as train_reader
-    from tunelab.rag.reader_data import ContextSettings, retrieve_miss_context
+    from tunelab.rag.reader_data import ContextSettings, retrieve_line_miss_context, retrieve_miss_context
     from tunelab.rag.readers import Reading
     from tunelab.training import extractive_qa
 
@@ -1007,6 +1027,11 @@ def test_retrieval_miss_distractors_show_the_question_its_best_chunks_of_the_oth
     train_reader.train_rag_reader(reader_rows(120), concept_index, tmp_path / "run", settings=settings, progress=False, distractors=distractors)
     shown = [e for e in examples if e["distractor"]]
     assert len(shown) > 2
+    if distractors == "line-miss":  # its own retrieval, no line holding its answer: the reader must answer nothing
+        row_of = {r["question"]: r for r in reader_rows(120)}
+        own = [[p.reader_text() for p in retrieve_line_miss_context(concept_index, row_of[e["question"]], settings).passages] for e in shown]
+        assert [e["passages"] for e in shown] == own and all(e["answer"] == "" for e in shown)
+        return
     own_miss = [e["passages"] == [p.reader_text() for p in retrieve_miss_context(concept_index, e["question"], e["doc_id"], settings).passages] for e in shown]
     # every distractor is its question's own retrieval miss, or with "both" every other one (the rest: another question's passages)
     assert own_miss == ([True] * len(shown) if distractors == "retrieval-miss" else [i % 2 == 0 for i in range(len(shown))])

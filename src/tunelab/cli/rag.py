@@ -371,7 +371,8 @@ def train_reader_cmd(
         typer.Option(
             "--distractors",
             help="what a quarter of the training questions are shown instead of their passages, to learn to answer nothing: "
-            "another question's passages, or their own best chunks of the other documents (what a retrieval miss shows), or half of each",
+            "another question's passages, or their own best chunks of the other documents (what a retrieval miss shows), or half of each, "
+            "or their own retrieval without the lines that hold the answer (line-miss)",
         ),
     ] = Distractors(DEFAULT_DISTRACTORS),
     miss_abstention: Annotated[

@@ -12,7 +12,7 @@ as chunks are, since "Capital - name: Paris" alone does not say which country it
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,8 +62,17 @@ def whole_chunks(hits: Sequence[Hit]) -> list[Passage]:
     return [Passage(hit.chunk.text, hit) for hit in hits]
 
 
-def focus(question: str, hits: Sequence[Hit], embedder, lines: int = 5, query_vector: np.ndarray | None = None, cache: dict | None = None) -> list[Passage]:
-    """The `lines` lines of the hits closest to the question by cosine, best first.
+def focus(
+    question: str,
+    hits: Sequence[Hit],
+    embedder,
+    lines: int = 5,
+    query_vector: np.ndarray | None = None,
+    cache: dict | None = None,
+    skip: Callable[[str], bool] | None = None,
+) -> list[Passage]:
+    """The `lines` lines of the hits closest to the question by cosine, best first, leaving out the lines
+    `skip` says (e.g. those that hold the answer, for a training example with none).
 
     `cache` (chunk_id -> line vectors) saves re-embedding chunks that several questions retrieve."""
     candidates = [Passage(line, hit) for hit in hits for line in split_lines(hit.chunk.text)]
@@ -80,5 +89,5 @@ def focus(question: str, hits: Sequence[Hit], embedder, lines: int = 5, query_ve
             cache[chunk_id] = np.stack([v for p, v in zip(fresh, vectors) if p.hit.chunk.chunk_id == chunk_id])
     vectors = np.concatenate([cache[chunk_id] for chunk_id in dict.fromkeys(p.hit.chunk.chunk_id for p in candidates)])
     similarity = vectors @ query_vector
-    order = np.argsort(-similarity, kind="stable")[:lines]
+    order = [i for i in np.argsort(-similarity, kind="stable") if skip is None or not skip(candidates[i].text)][:lines]
     return [Passage(candidates[i].text, candidates[i].hit, float(similarity[i])) for i in order]

@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tunelab.answers import ABSTENTION
-from tunelab.rag.focus import Passage, focus, whole_chunks
+from tunelab.rag.focus import Passage, focus, split_lines, whole_chunks
 
 CONTEXTS = ("focused", "chunks")
 # Share of training questions shown another document's passages (target: no answer). Retrieval
@@ -46,13 +46,14 @@ class Retrieved:
     seconds: float
 
 
-def retrieve_context(index, question: str, settings: ContextSettings) -> Retrieved:
+def retrieve_context(index, question: str, settings: ContextSettings, skip: Callable[[str], bool] | None = None) -> Retrieved:
+    """What the reader is shown for `question` (shown_context), without the lines `skip` says."""
     import time
 
     started = time.perf_counter()
     retrieval = index.retrieve(question, settings.mode, settings.k, need_similarity=True)
     best = 0.0 if math.isnan(retrieval.best_similarity) else retrieval.best_similarity  # NaN: the index is empty
-    return shown_context(index, question, retrieval.hits, best, settings, started)
+    return shown_context(index, question, retrieval.hits, best, settings, started, skip)
 
 
 def retrieve_miss_context(index, question: str, doc_id: str, settings: ContextSettings) -> Retrieved:
@@ -72,14 +73,31 @@ def retrieve_miss_context(index, question: str, doc_id: str, settings: ContextSe
     return shown_context(index, question, hits, max(similarities, default=0.0), settings, started)
 
 
-def shown_context(index, question: str, hits: list, best_similarity: float, settings: ContextSettings, started: float) -> Retrieved:
-    """What the reader is shown of `hits`: their lines closest to the question, or the whole chunks; timed from `started`."""
+def retrieve_line_miss_context(index, row: dict, settings: ContextSettings) -> Retrieved:
+    """The context `row`'s question would get if no shown line held its answer although retrieval found its
+    document: the question's own retrieval, every line that holds the answer (or an alias) left out. On train
+    questions most real misses are of this kind (the document shown, the answering line not among the
+    focused lines), not the document misses retrieve_miss_context simulates."""
+
+    def holds_answer(line: str) -> bool:
+        return locate(line, row["answer"], row.get("aliases") or []) is not None
+
+    return retrieve_context(index, row["question"], settings, skip=holds_answer)
+
+
+def shown_context(
+    index, question: str, hits: list, best_similarity: float, settings: ContextSettings, started: float, skip: Callable[[str], bool] | None = None
+) -> Retrieved:
+    """What the reader is shown of `hits`: their lines closest to the question, or the whole chunks, without the
+    lines `skip` says; timed from `started`."""
     import time
 
     if settings.context == "focused":
-        passages = focus(question, hits, index.embedder, settings.lines, cache=line_cache(index))
+        passages = focus(question, hits, index.embedder, settings.lines, cache=line_cache(index), skip=skip)
     else:
         passages = whole_chunks(hits)
+        if skip is not None:
+            passages = [Passage("\n".join(line for line in split_lines(p.text) if not skip(line)), p.hit) for p in passages]
     return Retrieved(passages, hits, best_similarity, time.perf_counter() - started)
 
 

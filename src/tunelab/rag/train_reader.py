@@ -20,7 +20,16 @@ from pathlib import Path
 from tunelab import atomic
 from tunelab.answers import answer_in_text, choose_thresholds, score
 from tunelab.errors import TunelabError
-from tunelab.rag.reader_data import ContextSettings, Retrieved, distractor_rows, join_passages, reader_examples, retrieve_context, retrieve_miss_context
+from tunelab.rag.reader_data import (
+    ContextSettings,
+    Retrieved,
+    distractor_rows,
+    join_passages,
+    reader_examples,
+    retrieve_context,
+    retrieve_line_miss_context,
+    retrieve_miss_context,
+)
 from tunelab.run import refuse_existing
 
 SETTINGS_FILE = "rag_reader.json"
@@ -29,8 +38,10 @@ MIN_CALIBRATION = 50
 MISS_ABSTENTION = None
 # What a distractor example shows the reader instead of its own passages: another question's passages
 # (another document, often another field), or the same question's best chunks of the other documents,
-# what a retrieval miss shows (rag/reader_data.retrieve_miss_context), or half of each.
-DISTRACTORS = ("other-question", "retrieval-miss", "both")
+# what a retrieval miss shows (rag/reader_data.retrieve_miss_context), or half of each; or "line-miss", its
+# own retrieval with every line that holds the answer left out (rag/reader_data.retrieve_line_miss_context):
+# the right document, but no line that answers.
+DISTRACTORS = ("other-question", "retrieval-miss", "both", "line-miss")
 DEFAULT_DISTRACTORS = "other-question"
 
 
@@ -277,11 +288,7 @@ def train_reader_on(
     if distractors not in DISTRACTORS:
         raise TunelabError(f"unknown distractors '{distractors}'", f"use one of {', '.join(DISTRACTORS)}")
     distractor_of = distractor_rows(reader_rows, seed)
-    miss_contexts = (
-        retrieve_distractor_misses(index, reader_rows, distractor_of, settings, progress, half=distractors == "both")
-        if distractors != "other-question"
-        else None
-    )
+    miss_contexts = retrieve_distractor_misses(index, reader_rows, distractor_of, settings, progress, distractors) if distractors != "other-question" else None
     examples = reader_examples(reader_rows, reader_contexts, distractor_of=distractor_of, miss_contexts=miss_contexts)
     # Examples go next to the run (not inside: the trainer publishes the run folder whole).
     data = out.parent / f".{out.name}.examples.jsonl"
@@ -308,21 +315,25 @@ def train_reader_on(
 
 
 def retrieve_distractor_misses(
-    index, rows: Sequence[dict], distractor_of: Mapping[int, int], settings: ContextSettings, progress: bool, half: bool = False
+    index, rows: Sequence[dict], distractor_of: Mapping[int, int], settings: ContextSettings, progress: bool, distractors: str = "retrieval-miss"
 ) -> dict[int, Retrieved]:
-    """The distractor rows' (`distractor_of`, reader_data.distractor_rows of `rows`) contexts as if retrieval had
-    missed their documents (with `half`, every other distractor row's; the others keep another question's passages)."""
+    """The distractor rows' (`distractor_of`, reader_data.distractor_rows of `rows`) contexts as a miss would show
+    them (DISTRACTORS): retrieval missing their documents ("retrieval-miss"; "both": every other distractor row's,
+    the others keep another question's passages), or their own retrieval without the lines that answer ("line-miss")."""
     from tunelab.progress import progress_bar
 
     if index is None:
-        raise TunelabError("retrieval-miss distractors need the index", "pass the index the questions are retrieved from")
+        raise TunelabError(f"{distractors} distractors need the index", "pass the index the questions are retrieved from")
     chosen = [i for i in sorted(distractor_of) if rows[i].get("doc_id")]
-    chosen = chosen[::2] if half else chosen
+    chosen = chosen[::2] if distractors == "both" else chosen
     out = {}
     with progress_bar(progress) as bar:
         task = bar.add_task("retrieving distractors as if missed", total=len(chosen)) if bar else None
         for i in chosen:
-            out[i] = retrieve_miss_context(index, rows[i]["question"], rows[i]["doc_id"], settings)
+            if distractors == "line-miss":
+                out[i] = retrieve_line_miss_context(index, rows[i], settings)
+            else:
+                out[i] = retrieve_miss_context(index, rows[i]["question"], rows[i]["doc_id"], settings)
             if bar:
                 bar.advance(task, 1)
     return out

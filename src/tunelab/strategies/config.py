@@ -61,7 +61,8 @@ class StrategiesConfig(Settings):
     reader_distractors: Literal[DISTRACTORS] = Field(
         DEFAULT_DISTRACTORS,
         description="what the extractive readers' distractor examples (a quarter of their training questions, taught to answer nothing) show: "
-        "another question's passages, or the same question's best chunks of the other documents (what a retrieval miss shows), or half of each",
+        "another question's passages, or the same question's best chunks of the other documents (what a retrieval miss shows), or half of each, "
+        "or the same question's retrieval without the lines that hold the answer (line-miss)",
     )
     reader_run: str | None = Field(
         None,

@@ -104,7 +104,7 @@ def settings_parser(description: str) -> argparse.ArgumentParser:
     # 1,000 of the ~2,300 training sentences keep three seeds under 15 minutes on one thread.
     parser.add_argument("--max-train-samples", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("TUNELAB_THREADS", "1")))
-    parser.add_argument("--class-weights", choices=("none", "balanced"), default="none")
+    parser.add_argument("--class-weights", choices=("none", "balanced", "sqrt-balanced"), default="none")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     return parser
 

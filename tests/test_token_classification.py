@@ -296,6 +296,17 @@ def test_tag_weights_weight_each_words_first_piece_and_skip_the_others(piece_ber
         assert float(trainer.compute_loss(model, dict(batch))) == pytest.approx(float(model(**batch).loss), rel=1e-5)
 
 
+def test_sqrt_balanced_weights_are_the_square_roots_of_scikit_learns_balanced_ones():
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from tunelab.training.classify import resolve_class_weights
+
+    tags = [0] * 40 + [1] * 6 + [2] * 2
+    balanced = compute_class_weight("balanced", classes=np.arange(3), y=tags)
+    assert np.allclose(resolve_class_weights("sqrt-balanced", tags, ["O", "B-PER", "I-PER"]).numpy(), np.sqrt(balanced))
+
+
 def test_a_run_trains_with_balanced_tag_weights_and_refuses_a_weight_missing_a_tag(piece_bert, tmp_path, monkeypatch):
     import tunelab.training.token_classification as token_training
     from tunelab.training.trainer import balanced_class_weights

@@ -8,7 +8,9 @@ use it the same way:
     train   the model trains on it; the gazetteer is its entity strings
     eval    choosing only: the model's best epoch (entity micro-F1)
     test    scoring only: every F1 below
-The settings (epochs, learning rate, batch) are fixed before the run, not tuned on test. Prints one
+The settings (epochs, learning rate, batch) were fixed before the first run; the number of training
+sentences and the class weights were chosen on the eval split by token_classification_dev.py; none is
+tuned on test. Prints one
 JSON document: per-seed figures, the mean and standard deviation over seeds, whether the fine-tune
 beats the gazetteer on mean entity micro-F1 (the headline) and macro-F1, training time and samples/s,
 threads and CPU flags.
@@ -123,9 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     document = {
         "benchmark": "token_classification",
         "settings": dict(vars(args)),
-        "recipe": "tunelab train --task token-classification (a tag per word on its first word piece, best epoch by eval entity micro-F1)",
+        "recipe": "tunelab train --task token-classification (a tag per word on its first word piece, best epoch by eval entity micro-F1, "
+        f"{args.max_train_samples} training sentences, class weights {args.class_weights})",
         "baseline": "gazetteer: the train split's entity strings, longest match first (no learning)",
-        "chosen_on": {"best epoch": "eval split", "epochs, lr, batch size": "fixed before the run", "every figure": "test split"},
+        "chosen_on": {
+            "best epoch": "eval split",
+            "epochs, lr, batch size": "fixed before the first run",
+            "training sentences, class weights": "the eval split, by benchmarks/token_classification_dev.py (results/token_classification_dev.json)",
+            "every figure": "test split",
+        },
         "per_seed": per_seed,
         "finetune": finetune,
         "gazetteer": baseline,

@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             "chosen": "highest mean eval macro-F1 among the admissible",
         },
         "candidates": results,
+        "not_run": [name for name in CANDIDATES if name not in {result["candidate"] for result in results}],
         **(choose(results) if any(r["candidate"] == REFERENCE for r in results) else {"chosen": None, "note": "the reference has not run yet"}),
         "threads": results[0]["settings"]["threads"] if results else None,
         "environment": hardware.environment(hardware.resolve_precision("auto")),

@@ -1,6 +1,6 @@
 """Token classification (NER): the three readers and their one-line errors (length mismatch, the IOB
 rule, spans off word boundaries), alignment to word pieces, metrics equal to seqeval's, the gazetteer
-baseline, a run trained on a tiny BERT, predict, eval, pipeline() interop, its ONNX and OpenVINO backends behind
+baseline, tag loss weights, a run trained on a tiny BERT, predict, eval, pipeline() interop, its ONNX and OpenVINO backends behind
 the word-tag gate in predict, eval, serve and compare's timings, and the factbook-entities rule."""
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ def test_eval_on_a_conll_file_writes_the_report(ner_run, tmp_path):
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["evaluated_on"]["source"] == str(data)
 
 
-# -- the CLI's one-line errors --------------------------------------------------------------------
+# -- tag loss weights ----------------------------------------------------------------------------
 
 
 def test_tag_weights_weight_each_words_first_piece_and_skip_the_others(piece_bert):
@@ -333,6 +333,9 @@ def test_a_run_trains_with_balanced_tag_weights_and_refuses_a_weight_missing_a_t
     config.write_text("task: token-classification\nclass_weights: {O: 0.5, B-PER: 2.0, I-PER: 2.0}\n", encoding="utf-8")
     assert_user_error(cli("train", config, "--model", piece_bert, "--data", data, "--epochs", 1, "--out", tmp_path / "out"), "no weight for 'B-LOC'")
     assert not (tmp_path / "out").exists()
+
+
+# -- the CLI's one-line errors --------------------------------------------------------------------
 
 
 def test_bad_tagged_data_is_refused_in_one_line(piece_bert, tmp_path):

@@ -4,7 +4,8 @@ benchmarks/results/token_classification.json: the fine-tune beat the gazetteer o
 but not on macro-F1, which weighs CAPITAL (about 4% of the entities) as much as COUNTRY. Each candidate
 below is a set of benchmarks/token_classification.py's flags over the recorded run's settings; each
 trains on seeds 0, 1 and 2 (each seed draws its own split by country) and is scored on the EVAL split
-only, fine-tune and gazetteer alike. The test split is not read here.
+only, fine-tune and gazetteer alike. Each run still scores its test split as it finishes (train_token_classifier
+does); nothing here reads those figures.
 
 The rule, fixed before the first trial:
     admissible  at most MAX_SENTENCE_EPOCHS training sentences x epochs a seed (the recorded run's three

@@ -1,6 +1,6 @@
 """Token classification (NER): the three readers and their one-line errors (length mismatch, the IOB
 rule, spans off word boundaries), alignment to word pieces, metrics equal to seqeval's, the gazetteer
-baseline, a run trained on a tiny BERT, predict, eval, pipeline() interop, its ONNX and OpenVINO backends behind
+baseline, tag loss weights, a run trained on a tiny BERT, predict, eval, pipeline() interop, its ONNX and OpenVINO backends behind
 the word-tag gate in predict, eval, serve and compare's timings, and the factbook-entities rule."""
 
 from __future__ import annotations
@@ -258,6 +258,81 @@ def test_eval_on_a_conll_file_writes_the_report(ner_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "micro avg" in result.output
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["evaluated_on"]["source"] == str(data)
+
+
+# -- tag loss weights ----------------------------------------------------------------------------
+
+
+def test_tag_weights_weight_each_words_first_piece_and_skip_the_others(piece_bert):
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, TrainingArguments
+
+    from tunelab.training.token_classification import TagAccuracyTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(piece_bert)
+    ids = {"O": 0, "B-PER": 1, "I-PER": 2}
+    frame = pd.DataFrame({"words": [["zorbia", "was", "great"], ["the", "qantar", "velmora"]], "tags": [["B-PER", "O", "B-PER"], ["O", "B-PER", "I-PER"]]})
+    dataset = tokenize_tagged(frame, tokenizer, 64, ids)
+    model = AutoModelForTokenClassification.from_pretrained(piece_bert, num_labels=3)
+    weights = torch.tensor([0.2, 3.0, 1.0])
+    args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True)
+    trainer = TagAccuracyTrainer(model=model, args=args, class_weights=weights)
+    width = max(len(row["input_ids"]) for row in dataset)
+    pad = lambda rows, key, value: torch.tensor([row[key] + [value] * (width - len(row[key])) for row in rows])  # noqa: E731
+    batch = {"input_ids": pad(dataset, "input_ids", 0), "attention_mask": pad(dataset, "attention_mask", 0), "labels": pad(dataset, "labels", IGNORED)}
+    tagged = batch["labels"] != IGNORED
+    model.train()
+    torch.manual_seed(0)
+    loss = trainer.compute_loss(model, dict(batch))
+    torch.manual_seed(0)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # By hand: the weighted mean over the tagged pieces only, as scikit-learn's sample weights would give it.
+    expected = F.cross_entropy(logits[tagged], batch["labels"][tagged], weight=weights)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert trainer._epoch[1].item() == 6  # train_accuracy counts the six tagged pieces, not the padding or the other pieces
+    model.eval()  # evaluation losses stay unweighted, comparable between runs
+    with torch.no_grad():
+        assert float(trainer.compute_loss(model, dict(batch))) == pytest.approx(float(model(**batch).loss), rel=1e-5)
+
+
+def test_sqrt_balanced_weights_are_the_square_roots_of_scikit_learns_balanced_ones():
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from tunelab.training.classify import resolve_class_weights
+
+    tags = [0] * 40 + [1] * 6 + [2] * 2
+    balanced = compute_class_weight("balanced", classes=np.arange(3), y=tags)
+    assert np.allclose(resolve_class_weights("sqrt-balanced", tags, ["O", "B-PER", "I-PER"]).numpy(), np.sqrt(balanced))
+
+
+def test_a_run_trains_with_balanced_tag_weights_and_refuses_a_weight_missing_a_tag(piece_bert, tmp_path, monkeypatch):
+    import tunelab.training.token_classification as token_training
+    from tunelab.training.trainer import balanced_class_weights
+
+    given = []
+
+    class Recording(token_training.TagAccuracyTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            given.append(self.class_weights)
+
+    monkeypatch.setattr(token_training, "TagAccuracyTrainer", Recording)
+    data = write_jsonl(tmp_path / "ner.jsonl", tagged_rows(60))
+    config = tmp_path / "balanced.yaml"
+    config.write_text("task: token-classification\nclass_weights: balanced\n", encoding="utf-8")
+    result = cli("train", config, "--model", piece_bert, "--data", data, "--epochs", 1, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    run = Run.open(tmp_path / "run")
+    assert run.config["class_weights"] == "balanced"
+    # The trainer's weights are scikit-learn's balanced weights of the train words' tags.
+    ids = {tag: i for i, tag in enumerate(run.labels)}
+    words = [ids[tag] for sentence in run.split("train")["tags"] for tag in sentence]
+    assert given[0].tolist() == pytest.approx(balanced_class_weights(words, len(ids)).tolist())
+    config.write_text("task: token-classification\nclass_weights: {O: 0.5, B-PER: 2.0, I-PER: 2.0}\n", encoding="utf-8")
+    assert_user_error(cli("train", config, "--model", piece_bert, "--data", data, "--epochs", 1, "--out", tmp_path / "out"), "no weight for 'B-LOC'")
+    assert not (tmp_path / "out").exists()
 
 
 # -- the CLI's one-line errors --------------------------------------------------------------------

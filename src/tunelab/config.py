@@ -137,10 +137,10 @@ SMALL_DATA_RECIPE: dict[str, Any] = {"pooling": "mean", "head_init": "linear-pro
 class TrainConfig(DataSettings, TrainerSettings):
     """Fine-tuning a sequence classifier (`tunelab train`): the data and Trainer settings, plus:"""
 
-    class_weights: Literal["none", "balanced"] | dict[str, PositiveFloat] = Field(
+    class_weights: Literal["none", "balanced", "sqrt-balanced"] | dict[str, PositiveFloat] = Field(
         "none",
         description="balanced: each class's training loss weighted by rows / (classes x its rows), so a rare class is not outvoted; "
-        "or {label: weight} for every label",
+        "sqrt-balanced: the square root of those weights, a milder push; or {label: weight} for every label",
     )
     method: Literal["full", "head", "lora"] = Field("full", description="what is trained: all weights, the head only, or LoRA adapters")
     length_percentile: float = Field(95.0, gt=0, le=100)
@@ -273,7 +273,11 @@ class TokenClassificationConfig(TrainConfig):
     strict_iob: bool = Field(False, description="refuse an I-TYPE that continues no TYPE entity, instead of reading it as B-TYPE")
     epochs: float = Field(4.0, gt=0)
     length_percentile: float = Field(100.0, gt=0, le=100, description="max length covers this percentile of sentences: words past it are not tagged")
-    class_weights: Literal["none"] = Field("none", description="tag loss weights are not supported for token classification")
+    class_weights: Literal["none", "balanced", "sqrt-balanced"] | dict[str, PositiveFloat] = Field(
+        "none",
+        description="balanced: each tag's training loss weighted by words / (tags x its words), counted over the train words' tags, "
+        "so a rare entity type is not outvoted by O; sqrt-balanced: the square root of those weights, a milder push; or {tag: weight} for every IOB2 tag",
+    )
     method: Literal["full"] = Field("full", description="token classification trains all weights")
     pooling: Literal["cls"] = Field("cls", description="unused: each token has its own head output")
     recipe: Literal["default"] = Field("default", description="token classification has one recipe")

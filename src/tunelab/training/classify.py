@@ -115,6 +115,8 @@ def resolve_class_weights(setting: str | dict[str, float], train_labels: list[in
         return None
     if setting == "balanced":
         return balanced_class_weights(train_labels, len(labels))
+    if setting == "sqrt-balanced":
+        return balanced_class_weights(train_labels, len(labels)).sqrt()
     missing = [label for label in labels if label not in setting]
     if missing:
         raise TunelabError(f"class_weights has no weight for {', '.join(map(repr, missing[:5]))}", "give a weight for every label, or use 'balanced'")

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer  # noqa: E402
+from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification  # noqa: E402
 
 from tunelab import atomic  # noqa: E402
 from tunelab.config import TokenClassificationConfig  # noqa: E402
@@ -27,6 +27,7 @@ from tunelab.evaluation.token_metrics import entity_scores  # noqa: E402
 from tunelab.run import Run  # noqa: E402
 from tunelab.runtime.tagger import TASK  # noqa: E402
 from tunelab.training import trainer_setup  # noqa: E402
+from tunelab.training.classify import resolve_class_weights  # noqa: E402
 from tunelab.training.resume import resume_point  # noqa: E402
 from tunelab.training.trainer import AccuracyTrainer  # noqa: E402
 
@@ -40,6 +41,8 @@ def train_token_classifier(config: TokenClassificationConfig, progress: bool = T
     checkpoint = point.checkpoint if point else None
     tags = tag_vocabulary([splits["train"]])
     tag2id = {tag: i for i, tag in enumerate(tags)}
+    # Checked before anything is planned or staged; each word's tag is what its first piece carries into the loss.
+    class_weights = resolve_class_weights(config.class_weights, [tag2id[tag] for sentence in splits["train"]["tags"] for tag in sentence], tags)
     pretrained = trainer_setup.load_pretrained(config)
     if not pretrained.tokenizer.is_fast:
         raise TunelabError(f"model '{config.model}' has no fast tokenizer, which token classification needs to align tags to word pieces", "use another model")
@@ -68,6 +71,7 @@ def train_token_classifier(config: TokenClassificationConfig, progress: bool = T
         progress,
         length_window_batches=config.length_window,
         layer_lr_decay=config.layer_lr_decay,
+        class_weights=class_weights,
         compute_metrics=lambda prediction: entity_f1(prediction, tags),
         data_collator=DataCollatorForTokenClassification(pretrained.tokenizer, pad_to_multiple_of=8),
     )
@@ -89,19 +93,12 @@ def save_and_evaluate(config: TokenClassificationConfig, setup: trainer_setup.Ru
 
 
 class TagAccuracyTrainer(AccuracyTrainer):
-    """The classifier's Trainer (length-window sampler, layer-wise decay, accuracy from the training
-    batches), with accuracy counted over the word pieces that carry a tag (labels not -100)."""
+    """The classifier's Trainer (length-window sampler, layer-wise decay, tag loss weights, accuracy from the
+    training batches), with accuracy counted over the word pieces that carry a tag (labels not -100)."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.get("labels")
-        loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if labels is not None and model.training:
-            tagged = labels != IGNORED
-            right = (outputs.logits.detach().argmax(dim=-1) == labels) & tagged
-            counts = torch.tensor([right.sum().item(), tagged.sum().item()], dtype=torch.float64)
-            self._window += counts
-            self._epoch += counts
-        return (loss, outputs) if return_outputs else loss
+    def count_right(self, predicted: torch.Tensor, labels: torch.Tensor) -> None:
+        tagged = labels != IGNORED
+        super().count_right(predicted[tagged], labels[tagged])
 
 
 def entity_f1(eval_prediction, tags: list[str]) -> dict[str, float]:

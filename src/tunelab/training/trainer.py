@@ -89,17 +89,21 @@ class AccuracyTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
         if self.class_weights is not None and labels is not None and model.training:
-            # Weighted cross-entropy for training only: evaluation losses stay comparable between runs.
+            # Weighted cross-entropy for training only: evaluation losses stay comparable between runs. A token
+            # classifier's (batch, words, tags) logits are flattened to one row per word piece; -100 labels are ignored.
             outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-            loss = F.cross_entropy(outputs.logits.float(), labels, weight=self.class_weights.to(outputs.logits.device))
+            loss = F.cross_entropy(outputs.logits.float().flatten(0, -2), labels.flatten(), weight=self.class_weights.to(outputs.logits.device))
         else:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if labels is not None and model.training:
-            predicted = outputs.logits.detach().argmax(dim=-1)
-            counts = torch.tensor([(predicted == labels).sum().item(), labels.numel()], dtype=torch.float64)
-            self._window += counts
-            self._epoch += counts
+            self.count_right(outputs.logits.detach().argmax(dim=-1), labels)
         return (loss, outputs) if return_outputs else loss
+
+    def count_right(self, predicted: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a training batch's correct predictions and its predictions to the counts behind train_accuracy."""
+        counts = torch.tensor([(predicted == labels).sum().item(), labels.numel()], dtype=torch.float64)
+        self._window += counts
+        self._epoch += counts
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:

@@ -152,8 +152,9 @@ def reader_examples(
     """One example per question: {question, passages (texts), answer ('' = none in them), answer_start,
     kind, doc_id, distractor}. A distractor row (`distractor_of`, when the caller drew them already, else
     distractor_rows of `seed` and `distractor_share`) is shown its context in `miss_contexts` when there is
-    one (retrieve_miss_context: the same question's best chunks of the other documents, the hard case of a
-    country's neighbour read for it), else another question's passages."""
+    one (a simulated miss: retrieve_miss_context, the same question's best chunks of the other documents, the
+    hard case of a country's neighbour read for it; or retrieve_line_miss_context, its own document without
+    the answering line), else another question's passages."""
     chosen = distractor_rows(rows, seed, distractor_share) if distractor_of is None else distractor_of
     miss_contexts = miss_contexts or {}
     examples = []

@@ -53,6 +53,9 @@ Rules for changing the defaults, each fixed before the run it judges:
    the `today` rule, at seed 0 and at seed 1 alike: its right - hallucinated is at least the other-question
    reader's; its abstention on simulated line misses is at least 15 points above the other-question reader's;
    its right is >= 0.75 and its hallucinated <= 0.10.
+   (Result at seed 0: line-miss right 85.25%, hallucinated 10.0%, 61.2% of simulated line misses abstained, 8 of
+   14 real misses; other-question 86.75%, 10.75%, 27.4%, 7 of 14: right - hallucinated 0.75 points lower
+   [-4.5, +3.25]: fails, no change; seed 1 not run.)
 
     python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN [--train DIR] [--seed S] [--out FILE]
 """

@@ -1,6 +1,7 @@
 """Atomic writes: stage into a temporary file or folder, then rename.
 
-A crash never leaves a file or a run directory that looks complete but is not.
+A crash never leaves a file or a run directory that looks complete but is not. `read_json` reads back a
+JSON record such a write made, or says None when there is none (a cache or record that is made again).
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any | None:
+    """The JSON at `path`, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _jsonable(value: Any) -> Any:

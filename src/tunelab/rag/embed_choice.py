@@ -24,7 +24,6 @@ reference) and with each other backend, about as long as building the Factbook i
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -275,10 +274,7 @@ def measurement_key(model: str | Path, threads: int | None) -> dict[str, Any]:
 
 
 def read_parity(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / PARITY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return atomic.read_json(folder / PARITY_FILE)
 
 
 def _file_version(path: Path) -> str | None:

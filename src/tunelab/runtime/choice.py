@@ -24,7 +24,6 @@ A backend that fails is refused with one line saying why.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -155,7 +154,7 @@ def exported(run: Run, backend: str, say: Say) -> dict[str, Any]:
         return parity is not None and (not needs_int8 or parity.get("int8_argmax_agreement") is not None)
 
     def done() -> dict[str, Any] | None:
-        parity = _read_json(run.path / ONNX_DIR / PARITY_FILE)
+        parity = atomic.read_json(run.path / ONNX_DIR / PARITY_FILE)
         return parity if onnx_done(parity) and all(name in parity for name in openvino) else None
 
     parity = done()  # checked before locking too: an exported run is only read, and gets no lock file
@@ -166,7 +165,7 @@ def exported(run: Run, backend: str, say: Say) -> dict[str, Any]:
         if parity is not None:
             return parity
         try:
-            parity = _read_json(run.path / ONNX_DIR / PARITY_FILE)
+            parity = atomic.read_json(run.path / ONNX_DIR / PARITY_FILE)
             if not onnx_done(parity):
                 say(f"exporting {run.path.name} to ONNX{' and int8' if needs_int8 else ''} (first use; checked against PyTorch on its test split)")
                 parity = export_onnx(run, "int8" if needs_int8 else None, int8_refusal="record").to_dict()
@@ -277,7 +276,7 @@ def cached_choice(run: Run, threads: int | None) -> dict[str, Any] | None:
 
 def read_cached_choice(path, key: dict[str, Any]) -> dict[str, Any] | None:
     """The choice recorded at `path` if it was measured for `key` (same CPU flags, threads, model files)."""
-    choice = _read_json(path)
+    choice = atomic.read_json(path)
     if choice is None or any(choice.get(name) != value for name, value in key.items()):
         return None
     return choice
@@ -302,13 +301,6 @@ def _package_version(package: str) -> str | None:
     try:
         return version(package)
     except PackageNotFoundError:
-        return None
-
-
-def _read_json(path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
         return None
 
 

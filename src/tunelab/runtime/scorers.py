@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tunelab import hardware, textpairs
+from tunelab import atomic, hardware, textpairs
 from tunelab.backends import BACKENDS, OPENVINO_BACKENDS
 from tunelab.errors import TunelabError
 from tunelab.run import Run
@@ -269,14 +269,9 @@ def open_scorer(run: Run, backend: str, threads: int | None = None) -> Scorer:
 
 def fallback_margin(run: Run, backend: str) -> float | None:
     """The top-two gap at or below which `backend`'s texts are scored again in fp32, as its gate recorded it in parity.json (None: never)."""
-    import json
-
     if backend not in FALLBACK_BACKENDS:
         return None
-    try:
-        parity = json.loads((run.path / ONNX_DIR / PARITY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    parity = atomic.read_json(run.path / ONNX_DIR / PARITY_FILE) or {}
     return (parity.get(backend) or {}).get(FALLBACK_MARGIN)
 
 

@@ -79,7 +79,7 @@ from tunelab.answers import answer_in_text, bootstrap_ci, score  # noqa: E402
 from tunelab.data.factbook_qa import CALIBRATION_FIELD_QUESTIONS, CALIBRATION_FIELDS, READER_FIELD_QUESTIONS, field_question_roles, read_qa  # noqa: E402
 from tunelab.progress import track  # noqa: E402
 from tunelab.rag.index import open_index  # noqa: E402
-from tunelab.rag.reader_data import ContextSettings, join_passages, retrieve_context, retrieve_line_miss_context  # noqa: E402
+from tunelab.rag.reader_data import ContextSettings, join_passages, retrieve_context  # noqa: E402
 from tunelab.rag.readers import SpanReader  # noqa: E402
 from tunelab.rag.train_reader import answered_by, choose_abstention, read_misses, reading_features, simulated_misses, train_reader_on  # noqa: E402
 from tunelab.strategies.run import sample  # noqa: E402
@@ -187,11 +187,13 @@ def main() -> None:
     index = open_index(args.index)
     settings = ContextSettings()
     contexts = [retrieve_context(index, r["question"], settings) for r in track(rows, "retrieving")]
-    misses = simulated_misses(index, rows, settings)
-    miss_index = np.array([next(i for i, r in enumerate(rows) if r is row) for row, _ in misses])
-    line_misses = [(row, retrieve_line_miss_context(index, row, settings)) for row in track(rows, "retrieving as line misses")]
-    line_misses = [(row, c) for row, c in line_misses if not answer_in_text(join_passages(c.passages), row["answer"], row.get("aliases") or [])]
-    line_index = np.array([next(i for i, r in enumerate(rows) if r is row) for row, _ in line_misses])
+    misses, line_misses = simulated_misses(index, rows, settings), simulated_misses(index, rows, settings, kind="line")
+
+    def positions(pairs) -> np.ndarray:
+        """Where each (row, context) pair's row stands in `rows`: its fold."""
+        return np.array([next(i for i, r in enumerate(rows) if r is row) for row, _ in pairs])
+
+    miss_index, line_index = positions(misses), positions(line_misses)
     readers = {"other-question": Path(args.reader)}
     if args.train:
         readers[args.distractors] = Path(args.train)

@@ -85,6 +85,14 @@ def retrieve_line_miss_context(index, row: dict, settings: ContextSettings) -> R
     return retrieve_context(index, row["question"], settings, skip=holds_answer)
 
 
+def simulated_miss_context(index, row: dict, settings: ContextSettings, kind: str = "retrieval") -> Retrieved:
+    """`row`'s context as a miss of `kind` shows it: "retrieval", its document missed (retrieve_miss_context; the
+    row needs its doc_id), or "line", its document found without the lines that answer (retrieve_line_miss_context)."""
+    if kind == "line":
+        return retrieve_line_miss_context(index, row, settings)
+    return retrieve_miss_context(index, row["question"], row["doc_id"], settings)
+
+
 def shown_context(
     index, question: str, hits: list, best_similarity: float, settings: ContextSettings, started: float, skip: Callable[[str], bool] | None = None
 ) -> Retrieved:

@@ -27,8 +27,7 @@ from tunelab.rag.reader_data import (
     join_passages,
     reader_examples,
     retrieve_context,
-    retrieve_line_miss_context,
-    retrieve_miss_context,
+    simulated_miss_context,
 )
 from tunelab.run import refuse_existing
 
@@ -110,14 +109,16 @@ def reading_features(contexts: Sequence[Retrieved], readings) -> list[list[float
     return [similarities, confidences, quoted]
 
 
-def simulated_misses(index, rows: Sequence[dict], settings: ContextSettings, progress: Callable[[int], None] | None = None) -> list[tuple[dict, Retrieved]]:
+def simulated_misses(
+    index, rows: Sequence[dict], settings: ContextSettings, progress: Callable[[int], None] | None = None, kind: str = "retrieval"
+) -> list[tuple[dict, Retrieved]]:
     """(row, context) pairs: the rows' contexts as if retrieval had missed their documents
-    (rag/reader_data.retrieve_miss_context), for the rows whose other documents do not hold the answer
-    either (e.g. a currency two countries share)."""
+    (rag/reader_data.simulated_miss_context; with `kind` "line", as if it had found them but not the lines
+    that answer), for the rows whose context then holds no answer either (e.g. a currency two countries share)."""
     out = []
     for row in rows:
-        if row.get("doc_id"):
-            missed = retrieve_miss_context(index, row["question"], row["doc_id"], settings)
+        if kind == "line" or row.get("doc_id"):
+            missed = simulated_miss_context(index, row, settings, kind)
             if not answer_in_text(join_passages(missed.passages), row["answer"], row.get("aliases") or []):
                 out.append((row, missed))
         if progress:
@@ -330,10 +331,7 @@ def retrieve_distractor_misses(
     with progress_bar(progress) as bar:
         task = bar.add_task("retrieving distractors as if missed", total=len(chosen)) if bar else None
         for i in chosen:
-            if distractors == "line-miss":
-                out[i] = retrieve_line_miss_context(index, rows[i], settings)
-            else:
-                out[i] = retrieve_miss_context(index, rows[i]["question"], rows[i]["doc_id"], settings)
+            out[i] = simulated_miss_context(index, rows[i], settings, "line" if distractors == "line-miss" else "retrieval")
             if bar:
                 bar.advance(task, 1)
     return out

@@ -57,7 +57,19 @@ Rules for changing the defaults, each fixed before the run it judges:
    14 real misses; other-question 86.75%, 10.75%, 27.4%, 7 of 14: right - hallucinated 0.75 points lower
    [-4.5, +3.25]: fails, no change; seed 1 not run.)
 
+6. (sixth run, `--scope named`, seed 0; then seed 1 with that seed's other-question reader.) Fixed after run 5
+   and before both. Of the 14 real misses at seed 0, 3 are documents retrieval missed although the question
+   names them (Belgium, Estonia, Guinea) and most line misses are lines of the named document in chunks that
+   were not retrieved; on 600 train questions, lines from every chunk of the retrieved documents put the
+   answering line among the 5 shown for 97.0% against 94.0% (benchmarks of train questions only). So
+   retrieval keeps to the documents a question names by title, when it names any (ContextSettings.scope
+   "named", rag/named.py), and the other-question reader, unchanged, is read on the calibration questions so
+   retrieved. "named" becomes the default scope if, under the `today` rule, at seed 0 and at seed 1 alike:
+   its right - hallucinated is at least the "all" scope's; it has no more real misses; its right is >= 0.75
+   and its hallucinated <= 0.10.
+
     python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN [--train DIR] [--seed S] [--out FILE]
+    python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN --scope named [--seed S]
 """
 
 from __future__ import annotations
@@ -172,6 +184,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="strategies' seed: the questions' roles, the field questions and the readers' training seed")
     parser.add_argument("--distractors", default="retrieval-miss", choices=["retrieval-miss", "both", "line-miss"], help="the --train reader's distractors")
     parser.add_argument("--levels", nargs="+", type=float, default=[0.8, 0.85, 0.9, 0.95])
+    parser.add_argument(
+        "--scope", choices=["named"], help="read the --reader run on the calibration questions retrieved over all documents and over the named ones (rule 6)"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "miss_abstention_dev.json"))
     args = parser.parse_args()
     started = time.time()
@@ -185,15 +200,54 @@ def main() -> None:
     reader_rows = [r for r in shuffled[240:] + fields.training if str(r.get("answer", "")).strip()]
 
     index = open_index(args.index)
-    settings = ContextSettings()
-    contexts = [retrieve_context(index, r["question"], settings) for r in track(rows, "retrieving")]
-    misses, line_misses = simulated_misses(index, rows, settings), simulated_misses(index, rows, settings, kind="line")
 
     def positions(pairs) -> np.ndarray:
         """Where each (row, context) pair's row stands in `rows`: its fold."""
         return np.array([next(i for i, r in enumerate(rows) if r is row) for row, _ in pairs])
 
+    def retrieved(settings: ContextSettings):
+        """The calibration questions' contexts, and their simulated document and line misses, under `settings`."""
+        contexts = [retrieve_context(index, r["question"], settings) for r in track(rows, f"retrieving ({settings.scope} documents)")]
+        misses, line_misses = simulated_misses(index, rows, settings), simulated_misses(index, rows, settings, kind="line")
+        return contexts, misses, line_misses
+
+    settings = ContextSettings()
+    contexts, misses, line_misses = retrieved(settings)
     miss_index, line_index = positions(misses), positions(line_misses)
+    if args.scope:
+        scoped = ContextSettings(scope=args.scope)
+        reader = SpanReader(Path(args.reader))
+        results = {}
+        for name, (scope_contexts, scope_misses, scope_lines) in {"all": (contexts, misses, line_misses), args.scope: retrieved(scoped)}.items():
+            print(f"scope {name}", flush=True)
+            readings = reader.read_many([r["question"] for r in rows], [c.passages for c in scope_contexts], threshold=float("-inf"))
+            results[name] = cross_fitted(
+                rows,
+                scope_contexts,
+                readings,
+                read_misses(reader, scope_misses),
+                positions(scope_misses),
+                args.levels,
+                args.seed,
+                (read_misses(reader, scope_lines), positions(scope_lines)),
+            )
+        base, named = results["all"]["today"], results[args.scope]["today"]
+        difference = named["_net_per_question"] - base["_net_per_question"]
+        passes = (
+            named["right"] - named["hallucinated"] >= base["right"] - base["hallucinated"]
+            and named["real_misses"]["questions"] <= base["real_misses"]["questions"]
+            and named["right"] >= 0.75
+            and named["hallucinated"] <= 0.10
+        )
+        decision = {
+            f"right - hallucinated, {args.scope} minus all": {
+                "points": round(float(difference.mean()) * 100, 2),
+                "ci95": [round(x * 100, 2) for x in bootstrap_ci(difference)],
+            },
+            f"rule 6 at seed {args.seed}": "passes" if passes else "fails",
+        }
+        write_results(args, {"other-question": Path(args.reader)}, fields, misses, line_misses, {}, results, decision, started)
+        return
     readers = {"other-question": Path(args.reader)}
     if args.train:
         readers[args.distractors] = Path(args.train)
@@ -261,6 +315,10 @@ def main() -> None:
                 and hard["hallucinated"] <= 0.10
             )
             decision[f"rule 5 at seed {args.seed}"] = "passes" if passes else "fails"
+    write_results(args, readers, fields, misses, line_misses, training_seconds, results, decision, started)
+
+
+def write_results(args, readers, fields, misses, line_misses, training_seconds, results, decision, started) -> None:
     for reader_results in results.values():
         for result in reader_results.values():
             result.pop("_net_per_question")

@@ -149,6 +149,48 @@ def test_a_simulated_line_miss_shows_the_questions_own_retrieval_without_the_lin
         assert shown == ["\n".join(line for line in split_lines(h.chunk.text) if "fish" not in line) for h in found.hits]
 
 
+def test_titles_a_question_names_are_matched_as_whole_words_and_the_longest_wins():
+    from tunelab.rag.named import TitleMatcher
+
+    matcher = TitleMatcher({"gv": "Guinea", "pp": "Papua New Guinea", "vq": "Virgin Islands", "vi": "British Virgin Islands", "vt": "Holy See (Vatican City)"})
+    assert matcher.named("On what date is the national holiday of Guinea?") == ["gv"]
+    assert matcher.named("What is the capital of Papua New Guinea?") == ["pp"]
+    assert matcher.named("Is British Virgin Islands larger than virgin islands?") == ["vi", "vq"]
+    assert matcher.named("When did Holy See (Vatican City) become independent?") == ["vt"]
+    assert matcher.named("Where is Guineas?") == [] and matcher.named("What is the population of France?") == []
+
+
+@pytest.mark.parametrize("store", ["lancedb", "qdrant"])
+def test_retrieval_kept_to_documents_ranks_only_their_chunks(tmp_path, store):
+    embedder = ConceptEmbedder()
+    build_index(write_docs(tmp_path / "docs"), tmp_path / "index", embedder=embedder, store=store, chunk_tokens=64, overlap=8)
+    with open_index(tmp_path / "index", embedder=embedder) as index:
+        assert index.store.titles() == {"cars.json": "Automobile", "cats.md": "Cats", "census.html": "Census & Statistics", "rivers.txt": "rivers"}
+        for mode in ("bm25", "dense", "hybrid"):
+            everywhere = index.search("feline diet tables fish", mode, 6)
+            assert {"census.html", "cats.md"} <= {h.chunk.doc_id for h in everywhere}, mode
+            kept = index.search("feline diet tables fish", mode, 6, documents=["cats.md", "rivers.txt"])
+            assert kept and {h.chunk.doc_id for h in kept} <= {"cats.md", "rivers.txt"}, mode
+            assert [h.chunk.chunk_id for h in kept] == [h.chunk.chunk_id for h in everywhere if h.chunk.doc_id in ("cats.md", "rivers.txt")][: len(kept)], mode
+
+
+def test_the_named_scope_retrieves_from_the_documents_a_question_names(concept_index):
+    from tunelab.rag.reader_data import ContextSettings, retrieve_context, retrieve_miss_context
+
+    question = "What does the Automobile need, fish or milk?"
+    everywhere = retrieve_context(concept_index, question, ContextSettings(k=3, context="chunks"))
+    assert everywhere.hits[0].chunk.doc_id == "cats.md"
+    named = ContextSettings(k=3, context="chunks", scope="named")
+    assert {h.chunk.doc_id for h in retrieve_context(concept_index, question, named).hits} == {"cars.json"}
+    unnamed = "What do felines eat?"  # names no document: every document is ranked, as with scope "all"
+    assert [h.chunk.chunk_id for h in retrieve_context(concept_index, unnamed, named).hits] == [
+        h.chunk.chunk_id for h in retrieve_context(concept_index, unnamed, ContextSettings(k=3, context="chunks")).hits
+    ]
+    # a simulated miss of the named document: as if it were not in the index, so every other document is ranked
+    missed = retrieve_miss_context(concept_index, question, "cars.json", named)
+    assert missed.hits and "cars.json" not in {h.chunk.doc_id for h in missed.hits} and missed.hits[0].chunk.doc_id == "cats.md"
+
+
 def test_modes_rank_differently_where_keywords_and_meaning_disagree(concept_index):
     query = "feline diet"
     bm25 = [h.chunk.doc_id for h in concept_index.search(query, "bm25", 5)]

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import bm25s
+import numpy as np
 from bm25s.stopwords import STOPWORDS_EN_PLUS
 
 K1 = 1.5
@@ -63,8 +64,9 @@ class BM25Index:
             return cls(bm25s.BM25(method="lucene"), [])
         return cls(bm25s.BM25.load(str(folder), mmap=False, show_progress=False), ids)
 
-    def search(self, query: str, k: int) -> list[tuple[str, float]]:
-        """(chunk_id, score) best first; chunks sharing no word with the query are left out."""
+    def search(self, query: str, k: int, keep: Collection[str] | None = None) -> list[tuple[str, float]]:
+        """(chunk_id, score) best first; chunks sharing no word with the query are left out, and with `keep`
+        every chunk whose id is not in it (bm25s' weight mask: the top k are taken among those kept)."""
         if not self.ids:
             return []
         vocab = self.retriever.vocab_dict
@@ -72,7 +74,8 @@ class BM25Index:
         if not terms:
             return []
         k = min(k, len(self.ids))
-        rows, scores = self.retriever.retrieve([terms], k=k, show_progress=False, n_threads=1)
+        mask = None if keep is None else np.fromiter((cid in keep for cid in self.ids), dtype=np.float32, count=len(self.ids))
+        rows, scores = self.retriever.retrieve([terms], k=k, show_progress=False, n_threads=1, weight_mask=mask)
         return [(self.ids[r], float(s)) for r, s in zip(rows[0], scores[0]) if s > 0]
 
 

@@ -26,6 +26,7 @@ from tunelab.errors import TunelabError, did_you_mean
 from tunelab.rag.chunk import Chunk, chunk_document
 from tunelab.rag.documents import Document, load_documents
 from tunelab.rag.fuse import DEFAULT_WEIGHTS, RRF_K, rrf
+from tunelab.rag.named import TitleMatcher
 from tunelab.rag.stores import STORES, Store, open_store
 
 MANIFEST = "index.json"
@@ -302,6 +303,7 @@ class Index:
         )
         self._embedder = embedder
         self.reranker = reranker
+        self._titles: TitleMatcher | None = None
 
     @property
     def embedder(self):
@@ -332,11 +334,12 @@ class Index:
         weights: tuple[float, float] = DEFAULT_WEIGHTS,
         rrf_k: int = RRF_K,
         need_similarity: bool = False,
+        documents: Sequence[str] | None = None,
     ) -> Retrieval:
         """Top-k chunks for the query. Hybrid fuses the BM25 and dense candidate lists with RRF.
 
         weights are (bm25, dense), default DEFAULT_WEIGHTS. candidates is how deep each list goes before fusion or
-        re-ranking (default: max(50, 4k)).
+        re-ranking (default: max(50, 4k)). `documents`: only chunks of these doc_ids are ranked (e.g. named_documents).
         """
         _check_mode(mode)
         if not query.strip():
@@ -351,14 +354,14 @@ class Index:
         dense: list[tuple[Chunk, float]] = []
         if mode in ("bm25", "hybrid"):
             t = time.perf_counter()
-            keyword = self.store.keyword(query, depth)
+            keyword = self.store.keyword(query, depth, documents)
             timings["bm25_ms"] = (time.perf_counter() - t) * 1000
         if mode in ("dense", "hybrid") or need_similarity:
             t = time.perf_counter()
             vector = self.embed_query(query)
             timings["embed_ms"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
-            dense = self.store.dense(vector, depth if mode != "bm25" else 1)
+            dense = self.store.dense(vector, depth if mode != "bm25" else 1, documents)
             timings["dense_ms"] = (time.perf_counter() - t) * 1000
         similarity = {c.chunk_id: s for c, s in dense}
         by_id = {c.chunk_id: c for c, _ in keyword + dense}
@@ -378,6 +381,12 @@ class Index:
             hit.rank = rank
         best = max(similarity.values()) if similarity else float("nan")
         return Retrieval(hits, best, timings)
+
+    def named_documents(self, question: str) -> list[str]:
+        """The doc_ids whose titles `question` names (rag/named.py); the titles are read once per opened index."""
+        if self._titles is None:
+            self._titles = TitleMatcher(self.store.titles())
+        return self._titles.named(question)
 
     def search(self, query: str, mode: str = "hybrid", k: int = 5, **kwargs) -> list[Hit]:
         return self.retrieve(query, mode, k, **kwargs).hits

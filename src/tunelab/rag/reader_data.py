@@ -20,6 +20,9 @@ from tunelab.answers import ABSTENTION
 from tunelab.rag.focus import Passage, focus, split_lines, whole_chunks
 
 CONTEXTS = ("focused", "chunks")
+# Which documents retrieval ranks: all of them, or only those the question names by title when it names any
+# (rag/named.py); a question naming none is retrieved over all documents either way.
+SCOPES = ("all", "named")
 # Share of training questions shown another document's passages (target: no answer). Retrieval
 # misses alone are ~7% of train questions at k=6 (benchmarks/strategies), too few to learn abstaining.
 DISTRACTOR_SHARE = 0.25
@@ -33,9 +36,14 @@ class ContextSettings:
     k: int = 6
     context: str = "focused"
     lines: int = 5
+    scope: str = "all"
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "k": self.k, "context": self.context, "lines": self.lines}
+        return {"mode": self.mode, "k": self.k, "context": self.context, "lines": self.lines, "scope": self.scope}
+
+    def documents(self, index, question: str) -> list[str] | None:
+        """The doc_ids retrieval keeps to for `question` (None: every document)."""
+        return (index.named_documents(question) or None) if self.scope == "named" else None
 
 
 @dataclass
@@ -51,7 +59,7 @@ def retrieve_context(index, question: str, settings: ContextSettings, skip: Call
     import time
 
     started = time.perf_counter()
-    retrieval = index.retrieve(question, settings.mode, settings.k, need_similarity=True)
+    retrieval = index.retrieve(question, settings.mode, settings.k, need_similarity=True, documents=settings.documents(index, question))
     best = 0.0 if math.isnan(retrieval.best_similarity) else retrieval.best_similarity  # NaN: the index is empty
     return shown_context(index, question, retrieval.hits, best, settings, started, skip)
 
@@ -59,12 +67,14 @@ def retrieve_context(index, question: str, settings: ContextSettings, skip: Call
 def retrieve_miss_context(index, question: str, doc_id: str, settings: ContextSettings) -> Retrieved:
     """The context `question` would get if retrieval missed its document `doc_id`: the best k chunks of
     the other documents, focused as at answer time. Real misses are a few percent of questions, too few
-    to choose how often the reader must abstain on them; these simulated ones are one per question."""
+    to choose how often the reader must abstain on them; these simulated ones are one per question. With the
+    "named" scope, as if `doc_id` were not in the index: the other documents the question names, else all."""
     import time
 
     started = time.perf_counter()
     depth = max(50, 4 * settings.k)  # the fused lists' own depth (rag/index.py), so the other documents' order is unchanged
-    retrieval = index.retrieve(question, settings.mode, depth, need_similarity=True)
+    documents = [d for d in settings.documents(index, question) or [] if d != doc_id] or None
+    retrieval = index.retrieve(question, settings.mode, depth, need_similarity=True, documents=documents)
     others = [hit for hit in retrieval.hits if hit.chunk.doc_id != doc_id]
     similarities = [hit.similarity for hit in others if hit.similarity is not None]
     hits = others[: settings.k]

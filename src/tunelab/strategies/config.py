@@ -76,6 +76,9 @@ class StrategiesConfig(Settings):
     k: int = Field(6, gt=0, description="chunks retrieved per question")
     context: Literal["focused", "chunks"] = Field("focused", description="reader context: the lines closest to the question, or whole chunks")
     lines: int = Field(5, gt=0, description="lines of focused context")
+    scope: Literal["all", "named"] = Field(
+        "all", description="documents retrieval ranks: all, or only those a question names by title when it names any (every strategy's retrieval)"
+    )
     chunks_k: int = Field(3, gt=0, description="chunks shown when the context is whole chunks (they are long)")
     shots: int = Field(
         3,

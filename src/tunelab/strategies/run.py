@@ -89,7 +89,7 @@ class Pipeline:
     def context_settings(self, context: str | None = None) -> ContextSettings:
         c = self.config
         context = context or c.context
-        return ContextSettings(mode="hybrid", k=c.k if context == "focused" else c.chunks_k, context=context, lines=c.lines)
+        return ContextSettings(mode="hybrid", k=c.k if context == "focused" else c.chunks_k, context=context, lines=c.lines, scope=c.scope)
 
     def contexts(self, rows: list[dict], context: str | None = None, index=None) -> list:
         """Each row's retrieved (and focused) context, computed once per question and context kind."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -23,11 +24,14 @@ class Store(Protocol):
     def finish(self) -> None:
         """Make the writes durable and searchable (e.g. rebuild the keyword index)."""
 
-    def dense(self, vector: np.ndarray, k: int) -> list[tuple[Chunk, float]]:
-        """Nearest chunks by cosine similarity, best first, with the similarity."""
+    def dense(self, vector: np.ndarray, k: int, doc_ids: Sequence[str] | None = None) -> list[tuple[Chunk, float]]:
+        """Nearest chunks by cosine similarity, best first, with the similarity; only chunks of `doc_ids` when given."""
 
-    def keyword(self, query: str, k: int) -> list[tuple[Chunk, float]]:
-        """BM25 matches, best first, with the BM25 score."""
+    def keyword(self, query: str, k: int, doc_ids: Sequence[str] | None = None) -> list[tuple[Chunk, float]]:
+        """BM25 matches, best first, with the BM25 score; only chunks of `doc_ids` when given."""
+
+    def titles(self) -> dict[str, str]:
+        """doc_id -> title of every document."""
 
     def count(self) -> int: ...
 

@@ -8,6 +8,7 @@ index/
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -88,22 +89,24 @@ class LanceStore:
             self._bm25 = BM25Index.load(folder) if (folder / "ids.json").exists() else BM25Index.build([], [])
         return self._bm25
 
-    def dense(self, vector: np.ndarray, k: int) -> list[tuple[Chunk, float]]:
+    def dense(self, vector: np.ndarray, k: int, doc_ids: Sequence[str] | None = None) -> list[tuple[Chunk, float]]:
         if k <= 0:
             return []
-        rows = (
-            self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
-            .distance_type("cosine")
-            .select(["chunk_id", "_distance"])
-            .limit(k)
-            .to_list()
-        )
+        search = self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector").distance_type("cosine")
+        if doc_ids is not None:
+            search = search.where(f"doc_id IN ({_sql_list(list(doc_ids))})", prefilter=True)
+        rows = search.select(["chunk_id", "_distance"]).limit(k).to_list()
         chunks = self.chunks()
         return [(chunks[r["chunk_id"]], 1.0 - float(r["_distance"])) for r in rows if r["chunk_id"] in chunks]
 
-    def keyword(self, query: str, k: int) -> list[tuple[Chunk, float]]:
+    def keyword(self, query: str, k: int, doc_ids: Sequence[str] | None = None) -> list[tuple[Chunk, float]]:
         chunks = self.chunks()
-        return [(chunks[cid], score) for cid, score in self._keyword_index().search(query, k) if cid in chunks]
+        wanted = None if doc_ids is None else set(doc_ids)
+        keep = None if wanted is None else {cid for cid, chunk in chunks.items() if chunk.doc_id in wanted}
+        return [(chunks[cid], score) for cid, score in self._keyword_index().search(query, k, keep) if cid in chunks]
+
+    def titles(self) -> dict[str, str]:
+        return {chunk.doc_id: chunk.title for chunk in self.chunks().values()}
 
     def count(self) -> int:
         return self.table.count_rows()

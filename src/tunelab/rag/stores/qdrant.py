@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -108,19 +109,42 @@ class QdrantStore:
     def _hits(self, points) -> list[tuple[Chunk, float]]:
         return [(Chunk(**{k: p.payload[k] for k in Chunk.__dataclass_fields__}), float(p.score)) for p in points]
 
-    def dense(self, vector: np.ndarray, k: int) -> list[tuple[Chunk, float]]:
+    def _of_documents(self, doc_ids: Sequence[str] | None):
+        """Qdrant's filter for chunks of `doc_ids` (None: every chunk)."""
+        if doc_ids is None:
+            return None
+        models = self.models
+        return models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=list(doc_ids)))])
+
+    def dense(self, vector: np.ndarray, k: int, doc_ids: Sequence[str] | None = None) -> list[tuple[Chunk, float]]:
         if k <= 0:
             return []
-        result = self.client.query_points(self.collection, query=np.asarray(vector, dtype=float).tolist(), using="dense", limit=k, with_payload=True)
+        result = self.client.query_points(
+            self.collection,
+            query=np.asarray(vector, dtype=float).tolist(),
+            using="dense",
+            limit=k,
+            with_payload=True,
+            query_filter=self._of_documents(doc_ids),
+        )
         return self._hits(result.points)
 
-    def keyword(self, query: str, k: int) -> list[tuple[Chunk, float]]:
+    def keyword(self, query: str, k: int, doc_ids: Sequence[str] | None = None) -> list[tuple[Chunk, float]]:
         indices = [self.vocab[t] for t in query_terms(query) if t in self.vocab]
         if not indices or k <= 0:
             return []
         sparse = self.models.SparseVector(indices=indices, values=[1.0] * len(indices))
-        result = self.client.query_points(self.collection, query=sparse, using="bm25", limit=k, with_payload=True)
+        result = self.client.query_points(self.collection, query=sparse, using="bm25", limit=k, with_payload=True, query_filter=self._of_documents(doc_ids))
         return [hit for hit in self._hits(result.points) if hit[1] > 0]
+
+    def titles(self) -> dict[str, str]:
+        titles: dict[str, str] = {}
+        offset = None
+        while True:
+            points, offset = self.client.scroll(self.collection, limit=1024, offset=offset, with_payload=["doc_id", "title"], with_vectors=False)
+            titles.update((p.payload["doc_id"], p.payload["title"]) for p in points)
+            if offset is None:
+                return titles
 
     def count(self) -> int:
         return self.client.count(self.collection, exact=True).count

@@ -898,6 +898,15 @@ def test_cli_ask_with_an_extractive_run_answers_with_a_span_and_quotes_it(reader
     lines = text.output.splitlines()
     assert lines[0] == answered["answer"] and "Sources:" in lines and f'    "{answered["quote"]}"' in lines
 
+    # --scope named: a question naming the Automobile document is answered from its lines only
+    named = runner.invoke(
+        app, ["rag", "ask", "What does the Automobile eat?", "--reader", str(eager), "--index", str(reader_run.index), "--scope", "named", "--json"]
+    )
+    assert named.exit_code == 0, named.output
+    answered = json.loads(named.stdout)
+    assert answered["context"]["scope"] == "named" and not answered["abstained"]
+    assert [s["chunk_id"].split("#")[0] for s in answered["sources"]] == ["cars.json"]
+
 
 def test_cli_eval_answers_with_a_trained_reader_says_where_its_thresholds_came_from(reader_run):
     from typer.testing import CliRunner

@@ -17,6 +17,7 @@ from tunelab.cli.core import data_app
 from tunelab.data.factbook_qa import CALIBRATION_FIELD_QUESTIONS, CALIBRATION_FIELDS, READER_FIELD_QUESTIONS
 from tunelab.rag.answer import MIN_SIMILARITY
 from tunelab.rag.reader_choice import LM_MAX_NEW_TOKENS, ReaderOptions, load_reader
+from tunelab.rag.reader_data import SCOPES
 from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, DISTRACTORS, MISS_ABSTENTION
 
 rag_app = typer.Typer(no_args_is_help=True, help="Retrieval-augmented generation: index documents, search, answer with citations.")
@@ -42,6 +43,10 @@ class Decoding(StrEnum):
 class ContextKind(StrEnum):
     focused = "focused"
     chunks = "chunks"
+
+
+Scope = StrEnum("Scope", {name: name for name in SCOPES})
+SCOPE_HELP = "documents retrieval ranks: all, or named (only those the question names by title, when it names any)"
 
 
 Distractors = StrEnum("Distractors", {name.replace("-", "_"): name for name in DISTRACTORS})
@@ -194,6 +199,7 @@ ContextOpt = Annotated[
     typer.Option("--context", help="focused (the retrieved lines closest to the question) or chunks (whole chunks) (default: the reader's, else focused)"),
 ]
 LinesOpt = Annotated[int | None, typer.Option("--lines", help="--context focused: lines shown (default: the reader's, else 5)")]
+ScopeOpt = Annotated[Scope | None, typer.Option("--scope", help=f"{SCOPE_HELP} (default: the reader's, else all)")]
 MinSimilarityOpt = Annotated[
     float | None,
     typer.Option(
@@ -216,6 +222,7 @@ def ask_cmd(
     k: KOpt = None,
     context: ContextOpt = None,
     lines: LinesOpt = None,
+    scope: ScopeOpt = None,
     min_similarity: MinSimilarityOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     backend: QueryBackendOpt = None,
@@ -227,7 +234,7 @@ def ask_cmd(
     from tunelab.rag.builtin import resolve_index
     from tunelab.rag.index import open_index
 
-    options = ReaderOptions(reader, model, decoding, mode, k, context, lines, min_similarity, max_new_tokens)
+    options = ReaderOptions(reader, model, decoding, mode, k, context, lines, min_similarity, max_new_tokens, scope)
     options.kind()  # a wrong option fails before anything is built or loaded
     index_dir = resolve_index(index, progress=not as_json, backend=backend)
     choice = load_reader(options, progress=not as_json)
@@ -261,6 +268,7 @@ def eval_cmd(
     k: KOpt = None,
     context: ContextOpt = None,
     lines: LinesOpt = None,
+    scope: ScopeOpt = None,
     min_similarity: MinSimilarityOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     predictions: Annotated[
@@ -279,7 +287,7 @@ def eval_cmd(
     for m in chosen:
         if m not in MODES:
             raise TunelabError(f"unknown mode '{m}'", f"modes are: {', '.join(MODES)}")
-    options = ReaderOptions(reader, model, decoding, mode, k, context, lines, min_similarity, max_new_tokens)
+    options = ReaderOptions(reader, model, decoding, mode, k, context, lines, min_similarity, max_new_tokens, scope)
     if not with_answers:
         given = options.given() + (["--predictions"] if predictions is not None else [])
         if given:
@@ -314,6 +322,7 @@ def eval_cmd(
         a = results["answers"]
         c = a["context"]
         shown = f"{c['context']}, {c['lines']} lines" if c["context"] == "focused" else c["context"]
+        shown += ", named documents" if c.get("scope") == "named" else ""
         answers = Table(f"answers ({a['reader']}; {c['mode']} k={c['k']}, {shown})", "share", "95% CI")
         for label, key in (
             ("right", "right"),
@@ -347,6 +356,7 @@ def train_reader_cmd(
     k: Annotated[int, typer.Option("-k", help="chunks retrieved per question")] = 6,
     context: Annotated[ContextKind, typer.Option("--context", help="focused (closest lines) or chunks (whole chunks)")] = ContextKind.focused,
     lines: Annotated[int, typer.Option("--lines", help="--context focused: lines shown")] = 5,
+    scope: Annotated[Scope, typer.Option("--scope", help=SCOPE_HELP)] = Scope.all,
     model: Annotated[str, typer.Option("--model", help="encoder to fine-tune: catalogue name or Hugging Face folder")] = "minilm",
     epochs: Annotated[float, typer.Option("--epochs")] = 2.0,
     field_questions: Annotated[
@@ -418,7 +428,7 @@ def train_reader_cmd(
     pool = read_qa(fields_path, required=("question", "answer", "doc_id")) if fields_path.is_file() else []
     fields = field_question_roles(pool, field_questions, calibration_fields, CALIBRATION_FIELD_QUESTIONS, seed)
     extra = fields.training
-    settings = ContextSettings(mode=mode.value, k=k, context=context.value, lines=lines)
+    settings = ContextSettings(mode=mode.value, k=k, context=context.value, lines=lines, scope=scope.value)
     with open_index(resolve_index(index, progress=not as_json)) as opened:
         run = train_rag_reader(
             rows,

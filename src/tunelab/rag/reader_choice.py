@@ -27,6 +27,7 @@ FLAGS = {
     "k": "-k",
     "context": "--context",
     "lines": "--lines",
+    "scope": "--scope",
     "min_similarity": "--min-similarity",
     "max_new_tokens": "--max-new-tokens",
 }
@@ -68,6 +69,7 @@ class ReaderOptions:
     lines: int | None = None
     min_similarity: float | None = None
     max_new_tokens: int | None = None
+    scope: str | None = None
 
     def given(self) -> list[str]:
         return [flag for name, flag in FLAGS.items() if getattr(self, name) is not None]
@@ -125,6 +127,7 @@ def load_reader(options: ReaderOptions, progress: bool = True) -> ReaderChoice:
         "k": options.k,
         "context": None if options.context is None else str(options.context),
         "lines": options.lines,
+        "scope": None if options.scope is None else str(options.scope),
     }
     overrides = {key: value for key, value in overrides.items() if value is not None}
     settings = replace(settings, **overrides)

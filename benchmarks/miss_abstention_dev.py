@@ -68,6 +68,15 @@ Rules for changing the defaults, each fixed before the run it judges:
    its right - hallucinated is at least the "all" scope's; it has no more real misses; its right is >= 0.75
    and its hallucinated <= 0.10.
 
+   (Result at seed 0: named right 88.0%, hallucinated 10.5%, 9 real misses (6 abstained); all 86.75%, 10.75%, 14
+   (7 abstained): right - hallucinated 1.5 points higher [-2.0, +4.5], but hallucinated above 0.10: fails. The
+   "all" scope itself is at 10.75% on these calibration questions.)
+7. (seeds 1 and 2; seed 2's other-question reader trained here.) Fixed after run 6 at seed 0 and before any run
+   at seeds 1 or 2, which alone judge it. Rule 6's absolute bound on hallucinated is one the "all" scope fails on
+   the same questions, so it cannot tell the scopes apart; the comparison is made relative instead. "named"
+   becomes the default scope if, under the `today` rule, at seed 1 and at seed 2 alike: its right - hallucinated
+   is at least the "all" scope's; its hallucinated is no higher; it has no more real misses.
+
     python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN [--train DIR] [--seed S] [--out FILE]
     python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN --scope named [--seed S]
 """
@@ -214,6 +223,30 @@ def main() -> None:
     settings = ContextSettings()
     contexts, misses, line_misses = retrieved(settings)
     miss_index, line_index = positions(misses), positions(line_misses)
+    readers = {"other-question": Path(args.reader)}
+    if args.train and not args.scope:
+        readers[args.distractors] = Path(args.train)
+    training_seconds = {}
+    reader_contexts = None
+    for distractors, run in readers.items():
+        if (run / "metrics.json").is_file():
+            continue
+        began = time.time()
+        if reader_contexts is None:
+            reader_contexts = [retrieve_context(index, r["question"], settings) for r in track(reader_rows, "retrieving reader-training questions")]
+        train_reader_on(
+            reader_rows,
+            reader_contexts,
+            rows,
+            contexts,
+            run,
+            settings=settings,
+            seed=args.seed,
+            overwrite=True,
+            distractors=distractors,
+            index=index,
+        )
+        training_seconds[distractors] = round(time.time() - began, 1)
     if args.scope:
         scoped = ContextSettings(scope=args.scope)
         reader = SpanReader(Path(args.reader))
@@ -245,33 +278,16 @@ def main() -> None:
                 "ci95": [round(x * 100, 2) for x in bootstrap_ci(difference)],
             },
             f"rule 6 at seed {args.seed}": "passes" if passes else "fails",
+            f"rule 7 at seed {args.seed}": "passes"
+            if (
+                named["right"] - named["hallucinated"] >= base["right"] - base["hallucinated"]
+                and named["hallucinated"] <= base["hallucinated"]
+                and named["real_misses"]["questions"] <= base["real_misses"]["questions"]
+            )
+            else "fails",
         }
-        write_results(args, {"other-question": Path(args.reader)}, fields, misses, line_misses, {}, results, decision, started)
+        write_results(args, readers, fields, misses, line_misses, training_seconds, results, decision, started)
         return
-    readers = {"other-question": Path(args.reader)}
-    if args.train:
-        readers[args.distractors] = Path(args.train)
-    training_seconds = {}
-    reader_contexts = None
-    for distractors, run in readers.items():
-        if (run / "metrics.json").is_file():
-            continue
-        began = time.time()
-        if reader_contexts is None:
-            reader_contexts = [retrieve_context(index, r["question"], settings) for r in track(reader_rows, "retrieving reader-training questions")]
-        train_reader_on(
-            reader_rows,
-            reader_contexts,
-            rows,
-            contexts,
-            run,
-            settings=settings,
-            seed=args.seed,
-            overwrite=True,
-            distractors=distractors,
-            index=index,
-        )
-        training_seconds[distractors] = round(time.time() - began, 1)
     results = {}
     for name, run in readers.items():
         print(f"reader {name}", flush=True)

@@ -1195,6 +1195,8 @@ def test_builtin_settings_name_their_folder(fake_builds, monkeypatch):
     reader = builtin.reader_path()
     monkeypatch.setattr(builtin, "READER_EPOCHS", builtin.READER_EPOCHS + 1)
     assert builtin.reader_path() != reader
+    # a setting added later is named only when it is not what it was before: a reader trained then keeps its folder
+    assert "scope" not in builtin.reader_settings()["context"]
 
 
 def test_builtin_reader_is_trained_once_on_the_train_split(fake_builds, capsys):

@@ -73,9 +73,12 @@ def index_settings(embed_model: str = EMBED_MODEL, backend: str = EMBED_BACKEND)
 
 
 def reader_settings(embed_model: str = EMBED_MODEL) -> dict:
+    context = ContextSettings().to_dict()
+    if context["scope"] == "all":  # named only when not what it was before it was a setting, as below
+        del context["scope"]
     settings = {
         "index": settings_hash(index_settings(embed_model)),
-        "context": ContextSettings().to_dict(),
+        "context": context,
         "model": READER_MODEL,
         "epochs": READER_EPOCHS,
         "qa_seed": QA_SEED,

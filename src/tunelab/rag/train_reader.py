@@ -360,4 +360,5 @@ def read_reader_settings(run_dir: str | Path) -> tuple[ContextSettings, Abstenti
     if not path.is_file():
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
-    return ContextSettings(**data["context"]), Abstention(**data["abstention"])
+    # A reader saved before scope was a setting was trained over all documents.
+    return ContextSettings(**{"scope": "all", **data["context"]}), Abstention(**data["abstention"])

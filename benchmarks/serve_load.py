@@ -181,6 +181,7 @@ async def load(url: str, texts: list[str], concurrency: int, requests: int) -> d
         "failed": failed,
         **({"statuses": statuses} if failed else {}),
         "requests_per_s": round(len(latencies) / elapsed, 1),
+        "mean_ms": round(float(ms.mean()), 3),
         "p50_ms": round(float(np.percentile(ms, 50)), 2),
         "p95_ms": round(float(np.percentile(ms, 95)), 2),
         "p99_ms": round(float(np.percentile(ms, 99)), 2),

@@ -281,6 +281,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--threads", type=int, default=0, help="threads per forward pass (0: the service's default)")
     parser.add_argument("--no-py-spy", action="store_true", help="timers and CPU only")
+    parser.add_argument("--stacks", help="a folder to keep py-spy's raw stacks in (py-spy-c1.txt, py-spy-c32.txt); default: a temporary one")
     parser.add_argument("--server", nargs=4, metavar=("RUN", "PORT", "BACKEND", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.server:
@@ -302,6 +303,8 @@ def main() -> None:
         wait_ready(url, process)
         asyncio.run(load(url, texts, 4, args.warmup))
         with tempfile.TemporaryDirectory(prefix="serve-profile-") as spy_dir:
+            spy_dir = args.stacks or spy_dir
+            Path(spy_dir).mkdir(parents=True, exist_ok=True)
             for concurrency in LEVELS:
                 print(f"profiling at concurrency {concurrency}...", file=sys.stderr)
                 levels[str(concurrency)] = profile_level(url, process.pid, texts, concurrency, args.requests, None if args.no_py_spy else Path(spy_dir))

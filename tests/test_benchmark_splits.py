@@ -172,3 +172,30 @@ def test_an_int8_below_the_gate_is_refused_even_if_the_export_wrote_it(monkeypat
     assert out["int8_passed_gate"] is False and "99.00%" in out["int8_failure"]
     fake_export(monkeypatch, 0.999, raise_gate=False)
     assert serve.export(Path("run"))["int8_passed_gate"] is True
+
+
+def test_the_load_generator_counts_answers_and_failures_on_a_real_server():
+    # serve_load.load is the benchmark's own HTTP/1.1 client: every request answered once, a 200 with one
+    # prediction counted as served, anything else (here a full queue's 503) counted as failed, by status.
+    import asyncio
+    import threading
+
+    from tests._serve_fixtures import FakeScorer, fake_model, serving
+    from tunelab.serve.app import create_app
+    from tunelab.serve.settings import ServeSettings
+
+    texts = ["good film", "awful service", "a table", "ünïcode ✓"]
+    with serving(create_app(lambda: fake_model(FakeScorer()), ServeSettings(), api_key="")) as url:
+        result = asyncio.run(serve.load(url, texts, concurrency=4, requests=40))
+    assert result["requests"] == 40 and result["failed"] == 0
+    assert result["requests_per_s"] > 0 and 0 < result["p50_ms"] <= result["p99_ms"]
+
+    gate = threading.Event()  # the first forward pass holds for a second, so a queue of one text fills up
+    app = create_app(lambda: fake_model(FakeScorer(gate=gate)), ServeSettings(max_queue=1), api_key="")
+    with serving(app) as url:
+        opener = threading.Timer(1.0, gate.set)
+        opener.start()
+        result = asyncio.run(serve.load(url, texts, concurrency=3, requests=3))
+        opener.join()
+    assert result["requests"] == 3 and result["failed"] >= 1  # one in the forward pass, at most one queued, the rest refused
+    assert result["statuses"] == {"200": 3 - result["failed"], "503": result["failed"]}

@@ -59,12 +59,13 @@ STACK_STAGES = (
     ("forward (model run)", ("OpenVinoSession.run", "run (tunelab/runtime/scorers.py", "onnxruntime", "torch/nn")),
     ("forward (other)", ("holder.py",)),
     ("prometheus metrics", ("prometheus_client",)),
-    ("pydantic validation and JSON", ("pydantic", "json/", "encoders.py", "_compat", "serialize_response")),
+    ("pydantic validation and JSON", ("pydantic", "json/", "fastapi/encoders.py", "fastapi/_compat", "serialize_response")),
     ("route code (softmax, describe)", ("tunelab/serve/app.py", "tunelab/prediction.py", "classifier.py")),
     ("batcher", ("tunelab/serve/batching.py",)),
     ("HTTP protocol (uvicorn)", ("uvicorn/protocols", "httptools")),
     ("ASGI framework (starlette, fastapi, middleware)", ("starlette", "fastapi", "tunelab/serve/common.py")),
-    ("event loop (asyncio, uvloop)", ("asyncio", "uvloop", "concurrent/futures", "threading.py")),
+    # The main thread's root frames alone: uvloop's own C work (sockets, callbacks), which py-spy shows as asyncio's Runner.run.
+    ("event loop and hand-offs (asyncio, uvloop, executor)", ("asyncio", "uvloop", "concurrent/futures", "threading.py")),
 )
 
 
@@ -158,7 +159,9 @@ def server(run_dir: str, port: int, backend: str, threads: int) -> None:
         if scope["type"] == "http" and scope["path"] == PROFILE_PATH:
             if scope["method"] == "DELETE":
                 timers.reset()
-            body = json.dumps(timers.snapshot()).encode()
+            # What uvicorn chose (its `auto`): the running loop's class, and which HTTP protocol module it loaded.
+            http = "httptools" if "uvicorn.protocols.http.httptools_impl" in sys.modules else "h11"
+            body = json.dumps({**timers.snapshot(), "event_loop": type(asyncio.get_running_loop()).__module__, "http_parser": http}).encode()
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
             await send({"type": "http.response.body", "body": body})
             return
@@ -290,6 +293,8 @@ def main() -> None:
 
     import tempfile
 
+    import httpx
+
     from tunelab import hardware
     from tunelab.run import Run
 
@@ -308,6 +313,7 @@ def main() -> None:
             for concurrency in LEVELS:
                 print(f"profiling at concurrency {concurrency}...", file=sys.stderr)
                 levels[str(concurrency)] = profile_level(url, process.pid, texts, concurrency, args.requests, None if args.no_py_spy else Path(spy_dir))
+        served = httpx.get(url + PROFILE_PATH).json()
     finally:
         process.terminate()
         process.wait(30)
@@ -316,7 +322,7 @@ def main() -> None:
         "run": args.run,
         "backend": args.backend,
         "service": "tunelab serve defaults (max_batch 32, max_wait_ms 2, 1 worker), stage timers added",
-        "uvicorn": {"loop": "uvloop" if _installed("uvloop") else "asyncio", "http": "httptools" if _installed("httptools") else "h11"},
+        "uvicorn": {"event_loop": served["event_loop"], "http_parser": served["http_parser"]},
         "requests_per_level": args.requests,
         "threads_per_forward_pass": args.threads or hardware.thread_count(),
         "environment": hardware.environment("fp32"),
@@ -324,13 +330,6 @@ def main() -> None:
         "levels": levels,
     }
     print(json.dumps(report, indent=2))
-
-
-def _installed(module: str) -> bool:
-    """uvicorn's `auto` loop and HTTP parser: uvloop and httptools when importable."""
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 if __name__ == "__main__":

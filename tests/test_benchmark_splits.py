@@ -199,3 +199,31 @@ def test_the_load_generator_counts_answers_and_failures_on_a_real_server():
         opener.join()
     assert result["requests"] == 3 and result["failed"] >= 1  # one in the forward pass, at most one queued, the rest refused
     assert result["statuses"] == {"200": 3 - result["failed"], "503": result["failed"]}
+
+
+def test_the_serve_profile_puts_each_sampled_stack_in_its_stage(monkeypatch):
+    # py-spy's raw lines: "frame;frame;... count". The event loop's own samples carry only its root frames,
+    # among them uvicorn's _compat.py, which must not pass for fastapi's pydantic code.
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # serve_profile imports serve_load by name, as when run from its folder
+    profile = load("serve_profile")
+    root = "thread (1): MainThread;<module> (serve_profile.py:330);run (uvicorn/main.py:643);Server.run (uvicorn/server.py:86);asyncio_run (uvicorn/_compat.py:30);Runner.run (asyncio/runners.py:118)"
+    forward = "thread (2): tunelab-forward_0;Thread.run (threading.py:982);ModelHolder.score (tunelab/serve/holder.py:73)"
+    raw = "\n".join(
+        [
+            f"{root} 6",
+            f"{root};serialize_response (fastapi/routing.py:300);validate_python (pydantic/type_adapter.py:1) 1",
+            f"{forward};FallbackScorer.logits (tunelab/runtime/scorers.py:118);OnnxScorer.logits (tunelab/runtime/scorers.py:92);"
+            "run_sorted (tunelab/runtime/scorers.py:157);OpenVinoSession.run (tunelab/runtime/scorers.py:233) 10",
+            f"{forward};FallbackScorer.rescore (tunelab/runtime/scorers.py:125);OpenVinoSession.run (tunelab/runtime/scorers.py:233) 2",
+            f"{forward};run_sorted (tunelab/runtime/scorers.py:150);tokenize (tunelab/textpairs.py:38) 1",
+        ]
+    )
+    shares = profile.stack_shares(raw)
+    assert shares["samples"] == 20
+    assert shares["share"] == {
+        "forward (model run)": 0.5,
+        "event loop and hand-offs (asyncio, uvloop, executor)": 0.3,
+        "rescore (fp32 forward of near ties)": 0.1,
+        "pydantic validation and JSON": 0.05,
+        "tokenize": 0.05,
+    }

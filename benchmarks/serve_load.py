@@ -29,6 +29,7 @@ concurrency, each step's ratio to the previous step, test accuracy and argmax ag
 
     nice -n 5 python benchmarks/serve_load.py
     python benchmarks/serve_load.py --run runs/my-run --requests 300
+    python benchmarks/serve_load.py --run runs/my-run --reuse-export     # the exports an earlier run left in its onnx/
     python benchmarks/serve_load.py --quick --threads 1          # smoke check, tiny
 """
 
@@ -368,6 +369,27 @@ def export(run: Path) -> dict:
     }
 
 
+def reused_export(run: Path) -> dict:
+    """export()'s and export_openvino_int8()'s figures read back from the run's onnx/parity.json, as an earlier run of this benchmark left it."""
+    from tunelab.runtime.scorers import ONNX_DIR, PARITY_FILE
+
+    parity = json.loads((run / ONNX_DIR / PARITY_FILE).read_text(encoding="utf-8"))
+    gate = int8_gate()
+    agreement = parity.get("int8_argmax_agreement")
+    passed = agreement is not None and agreement >= gate
+    openvino = parity.get("openvino-int8")
+    return {
+        "reused": f"{run / ONNX_DIR}: exported by an earlier run, not timed here",
+        "parity": {key: value for key, value in parity.items() if key not in ("openvino", "openvino-int8")},
+        "int8_gate": gate,
+        "int8_gate_source": "tunelab.runtime.export.INT8_MIN_AGREEMENT, the gate of `tunelab export --quantize int8`",
+        "int8_passed_gate": passed,
+        "int8_argmax_agreement_at_export": agreement,
+        "int8_failure": None if passed else "the reused export holds no int8 ONNX model that passed the gate",
+        "openvino": {"parity": openvino, "seconds": None} if openvino else {"failure": "the reused export holds no openvino-int8 model"},
+    }
+
+
 def export_openvino_int8(run: Path) -> dict:
     """tunelab export --format openvino --quantize int8, at the same gate; its parity figures, or why it was refused."""
     from tunelab.errors import TunelabError
@@ -426,6 +448,11 @@ def main() -> None:
     parser.add_argument("--score-rows", type=int, default=0, help="test rows scored through each server (0: the whole test split)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per forward pass, the same for every server (0: runtime default)")
     parser.add_argument("--quick", action="store_true", help=f"smoke check: {QUICK}, trained in a temporary folder")
+    parser.add_argument(
+        "--reuse-export",
+        action="store_true",
+        help="serve --run's onnx/ as an earlier run of this benchmark left it (ONNX fp32, int8 if it passed, OpenVINO int8): its parity is read, not measured again",
+    )
     parser.add_argument("--naive-server", nargs=4, metavar=("RUN", "PORT", "THREADS", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_server:
@@ -445,7 +472,7 @@ def main() -> None:
             args.workdir = temporary.name
     load_at_start = round(os.getloadavg()[0], 2)
     run = prepare_run(args)
-    exported = export(run)
+    exported = reused_export(run) if args.reuse_export else export(run)
     test = Run.open(run).split("test")
     texts = test["text"].astype(str).tolist()
     torch_predicted = pd.read_parquet(run / "predictions.parquet")["predicted"].astype(str).to_numpy()
@@ -455,7 +482,7 @@ def main() -> None:
     steps = []
     for name, what, served in STEPS:
         step = {"step": name, "what": what, "served_as": served}
-        if name == "openvino-int8":
+        if name == "openvino-int8" and not args.reuse_export:
             exported["openvino"] = export_openvino_int8(run)  # after the ONNX steps: it writes onnx/ again
         if served.startswith("@"):
             served = step["served_as"] = next(s["served_as"] for s in reversed(steps) if s.get("load")) + served

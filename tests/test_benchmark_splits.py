@@ -227,3 +227,20 @@ def test_the_serve_profile_puts_each_sampled_stack_in_its_stage(monkeypatch):
         "pydantic validation and JSON": 0.05,
         "tokenize": 0.05,
     }
+
+
+def test_a_reused_export_reports_the_gates_its_parity_file_recorded(tmp_path):
+    (tmp_path / "onnx").mkdir()
+    parity = {"fp32_argmax_agreement": 1.0, "int8_argmax_agreement": 0.99, "openvino-int8": {"argmax_agreement": 1.0, "fp32_fallback_margin": 0.2}}
+    (tmp_path / "onnx" / "parity.json").write_text(json.dumps(parity))
+    out = serve.reused_export(tmp_path)
+    assert out["int8_passed_gate"] is False and out["int8_failure"]  # 0.99 < the export's gate: onnx-int8 is not served
+    assert out["openvino"] == {"parity": parity["openvino-int8"], "seconds": None}
+    assert "openvino-int8" not in out["parity"] and out["parity"]["fp32_argmax_agreement"] == 1.0
+
+    parity.update(int8_argmax_agreement=serve.int8_gate())
+    del parity["openvino-int8"]
+    (tmp_path / "onnx" / "parity.json").write_text(json.dumps(parity))
+    out = serve.reused_export(tmp_path)
+    assert out["int8_passed_gate"] is True and out["int8_failure"] is None
+    assert "failure" in out["openvino"]

@@ -40,6 +40,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -132,6 +133,16 @@ def start(served: str, run: Path, port: int, threads: int) -> subprocess.Popen:
         command += ["--threads", str(threads)] if threads else []
         command += ["--workers", served.split("@")[1]] if "@" in served else []
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "TUNELAB_API_KEY": ""})
+
+
+def stop(process: subprocess.Popen, how: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Signal `process` to finish (`how`) and wait for it; killed if it has not finished within `timeout` seconds."""
+    process.send_signal(how)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
@@ -269,12 +280,7 @@ def measure(served: str, run: Path, texts: list[str], scored: dict, requests: in
         results = {str(c): asyncio.run(load(url, texts, c, requests)) for c in LEVELS}
         labels = np.array(served_labels(url, scored["texts"]))
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
     return {
         "load": results,
         "test_accuracy": round(float((labels == scored["labels"]).mean()), 4),

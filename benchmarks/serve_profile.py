@@ -46,7 +46,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from serve_load import free_port, load, wait_ready  # noqa: E402  (this script's folder is on sys.path)
+from serve_load import free_port, load, stop, wait_ready  # noqa: E402  (this script's folder is on sys.path)
 
 LEVELS = (1, 32)
 PROFILE_PATH = "/_profile"  # GET: the stage timers and the process CPU time; DELETE: reset them
@@ -210,12 +210,7 @@ def py_spy(pid: int, out: Path) -> subprocess.Popen | None:
 
 
 def stop_py_spy(spy: subprocess.Popen, out: Path) -> dict | None:
-    spy.send_signal(signal.SIGINT)
-    try:
-        spy.wait(60)
-    except subprocess.TimeoutExpired:
-        spy.kill()
-        spy.wait()
+    stop(spy, signal.SIGINT, 60)  # py-spy writes its stacks on SIGINT
     if not out.is_file():
         return {"error": (spy.stderr.read() or "")[-500:]}
     return stack_shares(out.read_text(encoding="utf-8"))
@@ -315,8 +310,7 @@ def main() -> None:
                 levels[str(concurrency)] = profile_level(url, process.pid, texts, concurrency, args.requests, None if args.no_py_spy else Path(spy_dir))
         served = httpx.get(url + PROFILE_PATH).json()
     finally:
-        process.terminate()
-        process.wait(30)
+        stop(process)
     report = {
         "benchmark": "serve_profile",
         "run": args.run,

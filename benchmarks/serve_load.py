@@ -22,10 +22,13 @@ single-tweet requests at concurrency 1, 8 and 32; then the run's held-out test s
 
 The load generator (`load`, `Connection`) is a plain asyncio HTTP/1.1 client, one keep-alive connection per
 concurrent request, on the same two cores as the server. Results files before 2026-12-05 10:00 UTC were
-measured with httpx's async client, which took 2-3 ms of CPU per request (benchmarks/serve_profile.py), a
-third of what the server spent: part of what they report at concurrency 32 is the client's cost. Prints one JSON document: per step requests/s and p50/p95/p99 latency per
-concurrency, each step's ratio to the previous step, test accuracy and argmax agreement with PyTorch
-(the run's own test predictions), the export's parity report and the int8 gate, and the CPU flags.
+measured with httpx's async client, which took 1.5-3 ms of CPU per request (benchmarks/serve_profile.py,
+results/serve_profile-dev-before.json), a third of what the server spent: part of what they report at
+concurrency 32 is the client's cost; this one takes 0.1-0.4 ms.
+
+Prints one JSON document: per step requests/s and p50/p95/p99 latency per concurrency, each step's ratio
+to the previous step, test accuracy and argmax agreement with PyTorch (the run's own test predictions), the
+export's parity report and the int8 gate, and the CPU flags.
 
     nice -n 5 python benchmarks/serve_load.py
     python benchmarks/serve_load.py --run runs/my-run --requests 300
@@ -164,7 +167,7 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> Non
 class Connection:
     """One keep-alive HTTP/1.1 connection that POSTs JSON and reads the answer: the load generator's client.
 
-    Plain asyncio streams rather than httpx: httpx's async client took 2-3 ms of CPU per request
+    Plain asyncio streams rather than httpx: httpx's async client took 1.5-3 ms of CPU per request
     (benchmarks/results/serve_profile-dev-before.json), on the same two cores as the server it measures,
     which capped the rate it could measure. This one writes a prepared request and reads the status line,
     the headers and Content-Length bytes of body: what any HTTP/1.1 client must do, and nothing more.

@@ -21,7 +21,7 @@ waiting (submit - forward: the batching window and the hand-backs) and each forw
 CPU: the server's process CPU time (all threads, OpenVINO's included) and the load generator's own
 (time.process_time in this process, which does nothing else while it runs) over each level's wall time.
 With py-spy installed (a dev tool, not a dependency), the server's Python threads are also sampled during
-each level and each sample is put in the first stage whose code is on its stack (STACK_STAGES).
+each level and each sample is put in a stage by its stack (FORWARD_STACK_STAGES, FRAME_STAGES).
 
 The load generator is benchmarks/serve_load.py's (`load`), so the figures describe what that benchmark measures.
 
@@ -52,18 +52,24 @@ LEVELS = (1, 32)
 PROFILE_PATH = "/_profile"  # GET: the stage timers and the process CPU time; DELETE: reset them
 FORWARD_STAGES = ("forward", "tokenize", "pad", "infer", "rescore")
 
-# (stage, substrings of a frame "function (file:line)" that put a py-spy sample in it); the first match in this order wins.
-STACK_STAGES = (
+# How a py-spy sample (a stack of frames "function (file:line)", root first) is put in a stage. A sample of the
+# forward thread goes to its forward stage, whatever lies below it: (stage, substrings anywhere on the stack),
+# the first match in this order wins.
+FORWARD_STACK_STAGES = (
     ("rescore (fp32 forward of near ties)", ("rescore (",)),
     ("tokenize", ("textpairs.py", "tokenization_utils", "tokenizers")),
-    ("forward (model run)", ("OpenVinoSession.run", "run (tunelab/runtime/scorers.py", "onnxruntime", "torch/nn")),
+    ("forward (model run)", ("OpenVinoSession.run", "onnxruntime", "torch/nn")),
     ("forward (other)", ("holder.py",)),
+)
+# Any other sample goes to the stage of its innermost frame that one of these names (every request's stack
+# starts in uvicorn's protocol and the middleware, so the innermost frame says where the time went).
+FRAME_STAGES = (
     ("prometheus metrics", ("prometheus_client",)),
     ("pydantic validation and JSON", ("pydantic", "json/", "fastapi/encoders.py", "fastapi/_compat", "serialize_response")),
-    ("route code (softmax, describe)", ("tunelab/serve/app.py", "tunelab/prediction.py", "classifier.py")),
+    ("route code (softmax, describe)", ("predict_router.<locals>.predict", "tunelab/prediction.py", "models/classifier.py")),
     ("batcher", ("tunelab/serve/batching.py",)),
+    ("ASGI framework (starlette, fastapi, middleware)", ("starlette", "fastapi", "tunelab/serve/common.py", "RequestMetrics")),
     ("HTTP protocol (uvicorn)", ("uvicorn/protocols", "httptools")),
-    ("ASGI framework (starlette, fastapi, middleware)", ("starlette", "fastapi", "tunelab/serve/common.py")),
     # The main thread's root frames alone: uvloop's own C work (sockets, callbacks), which py-spy shows as asyncio's Runner.run.
     ("event loop and hand-offs (asyncio, uvloop, executor)", ("asyncio", "uvloop", "concurrent/futures", "threading.py")),
 )
@@ -183,10 +189,14 @@ def server(run_dir: str, port: int, backend: str, threads: int) -> None:
 
 # --- the profile (this process drives the load) ----------------------------------------------------
 def stack_stage(stack: str) -> str:
-    """The STACK_STAGES stage of one py-spy stack (frames separated by ';'), or 'other'."""
-    for stage, needles in STACK_STAGES:
+    """The stage of one py-spy stack (frames separated by ';', root first): FORWARD_STACK_STAGES, else FRAME_STAGES; or 'other'."""
+    for stage, needles in FORWARD_STACK_STAGES:
         if any(needle in stack for needle in needles):
             return stage
+    for frame in reversed(stack.split(";")):
+        for stage, needles in FRAME_STAGES:
+            if any(needle in frame for needle in needles):
+                return stage
     return "other"
 
 

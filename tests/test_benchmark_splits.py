@@ -208,9 +208,13 @@ def test_the_serve_profile_puts_each_sampled_stack_in_its_stage(monkeypatch):
     profile = load("serve_profile")
     root = "thread (1): MainThread;<module> (serve_profile.py:330);run (uvicorn/main.py:643);Server.run (uvicorn/server.py:86);asyncio_run (uvicorn/_compat.py:30);Runner.run (asyncio/runners.py:118)"
     forward = "thread (2): tunelab-forward_0;Thread.run (threading.py:982);ModelHolder.score (tunelab/serve/holder.py:73)"
+    # Every request's stack starts in uvicorn's protocol and passes the middleware: its innermost named frame decides.
+    request = f"{root};RequestResponseCycle.run_asgi (uvicorn/protocols/http/httptools_impl.py:416);RequestMetrics.__call__ (tunelab/serve/app.py:423)"
     raw = "\n".join(
         [
-            f"{root} 6",
+            f"{root} 4",
+            f"{request};Router.__call__ (starlette/routing.py:715) 1",
+            f"{request};predict_router.<locals>.predict (tunelab/serve/app.py:220);softmax (tunelab/models/classifier.py:85) 1",
             f"{root};serialize_response (fastapi/routing.py:300);validate_python (pydantic/type_adapter.py:1) 1",
             f"{forward};FallbackScorer.logits (tunelab/runtime/scorers.py:118);OnnxScorer.logits (tunelab/runtime/scorers.py:92);"
             "run_sorted (tunelab/runtime/scorers.py:157);OpenVinoSession.run (tunelab/runtime/scorers.py:233) 10",
@@ -222,8 +226,10 @@ def test_the_serve_profile_puts_each_sampled_stack_in_its_stage(monkeypatch):
     assert shares["samples"] == 20
     assert shares["share"] == {
         "forward (model run)": 0.5,
-        "event loop and hand-offs (asyncio, uvloop, executor)": 0.3,
+        "event loop and hand-offs (asyncio, uvloop, executor)": 0.2,
         "rescore (fp32 forward of near ties)": 0.1,
+        "ASGI framework (starlette, fastapi, middleware)": 0.05,
+        "route code (softmax, describe)": 0.05,
         "pydantic validation and JSON": 0.05,
         "tokenize": 0.05,
     }

@@ -70,7 +70,10 @@ FRAME_STAGES = (
     ("batcher", ("tunelab/serve/batching.py",)),
     ("ASGI framework (starlette, fastapi, middleware)", ("starlette", "fastapi", "tunelab/serve/common.py", "RequestMetrics")),
     ("HTTP protocol (uvicorn)", ("uvicorn/protocols", "httptools")),
-    # The main thread's root frames alone: uvloop's own C work (sockets, callbacks), which py-spy shows as asyncio's Runner.run.
+    # The forward thread blocked on the executor's queue between batches: waiting, though py-spy's idle test does not always see it.
+    ("forward thread waiting for a batch", ("_worker (concurrent/futures/thread.py",)),
+    # The main thread's root frames alone: uvloop's C loop, which py-spy shows as asyncio's Runner.run; its own
+    # work (sockets, callbacks) and, where py-spy's idle test misses it, its wait in epoll: an upper bound.
     ("event loop and hand-offs (asyncio, uvloop, executor)", ("asyncio", "uvloop", "concurrent/futures", "threading.py")),
 )
 

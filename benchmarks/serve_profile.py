@@ -9,8 +9,8 @@ of the request path — nothing else changes:
     submit       inside it, the micro-batcher's submit(): queueing, the batching window (max_wait_ms),
                  the forward pass, the hand-back to the event loop
     forward      inside that, holder.score on the batch (the forward thread): the four below and the rest
-    tokenize     the tokenizer on the batch's texts (tunelab.textpairs.tokenize)
-    pad          tokenizer.pad on each length-sorted slice
+    tokenize     the tokenizer on the batch's texts (tunelab.textpairs.tokenize), and on the near ties' again
+    pad          tokenizer.pad on each length-sorted slice (the near ties' too)
     infer        the fast model's session.run (int8 for openvino-int8)
     rescore      the fp32 model's session.run on the near ties (FallbackScorer), when the backend has one
 

@@ -18,13 +18,21 @@ pool overlaps forward passes of concurrent requests), the usual first deployment
 The served model is trained the way a user would: `tunelab train` defaults (3 epochs, lr auto, the best
 epoch by eval accuracy, bf16 where the CPU has it) on 5,000 tweets (--train-samples; a few minutes on
 2 cores), or take --run. Each server runs in its own process on 127.0.0.1 and gets a fixed number of
-single-tweet requests at concurrency 1, 8 and 32 (httpx, async); then the run's held-out test split is
-scored through it. Prints one JSON document: per step requests/s and p50/p95/p99 latency per
-concurrency, each step's ratio to the previous step, test accuracy and argmax agreement with PyTorch
-(the run's own test predictions), the export's parity report and the int8 gate, and the CPU flags.
+single-tweet requests at concurrency 1, 8 and 32; then the run's held-out test split is scored through it.
+
+The load generator (`load`, `Connection`) is a plain asyncio HTTP/1.1 client, one keep-alive connection per
+concurrent request, on the same two cores as the server. Results files before 2026-12-05 10:00 UTC were
+measured with httpx's async client, which took 1.5-3 ms of CPU per request (benchmarks/serve_profile.py,
+results/serve_profile-dev-before.json), a third of what the server spent: part of what they report at
+concurrency 32 is the client's cost; this one takes 0.1-0.4 ms.
+
+Prints one JSON document: per step requests/s and p50/p95/p99 latency per concurrency, each step's ratio
+to the previous step, test accuracy and argmax agreement with PyTorch (the run's own test predictions), the
+export's parity report and the int8 gate, and the CPU flags.
 
     nice -n 5 python benchmarks/serve_load.py
     python benchmarks/serve_load.py --run runs/my-run --requests 300
+    python benchmarks/serve_load.py --run runs/my-run --reuse-export     # the exports an earlier run left in its onnx/
     python benchmarks/serve_load.py --quick --threads 1          # smoke check, tiny
 """
 
@@ -35,6 +43,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -129,6 +138,16 @@ def start(served: str, run: Path, port: int, threads: int) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "TUNELAB_API_KEY": ""})
 
 
+def stop(process: subprocess.Popen, how: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Signal `process` to finish (`how`) and wait for it; killed if it has not finished within `timeout` seconds."""
+    process.send_signal(how)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
     import httpx
 
@@ -145,42 +164,95 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> Non
     raise RuntimeError("server did not become ready")
 
 
-async def load(url: str, texts: list[str], concurrency: int, requests: int) -> dict:
-    """`requests` single-text requests, at most `concurrency` in flight; bounded in count and time."""
-    import httpx
+class Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON and reads the answer: the load generator's client.
 
+    Plain asyncio streams rather than httpx: httpx's async client took 1.5-3 ms of CPU per request
+    (benchmarks/results/serve_profile-dev-before.json), on the same two cores as the server it measures,
+    which capped the rate it could measure. This one writes a prepared request and reads the status line,
+    the headers and Content-Length bytes of body: what any HTTP/1.1 client must do, and nothing more.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float = 60.0):
+        self.host, self.port, self.timeout = host, port, timeout
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """(status, body) of one POST; reconnects when the last request left no open connection."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        self.writer.write(head.encode("latin-1") + body)
+        try:
+            return await asyncio.wait_for(self._response(), self.timeout)
+        except BaseException:
+            self.close()  # a half-read answer leaves the connection unusable
+            raise
+
+    async def _response(self) -> tuple[int, bytes]:
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionResetError("the server closed the connection")
+        status = int(status_line.split(b" ", 2)[1])
+        length, keep_alive = 0, True
+        while (line := await self.reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                keep_alive = False
+        body = await self.reader.readexactly(length)
+        if not keep_alive:
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def load(url: str, texts: list[str], concurrency: int, requests: int) -> dict:
+    """`requests` single-text requests, at most `concurrency` in flight (one connection each); bounded in count and time."""
+    from urllib.parse import urlsplit
+
+    address = urlsplit(url)
+    bodies = [json.dumps({"texts": [text]}).encode() for text in texts]
     latencies: list[float] = []
     failed = 0
     statuses: dict[str, int] = {}
     next_index = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
 
-        async def worker() -> None:
-            nonlocal next_index, failed
-            while next_index < requests:
-                text = texts[next_index % len(texts)]
-                next_index += 1
-                started = time.perf_counter()
-                try:
-                    response = await client.post("/v1/predict", json={"texts": [text]})
-                    ok = response.status_code == 200 and len(response.json()["predictions"]) == 1
-                    statuses[str(response.status_code)] = statuses.get(str(response.status_code), 0) + 1
-                except httpx.HTTPError as error:
-                    ok = False
-                    statuses[type(error).__name__] = statuses.get(type(error).__name__, 0) + 1
-                latencies.append(time.perf_counter() - started)
-                failed += not ok
+    async def worker() -> None:
+        nonlocal next_index, failed
+        connection = Connection(address.hostname, address.port)
+        while next_index < requests:
+            body = bodies[next_index % len(bodies)]
+            next_index += 1
+            started = time.perf_counter()
+            try:
+                status, answer = await connection.post("/v1/predict", body)
+                ok = status == 200 and len(json.loads(answer)["predictions"]) == 1
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, KeyError) as error:
+                ok = False
+                statuses[type(error).__name__] = statuses.get(type(error).__name__, 0) + 1
+            latencies.append(time.perf_counter() - started)
+            failed += not ok
+        connection.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1000
     return {
         "requests": len(latencies),
         "failed": failed,
         **({"statuses": statuses} if failed else {}),
         "requests_per_s": round(len(latencies) / elapsed, 1),
+        "mean_ms": round(float(ms.mean()), 3),
         "p50_ms": round(float(np.percentile(ms, 50)), 2),
         "p95_ms": round(float(np.percentile(ms, 95)), 2),
         "p99_ms": round(float(np.percentile(ms, 99)), 2),
@@ -211,12 +283,7 @@ def measure(served: str, run: Path, texts: list[str], scored: dict, requests: in
         results = {str(c): asyncio.run(load(url, texts, c, requests)) for c in LEVELS}
         labels = np.array(served_labels(url, scored["texts"]))
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
     return {
         "load": results,
         "test_accuracy": round(float((labels == scored["labels"]).mean()), 4),
@@ -311,6 +378,27 @@ def export(run: Path) -> dict:
     }
 
 
+def reused_export(run: Path) -> dict:
+    """export()'s and export_openvino_int8()'s figures read back from the run's onnx/parity.json, as an earlier run of this benchmark left it."""
+    from tunelab.runtime.scorers import ONNX_DIR, PARITY_FILE
+
+    parity = json.loads((run / ONNX_DIR / PARITY_FILE).read_text(encoding="utf-8"))
+    gate = int8_gate()
+    agreement = parity.get("int8_argmax_agreement")
+    passed = agreement is not None and agreement >= gate
+    openvino = parity.get("openvino-int8")
+    return {
+        "reused": f"{run / ONNX_DIR}: exported by an earlier run, not timed here",
+        "parity": {key: value for key, value in parity.items() if key not in ("openvino", "openvino-int8")},
+        "int8_gate": gate,
+        "int8_gate_source": "tunelab.runtime.export.INT8_MIN_AGREEMENT, the gate of `tunelab export --quantize int8`",
+        "int8_passed_gate": passed,
+        "int8_argmax_agreement_at_export": agreement,
+        "int8_failure": None if passed else "the reused export holds no int8 ONNX model that passed the gate",
+        "openvino": {"parity": openvino, "seconds": None} if openvino else {"failure": "the reused export holds no openvino-int8 model"},
+    }
+
+
 def export_openvino_int8(run: Path) -> dict:
     """tunelab export --format openvino --quantize int8, at the same gate; its parity figures, or why it was refused."""
     from tunelab.errors import TunelabError
@@ -369,6 +457,11 @@ def main() -> None:
     parser.add_argument("--score-rows", type=int, default=0, help="test rows scored through each server (0: the whole test split)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per forward pass, the same for every server (0: runtime default)")
     parser.add_argument("--quick", action="store_true", help=f"smoke check: {QUICK}, trained in a temporary folder")
+    parser.add_argument(
+        "--reuse-export",
+        action="store_true",
+        help="serve --run's onnx/ as an earlier run of this benchmark left it (ONNX fp32, int8 if it passed, OpenVINO int8): its parity is read, not measured again",
+    )
     parser.add_argument("--naive-server", nargs=4, metavar=("RUN", "PORT", "THREADS", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_server:
@@ -388,7 +481,7 @@ def main() -> None:
             args.workdir = temporary.name
     load_at_start = round(os.getloadavg()[0], 2)
     run = prepare_run(args)
-    exported = export(run)
+    exported = reused_export(run) if args.reuse_export else export(run)
     test = Run.open(run).split("test")
     texts = test["text"].astype(str).tolist()
     torch_predicted = pd.read_parquet(run / "predictions.parquet")["predicted"].astype(str).to_numpy()
@@ -398,7 +491,7 @@ def main() -> None:
     steps = []
     for name, what, served in STEPS:
         step = {"step": name, "what": what, "served_as": served}
-        if name == "openvino-int8":
+        if name == "openvino-int8" and not args.reuse_export:
             exported["openvino"] = export_openvino_int8(run)  # after the ONNX steps: it writes onnx/ again
         if served.startswith("@"):
             served = step["served_as"] = next(s["served_as"] for s in reversed(steps) if s.get("load")) + served
@@ -433,6 +526,7 @@ def main() -> None:
         "scored_rows": rows,
         "requests_per_level": args.requests,
         "concurrency_levels": list(LEVELS),
+        "load_generator": "serve_load.Connection: asyncio streams, HTTP/1.1 keep-alive, one connection per concurrent request",
         "service_settings": "tunelab serve defaults: max_batch 32, max_wait_ms 2, 1 worker (workers-2: 2)",
         "threads_per_forward_pass": args.threads or "runtime default",
         "cpu_cores": os.cpu_count(),

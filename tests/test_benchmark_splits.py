@@ -172,3 +172,83 @@ def test_an_int8_below_the_gate_is_refused_even_if_the_export_wrote_it(monkeypat
     assert out["int8_passed_gate"] is False and "99.00%" in out["int8_failure"]
     fake_export(monkeypatch, 0.999, raise_gate=False)
     assert serve.export(Path("run"))["int8_passed_gate"] is True
+
+
+def test_the_load_generator_counts_answers_and_failures_on_a_real_server():
+    # serve_load.load is the benchmark's own HTTP/1.1 client: every request answered once, a 200 with one
+    # prediction counted as served, anything else (here a full queue's 503) counted as failed, by status.
+    import asyncio
+    import threading
+
+    from tests._serve_fixtures import FakeScorer, fake_model, serving
+    from tunelab.serve.app import create_app
+    from tunelab.serve.settings import ServeSettings
+
+    texts = ["good film", "awful service", "a table", "ünïcode ✓"]
+    with serving(create_app(lambda: fake_model(FakeScorer()), ServeSettings(), api_key="")) as url:
+        result = asyncio.run(serve.load(url, texts, concurrency=4, requests=40))
+    assert result["requests"] == 40 and result["failed"] == 0
+    assert result["requests_per_s"] > 0 and 0 < result["p50_ms"] <= result["p99_ms"]
+
+    gate = threading.Event()  # the first forward pass holds for a second, so a queue of one text fills up
+    app = create_app(lambda: fake_model(FakeScorer(gate=gate)), ServeSettings(max_queue=1), api_key="")
+    with serving(app) as url:
+        opener = threading.Timer(1.0, gate.set)
+        opener.start()
+        result = asyncio.run(serve.load(url, texts, concurrency=3, requests=3))
+        opener.join()
+    assert result["requests"] == 3 and result["failed"] >= 1  # one in the forward pass, at most one queued, the rest refused
+    assert result["statuses"] == {"200": 3 - result["failed"], "503": result["failed"]}
+
+
+def test_the_serve_profile_puts_each_sampled_stack_in_its_stage(monkeypatch):
+    # py-spy's raw lines: "frame;frame;... count". The event loop's own samples carry only its root frames,
+    # among them uvicorn's _compat.py, which must not pass for fastapi's pydantic code.
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # serve_profile imports serve_load by name, as when run from its folder
+    profile = load("serve_profile")
+    root = "thread (1): MainThread;<module> (serve_profile.py:330);run (uvicorn/main.py:643);Server.run (uvicorn/server.py:86);asyncio_run (uvicorn/_compat.py:30);Runner.run (asyncio/runners.py:118)"
+    forward = "thread (2): tunelab-forward_0;Thread.run (threading.py:982);ModelHolder.score (tunelab/serve/holder.py:73)"
+    # Every request's stack starts in uvicorn's protocol and passes the middleware: its innermost named frame decides.
+    request = f"{root};RequestResponseCycle.run_asgi (uvicorn/protocols/http/httptools_impl.py:416);RequestMetrics.__call__ (tunelab/serve/app.py:423)"
+    raw = "\n".join(
+        [
+            f"{root} 4",
+            f"{request};Router.__call__ (starlette/routing.py:715) 1",
+            f"{request};predict_router.<locals>.predict (tunelab/serve/app.py:220);softmax (tunelab/models/classifier.py:85) 1",
+            f"{root};serialize_response (fastapi/routing.py:300);validate_python (pydantic/type_adapter.py:1) 1",
+            f"{forward};FallbackScorer.logits (tunelab/runtime/scorers.py:118);OnnxScorer.logits (tunelab/runtime/scorers.py:92);"
+            "run_sorted (tunelab/runtime/scorers.py:157);OpenVinoSession.run (tunelab/runtime/scorers.py:233) 10",
+            f"{forward};FallbackScorer.rescore (tunelab/runtime/scorers.py:125);OpenVinoSession.run (tunelab/runtime/scorers.py:233) 2",
+            f"{forward};run_sorted (tunelab/runtime/scorers.py:150);tokenize (tunelab/textpairs.py:38) 1",
+            "thread (2): tunelab-forward_0;Thread.run (threading.py:982);_worker (concurrent/futures/thread.py:83) 2",
+        ]
+    )
+    shares = profile.stack_shares(raw)
+    assert shares["samples"] == 22
+    assert shares["share"] == {
+        "forward (model run)": round(10 / 22, 3),
+        "event loop and hand-offs (asyncio, uvloop, executor)": round(4 / 22, 3),
+        "rescore (fp32 forward of near ties)": round(2 / 22, 3),
+        "forward thread waiting for a batch": round(2 / 22, 3),
+        "ASGI framework (starlette, fastapi, middleware)": round(1 / 22, 3),
+        "route code (softmax, describe)": round(1 / 22, 3),
+        "pydantic validation and JSON": round(1 / 22, 3),
+        "tokenize": round(1 / 22, 3),
+    }
+
+
+def test_a_reused_export_reports_the_gates_its_parity_file_recorded(tmp_path):
+    (tmp_path / "onnx").mkdir()
+    parity = {"fp32_argmax_agreement": 1.0, "int8_argmax_agreement": 0.99, "openvino-int8": {"argmax_agreement": 1.0, "fp32_fallback_margin": 0.2}}
+    (tmp_path / "onnx" / "parity.json").write_text(json.dumps(parity))
+    out = serve.reused_export(tmp_path)
+    assert out["int8_passed_gate"] is False and out["int8_failure"]  # 0.99 < the export's gate: onnx-int8 is not served
+    assert out["openvino"] == {"parity": parity["openvino-int8"], "seconds": None}
+    assert "openvino-int8" not in out["parity"] and out["parity"]["fp32_argmax_agreement"] == 1.0
+
+    parity.update(int8_argmax_agreement=serve.int8_gate())
+    del parity["openvino-int8"]
+    (tmp_path / "onnx" / "parity.json").write_text(json.dumps(parity))
+    out = serve.reused_export(tmp_path)
+    assert out["int8_passed_gate"] is True and out["int8_failure"] is None
+    assert "failure" in out["openvino"]

@@ -50,21 +50,40 @@ def test_groups_up_to_max_batch_and_keeps_each_answer_with_its_request() -> None
     assert score.threads and not score.threads & {threading.current_thread().name}  # off the event loop's thread
 
 
-def test_max_wait_bounds_the_wait_for_company() -> None:
+def test_max_wait_bounds_the_wait_for_company_while_requests_come_concurrently() -> None:
     score = Recorder()
 
     async def scenario():
         batcher = MicroBatcher(score, max_batch=64, max_wait_ms=30, max_queue=100)
         await batcher.start()
+        await asyncio.gather(batcher.submit(["pair 1"]), batcher.submit(["pair 2"]))  # a batch with company
         started = time.perf_counter()
-        await batcher.submit(["alone 1"])
+        await batcher.submit(["alone 3"])
         waited = time.perf_counter() - started
         await batcher.stop()
         return waited
 
     waited = run(scenario())
     assert 0.025 <= waited < 1.0
-    assert score.batches == [["alone 1"]]
+    assert score.batches == [["pair 1", "pair 2"], ["alone 3"]]
+
+
+def test_a_lone_request_after_a_lone_batch_does_not_wait() -> None:
+    # One client at a time: no company is coming, so the window would only add its length to every request.
+    score = Recorder()
+
+    async def scenario():
+        batcher = MicroBatcher(score, max_batch=64, max_wait_ms=500, max_queue=100)
+        await batcher.start()
+        started = time.perf_counter()
+        for i in range(3):
+            await batcher.submit([f"alone {i}"])
+        waited = time.perf_counter() - started
+        await batcher.stop()
+        return waited
+
+    assert run(scenario()) < 0.4
+    assert score.batches == [["alone 0"], ["alone 1"], ["alone 2"]]
 
 
 def test_a_request_is_never_split_and_an_oversize_one_runs_alone() -> None:

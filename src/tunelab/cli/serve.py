@@ -26,7 +26,9 @@ def serve(
     ] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads per forward pass (default: the cores, divided among the workers)")] = None,
     max_batch: Annotated[int, typer.Option(help="texts per forward pass at most")] = 32,
-    max_wait_ms: Annotated[float, typer.Option(help="how long a batch waits for more requests")] = 2.0,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="how long a batch waits for more requests while they come concurrently; a lone request is scored at once")
+    ] = 2.0,
     max_queue: Annotated[int, typer.Option(help="texts waiting at most; then 503 + Retry-After")] = 512,
     max_texts: Annotated[int, typer.Option(help="texts per request at most; then 422")] = 64,
     max_body_bytes: Annotated[int, typer.Option(help="request body size at most; then 413")] = 1_000_000,

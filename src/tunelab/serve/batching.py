@@ -1,8 +1,11 @@
 """Micro-batching: concurrent requests share one forward pass.
 
-Requests wait in a bounded asyncio queue. One worker task takes the first waiting request, then keeps
-collecting until the batch holds `max_batch` texts or `max_wait_ms` has passed, whichever comes first,
-and runs the forward pass in a worker thread so the event loop keeps accepting and answering requests.
+Requests wait in a bounded asyncio queue. One worker task takes the first waiting request and every
+other one already queued, then, while requests are coming concurrently (the previous batch held more
+than one), keeps collecting until the batch holds `max_batch` texts or `max_wait_ms` has passed, whichever
+comes first. A request that arrives alone after a batch of one is scored at once: one client at a time
+would otherwise pay the whole window on every request, for company that never comes. It runs the
+forward pass in a worker thread so the event loop keeps accepting and answering requests.
 A request is never split across batches: one larger than max_batch is scored on its own.
 """
 
@@ -62,6 +65,7 @@ class MicroBatcher:
         # One thread: batches run one after another; the model's own threads use the cores.
         self._executor: ThreadPoolExecutor | None = None
         self._carry: _Item | None = None  # taken from the queue but did not fit the last batch
+        self._concurrent = False  # the last batch held more than one request: the next one waits for company
 
     @property
     def depth(self) -> int:
@@ -110,7 +114,7 @@ class MicroBatcher:
         first = self._carry or await self._queue.get()
         self._carry = None
         batch, size = [first], len(first.texts)
-        deadline = time.perf_counter() + self.max_wait
+        deadline = time.perf_counter() + (self.max_wait if self._concurrent else 0.0)
         while size < self.max_batch:
             try:
                 item = self._queue.get_nowait()
@@ -127,6 +131,7 @@ class MicroBatcher:
                 break
             batch.append(item)
             size += len(item.texts)
+        self._concurrent = len(batch) > 1 or self._carry is not None
         return batch
 
     async def _run(self) -> None:

@@ -590,7 +590,7 @@ def test_cli_eval_answers_json_and_predictions_file(colour_index, tmp_path, monk
     assert FakeGenerator.models == ["some-run"]
     answers = json.loads(result.stdout)["answers"]
     assert answers["reader"].startswith("lm:fake:") and answers["reader"].endswith(":free")
-    assert answers["context"] == {"mode": "hybrid", "k": 6, "context": "focused", "lines": 5} and answers["context_from"] == "default"
+    assert answers["context"] == {"mode": "hybrid", "k": 6, "context": "focused", "lines": 5, "scope": "all"} and answers["context_from"] == "default"
     assert answers["thresholds"] == {
         "min_similarity": -1.0,
         "min_similarity_from": "--min-similarity",

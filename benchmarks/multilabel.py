@@ -16,7 +16,8 @@ and the CPU (tunelab.hardware.environment).
     python benchmarks/multilabel.py --quick              # smoke check: 1 epoch, 1 seed
     python benchmarks/multilabel.py --variant mean+lpft  # the LP-FT option (mean pooling, head from a one-vs-rest probe)
 
-A variant's splits are drawn from the seed as the default's are, so a variant's results file and the
+A variant's settings replace the flags' (multilabel_dev.py's candidates are variants, scored there on the eval
+split by `one_seed(..., scored_on="eval")`). A variant's splits are drawn from the seed as the default's are, so a variant's results file and the
 default's (benchmarks/results/multilabel-factbook-resources.json) score the same test rows per seed.
 """
 

@@ -23,9 +23,8 @@ The rule, fixed before the first trial:
     then        the chosen variant alone is run on test by `benchmarks/multilabel.py --variant NAME`; none
                 admissible: no test run, the target is reported as not met on eval
 
-Each candidate's result is appended to --out as one JSON line as it ends, and a candidate already there is
-skipped, so the candidates may run in separate processes; the document the rule makes of every line is
-printed at the end.
+--out keeps one JSON line per candidate (seed_stats.candidate_lines: those already there are skipped, so
+candidates may run in separate processes); the document the rule makes of every line is printed at the end.
 
     TUNELAB_THREADS=1 python benchmarks/multilabel_dev.py --out benchmarks/results/multilabel_dev.jsonl
     python benchmarks/multilabel_dev.py --out benchmarks/results/multilabel_dev.jsonl --candidates   # the document only

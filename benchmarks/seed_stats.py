@@ -38,3 +38,16 @@ def training_facts(train: dict) -> dict:
         "epochs": train["epochs"],
         "best_checkpoint": train["best_checkpoint"],
     }
+
+
+def candidate_lines(out: Path, names: Iterable[str], run_candidate: Callable[[str], dict]) -> list[dict]:
+    """A dev script's candidates: each not yet in `out` (JSON lines, one per candidate) run and appended as it ends; then every line.
+
+    Candidates already there are skipped, so they may run in separate processes."""
+    done = {json.loads(line)["candidate"] for line in out.read_text().splitlines()} if out.exists() else set()
+    for name in names:
+        if name not in done:
+            result = run_candidate(name)
+            with out.open("a") as lines:
+                lines.write(json.dumps(result) + "\n")
+    return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []

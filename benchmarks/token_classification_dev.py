@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from seed_stats import mean_std, over_seeds  # noqa: E402 - benchmarks/seed_stats.py, beside this script
+from seed_stats import candidate_lines, mean_std, over_seeds  # noqa: E402 - benchmarks/seed_stats.py, beside this script
 from token_classification import FIGURES, one_seed, settings_parser  # noqa: E402
 
 from tunelab import hardware  # noqa: E402
@@ -112,13 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", nargs="*", choices=list(CANDIDATES), default=list(CANDIDATES), help="none: only the document of the lines in --out")
     parser.add_argument("--common", nargs=argparse.REMAINDER, default=[], help="flags every candidate shares (e.g. --threads 1), last on the line")
     args = parser.parse_args(argv)
-    done = {json.loads(line)["candidate"] for line in args.out.read_text().splitlines()} if args.out.exists() else set()
-    for name in args.candidates:
-        if name not in done:
-            result = run_candidate(name, args.common)
-            with args.out.open("a") as out:
-                out.write(json.dumps(result) + "\n")
-    results = [json.loads(line) for line in args.out.read_text().splitlines()]
+    results = candidate_lines(args.out, args.candidates, lambda name: run_candidate(name, args.common))
     document = {
         "benchmark": "token_classification_dev",
         "scored_on": "eval split only (fine-tune and gazetteer); the test split is not read",

@@ -18,11 +18,23 @@ from tests._serve_fixtures import free_port
 def test_sigterm_lets_the_request_in_flight_finish(trained_run) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    # A long max-wait keeps a lone request inside the batcher while SIGTERM arrives.
+    # A long max-wait keeps a request inside the batcher while SIGTERM arrives. The batcher waits for company
+    # only while requests come concurrently (serve/batching.py), so the child process treats every batch as
+    # coming under concurrent load: one lone request then waits the whole window, as it would under traffic.
+    child = (
+        "import tunelab.serve.batching as batching\n"
+        "collect = batching.MicroBatcher._next_batch\n"
+        "async def under_load(self):\n"
+        "    self._concurrent = True\n"
+        "    return await collect(self)\n"
+        "batching.MicroBatcher._next_batch = under_load\n"
+        "from tunelab.cli import main\n"
+        "main()\n"
+    )
     command = [
         sys.executable,
         "-c",
-        "from tunelab.cli import main; main()",
+        child,
         "serve",
         str(trained_run),
         "--port",

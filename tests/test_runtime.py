@@ -321,3 +321,11 @@ def test_an_onnx_int8_export_without_a_margin_scores_plain_int8(run_dir: Path, t
     assert type(open_scorer(Run.open(run), "onnx-int8")) is OnnxScorer
     (run / "onnx" / "parity.json").write_text(json.dumps({**old, FALLBACK_MARGIN: 0.5}))  # the same export with a margin: the fallback
     assert open_scorer(Run.open(run), "onnx-int8").margin == 0.5
+
+
+def test_export_says_the_int8_figure_is_measured_with_the_fallback(biased_onnx_int8) -> None:
+    run, parity, _, _ = biased_onnx_int8
+    result = CliRunner().invoke(cli, ["export", str(run.path), "--format", "onnx", "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    assert f"chosen on {parity['fp32_fallback_chosen_on']}) scored again in fp32: {parity['fp32_fallback_share']:.2%} of test texts" in result.output
+    assert f"int8 alone: argmax agreement {parity['int8_only_argmax_agreement']:.2%}" in result.output

@@ -251,6 +251,18 @@ def raise_first_label_bias(fp32: Path, out: Path, shift: float, labels: int) -> 
     onnx.save(graph, str(out))
 
 
+def assert_margin_chosen_on_eval(parity: dict, eval_reference: np.ndarray, shift: float) -> None:
+    """A biased int8 model's parity figures: its margin is the largest top-two gap among the eval texts the bias labels otherwise than PyTorch."""
+    from tunelab.runtime.scorers import top_two_gap
+
+    int8_eval = eval_reference.copy()
+    int8_eval[:, 0] += shift
+    differs = int8_eval.argmax(axis=1) != eval_reference.argmax(axis=1)
+    assert differs.any(), "the biased model must label some eval text otherwise, or this test checks nothing"
+    assert parity["fp32_fallback_margin"] == pytest.approx(top_two_gap(int8_eval)[differs].max(), abs=1e-4)
+    assert parity["fp32_fallback_chosen_on"].startswith(f"eval ({differs.size} texts, {int(differs.sum())} labelled otherwise")
+
+
 @pytest.fixture
 def biased_onnx_int8(run_dir: Path, tmp_path: Path, monkeypatch):
     """A fresh export whose onnx-int8 model labels some near ties otherwise than PyTorch: (run, its parity.json, the classifier, the bias shift)."""
@@ -272,13 +284,7 @@ def test_the_onnx_int8_gate_measures_int8_with_its_fp32_fallback_chosen_on_eval(
     from tunelab.runtime.scorers import top_two_gap
 
     run, parity, classifier, shift = biased_onnx_int8
-    eval_reference = classifier.logits(split_texts(run, "eval", None))
-    int8_eval = eval_reference.copy()
-    int8_eval[:, 0] += shift
-    differs = int8_eval.argmax(axis=1) != eval_reference.argmax(axis=1)
-    assert differs.any(), "the biased model must label some eval text otherwise, or this test checks nothing"
-    assert parity["fp32_fallback_margin"] == pytest.approx(top_two_gap(int8_eval)[differs].max(), abs=1e-4)
-    assert parity["fp32_fallback_chosen_on"].startswith(f"eval ({int(differs.size)} texts, {int(differs.sum())} labelled otherwise")
+    assert_margin_chosen_on_eval(parity, classifier.logits(split_texts(run, "eval", None)), shift)
 
     test_texts = split_texts(run, "test", None)
     test_reference = classifier.logits(test_texts)

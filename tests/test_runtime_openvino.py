@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.test_cli_errors import assert_user_error
-from tests.test_runtime import raise_first_label_bias
+from tests.test_runtime import assert_margin_chosen_on_eval, raise_first_label_bias
 from tunelab.cli import app as cli
 from tunelab.errors import TunelabError
 
@@ -252,12 +252,7 @@ def test_int8_near_ties_are_scored_in_fp32_below_the_margin_chosen_on_eval(run_d
     monkeypatch.setattr(openvino_export, "quantize_openvino", biased_int8)
     parity = openvino_export.add_openvino(run, ["openvino-int8"], step=lambda line: None)["openvino-int8"]
 
-    int8_eval = eval_reference.copy()
-    int8_eval[:, 0] += shift
-    differs = int8_eval.argmax(axis=1) != eval_reference.argmax(axis=1)
-    assert differs.any(), "the biased model must label some eval text otherwise, or this test checks nothing"
-    assert parity["fp32_fallback_margin"] == pytest.approx(top_two_gap(int8_eval)[differs].max(), abs=1e-4)
-    assert parity["fp32_fallback_chosen_on"].startswith(f"eval ({len(eval_texts)} texts, {int(differs.sum())} labelled otherwise")
+    assert_margin_chosen_on_eval(parity, eval_reference, shift)
 
     scorer = load_scorer(run, "openvino-int8", say=lambda line: None)
     assert isinstance(scorer, FallbackScorer) and scorer.backend == "openvino-int8"

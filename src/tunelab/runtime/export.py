@@ -36,7 +36,7 @@ import numpy as np
 from tunelab import atomic
 from tunelab.errors import TunelabError
 from tunelab.run import Run
-from tunelab.runtime.scorers import FALLBACK_MARGIN, ONNX_DIR, ONNX_FILES, PARITY_FILE, FallbackScorer, OnnxScorer, onnx_session, top_two_gap
+from tunelab.runtime.scorers import FALLBACK_BACKENDS, FALLBACK_MARGIN, ONNX_DIR, ONNX_FILES, PARITY_FILE, FallbackScorer, OnnxScorer, onnx_session, top_two_gap
 from tunelab.textpairs import frame_inputs
 
 OPSET = 18
@@ -60,7 +60,7 @@ class ExportReport:
     int8_eval_agreement: float | None = None  # that recipe's agreement on the eval split
     int8_refused: str | None = None  # why no int8 model was kept (first-use exports only; `tunelab export` raises instead)
     compared: str = ARGMAX_COMPARED  # what the *_argmax_agreement figures compare
-    # A single-label run's int8 near ties scored again in fp32 (`with_fallback`; the keys OpenVINO's int8 records too):
+    # A single-label or pair run's int8 near ties scored again in fp32 (`with_fallback`; the keys OpenVINO's int8 records too):
     fp32_fallback_margin: float | None = None  # the top-two gap at or below which a text is re-scored; None: never
     fp32_fallback_chosen_on: str | None = None  # the split that chose it: eval
     int8_only_argmax_agreement: float | None = None  # int8's test agreement without the fallback (int8_argmax_agreement is with it)
@@ -132,7 +132,9 @@ def export_onnx(
             model = _scorer(path, classifier)
             logits = model.logits(texts, PARITY_BATCH)
             if fallback is not None:
-                logits, figures = with_fallback(model, _scorer(path.parent / ONNX_FILES["onnx"], classifier), run, classifier, texts, logits, reference)
+                logits, figures = with_fallback(
+                    model, _scorer(path.parent / ONNX_FILES[FALLBACK_BACKENDS["onnx-int8"]], classifier), run, classifier, texts, logits, reference
+                )
                 fallback.update(figures)
             return float(np.abs(logits - reference).max()), agree(logits, reference)
 

@@ -24,8 +24,9 @@ from tunelab.run import Run
 ONNX_DIR = "onnx"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 PARITY_FILE = "parity.json"  # each backend's agreement with PyTorch, beside the models
-# parity.json's key, under an int8 backend's entry, of the top-two logit gap at or below which its texts are
-# scored again in fp32 (FallbackScorer); the fp32 backend each int8 one falls back on.
+# parity.json's key, among an int8 backend's figures (onnx-int8's at the top level, openvino-int8's under its name),
+# of the top-two logit gap at or below which its texts are scored again in fp32 (FallbackScorer); the fp32 backend
+# each int8 one falls back on.
 FALLBACK_MARGIN = "fp32_fallback_margin"
 FALLBACK_BACKENDS = {"onnx-int8": "onnx", "openvino-int8": "openvino"}
 # The model file each backend runs (beside the ONNX files): OpenVINO compiles the fp32 ONNX graph itself,

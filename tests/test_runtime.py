@@ -237,3 +237,101 @@ def test_onnx_exports_fp32_only_and_int8_is_added_when_asked_for(run_dir: Path, 
     assert json.loads((run / "onnx" / "parity.json").read_text())["int8_argmax_agreement"] is None
     assert load_scorer(run, "onnx-int8", say=lambda line: None).backend == "onnx-int8"
     assert json.loads((run / "onnx" / "parity.json").read_text())["int8_argmax_agreement"] >= 0.995
+
+
+def raise_first_label_bias(fp32: Path, out: Path, shift: float, labels: int) -> None:
+    """The fp32 graph with the first label's output bias raised by `shift`: a stand-in int8 model whose near ties flip, as quantization error flips them."""
+    import onnx
+
+    graph = onnx.load(str(fp32))
+    bias = next(weight for weight in graph.graph.initializer if tuple(weight.dims) == (labels,))
+    values = onnx.numpy_helper.to_array(bias).copy()
+    values[0] += shift
+    bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
+    onnx.save(graph, str(out))
+
+
+def assert_margin_chosen_on_eval(parity: dict, eval_reference: np.ndarray, shift: float) -> None:
+    """A biased int8 model's parity figures: its margin is the largest top-two gap among the eval texts the bias labels otherwise than PyTorch."""
+    from tunelab.runtime.scorers import top_two_gap
+
+    int8_eval = eval_reference.copy()
+    int8_eval[:, 0] += shift
+    differs = int8_eval.argmax(axis=1) != eval_reference.argmax(axis=1)
+    assert differs.any(), "the biased model must label some eval text otherwise, or this test checks nothing"
+    assert parity["fp32_fallback_margin"] == pytest.approx(top_two_gap(int8_eval)[differs].max(), abs=1e-4)
+    assert parity["fp32_fallback_chosen_on"].startswith(f"eval ({differs.size} texts, {int(differs.sum())} labelled otherwise")
+
+
+@pytest.fixture
+def biased_onnx_int8(run_dir: Path, tmp_path: Path, monkeypatch):
+    """A fresh export whose onnx-int8 model labels some near ties otherwise than PyTorch: (run, its parity.json, the classifier, the bias shift)."""
+    from tunelab.models.classifier import Classifier
+    from tunelab.run import Run
+    from tunelab.runtime import export
+    from tunelab.runtime.scorers import top_two_gap
+
+    run = Run.open(fresh_copy(run_dir, tmp_path, monkeypatch))
+    classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
+    shift = float(np.quantile(top_two_gap(classifier.logits(export.split_texts(run, "eval", None))), 0.5))  # past half of the eval texts' gaps
+    monkeypatch.setattr(export, "quantize", lambda fp32, int8, recipe: raise_first_label_bias(fp32, int8, shift, len(classifier.labels)))
+    return run, export.export_onnx(run, "int8").to_dict(), classifier, shift
+
+
+def test_the_onnx_int8_gate_measures_int8_with_its_fp32_fallback_chosen_on_eval(biased_onnx_int8) -> None:
+    """The margin is the largest top-two gap among the eval texts int8 alone labels otherwise; the test gate scores int8 as served, with that fallback."""
+    from tunelab.runtime.export import split_texts
+    from tunelab.runtime.scorers import top_two_gap
+
+    run, parity, classifier, shift = biased_onnx_int8
+    assert_margin_chosen_on_eval(parity, classifier.logits(split_texts(run, "eval", None)), shift)
+
+    test_texts = split_texts(run, "test", None)
+    test_reference = classifier.logits(test_texts)
+    int8_test = test_reference.copy()
+    int8_test[:, 0] += shift
+    alone = float((int8_test.argmax(axis=1) == test_reference.argmax(axis=1)).mean())
+    assert alone < 0.995, "int8 alone must fail the gate on test, or this test checks nothing"
+    assert parity["int8_only_argmax_agreement"] == pytest.approx(alone)
+    assert parity["fp32_fallback_share"] == pytest.approx(float((top_two_gap(int8_test) <= parity["fp32_fallback_margin"]).mean()), abs=1e-3)
+    assert parity["int8_argmax_agreement"] >= 0.995 and parity["int8_refused"] is None and "onnx-int8" in parity["files"]
+
+
+def test_the_loaded_onnx_int8_scorer_scores_its_near_ties_again_in_fp32(biased_onnx_int8) -> None:
+    from tunelab.runtime import load_scorer
+    from tunelab.runtime.export import split_texts
+    from tunelab.runtime.scorers import FallbackScorer, top_two_gap
+
+    run, parity, classifier, _ = biased_onnx_int8
+    scorer = load_scorer(run, "onnx-int8", say=lambda line: None)
+    assert isinstance(scorer, FallbackScorer) and scorer.backend == "onnx-int8" and scorer.margin == parity["fp32_fallback_margin"]
+    texts = split_texts(run, "test", None)
+    int8_logits = scorer.fast.logits(texts)
+    rescored = []
+    exact_logits = scorer.exact.logits
+    scorer.exact.logits = lambda asked, *args: rescored.extend(asked) or exact_logits(asked, *args)
+    served = scorer.logits(texts)
+    assert rescored and sorted(map(str, rescored)) == sorted(str(text) for text, gap in zip(texts, top_two_gap(int8_logits)) if gap <= scorer.margin)
+    assert float((served.argmax(axis=1) == classifier.logits(texts).argmax(axis=1)).mean()) == pytest.approx(parity["int8_argmax_agreement"])
+
+
+def test_an_onnx_int8_export_without_a_margin_scores_plain_int8(run_dir: Path, tmp_path: Path) -> None:
+    """Exports made before onnx-int8 had a fallback have no fp32_fallback_margin in parity.json: they keep scoring plain int8."""
+    from tunelab.run import Run
+    from tunelab.runtime.scorers import FALLBACK_MARGIN, OnnxScorer, open_scorer
+
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    parity = json.loads((run / "onnx" / "parity.json").read_text())
+    old = {key: value for key, value in parity.items() if not key.startswith(("fp32_fallback", "int8_only"))}
+    (run / "onnx" / "parity.json").write_text(json.dumps(old))
+    assert type(open_scorer(Run.open(run), "onnx-int8")) is OnnxScorer
+    (run / "onnx" / "parity.json").write_text(json.dumps({**old, FALLBACK_MARGIN: 0.5}))  # the same export with a margin: the fallback
+    assert open_scorer(Run.open(run), "onnx-int8").margin == 0.5
+
+
+def test_export_says_the_int8_figure_is_measured_with_the_fallback(biased_onnx_int8) -> None:
+    run, parity, _, _ = biased_onnx_int8
+    result = CliRunner().invoke(cli, ["export", str(run.path), "--format", "onnx", "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    assert f"chosen on {parity['fp32_fallback_chosen_on']}) scored again in fp32: {parity['fp32_fallback_share']:.2%} of test texts" in result.output
+    assert f"int8 alone: argmax agreement {parity['int8_only_argmax_agreement']:.2%}" in result.output

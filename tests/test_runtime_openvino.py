@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.test_cli_errors import assert_user_error
+from tests.test_runtime import assert_margin_chosen_on_eval, raise_first_label_bias
 from tunelab.cli import app as cli
 from tunelab.errors import TunelabError
 
@@ -229,7 +230,6 @@ def test_the_fallback_scores_again_exactly_the_texts_within_the_margin() -> None
 def test_int8_near_ties_are_scored_in_fp32_below_the_margin_chosen_on_eval(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """An int8 model that labels some eval texts otherwise than PyTorch: its fallback margin is the largest top-two gap
     among them, parity.json's agreement is the one the served scorer gives, and the scorer re-scores in fp32."""
-    import onnx
     import openvino
 
     from tunelab.models.classifier import Classifier
@@ -246,23 +246,13 @@ def test_int8_near_ties_are_scored_in_fp32_below_the_margin_chosen_on_eval(run_d
 
     def biased_int8(fp32: Path, xml: Path, feeds) -> None:
         """Stands in for NNCF: the fp32 graph with the first label's bias raised, so near ties flip as quantization error flips them."""
-        graph = onnx.load(str(fp32))
-        bias = next(w for w in graph.graph.initializer if tuple(w.dims) == (len(classifier.labels),))
-        values = onnx.numpy_helper.to_array(bias).copy()
-        values[0] += shift
-        bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
-        onnx.save(graph, str(tmp_path / "biased.onnx"))
+        raise_first_label_bias(fp32, tmp_path / "biased.onnx", shift, len(classifier.labels))
         openvino.save_model(openvino.Core().read_model(str(tmp_path / "biased.onnx")), str(xml))
 
     monkeypatch.setattr(openvino_export, "quantize_openvino", biased_int8)
     parity = openvino_export.add_openvino(run, ["openvino-int8"], step=lambda line: None)["openvino-int8"]
 
-    int8_eval = eval_reference.copy()
-    int8_eval[:, 0] += shift
-    differs = int8_eval.argmax(axis=1) != eval_reference.argmax(axis=1)
-    assert differs.any(), "the biased model must label some eval text otherwise, or this test checks nothing"
-    assert parity["fp32_fallback_margin"] == pytest.approx(top_two_gap(int8_eval)[differs].max(), abs=1e-4)
-    assert parity["fp32_fallback_chosen_on"].startswith(f"eval ({len(eval_texts)} texts, {int(differs.sum())} labelled otherwise")
+    assert_margin_chosen_on_eval(parity, eval_reference, shift)
 
     scorer = load_scorer(run, "openvino-int8", say=lambda line: None)
     assert isinstance(scorer, FallbackScorer) and scorer.backend == "openvino-int8"

@@ -123,10 +123,21 @@ def export(
         served = "onnx-int8"
         say(f"int8  {parity['files']['onnx-int8']}  ({parity['sizes_mb']['onnx-int8']} MB)")
         say(f"      {agreed} {parity['int8_argmax_agreement']:.2%} (gate {INT8_MIN_AGREEMENT:.1%}); {differs} {parity['int8_max_abs_diff']:.2e}")
+        say_fallback(parity, agreed, say)
     for backend in ("openvino", "openvino-int8"):
         if backend in parity:
             served, figures = backend, parity[backend]
             file = f"{figures['file']} and its .bin ({figures['size_mb']} MB), NNCF's int8" if "file" in figures else "model.onnx, compiled by OpenVINO"
             say(f"{backend}  {file}")
             say(f"      {agreed} {figures['argmax_agreement']:.2%} (gate {INT8_MIN_AGREEMENT:.1%}); {differs} {figures['max_abs_diff']:.2e}")
+            say_fallback(figures, agreed, say)
     say(f"serve it: tunelab serve {run} --backend {served}")
+
+
+def say_fallback(figures: dict, agreed: str, say) -> None:
+    """An int8 backend's fp32 fallback, when its gate chose one: the figure above is int8 as served, with it."""
+    if figures.get("fp32_fallback_margin") is not None:
+        say(
+            f"      with near ties (top-two gap <= {figures['fp32_fallback_margin']:.3f}, chosen on {figures['fp32_fallback_chosen_on']}) "
+            f"scored again in fp32: {figures['fp32_fallback_share']:.2%} of test texts; int8 alone: {agreed} {figures['int8_only_argmax_agreement']:.2%}"
+        )

@@ -11,6 +11,8 @@ multi-label run "agreeing" is the same label set (each label's sigmoid against t
 models/multilabel.py's `decide`), the figure parity.json's `*_argmax_agreement` fields then hold. On a
 backend's first use (`int8_refusal="record"`) a failed int8 gate keeps the fp32 model and records why
 int8 was refused in parity.json, so the run can still use fp32 ONNX and says why it does not use int8.
+A single-label or pair run's int8 is gated as it is served: its near ties scored again by the fp32 model,
+below a margin chosen on the eval split (`with_fallback`, which OpenVINO's int8 uses too).
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tunelab import atomic
 from tunelab.errors import TunelabError
 from tunelab.run import Run
-from tunelab.runtime.scorers import ONNX_DIR, ONNX_FILES, PARITY_FILE, OnnxScorer, onnx_session
+from tunelab.runtime.scorers import FALLBACK_BACKENDS, FALLBACK_MARGIN, ONNX_DIR, ONNX_FILES, PARITY_FILE, FallbackScorer, OnnxScorer, onnx_session, top_two_gap
 from tunelab.textpairs import frame_inputs
 
 OPSET = 18
@@ -57,6 +60,11 @@ class ExportReport:
     int8_eval_agreement: float | None = None  # that recipe's agreement on the eval split
     int8_refused: str | None = None  # why no int8 model was kept (first-use exports only; `tunelab export` raises instead)
     compared: str = ARGMAX_COMPARED  # what the *_argmax_agreement figures compare
+    # A single-label or pair run's int8 near ties scored again in fp32 (`with_fallback`; the keys OpenVINO's int8 records too):
+    fp32_fallback_margin: float | None = None  # the top-two gap at or below which a text is re-scored; None: never
+    fp32_fallback_chosen_on: str | None = None  # the split that chose it: eval
+    int8_only_argmax_agreement: float | None = None  # int8's test agreement without the fallback (int8_argmax_agreement is with it)
+    fp32_fallback_share: float | None = None  # the share of test texts re-scored
     agreement_of: str = "texts"  # what they are shares of: a tagger's are of words
 
     def to_dict(self) -> dict:
@@ -113,12 +121,21 @@ def export_onnx(
     classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
     started = time.perf_counter()
 
-    def logits_check(texts: list) -> Callable[[Path], tuple[float, float]]:
-        """An ONNX model file -> its largest logit difference from PyTorch's on `texts`, and its agreement with PyTorch there."""
-        reference = classifier.logits(texts)
+    def logits_check(texts: list, reference: np.ndarray, fallback: dict[str, Any] | None = None) -> Check:
+        """An ONNX model file -> its largest logit difference from PyTorch's `reference` on `texts`, and its agreement with PyTorch there.
+
+        With `fallback` (a single-label run's int8 on test), the model is measured as it is served, its near ties
+        scored again by the staged fp32 model (`with_fallback`), whose parity.json figures are put in `fallback`.
+        """
 
         def check(path: Path) -> tuple[float, float]:
-            logits = _scorer(path, classifier).logits(texts, PARITY_BATCH)
+            model = _scorer(path, classifier)
+            logits = model.logits(texts, PARITY_BATCH)
+            if fallback is not None:
+                logits, figures = with_fallback(
+                    model, _scorer(path.parent / ONNX_FILES[FALLBACK_BACKENDS["onnx-int8"]], classifier), run, classifier, texts, logits, reference
+                )
+                fallback.update(figures)
             return float(np.abs(logits - reference).max()), agree(logits, reference)
 
         return check
@@ -130,8 +147,8 @@ def export_onnx(
         files = {"onnx": str(run.path / ONNX_DIR / fp32.name)}
 
         step(f"checking parity on {len(texts)} test texts")
-        on_test = logits_check(texts)
-        fp32_diff, fp32_agreement = on_test(fp32)
+        reference = classifier.logits(texts)
+        fp32_diff, fp32_agreement = logits_check(texts, reference)(fp32)
         report = ExportReport(
             path=str(run.path / ONNX_DIR), files=files, rows=len(texts), fp32_max_abs_diff=fp32_diff, fp32_argmax_agreement=fp32_agreement, compared=compared
         )
@@ -143,8 +160,14 @@ def export_onnx(
         if quantize == "int8":
             on_eval = None
             with contextlib.suppress(TunelabError):  # no eval split: nothing to choose the recipe on
-                on_eval = logits_check(split_texts(run, "eval", max_rows))
+                eval_texts = split_texts(run, "eval", max_rows)
+                on_eval = logits_check(eval_texts, classifier.logits(eval_texts))
+            # A multi-label run's label sets keep plain int8: the fallback's margin is a top-two gap, an argmax's.
+            fallback: dict[str, Any] | None = {} if compared == ARGMAX_COMPARED else None
+            on_test = logits_check(texts, reference, fallback)
             add_int8(report, stage, on_test, on_eval, min_agreement, int8_refusal, "export without --quantize and serve with --backend onnx", step)
+            for key, value in (fallback or {}).items():
+                setattr(report, key, value)
         report.export_seconds = round(time.perf_counter() - started, 2)
         report.sizes_mb = {name: round((stage / Path(path).name).stat().st_size / 2**20, 2) for name, path in files.items()}
         atomic.write_json(stage / PARITY_FILE, report.to_dict())
@@ -198,6 +221,42 @@ def add_int8(report: ExportReport, stage: Path, on_test: Check, on_eval: Check |
         raise TunelabError(refusal, f"nothing was written; {hint}")
     report.int8_refused = refusal
     int8.unlink()
+
+
+def with_fallback(
+    int8: OnnxScorer, fp32: OnnxScorer, run: Run, classifier, texts: list, logits: np.ndarray, reference: np.ndarray
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A single-label run's int8 `logits` on the test `texts` as it is served, its near ties scored again by `fp32`, and parity.json's figures of it.
+
+    One rule for both int8 backends (onnx-int8, openvino-int8): the margin is chosen on the eval split
+    (`fallback_on_eval`); the figures add int8's agreement alone and the share of texts re-scored.
+    """
+    fallback, figures = fallback_on_eval(int8, fp32, run, classifier)
+    if fallback is None:
+        return logits, figures
+    figures["int8_only_argmax_agreement"] = agreement(logits, reference)
+    figures["fp32_fallback_share"] = round(float(fallback.unsure(logits).mean()), 4)
+    return fallback.rescore(texts, logits, PARITY_BATCH), figures
+
+
+def fallback_on_eval(int8: OnnxScorer, fp32: OnnxScorer, run: Run, classifier) -> tuple[FallbackScorer | None, dict[str, Any]]:
+    """int8 with fp32 re-scoring below the smallest top-two gap that gives every eval text PyTorch's label, and parity.json's figures of it.
+
+    The margin is the largest gap among the eval texts whose int8 argmax differs from PyTorch's: re-scoring
+    every text at or below it makes int8 agree with PyTorch on the whole eval split. None when int8 already
+    agrees there, or the run has no eval split to choose on (the test gate then scores plain int8).
+    """
+    try:
+        texts = split_texts(run, "eval", PARITY_ROWS)
+    except TunelabError:
+        return None, {}
+    logits, reference = int8.logits(texts, PARITY_BATCH), classifier.logits(texts)
+    differs = logits.argmax(axis=1) != reference.argmax(axis=1)
+    chosen_on = f"eval ({len(texts)} texts, {int(differs.sum())} labelled otherwise by int8 alone)"
+    if not differs.any():
+        return None, {FALLBACK_MARGIN: None, "fp32_fallback_chosen_on": chosen_on}
+    margin = float(top_two_gap(logits)[differs].max())
+    return FallbackScorer(int8, fp32, margin), {FALLBACK_MARGIN: margin, "fp32_fallback_chosen_on": chosen_on}
 
 
 def _quantize_on_eval(fp32: Path, int8: Path, on_eval: Check | None, min_agreement: float, step) -> tuple[str, float | None]:

@@ -12,7 +12,7 @@ calibrated on a seeded sample of the run's train texts or sentences (its eval on
 split), never on test ones. A single-label run's int8 scores its near ties again with the fp32 graph
 (scorers.FallbackScorer): static int8 moves logits by up to a few tenths, which flips the label of about one
 tweet in a hundred, all of them near ties; the margin is chosen on the eval split, and the test gate measures
-int8 with that fallback, as it is served. A graph OpenVINO or NNCF cannot take refuses that backend only, with the reason.
+int8 with that fallback, as it is served (export.py's `with_fallback`, onnx-int8's too). A graph OpenVINO or NNCF cannot take refuses that backend only, with the reason.
 
 They are measured on a backend's first use (tunelab.runtime.choice), or by `tunelab export --format openvino`
 (`export_openvino`), which refuses, writing nothing, a backend that fails its gate.
@@ -38,16 +38,13 @@ from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.runtime.scorers import (
     FALLBACK_BACKENDS,
-    FALLBACK_MARGIN,
     MODEL_FILES,
     ONNX_DIR,
     PARITY_FILE,
-    FallbackScorer,
     OnnxScorer,
     OpenVinoSession,
     require_openvino,
     require_packages,
-    top_two_gap,
 )
 
 # NNCF fixes each activation's int8 range from this many texts, one per calibration input: one to three
@@ -141,10 +138,10 @@ def classifier_gate(run: Run) -> OpenVinoGate:
     """A classifier's: agreement of the logits on the test texts (the argmax; a multi-label run's label sets); calibrated on train (or eval) texts.
 
     A single-label run's int8 backend is measured as it scores: with its unsure texts scored again in fp32
-    (scorers.FallbackScorer), below the margin chosen on the eval split (`fallback_on_eval`).
+    (scorers.FallbackScorer), below the margin chosen on the eval split (export.py's `with_fallback`, as onnx-int8's).
     """
     from tunelab.models.classifier import Classifier
-    from tunelab.runtime.export import ARGMAX_COMPARED, PARITY_BATCH, PARITY_ROWS, agreement_rule, split_texts
+    from tunelab.runtime.export import ARGMAX_COMPARED, PARITY_BATCH, PARITY_ROWS, agreement_rule, split_texts, with_fallback
 
     classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
     texts = split_texts(run, "test", PARITY_ROWS)
@@ -159,11 +156,8 @@ def classifier_gate(run: Run) -> OpenVinoGate:
         logits = model.logits(texts, PARITY_BATCH)
         figures: dict[str, Any] = {}
         if backend in FALLBACK_BACKENDS and compared == ARGMAX_COMPARED:
-            fallback, figures = fallback_on_eval(model, scorer(path.parent / MODEL_FILES[FALLBACK_BACKENDS[backend]], backend), run, classifier)
-            if fallback is not None:
-                figures["int8_only_argmax_agreement"] = agreement(logits, reference)
-                figures["fp32_fallback_share"] = round(float(fallback.unsure(logits).mean()), 4)
-                logits = fallback.rescore(texts, logits, PARITY_BATCH)
+            exact = scorer(path.parent / MODEL_FILES[FALLBACK_BACKENDS[backend]], backend)
+            logits, figures = with_fallback(model, exact, run, classifier, texts, logits, reference)
         return {"argmax_agreement": agreement(logits, reference), "max_abs_diff": float(np.abs(logits - reference).max()), "rows": len(texts), **figures}
 
     def calibration() -> tuple[str, list[dict[str, np.ndarray]]]:
@@ -171,28 +165,6 @@ def classifier_gate(run: Run) -> OpenVinoGate:
         return split, calibration_feeds(classifier.tokenizer, inputs, classifier.max_length)
 
     return OpenVinoGate(check, calibration, f"{len(texts)} test texts")
-
-
-def fallback_on_eval(int8: OnnxScorer, fp32: OnnxScorer, run: Run, classifier) -> tuple[FallbackScorer | None, dict[str, Any]]:
-    """int8 with fp32 re-scoring below the smallest top-two gap that gives every eval text PyTorch's label, and parity.json's figures of it.
-
-    The margin is the largest gap among the eval texts whose int8 argmax differs from PyTorch's: re-scoring
-    every text at or below it makes int8 agree with PyTorch on the whole eval split. None when int8 already
-    agrees there, or the run has no eval split to choose on (the test gate then scores plain int8).
-    """
-    from tunelab.runtime.export import PARITY_BATCH, PARITY_ROWS, split_texts
-
-    try:
-        texts = split_texts(run, "eval", PARITY_ROWS)
-    except TunelabError:
-        return None, {}
-    logits, reference = int8.logits(texts, PARITY_BATCH), classifier.logits(texts)
-    differs = logits.argmax(axis=1) != reference.argmax(axis=1)
-    chosen_on = f"eval ({len(texts)} texts, {int(differs.sum())} labelled otherwise by int8 alone)"
-    if not differs.any():
-        return None, {FALLBACK_MARGIN: None, "fp32_fallback_chosen_on": chosen_on}
-    margin = float(top_two_gap(logits)[differs].max())
-    return FallbackScorer(int8, fp32, margin), {FALLBACK_MARGIN: margin, "fp32_fallback_chosen_on": chosen_on}
 
 
 def calibration_split(run: Run, read: Callable[[str], list]) -> tuple[str, list]:

@@ -24,10 +24,11 @@ from tunelab.run import Run
 ONNX_DIR = "onnx"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 PARITY_FILE = "parity.json"  # each backend's agreement with PyTorch, beside the models
-# parity.json's key, under an int8 backend's entry, of the top-two logit gap at or below which its texts are
-# scored again in fp32 (FallbackScorer); the fp32 backend each int8 one falls back on.
+# parity.json's key, among an int8 backend's figures (onnx-int8's at the top level, openvino-int8's under its name),
+# of the top-two logit gap at or below which its texts are scored again in fp32 (FallbackScorer); the fp32 backend
+# each int8 one falls back on.
 FALLBACK_MARGIN = "fp32_fallback_margin"
-FALLBACK_BACKENDS = {"openvino-int8": "openvino"}
+FALLBACK_BACKENDS = {"onnx-int8": "onnx", "openvino-int8": "openvino"}
 # The model file each backend runs (beside the ONNX files): OpenVINO compiles the fp32 ONNX graph itself,
 # and runs NNCF's int8 of it as OpenVINO IR (the .xml, with its weights in the .bin beside it).
 MODEL_FILES = {**ONNX_FILES, "openvino": ONNX_FILES["onnx"], "openvino-int8": "openvino.int8.xml"}
@@ -98,7 +99,7 @@ class FallbackScorer(Probabilities):
 
     A text is unsure when its top two int8 logits lie within `margin` of each other: quantization error
     moves logits by a few hundredths (a few tenths at most), so only such near ties change their argmax. The margin is chosen on
-    the run's eval split (tunelab.runtime.openvino_export) and recorded in parity.json under FALLBACK_MARGIN.
+    the run's eval split (tunelab.runtime.export's `with_fallback`, for both int8 backends) and recorded in parity.json under FALLBACK_MARGIN.
     """
 
     fast: OnnxScorer
@@ -272,7 +273,10 @@ def fallback_margin(run: Run, backend: str) -> float | None:
     if backend not in FALLBACK_BACKENDS:
         return None
     parity = atomic.read_json(run.path / ONNX_DIR / PARITY_FILE) or {}
-    return (parity.get(backend) or {}).get(FALLBACK_MARGIN)
+    # onnx-int8's figures are parity.json's top level (the ONNX export's report), an OpenVINO backend's sit under its name.
+    figures = parity if backend in ONNX_FILES else parity.get(backend) or {}
+    # An export made before its backend had the fallback has no margin: None, and it scores plain int8, as its gate measured it.
+    return figures.get(FALLBACK_MARGIN)
 
 
 def onnx_path(run: Run, backend: str) -> Path:

@@ -120,6 +120,14 @@ def export_onnx(
     texts = split_texts(run, "test", max_rows)
     classifier = Classifier.load(run.model_dir, run.config.get("max_length"))
     started = time.perf_counter()
+    computed: dict[tuple, np.ndarray] = {}
+
+    def pytorch_logits(inputs: list) -> np.ndarray:
+        """PyTorch's logits of `inputs`, computed once: the eval split's serve the int8 recipe's check and the fallback's margin."""
+        key = tuple(inputs)
+        if key not in computed:
+            computed[key] = classifier.logits(inputs)
+        return computed[key]
 
     def logits_check(texts: list, reference: np.ndarray, fallback: dict[str, Any] | None = None) -> Check:
         """An ONNX model file -> its largest logit difference from PyTorch's `reference` on `texts`, and its agreement with PyTorch there.
@@ -133,7 +141,7 @@ def export_onnx(
             logits = model.logits(texts, PARITY_BATCH)
             if fallback is not None:
                 logits, figures = with_fallback(
-                    model, _scorer(path.parent / ONNX_FILES[FALLBACK_BACKENDS["onnx-int8"]], classifier), run, classifier, texts, logits, reference
+                    model, _scorer(path.parent / ONNX_FILES[FALLBACK_BACKENDS["onnx-int8"]], classifier), run, pytorch_logits, texts, logits, reference
                 )
                 fallback.update(figures)
             return float(np.abs(logits - reference).max()), agree(logits, reference)
@@ -147,7 +155,7 @@ def export_onnx(
         files = {"onnx": str(run.path / ONNX_DIR / fp32.name)}
 
         step(f"checking parity on {len(texts)} test texts")
-        reference = classifier.logits(texts)
+        reference = pytorch_logits(texts)
         fp32_diff, fp32_agreement = logits_check(texts, reference)(fp32)
         report = ExportReport(
             path=str(run.path / ONNX_DIR), files=files, rows=len(texts), fp32_max_abs_diff=fp32_diff, fp32_argmax_agreement=fp32_agreement, compared=compared
@@ -161,7 +169,7 @@ def export_onnx(
             on_eval = None
             with contextlib.suppress(TunelabError):  # no eval split: nothing to choose the recipe on
                 eval_texts = split_texts(run, "eval", max_rows)
-                on_eval = logits_check(eval_texts, classifier.logits(eval_texts))
+                on_eval = logits_check(eval_texts, pytorch_logits(eval_texts))
             # A multi-label run's label sets keep plain int8: the fallback's margin is a top-two gap, an argmax's.
             fallback: dict[str, Any] | None = {} if compared == ARGMAX_COMPARED else None
             on_test = logits_check(texts, reference, fallback)
@@ -224,14 +232,14 @@ def add_int8(report: ExportReport, stage: Path, on_test: Check, on_eval: Check |
 
 
 def with_fallback(
-    int8: OnnxScorer, fp32: OnnxScorer, run: Run, classifier, texts: list, logits: np.ndarray, reference: np.ndarray
+    int8: OnnxScorer, fp32: OnnxScorer, run: Run, pytorch_logits: Callable[[list], np.ndarray], texts: list, logits: np.ndarray, reference: np.ndarray
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """A single-label run's int8 `logits` on the test `texts` as it is served, its near ties scored again by `fp32`, and parity.json's figures of it.
 
     One rule for both int8 backends (onnx-int8, openvino-int8): the margin is chosen on the eval split
     (`fallback_on_eval`); the figures add int8's agreement alone and the share of texts re-scored.
     """
-    fallback, figures = fallback_on_eval(int8, fp32, run, classifier)
+    fallback, figures = fallback_on_eval(int8, fp32, run, pytorch_logits)
     if fallback is None:
         return logits, figures
     figures["int8_only_argmax_agreement"] = agreement(logits, reference)
@@ -239,7 +247,9 @@ def with_fallback(
     return fallback.rescore(texts, logits, PARITY_BATCH), figures
 
 
-def fallback_on_eval(int8: OnnxScorer, fp32: OnnxScorer, run: Run, classifier) -> tuple[FallbackScorer | None, dict[str, Any]]:
+def fallback_on_eval(
+    int8: OnnxScorer, fp32: OnnxScorer, run: Run, pytorch_logits: Callable[[list], np.ndarray]
+) -> tuple[FallbackScorer | None, dict[str, Any]]:
     """int8 with fp32 re-scoring below the smallest top-two gap that gives every eval text PyTorch's label, and parity.json's figures of it.
 
     The margin is the largest gap among the eval texts whose int8 argmax differs from PyTorch's: re-scoring
@@ -250,7 +260,7 @@ def fallback_on_eval(int8: OnnxScorer, fp32: OnnxScorer, run: Run, classifier) -
         texts = split_texts(run, "eval", PARITY_ROWS)
     except TunelabError:
         return None, {}
-    logits, reference = int8.logits(texts, PARITY_BATCH), classifier.logits(texts)
+    logits, reference = int8.logits(texts, PARITY_BATCH), pytorch_logits(texts)
     differs = logits.argmax(axis=1) != reference.argmax(axis=1)
     chosen_on = f"eval ({len(texts)} texts, {int(differs.sum())} labelled otherwise by int8 alone)"
     if not differs.any():

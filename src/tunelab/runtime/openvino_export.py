@@ -157,7 +157,7 @@ def classifier_gate(run: Run) -> OpenVinoGate:
         figures: dict[str, Any] = {}
         if backend in FALLBACK_BACKENDS and compared == ARGMAX_COMPARED:
             exact = scorer(path.parent / MODEL_FILES[FALLBACK_BACKENDS[backend]], backend)
-            logits, figures = with_fallback(model, exact, run, classifier, texts, logits, reference)
+            logits, figures = with_fallback(model, exact, run, classifier.logits, texts, logits, reference)
         return {"argmax_agreement": agreement(logits, reference), "max_abs_diff": float(np.abs(logits - reference).max()), "rows": len(texts), **figures}
 
     def calibration() -> tuple[str, list[dict[str, np.ndarray]]]:

@@ -596,6 +596,7 @@ def test_cli_eval_answers_json_and_predictions_file(colour_index, tmp_path, monk
         "min_similarity_from": "--min-similarity",
         "min_confidence": None,
         "min_confidence_from": answers["thresholds"]["min_confidence_from"],
+        "require_named_document": False,
     }
     assert answers["right"] == answers["hallucinated"] == answers["abstained"] == pytest.approx(1 / 3, abs=1e-4)
     assert answers["exact_match"] == 0.0 and 0 < answers["token_f1"] < 1

@@ -239,7 +239,7 @@ def ask_cmd(
     index_dir = resolve_index(index, progress=not as_json, backend=backend)
     choice = load_reader(options, progress=not as_json)
     with open_index(index_dir, backend=backend) as opened:
-        result = answer(question, opened, choice.reader, settings=choice.settings, min_similarity=choice.min_similarity)
+        result = answer(question, opened, choice.reader, **choice.answer_options())
     if as_json:
         print(
             json.dumps(
@@ -300,7 +300,7 @@ def eval_cmd(
     with open_index(index_dir) as opened:
         results: dict = {"retrieval": evaluate_retrieval(opened, rows, chosen, progress=not as_json, weights=_weights(weights))}
         if choice is not None:
-            scored = evaluate_answers(opened, rows, choice.reader, settings=choice.settings, progress=not as_json, min_similarity=choice.min_similarity)
+            scored = evaluate_answers(opened, rows, choice.reader, progress=not as_json, **choice.answer_options())
             results["answers"] = {"reader": choice.name, "context_from": choice.sources["context"], "thresholds": choice.thresholds(), **scored}
     if with_answers:
         per_question = results["answers"].pop("predictions")
@@ -338,7 +338,8 @@ def eval_cmd(
         t = a["thresholds"]
         confidence = "none" if t["min_confidence"] is None else f"{t['min_confidence']:.3f}"
         console.print(
-            f"abstains below similarity {t['min_similarity']:.3f} ({t['min_similarity_from']}) and confidence {confidence} ({t['min_confidence_from']})",
+            f"abstains below similarity {t['min_similarity']:.3f} ({t['min_similarity_from']}) and confidence {confidence} ({t['min_confidence_from']})"
+            + (", and when the answer is not from the document the question names" if t["require_named_document"] else ""),
             highlight=False,
             soft_wrap=True,
         )
@@ -467,7 +468,8 @@ def train_reader_cmd(
         return
     console.print(f"trained the reader: {run}" + (f" (with {len(extra)} questions of {fields_path})" if extra else ""), highlight=False, soft_wrap=True)
     console.print(
-        f"abstains below retrieval similarity {abstention.min_similarity:.3f} and span margin {abstention.min_confidence:.3f} "
+        f"abstains below retrieval similarity {abstention.min_similarity:.3f} and span margin {abstention.min_confidence:.3f}"
+        f"{', and when the answer is not from the document the question names' if abstention.require_named_document else ''} "
         f"(chosen on {abstention.chosen_on}, {abstention.questions} questions)",
         highlight=False,
         soft_wrap=True,

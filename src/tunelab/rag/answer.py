@@ -36,7 +36,9 @@ class Answer:
     best_similarity: float = 0.0
     passage: Passage | None = None  # the line or chunk the answer was read from
     confidence: float | None = None
-    reason: str = ""  # why it abstained: "retrieval" (nothing similar enough) or "reader"
+    # why it abstained: "retrieval" (nothing similar enough), "reader", or "named document" (the answer was
+    # read from a document other than the one the question names)
+    reason: str = ""
     shown: list[Passage] = field(default_factory=list)  # the context the reader read
 
     def format(self) -> str:
@@ -71,21 +73,31 @@ def answer(
     *,
     settings: ContextSettings | None = None,
     min_similarity: float = MIN_SIMILARITY,
+    require_named_document: bool = False,
 ) -> Answer:
     """Retrieve, focus, read; "I don't know" when retrieval or the reader is below its threshold.
 
     `reader` is a rag.readers reader, or any `prompt -> text` callable (read with free decoding).
     """
-    return answer_many([question], index, reader, settings=settings, min_similarity=min_similarity)[0]
+    return answer_many([question], index, reader, settings=settings, min_similarity=min_similarity, require_named_document=require_named_document)[0]
 
 
-def answer_many(questions, index: Index, reader: Reader, *, settings: ContextSettings | None = None, min_similarity: float = MIN_SIMILARITY) -> list[Answer]:
-    """answer() for many questions, read in batches (the readers are several times faster so)."""
+def answer_many(
+    questions,
+    index: Index,
+    reader: Reader,
+    *,
+    settings: ContextSettings | None = None,
+    min_similarity: float = MIN_SIMILARITY,
+    require_named_document: bool = False,
+) -> list[Answer]:
+    """answer() for many questions, read in batches (the readers are several times faster so); with
+    `require_named_document`, an answer read from a document other than the one the question names is refused."""
     if not hasattr(reader, "read_many"):
         reader = CallableReader(reader)
     settings = settings or ContextSettings()
     # The reader's own threshold is its confidence limit, applied by the rule the thresholds were chosen by.
-    abstention = Abstention(min_similarity=min_similarity, min_confidence=reader.threshold)
+    abstention = Abstention(min_similarity=min_similarity, min_confidence=reader.threshold, require_named_document=require_named_document)
     contexts = [retrieve_context(index, q, settings) for q in questions]
     retrieval = below_threshold(abstention, [[c.best_similarity for c in contexts]])  # judged before reading: a question it refuses is not read
     asked = [i for i, c in enumerate(contexts) if c.hits and retrieval[i] is None]
@@ -101,7 +113,15 @@ def answer_many(questions, index: Index, reader: Reader, *, settings: ContextSet
         if failed[i] is not None:
             answers.append(
                 Answer(
-                    question, ABSTAIN, [], True, context.hits, context.best_similarity, confidence=reading.confidence, reason="reader", shown=context.passages
+                    question,
+                    ABSTAIN,
+                    [],
+                    True,
+                    context.hits,
+                    context.best_similarity,
+                    confidence=reading.confidence,
+                    reason="named document" if failed[i] == "named document" else "reader",
+                    shown=context.passages,
                 )
             )
             continue

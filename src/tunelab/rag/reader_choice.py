@@ -42,6 +42,7 @@ class ReaderChoice:
     min_similarity: float
     min_confidence: float | None  # None: the reader is never thresholded on its own confidence
     sources: dict[str, str]
+    require_named_document: bool = False  # answers only from a document the question names (chosen on train)
 
     @property
     def name(self) -> str:
@@ -53,7 +54,12 @@ class ReaderChoice:
             "min_similarity_from": self.sources["min_similarity"],
             "min_confidence": None if self.min_confidence is None else round(self.min_confidence, 4),
             "min_confidence_from": self.sources["min_confidence"],
+            "require_named_document": self.require_named_document,
         }
+
+    def answer_options(self) -> dict:
+        """What rag.answer.answer / answer_many take from this choice besides the reader."""
+        return {"settings": self.settings, "min_similarity": self.min_similarity, "require_named_document": self.require_named_document}
 
 
 @dataclass
@@ -143,5 +149,10 @@ def load_reader(options: ReaderOptions, progress: bool = True) -> ReaderChoice:
     if min_confidence is not None and not math.isfinite(min_confidence):
         min_confidence = None
     return ReaderChoice(
-        reader, settings, float(min_similarity), min_confidence, {"context": context_from, "min_similarity": similarity_from, "min_confidence": confidence_from}
+        reader,
+        settings,
+        float(min_similarity),
+        min_confidence,
+        {"context": context_from, "min_similarity": similarity_from, "min_confidence": confidence_from},
+        require_named_document=bool(saved and saved[1].require_named_document),
     )

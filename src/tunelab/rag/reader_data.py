@@ -41,9 +41,9 @@ class ContextSettings:
     def to_dict(self) -> dict:
         return {"mode": self.mode, "k": self.k, "context": self.context, "lines": self.lines, "scope": self.scope}
 
-    def documents(self, index, question: str) -> list[str] | None:
-        """The doc_ids retrieval keeps to for `question` (None: every document)."""
-        return (index.named_documents(question) or None) if self.scope == "named" else None
+    def documents(self, named: Sequence[str]) -> list[str] | None:
+        """The doc_ids retrieval keeps to, given those the question names (None: every document)."""
+        return (list(named) or None) if self.scope == "named" else None
 
 
 @dataclass
@@ -52,6 +52,9 @@ class Retrieved:
     hits: list  # every retrieved chunk (Hit)
     best_similarity: float
     seconds: float
+    # The doc_ids the question names by title (rag/named.py), whatever the scope: an answer read from another
+    # document is one the abstention thresholds may refuse (rag/train_reader.reading_features).
+    named_documents: tuple[str, ...] = ()
 
 
 def retrieve_context(index, question: str, settings: ContextSettings, skip: Callable[[str], bool] | None = None) -> Retrieved:
@@ -59,9 +62,10 @@ def retrieve_context(index, question: str, settings: ContextSettings, skip: Call
     import time
 
     started = time.perf_counter()
-    retrieval = index.retrieve(question, settings.mode, settings.k, need_similarity=True, documents=settings.documents(index, question))
+    named = index.named_documents(question)
+    retrieval = index.retrieve(question, settings.mode, settings.k, need_similarity=True, documents=settings.documents(named))
     best = 0.0 if math.isnan(retrieval.best_similarity) else retrieval.best_similarity  # NaN: the index is empty
-    return shown_context(index, question, retrieval.hits, best, settings, started, skip)
+    return shown_context(index, question, retrieval.hits, best, settings, started, skip, named)
 
 
 def retrieve_miss_context(index, question: str, doc_id: str, settings: ContextSettings) -> Retrieved:
@@ -73,14 +77,15 @@ def retrieve_miss_context(index, question: str, doc_id: str, settings: ContextSe
 
     started = time.perf_counter()
     depth = max(50, 4 * settings.k)  # the fused lists' own depth (rag/index.py), so the other documents' order is unchanged
-    documents = [d for d in settings.documents(index, question) or [] if d != doc_id] or None
+    named = index.named_documents(question)
+    documents = [d for d in settings.documents(named) or [] if d != doc_id] or None
     retrieval = index.retrieve(question, settings.mode, depth, need_similarity=True, documents=documents)
     others = [hit for hit in retrieval.hits if hit.chunk.doc_id != doc_id]
     similarities = [hit.similarity for hit in others if hit.similarity is not None]
     hits = others[: settings.k]
     for rank, hit in enumerate(hits, start=1):
         hit.rank = rank
-    return shown_context(index, question, hits, max(similarities, default=0.0), settings, started)
+    return shown_context(index, question, hits, max(similarities, default=0.0), settings, started, named=named)
 
 
 def retrieve_line_miss_context(index, row: dict, settings: ContextSettings) -> Retrieved:
@@ -104,10 +109,17 @@ def simulated_miss_context(index, row: dict, settings: ContextSettings, kind: st
 
 
 def shown_context(
-    index, question: str, hits: list, best_similarity: float, settings: ContextSettings, started: float, skip: Callable[[str], bool] | None = None
+    index,
+    question: str,
+    hits: list,
+    best_similarity: float,
+    settings: ContextSettings,
+    started: float,
+    skip: Callable[[str], bool] | None = None,
+    named: Sequence[str] = (),
 ) -> Retrieved:
     """What the reader is shown of `hits`: their lines closest to the question, or the whole chunks, without the
-    lines `skip` says; timed from `started`."""
+    lines `skip` says; timed from `started`. `named`: the doc_ids the question names."""
     import time
 
     if settings.context == "focused":
@@ -116,7 +128,7 @@ def shown_context(
         passages = whole_chunks(hits)
         if skip is not None:
             passages = [Passage("\n".join(line for line in split_lines(p.text) if not skip(line)), p.hit) for p in passages]
-    return Retrieved(passages, hits, best_similarity, time.perf_counter() - started)
+    return Retrieved(passages, hits, best_similarity, time.perf_counter() - started, tuple(named))
 
 
 def line_cache(index) -> dict:

@@ -42,6 +42,9 @@ MISS_ABSTENTION = None
 # the right document, but no line that answers.
 DISTRACTORS = ("other-question", "retrieval-miss", "both", "line-miss")
 DEFAULT_DISTRACTORS = "other-question"
+# Whether the thresholds may require an answer read from a document the question names (reading_features'
+# fourth feature); benchmarks/miss_abstention_dev.py's rule 8 decides the default.
+NAMED_DOCUMENT = False
 
 
 @dataclass
@@ -53,6 +56,9 @@ class Abstention:
     # Answer only when the answer is quoted, whole words, from a shown passage: a free-decoding LM that
     # says something the passages do not say is guessing. (A span reader and grounded decoding always quote.)
     require_quote: bool = False
+    # Answer only from a document the question names, when it names any: "What is the internet country code
+    # of Belgium?" answered from France's lines is a retrieval miss, whatever the reader's confidence.
+    require_named_document: bool = False
     chosen_on: str = "not chosen"
     questions: int = 0
     criterion: str = "right - hallucinated"
@@ -100,13 +106,24 @@ def retrieve_all(index, rows: Sequence[dict], settings: ContextSettings, progres
 
 
 def reading_features(contexts: Sequence[Retrieved], readings) -> list[list[float]]:
-    """What the thresholds look at, per question: retrieval similarity, the reader's confidence, and
+    """What the thresholds look at, per question: retrieval similarity, the reader's confidence,
     whether the answer quotes a shown passage (1 quoted, 0 not: a threshold below 0 answers either way,
-    one between them quotes only); -inf where the reader abstained by itself."""
+    one between them quotes only), and whether that passage is from a document the question names (1 also
+    when it names none or the answer quotes nothing, 0 from another document); -inf where the reader
+    abstained by itself."""
     similarities = [c.best_similarity for c in contexts]
     confidences = [r.confidence if not r.abstained else float("-inf") for r in readings]
     quoted = [float(r.passage is not None) if not r.abstained else float("-inf") for r in readings]
-    return [similarities, confidences, quoted]
+    named = [float(from_named_document(c, r)) if not r.abstained else float("-inf") for c, r in zip(contexts, readings)]
+    return [similarities, confidences, quoted, named]
+
+
+def from_named_document(context: Retrieved, reading) -> bool:
+    """Whether `reading`'s answer is read from a document its question names (True when it names none, or the
+    answer's passage is unknown: the quote feature judges that)."""
+    if not context.named_documents or reading.passage is None:
+        return True
+    return context.passages[reading.passage].hit.chunk.doc_id in context.named_documents
 
 
 def simulated_misses(
@@ -140,29 +157,41 @@ def choose_abstention(
     max_hallucinated: float | None = None,
     misses: tuple[Sequence[Retrieved], Sequence] | None = None,
     min_miss_abstention: float | None = None,
+    named_document: bool = NAMED_DOCUMENT,
 ) -> Abstention:
-    """Thresholds on retrieval similarity and reader confidence, and whether the answer must quote a
-    shown passage, from unthresholded readings: the most right - hallucinated, or with
-    `max_hallucinated` the most right within that hallucination budget. With `misses` (contexts and
-    readings of questions shown no passage that holds their answer, rag/reader_data.retrieve_miss_context)
-    and `min_miss_abstention`, only thresholds that abstain on at least that share of them."""
+    """Thresholds on retrieval similarity and reader confidence, whether the answer must quote a shown
+    passage and, with `named_document`, whether it must be read from a document the question names, from
+    unthresholded readings: the most right - hallucinated, or with `max_hallucinated` the most right within
+    that hallucination budget. With `misses` (contexts and readings of questions shown no passage that holds
+    their answer, rag/reader_data.retrieve_miss_context) and `min_miss_abstention`, only thresholds that
+    abstain on at least that share of them."""
     outcomes = []
     for row, reading in zip(rows, readings):
         verdict = score(reading.text, row["answer"], row.get("aliases") or [], row["question"])
         outcomes.append(verdict["contains"] - verdict["hallucinated"])
-    miss_features = reading_features(*misses) if misses and min_miss_abstention else None
-    (min_similarity, min_confidence, min_quoted), value = choose_thresholds(
-        reading_features(contexts, readings),
+    chosen = 4 if named_document else 3  # how many of reading_features' rows get a threshold; the rest answer all
+    miss_features = reading_features(*misses)[:chosen] if misses and min_miss_abstention else None
+    limits, value = choose_thresholds(
+        reading_features(contexts, readings)[:chosen],
         outcomes,
         max_hallucinated=max_hallucinated,
         abstain_on=miss_features,
         min_abstention=min_miss_abstention or 0.0,
     )
-    if min_quoted > 1:  # above every answer: answering nothing scored best, which the similarity threshold says alone
-        min_similarity, min_quoted = float("inf"), 0.0
+    min_similarity, min_confidence, min_quoted, min_named = [*limits, -1.0][:4]
+    if min_quoted > 1 or min_named > 1:  # above every answer: answering nothing scored best, which the similarity threshold says alone
+        min_similarity, min_quoted, min_named = float("inf"), 0.0, 0.0
     criterion = "right - hallucinated" if max_hallucinated is None else f"right, hallucinated <= {max_hallucinated:.3f}"
     abstention = Abstention(
-        min_similarity, min_confidence, min_quoted > 0, chosen_on, len(rows), criterion=criterion, value=value, max_hallucinated=max_hallucinated
+        min_similarity,
+        min_confidence,
+        min_quoted > 0,
+        min_named > 0,
+        chosen_on,
+        len(rows),
+        criterion=criterion,
+        value=value,
+        max_hallucinated=max_hallucinated,
     )
     if miss_features is not None:
         abstention.min_miss_abstention = min_miss_abstention
@@ -175,13 +204,14 @@ def choose_abstention(
 def below_threshold(abstention: Abstention, features: Sequence[Sequence[float]]) -> list[str | None]:
     """The one abstention rule, which the thresholds are chosen by (answers.choose_thresholds) and which
     strategies and rag.answer apply: per question (its reading_features), the first feature below the
-    abstention's limit — "similarity", "confidence" or "quote" — or None when the question is answered.
+    abstention's limit — "similarity", "confidence", "quote" or "named document" — or None when the question is answered.
     A reading the reader abstained on (-inf) falls below "quote" at the latest; NaN reaches no limit.
     `features` may be the similarity row alone: whether retrieval lets a question be read at all."""
     limits = {
         "similarity": abstention.min_similarity,
         "confidence": abstention.min_confidence,
         "quote": 1.0 if abstention.require_quote else -1.0,  # -1: quoted or not, but read
+        "named document": 1.0 if abstention.require_named_document else -1.0,
     }
     return [next((name for (name, limit), value in zip(limits.items(), column) if not value >= limit), None) for column in zip(*features)]
 

@@ -158,6 +158,7 @@ def detail_tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]
                     f"{a['min_similarity']:.3f}",
                     _num(a["min_confidence"], digits=3),
                     "yes" if a.get("require_quote") else "no",
+                    "yes" if a.get("require_named_document") else "no",
                     f"{a['chosen_on']}, {a['questions']} questions"
                     + (f"; abstaining on {_pct(a['miss_abstention'])} of {a['simulated_misses']} simulated misses" if a.get("simulated_misses") else ""),
                     _pct(s.get("answer_in_context")),
@@ -174,6 +175,7 @@ def detail_tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]
                     "min similarity",
                     "min confidence",
                     "quotes only",
+                    "named document only",
                     "chosen on",
                     "answer in shown context",
                     "abstained on retrieval misses",

@@ -501,6 +501,7 @@ class Pipeline:
             self.log(
                 f"{name}: thresholds on {abstention.questions} train questions: similarity >= {abstention.min_similarity:.3f}, confidence >= {abstention.min_confidence:.3f}"
                 f"{', answers quoted from the passages only' if abstention.require_quote else ''}"
+                f"{', answers from the named document only' if abstention.require_named_document else ''}"
             )
             outcome = self.decide(self.test, self.read(reader, self.test), abstention)
         self.readers[name] = (reader, abstention)

@@ -191,6 +191,18 @@ def test_the_named_scope_retrieves_from_the_documents_a_question_names(concept_i
     assert missed.hits and "cars.json" not in {h.chunk.doc_id for h in missed.hits} and missed.hits[0].chunk.doc_id == "cats.md"
 
 
+def test_every_context_names_the_documents_its_question_names_whatever_the_scope(concept_index):
+    from tunelab.rag.reader_data import ContextSettings, retrieve_context, retrieve_miss_context
+
+    question = "What does the Automobile need, fish or milk?"
+    for scope in ("all", "named"):
+        settings = ContextSettings(k=3, context="chunks", scope=scope)
+        assert retrieve_context(concept_index, question, settings).named_documents == ("cars.json",)
+        # a simulated miss shows other documents, but the question still names its own: an answer from them is not from it
+        assert retrieve_miss_context(concept_index, question, "cars.json", settings).named_documents == ("cars.json",)
+        assert retrieve_context(concept_index, "What do felines eat?", settings).named_documents == ()
+
+
 def test_modes_rank_differently_where_keywords_and_meaning_disagree(concept_index):
     query = "feline diet"
     bm25 = [h.chunk.doc_id for h in concept_index.search(query, "bm25", 5)]

@@ -196,6 +196,73 @@ def test_choose_abstention_with_simulated_misses_records_how_often_it_abstains_o
     assert strict.value == pytest.approx(2 / 6) and "simulated retrieval misses" in strict.criterion  # the two surest right answers
 
 
+def test_the_fourth_feature_says_whether_the_answer_is_read_from_a_document_the_question_names():
+    from tunelab.answers import ABSTENTION
+    from tunelab.rag.focus import Passage
+    from tunelab.rag.reader_data import Retrieved
+    from tunelab.rag.readers import Reading
+    from tunelab.rag.train_reader import reading_features
+
+    france = Passage("Internet country code - note: .fr", _hit("Internet country code - note: .fr", title="France"))
+    belgium = Passage("Internet country code: .be", _hit("Internet country code: .be", title="Belgium", rank=2))
+    shown = [france, belgium]
+    contexts = [Retrieved(shown, [], 0.7, 0.0, named) for named in [("Belgium.md",), ("Belgium.md",), (), ("Belgium.md",), ("Belgium.md", "France.md")]]
+    readings = [Reading(".fr", 0, False, 1.0), Reading(".be", 1, False, 1.0), Reading(".fr", 0, False, 1.0), Reading(ABSTENTION, None, True, -math.inf)]
+    readings.append(Reading(".fr", 0, False, 1.0))
+    # from another document | from the named one | the question names none | abstained | one of two named
+    assert reading_features(contexts, readings)[3] == [0.0, 1.0, 1.0, -math.inf, 1.0]
+    unquoted = [Retrieved(shown, [], 0.7, 0.0, ("Belgium.md",))], [Reading("dot fr", None, False, 1.0)]
+    assert reading_features(*unquoted)[3] == [1.0]  # no passage to judge: the quote feature says so
+
+
+def test_choose_abstention_requires_the_named_document_only_when_asked_and_when_it_pays():
+    from tunelab.rag.focus import Passage
+    from tunelab.rag.reader_data import Retrieved
+    from tunelab.rag.readers import Reading
+    from tunelab.rag.train_reader import answered_by, choose_abstention, reading_features
+
+    rows, contexts, readings = [], [], []
+    for i in range(12):
+        own, other = f"Capital - name: City{i}", f"Capital - name: Town{i}"
+        shown = [Passage(own, _hit(own, title=f"C{i}")), Passage(other, _hit(other, title=f"D{i}", rank=2))]
+        rows.append({"question": f"What is the capital of C{i}?", "answer": f"City{i}", "aliases": []})
+        contexts.append(Retrieved(shown, [], 0.9, 0.0, (f"C{i}.md",)))
+        # Right answers and answers from the other document alike in similarity and confidence: only the document tells them apart.
+        confidence = 1.0 + (i // 3) % 2
+        readings.append(Reading(f"City{i}", 0, False, confidence) if i % 3 else Reading(f"Town{i}", 1, False, confidence))
+    kept = choose_abstention(rows, contexts, readings, "train")
+    assert not kept.require_named_document and kept.value == pytest.approx(4 / 12)
+    named = choose_abstention(rows, contexts, readings, "train", named_document=True)
+    assert named.require_named_document and named.value == pytest.approx(8 / 12)
+    assert answered_by(named, reading_features(contexts, readings)) == [bool(i % 3) for i in range(12)]
+    for i in range(0, 12, 3):  # now every wrong answer is from the named document too: requiring it no longer pays
+        contexts[i] = Retrieved(contexts[i].passages, [], 0.9, 0.0, (f"D{i}.md",))
+    assert not choose_abstention(rows, contexts, readings, "train", named_document=True).require_named_document
+
+
+def test_answer_refuses_an_answer_from_another_document_than_the_named_one_when_the_reader_requires_it(monkeypatch):
+    import importlib
+
+    answer_module = importlib.import_module("tunelab.rag.answer")  # the package exports a function of the same name
+    from tunelab.rag.focus import Passage
+    from tunelab.rag.reader_data import Retrieved
+    from tunelab.rag.readers import Reading
+
+    france = Passage("Internet country code - note: .fr", _hit("Internet country code - note: .fr", title="France"))
+    monkeypatch.setattr(answer_module, "retrieve_context", lambda index, q, settings: Retrieved([france], [france.hit], 0.8, 0.0, ("Belgium.md",)))
+
+    class Reader:
+        name, threshold = "fake", 0.0
+
+        def read_many(self, questions, contexts, threshold=None):
+            return [Reading(".fr", 0, False, 1.0) for _ in questions]
+
+    question = "What is the internet country code of Belgium?"
+    assert answer_module.answer(question, None, Reader(), min_similarity=0.5).text == ".fr"
+    refused = answer_module.answer(question, None, Reader(), min_similarity=0.5, require_named_document=True)
+    assert refused.abstained and refused.reason == "named document"
+
+
 def _random_readings(seed: int, n: int = 60):
     """Rows, their contexts and unthresholded readings: right or wrong, quoted or not, or abstained; similarities
     and confidences drawn from a few values, so that thresholds drawn from the same values often meet one exactly."""
@@ -210,7 +277,8 @@ def _random_readings(seed: int, n: int = 60):
         line = f"Capital - name: City{i}"
         passage = Passage(line, _hit(line, title=f"C{i}"))
         rows.append({"question": f"What is the capital of C{i}?", "answer": f"City{i}", "aliases": []})
-        contexts.append(Retrieved([passage], [passage.hit], float(rng.choice(SIMILARITIES)), 0.0))
+        named = [(), (), (f"C{i}.md",), ("Elsewhere.md",)][int(rng.integers(4))]  # names none, its own document, or another
+        contexts.append(Retrieved([passage], [passage.hit], float(rng.choice(SIMILARITIES)), 0.0, named))
         if rng.random() < 0.2:
             readings.append(Reading(ABSTENTION, None, True, -math.inf))
         else:
@@ -250,14 +318,20 @@ def test_strategies_rag_answers_and_the_threshold_choice_apply_one_abstention_ru
     features = reading_features(contexts, readings)
     rng = np.random.default_rng(seed)
     for _ in range(20):
-        abstention = Abstention(float(rng.choice([*SIMILARITIES, 0.5])), float(rng.choice([*CONFIDENCES, 0.5, -math.inf])), bool(rng.random() < 0.5))
+        abstention = Abstention(
+            float(rng.choice([*SIMILARITIES, 0.5])), float(rng.choice([*CONFIDENCES, 0.5, -math.inf])), bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+        )
         answered = answered_by(abstention, features)
         predictions = pipeline.decide(rows, readings, abstention)["predictions"]
         assert [p["prediction"] != ABSTENTION for p in predictions] == answered
         assert [p["retrieval_abstained"] for p in predictions] == [c.best_similarity < abstention.min_similarity for c in contexts]
-        if not abstention.require_quote:  # rag ask applies a similarity and the reader's own confidence threshold only
+        if not abstention.require_quote:  # rag ask applies a similarity and the reader's own confidence threshold, and the named document
             answers = answer_module.answer_many(
-                [r["question"] for r in rows], None, Reader(abstention.min_confidence), min_similarity=abstention.min_similarity
+                [r["question"] for r in rows],
+                None,
+                Reader(abstention.min_confidence),
+                min_similarity=abstention.min_similarity,
+                require_named_document=abstention.require_named_document,
             )
             assert [not a.abstained for a in answers] == answered
             assert [a.reason == "retrieval" for a in answers] == [c.best_similarity < abstention.min_similarity for c in contexts]

@@ -238,6 +238,21 @@ def test_decoding_is_the_better_one_on_calibration_questions(tmp_path, monkeypat
     assert pipeline.results["decoding_choice"]["rag"]["chosen"] == chosen
 
 
+@pytest.mark.parametrize("named_document", [False, True])
+def test_the_thresholds_require_the_named_document_as_the_config_says(tmp_path, monkeypatch, named_document):
+    from tunelab.rag import train_reader
+    from tunelab.strategies import StrategiesConfig
+    from tunelab.strategies.run import Pipeline
+
+    pipeline = Pipeline(StrategiesConfig(qa=str(tmp_path), out=str(tmp_path / "o"), named_document=named_document), progress=False)
+    pipeline.calibration = [{"question": "q", "answer": "a"}] * 5
+    monkeypatch.setattr(pipeline, "read", lambda reader, rows, context=None: ["reading"] * len(rows))
+    monkeypatch.setattr(pipeline, "contexts", lambda rows, context=None, index=None: ["context"] * len(rows))
+    asked = {}
+    monkeypatch.setattr(train_reader, "choose_abstention", lambda *args, **kwargs: asked.update(kwargs) or "chosen")
+    assert pipeline.calibrate(object()) == "chosen" and asked["named_document"] is named_document
+
+
 @pytest.fixture
 def builtin_factbook(tmp_path, kb_and_qa, monkeypatch):
     """The built-in QA set and index replaced by the tiny ones; returns the list of index requests."""

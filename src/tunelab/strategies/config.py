@@ -8,7 +8,7 @@ from pydantic import Field
 
 from tunelab.config import Settings
 from tunelab.data.factbook_qa import CALIBRATION_FIELD_QUESTIONS, CALIBRATION_FIELDS, READER_FIELD_QUESTIONS
-from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, DISTRACTORS, MISS_ABSTENTION
+from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, DISTRACTORS, MISS_ABSTENTION, NAMED_DOCUMENT
 
 
 class StrategiesConfig(Settings):
@@ -57,6 +57,11 @@ class StrategiesConfig(Settings):
         le=1,
         description="the extractive readers' thresholds abstain on at least this share of the calibration questions asked as if retrieval had "
         "missed their documents (the best chunks of the other documents); none: no such constraint",
+    )
+    named_document: bool = Field(
+        NAMED_DOCUMENT,
+        description="the retrieval strategies' thresholds may also require an answer read from a document the question names, when it names "
+        "any (chosen on the calibration questions like the other thresholds)",
     )
     reader_distractors: Literal[DISTRACTORS] = Field(
         DEFAULT_DISTRACTORS,

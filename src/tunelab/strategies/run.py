@@ -406,6 +406,7 @@ class Pipeline:
             max_hallucinated=max_hallucinated,
             misses=misses,
             min_miss_abstention=min_miss_abstention,
+            named_document=self.config.named_document,
         )
 
     def decide(self, rows: list[dict], readings: list, abstention, context: str | None = None, index=None) -> dict:

@@ -353,6 +353,72 @@ def test_label_sep_without_multi_label_and_a_resume_with_nothing_to_resume_are_r
     assert_user_error(cli(*ml_args, "--data", data, "--label-col", "tags", "--resume", "--nproc", "2"), "nothing to resume")
 
 
+def test_pos_weight_on_another_task_and_an_unknown_pos_weight_are_refused(ml_args, tiny_bert, sentiment_csv, tmp_path):
+    assert_user_error(cli("train", "--model", tiny_bert, "--data", sentiment_csv, "--pos-weight", "sqrt"), "--pos-weight applies only to --task multi-label")
+    data = tmp_path / "tags.jsonl"
+    tags_frame(40).to_json(data, orient="records", lines=True)
+    assert_user_error(cli(*ml_args, "--data", data, "--label-col", "tags", "--pos-weight", "balanced"), "pos_weight")
+    assert not (tmp_path / "out").exists()
+
+
+# -- positive weights ------------------------------------------------------------------------------
+
+
+def test_sqrt_pos_weight_is_the_root_of_negatives_over_positives_clipped_and_one_for_a_label_without_positives():
+    from tunelab.training.multilabel import resolve_pos_weight
+
+    targets = np.zeros((200, 4))
+    targets[:50, 0] = 1  # 150 / 50
+    targets[:1, 1] = 1  # 199 / 1: sqrt 14.1, clipped to 10
+    targets[:100, 3] = 1  # 100 / 100; label 2 has no positive row
+    assert resolve_pos_weight("none", targets) is None
+    assert resolve_pos_weight("sqrt", targets).tolist() == pytest.approx([3**0.5, 10.0, 1.0, 1.0])
+
+
+def test_the_pos_weighted_training_loss_is_torchs_bce_with_pos_weight_and_evaluation_stays_unweighted(tiny_bert):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
+
+    from tunelab.training.multilabel import SubsetAccuracyTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3, problem_type="multi_label_classification")
+    weights = torch.tensor([0.5, 4.0, 1.5])
+    trainer = SubsetAccuracyTrainer(model=model, args=TrainingArguments(output_dir="unused", report_to="none", use_cpu=True), class_weights=weights)
+    batch = dict(tokenizer(["good film", "bad food", "the place", "a day"], padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    model.train()
+    torch.manual_seed(0)
+    loss = trainer.compute_loss(model, dict(batch))
+    torch.manual_seed(0)
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    expected = torch.nn.BCEWithLogitsLoss(pos_weight=weights)(logits, batch["labels"])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(torch.nn.BCEWithLogitsLoss()(logits, batch["labels"]).item(), rel=1e-3)
+    exact = ((logits > 0) == (batch["labels"] > 0.5)).all(dim=-1)
+    assert trainer._window.tolist() == [exact.sum().item(), 4]  # train_accuracy still counts whole label sets
+    model.eval()  # the evaluation loss, which picks the best epoch, stays the plain BCE
+    with torch.no_grad():
+        assert float(trainer.compute_loss(model, dict(batch))) == pytest.approx(float(model(**batch).loss), rel=1e-5)
+
+
+def test_a_pos_weighted_run_counts_its_weights_on_the_train_split_and_leaves_the_model_unchanged(ml_args, tmp_path):
+    from tunelab.training.multilabel import resolve_pos_weight
+
+    data = tmp_path / "tags.jsonl"
+    frame = tags_frame(120, seed=3)
+    frame.to_json(data, orient="records", lines=True)
+    result = cli(*ml_args, "--data", data, "--label-col", "tags", "--pos-weight", "sqrt", "--max-length", 32, "--no-baseline")
+    assert result.exit_code == 0, result.output
+    run = Run.open(tmp_path / "out")
+    assert run.config["pos_weight"] == "sqrt"
+    train_weights = resolve_pos_weight("sqrt", multi_hot(run.split("train")["labels"], run.labels)).tolist()
+    all_rows = resolve_pos_weight("sqrt", multi_hot(frame["tags"], run.labels)).tolist()
+    assert list(run.metrics["pos_weight"].values()) == pytest.approx(train_weights)
+    assert train_weights != pytest.approx(all_rows, rel=1e-3)  # eval and test rows would have given other weights
+    assert "pos_weight" not in json.loads((run.model_dir / "config.json").read_text())  # inference reads nothing of it
+
+
 # -- export ---------------------------------------------------------------------------------------
 
 

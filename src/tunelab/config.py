@@ -232,6 +232,10 @@ class ExtractiveQAConfig(TrainerSettings):
     max_answer_tokens: int = Field(30, gt=0, description="the longest answer span the reader considers")
 
 
+# pos_weight sqrt's ceiling: a label on 1 train row of 164 would otherwise weigh its positive rows 12.8 times.
+POS_WEIGHT_MAX = 10.0
+
+
 class MultiLabelConfig(TrainConfig):
     """Fine-tuning a multi-label classifier (`tunelab train --task multi-label`): a sigmoid per label,
     each label's decision threshold chosen on the eval split. The classifier's settings, plus:"""
@@ -239,7 +243,12 @@ class MultiLabelConfig(TrainConfig):
     task: Literal["multi-label"] = Field("multi-label", description="what the run learns (fixed)")
     label_col: str = Field("labels", description="column holding each row's labels: a list, or a string split on label_sep")
     label_sep: str | None = Field(None, min_length=1, description="the character between labels in a string label column, e.g. '|'")
-    class_weights: Literal["none"] = Field("none", description="per-label loss weights are not supported for multi-label training")
+    class_weights: Literal["none"] = Field("none", description="unused: multi-label runs weight each label's positives with pos_weight")
+    pos_weight: Literal["none", "sqrt"] = Field(
+        "none",
+        description="the weight of each label's positive rows in the binary cross-entropy: none (1), or sqrt — the square root of "
+        f"negatives / positives over the train split's rows, at most {POS_WEIGHT_MAX:g} (a label no train row has: 1), so a rare label gets more gradient",
+    )
     # Both heads' losses follow problem_type (a sigmoid per label). LP-FT (pooling mean, head_init linear-probe,
     # a one-vs-rest probe) is an option only: unlike the single-label small-data recipe it has not been
     # measured against the [CLS] head on multi-label data (benchmarks/multilabel.py --variant mean+lpft).

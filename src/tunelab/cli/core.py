@@ -147,6 +147,10 @@ def train(
         str | None, typer.Option(help="pair-classification: column holding each row's second text (hypothesis, passage); default text_pair")
     ] = None,
     label_sep: Annotated[str | None, typer.Option(help="multi-label: the character between labels in a string label column, e.g. '|'")] = None,
+    pos_weight: Annotated[
+        str | None,
+        typer.Option(help="multi-label: none | sqrt: each label's positive rows weighted by sqrt(negatives / positives) on the train split, at most 10"),
+    ] = None,
     question_col: Annotated[str | None, typer.Option(help="extractive-qa: column holding the question")] = None,
     context_col: Annotated[str | None, typer.Option(help="extractive-qa: column holding the context")] = None,
     answer_col: Annotated[str | None, typer.Option(help="extractive-qa: column holding the answer (empty: not in the context)")] = None,
@@ -175,9 +179,15 @@ def train(
         given = [k for k in _TOKEN_ONLY if flags.pop(k) is not None]
         if given:
             raise TunelabError(f"{_flag(given[0])} applies only to --task token-classification", "add --task token-classification, or drop the flag")
-    if chosen != "multi-label" and flags.pop("label_sep") is not None:
-        hint = "drop it; token tags come as a list per row" if chosen == "token-classification" else "add --task multi-label, or drop the flag"
-        raise TunelabError("--label-sep applies only to --task multi-label", hint)
+    if chosen != "multi-label":
+        given = [k for k in _MULTI_LABEL_ONLY if flags.pop(k) is not None]
+        if given:
+            hint = (
+                "drop it; token tags come as a list per row"
+                if given[0] == "label_sep" and chosen == "token-classification"
+                else "add --task multi-label, or drop the flag"
+            )
+            raise TunelabError(f"{_flag(given[0])} applies only to --task multi-label", hint)
     _train(load_settings(settings_class(chosen), config, flags), resume, nproc)
 
 
@@ -193,12 +203,13 @@ def settings_class(task: str):
 
 _QA_ONLY = ("question_col", "context_col", "answer_col", "doc_stride")
 _TOKEN_ONLY = ("tokens_col", "spans_col", "strict_iob")
+_MULTI_LABEL_ONLY = ("label_sep", "pos_weight")
 # Classification settings with no meaning for a span reader: refused rather than silently ignored.
 _NOT_QA = (
     "text_col",
     "text_pair_col",
     "label_col",
-    "label_sep",
+    *_MULTI_LABEL_ONLY,
     "method",
     "pooling",
     "head_init",

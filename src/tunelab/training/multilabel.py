@@ -6,7 +6,8 @@ set up -> load label sets -> split (by rarest label, seeded) -> (resuming: the l
 
 The steps every encoder task shares are training/trainer_setup.py's, the classifier's model and plan
 among them; what differs is the targets, the loss (binary cross-entropy per label, transformers'
-problem_type="multi_label_classification") and the thresholds.
+problem_type="multi_label_classification"; with pos_weight sqrt, each label's positives weighted by
+the train split's counts) and the thresholds.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
-from transformers import Trainer  # noqa: E402
 
 from tunelab import atomic  # noqa: E402
-from tunelab.config import MultiLabelConfig  # noqa: E402
+from tunelab.config import POS_WEIGHT_MAX, MultiLabelConfig  # noqa: E402
 from tunelab.data.multilabel import label_vocabulary, load_multilabel_splits, multi_hot, profile_label_sets  # noqa: E402
 from tunelab.data.tokenize import tokenize_frame  # noqa: E402
 from tunelab.models.classifier import Classifier  # noqa: E402
@@ -61,6 +62,7 @@ def train_multilabel(config: MultiLabelConfig, progress: bool = True, resume: bo
     trainer_setup.stage_run(setup, config, splits, labels, profile, checkpoint, max_length=max_length, batch_size=plan.batch_size, lr=lr)
     # The epoch with the lowest eval loss is kept: the thresholds come later, so the ranking the loss measures is what matters.
     args = trainer_setup.training_arguments(config, setup, plan.batch_size, lr, len(datasets["train"]), best_metric="loss")
+    pos_weight = resolve_pos_weight(config.pos_weight, datasets["train"]["labels"])  # counted on the train rows only
     trainer = trainer_setup.build_trainer(
         SubsetAccuracyTrainer,
         config,
@@ -72,12 +74,15 @@ def train_multilabel(config: MultiLabelConfig, progress: bool = True, resume: bo
         progress,
         length_window_batches=config.length_window,
         layer_lr_decay=config.layer_lr_decay,
+        class_weights=pos_weight,
         compute_metrics=multilabel_scores,
     )
     trained = trainer_setup.train_timed(trainer, checkpoint)
     if setup.is_main:  # launched by torchrun (--nproc), every process trains and the main one writes the run
         facts = trainer_setup.training_metrics(trainer, trained, setup)
         probe.record(facts)
+        if pos_weight is not None:
+            facts["pos_weight"] = dict(zip(labels, pos_weight.tolist()))
         save_and_evaluate(config, setup, trainer, facts, splits["eval"], labels, max_length, progress)
     setup.state.wait_for_everyone()
     return Run.open(setup.out)
@@ -111,17 +116,26 @@ def thresholds_on_eval(classifier: Classifier, eval_split, labels: list[str], ba
 
 class SubsetAccuracyTrainer(AccuracyTrainer):
     """The classifier's Trainer (length-window sampler, accuracy logged from the training batches),
-    with accuracy meaning subset accuracy: a row counts when every label is right at threshold 0.5."""
+    with accuracy meaning subset accuracy: a row counts when every label is right at threshold 0.5;
+    and class_weights, when given, read as each label's positive weight (`resolve_pos_weight`)."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.get("labels")
-        loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if labels is not None and model.training:
-            exact = ((outputs.logits.detach() > 0) == (labels > 0.5)).all(dim=-1)
-            counts = torch.tensor([exact.sum().item(), exact.numel()], dtype=torch.float64)
-            self._window += counts
-            self._epoch += counts
-        return (loss, outputs) if return_outputs else loss
+    def weighted_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=self.class_weights.to(logits.device))
+
+    def count_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        exact = ((logits > 0) == (labels > 0.5)).all(dim=-1)
+        self.count_right(exact, torch.ones_like(exact))
+
+
+def resolve_pos_weight(setting: str, train_targets) -> torch.Tensor | None:
+    """Each label's positive weight in the binary cross-entropy, from the train split's multi-hot rows, or None for the plain loss.
+    sqrt: the square root of negatives / positives, at most POS_WEIGHT_MAX; a label with no positive row keeps 1."""
+    if setting == "none":
+        return None
+    targets = torch.as_tensor(np.asarray(train_targets), dtype=torch.float64)
+    positives = targets.sum(dim=0)
+    ratio = (len(targets) - positives) / positives.clamp(min=1)
+    return torch.where(positives > 0, ratio.sqrt().clamp(max=POS_WEIGHT_MAX), torch.ones_like(ratio)).float()
 
 
 def multilabel_scores(eval_prediction) -> dict[str, float]:

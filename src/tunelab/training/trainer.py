@@ -51,6 +51,8 @@ class AccuracyTrainer(Trainer):
 
     Logged as `train_accuracy`: over the steps since the last log on training lines, and over the
     epoch so far on evaluation lines. Dropout is active, so it reads a little below a clean pass.
+    With class_weights (a weight per class; a subclass may read them otherwise, as the multi-label
+    trainer's per-label positive weights), the training loss is `weighted_loss`.
     """
 
     def __init__(self, *args, class_weights: torch.Tensor | None = None, length_window_batches: int | None = None, layer_lr_decay: float = 1.0, **kwargs):
@@ -89,15 +91,23 @@ class AccuracyTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
         if self.class_weights is not None and labels is not None and model.training:
-            # Weighted cross-entropy for training only: evaluation losses stay comparable between runs. A token
-            # classifier's (batch, words, tags) logits are flattened to one row per word piece; -100 labels are ignored.
+            # The weighted loss for training only: evaluation losses stay comparable between runs.
             outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-            loss = F.cross_entropy(outputs.logits.float().flatten(0, -2), labels.flatten(), weight=self.class_weights.to(outputs.logits.device))
+            loss = self.weighted_loss(outputs.logits.float(), labels)
         else:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if labels is not None and model.training:
-            self.count_right(outputs.logits.detach().argmax(dim=-1), labels)
+            self.count_batch(outputs.logits.detach(), labels)
         return (loss, outputs) if return_outputs else loss
+
+    def weighted_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with class_weights as each class's weight. A token classifier's (batch, words, tags) logits are
+        flattened to one row per word piece; -100 labels are ignored."""
+        return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), weight=self.class_weights.to(logits.device))
+
+    def count_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count a training batch's predictions (the highest logit) for train_accuracy."""
+        self.count_right(logits.argmax(dim=-1), labels)
 
     def count_right(self, predicted: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a training batch's correct predictions and its predictions to the counts behind train_accuracy."""

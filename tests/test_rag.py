@@ -1018,6 +1018,33 @@ def test_cli_reader_options_are_checked_before_anything_is_built(tmp_path, monke
         assert message in " ".join(result.output.split()), (args, result.output)
 
 
+@pytest.mark.parametrize("flag, expected", [([], False), (["--named-document"], True), (["--no-named-document"], False)])
+def test_cli_train_reader_passes_the_named_document_choice_on(tmp_path, monkeypatch, flag, expected):
+    from contextlib import nullcontext
+
+    from typer.testing import CliRunner
+
+    import tunelab.rag.builtin as builtin
+    import tunelab.rag.index as index_module
+    import tunelab.rag.train_reader as train_reader
+    from tunelab.cli import app
+    from tunelab.errors import TunelabError
+
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reader_rows(4)))
+    monkeypatch.setattr(builtin, "resolve_index", lambda index, progress=True: tmp_path)
+    monkeypatch.setattr(index_module, "open_index", lambda folder: nullcontext("index"))
+    asked = {}
+
+    def train(*args, **kwargs):
+        asked.update(kwargs)
+        raise TunelabError("stopped here", "the test needs only the arguments")
+
+    monkeypatch.setattr(train_reader, "train_rag_reader", train)
+    result = CliRunner().invoke(app, ["rag", "train-reader", str(tmp_path), "--out", str(tmp_path / "r"), *flag])
+    assert result.exit_code == 2 and "stopped here" in result.output, result.output
+    assert asked["named_document"] is expected
+
+
 def test_reader_thresholds_are_chosen_on_train_questions_it_was_not_trained_on(concept_index, tmp_path, monkeypatch):
     from pathlib import Path
 
@@ -1042,8 +1069,11 @@ def test_reader_thresholds_are_chosen_on_train_questions_it_was_not_trained_on(c
 
     real_choose = train_reader.choose_abstention
 
+    named_document = []
+
     def spy_choose(calibration, contexts, readings, chosen_on, **kwargs):
         calibrated.extend(r["question"] for r in calibration)
+        named_document.append(kwargs["named_document"])
         return real_choose(calibration, contexts, readings, chosen_on, **kwargs)
 
     monkeypatch.setattr(extractive_qa, "train_extractive_qa", fake_train)
@@ -1060,6 +1090,8 @@ def test_reader_thresholds_are_chosen_on_train_questions_it_was_not_trained_on(c
     assert {r["question"] for r in unseen} <= set(calibrated)  # extra calibration: calibrated on only; extra rows: trained on only
     abstention = json.loads((run / "rag_reader.json").read_text())["abstention"]
     assert "train" in abstention["chosen_on"] and abstention["questions"] == len(calibrated)
+    train_reader.train_rag_reader(rows, concept_index, tmp_path / "named", progress=False, named_document=True)
+    assert named_document == [train_reader.NAMED_DOCUMENT, True]  # the choice reaches the thresholds
 
 
 @pytest.mark.parametrize("distractors", ["retrieval-miss", "both", "line-miss"])

@@ -18,7 +18,7 @@ from tunelab.data.factbook_qa import CALIBRATION_FIELD_QUESTIONS, CALIBRATION_FI
 from tunelab.rag.answer import MIN_SIMILARITY
 from tunelab.rag.reader_choice import LM_MAX_NEW_TOKENS, ReaderOptions, load_reader
 from tunelab.rag.reader_data import SCOPES
-from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, DISTRACTORS, MISS_ABSTENTION
+from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, DISTRACTORS, MISS_ABSTENTION, NAMED_DOCUMENT
 
 rag_app = typer.Typer(no_args_is_help=True, help="Retrieval-augmented generation: index documents, search, answer with citations.")
 app.add_typer(rag_app, name="rag")
@@ -394,6 +394,14 @@ def train_reader_cmd(
             "retrieval had missed their documents (e.g. 0.8); 0 for no such constraint",
         ),
     ] = MISS_ABSTENTION,
+    named_document: Annotated[
+        bool,
+        typer.Option(
+            "--named-document/--no-named-document",
+            help="the thresholds may also require an answer read from a document the question names by title, when it names any "
+            "(chosen on the calibration questions like the others)",
+        ),
+    ] = NAMED_DOCUMENT,
     seed: Annotated[int, typer.Option("--seed", help="seed of the calibration split, the distractors and training")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run directory")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the run, thresholds and test metrics as JSON")] = False,
@@ -445,6 +453,7 @@ def train_reader_cmd(
             extra_calibration=fields.calibration,
             min_miss_abstention=miss_abstention or None,
             distractors=distractors.value,
+            named_document=named_document,
         )
     _, abstention = read_reader_settings(run)
     test = json.loads((Path(run) / "metrics.json").read_text()).get("test", {})

@@ -242,6 +242,7 @@ def train_rag_reader(
     extra_calibration: Sequence[dict] = (),
     min_miss_abstention: float | None = MISS_ABSTENTION,
     distractors: str = DEFAULT_DISTRACTORS,
+    named_document: bool = NAMED_DOCUMENT,
 ) -> Path:
     """Train the reader into `out` and write its abstention thresholds; returns `out`.
 
@@ -286,6 +287,7 @@ def train_rag_reader(
         min_miss_abstention=min_miss_abstention,
         distractors=distractors,
         index=index,
+        named_document=named_document,
     )
     return trained.run
 
@@ -307,10 +309,11 @@ def train_reader_on(
     min_miss_abstention: float | None = None,
     distractors: str = DEFAULT_DISTRACTORS,
     index=None,
+    named_document: bool = NAMED_DOCUMENT,
 ) -> TrainedReader:
     """The reader trained on `reader_rows` (a TrainedReader), its thresholds chosen on the disjoint `calibration` rows (and
-    `calibration_misses`, their simulated retrieval misses, see choose_abstention). `distractors`: see
-    DISTRACTORS; retrieval-miss distractors are retrieved from `index`."""
+    `calibration_misses`, their simulated retrieval misses, and `named_document`, see choose_abstention). `distractors`:
+    see DISTRACTORS; retrieval-miss distractors are retrieved from `index`."""
     from tunelab.config import ExtractiveQAConfig
     from tunelab.rag.readers import SpanReader
     from tunelab.training.extractive_qa import train_extractive_qa
@@ -340,6 +343,7 @@ def train_reader_on(
         "train (calibration questions the reader was not trained on)",
         misses=misses,
         min_miss_abstention=min_miss_abstention,
+        named_document=named_document,
     )
     write_reader_settings(out, settings, abstention, examples, distractors)
     return TrainedReader(out, reader, readings, misses)

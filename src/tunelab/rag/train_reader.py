@@ -43,7 +43,8 @@ MISS_ABSTENTION = None
 DISTRACTORS = ("other-question", "retrieval-miss", "both", "line-miss")
 DEFAULT_DISTRACTORS = "other-question"
 # Whether the thresholds may require an answer read from a document the question names (reading_features'
-# fourth feature); benchmarks/miss_abstention_dev.py's rule 8 decides the default.
+# fourth feature). An option, not the default: on train questions it changed nothing at one seed and cost a
+# quarter point of right - hallucinated at another (benchmarks/miss_abstention_dev.py, rule 8).
 NAMED_DOCUMENT = False
 
 

@@ -261,6 +261,14 @@ def test_answer_refuses_an_answer_from_another_document_than_the_named_one_when_
     assert answer_module.answer(question, None, Reader(), min_similarity=0.5).text == ".fr"
     refused = answer_module.answer(question, None, Reader(), min_similarity=0.5, require_named_document=True)
     assert refused.abstained and refused.reason == "named document"
+    # what `rag ask` prints: why, and the closest chunk retrieval found
+    assert refused.format().splitlines() == [
+        answer_module.ABSTAIN,
+        "Why: the answer the reader found is not from the document the question names.",
+        "",
+        "Closest passages:",
+        "[1] France — Government (France.md, France#1)",
+    ]
 
 
 def _random_readings(seed: int, n: int = 60):
@@ -394,6 +402,8 @@ def test_answer_cites_the_passage_the_reader_answered_from(monkeypatch):
     assert near.text == "Mossby" and near.sources == [passages[1].hit] and near.passage is passages[1]
     assert "Capital - name: Mossby" in near.format()
     assert far.abstained and far.reason == "retrieval"
+    assert "Why: no indexed passage is close enough to the question (closest similarity 0.20)." in far.format()
+    assert "Sources:" not in far.format() and "[2] Aland — Government (Aland.md, Aland#2)" in far.format()
     assert np.isfinite(near.best_similarity)
 
 

@@ -26,6 +26,20 @@ ABSTAIN = "I don't know: the indexed documents do not seem to cover this questio
 MIN_SIMILARITY = 0.4
 
 
+# What `rag ask` says after "I don't know", by Answer.reason; and how many retrieved chunks it names then.
+WHY = {
+    "retrieval": "no indexed passage is close enough to the question (closest similarity {similarity:.2f}).",
+    "reader": "the reader found no answer it was sure enough of in the passages shown.",
+    "named document": "the answer the reader found is not from the document the question names.",
+}
+CLOSEST_SHOWN = 3
+
+
+def _where(hit: Hit) -> str:
+    where = " — ".join(p for p in (hit.chunk.title, hit.chunk.section) if p)
+    return f"[{hit.rank}] {where} ({hit.chunk.doc_id}, {hit.chunk.chunk_id})"
+
+
 @dataclass
 class Answer:
     question: str
@@ -42,13 +56,15 @@ class Answer:
     shown: list[Passage] = field(default_factory=list)  # the context the reader read
 
     def format(self) -> str:
+        """The answer with its sources and quote; an abstention with why, and the closest chunks retrieval found."""
         lines = [self.text]
-        if self.sources and not self.abstained:
-            lines.append("")
-            lines.append("Sources:")
-            for hit in self.sources:
-                where = " — ".join(p for p in (hit.chunk.title, hit.chunk.section) if p)
-                lines.append(f"[{hit.rank}] {where} ({hit.chunk.doc_id}, {hit.chunk.chunk_id})")
+        if self.abstained:
+            if self.reason in WHY:
+                lines.append(f"Why: {WHY[self.reason].format(similarity=self.best_similarity)}")
+            if self.hits:
+                lines += ["", "Closest passages:", *(_where(hit) for hit in self.hits[:CLOSEST_SHOWN])]
+        elif self.sources:
+            lines += ["", "Sources:", *(_where(hit) for hit in self.sources)]
             if self.passage is not None:
                 lines.append(f'    "{self.passage.text}"')
         return "\n".join(lines)

@@ -613,6 +613,8 @@ def test_cli_eval_answers_json_and_predictions_file(colour_index, tmp_path, monk
     assert answers["right"] == answers["hallucinated"] == answers["abstained"] == pytest.approx(1 / 3, abs=1e-4)
     assert answers["exact_match"] == 0.0 and 0 < answers["token_f1"] < 1
     assert answers["answer_in_context"] == pytest.approx(2 / 3, abs=1e-4)  # both passages shown; coal is in neither
+    assert answers["retrieval_misses"] == {"questions": 1, "abstained": 1.0}  # coal, which the reader did not guess
+    assert answers["abstained_because"] == {"reader": 1}
     assert len(answers["right_ci95"]) == len(answers["hallucinated_ci95"]) == 2
     assert "predictions" not in answers  # those go to the file
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -629,6 +631,8 @@ def test_cli_eval_answers_json_and_predictions_file(colour_index, tmp_path, monk
     for column in ("right", "EM", "F1", "abstained", "hallucinated"):
         assert column in table.output
     assert f"abstains below similarity {MIN_SIMILARITY:.3f} (default)" in " ".join(table.output.split())
+    assert "retrieval misses (no answer in the shown context): 1, abstained on 100.0%" in " ".join(table.output.split())
+    assert "abstained because of: " in table.output
     missing = runner.invoke(app, ["rag", "eval", str(qa), "--index", str(colour_index), "--predictions", str(tmp_path / "p.jsonl")])
     assert missing.exit_code == 2 and "--answer" in missing.output
     reader_without_answers = runner.invoke(app, ["rag", "eval", str(qa), "--index", str(colour_index), *lm])

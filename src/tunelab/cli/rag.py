@@ -335,6 +335,11 @@ def eval_cmd(
             ci = a.get(f"{key}_ci95")
             answers.add_row(label, f"{a[key]:.3f}", f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "")
         console.print(answers)
+        misses, because = a["retrieval_misses"], ", ".join(f"{reason or 'by itself'} {count}" for reason, count in a["abstained_because"].items())
+        if misses["questions"]:
+            console.print(f"retrieval misses (no answer in the shown context): {misses['questions']}, abstained on {misses['abstained']:.1%}", highlight=False)
+        if because:
+            console.print(f"abstained because of: {because}", highlight=False)
         t = a["thresholds"]
         confidence = "none" if t["min_confidence"] is None else f"{t['min_confidence']:.3f}"
         console.print(

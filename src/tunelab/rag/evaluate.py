@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -114,8 +115,17 @@ def evaluate_answers(index: Index, rows: Sequence[dict], reader, *, settings=Non
         "hallucinated": rate("hallucination_rate_all"),
         "hallucinated_ci95": interval("hallucination_rate_all_ci95"),
         "answer_in_context": round(sum(p["answer_in_context"] for p in predictions) / n, 4) if n else 0.0,
+        "retrieval_misses": retrieval_misses(predictions),
+        "abstained_because": dict(Counter(p["abstain_reason"] for p in predictions if p["verdict"] == "abstained")),
         "predictions": predictions,
     }
+
+
+def retrieval_misses(predictions: list[dict]) -> dict:
+    """The questions whose shown context held no answer (`answer_in_context` false), and the share of them abstained on
+    (answering one is a guess): `rag eval --answer`'s and `strategies`' figure alike."""
+    missed = [p for p in predictions if not p["answer_in_context"]]
+    return {"questions": len(missed), "abstained": round(sum(bool(p["abstained"]) for p in missed) / len(missed), 4) if missed else None}
 
 
 def prediction_record(row: dict, result) -> dict:

@@ -30,6 +30,7 @@ from tunelab.hardware import disk_mb
 from tunelab.progress import progress_bar
 from tunelab.prompts.evaluate import latency_summary, run_template
 from tunelab.prompts.loader import load_template
+from tunelab.rag.evaluate import retrieval_misses
 from tunelab.rag.reader_data import ContextSettings
 from tunelab.strategies.adapt import edit_knowledge, says_old_answer
 from tunelab.strategies.config import StrategiesConfig
@@ -448,7 +449,6 @@ class Pipeline:
 
     def retrieval_extra(self, outcome: dict, abstention, reader_name: str) -> dict:
         predictions = outcome["predictions"]
-        misses = [p for p in predictions if not p["answer_in_context"]]
         unthresholded = summarise([score(p["unthresholded"], p["answer"], p["aliases"], p["question"]) for p in predictions], ci=False)
         return {
             "reader": reader_name,
@@ -457,7 +457,7 @@ class Pipeline:
             "retrieval_abstentions": sum(1 for p in predictions if p["retrieval_abstained"]),
             "threshold_abstentions": sum(1 for p in predictions if p["threshold_abstained"]),
             "answer_in_context": float(np.mean([p["answer_in_context"] for p in predictions])) if predictions else None,
-            "retrieval_misses": {"questions": len(misses), "abstained": float(np.mean([p["abstained"] for p in misses])) if misses else None},
+            "retrieval_misses": retrieval_misses(predictions),
             "without_thresholds": {k: unthresholded[k] for k in ("contains", "hallucination_rate_all", "abstention_rate")},
         }
 

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from tunelab.config import Settings
 from tunelab.data.factbook_qa import CALIBRATION_FIELD_QUESTIONS, CALIBRATION_FIELDS, READER_FIELD_QUESTIONS
+from tunelab.rag.reader_data import SCOPES
 from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, DISTRACTORS, MISS_ABSTENTION, NAMED_DOCUMENT
 
 
@@ -81,7 +82,7 @@ class StrategiesConfig(Settings):
     k: int = Field(6, gt=0, description="chunks retrieved per question")
     context: Literal["focused", "chunks"] = Field("focused", description="reader context: the lines closest to the question, or whole chunks")
     lines: int = Field(5, gt=0, description="lines of focused context")
-    scope: Literal["all", "named"] = Field(
+    scope: Literal[SCOPES] = Field(
         "all", description="documents retrieval ranks: all, or only those a question names by title when it names any (every strategy's retrieval)"
     )
     chunks_k: int = Field(3, gt=0, description="chunks shown when the context is whole chunks (they are long)")

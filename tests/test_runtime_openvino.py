@@ -259,3 +259,34 @@ def test_int8_near_ties_are_scored_in_fp32_below_the_margin_chosen_on_eval(run_d
     served = scorer.logits(test_texts).argmax(axis=1)
     assert parity["argmax_agreement"] == pytest.approx(float((served == classifier.logits(test_texts).argmax(axis=1)).mean()))
     assert parity["argmax_agreement"] >= parity["int8_only_argmax_agreement"]
+
+
+def test_on_an_amx_cpu_openvino_pads_each_slice_to_a_multiple_of_16_and_scores_the_same(run_dir: Path, monkeypatch) -> None:
+    """With AMX tiles (amx_tile) an OpenVINO session asks run_sorted for token lengths in multiples of 16 (fewer shapes for
+    OpenVINO to build kernels for, whole tiles); without, slices are padded to their longest text, as before. Padding is
+    masked: the logits are the same."""
+    from tunelab import hardware
+    from tunelab.run import Run
+    from tunelab.runtime import scorers
+
+    run = Run.open(run_dir)
+    path = scorers.onnx_path(run, "openvino")
+    sessions = {}
+    for flags in ({"avx2", "avx512f", "amx_tile"}, {"avx2"}):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: frozenset(flags))
+        sessions["amx" if "amx_tile" in flags else "avx2"] = scorers.OpenVinoSession(path)
+    assert sessions["amx"].pad_to_multiple_of == 16 and sessions["avx2"].pad_to_multiple_of is None
+
+    template = scorers.open_scorer(run, "openvino")
+    texts = [*TEXTS, "a somewhat longer text about a film that was good and a service that was not"]
+    lengths: dict[str, list[int]] = {}
+    logits = {}
+    for name, session in sessions.items():
+        real_run = session.run
+        seen = lengths.setdefault(name, [])
+        session.run = lambda outputs, feed, real_run=real_run, seen=seen: seen.append(feed["input_ids"].shape[1]) or real_run(outputs, feed)
+        scorer = scorers.OnnxScorer(session, template.tokenizer, template.labels, template.max_length, "openvino")
+        logits[name] = scorer.logits(texts, batch_size=2)
+    assert lengths["amx"] and all(length % 16 == 0 for length in lengths["amx"])
+    assert any(length % 16 for length in lengths["avx2"])  # the short slices keep their own length
+    np.testing.assert_allclose(logits["amx"], logits["avx2"], atol=1e-3)

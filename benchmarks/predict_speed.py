@@ -38,8 +38,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8", "auto")
-GATED = ("onnx-int8", "openvino", "openvino-int8")  # each used only if it passes its parity gate (and, for OpenVINO, is installed)
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8", "openvino-bf16", "auto")
+GATED = (
+    "onnx-int8",
+    "openvino",
+    "openvino-int8",
+    "openvino-bf16",
+)  # each used only if it passes its parity gate (and, for OpenVINO, is installed; bf16: a CPU with fast bf16)
 TARGET_RATIO = 3.0  # issue #23: >= 3x today's texts/s ...
 TARGET_AGREEMENT = 0.995  # ... with the same labels as torch on >= 99.5% of the texts
 QUICK = dict(texts=300, rounds=1)

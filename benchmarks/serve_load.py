@@ -9,7 +9,10 @@
     openvino-int8  tunelab serve --backend openvino-int8: NNCF static int8 whose near ties are scored again in
                    fp32 (tunelab export --format openvino --quantize int8, exported after the ONNX steps and
                    held to the same gate; not served if it fails it)
-    workers-2      the last step served (openvino-int8, or the last before it that was), `--workers 2`: two
+    openvino-bf16  tunelab serve --backend openvino-bf16: the fp32 graph computed in bf16 by OpenVINO, only on a CPU
+                   with AVX-512 BF16 or AMX (elsewhere not measured, with the reason), behind the same gate
+                   (measured before the step, untimed)
+    workers-2      the last step served (openvino-bf16, or the last before it that was), `--workers 2`: two
                    server processes, each with half the cores
 
 and, next to the chain, naive-threadpool: the same naive endpoint without the lock (FastAPI's thread
@@ -66,6 +69,11 @@ STEPS = (
     ("onnx-fp32", "ONNX Runtime fp32 instead of PyTorch (tunelab serve --backend onnx)", "onnx"),
     ("onnx-int8", "dynamic int8 instead of fp32 (tunelab serve --backend onnx-int8)", "onnx-int8"),
     ("openvino-int8", "OpenVINO static int8, near ties re-scored in fp32, instead of ONNX int8 (tunelab serve --backend openvino-int8)", "openvino-int8"),
+    (
+        "openvino-bf16",
+        "OpenVINO's fp32 graph computed in bf16 instead of static int8 (tunelab serve --backend openvino-bf16; CPUs with fast bf16 only)",
+        "openvino-bf16",
+    ),
     ("workers-2", "two worker processes instead of one (the last step served, with tunelab serve --workers 2)", "@2"),
 )
 SIDE = (
@@ -389,7 +397,7 @@ def reused_export(run: Path) -> dict:
     openvino = parity.get("openvino-int8")
     return {
         "reused": f"{run / ONNX_DIR}: exported by an earlier run, not timed here",
-        "parity": {key: value for key, value in parity.items() if key not in ("openvino", "openvino-int8")},
+        "parity": {key: value for key, value in parity.items() if key not in ("openvino", "openvino-int8", "openvino-bf16")},
         "int8_gate": gate,
         "int8_gate_source": "tunelab.runtime.export.INT8_MIN_AGREEMENT, the gate of `tunelab export --quantize int8`",
         "int8_passed_gate": passed,
@@ -411,6 +419,24 @@ def export_openvino_int8(run: Path) -> dict:
     except TunelabError as error:
         return {"failure": error.message, "seconds": round(time.perf_counter() - began, 1)}
     return {"parity": parity.get("openvino-int8"), "seconds": round(time.perf_counter() - began, 1)}
+
+
+def gate_openvino_bf16(run: Path) -> dict:
+    """openvino-bf16's gate on the run's test split, as its first use measures it; its figures, or why it is not served here."""
+    from tunelab.run import Run
+    from tunelab.runtime.choice import refusals
+    from tunelab.runtime.openvino_export import add_openvino
+    from tunelab.runtime.scorers import not_installed
+
+    unavailable = not_installed("openvino-bf16")  # the openvino extra missing, or a CPU without bf16 arithmetic
+    if unavailable:
+        return {"failure": unavailable, "seconds": None}
+    print("checking openvino-bf16 against PyTorch on the test split (its first use)...", file=sys.stderr)
+    began = time.perf_counter()
+    parity = add_openvino(Run.open(run), ["openvino-bf16"], step=lambda line: print(line, file=sys.stderr))
+    seconds = round(time.perf_counter() - began, 1)
+    refused = refusals(parity).get("openvino-bf16")
+    return {"failure": refused, "seconds": seconds} if refused else {"parity": parity["openvino-bf16"], "seconds": seconds}
 
 
 def served_model(run_path: Path) -> dict:
@@ -493,12 +519,16 @@ def main() -> None:
         step = {"step": name, "what": what, "served_as": served}
         if name == "openvino-int8" and not args.reuse_export:
             exported["openvino"] = export_openvino_int8(run)  # after the ONNX steps: it writes onnx/ again
+        if name == "openvino-bf16":
+            exported["openvino-bf16"] = gate_openvino_bf16(run)
         if served.startswith("@"):
             served = step["served_as"] = next(s["served_as"] for s in reversed(steps) if s.get("load")) + served
         if name == "onnx-int8" and not exported["int8_passed_gate"]:
             step.update(load=None, not_measured=f"failed tunelab export's int8 gate ({exported['int8_gate']}): {exported['int8_failure']}")
         elif name == "openvino-int8" and exported["openvino"].get("failure"):
             step.update(load=None, not_measured=exported["openvino"]["failure"])
+        elif name == "openvino-bf16" and exported["openvino-bf16"].get("failure"):
+            step.update(load=None, not_measured=exported["openvino-bf16"]["failure"])
         else:
             print(f"load test: {name}...", file=sys.stderr)
             step.update(measure(served, run, texts, scored, args.requests, args.warmup, args.threads))

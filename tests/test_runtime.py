@@ -137,6 +137,7 @@ def test_every_backend_has_the_same_gate(monkeypatch) -> None:
         "int8_argmax_agreement": 0.995,
         "openvino": {"argmax_agreement": 1.0},
         "openvino-int8": {"argmax_agreement": 0.995},
+        "openvino-bf16": {"argmax_agreement": 0.995},
     }
     assert refusals(passing) == {}
     refused = refusals({**passing, "fp32_argmax_agreement": 0.99})
@@ -148,6 +149,8 @@ def test_every_backend_has_the_same_gate(monkeypatch) -> None:
         "openvino-int8": "OpenVINO failed on this run's model: X",
     }
     assert set(refusals({key: value for key, value in passing.items() if key != "openvino-int8"})) == {"openvino-int8"}  # never measured
+    refused = refusals({**passing, "openvino-bf16": {"argmax_agreement": 0.99}})
+    assert refused == {"openvino-bf16": "the OpenVINO bf16 model agrees with PyTorch on 99.00% of the test texts (needs 99.5%)"}
 
 
 def test_auto_falls_back_to_torch_when_the_export_fails(run_dir: Path, tmp_path, monkeypatch) -> None:

@@ -1,6 +1,7 @@
-"""The OpenVINO classifier backends: `openvino` (the run's fp32 ONNX graph compiled by OpenVINO) and `openvino-int8`
-(NNCF's static int8 of it, calibrated on train texts), each behind onnx-int8's parity gate; auto times them; without
-the `openvino` extra, naming one is one line and auto says why it passed them over."""
+"""The OpenVINO classifier backends: `openvino` (the run's fp32 ONNX graph compiled by OpenVINO), `openvino-int8`
+(NNCF's static int8 of it, calibrated on train texts) and `openvino-bf16` (the fp32 graph computed in bf16, only on a CPU
+with AVX-512 BF16 or AMX), each behind onnx-int8's parity gate; auto times them; without the `openvino` extra (or, for
+bf16, such a CPU), naming one is one line and auto says why it passed them over."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from tests.test_cli_errors import assert_user_error
 from tests.test_runtime import assert_margin_chosen_on_eval, raise_first_label_bias
 from tunelab.cli import app as cli
 from tunelab.errors import TunelabError
+from tunelab.hardware import cpu_bf16_is_fast
+from tunelab.runtime.scorers import BF16_REFUSAL
 
 pytest.importorskip("onnxruntime")
 
@@ -127,6 +130,12 @@ def test_auto_times_and_records_the_openvino_backends(run_dir: Path) -> None:
     assert "openvino" in record["texts_per_s"] and record["texts_per_s"]["openvino"] > 0
     assert record["openvino_version"] == version("openvino")
     assert "openvino " in lines[-1]
+    # openvino-bf16 is considered where the CPU computes bf16 (timed, or refused by its gate), and passed over, saying why, elsewhere.
+    if cpu_bf16_is_fast():  # measured by its gate on first use, and timed if it passed
+        figures = json.loads((run_dir / "onnx" / "parity.json").read_text())["openvino-bf16"]
+        assert ("openvino-bf16" in record["texts_per_s"]) == (figures["argmax_agreement"] >= 0.995)
+    else:
+        assert record["refused"]["openvino-bf16"] == BF16_REFUSAL
 
 
 def test_without_the_extra_naming_openvino_is_one_line_and_auto_says_why(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -145,8 +154,8 @@ def test_without_the_extra_naming_openvino_is_one_line_and_auto_says_why(run_dir
     said: list[str] = []
     assert load_scorer(run, "auto", say=said.append).backend in ("torch", "onnx", "onnx-int8")
     record = json.loads((run / "onnx" / "backend_choice.json").read_text())
-    assert record["refused"] == {"openvino": NOT_INSTALLED, "openvino-int8": NOT_INSTALLED}
-    assert f"not used: openvino: {NOT_INSTALLED}; openvino-int8: {NOT_INSTALLED}" in said[-1]
+    assert record["refused"] == {"openvino": NOT_INSTALLED, "openvino-int8": NOT_INSTALLED, "openvino-bf16": NOT_INSTALLED}
+    assert f"not used: openvino: {NOT_INSTALLED}; openvino-int8: {NOT_INSTALLED}; openvino-bf16: {NOT_INSTALLED}" in said[-1]
 
 
 # -- tunelab export --format openvino ---------------------------------------------------------------
@@ -290,3 +299,81 @@ def test_on_an_amx_cpu_openvino_pads_each_slice_to_a_multiple_of_16_and_scores_t
     assert lengths["amx"] and all(length % 16 == 0 for length in lengths["amx"])
     assert any(length % 16 for length in lengths["avx2"])  # the short slices keep their own length
     np.testing.assert_allclose(logits["amx"], logits["avx2"], atol=1e-3)
+
+
+# -- openvino-bf16 ----------------------------------------------------------------------------------
+
+
+def test_openvino_bf16_asks_openvino_for_bf16_and_the_others_for_f32(run_dir: Path, monkeypatch) -> None:
+    """The bf16 backend compiles the fp32 model.onnx with INFERENCE_PRECISION_HINT bf16; openvino and openvino-int8's
+    fp32 fallback stay f32. What OpenVINO compiled is read back from the compiled model, on a CPU that computes bf16."""
+    import openvino
+
+    from tunelab.run import Run
+    from tunelab.runtime import scorers
+
+    monkeypatch.setattr(scorers, "slow_bf16", lambda backend: False)  # the session itself, on any CPU
+    run = Run.open(run_dir)
+    asked: list[tuple[str, str]] = []
+    real = openvino.Core.compile_model
+    monkeypatch.setattr(
+        openvino.Core,
+        "compile_model",
+        lambda core, path, device, config: asked.append((Path(path).name, config["INFERENCE_PRECISION_HINT"])) or real(core, path, device, config),
+    )
+    bf16 = scorers.open_scorer(run, "openvino-bf16")
+    assert asked == [("model.onnx", "bf16")] and bf16.backend == "openvino-bf16" and type(bf16).__name__ == "OnnxScorer"  # no fp32 re-scoring
+    if cpu_bf16_is_fast():
+        assert bf16.session.compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.bf16
+    asked.clear()
+    fp32 = scorers.open_scorer(run, "openvino")
+    assert fp32.session.compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
+    scorers.open_session(run_dir / "onnx" / "model.onnx", "openvino-int8")
+    assert asked == [("model.onnx", "f32"), ("model.onnx", "f32")]
+
+
+def test_openvino_bf16_is_gated_like_the_others(run_dir: Path, tmp_path: Path) -> None:
+    """Its agreement with PyTorch on the test split is measured on first use into parity.json; below 99.5% it is refused, saying why."""
+    from tunelab.run import Run
+    from tunelab.runtime import load_scorer
+
+    if not cpu_bf16_is_fast():
+        pytest.skip("openvino-bf16 is offered only on a CPU with AVX-512 BF16 or AMX")
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    parity_path = run / "onnx" / "parity.json"
+    figures = json.loads(parity_path.read_text())["openvino-bf16"]
+    assert figures["rows"] == len(Run.open(run).split("test")) and 0.0 < figures["max_abs_diff"] < 0.5
+    texts = Run.open(run).split("test")["text"].astype(str).tolist()
+    if figures["argmax_agreement"] >= 0.995:
+        served = load_scorer(run, "openvino-bf16", say=lambda line: None).logits(texts).argmax(axis=1)
+        reference = load_scorer(run, "torch").logits(texts).argmax(axis=1)
+        assert figures["argmax_agreement"] == pytest.approx(float((served == reference).mean()))
+    (run / "onnx" / "backend_choice.json").unlink(missing_ok=True)
+    parity = json.loads(parity_path.read_text())
+    parity["openvino-bf16"]["argmax_agreement"] = 0.98
+    parity_path.write_text(json.dumps(parity))
+    with pytest.raises(TunelabError, match=r"backend openvino-bf16 is refused for this run: the OpenVINO bf16 model agrees with PyTorch on 98\.00%"):
+        load_scorer(run, "openvino-bf16")
+    lines: list[str] = []
+    assert load_scorer(run, "auto", say=lines.append).backend != "openvino-bf16"
+    assert "98.00%" in json.loads((run / "onnx" / "backend_choice.json").read_text())["refused"]["openvino-bf16"]
+
+
+def test_without_fast_bf16_naming_openvino_bf16_is_one_line_and_auto_says_why(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from tunelab import hardware
+    from tunelab.runtime import load_scorer
+
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    (run / "onnx" / "backend_choice.json").unlink(missing_ok=True)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_vnni"}))  # an AVX-512 CPU without bf16
+    runner = CliRunner()
+    for command in (["predict", str(run), "some text"], ["eval", str(run)], ["serve", str(run)]):
+        result = runner.invoke(cli, [*command, "--backend", "openvino-bf16"])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, (command, result.output)
+        assert "backend openvino-bf16 is not offered on this CPU: this CPU has no bf16 arithmetic" in lines[0] and "--backend openvino-int8" in lines[0]
+    said: list[str] = []
+    assert load_scorer(run, "auto", say=said.append).backend != "openvino-bf16"
+    record = json.loads((run / "onnx" / "backend_choice.json").read_text())
+    assert record["refused"]["openvino-bf16"] == BF16_REFUSAL and "openvino-bf16" not in record["texts_per_s"]
+    assert f"openvino-bf16: {BF16_REFUSAL}" in said[-1]

@@ -10,6 +10,9 @@ model instead of a classifier run:
 - `openvino`: that fp32 model.onnx compiled by OpenVINO; `openvino-int8`: NNCF's static int8 of it
   (openvino.int8.xml/.bin), calibrated on openvino_export.CALIBRATION_TEXTS Factbook chunks. Both need the optional
   `openvino` extra; without it `auto` passes them over and naming one is a one-line error.
+- `openvino-bf16` (a classifier backend) is not offered for embeddings: on the CPUs it runs on (AVX-512 BF16 or AMX)
+  the torch embedder already computes in bf16 (rag.embed), and its recall gate was never measured; naming it is an
+  unknown backend, and auto does not consider it.
 - `auto`: the fastest backend that passes, timed on this CPU on Factbook chunks on first use and cached
   in the folder's backend_choice.json with the CPU flags and thread count it was measured on.
 
@@ -33,11 +36,12 @@ from typing import Any
 import numpy as np
 
 from tunelab import atomic
+from tunelab.backends import BF16_BACKENDS
 from tunelab.errors import TunelabError
 from tunelab.models.cache import cache_dir
 from tunelab.models.catalogue import resolve_model
 from tunelab.runtime import choice, openvino_export
-from tunelab.runtime.scorers import BACKENDS, MODEL_FILES, ONNX_FILES, missing_package, not_installed, require_packages
+from tunelab.runtime.scorers import BACKENDS, MODEL_FILES, ONNX_FILES, not_installed, require_packages, unavailable
 
 # An embedding backend may move recall@5 on the train questions by at most this much from fp32 PyTorch's
 # (either way): the gate, about 10 of the ~2,000 Factbook train questions.
@@ -48,8 +52,9 @@ CHOICE_FILE = choice.CHOICE_FILE
 TIMING_TEXTS = 256  # Factbook chunks per backend when auto times them: seconds on 2 cores for a MiniLM
 TIMING_DOCUMENTS = 8  # the Factbook documents they are cut from (about 45 chunks each)
 TIMING_BATCH = 64  # build_index's batch size
-# An embedding model runs on the backends a classifier does; each model file sits in the model's cache folder.
-EMBED_BACKENDS: tuple[str, ...] = BACKENDS
+# An embedding model runs on the backends a classifier does but openvino-bf16 (see above); each model file sits in the
+# model's cache folder.
+EMBED_BACKENDS: tuple[str, ...] = tuple(backend for backend in BACKENDS if backend not in BF16_BACKENDS)
 GATED = EMBED_BACKENDS[1:]
 
 Say = Callable[[str], None]
@@ -136,10 +141,12 @@ def choose_embedding_backend(model: str | Path, backend: str, threads: int | Non
             lambda backends: time_embedders(model, backends, threads, say),
             f"{TIMING_TEXTS} Factbook chunks per backend, batches of {TIMING_BATCH}, after a {choice.WARMUP_TEXTS}-text warm-up",
             measurement_key(model, threads),
+            EMBED_BACKENDS,
         ),
         cached=lambda: choice.read_cached_choice(onnx_folder(model) / CHOICE_FILE, measurement_key(model, threads)),
         what=f"embedding model {model}",
         say=say,
+        backends=EMBED_BACKENDS,
     )
 
 
@@ -153,7 +160,7 @@ def gated(model: str | Path, backend: str, say: Say) -> dict[str, Any]:
     if backend != "auto":
         require_packages(backend)
     asked = GATED if backend == "auto" else (backend,)
-    needs = ["onnx", *(name for name in asked if name != "onnx" and not missing_package(name))]
+    needs = ["onnx", *(name for name in asked if name != "onnx" and not unavailable(name))]
 
     def done() -> dict[str, Any] | None:
         parity = read_parity(folder)
@@ -269,7 +276,7 @@ def time_embedders(model: str | Path, backends: list[str], threads: int | None, 
 
 def measurement_key(model: str | Path, threads: int | None) -> dict[str, Any]:
     folder = onnx_folder(model)
-    versions = {backend: _file_version(folder / name) for backend, name in MODEL_FILES.items()}
+    versions = {backend: _file_version(folder / MODEL_FILES[backend]) for backend in GATED}
     return choice.cpu_key(threads, {"torch": folder.name, **versions})
 
 

@@ -9,8 +9,11 @@ token-classification run) are the entry points of the service, `predict` and `ev
 - `onnx`, `onnx-int8`: ONNX Runtime, exported into the run's onnx/ on first use (tunelab.runtime.export,
   under a folder lock so two processes never export at once).
 - `openvino`: that fp32 model.onnx compiled by OpenVINO; `openvino-int8`: NNCF's static int8 of it,
-  calibrated on the run's train texts or sentences (tunelab.runtime.openvino_export). Both need the optional
-  `openvino` extra; without it `auto` passes them over, saying so, and naming one is a one-line error.
+  calibrated on the run's train texts or sentences (tunelab.runtime.openvino_export); `openvino-bf16`: the fp32
+  model.onnx computed in bf16 by OpenVINO (no fp32 re-scoring: it is not int8). All need the optional `openvino`
+  extra; without it `auto` passes them over, saying so, and naming one is a one-line error. `openvino-bf16` is
+  offered only on a CPU with bf16 arithmetic (AVX-512 BF16 or AMX, tunelab.hardware): elsewhere it is passed over
+  and refused the same way.
 - `auto`: the fastest backend that passes its gate, timed on this CPU on the run's test texts on first
   use and cached in onnx/backend_choice.json (what was measured, the CPU flags, thread count and
   OpenVINO version it was measured with, and why any backend was refused). A cache measured on other
@@ -38,11 +41,11 @@ from tunelab.runtime.scorers import (
     ONNX_DIR,
     PARITY_FILE,
     Scorer,
-    missing_package,
     model_version,
     not_installed,
     open_scorer,
     require_packages,
+    unavailable,
 )
 from tunelab.textpairs import frame_inputs
 
@@ -52,7 +55,13 @@ if TYPE_CHECKING:
 
 CHOICE_FILE = "backend_choice.json"
 # What each gated backend runs, as its refusal names it.
-GATED_MODELS = {"onnx": "the fp32 ONNX model", "onnx-int8": "the int8 model", "openvino": "the OpenVINO model", "openvino-int8": "the OpenVINO int8 model"}
+GATED_MODELS = {
+    "onnx": "the fp32 ONNX model",
+    "onnx-int8": "the int8 model",
+    "openvino": "the OpenVINO model",
+    "openvino-int8": "the OpenVINO int8 model",
+    "openvino-bf16": "the OpenVINO bf16 model",
+}
 # `auto` times each backend on this many of the run's test texts, in predict's batches: a few seconds on
 # 2 cores for a MiniLM, enough to rank backends whose speeds differ by tens of percent.
 TIMING_TEXTS = 256
@@ -111,15 +120,17 @@ def choose(
     cached: Callable[[], dict[str, Any] | None],
     what: str,
     say: Say,
+    backends: tuple[str, ...] = BACKENDS,
 ) -> str:
     """The one rule of every backend choice (a classifier run's, an embedding model's).
 
     `refused(asked)` exports what `asked` needs on first use and returns each backend that fails its
     gate with the reason; `cached()` is auto's earlier measurement if it still holds, `measure(refused)`
     times the passing backends and records the choice. A backend asked for by name that fails its gate is
-    an error saying why, never a silent fallback. Both targets run on BACKENDS.
+    an error saying why, never a silent fallback. A classifier run's choice is among BACKENDS, an embedding
+    model's among `backends` (embed_choice.EMBED_BACKENDS).
     """
-    check_backend_name(backend)
+    check_backend_name(backend, backends)
     if backend == "torch":
         return "torch"
     if backend == "auto":
@@ -148,7 +159,7 @@ def exported(run: Run, backend: str, say: Say) -> dict[str, Any]:
     if backend != "auto":
         require_packages(backend)
     needs_int8 = backend in ("onnx-int8", "auto")
-    openvino = [name for name in OPENVINO_BACKENDS if backend in (name, "auto") and not missing_package(name)]
+    openvino = [name for name in OPENVINO_BACKENDS if backend in (name, "auto") and not unavailable(name)]
 
     def onnx_done(parity: dict[str, Any] | None) -> bool:
         return parity is not None and (not needs_int8 or parity.get("int8_argmax_agreement") is not None)
@@ -218,14 +229,15 @@ def record_choice(
     time_them: Callable[[list[str]], dict[str, float]],
     measured: str,
     key: dict[str, Any],
+    backends: tuple[str, ...] = BACKENDS,
 ) -> dict[str, Any]:
-    """Time the BACKENDS not refused (`time_them` -> texts/s each), write the choice with what it holds for to `path`."""
-    candidates = [backend for backend in BACKENDS if backend not in refused]
+    """Time the `backends` not refused (`time_them` -> texts/s each), write the choice with what it holds for to `path`."""
+    candidates = [backend for backend in backends if backend not in refused]
     speeds = time_them(candidates) if len(candidates) > 1 else {}
     choice = {
         "chosen": max(speeds, key=speeds.get) if speeds else "torch",
         "texts_per_s": speeds,
-        "refused": {backend: refused[backend] for backend in BACKENDS if backend in refused},
+        "refused": {backend: refused[backend] for backend in backends if backend in refused},
         "measured": measured,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **key,

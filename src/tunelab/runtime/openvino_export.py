@@ -2,6 +2,8 @@
 
     runs/<name>/onnx/model.onnx               the fp32 ONNX graph (tunelab.runtime.export), compiled by OpenVINO: `openvino`
     runs/<name>/onnx/openvino.int8.xml, .bin  NNCF's static int8 of that graph, as OpenVINO IR: `openvino-int8`
+    (runs/<name>/onnx/model.onnx again)      the fp32 graph computed in bf16 (INFERENCE_PRECISION_HINT): `openvino-bf16`,
+                                              offered only on a CPU with AVX-512 BF16 or AMX
     runs/<name>/onnx/parity.json              each one's figures under its backend's name, beside the ONNX ones
 
 The gate is onnx-int8's: argmax agreement with PyTorch on the run's test split of at least
@@ -40,6 +42,7 @@ from tunelab.runtime.scorers import (
     FALLBACK_BACKENDS,
     MODEL_FILES,
     ONNX_DIR,
+    OPENVINO_PRECISION,
     PARITY_FILE,
     OnnxScorer,
     OpenVinoSession,
@@ -67,7 +70,7 @@ class OpenVinoGate:
 
 
 def add_openvino(run: Run, backends: list[str], step: Callable[[str], None], folder: Path | None = None) -> dict[str, Any]:
-    """Measure `backends` (openvino, openvino-int8) against PyTorch on the run's test split and add their figures to its parity.json.
+    """Measure `backends` (openvino, openvino-int8, openvino-bf16) against PyTorch on the run's test split and add their figures to its parity.json.
 
     The fp32 ONNX model and parity.json must exist in `folder` (the run's onnx/, or an export's staging
     folder: tunelab.runtime.export); openvino-int8 writes its IR beside them. Each backend's entry holds
@@ -95,7 +98,7 @@ def add_openvino(run: Run, backends: list[str], step: Callable[[str], None], fol
         file = str(run.path / ONNX_DIR / xml.name)  # where it is read from once published, also when measured in a staging folder
         return {**gated("openvino-int8", xml), "calibration_split": split, "calibration_texts": len(feeds), "file": file, "size_mb": size_mb}
 
-    measures = {"openvino": lambda: gated("openvino", fp32), "openvino-int8": int8}
+    measures = {"openvino": lambda: gated("openvino", fp32), "openvino-int8": int8, "openvino-bf16": lambda: gated("openvino-bf16", fp32)}
     for backend in backends:
         parity[backend] = measured_or_failed(measures[backend], "this run's model")
     atomic.write_json(folder / PARITY_FILE, parity)
@@ -149,7 +152,7 @@ def classifier_gate(run: Run) -> OpenVinoGate:
     agreement, compared = agreement_rule(run)
 
     def scorer(path: Path, backend: str) -> OnnxScorer:
-        return OnnxScorer(OpenVinoSession(path), classifier.tokenizer, classifier.labels, classifier.max_length, backend)
+        return OnnxScorer(OpenVinoSession(path, precision=OPENVINO_PRECISION[backend]), classifier.tokenizer, classifier.labels, classifier.max_length, backend)
 
     def check(path: Path, backend: str) -> dict[str, Any]:
         model = scorer(path, backend)

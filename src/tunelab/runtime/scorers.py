@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tunelab import atomic, hardware, textpairs
-from tunelab.backends import BACKENDS, OPENVINO_BACKENDS
+from tunelab.backends import BACKENDS, BF16_BACKENDS, OPENVINO_BACKENDS
 from tunelab.errors import TunelabError
 from tunelab.run import Run
 
@@ -29,11 +29,16 @@ PARITY_FILE = "parity.json"  # each backend's agreement with PyTorch, beside the
 # each int8 one falls back on.
 FALLBACK_MARGIN = "fp32_fallback_margin"
 FALLBACK_BACKENDS = {"onnx-int8": "onnx", "openvino-int8": "openvino"}
-# The model file each backend runs (beside the ONNX files): OpenVINO compiles the fp32 ONNX graph itself,
-# and runs NNCF's int8 of it as OpenVINO IR (the .xml, with its weights in the .bin beside it).
-MODEL_FILES = {**ONNX_FILES, "openvino": ONNX_FILES["onnx"], "openvino-int8": "openvino.int8.xml"}
+# The model file each backend runs (beside the ONNX files): OpenVINO compiles the fp32 ONNX graph itself
+# (in fp32 for `openvino`, in bf16 for `openvino-bf16`), and runs NNCF's int8 of it as OpenVINO IR (the .xml,
+# with its weights in the .bin beside it).
+MODEL_FILES = {**ONNX_FILES, "openvino": ONNX_FILES["onnx"], "openvino-int8": "openvino.int8.xml", "openvino-bf16": ONNX_FILES["onnx"]}
 # What a backend needs installed beyond the base install: the optional `openvino` extra.
-EXTRA_PACKAGES = {"openvino": ("openvino",), "openvino-int8": ("openvino", "nncf")}
+EXTRA_PACKAGES = {"openvino": ("openvino",), "openvino-int8": ("openvino", "nncf"), "openvino-bf16": ("openvino",)}
+# The arithmetic each OpenVINO backend asks the CPU plugin for (INFERENCE_PRECISION_HINT). f32 is asked for explicitly:
+# on a CPU with fast bf16 OpenVINO would otherwise run an fp32 graph in bf16, which is openvino-bf16, not the backend gated.
+# openvino-int8's layers that are not int8, and the fp32 graph its near ties are scored again with, stay f32.
+OPENVINO_PRECISION = {"openvino": "f32", "openvino-int8": "f32", "openvino-bf16": "bf16"}
 
 # Texts per ONNX Runtime call when the caller does not say (the service's micro-batches). A micro-batch
 # of tweets padded to its longest member computes mostly padding; sorted slices of 8 pad only to a near
@@ -209,29 +214,46 @@ def require_packages(backend: str) -> None:
     missing = missing_package(backend)
     if missing:
         raise TunelabError(f"backend {backend} needs {missing}, which is not installed", OPENVINO_HINT)
+    if slow_bf16(backend):
+        raise TunelabError(f"backend {backend} is not offered on this CPU: {BF16_REFUSAL}", "use --backend openvino-int8, onnx-int8 or auto")
 
 
 def not_installed(backend: str) -> str | None:
-    """Why `auto` passes `backend` over on this install, if it does."""
+    """Why `auto` passes `backend` over on this install and CPU, if it does."""
     missing = missing_package(backend)
-    return f"{missing} is not installed (pip install 'tunelab[openvino]')" if missing else None
+    if missing:
+        return f"{missing} is not installed (pip install 'tunelab[openvino]')"
+    return BF16_REFUSAL if slow_bf16(backend) else None
+
+
+BF16_REFUSAL = "this CPU has no bf16 arithmetic (neither AVX-512 BF16 nor AMX), so bf16 would be emulated"
+
+
+def slow_bf16(backend: str) -> bool:
+    """`backend` computes in bf16 and this CPU would emulate it (tunelab.hardware's rule)."""
+    return backend in BF16_BACKENDS and not hardware.cpu_bf16_is_fast()
+
+
+def unavailable(backend: str) -> bool:
+    """`backend` cannot run here: a package it needs is missing, or it computes in bf16 on a CPU without bf16 arithmetic."""
+    return bool(missing_package(backend)) or slow_bf16(backend)
 
 
 def open_session(path: Path, backend: str, threads: int | None = None):
-    """The session that runs `backend`'s model file: OpenVINO for the openvino backends, ONNX Runtime for the others."""
-    return OpenVinoSession(path, threads) if backend in OPENVINO_BACKENDS else onnx_session(path, threads)
+    """The session that runs `backend`'s model file: OpenVINO (in the backend's precision) for the openvino backends, ONNX Runtime for the others."""
+    return OpenVinoSession(path, threads, OPENVINO_PRECISION[backend]) if backend in OPENVINO_BACKENDS else onnx_session(path, threads)
 
 
 class OpenVinoSession:
     """An ONNX graph or OpenVINO IR compiled by OpenVINO's CPU plugin, behind the two calls of an InferenceSession that run_sorted makes.
 
-    fp32 arithmetic is asked for explicitly: on a CPU with fast bf16 OpenVINO would otherwise run an fp32
-    graph in bf16, which is another backend than the one the recall gate measured.
+    `precision` is the backend's OPENVINO_PRECISION, asked for explicitly: left to itself, OpenVINO runs an fp32
+    graph in bf16 on a CPU with fast bf16, which is another backend than the one gated.
     """
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, precision: str = "f32"):
         openvino = require_openvino()
-        config = {"INFERENCE_NUM_THREADS": hardware.thread_count(threads), "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}
+        config = {"INFERENCE_NUM_THREADS": hardware.thread_count(threads), "INFERENCE_PRECISION_HINT": precision, "NUM_STREAMS": 1}
         self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         # run_sorted pads each slice's token length to a multiple of this (None: to its longest text).

@@ -82,21 +82,28 @@ def test_openvino_backends_give_torch_labels_or_are_refused_with_the_reason(run_
 
 
 def test_a_failing_openvino_gate_is_refused_with_the_reason(run_dir: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    lines = assert_refused_below_the_gate(run, "openvino-int8", "the OpenVINO int8 model")
+    assert "not used: openvino-int8: the OpenVINO int8 model agrees with PyTorch on 98.00%" in lines[-1]
+
+
+def assert_refused_below_the_gate(run: Path, backend: str, model: str) -> list[str]:
+    """With `backend`'s recorded agreement set to 98%, naming it is refused saying why, and auto passes it over,
+    recording the reason; auto's lines are returned."""
     from tunelab.runtime import load_scorer
 
-    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
     (run / "onnx" / "backend_choice.json").unlink(missing_ok=True)
     parity_path = run / "onnx" / "parity.json"
     parity = json.loads(parity_path.read_text())
-    parity["openvino-int8"]["argmax_agreement"] = 0.98
+    parity[backend]["argmax_agreement"] = 0.98
     parity_path.write_text(json.dumps(parity))
-    with pytest.raises(TunelabError, match=r"backend openvino-int8 is refused for this run: the OpenVINO int8 model agrees with PyTorch on 98\.00%"):
-        load_scorer(run, "openvino-int8")
+    with pytest.raises(TunelabError, match=rf"backend {backend} is refused for this run: {model} agrees with PyTorch on 98\.00%"):
+        load_scorer(run, backend)
     lines: list[str] = []
-    assert load_scorer(run, "auto", say=lines.append).backend != "openvino-int8"
+    assert load_scorer(run, "auto", say=lines.append).backend != backend
     record = json.loads((run / "onnx" / "backend_choice.json").read_text())
-    assert "openvino-int8" not in record["texts_per_s"] and "98.00%" in record["refused"]["openvino-int8"]
-    assert "not used: openvino-int8: the OpenVINO int8 model agrees with PyTorch on 98.00%" in lines[-1]
+    assert backend not in record["texts_per_s"] and "98.00%" in record["refused"][backend]
+    return lines
 
 
 def test_int8_is_calibrated_on_train_texts_never_test_ones(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -348,15 +355,7 @@ def test_openvino_bf16_is_gated_like_the_others(run_dir: Path, tmp_path: Path) -
         served = load_scorer(run, "openvino-bf16", say=lambda line: None).logits(texts).argmax(axis=1)
         reference = load_scorer(run, "torch").logits(texts).argmax(axis=1)
         assert figures["argmax_agreement"] == pytest.approx(float((served == reference).mean()))
-    (run / "onnx" / "backend_choice.json").unlink(missing_ok=True)
-    parity = json.loads(parity_path.read_text())
-    parity["openvino-bf16"]["argmax_agreement"] = 0.98
-    parity_path.write_text(json.dumps(parity))
-    with pytest.raises(TunelabError, match=r"backend openvino-bf16 is refused for this run: the OpenVINO bf16 model agrees with PyTorch on 98\.00%"):
-        load_scorer(run, "openvino-bf16")
-    lines: list[str] = []
-    assert load_scorer(run, "auto", say=lines.append).backend != "openvino-bf16"
-    assert "98.00%" in json.loads((run / "onnx" / "backend_choice.json").read_text())["refused"]["openvino-bf16"]
+    assert_refused_below_the_gate(run, "openvino-bf16", "the OpenVINO bf16 model")
 
 
 def test_without_fast_bf16_naming_openvino_bf16_is_one_line_and_auto_says_why(run_dir: Path, tmp_path: Path, monkeypatch) -> None:

@@ -38,13 +38,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8", "openvino-bf16", "auto")
-GATED = (
-    "onnx-int8",
-    "openvino",
-    "openvino-int8",
-    "openvino-bf16",
-)  # each used only if it passes its parity gate (and, for OpenVINO, is installed; bf16: a CPU with fast bf16)
+from tunelab.backends import CHOICES  # noqa: E402 - names only: imports no runtime
+
+BACKENDS = CHOICES  # every backend predict takes, and auto
+# Each used only if it passes its parity gate (and, for OpenVINO, is installed; bf16: a CPU with fast bf16).
+GATED = tuple(backend for backend in CHOICES if backend not in ("torch", "onnx", "auto"))
 TARGET_RATIO = 3.0  # issue #23: >= 3x today's texts/s ...
 TARGET_AGREEMENT = 0.995  # ... with the same labels as torch on >= 99.5% of the texts
 QUICK = dict(texts=300, rounds=1)

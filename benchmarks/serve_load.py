@@ -388,6 +388,7 @@ def export(run: Path) -> dict:
 
 def reused_export(run: Path) -> dict:
     """export()'s and export_openvino_int8()'s figures read back from the run's onnx/parity.json, as an earlier run of this benchmark left it."""
+    from tunelab.backends import OPENVINO_BACKENDS
     from tunelab.runtime.scorers import ONNX_DIR, PARITY_FILE
 
     parity = json.loads((run / ONNX_DIR / PARITY_FILE).read_text(encoding="utf-8"))
@@ -397,7 +398,7 @@ def reused_export(run: Path) -> dict:
     openvino = parity.get("openvino-int8")
     return {
         "reused": f"{run / ONNX_DIR}: exported by an earlier run, not timed here",
-        "parity": {key: value for key, value in parity.items() if key not in ("openvino", "openvino-int8", "openvino-bf16")},
+        "parity": {key: value for key, value in parity.items() if key not in OPENVINO_BACKENDS},
         "int8_gate": gate,
         "int8_gate_source": "tunelab.runtime.export.INT8_MIN_AGREEMENT, the gate of `tunelab export --quantize int8`",
         "int8_passed_gate": passed,

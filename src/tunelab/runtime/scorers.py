@@ -39,6 +39,8 @@ EXTRA_PACKAGES = {"openvino": ("openvino",), "openvino-int8": ("openvino", "nncf
 # on a CPU with fast bf16 OpenVINO would otherwise run an fp32 graph in bf16, which is openvino-bf16, not the backend gated.
 # openvino-int8's layers that are not int8, and the fp32 graph its near ties are scored again with, stay f32.
 OPENVINO_PRECISION = {"openvino": "f32", "openvino-int8": "f32", "openvino-bf16": "bf16"}
+# Why a bf16 backend (BF16_BACKENDS) is not offered on a CPU without bf16 arithmetic (hardware.cpu_bf16_is_fast).
+BF16_REFUSAL = "this CPU has no bf16 arithmetic (neither AVX-512 BF16 nor AMX), so bf16 would be emulated"
 
 # Texts per ONNX Runtime call when the caller does not say (the service's micro-batches). A micro-batch
 # of tweets padded to its longest member computes mostly padding; sorted slices of 8 pad only to a near
@@ -224,9 +226,6 @@ def not_installed(backend: str) -> str | None:
     if missing:
         return f"{missing} is not installed (pip install 'tunelab[openvino]')"
     return BF16_REFUSAL if slow_bf16(backend) else None
-
-
-BF16_REFUSAL = "this CPU has no bf16 arithmetic (neither AVX-512 BF16 nor AMX), so bf16 would be emulated"
 
 
 def slow_bf16(backend: str) -> bool:

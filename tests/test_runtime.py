@@ -89,6 +89,14 @@ def test_auto_picks_a_passing_backend_and_caches_the_measurement(run_dir: Path, 
     # Another thread count is another measurement.
     with pytest.raises(AssertionError, match="measured again"):
         load_scorer(run_dir, "auto", threads=record["threads"] + 1, say=lambda line: None)
+    # So is a choice made by other tunelab code: another runtime, or a set of backends without one offered today.
+    with monkeypatch.context() as patch:
+        patch.setattr(choice, "runtime_code_version", lambda: "other code")
+        with pytest.raises(AssertionError, match="measured again"):
+            load_scorer(run_dir, "auto", say=lambda line: None)
+    (run_dir / "onnx" / "backend_choice.json").write_text(json.dumps({**record, "backends": list(BACKENDS[:-1])}))
+    with pytest.raises(AssertionError, match="measured again"):
+        load_scorer(run_dir, "auto", say=lambda line: None)
 
 
 def test_a_backend_failing_its_gate_is_refused_with_the_reason(run_dir: Path, tmp_path, monkeypatch) -> None:

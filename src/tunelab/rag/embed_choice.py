@@ -277,7 +277,7 @@ def time_embedders(model: str | Path, backends: list[str], threads: int | None, 
 def measurement_key(model: str | Path, threads: int | None) -> dict[str, Any]:
     folder = onnx_folder(model)
     versions = {backend: _file_version(folder / MODEL_FILES[backend]) for backend in GATED}
-    return choice.cpu_key(threads, {"torch": folder.name, **versions})
+    return choice.cpu_key(threads, {"torch": folder.name, **versions}, EMBED_BACKENDS)
 
 
 def read_parity(folder: Path) -> dict[str, Any] | None:

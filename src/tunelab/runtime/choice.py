@@ -17,7 +17,8 @@ token-classification run) are the entry points of the service, `predict` and `ev
 - `auto`: the fastest backend that passes its gate, timed on this CPU on the run's test texts on first
   use and cached in onnx/backend_choice.json (what was measured, the CPU flags, thread count and
   OpenVINO version it was measured with, and why any backend was refused). A cache measured on other
-  flags, another thread count, another OpenVINO or other model files is measured again.
+  flags, another thread count, another OpenVINO, other model files, another set of backends or other runtime code
+  (runtime_code_version) is measured again.
 
 Every backend but torch is used only if it passes its parity gate on the run's test split: argmax
 agreement with PyTorch of at least INT8_MIN_AGREEMENT, as recorded in onnx/parity.json; for a tagger,
@@ -27,10 +28,13 @@ A backend that fails is refused with one line saying why.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab import atomic, hardware
@@ -268,18 +272,35 @@ def texts_per_second(encode: Callable, texts: list[str], batch_size: int) -> flo
 
 
 def measurement_key(run: Run, threads: int | None) -> dict[str, Any]:
-    """What a measured choice holds for: this CPU's instruction sets, the thread count, the model files."""
-    return cpu_key(threads, {backend: model_version(run, backend) for backend in BACKENDS})
+    """What a measured choice holds for: this CPU's instruction sets, the thread count, the model files, the code."""
+    return cpu_key(threads, {backend: model_version(run, backend) for backend in BACKENDS}, BACKENDS)
 
 
-def cpu_key(threads: int | None, model_versions: dict[str, str]) -> dict[str, Any]:
+def cpu_key(threads: int | None, model_versions: dict[str, str], backends: tuple[str, ...]) -> dict[str, Any]:
     return {
         "cpu_flags": [flag for flag in hardware.SPEED_FLAGS if flag in hardware.cpu_flags()],
         "threads": hardware.thread_count(threads),
         "model_versions": model_versions,
         # Installing the `openvino` extra later must measure again: a choice made without it did not time OpenVINO.
         "openvino_version": _package_version("openvino"),
+        # So must a newer tunelab: a backend added since was never timed, and a change to how a backend runs its
+        # forward pass (OpenVINO's padding on AMX, say) changes its speed.
+        "backends": list(backends),
+        "runtime_code": runtime_code_version(),
     }
+
+
+@functools.cache
+def runtime_code_version() -> str:
+    """A fingerprint of the code that runs the backends' forward passes (this package's runtime modules and the
+    embedder): a choice timed with other code is timed again. Read once a process; the files are small."""
+    package = Path(__file__).resolve().parent.parent
+    files = sorted((package / "runtime").glob("*.py")) + [package / "backends.py", package / "rag" / "embed.py"]
+    digest = hashlib.sha256()
+    for path in files:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def cached_choice(run: Run, threads: int | None) -> dict[str, Any] | None:

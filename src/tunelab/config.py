@@ -146,7 +146,8 @@ class TrainConfig(DataSettings, TrainerSettings):
     length_percentile: float = Field(95.0, gt=0, le=100)
     length_window: PositiveInt = Field(4, description="group_by_length sorts this many batches at a time: more saves padding, fewer keeps batches mixed")
     pooling: Literal["cls", "mean"] = Field(
-        "cls", description="what the classification head reads: the [CLS] pooler (Hugging Face's head) or the mean of the token states"
+        "cls",
+        description="what the classification head reads: Hugging Face's head (an encoder's [CLS] pooler, a causal LM's last token) or the mean of the token states",
     )
     head_init: Literal["random", "linear-probe"] = Field(
         "random",

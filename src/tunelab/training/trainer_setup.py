@@ -139,12 +139,25 @@ class Pretrained:
 def load_pretrained(config: TrainerSettings) -> Pretrained:
     """The model's folder, tokenizer and config; a --max-length beyond the model's limit is refused here."""
     folder = resolve_model(config.model)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = with_pad_token(AutoTokenizer.from_pretrained(folder), config.model)
     model_config = transformers.AutoConfig.from_pretrained(folder)
     limit = model_max_length(model_config, tokenizer)
     if config.max_length is not None and config.max_length > limit:
         raise TunelabError(f"--max-length {config.max_length} exceeds the model's limit of {limit} tokens", f"use at most {limit}")
     return Pretrained(folder, tokenizer, model_config, limit)
+
+
+def with_pad_token(tokenizer, model_name: str):
+    """The tokenizer, padding with its end-of-text token when it has no pad token (causal LMs such as Llama and GPT-2
+    ship without one; their end-of-text token is the usual pad). Batches are padded, so a tokenizer with neither is refused."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise TunelabError(
+                f"model '{model_name}': its tokenizer has neither a pad token nor an end-of-text token to pad batches with",
+                "add a pad_token to the model folder's tokenizer_config.json",
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def text_max_length(config: TrainConfig, pretrained: Pretrained, texts) -> int:
@@ -178,7 +191,11 @@ def quiet_new_head() -> Iterator[None]:
 
 
 def build_classifier(model_dir: Path, config: TrainConfig, labels: list[str], init_head: Callable[[Any], None] | None = None):
-    """The pretrained encoder with a fresh classification head (config.pooling), trained as config.method says.
+    """The pretrained model with a fresh classification head (config.pooling), trained as config.method says.
+
+    A causal LM's `pooling: cls` head is Hugging Face's, e.g. LlamaForSequenceClassification: it reads each row at its
+    last token that is not the config's pad token, which the Trainer sets to the tokenizer's (`with_pad_token`) when it
+    starts (transformers' `align_special_tokens`).
 
     init_head: sets the fresh head's weights (e.g. `linear_probe.init_head_from_probe`) before the encoder
     is frozen or LoRA wraps the model, whose copy of the head is taken when it wraps.

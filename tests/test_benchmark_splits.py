@@ -120,6 +120,31 @@ def test_each_step_is_compared_with_the_previous_measured_one():
     assert steps[3]["ratio_to_previous"] is None
 
 
+def test_a_step_compared_with_a_named_one_takes_its_ratio_from_it():
+    steps = [
+        {"step": "naive", "load": {"1": level(50, 20, 30)}},
+        {"step": "bf16", "load": {"1": level(100, 10, 15)}},
+        {"step": "workers-2", "load": {"1": level(80, 12, 20)}},
+        {"step": "fewer-layers", "load": {"1": level(300, 5, 10)}, "compared_with": "bf16"},
+        {"step": "other", "load": {"1": level(300, 5, 10)}, "compared_with": "int8"},
+    ]
+    serve.chain_ratios(steps)
+    assert steps[3]["ratio_to_previous"]["1"] == {"requests_per_s": 3.0, "p50_ms": 0.5, "p95_ms": 0.67}
+    assert steps[3]["ratio_to_naive"]["1"]["requests_per_s"] == 6.0
+    assert steps[4]["ratio_to_previous"] is None  # the step it names was not measured: no ratio rather than another's
+
+
+def test_the_fewer_layers_backend_is_the_first_offered_that_passes_its_gate(monkeypatch):
+    passed = {"int8_passed_gate": True}
+    failed = {"int8_passed_gate": False, "int8_gate": 0.99, "int8_failure": "agrees on 90%"}
+    monkeypatch.setattr(serve, "gate_openvino_bf16", lambda run: {"parity": {}, "seconds": 1.0})
+    assert serve.fewer_layers_backend(Path("run"), dict(passed)) == ("openvino-bf16", {})
+    monkeypatch.setattr(serve, "gate_openvino_bf16", lambda run: {"failure": "not offered on this CPU", "seconds": None})
+    assert serve.fewer_layers_backend(Path("run"), dict(passed)) == ("onnx-int8", {"openvino-bf16": "not offered on this CPU"})
+    backend, passed_over = serve.fewer_layers_backend(Path("run"), dict(failed))
+    assert backend == "onnx" and list(passed_over) == ["openvino-bf16", "onnx-int8"] and "agrees on 90%" in passed_over["onnx-int8"]
+
+
 def test_the_int8_gate_is_the_exports_own():
     pytest.importorskip("onnxruntime")
     import inspect

@@ -1,5 +1,5 @@
-"""The pure helpers of benchmarks/finetune_vs_tutorial.py and benchmarks/serve_load.py: disjoint splits
-that leave the tuning rows out, the statistics over seeds and test rows, and the serving step ratios."""
+"""The pure helpers of benchmarks/finetune_vs_tutorial.py, benchmarks/serve_load.py and benchmarks/layers_dev.py: disjoint
+splits that leave the tuning rows out, the statistics over seeds and test rows, the serving step ratios, the layer rule."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def load(name: str):
 
 ft = load("finetune_vs_tutorial")
 serve = load("serve_load")
+layers_dev = load("layers_dev")
 
 
 def frame(rows: int = 600, repeats: int = 20) -> pd.DataFrame:
@@ -143,6 +144,15 @@ def test_the_fewer_layers_backend_is_the_first_offered_that_passes_its_gate(monk
     assert serve.fewer_layers_backend(Path("run"), dict(passed)) == ("onnx-int8", {"openvino-bf16": "not offered on this CPU"})
     backend, passed_over = serve.fewer_layers_backend(Path("run"), dict(failed))
     assert backend == "onnx" and list(passed_over) == ["openvino-bf16", "onnx-int8"] and "agrees on 90%" in passed_over["onnx-int8"]
+
+
+def test_the_layer_rule_takes_the_fewest_candidate_layers_whose_mean_eval_accuracy_passes():
+    def figures(**means):
+        return {str(layers): {"mean_eval_accuracy": means.get(f"n{layers}", 0.0)} for layers in (1, 2, 3, 6)}
+
+    assert layers_dev.choose(figures(n1=0.69, n2=0.70, n3=0.74, n6=0.78))["layers"] == 2
+    assert layers_dev.choose(figures(n1=0.72, n2=0.75, n3=0.76, n6=0.78))["layers"] == 1
+    assert layers_dev.choose(figures(n1=0.60, n2=0.65, n3=0.699, n6=0.78))["layers"] == 6  # none passes: no change
 
 
 def test_the_int8_gate_is_the_exports_own():

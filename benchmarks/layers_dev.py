@@ -13,7 +13,8 @@ both its --eval-data and its --test-data, so the test split never reaches these 
 initialisation and the batch order, not the rows. Training: `tunelab train`'s defaults (3 epochs, lr auto, the best
 epoch by eval accuracy, bf16 where the CPU has it) with `layers: N`, the TF-IDF baseline off (unused here). A run's
 eval accuracy is metrics.json's "train" best_eval_accuracy: the eval accuracy of the epoch it chose by that figure,
-a little optimistic, and alike for every N. The reference (6 layers, all of them) is trained at seed 42 only.
+a little optimistic, and alike for every N. The reference (6 layers, all of them) is trained at seed 42 only, or is
+--reference-run: serve_load's own served model, trained by `tunelab train` on the same rows (checked) at seed 42.
 
 Speed: each N's seed-42 model exported to ONNX fp32 (`tunelab export`; its parity check reads the eval rows, the
 runs' "test"), then scored by the fastest backend of issue 23 this CPU offers — openvino-bf16 with AVX-512 BF16 or
@@ -98,6 +99,23 @@ def trained(workdir: Path, files: dict[str, Path], layers: int, seed: int) -> Pa
     return train(TrainConfig(**wanted, out=str(out), overwrite=True)).path
 
 
+def reference_run(path: Path, files: dict[str, Path]) -> Path:
+    """serve_load's served model as the 6-layer reference, once its settings and its train and eval rows are checked to be the dev runs'."""
+    import pandas as pd
+
+    from tunelab.run import Run
+
+    run = Run.open(path)
+    wanted = {**SERVED, "seed": 42, "layers": None}
+    if any(run.config.get(key) != value for key, value in wanted.items()):
+        raise SystemExit(f"--reference-run {path} was not trained with {wanted}")
+    for name, file in files.items():
+        if sorted(run.split(name)["text"].astype(str)) != sorted(pd.read_parquet(file)["text"].astype(str)):
+            raise SystemExit(f"--reference-run {path}: its {name} rows are not the dev runs'")
+    print(f"reference: {path}", file=sys.stderr)
+    return run.path
+
+
 def accuracy_figures(runs: dict[int, Path]) -> dict:
     from tunelab.run import Run
 
@@ -118,7 +136,7 @@ def accuracy_figures(runs: dict[int, Path]) -> dict:
 
         sd = statistics.stdev(values)
         half = stats.t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values))
-        out.update(sd=round(sd, 4), ci95_over_seeds=[round(mean - half, 4), round(mean + half, 4)])
+        out.update(sd=round(sd, 4), ci95_over_seeds=[round(float(mean - half), 4), round(float(mean + half), 4)])
     return out
 
 
@@ -198,6 +216,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="runs/layers-dev", help="where the runs are trained (and reused)")
     parser.add_argument("--layers", type=int, nargs="+", default=[*CANDIDATES, REFERENCE], help="which layer counts to train or measure")
     parser.add_argument("--train-only", action="store_true", help="train (or find) the runs of --layers, measure nothing")
+    parser.add_argument("--reference-run", help=f"the {REFERENCE}-layer reference: serve_load's served model instead of a run trained here")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
@@ -208,7 +227,12 @@ def main() -> None:
     started = time.perf_counter()
     workdir = Path(args.workdir)
     files = write_dev_splits(workdir)
-    runs = {layers: {seed: trained(workdir, files, layers, seed) for seed in (REFERENCE_SEEDS if layers == REFERENCE else SEEDS)} for layers in args.layers}
+    runs = {
+        layers: {42: reference_run(Path(args.reference_run), files)}
+        if layers == REFERENCE and args.reference_run
+        else {seed: trained(workdir, files, layers, seed) for seed in (REFERENCE_SEEDS if layers == REFERENCE else SEEDS)}
+        for layers in args.layers
+    }
     if args.train_only:
         return
     if sorted(args.layers) != sorted({*CANDIDATES, REFERENCE}):
@@ -222,6 +246,7 @@ def main() -> None:
         "chosen": choose(figures),
         "chosen_on": "the eval split (tunelab's seed-42 split of tweets, as serve_load's model); the test split never read",
         "data": {"train": str(files["train"]), "eval": str(files["eval"]), **SERVED, "split_seed": 42},
+        "reference_run": args.reference_run,
         "training": "tunelab train defaults with layers N (None: all 6), seed per run, baseline off; eval = the eval split, test = the eval split",
         "accuracy": figures,
         "speed": {"backend": backend, "passed_over": passed_over, "threads": hardware.thread_count(None), **speed},

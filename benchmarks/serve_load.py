@@ -14,6 +14,12 @@
                    (measured before the step, untimed)
     workers-2      the last step served (openvino-bf16, or the last before it that was), `--workers 2`: two
                    server processes, each with half the cores
+    fewer-layers   a second model: the first --layers N of MiniLM's 6 layers (`tunelab train --layers N`, N chosen on the
+                   eval split by benchmarks/layers_dev.py), trained like the first, served on one worker by a backend
+                   fixed in advance, not by this run's timings: openvino-bf16 where the CPU has fast bf16 (the fastest
+                   served backend on AMX, serve_bf16-amx-2.json) and it passes its gate, else onnx-int8 if it passes the
+                   export's int8 gate, else onnx; its ratio_to_previous is to the step that served the 6-layer model on
+                   that backend (one change: the layers)
 
 and, next to the chain, naive-threadpool: the same naive endpoint without the lock (FastAPI's thread
 pool overlaps forward passes of concurrent requests), the usual first deployment.
@@ -76,6 +82,12 @@ STEPS = (
     ),
     ("workers-2", "two worker processes instead of one (the last step served, with tunelab serve --workers 2)", "@2"),
 )
+# The step after the chain: fewer layers, on the backend FEWER_LAYERS_BACKENDS gives (the first this CPU offers that passes its gate).
+FEWER_LAYERS_STEP = "fewer-layers"
+# N chosen by benchmarks/layers_dev.py on the eval split (its pre-registered rule: the fewest of 1-3 layers with mean eval
+# accuracy >= 0.70 over seeds 42-44): 1 layer, 0.7214 (0.7280, 0.7278, 0.7084); benchmarks/results/layers_dev-amx.json.
+FEWER_LAYERS = 1
+FEWER_LAYERS_BACKENDS = ("openvino-bf16", "onnx-int8", "onnx")
 SIDE = (
     "naive-threadpool",
     "the naive endpoint without the lock: FastAPI's thread pool overlaps the forward passes of concurrent requests, no batching",
@@ -310,13 +322,17 @@ def ratios(current: dict, previous: dict) -> dict:
 
 
 def chain_ratios(steps: list[dict]) -> None:
-    """Each measured step's ratio to the previous measured step (ratio_to_previous) and to the first (ratio_to_naive)."""
+    """Each measured step's ratio to the previous measured step (ratio_to_previous) and to the first (ratio_to_naive).
+
+    A step naming another in `compared_with` is compared with that one instead (None if it was not measured)."""
     previous = first = None
+    by_name = {step["step"]: step for step in steps}
     for step in steps:
         if step.get("load") is None:
             step["ratio_to_previous"] = step["ratio_to_naive"] = None
             continue
-        step["ratio_to_previous"] = ratios(step["load"], previous["load"]) if previous else None
+        before = by_name.get(step["compared_with"]) if "compared_with" in step else previous
+        step["ratio_to_previous"] = ratios(step["load"], before["load"]) if before and before.get("load") else None
         step["ratio_to_naive"] = ratios(step["load"], first["load"]) if first else None
         previous = step
         first = first or step
@@ -330,27 +346,29 @@ def int8_gate() -> float:
     return INT8_MIN_AGREEMENT
 
 
-def prepare_run(args) -> Path:
+def prepare_run(args, layers: int | None = None) -> Path:
+    """The served model's run: --run, else trained (or reused) in --workdir; with `layers`, the first that many of MiniLM's layers."""
     import tunelab
     from tunelab.config import TrainConfig
     from tunelab.run import Run
 
-    if args.run:
+    if args.run and layers is None:
         return Run.open(args.run).path
     # tunelab train's defaults, apart from how many training rows (and, for --quick, a tiny everything).
-    wanted = dict(model="minilm", data="tweets", max_train_samples=args.train_samples)
+    wanted = dict(model="minilm", data="tweets", max_train_samples=args.train_samples, layers=layers)
     if getattr(args, "epochs", None):  # benchmarks/predict_speed.py trains its model for fewer epochs
         wanted.update(epochs=args.epochs)
     if args.quick:
         wanted.update(epochs=QUICK["epochs"], eval_fraction=QUICK["split_fraction"], test_fraction=QUICK["split_fraction"])
     epochs = f"-{wanted['epochs']:g}ep" if "epochs" in wanted and not args.quick else ""
-    out = Path(args.workdir) / f"serve-bench-minilm-tweets-{args.train_samples}{epochs}{'-quick' if args.quick else ''}"
+    kept = f"-layers{layers}" if layers else ""
+    out = Path(args.workdir) / f"serve-bench-minilm-tweets-{args.train_samples}{epochs}{kept}{'-quick' if args.quick else ''}"
     if (out / "metrics.json").is_file():
         config = Run.open(out).config
         if all(config.get(key) == value for key, value in wanted.items()):
             print(f"reusing {out} (trained with {wanted})", file=sys.stderr)
             return out
-    print(f"training minilm on {args.train_samples} tweets with tunelab's defaults...", file=sys.stderr)
+    print(f"training minilm{f' (first {layers} layers)' if layers else ''} on {args.train_samples} tweets with tunelab's defaults...", file=sys.stderr)
     return tunelab.train(TrainConfig(**wanted, out=str(out), overwrite=True)).path
 
 
@@ -440,6 +458,54 @@ def gate_openvino_bf16(run: Path) -> dict:
     return {"failure": refused, "seconds": seconds} if refused else {"parity": parity["openvino-bf16"], "seconds": seconds}
 
 
+def fewer_layers_backend(run: Path, exported: dict) -> tuple[str, dict]:
+    """The first of FEWER_LAYERS_BACKENDS this CPU offers whose gate the run passes; and why each before it was passed over.
+    openvino-bf16's gate is measured here (its first use); onnx-int8's is `exported`'s, the export's own."""
+    passed_over = {}
+    for backend in FEWER_LAYERS_BACKENDS:
+        if backend == "openvino-bf16":
+            gate = exported["openvino-bf16"] = gate_openvino_bf16(run)
+            failure = gate.get("failure")
+        elif backend == "onnx-int8":
+            failure = None if exported["int8_passed_gate"] else f"failed tunelab export's int8 gate ({exported['int8_gate']}): {exported['int8_failure']}"
+        else:
+            failure = None
+        if failure is None:
+            return backend, passed_over
+        passed_over[backend] = failure
+    raise AssertionError("onnx fp32 is always served")
+
+
+def fewer_layers_step(args, steps: list[dict], texts: list[str]) -> tuple[dict, dict]:
+    """The fewer-layers step (measured) and the facts of its model and export."""
+    import pandas as pd
+
+    from tunelab.run import Run
+
+    run = prepare_run(args, layers=args.layers)
+    test = Run.open(run).split("test")
+    if test["text"].astype(str).tolist() != texts:
+        raise SystemExit(f"{run}'s test split differs from the first model's: the two models would not be scored on the same texts")
+    exported = reused_export(run) if args.reuse_export and (run / "onnx" / "parity.json").is_file() else export(run)
+    backend, passed_over = fewer_layers_backend(run, exported)
+    same_backend = next((step["step"] for step in steps if step["served_as"] == backend), None)
+    step = {
+        "step": FEWER_LAYERS_STEP,
+        "what": f"the first {args.layers} of MiniLM's 6 layers instead of all (tunelab train --layers {args.layers}), on {backend}",
+        "served_as": backend,
+        "layers": args.layers,
+        "backend_rule": f"the first of {list(FEWER_LAYERS_BACKENDS)} this CPU offers whose gate the run passes (fixed before the run, not by its timings)",
+        "backends_passed_over": passed_over,
+        "compared_with": same_backend,
+    }
+    torch_predicted = pd.read_parquet(run / "predictions.parquet")["predicted"].astype(str).to_numpy()
+    rows = args.score_rows or len(texts)
+    scored = {"texts": texts[:rows], "labels": test["label"].astype(str).to_numpy()[:rows], "torch": torch_predicted[:rows]}
+    print(f"load test: {FEWER_LAYERS_STEP} ({args.layers} layers, {backend})...", file=sys.stderr)
+    step.update(measure(backend, run, texts, scored, args.requests, args.warmup, args.threads))
+    return step, {"run": str(run), "model": served_model(run), "export": exported}
+
+
 def served_model(run_path: Path) -> dict:
     from tunelab.run import Run
 
@@ -454,6 +520,7 @@ def served_model(run_path: Path) -> dict:
                 "model",
                 "data",
                 "max_train_samples",
+                "layers",
                 "epochs",
                 "lr",
                 "batch_size",
@@ -488,6 +555,12 @@ def main() -> None:
         "--reuse-export",
         action="store_true",
         help="serve --run's onnx/ as an earlier run of this benchmark left it (ONNX fp32, int8 if it passed, OpenVINO int8): its parity is read, not measured again",
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=FEWER_LAYERS,
+        help=f"the fewer-layers step's layer count (default {FEWER_LAYERS}: benchmarks/layers_dev.py's choice; 0: leave the step out)",
     )
     parser.add_argument("--naive-server", nargs=4, metavar=("RUN", "PORT", "THREADS", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -534,6 +607,10 @@ def main() -> None:
             print(f"load test: {name}...", file=sys.stderr)
             step.update(measure(served, run, texts, scored, args.requests, args.warmup, args.threads))
         steps.append(step)
+    fewer = None
+    if args.layers:
+        step, fewer = fewer_layers_step(args, steps, texts)
+        steps.append(step)
     chain_ratios(steps)
     print(f"load test: {SIDE[0]}...", file=sys.stderr)
     side = {"step": SIDE[0], "what": SIDE[1], "served_as": SIDE[2], **measure(SIDE[2], run, texts, scored, args.requests, args.warmup, args.threads)}
@@ -544,6 +621,7 @@ def main() -> None:
     measured = [step for step in steps + [side] if step.get("load")]
     failed = sum(level["failed"] for step in measured for level in step["load"].values())
     int8 = by_name["onnx-int8"].get("load")
+    fewer_load = by_name.get(FEWER_LAYERS_STEP, {}).get("load")
 
     def int8_vs(baseline: dict) -> bool | None:
         return None if int8 is None else int8["32"]["requests_per_s"] >= 3 * baseline["load"]["32"]["requests_per_s"]
@@ -565,6 +643,7 @@ def main() -> None:
         "load_average_at_start": load_at_start,
         "load_average_at_end": round(os.getloadavg()[0], 2),
         "export": exported,
+        "fewer_layers_model": fewer,
         "steps": steps,
         "side_baseline": side,
         "targets": {
@@ -577,6 +656,19 @@ def main() -> None:
             "fastest_at_32": max(((step["load"]["32"]["requests_per_s"], step["step"]) for step in measured), default=None),
             "at_least_800_requests_per_s_at_32": any(step["load"]["32"]["requests_per_s"] >= 800 for step in measured),
             "p50_at_most_5ms_at_1": any(step["load"]["1"]["p50_ms"] <= 5 for step in measured),
+            # the same two for the fewer-layers step alone, and whether its model is still "a real tweets model" (test accuracy >= 0.65)
+            "fewer_layers": None
+            if fewer_load is None
+            else {
+                "layers": args.layers,
+                "served_as": by_name[FEWER_LAYERS_STEP]["served_as"],
+                "requests_per_s_at_32": fewer_load["32"]["requests_per_s"],
+                "p50_ms_at_1": fewer_load["1"]["p50_ms"],
+                "test_accuracy_as_served": by_name[FEWER_LAYERS_STEP]["test_accuracy"],
+                "at_least_800_requests_per_s_at_32": fewer_load["32"]["requests_per_s"] >= 800,
+                "p50_at_most_5ms_at_1": fewer_load["1"]["p50_ms"] <= 5,
+                "test_accuracy_at_least_0.65": by_name[FEWER_LAYERS_STEP]["test_accuracy"] >= 0.65,
+            },
         },
     }
     print(json.dumps(report, indent=2))

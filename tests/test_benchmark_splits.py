@@ -1,5 +1,5 @@
-"""The pure helpers of benchmarks/finetune_vs_tutorial.py and benchmarks/serve_load.py: disjoint splits
-that leave the tuning rows out, the statistics over seeds and test rows, and the serving step ratios."""
+"""The pure helpers of benchmarks/finetune_vs_tutorial.py, benchmarks/serve_load.py and benchmarks/layers_dev.py: disjoint
+splits that leave the tuning rows out, the statistics over seeds and test rows, the serving step ratios, the layer rule."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def load(name: str):
 
 ft = load("finetune_vs_tutorial")
 serve = load("serve_load")
+layers_dev = load("layers_dev")
 
 
 def frame(rows: int = 600, repeats: int = 20) -> pd.DataFrame:
@@ -118,6 +119,40 @@ def test_each_step_is_compared_with_the_previous_measured_one():
     assert steps[2]["ratio_to_previous"]["1"] == {"requests_per_s": 1.5, "p50_ms": 0.5, "p95_ms": 1.0}
     assert steps[2]["ratio_to_naive"]["1"]["requests_per_s"] == 3.0
     assert steps[3]["ratio_to_previous"] is None
+
+
+def test_a_step_compared_with_a_named_one_takes_its_ratio_from_it():
+    steps = [
+        {"step": "naive", "load": {"1": level(50, 20, 30)}},
+        {"step": "bf16", "load": {"1": level(100, 10, 15)}},
+        {"step": "workers-2", "load": {"1": level(80, 12, 20)}},
+        {"step": "fewer-layers", "load": {"1": level(300, 5, 10)}, "compared_with": "bf16"},
+        {"step": "other", "load": {"1": level(300, 5, 10)}, "compared_with": "int8"},
+    ]
+    serve.chain_ratios(steps)
+    assert steps[3]["ratio_to_previous"]["1"] == {"requests_per_s": 3.0, "p50_ms": 0.5, "p95_ms": 0.67}
+    assert steps[3]["ratio_to_naive"]["1"]["requests_per_s"] == 6.0
+    assert steps[4]["ratio_to_previous"] is None  # the step it names was not measured: no ratio rather than another's
+
+
+def test_the_fewer_layers_backend_is_the_first_offered_that_passes_its_gate(monkeypatch):
+    passed = {"int8_passed_gate": True}
+    failed = {"int8_passed_gate": False, "int8_gate": 0.99, "int8_failure": "agrees on 90%"}
+    monkeypatch.setattr(serve, "gate_openvino_bf16", lambda run: {"parity": {}, "seconds": 1.0})
+    assert serve.fewer_layers_backend(Path("run"), dict(passed)) == ("openvino-bf16", {})
+    monkeypatch.setattr(serve, "gate_openvino_bf16", lambda run: {"failure": "not offered on this CPU", "seconds": None})
+    assert serve.fewer_layers_backend(Path("run"), dict(passed)) == ("onnx-int8", {"openvino-bf16": "not offered on this CPU"})
+    backend, passed_over = serve.fewer_layers_backend(Path("run"), dict(failed))
+    assert backend == "onnx" and list(passed_over) == ["openvino-bf16", "onnx-int8"] and "agrees on 90%" in passed_over["onnx-int8"]
+
+
+def test_the_layer_rule_takes_the_fewest_candidate_layers_whose_mean_eval_accuracy_passes():
+    def figures(**means):
+        return {str(layers): {"mean_eval_accuracy": means.get(f"n{layers}", 0.0)} for layers in (1, 2, 3, 6)}
+
+    assert layers_dev.choose(figures(n1=0.69, n2=0.70, n3=0.74, n6=0.78))["layers"] == 2
+    assert layers_dev.choose(figures(n1=0.72, n2=0.75, n3=0.76, n6=0.78))["layers"] == 1
+    assert layers_dev.choose(figures(n1=0.60, n2=0.65, n3=0.699, n6=0.78))["layers"] == 6  # none passes: no change
 
 
 def test_the_int8_gate_is_the_exports_own():

@@ -109,6 +109,12 @@ class TrainerSettings(SplitSettings):
     # 1.4 accuracy points at fine-tuning's short budgets; raise it for large learning rates.
     warmup: float = Field(0.0, ge=0, lt=1, description="fraction of the training steps spent warming up the learning rate")
     max_length: int | None = Field(None, gt=0, description="token limit; default: the data's 95th percentile, capped by the model")
+    # Checked against the model when it is loaded (training/trainer_setup.load_pretrained), where the message can name its layer count.
+    layers: int | None = Field(
+        None,
+        description="keep only the pretrained model's first N transformer layers (the top ones dropped before fine-tuning: "
+        "a smaller, faster model, usually a little less accurate); default: all",
+    )
     group_by_length: bool = Field(True, description="batch examples of similar length together (less padding)")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     threads: int | None = Field(None, gt=0, description="CPU threads; default: all cores")

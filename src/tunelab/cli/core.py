@@ -102,6 +102,10 @@ def train(
     batch_size: Annotated[str | None, typer.Option(help="per-process batch size, or 'auto' (largest that fits)")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="gradient accumulation steps")] = None,
     max_length: Annotated[int | None, typer.Option(help="token limit (default: from the data)")] = None,
+    layers: Annotated[
+        int | None,
+        typer.Option(help="keep the pretrained model's first N transformer layers (smaller and faster, usually a little less accurate; default: all)"),
+    ] = None,
     precision: Annotated[str | None, typer.Option(help="auto | fp32 | bf16")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     max_train_samples: Annotated[int | None, typer.Option()] = None,

@@ -27,7 +27,12 @@ PLOT_TITLES = {
     "precision_recall": "Precision-recall curves",
     "reliability": "Reliability diagram",
 }
-HYPERPARAMETERS = ("epochs", "lr", "batch_size", "grad_accum", "max_length", "precision", "seed", "text_col", "label_col", "label_sep")
+HYPERPARAMETERS = ("epochs", "lr", "batch_size", "grad_accum", "max_length", "layers", "precision", "seed", "text_col", "label_col", "label_sep")
+
+
+def hyperparameters(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's settings the report lists; `layers` unset means the pretrained model's layers were all kept."""
+    return {k: "all" if k == "layers" and config[k] is None else config[k] for k in HYPERPARAMETERS if k in config}
 
 
 def render_report(
@@ -59,7 +64,7 @@ def render_report(
         run_name=run_name,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         config=dict(config),
-        hyperparameters={k: config[k] for k in HYPERPARAMETERS if k in config},
+        hyperparameters=hyperparameters(config),
         test=test,
         evaluated_on=evaluated_on,
         plots=[_embed(name, path, plot_titles) for name, path in plots.items()],

@@ -69,17 +69,20 @@ class MeanPooledClassifier(PreTrainedModel):
         return nn.functional.cross_entropy(logits.float(), labels)
 
 
-def new_classifier(model_dir: str | os.PathLike, pooling: str, labels: list[str]) -> PreTrainedModel:
-    """The pretrained encoder of model_dir with a fresh head over len(labels) classes, pooled by "cls" or "mean"."""
+def new_classifier(model_dir: str | os.PathLike, pooling: str, labels: list[str], **config_overrides) -> PreTrainedModel:
+    """The pretrained encoder of model_dir with a fresh head over len(labels) classes, pooled by "cls" or "mean".
+
+    config_overrides: settings of the model's config to change before it is built, given to every from_pretrained here
+    (e.g. num_hidden_layers, training/trainer_setup.layer_kwargs), so the encoder and the saved config agree."""
     id2label, label2id = dict(enumerate(labels)), {label: i for i, label in enumerate(labels)}
     if pooling == "cls":
         return AutoModelForSequenceClassification.from_pretrained(
-            model_dir, num_labels=len(labels), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
+            model_dir, num_labels=len(labels), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True, **config_overrides
         )
-    config = AutoConfig.from_pretrained(model_dir, num_labels=len(labels), id2label=id2label, label2id=label2id)
+    config = AutoConfig.from_pretrained(model_dir, num_labels=len(labels), id2label=id2label, label2id=label2id, **config_overrides)
     setattr(config, POOLING_KEY, "mean")
     # AutoModel finds the encoder's weights in a bare encoder folder and in a ...ForSequenceClassification one alike.
-    encoder = AutoModel.from_pretrained(model_dir)
+    encoder = AutoModel.from_pretrained(model_dir, **config_overrides)
     return MeanPooledClassifier(config, encoder)
 
 

@@ -52,7 +52,7 @@ def train_extractive_qa(config: ExtractiveQAConfig, progress: bool = True, resum
     # Windows of question + context, each labelled with its answer's tokens (or [CLS]).
     datasets = {name: tokenize_qa(splits[name], tokenizer, max_length, config.doc_stride) for name in ("train", "eval")}
     with trainer_setup.quiet_new_head():  # the span head (qa_outputs) is new
-        model = AutoModelForQuestionAnswering.from_pretrained(pretrained.folder)
+        model = AutoModelForQuestionAnswering.from_pretrained(pretrained.folder, **trainer_setup.layer_kwargs(config.layers))
     if progress and setup.is_main:
         print_plan(config, splits, len(datasets["train"]), max_length, lr, setup, sum(p.numel() for p in model.parameters()), point)
     trainer_setup.stage_run(setup, config, splits, checkpoint=checkpoint, task=TASK, kind="transformers", max_length=max_length, lr=lr)

@@ -52,7 +52,9 @@ def train_token_classifier(config: TokenClassificationConfig, progress: bool = T
     # A fresh linear layer over each token's state; id2label in config.json is what
     # transformers.pipeline("token-classification") reads.
     with trainer_setup.quiet_new_head():
-        model = AutoModelForTokenClassification.from_pretrained(pretrained.folder, num_labels=len(tags), id2label=dict(enumerate(tags)), label2id=tag2id)
+        model = AutoModelForTokenClassification.from_pretrained(
+            pretrained.folder, num_labels=len(tags), id2label=dict(enumerate(tags)), label2id=tag2id, **trainer_setup.layer_kwargs(config.layers)
+        )
     plan = trainer_setup.plan_batch(config, model, pretrained.config, max_length, setup)
     if progress and setup.is_main:
         trainer_setup.print_plan(config, splits, tags, max_length, lr, setup, plan, point)

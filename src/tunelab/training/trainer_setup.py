@@ -137,10 +137,13 @@ class Pretrained:
 
 
 def load_pretrained(config: TrainerSettings) -> Pretrained:
-    """The model's folder, tokenizer and config; a --max-length beyond the model's limit is refused here."""
+    """The model's folder, tokenizer and config (with --layers applied); a --max-length beyond the model's limit,
+    or --layers beyond its layer count, is refused here."""
     folder = resolve_model(config.model)
     tokenizer = with_pad_token(AutoTokenizer.from_pretrained(folder), config.model)
-    model_config = transformers.AutoConfig.from_pretrained(folder)
+    check_layers(config.layers, transformers.AutoConfig.from_pretrained(folder), config.model)
+    # The config the model will be built with: the memory plan and the learning rate read it.
+    model_config = transformers.AutoConfig.from_pretrained(folder, **layer_kwargs(config.layers))
     limit = model_max_length(model_config, tokenizer)
     if config.max_length is not None and config.max_length > limit:
         raise TunelabError(f"--max-length {config.max_length} exceeds the model's limit of {limit} tokens", f"use at most {limit}")
@@ -158,6 +161,34 @@ def with_pad_token(tokenizer, model_name: str):
             )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def check_layers(layers: int | None, model_config, model: str) -> None:
+    """--layers must keep between 1 and all of the model's transformer layers; else one line naming how many it has."""
+    if layers is None:
+        return
+    total = getattr(model_config, "num_hidden_layers", None)
+    if total is None:
+        raise TunelabError(
+            f"--layers: model '{model}' does not say how many transformer layers it has (no num_hidden_layers in its config)", "leave --layers out"
+        )
+    if not 1 <= layers <= total:
+        raise TunelabError(
+            f"--layers {layers} is out of range: model '{model}' has {total} transformer layers", f"use 1 to {total}, or leave --layers out to keep all"
+        )
+
+
+def layer_kwargs(layers: int | None) -> dict[str, int]:
+    """The from_pretrained keyword that keeps the pretrained model's first `layers` transformer layers ({}: all of them).
+
+    Every model built for training passes it (`build_classifier`, the token and span heads), and `load_pretrained`'s config
+    too. The model is built with that many layers and the checkpoint's weights are loaded by name, so layers 0..N-1 keep
+    their pretrained weights and the higher ones are left out (transformers reports them as unused weights, which
+    `quiet_new_head` hides); the saved model/config.json then says N layers, so every later stage loads it unchanged.
+    Dropping the top layers keeps most of the accuracy (Sajjad et al. 2020, "On the effect of dropping layers of
+    pre-trained transformer models"); benchmarks/layers_dev.py measured it on tweets.
+    """
+    return {} if layers is None else {"num_hidden_layers": layers}
 
 
 def text_max_length(config: TrainConfig, pretrained: Pretrained, texts) -> int:
@@ -201,7 +232,7 @@ def build_classifier(model_dir: Path, config: TrainConfig, labels: list[str], in
     is frozen or LoRA wraps the model, whose copy of the head is taken when it wraps.
     """
     with quiet_new_head():
-        model = new_classifier(model_dir, config.pooling, labels)
+        model = new_classifier(model_dir, config.pooling, labels, **layer_kwargs(config.layers))
     if init_head is not None:
         init_head(model)
     if config.method == "head":
@@ -253,7 +284,8 @@ def print_plan(config: TrainConfig, splits, labels, max_length: int, lr: float, 
     steps = max(1, len(splits["train"]) // effective) * config.epochs
     Console(stderr=True).print(
         f"[bold]plan[/]: {config.model} on {config.data} — {len(splits['train'])} train / {len(splits['eval'])} eval / "
-        f"{len(splits['test'])} test rows, {len(labels)} classes; recipe {describe_recipe(config)}\n"
+        f"{len(splits['test'])} test rows, {len(labels)} classes; recipe {describe_recipe(config)}"
+        f"{f'; the first {config.layers} layers' if config.layers else ''}\n"
         f"      max length {max_length}, batch {plan.batch_size} × accumulation {config.grad_accum} × {setup.processes} process(es) "
         f"= {effective}, ≈{steps:.0f} steps, learning rate {lr:g}, {setup.precision}\n"
         f"      parameters {plan.parameters / 1e6:.1f}M ({plan.trainable / 1e6:.1f}M trainable); memory per process {plan.memory.describe()}\n"

@@ -1,4 +1,4 @@
-"""A GPT-style causal LM fine-tuned as a (multi-label) classifier: a tiny random Llama shipped as Llama and GPT-2 are,
+"""A GPT-style causal LM fine-tuned as a multi-label (and single-label) classifier: a tiny random Llama shipped as Llama and GPT-2 are,
 without a pad token, trained through the CLI with the last-token head (`pooling: cls`) and with LP-FT (`pooling: mean`,
 `head_init: linear-probe`), then loaded, used to predict and exported to ONNX."""
 
@@ -113,6 +113,19 @@ def test_a_causal_lm_trains_with_mean_pooling_and_a_probe_started_head(tiny_caus
     alone, batched = alone_and_batched(run)
     np.testing.assert_allclose(batched, alone, atol=1e-4)
     assert len({tuple(row.round(4)) for row in alone}) == len(TEXTS)
+
+
+def test_a_causal_lm_trains_a_single_label_last_token_head(tiny_causal_lm, tmp_path):
+    from tests.conftest import sentiment_frame
+
+    data = tmp_path / "reviews.csv"
+    sentiment_frame(rows_per_class=20).to_csv(data, index=False)
+    result = cli("train", "--model", tiny_causal_lm, "--data", data, "--recipe", "default", "--epochs", 1, "--lr", 1e-3, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    config = json.loads((Run.open(tmp_path / "run").model_dir / "config.json").read_text(encoding="utf-8"))
+    assert config["architectures"] == ["LlamaForSequenceClassification"] and config["problem_type"] == "single_label_classification"
+    alone, batched = alone_and_batched(tmp_path / "run")
+    np.testing.assert_allclose(batched, alone, atol=1e-4)
 
 
 def test_a_tokenizer_with_neither_a_pad_nor_an_end_of_text_token_is_refused_in_one_line(tiny_causal_lm, tags_data, tmp_path):

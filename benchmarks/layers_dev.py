@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from finetune_vs_tutorial import summary  # noqa: E402 - benchmarks/finetune_vs_tutorial.py, beside this script: the 95% t interval over seeds
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -128,15 +129,10 @@ def accuracy_figures(runs: dict[int, Path]) -> dict:
             "best_checkpoint": metrics["train"].get("best_checkpoint"),
             "train_seconds": metrics["train"].get("train_runtime_s"),
         }
-    values = [seed["eval_accuracy"] for seed in per_seed.values()]
-    mean = statistics.fmean(values)
-    out = {"seeds": per_seed, "mean_eval_accuracy": round(mean, 4)}
-    if len(values) > 1:
-        from scipy import stats
-
-        sd = statistics.stdev(values)
-        half = stats.t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values))
-        out.update(sd=round(sd, 4), ci95_over_seeds=[round(float(mean - half), 4), round(float(mean + half), 4)])
+    over_seeds = summary([seed["eval_accuracy"] for seed in per_seed.values()])
+    out = {"seeds": per_seed, "mean_eval_accuracy": over_seeds["mean"]}
+    if over_seeds["std"] is not None:
+        out.update(sd=over_seeds["std"], ci95_over_seeds=over_seeds["ci95_seeds"])
     return out
 
 

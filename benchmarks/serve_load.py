@@ -467,7 +467,7 @@ def fewer_layers_backend(run: Path, exported: dict) -> tuple[str, dict]:
             gate = exported["openvino-bf16"] = gate_openvino_bf16(run)
             failure = gate.get("failure")
         elif backend == "onnx-int8":
-            failure = None if exported["int8_passed_gate"] else f"failed tunelab export's int8 gate ({exported['int8_gate']}): {exported['int8_failure']}"
+            failure = None if exported["int8_passed_gate"] else int8_refusal(exported)
         else:
             failure = None
         if failure is None:
@@ -478,7 +478,6 @@ def fewer_layers_backend(run: Path, exported: dict) -> tuple[str, dict]:
 
 def fewer_layers_step(args, steps: list[dict], texts: list[str]) -> tuple[dict, dict]:
     """The fewer-layers step (measured) and the facts of its model and export."""
-    import pandas as pd
 
     from tunelab.run import Run
 
@@ -498,12 +497,24 @@ def fewer_layers_step(args, steps: list[dict], texts: list[str]) -> tuple[dict, 
         "backends_passed_over": passed_over,
         "compared_with": same_backend,
     }
-    torch_predicted = pd.read_parquet(run / "predictions.parquet")["predicted"].astype(str).to_numpy()
-    rows = args.score_rows or len(texts)
-    scored = {"texts": texts[:rows], "labels": test["label"].astype(str).to_numpy()[:rows], "torch": torch_predicted[:rows]}
+    scored = scored_rows(run, test, args.score_rows)
     print(f"load test: {FEWER_LAYERS_STEP} ({args.layers} layers, {backend})...", file=sys.stderr)
     step.update(measure(backend, run, texts, scored, args.requests, args.warmup, args.threads))
     return step, {"run": str(run), "model": served_model(run), "export": exported}
+
+
+def scored_rows(run: Path, test, rows: int) -> dict:
+    """The test rows scored through each server (`rows`, 0: all): their texts, labels and the run's own PyTorch predictions."""
+    import pandas as pd
+
+    rows = rows or len(test)
+    torch_predicted = pd.read_parquet(run / "predictions.parquet")["predicted"].astype(str).to_numpy()
+    return {"texts": test["text"].astype(str).tolist()[:rows], "labels": test["label"].astype(str).to_numpy()[:rows], "torch": torch_predicted[:rows]}
+
+
+def int8_refusal(exported: dict) -> str:
+    """Why onnx-int8 is not served: the export's int8 gate failed (exported["int8_passed_gate"] false)."""
+    return f"failed tunelab export's int8 gate ({exported['int8_gate']}): {exported['int8_failure']}"
 
 
 def served_model(run_path: Path) -> dict:
@@ -568,8 +579,6 @@ def main() -> None:
         naive_server(args.naive_server[0], int(args.naive_server[1]), int(args.naive_server[2]), args.naive_server[3])
         return
 
-    import pandas as pd
-
     from tunelab import hardware as speed
     from tunelab.run import Run
 
@@ -584,9 +593,7 @@ def main() -> None:
     exported = reused_export(run) if args.reuse_export else export(run)
     test = Run.open(run).split("test")
     texts = test["text"].astype(str).tolist()
-    torch_predicted = pd.read_parquet(run / "predictions.parquet")["predicted"].astype(str).to_numpy()
-    rows = args.score_rows or len(texts)
-    scored = {"texts": texts[:rows], "labels": test["label"].astype(str).to_numpy()[:rows], "torch": torch_predicted[:rows]}
+    scored = scored_rows(run, test, args.score_rows)
 
     steps = []
     for name, what, served in STEPS:
@@ -598,7 +605,7 @@ def main() -> None:
         if served.startswith("@"):
             served = step["served_as"] = next(s["served_as"] for s in reversed(steps) if s.get("load")) + served
         if name == "onnx-int8" and not exported["int8_passed_gate"]:
-            step.update(load=None, not_measured=f"failed tunelab export's int8 gate ({exported['int8_gate']}): {exported['int8_failure']}")
+            step.update(load=None, not_measured=int8_refusal(exported))
         elif name == "openvino-int8" and exported["openvino"].get("failure"):
             step.update(load=None, not_measured=exported["openvino"]["failure"])
         elif name == "openvino-bf16" and exported["openvino-bf16"].get("failure"):
@@ -632,7 +639,7 @@ def main() -> None:
         "run": str(run),
         "served_model": served_model(run),
         "texts": f"the run's test split, {len(texts)} texts, median {int(np.median([len(t) for t in texts]))} characters; one text per request",
-        "scored_rows": rows,
+        "scored_rows": len(scored["texts"]),
         "requests_per_level": args.requests,
         "concurrency_levels": list(LEVELS),
         "load_generator": "serve_load.Connection: asyncio streams, HTTP/1.1 keep-alive, one connection per concurrent request",

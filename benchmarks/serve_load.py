@@ -22,7 +22,10 @@
                    that backend (one change: the layers)
 
 and, next to the chain, naive-threadpool: the same naive endpoint without the lock (FastAPI's thread
-pool overlaps forward passes of concurrent requests), the usual first deployment.
+pool overlaps forward passes of concurrent requests), the usual first deployment; and the fewer-layers model
+on each backend that needs no bf16 arithmetic (fewer-layers-portable:onnx, :onnx-int8, :openvino; --portable),
+so a run on a CPU with AMX also says what a CPU without it could be served at. They are side measurements: none
+is in the chain, and each is compared with the 6-layer model on the same backend where the chain served it.
 
 The served model is trained the way a user would: `tunelab train` defaults (3 epochs, lr auto, the best
 epoch by eval accuracy, bf16 where the CPU has it) on 5,000 tweets (--train-samples; a few minutes on
@@ -88,6 +91,11 @@ FEWER_LAYERS_STEP = "fewer-layers"
 # accuracy >= 0.70 over seeds 42-44): 1 layer, 0.7214 (0.7280, 0.7278, 0.7084); benchmarks/results/layers_dev-amx.json.
 FEWER_LAYERS = 1
 FEWER_LAYERS_BACKENDS = ("openvino-bf16", "onnx-int8", "onnx")
+# The fewer-layers model again on each backend that computes in fp32 or int8, not bf16: what a CPU without AVX-512 BF16 or
+# AMX has (tunelab.backends.BF16_BACKENDS are the others). On this run's CPU they may still use AVX-512, VNNI or AMX int8
+# kernels that an AVX2-only CPU lacks: the figures say which backends need no bf16, not how fast an AVX2 CPU runs them.
+PORTABLE_STEP = "fewer-layers-portable"
+PORTABLE_BACKENDS = ("onnx", "onnx-int8", "openvino")
 SIDE = (
     "naive-threadpool",
     "the naive endpoint without the lock: FastAPI's thread pool overlaps the forward passes of concurrent requests, no batching",
@@ -442,20 +450,26 @@ def export_openvino_int8(run: Path) -> dict:
 
 def gate_openvino_bf16(run: Path) -> dict:
     """openvino-bf16's gate on the run's test split, as its first use measures it; its figures, or why it is not served here."""
+    return gate_openvino(run, "openvino-bf16")
+
+
+def gate_openvino(run: Path, backend: str) -> dict:
+    """An OpenVINO backend's gate on the run's test split (openvino or openvino-bf16), as its first use measures it, untimed
+    by the load test; its figures, or why it is not served here."""
     from tunelab.run import Run
     from tunelab.runtime.choice import refusals
     from tunelab.runtime.openvino_export import add_openvino
     from tunelab.runtime.scorers import not_installed
 
-    unavailable = not_installed("openvino-bf16")  # the openvino extra missing, or a CPU without bf16 arithmetic
+    unavailable = not_installed(backend)  # the openvino extra missing, or bf16 on a CPU without bf16 arithmetic
     if unavailable:
         return {"failure": unavailable, "seconds": None}
-    print("checking openvino-bf16 against PyTorch on the test split (its first use)...", file=sys.stderr)
+    print(f"checking {backend} against PyTorch on the test split (its first use)...", file=sys.stderr)
     began = time.perf_counter()
-    parity = add_openvino(Run.open(run), ["openvino-bf16"], step=lambda line: print(line, file=sys.stderr))
+    parity = add_openvino(Run.open(run), [backend], step=lambda line: print(line, file=sys.stderr))
     seconds = round(time.perf_counter() - began, 1)
-    refused = refusals(parity).get("openvino-bf16")
-    return {"failure": refused, "seconds": seconds} if refused else {"parity": parity["openvino-bf16"], "seconds": seconds}
+    refused = refusals(parity).get(backend)
+    return {"failure": refused, "seconds": seconds} if refused else {"parity": parity[backend], "seconds": seconds}
 
 
 def fewer_layers_backend(run: Path, exported: dict) -> tuple[str, dict]:
@@ -476,8 +490,9 @@ def fewer_layers_backend(run: Path, exported: dict) -> tuple[str, dict]:
     raise AssertionError("onnx fp32 is always served")
 
 
-def fewer_layers_step(args, steps: list[dict], texts: list[str]) -> tuple[dict, dict]:
-    """The fewer-layers step (measured) and the facts of its model and export."""
+def fewer_layers_step(args, steps: list[dict], texts: list[str]) -> tuple[dict, dict, list[dict]]:
+    """The fewer-layers step (measured), the facts of its model and export, and (with --portable) the model's side
+    measurements on PORTABLE_BACKENDS."""
 
     from tunelab.run import Run
 
@@ -500,7 +515,33 @@ def fewer_layers_step(args, steps: list[dict], texts: list[str]) -> tuple[dict, 
     scored = scored_rows(run, test, args.score_rows)
     print(f"load test: {FEWER_LAYERS_STEP} ({args.layers} layers, {backend})...", file=sys.stderr)
     step.update(measure(backend, run, texts, scored, args.requests, args.warmup, args.threads))
-    return step, {"run": str(run), "model": served_model(run), "export": exported}
+    portable = [portable_step(backend, run, exported, steps, texts, scored, args) for backend in PORTABLE_BACKENDS] if args.portable else []
+    return step, {"run": str(run), "model": served_model(run), "export": exported}, portable
+
+
+def portable_step(backend: str, run: Path, exported: dict, steps: list[dict], texts: list[str], scored: dict, args) -> dict:
+    """The fewer-layers model served on `backend` (one of PORTABLE_BACKENDS), behind the same gate as everywhere; its ratio
+    is to the 6-layer model on the same backend when the chain served that one."""
+    if backend == "onnx-int8":
+        failure = None if exported["int8_passed_gate"] else int8_refusal(exported)
+    elif backend == "openvino":
+        gate = exported["openvino-fp32"] = gate_openvino(run, backend)
+        failure = gate.get("failure")
+    else:
+        failure = None
+    six_layers = next((step for step in steps if step["served_as"] == backend and step.get("load")), None)
+    step = {
+        "step": f"{PORTABLE_STEP}:{backend}",
+        "what": f"the fewer-layers model on {backend}, which needs no bf16 arithmetic",
+        "served_as": backend,
+        "compared_with": six_layers["step"] if six_layers else None,
+    }
+    if failure:
+        return {**step, "load": None, "not_measured": failure, "ratio_to_six_layers": None}
+    print(f"load test: {step['step']}...", file=sys.stderr)
+    step.update(measure(backend, run, texts, scored, args.requests, args.warmup, args.threads))
+    step["ratio_to_six_layers"] = ratios(step["load"], six_layers["load"]) if six_layers else None
+    return step
 
 
 def scored_rows(run: Path, test, rows: int) -> dict:
@@ -573,6 +614,12 @@ def main() -> None:
         default=FEWER_LAYERS,
         help=f"the fewer-layers step's layer count (default {FEWER_LAYERS}: benchmarks/layers_dev.py's choice; 0: leave the step out)",
     )
+    parser.add_argument(
+        "--portable",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"also serve the fewer-layers model on each of {', '.join(PORTABLE_BACKENDS)} (no bf16 needed), as side measurements",
+    )
     parser.add_argument("--naive-server", nargs=4, metavar=("RUN", "PORT", "THREADS", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_server:
@@ -614,9 +661,9 @@ def main() -> None:
             print(f"load test: {name}...", file=sys.stderr)
             step.update(measure(served, run, texts, scored, args.requests, args.warmup, args.threads))
         steps.append(step)
-    fewer = None
+    fewer, portable = None, []
     if args.layers:
-        step, fewer = fewer_layers_step(args, steps, texts)
+        step, fewer, portable = fewer_layers_step(args, steps, texts)
         steps.append(step)
     chain_ratios(steps)
     print(f"load test: {SIDE[0]}...", file=sys.stderr)
@@ -625,7 +672,7 @@ def main() -> None:
     side["batched_torch_ratio"] = ratios(batched["load"], side["load"])
 
     by_name = {step["step"]: step for step in steps}
-    measured = [step for step in steps + [side] if step.get("load")]
+    measured = [step for step in steps + [side] + portable if step.get("load")]
     failed = sum(level["failed"] for step in measured for level in step["load"].values())
     int8 = by_name["onnx-int8"].get("load")
     fewer_load = by_name.get(FEWER_LAYERS_STEP, {}).get("load")
@@ -653,6 +700,7 @@ def main() -> None:
         "fewer_layers_model": fewer,
         "steps": steps,
         "side_baseline": side,
+        "portable": portable,
         "targets": {
             "onnx_int8_at_32_at_least_3x_naive": int8_vs(by_name["naive"]),
             "onnx_int8_at_32_at_least_3x_naive_threadpool": int8_vs(side),
@@ -675,6 +723,19 @@ def main() -> None:
                 "at_least_800_requests_per_s_at_32": fewer_load["32"]["requests_per_s"] >= 800,
                 "p50_at_most_5ms_at_1": fewer_load["1"]["p50_ms"] <= 5,
                 "test_accuracy_at_least_0.65": by_name[FEWER_LAYERS_STEP]["test_accuracy"] >= 0.65,
+            },
+            # the same per backend that needs no bf16 (side measurements, not in the chain)
+            "fewer_layers_portable": {
+                step["served_as"]: None
+                if step.get("load") is None
+                else {
+                    "requests_per_s_at_32": step["load"]["32"]["requests_per_s"],
+                    "p50_ms_at_1": step["load"]["1"]["p50_ms"],
+                    "test_accuracy_as_served": step["test_accuracy"],
+                    "at_least_800_requests_per_s_at_32": step["load"]["32"]["requests_per_s"] >= 800,
+                    "p50_at_most_5ms_at_1": step["load"]["1"]["p50_ms"] <= 5,
+                }
+                for step in portable
             },
         },
     }

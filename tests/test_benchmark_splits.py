@@ -146,6 +146,32 @@ def test_the_fewer_layers_backend_is_the_first_offered_that_passes_its_gate(monk
     assert backend == "onnx" and list(passed_over) == ["openvino-bf16", "onnx-int8"] and "agrees on 90%" in passed_over["onnx-int8"]
 
 
+def test_a_portable_step_is_gated_and_compared_with_the_six_layer_model_on_its_backend(monkeypatch):
+    measured = []
+
+    def fake_measure(served, run, texts, scored, requests, warmup, threads):
+        measured.append(served)
+        return {"load": {"1": level(300, 2, 3)}, "test_accuracy": 0.72}
+
+    monkeypatch.setattr(serve, "measure", fake_measure)
+    monkeypatch.setattr(serve, "gate_openvino", lambda run, backend: {"failure": "the openvino extra is not installed", "seconds": None})
+    args = type("Args", (), {"requests": 10, "warmup": 1, "threads": 1})()
+    steps = [{"step": "onnx-fp32", "served_as": "onnx", "load": {"1": level(100, 6, 9)}}, {"step": "onnx-int8", "served_as": "onnx-int8", "load": None}]
+    failed = {"int8_passed_gate": False, "int8_gate": 0.995, "int8_failure": "agrees on 90%"}
+
+    onnx = serve.portable_step("onnx", Path("run"), dict(failed), steps, [], {}, args)
+    assert onnx["step"] == "fewer-layers-portable:onnx" and onnx["compared_with"] == "onnx-fp32"
+    assert onnx["ratio_to_six_layers"]["1"] == {"requests_per_s": 3.0, "p50_ms": 0.33, "p95_ms": 0.33}
+    int8 = serve.portable_step("onnx-int8", Path("run"), dict(failed), steps, [], {}, args)
+    assert int8["load"] is None and "agrees on 90%" in int8["not_measured"]
+    exported = dict(failed)
+    openvino = serve.portable_step("openvino", Path("run"), exported, steps, [], {}, args)
+    assert openvino["load"] is None and "not installed" in openvino["not_measured"] and "openvino-fp32" in exported
+    assert measured == ["onnx"]  # a backend that fails its gate is never served
+    passed = serve.portable_step("onnx-int8", Path("run"), {"int8_passed_gate": True}, steps, [], {}, args)
+    assert passed["load"] and passed["compared_with"] is None and passed["ratio_to_six_layers"] is None  # the 6-layer int8 was not measured
+
+
 def test_the_layer_rule_takes_the_fewest_candidate_layers_whose_mean_eval_accuracy_passes():
     def figures(**means):
         return {str(layers): {"mean_eval_accuracy": means.get(f"n{layers}", 0.0)} for layers in (1, 2, 3, 6)}

@@ -23,6 +23,7 @@ from tunelab.errors import TunelabError
 from tunelab.run import Run
 from tunelab.training.classify import train
 from tunelab.training.launch import train_multiprocess
+from tunelab.training.resume import complete_checkpoints
 
 
 @pytest.fixture
@@ -134,6 +135,10 @@ def test_a_killed_two_process_run_resumes_with_its_two_processes(tiny_bert, revi
         with pytest.raises(TunelabError, match="did not finish"):
             Run.open(out)
         staged = (staging / "config.yaml").stat().st_ino
+        # The newest whole checkpoint the kill left. Usually epoch 1's; but the watcher shares two cores with two training
+        # processes: a full-suite run once failed the old check (epoch 1 named), most likely because the kill landed
+        # only after epoch 2's checkpoint was written (unconfirmed: that run did not print the resume's stderr).
+        newest = complete_checkpoints(staging / "checkpoints", processes=2)[-1].name.removeprefix("checkpoint-")
         capfd.readouterr()
         result = CliRunner().invoke(app, ["resume", str(out)])  # no --nproc: the killed run's own two processes
     finally:
@@ -142,15 +147,15 @@ def test_a_killed_two_process_run_resumes_with_its_two_processes(tiny_bert, revi
     assert result.exit_code == 0, result.output
     # Said by the main worker, on the stderr torchrun's processes share with this one.
     said = capfd.readouterr().err
-    resumed_from = re.search(r"resuming from checkpoint-(\d+) \(epoch 1 of 2 done, step \1 of (\d+)\)", said)
-    # Its end in the message: a full-suite run once failed here without it, and passed alone three times.
-    assert resumed_from, f"the resume names the checkpoint it continues from; its stderr ended with {said[-1500:]!r}"
+    resumed_from = re.search(rf"resuming from checkpoint-({newest}) \(epoch (\d) of 2 done, step \1 of (\d+)\)", said)
+    assert resumed_from, f"the resume names the newest checkpoint, {newest}; its stderr ended with {said[-1500:]!r}"
+    assert int(resumed_from.group(1)) * 2 == int(resumed_from.group(3)) * int(resumed_from.group(2)), "the epoch it names is the checkpoint's"
     resumed = Run.open(out)
     assert (out / "config.yaml").stat().st_ino == staged, "the resume kept the killed run's staging folder"
     reference = train_multiprocess(config_for(tiny_bert, reviews, tmp_path / "whole", epochs=2, logging_steps=1), nproc=2)
 
     assert resumed.metrics["train"]["processes"] == reference.metrics["train"]["processes"] == 2
-    assert resumed.metrics["train"]["steps"] == reference.metrics["train"]["steps"] == int(resumed_from.group(2))  # one process takes twice as many
+    assert resumed.metrics["train"]["steps"] == reference.metrics["train"]["steps"] == int(resumed_from.group(3))  # one process takes twice as many
     assert files(resumed) == files(reference)
     assert key_paths(resumed.metrics) == key_paths(reference.metrics)
     # fp32, each process's shard of the seeded batch order and its RNG state restored, and a sum of two gradients that

@@ -96,10 +96,13 @@ def test_cli_eval_prints_the_headline_and_no_baseline_leaves_it_out(weak_run, tm
 def test_train_summary_prints_the_headline(weak_run, capsys):
     from tunelab.cli.core import print_run_summary
 
-    print_run_summary(Run.open(weak_run))
+    print_run_summary(Run.open(weak_run), next_steps=True)
     printed = capsys.readouterr().out
     assert Run.open(weak_run).metrics["baseline"]["comparison"]["headline"] in printed
     assert "try: more epochs" in printed
+    # The commands it suggests are whole lines whatever the console's width (here 80: not a terminal), so they paste.
+    assert f'  tunelab predict {Run.open(weak_run).path} "Shares in the carmaker rose after record sales"\n' in printed
+    assert f"run directory: {Run.open(weak_run).path}\n" in printed
 
 
 def test_train_no_baseline_is_a_setting_of_the_run(tiny_bert, data_csv, tmp_path):

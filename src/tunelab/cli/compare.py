@@ -89,4 +89,4 @@ def _print(summary: dict[str, Any]) -> None:
     console.print(table)
     console.print(f"★ Pareto-optimal ({MD_HEADERS[quality[0]]} vs train time or latency)", style="dim")
     console.print(summary["recommendation"]["text"], highlight=False)
-    console.print(f"report: {summary['files']['compare.html']}", highlight=False)
+    console.print(f"report: {summary['files']['compare.html']}", highlight=False, soft_wrap=True)

@@ -403,16 +403,15 @@ def print_run_summary(run, next_steps: bool = False) -> None:
         from tunelab.config import describe_recipe
 
         console.print(f"recipe:        {describe_recipe(settings_class(run.task)(**run.config))}")
-    console.print(f"run directory: {run.path}")
-    if (run.path / "report.html").is_file():
-        console.print(f"report:        {run.path / 'report.html'}")
+    print_run_paths(run)
     if next_steps:
         console.print(
             "\nnext:\n"
             f'  tunelab predict {run.path} "Shares in the carmaker rose after record sales"\n'
             f"  tunelab eval {run.path}\n"
             f"  tunelab data inspect tweets\n"
-            f"  tunelab train --data tweets --epochs 1 --max-train-samples 5000"
+            f"  tunelab train --data tweets --epochs 1 --max-train-samples 5000",
+            soft_wrap=True,
         )
 
 
@@ -427,8 +426,7 @@ def print_multilabel_run_summary(run) -> None:
     from tunelab.cli.evaluate import print_baseline
 
     print_baseline(metrics)
-    console.print(f"run directory: {run.path}")
-    console.print(f"report:        {run.path / 'report.html'}")
+    print_run_paths(run)
 
 
 def print_token_run_summary(run) -> None:
@@ -436,7 +434,7 @@ def print_token_run_summary(run) -> None:
 
     console.print(f"\n[bold green]done[/] in {run.metrics.get('train', {}).get('train_runtime_s', 0):.0f} s", highlight=False)
     print_token_summary(run.metrics, run.path)
-    console.print(f"run directory: {run.path}")
+    print_run_paths(run)
 
 
 def print_qa_summary(run) -> None:
@@ -448,7 +446,14 @@ def print_qa_summary(run) -> None:
         if "right" in test
         else "\n[bold green]done[/]"
     )
-    console.print(f"run directory: {run.path}")
+    print_run_paths(run)
+
+
+def print_run_paths(run) -> None:
+    """The run directory and its report, each printed whole (soft_wrap): cut at the console's width, a pasted path would break."""
+    console.print(f"run directory: {run.path}", highlight=False, soft_wrap=True)
+    if (run.path / "report.html").is_file():
+        console.print(f"report:        {run.path / 'report.html'}", highlight=False, soft_wrap=True)
 
 
 # What `tunelab train` prints when a run of each task is done.

@@ -112,7 +112,7 @@ def print_multilabel_summary(metrics: dict[str, Any], out: Path) -> None:
     if thresholds:
         console.print(f"[dim]thresholds chosen on {thresholds['chosen_on']}[/]", highlight=False)
     print_baseline(metrics)
-    console.print(f"report: {out / 'report.html'}", highlight=False)
+    console.print(f"report: {out / 'report.html'}", highlight=False, soft_wrap=True)
 
 
 def print_token_summary(metrics: dict[str, Any], out: Path) -> None:
@@ -126,7 +126,7 @@ def print_token_summary(metrics: dict[str, Any], out: Path) -> None:
     console.print(table)
     console.print(f"entity macro-F1 {test['f1_macro']:.3f} · word accuracy {test['word_accuracy']:.1%}", highlight=False)
     print_baseline(metrics)
-    console.print(f"report: {out / 'report.html'}", highlight=False)
+    console.print(f"report: {out / 'report.html'}", highlight=False, soft_wrap=True)
 
 
 def scores_table(metrics: dict[str, Any], columns: tuple[str, ...]) -> Table:
@@ -183,7 +183,7 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
             highlight=False,
         )
     print_baseline(metrics)
-    console.print(f"report: {out / 'report.html'}", highlight=False)
+    console.print(f"report: {out / 'report.html'}", highlight=False, soft_wrap=True)
 
 
 def print_baseline(metrics: dict[str, Any]) -> None:

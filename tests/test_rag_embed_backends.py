@@ -74,6 +74,16 @@ def test_onnx_embedders_match_torch_and_record_their_gate(tiny_model: Path, smal
     assert not list(onnx_folder(tiny_model).glob(".partial.*"))
 
 
+def test_a_tunelab_that_exports_another_graph_exports_the_embedder_again(tiny_model: Path, monkeypatch) -> None:
+    import tunelab.runtime.export as export
+    from tunelab.rag.embed_choice import onnx_folder
+
+    before = onnx_folder(tiny_model)
+    assert onnx_folder(tiny_model) == before  # the same model and exporter: the same cached exports
+    monkeypatch.setattr(export, "GRAPH_VERSION", export.GRAPH_VERSION + 1)
+    assert onnx_folder(tiny_model) != before
+
+
 def test_a_backend_failing_the_recall_gate_is_refused_with_the_reason(tiny_model: Path, small_gate: Path, monkeypatch) -> None:
     from tunelab.rag import embed_choice
     from tunelab.rag.embed_choice import load_embedder, onnx_folder

@@ -107,9 +107,12 @@ def recall_at_k(embedder, gate: GateSet, k: int = GATE_K, progress: bool = False
 
 
 def onnx_folder(model: str | Path) -> Path:
-    """Where `model`'s ONNX exports and gate figures live: one folder per model files (a changed model is a new folder)."""
+    """Where `model`'s ONNX exports and gate figures live: one folder per model files and exporter (a changed model, or a
+    tunelab that exports another graph, is a new folder)."""
+    from tunelab.runtime.export import GRAPH_VERSION
+
     path = resolve_model(model)
-    digest = hashlib.sha256(str(path.resolve()).encode())
+    digest = hashlib.sha256(f"{path.resolve()} graph {GRAPH_VERSION}".encode())
     for file in sorted(path.rglob("*")):
         if file.is_file() and file.suffix in (".safetensors", ".bin", ".json"):
             stat = file.stat()

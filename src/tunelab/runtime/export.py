@@ -341,11 +341,11 @@ def export_graph(module, call: Callable, tokenizer, max_length: int, path: Path,
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
             return call(self.inner, dict(zip(names, tensors)))
 
-    batch, sequence = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=longest)
     torchscript = getattr(hf_model.config, "model_type", None) in TORCHSCRIPT_MODEL_TYPES
     if torchscript:
         shapes = {"dynamic_axes": {**{name: {0: "batch", 1: "sequence"} for name in names}, output: {0: "batch"}}}
     else:
+        batch, sequence = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=longest)
         shapes = {"dynamic_shapes": (({0: batch, 1: sequence},) * len(names),), "external_data": False}  # one entry: the *tensors varargs
     quiet = io.StringIO()
     # The exporter narrates every stage on stdout and warns about optional packages: keep the CLI's output ours.

@@ -448,11 +448,6 @@ def export_openvino_int8(run: Path) -> dict:
     return {"parity": parity.get("openvino-int8"), "seconds": round(time.perf_counter() - began, 1)}
 
 
-def gate_openvino_bf16(run: Path) -> dict:
-    """openvino-bf16's gate on the run's test split, as its first use measures it; its figures, or why it is not served here."""
-    return gate_openvino(run, "openvino-bf16")
-
-
 def gate_openvino(run: Path, backend: str) -> dict:
     """An OpenVINO backend's gate on the run's test split (openvino or openvino-bf16), as its first use measures it, untimed
     by the load test; its figures, or why it is not served here."""
@@ -474,20 +469,30 @@ def gate_openvino(run: Path, backend: str) -> dict:
 
 def fewer_layers_backend(run: Path, exported: dict) -> tuple[str, dict]:
     """The first of FEWER_LAYERS_BACKENDS this CPU offers whose gate the run passes; and why each before it was passed over.
-    openvino-bf16's gate is measured here (its first use); onnx-int8's is `exported`'s, the export's own."""
+    Each backend's gate is gate_failure's."""
     passed_over = {}
     for backend in FEWER_LAYERS_BACKENDS:
-        if backend == "openvino-bf16":
-            gate = exported["openvino-bf16"] = gate_openvino_bf16(run)
-            failure = gate.get("failure")
-        elif backend == "onnx-int8":
-            failure = None if exported["int8_passed_gate"] else int8_refusal(exported)
-        else:
-            failure = None
+        failure = gate_failure(run, backend, exported)
         if failure is None:
             return backend, passed_over
         passed_over[backend] = failure
     raise AssertionError("onnx fp32 is always served")
+
+
+# Where an OpenVINO backend's gate figures go in the fewer-layers model's `exported` (openvino's key is not "openvino",
+# which reused_export gives to openvino-int8's figures).
+OPENVINO_GATE_KEYS = {"openvino-bf16": "openvino-bf16", "openvino": "openvino-fp32"}
+
+
+def gate_failure(run: Path, backend: str, exported: dict) -> str | None:
+    """Why the fewer-layers model is not served on `backend`, or None: onnx-int8's gate is `exported`'s (the export's own),
+    an OpenVINO backend's is measured here (its first use) and its figures kept in `exported`; onnx fp32 always serves."""
+    if backend == "onnx-int8":
+        return None if exported["int8_passed_gate"] else int8_refusal(exported)
+    if backend in OPENVINO_GATE_KEYS:
+        gate = exported[OPENVINO_GATE_KEYS[backend]] = gate_openvino(run, backend)
+        return gate.get("failure")
+    return None
 
 
 def fewer_layers_step(args, steps: list[dict], texts: list[str]) -> tuple[dict, dict, list[dict]]:
@@ -522,13 +527,7 @@ def fewer_layers_step(args, steps: list[dict], texts: list[str]) -> tuple[dict, 
 def portable_step(backend: str, run: Path, exported: dict, steps: list[dict], texts: list[str], scored: dict, args) -> dict:
     """The fewer-layers model served on `backend` (one of PORTABLE_BACKENDS), behind the same gate as everywhere; its ratio
     is to the 6-layer model on the same backend when the chain served that one."""
-    if backend == "onnx-int8":
-        failure = None if exported["int8_passed_gate"] else int8_refusal(exported)
-    elif backend == "openvino":
-        gate = exported["openvino-fp32"] = gate_openvino(run, backend)
-        failure = gate.get("failure")
-    else:
-        failure = None
+    failure = gate_failure(run, backend, exported)
     six_layers = next((step for step in steps if step["served_as"] == backend and step.get("load")), None)
     step = {
         "step": f"{PORTABLE_STEP}:{backend}",
@@ -648,7 +647,7 @@ def main() -> None:
         if name == "openvino-int8" and not args.reuse_export:
             exported["openvino"] = export_openvino_int8(run)  # after the ONNX steps: it writes onnx/ again
         if name == "openvino-bf16":
-            exported["openvino-bf16"] = gate_openvino_bf16(run)
+            exported["openvino-bf16"] = gate_openvino(run, "openvino-bf16")
         if served.startswith("@"):
             served = step["served_as"] = next(s["served_as"] for s in reversed(steps) if s.get("load")) + served
         if name == "onnx-int8" and not exported["int8_passed_gate"]:

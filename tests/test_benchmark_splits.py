@@ -138,9 +138,9 @@ def test_a_step_compared_with_a_named_one_takes_its_ratio_from_it():
 def test_the_fewer_layers_backend_is_the_first_offered_that_passes_its_gate(monkeypatch):
     passed = {"int8_passed_gate": True}
     failed = {"int8_passed_gate": False, "int8_gate": 0.99, "int8_failure": "agrees on 90%"}
-    monkeypatch.setattr(serve, "gate_openvino_bf16", lambda run: {"parity": {}, "seconds": 1.0})
+    monkeypatch.setattr(serve, "gate_openvino", lambda run, backend: {"parity": {}, "seconds": 1.0})
     assert serve.fewer_layers_backend(Path("run"), dict(passed)) == ("openvino-bf16", {})
-    monkeypatch.setattr(serve, "gate_openvino_bf16", lambda run: {"failure": "not offered on this CPU", "seconds": None})
+    monkeypatch.setattr(serve, "gate_openvino", lambda run, backend: {"failure": "not offered on this CPU", "seconds": None})
     assert serve.fewer_layers_backend(Path("run"), dict(passed)) == ("onnx-int8", {"openvino-bf16": "not offered on this CPU"})
     backend, passed_over = serve.fewer_layers_backend(Path("run"), dict(failed))
     assert backend == "onnx" and list(passed_over) == ["openvino-bf16", "onnx-int8"] and "agrees on 90%" in passed_over["onnx-int8"]

@@ -152,10 +152,13 @@ from tunelab.strategies.run import sample  # noqa: E402
 FOLDS = 5
 
 
-def cross_fitted(rows, contexts, readings, misses, miss_index, levels, seed: int, line_misses=None, named_document: bool = False) -> dict:
+def cross_fitted(
+    rows, contexts, readings, misses, miss_index, levels, seed: int, line_misses=None, named_document: bool = False, miss_kind: str = "retrieval"
+) -> dict:
     """Each threshold rule chosen on 4 folds and scored on the fifth, pooled over the folds. `line_misses`
     ((contexts, readings), row indices) are only scored: abstention on them under the held-out fold's thresholds.
-    `named_document`: the thresholds may also require an answer from a document the question names (rule 8)."""
+    `named_document`: the thresholds may also require an answer from a document the question names (rule 8). `miss_kind`: which
+    simulated misses `misses` are (rule 9 chooses on line misses)."""
     features = np.array(reading_features(contexts, readings))
     miss_contexts, miss_readings = misses
     miss_features = np.array(reading_features(miss_contexts, miss_readings))
@@ -186,6 +189,7 @@ def cross_fitted(rows, contexts, readings, misses, miss_index, levels, seed: int
                 misses=([miss_contexts[i] for i in fit_misses], [miss_readings[i] for i in fit_misses]),
                 min_miss_abstention=level,
                 named_document=named_document,
+                miss_kind=miss_kind,
             )
             chosen.append(
                 {k: abstention.to_dict()[k] for k in ("min_similarity", "min_confidence", "require_quote", "require_named_document", "miss_abstention")}
@@ -338,7 +342,9 @@ def main() -> None:
         # The simulated line misses both choose (as `misses`) and are scored (as `line_misses`): here "simulated_misses"
         # in the results are those line misses, not document misses.
         results = {
-            "other-question": cross_fitted(rows, contexts, readings, read_lines, line_index, [args.line_miss_level], args.seed, (read_lines, line_index))
+            "other-question": cross_fitted(
+                rows, contexts, readings, read_lines, line_index, [args.line_miss_level], args.seed, (read_lines, line_index), miss_kind="line"
+            )
         }
         base, level = results["other-question"]["today"], results["other-question"][f"misses>={args.line_miss_level:g}"]
         difference = level["_net_per_question"] - base["_net_per_question"]

@@ -118,6 +118,12 @@ Rules for changing the defaults, each fixed before the run it judges:
    cross-fitted, at seed 4 and at seed 5 alike: it abstains on at least as many real misses; its hallucinated is no
    higher; its right is >= 0.75; and its right - hallucinated is at most 3 points below `today`'s (the price the
    issue's miss target may cost: rule 1 allowed 3 points of right).
+   (Result at seed 4: today's thresholds abstained on only 43.9% of the simulated line misses there, and reaching 70%
+   cost 16.75 points of right: right 67.25% against 84.0%, hallucinated 3.25% against 8.25%, 32 of 34 real misses
+   abstained on against 21; right - hallucinated 11.75 points lower [-16.0, -7.49]: fails, no change. Seed 5 not
+   run: the rule needs both. A fixed share of simulated line misses carries over to real ones at both seeds (15 of
+   18 and 32 of 34), but what it costs depends on how many of them the reader already abstains on, which moves with
+   the seed.)
 
     python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN [--train DIR] [--seed S] [--out FILE]
     python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN --scope named [--seed S]

@@ -831,7 +831,7 @@ def reader_run(tmp_path_factory):
     result = CliRunner().invoke(
         app,
         ["rag", "train-reader", str(qa), "--index", str(root / "index"), "--out", str(root / "run"), "--model", str(bert), "--epochs", "1"]
-        + ["--distractors", "retrieval-miss", "--miss-abstention", "0.5"],
+        + ["--distractors", "retrieval-miss", "--miss-abstention", "0.5", "--miss-kind", "retrieval"],
     )
     yield SimpleNamespace(run=root / "run", index=root / "index", qa=qa, result=result)
     patch.undo()
@@ -851,6 +851,7 @@ def test_cli_train_reader_writes_thresholds_chosen_on_train(reader_run):
     assert saved["examples"]["distractors"] == "retrieval-miss" and saved["examples"]["distractor"] > 0
     # every calibration question is also asked as if retrieval had missed (two documents, so the other one shows)
     assert abstention["min_miss_abstention"] == 0.5 and abstention["simulated_misses"] > 0 and abstention["miss_abstention"] >= 0.5
+    assert abstention["miss_kind"] == "retrieval" and "of simulated retrieval misses" in abstention["criterion"]
     output = " ".join(result.output.split())
     assert f"trained the reader: {reader_run.run} (with 6 questions of" in output and "abstains below retrieval similarity" in output
     for metric in ("right", "EM", "F1", "abstained", "hallucinated"):

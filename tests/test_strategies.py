@@ -191,17 +191,24 @@ def test_a_subset_of_strategies(tmp_path, kb_and_qa):
 
 
 def test_extractive_thresholds_abstain_on_the_share_of_simulated_misses_asked(tmp_path, kb_and_qa, monkeypatch):
+    from tunelab.rag import train_reader
     from tunelab.rag.readers import SpanReader
     from tunelab.strategies import StrategiesConfig, run_strategies
 
-    read = []
+    read, kinds = [], []
     span_read_many = SpanReader.read_many
+    miss_context = train_reader.simulated_miss_context
 
     def counted(self, questions, passages, threshold=None):
         read.extend(questions)
         return span_read_many(self, questions, passages, threshold)
 
+    def recorded(index, row, settings, kind="retrieval"):
+        kinds.append(kind)
+        return miss_context(index, row, settings, kind)
+
     monkeypatch.setattr(SpanReader, "read_many", counted)
+    monkeypatch.setattr(train_reader, "simulated_miss_context", recorded)
     kb, qa = kb_and_qa
     model = write_tiny_llama(tmp_path / "llama")
     settings = dict(qa=str(qa), kb=str(kb), model=str(model), quick=True, strategies=["extractive+rag"], adaptability=False)
@@ -213,7 +220,9 @@ def test_extractive_thresholds_abstain_on_the_share_of_simulated_misses_asked(tm
     assert abstention["min_miss_abstention"] == 1.0 and abstention["simulated_misses"] > 0 and abstention["miss_abstention"] == 1.0
     saved = json.loads((tmp_path / "o" / "runs" / "extractive-reader" / "rag_reader.json").read_text())
     assert saved["examples"]["distractors"] == "retrieval-miss" and saved["abstention"]["miss_abstention"] == 1.0
-    assert f"abstaining on 100.0% of {abstention['simulated_misses']} simulated misses" in (tmp_path / "o" / "details.md").read_text()
+    # The calibration questions are asked as line misses (the default miss_kind): their own retrieval without the answering lines.
+    assert set(kinds) == {"line"} and abstention["miss_kind"] == "line" and saved["abstention"]["miss_kind"] == "line"
+    assert f"abstaining on 100.0% of {abstention['simulated_misses']} simulated line misses" in (tmp_path / "o" / "details.md").read_text()
 
 
 @pytest.mark.parametrize("values, chosen", [({"grounded": 0.1, "free": 0.3}, "free"), ({"grounded": 0.2, "free": -0.4}, "grounded")])

@@ -18,7 +18,7 @@ from tunelab.data.factbook_qa import CALIBRATION_FIELD_QUESTIONS, CALIBRATION_FI
 from tunelab.rag.answer import MIN_SIMILARITY
 from tunelab.rag.reader_choice import LM_MAX_NEW_TOKENS, ReaderOptions, load_reader
 from tunelab.rag.reader_data import SCOPES
-from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, DISTRACTORS, MISS_ABSTENTION, NAMED_DOCUMENT
+from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, DISTRACTORS, MISS_ABSTENTION, MISS_KIND, MISS_KINDS, NAMED_DOCUMENT
 
 rag_app = typer.Typer(no_args_is_help=True, help="Retrieval-augmented generation: index documents, search, answer with citations.")
 app.add_typer(rag_app, name="rag")
@@ -50,6 +50,7 @@ SCOPE_HELP = "documents retrieval ranks: all, or named (only those the question 
 
 
 Distractors = StrEnum("Distractors", {name.replace("-", "_"): name for name in DISTRACTORS})
+MissKind = StrEnum("MissKind", {name: name for name in MISS_KINDS})
 
 
 IndexOpt = Annotated[Path, typer.Option("--index", help="the index folder")]
@@ -396,9 +397,17 @@ def train_reader_cmd(
         typer.Option(
             "--miss-abstention",
             help="choose the thresholds among those that abstain on at least this share of the calibration questions asked as if "
-            "retrieval had missed their documents (e.g. 0.8); 0 for no such constraint",
+            "retrieval had missed (--miss-kind; e.g. 0.8); 0 for no such constraint",
         ),
     ] = MISS_ABSTENTION,
+    miss_kind: Annotated[
+        MissKind,
+        typer.Option(
+            "--miss-kind",
+            help="the misses --miss-abstention asks about: line (the right document, without the lines that answer: what most "
+            "real misses are) or retrieval (the question's document missed)",
+        ),
+    ] = MissKind(MISS_KIND),
     named_document: Annotated[
         bool,
         typer.Option(
@@ -457,6 +466,7 @@ def train_reader_cmd(
             extra_rows=extra,
             extra_calibration=fields.calibration,
             min_miss_abstention=miss_abstention or None,
+            miss_kind=miss_kind.value,
             distractors=distractors.value,
             named_document=named_document,
         )

@@ -42,7 +42,7 @@ from tunelab.rag import index as index_module
 from tunelab.rag.embed_choice import choose_embedding_backend
 from tunelab.rag.index import MANIFEST, build_index, open_index
 from tunelab.rag.reader_data import ContextSettings
-from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, MISS_ABSTENTION, SETTINGS_FILE, train_rag_reader
+from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, MISS_ABSTENTION, MISS_KIND, SETTINGS_FILE, train_rag_reader
 
 NAME = "factbook"
 EMBED_MODEL = "minilm"
@@ -93,6 +93,7 @@ def reader_settings(embed_model: str = EMBED_MODEL) -> dict:
         settings["distractors"] = DEFAULT_DISTRACTORS
     if MISS_ABSTENTION is not None:
         settings["miss_abstention"] = MISS_ABSTENTION
+        settings["miss_kind"] = MISS_KIND
     return settings
 
 

@@ -34,6 +34,11 @@ from tunelab.run import refuse_existing
 SETTINGS_FILE = "rag_reader.json"
 CALIBRATION_SHARE = 0.15
 MIN_CALIBRATION = 50
+# Which simulated misses the thresholds may be asked to abstain on (MISS_ABSTENTION of them): "retrieval", the
+# calibration questions asked as if retrieval had missed their documents, or "line", as if it had found them but
+# not the lines that answer (rag/reader_data.simulated_miss_context).
+MISS_KINDS = ("retrieval", "line")
+MISS_KIND = "line"
 MISS_ABSTENTION = None
 # What a distractor example shows the reader instead of its own passages: another question's passages
 # (another document, often another field), or the same question's best chunks of the other documents,
@@ -65,7 +70,8 @@ class Abstention:
     criterion: str = "right - hallucinated"
     value: float | None = None  # the criterion per question at the chosen thresholds
     max_hallucinated: float | None = None  # the hallucination budget (share of questions), when the criterion is one
-    min_miss_abstention: float | None = None  # the share of simulated retrieval misses it must abstain on, when asked
+    min_miss_abstention: float | None = None  # the share of simulated misses it must abstain on, when asked
+    miss_kind: str | None = None  # which: MISS_KINDS
     simulated_misses: int = 0
     miss_abstention: float | None = None  # the share of them it abstains on
 
@@ -159,13 +165,14 @@ def choose_abstention(
     misses: tuple[Sequence[Retrieved], Sequence] | None = None,
     min_miss_abstention: float | None = None,
     named_document: bool = NAMED_DOCUMENT,
+    miss_kind: str = MISS_KIND,
 ) -> Abstention:
     """Thresholds on retrieval similarity and reader confidence, whether the answer must quote a shown
     passage and, with `named_document`, whether it must be read from a document the question names, from
     unthresholded readings: the most right - hallucinated, or with `max_hallucinated` the most right within
     that hallucination budget. With `misses` (contexts and readings of questions shown no passage that holds
-    their answer, rag/reader_data.retrieve_miss_context) and `min_miss_abstention`, only thresholds that
-    abstain on at least that share of them."""
+    their answer: simulated_misses of `miss_kind`, read by read_misses) and `min_miss_abstention`, only
+    thresholds that abstain on at least that share of them."""
     outcomes = []
     for row, reading in zip(rows, readings):
         verdict = score(reading.text, row["answer"], row.get("aliases") or [], row["question"])
@@ -196,9 +203,10 @@ def choose_abstention(
     )
     if miss_features is not None:
         abstention.min_miss_abstention = min_miss_abstention
+        abstention.miss_kind = miss_kind
         abstention.simulated_misses = len(miss_features[0])
         abstention.miss_abstention = abstention_share(abstention, miss_features)
-        abstention.criterion += f", abstaining on >= {min_miss_abstention:.0%} of simulated retrieval misses"
+        abstention.criterion += f", abstaining on >= {min_miss_abstention:.0%} of simulated {miss_kind} misses"
     return abstention
 
 
@@ -242,6 +250,7 @@ def train_rag_reader(
     extra_rows: Sequence[dict] = (),
     extra_calibration: Sequence[dict] = (),
     min_miss_abstention: float | None = MISS_ABSTENTION,
+    miss_kind: str = MISS_KIND,
     distractors: str = DEFAULT_DISTRACTORS,
     named_document: bool = NAMED_DOCUMENT,
 ) -> Path:
@@ -252,7 +261,7 @@ def train_rag_reader(
     `extra_calibration`: questions unlike any it trained on (field questions about fields kept out of
     its training), so that the thresholds also fit kinds of question the reader has never met; and, with
     `min_miss_abstention`, so that it abstains on that share of the calibration questions asked as if
-    retrieval had missed their documents.
+    retrieval had missed (`miss_kind`: their documents, "retrieval", or the lines that answer, "line").
     """
     out = Path(out).expanduser()
     refuse_existing(out, overwrite)
@@ -270,8 +279,8 @@ def train_rag_reader(
     misses = []
     if min_miss_abstention:
         with progress_bar(progress) as bar:
-            task = bar.add_task("retrieving as if missed", total=len(calibration)) if bar else None
-            misses = simulated_misses(index, calibration, settings, (lambda n: bar.advance(task, n)) if bar else None)
+            task = bar.add_task(f"retrieving as if missed ({miss_kind})", total=len(calibration)) if bar else None
+            misses = simulated_misses(index, calibration, settings, (lambda n: bar.advance(task, n)) if bar else None, kind=miss_kind)
     trained = train_reader_on(
         reader_rows,
         [context_of[id(r)] for r in reader_rows],
@@ -286,6 +295,7 @@ def train_rag_reader(
         progress=progress,
         calibration_misses=misses,
         min_miss_abstention=min_miss_abstention,
+        miss_kind=miss_kind,
         distractors=distractors,
         index=index,
         named_document=named_document,
@@ -308,12 +318,13 @@ def train_reader_on(
     progress: bool = True,
     calibration_misses: Sequence[tuple[dict, Retrieved]] = (),
     min_miss_abstention: float | None = None,
+    miss_kind: str = MISS_KIND,
     distractors: str = DEFAULT_DISTRACTORS,
     index=None,
     named_document: bool = NAMED_DOCUMENT,
 ) -> TrainedReader:
     """The reader trained on `reader_rows` (a TrainedReader), its thresholds chosen on the disjoint `calibration` rows (and
-    `calibration_misses`, their simulated retrieval misses, and `named_document`, see choose_abstention). `distractors`:
+    `calibration_misses`, their simulated misses of `miss_kind`, and `named_document`, see choose_abstention). `distractors`:
     see DISTRACTORS; retrieval-miss distractors are retrieved from `index`."""
     from tunelab.config import ExtractiveQAConfig
     from tunelab.rag.readers import SpanReader
@@ -345,6 +356,7 @@ def train_reader_on(
         misses=misses,
         min_miss_abstention=min_miss_abstention,
         named_document=named_document,
+        miss_kind=miss_kind,
     )
     write_reader_settings(out, settings, abstention, examples, distractors)
     return TrainedReader(out, reader, readings, misses)

@@ -9,7 +9,7 @@ from pydantic import Field
 from tunelab.config import Settings
 from tunelab.data.factbook_qa import CALIBRATION_FIELD_QUESTIONS, CALIBRATION_FIELDS, READER_FIELD_QUESTIONS
 from tunelab.rag.reader_data import SCOPES
-from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, DISTRACTORS, MISS_ABSTENTION, NAMED_DOCUMENT
+from tunelab.rag.train_reader import DEFAULT_DISTRACTORS, DISTRACTORS, MISS_ABSTENTION, MISS_KIND, MISS_KINDS, NAMED_DOCUMENT
 
 
 class StrategiesConfig(Settings):
@@ -57,7 +57,13 @@ class StrategiesConfig(Settings):
         gt=0,
         le=1,
         description="the extractive readers' thresholds abstain on at least this share of the calibration questions asked as if retrieval had "
-        "missed their documents (the best chunks of the other documents); none: no such constraint",
+        "missed (miss_kind); none: no such constraint",
+    )
+    miss_kind: Literal[MISS_KINDS] = Field(
+        MISS_KIND,
+        description="the misses miss_abstention asks about: 'line', the question's own retrieval with every line that holds the answer left "
+        "out (what most real misses are: the right document, not the line), or 'retrieval', its document missed (the best chunks of the "
+        "other documents)",
     )
     named_document: bool = Field(
         NAMED_DOCUMENT,

@@ -160,7 +160,11 @@ def detail_tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]
                     "yes" if a.get("require_quote") else "no",
                     "yes" if a.get("require_named_document") else "no",
                     f"{a['chosen_on']}, {a['questions']} questions"
-                    + (f"; abstaining on {_pct(a['miss_abstention'])} of {a['simulated_misses']} simulated misses" if a.get("simulated_misses") else ""),
+                    + (
+                        f"; abstaining on {_pct(a['miss_abstention'])} of {a['simulated_misses']} simulated {a.get('miss_kind') or 'retrieval'} misses"
+                        if a.get("simulated_misses")
+                        else ""
+                    ),
                     _pct(s.get("answer_in_context")),
                     f"{_pct(misses.get('abstained'))} of {misses.get('questions', 0)}",
                     f"{_pct(raw.get('contains'))} / {_pct(raw.get('hallucination_rate_all'))}",

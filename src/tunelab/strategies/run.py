@@ -327,11 +327,13 @@ class Pipeline:
         return LMReader(generator, "grounded", decoding, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, examples=examples)
 
     def simulated_misses(self, rows: list[dict]) -> list[tuple]:
-        """The rows asked as if retrieval had missed their documents (rag/train_reader.simulated_misses), once per question."""
+        """The rows asked as if retrieval had missed (rag/train_reader.simulated_misses of the config's miss_kind), once per question."""
         from tunelab.rag.train_reader import simulated_misses
 
         missing = [r for r in rows if r["question"] not in self._misses]
-        found = {row["question"]: (row, context) for row, context in simulated_misses(self._index, missing, self.context_settings())}
+        found = {
+            row["question"]: (row, context) for row, context in simulated_misses(self._index, missing, self.context_settings(), kind=self.config.miss_kind)
+        }
         for row in missing:
             self._misses[row["question"]] = found.get(row["question"])
         return [self._misses[r["question"]] for r in rows if self._misses[r["question"]] is not None]
@@ -393,7 +395,7 @@ class Pipeline:
     ):
         """Abstention thresholds (retrieval similarity, reader confidence) chosen on the calibration train
         questions (or `rows`): the most right - hallucinated, or the most right within a hallucination budget;
-        with `min_miss_abstention`, abstaining on that share of them asked as if retrieval had missed."""
+        with `min_miss_abstention`, abstaining on that share of them asked as if retrieval had missed (the config's miss_kind)."""
         from tunelab.rag.train_reader import choose_abstention
 
         rows = self.calibration if rows is None else rows
@@ -408,6 +410,7 @@ class Pipeline:
             misses=misses,
             min_miss_abstention=min_miss_abstention,
             named_document=self.config.named_document,
+            miss_kind=self.config.miss_kind,
         )
 
     def decide(self, rows: list[dict], readings: list, abstention, context: str | None = None, index=None) -> dict:
@@ -584,6 +587,7 @@ class Pipeline:
             progress=self.progress,
             calibration_misses=self.simulated_misses(calibration) if c.miss_abstention else (),
             min_miss_abstention=c.miss_abstention,
+            miss_kind=c.miss_kind,
             distractors=c.reader_distractors,
             index=self._index,
         )

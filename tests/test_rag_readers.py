@@ -190,8 +190,9 @@ def test_choose_abstention_with_simulated_misses_records_how_often_it_abstains_o
         miss_readings.append(Reading(f"Town{i}", 0, False, 2.5 + i))
     free = choose_abstention(rows, contexts, readings, "train")
     assert free.miss_abstention is None and free.min_confidence < 1.0
-    strict = choose_abstention(rows, contexts, readings, "train", misses=(miss_contexts, miss_readings), min_miss_abstention=0.5)
-    assert strict.simulated_misses == 6 and strict.min_miss_abstention == 0.5
+    # Another document's line: a simulated document miss (miss_kind "retrieval"; the default kind is "line").
+    strict = choose_abstention(rows, contexts, readings, "train", misses=(miss_contexts, miss_readings), min_miss_abstention=0.5, miss_kind="retrieval")
+    assert strict.simulated_misses == 6 and strict.min_miss_abstention == 0.5 and strict.miss_kind == "retrieval"
     assert strict.miss_abstention == pytest.approx(0.5) and strict.min_confidence == pytest.approx(4.75)  # above 3 of the misses
     assert strict.value == pytest.approx(2 / 6) and "simulated retrieval misses" in strict.criterion  # the two surest right answers
 

@@ -124,11 +124,26 @@ Rules for changing the defaults, each fixed before the run it judges:
    run: the rule needs both. A fixed share of simulated line misses carries over to real ones at both seeds (15 of
    18 and 32 of 34), but what it costs depends on how many of them the reader already abstains on, which moves with
    the seed.)
+10. (`--line-miss-level 0.6`, seeds 5 and 6, each with that seed's other-question reader, trained by the same call.)
+   Fixed after rule 9's runs at seeds 3 and 4 and a look at them after the verdict (train questions only; scripts outside
+   the repository), and before any reading at seeds 5 or 6, which alone judge it. That look found that the calibration
+   questions' real misses mix two populations: questions of the eleven kinds, which the test split asks, and questions
+   about the 15 unseen fields, which it never asks (5 of 18 real misses at seed 3, 16 of 34 at seed 4). On the 200
+   kind questions alone, today's thresholds abstained on 10 of 13 and 10 of 18 real misses (right 87.0% and 83.5%,
+   hallucinated 5.5% and 8.5%); at L = 0.6 on 11 of 13 and 15 of 18 (right 87.0% and 78.5%, hallucinated 4.5% and
+   5.0%; right - hallucinated +1.0 and -1.5 points); at L = 0.7 on 12 of 13 and 16 of 18 but at 72.0% right at seed 4.
+   So the level is 0.6, the thresholds still chosen on all 400 calibration questions and their simulated line misses
+   as the product would, and the rule reads the kind questions only (`kind_questions` in the results): the default
+   becomes "abstain on >= 60% of the calibration questions' simulated line misses" if, cross-fitted, at seed 5 and at
+   seed 6 alike, on the kind questions: it abstains on at least as many real misses as `today`; its hallucinated is no
+   higher; its right is >= 0.75; and its right - hallucinated is at most 3 points below `today`'s. If it passes, the
+   test split is scored once by line-miss-today.yaml and line-miss-abstention.yaml (level 0.6) before the default
+   changes.
 
     python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN [--train DIR] [--seed S] [--out FILE]
     python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN --scope named [--seed S]
     python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN --named-document --seed S
-    python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN --line-miss-level 0.7 --seed S
+    python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN --line-miss-level 0.7 --seed S   # rule 9; 0.6: rule 10
 """
 
 from __future__ import annotations
@@ -172,6 +187,7 @@ def cross_fitted(
     right = np.array([v["contains"] for v in verdicts], dtype=float)
     wrong = np.array([v["hallucinated"] for v in verdicts], dtype=float)
     real_miss = np.array([not answer_in_text(join_passages(c.passages), r["answer"], r.get("aliases") or []) for r, c in zip(rows, contexts)])
+    is_field = np.array([str(r.get("kind", "")).startswith("field:") for r in rows])
     fold_of = np.array([i % FOLDS for i in range(len(rows))])
     random.Random(seed).shuffle(fold_of)
     miss_fold = fold_of[miss_index]
@@ -205,6 +221,7 @@ def cross_fitted(
             if line_misses is not None:
                 line_answered[line_fold == fold] = np.array(answered_by(abstention, line_features[:, line_fold == fold]))
         got_right, got_wrong = right * answered, wrong * answered
+        kinds = ~is_field  # the questions of the eleven kinds, the test split's population (rule 10)
         results[name] = {
             "right": round(float(got_right.mean()), 4),
             "right_ci95": [round(x, 4) for x in bootstrap_ci(got_right)],
@@ -217,7 +234,19 @@ def cross_fitted(
                 if line_misses is not None
                 else {}
             ),
+            "kind_questions": {
+                "questions": int(kinds.sum()),
+                "right": round(float(got_right[kinds].mean()), 4),
+                "right_ci95": [round(x, 4) for x in bootstrap_ci(got_right[kinds])],
+                "hallucinated": round(float(got_wrong[kinds].mean()), 4),
+                "hallucinated_ci95": [round(x, 4) for x in bootstrap_ci(got_wrong[kinds])],
+                "real_misses": {
+                    "questions": int((real_miss & kinds).sum()),
+                    "abstained": int((~answered[real_miss & kinds]).sum()),
+                },
+            },
             "_net_per_question": got_right - got_wrong,  # for the paired difference; not written
+            "_kinds": kinds,
             "thresholds_per_fold": chosen,
         }
         print(name, {k: v for k, v in results[name].items() if not k.startswith(("thresholds", "_"))}, flush=True)
@@ -370,6 +399,24 @@ def main() -> None:
             "real misses abstained on": real,
             f"rule 9 at seed {args.seed}": "passes" if passes else "fails",
         }
+        # Rule 10: the same comparison on the questions of the eleven kinds only.
+        kinds = base["_kinds"]
+        base_kinds, level_kinds = base["kind_questions"], level["kind_questions"]
+        kind_difference = difference[kinds]
+        decision["kind questions: right - hallucinated, line-miss level minus today"] = {
+            "points": round(float(kind_difference.mean()) * 100, 2),
+            "ci95": [round(x * 100, 2) for x in bootstrap_ci(kind_difference)],
+        }
+        decision[f"rule 10 at seed {args.seed}"] = (
+            "passes"
+            if (
+                level_kinds["real_misses"]["abstained"] >= base_kinds["real_misses"]["abstained"]
+                and level_kinds["hallucinated"] <= base_kinds["hallucinated"]
+                and level_kinds["right"] >= 0.75
+                and float(kind_difference.mean()) >= -0.03
+            )
+            else "fails"
+        )
         write_results(args, readers, fields, misses, line_misses, training_seconds, results, decision, started)
         return
     if args.scope:
@@ -463,6 +510,7 @@ def write_results(args, readers, fields, misses, line_misses, training_seconds, 
     for reader_results in results.values():
         for result in reader_results.values():
             result.pop("_net_per_question")
+            result.pop("_kinds")
     document = {
         "benchmark": "miss_abstention_dev",
         "command": "benchmarks/miss_abstention_dev.py "

@@ -397,9 +397,9 @@ def main() -> None:
                 "ci95": [round(x * 100, 2) for x in bootstrap_ci(difference)],
             },
             "real misses abstained on": real,
-            f"rule 9 at seed {args.seed}": "passes" if passes else "fails",
+            # Rule 9 (level 0.7) reads all the calibration questions; rule 10 (level 0.6) the kind questions only.
+            f"all calibration questions (rule 9's reading) at seed {args.seed}": "passes" if passes else "fails",
         }
-        # Rule 10: the same comparison on the questions of the eleven kinds only.
         kinds = base["_kinds"]
         base_kinds, level_kinds = base["kind_questions"], level["kind_questions"]
         kind_difference = difference[kinds]
@@ -407,7 +407,7 @@ def main() -> None:
             "points": round(float(kind_difference.mean()) * 100, 2),
             "ci95": [round(x * 100, 2) for x in bootstrap_ci(kind_difference)],
         }
-        decision[f"rule 10 at seed {args.seed}"] = (
+        decision[f"kind questions (rule 10's reading) at seed {args.seed}"] = (
             "passes"
             if (
                 level_kinds["real_misses"]["abstained"] >= base_kinds["real_misses"]["abstained"]

@@ -139,6 +139,13 @@ Rules for changing the defaults, each fixed before the run it judges:
    higher; its right is >= 0.75; and its right - hallucinated is at most 3 points below `today`'s. If it passes, the
    test split is scored once by line-miss-today.yaml and line-miss-abstention.yaml (level 0.6) before the default
    changes.
+   (Result, kind questions, today against L = 0.6: seed 5, right 91.0% / 90.0%, hallucinated 4.0% / 3.0%, real misses
+   9 / 10 of 11, right - hallucinated 0.0 points [-2.0, +2.0]: passes; seed 6, right 93.0% / 91.0%, hallucinated
+   2.0% / 1.5%, real misses 7 / 7 of 7, right - hallucinated -1.5 points [-4.0, +0.5]: passes. Rule 10 passes: the
+   default becomes L = 0.6 on line misses. On all 400 calibration questions, for the record, seed 6 lost 3.75 points
+   [-6.25, -1.5], which rule 9's reading would have failed. The test split was scored once, with
+   benchmarks/strategies/line-miss-0.6.yaml -- the one-run form written for a session short of time -- since the
+   paired pair of configs needed two reader trainings.)
 
     python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN [--train DIR] [--seed S] [--out FILE]
     python benchmarks/miss_abstention_dev.py --qa QA_DIR --index IDX --reader RUN --scope named [--seed S]

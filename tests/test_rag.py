@@ -833,8 +833,24 @@ def reader_run(tmp_path_factory):
         ["rag", "train-reader", str(qa), "--index", str(root / "index"), "--out", str(root / "run"), "--model", str(bert), "--epochs", "1"]
         + ["--distractors", "retrieval-miss", "--miss-abstention", "0.5", "--miss-kind", "retrieval"],
     )
-    yield SimpleNamespace(run=root / "run", index=root / "index", qa=qa, result=result)
+    yield SimpleNamespace(run=root / "run", index=root / "index", qa=qa, bert=bert, result=result)
     patch.undo()
+
+
+def test_cli_train_reader_abstains_on_line_misses_by_default(reader_run, tmp_path):
+    """Without --miss-abstention the thresholds are chosen among those abstaining on MISS_ABSTENTION of the calibration
+    questions asked as line misses (their own retrieval without the lines that answer)."""
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    out = tmp_path / "default"
+    args = ["rag", "train-reader", str(reader_run.qa), "--index", str(reader_run.index), "--out", str(out), "--model", str(reader_run.bert)]
+    result = CliRunner().invoke(app, [*args, "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    abstention = json.loads((out / "rag_reader.json").read_text())["abstention"]
+    assert abstention["min_miss_abstention"] == 0.6 and abstention["miss_kind"] == "line" and abstention["simulated_misses"] > 0
+    assert abstention["miss_abstention"] >= 0.6 and "of simulated line misses" in abstention["criterion"]
 
 
 def test_cli_train_reader_writes_thresholds_chosen_on_train(reader_run):

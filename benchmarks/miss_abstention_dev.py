@@ -260,6 +260,11 @@ def cross_fitted(
     return results
 
 
+def points_with_ci(difference: np.ndarray) -> dict:
+    """A paired per-question difference of right - hallucinated, in points, with its bootstrap 95% CI."""
+    return {"points": round(float(difference.mean()) * 100, 2), "ci95": [round(x * 100, 2) for x in bootstrap_ci(difference)]}
+
+
 def level_rule(results: dict) -> str:
     """Rule 1: the lowest level abstaining on >= 0.85 of held-out simulated misses at <= 3 points of right lost, no more hallucinated."""
     today = results["today"]
@@ -368,10 +373,7 @@ def main() -> None:
             and real["named document"] >= real["three features"]
         )
         decision = {
-            "right - hallucinated, named document minus three features": {
-                "points": round(float(difference.mean()) * 100, 2),
-                "ci95": [round(x * 100, 2) for x in bootstrap_ci(difference)],
-            },
+            "right - hallucinated, named document minus three features": points_with_ci(difference),
             "real misses abstained on": real,
             f"rule 8 at seed {args.seed}": "passes" if passes else "fails",
         }
@@ -399,10 +401,7 @@ def main() -> None:
         )
         decision = {
             "misses chosen on": "simulated line misses",
-            f"right - hallucinated, line-miss level {args.line_miss_level:g} minus today": {
-                "points": round(float(difference.mean()) * 100, 2),
-                "ci95": [round(x * 100, 2) for x in bootstrap_ci(difference)],
-            },
+            f"right - hallucinated, line-miss level {args.line_miss_level:g} minus today": points_with_ci(difference),
             "real misses abstained on": real,
             # Rule 9 (level 0.7) reads all the calibration questions; rule 10 (level 0.6) the kind questions only.
             f"all calibration questions (rule 9's reading) at seed {args.seed}": "passes" if passes else "fails",
@@ -410,10 +409,7 @@ def main() -> None:
         kinds = base["_kinds"]
         base_kinds, level_kinds = base["kind_questions"], level["kind_questions"]
         kind_difference = difference[kinds]
-        decision["kind questions: right - hallucinated, line-miss level minus today"] = {
-            "points": round(float(kind_difference.mean()) * 100, 2),
-            "ci95": [round(x * 100, 2) for x in bootstrap_ci(kind_difference)],
-        }
+        decision["kind questions: right - hallucinated, line-miss level minus today"] = points_with_ci(kind_difference)
         decision[f"kind questions (rule 10's reading) at seed {args.seed}"] = (
             "passes"
             if (
@@ -452,10 +448,7 @@ def main() -> None:
             and named["hallucinated"] <= 0.10
         )
         decision = {
-            f"right - hallucinated, {args.scope} minus all": {
-                "points": round(float(difference.mean()) * 100, 2),
-                "ci95": [round(x * 100, 2) for x in bootstrap_ci(difference)],
-            },
+            f"right - hallucinated, {args.scope} minus all": points_with_ci(difference),
             f"rule 6 at seed {args.seed}": "passes" if passes else "fails",
             f"rule 7 at seed {args.seed}": "passes"
             if (
@@ -490,10 +483,7 @@ def main() -> None:
             if adopt:
                 decision[f"rule 1 on {args.distractors}"] = level_rule(results[args.distractors])
         difference = hard["_net_per_question"] - base["_net_per_question"]
-        decision[f"right - hallucinated, {args.distractors} minus other-question"] = {
-            "points": round(float(difference.mean()) * 100, 2),
-            "ci95": [round(x * 100, 2) for x in bootstrap_ci(difference)],
-        }
+        decision[f"right - hallucinated, {args.distractors} minus other-question"] = points_with_ci(difference)
         if args.distractors == "both":
             passes = (
                 hard["right"] - hard["hallucinated"] >= base["right"] - base["hallucinated"]

@@ -58,6 +58,10 @@ VARIANTS: dict[str, dict] = {
     # Added after all five lost eval micro-F1: the same LP-FT recipe on the catalogue's other pretrained model, the causal LM
     # SmolLM2-135M (trained on far more text than MiniLM); settings chosen a priori, see multilabel_dev.py's docstring.
     "smollm2-lpft-lr3e-5-3ep": {"model": "smollm2", **LPFT, "lr": 3e-5, "epochs": 3.0},
+    # Added after SmolLM2 lost on test (multilabel_dev.py's docstring says why): train less of MiniLM at 512 tokens. The head
+    # alone on the frozen encoder, started from the probe; LoRA adapters (r 8, every linear layer) with the head.
+    "head-lpft-512-5ep": {**LPFT, "method": "head", "lr": 2e-4, "epochs": 5.0, "max_length": 512},
+    "lora-lpft-lr4e-4-512-4ep": {**LPFT, "method": "lora", "lr": 4e-4, "epochs": 4.0, "max_length": 512},
 }
 
 

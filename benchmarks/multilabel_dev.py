@@ -70,7 +70,10 @@ less of it, at 512 tokens:
 Run in that order (the first is cheap: no backward pass through the encoder). The rule chooses among ALL candidates, so
 either is chosen only with a mean eval micro-F1 above smollm2-lpft-lr3e-5-3ep's 0.634 (and both eval F1s above the
 baseline's). If one is chosen, it is run on test; that is the second time the test split scores a chosen candidate for
-this target (the first, SmolLM2, lost), and the results file says so.
+this target (the first, SmolLM2, lost), and the results file says so. They ran: mean eval micro-F1 0.617 ± 0.047 (head)
+and 0.618 ± 0.030 (LoRA) against the baseline's 0.630, so neither is admissible (eval macro-F1 0.578 and 0.600 against
+0.577): no test run. In tunelab the probe's C, chosen on eval, came out 0.1 on two seeds, and its eval micro-F1 at 512
+tokens (0.575, 0.610, 0.667) was no better than at 256; the cross-validated edge did not carry over to the eval split.
 
 --out keeps one JSON line per candidate (seed_stats.candidate_lines: those already there are skipped, so
 candidates may run in separate processes); the document the rule makes of every line is printed at the end.

@@ -249,7 +249,8 @@ def cross_fitted(
                 "hallucinated_ci95": [round(x, 4) for x in bootstrap_ci(got_wrong[kinds])],
                 "real_misses": {
                     "questions": int((real_miss & kinds).sum()),
-                    "abstained": int((~answered[real_miss & kinds]).sum()),
+                    # A share, as the overall real_misses' (the recorded miss_abstention_dev-line-miss-0.6-seed*.json files hold the count here).
+                    "abstained": round(float(1 - answered[real_miss & kinds].mean()), 4) if (real_miss & kinds).any() else None,
                 },
             },
             "_net_per_question": got_right - got_wrong,  # for the paired difference; not written
@@ -263,6 +264,24 @@ def cross_fitted(
 def points_with_ci(difference: np.ndarray) -> dict:
     """A paired per-question difference of right - hallucinated, in points, with its bootstrap 95% CI."""
     return {"points": round(float(difference.mean()) * 100, 2), "ci95": [round(x * 100, 2) for x in bootstrap_ci(difference)]}
+
+
+def real_misses_abstained(result: dict) -> int:
+    """How many real retrieval misses a result abstained on (its share times its questions; 0 when it has none)."""
+    misses = result["real_misses"]
+    return round(misses["abstained"] * misses["questions"]) if misses["questions"] else 0
+
+
+def line_miss_level_passes(base: dict, level: dict, net_difference: np.ndarray) -> bool:
+    """Rules 9 and 10 (the line-miss level against today), read on one population of questions: at least as many real
+    misses abstained on, no more hallucinated, right >= 0.75, and right - hallucinated down by at most 3 points.
+    `net_difference`: that population's per-question right - hallucinated, level minus today."""
+    return (
+        real_misses_abstained(level) >= real_misses_abstained(base)
+        and level["hallucinated"] <= base["hallucinated"]
+        and level["right"] >= 0.75
+        and float(net_difference.mean()) >= -0.03
+    )
 
 
 def level_rule(results: dict) -> str:
@@ -392,34 +411,19 @@ def main() -> None:
         }
         base, level = results["other-question"]["today"], results["other-question"][f"misses>={args.line_miss_level:g}"]
         difference = level["_net_per_question"] - base["_net_per_question"]
-        real = {name: round(r["real_misses"]["abstained"] * r["real_misses"]["questions"]) for name, r in (("today", base), ("line-miss level", level))}
-        passes = (
-            real["line-miss level"] >= real["today"]
-            and level["hallucinated"] <= base["hallucinated"]
-            and level["right"] >= 0.75
-            and (level["right"] - level["hallucinated"]) >= (base["right"] - base["hallucinated"]) - 0.03
-        )
+        kinds = base["_kinds"]
+        kind_difference = difference[kinds]
+        # Rule 9 (level 0.7) reads all the calibration questions; rule 10 (level 0.6) the kind questions only.
         decision = {
             "misses chosen on": "simulated line misses",
             f"right - hallucinated, line-miss level {args.line_miss_level:g} minus today": points_with_ci(difference),
-            "real misses abstained on": real,
-            # Rule 9 (level 0.7) reads all the calibration questions; rule 10 (level 0.6) the kind questions only.
-            f"all calibration questions (rule 9's reading) at seed {args.seed}": "passes" if passes else "fails",
+            "real misses abstained on": {"today": real_misses_abstained(base), "line-miss level": real_misses_abstained(level)},
+            f"all calibration questions (rule 9's reading) at seed {args.seed}": "passes" if line_miss_level_passes(base, level, difference) else "fails",
+            "kind questions: right - hallucinated, line-miss level minus today": points_with_ci(kind_difference),
+            f"kind questions (rule 10's reading) at seed {args.seed}": "passes"
+            if line_miss_level_passes(base["kind_questions"], level["kind_questions"], kind_difference)
+            else "fails",
         }
-        kinds = base["_kinds"]
-        base_kinds, level_kinds = base["kind_questions"], level["kind_questions"]
-        kind_difference = difference[kinds]
-        decision["kind questions: right - hallucinated, line-miss level minus today"] = points_with_ci(kind_difference)
-        decision[f"kind questions (rule 10's reading) at seed {args.seed}"] = (
-            "passes"
-            if (
-                level_kinds["real_misses"]["abstained"] >= base_kinds["real_misses"]["abstained"]
-                and level_kinds["hallucinated"] <= base_kinds["hallucinated"]
-                and level_kinds["right"] >= 0.75
-                and float(kind_difference.mean()) >= -0.03
-            )
-            else "fails"
-        )
         write_results(args, readers, fields, misses, line_misses, training_seconds, results, decision, started)
         return
     if args.scope:

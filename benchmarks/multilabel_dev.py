@@ -57,8 +57,10 @@ Two more candidates (issue #22, 2026-12-06, second session), written here before
 cap, unchanged. Why: every recipe that trains all of MiniLM's weights lost eval micro-F1, and a check on the train and
 eval rows only (5-fold cross-validation of each seed's train + eval rows, the test rows not read; one global threshold,
 fixed C) put a probe on the FROZEN encoder's mean-pooled 512 tokens above TF-IDF on all three seeds (micro-F1 0.547 ±
-0.017 against 0.532 ± 0.017; 0.540 at 256 tokens; averaging or max-pooling 256-token windows over the whole text: 0.532
-and 0.528, so the history past 512 tokens does not help the encoder). With 164 rows, full fine-tuning moves the
+0.017 against 0.532 ± 0.017, population sd; 0.540 at 256 tokens; averaging or max-pooling 256-token windows over the
+whole text: 0.532 and 0.528, so the history past 512 tokens does not help the encoder). That check, run ad hoc first,
+is benchmarks/multilabel_probe_cv.py (committed after these candidates ran; the same per-seed figures, its file gives
+the sample sd: 0.547 ± 0.021 against 0.532 ± 0.021, results/multilabel_probe_cv.json). With 164 rows, full fine-tuning moves the
 encoder away from features a probe already reads well (seed 0: probe 0.612, fine-tune 0.596 eval micro-F1). So train
 less of it, at 512 tokens:
     head-lpft-512-5ep          method head: the encoder frozen, the head started from the probe (C on eval) and trained

@@ -215,3 +215,13 @@ def test_data_inspect_warns_on_small_training_sets_only(tmp_path):
     shown = runner.invoke(app, ["data", "inspect", str(small), "--model", ""])
     assert shown.exit_code == 0, shown.output
     assert "small training set" in shown.output
+
+
+def test_advice_gives_the_small_data_reason_only_below_the_small_data_line():
+    from tunelab.config import SMALL_DATA_ROWS
+    from tunelab.evaluation.baseline import advice
+
+    config = {"epochs": 2.0, "lr": 2e-4}
+    few, many = (advice({"train_rows": rows}, config, {})[0] for rows in (SMALL_DATA_ROWS - 1, SMALL_DATA_ROWS))
+    assert few == f"more training data: this run trained on {SMALL_DATA_ROWS - 1} rows (on a few hundred rows this baseline often wins)"
+    assert many == f"more training data: this run trained on {SMALL_DATA_ROWS} rows"

@@ -58,7 +58,7 @@ QA_TEST_FRACTION = 0.2
 # shared machine (strategies run of 2026-12-05); scaled from the 2,000-question recipe's two-core times (5 + 7 min
 # for 3,743 questions), about 25-30 min on both cores. An AVX2-only CPU runs fp32 and takes several times longer.
 # Measured since: the first `rag ask` with the index cached, 15 min 20 s on a 2-core AMX Xeon (2026-12-06). The
-# notice keeps 30: the AMD AVX-512-BF16 estimate above, and no AVX2-only measurement.
+# notice keeps 30: the estimate above, for CPUs without AMX, and no AVX2-only measurement.
 INDEX_MINUTES = 5
 READER_MINUTES = 30
 
